@@ -1,0 +1,1 @@
+"""The compute domain; its services arrive with their issues."""

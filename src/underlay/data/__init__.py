@@ -1,0 +1,1 @@
+"""The data domain; its services arrive with their issues."""

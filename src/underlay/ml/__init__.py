@@ -1,0 +1,1 @@
+"""The ml domain; its services arrive with their issues."""

@@ -1,0 +1,1 @@
+"""The monitoring domain; its services arrive with their issues."""

@@ -1,0 +1,1 @@
+"""The serving domain; its services arrive with their issues."""

@@ -1,0 +1,1 @@
+"""The trust domain; its services arrive with their issues."""
