@@ -1,0 +1,399 @@
+"""Audit log contract tests on SQLite and PostgreSQL: the chain, tamper detection, concurrency."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import multiprocessing
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select, text
+
+from underlay.audit import GENESIS_HASH, AuditLog, AuditReport, entry_hash
+from underlay.errors import InvalidInput
+from underlay.store import Database, Scope
+from underlay.store.models import AuditCheckpoint, AuditEntry, AuditHead, Project
+
+
+class Ed25519Signer:
+    """A signer built straight from `cryptography`, as the audit log's Signer protocol asks."""
+
+    def __init__(self, key_id: str, private: Ed25519PrivateKey | None = None) -> None:
+        self.key_id = key_id
+        self._private = private or Ed25519PrivateKey.generate()
+
+    @classmethod
+    def from_raw(cls, key_id: str, raw: bytes) -> Ed25519Signer:
+        return cls(key_id, Ed25519PrivateKey.from_private_bytes(raw))
+
+    def raw(self) -> bytes:
+        return self._private.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+
+    def sign(self, data: bytes) -> bytes:
+        return self._private.sign(data)
+
+    def public_key_bytes(self) -> bytes:
+        return self._private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+
+
+@pytest.fixture
+def signer() -> Ed25519Signer:
+    return Ed25519Signer("audit-test")
+
+
+@pytest.fixture
+def log(db: Database, signer: Ed25519Signer) -> AuditLog:
+    return AuditLog(db, signer, checkpoint_every=3)
+
+
+def _fill(log: AuditLog, n: int) -> None:
+    for i in range(n):
+        log.record(
+            actor=f"user{i % 3}",
+            action="dataset.create" if i % 2 else "model.read",
+            resource=f"/api/v1/things/{i}",
+            outcome="ok" if i % 4 else "denied",
+            project="sales" if i % 2 else None,
+            client="127.0.0.1",
+            detail={"i": i, "note": "héllo"},
+        )
+
+
+def _sql(db: Database, statement: str, **params: Any) -> None:
+    with db.engine.begin() as conn:
+        conn.execute(text(statement), params)
+
+
+def _failed(report: AuditReport, seq: int, match: str) -> None:
+    assert not report.ok, report
+    assert report.first_bad_seq == seq, report
+    assert report.problem is not None
+    assert match in report.problem, report.problem
+
+
+# -- the chain ----------------------------------------------------------------------------
+
+
+def test_appends_form_a_verifiable_chain(
+    db: Database, log: AuditLog, signer: Ed25519Signer
+) -> None:
+    _fill(log, 8)
+    with db.session(Scope.everything()) as s:
+        entries = s.scalars(select(AuditEntry).order_by(AuditEntry.seq)).all()
+        head = s.get(AuditHead, 1)
+        checkpoints = s.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.seq)).all()
+    assert [e.seq for e in entries] == list(range(1, 9))
+    assert entries[0].prev_hash == GENESIS_HASH
+    for before, after in itertools.pairwise(entries):
+        assert after.prev_hash == before.hash
+    assert all(entry_hash(e) == e.hash for e in entries)
+    assert head is not None and (head.seq, head.hash) == (8, entries[-1].hash)
+    assert [c.seq for c in checkpoints] == [3, 6]
+    assert {c.key_id for c in checkpoints} == {"audit-test"}
+
+    report = log.verify(signer.public_key_bytes())
+    assert report == AuditReport(ok=True, entries_checked=8, checkpoints_checked=2, head_seq=8)
+    assert report.summary == "audit log intact: 8 entries, 2 signed checkpoints"
+    assert log.verify(signer).ok
+
+
+def test_empty_log_verifies(log: AuditLog, signer: Ed25519Signer) -> None:
+    report = log.verify(signer)
+    assert report.ok and report.entries_checked == 0 and report.head_seq == 0
+
+
+def test_entry_fields_round_trip(db: Database, log: AuditLog) -> None:
+    entry = log.record(
+        actor="ana",
+        action="run.create",
+        resource="runs/7",
+        outcome="error",
+        project="vision",
+        client="10.0.0.2",
+        detail={"b": [1, 2], "a": "ü"},
+    )
+    with db.session(Scope.everything()) as s:
+        stored = s.scalars(select(AuditEntry).where(AuditEntry.seq == entry.seq)).one()
+    assert (stored.actor, stored.action, stored.resource) == ("ana", "run.create", "runs/7")
+    assert (stored.outcome, stored.project, stored.client) == ("error", "vision", "10.0.0.2")
+    assert stored.detail == '{"a":"ü","b":[1,2]}'
+    assert stored.at == entry.at and stored.at.tzinfo is not None
+    assert stored.hash == entry.hash == entry_hash(stored)
+
+
+def test_append_commits_and_rolls_back_with_the_callers_transaction(
+    db: Database, log: AuditLog, signer: Ed25519Signer
+) -> None:
+    with pytest.raises(RuntimeError, match="boom"), db.session(Scope.everything()) as s:
+        s.add(Project(name="doomed"))
+        log.append(s, actor="ana", action="project.create", resource="doomed", outcome="ok")
+        raise RuntimeError("boom")
+    with db.session(Scope.everything()) as s:
+        assert s.scalars(select(AuditEntry)).all() == []
+        assert s.scalars(select(Project)).all() == []
+        head = s.get(AuditHead, 1)
+        assert head is not None and (head.seq, head.hash) == (0, GENESIS_HASH)
+
+    with db.session(Scope.everything()) as s:
+        project = Project(name="kept")
+        s.add(project)
+        s.flush()
+        pid = project.id
+    # A project-scoped session (what a route holds) can append too: audit rows are global.
+    with db.session(Scope.projects(pid)) as s:
+        entry = log.append(s, actor="ana", action="project.update", resource="kept", outcome="ok")
+    assert entry.seq == 1
+    assert log.verify(signer).ok
+
+
+def test_bad_input_is_refused_and_free_text_is_clipped(log: AuditLog) -> None:
+    base: dict[str, Any] = {"actor": "ana", "action": "x.read", "resource": "r", "outcome": "ok"}
+    with pytest.raises(InvalidInput, match="outcome must be one of ok, denied, error"):
+        log.record(**{**base, "outcome": "maybe"})
+    with pytest.raises(InvalidInput, match="actor must be a non-empty string"):
+        log.record(**{**base, "actor": ""})
+    with pytest.raises(InvalidInput, match="action must be at most 64 characters"):
+        log.record(**{**base, "action": "a" * 65})
+    with pytest.raises(InvalidInput, match="JSON-serialisable"):
+        log.record(**base, detail={"when": dt.datetime.now(dt.UTC)})
+    with pytest.raises(InvalidInput, match="keep it under"):
+        log.record(**base, detail={"blob": "x" * 70_000})
+    with pytest.raises(InvalidInput, match="detail must be a mapping"):
+        log.record(**base, detail=["not", "a", "mapping"])  # type: ignore[arg-type]
+
+    entry = log.record(**{**base, "resource": "/p/" + "x" * 600 + "\x00"})
+    assert len(entry.resource) == 512 and entry.resource.endswith("\u2026")
+
+
+def test_constructor_and_verify_refuse_bad_keys(db: Database, signer: Ed25519Signer) -> None:
+    with pytest.raises(InvalidInput, match="at least 1"):
+        AuditLog(db, signer, checkpoint_every=0)
+    with pytest.raises(InvalidInput, match="key id must be 1-32 characters"):
+        AuditLog(db, Ed25519Signer("k" * 33))
+    with pytest.raises(InvalidInput, match="32-byte Ed25519 public key"):
+        AuditLog(db, signer).verify(b"short")
+
+
+def test_list_entries_filters_and_pages(db: Database, log: AuditLog) -> None:
+    _fill(log, 12)
+    with db.session(Scope.everything()) as s:
+        everything = log.list_entries(s, limit=1000)
+        assert [e.seq for e in everything] == list(range(1, 13))
+        denied = log.list_entries(s, outcome="denied")
+        assert [e.seq for e in denied] == [1, 5, 9]
+        mine = log.list_entries(s, actor="user1", action="dataset.create", project="sales")
+        assert [e.seq for e in mine] == [2, 8]
+        first = log.list_entries(s, limit=5)
+        second = log.list_entries(s, limit=5, after_seq=first[-1].seq)
+        assert [e.seq for e in first + second] == list(range(1, 11))
+        middle = everything[5].at
+        assert [e.seq for e in log.list_entries(s, since=middle)] == list(range(6, 13))
+        assert [e.seq for e in log.list_entries(s, until=middle)] == list(range(1, 6))
+        with pytest.raises(InvalidInput, match="limit must be between 1 and 1000"):
+            log.list_entries(s, limit=0)
+        with pytest.raises(InvalidInput, match="timezone-aware"):
+            log.list_entries(s, since=dt.datetime(2024, 1, 1))
+        with pytest.raises(InvalidInput, match="outcome must be one of"):
+            log.list_entries(s, outcome="fine")
+
+
+# -- tamper detection ---------------------------------------------------------------------
+
+
+def test_edited_entry_is_named(db: Database, log: AuditLog, signer: Ed25519Signer) -> None:
+    _fill(log, 10)
+    _sql(db, "UPDATE audit_entries SET actor = 'mallory' WHERE seq = 5")
+    _failed(log.verify(signer), 5, "entry 5 was edited: its hash does not match its contents")
+
+
+def test_deleted_middle_entry_is_named(db: Database, log: AuditLog, signer: Ed25519Signer) -> None:
+    _fill(log, 10)
+    _sql(db, "DELETE FROM audit_entries WHERE seq = 5")
+    _failed(log.verify(signer), 5, "entry 5 is missing: sequence jumps from 4 to 6")
+    _sql(db, "DELETE FROM audit_entries WHERE seq IN (6, 7)")
+    _failed(log.verify(signer), 5, "entries 5 to 7 are missing: sequence jumps from 4 to 8")
+    _sql(db, "DELETE FROM audit_entries WHERE seq = 1")
+    _failed(log.verify(signer), 1, "entry 1 is missing: sequence starts at 2")
+
+
+def test_deleted_tail_is_named(db: Database, log: AuditLog, signer: Ed25519Signer) -> None:
+    _fill(log, 10)
+    _sql(db, "DELETE FROM audit_entries WHERE seq > 7")
+    _failed(log.verify(signer), 8, "entries after 7 were deleted: the head says 10")
+
+
+def test_swapped_entries_are_named(db: Database, log: AuditLog, signer: Ed25519Signer) -> None:
+    _fill(log, 10)
+    _sql(db, "UPDATE audit_entries SET seq = -4 WHERE seq = 4")
+    _sql(db, "UPDATE audit_entries SET seq = 4 WHERE seq = 5")
+    _sql(db, "UPDATE audit_entries SET seq = 5 WHERE seq = -4")
+    _failed(log.verify(signer), 4, "entry 4 is out of order: it was written as entry 5")
+
+
+def _rewrite_from(db: Database, seq: int, actor: str) -> None:
+    """What an attacker with database access does: edit, then recompute every later hash."""
+    with db.session(Scope.everything()) as s:
+        entries = s.scalars(select(AuditEntry).order_by(AuditEntry.seq)).all()
+        prev = entries[seq - 2].hash if seq > 1 else GENESIS_HASH
+        for entry in entries[seq - 1 :]:
+            if entry.seq == seq:
+                entry.actor = actor
+            entry.prev_hash = prev
+            entry.hash = prev = entry_hash(entry)
+        head = s.get(AuditHead, 1)
+        assert head is not None
+        head.hash = prev
+
+
+def test_rewritten_chain_is_caught_by_the_signed_checkpoint(
+    db: Database, log: AuditLog, signer: Ed25519Signer
+) -> None:
+    _fill(log, 8)
+    _rewrite_from(db, 5, "mallory")
+    _failed(
+        log.verify(signer),
+        4,
+        "entries 4 to 6 were rewritten after being signed: checkpoint 6 does not match entry 6",
+    )
+
+
+def test_rewritten_link_names_the_rewritten_entry(
+    db: Database, log: AuditLog, signer: Ed25519Signer
+) -> None:
+    _fill(log, 8)
+    with db.session(Scope.everything()) as s:
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.seq == 7)).one()
+        entry.actor = "mallory"
+        entry.hash = entry_hash(entry)
+    _failed(log.verify(signer), 7, "entry 7 was rewritten: entry 8 links to a different hash")
+
+
+def test_forged_checkpoint_signature_is_reported(
+    db: Database, log: AuditLog, signer: Ed25519Signer
+) -> None:
+    _fill(log, 7)
+    forger = Ed25519Signer("audit-test")
+    _sql(
+        db,
+        "UPDATE audit_checkpoints SET signature = :sig WHERE seq = 3",
+        sig=forger.sign(b"anything"),
+    )
+    _failed(log.verify(signer), 3, "checkpoint at entry 3 has an invalid signature")
+    # Verifying an intact log with someone else's key fails the same way.
+    _sql(db, "DELETE FROM audit_checkpoints")
+    _sql(db, "DELETE FROM audit_entries")
+    _sql(db, "UPDATE audit_head SET seq = 0, hash = :h", h=GENESIS_HASH)
+    _fill(log, 4)
+    _failed(log.verify(forger), 3, "invalid signature (key 'audit-test')")
+
+
+def test_deleted_checkpoints_are_reported(
+    db: Database, log: AuditLog, signer: Ed25519Signer
+) -> None:
+    _fill(log, 10)
+    _sql(db, "DELETE FROM audit_checkpoints WHERE seq = 9")
+    _failed(log.verify(signer), 9, "no signed checkpoint after entry 6")
+    _sql(db, "DELETE FROM audit_checkpoints WHERE seq = 3")
+    _failed(log.verify(signer), 6, "checkpoint at entry 6 has an invalid signature")
+
+
+def test_rewound_head_and_stray_rows_are_reported(
+    db: Database, log: AuditLog, signer: Ed25519Signer
+) -> None:
+    _fill(log, 10)
+    with db.session(Scope.everything()) as s:
+        seventh = s.scalars(select(AuditEntry).where(AuditEntry.seq == 7)).one().hash
+    _sql(db, "DELETE FROM audit_entries WHERE seq > 7")
+    _sql(db, "UPDATE audit_head SET seq = 7, hash = :h", h=seventh)
+    _failed(
+        log.verify(signer),
+        8,
+        "a checkpoint exists for entry 9 but the head says 7: entries after 7 were deleted",
+    )
+
+    _sql(db, "DELETE FROM audit_checkpoints WHERE seq = 9")
+    assert log.verify(signer).ok
+    _sql(
+        db,
+        "INSERT INTO audit_entries (seq, at, actor, action, resource, project, client, outcome,"
+        " detail, prev_hash, hash) SELECT 12, at, actor, action, resource, project, client,"
+        " outcome, detail, prev_hash, hash FROM audit_entries WHERE seq = 7",
+    )
+    _failed(log.verify(signer), 12, "entry 12 lies beyond the head (7)")
+
+
+def test_altered_head_is_reported(db: Database, log: AuditLog, signer: Ed25519Signer) -> None:
+    _fill(log, 4)
+    _sql(db, "UPDATE audit_head SET hash = :h", h="f" * 64)
+    _failed(log.verify(signer), 4, "the head's hash does not match entry 4")
+
+
+# -- concurrency --------------------------------------------------------------------------
+
+
+def _append_from_threads(
+    url: str, raw_key: bytes, worker: int, threads: int, count: int, start: Any
+) -> None:
+    """Runs in a spawned process: its own Database, several threads appending at once."""
+    database = Database(url)
+    log = AuditLog(database, Ed25519Signer.from_raw("audit-test", raw_key), checkpoint_every=25)
+
+    def append_many(thread: int) -> None:
+        start.wait(timeout=120)  # every thread of every process begins together
+        for i in range(count):
+            log.record(
+                actor=f"w{worker}t{thread}",
+                action="load.test",
+                resource=f"item/{i}",
+                outcome="ok",
+                detail={"i": i},
+            )
+
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(append_many, range(threads)))
+    finally:
+        database.dispose()
+
+
+def test_concurrent_processes_and_threads_form_one_chain(
+    db: Database, signer: Ed25519Signer
+) -> None:
+    processes, threads, count = 2, 2, 50
+    total = processes * threads * count
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(processes * threads)
+    workers = [
+        context.Process(
+            target=_append_from_threads,
+            args=(db.url, signer.raw(), w, threads, count, start),
+        )
+        for w in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=240)
+    assert [w.exitcode for w in workers] == [0] * processes
+
+    report = AuditLog(db, signer, checkpoint_every=25).verify(signer)
+    assert report == AuditReport(
+        ok=True, entries_checked=total, checkpoints_checked=total // 25, head_seq=total
+    )
+    with db.session(Scope.everything()) as s:
+        rows = s.execute(select(AuditEntry.seq, AuditEntry.actor).order_by(AuditEntry.seq)).all()
+    assert [r.seq for r in rows] == list(range(1, total + 1))
+    per_actor: dict[str, int] = {}
+    for row in rows:
+        per_actor[row.actor] = per_actor.get(row.actor, 0) + 1
+    assert per_actor == {f"w{w}t{t}": count for w in range(processes) for t in range(threads)}
