@@ -35,9 +35,7 @@ def pg_url() -> Iterator[str]:
     finally:
         with admin.connect() as conn:
             conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
-                ),
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
                 {"n": name},
             )
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
@@ -80,3 +78,81 @@ def db(settings: Settings) -> Iterator[Database]:
         yield database
     finally:
         database.dispose()
+
+
+ADMIN_TOKEN = "ul_test-admin-token-" + "x" * 32
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class LiveServer:
+    """The real app served by uvicorn on 127.0.0.1 in a thread of the test process."""
+
+    def __init__(self, settings: Settings) -> None:
+        import threading
+
+        import uvicorn
+
+        from underlay.api.app import create_app
+        from underlay.platform import Platform
+
+        self.settings = settings
+        self.platform = Platform(settings)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_token = ADMIN_TOKEN
+        config = uvicorn.Config(
+            create_app(self.platform),
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def start(self) -> LiveServer:
+        import time
+
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+        self.platform.close()
+
+    def client(self, token: str | None = ADMIN_TOKEN):  # type: ignore[no-untyped-def]
+        from underlay.client import Client
+
+        return Client(self.url, token)
+
+
+@pytest.fixture
+def server(settings: Settings) -> Iterator[LiveServer]:
+    """A live server on the backend under test, with a known admin token."""
+    settings.admin_token = ADMIN_TOKEN
+    live = LiveServer(settings).start()
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+@pytest.fixture
+def admin(server: LiveServer):  # type: ignore[no-untyped-def]
+    with server.client() as c:
+        yield c

@@ -27,7 +27,9 @@ class StoreSettings(BaseModel):
         description="SQLAlchemy URL of the metadata database; default sqlite in the home folder. "
         "PostgreSQL: postgresql+psycopg://user@host/db",
     )
-    pool_size: int = Field(default=5, ge=1, description="Connections kept per process (PostgreSQL).")
+    pool_size: int = Field(
+        default=5, ge=1, description="Connections kept per process (PostgreSQL)."
+    )
     busy_timeout_s: float = Field(
         default=30.0, gt=0, description="How long SQLite waits for another writer's lock."
     )

@@ -1,0 +1,1 @@
+"""The REST face: FastAPI under ``/api/v1``. Routes parse, authorize, call a service, render."""

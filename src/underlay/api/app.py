@@ -1,0 +1,57 @@
+"""The ASGI application: one FastAPI app over one :class:`~underlay.platform.Platform`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, FastAPI
+
+from underlay import __version__
+from underlay.api import problems
+from underlay.api.middleware import RequestContextMiddleware
+from underlay.api.routes import audit, blobs, health, lineage, projects, tokens, users
+from underlay.config import Settings
+from underlay.platform import Platform
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(platform: Platform | None = None, *, start: bool = True) -> FastAPI:
+    """The app; builds a Platform from the environment's settings when none is given."""
+    platform = platform or Platform(Settings())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if start:
+            platform.start()
+        yield
+
+    app = FastAPI(
+        title="underlay",
+        version=__version__,
+        summary="Self-hosted AI infrastructure platform",
+        lifespan=lifespan,
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+    )
+    app.state.platform = platform
+    problems.install(app)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_json_body=platform.settings.server.max_json_body,
+        max_upload=platform.settings.blobs.max_size,
+    )
+    app.include_router(health.router, include_in_schema=False)  # root probes too
+    api = APIRouter(prefix=API_PREFIX)
+    api.include_router(health.router)
+    for module in (users, projects, tokens, blobs, lineage, audit):
+        api.include_router(module.router)
+    app.include_router(api)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """Factory for ``uvicorn --factory`` with several workers; settings from the environment."""
+    return create_app(Platform(Settings()))

@@ -1,0 +1,127 @@
+"""Blobs of a project: streamed upload, streamed download (an audited sensitive read)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+import anyio
+import anyio.from_thread
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from underlay import identity
+from underlay.api.deps import Ctx
+from underlay.identity import Action
+from underlay.schemas import BlobRead
+
+router = APIRouter(prefix="/projects/{project}/blobs", tags=["blobs"])
+
+DigestPath = Annotated[str, "sha256 hex"]
+
+
+@router.put(
+    "",
+    response_model=BlobRead,
+    status_code=201,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+async def upload_blob(
+    project: str,
+    request: Request,
+    ctx: Ctx,
+    name: Annotated[str, Query(max_length=255)] = "",
+    media_type: Annotated[str, Query(max_length=127, pattern=r"^[\w.+-]+/[\w.+-]+$")] = (
+        "application/octet-stream"
+    ),
+    digest: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
+) -> BlobRead:
+    """Store the request body as a blob; returns its SHA-256 digest. Idempotent by content."""
+    stream = request.stream()
+
+    def chunks() -> Iterator[bytes]:
+        while True:
+            try:
+                chunk = anyio.from_thread.run(stream.__anext__)
+            except StopAsyncIteration:
+                return
+            if chunk:
+                yield chunk
+
+    def store() -> BlobRead:
+        with ctx.unit("blob.create", f"project:{project}/blob", project=project) as u:
+            found = identity.read_project(u.session, project, ctx.actor, Action.write)
+            blob = ctx.platform.blobs.put(
+                u.session,
+                found.id,
+                chunks(),
+                name=name,
+                media_type=media_type,
+                created_by=ctx.actor.user_id or None,
+                expected_digest=digest,
+            )
+            u.resource = f"project:{project}/blob:{blob.digest}"
+            u.detail = {"size": blob.size, "name": name}
+            return BlobRead.model_validate(blob)
+
+    return await anyio.to_thread.run_sync(store)
+
+
+@router.get("", response_model=list[BlobRead])
+def list_blobs(
+    project: str,
+    ctx: Ctx,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> list[BlobRead]:
+    with ctx.unit("blob.list", f"project:{project}/blobs", project=project, audited=False) as u:
+        found = identity.read_project(u.session, project, ctx.actor)
+        blobs = ctx.platform.blobs.list_blobs(u.session, found.id, limit=limit, offset=offset)
+        return [BlobRead.model_validate(b) for b in blobs]
+
+
+@router.get("/{digest}", response_model=BlobRead)
+def read_blob(project: str, digest: str, ctx: Ctx) -> BlobRead:
+    resource = f"project:{project}/blob:{digest[:64]}"
+    with ctx.unit("blob.read_meta", resource, project=project, audited=False) as u:
+        found = identity.read_project(u.session, project, ctx.actor)
+        return BlobRead.model_validate(ctx.platform.blobs.read_blob(u.session, found.id, digest))
+
+
+@router.get(
+    "/{digest}/content",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def download_blob(project: str, digest: str, ctx: Ctx) -> StreamingResponse:
+    """The blob's bytes, decrypted and verified while streaming; audited as a sensitive read."""
+    resource = f"project:{project}/blob:{digest[:64]}"
+    with ctx.unit("blob.read", resource, project=project) as u:
+        found = identity.read_project(u.session, project, ctx.actor)
+        blob = ctx.platform.blobs.read_blob(u.session, found.id, digest)
+        chunks = ctx.platform.blobs.open(u.session, found.id, digest)
+        first = next(chunks, b"")  # fail before the status line when the head is corrupt
+
+    def body() -> Iterator[bytes]:
+        if first:
+            yield first
+        yield from chunks
+
+    headers = {"Content-Length": str(blob.size), "X-Content-SHA256": blob.digest}
+    return StreamingResponse(body(), media_type=blob.media_type, headers=headers)
+
+
+@router.delete("/{digest}", status_code=204)
+def delete_blob(project: str, digest: str, ctx: Ctx) -> Response:
+    resource = f"project:{project}/blob:{digest[:64]}"
+    with ctx.unit("blob.delete", resource, project=project) as u:
+        found = identity.read_project(u.session, project, ctx.actor, Action.write)
+        ctx.platform.blobs.delete_blob(u.session, found.id, digest)
+    return Response(status_code=204)

@@ -1,0 +1,66 @@
+"""Users: global admins manage them; everyone may read themselves."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from underlay import identity
+from underlay.api.deps import Ctx
+from underlay.identity import Action, authorize
+from underlay.schemas import Me, UserCreate, UserRead, UserUpdate
+from underlay.store.models import Project
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+
+@router.get("/me", response_model=Me)
+def read_me(ctx: Ctx) -> Me:
+    with ctx.unit("user.read", f"user:{ctx.actor.name}", audited=False) as u:
+        user = identity.read_user(u.session, ctx.actor.name)
+        names = {
+            p.id: p.name
+            for p in u.session.query(Project).filter(Project.id.in_(list(ctx.actor.roles)))
+        }
+        roles = {names[pid]: str(role) for pid, role in ctx.actor.roles.items() if pid in names}
+        return Me.model_validate({**UserRead.model_validate(user).model_dump(), "projects": roles})
+
+
+@router.post("", response_model=UserRead, status_code=201)
+def create_user(body: UserCreate, ctx: Ctx) -> UserRead:
+    with ctx.unit("user.create", f"user:{body.name}") as u:
+        authorize(ctx.actor, Action.admin)
+        user = identity.create_user(
+            u.session, body.name, password=body.password, email=body.email, is_admin=body.is_admin
+        )
+        return UserRead.model_validate(user)
+
+
+@router.get("", response_model=list[UserRead])
+def list_users(ctx: Ctx) -> list[UserRead]:
+    with ctx.unit("user.list", "users", audited=False) as u:
+        authorize(ctx.actor, Action.admin)
+        return [UserRead.model_validate(x) for x in identity.list_users(u.session)]
+
+
+@router.get("/{name}", response_model=UserRead)
+def read_user(name: str, ctx: Ctx) -> UserRead:
+    with ctx.unit("user.read", f"user:{name}", audited=False) as u:
+        if name != ctx.actor.name:
+            authorize(ctx.actor, Action.admin)
+        return UserRead.model_validate(identity.read_user(u.session, name))
+
+
+@router.patch("/{name}", response_model=UserRead)
+def update_user(name: str, body: UserUpdate, ctx: Ctx) -> UserRead:
+    with ctx.unit("user.update", f"user:{name}") as u:
+        if name != ctx.actor.name or body.is_admin is not None or body.is_active is not None:
+            authorize(ctx.actor, Action.admin)
+        user = identity.update_user(
+            u.session,
+            name,
+            password=body.password,
+            is_active=body.is_active,
+            is_admin=body.is_admin,
+        )
+        u.detail = body.model_dump(exclude={"password"}, exclude_none=True)
+        return UserRead.model_validate(user)

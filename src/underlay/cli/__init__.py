@@ -1,0 +1,1 @@
+"""The ``underlay`` command line (Typer + Rich). Heavy imports stay inside the commands."""

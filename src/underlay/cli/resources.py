@@ -1,0 +1,251 @@
+"""Client command groups over the REST API: projects, users, tokens, blobs, lineage, audit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from underlay.cli.common import client, show
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+projects = typer.Typer(help="Projects (tenants) and their members.", no_args_is_help=True)
+users = typer.Typer(help="Users (global admins only, except 'me').", no_args_is_help=True)
+tokens = typer.Typer(help="Your API tokens.", no_args_is_help=True)
+blobs = typer.Typer(help="Encrypted, content-addressed blobs of a project.", no_args_is_help=True)
+audit = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+
+
+@projects.command("ls")
+def projects_ls(json_: JsonOpt = False) -> None:
+    """List the projects you can see."""
+    with client() as c:
+        show(c.list_projects(), ["name", "description", "created_at"], as_json=json_)
+
+
+@projects.command("create")
+def projects_create(
+    name: str, description: Annotated[str, typer.Option(help="What the project is for.")] = ""
+) -> None:
+    """Create a project; you become its admin."""
+    with client() as c:
+        project = c.create_project(name, description)
+    typer.echo(f"created project {project.name}")
+
+
+@projects.command("delete")
+def projects_delete(
+    name: str, yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False
+) -> None:
+    """Delete a project and everything in it."""
+    if not yes:
+        typer.confirm(f"delete project {name} and all its objects?", abort=True)
+    with client() as c:
+        c.delete_project(name)
+    typer.echo(f"deleted project {name}")
+
+
+@projects.command("members")
+def projects_members(project: str, json_: JsonOpt = False) -> None:
+    """List a project's members and their roles."""
+    with client() as c:
+        show(c.list_members(project), ["user", "role", "created_at"], as_json=json_)
+
+
+@projects.command("add-member")
+def projects_add_member(
+    project: str,
+    user: str,
+    role: Annotated[str, typer.Option(help="viewer, member or admin.")] = "member",
+) -> None:
+    """Give a user a role in a project."""
+    with client() as c:
+        m = c.add_member(project, user, role)
+    typer.echo(f"{m.user} is {m.role} in {project}")
+
+
+@projects.command("set-role")
+def projects_set_role(project: str, user: str, role: str) -> None:
+    """Change a member's role."""
+    with client() as c:
+        m = c.update_member(project, user, role)
+    typer.echo(f"{m.user} is {m.role} in {project}")
+
+
+@projects.command("remove-member")
+def projects_remove_member(project: str, user: str) -> None:
+    """Remove a user from a project."""
+    with client() as c:
+        c.remove_member(project, user)
+    typer.echo(f"removed {user} from {project}")
+
+
+@users.command("ls")
+def users_ls(json_: JsonOpt = False) -> None:
+    """List users."""
+    with client() as c:
+        show(c.list_users(), ["name", "email", "is_admin", "is_active"], as_json=json_)
+
+
+@users.command("me")
+def users_me(json_: JsonOpt = False) -> None:
+    """Who the current token belongs to, and its projects."""
+    with client() as c:
+        show(c.me(), ["name", "is_admin", "projects"], as_json=json_)
+
+
+@users.command("create")
+def users_create(
+    name: str,
+    password: Annotated[
+        bool, typer.Option("--password", help="Prompt for a password (for 'underlay login').")
+    ] = False,
+    email: Annotated[str | None, typer.Option(help="Contact address.")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="Make a global admin.")] = False,
+) -> None:
+    """Create a user."""
+    secret = (
+        typer.prompt("password", hide_input=True, confirmation_prompt=True) if password else None
+    )
+    with client() as c:
+        user = c.create_user(name, password=secret, email=email, is_admin=admin)
+    typer.echo(f"created user {user.name}")
+
+
+@users.command("deactivate")
+def users_deactivate(name: str) -> None:
+    """Deactivate a user and revoke all their tokens."""
+    with client() as c:
+        c.update_user(name, is_active=False)
+    typer.echo(f"deactivated {name}; their tokens are revoked")
+
+
+@tokens.command("ls")
+def tokens_ls(json_: JsonOpt = False) -> None:
+    """List your tokens (never their secrets)."""
+    with client() as c:
+        cols = ["id", "name", "prefix", "expires_at", "revoked_at", "last_used_at"]
+        show(c.list_tokens(), cols, as_json=json_)
+
+
+@tokens.command("create")
+def tokens_create(
+    name: str,
+    days: Annotated[int | None, typer.Option(help="Expire after this many days.")] = None,
+    user: Annotated[str | None, typer.Option(help="Admins: create it for this user.")] = None,
+) -> None:
+    """Create a token; its secret is printed once."""
+    with client() as c:
+        token = c.create_token(name, expires_in_days=days, user=user)
+    typer.echo(token.token)
+    typer.echo(f"token {token.id} ({token.prefix}…): store it now, it is not shown again", err=True)
+
+
+@tokens.command("revoke")
+def tokens_revoke(token_id: int) -> None:
+    """Revoke a token at once."""
+    with client() as c:
+        c.revoke_token(token_id)
+    typer.echo(f"revoked token {token_id}")
+
+
+@blobs.command("put")
+def blobs_put(
+    project: str,
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+) -> None:
+    """Upload a file; prints its SHA-256 digest."""
+    with client() as c:
+        blob = c.upload_blob(project, path)
+    typer.echo(blob.digest)
+
+
+@blobs.command("get")
+def blobs_get(
+    project: str,
+    digest: str,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write it.")],
+) -> None:
+    """Download a blob, verifying its digest."""
+    tmp = out.with_name(f".{out.name}.part")
+    with client() as c, tmp.open("wb") as handle:
+        for chunk in c.iter_blob(project, digest):
+            handle.write(chunk)
+    tmp.replace(out)
+    typer.echo(f"wrote {out}")
+
+
+@blobs.command("ls")
+def blobs_ls(project: str, json_: JsonOpt = False) -> None:
+    """List a project's blobs."""
+    with client() as c:
+        show(c.list_blobs(project), ["digest", "size", "name", "created_at"], as_json=json_)
+
+
+@audit.command("ls")
+def audit_ls(
+    json_: JsonOpt = False,
+    actor: Annotated[str | None, typer.Option(help="Only this actor.")] = None,
+    action: Annotated[str | None, typer.Option(help="Only this action.")] = None,
+    project: Annotated[str | None, typer.Option(help="Only this project.")] = None,
+    outcome: Annotated[str | None, typer.Option(help="ok, denied or error.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+) -> None:
+    """List audit entries, oldest first."""
+    with client() as c:
+        rows = c.list_audit(
+            actor=actor, action=action, project=project, outcome=outcome, limit=limit
+        )
+    show(rows, ["seq", "at", "actor", "action", "resource", "outcome", "client"], as_json=json_)
+
+
+@audit.command("verify")
+def audit_verify(
+    local: Annotated[
+        bool, typer.Option("--local", help="Verify this machine's store directly, no server.")
+    ] = False,
+) -> None:
+    """Check the hash chain and signed checkpoints; exit 1 and name the first bad entry."""
+    if local:
+        from underlay.config import Settings
+        from underlay.platform import Platform
+
+        platform = Platform(Settings())
+        try:
+            report = platform.audit.verify(platform.signer.public_key_bytes())
+        finally:
+            platform.close()
+        ok, entries, problem = report.ok, report.entries_checked, report.problem
+    else:
+        with client() as c:
+            remote = c.verify_audit()
+        ok, entries, problem = remote.ok, remote.entries_checked, remote.problem
+    if not ok:
+        typer.echo(f"audit log FAILED verification: {problem}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"audit log OK: {entries} entries, chain and signed checkpoints intact")
+
+
+def lineage(
+    project: str,
+    kind: str,
+    object_id: str,
+    direction: Annotated[str, typer.Option(help="upstream, downstream or both.")] = "both",
+    depth: Annotated[int | None, typer.Option(help="At most this many hops.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Show where an object came from and what came from it."""
+    with client() as c:
+        graph = c.lineage(project, kind, object_id, direction=direction, depth=depth)
+    if json_:
+        typer.echo(graph.model_dump_json(indent=2))
+        return
+    from rich.console import Console
+    from rich.tree import Tree
+
+    tree = Tree(f"[bold]{graph.root.kind}:{graph.root.id}[/bold]")
+    for edge in graph.edges:
+        tree.add(f"{edge.src.kind}:{edge.src.id} —{edge.relation}→ {edge.dst.kind}:{edge.dst.id}")
+    Console().print(tree)

@@ -1,0 +1,89 @@
+"""``underlay up`` (serve) and ``underlay login`` (save a profile)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def up(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (default 8765).")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate: serve HTTPS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key for --tls-cert.")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Server processes.")] = 1,
+    log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
+) -> None:
+    """Serve the API (and later the dashboard) on this machine."""
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("--tls-cert and --tls-key go together")
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter("--log-format is text or json")
+    if host:
+        os.environ["UNDERLAY_SERVER__HOST"] = host
+    if port is not None:
+        os.environ["UNDERLAY_SERVER__PORT"] = str(port)
+    os.environ["UNDERLAY_LOG_FORMAT"] = log_format
+
+    import uvicorn
+
+    from underlay import logs
+    from underlay.api.app import create_app
+    from underlay.config import Settings
+    from underlay.platform import Platform
+
+    settings = Settings()
+    logs.configure(settings.log_format, settings.log_level)
+    platform = Platform(settings)
+    secret = platform.start()
+    if secret:
+        typer.echo(
+            f"first start: created user 'admin' with token {secret}\n"
+            "store it now (e.g. 'underlay login --token ...'); it is not shown again",
+            err=True,
+        )
+    scheme = "https" if tls_cert else "http"
+    typer.echo(
+        f"underlay serving on {scheme}://{settings.server.host}:{settings.server.port}", err=True
+    )
+    tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)} if tls_cert else {}
+    common = {
+        "host": settings.server.host,
+        "port": settings.server.port,
+        "log_config": None,
+        "access_log": False,
+        **tls,
+    }
+    if workers > 1:
+        platform.close()
+        uvicorn.run(
+            "underlay.api.app:app_from_environment", factory=True, workers=workers, **common
+        )  # type: ignore[arg-type]
+    else:
+        uvicorn.run(create_app(platform, start=False), **common)  # type: ignore[arg-type]
+
+
+def login(
+    url: Annotated[str, typer.Option(help="Server URL.")] = "http://127.0.0.1:8765",
+    token: Annotated[
+        str | None, typer.Option(help="An API token (else user and password).")
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="User name for password login.")] = None,
+) -> None:
+    """Check credentials against a server and save them as your profile."""
+    from underlay.cli.common import save_profile
+    from underlay.client import Client
+
+    if token is None:
+        if user is None:
+            user = typer.prompt("user")
+        password = typer.prompt("password", hide_input=True)
+        with Client(url) as anonymous:
+            token = anonymous.login(user, password).token
+    with Client(url, token) as c:
+        me = c.me()
+    path = save_profile(url, token)
+    typer.echo(f"logged in to {url} as {me.name}; profile saved in {path}")

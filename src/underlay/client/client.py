@@ -1,0 +1,297 @@
+"""HTTP client for the REST API. One synchronous client; nothing duplicated per transport."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from underlay.errors import IntegrityFailure, Unavailable, UnderlayError, error_for_problem
+from underlay.schemas import (
+    AuditEntryRead,
+    AuditReportRead,
+    BlobRead,
+    LineageGraphRead,
+    Me,
+    MemberRead,
+    ProjectRead,
+    TokenCreated,
+    TokenRead,
+    UserRead,
+)
+
+M = TypeVar("M", bound=BaseModel)
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    url: str
+    token: str | None
+    verify: bool | str = True
+    timeout_s: float = 30.0
+
+
+def _raise_for_problem(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    cls = error_for_problem(str(body.get("type", "")), response.status_code)
+    detail = str(body.get("detail") or response.reason_phrase or "request failed")
+    extra = {
+        k: v for k, v in body.items() if k not in {"type", "title", "status", "detail", "instance"}
+    }
+    if "retry_after" in extra and cls.__name__ == "RateLimited":
+        raise cls(detail, **extra)
+    raise cls(detail, **extra)
+
+
+class Client:
+    """A session with one underlay server; use as a context manager or call :meth:`close`."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        verify: bool | str = True,
+        timeout_s: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"User-Agent": "underlay-client"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(
+            base_url=url.rstrip("/") + "/api/v1",
+            headers=headers,
+            verify=verify,
+            timeout=timeout_s,
+            transport=transport,
+        )
+
+    @classmethod
+    def from_env(cls) -> Client:
+        url = os.environ.get("UNDERLAY_URL", "http://127.0.0.1:8765")
+        return cls(url, os.environ.get("UNDERLAY_TOKEN"))
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise Unavailable(f"cannot reach the server at {self._http.base_url}: {exc}") from exc
+        _raise_for_problem(response)
+        return response
+
+    def _one(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
+        return model.model_validate(self._request(method, path, **kwargs).json())
+
+    def _many(self, model: type[M], path: str, **kwargs: Any) -> list[M]:
+        return TypeAdapter(list[model]).validate_python(  # type: ignore[valid-type]
+            self._request("GET", path, **kwargs).json()
+        )
+
+    # -- health, users, tokens -------------------------------------------------------------
+
+    def ready(self) -> bool:
+        try:
+            self._request("GET", "/readyz")
+        except UnderlayError:
+            return False
+        return True
+
+    def me(self) -> Me:
+        return self._one(Me, "GET", "/users/me")
+
+    def create_user(
+        self,
+        name: str,
+        *,
+        password: str | None = None,
+        email: str | None = None,
+        is_admin: bool = False,
+    ) -> UserRead:
+        body = {"name": name, "password": password, "email": email, "is_admin": is_admin}
+        return self._one(UserRead, "POST", "/users", json=body)
+
+    def list_users(self) -> list[UserRead]:
+        return self._many(UserRead, "/users")
+
+    def update_user(self, name: str, **changes: Any) -> UserRead:
+        return self._one(UserRead, "PATCH", f"/users/{name}", json=changes)
+
+    def create_token(
+        self, name: str, *, expires_in_days: int | None = None, user: str | None = None
+    ) -> TokenCreated:
+        body = {"name": name, "expires_in_days": expires_in_days, "user": user}
+        return self._one(TokenCreated, "POST", "/tokens", json=body)
+
+    def list_tokens(self) -> list[TokenRead]:
+        return self._many(TokenRead, "/tokens")
+
+    def revoke_token(self, token_id: int) -> None:
+        self._request("DELETE", f"/tokens/{token_id}")
+
+    def login(self, user: str, password: str) -> TokenCreated:
+        return self._one(
+            TokenCreated, "POST", "/auth/login", json={"user": user, "password": password}
+        )
+
+    # -- projects and members ----------------------------------------------------------
+
+    def create_project(self, name: str, description: str = "") -> ProjectRead:
+        return self._one(
+            ProjectRead, "POST", "/projects", json={"name": name, "description": description}
+        )
+
+    def list_projects(self) -> list[ProjectRead]:
+        return self._many(ProjectRead, "/projects")
+
+    def read_project(self, name: str) -> ProjectRead:
+        return self._one(ProjectRead, "GET", f"/projects/{name}")
+
+    def delete_project(self, name: str) -> None:
+        self._request("DELETE", f"/projects/{name}")
+
+    def add_member(self, project: str, user: str, role: str = "member") -> MemberRead:
+        return self._one(
+            MemberRead, "POST", f"/projects/{project}/members", json={"user": user, "role": role}
+        )
+
+    def list_members(self, project: str) -> list[MemberRead]:
+        return self._many(MemberRead, f"/projects/{project}/members")
+
+    def update_member(self, project: str, user: str, role: str) -> MemberRead:
+        return self._one(
+            MemberRead, "PATCH", f"/projects/{project}/members/{user}", json={"role": role}
+        )
+
+    def remove_member(self, project: str, user: str) -> None:
+        self._request("DELETE", f"/projects/{project}/members/{user}")
+
+    # -- blobs -------------------------------------------------------------------------
+
+    def upload_blob(
+        self,
+        project: str,
+        data: bytes | IO[bytes] | Iterable[bytes] | Path,
+        *,
+        name: str = "",
+        media_type: str = "application/octet-stream",
+    ) -> BlobRead:
+        """Stream ``data`` (bytes, a binary file, an iterable of chunks, or a path) up."""
+        params = {"name": name, "media_type": media_type}
+        if isinstance(data, Path):
+            with data.open("rb") as handle:
+                return self.upload_blob(
+                    project, handle, name=name or data.name, media_type=media_type
+                )
+        content: bytes | Iterator[bytes]
+        if isinstance(data, bytes):
+            content = data
+        elif hasattr(data, "read"):
+            content = iter(lambda: data.read(CHUNK), b"")  # type: ignore[union-attr]
+        else:
+            content = iter(data)  # type: ignore[arg-type]
+        return self._one(
+            BlobRead,
+            "PUT",
+            f"/projects/{project}/blobs",
+            params=params,
+            content=content,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+
+    def list_blobs(self, project: str, *, limit: int = 100, offset: int = 0) -> list[BlobRead]:
+        return self._many(
+            BlobRead, f"/projects/{project}/blobs", params={"limit": limit, "offset": offset}
+        )
+
+    def read_blob(self, project: str, digest: str) -> BlobRead:
+        return self._one(BlobRead, "GET", f"/projects/{project}/blobs/{digest}")
+
+    def iter_blob(self, project: str, digest: str) -> Iterator[bytes]:
+        """Stream a blob's bytes, checking the SHA-256 end to end."""
+        hasher = hashlib.sha256()
+        path = f"/projects/{project}/blobs/{digest}/content"
+        try:
+            with self._http.stream("GET", path) as response:
+                if not response.is_success:
+                    response.read()
+                    _raise_for_problem(response)
+                for chunk in response.iter_bytes(CHUNK):
+                    hasher.update(chunk)
+                    yield chunk
+        except httpx.TransportError as exc:
+            raise IntegrityFailure(
+                f"blob sha256:{digest} of project {project!r} could not be read in full: {exc}"
+            ) from exc
+        if hasher.hexdigest() != digest:
+            raise IntegrityFailure(
+                f"blob sha256:{digest} of project {project!r} arrived with another digest"
+            )
+
+    def download_blob(self, project: str, digest: str) -> bytes:
+        return b"".join(self.iter_blob(project, digest))
+
+    def delete_blob(self, project: str, digest: str) -> None:
+        self._request("DELETE", f"/projects/{project}/blobs/{digest}")
+
+    # -- lineage and audit -------------------------------------------------------------
+
+    def add_lineage(
+        self, project: str, src: tuple[str, str], relation: str, dst: tuple[str, str]
+    ) -> None:
+        body = {
+            "src": {"kind": src[0], "id": src[1]},
+            "relation": relation,
+            "dst": {"kind": dst[0], "id": dst[1]},
+        }
+        self._request("POST", f"/projects/{project}/lineage", json=body)
+
+    def lineage(
+        self,
+        project: str,
+        kind: str,
+        object_id: str,
+        *,
+        direction: str = "both",
+        depth: int | None = None,
+    ) -> LineageGraphRead:
+        params: dict[str, Any] = {"direction": direction}
+        if depth is not None:
+            params["depth"] = depth
+        return self._one(
+            LineageGraphRead,
+            "GET",
+            f"/projects/{project}/lineage/{kind}/{object_id}",
+            params=params,
+        )
+
+    def list_audit(self, **filters: Any) -> list[AuditEntryRead]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self._many(AuditEntryRead, "/audit", params=params)
+
+    def verify_audit(self) -> AuditReportRead:
+        return self._one(AuditReportRead, "GET", "/audit/verify")

@@ -1,0 +1,427 @@
+"""Identity and access: users, projects (tenants), memberships, API tokens, and ``authorize``.
+
+Design decisions:
+
+* Passwords are hashed with argon2id (argon2-cffi defaults). API tokens are 256-bit random
+  secrets shown once; only their SHA-256 is stored. A slow hash adds nothing for a secret of
+  that entropy, and SHA-256 allows an indexed lookup.
+* One :func:`authorize` decides for every face. A caller who is not a member of a project
+  gets :class:`~underlay.errors.NotFound` for it, exactly as if it did not exist, so project
+  names do not leak; a member whose role is too low gets ``PermissionDenied``.
+* Failed logins are counted in the database, per user and per client address, so the limit
+  holds across server workers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from underlay.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    Unauthenticated,
+)
+from underlay.store import Scope
+from underlay.store.models import ApiToken, LoginFailure, Membership, Project, Role, User
+from underlay.store.types import utcnow
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+TOKEN_PREFIX = "ul_"  # noqa: S105 - a label, not a secret
+_hasher = PasswordHasher()
+
+
+class Action(StrEnum):
+    """What an actor wants to do; each maps to the least role that may do it."""
+
+    read = "read"  # viewer and up
+    write = "write"  # member and up
+    manage = "manage"  # project admin: memberships, project settings
+    admin = "admin"  # global admin only: users, audit, keys
+
+
+_RANK = {Role.viewer: 1, Role.member: 2, Role.admin: 3}
+_NEEDS = {Action.read: Role.viewer, Action.write: Role.member, Action.manage: Role.admin}
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is calling: a user, with their project roles, through one token."""
+
+    user_id: int
+    name: str
+    is_admin: bool
+    roles: dict[int, Role] = field(default_factory=dict)
+    token_id: int | None = None
+
+    @property
+    def scope(self) -> Scope:
+        if self.is_admin:
+            return Scope.everything()
+        return Scope(frozenset(self.roles))
+
+
+SYSTEM = Actor(user_id=0, name="system", is_admin=True)
+
+
+def validate_name(kind: str, name: str) -> str:
+    if not NAME_RE.fullmatch(name):
+        raise InvalidInput(
+            f"{kind} name {name[:80]!r} is not valid: use 1-63 characters, lowercase letters, "
+            "digits, '-' or '_', starting with a letter"
+        )
+    return name
+
+
+def authorize(actor: Actor, action: Action, project: Project | None = None) -> None:
+    """Allow or refuse ``action`` by ``actor`` on ``project`` (None: the platform itself)."""
+    if actor.is_admin:
+        return
+    if action is Action.admin or project is None:
+        if action is Action.read and project is None:
+            return
+        raise PermissionDenied(f"user {actor.name!r} may not {action}: it needs a global admin")
+    role = actor.roles.get(project.id)
+    if role is None:
+        raise NotFound(f"project {project.name!r} not found", denied=True)
+    needed = _NEEDS[action]
+    if _RANK[role] < _RANK[needed]:
+        raise PermissionDenied(
+            f"role {role} in project {project.name!r} may not {action}; "
+            f"ask a project admin for the {needed} role"
+        )
+
+
+# -- users ----------------------------------------------------------------------------------
+
+
+def hash_password(password: str) -> str:
+    if not 8 <= len(password) <= 1024:
+        raise InvalidInput("password must be 8 to 1024 characters long")
+    return _hasher.hash(password)
+
+
+def create_user(
+    session: Session,
+    name: str,
+    *,
+    password: str | None = None,
+    email: str | None = None,
+    is_admin: bool = False,
+) -> User:
+    validate_name("user", name)
+    if session.scalar(select(User.id).where(User.name == name)) is not None:
+        raise Conflict(f"user {name!r} exists already")
+    user = User(
+        name=name,
+        email=email,
+        password_hash=hash_password(password) if password else None,
+        is_admin=is_admin,
+    )
+    session.add(user)
+    _flush_unique(session, f"user {name!r} exists already")
+    return user
+
+
+def read_user(session: Session, name: str) -> User:
+    user = session.scalar(select(User).where(User.name == name))
+    if user is None:
+        raise NotFound(f"user {name!r} not found")
+    return user
+
+
+def list_users(session: Session) -> list[User]:
+    return list(session.scalars(select(User).order_by(User.name)))
+
+
+def update_user(
+    session: Session,
+    name: str,
+    *,
+    password: str | None = None,
+    is_active: bool | None = None,
+    is_admin: bool | None = None,
+) -> User:
+    user = read_user(session, name)
+    if password is not None:
+        user.password_hash = hash_password(password)
+    if is_active is not None:
+        user.is_active = is_active
+        if not is_active:
+            revoke_all_tokens(session, user.id)
+    if is_admin is not None:
+        user.is_admin = is_admin
+    return user
+
+
+# -- projects and memberships ---------------------------------------------------------------
+
+
+def create_project(session: Session, name: str, owner: Actor, description: str = "") -> Project:
+    validate_name("project", name)
+    if len(description) > 1000:
+        raise InvalidInput("project description must be at most 1000 characters")
+    if session.scalar(select(Project.id).where(Project.name == name)) is not None:
+        raise Conflict(f"project {name!r} exists already")
+    project = Project(name=name, description=description)
+    session.add(project)
+    _flush_unique(session, f"project {name!r} exists already")
+    if owner.user_id:
+        session.info["scope"] = _widen(session, project.id)
+        session.add(Membership(project_id=project.id, user_id=owner.user_id, role=Role.admin))
+        session.flush()
+    return project
+
+
+def read_project(
+    session: Session, name: str, actor: Actor, action: Action = Action.read
+) -> Project:
+    """The project called ``name``, if ``actor`` may do ``action`` on it."""
+    project = session.scalar(select(Project).where(Project.name == name))
+    if project is None:
+        raise NotFound(f"project {name!r} not found")
+    authorize(actor, action, project)
+    return project
+
+
+def list_projects(session: Session, actor: Actor) -> list[Project]:
+    query = select(Project).order_by(Project.name)
+    if not actor.is_admin:
+        query = query.where(Project.id.in_(list(actor.roles)))
+    return list(session.scalars(query))
+
+
+def delete_project(session: Session, project: Project) -> None:
+    session.delete(project)
+
+
+def add_member(session: Session, project: Project, user_name: str, role: Role) -> Membership:
+    user = read_user(session, user_name)
+    existing = session.scalar(
+        select(Membership).where(Membership.project_id == project.id, Membership.user_id == user.id)
+    )
+    if existing is not None:
+        raise Conflict(
+            f"user {user_name!r} is already {existing.role} in project {project.name!r}; "
+            "change the role with update"
+        )
+    membership = Membership(project_id=project.id, user_id=user.id, role=role)
+    session.add(membership)
+    _flush_unique(session, f"user {user_name!r} is already a member of {project.name!r}")
+    return membership
+
+
+def list_members(session: Session, project: Project) -> list[tuple[Membership, User]]:
+    rows = session.execute(
+        select(Membership, User)
+        .join(User, User.id == Membership.user_id)
+        .where(Membership.project_id == project.id)
+        .order_by(User.name)
+    )
+    return [(m, u) for m, u in rows.tuples()]
+
+
+def _read_membership(session: Session, project: Project, user_name: str) -> Membership:
+    user = read_user(session, user_name)
+    membership = session.scalar(
+        select(Membership).where(Membership.project_id == project.id, Membership.user_id == user.id)
+    )
+    if membership is None:
+        raise NotFound(f"user {user_name!r} is not a member of project {project.name!r}")
+    return membership
+
+
+def update_member(session: Session, project: Project, user_name: str, role: Role) -> Membership:
+    membership = _read_membership(session, project, user_name)
+    if membership.role == Role.admin and role != Role.admin:
+        _keep_one_admin(session, project)
+    membership.role = role
+    return membership
+
+
+def remove_member(session: Session, project: Project, user_name: str) -> None:
+    membership = _read_membership(session, project, user_name)
+    if membership.role == Role.admin:
+        _keep_one_admin(session, project)
+    session.delete(membership)
+
+
+def _keep_one_admin(session: Session, project: Project) -> None:
+    admins = session.scalar(
+        select(func.count())
+        .select_from(Membership)
+        .where(Membership.project_id == project.id, Membership.role == Role.admin)
+    )
+    if (admins or 0) <= 1:
+        raise Conflict(f"project {project.name!r} would have no admin left; appoint one first")
+
+
+def roles_of(session: Session, user_id: int) -> dict[int, Role]:
+    rows = session.execute(
+        select(Membership.project_id, Membership.role)
+        .where(Membership.user_id == user_id)
+        .execution_options(skip_scope=True)  # resolving the caller's own scope
+    )
+    return {pid: Role(role) for pid, role in rows.tuples()}
+
+
+# -- tokens ---------------------------------------------------------------------------------
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_token(
+    session: Session, user: User, name: str, *, expires_in_days: int | None
+) -> tuple[ApiToken, str]:
+    """A new token for ``user``; the secret is returned once and never stored."""
+    validate_name("token", name)
+    if expires_in_days is not None and not 1 <= expires_in_days <= 3650:
+        raise InvalidInput("expires_in_days must be between 1 and 3650")
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken(
+        user_id=user.id,
+        name=name,
+        token_hash=_digest(secret),
+        prefix=secret[:10],
+        expires_at=utcnow() + dt.timedelta(days=expires_in_days) if expires_in_days else None,
+    )
+    session.add(token)
+    session.flush()
+    return token, secret
+
+
+def import_token(session: Session, user: User, name: str, secret: str) -> ApiToken:
+    """Register a token whose secret an operator chose (``UNDERLAY_ADMIN_TOKEN``)."""
+    if len(secret) < 32:
+        raise InvalidInput("an admin token must be at least 32 characters long")
+    token = ApiToken(user_id=user.id, name=name, token_hash=_digest(secret), prefix=secret[:10])
+    session.add(token)
+    session.flush()
+    return token
+
+
+def list_tokens(session: Session, user_id: int) -> list[ApiToken]:
+    return list(
+        session.scalars(select(ApiToken).where(ApiToken.user_id == user_id).order_by(ApiToken.id))
+    )
+
+
+def revoke_token(session: Session, actor: Actor, token_id: int) -> ApiToken:
+    token = session.get(ApiToken, token_id)
+    if token is None or (token.user_id != actor.user_id and not actor.is_admin):
+        raise NotFound(f"token {token_id} not found")
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+    return token
+
+
+def revoke_all_tokens(session: Session, user_id: int) -> None:
+    for token in list_tokens(session, user_id):
+        if token.revoked_at is None:
+            token.revoked_at = utcnow()
+
+
+def authenticate(session: Session, secret: str | None) -> Actor:
+    """The actor a bearer token stands for; ``Unauthenticated`` for anything else."""
+    if not secret:
+        raise Unauthenticated("no token given: send 'Authorization: Bearer <token>'")
+    token = session.scalar(select(ApiToken).where(ApiToken.token_hash == _digest(secret)))
+    now = utcnow()
+    if token is None:
+        raise Unauthenticated("the token is not valid")
+    if token.revoked_at is not None:
+        raise Unauthenticated("the token was revoked")
+    if token.expires_at is not None and token.expires_at <= now:
+        raise Unauthenticated("the token has expired; create a new one")
+    user = session.get(User, token.user_id)
+    if user is None or not user.is_active:
+        raise Unauthenticated("the token's user is deactivated")
+    if token.last_used_at is None or now - token.last_used_at > dt.timedelta(minutes=1):
+        token.last_used_at = now
+    return Actor(user.id, user.name, user.is_admin, roles_of(session, user.id), token.id)
+
+
+# -- login ----------------------------------------------------------------------------------
+
+
+def check_login_allowed(
+    session: Session, user_name: str, address: str, *, max_failures: int, window_s: int
+) -> None:
+    since = utcnow() - dt.timedelta(seconds=window_s)
+    for column, value, what in (
+        (LoginFailure.user_name, user_name, f"user {user_name!r}"),
+        (LoginFailure.address, address, f"address {address}"),
+    ):
+        count = session.scalar(
+            select(func.count())
+            .select_from(LoginFailure)
+            .where(column == value, LoginFailure.at >= since)
+        )
+        if (count or 0) >= max_failures:
+            raise RateLimited(
+                f"too many failed logins for {what}; try again in {window_s} s",
+                retry_after=window_s,
+            )
+
+
+def verify_login(session: Session, user_name: str, password: str) -> User:
+    """The user if the password matches; ``Unauthenticated`` (one message for all cases)."""
+    user = session.scalar(select(User).where(User.name == user_name[:64]))
+    try:
+        if user is None or not user.password_hash or not user.is_active:
+            _hasher.hash(password[:1024])  # same work either way: no timing oracle
+            raise VerificationError
+        _hasher.verify(user.password_hash, password[:1024])
+    except (VerificationError, InvalidHashError):
+        raise Unauthenticated("wrong user name or password") from None
+    session.execute(delete(LoginFailure).where(LoginFailure.user_name == user.name))
+    return user
+
+
+def record_login_failure(session: Session, user_name: str, address: str) -> None:
+    session.add(LoginFailure(user_name=user_name[:64], address=address[:64]))
+
+
+# -- bootstrap ------------------------------------------------------------------------------
+
+
+def bootstrap_admin(session: Session, admin_token: str | None) -> str | None:
+    """On first start, create user ``admin`` with a token; returns a generated secret once."""
+    if session.scalar(select(func.count()).select_from(User)):
+        return None
+    admin = create_user(session, "admin", is_admin=True)
+    if admin_token:
+        import_token(session, admin, "bootstrap", admin_token)
+        return None
+    _, secret = create_token(session, admin, "bootstrap", expires_in_days=None)
+    return secret
+
+
+def _widen(session: Session, project_id: int) -> Scope:
+    scope: Scope = session.info["scope"]
+    if scope.project_ids is None:
+        return scope
+    return Scope(scope.project_ids | {project_id})
+
+
+def _flush_unique(session: Session, message: str) -> None:
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError as exc:
+        raise Conflict(message) from exc
