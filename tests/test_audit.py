@@ -6,53 +6,33 @@ import datetime as dt
 import itertools
 import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select, text
 
 from underlay.audit import GENESIS_HASH, AuditLog, AuditReport, entry_hash
-from underlay.errors import InvalidInput
+from underlay.config import Settings
+from underlay.crypto import SigningKey
+from underlay.errors import IntegrityFailure, InvalidInput
 from underlay.store import Database, Scope
 from underlay.store.models import AuditCheckpoint, AuditEntry, AuditHead, Project
 
 
-class Ed25519Signer:
-    """A signer built straight from `cryptography`, as the audit log's Signer protocol asks."""
-
-    def __init__(self, key_id: str, private: Ed25519PrivateKey | None = None) -> None:
-        self.key_id = key_id
-        self._private = private or Ed25519PrivateKey.generate()
-
-    @classmethod
-    def from_raw(cls, key_id: str, raw: bytes) -> Ed25519Signer:
-        return cls(key_id, Ed25519PrivateKey.from_private_bytes(raw))
-
-    def raw(self) -> bytes:
-        return self._private.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
-
-    def sign(self, data: bytes) -> bytes:
-        return self._private.sign(data)
-
-    def public_key_bytes(self) -> bytes:
-        return self._private.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
+@pytest.fixture
+def signer(settings: Settings) -> SigningKey:
+    return SigningKey(settings)
 
 
 @pytest.fixture
-def signer() -> Ed25519Signer:
-    return Ed25519Signer("audit-test")
+def forger(tmp_path: Path) -> SigningKey:
+    """Another Ed25519 key that claims to be the platform's."""
+    return SigningKey(Settings(home=tmp_path / "forger"))
 
 
 @pytest.fixture
-def log(db: Database, signer: Ed25519Signer) -> AuditLog:
+def log(db: Database, signer: SigningKey) -> AuditLog:
     return AuditLog(db, signer, checkpoint_every=3)
 
 
@@ -84,9 +64,7 @@ def _failed(report: AuditReport, seq: int, match: str) -> None:
 # -- the chain ----------------------------------------------------------------------------
 
 
-def test_appends_form_a_verifiable_chain(
-    db: Database, log: AuditLog, signer: Ed25519Signer
-) -> None:
+def test_appends_form_a_verifiable_chain(db: Database, log: AuditLog, signer: SigningKey) -> None:
     _fill(log, 8)
     with db.session(Scope.everything()) as s:
         entries = s.scalars(select(AuditEntry).order_by(AuditEntry.seq)).all()
@@ -99,7 +77,7 @@ def test_appends_form_a_verifiable_chain(
     assert all(entry_hash(e) == e.hash for e in entries)
     assert head is not None and (head.seq, head.hash) == (8, entries[-1].hash)
     assert [c.seq for c in checkpoints] == [3, 6]
-    assert {c.key_id for c in checkpoints} == {"audit-test"}
+    assert {c.key_id for c in checkpoints} == {signer.key_id}
 
     report = log.verify(signer.public_key_bytes())
     assert report == AuditReport(ok=True, entries_checked=8, checkpoints_checked=2, head_seq=8)
@@ -107,7 +85,7 @@ def test_appends_form_a_verifiable_chain(
     assert log.verify(signer).ok
 
 
-def test_empty_log_verifies(log: AuditLog, signer: Ed25519Signer) -> None:
+def test_empty_log_verifies(log: AuditLog, signer: SigningKey) -> None:
     report = log.verify(signer)
     assert report.ok and report.entries_checked == 0 and report.head_seq == 0
 
@@ -132,7 +110,7 @@ def test_entry_fields_round_trip(db: Database, log: AuditLog) -> None:
 
 
 def test_append_commits_and_rolls_back_with_the_callers_transaction(
-    db: Database, log: AuditLog, signer: Ed25519Signer
+    db: Database, log: AuditLog, signer: SigningKey
 ) -> None:
     with pytest.raises(RuntimeError, match="boom"), db.session(Scope.everything()) as s:
         s.add(Project(name="doomed"))
@@ -175,11 +153,14 @@ def test_bad_input_is_refused_and_free_text_is_clipped(log: AuditLog) -> None:
     assert len(entry.resource) == 512 and entry.resource.endswith("\u2026")
 
 
-def test_constructor_and_verify_refuse_bad_keys(db: Database, signer: Ed25519Signer) -> None:
+def test_constructor_and_verify_refuse_bad_keys(
+    db: Database, signer: SigningKey, forger: SigningKey
+) -> None:
     with pytest.raises(InvalidInput, match="at least 1"):
         AuditLog(db, signer, checkpoint_every=0)
+    forger.key_id = "k" * 33
     with pytest.raises(InvalidInput, match="key id must be 1-32 characters"):
-        AuditLog(db, Ed25519Signer("k" * 33))
+        AuditLog(db, forger)
     with pytest.raises(InvalidInput, match="32-byte Ed25519 public key"):
         AuditLog(db, signer).verify(b"short")
 
@@ -210,13 +191,13 @@ def test_list_entries_filters_and_pages(db: Database, log: AuditLog) -> None:
 # -- tamper detection ---------------------------------------------------------------------
 
 
-def test_edited_entry_is_named(db: Database, log: AuditLog, signer: Ed25519Signer) -> None:
+def test_edited_entry_is_named(db: Database, log: AuditLog, signer: SigningKey) -> None:
     _fill(log, 10)
     _sql(db, "UPDATE audit_entries SET actor = 'mallory' WHERE seq = 5")
     _failed(log.verify(signer), 5, "entry 5 was edited: its hash does not match its contents")
 
 
-def test_deleted_middle_entry_is_named(db: Database, log: AuditLog, signer: Ed25519Signer) -> None:
+def test_deleted_middle_entry_is_named(db: Database, log: AuditLog, signer: SigningKey) -> None:
     _fill(log, 10)
     _sql(db, "DELETE FROM audit_entries WHERE seq = 5")
     _failed(log.verify(signer), 5, "entry 5 is missing: sequence jumps from 4 to 6")
@@ -226,13 +207,13 @@ def test_deleted_middle_entry_is_named(db: Database, log: AuditLog, signer: Ed25
     _failed(log.verify(signer), 1, "entry 1 is missing: sequence starts at 2")
 
 
-def test_deleted_tail_is_named(db: Database, log: AuditLog, signer: Ed25519Signer) -> None:
+def test_deleted_tail_is_named(db: Database, log: AuditLog, signer: SigningKey) -> None:
     _fill(log, 10)
     _sql(db, "DELETE FROM audit_entries WHERE seq > 7")
     _failed(log.verify(signer), 8, "entries after 7 were deleted: the head says 10")
 
 
-def test_swapped_entries_are_named(db: Database, log: AuditLog, signer: Ed25519Signer) -> None:
+def test_swapped_entries_are_named(db: Database, log: AuditLog, signer: SigningKey) -> None:
     _fill(log, 10)
     _sql(db, "UPDATE audit_entries SET seq = -4 WHERE seq = 4")
     _sql(db, "UPDATE audit_entries SET seq = 4 WHERE seq = 5")
@@ -256,7 +237,7 @@ def _rewrite_from(db: Database, seq: int, actor: str) -> None:
 
 
 def test_rewritten_chain_is_caught_by_the_signed_checkpoint(
-    db: Database, log: AuditLog, signer: Ed25519Signer
+    db: Database, log: AuditLog, signer: SigningKey
 ) -> None:
     _fill(log, 8)
     _rewrite_from(db, 5, "mallory")
@@ -268,7 +249,7 @@ def test_rewritten_chain_is_caught_by_the_signed_checkpoint(
 
 
 def test_rewritten_link_names_the_rewritten_entry(
-    db: Database, log: AuditLog, signer: Ed25519Signer
+    db: Database, log: AuditLog, signer: SigningKey
 ) -> None:
     _fill(log, 8)
     with db.session(Scope.everything()) as s:
@@ -279,10 +260,9 @@ def test_rewritten_link_names_the_rewritten_entry(
 
 
 def test_forged_checkpoint_signature_is_reported(
-    db: Database, log: AuditLog, signer: Ed25519Signer
+    db: Database, log: AuditLog, signer: SigningKey, forger: SigningKey
 ) -> None:
     _fill(log, 7)
-    forger = Ed25519Signer("audit-test")
     _sql(
         db,
         "UPDATE audit_checkpoints SET signature = :sig WHERE seq = 3",
@@ -294,12 +274,10 @@ def test_forged_checkpoint_signature_is_reported(
     _sql(db, "DELETE FROM audit_entries")
     _sql(db, "UPDATE audit_head SET seq = 0, hash = :h", h=GENESIS_HASH)
     _fill(log, 4)
-    _failed(log.verify(forger), 3, "invalid signature (key 'audit-test')")
+    _failed(log.verify(forger), 3, f"invalid signature (key {signer.key_id!r})")
 
 
-def test_deleted_checkpoints_are_reported(
-    db: Database, log: AuditLog, signer: Ed25519Signer
-) -> None:
+def test_deleted_checkpoints_are_reported(db: Database, log: AuditLog, signer: SigningKey) -> None:
     _fill(log, 10)
     _sql(db, "DELETE FROM audit_checkpoints WHERE seq = 9")
     _failed(log.verify(signer), 9, "no signed checkpoint after entry 6")
@@ -308,7 +286,7 @@ def test_deleted_checkpoints_are_reported(
 
 
 def test_rewound_head_and_stray_rows_are_reported(
-    db: Database, log: AuditLog, signer: Ed25519Signer
+    db: Database, log: AuditLog, signer: SigningKey
 ) -> None:
     _fill(log, 10)
     with db.session(Scope.everything()) as s:
@@ -332,7 +310,22 @@ def test_rewound_head_and_stray_rows_are_reported(
     _failed(log.verify(signer), 12, "entry 12 lies beyond the head (7)")
 
 
-def test_altered_head_is_reported(db: Database, log: AuditLog, signer: Ed25519Signer) -> None:
+def test_append_refuses_to_write_over_a_stray_entry(
+    db: Database, log: AuditLog, signer: SigningKey
+) -> None:
+    _fill(log, 2)
+    _sql(
+        db,
+        "INSERT INTO audit_entries (seq, at, actor, action, resource, project, client, outcome,"
+        " detail, prev_hash, hash) SELECT 3, at, actor, action, resource, project, client,"
+        " outcome, detail, prev_hash, hash FROM audit_entries WHERE seq = 2",
+    )
+    with pytest.raises(IntegrityFailure, match="entry or checkpoint 3 already exists"):
+        log.record(actor="ana", action="x.read", resource="r", outcome="ok")
+    _failed(log.verify(signer), 3, "entry 3 lies beyond the head (2)")
+
+
+def test_altered_head_is_reported(db: Database, log: AuditLog, signer: SigningKey) -> None:
     _fill(log, 4)
     _sql(db, "UPDATE audit_head SET hash = :h", h="f" * 64)
     _failed(log.verify(signer), 4, "the head's hash does not match entry 4")
@@ -342,11 +335,12 @@ def test_altered_head_is_reported(db: Database, log: AuditLog, signer: Ed25519Si
 
 
 def _append_from_threads(
-    url: str, raw_key: bytes, worker: int, threads: int, count: int, start: Any
+    home: str, url: str, worker: int, threads: int, count: int, start: Any
 ) -> None:
     """Runs in a spawned process: its own Database, several threads appending at once."""
     database = Database(url)
-    log = AuditLog(database, Ed25519Signer.from_raw("audit-test", raw_key), checkpoint_every=25)
+    key = SigningKey(Settings(home=Path(home), store={"url": url}))
+    log = AuditLog(database, key, checkpoint_every=25)
 
     def append_many(thread: int) -> None:
         start.wait(timeout=120)  # every thread of every process begins together
@@ -367,7 +361,7 @@ def _append_from_threads(
 
 
 def test_concurrent_processes_and_threads_form_one_chain(
-    db: Database, signer: Ed25519Signer
+    db: Database, settings: Settings, signer: SigningKey
 ) -> None:
     processes, threads, count = 2, 2, 50
     total = processes * threads * count
@@ -376,7 +370,7 @@ def test_concurrent_processes_and_threads_form_one_chain(
     workers = [
         context.Process(
             target=_append_from_threads,
-            args=(db.url, signer.raw(), w, threads, count, start),
+            args=(str(settings.home), db.url, w, threads, count, start),
         )
         for w in range(processes)
     ]

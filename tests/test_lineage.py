@@ -19,6 +19,7 @@ from underlay.lineage import (
     lineage,
     upstream,
 )
+from underlay.schemas import LineageGraphRead
 from underlay.store import Database, Scope
 from underlay.store.models import LineageEdge, Project
 
@@ -57,9 +58,9 @@ def test_chain_walks_up_and_down(db: Database, projects: tuple[int, int]) -> Non
         assert up.nodes == [DEPLOY, MODEL, RUN, DATA]
         assert _distances(up) == {
             "deployment:churn-web": 0,
-            "model_version:churn@2": 1,
-            "run:41": 2,
-            "dataset_version:sales@3": 3,
+            "model_version:churn@2": -1,
+            "run:41": -2,
+            "dataset_version:sales@3": -3,
         }
         assert up.edges == sorted(
             [(DATA, "trained", RUN), (RUN, "produced", MODEL), (MODEL, "deployed_as", DEPLOY)]
@@ -77,7 +78,7 @@ def test_chain_walks_up_and_down(db: Database, projects: tuple[int, int]) -> Non
         around = lineage(s, RUN)
         assert _distances(around) == {
             "run:41": 0,
-            "dataset_version:sales@3": 1,
+            "dataset_version:sales@3": -1,
             "model_version:churn@2": 1,
             "deployment:churn-web": 2,
         }
@@ -106,7 +107,7 @@ def test_diamond_counts_each_node_once_at_its_shortest_distance(
         assert len(down.edges) == 5
         up = upstream(s, DEPLOY)
         assert up.nodes == [DEPLOY, MODEL, r1, r2, DATA]
-        assert up.distance[DATA] == 3
+        assert up.distance[DATA] == -3
         # A shortcut edge makes the model one hop from the data, however long the other paths.
         add_edge(s, a, DATA, "evaluated", MODEL)
         shortcut = downstream(s, DATA)
@@ -208,7 +209,8 @@ def test_writes_outside_the_scope_are_refused(db: Database, projects: tuple[int,
         (lambda: ObjectRef("run", "a b"), "id must be 1-128 characters"),
         (lambda: ObjectRef("run", "x" * 129), "id must be 1-128 characters"),
         (lambda: ObjectRef("run", "../etc"), "id must be 1-128 characters"),
-        (lambda: ObjectRef("run", 7), "id must be 1-128 characters"),
+        (lambda: ObjectRef("run", "a/b"), "id must be 1-128 characters"),
+        (lambda: ObjectRef("run", 7), "id must be 1-128 characters"),  # type: ignore[arg-type]
     ],
 )
 def test_malformed_refs_are_refused(build: Any, match: str) -> None:
@@ -225,9 +227,7 @@ def test_malformed_arguments_are_refused(db: Database, projects: tuple[int, int]
             upstream(s, DATA, depth=0)
         with pytest.raises(InvalidInput, match="direction must be upstream, downstream or both"):
             lineage(s, DATA, "sideways")  # type: ignore[arg-type]
-    assert ObjectRef("blob", "sha256:ab.cd@3/x+y=z-1") == ObjectRef(
-        "blob", "sha256:ab.cd@3/x+y=z-1"
-    )
+    assert str(ObjectRef("blob", "sha256:ab.cd@3+x-1")) == "blob:sha256:ab.cd@3+x-1"
 
 
 def test_delete_edges_for_removes_both_directions_in_one_project(
@@ -277,3 +277,25 @@ def test_concurrent_edges_cannot_close_a_cycle(db: Database, projects: tuple[int
     assert isinstance(outcome["second"], Conflict)
     with db.session(Scope.projects(a)) as s:
         assert downstream(s, DATA).edges == [(DATA, "trained", RUN)]
+
+
+def test_graph_renders_as_the_api_schema(db: Database, projects: tuple[int, int]) -> None:
+    a, _ = projects
+    _chain(db, a)
+    with db.session(Scope.projects(a)) as s:
+        graph = lineage(s, RUN, depth=1)
+    data = graph.as_dict()
+    assert data["root"] == {"kind": "run", "id": "41"}
+    assert data["nodes"] == [
+        {"kind": "run", "id": "41", "distance": 0},
+        {"kind": "dataset_version", "id": "sales@3", "distance": -1},
+        {"kind": "model_version", "id": "churn@2", "distance": 1},
+    ]
+    produced = {
+        "src": {"kind": "run", "id": "41"},
+        "relation": "produced",
+        "dst": {"kind": "model_version", "id": "churn@2"},
+    }
+    assert produced in data["edges"] and len(data["edges"]) == 2
+    read = LineageGraphRead.model_validate(data)
+    assert [n.distance for n in read.nodes] == [0, -1, 1]

@@ -36,9 +36,10 @@ from typing import Any, Protocol
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Table, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from underlay.errors import InvalidInput, Unavailable
+from underlay.errors import IntegrityFailure, InvalidInput, Unavailable
 from underlay.store.db import Database, Scope
 from underlay.store.models import AuditCheckpoint, AuditEntry, AuditHead
 from underlay.store.types import utcnow
@@ -202,6 +203,17 @@ def _signature_ok(key: Ed25519PublicKey, payload: bytes, signature: bytes) -> bo
     return True
 
 
+def _flush(session: Session, seq: int) -> None:
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise IntegrityFailure(
+            f"audit entry or checkpoint {seq} already exists although the head says "
+            f"{seq - 1}: the audit log was altered outside underlay; run "
+            "`underlay audit verify --local`"
+        ) from exc
+
+
 # -- the log --------------------------------------------------------------------------------
 
 
@@ -249,6 +261,8 @@ class AuditLog:
             "client": _clip("client", client, 64),
             "detail": _detail_text(detail),
         }
+        # The caller's pending rows go out first, so a failure below is the audit log's own.
+        session.flush()
         # The head UPDATE comes first: it is the lock that orders concurrent appends.
         bump = (
             update(AuditHead)
@@ -270,9 +284,10 @@ class AuditLog:
             .execution_options(synchronize_session=False)
         )
         session.add(entry)
+        _flush(session, seq)
         if seq % self.checkpoint_every == 0:
             self._checkpoint(session, entry)
-        session.flush()
+            _flush(session, seq)
         return entry
 
     def record(

@@ -51,7 +51,7 @@ MAX_DEPTH = 1000
 Direction = Literal["upstream", "downstream", "both"]
 
 _WORD = re.compile(r"[a-z][a-z0-9_]{0,31}")
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
 _LOCK_NAMESPACE = 0x6C696E  # "lin": first key of the per-project advisory lock
 _EDGES = LineageEdge.__table__
 
@@ -76,7 +76,7 @@ class ObjectRef:
         _check_word("kind", self.kind)
         if not isinstance(self.id, str) or not _ID.fullmatch(self.id):
             raise InvalidInput(
-                f"lineage id must be 1-128 characters of letters, digits and . _ : @ / + = - "
+                f"lineage id must be 1-128 characters of letters, digits and . _ : @ + - "
                 f"(starting with a letter or digit), got {self.id!r}"
             )
 
@@ -89,13 +89,34 @@ Edge = tuple[ObjectRef, str, ObjectRef]
 
 @dataclass
 class LineageGraph:
-    """What a walk found: ``nodes`` (root first), ``edges`` and each node's hop count."""
+    """What a walk found around ``root``.
+
+    ``distance`` counts hops from the root: negative upstream (what the root came from),
+    positive downstream (what came from it), 0 for the root. ``nodes`` lists the root first,
+    then the others by hop count, upstream before downstream, then by kind and id.
+    """
 
     root: ObjectRef
     direction: Direction
     nodes: list[ObjectRef] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
     distance: dict[ObjectRef, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for the API: refs as ``{"kind", "id"}`` mappings."""
+
+        def ref(node: ObjectRef) -> dict[str, str]:
+            return {"kind": node.kind, "id": node.id}
+
+        return {
+            "root": ref(self.root),
+            "direction": self.direction,
+            "nodes": [{**ref(n), "distance": self.distance[n]} for n in self.nodes],
+            "edges": [
+                {"src": ref(src), "relation": relation, "dst": ref(dst)}
+                for src, relation, dst in self.edges
+            ],
+        }
 
 
 # -- scope ----------------------------------------------------------------------------------
@@ -207,9 +228,11 @@ def _graph(
         for row in session.execute(stmt):
             src, dst = ObjectRef(row.src_kind, row.src_id), ObjectRef(row.dst_kind, row.dst_id)
             edges.add((src, row.relation, dst))
-            far = src if upstream else dst
-            distance[far] = min(distance.get(far, MAX_DEPTH + 1), int(row.depth))
-    nodes = sorted(distance, key=lambda node: (distance[node], node))
+            far, hops = (src, -int(row.depth)) if upstream else (dst, int(row.depth))
+            # Each far end keeps its fewest hops; in a DAG no node is on both sides.
+            if far not in distance or abs(hops) < abs(distance[far]):
+                distance[far] = hops
+    nodes = sorted(distance, key=lambda node: (abs(distance[node]), distance[node], node))
     return LineageGraph(ref, direction, nodes, sorted(edges), distance)
 
 
