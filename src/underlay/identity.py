@@ -231,7 +231,7 @@ def list_members(session: Session, project: Project) -> list[tuple[Membership, U
         .where(Membership.project_id == project.id)
         .order_by(User.name)
     )
-    return [(m, u) for m, u in rows.tuples()]
+    return [(m, u) for m, u in rows]
 
 
 def _read_membership(session: Session, project: Project, user_name: str) -> Membership:
@@ -275,7 +275,7 @@ def roles_of(session: Session, user_id: int) -> dict[int, Role]:
         .where(Membership.user_id == user_id)
         .execution_options(skip_scope=True)  # resolving the caller's own scope
     )
-    return {pid: Role(role) for pid, role in rows.tuples()}
+    return {pid: Role(role) for pid, role in rows}
 
 
 # -- tokens ---------------------------------------------------------------------------------

@@ -59,7 +59,12 @@ def serve(home: Path, admin_token: str, port: int) -> Iterator[tuple[str, float]
     """Run ``underlay up`` as a child process; yields its URL and seconds until ready."""
     from underlay.client import Client
 
-    env = {**os.environ, "UNDERLAY_HOME": str(home), "UNDERLAY_ADMIN_TOKEN": admin_token}
+    env = {
+        **os.environ,
+        "UNDERLAY_HOME": str(home),
+        "UNDERLAY_ADMIN_TOKEN": admin_token,
+        "UNDERLAY_SECURITY__AUDIT_CHECKPOINT_EVERY": "5",  # show signed checkpoints early
+    }
     for key in ("UNDERLAY_STORE__URL", "UNDERLAY_BLOBS__URL", "UNDERLAY_URL", "UNDERLAY_TOKEN"):
         env.pop(key, None)
     log = (home / "server.log").open("wb")
