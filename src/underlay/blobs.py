@@ -1,0 +1,404 @@
+"""Content-addressed, encrypted blob storage over any fsspec filesystem.
+
+A blob is named by the SHA-256 of its plaintext and stored once per project at
+``<root>/<project_id>/<digest[:2]>/<digest>``, encrypted under the project's data key with
+the chunked AEAD of :mod:`underlay.crypto`. One implementation serves every backend: a local
+folder by default, any fsspec URL (``s3://bucket/prefix``) by configuration.
+
+Design decisions:
+
+* **Streaming in bounded memory.** Writes hash and encrypt one chunk (``blobs.chunk_size``,
+  4 MiB by default) at a time; reads decrypt one chunk at a time and authenticate each chunk
+  before yielding it. The digest is bound into the last chunk, so a blob file moved under
+  another name fails at the last chunk, before its last bytes are yielded.
+* **Temporary name, then rename.** A write goes to ``<root>/.partial/<random>.part`` and is
+  renamed to its final name only when complete, so a crash never leaves a half blob under a
+  digest. :meth:`BlobStore.sweep_partials` removes the leftovers of crashed writes.
+* **File first, row second.** The metadata row is added in the caller's transaction only
+  after the file is in place. If the process dies between the rename and the commit, the
+  file stays without a row: harmless, since it is only reachable through a row, and the next
+  upload of the same content to the same project overwrites it with an equivalent file.
+  Deletion is the mirror image: the row goes in the caller's transaction and the file after
+  that transaction commits, so a rolled-back delete loses nothing.
+* **Paths from digests only.** Digests are checked to be 64 lowercase hex digits before they
+  reach a path; names and media types are display labels, never path components.
+
+On SQLite the caller's transaction holds the database's single write lock from its first
+statement, and :meth:`BlobStore.put` reads its source inside that transaction: upload in a
+session of its own, not inside a long unit of work.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import itertools
+import logging
+import os
+import re
+import secrets
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO
+
+import fsspec
+from cryptography.utils import Buffer
+from sqlalchemy import event, exc, select
+from sqlalchemy.orm import Session
+
+from underlay.config import Settings
+from underlay.crypto import BLOB_HEADER_BYTES, BlobDecryptor, BlobEncryptor, Keyring
+from underlay.errors import IntegrityFailure, InvalidInput, NotFound, PayloadTooLarge
+from underlay.store.models import Blob
+from underlay.store.types import utcnow
+
+log = logging.getLogger(__name__)
+
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_PARTIAL_DIR = ".partial"
+_PENDING_DELETES = "underlay.blobs.pending_deletes"
+DEFAULT_MEDIA_TYPE = "application/octet-stream"
+MAX_LIST_LIMIT = 1000
+
+
+def check_digest(digest: str) -> str:
+    """``digest`` if it is a SHA-256 hex digest (64 lowercase hex digits), else InvalidInput."""
+    if not isinstance(digest, str) or _DIGEST.fullmatch(digest) is None:
+        raise InvalidInput(
+            f"blob digest {digest!r} is not a SHA-256 hex digest (64 lowercase hex digits)"
+        )
+    return digest
+
+
+class BlobStore:
+    """Encrypted, content-addressed blobs of each project (see the module docstring)."""
+
+    def __init__(self, settings: Settings, keyring: Keyring) -> None:
+        self._keyring = keyring
+        self._chunk_size = settings.blobs.chunk_size
+        self._max_size = settings.blobs.max_size
+        fs, root = fsspec.core.url_to_fs(settings.blob_url, **settings.blobs.storage_options)
+        self._fs: Any = fs
+        self._root: str = root.rstrip("/")
+        protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+        self._local = "file" in protocols
+        if self._local:
+            fs.makedirs(f"{self._root}/{_PARTIAL_DIR}", exist_ok=True)
+
+    def location(self, project_id: int, digest: str) -> str:
+        """Where a blob's file lives, as a path of the store's filesystem."""
+        check_digest(digest)
+        return f"{self._root}/{int(project_id)}/{digest[:2]}/{digest}"
+
+    # -- writes ------------------------------------------------------------------------
+
+    def put(
+        self,
+        session: Session,
+        project_id: int,
+        source: BinaryIO | bytes | Iterable[bytes],
+        *,
+        name: str = "",
+        media_type: str = DEFAULT_MEDIA_TYPE,
+        created_by: int | None = None,
+        expected_digest: str | None = None,
+    ) -> Blob:
+        """Store ``source`` (a binary file, bytes, or an iterable of bytes); return its row.
+
+        Uploading content the project already holds returns the existing row.
+        """
+        _check_labels(name, media_type)
+        if expected_digest is not None:
+            check_digest(expected_digest)
+        key = self._keyring.data_key(session, project_id)
+        partial = f"{self._root}/{_PARTIAL_DIR}/{secrets.token_hex(16)}.part"
+        placed = False
+        try:
+            digest, size, stored_size = self._write(partial, key, source)
+            if expected_digest is not None and digest != expected_digest:
+                raise InvalidInput(
+                    f"uploaded content has digest sha256:{digest}, expected "
+                    f"sha256:{expected_digest}: the upload was corrupted or the digest is wrong"
+                )
+            existing = self._find(session, project_id, digest)
+            final = self.location(project_id, digest)
+            if existing is None or not self._fs.exists(final):
+                # a missing file under an existing row is restored by the same move
+                self._place(session, partial, final)
+                placed = True
+        finally:
+            if not placed:
+                self._discard_quietly(partial)
+        if existing is not None:
+            return existing
+        blob = Blob(
+            project_id=project_id,
+            digest=digest,
+            size=size,
+            stored_size=stored_size,
+            name=name,
+            media_type=media_type,
+            created_by=created_by,
+        )
+        try:
+            with session.begin_nested():
+                session.add(blob)
+        except exc.IntegrityError:
+            # A concurrent upload of the same content committed first (PostgreSQL only;
+            # SQLite serialises writers). Its file is equivalent to ours.
+            existing = self._find(session, project_id, digest)
+            if existing is None:
+                raise
+            return existing
+        return blob
+
+    def _place(self, session: Session, partial: str, final: str) -> None:
+        if self._local:
+            self._fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        self._fs.mv(partial, final)
+        # a delete of the same blob earlier in this transaction must not remove the new file
+        pending: list[tuple[BlobStore, str]] = session.info.get(_PENDING_DELETES, [])
+        pending[:] = [(store, path) for store, path in pending if path != final]
+
+    def _write(
+        self, path: str, key: bytes, source: BinaryIO | bytes | Iterable[bytes]
+    ) -> tuple[str, int, int]:
+        """Encrypt ``source`` into ``path``; returns (digest, size, stored size)."""
+        encryptor = BlobEncryptor(key, self._chunk_size)
+        sha = hashlib.sha256()
+        size = 0
+        with self._fs.open(path, "wb") as out:
+            out.write(encryptor.header)
+            stored = len(encryptor.header)
+            for chunk in _chunks(source, self._chunk_size):
+                size += len(chunk)
+                if size > self._max_size:
+                    raise PayloadTooLarge(
+                        f"blob is larger than the limit of {self._max_size} bytes "
+                        "(setting blobs.max_size): split it or raise the limit"
+                    )
+                sha.update(chunk)
+                if len(chunk) == self._chunk_size:
+                    sealed = encryptor.update(chunk)
+                else:
+                    sealed = encryptor.finish(chunk, sha.digest())
+                out.write(sealed)
+                stored += len(sealed)
+            if self._local:  # durable before the rename makes it visible
+                out.flush()
+                os.fsync(out.fileno())
+        return sha.hexdigest(), size, stored
+
+    def _discard_quietly(self, path: str) -> None:
+        """Remove ``path`` if it exists; a failure is logged, not raised (cleanup only)."""
+        try:
+            self._fs.rm(path)
+        except FileNotFoundError:
+            pass
+        except Exception:  # the backend's errors vary; sweep_partials catches what is left
+            log.warning("could not remove blob file %s", path, exc_info=True)
+
+    def delete_blob(self, session: Session, project_id: int, digest: str) -> None:
+        """Delete a blob's row now and its file once the caller's transaction commits."""
+        blob = self.read_blob(session, project_id, digest)
+        session.delete(blob)
+        session.flush()
+        pending: list[tuple[BlobStore, str]] | None = session.info.get(_PENDING_DELETES)
+        if pending is None:
+            pending = session.info[_PENDING_DELETES] = []
+            event.listen(session, "after_commit", _delete_pending)
+            event.listen(session, "after_soft_rollback", _forget_pending)
+        pending.append((self, self.location(project_id, digest)))
+
+    def sweep_partials(self, older_than_s: float = 0) -> int:
+        """Remove temporary files of writes that crashed; returns how many were removed.
+
+        With the default 0 it also removes writes in progress, so call it so only where no
+        other process writes (start-up of a single server); otherwise give an age.
+        """
+        folder = f"{self._root}/{_PARTIAL_DIR}"
+        self._fs.invalidate_cache(folder)
+        try:
+            paths: list[str] = self._fs.ls(folder, detail=False)
+        except FileNotFoundError:
+            return 0
+        cutoff = utcnow() - dt.timedelta(seconds=older_than_s)
+        removed = 0
+        for path in paths:
+            try:
+                if older_than_s <= 0 or self._fs.modified(path) < cutoff:
+                    self._fs.rm(path)
+                    removed += 1
+            except FileNotFoundError:
+                continue  # its writer finished or another sweeper got there first
+        return removed
+
+    # -- reads -------------------------------------------------------------------------
+
+    def read_blob(self, session: Session, project_id: int, digest: str) -> Blob:
+        """The metadata of one blob."""
+        check_digest(digest)
+        blob = self._find(session, project_id, digest)
+        if blob is None:
+            raise NotFound(
+                f"project {project_id} has no blob sha256:{digest}: check the digest, "
+                "or list the project's blobs"
+            )
+        return blob
+
+    def list_blobs(
+        self, session: Session, project_id: int, limit: int = 100, offset: int = 0
+    ) -> list[Blob]:
+        """The project's blobs, newest first."""
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidInput(f"limit must be 1..{MAX_LIST_LIMIT}, got {limit}")
+        if offset < 0:
+            raise InvalidInput(f"offset must be 0 or more, got {offset}")
+        query = (
+            select(Blob)
+            .where(Blob.project_id == project_id)
+            .order_by(Blob.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        return list(session.scalars(query))
+
+    def open(self, session: Session, project_id: int, digest: str) -> Iterator[bytes]:
+        """The blob's plaintext as an iterator of chunks, each verified before it is yielded.
+
+        The lookups, the header and the first chunk are read before this returns, so an
+        unknown, missing or damaged blob usually raises here rather than mid-stream; the
+        iterator needs no session. Blobs under one chunk are verified completely here.
+        """
+        blob = self.read_blob(session, project_id, digest)
+        key = self._keyring.data_key(session, project_id, create=False)
+        chunks = self._read(blob.project_id, blob.digest, key)
+        first = next(chunks, None)
+        if first is None:
+            return iter(())
+        return itertools.chain((first,), chunks)
+
+    def _read(self, project_id: int, digest: str, key: bytes) -> Iterator[bytes]:
+        path = self.location(project_id, digest)
+        try:
+            with self._fs.open(path, "rb") as f:
+                decryptor = BlobDecryptor(
+                    key, _read_exact(f, BLOB_HEADER_BYTES), bytes.fromhex(digest)
+                )
+                sealed = bytearray(decryptor.sealed_chunk_size)
+                view = memoryview(sealed)
+                while True:
+                    n = _read_into(f, view)
+                    if n < len(sealed):
+                        last = decryptor.finish(view[:n])  # short read: end of file
+                        if last:
+                            yield last
+                        return
+                    yield decryptor.update(view)
+        except FileNotFoundError as error:
+            raise IntegrityFailure(
+                f"blob sha256:{digest} of project {project_id} is missing from storage "
+                f"({path}): restore it from backup"
+            ) from error
+        except IntegrityFailure as error:
+            raise IntegrityFailure(
+                f"blob sha256:{digest} of project {project_id} failed its integrity check "
+                f"({error}): restore it from backup"
+            ) from error
+
+    def _find(self, session: Session, project_id: int, digest: str) -> Blob | None:
+        query = select(Blob).where(Blob.project_id == project_id, Blob.digest == digest)
+        return session.scalar(query)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _check_labels(name: str, media_type: str) -> None:
+    if len(name) > 255:
+        raise InvalidInput(f"blob name is {len(name)} characters long; the limit is 255")
+    if not media_type or len(media_type) > 127 or "/" not in media_type:
+        raise InvalidInput(
+            f"media type {media_type!r} is not a type/subtype of at most 127 characters "
+            "(for example application/octet-stream)"
+        )
+
+
+def _chunks(source: BinaryIO | bytes | Iterable[bytes], size: int) -> Iterator[Buffer]:
+    """Exactly ``size``-byte chunks of ``source``, then one shorter final chunk (maybe empty).
+
+    A yielded chunk may be a view of a reused buffer: it is valid until the next one.
+    """
+    if isinstance(source, bytes | bytearray | memoryview):
+        yield from _iterable_chunks([source], size)
+    elif hasattr(source, "readinto") or hasattr(source, "read"):
+        yield from _file_chunks(source, size)  # type: ignore[arg-type]
+    else:
+        yield from _iterable_chunks(source, size)
+
+
+def _file_chunks(source: BinaryIO, size: int) -> Iterator[Buffer]:
+    buffer = memoryview(bytearray(size))
+    while True:
+        n = _read_into(source, buffer)
+        yield buffer[:n]
+        if n < size:
+            return
+
+
+def _iterable_chunks(source: Iterable[Buffer], size: int) -> Iterator[Buffer]:
+    pending = bytearray()
+    for piece in source:
+        if not isinstance(piece, bytes | bytearray | memoryview):
+            raise InvalidInput(
+                f"a blob source must yield bytes, got {type(piece).__name__}: encode text first"
+            )
+        # bytes cannot change under us; copy anything mutable the producer might reuse
+        view = memoryview(piece if isinstance(piece, bytes) else bytes(piece)).cast("B")
+        if pending:
+            take = min(size - len(pending), len(view))
+            pending += view[:take]
+            view = view[take:]
+            if len(pending) < size:
+                continue
+            yield pending
+            pending = bytearray()
+        while len(view) >= size:
+            yield view[:size]
+            view = view[size:]
+        pending += view
+    yield pending
+
+
+def _read_into(f: Any, buffer: memoryview) -> int:
+    """Fill ``buffer`` from ``f`` as far as it goes; returns the byte count (short at EOF)."""
+    filled = 0
+    readinto = getattr(f, "readinto", None)
+    while filled < len(buffer):
+        if readinto is not None:
+            n = readinto(buffer[filled:])
+        else:
+            data = f.read(len(buffer) - filled)
+            if not isinstance(data, bytes | bytearray):
+                raise InvalidInput("a blob source must be opened in binary mode")
+            n = len(data)
+            buffer[filled : filled + n] = data
+        if not n:
+            break
+        filled += n
+    return filled
+
+
+def _read_exact(f: Any, n: int) -> bytes:
+    buffer = memoryview(bytearray(n))
+    return bytes(buffer[: _read_into(f, buffer)])
+
+
+def _delete_pending(session: Session) -> None:
+    pending: list[tuple[BlobStore, str]] = session.info.pop(_PENDING_DELETES, [])
+    session.info[_PENDING_DELETES] = []
+    for store, path in pending:
+        store._discard_quietly(path)  # a file left behind has no row: harmless
+
+
+def _forget_pending(session: Session, _previous: Any) -> None:
+    session.info[_PENDING_DELETES] = []

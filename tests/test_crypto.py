@@ -1,0 +1,311 @@
+"""Keyring (envelope keys, rotation, crash recovery), signatures and the blob stream cipher.
+
+Keyring tests run on SQLite and PostgreSQL through the ``db`` fixture; the rest need no
+database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from underlay.config import Settings, ensure_home, write_secret_file
+from underlay.crypto import (
+    BlobDecryptor,
+    BlobEncryptor,
+    Keyring,
+    SigningKey,
+    master_key_id,
+    signing_key_id,
+    verify_signature,
+)
+from underlay.errors import IntegrityFailure, InvalidInput, NotFound, PermissionDenied, Unavailable
+from underlay.store import Database, Scope
+from underlay.store.models import DataKey, Project
+
+
+def _project(db: Database, name: str) -> int:
+    with db.session(Scope.everything()) as s:
+        project = Project(name=name)
+        s.add(project)
+        s.flush()
+        return project.id
+
+
+def _key(keyring: Keyring, db: Database, project_id: int) -> bytes:
+    with db.session(Scope.projects(project_id)) as s:
+        return keyring.data_key(s, project_id)
+
+
+def _rows(db: Database) -> dict[int, DataKey]:
+    with db.session(Scope.everything()) as s:
+        return {row.project_id: row for row in s.scalars(select(DataKey))}
+
+
+@pytest.fixture
+def home_settings(tmp_path: Path) -> Settings:
+    """Settings for tests that need a home folder but no database."""
+    s = Settings(home=tmp_path / "home")
+    ensure_home(s)
+    return s
+
+
+# -- keyring -------------------------------------------------------------------------------
+
+
+def test_master_key_id_is_short_and_reveals_nothing(settings: Settings) -> None:
+    key = settings.master_key_path.read_bytes()
+    keyring = Keyring(settings)
+    assert re.fullmatch(r"[0-9a-f]{16}", keyring.master_key_id)
+    assert keyring.master_key_id == master_key_id(key)
+    assert keyring.master_key_id not in key.hex()
+
+
+def test_data_key_is_created_once_and_stored_wrapped(settings: Settings, db: Database) -> None:
+    a, b = _project(db, "a"), _project(db, "b")
+    keyring = Keyring(settings)
+    key_a = _key(keyring, db, a)
+    assert len(key_a) == 32
+    assert _key(keyring, db, a) == key_a
+    assert _key(Keyring(settings), db, a) == key_a  # another process reads the same key
+    assert _key(keyring, db, b) != key_a
+    rows = _rows(db)
+    assert set(rows) == {a, b}
+    assert key_a not in rows[a].wrapped
+    assert rows[a].master_key_id == keyring.master_key_id
+    assert rows[a].rotated_at is None
+
+
+def test_data_key_refused_outside_the_session_scope(settings: Settings, db: Database) -> None:
+    a, b = _project(db, "a"), _project(db, "b")
+    keyring = Keyring(settings)
+    with (
+        pytest.raises(PermissionDenied, match=f"does not include project {b}"),
+        db.session(Scope.projects(a)) as s,
+    ):
+        keyring.data_key(s, b)
+    assert _rows(db) == {}
+
+
+def test_data_key_of_unknown_project_is_not_found(settings: Settings, db: Database) -> None:
+    with pytest.raises(NotFound, match="project 99 does not exist"):
+        _key(Keyring(settings), db, 99)
+
+
+def test_missing_data_key_is_not_created_when_reading(settings: Settings, db: Database) -> None:
+    a = _project(db, "a")
+    with (
+        pytest.raises(IntegrityFailure, match=f"project {a} has no data key"),
+        db.session(Scope.projects(a)) as s,
+    ):
+        Keyring(settings).data_key(s, a, create=False)
+    assert _rows(db) == {}
+
+
+def test_wrapped_key_is_bound_to_its_project(settings: Settings, db: Database) -> None:
+    a, b = _project(db, "a"), _project(db, "b")
+    keyring = Keyring(settings)
+    _key(keyring, db, a)
+    _key(keyring, db, b)
+    with db.session(Scope.everything()) as s:
+        row_a, row_b = s.get(DataKey, a), s.get(DataKey, b)
+        assert row_a is not None and row_b is not None
+        row_a.wrapped, row_b.wrapped = row_b.wrapped, row_a.wrapped
+    with pytest.raises(IntegrityFailure, match=f"data key of project {a} failed verification"):
+        _key(Keyring(settings), db, a)
+
+
+def test_missing_or_short_master_key_file_is_a_clear_error(settings: Settings) -> None:
+    settings.master_key_path.write_bytes(b"short")
+    with pytest.raises(Unavailable, match="holds 5 bytes, expected 32"):
+        Keyring(settings)
+    settings.master_key_path.unlink()
+    with pytest.raises(Unavailable, match=r"master key file .* is missing"):
+        Keyring(settings)
+
+
+def test_rotation_rewraps_keys_and_refuses_the_old_key_file(
+    settings: Settings, db: Database
+) -> None:
+    a, b = _project(db, "a"), _project(db, "b")
+    keyring = Keyring(settings)
+    keys = {a: _key(keyring, db, a), b: _key(keyring, db, b)}
+    old_file, old_id = settings.master_key_path.read_bytes(), keyring.master_key_id
+    before = _rows(db)
+
+    new_id = keyring.rotate(db)
+
+    assert new_id != old_id
+    assert keyring.master_key_id == new_id
+    assert master_key_id(settings.master_key_path.read_bytes()) == new_id
+    assert stat.S_IMODE(settings.master_key_path.stat().st_mode) == 0o600
+    assert not settings.master_key_path.with_name("master.key.new").exists()
+    after = _rows(db)
+    for project_id in (a, b):
+        assert after[project_id].master_key_id == new_id
+        assert after[project_id].wrapped != before[project_id].wrapped
+        assert after[project_id].rotated_at is not None
+    # the same data keys, through this keyring and through a fresh process
+    assert {p: _key(keyring, db, p) for p in keys} == keys
+    assert {p: _key(Keyring(settings), db, p) for p in keys} == keys
+
+    write_secret_file(settings.master_key_path, old_file, overwrite=True)
+    stale = Keyring(settings)
+    message = (
+        f"data key of project {a} is wrapped by master key {new_id}, "
+        f"the loaded master key .* is {old_id}"
+    )
+    with pytest.raises(Unavailable, match=message):
+        _key(stale, db, a)
+    with pytest.raises(Unavailable, match="wrapped by master key"):
+        stale.rotate(db)
+    assert _rows(db)[a].wrapped == after[a].wrapped  # the refused rotation changed nothing
+
+
+def test_rotation_by_another_process_is_picked_up(settings: Settings, db: Database) -> None:
+    a = _project(db, "a")
+    mine, theirs = Keyring(settings), Keyring(settings)
+    key = _key(mine, db, a)
+    new_id = theirs.rotate(db)
+    assert _key(mine, db, a) == key
+    assert mine.master_key_id == new_id
+    b = _project(db, "b")
+    _key(mine, db, b)
+    assert _rows(db)[b].master_key_id == new_id
+
+
+def test_rotation_interrupted_after_commit_is_finished_on_load(
+    settings: Settings, db: Database
+) -> None:
+    a = _project(db, "a")
+    keyring = Keyring(settings)
+    key = _key(keyring, db, a)
+    old_file = settings.master_key_path.read_bytes()
+    new_id = keyring.rotate(db)
+    # The state a crash between the commit and the rename leaves behind:
+    new_path = settings.master_key_path.with_name("master.key.new")
+    settings.master_key_path.replace(new_path)
+    write_secret_file(settings.master_key_path, old_file, overwrite=True)
+
+    recovered = Keyring(settings)
+    assert recovered.master_key_id == master_key_id(old_file)
+    assert _key(recovered, db, a) == key
+    assert recovered.master_key_id == new_id
+    assert master_key_id(settings.master_key_path.read_bytes()) == new_id
+    assert not new_path.exists()
+
+
+def test_rotation_interrupted_before_commit_leaves_the_old_key_in_force(
+    settings: Settings, db: Database
+) -> None:
+    a = _project(db, "a")
+    keyring = Keyring(settings)
+    key = _key(keyring, db, a)
+    old_id = keyring.master_key_id
+    # The state a crash before the commit leaves behind: an unreferenced new key file.
+    new_path = settings.master_key_path.with_name("master.key.new")
+    write_secret_file(new_path, os.urandom(32), overwrite=True)
+
+    fresh = Keyring(settings)
+    assert _key(fresh, db, a) == key
+    b = _project(db, "b")
+    _key(fresh, db, b)
+    assert {row.master_key_id for row in _rows(db).values()} == {old_id}
+    assert master_key_id(settings.master_key_path.read_bytes()) == old_id
+
+    new_id = fresh.rotate(db)  # the next rotation overwrites the leftover
+    assert not new_path.exists()
+    assert _key(Keyring(settings), db, a) == key
+    assert {row.master_key_id for row in _rows(db).values()} == {new_id}
+
+
+# -- signatures ----------------------------------------------------------------------------
+
+
+def test_signing_key_signs_and_verifies(home_settings: Settings) -> None:
+    key = SigningKey(home_settings)
+    signature = key.sign(b"checkpoint 100")
+    assert len(signature) == 64
+    public = key.public_key_bytes()
+    assert len(public) == 32
+    assert verify_signature(public, b"checkpoint 100", signature)
+    assert not verify_signature(public, b"checkpoint 101", signature)
+    assert not verify_signature(public, b"checkpoint 100", signature[:-1] + b"\x00")
+    assert not verify_signature(public, b"checkpoint 100", signature[:10])
+
+
+def test_signing_key_persists_privately(home_settings: Settings) -> None:
+    first = SigningKey(home_settings)
+    path = home_settings.signing_key_path
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    second = SigningKey(home_settings)
+    assert second.key_id == first.key_id == signing_key_id(first.public_key_bytes())
+    assert re.fullmatch(r"[0-9a-f]{16}", first.key_id)
+    assert verify_signature(first.public_key_bytes(), b"x", second.sign(b"x"))
+
+
+def test_another_key_does_not_verify(home_settings: Settings, tmp_path: Path) -> None:
+    ours = SigningKey(home_settings)
+    theirs = SigningKey(Settings(home=tmp_path / "other"))
+    assert theirs.key_id != ours.key_id
+    assert not verify_signature(ours.public_key_bytes(), b"x", theirs.sign(b"x"))
+
+
+def test_bad_key_material_is_a_clear_error(home_settings: Settings) -> None:
+    with pytest.raises(InvalidInput, match="32 raw bytes, got 31"):
+        verify_signature(b"k" * 31, b"x", b"s" * 64)
+    home_settings.signing_key_path.write_bytes(b"k" * 31)
+    with pytest.raises(Unavailable, match=r"signing key file .* holds 31 bytes"):
+        SigningKey(home_settings)
+
+
+# -- blob stream cipher --------------------------------------------------------------------
+
+CHUNK = 1024
+
+
+def _seal(key: bytes, data: bytes) -> tuple[bytes, list[bytes]]:
+    enc = BlobEncryptor(key, CHUNK)
+    full = len(data) - len(data) % CHUNK
+    sealed = [enc.update(data[i : i + CHUNK]) for i in range(0, full, CHUNK)]
+    sealed.append(enc.finish(data[full:], hashlib.sha256(data).digest()))
+    return enc.header, sealed
+
+
+def _unseal(key: bytes, header: bytes, sealed: list[bytes], digest: bytes) -> bytes:
+    dec = BlobDecryptor(key, header, digest)
+    parts = [dec.update(c) for c in sealed[:-1]]
+    parts.append(dec.finish(sealed[-1]))
+    return b"".join(parts)
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 7])
+def test_stream_cipher_round_trip(size: int) -> None:
+    key, data = os.urandom(32), os.urandom(size)
+    header, sealed = _seal(key, data)
+    assert len(sealed) == size // CHUNK + 1  # the last chunk is always short, maybe empty
+    assert _unseal(key, header, sealed, hashlib.sha256(data).digest()) == data
+
+
+def test_stream_cipher_rejects_reordering_truncation_and_a_wrong_digest() -> None:
+    key, data = os.urandom(32), os.urandom(3 * CHUNK + 7)
+    digest = hashlib.sha256(data).digest()
+    header, sealed = _seal(key, data)
+    with pytest.raises(IntegrityFailure, match="chunk 0"):
+        _unseal(key, header, [sealed[1], sealed[0], *sealed[2:]], digest)
+    with pytest.raises(IntegrityFailure, match="chunk 2"):
+        _unseal(key, header, sealed[:-1], digest)  # cut at a chunk boundary
+    with pytest.raises(IntegrityFailure, match="chunk 3"):
+        _unseal(key, header, sealed, hashlib.sha256(b"other").digest())
+    with pytest.raises(IntegrityFailure, match="chunk 0"):
+        _unseal(os.urandom(32), header, sealed, digest)
+    with pytest.raises(IntegrityFailure, match="bad magic"):
+        BlobDecryptor(key, b"XXXX" + header[4:], digest)
+    with pytest.raises(IntegrityFailure, match="implausible chunk size"):
+        BlobDecryptor(key, header[:5] + b"\xff\xff\xff\xff" + header[9:], digest)
