@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -50,7 +50,7 @@ def up(
         f"underlay serving on {scheme}://{settings.server.host}:{settings.server.port}", err=True
     )
     tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)} if tls_cert else {}
-    common = {
+    common: dict[str, Any] = {
         "host": settings.server.host,
         "port": settings.server.port,
         "log_config": None,
@@ -61,9 +61,9 @@ def up(
         platform.close()
         uvicorn.run(
             "underlay.api.app:app_from_environment", factory=True, workers=workers, **common
-        )  # type: ignore[arg-type]
+        )
     else:
-        uvicorn.run(create_app(platform, start=False), **common)  # type: ignore[arg-type]
+        uvicorn.run(create_app(platform, start=False), **common)
 
 
 def login(

@@ -52,8 +52,6 @@ def _raise_for_problem(response: httpx.Response) -> None:
     extra = {
         k: v for k, v in body.items() if k not in {"type", "title", "status", "detail", "instance"}
     }
-    if "retry_after" in extra and cls.__name__ == "RateLimited":
-        raise cls(detail, **extra)
     raise cls(detail, **extra)
 
 
@@ -210,10 +208,11 @@ class Client:
         content: bytes | Iterator[bytes]
         if isinstance(data, bytes):
             content = data
-        elif hasattr(data, "read"):
-            content = iter(lambda: data.read(CHUNK), b"")  # type: ignore[union-attr]
+        elif isinstance(data, Iterable) and not hasattr(data, "read"):
+            content = iter(data)
         else:
-            content = iter(data)  # type: ignore[arg-type]
+            reader = data
+            content = iter(lambda: reader.read(CHUNK), b"")
         return self._one(
             BlobRead,
             "PUT",
