@@ -35,7 +35,7 @@ def test_migrate_is_idempotent_and_at_head(db: Database) -> None:
 
 
 def test_scope_filters_rows_of_other_projects(db: Database) -> None:
-    a, b = _two_projects(db)
+    a, _b = _two_projects(db)
     with db.session(Scope.projects(a)) as s:
         rows = s.scalars(select(LineageEdge)).all()
     assert [r.src_id for r in rows] == ["a"]

@@ -181,6 +181,5 @@ def _scope_queries(state: ORMExecuteState) -> None:
 def _scope_writes(session: Session, _ctx: Any, _instances: Any) -> None:
     scope: Scope | None = session.info.get("scope")
     for obj in list(session.new) + list(session.dirty) + list(session.deleted):
-        if isinstance(obj, ProjectScoped):
-            if scope is None or not scope.allows(obj.project_id):
-                raise PermissionDenied("write outside the session's project scope refused")
+        if isinstance(obj, ProjectScoped) and (scope is None or not scope.allows(obj.project_id)):
+            raise PermissionDenied("write outside the session's project scope refused")
