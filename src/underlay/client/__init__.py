@@ -4,6 +4,6 @@ Inside a job started by the platform, ``Client.from_env()`` needs no arguments: 
 ``UNDERLAY_URL`` and ``UNDERLAY_TOKEN``.
 """
 
-from underlay.client.client import Client, ClientConfig
+from underlay.client.client import Client
 
-__all__ = ["Client", "ClientConfig"]
+__all__ = ["Client"]

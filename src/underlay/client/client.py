@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import ssl
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -28,14 +28,6 @@ from underlay.schemas import (
 
 M = TypeVar("M", bound=BaseModel)
 CHUNK = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ClientConfig:
-    url: str
-    token: str | None
-    verify: bool | str = True
-    timeout_s: float = 30.0
 
 
 def _raise_for_problem(response: httpx.Response) -> None:
@@ -63,11 +55,14 @@ class Client:
         url: str,
         token: str | None = None,
         *,
-        verify: bool | str = True,
+        verify: bool | str | ssl.SSLContext = True,
         timeout_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """``verify``: True, False, a CA bundle path, or an ``ssl.SSLContext``."""
         headers = {"User-Agent": "underlay-client"}
+        if isinstance(verify, str):
+            verify = ssl.create_default_context(cafile=verify)
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(

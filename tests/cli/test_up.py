@@ -1,0 +1,139 @@
+"""`underlay up` as a real process: TLS, several workers sharing one audit chain."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.conftest import ADMIN_TOKEN, free_port
+from underlay.client import Client
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@contextmanager
+def running(
+    home: Path, *args: str, scheme: str = "http", verify: bool | str = True
+) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "UNDERLAY_HOME": str(home), "UNDERLAY_ADMIN_TOKEN": ADMIN_TOKEN}
+    log = (home.parent / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "underlay.cli.main", "up", "--port", str(port), *args],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"{scheme}://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", verify=_ctx(verify), timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, (home.parent / "server.log").read_text()
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()
+
+
+def test_serves_https_with_given_certificate(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    home = tmp_path / "home"
+    with running(
+        home, "--tls-cert", str(cert), "--tls-key", str(key), scheme="https", verify=str(cert)
+    ) as url:
+        with Client(url, ADMIN_TOKEN, verify=str(cert)) as c:
+            assert c.me().name == "admin"
+        with pytest.raises(httpx.TransportError):  # plain HTTP is not served
+            httpx.get(url.replace("https", "http") + "/readyz", timeout=2).raise_for_status()
+
+
+def test_tls_cert_without_key_is_one_line_error(tmp_path: Path) -> None:
+    cert, _ = _self_signed(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "underlay.cli.main", "up", "--tls-cert", str(cert)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "UNDERLAY_HOME": str(tmp_path / "h")},
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "--tls-cert and --tls-key go together" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_workers_share_one_valid_audit_chain(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with running(home, "--workers", "3") as url, Client(url, ADMIN_TOKEN) as admin:
+        admin.create_project("busy")
+
+        def work(i: int) -> None:
+            with Client(url, ADMIN_TOKEN) as c:
+                c.upload_blob("busy", f"blob {i}".encode())
+                c.add_lineage("busy", ("blob", f"b{i}"), "input_of", ("run", f"r{i}"))
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(work, range(60)))
+        report = admin.verify_audit()
+        assert report.ok, report.problem
+        creates = admin.list_audit(action="blob.create", limit=1000)
+        assert len(creates) == 60
+        seqs = [e.seq for e in admin.list_audit(limit=1000)]
+        assert seqs == list(range(1, len(seqs) + 1))
+
+
+def _ctx(verify: bool | str) -> bool | ssl.SSLContext:
+    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify

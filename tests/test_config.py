@@ -1,0 +1,74 @@
+"""Settings, the home folder and start-up migrations."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from alembic import command
+from pydantic import ValidationError
+from sqlalchemy import inspect
+
+from underlay.config import Settings, ensure_home
+from underlay.platform import Platform
+from underlay.store import Database
+
+
+def test_env_prefix_and_nesting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("UNDERLAY_HOME", str(tmp_path / "h"))
+    monkeypatch.setenv("UNDERLAY_STORE__URL", "postgresql+psycopg://u@db/x")
+    monkeypatch.setenv("UNDERLAY_SERVER__PORT", "9999")
+    s = Settings()
+    assert s.home == tmp_path / "h"
+    assert s.database_url == "postgresql+psycopg://u@db/x"
+    assert s.server.port == 9999
+    assert s.blob_url == str(tmp_path / "h" / "blobs")
+
+
+def test_defaults_live_in_the_home(tmp_path: Path) -> None:
+    s = Settings(home=tmp_path)
+    assert s.database_url == f"sqlite:///{tmp_path / 'underlay.db'}"
+
+
+def test_invalid_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UNDERLAY_SERVER__PORT", "70000")
+    with pytest.raises(ValidationError, match="port"):
+        Settings()
+
+
+def test_home_and_master_key_are_private(tmp_path: Path) -> None:
+    s = Settings(home=tmp_path / "home")
+    ensure_home(s)
+    key = s.master_key_path.read_bytes()
+    assert len(key) == 32
+    assert stat.S_IMODE(s.master_key_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(s.home.stat().st_mode) == 0o700
+    ensure_home(s)  # a second start keeps the key
+    assert s.master_key_path.read_bytes() == key
+
+
+def test_start_applies_pending_migrations(settings: Settings) -> None:
+    """A database left at an older revision is upgraded when the platform starts."""
+    db = Database(settings.database_url)
+    db.migrate(lock_dir=settings.home)
+    command.downgrade(db.alembic_config(), "base")
+    assert "users" not in inspect(db.engine).get_table_names()
+    db.dispose()
+    platform = Platform(settings)
+    try:
+        platform.start()
+        assert platform.db.current_revision() == "0001"
+        assert "users" in inspect(platform.db.engine).get_table_names()
+    finally:
+        platform.close()
+
+
+def test_first_start_creates_admin_once(settings: Settings) -> None:
+    platform = Platform(settings)
+    try:
+        secret = platform.start()
+        assert secret is not None and secret.startswith("ul_")
+        assert platform.start() is None  # never shown again
+    finally:
+        platform.close()
