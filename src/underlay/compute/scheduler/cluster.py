@@ -1,0 +1,255 @@
+"""The mutable working copy of the cluster that one ``decide`` call allocates from.
+
+Built from the snapshot's nodes at the start of a call and thrown away at the end, so the
+policy stays a pure function. It keeps the indexes that make a decision over thousands of
+nodes cheap:
+
+- per accelerator type, nodes bucketed by how many whole healthy accelerators they have free
+  (``full[type][k]``), so a request for ``g`` GPUs looks at buckets ``k >= g`` instead of
+  scanning every node;
+- per type, partly used accelerators bucketed by their free share (``partial[type][share]``),
+  so a fractional request finds an already shared GPU it fits on without a scan.
+
+Unhealthy nodes and accelerators are never indexed, which is how the health rule is enforced:
+nothing can choose them. Reserved nodes (held for a blocked head of the queue) are taken out
+of the indexes too. Allocation and release are exact inverses, so preemption planning can
+release victims, try a placement, and put everything back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from underlay.compute.scheduler.snapshot import WHOLE, Node, Request
+
+
+@dataclass(frozen=True, slots=True)
+class Alloc:
+    """One worker's allocation on node index ``node``: accelerator indexes and the share each."""
+
+    node: int
+    gpus: tuple[int, ...]
+    milli: int
+    cpu_milli: int
+    memory_mib: int
+
+
+@dataclass(frozen=True, slots=True)
+class HostClass:
+    """``count`` nodes with the same CPUs, memory and accelerators per type."""
+
+    count: int
+    cpu_milli: int
+    memory_mib: int
+    accelerators: dict[str, int]
+
+
+class ClusterState:
+    """Free capacity and its indexes; see the module docstring."""
+
+    def __init__(self, nodes: tuple[Node, ...]) -> None:
+        self.names: list[str] = [n.name for n in nodes]
+        self.index: dict[str, int] = {name: i for i, name in enumerate(self.names)}
+        self.cap_cpu = [n.cpu_milli for n in nodes]
+        self.cap_mem = [n.memory_mib for n in nodes]
+        self.free_cpu = [n.free_cpu_milli for n in nodes]
+        self.free_mem = [n.free_memory_mib for n in nodes]
+        self.usable = [n.healthy for n in nodes]
+        self.reserved = [False] * len(nodes)
+        # Free share per accelerator; -1 marks an unhealthy one (never indexed, never chosen).
+        self.gpu_free: list[list[int]] = []
+        self.gpu_type: list[list[str]] = []
+        self.full: dict[str, list[dict[int, None]]] = {}
+        self.full_count: list[dict[str, int]] = []
+        self.partial: dict[str, dict[int, dict[tuple[int, int], None]]] = {}
+        self.nodes_of_type: dict[str, list[int]] = {}
+        self.cpu_only: list[int] = []
+        # Static capacity (healthy or not), for deciding what could ever fit.
+        self.type_total: dict[str, int] = {}
+        self.type_max_per_node: dict[str, int] = {}
+        self.power: dict[str, float] = {}
+        for i, node in enumerate(nodes):
+            self._add_node(i, node)
+        self.types: list[str] = sorted(self.type_total)
+        self._classes: list[HostClass] | None = None
+        self.max_cpu = max(self.cap_cpu, default=0)
+        self.max_mem = max(self.cap_mem, default=0)
+
+    def _add_node(self, i: int, node: Node) -> None:
+        frees: list[int] = []
+        types: list[str] = []
+        counts: dict[str, int] = {}
+        for acc in node.accelerators:
+            t = acc.type
+            types.append(t)
+            counts.setdefault(t, 0)
+            self.type_total[t] = self.type_total.get(t, 0) + 1
+            if acc.power is not None and t not in self.power:
+                self.power[t] = acc.power.busy_watts
+            ok = node.healthy and acc.healthy
+            free = min(WHOLE, max(0, acc.free_milli)) if ok else -1
+            frees.append(free)
+            if free == WHOLE:
+                counts[t] += 1
+            elif free > 0:
+                self.partial.setdefault(t, {}).setdefault(free, {})[(i, len(frees) - 1)] = None
+        for t in counts:
+            self.type_max_per_node[t] = max(
+                self.type_max_per_node.get(t, 0), sum(1 for x in types if x == t)
+            )
+            self.nodes_of_type.setdefault(t, []).append(i)
+            self.full.setdefault(t, [{}])
+            if node.healthy:
+                self._bucket(t, i, 0, counts[t])
+        if not node.accelerators:
+            self.cpu_only.append(i)
+        self.gpu_free.append(frees)
+        self.gpu_type.append(types)
+        self.full_count.append(counts)
+
+    def host_classes(self) -> list[HostClass]:
+        """Nodes grouped by identical total hardware, for capacity questions about an empty
+        cluster (a thousand nodes are usually a handful of classes)."""
+        if self._classes is None:
+            counts: dict[tuple[int, int, tuple[tuple[str, int], ...]], int] = {}
+            for n, types in enumerate(self.gpu_type):
+                per: dict[str, int] = {}
+                for t in types:
+                    per[t] = per.get(t, 0) + 1
+                key = (self.cap_cpu[n], self.cap_mem[n], tuple(sorted(per.items())))
+                counts[key] = counts.get(key, 0) + 1
+            self._classes = [
+                HostClass(count, cpu, mem, dict(per)) for (cpu, mem, per), count in counts.items()
+            ]
+        return self._classes
+
+    # -- index maintenance ------------------------------------------------------------
+
+    def _bucket(self, t: str, node: int, old: int, new: int) -> None:
+        buckets = self.full[t]
+        if old > 0:
+            buckets[old].pop(node, None)
+        if new > 0:
+            while len(buckets) <= new:
+                buckets.append({})
+            buckets[new][node] = None
+
+    def _set_gpu(self, node: int, gpu: int, new: int) -> None:
+        frees = self.gpu_free[node]
+        old = frees[gpu]
+        if old == new or old < 0:  # unhealthy accelerators stay out of every index
+            return
+        new = min(WHOLE, new)
+        t = self.gpu_type[node][gpu]
+        frees[gpu] = new
+        if self.reserved[node] or not self.usable[node]:
+            if old == WHOLE or new == WHOLE:
+                self.full_count[node][t] += 1 if new == WHOLE else -1
+            return
+        if 0 < old < WHOLE:
+            self.partial[t][old].pop((node, gpu), None)
+        if 0 < new < WHOLE:
+            self.partial.setdefault(t, {}).setdefault(new, {})[(node, gpu)] = None
+        if old == WHOLE or new == WHOLE:
+            count = self.full_count[node][t]
+            after = count + (1 if new == WHOLE else -1)
+            self.full_count[node][t] = after
+            self._bucket(t, node, count, after)
+
+    def reserve(self, node: int) -> None:
+        """Hold a node for a blocked workload: nothing else in this round can use it."""
+        if self.reserved[node] or not self.usable[node]:
+            return
+        for t, count in self.full_count[node].items():
+            self._bucket(t, node, count, 0)
+        for gpu, free in enumerate(self.gpu_free[node]):
+            if 0 < free < WHOLE:
+                self.partial[self.gpu_type[node][gpu]][free].pop((node, gpu), None)
+        self.reserved[node] = True
+
+    def available(self, node: int) -> bool:
+        return self.usable[node] and not self.reserved[node]
+
+    # -- allocation -----------------------------------------------------------------------
+
+    def allocate(self, alloc: Alloc) -> None:
+        n = alloc.node
+        self.free_cpu[n] -= alloc.cpu_milli
+        self.free_mem[n] -= alloc.memory_mib
+        for g in alloc.gpus:
+            self._set_gpu(n, g, self.gpu_free[n][g] - alloc.milli)
+
+    def release(self, alloc: Alloc) -> None:
+        n = alloc.node
+        self.free_cpu[n] += alloc.cpu_milli
+        self.free_mem[n] += alloc.memory_mib
+        for g in alloc.gpus:
+            self._set_gpu(n, g, self.gpu_free[n][g] + alloc.milli)
+
+    def fits_host(self, node: int, req: Request, workers: int = 1) -> bool:
+        return (
+            self.free_cpu[node] >= req.cpu_milli * workers
+            and self.free_mem[node] >= req.memory_mib * workers
+        )
+
+    def alloc_on(self, node: int, req: Request, gpu_type: str | None) -> Alloc | None:
+        """The allocation for one worker on ``node`` if it fits there now, else None.
+
+        Whole GPUs take the lowest-index free ones; a fraction takes the tightest shared GPU
+        it fits on (packing shared GPUs first) before it breaks into a whole free one.
+        """
+        if not self.available(node) or not self.fits_host(node, req):
+            return None
+        if req.gpus == 0 and req.gpu_milli == 0:
+            return Alloc(node, (), 0, req.cpu_milli, req.memory_mib)
+        if req.gpus and gpu_type is not None and self.full_count[node].get(gpu_type, 0) < req.gpus:
+            return None
+        frees = self.gpu_free[node]
+        types = self.gpu_type[node]
+        if req.gpus:
+            picked = [
+                i for i, f in enumerate(frees) if f == WHOLE and (gpu_type in (None, types[i]))
+            ]
+            if len(picked) < req.gpus:
+                return None
+            if gpu_type is None:  # one type per worker
+                first = types[picked[0]]
+                picked = [i for i in picked if types[i] == first]
+                if len(picked) < req.gpus:
+                    return None
+            return Alloc(node, tuple(picked[: req.gpus]), WHOLE, req.cpu_milli, req.memory_mib)
+        best = -1
+        for i, f in enumerate(frees):
+            fits = f >= req.gpu_milli and gpu_type in (None, types[i])
+            if fits and (best < 0 or f < frees[best]):
+                best = i
+        if best < 0:
+            return None
+        return Alloc(node, (best,), req.gpu_milli, req.cpu_milli, req.memory_mib)
+
+    def most_free(self, t: str) -> int:
+        """The most whole free ``t`` accelerators on one available node."""
+        buckets = self.full.get(t, [])
+        for k in range(len(buckets) - 1, 0, -1):
+            if buckets[k]:
+                return k
+        return 0
+
+    def largest_share(self, t: str) -> int:
+        """The largest free share of one ``t`` accelerator, whole ones included."""
+        if self.most_free(t):
+            return WHOLE
+        shares = [s for s, members in self.partial.get(t, {}).items() if members]
+        return max(shares, default=0)
+
+    def free_gpus(self) -> dict[str, int]:
+        """Free healthy accelerator thousandths per type, reserved nodes included."""
+        out: dict[str, int] = {}
+        for n, frees in enumerate(self.gpu_free):
+            if not self.usable[n]:
+                continue
+            for i, f in enumerate(frees):
+                if f > 0:
+                    t = self.gpu_type[n][i]
+                    out[t] = out.get(t, 0) + f
+        return out

@@ -1,0 +1,91 @@
+"""The named policies: ``default`` (ours) and the baselines it is measured against.
+
+=================  =========  ========  ==============  =======================================
+name               order      head      packing         also
+=================  =========  ========  ==============  =======================================
+``fifo``           fifo       strict    first-fit       nothing passes a blocked head (YARN-CS)
+``fifo-backfill``  fifo       backfill  first-fit       head gets a node reservation
+``first-fit``      fifo       skip      first-fit       any later work that fits starts
+``las``            las        skip      first-fit       Tiresias-like discretised LAS, preempts
+``default``        fair       backfill  fragmentation   quotas, borrowing and reclaim, DRF,
+                                                        priority classes, LAS levels inside a
+                                                        project, energy-aware type choice
+=================  =========  ========  ==============  =======================================
+
+The service-level thresholds (1 and 10 accelerator-hours) follow Tiresias' two-threshold
+discretisation; they need no knowledge of job durations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from underlay.compute.scheduler.snapshot import PolicyConfig
+from underlay.errors import InvalidInput
+
+LEVELS = (3600.0, 36000.0)
+
+POLICIES: dict[str, PolicyConfig] = {
+    "default": PolicyConfig(
+        name="default",
+        order="fair",
+        head="backfill",
+        packing="fragmentation",
+        quotas=True,
+        reclaim=True,
+        priority_preemption=True,
+        service_levels=LEVELS,
+        las_preemption=True,
+        las_scope="project",
+        min_runtime_s=60.0,
+        energy_aware=True,
+    ),
+    "fifo": PolicyConfig(
+        name="fifo",
+        order="fifo",
+        head="strict",
+        packing="first-fit",
+        quotas=False,
+        reclaim=False,
+        priority_preemption=False,
+    ),
+    "fifo-backfill": PolicyConfig(
+        name="fifo-backfill",
+        order="fifo",
+        head="backfill",
+        packing="first-fit",
+        quotas=False,
+        reclaim=False,
+        priority_preemption=False,
+    ),
+    "first-fit": PolicyConfig(
+        name="first-fit",
+        order="fifo",
+        head="skip",
+        packing="first-fit",
+        quotas=False,
+        reclaim=False,
+        priority_preemption=False,
+    ),
+    "las": PolicyConfig(
+        name="las",
+        order="las",
+        head="skip",
+        packing="first-fit",
+        quotas=False,
+        reclaim=False,
+        priority_preemption=False,
+        service_levels=LEVELS,
+        las_preemption=True,
+        las_scope="cluster",
+        min_runtime_s=60.0,
+    ),
+}
+
+
+def policy_config(name: str, **overrides: object) -> PolicyConfig:
+    """The named policy, with fields replaced by ``overrides``."""
+    base = POLICIES.get(name)
+    if base is None:
+        raise InvalidInput(f"unknown policy {name!r}; choose one of: {', '.join(POLICIES)}")
+    return replace(base, **overrides) if overrides else base  # type: ignore[arg-type]

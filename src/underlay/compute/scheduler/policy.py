@@ -1,0 +1,362 @@
+"""``decide``: one scheduling round, a pure function from a snapshot to decisions.
+
+The round applies the rules in a fixed order, each one its own module:
+
+1. **reject** (:mod:`.feasibility`): requests no node could ever satisfy;
+2. **defer** (:mod:`.energy`): deferrable work outside a low-carbon window;
+3. **order** (:mod:`.ordering`): FIFO, least attained service, or fair share between projects
+   with priority classes and service levels inside a project;
+4. **guaranteed pass**: each workload within its project's quota (:mod:`.quota`) is placed
+   (:mod:`.packing`, health enforced by :mod:`.cluster`); if it does not fit it may preempt
+   (:mod:`.preemption`), and otherwise it is the blocked head: ``strict`` stops the queue
+   behind it, ``backfill`` reserves nodes for it so later work cannot delay it;
+5. **borrowing pass**: work above its project's guarantee runs on capacity still idle after
+   every guaranteed claim, and is marked borrowed (the first to be reclaimed later).
+
+No I/O, no globals, no clock but ``snapshot.clock``: the same input gives the same decisions,
+which is what lets the simulator measure exactly what the live loop runs. Within a round,
+"nothing of shape X fits" is remembered, because capacity only shrinks during a round; that
+memo is what keeps a round over 10,000 pending workloads cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import chain
+
+from underlay.compute.scheduler.cluster import ClusterState
+from underlay.compute.scheduler.decisions import Decisions, Place, Preempt, Reject, Wait
+from underlay.compute.scheduler.energy import hold_reason, type_order
+from underlay.compute.scheduler.feasibility import never_fits
+from underlay.compute.scheduler.ordering import in_order, service_level
+from underlay.compute.scheduler.packing import Cursors, FragModel, place_workers
+from underlay.compute.scheduler.preemption import Plan, Preemptor
+from underlay.compute.scheduler.quota import FairShare, QuotaLedger, gpus_text
+from underlay.compute.scheduler.snapshot import Snapshot, WorkerPlacement, Workload
+from underlay.errors import InvalidInput
+
+MAX_PREEMPTORS = 16
+"""Workloads that may start a preemption plan in one round; bounds the cost of a round."""
+
+Shape = tuple[str | None, int, int, int, int, int]
+
+
+def decide(snapshot: Snapshot) -> Decisions:
+    """Decide what to place, preempt, keep waiting (with a reason) or reject.
+
+    Raises :class:`~underlay.errors.InvalidInput` if the snapshot itself is inconsistent
+    (two nodes or two workloads with the same name); a bad *request* is rejected instead.
+    """
+    _check(snapshot)
+    return _Round(snapshot).run()
+
+
+def _check(snapshot: Snapshot) -> None:
+    names: set[str] = set()
+    for node in snapshot.nodes:
+        if node.name in names:
+            raise InvalidInput(
+                f"node {node.name!r} appears twice in the snapshot; names must be unique"
+            )
+        names.add(node.name)
+    ids: set[str] = set()
+    for wid in chain((r.workload.id for r in snapshot.running), (w.id for w in snapshot.pending)):
+        if wid in ids:
+            raise InvalidInput(
+                f"workload {wid!r} appears twice in the snapshot (running or pending); "
+                "ids must be unique"
+            )
+        ids.add(wid)
+
+
+class _Round:
+    def __init__(self, snapshot: Snapshot) -> None:
+        cfg = snapshot.config
+        self.snap = snapshot
+        self.cfg = cfg
+        self.state = ClusterState(snapshot.nodes)
+        self.first_fit = cfg.packing == "first-fit"
+        self.cursors: Cursors | None = {} if self.first_fit else None
+        self.ledger = (
+            QuotaLedger(snapshot.quotas, snapshot.running)
+            if cfg.quotas and snapshot.quotas
+            else None
+        )
+        self.fair: FairShare | None = None
+        if cfg.order == "fair":
+            s = self.state
+            self.fair = FairShare(s.type_total, sum(s.cap_cpu), sum(s.cap_mem), snapshot.running)
+        self.model: FragModel | None = None
+        if not self.first_fit:
+            requests = chain(
+                (w.request for w in snapshot.pending),
+                (r.workload.request for r in snapshot.running),
+            )
+            self.model = FragModel.of(requests)
+        self.preemptor = Preemptor(cfg, snapshot.clock, self.state, snapshot.running, self.ledger)
+        self.places: list[Place] = []
+        self.preempts: list[Preempt] = []
+        self.waits: list[Wait] = []
+        self.rejects: list[Reject] = []
+        self.recheck: float | None = None
+        self.nofit: dict[Shape, str] = {}
+        self.noplan: set[tuple[object, ...]] = set()
+        self.reject_memo: dict[tuple[Shape, str | None], str | None] = {}
+        self.head: str | None = None
+        self.failed: dict[tuple[object, ...], str] = {}
+        self.type_memo: dict[str | None, list[str | None]] = {}
+        self.held_for: list[str] = []
+        self.reservations_left = cfg.reservations
+        self.plans_left = MAX_PREEMPTORS
+
+    def run(self) -> Decisions:
+        candidates: list[Workload] = []
+        for w in self.snap.pending:
+            reason = self._reject(w)
+            if reason is not None:
+                self.rejects.append(Reject(w.id, reason))
+                continue
+            held = hold_reason(w, self.cfg, self.snap.clock)
+            if held is not None:
+                self.waits.append(Wait(w.id, held[0]))
+                self._recheck_at(held[1])
+                continue
+            candidates.append(w)
+        borrowers: list[Workload] = []
+        for w in in_order(self.cfg, candidates, self.fair):
+            self._admit(w, borrowers)
+        for w in in_order(self.cfg, borrowers, self.fair):
+            self._borrow(w)
+        if self.preemptor.blocked_until is not None:
+            self._recheck_at(self.preemptor.blocked_until)
+        return Decisions(
+            tuple(self.places),
+            tuple(self.preempts),
+            tuple(self.waits),
+            tuple(self.rejects),
+            self.recheck,
+        )
+
+    # -- rules -------------------------------------------------------------------------
+
+    def _reject(self, w: Workload) -> str | None:
+        key = (_shape(w, w.request.gpu_type), w.request.gpu_type)
+        if key not in self.reject_memo:
+            self.reject_memo[key] = never_fits(self.state, w)
+        return self.reject_memo[key]
+
+    def _types(self, w: Workload) -> list[str | None]:
+        if not w.request.gpu_share:
+            return [None]
+        key = w.request.gpu_type
+        types = self.type_memo.get(key)
+        if types is None:
+            s = self.state
+            types = list(type_order(w.request, s.types, s.power, self.cfg.energy_aware))
+            self.type_memo[key] = types
+        return types
+
+    def _admit(self, w: Workload, borrowers: list[Workload]) -> None:
+        if self.head is not None:
+            self.waits.append(
+                Wait(w.id, f"behind {self.head}, the blocked head of the queue (strict FIFO)")
+            )
+            return
+        types = self._types(w)
+        inside = types
+        share = w.gpu_share
+        if self.ledger is not None and share:
+            within = self.ledger.within
+            inside = [t for t in types if t is not None and within(w.project, t, share)]
+            if not inside:
+                borrowers.append(w)
+                return
+        # Capacity, victims and quota headroom only shrink during a round: a workload just
+        # like one that already failed fails the same way, for the same reason.
+        level = service_level(w.attained_service, self.cfg.service_levels)
+        verdict = (_shape(w, inside[0]), len(inside), w.project, w.priority, level)
+        reason = self.failed.get(verdict)
+        if reason is not None:
+            self.waits.append(Wait(w.id, reason))
+            return
+        for t in inside:
+            if self._try_place(w, t, borrowed=False):
+                return
+        if self._try_preempt(w, inside, guaranteed=self.ledger is not None):
+            return
+        self._blocked(w, inside, verdict)
+
+    def _borrow(self, w: Workload) -> None:
+        assert self.ledger is not None  # only the quota pass produces borrowers
+        types = [t for t in self._types(w) if t is not None]
+        allowed = [t for t in types if self.ledger.may_borrow(w.project, t, w.gpu_share)]
+        for t in allowed:
+            if self._try_place(w, t, borrowed=True):
+                return
+        if self._try_preempt(w, allowed, guaranteed=False):
+            return
+        first = types[0]
+        quota = self.ledger.describe(w.project, first)
+        if not allowed:
+            reason = f"{quota}; its borrow limit is reached"
+        else:
+            reason = f"{quota}; no idle {first} to borrow ({self._no_fit_reason(w, first)})"
+        self.waits.append(Wait(w.id, reason))
+
+    def _try_place(self, w: Workload, t: str | None, borrowed: bool) -> bool:
+        key = _shape(w, t)
+        if key in self.nofit:
+            return False
+        allocs = place_workers(self.state, w.request, w.gang, t, self.model, self.cursors)
+        if allocs is None:
+            self.nofit[key] = ""
+            return False
+        names = self.state.names
+        workers = tuple(WorkerPlacement(names[a.node], a.gpus, a.milli) for a in allocs)
+        self.places.append(Place(w.id, workers, t, borrowed))
+        if self.ledger is not None and t is not None:
+            self.ledger.add(w.project, t, w.gpu_share)
+        if self.fair is not None:
+            self.fair.charge(w, t)
+        return True
+
+    def _try_preempt(self, w: Workload, types: Sequence[str | None], guaranteed: bool) -> bool:
+        if not self.preemptor.enabled or self.plans_left <= 0:
+            return False
+        level = service_level(w.attained_service, self.cfg.service_levels)
+        for t in types:
+            memo = (_shape(w, t), w.project, w.priority, level, guaranteed)
+            if memo in self.noplan:
+                continue
+            plan = self.preemptor.plan(w, t, guaranteed)
+            if plan is None:
+                self.noplan.add(memo)
+                continue
+            self.plans_left -= 1
+            self._apply_plan(w, plan)
+            return True
+        return False
+
+    def _apply_plan(self, w: Workload, plan: Plan) -> None:
+        for r, why in plan.victims:
+            self.preempts.append(Preempt(r.workload.id, why, self.cfg.grace_s, w.id))
+        for node in plan.nodes:
+            self.state.reserve(node)
+        parts: list[str] = []
+        if plan.victims:
+            ids = ", ".join(r.workload.id for r, _ in plan.victims)
+            parts.append(f"preempting {ids} to make room (grace period {self.cfg.grace_s:g} s)")
+        if plan.draining:
+            ids = ", ".join(r.workload.id for r in plan.draining)
+            parts.append(f"waiting for {ids} to release their resources after preemption")
+        self.waits.append(Wait(w.id, "; ".join(parts)))
+
+    def _blocked(self, w: Workload, types: list[str | None], verdict: tuple[object, ...]) -> None:
+        reason = self._no_fit_reason(w, types[0])
+        if self.cfg.head == "strict":
+            self.head = w.id
+            reason += "; it heads the queue and nothing may pass it (strict FIFO)"
+        elif self.cfg.head == "backfill" and self.reservations_left > 0:
+            held = self._reserve_for(w, types[0])
+            if held:
+                self.reservations_left -= 1
+                self.held_for.append(w.id)
+                reason += (
+                    f"; first in line: holding {_names(held)} for it so later work cannot delay it"
+                )
+        else:
+            if self.held_for:
+                reason += f" outside the nodes held for {', '.join(self.held_for)}"
+            self.failed[verdict] = reason
+        self.waits.append(Wait(w.id, reason))
+
+    def _reserve_for(self, w: Workload, t: str | None) -> list[str]:
+        """Hold the nodes the blocked head will start on: the ones with the most free now."""
+        s = self.state
+        pool = s.nodes_of_type.get(t, []) if t is not None else range(len(s.names))
+        ranked: list[tuple[int, int, int, int]] = []
+        for n in pool:
+            room = _room(s, n, w, t)
+            if room <= 0 or not s.available(n):
+                continue
+            free = 0
+            if t is not None:
+                free = sum(
+                    f for f, x in zip(s.gpu_free[n], s.gpu_type[n], strict=True) if x == t and f > 0
+                )
+            ranked.append((-free, -s.free_cpu[n], n, room))
+        ranked.sort()
+        held: list[int] = []
+        hosted = 0
+        for _, _, n, room in ranked:
+            if hosted >= w.gang:
+                break
+            hosted += room
+            held.append(n)
+        if hosted < w.gang:
+            return []
+        for n in held:
+            s.reserve(n)
+        return [s.names[n] for n in held]
+
+    def _no_fit_reason(self, w: Workload, t: str | None) -> str:
+        key = _shape(w, t)
+        cached = self.nofit.get(key)
+        if cached:
+            return cached
+        req = w.request
+        s = self.state
+        host = _host_text(req.cpu_milli, req.memory_mib)
+        if t is None:
+            text = f"no healthy node has {host or 'room'} free"
+        elif req.gpus:
+            text = f"no healthy node has {req.gpus} free {t} GPUs"
+            text += f" with {host}" if host else ""
+            text += f" (most free {t} on one node: {s.most_free(t)})"
+        else:
+            largest = s.largest_share(t)
+            text = f"no healthy {t} GPU has {gpus_text(req.gpu_milli)} of a GPU free"
+            text += f" with {host} on its node" if host else ""
+            text += f" (largest free share: {gpus_text(largest)})"
+        if w.gang > 1:
+            text = f"gang of {w.gang} workers cannot be placed at once: " + text
+        self.nofit[key] = text
+        return text
+
+    def _recheck_at(self, when: float) -> None:
+        if self.recheck is None or when < self.recheck:
+            self.recheck = when
+
+
+def _shape(w: Workload, t: str | None) -> Shape:
+    r = w.request
+    return (t, r.gpus, r.gpu_milli, r.cpu_milli, r.memory_mib, w.gang)
+
+
+def _host_text(cpu_milli: int, memory_mib: int) -> str:
+    parts = []
+    if cpu_milli:
+        parts.append(f"{cpu_milli / 1000:g} CPUs")
+    if memory_mib:
+        parts.append(f"{memory_mib} MiB memory")
+    return " and ".join(parts)
+
+
+def _room(s: ClusterState, node: int, w: Workload, t: str | None) -> int:
+    """Workers of ``w`` that ``node`` could host when empty."""
+    req = w.request
+    room = w.gang
+    if t is not None:
+        count = sum(1 for x in s.gpu_type[node] if x == t)
+        room = count // req.gpus if req.gpus else count
+    if req.cpu_milli:
+        room = min(room, s.cap_cpu[node] // req.cpu_milli)
+    if req.memory_mib:
+        room = min(room, s.cap_mem[node] // req.memory_mib)
+    return room
+
+
+def _names(names: list[str]) -> str:
+    if len(names) <= 3:
+        return "node " + ", ".join(names) if len(names) == 1 else "nodes " + ", ".join(names)
+    return f"{len(names)} nodes ({', '.join(names[:3])}, ...)"

@@ -1,0 +1,269 @@
+"""Preemption: which running workloads to stop so that a waiting one can start, and why.
+
+Three rules make a running workload a victim, each switched on in :class:`.PolicyConfig`:
+
+- **reclaim**: the claimant is within its project's guaranteed quota and the victim's
+  project is borrowing above its own guarantee on that accelerator type;
+- **priority**: same project, lower priority class;
+- **service level** (Tiresias' discretised LAS): the victim has attained a higher service
+  level than the claimant (inside the project, or cluster-wide for the ``las`` baseline).
+
+Victims are ordered lowest priority first, then least attained service (least progress lost),
+then most recently started. Priority and service-level victims must have run
+``min_runtime_s``, which stops two workloads from evicting each other in turn. Workloads
+already draining after an earlier preemption count first and cost nothing: the claimant may
+just be waiting for them.
+
+The plan is node-aware: for each worker of the claimant it picks the node where the shortest
+prefix of victims makes room (a gang claims all its workers or nothing), so a job needing a
+whole 8-GPU node does not evict eight 1-GPU jobs on eight different nodes. Planning releases
+victims in the working cluster state, tries the placement and restores everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from underlay.compute.scheduler.cluster import Alloc, ClusterState
+from underlay.compute.scheduler.ordering import service_level
+from underlay.compute.scheduler.packing import choose
+from underlay.compute.scheduler.quota import QuotaLedger
+from underlay.compute.scheduler.snapshot import PolicyConfig, Running, Workload
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Victims to stop (with the rule that chose each) and the nodes the claimant will use."""
+
+    victims: tuple[tuple[Running, str], ...]
+    draining: tuple[Running, ...]
+    nodes: tuple[int, ...]
+
+
+class Preemptor:
+    """Finds preemption plans for one decision round."""
+
+    def __init__(
+        self,
+        config: PolicyConfig,
+        clock: float,
+        state: ClusterState,
+        running: tuple[Running, ...],
+        ledger: QuotaLedger | None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.state = state
+        self.ledger = ledger
+        self.taken: set[str] = set()
+        self._running = running
+        self._by_type: dict[tuple[str | None, str], list[Running]] | None = None
+        self._allocs: dict[str, list[Alloc]] = {}
+        self.blocked_until: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        c = self.config
+        return c.reclaim or c.priority_preemption or (c.las_preemption and bool(c.service_levels))
+
+    def _groups(self) -> dict[tuple[str | None, str], list[Running]]:
+        """Running workloads per (accelerator type, project), in victim preference order."""
+        if self._by_type is None:
+            groups: dict[tuple[str | None, str], list[Running]] = {}
+            for r in sorted(self._running, key=self._victim_key):
+                groups.setdefault((r.gpu_type, r.workload.project), []).append(r)
+            self._by_type = groups
+        return self._by_type
+
+    def _victim_key(self, r: Running) -> tuple[int, float, float, str]:
+        return (r.workload.priority, r.attained(self.clock), -r.started_at, r.workload.id)
+
+    def _projects(self, claimant: Workload, gpu_type: str | None, guaranteed: bool) -> list[str]:
+        """Projects whose running work could be victims of ``claimant``."""
+        c = self.config
+        projects = {p for t, p in self._groups() if t == gpu_type}
+        if c.las_preemption and c.service_levels and c.las_scope == "cluster":
+            return sorted(projects)
+        keep = {claimant.project} & projects
+        if guaranteed and c.reclaim and self.ledger is not None and gpu_type is not None:
+            keep |= {p for p in projects if self.ledger.borrowed(p, gpu_type) > 0}
+        return sorted(keep)
+
+    def _why(
+        self, claimant: Workload, victim: Running, gpu_type: str | None, guaranteed: bool
+    ) -> str | None:
+        c = self.config
+        v = victim.workload
+        if (
+            guaranteed
+            and c.reclaim
+            and self.ledger is not None
+            and gpu_type is not None
+            and v.project != claimant.project
+            and self.ledger.borrowed(v.project, gpu_type) > 0
+        ):
+            return (
+                f"project {claimant.project} claims back its guaranteed {gpu_type} for "
+                f"{claimant.id}; {v.id} borrows it"
+            )
+        why = self._rank_reason(claimant, victim)
+        if why is not None and self.clock - victim.started_at < c.min_runtime_s:
+            self._note_eligible_at(victim.started_at + c.min_runtime_s)
+            return None
+        return why
+
+    def _rank_reason(self, claimant: Workload, victim: Running) -> str | None:
+        """Why ``victim`` ranks below ``claimant`` by priority class or service level."""
+        c = self.config
+        v = victim.workload
+        if (
+            c.priority_preemption
+            and v.project == claimant.project
+            and v.priority < claimant.priority
+        ):
+            return (
+                f"{claimant.id} has priority class {claimant.priority}, above {v.id}'s {v.priority}"
+            )
+        levels = c.service_levels
+        if not (c.las_preemption and levels):
+            return None
+        if c.las_scope != "cluster" and v.project != claimant.project:
+            return None
+        if v.priority > claimant.priority:
+            return None
+        mine = service_level(claimant.attained_service, levels)
+        attained = victim.attained(self.clock)
+        theirs = service_level(attained, levels)
+        if theirs > mine:
+            return (
+                f"{v.id} has received {attained / 3600:.1f} accelerator-hours (service level "
+                f"{theirs}); {claimant.id} is at level {mine}"
+            )
+        if mine < len(levels) and v.gpu_share:
+            # It becomes a victim when it crosses the claimant's level threshold.
+            self._note_eligible_at(self.clock + (levels[mine] - attained) * 1000 / v.gpu_share)
+        return None
+
+    def _note_eligible_at(self, when: float) -> None:
+        if when > self.clock and (self.blocked_until is None or when < self.blocked_until):
+            self.blocked_until = when
+
+    def victims(
+        self, claimant: Workload, gpu_type: str | None, guaranteed: bool
+    ) -> list[tuple[Running, str]]:
+        """Eligible victims in preference order, draining ones first with an empty reason."""
+        groups = self._groups()
+        eligible = set(self._projects(claimant, gpu_type, guaranteed))
+        draining: list[tuple[Running, str]] = []
+        chosen: list[tuple[Running, str]] = []
+        for (t, project), group in groups.items():
+            if t != gpu_type:
+                continue
+            for r in group:
+                if r.workload.id in self.taken:
+                    continue
+                if r.draining_until is not None:
+                    draining.append((r, ""))  # any project's: it is leaving anyway
+                    continue
+                if project not in eligible:
+                    continue
+                why = self._why(claimant, r, gpu_type, guaranteed)
+                if why is not None:
+                    chosen.append((r, why))
+        chosen.sort(key=lambda item: self._victim_key(item[0]))
+        return draining + chosen
+
+    def _alloc_of(self, r: Running) -> list[Alloc]:
+        cached = self._allocs.get(r.workload.id)
+        if cached is not None:
+            return cached
+        req = r.workload.request
+        out: list[Alloc] = []
+        for w in r.workers:
+            node = self.state.index.get(w.node)
+            if node is None:
+                continue
+            n_gpus = len(self.state.gpu_free[node])
+            gpus = tuple(g for g in w.gpus if 0 <= g < n_gpus)
+            out.append(Alloc(node, gpus, w.gpu_milli, req.cpu_milli, req.memory_mib))
+        self._allocs[r.workload.id] = out
+        return out
+
+    def plan(self, claimant: Workload, gpu_type: str | None, guaranteed: bool) -> Plan | None:
+        """A plan that lets ``claimant`` start once its victims are gone, or None."""
+        candidates = self.victims(claimant, gpu_type, guaranteed)
+        if not candidates:
+            return None
+        state = self.state
+        rank = {r.workload.id: i for i, (r, _) in enumerate(candidates)}
+        on_node: dict[int, list[tuple[Running, str]]] = {}
+        for r, why in candidates:
+            for a in self._alloc_of(r):
+                on_node.setdefault(a.node, []).append((r, why))
+        released: list[Alloc] = []
+        placed: list[Alloc] = []
+        chosen: dict[str, tuple[Running, str]] = {}
+        ok = True
+        for _ in range(claimant.gang):
+            alloc = choose(state, claimant.request, gpu_type, None, None)
+            if alloc is None:
+                best = self._best_node(claimant, gpu_type, on_node, chosen, rank)
+                if best is None:
+                    ok = False
+                    break
+                for r, why in best:
+                    chosen[r.workload.id] = (r, why)
+                    for a in self._alloc_of(r):
+                        state.release(a)
+                        released.append(a)
+                alloc = choose(state, claimant.request, gpu_type, None, None)
+                if alloc is None:
+                    ok = False
+                    break
+            state.allocate(alloc)
+            placed.append(alloc)
+        for a in reversed(placed):
+            state.release(a)
+        for a in reversed(released):
+            state.allocate(a)
+        if not ok or not chosen:
+            return None
+        victims = tuple(v for v in chosen.values() if v[1])
+        draining = tuple(r for r, why in chosen.values() if not why)
+        self.taken.update(chosen)
+        return Plan(victims, draining, tuple(sorted({a.node for a in placed})))
+
+    def _best_node(
+        self,
+        claimant: Workload,
+        gpu_type: str | None,
+        on_node: dict[int, list[tuple[Running, str]]],
+        chosen: dict[str, tuple[Running, str]],
+        rank: dict[str, int],
+    ) -> list[tuple[Running, str]] | None:
+        state = self.state
+        best: list[tuple[Running, str]] | None = None
+        best_cost: tuple[int, int] | None = None
+        for node, here in on_node.items():
+            if not state.available(node):
+                continue
+            trial: list[tuple[Running, str]] = []
+            undo: list[Alloc] = []
+            for r, why in here:
+                if r.workload.id in chosen or any(r is t for t, _ in trial):
+                    continue
+                trial.append((r, why))
+                for a in self._alloc_of(r):
+                    state.release(a)
+                    undo.append(a)
+                if state.alloc_on(node, claimant.request, gpu_type) is not None:
+                    cost = (
+                        sum(1 for _, w in trial if w),
+                        max(rank[t.workload.id] for t, _ in trial),
+                    )
+                    if best_cost is None or cost < best_cost:
+                        best, best_cost = list(trial), cost
+                    break
+            for a in reversed(undo):
+                state.allocate(a)
+        return best

@@ -1,0 +1,131 @@
+"""Quotas and fair share: who is entitled to what, and who has had the least so far.
+
+:class:`QuotaLedger` tracks, per project and accelerator type, the guaranteed amount, what
+the project uses now and how much more it may borrow. A placement is *guaranteed* while the
+project stays within its quota and *borrowed* above it; borrowed work runs only on capacity
+that is idle after every guaranteed claim of the round was served, and is the first to be
+preempted when the owner of that capacity claims it back.
+
+:class:`FairShare` orders projects by dominant resource share (DRF, Ghodsi et al. NSDI '11):
+a project's share of a resource is what it holds over the cluster's capacity of it, and its
+dominant share is the largest of those. The project with the smallest dominant share goes
+next. Resources are each accelerator type, CPUs and memory.
+"""
+
+from __future__ import annotations
+
+from underlay.compute.scheduler.snapshot import WHOLE, Quota, Running, Workload
+
+
+def gpus_text(milli: int) -> str:
+    """Thousandths of accelerators as a person writes them: ``8``, ``2.5``."""
+    return f"{milli // WHOLE}" if milli % WHOLE == 0 else f"{milli / WHOLE:g}"
+
+
+class QuotaLedger:
+    """Guaranteed, used and borrowable accelerator thousandths per (project, type)."""
+
+    def __init__(self, quotas: tuple[Quota, ...], running: tuple[Running, ...]) -> None:
+        self.guaranteed: dict[tuple[str, str], int] = {}
+        self.limit: dict[tuple[str, str], int | None] = {}
+        for q in quotas:
+            key = (q.project, q.accelerator_type)
+            self.guaranteed[key] = self.guaranteed.get(key, 0) + max(0, q.guaranteed) * WHOLE
+            self.limit[key] = None if q.borrow_limit is None else max(0, q.borrow_limit) * WHOLE
+        self.used: dict[tuple[str, str], int] = {}
+        self.draining: dict[tuple[str, str], int] = {}
+        for r in running:
+            if r.gpu_type is None:
+                continue
+            key = (r.workload.project, r.gpu_type)
+            share = r.workload.gpu_share
+            self.used[key] = self.used.get(key, 0) + share
+            if r.draining_until is not None:
+                self.draining[key] = self.draining.get(key, 0) + share
+
+    def within(self, project: str, gpu_type: str, amount: int) -> bool:
+        key = (project, gpu_type)
+        return self.used.get(key, 0) + amount <= self.guaranteed.get(key, 0)
+
+    def may_borrow(self, project: str, gpu_type: str, amount: int) -> bool:
+        key = (project, gpu_type)
+        limit = self.limit.get(key)
+        if limit is None:
+            return True
+        return self.used.get(key, 0) + amount <= self.guaranteed.get(key, 0) + limit
+
+    def borrowed(self, project: str, gpu_type: str) -> int:
+        """What the project holds above its guarantee, not counting work already leaving."""
+        key = (project, gpu_type)
+        held = self.used.get(key, 0) - self.draining.get(key, 0)
+        return max(0, held - self.guaranteed.get(key, 0))
+
+    def add(self, project: str, gpu_type: str, amount: int) -> None:
+        key = (project, gpu_type)
+        self.used[key] = self.used.get(key, 0) + amount
+
+    def describe(self, project: str, gpu_type: str) -> str:
+        """ "project vision uses 8 of its 8 guaranteed A100" and the borrow limit if any."""
+        key = (project, gpu_type)
+        used = gpus_text(self.used.get(key, 0))
+        text = f"project {project} uses {used} of its {gpus_text(self.guaranteed.get(key, 0))}"
+        text += f" guaranteed {gpu_type}"
+        limit = self.limit.get(key)
+        if limit is not None:
+            text += f" (may borrow {gpus_text(limit)} more)"
+        return text
+
+
+class FairShare:
+    """Dominant resource share per project, updated as the round places work."""
+
+    def __init__(
+        self,
+        gpu_capacity: dict[str, int],
+        cpu_capacity: int,
+        mem_capacity: int,
+        running: tuple[Running, ...],
+    ) -> None:
+        # CPU and memory are kept as two numbers and accelerators per type, so charging a
+        # placement builds no keys; it runs once per placement of the round.
+        self._cap: dict[str, float] = {t: float(c * WHOLE) for t, c in gpu_capacity.items()}
+        self._cpu = float(cpu_capacity)
+        self._mem = float(mem_capacity)
+        self._usage: dict[str, list[float]] = {}
+        self._gpus: dict[str, dict[str, float]] = {}
+        self._dominant: dict[str, float] = {}
+        for r in running:
+            self._add(r.workload, r.gpu_type)
+        for project in self._usage:
+            self._update(project)
+
+    def _add(self, workload: Workload, gpu_type: str | None) -> None:
+        usage = self._usage.get(workload.project)
+        if usage is None:
+            usage = self._usage[workload.project] = [0.0, 0.0]
+            self._gpus[workload.project] = {}
+        req = workload.request
+        gang = workload.gang
+        usage[0] += req.cpu_milli * gang
+        usage[1] += req.memory_mib * gang
+        if gpu_type is not None:
+            gpus = self._gpus[workload.project]
+            gpus[gpu_type] = gpus.get(gpu_type, 0.0) + req.gpu_share * gang
+
+    def _update(self, project: str) -> None:
+        cpu, mem = self._usage[project]
+        dominant = max(cpu / self._cpu if self._cpu else 0.0, mem / self._mem if self._mem else 0.0)
+        cap = self._cap
+        for t, amount in self._gpus[project].items():
+            c = cap.get(t)
+            if c and amount / c > dominant:
+                dominant = amount / c
+        self._dominant[project] = dominant
+
+    def charge(self, workload: Workload, gpu_type: str | None) -> None:
+        """Count a placement of ``workload`` (on ``gpu_type``) toward its project's share."""
+        self._add(workload, gpu_type)
+        self._update(workload.project)
+
+    def share(self, project: str) -> float:
+        return self._dominant.get(project, 0.0)

@@ -1,0 +1,337 @@
+"""The scheduling policy, rule by rule, on small hand-built snapshots."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import pytest
+
+from underlay.compute.scheduler import (
+    Decisions,
+    PowerModel,
+    Quota,
+    Window,
+    decide,
+    policy_config,
+)
+from underlay.errors import InvalidInput
+
+from .builders import job, node, occupy, running_on, snapshot
+
+
+def placed(d: Decisions) -> dict[str, list[tuple[str, tuple[int, ...], int]]]:
+    return {p.workload_id: [(w.node, w.gpus, w.gpu_milli) for w in p.workers] for p in d.places}
+
+
+def waiting(d: Decisions) -> dict[str, str]:
+    return {w.workload_id: w.reason for w in d.waits}
+
+
+def rejected(d: Decisions) -> dict[str, str]:
+    return {r.workload_id: r.reason for r in d.rejects}
+
+
+# -- reject -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("workload", "match"),
+    [
+        (job("nine", gpus=9), r"needs 9 GPUs per worker; the largest node has 8"),
+        (job("h100", gpus=1, gpu_type="H100"), r"no node has accelerator type 'H100'.*A100"),
+        (job("frac", milli=1500), r"asks for 1.5 of one GPU; a fraction cannot exceed 1"),
+        (job("neg", gpus=-1), r"gpus must not be negative"),
+        (job("both", gpus=1, milli=500), r"either whole GPUs or a fraction"),
+        (job("gang0", gpus=1, gang=0), r"gang size must be at least 1"),
+        (job("wide", gpus=8, gang=3), r"gang of 3 workers needs 24 GPUs.*only 2 such workers"),
+        (job("cpu", cpu=100_000), r"needs 100 CPUs per worker; the largest node has 64"),
+    ],
+)
+def test_requests_no_node_could_ever_satisfy_are_rejected_with_the_reason(workload, match):
+    d = decide(snapshot([node("n0"), node("n1")], [workload]))
+    assert list(rejected(d)) == [workload.id]
+    assert not d.places and not d.waits
+    assert re.search(match, d.reason(workload.id) or "")
+
+
+def test_capacity_that_is_only_busy_or_unhealthy_means_wait_not_reject():
+    busy = running_on(job("r", gpus=8), [("n0", tuple(range(8)))])
+    nodes = [*occupy([node("n0")], [busy]), node("n1", healthy=False)]
+    d = decide(snapshot(nodes, [job("w", gpus=8)], running=[busy]))
+    assert "w" in waiting(d)
+    assert not d.rejects
+
+
+# -- health -------------------------------------------------------------------------------
+
+
+def test_unhealthy_nodes_and_accelerators_are_never_chosen():
+    nodes = [node("sick", healthy=False), node("half", gpus=2, unhealthy_gpus=[0])]
+    d = decide(snapshot(nodes, [job("a", gpus=1), job("b", gpus=1, submit=1)], config="fifo"))
+    assert placed(d) == {"a": [("half", (1,), 1000)]}
+    assert "b" in waiting(d)
+
+
+# -- quotas and borrowing -----------------------------------------------------------------
+
+
+def test_work_within_quota_is_guaranteed_and_work_above_it_borrows_idle_capacity():
+    quotas = [Quota("vision", "A100", 8), Quota("nlp", "A100", 8)]
+    pending = [job("v1", gpus=8), job("v2", gpus=8, submit=1)]
+    d = decide(snapshot([node("n0"), node("n1")], pending, quotas=quotas))
+    by_id = {p.workload_id: p for p in d.places}
+    assert not by_id["v1"].borrowed
+    assert by_id["v2"].borrowed
+
+
+def test_guaranteed_claims_are_served_before_anyone_borrows():
+    quotas = [Quota("vision", "A100", 8), Quota("nlp", "A100", 8)]
+    # vision submitted first and would take both nodes, but nlp's claim comes first.
+    pending = [job("v1", gpus=8), job("v2", gpus=8, submit=1), job("n1", "nlp", gpus=8, submit=2)]
+    d = decide(snapshot([node("n0"), node("n1")], pending, quotas=quotas))
+    assert set(placed(d)) == {"v1", "n1"}
+    assert waiting(d)["v2"] == (
+        "project vision uses 8 of its 8 guaranteed A100; no idle A100 to borrow "
+        "(no healthy node has 8 free A100 GPUs (most free A100 on one node: 0))"
+    )
+
+
+def test_borrow_limit_caps_borrowing():
+    quotas = [Quota("vision", "A100", 4, borrow_limit=2)]
+    d = decide(snapshot([node("n0")], [job("v", gpus=8)], quotas=quotas))
+    assert waiting(d)["v"] == (
+        "project vision uses 0 of its 4 guaranteed A100 (may borrow 2 more); "
+        "its borrow limit is reached"
+    )
+
+
+def test_owner_reclaims_borrowed_capacity_lowest_priority_least_progress_first():
+    quotas = [Quota("vision", "A100", 8), Quota("nlp", "A100", 8)]
+    runs = [
+        running_on(job("old", "nlp", gpus=4), [("n0", (0, 1, 2, 3))], started=0.0),
+        running_on(job("new", "nlp", gpus=4), [("n0", (4, 5, 6, 7))], started=900.0),
+        running_on(job("own", "nlp", gpus=8), [("n1", tuple(range(8)))], started=0.0),
+    ]
+    nodes = occupy([node("n0"), node("n1")], runs)
+    claim = job("v", gpus=4, submit=950.0)
+    d = decide(snapshot(nodes, [claim], running=runs, quotas=quotas, clock=1000.0))
+    assert [(p.workload_id, p.for_workload, p.grace_s) for p in d.preempts] == [("new", "v", 30.0)]
+    assert "claims back its guaranteed A100" in d.preempts[0].reason
+    assert waiting(d)["v"] == "preempting new to make room (grace period 30 s)"
+
+
+def test_a_claimant_waits_for_work_already_draining_instead_of_preempting_more():
+    quotas = [Quota("vision", "A100", 8), Quota("nlp", "A100", 8)]
+    runs = [
+        running_on(job("a", "nlp", gpus=8), [("n0", tuple(range(8)))], draining_until=1030.0),
+        running_on(job("b", "nlp", gpus=8), [("n1", tuple(range(8)))]),
+    ]
+    nodes = occupy([node("n0"), node("n1")], runs)
+    d = decide(snapshot(nodes, [job("v", gpus=8)], running=runs, quotas=quotas, clock=1000.0))
+    assert not d.preempts
+    assert waiting(d)["v"] == "waiting for a to release their resources after preemption"
+
+
+def test_work_within_its_own_guarantee_is_never_reclaimed():
+    quotas = [Quota("vision", "A100", 8), Quota("nlp", "A100", 8)]
+    runs = [running_on(job("n", "nlp", gpus=8), [("n0", tuple(range(8)))])]
+    nodes = occupy([node("n0")], runs)
+    d = decide(snapshot(nodes, [job("v", gpus=8)], running=runs, quotas=quotas))
+    assert not d.preempts
+    assert "v" in waiting(d)
+
+
+# -- priority classes and fair share ------------------------------------------------------
+
+
+def test_higher_priority_class_goes_first_inside_a_project():
+    pending = [job("low", gpus=8, submit=0), job("high", gpus=8, priority=5, submit=9)]
+    d = decide(snapshot([node("n0")], pending))
+    assert set(placed(d)) == {"high"}
+
+
+def test_higher_class_preempts_lower_class_of_the_same_project():
+    runs = [running_on(job("low", gpus=8), [("n0", tuple(range(8)))], started=0.0)]
+    nodes = occupy([node("n0")], runs)
+    d = decide(snapshot(nodes, [job("high", gpus=8, priority=5)], running=runs, clock=500.0))
+    assert [p.workload_id for p in d.preempts] == ["low"]
+    assert "priority class 5, above low's 0" in d.preempts[0].reason
+
+
+def test_fair_share_serves_the_project_with_the_smallest_dominant_share_first():
+    runs = [running_on(job("big", "vision", gpus=4), [("n0", (0, 1, 2, 3))])]
+    nodes = occupy([node("n0", gpus=8)], runs)
+    pending = [job("v", "vision", gpus=4, submit=0), job("n", "nlp", gpus=4, submit=5)]
+    d = decide(snapshot(nodes, pending, running=runs))
+    assert set(placed(d)) == {"n"}
+    fifo = decide(snapshot(nodes, pending, running=runs, config="fifo"))
+    assert set(placed(fifo)) == {"v"}
+
+
+# -- gangs --------------------------------------------------------------------------------
+
+
+def test_a_gang_is_placed_whole_on_as_few_nodes_as_possible_or_not_at_all():
+    nodes = [node("a", free=[1000] * 4 + [0] * 4), node("b"), node("c", free=[1000] * 6 + [0] * 2)]
+    d = decide(snapshot(nodes, [job("g", gpus=2, gang=4)]))
+    workers = placed(d)["g"]
+    assert len(workers) == 4
+    assert {n for n, _, _ in workers} == {"b"}
+    d = decide(snapshot(nodes, [job("g", gpus=4, gang=5)]))
+    assert not d.places
+    assert waiting(d)["g"].startswith("gang of 5 workers cannot be placed at once")
+
+
+# -- head of line -------------------------------------------------------------------------
+
+
+def test_strict_fifo_lets_nothing_pass_a_blocked_head():
+    nodes = [node("n0", free=[1000] * 4 + [0] * 4)]
+    pending = [job("head", gpus=8, submit=0), job("small", gpus=1, submit=1)]
+    d = decide(snapshot(nodes, pending, config="fifo"))
+    assert not d.places
+    assert waiting(d)["small"] == "behind head, the blocked head of the queue (strict FIFO)"
+
+
+def test_backfill_uses_other_nodes_but_never_the_nodes_held_for_the_head():
+    nodes = [node("n0", free=[1000] * 6 + [0] * 2), node("n1", free=[1000] * 2 + [0] * 6)]
+    pending = [
+        job("head", gpus=8, submit=0),
+        job("s1", gpus=2, submit=1),
+        job("s2", gpus=2, submit=2),
+    ]
+    d = decide(snapshot(nodes, pending, config="fifo-backfill"))
+    assert placed(d) == {"s1": [("n1", (0, 1), 1000)]}
+    assert "holding node n0 for it" in waiting(d)["head"]
+    assert waiting(d)["s2"].endswith("outside the nodes held for head")
+
+
+def test_skip_places_any_later_work_that_fits():
+    nodes = [node("n0", free=[1000] * 6 + [0] * 2)]
+    pending = [job("head", gpus=8, submit=0), job("s", gpus=6, submit=1)]
+    d = decide(snapshot(nodes, pending, config="first-fit"))
+    assert set(placed(d)) == {"s"}
+
+
+# -- packing ------------------------------------------------------------------------------
+
+
+def test_fractions_are_packed_onto_already_shared_gpus():
+    nodes = [node("n0", gpus=2, free=[1000, 1000]), node("n1", gpus=2, free=[600, 1000])]
+    d = decide(snapshot(nodes, [job("f", milli=500)]))
+    assert placed(d) == {"f": [("n1", (0,), 500)]}
+
+
+def test_whole_gpu_requests_stay_off_shared_gpus_and_keep_big_holes_whole():
+    nodes = [
+        node("big", free=[1000] * 8),
+        node("mid", free=[1000] * 2 + [0] * 6),
+        node("shared", gpus=2, free=[400, 1000]),
+    ]
+    pending = [job("w", gpus=2, submit=0), job("big8", gpus=8, submit=1)]
+    d = decide(snapshot(nodes, pending))
+    assert placed(d)["w"] == [("mid", (0, 1), 1000)]
+    assert placed(d)["big8"] == [("big", tuple(range(8)), 1000)]
+
+
+def test_first_fit_takes_the_lowest_index_node():
+    nodes = [node("big", free=[1000] * 8), node("mid", free=[1000] * 2 + [0] * 6)]
+    d = decide(snapshot(nodes, [job("w", gpus=2)], config="first-fit"))
+    assert placed(d)["w"] == [("big", (0, 1), 1000)]
+
+
+def test_cpu_only_work_goes_to_cpu_only_nodes_first():
+    nodes = [node("gpu"), node("cpu", gpus=0)]
+    d = decide(snapshot(nodes, [job("c", cpu=4000, mem=1024)]))
+    assert placed(d)["c"] == [("cpu", (), 0)]
+
+
+# -- energy -------------------------------------------------------------------------------
+
+
+def test_energy_aware_placement_prefers_the_most_efficient_type():
+    nodes = [
+        node("hot", gpu_type="V100", power=PowerModel(40.0, 300.0)),
+        node("cool", gpu_type="L4", power=PowerModel(15.0, 72.0)),
+    ]
+    d = decide(snapshot(nodes, [job("any", gpus=1)]))
+    assert placed(d)["any"][0][0] == "cool"
+    plain = replace(policy_config("default"), energy_aware=False)
+    d = decide(snapshot(nodes, [job("any", gpus=1)], config=plain))
+    assert placed(d)["any"][0][0] == "cool"  # name order: L4 before V100
+    typed = decide(snapshot(nodes, [job("v", gpus=1, gpu_type="V100")]))
+    assert placed(typed)["v"][0][0] == "hot"
+
+
+def test_deferrable_work_waits_for_the_low_carbon_window_but_not_forever():
+    cfg = replace(
+        policy_config("default"),
+        low_carbon_windows=(Window(2 * 3600.0, 5 * 3600.0),),
+        max_defer_s=12 * 3600.0,
+    )
+    pending = [job("d", gpus=1, deferrable=True), job("n", gpus=1, submit=1)]
+    d = decide(snapshot([node("n0")], pending, config=cfg, clock=0.0))
+    assert set(placed(d)) == {"n"}
+    assert waiting(d)["d"].startswith("deferrable: held for the low-carbon window at 02:00")
+    assert d.recheck_at == 2 * 3600.0
+    inside = decide(snapshot([node("n0")], pending, config=cfg, clock=3 * 3600.0))
+    assert set(placed(inside)) == {"d", "n"}
+    late = decide(snapshot([node("n0")], pending, config=cfg, clock=13 * 3600.0))
+    assert set(placed(late)) == {"d", "n"}
+
+
+# -- least attained service ---------------------------------------------------------------
+
+
+def test_las_preempts_work_that_has_received_more_service():
+    long_run = running_on(job("long", "a", gpus=8), [("n0", tuple(range(8)))], started=0.0)
+    nodes = occupy([node("n0")], [long_run])
+    d = decide(
+        snapshot(
+            nodes,
+            [job("new", "b", gpus=8, submit=900)],
+            running=[long_run],
+            config="las",
+            clock=1000.0,
+        )
+    )
+    assert [p.workload_id for p in d.preempts] == ["long"]
+    assert d.preempts[0].reason == (
+        "long has received 2.2 accelerator-hours (service level 1); new is at level 0"
+    )
+
+
+def test_las_says_when_a_running_workload_becomes_preemptible():
+    run = running_on(job("r", "a", gpus=1), [("n0", (0,))], started=0.0)
+    nodes = occupy([node("n0", gpus=1)], [run])
+    d = decide(snapshot(nodes, [job("new", "b", gpus=1)], running=[run], config="las", clock=100.0))
+    assert not d.preempts
+    assert d.recheck_at == 3600.0  # r crosses the first service threshold (1 GPU-hour) then
+
+
+# -- the function itself ------------------------------------------------------------------
+
+
+def test_every_pending_workload_gets_exactly_one_decision_and_the_same_input_the_same_output():
+    nodes = [node(f"n{i}", free=[1000] * (i % 9) + [0] * (8 - i % 9)) for i in range(6)]
+    pending = [job(f"w{i}", f"p{i % 3}", gpus=1 + i % 8, submit=float(i)) for i in range(30)]
+    quotas = [Quota(f"p{i}", "A100", 8) for i in range(3)]
+    snap = snapshot(nodes, pending, quotas=quotas)
+    first = decide(snap)
+    assert first == decide(snap)
+    ids = [p.workload_id for p in first.places] + list(waiting(first)) + list(rejected(first))
+    assert sorted(ids) == sorted(w.id for w in pending)
+    assert all(reason for reason in waiting(first).values())
+
+
+def test_an_inconsistent_snapshot_is_an_error():
+    with pytest.raises(InvalidInput, match="node 'n0' appears twice"):
+        decide(snapshot([node("n0"), node("n0")]))
+    with pytest.raises(InvalidInput, match="workload 'w' appears twice"):
+        decide(snapshot([node("n0")], [job("w"), job("w")]))
+
+
+def test_unknown_policy_name_is_an_error():
+    with pytest.raises(InvalidInput, match="unknown policy 'best'; choose one of: default, fifo"):
+        policy_config("best")
