@@ -19,6 +19,7 @@ from underlay.compute.scheduler import (
     Workload,
     decide,
 )
+from underlay.compute.scheduler.codec import decisions_from_json, snapshot_from_json, to_json
 
 TYPES = ["A100", "T4"]
 
@@ -248,3 +249,13 @@ def test_reject_exactly_when_an_empty_healthy_cluster_could_not_run_it(snap: Sna
     for w in snap.pending:
         alone = decide(Snapshot(0.0, empty, pending=(w,), config=POLICIES["first-fit"]))
         assert bool(alone.places) == (w.id not in rejected)
+
+
+@COMMON
+@given(snapshots())
+def test_snapshots_and_decisions_survive_a_json_round_trip(snap: Snapshot) -> None:
+    text = to_json(snap)
+    assert snapshot_from_json(text) == snap
+    d = decide(snap)
+    assert decisions_from_json(to_json(d)) == d
+    assert decide(snapshot_from_json(text)) == d
