@@ -1,6 +1,6 @@
 """The blob store contract against an S3-compatible server (moto, on 127.0.0.1).
 
-The same tests as the local folder (:class:`test_blobs.BlobStoreContract`), through the same
+The same tests as the local folder (:class:`tests.test_blobs.BlobStoreContract`), through the same
 code: only the ``blobs`` settings differ.
 """
 
@@ -14,7 +14,7 @@ import boto3  # type: ignore[import-untyped]
 import pytest
 from moto.server import ThreadedMotoServer
 
-from test_blobs import BlobStoreContract
+from tests.test_blobs import BlobStoreContract
 
 pytestmark = pytest.mark.s3
 

@@ -129,6 +129,8 @@ class BlobStore:
             if not placed:
                 self._discard_quietly(partial)
         if existing is not None:
+            if placed:  # restored a lost file; the chunk size may have changed since
+                existing.stored_size = stored_size
             return existing
         blob = Blob(
             project_id=project_id,
@@ -281,19 +283,18 @@ class BlobStore:
         path = self.location(project_id, digest)
         try:
             with self._fs.open(path, "rb") as f:
-                decryptor = BlobDecryptor(
-                    key, _read_exact(f, BLOB_HEADER_BYTES), bytes.fromhex(digest)
-                )
-                sealed = bytearray(decryptor.sealed_chunk_size)
-                view = memoryview(sealed)
-                while True:
-                    n = _read_into(f, view)
-                    if n < len(sealed):
-                        last = decryptor.finish(view[:n])  # short read: end of file
-                        if last:
-                            yield last
-                        return
-                    yield decryptor.update(view)
+                header = _read_exact(f, BLOB_HEADER_BYTES)
+                decryptor = BlobDecryptor(key, header, bytes.fromhex(digest))
+                size = decryptor.sealed_chunk_size
+                chunk: Buffer = _read_exact(f, size)  # sized to the data: small blobs stay small
+                buffer: memoryview | None = None
+                while len(chunk) == size:  # the last chunk is the short one
+                    yield decryptor.update(chunk)
+                    buffer = buffer or memoryview(bytearray(size))  # reused: no page faults
+                    chunk = buffer[: _read_into(f, buffer)]
+                last = decryptor.finish(chunk)
+                if last:
+                    yield last
         except FileNotFoundError as error:
             raise IntegrityFailure(
                 f"blob sha256:{digest} of project {project_id} is missing from storage "
@@ -337,12 +338,13 @@ def _chunks(source: BinaryIO | bytes | Iterable[bytes], size: int) -> Iterator[B
 
 
 def _file_chunks(source: BinaryIO, size: int) -> Iterator[Buffer]:
-    buffer = memoryview(bytearray(size))
-    while True:
-        n = _read_into(source, buffer)
-        yield buffer[:n]
-        if n < size:
-            return
+    chunk: Buffer = _read_exact(source, size)  # sized to the data: small files stay small
+    buffer: memoryview | None = None
+    while len(chunk) == size:
+        yield chunk
+        buffer = buffer or memoryview(bytearray(size))  # reused: no page faults
+        chunk = buffer[: _read_into(source, buffer)]
+    yield chunk
 
 
 def _iterable_chunks(source: Iterable[Buffer], size: int) -> Iterator[Buffer]:
@@ -389,8 +391,18 @@ def _read_into(f: Any, buffer: memoryview) -> int:
 
 
 def _read_exact(f: Any, n: int) -> bytes:
-    buffer = memoryview(bytearray(n))
-    return bytes(buffer[: _read_into(f, buffer)])
+    """``n`` bytes from ``f``, fewer only at the end of the file."""
+    parts: list[bytes] = []
+    remaining = n
+    while remaining:
+        data = f.read(remaining)
+        if not isinstance(data, bytes | bytearray):
+            raise InvalidInput("a blob source must be opened in binary mode")
+        if not data:
+            break
+        parts.append(bytes(data) if isinstance(data, bytearray) else data)
+        remaining -= len(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _delete_pending(session: Session) -> None:
