@@ -24,12 +24,14 @@ Design decisions:
   reach a path; names and media types are display labels, never path components.
 
 On SQLite the caller's transaction holds the database's single write lock from its first
-statement, and :meth:`BlobStore.put` reads its source inside that transaction: upload in a
-session of its own, not inside a long unit of work.
+statement, so long uploads go in two steps: :meth:`BlobStore.stage` encrypts the source to a
+temporary file before any transaction, and :meth:`BlobStore.commit` moves it into place and
+adds the row in a short one. :meth:`BlobStore.put` does both, for small sources and tests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import itertools
@@ -38,6 +40,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import fsspec
@@ -67,6 +70,17 @@ def check_digest(digest: str) -> str:
             f"blob digest {digest!r} is not a SHA-256 hex digest (64 lowercase hex digits)"
         )
     return digest
+
+
+@dataclass
+class StagedBlob:
+    """An encrypted upload in a temporary file, waiting for :meth:`BlobStore.commit`."""
+
+    partial: str
+    digest: str
+    size: int
+    stored_size: int
+    placed: bool = False
 
 
 class BlobStore:
@@ -104,39 +118,79 @@ class BlobStore:
     ) -> Blob:
         """Store ``source`` (a binary file, bytes, or an iterable of bytes); return its row.
 
-        Uploading content the project already holds returns the existing row.
+        Uploading content the project already holds returns the existing row. This reads the
+        source inside the caller's transaction; for long uploads use :meth:`stage` before the
+        transaction and :meth:`commit` inside it.
         """
         _check_labels(name, media_type)
+        key = self._keyring.data_key(session, project_id)
+        with self.stage(key, source, expected_digest=expected_digest) as staged:
+            return self.commit(
+                session,
+                project_id,
+                staged,
+                name=name,
+                media_type=media_type,
+                created_by=created_by,
+            )
+
+    @contextlib.contextmanager
+    def stage(
+        self,
+        data_key: bytes,
+        source: BinaryIO | bytes | Iterable[bytes],
+        *,
+        expected_digest: str | None = None,
+    ) -> Iterator[StagedBlob]:
+        """Encrypt ``source`` to a temporary file, outside any transaction.
+
+        The file is removed on leaving the block unless :meth:`commit` moved it into place.
+        """
         if expected_digest is not None:
             check_digest(expected_digest)
-        key = self._keyring.data_key(session, project_id)
         partial = f"{self._root}/{_PARTIAL_DIR}/{secrets.token_hex(16)}.part"
-        placed = False
+        staged: StagedBlob | None = None
         try:
-            digest, size, stored_size = self._write(partial, key, source)
+            digest, size, stored_size = self._write(partial, data_key, source)
             if expected_digest is not None and digest != expected_digest:
                 raise InvalidInput(
                     f"uploaded content has digest sha256:{digest}, expected "
                     f"sha256:{expected_digest}: the upload was corrupted or the digest is wrong"
                 )
-            existing = self._find(session, project_id, digest)
-            final = self.location(project_id, digest)
-            if existing is None or not self._fs.exists(final):
-                # a missing file under an existing row is restored by the same move
-                self._place(session, partial, final)
-                placed = True
+            staged = StagedBlob(partial, digest, size, stored_size)
+            yield staged
         finally:
-            if not placed:
+            if staged is None or not staged.placed:
                 self._discard_quietly(partial)
+
+    def commit(
+        self,
+        session: Session,
+        project_id: int,
+        staged: StagedBlob,
+        *,
+        name: str = "",
+        media_type: str = DEFAULT_MEDIA_TYPE,
+        created_by: int | None = None,
+    ) -> Blob:
+        """Move a staged blob into place and add its row in the caller's transaction."""
+        _check_labels(name, media_type)
+        digest = staged.digest
+        existing = self._find(session, project_id, digest)
+        final = self.location(project_id, digest)
+        if existing is None or not self._fs.exists(final):
+            # a missing file under an existing row is restored by the same move
+            self._place(session, staged.partial, final)
+            staged.placed = True
         if existing is not None:
-            if placed:  # restored a lost file; the chunk size may have changed since
-                existing.stored_size = stored_size
+            if staged.placed:  # restored a lost file; the chunk size may have changed since
+                existing.stored_size = staged.stored_size
             return existing
         blob = Blob(
             project_id=project_id,
             digest=digest,
-            size=size,
-            stored_size=stored_size,
+            size=staged.size,
+            stored_size=staged.stored_size,
             name=name,
             media_type=media_type,
             created_by=created_by,

@@ -56,18 +56,26 @@ async def upload_blob(
                 yield chunk
 
     def store() -> BlobRead:
-        with ctx.unit("blob.create", f"project:{project}/blob", project=project) as u:
+        # Stream outside any transaction (SQLite's write lock is not held during the
+        # upload), then authorize again and commit in a short one.
+        blobs, resource = ctx.platform.blobs, f"project:{project}/blob"
+        with ctx.unit("blob.create", resource, project=project, audited=False) as u:
             found = identity.read_project(u.session, project, ctx.actor, Action.write)
-            blob = ctx.platform.blobs.put(
+            key = ctx.platform.keyring.data_key(u.session, found.id)
+        with (
+            ctx.unit("blob.create", resource, project=project) as u,
+            blobs.stage(key, chunks(), expected_digest=digest) as staged,
+        ):
+            found = identity.read_project(u.session, project, ctx.actor, Action.write)
+            blob = blobs.commit(
                 u.session,
                 found.id,
-                chunks(),
+                staged,
                 name=name,
                 media_type=media_type,
                 created_by=ctx.actor.user_id or None,
-                expected_digest=digest,
             )
-            u.resource = f"project:{project}/blob:{blob.digest}"
+            u.resource = f"{resource}:{blob.digest}"
             u.detail = {"size": blob.size, "name": name}
             return BlobRead.model_validate(blob)
 
