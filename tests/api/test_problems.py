@@ -9,6 +9,7 @@ promises: ``application/problem+json`` with ``type``, ``title``, ``status``, ``d
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import http.client
 import json
@@ -554,3 +555,29 @@ def test_an_invalid_client_request_id_is_replaced(api: httpx.Client, rid: str) -
 def test_every_response_gets_a_fresh_request_id(api: httpx.Client) -> None:
     ids = {api.get(f"{API}/healthz").headers["x-request-id"] for _ in range(5)}
     assert len(ids) == 5
+
+
+def test_an_unexpected_error_is_a_500_problem_with_the_request_id(server) -> None:  # type: ignore[no-untyped-def]
+    """A fault inside a route: a generic problem, the request id in header and body, no trace."""
+    from underlay.api.app import create_app
+
+    app = create_app(server.platform, start=False)
+
+    @app.get("/api/v1/explode", include_in_schema=False)
+    def explode() -> None:
+        raise RuntimeError("internal detail that must stay on the server")
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            headers = {"X-Request-ID": "fault-injection-01"}
+            return await client.get("/api/v1/explode", headers=headers)
+
+    r = asyncio.run(call())
+    assert r.status_code == 500
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["type"] == "urn:underlay:problem:error"
+    assert body["request_id"] == "fault-injection-01"
+    assert r.headers.get("x-request-id") == "fault-injection-01"
+    assert "internal detail" not in r.text and "Traceback" not in r.text
