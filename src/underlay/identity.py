@@ -137,6 +137,8 @@ def create_user(
 
 
 def read_user(session: Session, name: str) -> User:
+    if not NAME_RE.fullmatch(name):
+        raise NotFound(f"user {name[:80]!r} not found")
     user = session.scalar(select(User).where(User.name == name))
     if user is None:
         raise NotFound(f"user {name!r} not found")
@@ -190,6 +192,8 @@ def read_project(
     session: Session, name: str, actor: Actor, action: Action = Action.read
 ) -> Project:
     """The project called ``name``, if ``actor`` may do ``action`` on it."""
+    if not NAME_RE.fullmatch(name):
+        raise NotFound(f"project {name[:80]!r} not found")
     project = session.scalar(select(Project).where(Project.name == name))
     if project is None:
         raise NotFound(f"project {name!r} not found")

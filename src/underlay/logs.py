@@ -20,8 +20,15 @@ def redact(text: str) -> str:
     return _SECRET.sub(lambda m: (m.group(1) or m.group(2)) + "…", text)
 
 
+_DROPPED = {"color_message"}  # uvicorn's copy of the message with terminal colours
+
+
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD}
+    return {
+        k: redact(v) if isinstance(v, str) else v
+        for k, v in vars(record).items()
+        if k not in _STANDARD and k not in _DROPPED
+    }
 
 
 class JsonFormatter(logging.Formatter):
@@ -57,3 +64,4 @@ def configure(fmt: str = "text", level: str = "INFO") -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # ours logs paths without query strings
+    logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))

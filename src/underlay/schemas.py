@@ -137,6 +137,7 @@ class AuditReportRead(_Out):
 
 
 class ObjectRefModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     kind: str = Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]{0,31}$")
     id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
 

@@ -2,8 +2,8 @@
 
 The error tree in :mod:`underlay.errors` decides status and type; validation errors list
 what was wrong without echoing the submitted values (they may hold passwords); anything
-unexpected becomes a generic 500 problem carrying the request id, and is logged with its
-traceback on the server only.
+unexpected is answered by :mod:`underlay.api.middleware` as a generic 500 problem carrying
+the request id, and logged with its traceback on the server only.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from underlay.errors import (
     InvalidInput,
     NotFound,
+    PayloadTooLarge,
     RateLimited,
     UnderlayError,
     problem_type,
@@ -26,29 +28,39 @@ from underlay.errors import (
 
 log = logging.getLogger("underlay.api")
 
-_HTTP_SLUGS = {404: NotFound, 413: InvalidInput}
+_HTTP_SLUGS: dict[int, type[UnderlayError]] = {404: NotFound, 413: PayloadTooLarge}
+
+
+def problem_body(
+    status: int, error: type[UnderlayError], detail: str, instance: str, request_id: str | None
+) -> dict[str, Any]:
+    """The RFC 9457 fields every problem response carries."""
+    return {
+        "type": problem_type(error),
+        "title": error.title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        "request_id": request_id,
+    }
 
 
 def problem_response(
     request: Request,
-    status: int,
-    type_: str,
-    title: str,
+    error: type[UnderlayError],
     detail: str,
+    *,
+    status: int | None = None,
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    body = {
-        "type": type_,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": request.url.path,
-        "request_id": getattr(request.state, "request_id", None),
-        **extra,
-    }
+    request_id = getattr(request.state, "request_id", None)
+    body = problem_body(status or error.status, error, detail, request.url.path, request_id)
     return JSONResponse(
-        body, status_code=status, headers=headers, media_type="application/problem+json"
+        {**body, **extra},
+        status_code=body["status"],
+        headers=headers,
+        media_type="application/problem+json",
     )
 
 
@@ -57,9 +69,7 @@ def error_response(request: Request, exc: UnderlayError) -> JSONResponse:
     if exc.status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="underlay"'}
     extra = {k: v for k, v in exc.extra.items() if k != "denied"}
-    return problem_response(
-        request, exc.status, problem_type(type(exc)), exc.title, exc.message, headers, **extra
-    )
+    return problem_response(request, type(exc), exc.message, headers=headers, **extra)
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -83,14 +93,8 @@ def install(app: FastAPI) -> None:
         errors = _validation_errors(exc)
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
-        return problem_response(
-            request,
-            422,
-            problem_type(InvalidInput),
-            "Invalid input",
-            f"{where}: {first['msg']}" if where else str(first["msg"]),
-            errors=errors,
-        )
+        detail = f"{where}: {first['msg']}" if where else str(first["msg"])
+        return problem_response(request, InvalidInput, detail, status=422, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -98,22 +102,12 @@ def install(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else "request refused"
         if exc.status_code == 404:
             detail = f"no route {request.method} {request.url.path}"
-        return problem_response(
-            request,
-            exc.status_code,
-            problem_type(cls),
-            cls.title,
-            detail,
-            dict(exc.headers or {}) or None,
-        )
+        headers = dict(exc.headers or {}) or None
+        return problem_response(request, cls, detail, status=exc.status_code, headers=headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", extra={"request_id": request.state.request_id})
-        return problem_response(
-            request,
-            500,
-            problem_type(UnderlayError),
-            "Platform error",
-            "an unexpected error occurred; quote the request id to an operator",
-        )
+    @app.exception_handler(DataError)
+    async def _data(request: Request, exc: DataError) -> JSONResponse:
+        # a value the database cannot hold (out of range, NUL in text) that validation missed
+        log.warning("database refused a value", extra={"error": type(exc.orig).__name__})
+        detail = "a value in the request is out of range or malformed for storage"
+        return problem_response(request, InvalidInput, detail)

@@ -29,11 +29,21 @@ app.command("lineage")(resources.lineage)
 
 
 def main() -> None:
-    """Entry point: runs the app; an UnderlayError becomes one line on stderr and exit 1."""
+    """Entry point: every failure is one line on stderr and a non-zero exit, never a traceback."""
     from underlay.errors import UnderlayError
 
     try:
-        app()
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # usage errors: one line, with what to do
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            print(ctx.get_help(), file=sys.stderr)  # a bare group: show its help
+        else:
+            print(f"error: {exc.format_message()} (see --help)", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(1)
     except UnderlayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -50,6 +60,7 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

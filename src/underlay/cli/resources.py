@@ -170,10 +170,13 @@ def blobs_get(
 ) -> None:
     """Download a blob, verifying its digest."""
     tmp = out.with_name(f".{out.name}.part")
-    with client() as c, tmp.open("wb") as handle:
-        for chunk in c.iter_blob(project, digest):
-            handle.write(chunk)
-    tmp.replace(out)
+    try:
+        with client() as c, tmp.open("wb") as handle:
+            for chunk in c.iter_blob(project, digest):
+                handle.write(chunk)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     typer.echo(f"wrote {out}")
 
 

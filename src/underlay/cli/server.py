@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -46,9 +47,8 @@ def up(
             err=True,
         )
     scheme = "https" if tls_cert else "http"
-    typer.echo(
-        f"underlay serving on {scheme}://{settings.server.host}:{settings.server.port}", err=True
-    )
+    url = f"{scheme}://{settings.server.host}:{settings.server.port}"
+    logging.getLogger("underlay.server").info(f"underlay serving on {url}", extra={"url": url})
     tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)} if tls_cert else {}
     common: dict[str, Any] = {
         "host": settings.server.host,

@@ -17,9 +17,9 @@ router = APIRouter(prefix="/audit", tags=["audit"])
 @router.get("", response_model=list[AuditEntryRead])
 def list_audit(
     ctx: Ctx,
-    actor: Annotated[str | None, Query(max_length=64)] = None,
-    action: Annotated[str | None, Query(max_length=64)] = None,
-    project: Annotated[str | None, Query(max_length=64)] = None,
+    actor: Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00]*$")] = None,
+    action: Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00]*$")] = None,
+    project: Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00]*$")] = None,
     outcome: Literal["ok", "denied", "error"] | None = None,
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
 
 from underlay import identity
 from underlay.api.deps import Ctx, PlatformDep, client_address
@@ -39,7 +41,7 @@ def list_tokens(ctx: Ctx) -> list[TokenRead]:
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
-def revoke_token(token_id: int, ctx: Ctx) -> Response:
+def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**31 - 1)], ctx: Ctx) -> Response:
     with ctx.unit("token.revoke", f"token:{token_id}") as u:
         identity.revoke_token(u.session, ctx.actor, token_id)
     return Response(status_code=204)
