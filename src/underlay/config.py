@@ -79,6 +79,70 @@ class SecuritySettings(BaseModel):
     )
 
 
+class SimulatedAccelerator(BaseModel):
+    """Accelerators a node declares without having them (tests, demos); shown as simulated."""
+
+    type: str = Field(description="Accelerator type, e.g. A100.")
+    count: int = Field(default=1, ge=1, le=64, description="How many on this node.")
+    memory_mib: int = Field(default=81920, gt=0, description="Memory of each, in MiB.")
+    idle_watts: float = Field(default=60.0, ge=0, description="Power draw when idle.")
+    busy_watts: float = Field(default=400.0, ge=0, description="Power draw at full use.")
+
+
+class ComputeSettings(BaseModel):
+    node_name: str | None = Field(
+        default=None, description="Name of this machine's node (default: the host name)."
+    )
+    local_agent: bool = Field(
+        default=True, description="Run a node agent for this machine inside `underlay up`."
+    )
+    policy: str = Field(default="default", description="Scheduling policy of the live loop.")
+    loop_interval_s: float = Field(
+        default=0.5, gt=0, le=60, description="Seconds between scheduling rounds when idle."
+    )
+    heartbeat_interval_s: float = Field(
+        default=5.0, gt=0, le=300, description="Seconds between node-agent heartbeats."
+    )
+    node_lost_after_s: float = Field(
+        default=30.0, gt=0, description="A node silent this long is lost; its jobs requeue."
+    )
+    grace_s: float = Field(
+        default=10.0, ge=0, le=3600, description="SIGTERM-to-SIGKILL grace on cancel/preempt."
+    )
+    simulated_accelerators: list[SimulatedAccelerator] = Field(
+        default_factory=list,
+        description="Declare accelerators this machine does not have (JSON list); "
+        "marked simulated everywhere.",
+    )
+    max_temperature_c: float = Field(
+        default=90.0, gt=0, description="An accelerator hotter than this is cordoned."
+    )
+    idle_gpu_after_s: float = Field(
+        default=600.0, gt=0, description="A running job's GPU near 0% this long is flagged."
+    )
+    idle_gpu_utilization: float = Field(
+        default=0.05, ge=0, le=1, description="Utilisation at or below which a GPU is idle."
+    )
+    prices: dict[str, float] = Field(
+        default_factory=lambda: {"cpu": 0.04, "default": 2.0},
+        description="Price per hour: 'cpu' per CPU core, an accelerator type (or 'default') "
+        "per whole accelerator.",
+    )
+    currency: str = Field(default="USD", description="Currency of the price table.")
+    grid_intensity_g_per_kwh: float = Field(
+        default=400.0, ge=0, description="Grid carbon intensity, gCO2e per kWh."
+    )
+    grid_intensity_hourly: list[float] | None = Field(
+        default=None,
+        min_length=24,
+        max_length=24,
+        description="Optional intensity for each UTC hour 0-23 (overrides the flat figure).",
+    )
+    cpu_watts_per_core: float = Field(
+        default=10.0, ge=0, description="CPU power estimate per busy core when RAPL is unreadable."
+    )
+
+
 class Settings(BaseSettings):
     """All of underlay's configuration."""
 
@@ -99,6 +163,7 @@ class Settings(BaseSettings):
     blobs: BlobSettings = Field(default_factory=BlobSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    compute: ComputeSettings = Field(default_factory=ComputeSettings)
 
     @property
     def database_url(self) -> str:

@@ -124,6 +124,12 @@ class Database:
         with self._migration_lock(lock_dir):
             command.upgrade(self.alembic_config(), "head")
 
+    def head_revision(self) -> str | None:
+        """The newest migration this code ships."""
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(self.alembic_config()).get_current_head()
+
     def current_revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext
 
