@@ -335,3 +335,19 @@ def test_an_inconsistent_snapshot_is_an_error():
 def test_unknown_policy_name_is_an_error():
     with pytest.raises(InvalidInput, match="unknown policy 'best'; choose one of: default, fifo"):
         policy_config("best")
+
+
+def test_work_that_is_not_preemptible_is_never_a_victim_and_never_borrows():
+    quotas = [Quota("vision", "A100", 8), Quota("nlp", "A100", 8)]
+    service = replace(job("svc", "nlp", gpus=8), preemptible=False)
+    runs = [running_on(service, [("n0", tuple(range(8)))])]
+    nodes = occupy([node("n0")], runs)
+    d = decide(snapshot(nodes, [job("high", "nlp", gpus=8, priority=9)], running=runs))
+    assert not d.preempts
+    spare = [node("n0"), node("n1")]
+    lone = replace(job("svc2", "vision", gpus=8, submit=1), preemptible=False)
+    d = decide(snapshot(spare, [job("v", gpus=8), lone], quotas=quotas))
+    assert set(placed(d)) == {"v"}
+    assert waiting(d)["svc2"] == (
+        "project vision uses 8 of its 8 guaranteed A100; not preemptible, so it may not borrow"
+    )

@@ -58,7 +58,8 @@ class ClusterState:
         self.reserved = [False] * len(nodes)
         # Free share per accelerator; -1 marks an unhealthy one (never indexed, never chosen).
         self.gpu_free: list[list[int]] = []
-        self.gpu_type: list[list[str]] = []
+        self.gpu_type: list[tuple[str, ...]] = []
+        self.host_keys: list[tuple[int, int, tuple[tuple[str, int], ...]]] = []
         self.full: dict[str, list[dict[int, None]]] = {}
         self.full_count: list[dict[str, int]] = []
         self.partial: dict[str, dict[int, dict[tuple[int, int], None]]] = {}
@@ -68,55 +69,53 @@ class ClusterState:
         self.type_total: dict[str, int] = {}
         self.type_max_per_node: dict[str, int] = {}
         self.power: dict[str, float] = {}
-        for i, node in enumerate(nodes):
-            self._add_node(i, node)
+        self._add_nodes(nodes)
         self.types: list[str] = sorted(self.type_total)
         self._classes: list[HostClass] | None = None
         self.max_cpu = max(self.cap_cpu, default=0)
         self.max_mem = max(self.cap_mem, default=0)
 
-    def _add_node(self, i: int, node: Node) -> None:
-        frees: list[int] = []
-        types: list[str] = []
-        counts: dict[str, int] = {}
-        for acc in node.accelerators:
-            t = acc.type
-            types.append(t)
-            counts.setdefault(t, 0)
-            self.type_total[t] = self.type_total.get(t, 0) + 1
-            if acc.power is not None and t not in self.power:
-                self.power[t] = acc.power.busy_watts
-            ok = node.healthy and acc.healthy
-            free = min(WHOLE, max(0, acc.free_milli)) if ok else -1
-            frees.append(free)
-            if free == WHOLE:
-                counts[t] += 1
-            elif free > 0:
-                self.partial.setdefault(t, {}).setdefault(free, {})[(i, len(frees) - 1)] = None
-        for t in counts:
-            self.type_max_per_node[t] = max(
-                self.type_max_per_node.get(t, 0), sum(1 for x in types if x == t)
-            )
-            self.nodes_of_type.setdefault(t, []).append(i)
-            self.full.setdefault(t, [{}])
-            if node.healthy:
-                self._bucket(t, i, 0, counts[t])
-        if not node.accelerators:
-            self.cpu_only.append(i)
-        self.gpu_free.append(frees)
-        self.gpu_type.append(types)
-        self.full_count.append(counts)
+    def _add_nodes(self, nodes: tuple[Node, ...]) -> None:
+        # One loop with local names: this runs for every node on every round, so it is the
+        # floor of a round's cost on a large cluster.
+        gpu_free, gpu_type, full_count = self.gpu_free, self.gpu_type, self.full_count
+        host_keys, partial, full = self.host_keys, self.partial, self.full
+        type_total, type_max, by_type = self.type_total, self.type_max_per_node, self.nodes_of_type
+        for i, node in enumerate(nodes):
+            prof = node.profile
+            gpu_free.append(list(prof.frees))
+            gpu_type.append(prof.types)
+            counts = dict(prof.full)
+            full_count.append(counts)
+            host_keys.append(prof.host_key)
+            if not prof.types:
+                self.cpu_only.append(i)
+                continue
+            for t, free, g in prof.partial:
+                partial.setdefault(t, {}).setdefault(free, {})[(i, g)] = None
+            healthy = node.healthy
+            for t, n in prof.per_type:
+                type_total[t] = type_total.get(t, 0) + n
+                if n > type_max.get(t, 0):
+                    type_max[t] = n
+                by_type.setdefault(t, []).append(i)
+                buckets = full.get(t)
+                if buckets is None:
+                    buckets = full[t] = [{}]
+                k = counts[t]
+                if healthy and k:
+                    while len(buckets) <= k:
+                        buckets.append({})
+                    buckets[k][i] = None
+            for t, watts in prof.power:
+                self.power.setdefault(t, watts)
 
     def host_classes(self) -> list[HostClass]:
         """Nodes grouped by identical total hardware, for capacity questions about an empty
         cluster (a thousand nodes are usually a handful of classes)."""
         if self._classes is None:
             counts: dict[tuple[int, int, tuple[tuple[str, int], ...]], int] = {}
-            for n, types in enumerate(self.gpu_type):
-                per: dict[str, int] = {}
-                for t in types:
-                    per[t] = per.get(t, 0) + 1
-                key = (self.cap_cpu[n], self.cap_mem[n], tuple(sorted(per.items())))
+            for key in self.host_keys:
                 counts[key] = counts.get(key, 0) + 1
             self._classes = [
                 HostClass(count, cpu, mem, dict(per)) for (cpu, mem, per), count in counts.items()

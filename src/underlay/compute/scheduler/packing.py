@@ -1,21 +1,13 @@
-"""Where a worker goes: first-fit, or fragmentation-aware packing in the spirit of FGD.
+"""Where a worker goes: first-fit, or fragmentation-aware packing (see :mod:`.fragmentation`).
 
-FGD (Weng et al., ATC '23) scores a node by the *expected* number of its free GPUs that the
-workloads the cluster typically sees could not use, and places each task where that number
-grows least. :class:`FragModel` keeps the same idea with a cheaper measure, so one decision
-stays a few table look-ups per candidate:
-
-- for a fractional shape asking ``m`` thousandths, a GPU with ``0 < free < m`` is fragmented;
-- for a whole-GPU shape asking ``g`` GPUs, every partly used GPU is fragmented, and a node's
-  ``k`` whole free GPUs are fragmented if ``k < g``.
-
-The expected fragmentation weights each shape by how often it appears among pending and
-running workloads. Candidates are scored per bucket of the cluster index (every node with
-``k`` whole free GPUs scores the same; every GPU with the same free share scores the same),
-not per node, which is what keeps packing cheap on thousands of nodes. CPU and memory are
-checked only on the node finally chosen. The consequences are the FGD rules of thumb: a
-fraction goes onto the shared GPU it fills best before it breaks a whole GPU, and a whole-GPU
-request goes where it leaves the remaining free GPUs most usable.
+Fragmentation-aware packing walks the cluster index in the order the GPU-only measure
+prefers (index buckets, never a scan of every node), scores the first
+:data:`CANDIDATES_PER_TYPE` nodes of each accelerator type that can host the worker with the
+full measure (CPUs and memory included), and takes the one whose fragmentation grows least.
+Two rules hold regardless of the score: a fraction goes onto an already shared GPU if one can
+take it, before it breaks a whole GPU; a whole-GPU request only ever takes whole free GPUs.
+With the energy-aware option the first accelerator type (lowest power) that can host the
+worker wins; otherwise every allowed type competes on the score.
 
 Gangs are placed on as few nodes as possible (nodes with the most free GPUs first), and
 either every worker is allocated or none is.
@@ -23,56 +15,15 @@ either every worker is allocated or none is.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from bisect import insort
+from collections.abc import Iterator, Sequence
 
 from underlay.compute.scheduler.cluster import Alloc, ClusterState
+from underlay.compute.scheduler.fragmentation import FragModel
 from underlay.compute.scheduler.snapshot import WHOLE, Request
 
-
-class FragModel:
-    """Expected fragmentation of free accelerator capacity for a distribution of shapes."""
-
-    def __init__(self, shapes: dict[tuple[int, int], int]) -> None:
-        total = sum(shapes.values())
-        self._whole: list[tuple[int, float]] = []
-        self._frac: list[tuple[int, float]] = []
-        for (gpus, milli), count in sorted(shapes.items()):
-            p = count / total
-            if gpus:
-                self._whole.append((gpus, p))
-            else:
-                self._frac.append((milli, p))
-        self._p_whole = sum(p for _, p in self._whole)
-        self._full_memo: dict[int, float] = {}
-        self._part_memo: dict[int, float] = {0: 0.0}
-
-    @classmethod
-    def of(cls, requests: Iterable[Request]) -> FragModel | None:
-        """The model for these requests, or None if none of them asks for an accelerator."""
-        shapes: dict[tuple[int, int], int] = {}
-        for req in requests:
-            if req.gpus or req.gpu_milli:
-                key = (req.gpus, 0 if req.gpus else req.gpu_milli)
-                shapes[key] = shapes.get(key, 0) + 1
-        return cls(shapes) if shapes else None
-
-    def full_term(self, k: int) -> float:
-        """Expected fragmented thousandths among ``k`` whole free GPUs on one node."""
-        value = self._full_memo.get(k)
-        if value is None:
-            value = sum(p for g, p in self._whole if g > k) * k * WHOLE
-            self._full_memo[k] = value
-        return value
-
-    def part_term(self, free: int) -> float:
-        """Expected fragmented thousandths of one partly used GPU with ``free`` left."""
-        value = self._part_memo.get(free)
-        if value is None:
-            p = self._p_whole + sum(q for m, q in self._frac if free < m)
-            value = p * free if 0 < free < WHOLE else 0.0
-            self._part_memo[free] = value
-        return value
-
+CANDIDATES_PER_TYPE = 8
+"""Nodes scored per accelerator type for one worker: bounds the cost of a placement."""
 
 Cursors = dict[tuple[object, ...], int]
 """First-fit scan positions per request shape: capacity only shrinks within a round, so a node
@@ -83,19 +34,44 @@ def place_workers(
     state: ClusterState,
     req: Request,
     workers: int,
-    gpu_type: str | None,
+    types: Sequence[str | None],
+    model: FragModel | None,
+    cursors: Cursors | None,
+    ranked: bool = False,
+) -> tuple[str | None, list[Alloc]] | None:
+    """Allocate all ``workers`` (each ``req``) on one of ``types``, or none of them.
+
+    ``cursors`` None selects fragmentation-aware packing, a dict selects first-fit; ``ranked``
+    means the first type that fits wins (energy-aware order). Returns the type and the
+    allocations, already applied to ``state``.
+    """
+    if workers == 1:
+        alloc = choose(state, req, types, model, cursors, ranked)
+        if alloc is None:
+            return None
+        state.allocate(alloc)
+        return _type_of(state, alloc), [alloc]
+    for t in types:
+        if req.gpus and cursors is None and t is not None:
+            allocs = _gang_fewest_nodes(state, req, workers, t)
+        else:
+            allocs = _one_by_one(state, req, workers, t, model, cursors)
+        if allocs is not None:
+            return t, allocs
+    return None
+
+
+def _one_by_one(
+    state: ClusterState,
+    req: Request,
+    workers: int,
+    t: str | None,
     model: FragModel | None,
     cursors: Cursors | None,
 ) -> list[Alloc] | None:
-    """Allocate all ``workers`` (each ``req``) on ``gpu_type`` in ``state``, or none of them.
-
-    ``cursors`` None selects fragmentation-aware packing; a dict selects first-fit.
-    """
-    if workers > 1 and req.gpus and cursors is None:
-        return _gang_fewest_nodes(state, req, workers, gpu_type)
     done: list[Alloc] = []
     for _ in range(workers):
-        alloc = choose(state, req, gpu_type, model, cursors, workers)
+        alloc = choose(state, req, [t], model, cursors, False, workers)
         if alloc is None:
             for a in reversed(done):
                 state.release(a)
@@ -105,26 +81,31 @@ def place_workers(
     return done
 
 
+def _type_of(state: ClusterState, alloc: Alloc) -> str | None:
+    return state.gpu_type[alloc.node][alloc.gpus[0]] if alloc.gpus else None
+
+
 def choose(
     state: ClusterState,
     req: Request,
-    gpu_type: str | None,
+    types: Sequence[str | None],
     model: FragModel | None,
     cursors: Cursors | None,
+    ranked: bool = False,
     gang: int = 1,
 ) -> Alloc | None:
-    """One worker's allocation (not applied), or None if it fits nowhere now.
-
-    With ``cursors`` (first-fit), the lowest-index node that fits; without, best fit or
-    least fragmentation growth.
-    """
+    """One worker's allocation (not applied), or None if it fits nowhere now."""
+    if not req.gpus and not req.gpu_milli:
+        if cursors is not None:
+            return _first_fit(state, req, None, cursors, gang)
+        return _choose_host(state, req, model)
     if cursors is not None:
-        return _first_fit(state, req, gpu_type, cursors, gang)
-    if gpu_type is None:
-        return _choose_host(state, req)
-    if req.gpus:
-        return _choose_whole(state, req, gpu_type, model)
-    return _choose_share(state, req, gpu_type, model)
+        for t in types:
+            alloc = _first_fit(state, req, t, cursors, gang)
+            if alloc is not None:
+                return alloc
+        return None
+    return _choose_scored(state, req, [t for t in types if t is not None], model, ranked)
 
 
 def _first_fit(
@@ -143,71 +124,133 @@ def _first_fit(
     return None
 
 
-def _choose_host(state: ClusterState, req: Request) -> Alloc | None:
-    # Work without accelerators goes to CPU-only nodes first, so it does not strand the GPUs
-    # of a GPU node by taking its CPUs.
-    for node in (*state.cpu_only, *_gpu_nodes(state)):
+def _choose_host(state: ClusterState, req: Request, model: FragModel | None) -> Alloc | None:
+    """Work without accelerators goes to a CPU-only node if one fits; otherwise to the GPU
+    node whose free GPUs its CPUs and memory strand least."""
+    for node in state.cpu_only:
         if state.available(node) and state.fits_host(node, req):
             return Alloc(node, (), 0, req.cpu_milli, req.memory_mib)
-    return None
-
-
-def _gpu_nodes(state: ClusterState) -> Iterable[int]:
+    best, best_delta = -1, 0.0
     for node, types in enumerate(state.gpu_type):
-        if types:
-            yield node
+        if not types or not state.available(node) or not state.fits_host(node, req):
+            continue
+        delta = 0.0 if model is None else _host_delta(state, node, req, model)
+        if best < 0 or delta < best_delta:
+            best, best_delta = node, delta
+            if delta <= 0.0:
+                break  # nothing can do better than stranding nothing
+    return None if best < 0 else Alloc(best, (), 0, req.cpu_milli, req.memory_mib)
 
 
-def _choose_whole(
-    state: ClusterState, req: Request, t: str, model: FragModel | None
+def _host_delta(state: ClusterState, node: int, req: Request, model: FragModel) -> float:
+    frees = state.gpu_free[node]
+    cpu, mem = state.free_cpu[node], state.free_mem[node]
+    delta = 0.0
+    for t in set(state.gpu_type[node]):
+        own = [f for f, x in zip(frees, state.gpu_type[node], strict=True) if x == t and f > 0]
+        if not own:
+            continue
+        k = own.count(WHOLE)
+        partial = tuple(sorted(f for f in own if f < WHOLE))
+        after = (k, partial, cpu - req.cpu_milli, mem - req.memory_mib)
+        delta += model.node(after) - model.node((k, partial, cpu, mem))
+    return delta
+
+
+def _choose_scored(
+    state: ClusterState,
+    req: Request,
+    types: list[str],
+    model: FragModel | None,
+    ranked: bool,
 ) -> Alloc | None:
+    best: tuple[int, int, str] | None = None
+    best_key: tuple[float, ...] | None = None
+    for rank, t in enumerate(types):
+        scored = 0
+        for kind, node, gpu in _candidates(state, req, t, model):
+            if not state.fits_host(node, req):
+                continue
+            delta = 0.0 if model is None else _delta(state, node, t, req, gpu, model)
+            key = (float(rank) if ranked else 0.0, float(kind), delta, float(rank), float(scored))
+            if best_key is None or key < best_key:
+                best, best_key = (node, gpu, t), key
+            scored += 1
+            if scored >= CANDIDATES_PER_TYPE:
+                break
+        if ranked and best is not None:
+            break
+    if best is None:
+        return None
+    node, gpu, t = best
+    if req.gpus:
+        return state.alloc_on(node, req, t)
+    if gpu < 0:
+        gpu = next(
+            g
+            for g, f in enumerate(state.gpu_free[node])
+            if f == WHOLE and state.gpu_type[node][g] == t
+        )
+    return Alloc(node, (gpu,), req.gpu_milli, req.cpu_milli, req.memory_mib)
+
+
+def _candidates(
+    state: ClusterState, req: Request, t: str, model: FragModel | None
+) -> Iterator[tuple[int, int, int]]:
+    """(kind, node, gpu) in GPU-only preference order; kind 0 is a shared GPU, gpu -1 means
+    whole free GPUs of the node."""
     buckets = state.full.get(t, [])
-    g = req.gpus
-    ks = [k for k in range(g, len(buckets)) if buckets[k]]
+    if req.gpus:
+        g = req.gpus
+        ks = [k for k in range(g, len(buckets)) if buckets[k]]
+        if model is not None:
+            ks.sort(key=lambda k: (model.full_term(k - g) - model.full_term(k), k))
+        for k in ks:
+            for node in buckets[k]:
+                yield 1, node, -1
+        return
+    m = req.gpu_milli
+    shares = [s for s, members in state.partial.get(t, {}).items() if s >= m and members]
     if model is not None:
-        ks.sort(key=lambda k: (model.full_term(k - g) - model.full_term(k), k))
+        shares.sort(key=lambda s: (model.part_term(s - m) - model.part_term(s), s))
+    else:
+        shares.sort()
+    for s in shares:
+        for node, gpu in state.partial[t][s]:
+            yield 0, node, gpu
+    ks = [k for k in range(1, len(buckets)) if buckets[k]]
+    if model is not None:
+        ks.sort(key=lambda k: (model.full_term(k - 1) - model.full_term(k), k))
     for k in ks:
         for node in buckets[k]:
-            if state.fits_host(node, req):
-                return state.alloc_on(node, req, t)
-    return None
+            yield 1, node, -1
 
 
-def _choose_share(
-    state: ClusterState, req: Request, t: str, model: FragModel | None
-) -> Alloc | None:
+def _delta(
+    state: ClusterState, node: int, t: str, req: Request, gpu: int, model: FragModel
+) -> float:
+    """Growth of the node's expected fragmentation if the worker goes there."""
+    frees = state.gpu_free[node]
+    types = state.gpu_type[node]
+    own = [f for f, x in zip(frees, types, strict=True) if x == t and f > 0]
+    k = own.count(WHOLE)
+    partial = sorted(f for f in own if f < WHOLE)
+    cpu, mem = state.free_cpu[node], state.free_mem[node]
+    before = model.node((k, tuple(partial), cpu, mem))
+    cpu -= req.cpu_milli
+    mem -= req.memory_mib
+    if req.gpus:
+        return model.node((k - req.gpus, tuple(partial), cpu, mem)) - before
     m = req.gpu_milli
-    # (kind, delta, key): shared GPUs (kind 0) always before breaking a whole one (kind 1).
-    candidates: list[tuple[int, float, int]] = []
-    for free, members in state.partial.get(t, {}).items():
-        if free >= m and members:
-            delta = 0.0 if model is None else model.part_term(free - m) - model.part_term(free)
-            candidates.append((0, delta, free))
-    buckets = state.full.get(t, [])
-    for k in range(1, len(buckets)):
-        if buckets[k]:
-            delta = 0.0
-            if model is not None:
-                delta = model.full_term(k - 1) - model.full_term(k) + model.part_term(WHOLE - m)
-            candidates.append((1, delta, k))
-    candidates.sort()
-    for kind, _, key in candidates:
-        if kind == 0:
-            for node, gpu in state.partial[t][key]:
-                if state.fits_host(node, req):
-                    return Alloc(node, (gpu,), m, req.cpu_milli, req.memory_mib)
-        else:
-            for node in buckets[key]:
-                if state.fits_host(node, req):
-                    return _whole_gpu_share(state, node, req, t)
-    return None
-
-
-def _whole_gpu_share(state: ClusterState, node: int, req: Request, t: str) -> Alloc | None:
-    for gpu, free in enumerate(state.gpu_free[node]):
-        if free == WHOLE and state.gpu_type[node][gpu] == t:
-            return Alloc(node, (gpu,), req.gpu_milli, req.cpu_milli, req.memory_mib)
-    return None
+    if gpu >= 0:
+        partial.remove(frees[gpu])
+        left = frees[gpu] - m
+    else:
+        k -= 1
+        left = WHOLE - m
+    if left > 0:
+        insort(partial, left)
+    return model.node((k, tuple(partial), cpu, mem)) - before
 
 
 def _gang_fewest_nodes(

@@ -9,8 +9,12 @@ name               order      head      packing         also
 ``las``            las        skip      first-fit       Tiresias-like discretised LAS, preempts
 ``default``        fair       backfill  fragmentation   quotas, borrowing and reclaim, DRF,
                                                         priority classes, LAS levels inside a
-                                                        project, energy-aware type choice
+                                                        project
 =================  =========  ========  ==============  =======================================
+
+Energy-aware placement and low-carbon windows are options on any of them
+(``PolicyConfig.energy_aware``, ``low_carbon_windows``), off by default: preferring the most
+efficient accelerator type concentrates work on it and costs packing quality.
 
 The service-level thresholds (1 and 10 accelerator-hours) follow Tiresias' two-threshold
 discretisation; they need no knowledge of job durations.
@@ -38,7 +42,6 @@ POLICIES: dict[str, PolicyConfig] = {
         las_preemption=True,
         las_scope="project",
         min_runtime_s=60.0,
-        energy_aware=True,
     ),
     "fifo": PolicyConfig(
         name="fifo",

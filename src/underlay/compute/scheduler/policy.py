@@ -28,8 +28,9 @@ from underlay.compute.scheduler.cluster import ClusterState
 from underlay.compute.scheduler.decisions import Decisions, Place, Preempt, Reject, Wait
 from underlay.compute.scheduler.energy import hold_reason, type_order
 from underlay.compute.scheduler.feasibility import never_fits
+from underlay.compute.scheduler.fragmentation import FragModel
 from underlay.compute.scheduler.ordering import in_order, service_level
-from underlay.compute.scheduler.packing import Cursors, FragModel, place_workers
+from underlay.compute.scheduler.packing import Cursors, place_workers
 from underlay.compute.scheduler.preemption import Plan, Preemptor
 from underlay.compute.scheduler.quota import FairShare, QuotaLedger, gpus_text
 from underlay.compute.scheduler.snapshot import Snapshot, WorkerPlacement, Workload
@@ -52,21 +53,25 @@ def decide(snapshot: Snapshot) -> Decisions:
 
 
 def _check(snapshot: Snapshot) -> None:
-    names: set[str] = set()
-    for node in snapshot.nodes:
-        if node.name in names:
-            raise InvalidInput(
-                f"node {node.name!r} appears twice in the snapshot; names must be unique"
-            )
-        names.add(node.name)
-    ids: set[str] = set()
-    for wid in chain((r.workload.id for r in snapshot.running), (w.id for w in snapshot.pending)):
-        if wid in ids:
-            raise InvalidInput(
-                f"workload {wid!r} appears twice in the snapshot (running or pending); "
-                "ids must be unique"
-            )
-        ids.add(wid)
+    names = [node.name for node in snapshot.nodes]
+    if len(set(names)) != len(names):
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise InvalidInput(
+                    f"node {name!r} appears twice in the snapshot; names must be unique"
+                )
+            seen.add(name)
+    ids = [r.workload.id for r in snapshot.running] + [w.id for w in snapshot.pending]
+    if len(set(ids)) != len(ids):
+        known: set[str] = set()
+        for wid in ids:
+            if wid in known:
+                raise InvalidInput(
+                    f"workload {wid!r} appears twice in the snapshot (running or pending); "
+                    "ids must be unique"
+                )
+            known.add(wid)
 
 
 class _Round:
@@ -83,7 +88,8 @@ class _Round:
             else None
         )
         self.fair: FairShare | None = None
-        if cfg.order == "fair":
+        # With one project asking, fair share orders nothing: skip its O(running) set-up.
+        if cfg.order == "fair" and len({w.project for w in snapshot.pending}) > 1:
             s = self.state
             self.fair = FairShare(s.type_total, sum(s.cap_cpu), sum(s.cap_mem), snapshot.running)
         self.model: FragModel | None = None
@@ -99,9 +105,10 @@ class _Round:
         self.waits: list[Wait] = []
         self.rejects: list[Reject] = []
         self.recheck: float | None = None
-        self.nofit: dict[Shape, str] = {}
+        self.nofit: set[tuple[object, ...]] = set()
+        self.reasons: dict[tuple[object, ...], str] = {}
         self.noplan: set[tuple[object, ...]] = set()
-        self.reject_memo: dict[tuple[Shape, str | None], str | None] = {}
+        self.reject_memo: dict[Shape, str | None] = {}
         self.head: str | None = None
         self.failed: dict[tuple[object, ...], str] = {}
         self.type_memo: dict[str | None, list[str | None]] = {}
@@ -111,12 +118,13 @@ class _Round:
 
     def run(self) -> Decisions:
         candidates: list[Workload] = []
+        windows = bool(self.cfg.low_carbon_windows)
         for w in self.snap.pending:
             reason = self._reject(w)
             if reason is not None:
                 self.rejects.append(Reject(w.id, reason))
                 continue
-            held = hold_reason(w, self.cfg, self.snap.clock)
+            held = hold_reason(w, self.cfg, self.snap.clock) if windows else None
             if held is not None:
                 self.waits.append(Wait(w.id, held[0]))
                 self._recheck_at(held[1])
@@ -140,10 +148,12 @@ class _Round:
     # -- rules -------------------------------------------------------------------------
 
     def _reject(self, w: Workload) -> str | None:
-        key = (_shape(w, w.request.gpu_type), w.request.gpu_type)
-        if key not in self.reject_memo:
-            self.reject_memo[key] = never_fits(self.state, w)
-        return self.reject_memo[key]
+        r = w.request
+        key = (r.gpu_type, r.gpus, r.gpu_milli, r.cpu_milli, r.memory_mib, w.gang)
+        if key in self.reject_memo:
+            return self.reject_memo[key]
+        reason = self.reject_memo[key] = never_fits(self.state, w)
+        return reason
 
     def _types(self, w: Workload) -> list[str | None]:
         if not w.request.gpu_share:
@@ -158,9 +168,7 @@ class _Round:
 
     def _admit(self, w: Workload, borrowers: list[Workload]) -> None:
         if self.head is not None:
-            self.waits.append(
-                Wait(w.id, f"behind {self.head}, the blocked head of the queue (strict FIFO)")
-            )
+            self.waits.append(Wait(w.id, self.head))
             return
         types = self._types(w)
         inside = types
@@ -169,19 +177,22 @@ class _Round:
             within = self.ledger.within
             inside = [t for t in types if t is not None and within(w.project, t, share)]
             if not inside:
-                borrowers.append(w)
+                if w.preemptible:
+                    borrowers.append(w)
+                else:
+                    quota = self.ledger.describe(w.project, str(types[0]))
+                    self.waits.append(Wait(w.id, f"{quota}; not preemptible, so it may not borrow"))
                 return
         # Capacity, victims and quota headroom only shrink during a round: a workload just
         # like one that already failed fails the same way, for the same reason.
         level = service_level(w.attained_service, self.cfg.service_levels)
         verdict = (_shape(w, inside[0]), len(inside), w.project, w.priority, level)
-        reason = self.failed.get(verdict)
-        if reason is not None:
-            self.waits.append(Wait(w.id, reason))
+        known = self.failed.get(verdict)
+        if known is not None:
+            self.waits.append(Wait(w.id, known))
             return
-        for t in inside:
-            if self._try_place(w, t, borrowed=False):
-                return
+        if self._try_place(w, inside, borrowed=False):
+            return
         if self._try_preempt(w, inside, guaranteed=self.ledger is not None):
             return
         self._blocked(w, inside, verdict)
@@ -190,9 +201,8 @@ class _Round:
         assert self.ledger is not None  # only the quota pass produces borrowers
         types = [t for t in self._types(w) if t is not None]
         allowed = [t for t in types if self.ledger.may_borrow(w.project, t, w.gpu_share)]
-        for t in allowed:
-            if self._try_place(w, t, borrowed=True):
-                return
+        if allowed and self._try_place(w, list(allowed), borrowed=True):
+            return
         if self._try_preempt(w, allowed, guaranteed=False):
             return
         first = types[0]
@@ -200,17 +210,26 @@ class _Round:
         if not allowed:
             reason = f"{quota}; its borrow limit is reached"
         else:
-            reason = f"{quota}; no idle {first} to borrow ({self._no_fit_reason(w, first)})"
+            reason = f"{quota}; no idle {first} to borrow ({self._no_fit_reason(w, allowed)})"
         self.waits.append(Wait(w.id, reason))
 
-    def _try_place(self, w: Workload, t: str | None, borrowed: bool) -> bool:
-        key = _shape(w, t)
+    def _try_place(self, w: Workload, types: list[str | None], borrowed: bool) -> bool:
+        key = (*_shape(w, None), *types)
         if key in self.nofit:
             return False
-        allocs = place_workers(self.state, w.request, w.gang, t, self.model, self.cursors)
-        if allocs is None:
-            self.nofit[key] = ""
+        placed = place_workers(
+            self.state,
+            w.request,
+            w.gang,
+            types,
+            self.model,
+            self.cursors,
+            self.cfg.energy_aware,
+        )
+        if placed is None:
+            self.nofit.add(key)
             return False
+        t, allocs = placed
         names = self.state.names
         workers = tuple(WorkerPlacement(names[a.node], a.gpus, a.milli) for a in allocs)
         self.places.append(Place(w.id, workers, t, borrowed))
@@ -252,12 +271,12 @@ class _Round:
         self.waits.append(Wait(w.id, "; ".join(parts)))
 
     def _blocked(self, w: Workload, types: list[str | None], verdict: tuple[object, ...]) -> None:
-        reason = self._no_fit_reason(w, types[0])
+        reason = self._no_fit_reason(w, types)
         if self.cfg.head == "strict":
-            self.head = w.id
+            self.head = f"behind {w.id}, the blocked head of the queue (strict FIFO)"
             reason += "; it heads the queue and nothing may pass it (strict FIFO)"
         elif self.cfg.head == "backfill" and self.reservations_left > 0:
-            held = self._reserve_for(w, types[0])
+            held = self._reserve_for(w, types)
             if held:
                 self.reservations_left -= 1
                 self.held_for.append(w.id)
@@ -270,8 +289,21 @@ class _Round:
             self.failed[verdict] = reason
         self.waits.append(Wait(w.id, reason))
 
-    def _reserve_for(self, w: Workload, t: str | None) -> list[str]:
-        """Hold the nodes the blocked head will start on: the ones with the most free now."""
+    def _reserve_for(self, w: Workload, types: Sequence[str | None]) -> list[str]:
+        """Hold the nodes the blocked head will start on: those with the most free now, of
+        the type (among those it accepts) where such nodes hold the most free capacity."""
+        best: tuple[int, list[int]] | None = None
+        for t in types:
+            picked = self._reservation(w, t)
+            if picked is not None and (best is None or picked[0] > best[0]):
+                best = picked
+        if best is None:
+            return []
+        for n in best[1]:
+            self.state.reserve(n)
+        return [self.state.names[n] for n in best[1]]
+
+    def _reservation(self, w: Workload, t: str | None) -> tuple[int, list[int]] | None:
         s = self.state
         pool = s.nodes_of_type.get(t, []) if t is not None else range(len(s.names))
         ranked: list[tuple[int, int, int, int]] = []
@@ -288,39 +320,45 @@ class _Round:
         ranked.sort()
         held: list[int] = []
         hosted = 0
-        for _, _, n, room in ranked:
+        free_held = 0
+        for free, _, n, room in ranked:
             if hosted >= w.gang:
                 break
             hosted += room
+            free_held -= free
             held.append(n)
-        if hosted < w.gang:
-            return []
-        for n in held:
-            s.reserve(n)
-        return [s.names[n] for n in held]
+        return (free_held, held) if hosted >= w.gang else None
 
-    def _no_fit_reason(self, w: Workload, t: str | None) -> str:
-        key = _shape(w, t)
-        cached = self.nofit.get(key)
-        if cached:
+    def _no_fit_reason(self, w: Workload, types: Sequence[str | None]) -> str:
+        key = (*_shape(w, None), *types)
+        cached = self.reasons.get(key)
+        if cached is not None:
             return cached
         req = w.request
         s = self.state
         host = _host_text(req.cpu_milli, req.memory_mib)
-        if t is None:
+        named = [t for t in types if t is not None]
+        which = named[0] if len(named) == 1 else "GPUs of one type"
+        if not named:
             text = f"no healthy node has {host or 'room'} free"
         elif req.gpus:
-            text = f"no healthy node has {req.gpus} free {t} GPUs"
+            if len(named) == 1:
+                unit, most = f"{which} GPUs", f"most free {which} on one node: {s.most_free(which)}"
+            else:
+                unit = which
+                most = "most free on one node: " + ", ".join(f"{t} {s.most_free(t)}" for t in named)
+            text = f"no healthy node has {req.gpus} free {unit}"
             text += f" with {host}" if host else ""
-            text += f" (most free {t} on one node: {s.most_free(t)})"
+            text += f" ({most})"
         else:
-            largest = s.largest_share(t)
-            text = f"no healthy {t} GPU has {gpus_text(req.gpu_milli)} of a GPU free"
+            largest = ", ".join(f"{t} {gpus_text(s.largest_share(t))}" for t in named)
+            unit = f"{named[0]} GPU" if len(named) == 1 else "GPU"
+            text = f"no healthy {unit} has {gpus_text(req.gpu_milli)} of a GPU free"
             text += f" with {host} on its node" if host else ""
-            text += f" (largest free share: {gpus_text(largest)})"
+            text += f" (largest free share: {largest})"
         if w.gang > 1:
             text = f"gang of {w.gang} workers cannot be placed at once: " + text
-        self.nofit[key] = text
+        self.reasons[key] = text
         return text
 
     def _recheck_at(self, when: float) -> None:

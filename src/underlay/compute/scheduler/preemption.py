@@ -8,8 +8,9 @@ Three rules make a running workload a victim, each switched on in :class:`.Polic
 - **service level** (Tiresias' discretised LAS): the victim has attained a higher service
   level than the claimant (inside the project, or cluster-wide for the ``las`` baseline).
 
-Victims are ordered lowest priority first, then least attained service (least progress lost),
-then most recently started. Priority and service-level victims must have run
+Workloads marked not preemptible are never victims. Victims are ordered lowest priority
+first, then least attained service (least progress lost), then most recently started.
+Priority and service-level victims must have run
 ``min_runtime_s``, which stops two workloads from evicting each other in turn. Workloads
 already draining after an earlier preemption count first and cost nothing: the claimant may
 just be waiting for them.
@@ -162,6 +163,8 @@ class Preemptor:
             for r in group:
                 if r.workload.id in self.taken:
                     continue
+                if not r.workload.preemptible:
+                    continue
                 if r.draining_until is not None:
                     draining.append((r, ""))  # any project's: it is leaving anyway
                     continue
@@ -205,7 +208,7 @@ class Preemptor:
         chosen: dict[str, tuple[Running, str]] = {}
         ok = True
         for _ in range(claimant.gang):
-            alloc = choose(state, claimant.request, gpu_type, None, None)
+            alloc = choose(state, claimant.request, [gpu_type], None, None)
             if alloc is None:
                 best = self._best_node(claimant, gpu_type, on_node, chosen, rank)
                 if best is None:
@@ -216,7 +219,7 @@ class Preemptor:
                     for a in self._alloc_of(r):
                         state.release(a)
                         released.append(a)
-                alloc = choose(state, claimant.request, gpu_type, None, None)
+                alloc = choose(state, claimant.request, [gpu_type], None, None)
                 if alloc is None:
                     ok = False
                     break

@@ -19,6 +19,7 @@ consistent; running placements are used for preemption and quota accounting only
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 WHOLE = 1000
@@ -48,8 +49,31 @@ class Accelerator:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeProfile:
+    """What the policy derives from one node, computed once per :class:`Node` object.
+
+    ``frees`` has -1 for an unhealthy accelerator; ``per_type`` and ``full`` count all and
+    whole free accelerators per type; ``partial`` lists (type, free share, index) of partly
+    used ones; ``host_key`` identifies nodes with the same total hardware.
+    """
+
+    frees: tuple[int, ...]
+    types: tuple[str, ...]
+    per_type: tuple[tuple[str, int], ...]
+    full: tuple[tuple[str, int], ...]
+    partial: tuple[tuple[str, int, int], ...]
+    power: tuple[tuple[str, float], ...]
+    host_key: tuple[int, int, tuple[tuple[str, int], ...]]
+
+
+@dataclass(frozen=True)
 class Node:
-    """A machine: capacity, what is free now, its accelerators, and whether it is healthy."""
+    """A machine: capacity, what is free now, its accelerators, and whether it is healthy.
+
+    Not slotted, so that :attr:`profile` can be cached on the object: a caller that keeps the
+    Node objects of unchanged machines between rounds (the simulator does) pays for deriving
+    them once, not once per round. The cache is a pure function of the frozen fields.
+    """
 
     name: str
     cpu_milli: int
@@ -58,6 +82,36 @@ class Node:
     free_memory_mib: int
     accelerators: tuple[Accelerator, ...] = ()
     healthy: bool = True
+
+    @cached_property
+    def profile(self) -> NodeProfile:
+        ok = self.healthy
+        frees = tuple(
+            min(WHOLE, max(0, a.free_milli)) if ok and a.healthy else -1 for a in self.accelerators
+        )
+        types = tuple(a.type for a in self.accelerators)
+        per: dict[str, int] = {}
+        full: dict[str, int] = {}
+        power: dict[str, float] = {}
+        partial: list[tuple[str, int, int]] = []
+        for g, (t, f) in enumerate(zip(types, frees, strict=True)):
+            per[t] = per.get(t, 0) + 1
+            full[t] = full.get(t, 0) + (1 if f == WHOLE else 0)
+            if 0 < f < WHOLE:
+                partial.append((t, f, g))
+            p = self.accelerators[g].power
+            if p is not None and t not in power:
+                power[t] = p.busy_watts
+        per_type = tuple(sorted(per.items()))
+        return NodeProfile(
+            frees,
+            types,
+            per_type,
+            tuple(sorted(full.items())),
+            tuple(partial),
+            tuple(sorted(power.items())),
+            (self.cpu_milli, self.memory_mib, per_type),
+        )
 
     @classmethod
     def idle(
@@ -92,7 +146,9 @@ class Workload:
     """A job as the queue knows it: who asked, for what, how urgent, and how much it already ran.
 
     ``gang`` workers, each with ``request``, start together or not at all. ``priority`` is the
-    priority class inside the project (higher first). ``attained_service`` is accelerator-
+    priority class inside the project (higher first). A workload that is not ``preemptible``
+    (a service, an interactive session) is never chosen as a victim, and so never borrows
+    capacity it could not give back. ``attained_service`` is accelerator-
     seconds (shares times seconds) already received in earlier runs; the policy never needs a
     duration estimate.
     """
@@ -105,6 +161,7 @@ class Workload:
     deferrable: bool = False
     submit_time: float = 0.0
     attained_service: float = 0.0
+    preemptible: bool = True
 
     @property
     def gpu_share(self) -> int:

@@ -1,0 +1,83 @@
+"""One call from names to a report: load the trace, build the cluster, replay, measure.
+
+``simulate("philly", None, "default")`` is what ``underlay simulate`` runs. A trace is a
+built-in name (``philly``, ``openb``) or a path to a CSV in our format; a cluster is a compact
+spec (``32x8xA100``), ``openb`` / ``openb-gpu`` (the Alibaba node lists) or a node CSV; with
+no cluster the trace's own default is used. Quotas come from the trace's weights (Philly: VC
+sizes) or, when it has none, split each accelerator type evenly between its projects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from underlay.compute.scheduler import Node, Quota, policy_config
+from underlay.compute.simulator.builtin import (
+    BUILTIN,
+    load_builtin,
+    openb_nodes_path,
+    traces_dir,
+)
+from underlay.compute.simulator.cluster import load_node_csv, parse_spec, quotas_from_weights
+from underlay.compute.simulator.engine import Simulation
+from underlay.compute.simulator.metrics import Report
+from underlay.compute.simulator.trace import Trace, load_csv
+from underlay.errors import InvalidInput
+
+
+def load_trace(name: str, folder: Path | None = None, seed: int = 0) -> Trace:
+    """A built-in trace by name, or our CSV format from a path."""
+    if name in BUILTIN:
+        return load_builtin(name, folder, seed)
+    path = Path(name)
+    if not path.is_file():
+        raise InvalidInput(
+            f"trace {name!r} is neither a built-in trace ({', '.join(BUILTIN)}) nor a file"
+        )
+    return load_csv(path)
+
+
+def build_cluster(spec: str, folder: Path | None = None) -> tuple[Node, ...]:
+    """Nodes for a cluster spec, ``openb``/``openb-gpu``, or a node CSV path."""
+    if spec in ("openb", "openb-gpu"):
+        return load_node_csv(openb_nodes_path(traces_dir(folder), gpu_only=spec == "openb-gpu"))
+    if "x" not in spec and Path(spec).is_file():
+        return load_node_csv(Path(spec))
+    return parse_spec(spec)
+
+
+def quotas_for(trace: Trace, nodes: tuple[Node, ...]) -> tuple[Quota, ...]:
+    weights = trace.quota_weights
+    if not weights:
+        projects = sorted({j.workload.project for j in trace.jobs})
+        if len(projects) < 2:
+            return ()  # one project: a quota of the whole cluster constrains nothing
+        weights = tuple((p, 1.0) for p in projects)
+    return quotas_from_weights(nodes, weights)
+
+
+def simulate(
+    trace: str,
+    cluster: str | None = None,
+    policy: str = "default",
+    *,
+    seed: int = 0,
+    folder: Path | None = None,
+    restart_overhead_s: float = 60.0,
+) -> Report:
+    """Replay ``trace`` on ``cluster`` under ``policy`` and report the measures."""
+    config = policy_config(policy)
+    loaded = load_trace(trace, folder, seed)
+    spec = cluster or loaded.default_cluster
+    if spec is None:
+        raise InvalidInput(f"trace {trace!r} has no default cluster; pass one, e.g. 16x8xA100")
+    nodes = build_cluster(spec, folder)
+    return Simulation(
+        loaded,
+        nodes,
+        quotas_for(loaded, nodes),
+        config,
+        cluster_name=spec,
+        seed=seed,
+        restart_overhead_s=restart_overhead_s,
+    ).run()
