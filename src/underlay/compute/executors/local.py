@@ -1,0 +1,602 @@
+"""The local executor: runs each attempt of a job as a process tree on this machine.
+
+**The shim.** ``launch`` does not start the job itself: it starts :mod:`.shim` (by file path,
+``python -I``, standard library only) as a session leader, and the shim starts the job in a
+process group of its own, forwards SIGTERM to that group and, when the job ends, writes its exit
+code or killing signal atomically to ``status.json``. The executor watches the shim by pid and
+start time (psutil's ``create_time``, so a reused pid is not mistaken for it) and reads the
+status file once the shim is gone. That is what lets an agent that restarted :meth:`adopt` an
+attempt it did not spawn: nothing about the attempt lives only in this process's memory. A shim
+that vanished without a status file means the attempt is ``lost``.
+
+**Per-attempt files** (``run_dir/<job>.<attempt>/``): ``attempt.json`` (the limits the watchdog
+enforces, written at launch; never secrets), ``stop.json`` (a requested stop: state, reason,
+SIGKILL deadline, so a restarted agent reports and enforces it too) and ``status.json`` (the
+shim's record of the end).
+
+**Environment.** The job gets a small allow-list of the agent's variables (``PATH``, ``HOME``,
+locale, ``TMPDIR``…; never the agent's own ``UNDERLAY_*`` settings or credentials), then
+``spec.env``, then ``spec.secrets`` (only ever in the child's environment: not in argv, the log
+header or any file), then the platform's device variables, which the job cannot override:
+``CUDA_VISIBLE_DEVICES`` from the GPU UUIDs (preferred: stable across re-enumeration) or indexes
+(with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` so indexes mean what NVML means), and an empty value when
+the job asked for no GPU, so it cannot grab one.
+
+**Fractional GPUs are best effort.** Nothing here stops a process from using more of a GPU than
+its share. For a share below 1 the job gets ``UNDERLAY_GPU_FRACTION`` and the settings frameworks
+read at start-up: ``XLA_CLIENT_MEM_FRACTION`` and its older name
+``XLA_PYTHON_CLIENT_MEM_FRACTION`` (JAX preallocates that share instead of 75%),
+``TF_FORCE_GPU_ALLOW_GROWTH=true`` (TensorFlow allocates on demand instead of taking the whole
+device; TF 2 has no environment setting for a fraction) and
+``FLAGS_fraction_of_gpu_memory_to_use`` (PaddlePaddle). PyTorch has no such setting: its cap is
+``torch.cuda.set_per_process_memory_fraction(fraction)`` called inside the process, which the
+SDK does from ``UNDERLAY_GPU_FRACTION`` and a user script without the SDK must do itself.
+
+**CPUs** are pinned with ``sched_setaffinity`` in the shim before the job starts (inherited by
+its whole tree).
+
+**Memory.** Where ``/sys/fs/cgroup`` is a writable cgroup v2 mount the job joins a cgroup of its
+own with ``memory.max`` (and no swap), so the kernel enforces the limit exactly. Everywhere, the
+watchdog in :meth:`LocalExecutor.poll` sums the resident memory of the job's process tree and
+kills the tree when it exceeds the limit. The watchdog lives in ``poll``, not in the shim: it
+needs psutil to walk the tree portably and the shim must stay standard-library-only; its
+granularity is the agent's poll interval, and after an agent restart ``adopt`` resumes it from
+``attempt.json``. Summed RSS counts pages shared between forked workers more than once, so it
+errs on the side of killing; the cgroup measures exactly. ``RLIMIT_AS`` is not used: it limits
+address space, which CUDA and JIT runtimes reserve far beyond what they touch.
+
+**Stopping** (``stop``, the max run time, the memory limit) records the request, sends SIGTERM
+to the job's process group through the shim and enforces the SIGKILL deadline in ``poll`` (no
+timer threads, so thousands of jobs cost nothing between polls). SIGKILL goes to every process
+group in the shim's tree, to each descendant, and through ``cgroup.kill`` where there is a
+cgroup; without a cgroup a process that both left the group and was orphaned escapes.
+
+``supports_gang`` is False: one attempt is one process tree. A gang of workers on one node could
+later be launched as one attempt per worker sharing a rendezvous address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, get_args
+
+import psutil
+
+from underlay.compute.executors import shim
+from underlay.compute.executors.base import (
+    EndState,
+    ExitStatus,
+    LaunchSpec,
+    ProcessRef,
+    UsageSample,
+)
+from underlay.errors import Conflict, InvalidInput, Unavailable
+
+SHIM_PATH = Path(shim.__file__)
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+MIB = 1024 * 1024
+PASSTHROUGH = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM"}
+)
+# create_time is boot time plus ticks since boot; the kernel moves boot time when the clock is
+# stepped, so allow some drift. A pid reused within a second would need a pid wrap-around.
+START_TOLERANCE_S = 1.0
+LOST_REASON = "process disappeared without an exit status"
+
+
+@dataclass
+class _Stop:
+    state: EndState
+    reason: str
+    kill_at: float
+
+
+@dataclass
+class _Attempt:
+    """What this executor knows about one attempt; rebuilt from its files after a restart."""
+
+    ref: ProcessRef
+    memory_mib: int | None
+    max_runtime_s: float | None
+    cgroup: Path | None
+    stop: _Stop | None = None
+    popen: subprocess.Popen[bytes] | None = None
+    peak_rss_mib: float = 0.0
+    last: UsageSample | None = None
+    final: ExitStatus | None = None
+
+    @property
+    def folder(self) -> Path:
+        return self.ref.status_path.parent
+
+
+class LocalExecutor:
+    """Runs attempts as local process trees under a shim; see the module docstring.
+
+    ``grace_s`` is the time between SIGTERM and SIGKILL when the max run time ends an attempt;
+    ``use_cgroups=False`` turns off the cgroup v2 memory limit even where it is available.
+    Thread-safe: one lock guards the per-attempt bookkeeping.
+    """
+
+    name: ClassVar[str] = "local"
+    supports_gang: ClassVar[bool] = False
+    supports_preemption: ClassVar[bool] = True
+
+    def __init__(self, run_dir: Path, *, grace_s: float = 10.0, use_cgroups: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.grace_s = grace_s
+        self.cgroup_parent = find_cgroup_parent() if use_cgroups else None
+        self._attempts: dict[ProcessRef, _Attempt] = {}
+        self._lock = threading.Lock()
+
+    def launch(self, spec: LaunchSpec) -> ProcessRef:
+        validate(spec)
+        folder = self.run_dir / f"{spec.job_id}.{spec.attempt}"
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            raise Conflict(
+                f"attempt {spec.attempt} of job {spec.job_id} was launched already ({folder} "
+                "exists); adopt it or launch the next attempt"
+            ) from None
+        try:
+            return self._start(spec, folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def poll(self, ref: ProcessRef) -> ExitStatus | None:
+        with self._lock:
+            attempt = self._track(ref)
+            if attempt.final is not None:
+                return attempt.final
+            if attempt.popen is not None:
+                attempt.popen.poll()  # reap our own child so it does not linger as a zombie
+            process = _shim_process(ref)
+            if process is not None:
+                self._watch(attempt, process)
+                return None
+            attempt.final = self._ended(attempt)
+            attempt.popen = None
+            return attempt.final
+
+    def stop(self, ref: ProcessRef, *, state: EndState, reason: str, grace_s: float) -> None:
+        if state not in get_args(EndState):
+            raise InvalidInput(f"cannot stop with state {state!r}; use one of {get_args(EndState)}")
+        if not grace_s >= 0 or math.isinf(grace_s):
+            raise InvalidInput(f"grace_s must be a finite number of seconds >= 0, not {grace_s}")
+        with self._lock:
+            attempt = self._track(ref)
+            process = _shim_process(ref)
+            if attempt.final is not None or process is None or ref.status_path.exists():
+                return  # it ended already; poll reports how
+            if attempt.stop is None:
+                self._request_stop(attempt, process, state, reason, grace_s)
+                return
+            # Stopped already (say, for its max run time): keep that reason, honour the
+            # shorter deadline.
+            attempt.stop.kill_at = min(attempt.stop.kill_at, time.time() + grace_s)
+            self._save_stop(attempt)
+            if time.time() >= attempt.stop.kill_at:
+                _kill_tree(process, attempt.cgroup)
+
+    def adopt(self, ref: ProcessRef) -> bool:
+        """True if ``ref``'s shim still runs (same pid and start time) and is now tracked.
+
+        False when it does not; :meth:`poll` then still reports how it ended if its shim wrote a
+        status (it finished while no agent watched), else ``lost``.
+        """
+        with self._lock:
+            if _shim_process(ref) is None:
+                return False
+            self._track(ref)
+            return True
+
+    def usage(self, ref: ProcessRef) -> UsageSample:
+        """CPU seconds and wall time so far; resident memory now while it runs, its peak once
+        it has ended."""
+        with self._lock:
+            attempt = self._track(ref)
+            if attempt.final is not None:
+                return attempt.final.usage
+            process = _shim_process(ref)
+            if process is None:
+                return self._final_usage(attempt, _read_json(ref.status_path))
+            return self._sample(attempt, process)
+
+    # -- launching -------------------------------------------------------------------------
+
+    def _start(self, spec: LaunchSpec, folder: Path) -> ProcessRef:
+        try:
+            spec.workdir.mkdir(parents=True, exist_ok=True)
+            spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInput(f"cannot create {exc.filename}: {exc.strerror}") from exc
+        cgroup = self._make_cgroup(spec)
+        limits = {"memory_mib": spec.memory_mib, "max_runtime_s": spec.max_runtime_s}
+        shim.write_atomically(
+            str(folder / "attempt.json"), json.dumps({**limits, "cgroup": cgroup and str(cgroup)})
+        )
+        status_path = folder / "status.json"
+        argv = [sys.executable, "-I", str(SHIM_PATH), "--status", str(status_path)]
+        if spec.cpus:
+            argv += ["--cpus", ",".join(str(c) for c in sorted(set(spec.cpus)))]
+        if cgroup is not None:
+            argv += ["--cgroup", str(cgroup)]
+        argv += ["--", *spec.command]
+        header = (
+            f"[underlay] job {spec.job_id} attempt {spec.attempt} starting at "
+            f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}: {shlex.join(spec.command)}\n"
+        )
+        with spec.log_path.open("ab") as log:
+            log.write(header.encode())
+            log.flush()
+            try:
+                popen = subprocess.Popen(
+                    argv,
+                    cwd=spec.workdir,
+                    env=job_environment(spec),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise Unavailable(f"could not start job {spec.job_id}'s shim: {exc}") from exc
+        ref = ProcessRef(
+            job_id=spec.job_id,
+            attempt=spec.attempt,
+            pid=popen.pid,
+            started=psutil.Process(popen.pid).create_time(),  # readable even once it exited
+            status_path=status_path,
+        )
+        attempt = _Attempt(ref, spec.memory_mib, spec.max_runtime_s, cgroup, popen=popen)
+        with self._lock:
+            self._attempts[ref] = attempt
+        return ref
+
+    def _make_cgroup(self, spec: LaunchSpec) -> Path | None:
+        """A cgroup v2 leaf with the attempt's memory limit, or None where there is none."""
+        if self.cgroup_parent is None:
+            return None
+        path = self.cgroup_parent / f"job-{spec.job_id}-{spec.attempt}"
+        try:
+            path.mkdir(exist_ok=True)
+            (path / "memory.max").write_text(str(spec.memory_mib * MIB))
+            swap = path / "memory.swap.max"
+            if swap.exists():
+                swap.write_text("0")  # with swap the kernel would page out instead of killing
+        except OSError:
+            _remove_cgroup(path)
+            return None
+        return path
+
+    # -- watching and stopping ---------------------------------------------------------------
+
+    def _track(self, ref: ProcessRef) -> _Attempt:
+        attempt = self._attempts.get(ref)
+        if attempt is None:
+            attempt = _load_attempt(ref)
+            self._attempts[ref] = attempt
+        return attempt
+
+    def _watch(self, attempt: _Attempt, process: psutil.Process) -> None:
+        """Enforce the max run time, the memory limit and a pending SIGKILL deadline."""
+        sample = self._sample(attempt, process)
+        if attempt.stop is None:
+            limit = attempt.max_runtime_s
+            if limit is not None and sample.wall_s > limit:
+                reason = f"exceeded its max run time of {limit:g} s"
+                self._request_stop(attempt, process, "failed", reason, self.grace_s)
+            elif attempt.memory_mib is not None and sample.rss_mib > attempt.memory_mib:
+                used = math.ceil(sample.rss_mib)
+                reason = f"killed for memory: used {used} MiB, limit {attempt.memory_mib} MiB"
+                self._request_stop(attempt, process, "failed", reason, 0.0)
+        if attempt.stop is not None and time.time() >= attempt.stop.kill_at:
+            _kill_tree(process, attempt.cgroup)
+
+    def _request_stop(
+        self,
+        attempt: _Attempt,
+        process: psutil.Process,
+        state: EndState,
+        reason: str,
+        grace_s: float,
+    ) -> None:
+        attempt.stop = _Stop(state, reason, time.time() + grace_s)
+        self._save_stop(attempt)
+        if grace_s > 0:
+            with contextlib.suppress(psutil.Error):  # it may have ended meanwhile
+                process.send_signal(signal.SIGTERM)  # the shim forwards it to the job's group
+        else:
+            _kill_tree(process, attempt.cgroup)
+
+    def _save_stop(self, attempt: _Attempt) -> None:
+        stop = attempt.stop
+        assert stop is not None
+        record = {"state": stop.state, "reason": stop.reason, "kill_at": stop.kill_at}
+        shim.write_atomically(str(attempt.folder / "stop.json"), json.dumps(record))
+
+    def _sample(self, attempt: _Attempt, process: psutil.Process) -> UsageSample:
+        sample = _tree_usage(process, attempt.ref.started)
+        if attempt.last is not None:  # CPU of orphaned descendants drops out of the tree
+            sample = UsageSample(
+                max(sample.cpu_s, attempt.last.cpu_s), sample.rss_mib, sample.wall_s
+            )
+        attempt.last = sample
+        attempt.peak_rss_mib = max(attempt.peak_rss_mib, sample.rss_mib)
+        return sample
+
+    # -- ending ------------------------------------------------------------------------------
+
+    def _ended(self, attempt: _Attempt) -> ExitStatus:
+        record = _read_json(attempt.ref.status_path)
+        usage = self._final_usage(attempt, record)
+        oom_peak = _cgroup_oom_peak(attempt.cgroup) if attempt.cgroup else None
+        if attempt.cgroup is not None:
+            _remove_cgroup(attempt.cgroup)
+        exit_code = record.get("exit_code") if record else None
+        state: EndState = "failed"
+        if attempt.stop is not None:
+            state, reason = attempt.stop.state, attempt.stop.reason
+        elif record is None:
+            state, reason = "lost", LOST_REASON
+        elif record.get("error"):
+            reason = str(record["error"])
+        elif exit_code == 0:
+            state, reason = "succeeded", "exited with code 0"
+        elif oom_peak is not None:
+            used = math.ceil(max(oom_peak, usage.rss_mib))
+            reason = f"killed for memory: used {used} MiB, limit {attempt.memory_mib} MiB"
+        elif record.get("signal") is not None:
+            reason = f"killed by {_signal_name(int(record['signal']))}"
+        else:
+            reason = f"exited with code {exit_code}"
+        return ExitStatus(state=state, exit_code=exit_code, reason=reason, usage=usage)
+
+    def _final_usage(self, attempt: _Attempt, record: dict[str, Any] | None) -> UsageSample:
+        last = attempt.last or UsageSample(cpu_s=0.0, rss_mib=0.0, wall_s=0.0)
+        if record is None:
+            return UsageSample(last.cpu_s, attempt.peak_rss_mib, last.wall_s)
+        return UsageSample(
+            cpu_s=max(last.cpu_s, float(record["cpu_s"])),
+            rss_mib=max(attempt.peak_rss_mib, float(record["max_rss_kib"]) / 1024),
+            wall_s=max(0.0, float(record["ended"]) - attempt.ref.started),
+        )
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def validate(spec: LaunchSpec) -> None:
+    """Raise InvalidInput for a spec this machine cannot run as asked."""
+    if not spec.command or not spec.command[0]:
+        raise InvalidInput("the job has no command: give the program to run and its arguments")
+    if spec.memory_mib <= 0:
+        raise InvalidInput(f"memory_mib must be positive, not {spec.memory_mib}")
+    if spec.max_runtime_s is not None and not spec.max_runtime_s > 0:
+        raise InvalidInput(f"max_runtime_s must be positive or None, not {spec.max_runtime_s}")
+    if spec.gpu_fraction is not None:
+        if not 0 < spec.gpu_fraction <= 1:
+            raise InvalidInput(f"gpu_fraction must be in (0, 1], not {spec.gpu_fraction}")
+        if not (spec.gpu_uuids or spec.gpu_indexes):
+            raise InvalidInput("a gpu_fraction needs a GPU: set gpu_uuids or gpu_indexes")
+    allowed = os.sched_getaffinity(0)
+    if unknown := sorted(set(spec.cpus) - allowed):
+        raise InvalidInput(f"CPUs {unknown} are not available here; use some of {sorted(allowed)}")
+    for kind, names in (("env", spec.env), ("secret", spec.secrets)):
+        for name, value in names.items():
+            if not name or "=" in name or "\0" in name or "\0" in value:
+                # Never echo a value: it may be a secret.
+                raise InvalidInput(f"{kind} variable {name!r} has an invalid name or value")
+
+
+def job_environment(spec: LaunchSpec, inherited: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The job's environment: allow-listed ``inherited`` (default: the agent's), ``spec.env``,
+    ``spec.secrets``, then the device settings, which the job cannot override."""
+    base = os.environ if inherited is None else inherited
+    env = {k: v for k, v in base.items() if k in PASSTHROUGH or k.startswith("LC_")}
+    env.update(spec.env)
+    env.update(spec.secrets)
+    env.update(gpu_environment(spec))
+    return env
+
+
+def gpu_environment(spec: LaunchSpec) -> dict[str, str]:
+    """``CUDA_VISIBLE_DEVICES`` (empty: no GPU) and, for a share below 1, memory-fraction hints
+    that frameworks honour at start-up (best effort; see the module docstring)."""
+    devices = spec.gpu_uuids or tuple(str(i) for i in spec.gpu_indexes)
+    env = {"CUDA_VISIBLE_DEVICES": ",".join(devices), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    if devices and spec.gpu_fraction is not None and spec.gpu_fraction < 1:
+        share = f"{spec.gpu_fraction:.4g}"
+        env |= {
+            "UNDERLAY_GPU_FRACTION": share,
+            "XLA_CLIENT_MEM_FRACTION": share,
+            "XLA_PYTHON_CLIENT_MEM_FRACTION": share,
+            "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+            "FLAGS_fraction_of_gpu_memory_to_use": share,
+        }
+    return env
+
+
+def find_cgroup_parent() -> Path | None:
+    """A cgroup v2 directory where job cgroups get the memory controller, or None.
+
+    Only where ``/sys/fs/cgroup`` is a cgroup2 mount and this process may enable the memory
+    controller below its own cgroup (as root on the host, or in a delegated subtree prepared
+    for it); a cgroup v1 or read-only hierarchy returns None and the watchdog alone applies.
+    """
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+        if not any(line.split()[1:3] == [str(CGROUP_ROOT), "cgroup2"] for line in mounts):
+            return None
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        own = next((line[3:] for line in lines if line.startswith("0::")), None)
+        if own is None:
+            return None
+        here = CGROUP_ROOT / own.strip().lstrip("/")
+        parent = here / "underlay-jobs"
+        for level in (here, parent):
+            level.mkdir(exist_ok=True)
+            control = level / "cgroup.subtree_control"
+            if "memory" not in control.read_text().split():
+                control.write_text("+memory")
+    except OSError:
+        return None
+    return parent
+
+
+def _remove_cgroup(path: Path) -> None:
+    """Kill what is left in a job cgroup and remove it (best effort)."""
+    try:
+        kill = path / "cgroup.kill"
+        if kill.exists():
+            kill.write_text("1")
+        path.rmdir()
+    except OSError:
+        pass  # still busy or already gone; an empty leftover cgroup costs nothing
+
+
+def _cgroup_oom_peak(path: Path) -> float | None:
+    """The cgroup's peak MiB if the kernel OOM-killed something in it, else None."""
+    try:
+        events = dict(line.split() for line in (path / "memory.events").read_text().splitlines())
+        if int(events.get("oom_kill", "0")) == 0:
+            return None
+        peak = path / "memory.peak"
+        return int(peak.read_text()) / MIB if peak.exists() else 0.0
+    except (OSError, ValueError):
+        return None
+
+
+def _shim_process(ref: ProcessRef) -> psutil.Process | None:
+    """The attempt's shim if it still runs: same pid, same start time, not a zombie."""
+    try:
+        process = psutil.Process(ref.pid)
+        if abs(process.create_time() - ref.started) > START_TOLERANCE_S:
+            return None  # the pid was reused by another process
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except psutil.Error:
+        return None
+    return process
+
+
+def _tree_usage(process: psutil.Process, started: float) -> UsageSample:
+    """CPU seconds and RSS of the shim's descendants (the shim itself is not billed)."""
+    cpu = 0.0
+    rss = 0
+    try:
+        own = process.cpu_times()
+        cpu += own.children_user + own.children_system  # descendants it has reaped
+        descendants = _descendants(process)
+    except psutil.Error:
+        descendants = []
+    for child in descendants:
+        try:
+            with child.oneshot():
+                times = child.cpu_times()
+                rss += child.memory_info().rss
+        except psutil.Error:
+            continue
+        cpu += times.user + times.system + times.children_user + times.children_system
+    return UsageSample(cpu_s=cpu, rss_mib=rss / MIB, wall_s=max(0.0, time.time() - started))
+
+
+def _descendants(process: psutil.Process) -> list[psutil.Process]:
+    """The shim's descendants for sampling, walked through ``/proc/PID/task/TID/children``
+    where the kernel has it: psutil's ``children(recursive=True)`` scans every process on the
+    machine, once per job per poll. A child forked during the walk may be missed until the
+    next poll, which a watchdog can afford; killing uses psutil's full scan."""
+    if not Path(f"/proc/{process.pid}/task/{process.pid}/children").exists():
+        return process.children(recursive=True)
+    found: list[psutil.Process] = []
+    pending = [process.pid]
+    while pending:
+        pid = pending.pop()
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue  # it exited meanwhile
+        for task in tasks:
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            for child in children:
+                try:
+                    found.append(psutil.Process(child))
+                except psutil.Error:
+                    continue
+                pending.append(child)
+    return found
+
+
+def _kill_tree(process: psutil.Process, cgroup: Path | None) -> None:
+    """SIGKILL everything the shim started, but not the shim: it must record the end."""
+    if cgroup is not None:
+        # Kernels before 5.14 have no cgroup.kill; the walk below still runs.
+        with contextlib.suppress(OSError):
+            (cgroup / "cgroup.kill").write_text("1")
+    try:
+        descendants = process.children(recursive=True)
+    except psutil.Error:
+        return
+    groups = set()
+    for child in descendants:
+        try:
+            groups.add(os.getpgid(child.pid))
+        except OSError:
+            continue
+    for group in groups - {process.pid, os.getpgrp()}:
+        with contextlib.suppress(OSError):  # gone already
+            os.killpg(group, signal.SIGKILL)
+    for child in descendants:
+        with contextlib.suppress(psutil.Error):
+            child.kill()  # those that left the group
+
+
+def _load_attempt(ref: ProcessRef) -> _Attempt:
+    """Rebuild an attempt's bookkeeping from its files (after a restart, or for a new ref)."""
+    folder = ref.status_path.parent
+    meta = _read_json(folder / "attempt.json") or {}
+    cgroup = meta.get("cgroup")
+    attempt = _Attempt(
+        ref,
+        memory_mib=meta.get("memory_mib"),
+        max_runtime_s=meta.get("max_runtime_s"),
+        cgroup=Path(cgroup) if cgroup else None,
+    )
+    stop = _read_json(folder / "stop.json")
+    if stop is not None:
+        attempt.stop = _Stop(stop["state"], stop["reason"], float(stop["kill_at"]))
+    return attempt
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
