@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from underlay.compute.inventory import AcceleratorInfo
 from underlay.compute.ledger import (
     GpuHold,
     GpuSample,
@@ -329,8 +330,13 @@ def test_billing_refreshes_the_attempt_and_refuses_other_projects(world: World) 
     with world.db.session(Scope.projects(world.vision)) as s:
         attempt = s.get(JobAttempt, attempt_id)
         assert attempt is not None
+        attempt.state = "succeeded"  # the caller's unflushed change survives the refresh
         assert bill_attempt(s, attempt, usage(1.5, kwh=0.2, estimated=False))
         assert (attempt.billed, attempt.gpu_s, attempt.energy_estimated) == (True, 5400, False)
+        assert attempt.state == "succeeded"
+    with world.db.session(Scope.everything()) as s:
+        stored = s.get(JobAttempt, attempt_id)
+        assert stored is not None and (stored.state, stored.gpu_s) == ("succeeded", 5400)
     with world.db.session(Scope.projects(world.speech)) as s, pytest.raises(
         PermissionDenied, match=r"project \d+ is outside this session's scope"
     ):  # fmt: skip
@@ -583,7 +589,13 @@ def test_idle_time_counts_from_when_the_attempt_took_the_gpu() -> None:
 
 def test_unknown_utilisation_and_gaps_never_flag() -> None:
     tracker, hold = IdleTracker(), [GpuHold(9, "n1", (0,), since=0.0)]
-    assert idle_gpu_alerts(IDLE, tracker, ticks(None, 0, 1200), hold) == []  # MIG: unknown
+    mig = AcceleratorInfo(index=0, uuid="GPU-m", vendor="nvidia", type="A100", memory_mib=1,
+                          mig=True)  # fmt: skip
+    samples = [GpuSample.of("n1", mig, float(t)) for t in range(0, 1201, 60)]
+    assert samples[0].utilization is None  # NVML cannot tell utilisation under MIG
+    assert idle_gpu_alerts(IDLE, tracker, samples, hold) == []
+    plain = GpuSample.of("n1", replace(mig, mig=False, utilization=0.01), 5.0)
+    assert (plain.index, plain.utilization, plain.at) == (0, 0.01, 5.0)
     tracker = IdleTracker()
     idle_gpu_alerts(IDLE, tracker, ticks(0.0, 0, 300), hold)
     # the node was silent for longer than the idle period: start afresh

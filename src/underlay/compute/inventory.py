@@ -339,7 +339,8 @@ def _gpu_type(name: str) -> str:
 class SimulatedProbe:
     """Accelerators declared by configuration, for tests and demos; marked simulated.
 
-    Each gets the uuid ``SIM-<node>-<i>`` (stable across restarts) and the configured power
+    Each gets the uuid ``SIM-<node>-<i>`` (node: default the host name; stable across
+    restarts) and the configured power
     model, and reports no measured power. By default each is idle (utilisation 0). The
     optional JSON file ``state_file`` (``<home>/simulated-accelerators.json`` in
     :func:`probe_node`) overrides readings per device, keyed by its position or uuid::
@@ -356,11 +357,11 @@ class SimulatedProbe:
     def __init__(
         self,
         accelerators: Sequence[SimulatedAccelerator],
-        node: str,
+        node: str | None = None,
         state_file: Path | None = None,
     ) -> None:
         self.accelerators = list(accelerators)
-        self.node = node
+        self.node = node or socket.gethostname()
         self.state_file = state_file
 
     def probe(self) -> list[AcceleratorInfo]:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 from sqlalchemy import CursorResult, Select, case, func, select, update
 from sqlalchemy.orm import Session
 
+from underlay.compute.inventory import AcceleratorInfo
 from underlay.compute.models import Alert, Budget, Job, JobAttempt
 from underlay.compute.scheduler.snapshot import WHOLE, PowerModel
 from underlay.config import ComputeSettings, Settings
@@ -158,24 +159,10 @@ def attempt_usage(
     wall_s = t1 - t0
     share = gpu_share_milli / WHOLE
     gpu_s = wall_s * share
-
-    pieces: list[_Piece] = []  # the attempt's power curve, for energy and hourly carbon
-    estimated = False
-    if gpu_power_samples and gpu_energy_kwh is not None:
-        raise InvalidInput("give GPU power samples or a GPU energy total, not both")
-    if gpu_power_samples:
-        pieces += _sample_pieces(gpu_power_samples)
-    elif gpu_energy_kwh is not None:
-        _non_negative(gpu_energy_kwh=gpu_energy_kwh)
-        pieces.append(_constant_energy(t0, t1, gpu_energy_kwh * 3.6e6))
-    elif share > 0:
-        estimated = True
-        if gpu_power_model is not None:
-            model = gpu_power_model
-            watts = share * (
-                model.idle_watts + (model.busy_watts - model.idle_watts) * gpu_utilization
-            )
-            pieces.append(_Piece(t0, t1, watts, watts))
+    # the attempt's power curve, for energy and hourly carbon
+    pieces, estimated = _gpu_curve(
+        t0, t1, share, gpu_power_samples, gpu_energy_kwh, gpu_power_model, gpu_utilization
+    )
     if cpu_energy_j is None:
         estimated = True
         cpu_energy_j = cpu_s * compute.cpu_watts_per_core
@@ -245,6 +232,31 @@ def attempt_usage_for(
         gpu_energy_kwh=report.energy_kwh if attempt.gpu_share_milli else None,
         gpu_power_model=model,
     )
+
+
+def _gpu_curve(
+    t0: float,
+    t1: float,
+    share: float,
+    samples: Sequence[PowerSample],
+    energy_kwh: float | None,
+    model: PowerModel | None,
+    utilization: float,
+) -> tuple[list[_Piece], bool]:
+    """The GPU power curve over ``t0``..``t1`` and whether it is an estimate."""
+    if samples and energy_kwh is not None:
+        raise InvalidInput("give GPU power samples or a GPU energy total, not both")
+    if samples:
+        return _sample_pieces(samples), False
+    if energy_kwh is not None:
+        _non_negative(gpu_energy_kwh=energy_kwh)
+        return [_constant_energy(t0, t1, energy_kwh * 3.6e6)], False
+    if share == 0:
+        return [], False
+    if model is None:
+        return [], True
+    watts = share * (model.idle_watts + (model.busy_watts - model.idle_watts) * utilization)
+    return [_Piece(t0, t1, watts, watts)], True
 
 
 def integrate_power_kwh(samples: Sequence[PowerSample]) -> float:
@@ -579,49 +591,42 @@ def budget_status(
     used_money = float(money) + run_money
     budget = session.scalars(select(Budget).where(Budget.project_id == project_id)).first()
     currency = f" {_compute(settings).currency}" if settings is not None else ""
-    if budget is None or (budget.gpu_hours_per_month is None and budget.money_per_month is None):
-        return BudgetStatus(
-            project_id=project_id,
-            project=project.name,
-            month_start=start,
-            gpu_hours_used=gpu_hours,
-            gpu_hours_limit=None,
-            money_used=used_money,
-            money_limit=None,
-            warn_fraction=None,
-            fraction=None,
-            state="ok",
-            message=f"project {project.name} has no budget",
-        )
-    dims = []  # (fraction, sentence)
-    if budget.gpu_hours_per_month is not None:
-        limit = budget.gpu_hours_per_month
-        dims.append((_fraction(gpu_hours, limit), f"used {gpu_hours:.1f} of {limit:g} GPU-hours"))
-    if budget.money_per_month is not None:
-        limit = budget.money_per_month
-        dims.append(
-            (_fraction(used_money, limit), f"spent {used_money:.2f} of {limit:.2f}{currency}")
-        )
-    fraction, what = max(dims, key=lambda d: d[0])
-    state: BudgetState = (
-        "blocked" if fraction >= 1.0 else "warn" if fraction >= budget.warn_fraction else "ok"
-    )
-    message = f"project {project.name} {what} this month ({fraction:.0%})"
-    if state == "warn":
-        message += f", past the {budget.warn_fraction:.0%} warning"
+    fraction, state, message = _judge(project.name, budget, gpu_hours, used_money, currency)
     return BudgetStatus(
         project_id=project_id,
         project=project.name,
         month_start=start,
         gpu_hours_used=gpu_hours,
-        gpu_hours_limit=budget.gpu_hours_per_month,
+        gpu_hours_limit=budget.gpu_hours_per_month if budget else None,
         money_used=used_money,
-        money_limit=budget.money_per_month,
-        warn_fraction=budget.warn_fraction,
+        money_limit=budget.money_per_month if budget else None,
+        warn_fraction=budget.warn_fraction if fraction is not None and budget else None,
         fraction=fraction,
         state=state,
         message=message,
     )
+
+
+def _judge(
+    project: str, budget: Budget | None, gpu_hours: float, money: float, currency: str
+) -> tuple[float | None, BudgetState, str]:
+    """The used fraction of the tighter limit, the state, and the message saying so."""
+    dims = []  # (fraction, what)
+    if budget is not None and budget.gpu_hours_per_month is not None:
+        limit = budget.gpu_hours_per_month
+        dims.append((_fraction(gpu_hours, limit), f"used {gpu_hours:.1f} of {limit:g} GPU-hours"))
+    if budget is not None and budget.money_per_month is not None:
+        limit = budget.money_per_month
+        dims.append((_fraction(money, limit), f"spent {money:.2f} of {limit:.2f}{currency}"))
+    if budget is None or not dims:
+        return None, "ok", f"project {project} has no budget"
+    fraction, what = max(dims, key=lambda d: d[0])
+    message = f"project {project} {what} this month ({fraction:.0%})"
+    if fraction >= 1.0:
+        return fraction, "blocked", message
+    if fraction >= budget.warn_fraction:
+        return fraction, "warn", f"{message}, past the {budget.warn_fraction:.0%} warning"
+    return fraction, "ok", message
 
 
 def _fraction(used: float, limit: float) -> float:
@@ -766,6 +771,11 @@ class GpuSample:
     index: int
     utilization: float | None
     at: float
+
+    @classmethod
+    def of(cls, node: str, acc: AcceleratorInfo, at: float) -> GpuSample:
+        """A probed accelerator's sample; under MIG NVML cannot tell utilisation: unknown."""
+        return cls(node, acc.index, None if acc.mig else acc.utilization, at)
 
 
 @dataclass(frozen=True, slots=True)
