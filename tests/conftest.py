@@ -104,8 +104,9 @@ class LiveServer:
         from underlay.platform import Platform
 
         self.settings = settings
-        self.platform = Platform(settings)
         self.port = free_port()
+        settings.server.port = self.port  # the local agent and jobs reach the server here
+        self.platform = Platform(settings)
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_token = ADMIN_TOKEN
         config = uvicorn.Config(

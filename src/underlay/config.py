@@ -59,6 +59,10 @@ class BlobSettings(BaseModel):
 class ServerSettings(BaseModel):
     host: str = Field(default="127.0.0.1", description="Address `underlay up` binds.")
     port: int = Field(default=8765, ge=0, le=65535, description="Port `underlay up` binds.")
+    public_url: str | None = Field(
+        default=None, description="URL jobs and agents use to reach the server, if not host:port."
+    )
+    tls: bool = Field(default=False, description="Set by `underlay up --tls-cert`.")
     max_json_body: int = Field(
         default=1024 * 1024, gt=0, description="Largest JSON request body, in bytes."
     )

@@ -410,3 +410,20 @@ class BlobDecryptor:
             return self._aead.decrypt(nonce, sealed, aad)
         except InvalidTag as exc:
             raise IntegrityFailure(f"chunk {index}") from exc
+
+
+# -- small sealed values (job secrets) ----------------------------------------------------
+
+
+def seal(data_key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """AES-256-GCM under a project's data key: random 96-bit nonce, then ciphertext and tag."""
+    nonce = secrets.token_bytes(12)
+    return nonce + AESGCM(data_key).encrypt(nonce, plaintext, aad)
+
+
+def unseal(data_key: bytes, sealed: bytes, aad: bytes, what: str) -> bytes:
+    """The plaintext of :func:`seal`; ``IntegrityFailure`` naming ``what`` if it was altered."""
+    try:
+        return AESGCM(data_key).decrypt(sealed[:12], sealed[12:], aad)
+    except (InvalidTag, ValueError) as error:
+        raise IntegrityFailure(f"{what} failed its integrity check") from error

@@ -10,7 +10,7 @@ refused operation is rolled back and then audited on its own (outcome ``denied``
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,22 @@ class Platform:
         self.audit = AuditLog(
             self.db, self.signer, checkpoint_every=settings.security.audit_checkpoint_every
         )
+
+        self.wakers: list[Callable[[], None]] = []
+
+    @property
+    def public_url(self) -> str:
+        """How jobs and the local agent reach this server."""
+        server = self.settings.server
+        if server.public_url:
+            return server.public_url
+        host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host  # noqa: S104
+        return f"{'https' if server.tls else 'http'}://{host}:{server.port}"
+
+    def wake_scheduler(self) -> None:
+        """Ask the scheduling loop (if one runs in this process) for a round now."""
+        for wake in self.wakers:
+            wake()
 
     def start(self) -> str | None:
         """Migrate, clear crashed writes, create the first admin; returns a new admin token."""

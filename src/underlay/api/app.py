@@ -10,7 +10,20 @@ from fastapi import APIRouter, FastAPI
 from underlay import __version__
 from underlay.api import problems
 from underlay.api.middleware import RequestContextMiddleware
-from underlay.api.routes import audit, blobs, health, lineage, projects, tokens, users
+from underlay.api.routes import (
+    alerts,
+    audit,
+    blobs,
+    health,
+    jobs,
+    lineage,
+    nodes,
+    projects,
+    tokens,
+    usage,
+    users,
+)
+from underlay.api.runtime import ComputeRuntime
 from underlay.config import Settings
 from underlay.platform import Platform
 
@@ -25,7 +38,12 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if start:
             platform.start()
-        yield
+        runtime = ComputeRuntime(platform)
+        runtime.start()
+        try:
+            yield
+        finally:
+            runtime.stop()
 
     app = FastAPI(
         title="underlay",
@@ -46,7 +64,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     app.include_router(health.router, include_in_schema=False)  # root probes too
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health.router)
-    for module in (users, projects, tokens, blobs, lineage, audit):
+    for module in (users, projects, tokens, blobs, lineage, audit, nodes, jobs, usage, alerts):
         api.include_router(module.router)
     app.include_router(api)
     return app

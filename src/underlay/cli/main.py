@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from underlay.cli import demo, keys, resources, server
+from underlay.cli import compute, demo, keys, resources, server
 
 app = typer.Typer(
     name="underlay",
@@ -26,6 +26,12 @@ app.add_typer(resources.blobs, name="blobs")
 app.add_typer(resources.audit, name="audit")
 app.add_typer(keys.keys, name="keys")
 app.command("lineage")(resources.lineage)
+app.add_typer(compute.nodes, name="nodes")
+app.add_typer(compute.jobs, name="jobs")
+app.add_typer(compute.quotas, name="quotas")
+app.add_typer(compute.budget, name="budget")
+app.command("usage")(compute.usage)
+app.command("agent")(compute.agent)
 
 
 def main() -> None:

@@ -28,6 +28,8 @@ def up(
     if port is not None:
         os.environ["UNDERLAY_SERVER__PORT"] = str(port)
     os.environ["UNDERLAY_LOG_FORMAT"] = log_format
+    if tls_cert is not None:
+        os.environ["UNDERLAY_SERVER__TLS"] = "true"
 
     import uvicorn
 

@@ -12,6 +12,7 @@ from typing import IO, Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
+from underlay.client.compute import ComputeMethods
 from underlay.errors import IntegrityFailure, Unavailable, UnderlayError, error_for_problem
 from underlay.schemas import (
     AuditEntryRead,
@@ -47,7 +48,7 @@ def _raise_for_problem(response: httpx.Response) -> None:
     raise cls(detail, **extra)
 
 
-class Client:
+class Client(ComputeMethods):
     """A session with one underlay server; use as a context manager or call :meth:`close`."""
 
     def __init__(

@@ -66,6 +66,7 @@ class AcceleratorRow(Base):
     healthy: Mapped[bool] = mapped_column(Boolean, default=True)
     health_reason: Mapped[str] = mapped_column(String(500), default="")
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    idle_since: Mapped[dt.datetime | None] = mapped_column()  # held by a job yet near 0%
 
 
 class Job(ProjectScoped, Base):

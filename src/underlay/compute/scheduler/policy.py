@@ -37,7 +37,11 @@ from underlay.compute.scheduler.snapshot import Snapshot, WorkerPlacement, Workl
 from underlay.errors import InvalidInput
 
 MAX_PREEMPTORS = 16
-"""Workloads that may start a preemption plan in one round; bounds the cost of a round."""
+"""Workloads that may start a preemption plan in one round."""
+
+MAX_PLAN_ATTEMPTS = 32
+"""Preemption plans tried (found or not) in one round: with the victim cap of
+:mod:`.preemption`, this bounds what preemption can add to the cost of a round."""
 
 Shape = tuple[str | None, int, int, int, int, int]
 
@@ -115,6 +119,7 @@ class _Round:
         self.held_for: list[str] = []
         self.reservations_left = cfg.reservations
         self.plans_left = MAX_PREEMPTORS
+        self.attempts_left = MAX_PLAN_ATTEMPTS
 
     def run(self) -> Decisions:
         candidates: list[Workload] = []
@@ -240,13 +245,14 @@ class _Round:
         return True
 
     def _try_preempt(self, w: Workload, types: Sequence[str | None], guaranteed: bool) -> bool:
-        if not self.preemptor.enabled or self.plans_left <= 0:
+        if not self.preemptor.enabled or self.plans_left <= 0 or self.attempts_left <= 0:
             return False
         level = service_level(w.attained_service, self.cfg.service_levels)
         for t in types:
             memo = (_shape(w, t), w.project, w.priority, level, guaranteed)
-            if memo in self.noplan:
+            if memo in self.noplan or self.attempts_left <= 0:
                 continue
+            self.attempts_left -= 1
             plan = self.preemptor.plan(w, t, guaranteed)
             if plan is None:
                 self.noplan.add(memo)

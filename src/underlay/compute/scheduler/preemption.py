@@ -31,6 +31,10 @@ from underlay.compute.scheduler.packing import choose
 from underlay.compute.scheduler.quota import QuotaLedger
 from underlay.compute.scheduler.snapshot import PolicyConfig, Running, Workload
 
+MAX_VICTIMS = 128
+"""Candidates a plan considers, most preferred first: enough to free any node several times
+over, and a bound on the cost of planning on a cluster with thousands of running workloads."""
+
 
 @dataclass(frozen=True, slots=True)
 class Plan:
@@ -174,7 +178,7 @@ class Preemptor:
                 if why is not None:
                     chosen.append((r, why))
         chosen.sort(key=lambda item: self._victim_key(item[0]))
-        return draining + chosen
+        return draining + chosen[:MAX_VICTIMS]
 
     def _alloc_of(self, r: Running) -> list[Alloc]:
         cached = self._allocs.get(r.workload.id)

@@ -12,7 +12,6 @@ from alembic import op
 
 import underlay.store.types
 
-
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -80,6 +79,7 @@ def upgrade() -> None:
             name=op.f("fk_accelerators_node_id_nodes"),
             ondelete="CASCADE",
         ),
+        sa.Column("idle_since", underlay.store.types.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_accelerators")),
         sa.UniqueConstraint("node_id", "index", name=op.f("uq_accelerators_node_id")),
     )

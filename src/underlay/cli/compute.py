@@ -1,0 +1,306 @@
+"""``underlay nodes``, ``jobs``, ``quotas``, ``budget``, ``usage`` and ``agent``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import sys
+import tarfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from underlay.cli.common import client, show
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="The project (queue).")]
+
+nodes = typer.Typer(help="The fleet: nodes and their accelerators.", no_args_is_help=True)
+jobs = typer.Typer(help="Jobs: submit, watch, cancel.", no_args_is_help=True)
+quotas = typer.Typer(help="Guaranteed accelerator quotas (global admins).", no_args_is_help=True)
+budget = typer.Typer(help="A project's monthly budget.", no_args_is_help=True)
+
+
+@nodes.command("ls")
+def nodes_ls(json_: JsonOpt = False) -> None:
+    """Nodes, their status, and each accelerator (simulated ones are marked)."""
+    with client() as c:
+        fleet = c.list_nodes()
+    if json_:
+        show(fleet, [], as_json=True)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for col in ("node", "status", "CPUs", "memory", "accelerators"):
+        table.add_column(col)
+    for node in fleet:
+        accs = [
+            f"{a.index}:{a.type}{' (simulated)' if a.simulated else ''}"
+            f"{'' if a.healthy else ' UNHEALTHY: ' + a.health_reason} {a.utilization:.0%}"
+            for a in node.accelerators
+        ]
+        status = node.status + (f" ({node.status_reason})" if node.status_reason else "")
+        table.add_row(
+            node.name,
+            status,
+            f"{node.cpu_milli / 1000:g}",
+            f"{node.memory_mib / 1024:.1f} GiB",
+            "\n".join(accs) or "-",
+        )
+    Console().print(table)
+
+
+@nodes.command("cordon")
+def nodes_cordon(
+    name: str, reason: Annotated[str, typer.Option(help="Why.")] = "maintenance"
+) -> None:
+    """Keep new work off a node."""
+    with client() as c:
+        c.cordon(name, reason)
+    typer.echo(f"cordoned {name}")
+
+
+@nodes.command("uncordon")
+def nodes_uncordon(name: str) -> None:
+    """Let new work onto a node again."""
+    with client() as c:
+        c.uncordon(name)
+    typer.echo(f"uncordoned {name}")
+
+
+def _pack_workdir(path: Path) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for item in sorted(path.iterdir()):
+            if item.name in (".git", ".venv", "__pycache__"):
+                continue
+            archive.add(item, arcname=item.name)
+    return buffer.getvalue()
+
+
+@jobs.command("submit")
+def jobs_submit(
+    command: Annotated[list[str], typer.Argument(help="The command, after --.")],
+    project: ProjectOpt,
+    name: Annotated[str, typer.Option(help="A label.")] = "",
+    cpus: Annotated[float, typer.Option(help="CPUs.")] = 1.0,
+    memory: Annotated[int, typer.Option(help="Memory in MiB.")] = 512,
+    gpus: Annotated[int, typer.Option(help="Whole GPUs.")] = 0,
+    gpu_fraction: Annotated[float | None, typer.Option(help="A share of one GPU.")] = None,
+    gpu_type: Annotated[str | None, typer.Option(help="Accelerator type.")] = None,
+    priority: Annotated[str, typer.Option(help="low, normal or high.")] = "normal",
+    deferrable: Annotated[bool, typer.Option(help="May wait for low-carbon power.")] = False,
+    max_runtime: Annotated[float | None, typer.Option(help="Seconds before it is stopped.")] = None,
+    retries: Annotated[int, typer.Option(help="Retries after failure or loss.")] = 0,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="NAME=VALUE")] = None,
+    secret: Annotated[
+        list[str] | None, typer.Option(help="NAME=VALUE, or NAME to read it from your env.")
+    ] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Folder to snapshot and run in.")] = None,
+) -> None:
+    """Submit a job; prints its id."""
+    env_vars = dict(_pairs(env or [], "--env"))
+    secrets = dict(_pairs(secret or [], "--secret", from_env=True))
+    with client() as c:
+        digest = None
+        if workdir is not None:
+            if not workdir.is_dir():
+                raise typer.BadParameter(f"{workdir} is not a folder", param_hint="--workdir")
+            digest = c.upload_blob(
+                project,
+                _pack_workdir(workdir),
+                name="workdir.tar.gz",
+                media_type="application/gzip",
+            ).digest
+        job = c.submit_job(
+            project,
+            command,
+            name=name,
+            cpus=cpus,
+            memory_mib=memory,
+            gpus=gpus,
+            gpu_fraction=gpu_fraction,
+            gpu_type=gpu_type,
+            priority=priority,
+            deferrable=deferrable,
+            max_runtime_s=max_runtime,
+            max_retries=retries,
+            env=env_vars,
+            secrets=secrets,
+            workdir_digest=digest,
+        )
+    for warning in job.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(job.id)
+
+
+def _pairs(items: list[str], option: str, *, from_env: bool = False) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            if not from_env or key not in os.environ:
+                raise typer.BadParameter(f"{item!r} is not NAME=VALUE", param_hint=option)
+            value = os.environ[key]
+        pairs.append((key, value))
+    return pairs
+
+
+@jobs.command("ls")
+def jobs_ls(
+    project: ProjectOpt,
+    json_: JsonOpt = False,
+    state: Annotated[list[str] | None, typer.Option(help="Only these states.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+) -> None:
+    """Jobs, newest first, with why each pending job waits."""
+    with client() as c:
+        rows = c.list_jobs(project, state=state, limit=limit)
+    show(rows, ["id", "name", "user", "state", "node", "gpus", "attempts", "reason"], as_json=json_)
+
+
+@jobs.command("show")
+def jobs_show(job_id: int, project: ProjectOpt, json_: JsonOpt = False) -> None:
+    """One job in full."""
+    with client() as c:
+        job = c.read_job(project, job_id)
+    if json_:
+        show(job, [], as_json=True)
+        return
+    for key, value in job.model_dump(mode="json").items():
+        typer.echo(f"{key:>14}: {value}")
+
+
+@jobs.command("logs")
+def jobs_logs(
+    job_id: int,
+    project: ProjectOpt,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream.")] = False,
+) -> None:
+    """A job's output; -f streams it until the job ends."""
+    with client() as c:
+        for chunk in c.job_logs(project, job_id, follow=follow):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+
+
+@jobs.command("cancel")
+def jobs_cancel(job_id: int, project: ProjectOpt) -> None:
+    """Cancel: at once if queued, else SIGTERM then SIGKILL after the grace period."""
+    with client() as c:
+        job = c.cancel_job(project, job_id)
+    typer.echo(f"job {job.id}: {job.state} {job.reason}".rstrip())
+
+
+@jobs.command("wait")
+def jobs_wait(
+    job_id: int,
+    project: ProjectOpt,
+    timeout: Annotated[float | None, typer.Option(help="Give up after seconds.")] = None,
+) -> None:
+    """Wait for a job to end; exits 0 only if it succeeded."""
+    with client() as c:
+        job = c.wait_job(project, job_id, timeout_s=timeout)
+    typer.echo(f"job {job.id}: {job.state} {job.reason}".rstrip())
+    if job.state != "succeeded":
+        raise typer.Exit(1)
+
+
+@quotas.command("set")
+def quotas_set(
+    project: str,
+    accelerator_type: str,
+    guaranteed: int,
+    borrow_limit: Annotated[int | None, typer.Option(help="Cap on borrowing.")] = None,
+) -> None:
+    """Guarantee a project GUARANTEED accelerators of a type."""
+    with client() as c:
+        q = c.set_quota(project, accelerator_type, guaranteed, borrow_limit)
+    typer.echo(f"{project}: {q.guaranteed} x {q.accelerator_type} guaranteed")
+
+
+@quotas.command("ls")
+def quotas_ls(project: str, json_: JsonOpt = False) -> None:
+    """A project's quotas."""
+    with client() as c:
+        show(
+            c.list_quotas(project),
+            ["accelerator_type", "guaranteed", "borrow_limit"],
+            as_json=json_,
+        )
+
+
+@budget.command("set")
+def budget_set(
+    project: str,
+    gpu_hours: Annotated[float | None, typer.Option(help="GPU-hours a month.")] = None,
+    money: Annotated[float | None, typer.Option(help="Money a month.")] = None,
+) -> None:
+    """Set a monthly budget; submissions warn near it and are blocked past it."""
+    with client() as c:
+        status = c.set_budget(project, gpu_hours_per_month=gpu_hours, money_per_month=money)
+    typer.echo(status.get("message", "budget set"))
+
+
+@budget.command("show")
+def budget_show(project: str) -> None:
+    """How much of this month's budget is used."""
+    with client() as c:
+        typer.echo(c.budget(project).get("message", ""))
+
+
+def usage(
+    project: Annotated[str | None, typer.Option("--project", "-p", help="One project.")] = None,
+    user: Annotated[str | None, typer.Option(help="One user.")] = None,
+    since: Annotated[dt.datetime | None, typer.Option(help="From (ISO time, UTC).")] = None,
+    until: Annotated[dt.datetime | None, typer.Option(help="Until (ISO time, UTC).")] = None,
+    by: Annotated[str | None, typer.Option(help="Group by project, user or job.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """GPU-hours, energy, cost and carbon of your projects' jobs."""
+    utc = [t.replace(tzinfo=dt.UTC) if t and t.tzinfo is None else t for t in (since, until)]
+    with client() as c:
+        rows = c.usage(project=project, user=user, since=utc[0], until=utc[1], group_by=by)
+    cols = [
+        "key",
+        "jobs",
+        "attempts",
+        "gpu_hours",
+        "cpu_hours",
+        "energy_kwh",
+        "cost",
+        "currency",
+        "carbon_kg",
+        "energy_estimated",
+    ]
+    show(rows, cols, as_json=json_)
+
+
+def agent(
+    server: Annotated[str, typer.Option(help="The server's URL.")],
+    token: Annotated[str | None, typer.Option(help="An admin token (else UNDERLAY_TOKEN).")] = None,
+    name: Annotated[str | None, typer.Option(help="Node name (default: host name).")] = None,
+) -> None:
+    """Run a node agent: report this machine's accelerators and run the jobs placed on it."""
+    import socket
+
+    from underlay.client import Client
+    from underlay.compute.agent import NodeAgent
+    from underlay.compute.executors.local import LocalExecutor
+    from underlay.config import Settings
+
+    secret = token or os.environ.get("UNDERLAY_TOKEN")
+    if not secret:
+        raise typer.BadParameter("give --token or set UNDERLAY_TOKEN", param_hint="--token")
+    settings = Settings()
+    node = name or settings.compute.node_name or socket.gethostname()
+    run_dir = settings.home / "agent" / node
+    with Client(server, secret) as c:
+        executor = LocalExecutor(run_dir / "status", grace_s=settings.compute.grace_s)
+        worker = NodeAgent(c, settings, executor, node, run_dir)
+        typer.echo(f"agent for node {node} reporting to {server}", err=True)
+        worker.run()

@@ -1,0 +1,252 @@
+"""The node agent: reports this machine's inventory, runs the attempts placed on it, and
+reports how they end. ``underlay agent --server URL`` runs one; ``underlay up`` runs one for
+the local machine. It talks to the server only through the REST API.
+
+Nothing runs twice: before an attempt is reported as started, its process reference is
+written to the agent's run folder; a restarted agent that is asked to launch an attempt it
+already has a reference for adopts that process instead, and the server only asks to launch
+attempts that were never reported as started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import logging
+import tarfile
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from underlay.compute.executors.base import (
+    EndState,
+    Executor,
+    ExitStatus,
+    LaunchSpec,
+    ProcessRef,
+)
+from underlay.compute.inventory import NodeInventory, probe_node
+from underlay.compute.schemas import AttemptEnded, AttemptRef, LaunchInfo
+from underlay.config import Settings
+from underlay.errors import UnderlayError
+
+if TYPE_CHECKING:
+    from underlay.client import Client
+
+log = logging.getLogger(__name__)
+LOG_SHIP_MAX = 1024 * 1024
+
+
+class NodeAgent:
+    """One node's agent; call :meth:`tick` periodically, or :meth:`run` in a thread."""
+
+    def __init__(
+        self, client: Client, settings: Settings, executor: Executor, name: str, run_dir: Path
+    ) -> None:
+        self.client, self.settings, self.executor, self.name = client, settings, executor, name
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.tracked: dict[int, ProcessRef] = {}
+        self.stopping: set[int] = set()
+        self.shipped: dict[int, int] = {}
+        self.power: dict[int, list[tuple[float, float]]] = {}
+        self._inventory: NodeInventory | None = None
+        self._stop = threading.Event()
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Tick until :meth:`stop`, holding this node's agent lock so only one agent runs."""
+        with (self.run_dir / "agent.lock").open("w") as lock:
+            while not self._stop.is_set():
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    self._stop.wait(2.0)
+            interval = min(1.0, self.settings.compute.heartbeat_interval_s)
+            while not self._stop.is_set():
+                try:
+                    self.tick()
+                except UnderlayError as exc:
+                    log.warning("agent tick failed: %s", exc)
+                except Exception:
+                    log.exception("agent tick failed")
+                self._stop.wait(interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def tick(self) -> None:
+        inventory = probe_node(self.settings, self.name)
+        self._inventory = inventory
+        work = self.client.heartbeat(self.name, inventory.to_dict())
+        for ref in work.running:
+            if ref.attempt_id not in self.tracked:
+                self._adopt(ref)
+            if ref.stop and ref.attempt_id in self.tracked and ref.attempt_id not in self.stopping:
+                self.stopping.add(ref.attempt_id)
+                state: EndState = "cancelled" if ref.stop == "cancel" else "preempted"
+                self.executor.stop(
+                    self.tracked[ref.attempt_id],
+                    state=state,
+                    reason=ref.stop_reason,
+                    grace_s=ref.grace_s,
+                )
+        for info in work.launch:
+            self._launch(info)
+        self._sample_power(inventory)
+        self._poll()
+        self._ship_logs()
+
+    # -- launching and adopting ----------------------------------------------------------
+
+    def _ref_path(self, attempt_id: int) -> Path:
+        return self.run_dir / f"attempt-{attempt_id}.json"
+
+    def _launch(self, info: LaunchInfo) -> None:
+        if self._ref_path(info.attempt_id).exists():
+            # launched before a crash but never reported: adopt, never start twice
+            self._adopt(
+                AttemptRef(
+                    attempt_id=info.attempt_id,
+                    job_id=info.job_id,
+                    attempt=info.attempt,
+                    pid=None,
+                    pid_started=None,
+                )
+            )
+            return
+        workdir = self.run_dir / f"job-{info.job_id}-{info.attempt}"
+        try:
+            self._prepare_workdir(info, workdir)
+            spec = LaunchSpec(
+                job_id=info.job_id,
+                attempt=info.attempt,
+                command=tuple(info.command),
+                workdir=workdir,
+                log_path=self.run_dir / f"job-{info.job_id}-{info.attempt}.log",
+                env=info.env,
+                secrets=info.secrets,
+                cpu_milli=info.cpu_milli,
+                memory_mib=info.memory_mib,
+                gpu_indexes=tuple(info.gpu_indexes),
+                gpu_uuids=tuple(info.gpu_uuids),
+                gpu_fraction=info.gpu_fraction,
+                max_runtime_s=info.max_runtime_s,
+            )
+            ref = self.executor.launch(spec)
+        except (OSError, UnderlayError) as exc:
+            self._report(
+                info.attempt_id,
+                AttemptEnded(state="failed", reason=f"could not start: {exc}"[:1000]),
+            )
+            return
+        self._ref_path(info.attempt_id).write_text(
+            json.dumps(
+                {
+                    **asdict(ref),
+                    "status_path": str(ref.status_path),
+                    "log_path": str(spec.log_path),
+                    "gpu_indexes": list(spec.gpu_indexes),
+                    "gpu_fraction": spec.gpu_fraction,
+                }
+            )
+        )
+        self.tracked[info.attempt_id] = ref
+        self.client.attempt_started(self.name, info.attempt_id, ref.pid, ref.started)
+
+    def _prepare_workdir(self, info: LaunchInfo, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        if info.workdir_digest:
+            data = self.client.download_blob(info.project, info.workdir_digest)
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
+                archive.extractall(workdir, filter="data")  # no traversal, no devices
+
+    def _adopt(self, ref: AttemptRef) -> None:
+        path = self._ref_path(ref.attempt_id)
+        if not path.exists():
+            self._report(
+                ref.attempt_id,
+                AttemptEnded(
+                    state="lost", reason="the node agent restarted and has no record of it"
+                ),
+            )
+            return
+        saved = json.loads(path.read_text())
+        pref = ProcessRef(
+            saved["job_id"],
+            saved["attempt"],
+            saved["pid"],
+            saved["started"],
+            Path(saved["status_path"]),
+        )
+        self.executor.adopt(pref)  # alive or not, poll() now reports its end
+        self.tracked[ref.attempt_id] = pref
+        if not ref.pid:
+            self.client.attempt_started(self.name, ref.attempt_id, pref.pid, pref.started)
+
+    # -- watching ------------------------------------------------------------------------
+
+    def _sample_power(self, inventory: NodeInventory) -> None:
+        now = time.time()
+        watts = {a.index: a.power_watts for a in inventory.accelerators if a.power_watts}
+        if not watts:
+            return
+        for attempt_id in self.tracked:
+            saved = self._saved(attempt_id)
+            gpus: list[int] = saved.get("gpu_indexes", [])
+            share: float = saved.get("gpu_fraction") or 1.0
+            total = sum(watts.get(g, 0.0) for g in gpus) * share
+            if gpus and total:
+                self.power.setdefault(attempt_id, []).append((now, total))
+
+    def _saved(self, attempt_id: int) -> dict[str, Any]:
+        path = self._ref_path(attempt_id)
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _poll(self) -> None:
+        for attempt_id, ref in list(self.tracked.items()):
+            status = self.executor.poll(ref)
+            if status is not None:
+                self._ship_logs(only=attempt_id)
+                self._report(attempt_id, self._ended(attempt_id, status))
+                self.tracked.pop(attempt_id, None)
+                self.stopping.discard(attempt_id)
+                self._ref_path(attempt_id).unlink(missing_ok=True)
+
+    def _ended(self, attempt_id: int, status: ExitStatus) -> AttemptEnded:
+        from underlay.compute.ledger import integrate_power_kwh
+
+        samples = self.power.pop(attempt_id, [])
+        energy = integrate_power_kwh(samples) if len(samples) >= 2 else None
+        return AttemptEnded(
+            state=status.state,
+            exit_code=status.exit_code,
+            reason=status.reason[:1000],
+            wall_s=status.usage.wall_s,
+            cpu_s=status.usage.cpu_s,
+            energy_kwh=energy,
+            energy_estimated=energy is None,
+        )
+
+    def _report(self, attempt_id: int, report: AttemptEnded) -> None:
+        self.client.attempt_ended(self.name, attempt_id, report)
+
+    def _ship_logs(self, only: int | None = None) -> None:
+        for attempt_id in [only] if only is not None else list(self.tracked):
+            saved = self._saved(attempt_id)
+            path = Path(str(saved.get("log_path", "")))
+            if not saved or not path.exists():
+                continue
+            offset = self.shipped.get(attempt_id, 0)
+            with contextlib.suppress(OSError), path.open("rb") as handle:
+                handle.seek(offset)
+                while chunk := handle.read(LOG_SHIP_MAX):
+                    self.client.append_logs(self.name, attempt_id, chunk)
+                    offset += len(chunk)
+            self.shipped[attempt_id] = offset

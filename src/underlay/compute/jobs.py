@@ -1,0 +1,284 @@
+"""Jobs: submit, read, list, cancel, and every state transition, checked and audited here.
+
+A submitted job is checked against the cluster's hardware by the scheduler's own policy (a
+request that no node could ever satisfy is refused at once with the policy's reason) and
+against the project's budget. Secrets are sealed with the project's data key and handed only
+to the node agent that runs the job.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import replace
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from underlay.audit import AuditLog
+from underlay.compute import ledger
+from underlay.compute.models import Job, JobAttempt, NodeRow
+from underlay.compute.scheduler import WHOLE, Reject, Request, Snapshot, Workload, decide
+from underlay.compute.schemas import PRIORITIES, JobCreate, JobRead
+from underlay.compute.states import ACTIVE, JobState, check_transition, is_final
+from underlay.config import Settings
+from underlay.crypto import Keyring, seal, unseal
+from underlay.errors import Conflict, InvalidInput, NotFound
+from underlay.identity import Actor
+from underlay.store.models import Blob, Project, User
+from underlay.store.types import utcnow
+
+
+def _secrets_aad(project_id: int) -> bytes:
+    return f"underlay job secrets v1 project {project_id}".encode()
+
+
+def workload_of(job: Job, project: str, clock_of: dt.datetime | None = None) -> Workload:
+    """The scheduler's view of a job."""
+    queued = clock_of or job.queued_at
+    return Workload(
+        id=str(job.id),
+        project=project,
+        request=Request(
+            cpu_milli=job.cpu_milli,
+            memory_mib=int(job.memory_mib),
+            gpus=job.gpus,
+            gpu_milli=job.gpu_milli,
+            gpu_type=job.gpu_type,
+        ),
+        gang=job.gang,
+        priority=job.priority,
+        deferrable=job.deferrable,
+        submit_time=queued.timestamp(),
+        attained_service=job.attained_service,
+    )
+
+
+def submit_job(
+    session: Session,
+    project: Project,
+    actor: Actor,
+    body: JobCreate,
+    *,
+    keyring: Keyring,
+    settings: Settings,
+) -> tuple[Job, list[str]]:
+    """Queue a job; returns it and any warnings (a budget nearly spent)."""
+    if body.gpus and body.gpu_fraction is not None:
+        raise InvalidInput("ask for either whole gpus or a gpu_fraction, not both")
+    if body.workdir_digest is not None:
+        found = session.scalar(
+            select(Blob.id).where(Blob.project_id == project.id, Blob.digest == body.workdir_digest)
+        )
+        if found is None:
+            raise NotFound(
+                f"project {project.name!r} has no blob sha256:{body.workdir_digest} for the "
+                "working directory: upload it first"
+            )
+    warnings = _check_budget(session, project, utcnow(), settings)
+    job = Job(
+        project_id=project.id,
+        name=body.name,
+        user_id=actor.user_id or None,
+        command=json.dumps(body.command),
+        workdir_digest=body.workdir_digest,
+        env=json.dumps(body.env),
+        cpu_milli=round(body.cpus * 1000),
+        memory_mib=body.memory_mib,
+        gpus=body.gpus,
+        gpu_milli=round(body.gpu_fraction * WHOLE) if body.gpu_fraction else 0,
+        gpu_type=body.gpu_type,
+        gang=body.gang,
+        priority_class=body.priority,
+        priority=PRIORITIES[body.priority],
+        deferrable=body.deferrable,
+        max_runtime_s=body.max_runtime_s,
+        max_retries=body.max_retries,
+        state=JobState.queued,
+        attempts=0,
+        attained_service=0.0,
+        queued_at=utcnow(),
+    )
+    if job.gpu_milli == 0 and body.gpu_fraction:
+        raise InvalidInput("gpu_fraction is below one thousandth of a GPU")
+    if body.gang > 1:
+        raise InvalidInput(
+            "gangs of more than one worker need an executor that supports gangs; the local "
+            "executor does not (the Ray executor will): submit gang=1 or split the job"
+        )
+    reject = _never_fits(session, job, project.name, settings)
+    if reject is not None:
+        raise InvalidInput(f"this job can never run here: {reject}")
+    session.add(job)
+    session.flush()
+    if body.secrets:
+        key = keyring.data_key(session, project.id)
+        job.secrets_sealed = seal(key, json.dumps(body.secrets).encode(), _secrets_aad(project.id))
+    return job, warnings
+
+
+def _never_fits(session: Session, job: Job, project: str, settings: Settings) -> str | None:
+    """The policy's reject reason for ``job`` on the registered nodes, if any."""
+    from underlay.compute.scheduler import policy_config
+    from underlay.compute.snapshots import idle_cluster
+
+    nodes = idle_cluster(session)
+    if not nodes:
+        return "no node is registered yet; start a node agent (or wait for the local one)"
+    workload = replace(workload_of(job, project, utcnow()), id="new")
+    config = policy_config(settings.compute.policy)
+    decisions = decide(
+        Snapshot(clock=utcnow().timestamp(), nodes=nodes, pending=(workload,), config=config)
+    )
+    for reject in decisions.rejects:
+        if isinstance(reject, Reject):
+            return reject.reason
+    return None
+
+
+def _check_budget(
+    session: Session, project: Project, now: dt.datetime, settings: Settings
+) -> list[str]:
+    status = ledger.budget_status(session, project.id, now, settings)
+    status.raise_if_blocked()
+    return [status.message] if status.state == "warn" else []
+
+
+def secrets_of(session: Session, job: Job, keyring: Keyring) -> dict[str, str]:
+    if job.secrets_sealed is None:
+        return {}
+    key = keyring.data_key(session, job.project_id, create=False)
+    plain = unseal(
+        key, job.secrets_sealed, _secrets_aad(job.project_id), f"secrets of job {job.id}"
+    )
+    value: dict[str, str] = json.loads(plain)
+    return value
+
+
+def read_job(session: Session, job_id: int, project: Project | None = None) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or (project is not None and job.project_id != project.id):
+        where = f" in project {project.name!r}" if project else ""
+        raise NotFound(f"job {job_id} not found{where}")
+    # session.get bypasses the ORM scope hook for identity-map hits: check the scope too
+    scope = session.info["scope"]
+    if not scope.allows(job.project_id):
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    *,
+    project: Project | None = None,
+    states: list[str] | None = None,
+    limit: int = 100,
+) -> list[Job]:
+    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if project is not None:
+        query = query.where(Job.project_id == project.id)
+    if states:
+        query = query.where(Job.state.in_(states))
+    return list(session.scalars(query))
+
+
+def transition(
+    session: Session,
+    audit: AuditLog,
+    job: Job,
+    new: JobState,
+    reason: str,
+    *,
+    actor: str = "scheduler",
+) -> None:
+    """Move ``job`` to ``new`` (checked against the state machine) and audit it."""
+    previous = job.state
+    check_transition(job.id, previous, new)
+    now = utcnow()
+    job.state = new
+    job.reason = reason[:1000]
+    if new == JobState.queued:
+        job.queued_at = now
+        job.placement = None
+        job.stop_requested = None
+        job.stop_deadline = None
+    elif new == JobState.admitted:
+        job.admitted_at = now
+    elif new == JobState.running:
+        job.started_at = job.started_at or now
+    if is_final(new, job.attempts, job.max_retries) or new in (
+        JobState.succeeded,
+        JobState.cancelled,
+    ):
+        job.finished_at = now
+    project = session.get(Project, job.project_id)
+    audit.append(
+        session,
+        actor=actor[:64],
+        action=f"job.{new}",
+        resource=f"project:{project.name if project else job.project_id}/job:{job.id}",
+        project=project.name if project else None,
+        outcome="ok",
+        detail={"from": previous, "reason": reason[:300]},
+    )
+
+
+def cancel_job(session: Session, audit: AuditLog, job: Job, actor: Actor, grace_s: float) -> Job:
+    """Cancel at once if it holds nothing; otherwise ask its node to stop it within the grace."""
+    if job.state == JobState.queued:
+        transition(
+            session, audit, job, JobState.cancelled, f"cancelled by {actor.name}", actor=actor.name
+        )
+    elif job.state in ACTIVE:
+        if job.stop_requested != "cancel":
+            job.stop_requested = "cancel"
+            job.stop_deadline = utcnow() + dt.timedelta(seconds=grace_s)
+            job.reason = f"cancelling (requested by {actor.name})"
+    else:
+        raise Conflict(f"job {job.id} is {job.state} already; there is nothing to cancel")
+    return job
+
+
+def current_attempt(session: Session, job: Job) -> JobAttempt | None:
+    return session.scalar(
+        select(JobAttempt).where(JobAttempt.job_id == job.id, JobAttempt.number == job.attempts)
+    )
+
+
+def render(session: Session, job: Job, warnings: list[str] | None = None) -> JobRead:
+    project = session.get(Project, job.project_id)
+    user = session.get(User, job.user_id) if job.user_id else None
+    node = None
+    if job.placement:
+        node = json.loads(job.placement).get("node")
+    return JobRead(
+        id=job.id,
+        project=project.name if project else "",
+        name=job.name,
+        user=user.name if user else None,
+        command=json.loads(job.command),
+        state=job.state,
+        reason=job.reason,
+        cpus=job.cpu_milli / 1000,
+        memory_mib=int(job.memory_mib),
+        gpus=job.gpus,
+        gpu_fraction=job.gpu_milli / WHOLE if job.gpu_milli else None,
+        gpu_type=job.gpu_type,
+        gang=job.gang,
+        priority=job.priority_class,
+        deferrable=job.deferrable,
+        max_runtime_s=job.max_runtime_s,
+        max_retries=job.max_retries,
+        attempts=job.attempts,
+        exit_code=job.exit_code,
+        borrowed=job.borrowed,
+        node=node,
+        submitted_at=job.submitted_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        warnings=warnings or [],
+    )
+
+
+def nodes_exist(session: Session) -> bool:
+    return session.scalar(select(NodeRow.id).limit(1)) is not None

@@ -1,0 +1,118 @@
+"""The live scheduling loop: snapshot the store, call the policy, apply, repeat.
+
+One loop runs per deployment: every server process may start one, and the one that holds the
+leader lock (a PostgreSQL advisory lock on a dedicated connection, or a file lock beside the
+SQLite database) works while the others wait to take over. Each round is one transaction,
+so a crash mid-apply neither loses nor doubles a placement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import text
+
+from underlay.audit import AuditLog
+from underlay.compute.nodes import mark_lost_nodes
+from underlay.compute.scheduler import decide, policy_config
+from underlay.compute.snapshots import apply_decisions, build_snapshot
+from underlay.config import Settings
+from underlay.store import Database, Scope
+from underlay.store.types import utcnow
+
+log = logging.getLogger(__name__)
+_LEADER_LOCK_ID = 0x756E6C70  # "unlp"
+
+
+def run_round(db: Database, audit: AuditLog, settings: Settings) -> int:
+    """One scheduling round; returns how many jobs it admitted."""
+    config = policy_config(settings.compute.policy)
+    with db.session(Scope.everything()) as session:
+        mark_lost_nodes(session, audit, settings.compute.node_lost_after_s, settings)
+        now = utcnow()
+        snapshot, index = build_snapshot(session, config, now)
+        if not snapshot.pending and not snapshot.running:
+            return 0
+        decisions = decide(snapshot)
+        return apply_decisions(session, audit, decisions, index, now)
+
+
+class SchedulerLoop:
+    """A daemon thread running :func:`run_round` while it holds the leader lock."""
+
+    def __init__(self, db: Database, audit: AuditLog, settings: Settings) -> None:
+        self.db, self.audit, self.settings = db, audit, settings
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="underlay-scheduler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Run a round now (a job was submitted or ended) instead of at the next tick."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with self._leadership():
+                    log.info("scheduler loop is the leader")
+                    self._lead()
+            except Exception:  # keep scheduling whatever one round hit; it is logged
+                log.exception("scheduler loop failed; retrying")
+                self._stop.wait(1.0)
+
+    def _lead(self) -> None:
+        interval = self.settings.compute.loop_interval_s
+        while not self._stop.is_set():
+            try:
+                admitted = run_round(self.db, self.audit, self.settings)
+            except Exception:
+                log.exception("scheduling round failed")
+                admitted = 0
+            if not admitted:
+                self._wake.wait(interval)
+            self._wake.clear()
+
+    @contextlib.contextmanager
+    def _leadership(self) -> Iterator[None]:
+        if self.db.dialect == "postgresql":
+            with self.db.engine.connect() as conn:
+                while not conn.execute(
+                    text("SELECT pg_try_advisory_lock(:k)"), {"k": _LEADER_LOCK_ID}
+                ).scalar():
+                    conn.rollback()
+                    if self._stop.wait(2.0):
+                        break  # _lead sees the stop and returns at once
+                conn.commit()
+                yield
+            return
+        with self._file_lock(self.settings.home / ".scheduler.lock"):
+            yield
+
+    @contextlib.contextmanager
+    def _file_lock(self, path: Path) -> Iterator[None]:
+        with path.open("w") as handle:
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if self._stop.wait(2.0):
+                        yield  # _lead sees the stop and returns at once
+                        return
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,221 @@
+"""Request and response shapes of the compute resources, shared by the API and the SDK."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+PriorityClass = Literal["low", "normal", "high"]
+PRIORITIES: dict[str, int] = {"low": -10, "normal": 0, "high": 10}
+EnvName = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class JobCreate(_In):
+    command: list[str] = Field(min_length=1, max_length=1024, description="argv to run.")
+    name: str = Field(default="", max_length=128)
+    env: dict[str, str] = Field(default_factory=dict, max_length=256)
+    secrets: dict[str, str] = Field(
+        default_factory=dict, max_length=64, description="Encrypted at rest, never logged."
+    )
+    workdir_digest: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$", description="A tar.gz blob of the project."
+    )
+    cpus: float = Field(default=1.0, gt=0, le=1024, description="CPUs per worker.")
+    memory_mib: int = Field(default=512, ge=16, le=16 * 1024 * 1024)
+    gpus: int = Field(default=0, ge=0, le=64, description="Whole accelerators per worker.")
+    gpu_fraction: float | None = Field(
+        default=None, gt=0, le=1, description="A share of one accelerator, instead of gpus."
+    )
+    gpu_type: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    gang: int = Field(default=1, ge=1, le=1024, description="Workers that start together.")
+    priority: PriorityClass = "normal"
+    deferrable: bool = Field(default=False, description="May wait for a low-carbon window.")
+    max_runtime_s: float | None = Field(default=None, gt=0, le=30 * 86400)
+    max_retries: int = Field(default=0, ge=0, le=10)
+
+    @field_validator("command")
+    @classmethod
+    def _argv(cls, value: list[str]) -> list[str]:
+        if not value[0]:
+            raise ValueError("the command's first word must not be empty")
+        if sum(len(a) for a in value) > 65536 or any("\x00" in a for a in value):
+            raise ValueError("the command is longer than 64 KiB or contains NUL")
+        return value
+
+    @field_validator("env", "secrets")
+    @classmethod
+    def _names(cls, value: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for key, item in value.items():
+            if not re.fullmatch(EnvName, key) or key.startswith("UNDERLAY_"):
+                raise ValueError(f"{key[:40]!r} is not an allowed variable name")
+            if len(item) > 32768 or "\x00" in item:
+                raise ValueError(f"value of {key} is longer than 32 KiB or contains NUL")
+        return value
+
+
+class JobRead(_Out):
+    id: int
+    project: str
+    name: str
+    user: str | None
+    command: list[str]
+    state: str
+    reason: str
+    cpus: float
+    memory_mib: int
+    gpus: int
+    gpu_fraction: float | None
+    gpu_type: str | None
+    gang: int
+    priority: str
+    deferrable: bool
+    max_runtime_s: float | None
+    max_retries: int
+    attempts: int
+    exit_code: int | None
+    borrowed: bool
+    node: str | None
+    submitted_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    warnings: list[str] = []
+
+
+class AcceleratorRead(_Out):
+    index: int
+    uuid: str
+    vendor: str
+    type: str
+    memory_mib: int
+    memory_used_mib: int
+    utilization: float
+    power_watts: float | None
+    temperature_c: float | None
+    ecc_errors: int
+    healthy: bool
+    health_reason: str
+    simulated: bool
+
+
+class NodeRead(_Out):
+    name: str
+    hostname: str
+    cpu_milli: int
+    memory_mib: int
+    cpu_utilization: float
+    status: str
+    status_reason: str
+    simulated: bool
+    heartbeat_at: dt.datetime
+    accelerators: list[AcceleratorRead] = []
+
+
+class CordonRequest(_In):
+    reason: str = Field(default="cordoned by an operator", max_length=500)
+
+
+class QuotaSet(_In):
+    guaranteed: int = Field(ge=0, le=100000)
+    borrow_limit: int | None = Field(default=None, ge=0, le=100000)
+
+
+class QuotaRead(_Out):
+    accelerator_type: str
+    guaranteed: int
+    borrow_limit: int | None
+
+
+class BudgetSet(_In):
+    gpu_hours_per_month: float | None = Field(default=None, ge=0, le=1e9)
+    money_per_month: float | None = Field(default=None, ge=0, le=1e12)
+    warn_fraction: float = Field(default=0.8, gt=0, le=1)
+
+
+class AttemptStarted(_In):
+    pid: int = Field(ge=1, le=2**31 - 1)
+    pid_started: float = Field(ge=0)
+
+
+class AttemptEnded(_In):
+    state: Literal["succeeded", "failed", "cancelled", "preempted", "lost"]
+    exit_code: int | None = Field(default=None, ge=-255, le=255)
+    reason: str = Field(default="", max_length=1000)
+    wall_s: float = Field(default=0.0, ge=0)
+    cpu_s: float = Field(default=0.0, ge=0)
+    energy_kwh: float | None = Field(default=None, ge=0)
+    energy_estimated: bool = True
+
+
+class LaunchInfo(BaseModel):
+    """What the node agent needs to start one attempt (sent to agents only)."""
+
+    attempt_id: int
+    job_id: int
+    attempt: int
+    project: str
+    command: list[str]
+    env: dict[str, str]
+    secrets: dict[str, str]
+    workdir_digest: str | None
+    cpu_milli: int
+    memory_mib: int
+    gpu_indexes: list[int]
+    gpu_uuids: list[str]
+    gpu_fraction: float | None
+    max_runtime_s: float | None
+
+
+class AttemptRef(BaseModel):
+    attempt_id: int
+    job_id: int
+    attempt: int
+    pid: int | None
+    pid_started: float | None
+    stop: Literal["cancel", "preempt"] | None = None
+    stop_reason: str = ""
+    grace_s: float = 0.0
+
+
+class AgentWork(BaseModel):
+    """The server's answer to a heartbeat: what this node should start, watch and stop."""
+
+    node_status: str
+    launch: list[LaunchInfo] = []
+    running: list[AttemptRef] = []
+
+
+class UsageRead(BaseModel):
+    key: str | None = None
+    attempts: int
+    jobs: int
+    wall_hours: float
+    cpu_hours: float
+    gpu_hours: float
+    energy_kwh: float
+    energy_estimated: bool
+    cost: float
+    currency: str
+    carbon_kg: float
+
+
+class AlertRead(_Out):
+    id: int
+    kind: str
+    project_id: int | None
+    job_id: int | None
+    subject: str
+    message: str
+    created_at: dt.datetime
+    resolved_at: dt.datetime | None
