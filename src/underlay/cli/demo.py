@@ -64,6 +64,11 @@ def serve(home: Path, admin_token: str, port: int) -> Iterator[tuple[str, float]
         "UNDERLAY_HOME": str(home),
         "UNDERLAY_ADMIN_TOKEN": admin_token,
         "UNDERLAY_SECURITY__AUDIT_CHECKPOINT_EVERY": "5",  # show signed checkpoints early
+        # no GPU needed: the demo node declares two simulated A100s (marked so everywhere)
+        "UNDERLAY_COMPUTE__SIMULATED_ACCELERATORS": '[{"type": "A100", "count": 2}]',
+        "UNDERLAY_COMPUTE__NODE_NAME": "demo-node",
+        "UNDERLAY_COMPUTE__LOOP_INTERVAL_S": "0.2",
+        "UNDERLAY_COMPUTE__HEARTBEAT_INTERVAL_S": "0.5",
     }
     for key in ("UNDERLAY_STORE__URL", "UNDERLAY_BLOBS__URL", "UNDERLAY_URL", "UNDERLAY_TOKEN"):
         env.pop(key, None)
@@ -153,6 +158,38 @@ def _isolation(ctx: DemoContext) -> None:
             raise AssertionError("bob could read another project's blobs")
 
 
+def _scheduled_job(ctx: DemoContext) -> None:
+    import sys
+
+    alice: Client = ctx.state["alice"]
+    for node in ctx.admin.list_nodes():
+        accs = ", ".join(
+            f"{a.type}{' (simulated)' if a.simulated else ''}" for a in node.accelerators
+        )
+        ctx.say(f"node {node.name}: {node.cpu_milli / 1000:g} CPUs, {accs or 'no accelerators'}")
+    code = "import time; time.sleep(1); print('trained on half an A100')"
+    job = alice.submit_job(
+        "vision",
+        [sys.executable, "-c", code],
+        name="train",
+        gpu_fraction=0.5,
+        gpu_type="A100",
+        cpus=1,
+    )
+    done = alice.wait_job("vision", job.id, timeout_s=120)
+    log = b"".join(alice.job_logs("vision", job.id)).decode().strip().splitlines()[-1]
+    ctx.say(f"job {job.id} {done.state} on {done.node}: {log!r}")
+    if done.state != "succeeded":
+        raise AssertionError(done.reason)
+    (usage,) = alice.usage(project="vision")
+    label = " (estimate)" if usage.energy_estimated else ""
+    ctx.say(
+        f"usage: {usage.wall_hours * 3600:.1f} s wall, {usage.gpu_hours * 3600:.1f} "
+        f"GPU-seconds, {usage.energy_kwh * 1000:.2f} Wh{label}, {usage.cost:.4f} "
+        f"{usage.currency}, {usage.carbon_kg * 1000:.2f} gCO2e"
+    )
+
+
 def _audit(ctx: DemoContext) -> None:
     report = ctx.admin.verify_audit()
     denied = ctx.admin.list_audit(outcome="denied")
@@ -169,6 +206,7 @@ STEPS: list[Step] = [
     Step("Store and read back an encrypted blob", _encrypted_blob),
     Step("Record and show lineage", _lineage),
     Step("Tenant isolation", _isolation),
+    Step("Run a job through the scheduler and bill it", _scheduled_job),
     Step("Verify the audit log", _audit),
 ]
 
