@@ -1,35 +1,26 @@
-"""The ledger: usage arithmetic, billing once per attempt, summaries inside the tenant scope,
-budgets, alerts and idle-GPU detection. Database tests run on SQLite and PostgreSQL."""
+"""The ledger (usage arithmetic, billing once per attempt, summaries inside the tenant scope),
+budgets and alerts. Database tests run on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from underlay.compute.inventory import AcceleratorInfo
+from underlay.compute.alerts import list_alerts, record_alert, resolve_alert, resolve_alert_by_id
+from underlay.compute.budgets import budget_status, set_budget
 from underlay.compute.ledger import (
-    GpuHold,
-    GpuSample,
-    IdleTracker,
     Usage,
     attempt_usage,
     attempt_usage_for,
     bill_attempt,
-    budget_status,
-    idle_gpu_alerts,
     integrate_power_kwh,
     intensity_at,
-    list_alerts,
     price_for,
-    record_alert,
-    resolve_alert,
-    resolve_alert_by_id,
-    set_budget,
     usage_summary,
 )
 from underlay.compute.models import Alert, Job, JobAttempt
@@ -552,52 +543,3 @@ def test_alerts_stay_inside_the_tenant_scope(world: World) -> None:
         assert len(s.scalars(select(Alert).where(Alert.kind == "budget")).all()) == 2
         assert len(list_alerts(s)) == 3
         assert len(list_alerts(s, project_id=world.speech)) == 1
-
-
-# -- idle GPUs ------------------------------------------------------------------------------
-
-IDLE = compute(idle_gpu_after_s=600, idle_gpu_utilization=0.05)
-
-
-def ticks(util: float | None, start: float, end: float, gpu: int = 0) -> list[GpuSample]:
-    return [GpuSample("n1", gpu, util, float(t)) for t in range(int(start), int(end) + 1, 60)]
-
-
-def test_a_gpu_idle_long_enough_flags_its_attempt() -> None:
-    tracker, hold = IdleTracker(), [GpuHold(7, "n1", (0, 1), since=0.0)]
-    assert idle_gpu_alerts(IDLE, tracker, ticks(0.0, 0, 540) + ticks(0.9, 0, 540, 1), hold) == []
-    flagged = idle_gpu_alerts(IDLE, tracker, ticks(0.04, 600, 600) + ticks(0.9, 600, 600, 1), hold)
-    assert [(f.attempt_id, f.idle_indexes, f.idle_s) for f in flagged] == [(7, (0,), 600.0)]
-    assert flagged[0].subject == "attempt 7"
-    assert flagged[0].message(0.05).startswith("attempt 7 holds GPU 0 on n1 at or below 5%")
-
-
-def test_a_busy_moment_restarts_the_idle_clock() -> None:
-    tracker, hold = IdleTracker(), [GpuHold(7, "n1", (0,), since=0.0)]
-    samples = ticks(0.0, 0, 300) + ticks(0.8, 360, 360) + ticks(0.0, 420, 960)
-    assert idle_gpu_alerts(IDLE, tracker, samples, hold) == []
-    assert idle_gpu_alerts(IDLE, tracker, ticks(0.0, 1020, 1020), hold)[0].idle_s == 600
-
-
-def test_idle_time_counts_from_when_the_attempt_took_the_gpu() -> None:
-    tracker = IdleTracker()
-    idle_gpu_alerts(IDLE, tracker, ticks(0.0, 0, 1200), [])
-    assert idle_gpu_alerts(IDLE, tracker, [], [GpuHold(8, "n1", (0,), since=900.0)]) == []
-    flagged = idle_gpu_alerts(IDLE, tracker, ticks(0.0, 1500, 1500), [GpuHold(8, "n1", (0,), 900)])
-    assert flagged[0].idle_s == 600
-
-
-def test_unknown_utilisation_and_gaps_never_flag() -> None:
-    tracker, hold = IdleTracker(), [GpuHold(9, "n1", (0,), since=0.0)]
-    mig = AcceleratorInfo(index=0, uuid="GPU-m", vendor="nvidia", type="A100", memory_mib=1,
-                          mig=True)  # fmt: skip
-    samples = [GpuSample.of("n1", mig, float(t)) for t in range(0, 1201, 60)]
-    assert samples[0].utilization is None  # NVML cannot tell utilisation under MIG
-    assert idle_gpu_alerts(IDLE, tracker, samples, hold) == []
-    plain = GpuSample.of("n1", replace(mig, mig=False, utilization=0.01), 5.0)
-    assert (plain.index, plain.utilization, plain.at) == (0, 0.01, 5.0)
-    tracker = IdleTracker()
-    idle_gpu_alerts(IDLE, tracker, ticks(0.0, 0, 300), hold)
-    # the node was silent for longer than the idle period: start afresh
-    assert idle_gpu_alerts(IDLE, tracker, ticks(0.0, 1000, 1500), hold) == []
-    assert idle_gpu_alerts(IDLE, tracker, ticks(0.0, 1600, 1600), hold)[0].idle_s == 600

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from underlay.audit import AuditLog
-from underlay.compute import ledger
+from underlay.compute import budgets
 from underlay.compute.models import Job, JobAttempt, NodeRow
 from underlay.compute.scheduler import WHOLE, Reject, Request, Snapshot, Workload, decide
 from underlay.compute.schemas import PRIORITIES, JobCreate, JobRead
@@ -139,7 +139,7 @@ def _never_fits(session: Session, job: Job, project: str, settings: Settings) ->
 def _check_budget(
     session: Session, project: Project, now: dt.datetime, settings: Settings
 ) -> list[str]:
-    status = ledger.budget_status(session, project.id, now, settings)
+    status = budgets.budget_status(session, project.id, now, settings)
     status.raise_if_blocked()
     return [status.message] if status.state == "warn" else []
 

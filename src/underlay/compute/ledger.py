@@ -30,21 +30,19 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from sqlalchemy import CursorResult, Select, case, func, select, update
 from sqlalchemy.orm import Session
 
-from underlay.compute.inventory import AcceleratorInfo
-from underlay.compute.models import Alert, Budget, Job, JobAttempt
+from underlay.compute.models import Job, JobAttempt
 from underlay.compute.scheduler.snapshot import WHOLE, PowerModel
 from underlay.config import ComputeSettings, Settings
-from underlay.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from underlay.errors import InvalidInput, NotFound, PermissionDenied
 from underlay.store.db import Scope
 from underlay.store.models import Project, User
-from underlay.store.types import utcnow
 
 if TYPE_CHECKING:
     AnySelect = Select[*tuple[Any, ...]]
@@ -54,11 +52,11 @@ PowerSample = tuple[float, float]
 the share of it that the attempt holds)."""
 
 
-def _compute(settings: Settings | ComputeSettings) -> ComputeSettings:
+def compute_settings(settings: Settings | ComputeSettings) -> ComputeSettings:
     return settings.compute if isinstance(settings, Settings) else settings
 
 
-def _utc(when: dt.datetime, name: str) -> dt.datetime:
+def as_utc(when: dt.datetime, name: str) -> dt.datetime:
     if when.tzinfo is None:
         raise InvalidInput(f"{name} must carry a time zone (UTC), got naive {when.isoformat()}")
     return when.astimezone(dt.UTC)
@@ -72,7 +70,7 @@ def price_for(settings: Settings | ComputeSettings, gpu_type: str | None) -> flo
 
     Falls back to the ``'default'`` entry for accelerator types not listed.
     """
-    prices = _compute(settings).prices
+    prices = compute_settings(settings).prices
     key = gpu_type or "default"
     if key in prices:
         return prices[key]
@@ -87,8 +85,8 @@ def price_for(settings: Settings | ComputeSettings, gpu_type: str | None) -> flo
 def intensity_at(settings: Settings | ComputeSettings, when: dt.datetime) -> float:
     """Grid carbon intensity (gCO2e per kWh) at ``when``: the UTC hour's figure if an hourly
     profile is configured, else the flat one."""
-    compute = _compute(settings)
-    hour = _utc(when, "when").hour
+    compute = compute_settings(settings)
+    hour = as_utc(when, "when").hour
     if compute.grid_intensity_hourly is not None:
         return compute.grid_intensity_hourly[hour]
     return compute.grid_intensity_g_per_kwh
@@ -146,8 +144,8 @@ def attempt_usage(
     - CPU energy: ``cpu_energy_j`` (this attempt's part of a RAPL delta) when given, else
       ``cpu_s x compute.cpu_watts_per_core`` (estimated).
     """
-    compute = _compute(settings)
-    start, end = _utc(started_at, "started_at"), _utc(ended_at, "ended_at")
+    compute = compute_settings(settings)
+    start, end = as_utc(started_at, "started_at"), as_utc(ended_at, "ended_at")
     t0, t1 = start.timestamp(), end.timestamp()
     if t1 < t0:
         raise InvalidInput(
@@ -213,11 +211,11 @@ def attempt_usage_for(
     measured (None: estimate it from the power model of the configured simulated accelerators
     of the attempt's type, if any).
     """
-    ended = attempt.ended_at or _utc(now, "now")
+    ended = attempt.ended_at or as_utc(now, "now")
     started = attempt.started_at or ended - dt.timedelta(seconds=report.wall_s)
     sims = [
         sim
-        for sim in _compute(settings).simulated_accelerators
+        for sim in compute_settings(settings).simulated_accelerators
         if attempt.gpu_type in (None, sim.type)
     ]
     model = PowerModel(sims[0].idle_watts, sims[0].busy_watts) if sims else None
@@ -321,15 +319,15 @@ def _piece_carbon_g(compute: ComputeSettings, piece: _Piece) -> float:
 # -- billing --------------------------------------------------------------------------------
 
 
-def _scope(session: Session) -> Scope:
+def scope_of(session: Session) -> Scope:
     scope: Scope | None = session.info.get("scope")
     if scope is None:
         raise PermissionDenied("ledger query without a tenant scope refused")
     return scope
 
 
-def _check_scope(session: Session, project_id: int | None) -> None:
-    scope = _scope(session)
+def check_scope(session: Session, project_id: int | None) -> None:
+    scope = scope_of(session)
     if project_id is None and scope.project_ids is not None:
         raise PermissionDenied("only an unscoped (admin) session may touch cluster-wide rows")
     if project_id is not None and not scope.allows(project_id):
@@ -339,7 +337,7 @@ def _check_scope(session: Session, project_id: int | None) -> None:
 def bill_attempt(session: Session, attempt: JobAttempt, usage: Usage) -> bool:
     """Write ``usage`` into ``attempt`` and mark it billed, once: True if this call billed it,
     False if it was billed already (its usage is left as it was). ``attempt`` is refreshed."""
-    _check_scope(session, attempt.project_id)
+    check_scope(session, attempt.project_id)
     stmt = (
         update(JobAttempt)
         .where(JobAttempt.id == attempt.id, JobAttempt.billed.is_(False))
@@ -399,12 +397,12 @@ class UsageRow:
         return asdict(self) | {"wall_hours": self.wall_hours}
 
 
-def _ended() -> Any:
+def ended_column() -> Any:
     return func.coalesce(JobAttempt.ended_at, JobAttempt.admitted_at)
 
 
 def _scoped(stmt: AnySelect, session: Session) -> AnySelect:
-    ids = _scope(session).project_ids
+    ids = scope_of(session).project_ids
     if ids is not None:
         stmt = stmt.where(JobAttempt.project_id.in_(sorted(ids)))
     return stmt
@@ -454,9 +452,9 @@ def usage_summary(
     if user_id is not None:
         stmt = stmt.where(JobAttempt.user_id == user_id)
     if since is not None:
-        stmt = stmt.where(_ended() >= _utc(since, "since"))
+        stmt = stmt.where(ended_column() >= as_utc(since, "since"))
     if until is not None:
-        stmt = stmt.where(_ended() < _utc(until, "until"))
+        stmt = stmt.where(ended_column() < as_utc(until, "until"))
     if group_cols:
         stmt = stmt.group_by(*group_cols)
     rows = [_usage_row(group_by, tuple(r)) for r in session.execute(stmt)]
@@ -485,383 +483,3 @@ def _usage_row(group_by: GroupBy | None, r: tuple[Any, ...]) -> UsageRow:
         cost=float(cost),
         carbon_kg=float(carbon) / 1000.0,
     )
-
-
-# -- budgets --------------------------------------------------------------------------------
-
-BudgetState = Literal["ok", "warn", "blocked"]
-
-
-def _project(session: Session, project_id: int) -> Project:
-    project = session.get(Project, project_id)
-    if project is None or not _scope(session).allows(project_id):
-        raise NotFound(f"project {project_id} does not exist")
-    return project
-
-
-def set_budget(
-    session: Session,
-    project_id: int,
-    gpu_hours_per_month: float | None = None,
-    money_per_month: float | None = None,
-    warn_fraction: float = 0.8,
-) -> Budget:
-    """Set (or replace) a project's monthly budget; None for a limit means none of that kind.
-
-    Past ``warn_fraction`` of a limit new jobs are accepted with a warning; at the limit they
-    are refused (see :func:`budget_status`).
-    """
-    _project(session, project_id)
-    for name, value in (
-        ("gpu_hours_per_month", gpu_hours_per_month),
-        ("money_per_month", money_per_month),
-    ):
-        if value is not None and (value < 0 or math.isnan(value)):
-            raise InvalidInput(f"{name} must not be negative, got {value}")
-    if not 0.0 < warn_fraction <= 1.0:
-        raise InvalidInput(f"warn_fraction is a fraction in (0, 1], got {warn_fraction}")
-    budget = session.scalars(select(Budget).where(Budget.project_id == project_id)).first()
-    if budget is None:
-        budget = Budget(project_id=project_id)
-        session.add(budget)
-    budget.gpu_hours_per_month = gpu_hours_per_month
-    budget.money_per_month = money_per_month
-    budget.warn_fraction = warn_fraction
-    session.flush()
-    return budget
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetStatus:
-    """A project's use of its monthly budget so far. ``fraction`` is the larger of the used
-    fractions of its limits (None without a budget)."""
-
-    project_id: int
-    project: str
-    month_start: dt.datetime
-    gpu_hours_used: float
-    gpu_hours_limit: float | None
-    money_used: float
-    money_limit: float | None
-    warn_fraction: float | None
-    fraction: float | None
-    state: BudgetState
-    message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def raise_if_blocked(self) -> None:
-        """Raise :class:`~underlay.errors.Conflict` with the message when blocked."""
-        if self.state == "blocked":
-            raise Conflict(
-                f"{self.message}; new jobs are refused until next month "
-                "unless an admin raises the budget"
-            )
-
-
-def month_start(now: dt.datetime) -> dt.datetime:
-    """Midnight UTC on the first of ``now``'s month."""
-    return _utc(now, "now").replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
-def budget_status(
-    session: Session,
-    project_id: int,
-    now: dt.datetime,
-    settings: Settings | ComputeSettings | None = None,
-) -> BudgetStatus:
-    """Month-to-date use against the project's budget: billed attempts that ended this month,
-    plus attempts still unbilled (running) for their time this month. Pass ``settings`` to
-    count those attempts' money too (their GPU-hours always count)."""
-    project = _project(session, project_id)
-    start = month_start(now)
-    gpu_s, money = session.execute(
-        select(
-            func.coalesce(func.sum(JobAttempt.gpu_s), 0.0),
-            func.coalesce(func.sum(JobAttempt.cost), 0.0),
-        ).where(
-            JobAttempt.project_id == project_id,
-            JobAttempt.billed.is_(True),
-            _ended() >= start,
-        )
-    ).one()
-    run_gpu_s, run_money = _unbilled_so_far(session, project_id, start, _utc(now, "now"), settings)
-    gpu_hours = (float(gpu_s) + run_gpu_s) / 3600.0
-    used_money = float(money) + run_money
-    budget = session.scalars(select(Budget).where(Budget.project_id == project_id)).first()
-    currency = f" {_compute(settings).currency}" if settings is not None else ""
-    fraction, state, message = _judge(project.name, budget, gpu_hours, used_money, currency)
-    return BudgetStatus(
-        project_id=project_id,
-        project=project.name,
-        month_start=start,
-        gpu_hours_used=gpu_hours,
-        gpu_hours_limit=budget.gpu_hours_per_month if budget else None,
-        money_used=used_money,
-        money_limit=budget.money_per_month if budget else None,
-        warn_fraction=budget.warn_fraction if fraction is not None and budget else None,
-        fraction=fraction,
-        state=state,
-        message=message,
-    )
-
-
-def _judge(
-    project: str, budget: Budget | None, gpu_hours: float, money: float, currency: str
-) -> tuple[float | None, BudgetState, str]:
-    """The used fraction of the tighter limit, the state, and the message saying so."""
-    dims = []  # (fraction, what)
-    if budget is not None and budget.gpu_hours_per_month is not None:
-        limit = budget.gpu_hours_per_month
-        dims.append((_fraction(gpu_hours, limit), f"used {gpu_hours:.1f} of {limit:g} GPU-hours"))
-    if budget is not None and budget.money_per_month is not None:
-        limit = budget.money_per_month
-        dims.append((_fraction(money, limit), f"spent {money:.2f} of {limit:.2f}{currency}"))
-    if budget is None or not dims:
-        return None, "ok", f"project {project} has no budget"
-    fraction, what = max(dims, key=lambda d: d[0])
-    message = f"project {project} {what} this month ({fraction:.0%})"
-    if fraction >= 1.0:
-        return fraction, "blocked", message
-    if fraction >= budget.warn_fraction:
-        return fraction, "warn", f"{message}, past the {budget.warn_fraction:.0%} warning"
-    return fraction, "ok", message
-
-
-def _fraction(used: float, limit: float) -> float:
-    if limit > 0:
-        return used / limit
-    return 1.0  # a zero budget allows nothing
-
-
-def _unbilled_so_far(
-    session: Session,
-    project_id: int,
-    start: dt.datetime,
-    now: dt.datetime,
-    settings: Settings | ComputeSettings | None,
-) -> tuple[float, float]:
-    """GPU-seconds and money of started, unbilled attempts between ``start`` and ``now``."""
-    rows = session.execute(
-        select(
-            JobAttempt.started_at,
-            JobAttempt.ended_at,
-            JobAttempt.gpu_share_milli,
-            JobAttempt.cpu_milli,
-            JobAttempt.gpu_type,
-        ).where(
-            JobAttempt.project_id == project_id,
-            JobAttempt.billed.is_(False),
-            JobAttempt.started_at.is_not(None),
-        )
-    )
-    gpu_s = money = 0.0
-    for started, ended, share, cpu_milli, gpu_type in rows:
-        if started is None:
-            continue
-        seconds = (min(ended or now, now) - max(started, start)).total_seconds()
-        if seconds <= 0:
-            continue
-        gpu_s += seconds * share / WHOLE
-        if settings is not None:
-            if share:
-                money += seconds * share / WHOLE / 3600.0 * price_for(settings, gpu_type)
-            money += seconds * cpu_milli / 1000.0 / 3600.0 * price_for(settings, "cpu")
-    return gpu_s, money
-
-
-# -- alerts ---------------------------------------------------------------------------------
-
-
-def record_alert(
-    session: Session,
-    kind: str,
-    message: str,
-    project_id: int | None = None,
-    job_id: int | None = None,
-    subject: str = "",
-) -> tuple[Alert, bool]:
-    """Raise an alert, unless one of the same kind, subject and project is still unresolved:
-    then that one gets the new message. Returns the alert and whether it is new (notify then).
-    An alert without a project is cluster-wide and needs an unscoped session."""
-    _check_scope(session, project_id)
-    if not kind:
-        raise InvalidInput("an alert needs a kind, e.g. 'idle-gpu'")
-    same_project = (
-        Alert.project_id.is_(None) if project_id is None else Alert.project_id == project_id
-    )
-    existing = session.scalars(
-        _alerts_in_scope(session).where(
-            Alert.kind == kind,
-            Alert.subject == subject,
-            same_project,
-            Alert.resolved_at.is_(None),
-        )
-    ).first()
-    if existing is not None:
-        existing.message = message[:1000]
-        session.flush()
-        return existing, False
-    alert = Alert(
-        kind=kind,
-        subject=subject[:255],
-        message=message[:1000],
-        project_id=project_id,
-        job_id=job_id,
-    )
-    session.add(alert)
-    session.flush()
-    return alert, True
-
-
-def _alerts_in_scope(session: Session) -> Select[Alert]:
-    stmt = select(Alert)
-    ids = _scope(session).project_ids
-    if ids is not None:
-        stmt = stmt.where(Alert.project_id.in_(sorted(ids)))
-    return stmt
-
-
-def list_alerts(
-    session: Session, *, project_id: int | None = None, unresolved: bool = True
-) -> list[Alert]:
-    """Alerts the session may see (a scoped session sees its projects' only), newest first."""
-    stmt = _alerts_in_scope(session)
-    if project_id is not None:
-        stmt = stmt.where(Alert.project_id == project_id)
-    if unresolved:
-        stmt = stmt.where(Alert.resolved_at.is_(None))
-    return list(session.scalars(stmt.order_by(Alert.created_at.desc(), Alert.id.desc())))
-
-
-def resolve_alert_by_id(session: Session, alert_id: int, now: dt.datetime | None = None) -> Alert:
-    """Mark an alert resolved (again resolving one is harmless)."""
-    alert = session.scalars(_alerts_in_scope(session).where(Alert.id == alert_id)).first()
-    if alert is None:
-        raise NotFound(f"alert {alert_id} does not exist")
-    if alert.resolved_at is None:
-        alert.resolved_at = _utc(now, "now") if now is not None else utcnow()
-        session.flush()
-    return alert
-
-
-def resolve_alert(session: Session, kind: str, subject: str, now: dt.datetime | None = None) -> int:
-    """Resolve the unresolved alerts of ``kind`` about ``subject`` (the condition cleared);
-    returns how many."""
-    alerts = session.scalars(
-        _alerts_in_scope(session).where(
-            Alert.kind == kind, Alert.subject == subject, Alert.resolved_at.is_(None)
-        )
-    ).all()
-    for alert in alerts:
-        alert.resolved_at = _utc(now, "now") if now is not None else utcnow()
-    session.flush()
-    return len(alerts)
-
-
-# -- idle GPUs ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class GpuSample:
-    """One accelerator's utilisation at ``at`` (epoch seconds); None: unknown (e.g. MIG)."""
-
-    node: str
-    index: int
-    utilization: float | None
-    at: float
-
-    @classmethod
-    def of(cls, node: str, acc: AcceleratorInfo, at: float) -> GpuSample:
-        """A probed accelerator's sample; under MIG NVML cannot tell utilisation: unknown."""
-        return cls(node, acc.index, None if acc.mig else acc.utilization, at)
-
-
-@dataclass(frozen=True, slots=True)
-class GpuHold:
-    """A running attempt holds ``gpu_indexes`` on ``node`` since ``since`` (epoch seconds)."""
-
-    attempt_id: int
-    node: str
-    gpu_indexes: tuple[int, ...]
-    since: float
-
-
-@dataclass(frozen=True, slots=True)
-class IdleGpu:
-    """A running attempt whose GPUs ``idle_indexes`` have been idle ``idle_s`` seconds."""
-
-    attempt_id: int
-    node: str
-    idle_indexes: tuple[int, ...]
-    idle_s: float
-
-    @property
-    def subject(self) -> str:
-        """The alert subject (one alert per attempt, de-duplicated)."""
-        return f"attempt {self.attempt_id}"
-
-    def message(self, threshold: float) -> str:
-        gpus = ", ".join(str(i) for i in self.idle_indexes)
-        return (
-            f"attempt {self.attempt_id} holds GPU {gpus} on {self.node} at or below "
-            f"{threshold:.0%} utilisation for {self.idle_s / 60:.0f} min; "
-            "free it if it is not needed"
-        )
-
-
-@dataclass
-class IdleTracker:
-    """Per GPU ``(node, index)``: since when it has been idle, and when it was last seen.
-
-    Keep one between ticks; it only grows with the GPUs sampled, and a GPU unseen for longer
-    than the idle period starts afresh.
-    """
-
-    low_since: dict[tuple[str, int], float] = field(default_factory=dict)
-    last_seen: dict[tuple[str, int], float] = field(default_factory=dict)
-
-
-def idle_gpu_alerts(
-    settings: Settings | ComputeSettings,
-    tracker: IdleTracker,
-    samples: Iterable[GpuSample],
-    holds: Iterable[GpuHold],
-) -> list[IdleGpu]:
-    """Feed ``samples`` into ``tracker`` and return the held GPUs idle for too long.
-
-    A GPU is idle while its utilisation is at or below ``compute.idle_gpu_utilization``; an
-    attempt is flagged when one of its GPUs has been idle, since it took the GPU, for at least
-    ``compute.idle_gpu_after_s`` of sample time (the clock of the samples, not the wall).
-    """
-    compute = _compute(settings)
-    after = compute.idle_gpu_after_s
-    for s in sorted(samples, key=lambda s: s.at):
-        key = (s.node, s.index)
-        previous = tracker.last_seen.get(key)
-        gap = previous is None or s.at - previous > after
-        tracker.last_seen[key] = s.at
-        if s.utilization is None or s.utilization > compute.idle_gpu_utilization:
-            tracker.low_since.pop(key, None)
-        elif gap or key not in tracker.low_since:
-            tracker.low_since[key] = s.at
-    flagged = []
-    for hold in holds:
-        idle: list[tuple[int, float]] = []
-        for index in hold.gpu_indexes:
-            key = (hold.node, index)
-            if key in tracker.low_since:
-                seconds = tracker.last_seen[key] - max(tracker.low_since[key], hold.since)
-                if seconds >= after:
-                    idle.append((index, seconds))
-        if idle:
-            flagged.append(
-                IdleGpu(
-                    hold.attempt_id,
-                    hold.node,
-                    tuple(i for i, _ in idle),
-                    min(s for _, s in idle),
-                )
-            )
-    return flagged

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from underlay import identity
 from underlay.audit import AuditLog
-from underlay.compute import ledger
+from underlay.compute import alerts, ledger
 from underlay.compute.inventory import NodeInventory, assess
 from underlay.compute.jobs import secrets_of, transition
 from underlay.compute.models import AcceleratorRow, Job, JobAttempt, NodeRow
@@ -118,15 +118,16 @@ def _track_idle_gpus(session: Session, node: NodeRow, settings: Settings, now: d
     for acc in accs:
         job_holding = held.get(acc.index)
         subject = f"{node.name}/gpu{acc.index}"
-        if job_holding is None or acc.utilization > limit:
+        # NVML cannot report a MIG slice's utilisation: never call one idle
+        if job_holding is None or acc.mig or acc.utilization > limit:
             if acc.idle_since is not None:
                 acc.idle_since = None
-                ledger.resolve_alert(session, "idle_gpu", subject)
+                alerts.resolve_alert(session, "idle_gpu", subject)
             continue
         acc.idle_since = acc.idle_since or now
         idle_s = (now - acc.idle_since).total_seconds()
         if idle_s >= settings.compute.idle_gpu_after_s:
-            ledger.record_alert(
+            alerts.record_alert(
                 session,
                 "idle_gpu",
                 f"job {job_holding.id} holds GPU {acc.index} ({acc.type}) of node {node.name} "

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query
 
 from underlay import identity
 from underlay.api.deps import Ctx
-from underlay.compute import ledger
+from underlay.compute import alerts
 from underlay.compute.schemas import AlertRead
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
@@ -25,11 +25,11 @@ def list_alerts(
         project_id = None
         if project is not None:
             project_id = identity.read_project(u.session, project, ctx.actor).id
-        rows = ledger.list_alerts(u.session, project_id=project_id, unresolved=not resolved)
+        rows = alerts.list_alerts(u.session, project_id=project_id, unresolved=not resolved)
         return [AlertRead.model_validate(a) for a in rows]
 
 
 @router.post("/{alert_id}/resolve", response_model=AlertRead)
 def resolve_alert(alert_id: Annotated[int, Path(ge=1, le=2**31 - 1)], ctx: Ctx) -> AlertRead:
     with ctx.unit("alert.resolve", f"alert:{alert_id}") as u:
-        return AlertRead.model_validate(ledger.resolve_alert_by_id(u.session, alert_id))
+        return AlertRead.model_validate(alerts.resolve_alert_by_id(u.session, alert_id))

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 
 from underlay import identity
 from underlay.api.deps import Ctx
-from underlay.compute import ledger, quotas
+from underlay.compute import budgets, ledger, quotas
 from underlay.compute.schemas import BudgetSet, QuotaRead, QuotaSet, UsageRead
 from underlay.identity import Action, authorize
 from underlay.store.types import utcnow
@@ -42,7 +42,7 @@ def list_quotas(project: str, ctx: Ctx) -> list[QuotaRead]:
 def set_budget(project: str, body: BudgetSet, ctx: Ctx) -> dict[str, Any]:
     with ctx.unit("budget.set", f"project:{project}/budget", project=project) as u:
         found = identity.read_project(u.session, project, ctx.actor, Action.manage)
-        ledger.set_budget(
+        budgets.set_budget(
             u.session,
             found.id,
             gpu_hours_per_month=body.gpu_hours_per_month,
@@ -50,14 +50,14 @@ def set_budget(project: str, body: BudgetSet, ctx: Ctx) -> dict[str, Any]:
             warn_fraction=body.warn_fraction,
         )
         u.detail = body.model_dump()
-        return ledger.budget_status(u.session, found.id, utcnow()).to_dict()
+        return budgets.budget_status(u.session, found.id, utcnow()).to_dict()
 
 
 @router.get("/projects/{project}/budget")
 def read_budget(project: str, ctx: Ctx) -> dict[str, Any]:
     with ctx.unit("budget.read", f"project:{project}/budget", project=project, audited=False) as u:
         found = identity.read_project(u.session, project, ctx.actor)
-        return ledger.budget_status(u.session, found.id, utcnow()).to_dict()
+        return budgets.budget_status(u.session, found.id, utcnow()).to_dict()
 
 
 @router.get("/usage", response_model=list[UsageRead])

@@ -1,0 +1,103 @@
+"""Alerts for owners and admins (an idle GPU held by a job, a budget nearly spent):
+recorded once per open condition, resolved when it clears, visible within tenant scope.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from underlay.compute.ledger import as_utc, check_scope, scope_of
+from underlay.compute.models import Alert
+from underlay.errors import InvalidInput, NotFound
+from underlay.store.types import utcnow
+
+# -- alerts ---------------------------------------------------------------------------------
+
+
+def record_alert(
+    session: Session,
+    kind: str,
+    message: str,
+    project_id: int | None = None,
+    job_id: int | None = None,
+    subject: str = "",
+) -> tuple[Alert, bool]:
+    """Raise an alert, unless one of the same kind, subject and project is still unresolved:
+    then that one gets the new message. Returns the alert and whether it is new (notify then).
+    An alert without a project is cluster-wide and needs an unscoped session."""
+    check_scope(session, project_id)
+    if not kind:
+        raise InvalidInput("an alert needs a kind, e.g. 'idle-gpu'")
+    same_project = (
+        Alert.project_id.is_(None) if project_id is None else Alert.project_id == project_id
+    )
+    existing = session.scalars(
+        _alerts_in_scope(session).where(
+            Alert.kind == kind,
+            Alert.subject == subject,
+            same_project,
+            Alert.resolved_at.is_(None),
+        )
+    ).first()
+    if existing is not None:
+        existing.message = message[:1000]
+        session.flush()
+        return existing, False
+    alert = Alert(
+        kind=kind,
+        subject=subject[:255],
+        message=message[:1000],
+        project_id=project_id,
+        job_id=job_id,
+    )
+    session.add(alert)
+    session.flush()
+    return alert, True
+
+
+def _alerts_in_scope(session: Session) -> Select[Alert]:
+    stmt = select(Alert)
+    ids = scope_of(session).project_ids
+    if ids is not None:
+        stmt = stmt.where(Alert.project_id.in_(sorted(ids)))
+    return stmt
+
+
+def list_alerts(
+    session: Session, *, project_id: int | None = None, unresolved: bool = True
+) -> list[Alert]:
+    """Alerts the session may see (a scoped session sees its projects' only), newest first."""
+    stmt = _alerts_in_scope(session)
+    if project_id is not None:
+        stmt = stmt.where(Alert.project_id == project_id)
+    if unresolved:
+        stmt = stmt.where(Alert.resolved_at.is_(None))
+    return list(session.scalars(stmt.order_by(Alert.created_at.desc(), Alert.id.desc())))
+
+
+def resolve_alert_by_id(session: Session, alert_id: int, now: dt.datetime | None = None) -> Alert:
+    """Mark an alert resolved (again resolving one is harmless)."""
+    alert = session.scalars(_alerts_in_scope(session).where(Alert.id == alert_id)).first()
+    if alert is None:
+        raise NotFound(f"alert {alert_id} does not exist")
+    if alert.resolved_at is None:
+        alert.resolved_at = as_utc(now, "now") if now is not None else utcnow()
+        session.flush()
+    return alert
+
+
+def resolve_alert(session: Session, kind: str, subject: str, now: dt.datetime | None = None) -> int:
+    """Resolve the unresolved alerts of ``kind`` about ``subject`` (the condition cleared);
+    returns how many."""
+    alerts = session.scalars(
+        _alerts_in_scope(session).where(
+            Alert.kind == kind, Alert.subject == subject, Alert.resolved_at.is_(None)
+        )
+    ).all()
+    for alert in alerts:
+        alert.resolved_at = as_utc(now, "now") if now is not None else utcnow()
+    session.flush()
+    return len(alerts)
