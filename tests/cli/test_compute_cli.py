@@ -1,0 +1,410 @@
+"""``underlay nodes | jobs | quotas | budget | usage`` as a user runs them: child processes
+against a live server whose built-in node agent declares two simulated A100s.
+
+Jobs are real processes under the local executor; only the accelerators are simulated.
+Failures must print one line starting with ``error:`` and exit non-zero. SQLite only: the
+backends are covered by the service and API tests, here the face is under test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from subprocess import CompletedProcess
+from typing import Any
+
+import pytest
+
+from tests.cli.conftest import CLI, clean_env, run_cli
+from tests.conftest import LiveServer
+from underlay.client import Client
+from underlay.config import ComputeSettings, Settings, SimulatedAccelerator
+
+PY = sys.executable
+Cli = Callable[..., CompletedProcess[str]]
+SECRET = "s3cr3t-value-never-shown"
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """SQLite only for the CLI (overrides the backend-parametrised fixture)."""
+    return f"sqlite:///{tmp_path / 'underlay.db'}"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    settings.compute = ComputeSettings(
+        simulated_accelerators=[
+            SimulatedAccelerator(type="A100", count=2, idle_watts=50, busy_watts=400)
+        ],
+        node_name="node-1",
+        loop_interval_s=0.1,
+        heartbeat_interval_s=0.2,
+        grace_s=3.0,
+    )
+    return settings
+
+
+@pytest.fixture
+def ul(server: LiveServer) -> Iterator[Client]:
+    """The admin's SDK client with project ``vision`` and the node registered; at teardown
+    every job still holding resources is cancelled and waited for, so no process lingers."""
+    with server.client() as c:
+        c.create_project("vision")
+        deadline = time.monotonic() + 30
+        while not c.list_nodes():
+            assert time.monotonic() < deadline, "the local node agent never registered"
+            time.sleep(0.05)
+        yield c
+        for job in c.list_jobs("vision", state=["queued", "admitted", "running"]):
+            c.cancel_job("vision", job.id)
+            c.wait_job("vision", job.id, timeout_s=30)
+
+
+@pytest.fixture
+def cli(server: LiveServer, ul: Client, tmp_path: Path) -> Cli:
+    """Run a CLI command as the admin; ``ok=False`` allows a non-zero exit."""
+    home = tmp_path / "cli-home"
+    home.mkdir()
+
+    def run(
+        *args: str, ok: bool = True, extra: dict[str, str] | None = None, timeout: float = 90
+    ) -> CompletedProcess[str]:
+        env = clean_env(
+            UNDERLAY_URL=server.url, UNDERLAY_TOKEN=server.admin_token, UNDERLAY_HOME=str(home)
+        )
+        env["COLUMNS"] = "400"  # rich tables: no wrapped cells to search across
+        env.update(extra or {})
+        result = run_cli(*args, env=env, timeout=timeout)
+        if ok:
+            assert result.returncode == 0, (args, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr + result.stdout, result.stderr
+        return result
+
+    return run
+
+
+def one_line_error(result: CompletedProcess[str], *fragments: str) -> str:
+    assert result.returncode != 0, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:"), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def py(body: str) -> list[str]:
+    return ["--", PY, "-c", textwrap.dedent(body)]
+
+
+def submit(cli: Cli, *args: str) -> int:
+    out = cli("jobs", "submit", "-p", "vision", *args).stdout.strip()
+    assert out.isdigit(), out
+    return int(out)
+
+
+def wait_until(what: str, check: Callable[[], Any], within_s: float = 60) -> Any:
+    deadline = time.monotonic() + within_s
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"{what} did not happen within {within_s} s"
+        time.sleep(0.1)
+    return value
+
+
+# -- nodes ------------------------------------------------------------------------------------
+
+
+def test_nodes_ls_shows_the_simulated_accelerators(cli: Cli) -> None:
+    out = cli("nodes", "ls").stdout
+    assert "node-1" in out and "ready" in out
+    assert "0:A100 (simulated)" in out and "1:A100 (simulated)" in out
+    (node,) = json.loads(cli("nodes", "ls", "--json").stdout)
+    assert node["name"] == "node-1" and node["simulated"]
+    assert [(a["type"], a["simulated"], a["healthy"]) for a in node["accelerators"]] == [
+        ("A100", True, True)
+    ] * 2
+
+
+def test_cordon_keeps_new_work_off_and_uncordon_lets_it_run(cli: Cli, ul: Client) -> None:
+    assert cli("nodes", "cordon", "node-1", "--reason", "new fans").stdout.strip() == (
+        "cordoned node-1"
+    )
+    assert "cordoned (new fans)" in cli("nodes", "ls").stdout
+    job = submit(cli, "--gpus", "1", *py("print('after maintenance')"))
+    waiting = wait_until("a reason to wait", lambda: ul.read_job("vision", job).reason)
+    assert ul.read_job("vision", job).state == "queued", waiting
+    assert cli("nodes", "uncordon", "node-1").stdout.strip() == "uncordoned node-1"
+    assert cli("jobs", "wait", str(job), "-p", "vision", "--timeout", "60").returncode == 0
+    one_line_error(cli("nodes", "cordon", "node-9", ok=False), "node 'node-9' not found")
+
+
+# -- a job's life through the CLI --------------------------------------------------------------
+
+
+def test_a_job_is_submitted_waited_for_logged_listed_and_billed(cli: Cli) -> None:
+    job = submit(cli, "--gpus", "1", "--name", "hello", *py("print('hi')"))
+    waited = cli("jobs", "wait", str(job), "-p", "vision", "--timeout", "60")
+    assert waited.stdout.startswith(f"job {job}: succeeded")
+    assert "hi\n" in cli("jobs", "logs", str(job), "-p", "vision").stdout
+    rows = json.loads(cli("jobs", "ls", "-p", "vision", "--json").stdout)
+    (row,) = [r for r in rows if r["id"] == job]
+    assert row["state"] == "succeeded" and row["name"] == "hello" and row["exit_code"] == 0
+    assert row["node"] == "node-1" and row["gpus"] == 1
+    shown = json.loads(cli("jobs", "show", str(job), "-p", "vision", "--json").stdout)
+    assert shown["id"] == job and shown["attempts"] == 1
+    (usage,) = json.loads(cli("usage", "-p", "vision", "--json").stdout)
+    assert usage["jobs"] == 1 and usage["attempts"] == 1
+    assert usage["gpu_hours"] > 0 and usage["energy_kwh"] > 0
+    assert usage["cost"] > 0 and usage["carbon_kg"] > 0
+    assert usage["currency"] == "USD" and usage["energy_estimated"] is True
+    table = cli("usage", "-p", "vision").stdout
+    for column in ("gpu_hours", "energy_kwh", "cost", "carbon_kg"):
+        assert column in table
+
+
+def test_a_failing_job_makes_wait_exit_non_zero_with_the_reason(cli: Cli) -> None:
+    job = submit(cli, *py("import sys; sys.exit(3)"))
+    waited = cli("jobs", "wait", str(job), "-p", "vision", "--timeout", "60", ok=False)
+    assert waited.returncode == 1
+    assert waited.stdout.strip() == f"job {job}: failed exited with code 3"
+
+
+def test_an_unsatisfiable_job_is_refused_with_the_policys_reason(cli: Cli, ul: Client) -> None:
+    one_line_error(
+        cli("jobs", "submit", "-p", "vision", "--gpus", "9", "--", "true", ok=False),
+        "this job can never run here: needs 9 GPUs per worker; the largest node has 2",
+    )
+    one_line_error(
+        cli(
+            "jobs",
+            "submit",
+            "-p",
+            "vision",
+            "--gpu-type",
+            "H100",
+            "--gpus",
+            "1",
+            "--",
+            "true",
+            ok=False,
+        ),
+        "no node has accelerator type 'H100'",
+    )
+    one_line_error(
+        cli("jobs", "submit", "-p", "nowhere", "--", "true", ok=False),
+        "project 'nowhere' not found",
+    )
+    assert ul.list_jobs("vision") == []
+
+
+def test_bad_options_are_one_line_errors(cli: Cli, tmp_path: Path) -> None:
+    one_line_error(
+        cli("jobs", "submit", "-p", "vision", "--env", "NOVALUE", "--", "true", ok=False),
+        "NOVALUE",
+        "NAME=VALUE",
+    )
+    one_line_error(
+        cli("jobs", "submit", "-p", "vision", "--cpus", "-1", "--", "true", ok=False), "cpus"
+    )
+    one_line_error(
+        cli("jobs", "submit", "-p", "vision", "--priority", "urgent", "--", "true", ok=False),
+        "priority",
+    )
+    missing = tmp_path / "no-such-folder"
+    one_line_error(
+        cli("jobs", "submit", "-p", "vision", "--workdir", str(missing), "--", "true", ok=False),
+        "no-such-folder",
+    )
+    one_line_error(cli("jobs", "show", "999", "-p", "vision", ok=False), "job 999 not found")
+    one_line_error(cli("jobs", "logs", "999", "-p", "vision", ok=False), "job 999 not found")
+    one_line_error(cli("jobs", "cancel", "999", "-p", "vision", ok=False), "job 999 not found")
+    one_line_error(cli("jobs", "ls", "-p", "vision", "--state", "sleeping", ok=False), "state")
+
+
+def test_a_pending_jobs_reason_shows_in_ls_and_cancel_ends_both(cli: Cli, ul: Client) -> None:
+    holder = submit(
+        cli, "--gpus", "2", *py("import time; print('holding', flush=True); time.sleep(120)")
+    )
+    wait_until("the holder to run", lambda: ul.read_job("vision", holder).state == "running")
+    waiter = submit(cli, "--gpus", "2", *py("print('my turn')"))
+    reason = wait_until("a reason to wait", lambda: ul.read_job("vision", waiter).reason)
+    assert "no healthy node has 2 free A100 GPUs" in reason
+    rows = {r["id"]: r for r in json.loads(cli("jobs", "ls", "-p", "vision", "--json").stdout)}
+    assert rows[waiter]["state"] == "queued" and rows[waiter]["reason"] == reason
+    assert reason in cli("jobs", "ls", "-p", "vision").stdout
+    queued_only = json.loads(
+        cli("jobs", "ls", "-p", "vision", "--state", "queued", "--json").stdout
+    )
+    assert [r["id"] for r in queued_only] == [waiter]
+
+    cancelled = cli("jobs", "cancel", str(waiter), "-p", "vision").stdout.strip()
+    assert cancelled == f"job {waiter}: cancelled cancelled by admin"
+    stopping = cli("jobs", "cancel", str(holder), "-p", "vision").stdout.strip()
+    assert stopping == f"job {holder}: running cancelling (requested by admin)"
+    done = cli("jobs", "wait", str(holder), "-p", "vision", "--timeout", "60", ok=False)
+    assert done.returncode == 1 and done.stdout.startswith(f"job {holder}: cancelled")
+    assert "holding" in cli("jobs", "logs", str(holder), "-p", "vision").stdout
+    again = cli("jobs", "cancel", str(holder), "-p", "vision", ok=False)
+    one_line_error(again, f"job {holder} is cancelled already")
+
+
+def test_logs_follow_streams_until_the_job_ends(
+    cli: Cli, server: LiveServer, tmp_path: Path
+) -> None:
+    release = tmp_path / "release"
+    body = f"""
+        import os, time
+        print("first line", flush=True)
+        while not os.path.exists({str(release)!r}):
+            time.sleep(0.05)
+        print("last line", flush=True)
+    """
+    job = submit(cli, *py(body))
+    env = clean_env(UNDERLAY_URL=server.url, UNDERLAY_TOKEN=server.admin_token)
+    errors = tmp_path / "follow.err"
+    lines: queue.Queue[str] = queue.Queue()
+    seen: list[str] = []
+    with (
+        errors.open("w") as stderr,
+        subprocess.Popen(
+            [*CLI, "jobs", "logs", "-f", str(job), "-p", "vision"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        ) as follower,
+    ):
+
+        def pump() -> None:
+            assert follower.stdout is not None
+            for line in follower.stdout:
+                lines.put(line)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            while "first line\n" not in seen:  # streamed while the job still runs
+                seen.append(lines.get(timeout=60))
+            assert follower.poll() is None  # the job is not over: still following
+            release.touch()
+            follower.wait(60)
+            reader.join(10)
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+                follower.wait(10)
+    while not lines.empty():
+        seen.append(lines.get())
+    assert follower.returncode == 0, errors.read_text()
+    assert seen[-1] == "last line\n"
+    assert seen.count("first line\n") == 1  # no chunk sent twice
+
+
+# -- what a job carries --------------------------------------------------------------------------
+
+
+def test_workdir_is_snapshot_and_the_job_runs_in_it(cli: Cli, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "words.txt").write_text("alpha beta gamma\n")
+    (project / "train.py").write_text(
+        "from pathlib import Path\n"
+        "words = Path('data/words.txt').read_text().split()\n"
+        "print('trained on', len(words), 'words from', Path.cwd().name.split('-')[0])\n"
+    )
+    job = submit(cli, "--workdir", str(project), "--", PY, "train.py")
+    (project / "train.py").write_text("print('edited after submit')\n")  # a snapshot was sent
+    assert cli("jobs", "wait", str(job), "-p", "vision", "--timeout", "60").returncode == 0
+    log = cli("jobs", "logs", str(job), "-p", "vision").stdout
+    assert "trained on 3 words from job" in log and "edited after submit" not in log
+
+
+def test_env_reaches_the_job_and_secrets_are_never_shown(cli: Cli) -> None:
+    body = """
+        import hashlib, os
+        print("greeting", os.environ["GREETING"])
+        for name in ("API_KEY", "FROM_ENV"):
+            print(name, hashlib.sha256(os.environ[name].encode()).hexdigest()[:12])
+    """
+    extra = {"FROM_ENV": SECRET + "-2"}  # --secret NAME reads it from the caller's env
+    submitted = cli(
+        "jobs",
+        "submit",
+        "-p",
+        "vision",
+        "--env",
+        "GREETING=hello",
+        "--secret",
+        f"API_KEY={SECRET}",
+        "--secret",
+        "FROM_ENV",
+        *py(body),
+        extra=extra,
+    )
+    job = int(submitted.stdout)
+    assert cli("jobs", "wait", str(job), "-p", "vision", "--timeout", "60").returncode == 0
+    log = cli("jobs", "logs", str(job), "-p", "vision").stdout
+    assert "greeting hello" in log
+    assert f"API_KEY {hashlib.sha256(SECRET.encode()).hexdigest()[:12]}" in log
+    assert f"FROM_ENV {hashlib.sha256(extra['FROM_ENV'].encode()).hexdigest()[:12]}" in log
+    shown = cli("jobs", "show", str(job), "-p", "vision").stdout
+    shown_json = cli("jobs", "show", str(job), "-p", "vision", "--json").stdout
+    listed = cli("jobs", "ls", "-p", "vision", "--json").stdout
+    audit = cli("audit", "ls", "--json").stdout
+    for text in (shown, shown_json, listed, audit, log):
+        assert SECRET not in text
+
+
+# -- quotas, budgets -----------------------------------------------------------------------------
+
+
+def test_quotas_set_and_ls(cli: Cli) -> None:
+    out = cli("quotas", "set", "vision", "A100", "1", "--borrow-limit", "1").stdout
+    assert out.strip() == "vision: 1 x A100 guaranteed"
+    cli("quotas", "set", "vision", "H100", "4")
+    rows = json.loads(cli("quotas", "ls", "vision", "--json").stdout)
+    assert rows == [
+        {"accelerator_type": "A100", "guaranteed": 1, "borrow_limit": 1},
+        {"accelerator_type": "H100", "guaranteed": 4, "borrow_limit": None},
+    ]
+    table = cli("quotas", "ls", "vision").stdout
+    assert "A100" in table and "H100" in table
+    one_line_error(cli("quotas", "set", "vision", "A 100", "1", ok=False), "accelerator_type")
+    one_line_error(cli("quotas", "set", "nowhere", "A100", "1", ok=False), "nowhere")
+
+
+def test_budget_set_show_and_a_spent_budget_blocks_submit(cli: Cli, ul: Client) -> None:
+    assert cli("budget", "show", "vision").stdout.strip() == "project vision has no budget"
+    out = cli("budget", "set", "vision", "--gpu-hours", "10").stdout.strip()
+    assert out == "project vision used 0.0 of 10 GPU-hours this month (0%)"
+    assert cli("budget", "show", "vision").stdout.strip() == out
+    cli("budget", "set", "vision", "--gpu-hours", "0")  # a zero budget allows nothing
+    shown = cli("budget", "show", "vision").stdout.strip()
+    assert shown == "project vision used 0.0 of 0 GPU-hours this month (100%)"
+    one_line_error(
+        cli("jobs", "submit", "-p", "vision", "--gpus", "1", "--", "true", ok=False),
+        "project vision used 0.0 of 0 GPU-hours this month (100%)",
+        "new jobs are refused until next month unless an admin raises the budget",
+    )
+    assert ul.list_jobs("vision") == []
+    cli("budget", "set", "vision", "--money", "100")
+    assert "spent 0.00 of 100.00" in cli("budget", "show", "vision").stdout
+    submit(cli, "--", "true")
+
+
+def test_budget_show_names_the_currency_as_the_submit_refusal_does(cli: Cli) -> None:
+    cli("budget", "set", "vision", "--money", "0")
+    refused = cli("jobs", "submit", "-p", "vision", "--", "true", ok=False)
+    one_line_error(refused, "project vision spent 0.00 of 0.00 USD this month (100%)")
+    # the same status, read back, must say the same
+    shown = cli("budget", "show", "vision").stdout.strip()
+    assert shown == "project vision spent 0.00 of 0.00 USD this month (100%)"
