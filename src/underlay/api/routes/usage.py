@@ -50,14 +50,14 @@ def set_budget(project: str, body: BudgetSet, ctx: Ctx) -> dict[str, Any]:
             warn_fraction=body.warn_fraction,
         )
         u.detail = body.model_dump()
-        return budgets.budget_status(u.session, found.id, utcnow()).to_dict()
+        return budgets.budget_status(u.session, found.id, utcnow(), ctx.platform.settings).to_dict()
 
 
 @router.get("/projects/{project}/budget")
 def read_budget(project: str, ctx: Ctx) -> dict[str, Any]:
     with ctx.unit("budget.read", f"project:{project}/budget", project=project, audited=False) as u:
         found = identity.read_project(u.session, project, ctx.actor)
-        return budgets.budget_status(u.session, found.id, utcnow()).to_dict()
+        return budgets.budget_status(u.session, found.id, utcnow(), ctx.platform.settings).to_dict()
 
 
 @router.get("/usage", response_model=list[UsageRead])
