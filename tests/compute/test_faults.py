@@ -255,6 +255,43 @@ def _check_reconciled(
     assert sorted(by_job.values()) == [1, 1, 2]
 
 
+def test_an_outage_longer_than_node_lost_after_does_not_lose_live_jobs(
+    tmp_path: Path, folder: Path
+) -> None:
+    """The control plane is down longer than ``node_lost_after_s``: its nodes were silent
+    because it was, not because they died. The live job must be adopted, not lost."""
+    home = tmp_path / "home"
+    release = folder / "release"
+    body = f"""
+        while not Path({str(release)!r}).exists():
+            time.sleep(0.05)
+        print("L-MARKER finished", flush=True)
+    """
+    first = ComputeServer(home, node_lost_after_s=2).start()
+    try:
+        with first.client() as c:
+            c.create_project("p")
+            wait_until("the local node to register", c.list_nodes)
+            job = c.submit_job("p", job_script(folder, "L", body), gpus=1).id
+            _wait_for_log(c, job, "L started attempt 1\n")
+    finally:
+        first.kill()
+    time.sleep(3)  # the outage outlasts node_lost_after_s
+    assert processes_with(f"fault-job-L-{folder.name}")
+    with ComputeServer(home, port=first.port, node_lost_after_s=2) as second, second.client() as c:
+        try:
+            wait_until("node-1 to answer again", lambda: c.list_nodes()[0].status == "ready")
+            release.touch()
+            done = c.wait_job("p", job, timeout_s=60)
+            assert done.state == "succeeded" and done.attempts == 1, done.reason
+            assert "L-MARKER finished" in log_of(c, job)
+            assert runs(folder, "L") == 1
+        finally:
+            for active in c.list_jobs("p", state=["queued", "admitted", "running"]):
+                c.cancel_job("p", active.id)
+                c.wait_job("p", active.id, timeout_s=30)
+
+
 # -- a node that stops answering --------------------------------------------------------------
 
 
