@@ -155,10 +155,11 @@ class ComputeMethods:
             "POST", f"/nodes/{node}/attempts/{attempt_id}/ended", json=report.model_dump()
         )
 
-    def append_logs(self, node: str, attempt_id: int, data: bytes) -> None:
+    def append_logs(self, node: str, attempt_id: int, data: bytes, offset: int) -> None:
         self._request(
             "POST",
             f"/nodes/{node}/attempts/{attempt_id}/logs",
+            params={"offset": offset},
             content=data,
             headers={"Content-Type": "application/octet-stream"},
         )

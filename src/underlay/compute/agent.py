@@ -85,6 +85,18 @@ class NodeAgent:
         inventory = probe_node(self.settings, self.name)
         self._inventory = inventory
         work = self.client.heartbeat(self.name, inventory.to_dict())
+        expected = {r.attempt_id for r in work.running} | {i.attempt_id for i in work.launch}
+        for attempt_id, orphan in list(self.tracked.items()):
+            if attempt_id not in expected and attempt_id not in self.stopping:
+                # the server gave this attempt up (e.g. this node was judged lost): stop it,
+                # or it would run beside its retry
+                self.stopping.add(attempt_id)
+                self.executor.stop(
+                    orphan,
+                    state="lost",
+                    reason="the server gave this attempt up",
+                    grace_s=self.settings.compute.grace_s,
+                )
         for ref in work.running:
             if ref.attempt_id not in self.tracked:
                 self._adopt(ref)
@@ -187,6 +199,7 @@ class NodeAgent:
         )
         self.executor.adopt(pref)  # alive or not, poll() now reports its end
         self.tracked[ref.attempt_id] = pref
+        self.shipped[ref.attempt_id] = ref.log_offset  # resume the log where the server is
         if not ref.pid:
             self.client.attempt_started(self.name, ref.attempt_id, pref.pid, pref.started)
 
@@ -247,6 +260,6 @@ class NodeAgent:
             with contextlib.suppress(OSError), path.open("rb") as handle:
                 handle.seek(offset)
                 while chunk := handle.read(LOG_SHIP_MAX):
-                    self.client.append_logs(self.name, attempt_id, chunk)
+                    self.client.append_logs(self.name, attempt_id, chunk, offset)
                     offset += len(chunk)
             self.shipped[attempt_id] = offset

@@ -16,9 +16,21 @@ def _folder(home: Path, job_id: int) -> Path:
     return home / "logs" / f"job-{int(job_id)}"
 
 
-def append(home: Path, job_id: int, attempt: int, data: bytes) -> None:
+def size(home: Path, job_id: int, attempt: int) -> int:
+    """How many bytes of an attempt's output the server holds."""
+    path = _folder(home, job_id) / f"attempt-{int(attempt)}.log"
+    return path.stat().st_size if path.exists() else 0
+
+
+def append(home: Path, job_id: int, attempt: int, data: bytes, offset: int | None = None) -> None:
+    """Store ``data``, which starts at ``offset`` of the attempt's output; bytes the server
+    holds already (an agent re-sending after a restart) are skipped, so nothing shows twice."""
     folder = _folder(home, job_id)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if offset is not None:
+        held = size(home, job_id, attempt)
+        if offset < held:
+            data = data[held - offset :]
     with (folder / f"attempt-{int(attempt)}.log").open("ab") as handle:
         handle.write(data)
 

@@ -9,6 +9,7 @@ so a crash mid-apply neither loses nor doubles a placement.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import logging
 import threading
@@ -29,12 +30,20 @@ log = logging.getLogger(__name__)
 _LEADER_LOCK_ID = 0x756E6C70  # "unlp"
 
 
-def run_round(db: Database, audit: AuditLog, settings: Settings) -> int:
-    """One scheduling round; returns how many jobs it admitted."""
+def run_round(
+    db: Database, audit: AuditLog, settings: Settings, leader_since: dt.datetime | None = None
+) -> int:
+    """One scheduling round; returns how many jobs it admitted.
+
+    Nodes are judged lost only once this loop has led for ``node_lost_after_s`` itself: after
+    a server outage, heartbeats were missing because the server was down, not the nodes.
+    """
     config = policy_config(settings.compute.policy)
+    lost_after = settings.compute.node_lost_after_s
     with db.session(Scope.everything()) as session:
-        mark_lost_nodes(session, audit, settings.compute.node_lost_after_s, settings)
         now = utcnow()
+        if leader_since is None or (now - leader_since).total_seconds() >= lost_after:
+            mark_lost_nodes(session, audit, lost_after, settings)
         snapshot, index = build_snapshot(session, config, now)
         if not snapshot.pending and not snapshot.running:
             return 0
@@ -75,9 +84,10 @@ class SchedulerLoop:
 
     def _lead(self) -> None:
         interval = self.settings.compute.loop_interval_s
+        leader_since = utcnow()
         while not self._stop.is_set():
             try:
-                admitted = run_round(self.db, self.audit, self.settings)
+                admitted = run_round(self.db, self.audit, self.settings, leader_since)
             except Exception:
                 log.exception("scheduling round failed")
                 admitted = 0

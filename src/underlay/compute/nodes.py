@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from underlay import identity
 from underlay.audit import AuditLog
-from underlay.compute import alerts, ledger
+from underlay.compute import alerts, ledger, logs
 from underlay.compute.inventory import NodeInventory, assess
 from underlay.compute.jobs import secrets_of, transition
 from underlay.compute.models import AcceleratorRow, Job, JobAttempt, NodeRow
@@ -182,6 +182,7 @@ def work_for(
                     stop=stop,
                     stop_reason=job.reason if stop else "",
                     grace_s=grace,
+                    log_offset=logs.size(settings.home, job.id, attempt.number),
                 )
             )
     return AgentWork(node_status=node.status, launch=launch, running=running)

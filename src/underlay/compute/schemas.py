@@ -186,6 +186,7 @@ class AttemptRef(BaseModel):
     stop: Literal["cancel", "preempt"] | None = None
     stop_reason: str = ""
     grace_s: float = 0.0
+    log_offset: int = 0  # bytes of its output the server holds already
 
 
 class AgentWork(BaseModel):

@@ -79,9 +79,10 @@ def _node(row: NodeRow, accs: list[AcceleratorRow], used: dict[str, object] | No
 
 
 def idle_cluster(session: Session) -> tuple[Node, ...]:
-    """Every registered node as if nothing ran on it (for "could this ever fit")."""
+    """Every registered node as if nothing ran on it (for "could this ever fit"). Lost and
+    cordoned nodes count: their hardware is a reason to wait, not to refuse."""
     accs = _accelerators(session)
-    rows = session.scalars(select(NodeRow).where(NodeRow.status != "lost").order_by(NodeRow.name))
+    rows = session.scalars(select(NodeRow).order_by(NodeRow.name))
     return tuple(_node(row, accs[row.id], None) for row in rows)
 
 
@@ -131,9 +132,7 @@ def build_snapshot(
     accs = _accelerators(session)
     nodes = tuple(
         _node(row, accs[row.id], used.get(row.name))
-        for row in session.scalars(
-            select(NodeRow).where(NodeRow.status != "lost").order_by(NodeRow.name)
-        )
+        for row in session.scalars(select(NodeRow).order_by(NodeRow.name))
     )
     quotas = tuple(
         Quota(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from underlay.api.deps import Ctx
 from underlay.compute import logs, nodes
@@ -108,7 +108,11 @@ def attempt_ended(name: NodeName, attempt_id: AttemptId, body: AttemptEnded, ctx
     },
 )
 async def append_logs(
-    name: NodeName, attempt_id: AttemptId, request: Request, ctx: Ctx
+    name: NodeName,
+    attempt_id: AttemptId,
+    request: Request,
+    ctx: Ctx,
+    offset: Annotated[int | None, Query(ge=0, le=2**50)] = None,
 ) -> Response:
     data = await request.body()
     if len(data) > logs.MAX_APPEND:
@@ -119,7 +123,7 @@ async def append_logs(
             authorize(ctx.actor, Action.admin)
             node = nodes.read_node(u.session, name)
             attempt, _ = nodes.read_attempt(u.session, node, attempt_id)
-            logs.append(ctx.platform.settings.home, attempt.job_id, attempt.number, data)
+            logs.append(ctx.platform.settings.home, attempt.job_id, attempt.number, data, offset)
 
     await anyio.to_thread.run_sync(store)
     return Response(status_code=204)
