@@ -37,8 +37,10 @@ import hashlib
 import itertools
 import logging
 import os
+import queue
 import re
 import secrets
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -222,8 +224,8 @@ class BlobStore:
         encryptor = BlobEncryptor(key, self._chunk_size)
         sha = hashlib.sha256()
         size = 0
-        with self._fs.open(path, "wb") as out:
-            out.write(encryptor.header)
+        with self._fs.open(path, "wb") as out, _Writer(out) as writer:
+            writer.write(encryptor.header)
             stored = len(encryptor.header)
             for chunk in _chunks(source, self._chunk_size):
                 size += len(chunk)
@@ -237,8 +239,9 @@ class BlobStore:
                     sealed = encryptor.update(chunk)
                 else:
                     sealed = encryptor.finish(chunk, sha.digest())
-                out.write(sealed)
+                writer.write(sealed)
                 stored += len(sealed)
+            writer.drain()
             if self._local:  # durable before the rename makes it visible
                 out.flush()
                 os.fsync(out.fileno())
@@ -366,6 +369,52 @@ class BlobStore:
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+class _Writer:
+    """Writes sealed chunks on a background thread, so hashing and encrypting the next chunk
+    overlap the write of this one (hashlib, AES-GCM and file writes all release the GIL).
+    At most two chunks wait, so memory stays bounded; a write error surfaces on the next
+    call."""
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="blob-writer", daemon=True)
+
+    def __enter__(self) -> _Writer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._finish()
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._out.write(data)
+                except BaseException as error:  # handed to the producer, which re-raises
+                    self._error = error
+
+    def write(self, data: bytes) -> None:
+        self._check()
+        self._queue.put(data)
+
+    def drain(self) -> None:
+        """Wait until every chunk is written; raise the writer's error, if any."""
+        self._finish()
+        self._check()
+
+    def _finish(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 def _check_labels(name: str, media_type: str) -> None:
