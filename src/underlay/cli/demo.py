@@ -162,6 +162,11 @@ def _scheduled_job(ctx: DemoContext) -> None:
     import sys
 
     alice: Client = ctx.state["alice"]
+    deadline = time.monotonic() + 30
+    while not ctx.admin.list_nodes():  # the server's own agent registers within a heartbeat
+        if time.monotonic() > deadline:
+            raise RuntimeError("no node agent registered within 30 s")
+        time.sleep(0.1)
     for node in ctx.admin.list_nodes():
         accs = ", ".join(
             f"{a.type}{' (simulated)' if a.simulated else ''}" for a in node.accelerators
