@@ -203,8 +203,8 @@ def test_backfill_uses_other_nodes_but_never_the_nodes_held_for_the_head():
     ]
     d = decide(snapshot(nodes, pending, config="fifo-backfill"))
     assert placed(d) == {"s1": [("n1", (0, 1), 1000)]}
-    assert "holding node n0 for it" in waiting(d)["head"]
-    assert waiting(d)["s2"].endswith("outside the nodes held for head")
+    assert "holding what it needs on node n0 so later work cannot delay it" in waiting(d)["head"]
+    assert waiting(d)["s2"].endswith("besides what is held for head")
 
 
 def test_skip_places_any_later_work_that_fits():

@@ -15,6 +15,7 @@ from underlay.compute.scheduler.policy import decide
 from underlay.compute.scheduler.snapshot import (
     WHOLE,
     Accelerator,
+    Demand,
     Node,
     PolicyConfig,
     PowerModel,
@@ -32,6 +33,7 @@ __all__ = [
     "WHOLE",
     "Accelerator",
     "Decisions",
+    "Demand",
     "Node",
     "Place",
     "PolicyConfig",

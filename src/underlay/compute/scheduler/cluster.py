@@ -18,9 +18,11 @@ release victims, try a placement, and put everything back.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
-from underlay.compute.scheduler.snapshot import WHOLE, Node, Request
+from underlay.compute.scheduler.snapshot import WHOLE, Node, NodeProfile, Request
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +47,17 @@ class HostClass:
 
 
 class ClusterState:
-    """Free capacity and its indexes; see the module docstring."""
+    """Free capacity and its indexes; see the module docstring.
+
+    Built on every round, so it does the least it can eagerly (comprehensions over the cached
+    :attr:`Node.profile`, and the free-capacity indexes); whatever only some rounds need
+    (per-type node lists, totals, power) is worked out on first use.
+    """
 
     def __init__(self, nodes: tuple[Node, ...]) -> None:
+        profiles = [n.profile for n in nodes]
+        self._profiles = profiles
         self.names: list[str] = [n.name for n in nodes]
-        self.index: dict[str, int] = {name: i for i, name in enumerate(self.names)}
         self.cap_cpu = [n.cpu_milli for n in nodes]
         self.cap_mem = [n.memory_mib for n in nodes]
         self.free_cpu = [n.free_cpu_milli for n in nodes]
@@ -57,65 +65,114 @@ class ClusterState:
         self.usable = [n.healthy for n in nodes]
         self.reserved = [False] * len(nodes)
         # Free share per accelerator; -1 marks an unhealthy one (never indexed, never chosen).
-        self.gpu_free: list[list[int]] = []
-        self.gpu_type: list[tuple[str, ...]] = []
-        self.host_keys: list[tuple[int, int, tuple[tuple[str, int], ...]]] = []
+        # Tuples shared with the profiles until a round writes to a node (copy on write).
+        self.gpu_free: list[Sequence[int]] = [p.frees for p in profiles]
+        self.gpu_type: list[tuple[str, ...]] = [p.types for p in profiles]
+        self._full_count: list[dict[str, int] | None] = [None] * len(nodes)
+        self.per_type: list[tuple[tuple[str, int], ...]] = [p.per_type for p in profiles]
         self.full: dict[str, list[dict[int, None]]] = {}
-        self.full_count: list[dict[str, int]] = []
         self.partial: dict[str, dict[int, dict[tuple[int, int], None]]] = {}
-        self.nodes_of_type: dict[str, list[int]] = {}
-        self.cpu_only: list[int] = []
-        # Static capacity (healthy or not), for deciding what could ever fit.
-        self.type_total: dict[str, int] = {}
-        self.type_max_per_node: dict[str, int] = {}
-        self.power: dict[str, float] = {}
-        self._add_nodes(nodes)
-        self.types: list[str] = sorted(self.type_total)
+        self._index_free(profiles)
         self._classes: list[HostClass] | None = None
         self.max_cpu = max(self.cap_cpu, default=0)
         self.max_mem = max(self.cap_mem, default=0)
 
-    def _add_nodes(self, nodes: tuple[Node, ...]) -> None:
-        # One loop with local names: this runs for every node on every round, so it is the
-        # floor of a round's cost on a large cluster.
-        gpu_free, gpu_type, full_count = self.gpu_free, self.gpu_type, self.full_count
-        host_keys, partial, full = self.host_keys, self.partial, self.full
-        type_total, type_max, by_type = self.type_total, self.type_max_per_node, self.nodes_of_type
-        for i, node in enumerate(nodes):
-            prof = node.profile
-            gpu_free.append(list(prof.frees))
-            gpu_type.append(prof.types)
-            counts = dict(prof.full)
-            full_count.append(counts)
-            host_keys.append(prof.host_key)
-            if not prof.types:
-                self.cpu_only.append(i)
-                continue
+    def _index_free(self, profiles: list[NodeProfile]) -> None:
+        # The one loop over every node of every round: keep it to the free-capacity indexes.
+        full, partial, usable = self.full, self.partial, self.usable
+        for i, prof in enumerate(profiles):
             for t, free, g in prof.partial:
                 partial.setdefault(t, {}).setdefault(free, {})[(i, g)] = None
-            healthy = node.healthy
-            for t, n in prof.per_type:
-                type_total[t] = type_total.get(t, 0) + n
-                if n > type_max.get(t, 0):
-                    type_max[t] = n
-                by_type.setdefault(t, []).append(i)
-                buckets = full.get(t)
-                if buckets is None:
-                    buckets = full[t] = [{}]
-                k = counts[t]
-                if healthy and k:
+            if not usable[i]:
+                continue
+            for t, k in prof.full:
+                if k:
+                    buckets = full.get(t)
+                    if buckets is None:
+                        buckets = full[t] = [{}]
                     while len(buckets) <= k:
                         buckets.append({})
                     buckets[k][i] = None
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        """Node name to index."""
+        return {name: i for i, name in enumerate(self.names)}
+
+    @cached_property
+    def nodes_of_type(self) -> dict[str, list[int]]:
+        """Nodes with accelerators of each type, in snapshot order."""
+        out: dict[str, list[int]] = {}
+        for i, per in enumerate(self.per_type):
+            for t, _ in per:
+                out.setdefault(t, []).append(i)
+        return out
+
+    @cached_property
+    def cpu_only(self) -> list[int]:
+        return [i for i, types in enumerate(self.gpu_type) if not types]
+
+    @cached_property
+    def type_total(self) -> dict[str, int]:
+        """Accelerators of each type in the cluster, healthy or not."""
+        out: dict[str, int] = {}
+        for cls in self.host_classes():
+            for t, n in cls.accelerators.items():
+                out[t] = out.get(t, 0) + n * cls.count
+        return out
+
+    @cached_property
+    def type_max_per_node(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for cls in self.host_classes():
+            for t, n in cls.accelerators.items():
+                out[t] = max(out.get(t, 0), n)
+        return out
+
+    @cached_property
+    def types(self) -> list[str]:
+        return sorted(self.type_total)
+
+    @cached_property
+    def power(self) -> dict[str, float]:
+        """Busy power per accelerator type (from the first accelerator that has a model)."""
+        out: dict[str, float] = {}
+        wanted = len(self.types)
+        for prof in self._profiles:
             for t, watts in prof.power:
-                self.power.setdefault(t, watts)
+                out.setdefault(t, watts)
+            if len(out) >= wanted:
+                break
+        return out
+
+    def full_count(self, node: int) -> dict[str, int]:
+        """Whole free healthy accelerators per type on ``node``."""
+        counts = self._full_count[node]
+        if counts is None:
+            counts = self._full_count[node] = dict(self._profiles[node].full)
+        return counts
+
+    def _writable(self, node: int) -> list[int]:
+        frees = self.gpu_free[node]
+        if not isinstance(frees, list):
+            frees = list(frees)
+            self.gpu_free[node] = frees
+        return frees
+
+    def type_count(self, node: int, t: str) -> int:
+        """How many ``t`` accelerators ``node`` has (healthy or not)."""
+        for name, count in self.per_type[node]:
+            if name == t:
+                return count
+        return 0
 
     def host_classes(self) -> list[HostClass]:
         """Nodes grouped by identical total hardware, for capacity questions about an empty
         cluster (a thousand nodes are usually a handful of classes)."""
         if self._classes is None:
             counts: dict[tuple[int, int, tuple[tuple[str, int], ...]], int] = {}
-            for key in self.host_keys:
+            for prof in self._profiles:
+                key = prof.host_key
                 counts[key] = counts.get(key, 0) + 1
             self._classes = [
                 HostClass(count, cpu, mem, dict(per)) for (cpu, mem, per), count in counts.items()
@@ -125,7 +182,9 @@ class ClusterState:
     # -- index maintenance ------------------------------------------------------------
 
     def _bucket(self, t: str, node: int, old: int, new: int) -> None:
-        buckets = self.full[t]
+        buckets = self.full.get(t)
+        if buckets is None:
+            buckets = self.full[t] = [{}]
         if old > 0:
             buckets[old].pop(node, None)
         if new > 0:
@@ -134,7 +193,7 @@ class ClusterState:
             buckets[new][node] = None
 
     def _set_gpu(self, node: int, gpu: int, new: int) -> None:
-        frees = self.gpu_free[node]
+        frees = self._writable(node)
         old = frees[gpu]
         if old == new or old < 0:  # unhealthy accelerators stay out of every index
             return
@@ -143,23 +202,24 @@ class ClusterState:
         frees[gpu] = new
         if self.reserved[node] or not self.usable[node]:
             if old == WHOLE or new == WHOLE:
-                self.full_count[node][t] += 1 if new == WHOLE else -1
+                self.full_count(node)[t] += 1 if new == WHOLE else -1
             return
         if 0 < old < WHOLE:
             self.partial[t][old].pop((node, gpu), None)
         if 0 < new < WHOLE:
             self.partial.setdefault(t, {}).setdefault(new, {})[(node, gpu)] = None
         if old == WHOLE or new == WHOLE:
-            count = self.full_count[node][t]
+            counts = self.full_count(node)
+            count = counts[t]
             after = count + (1 if new == WHOLE else -1)
-            self.full_count[node][t] = after
+            counts[t] = after
             self._bucket(t, node, count, after)
 
     def reserve(self, node: int) -> None:
         """Hold a node for a blocked workload: nothing else in this round can use it."""
         if self.reserved[node] or not self.usable[node]:
             return
-        for t, count in self.full_count[node].items():
+        for t, count in self.full_count(node).items():
             self._bucket(t, node, count, 0)
         for gpu, free in enumerate(self.gpu_free[node]):
             if 0 < free < WHOLE:
@@ -201,7 +261,7 @@ class ClusterState:
             return None
         if req.gpus == 0 and req.gpu_milli == 0:
             return Alloc(node, (), 0, req.cpu_milli, req.memory_mib)
-        if req.gpus and gpu_type is not None and self.full_count[node].get(gpu_type, 0) < req.gpus:
+        if req.gpus and gpu_type is not None and self.full_count(node).get(gpu_type, 0) < req.gpus:
             return None
         frees = self.gpu_free[node]
         types = self.gpu_type[node]

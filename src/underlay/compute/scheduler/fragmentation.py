@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 from underlay.compute.scheduler.snapshot import WHOLE, Request
 
-MAX_SHAPES = 12
+MAX_SHAPES = 32
 """Shapes kept in the mix: the rest are rare, and every kept shape costs time per score."""
 
 MixShape = tuple[int, int, int, int]
@@ -48,13 +48,14 @@ class FragModel:
         self._node_memo: dict[NodeState, float] = {}
 
     @classmethod
-    def of(cls, requests: Iterable[Request]) -> FragModel | None:
-        """The model for the accelerator requests among ``requests`` (None if there are none)."""
+    def of(cls, requests: Iterable[tuple[Request, int]]) -> FragModel | None:
+        """The model for the accelerator requests among (request, count) pairs (None if there
+        are none)."""
         mix: dict[MixShape, int] = {}
-        for r in requests:
-            if r.gpus or r.gpu_milli:
+        for r, count in requests:
+            if (r.gpus or r.gpu_milli) and count > 0:
                 key = (r.gpus, 0 if r.gpus else r.gpu_milli, r.cpu_milli, r.memory_mib)
-                mix[key] = mix.get(key, 0) + 1
+                mix[key] = mix.get(key, 0) + count
         return cls(mix) if mix else None
 
     def full_term(self, k: int) -> float:

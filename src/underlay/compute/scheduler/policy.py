@@ -33,13 +33,14 @@ from underlay.compute.scheduler.ordering import in_order, service_level
 from underlay.compute.scheduler.packing import Cursors, place_workers
 from underlay.compute.scheduler.preemption import Plan, Preemptor
 from underlay.compute.scheduler.quota import FairShare, QuotaLedger, gpus_text
+from underlay.compute.scheduler.reservation import hold_for
 from underlay.compute.scheduler.snapshot import Snapshot, WorkerPlacement, Workload
 from underlay.errors import InvalidInput
 
 MAX_PREEMPTORS = 16
 """Workloads that may start a preemption plan in one round."""
 
-MAX_PLAN_ATTEMPTS = 32
+MAX_PLAN_ATTEMPTS = 8
 """Preemption plans tried (found or not) in one round: with the victim cap of
 :mod:`.preemption`, this bounds what preemption can add to the cost of a round."""
 
@@ -98,11 +99,15 @@ class _Round:
             self.fair = FairShare(s.type_total, sum(s.cap_cpu), sum(s.cap_mem), snapshot.running)
         self.model: FragModel | None = None
         if not self.first_fit:
-            requests = chain(
-                (w.request for w in snapshot.pending),
-                (r.workload.request for r in snapshot.running),
-            )
-            self.model = FragModel.of(requests)
+            if snapshot.demand:
+                self.model = FragModel.of((d.request, d.count) for d in snapshot.demand)
+            else:
+                self.model = FragModel.of(
+                    chain(
+                        ((w.request, 1) for w in snapshot.pending),
+                        ((r.workload.request, 1) for r in snapshot.running),
+                    )
+                )
         self.preemptor = Preemptor(cfg, snapshot.clock, self.state, snapshot.running, self.ledger)
         self.places: list[Place] = []
         self.preempts: list[Preempt] = []
@@ -167,7 +172,8 @@ class _Round:
         types = self.type_memo.get(key)
         if types is None:
             s = self.state
-            types = list(type_order(w.request, s.types, s.power, self.cfg.energy_aware))
+            power = s.power if self.cfg.energy_aware else {}
+            types = list(type_order(w.request, s.types, power, self.cfg.energy_aware))
             self.type_memo[key] = types
         return types
 
@@ -252,6 +258,8 @@ class _Round:
             memo = (_shape(w, t), w.project, w.priority, level, guaranteed)
             if memo in self.noplan or self.attempts_left <= 0:
                 continue
+            if t is not None and not _hostable(self.state, w, t):
+                continue  # no node of this type could ever host a worker: nothing to free
             self.attempts_left -= 1
             plan = self.preemptor.plan(w, t, guaranteed)
             if plan is None:
@@ -282,58 +290,19 @@ class _Round:
             self.head = f"behind {w.id}, the blocked head of the queue (strict FIFO)"
             reason += "; it heads the queue and nothing may pass it (strict FIFO)"
         elif self.cfg.head == "backfill" and self.reservations_left > 0:
-            held = self._reserve_for(w, types)
+            held = hold_for(self.state, w, types)
             if held:
                 self.reservations_left -= 1
                 self.held_for.append(w.id)
                 reason += (
-                    f"; first in line: holding {_names(held)} for it so later work cannot delay it"
+                    f"; first in line: holding what it needs on {_names(held)} "
+                    "so later work cannot delay it"
                 )
         else:
             if self.held_for:
-                reason += f" outside the nodes held for {', '.join(self.held_for)}"
+                reason += f" besides what is held for {', '.join(self.held_for)}"
             self.failed[verdict] = reason
         self.waits.append(Wait(w.id, reason))
-
-    def _reserve_for(self, w: Workload, types: Sequence[str | None]) -> list[str]:
-        """Hold the nodes the blocked head will start on: those with the most free now, of
-        the type (among those it accepts) where such nodes hold the most free capacity."""
-        best: tuple[int, list[int]] | None = None
-        for t in types:
-            picked = self._reservation(w, t)
-            if picked is not None and (best is None or picked[0] > best[0]):
-                best = picked
-        if best is None:
-            return []
-        for n in best[1]:
-            self.state.reserve(n)
-        return [self.state.names[n] for n in best[1]]
-
-    def _reservation(self, w: Workload, t: str | None) -> tuple[int, list[int]] | None:
-        s = self.state
-        pool = s.nodes_of_type.get(t, []) if t is not None else range(len(s.names))
-        ranked: list[tuple[int, int, int, int]] = []
-        for n in pool:
-            room = _room(s, n, w, t)
-            if room <= 0 or not s.available(n):
-                continue
-            free = 0
-            if t is not None:
-                free = sum(
-                    f for f, x in zip(s.gpu_free[n], s.gpu_type[n], strict=True) if x == t and f > 0
-                )
-            ranked.append((-free, -s.free_cpu[n], n, room))
-        ranked.sort()
-        held: list[int] = []
-        hosted = 0
-        free_held = 0
-        for free, _, n, room in ranked:
-            if hosted >= w.gang:
-                break
-            hosted += room
-            free_held -= free
-            held.append(n)
-        return (free_held, held) if hosted >= w.gang else None
 
     def _no_fit_reason(self, w: Workload, types: Sequence[str | None]) -> str:
         key = (*_shape(w, None), *types)
@@ -377,6 +346,17 @@ def _shape(w: Workload, t: str | None) -> Shape:
     return (t, r.gpus, r.gpu_milli, r.cpu_milli, r.memory_mib, w.gang)
 
 
+def _hostable(state: ClusterState, w: Workload, t: str) -> bool:
+    """Whether some node with ``t`` accelerators could host one worker of ``w`` when empty."""
+    req = w.request
+    return any(
+        cls.accelerators.get(t, 0) >= max(1, req.gpus)
+        and cls.cpu_milli >= req.cpu_milli
+        and cls.memory_mib >= req.memory_mib
+        for cls in state.host_classes()
+    )
+
+
 def _host_text(cpu_milli: int, memory_mib: int) -> str:
     parts = []
     if cpu_milli:
@@ -384,20 +364,6 @@ def _host_text(cpu_milli: int, memory_mib: int) -> str:
     if memory_mib:
         parts.append(f"{memory_mib} MiB memory")
     return " and ".join(parts)
-
-
-def _room(s: ClusterState, node: int, w: Workload, t: str | None) -> int:
-    """Workers of ``w`` that ``node`` could host when empty."""
-    req = w.request
-    room = w.gang
-    if t is not None:
-        count = sum(1 for x in s.gpu_type[node] if x == t)
-        room = count // req.gpus if req.gpus else count
-    if req.cpu_milli:
-        room = min(room, s.cap_cpu[node] // req.cpu_milli)
-    if req.memory_mib:
-        room = min(room, s.cap_mem[node] // req.memory_mib)
-    return room
 
 
 def _names(names: list[str]) -> str:

@@ -23,17 +23,23 @@ victims in the working cluster state, tries the placement and restores everythin
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 from underlay.compute.scheduler.cluster import Alloc, ClusterState
 from underlay.compute.scheduler.ordering import service_level
 from underlay.compute.scheduler.packing import choose
 from underlay.compute.scheduler.quota import QuotaLedger
-from underlay.compute.scheduler.snapshot import PolicyConfig, Running, Workload
+from underlay.compute.scheduler.snapshot import WHOLE, PolicyConfig, Running, Workload
 
 MAX_VICTIMS = 128
 """Candidates a plan considers, most preferred first: enough to free any node several times
 over, and a bound on the cost of planning on a cluster with thousands of running workloads."""
+
+MAX_SCAN = 512
+"""Running workloads examined per accelerator type for one claimant class, latest placed first
+(the snapshot's order): with many thousands running, preemption looks at the most recent
+ones, which are also the ones with the least progress to lose."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +70,7 @@ class Preemptor:
         self._running = running
         self._by_type: dict[tuple[str | None, str], list[Running]] | None = None
         self._allocs: dict[str, list[Alloc]] = {}
+        self._eligible: dict[tuple[object, ...], list[tuple[Running, str]]] = {}
         self.blocked_until: float | None = None
 
     @property
@@ -72,11 +79,12 @@ class Preemptor:
         return c.reclaim or c.priority_preemption or (c.las_preemption and bool(c.service_levels))
 
     def _groups(self) -> dict[tuple[str | None, str], list[Running]]:
-        """Running workloads per (accelerator type, project), in victim preference order."""
+        """Preemptible running workloads per (accelerator type, project)."""
         if self._by_type is None:
             groups: dict[tuple[str | None, str], list[Running]] = {}
-            for r in sorted(self._running, key=self._victim_key):
-                groups.setdefault((r.gpu_type, r.workload.project), []).append(r)
+            for r in self._running:
+                if r.workload.preemptible:
+                    groups.setdefault((r.gpu_type, r.workload.project), []).append(r)
             self._by_type = groups
         return self._by_type
 
@@ -156,19 +164,43 @@ class Preemptor:
     def victims(
         self, claimant: Workload, gpu_type: str | None, guaranteed: bool
     ) -> list[tuple[Running, str]]:
-        """Eligible victims in preference order, draining ones first with an empty reason."""
-        groups = self._groups()
+        """Eligible victims in preference order, draining ones first with an empty reason.
+
+        Eligibility depends on the claimant's project, class and service level only, so it is
+        worked out once per such claimant class and round.
+        """
+        levels = self.config.service_levels
+        memo = (
+            gpu_type,
+            claimant.project,
+            claimant.priority,
+            service_level(claimant.attained_service, levels) if levels else 0,
+            guaranteed,
+        )
+        found = self._eligible.get(memo)
+        if found is None:
+            found = self._collect(claimant, gpu_type, guaranteed)
+            self._eligible[memo] = found
+        taken = self.taken
+        fresh = [v for v in found if v[0].workload.id not in taken]
+        draining = [v for v in fresh if not v[1]]
+        return draining + [v for v in fresh if v[1]][:MAX_VICTIMS]
+
+    def _collect(
+        self, claimant: Workload, gpu_type: str | None, guaranteed: bool
+    ) -> list[tuple[Running, str]]:
         eligible = set(self._projects(claimant, gpu_type, guaranteed))
         draining: list[tuple[Running, str]] = []
         chosen: list[tuple[Running, str]] = []
-        for (t, project), group in groups.items():
+        budget = MAX_SCAN
+        for (t, project), group in self._groups().items():
             if t != gpu_type:
                 continue
-            for r in group:
-                if r.workload.id in self.taken:
-                    continue
-                if not r.workload.preemptible:
-                    continue
+            for r in reversed(group):  # the latest placed first: least progress to lose
+                if r.draining_until is None and project in eligible:
+                    budget -= 1
+                    if budget < 0:
+                        break
                 if r.draining_until is not None:
                     draining.append((r, ""))  # any project's: it is leaving anyway
                     continue
@@ -177,8 +209,9 @@ class Preemptor:
                 why = self._why(claimant, r, gpu_type, guaranteed)
                 if why is not None:
                     chosen.append((r, why))
-        chosen.sort(key=lambda item: self._victim_key(item[0]))
-        return draining + chosen[:MAX_VICTIMS]
+        # Keep a margin over the cap, since earlier plans of the round may take some.
+        best = heapq.nsmallest(4 * MAX_VICTIMS, chosen, key=lambda item: self._victim_key(item[0]))
+        return draining + best
 
     def _alloc_of(self, r: Running) -> list[Alloc]:
         cached = self._allocs.get(r.workload.id)
@@ -240,6 +273,38 @@ class Preemptor:
         self.taken.update(chosen)
         return Plan(victims, draining, tuple(sorted({a.node for a in placed})))
 
+    def _could_fit(
+        self,
+        claimant: Workload,
+        gpu_type: str | None,
+        node: int,
+        here: list[tuple[Running, str]],
+    ) -> bool:
+        """Whether releasing every candidate on ``node`` could make room there at all (an upper
+        bound, checked before any release is tried)."""
+        state = self.state
+        req = claimant.request
+        cpu, mem = state.free_cpu[node], state.free_mem[node]
+        touched: set[int] = set()
+        for r, _ in here:
+            for a in self._alloc_of(r):
+                if a.node == node:
+                    cpu += a.cpu_milli
+                    mem += a.memory_mib
+                    touched.update(a.gpus)
+        if cpu < req.cpu_milli or mem < req.memory_mib:
+            return False
+        if not req.gpus:
+            return True
+        frees = state.gpu_free[node]
+        types = state.gpu_type[node]
+        usable = sum(
+            1
+            for g, f in enumerate(frees)
+            if (f == WHOLE or g in touched) and gpu_type in (None, types[g])
+        )
+        return usable >= req.gpus
+
     def _best_node(
         self,
         claimant: Workload,
@@ -252,7 +317,7 @@ class Preemptor:
         best: list[tuple[Running, str]] | None = None
         best_cost: tuple[int, int] | None = None
         for node, here in on_node.items():
-            if not state.available(node):
+            if not state.available(node) or not self._could_fit(claimant, gpu_type, node, here):
                 continue
             trial: list[tuple[Running, str]] = []
             undo: list[Alloc] = []

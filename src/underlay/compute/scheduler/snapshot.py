@@ -277,8 +277,21 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Demand:
+    """How often workers asking for ``request`` have been seen (the typical workload mix)."""
+
+    request: Request
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Everything one scheduling decision depends on."""
+    """Everything one scheduling decision depends on.
+
+    ``demand`` is the workload mix that fragmentation-aware packing keeps room for, e.g. the
+    worker requests submitted over the last day; empty, it is taken from the pending and
+    running workloads of the snapshot.
+    """
 
     clock: float
     nodes: tuple[Node, ...]
@@ -286,3 +299,4 @@ class Snapshot:
     pending: tuple[Workload, ...] = ()
     quotas: tuple[Quota, ...] = ()
     config: PolicyConfig = field(default_factory=PolicyConfig)
+    demand: tuple[Demand, ...] = ()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from underlay.compute.scheduler import (
     WHOLE,
     Decisions,
+    Demand,
     Node,
     PolicyConfig,
     Quota,
@@ -84,6 +85,9 @@ class Simulation:
         self.jobs: dict[str, TraceJob] = {j.workload.id: j for j in trace.jobs}
         self.pending: dict[str, Workload] = {}
         self.shapes: dict[Shape, int] = {}
+        # The workload mix packing keeps room for: every request that has arrived so far.
+        self.demand: dict[Shape, Demand] = {}
+        self.demand_tuple: tuple[Demand, ...] | None = None
         self.running: dict[str, Running] = {}
         self.held: dict[str, list[_Held]] = {}
         self.remaining: dict[str, float] = {}
@@ -99,6 +103,7 @@ class Simulation:
         self.calls = 0
         self.decide_s = 0.0
         self.gpus = sum(len(f) for f in self.gpu_free)
+        self.with_free = {n for n, frees in enumerate(self.gpu_free) if any(f > 0 for f in frees)}
         self.type_count: dict[str, int] = {}
         self.power: dict[str, tuple[float, float]] = {}
         for n in nodes:
@@ -110,6 +115,10 @@ class Simulation:
         self.alloc_area: dict[str, float] = dict.fromkeys(self.type_count, 0.0)
         self.unusable = 0.0
         self.unusable_area = 0.0
+        # Whether a node's free GPUs fit some waiting shape, for the current set of shapes;
+        # dropped for a node when its allocation changes.
+        self.usable: dict[int, bool] = {}
+        self.usable_for: frozenset[Shape] = frozenset()
         self.unallocated_after_last = 0.0
 
     # -- the loop ---------------------------------------------------------------------------
@@ -207,6 +216,11 @@ class Simulation:
     def _arrive(self, job: TraceJob) -> None:
         w = job.workload
         self._queue(w)
+        r = w.request
+        key = (r.gpu_type, r.gpus, r.gpu_milli, r.cpu_milli, r.memory_mib)
+        seen = self.demand.get(key)
+        self.demand[key] = Demand(r, (seen.count if seen else 0) + w.gang)
+        self.demand_tuple = None
         self.remaining[w.id] = job.duration_s if job.duration_s is not None else -1.0
         self.version[w.id] = 0
 
@@ -214,6 +228,8 @@ class Simulation:
         for n in self.dirty:
             self.nodes[n] = self._node(n)
         self.dirty.clear()
+        if self.demand_tuple is None:
+            self.demand_tuple = tuple(self.demand.values())
         snap = Snapshot(
             self.clock,
             tuple(self.nodes),
@@ -221,6 +237,7 @@ class Simulation:
             tuple(self.pending.values()),
             self.quotas,
             self.config,
+            self.demand_tuple,
         )
         started = time.perf_counter()
         decisions = decide(snap)
@@ -263,7 +280,7 @@ class Simulation:
                     frees[g] -= worker.gpu_milli
                 self.cpu_free[n] -= w.request.cpu_milli
                 self.mem_free[n] -= w.request.memory_mib
-                self.dirty.add(n)
+                self._touch(n)
                 held.append(
                     _Held(
                         n, worker.gpus, worker.gpu_milli, w.request.cpu_milli, w.request.memory_mib
@@ -281,6 +298,15 @@ class Simulation:
             if left >= 0:
                 self._push(self.clock + left, 0, w.id)
 
+    def _touch(self, n: int) -> None:
+        """Note that node ``n``'s allocation changed."""
+        self.dirty.add(n)
+        self.usable.pop(n, None)
+        if any(f > 0 for f in self.gpu_free[n]):
+            self.with_free.add(n)
+        else:
+            self.with_free.discard(n)
+
     def _release(self, wid: str) -> Running:
         run = self.running.pop(wid)
         for h in self.held.pop(wid):
@@ -289,7 +315,7 @@ class Simulation:
                 frees[g] += h.milli
             self.cpu_free[h.node] += h.cpu_milli
             self.mem_free[h.node] += h.memory_mib
-            self.dirty.add(h.node)
+            self._touch(h.node)
         if run.gpu_type is not None:
             self.alloc_by_type[run.gpu_type] -= run.workload.gpu_share
         return run
@@ -325,20 +351,17 @@ class Simulation:
         if not shapes:
             self.unusable = 0.0
             return
+        waiting = frozenset(shapes)
+        if waiting != self.usable_for:
+            self.usable_for = waiting
+            self.usable.clear()
         unusable = 0
-        memo: dict[tuple[object, ...], bool] = {}
-        for n, frees in enumerate(self.gpu_free):
-            free = sum(f for f in frees if f > 0)
-            if not free:
-                continue
-            node = self.nodes[n]
-            key = (tuple(frees), self.cpu_free[n], self.mem_free[n], node.accelerators[0].type)
-            usable = memo.get(key)
+        for n in self.with_free:
+            usable = self.usable.get(n)
             if usable is None:
-                usable = any(self._fits(n, s) for s in shapes)
-                memo[key] = usable
+                usable = self.usable[n] = any(self._fits(n, s) for s in waiting)
             if not usable:
-                unusable += free
+                unusable += sum(f for f in self.gpu_free[n] if f > 0)
         self.unusable = unusable / WHOLE / max(1, self.gpus)
 
     def _fits(self, n: int, shape: Shape) -> bool:
