@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+from underlay.compute.scheduler.fragmentation import NodeState
 from underlay.compute.scheduler.snapshot import WHOLE, Node, NodeProfile, Request
 
 
@@ -74,6 +75,7 @@ class ClusterState:
         self.partial: dict[str, dict[int, dict[tuple[int, int], None]]] = {}
         self._index_free(profiles)
         self._classes: list[HostClass] | None = None
+        self._states: dict[tuple[int, str], NodeState] = {}
         self.max_cpu = max(self.cap_cpu, default=0)
         self.max_mem = max(self.cap_mem, default=0)
 
@@ -159,6 +161,28 @@ class ClusterState:
             self.gpu_free[node] = frees
         return frees
 
+    def node_state(self, node: int, t: str) -> NodeState:
+        """(whole free, sorted shared free shares, free CPU, free memory) of ``t`` on ``node``:
+        what the fragmentation measure looks at; cached until the node's allocation changes."""
+        key = (node, t)
+        known = self._states.get(key)
+        if known is None:
+            types = self.gpu_type[node]
+            own = [f for g, f in enumerate(self.gpu_free[node]) if f > 0 and types[g] == t]
+            known = (
+                own.count(WHOLE),
+                tuple(sorted(f for f in own if f < WHOLE)),
+                self.free_cpu[node],
+                self.free_mem[node],
+            )
+            self._states[key] = known
+        return known
+
+    def _changed(self, node: int) -> None:
+        if self._states:
+            for t in self.gpu_type[node]:
+                self._states.pop((node, t), None)
+
     def type_count(self, node: int, t: str) -> int:
         """How many ``t`` accelerators ``node`` has (healthy or not)."""
         for name, count in self.per_type[node]:
@@ -233,6 +257,7 @@ class ClusterState:
 
     def allocate(self, alloc: Alloc) -> None:
         n = alloc.node
+        self._changed(n)
         self.free_cpu[n] -= alloc.cpu_milli
         self.free_mem[n] -= alloc.memory_mib
         for g in alloc.gpus:
@@ -240,6 +265,7 @@ class ClusterState:
 
     def release(self, alloc: Alloc) -> None:
         n = alloc.node
+        self._changed(n)
         self.free_cpu[n] += alloc.cpu_milli
         self.free_mem[n] += alloc.memory_mib
         for g in alloc.gpus:

@@ -165,14 +165,16 @@ def _choose_scored(
     ranked: bool,
 ) -> Alloc | None:
     best: tuple[int, int, str] | None = None
-    best_key: tuple[float, ...] | None = None
+    best_key: tuple[int, int, float, int, int] | None = None
+    free_cpu, free_mem = state.free_cpu, state.free_mem
+    cpu, mem = req.cpu_milli, req.memory_mib
     for rank, t in enumerate(types):
         scored = 0
         for kind, node, gpu in _candidates(state, req, t, model):
-            if not state.fits_host(node, req):
+            if free_cpu[node] < cpu or free_mem[node] < mem:
                 continue
             delta = 0.0 if model is None else _delta(state, node, t, req, gpu, model)
-            key = (float(rank) if ranked else 0.0, float(kind), delta, float(rank), float(scored))
+            key = (rank if ranked else 0, kind, delta, rank, scored)
             if best_key is None or key < best_key:
                 best, best_key = (node, gpu, t), key
             scored += 1
@@ -230,27 +232,30 @@ def _delta(
     state: ClusterState, node: int, t: str, req: Request, gpu: int, model: FragModel
 ) -> float:
     """Growth of the node's expected fragmentation if the worker goes there."""
-    frees = state.gpu_free[node]
-    types = state.gpu_type[node]
-    own = [f for f, x in zip(frees, types, strict=True) if x == t and f > 0]
-    k = own.count(WHOLE)
-    partial = sorted(f for f in own if f < WHOLE)
-    cpu, mem = state.free_cpu[node], state.free_mem[node]
-    before = model.node((k, tuple(partial), cpu, mem))
+    before = state.node_state(node, t)
+    share = state.gpu_free[node][gpu] if gpu >= 0 else -1
+    key = (before, req.gpus, req.gpu_milli, req.cpu_milli, req.memory_mib, share)
+    known = model.deltas.get(key)
+    if known is not None:
+        return known
+    k, partial, cpu, mem = before
     cpu -= req.cpu_milli
     mem -= req.memory_mib
     if req.gpus:
-        return model.node((k - req.gpus, tuple(partial), cpu, mem)) - before
-    m = req.gpu_milli
-    if gpu >= 0:
-        partial.remove(frees[gpu])
-        left = frees[gpu] - m
+        after = (k - req.gpus, partial, cpu, mem)
     else:
-        k -= 1
-        left = WHOLE - m
-    if left > 0:
-        insort(partial, left)
-    return model.node((k, tuple(partial), cpu, mem)) - before
+        shares = list(partial)
+        if share >= 0:
+            shares.remove(share)
+            left = share - req.gpu_milli
+        else:
+            k -= 1
+            left = WHOLE - req.gpu_milli
+        if left > 0:
+            insort(shares, left)
+        after = (k, tuple(shares), cpu, mem)
+    delta = model.deltas[key] = model.node(after) - model.node(before)
+    return delta
 
 
 def _gang_fewest_nodes(
