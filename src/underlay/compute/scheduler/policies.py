@@ -22,7 +22,8 @@ discretisation; they need no knowledge of job durations.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
+from typing import Any
 
 from underlay.compute.scheduler.snapshot import PolicyConfig
 from underlay.errors import InvalidInput
@@ -86,9 +87,12 @@ POLICIES: dict[str, PolicyConfig] = {
 }
 
 
-def policy_config(name: str, **overrides: object) -> PolicyConfig:
+def policy_config(name: str, **overrides: Any) -> PolicyConfig:
     """The named policy, with fields replaced by ``overrides``."""
     base = POLICIES.get(name)
     if base is None:
         raise InvalidInput(f"unknown policy {name!r}; choose one of: {', '.join(POLICIES)}")
-    return replace(base, **overrides) if overrides else base  # type: ignore[arg-type]
+    unknown = sorted(set(overrides) - {f.name for f in fields(PolicyConfig)})
+    if unknown:
+        raise InvalidInput(f"unknown policy setting(s) {', '.join(unknown)}")
+    return replace(base, **overrides) if overrides else base

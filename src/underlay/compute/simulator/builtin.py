@@ -38,8 +38,8 @@ from underlay.errors import InvalidInput, NotFound
 BUILTIN = ("philly", "openb")
 PHILLY_DIR = "philly-derived"
 OPENB_DIR = "alibaba-gpu-v2023-openb"
-PHILLY_CLUSTER = "64x8xP100"
-"""The default Philly cluster: 512 GPUs, a load at which FIFO queues (docs/scheduling.md)."""
+PHILLY_CLUSTER = "32x8xP100"
+"""The default Philly cluster: 256 GPUs, a load at which FIFO queues (docs/scheduling.md)."""
 OPENB_CLUSTER = "openb"
 QOS_PRIORITY = {"Guaranteed": 3, "LS": 2, "Burstable": 1, "BE": 0}
 PREEMPTIBLE_QOS = ("Burstable", "BE")

@@ -9,9 +9,11 @@ sizes) or, when it has none, split each accelerator type evenly between its proj
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
-from underlay.compute.scheduler import Node, Quota, policy_config
+from underlay.compute.scheduler import Node, Quota, Window, policy_config
 from underlay.compute.simulator.builtin import (
     BUILTIN,
     load_builtin,
@@ -56,6 +58,17 @@ def quotas_for(trace: Trace, nodes: tuple[Node, ...]) -> tuple[Quota, ...]:
     return quotas_from_weights(nodes, weights)
 
 
+def parse_window(text: str) -> Window:
+    """A daily window from ``HH:MM-HH:MM`` (it may wrap past midnight)."""
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})", text.strip())
+    if match is None:
+        raise InvalidInput(f"window {text!r} is not HH:MM-HH:MM (example: 01:00-05:30)")
+    h1, m1, h2, m2 = (int(x) for x in match.groups())
+    if max(h1, h2) > 24 or max(m1, m2) > 59:
+        raise InvalidInput(f"window {text!r} has an hour above 24 or a minute above 59")
+    return Window(h1 * 3600.0 + m1 * 60.0, h2 * 3600.0 + m2 * 60.0)
+
+
 def simulate(
     trace: str,
     cluster: str | None = None,
@@ -64,9 +77,12 @@ def simulate(
     seed: int = 0,
     folder: Path | None = None,
     restart_overhead_s: float = 60.0,
+    interval_s: float = 60.0,
+    overrides: dict[str, Any] | None = None,
 ) -> Report:
-    """Replay ``trace`` on ``cluster`` under ``policy`` and report the measures."""
-    config = policy_config(policy)
+    """Replay ``trace`` on ``cluster`` under ``policy`` (with fields of the policy replaced by
+    ``overrides``) and report the measures."""
+    config = policy_config(policy, **(overrides or {}))
     loaded = load_trace(trace, folder, seed)
     spec = cluster or loaded.default_cluster
     if spec is None:
@@ -80,4 +96,5 @@ def simulate(
         cluster_name=spec,
         seed=seed,
         restart_overhead_s=restart_overhead_s,
+        interval_s=interval_s,
     ).run()

@@ -1,0 +1,172 @@
+"""``underlay simulate``: replay a job trace through the scheduling policy and print the measures.
+
+The import is cheap (the simulator is imported inside the command). Any error is one line on
+stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+TraceOpt = Annotated[
+    str,
+    typer.Option(
+        "--trace", help="A built-in trace (philly, openb) or a CSV file in our trace format."
+    ),
+]
+ClusterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster",
+        help="COUNTxGPUSxTYPE[:cpu=N][:mem=GIB],... (e.g. 32x8xP100), openb, openb-gpu, or a "
+        "node CSV. Default: the trace's own (philly: 32x8xP100, openb: openb).",
+    ),
+]
+PolicyOpt = Annotated[
+    str,
+    typer.Option("--policy", help="default, fifo, fifo-backfill, first-fit or las."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the Philly duration sampling.")]
+TracesDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--traces-dir",
+        envvar="UNDERLAY_TRACES_DIR",
+        help="Folder with the built-in traces (default: ../shared/data/traces of the repository).",
+    ),
+]
+IntervalOpt = Annotated[
+    float, typer.Option("--interval", help="Scheduling tick in seconds (0: at every event).")
+]
+OverheadOpt = Annotated[
+    float,
+    typer.Option("--restart-overhead", help="Seconds of work a preempted job loses on restart."),
+]
+EnergyOpt = Annotated[
+    bool,
+    typer.Option("--energy-aware", help="Prefer the accelerator type with the lowest power draw."),
+]
+CarbonOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--low-carbon",
+        help="Daily window HH:MM-HH:MM in which deferrable work runs (else it is held).",
+    ),
+]
+
+ROWS = (
+    ("jobs", "jobs"),
+    ("finished", "finished"),
+    ("rejected", "rejected"),
+    ("unfinished", "unfinished"),
+    ("avg_jct_s", "avg JCT (s)"),
+    ("median_jct_s", "median JCT (s)"),
+    ("p95_jct_s", "p95 JCT (s)"),
+    ("avg_queue_s", "avg queueing delay (s)"),
+    ("makespan_s", "makespan (s)"),
+    ("gpu_utilization", "GPU utilisation"),
+    ("fragmentation", "fragmentation (free but unusable)"),
+    ("unallocated_gpus", "unallocated GPUs after last arrival"),
+    ("jain_fairness", "Jain's fairness (projects)"),
+    ("preemptions", "preemptions"),
+    ("energy_kwh", "energy (kWh)"),
+    ("decide_ms_avg", "decide() per round (ms)"),
+    ("wall_s", "replay wall time (s)"),
+)
+
+
+def simulate(
+    trace: TraceOpt,
+    cluster: ClusterOpt = None,
+    policy: PolicyOpt = "default",
+    json_output: JsonOpt = False,
+    seed: SeedOpt = 0,
+    traces_dir: TracesDirOpt = None,
+    interval: IntervalOpt = 60.0,
+    restart_overhead: OverheadOpt = 60.0,
+    energy_aware: EnergyOpt = False,
+    low_carbon: CarbonOpt = None,
+) -> None:
+    """Replay a job trace on a virtual cluster with a scheduling policy and print the measures."""
+    from underlay.errors import UnderlayError
+
+    try:
+        report = _run(
+            trace,
+            cluster,
+            policy,
+            seed,
+            traces_dir,
+            interval,
+            restart_overhead,
+            energy_aware,
+            low_carbon,
+        )
+    except (UnderlayError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    if json_output:
+        print(json.dumps(report))
+        return
+    _table(report)
+
+
+def _run(
+    trace: str,
+    cluster: str | None,
+    policy: str,
+    seed: int,
+    traces_dir: Path | None,
+    interval: float,
+    restart_overhead: float,
+    energy_aware: bool,
+    low_carbon: str | None,
+) -> dict[str, Any]:
+    from underlay.compute.simulator import simulate as run_simulation
+    from underlay.compute.simulator.replay import parse_window
+    from underlay.errors import InvalidInput
+
+    if interval < 0 or restart_overhead < 0:
+        raise InvalidInput("--interval and --restart-overhead must not be negative")
+    overrides: dict[str, Any] = {}
+    if energy_aware:
+        overrides["energy_aware"] = True
+    if low_carbon is not None:
+        overrides["low_carbon_windows"] = (parse_window(low_carbon),)
+    report = run_simulation(
+        trace,
+        cluster,
+        policy,
+        seed=seed,
+        folder=traces_dir,
+        interval_s=interval,
+        restart_overhead_s=restart_overhead,
+        overrides=overrides,
+    )
+    return report.as_dict()
+
+
+def _table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    title = f"{report['trace']} on {report['cluster']} with policy {report['policy']}"
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, label in ROWS:
+        value = report[key]
+        if value is None:
+            text = "-"
+        elif isinstance(value, float):
+            text = f"{value:.3f}" if abs(value) < 10 else f"{value:,.0f}"
+        else:
+            text = f"{value:,}"
+        table.add_row(label, text)
+    Console().print(table)

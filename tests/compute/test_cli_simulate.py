@@ -1,0 +1,114 @@
+"""``underlay simulate`` driven as a subprocess, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from underlay.compute.simulator.builtin import default_traces_dir
+
+KEYS = {
+    "avg_jct_s",
+    "median_jct_s",
+    "p95_jct_s",
+    "avg_queue_s",
+    "makespan_s",
+    "gpu_utilization",
+    "fragmentation",
+    "jain_fairness",
+    "preemptions",
+    "energy_kwh",
+}
+
+
+def underlay(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "underlay.cli.main", "simulate", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def trace_file(tmp_path: Path) -> Path:
+    path = tmp_path / "mine.csv"
+    path.write_text(
+        "id,project,submit_s,duration_s,gpus,gpu_milli\n"
+        "a,vision,0,100,1,\n"
+        "b,nlp,0,100,,500\n"
+        "c,nlp,10,50,1,\n"
+        "oops,nlp,later,50,1,\n"
+    )
+    return path
+
+
+def test_json_output_has_every_measure(trace_file: Path):
+    done = underlay("--trace", str(trace_file), "--cluster", "1x2xA100", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert set(report) >= KEYS
+    assert report["finished"] == 3
+    assert report["skipped_rows"] == 1
+    assert report["policy"] == "default"
+
+
+def test_the_table_names_the_measures(trace_file: Path):
+    done = underlay("--trace", str(trace_file), "--cluster", "1x2xA100", "--policy", "fifo")
+    assert done.returncode == 0, done.stderr
+    assert "avg JCT (s)" in done.stdout and "Jain's fairness" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--trace", "nope.csv"], "error: trace 'nope.csv' is neither a built-in trace"),
+        (["--policy", "best"], "error: unknown policy 'best'; choose one of: default, fifo"),
+        (["--cluster", "8xA100"], "error: cluster spec group '8xA100' is not COUNTxGPUSxTYPE"),
+        (["--low-carbon", "night"], "error: window 'night' is not HH:MM-HH:MM"),
+        (["--interval", "-1"], "error: --interval and --restart-overhead must not be negative"),
+    ],
+)
+def test_bad_input_is_one_line_on_stderr_and_exit_code_2(trace_file: Path, args, message):
+    base = {"--trace": str(trace_file), "--cluster": "1x2xA100"}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    done = underlay(*[item for pair in base.items() for item in pair])
+    assert done.returncode == 2
+    assert done.stderr.startswith(message)
+    assert done.stderr.count("\n") == 1
+    assert "Traceback" not in done.stderr
+
+
+def test_a_missing_traces_folder_is_one_line_and_exit_code_2(tmp_path: Path):
+    done = underlay("--trace", "philly", env={"UNDERLAY_TRACES_DIR": str(tmp_path / "none")})
+    assert done.returncode == 2
+    assert "set UNDERLAY_TRACES_DIR or pass --traces-dir" in done.stderr
+
+
+needs_traces = pytest.mark.skipif(
+    not default_traces_dir().is_dir(), reason="the real traces are not checked out beside the repo"
+)
+
+
+@pytest.mark.slow
+@needs_traces
+def test_philly_default_policy_beats_fifo_threefold_with_fairness_no_worse():
+    fifo = json.loads(underlay("--trace", "philly", "--policy", "fifo", "--json").stdout)
+    ours = json.loads(underlay("--trace", "philly", "--json").stdout)
+    assert ours["avg_jct_s"] * 3 <= fifo["avg_jct_s"]
+    assert ours["jain_fairness"] >= fifo["jain_fairness"]
+
+
+@pytest.mark.slow
+@needs_traces
+def test_openb_default_policy_leaves_fewer_gpus_unallocatable_than_first_fit():
+    first_fit = json.loads(underlay("--trace", "openb", "--policy", "first-fit", "--json").stdout)
+    ours = json.loads(underlay("--trace", "openb", "--json").stdout)
+    assert ours["unallocated_gpus"] < first_fit["unallocated_gpus"]

@@ -1,0 +1,131 @@
+"""Trace loaders: our CSV format with its bad rows, and the real Philly and openb traces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from underlay.compute.simulator.builtin import (
+    _workers,
+    default_traces_dir,
+    load_openb,
+    load_philly,
+    traces_dir,
+)
+from underlay.compute.simulator.trace import load_csv
+from underlay.errors import InvalidInput, NotFound
+
+TRACES = default_traces_dir()
+needs_traces = pytest.mark.skipif(
+    not TRACES.is_dir(), reason=f"the real traces are not at {TRACES} (see docs/scheduling.md)"
+)
+
+HEADER = "id,project,submit_s,duration_s,gpus,gpu_milli,gpu_type,gang,priority,deferrable\n"
+
+
+def _csv(tmp_path: Path, body: str, header: str = HEADER) -> Path:
+    path = tmp_path / "trace.csv"
+    path.write_text(header + body)
+    return path
+
+
+def test_our_csv_format_reads_every_column(tmp_path: Path):
+    trace = load_csv(_csv(tmp_path, "j1,vision,12.5,600,,250,T4,,3,true\nj0,nlp,0,,8,,,2,,\n"))
+    first, second = trace.jobs  # sorted by arrival
+    assert first.workload.id == "j0" and first.duration_s is None
+    assert first.workload.request.gpus == 8 and first.workload.gang == 2
+    assert second.workload.request.gpu_milli == 250
+    assert second.workload.request.gpu_type == "T4"
+    assert second.workload.priority == 3 and second.workload.deferrable
+    assert second.duration_s == 600
+
+
+def test_malformed_rows_are_skipped_and_counted_with_their_line_numbers(tmp_path: Path):
+    body = (
+        "ok,p,0,10,1,,,,,\n"
+        "bad1,p,soon,10,1,,,,,\n"
+        "bad2,p,0,-5,1,,,,,\n"
+        "ok,p,1,10,1,,,,,\n"
+        "bad4,p,0,10,1,,,0,,\n"
+        "bad5,p,0,10,1,,,,,maybe\n"
+        "short,p,0\n"
+        "\n"
+        "ok2,p,2,10,1.5,,,,,\n"
+    )
+    trace = load_csv(_csv(tmp_path, body))
+    assert [j.workload.id for j in trace.jobs] == ["ok"]
+    assert trace.skipped_count == 7
+    assert [(s.line, s.reason) for s in trace.skipped] == [
+        (3, "submit_s 'soon' is not a number"),
+        (4, "duration_s must be a finite number >= 0, got '-5'"),
+        (5, "repeats job id 'ok'"),
+        (6, "gang must be at least 1, got 0"),
+        (7, "deferrable 'maybe' is not true/false"),
+        (8, "has 3 fields, the header has 10"),
+        (10, "gpus '1.5' is not a whole number"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("header", "body", "match"),
+    [
+        ("", "", r"empty file; expected a header row"),
+        ("id,project,gpus\n", "a,p,1\n", r"missing column\(s\) submit_s, duration_s"),
+        ("id,submit_s,duration_s,colour\n", "a,0,1,red\n", r"unknown column\(s\) colour"),
+        ("id,submit_s,duration_s\n", "a,x,1\n", r"no usable job rows \(first problem: line 2"),
+    ],
+)
+def test_files_that_cannot_be_a_trace_are_invalid_input(tmp_path: Path, header, body, match):
+    with pytest.raises(InvalidInput, match=match):
+        load_csv(_csv(tmp_path, body, header))
+
+
+def test_a_missing_file_is_invalid_input(tmp_path: Path):
+    with pytest.raises(InvalidInput, match="cannot read trace file"):
+        load_csv(tmp_path / "absent.csv")
+
+
+def test_a_missing_traces_folder_says_how_to_point_at_it(tmp_path: Path):
+    with pytest.raises(NotFound, match="set UNDERLAY_TRACES_DIR or pass --traces-dir"):
+        traces_dir(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("gpus", "workers"), [(1, 1), (8, 1), (12, 2), (16, 2), (20, 4), (24, 3), (64, 8), (7, 1)]
+)
+def test_wide_philly_jobs_become_gangs_of_at_most_one_node_each(gpus, workers):
+    assert _workers(gpus) == workers
+    assert gpus % workers == 0 and gpus // workers <= 8
+
+
+@needs_traces
+def test_philly_loads_every_arrival_with_seeded_durations():
+    a = load_philly(TRACES, seed=1)
+    b = load_philly(TRACES, seed=1)
+    c = load_philly(TRACES, seed=2)
+    assert len(a.jobs) == 15264 and a.skipped_count == 0
+    assert [j.duration_s for j in a.jobs] == [j.duration_s for j in b.jobs]
+    assert [j.duration_s for j in a.jobs] != [j.duration_s for j in c.jobs]
+    assert len({j.workload.project for j in a.jobs}) == 15
+    assert all(j.duration_s is not None and j.duration_s >= 1 for j in a.jobs)
+    short = sum(1 for j in a.jobs if (j.duration_s or 0) < 3600) / len(a.jobs)
+    assert 0.74 < short < 0.79  # the 76.3% of Philly jobs shorter than an hour
+    widest = max(a.jobs, key=lambda j: j.workload.gpu_share)
+    assert (widest.workload.gang, widest.workload.request.gpus) == (8, 8)
+    assert dict(a.quota_weights)["6214e9"] == 64.0
+
+
+@needs_traces
+def test_openb_loads_pods_with_fractions_and_qos_classes():
+    trace = load_openb(TRACES)
+    assert len(trace.jobs) == 8152 and trace.skipped_count == 0
+    assert all(j.duration_s is None for j in trace.jobs)
+    fractions = [j for j in trace.jobs if j.workload.request.gpu_milli]
+    assert len(fractions) == 3078
+    assert all(0 < j.workload.request.gpu_milli < 1000 for j in fractions)
+    cpu_only = [j for j in trace.jobs if not j.workload.gpu_share]
+    assert len(cpu_only) == 1088
+    assert {j.workload.priority for j in trace.jobs} == {0, 1, 2, 3}
+    services = [j for j in trace.jobs if j.workload.priority >= 2]
+    assert not any(j.workload.preemptible for j in services)
