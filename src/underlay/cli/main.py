@@ -8,6 +8,7 @@ import sys
 import typer
 
 from underlay.cli import compute, demo, keys, resources, server
+from underlay.cli.simulate import simulate
 
 app = typer.Typer(
     name="underlay",
@@ -32,6 +33,7 @@ app.add_typer(compute.quotas, name="quotas")
 app.add_typer(compute.budget, name="budget")
 app.command("usage")(compute.usage)
 app.command("agent")(compute.agent)
+app.command("simulate")(simulate)
 
 
 def main() -> None:
