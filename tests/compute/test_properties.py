@@ -259,3 +259,110 @@ def test_snapshots_and_decisions_survive_a_json_round_trip(snap: Snapshot) -> No
     d = decide(snap)
     assert decisions_from_json(to_json(d)) == d
     assert decide(snapshot_from_json(text)) == d
+
+
+# -- sequences of submit / finish / cancel --------------------------------------------------
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("submit"),
+            st.sampled_from(["p0", "p1"]),
+            st.sampled_from([(1, 0), (2, 0), (4, 0), (0, 250), (0, 500), (8, 0)]),
+            st.sampled_from([1, 1, 2]),
+            st.integers(0, 2),
+        ),
+        st.tuples(st.just("finish"), st.integers(0, 50)),
+        st.tuples(st.just("cancel"), st.integers(0, 50)),
+    ),
+    max_size=30,
+)
+
+
+class _Cluster:
+    """Test-side bookkeeping: applies decisions the way a caller of ``decide`` must."""
+
+    def __init__(self) -> None:
+        self.free = {f"n{i}": [1000] * 4 for i in range(3)}
+        self.running: dict[str, Running] = {}
+        self.pending: dict[str, Workload] = {}
+        self.clock = 0.0
+
+    def snapshot(self, config_name: str) -> Snapshot:
+        nodes = tuple(
+            Node(n, 64000, 65536, 64000, 65536, tuple(Accelerator("A100", 16384, f) for f in fs))
+            for n, fs in self.free.items()
+        )
+        quotas = (Quota("p0", "A100", 6), Quota("p1", "A100", 6))
+        return Snapshot(
+            self.clock,
+            nodes,
+            tuple(self.running.values()),
+            tuple(self.pending.values()),
+            quotas,
+            POLICIES[config_name],
+        )
+
+    def release(self, wid: str) -> Workload:
+        run = self.running.pop(wid)
+        for worker in run.workers:
+            for g in worker.gpus:
+                self.free[worker.node][g] += worker.gpu_milli
+        return run.workload
+
+    def apply(self, snap: Snapshot) -> None:
+        d = decide(snap)
+        assert d == decide(snap)
+        decided = [p.workload_id for p in d.places]
+        decided += [w.workload_id for w in d.waits] + [r.workload_id for r in d.rejects]
+        assert sorted(decided) == sorted(self.pending)
+        for r in d.rejects:
+            del self.pending[r.workload_id]
+        for p in d.preempts:  # a grace period of zero: the victim leaves at once
+            w = self.release(p.workload_id)
+            self.pending[w.id] = w
+        used: dict[str, int] = defaultdict(int)
+        for r in self.running.values():
+            used[r.workload.project] += r.workload.gpu_share
+        for place in d.places:
+            w = self.pending.pop(place.workload_id)
+            assert len(place.workers) == w.gang
+            used[w.project] += w.gpu_share
+            if snap.config.quotas and not place.borrowed:
+                assert used[w.project] <= 6000  # within its guarantee unless borrowing
+            for worker in place.workers:
+                for g in worker.gpus:
+                    self.free[worker.node][g] -= worker.gpu_milli
+                    assert self.free[worker.node][g] >= 0
+            self.running[w.id] = Running(w, place.workers, self.clock, place.gpu_type)
+        for frees in self.free.values():
+            assert all(0 <= f <= 1000 for f in frees)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(OPS, st.sampled_from(sorted(POLICIES)))
+def test_random_submit_finish_cancel_sequences_keep_every_invariant(ops, config_name) -> None:
+    cluster = _Cluster()
+    for n, op in enumerate(ops):
+        cluster.clock += 60.0
+        if op[0] == "submit":
+            _, project, (gpus, milli), gang, priority = op
+            w = Workload(
+                f"w{n}",
+                project,
+                Request(1000, 1024, gpus, milli),
+                gang,
+                priority,
+                submit_time=cluster.clock,
+            )
+            cluster.pending[w.id] = w
+        elif op[0] == "finish" and cluster.running:
+            cluster.release(sorted(cluster.running)[op[1] % len(cluster.running)])
+        elif op[0] == "cancel" and (cluster.pending or cluster.running):
+            ids = sorted(cluster.pending) + sorted(cluster.running)
+            wid = ids[op[1] % len(ids)]
+            if wid in cluster.pending:
+                del cluster.pending[wid]
+            else:
+                cluster.release(wid)
+        cluster.apply(cluster.snapshot(config_name))
