@@ -93,6 +93,9 @@ class SchedulerLoop:
                 admitted = 0
             if not admitted:
                 self._wake.wait(interval)
+            # wakes that arrive together share one round: a burst of submissions must not
+            # run a round (and hold the database's write lock) per submission
+            self._stop.wait(min(interval, 0.05))
             self._wake.clear()
 
     @contextlib.contextmanager
