@@ -209,19 +209,30 @@ class _Round:
         self._blocked(w, inside, verdict)
 
     def _borrow(self, w: Workload) -> None:
-        assert self.ledger is not None  # only the quota pass produces borrowers
+        ledger = self.ledger
+        assert ledger is not None  # only the quota pass produces borrowers
         types = [t for t in self._types(w) if t is not None]
-        allowed = [t for t in types if self.ledger.may_borrow(w.project, t, w.gpu_share)]
+        first = types[0]
+        # As in the guaranteed pass, a workload just like one that failed to borrow fails too;
+        # the project's usage is part of the key so the reason quotes the current figures.
+        level = service_level(w.attained_service, self.cfg.service_levels)
+        used = ledger.used.get((w.project, first), 0)
+        verdict = ("borrow", _shape(w, first), w.project, w.priority, level, used)
+        known = self.failed.get(verdict)
+        if known is not None:
+            self.waits.append(Wait(w.id, known))
+            return
+        allowed = [t for t in types if ledger.may_borrow(w.project, t, w.gpu_share)]
         if allowed and self._try_place(w, list(allowed), borrowed=True):
             return
         if self._try_preempt(w, allowed, guaranteed=False):
             return
-        first = types[0]
-        quota = self.ledger.describe(w.project, first)
+        quota = ledger.describe(w.project, first)
         if not allowed:
             reason = f"{quota}; its borrow limit is reached"
         else:
             reason = f"{quota}; no idle {first} to borrow ({self._no_fit_reason(w, allowed)})"
+        self.failed[verdict] = reason
         self.waits.append(Wait(w.id, reason))
 
     def _try_place(self, w: Workload, types: list[str | None], borrowed: bool) -> bool:
