@@ -23,7 +23,11 @@ from underlay.compute.scheduler.fragmentation import FragModel
 from underlay.compute.scheduler.snapshot import WHOLE, Request
 
 CANDIDATES_PER_TYPE = 8
-"""Nodes scored per accelerator type for one worker: bounds the cost of a placement."""
+"""Nodes scored per accelerator type for a fractional worker: bounds the cost of a placement."""
+
+WHOLE_CANDIDATES_PER_TYPE = 4
+"""The same for a whole-GPU worker, whose candidates in one index bucket differ only by host
+resources, so fewer of them tell the measure apart."""
 
 Cursors = dict[tuple[object, ...], int]
 """First-fit scan positions per request shape: capacity only shrinks within a round, so a node
@@ -168,6 +172,7 @@ def _choose_scored(
     best_key: tuple[int, int, float, int, int] | None = None
     free_cpu, free_mem = state.free_cpu, state.free_mem
     cpu, mem = req.cpu_milli, req.memory_mib
+    limit = WHOLE_CANDIDATES_PER_TYPE if req.gpus else CANDIDATES_PER_TYPE
     for rank, t in enumerate(types):
         scored = 0
         for kind, node, gpu in _candidates(state, req, t, model):
@@ -178,7 +183,7 @@ def _choose_scored(
             if best_key is None or key < best_key:
                 best, best_key = (node, gpu, t), key
             scored += 1
-            if scored >= CANDIDATES_PER_TYPE:
+            if scored >= limit:
                 break
         if ranked and best is not None:
             break
