@@ -1,9 +1,10 @@
 """Where a worker goes: first-fit, or fragmentation-aware packing (see :mod:`.fragmentation`).
 
 Fragmentation-aware packing walks the cluster index in the order the GPU-only measure
-prefers (index buckets, never a scan of every node), scores the first
-:data:`CANDIDATES_PER_TYPE` nodes of each accelerator type that can host the worker with the
-full measure (CPUs and memory included), and takes the one whose fragmentation grows least.
+prefers (index buckets, never a scan of every node), scores the first few nodes of each
+accelerator type that can host the worker (:data:`CANDIDATES_PER_TYPE`,
+:data:`WHOLE_CANDIDATES_PER_TYPE`) with the full measure (CPUs and memory included), and takes
+the one whose fragmentation grows least.
 Two rules hold regardless of the score: a fraction goes onto an already shared GPU if one can
 take it, before it breaks a whole GPU; a whole-GPU request only ever takes whole free GPUs.
 With the energy-aware option the first accelerator type (lowest power) that can host the

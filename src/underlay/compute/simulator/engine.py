@@ -97,6 +97,9 @@ class Simulation:
         self.seq = 0
         self.clock = trace.jobs[0].workload.submit_time if trace.jobs else 0.0
         self.start = self.clock
+        self._init_measures(nodes)
+
+    def _init_measures(self, nodes: tuple[Node, ...]) -> None:
         self.collector = Collector()
         self.preemptions = 0
         self.rejected = 0
