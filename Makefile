@@ -40,6 +40,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/blobs.py
 	$(PY) benchmarks/startup.py
+	$(PY) benchmarks/jobs.py
+	$(PY) benchmarks/scheduler.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
