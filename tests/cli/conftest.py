@@ -62,8 +62,12 @@ class ServerProcess:
         self.log_path = home.parent / f"server-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def extra_env(self) -> dict[str, str]:
+        """More environment for the server process (subclasses add settings here)."""
+        return {}
+
     def start(self, ready_within_s: float = 30) -> ServerProcess:
-        env = clean_env(UNDERLAY_HOME=str(self.home))
+        env = clean_env(UNDERLAY_HOME=str(self.home), **self.extra_env())
         if self.admin_token:
             env["UNDERLAY_ADMIN_TOKEN"] = self.admin_token
         with self.log_path.open("ab") as log:

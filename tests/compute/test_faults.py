@@ -43,25 +43,11 @@ class ComputeServer(ServerProcess):
             f"UNDERLAY_COMPUTE__{k.upper()}": _env_value(v) for k, v in settings.items()
         }
 
+    def extra_env(self) -> dict[str, str]:
+        return self.compute
+
     def start(self, ready_within_s: float = 60) -> ComputeServer:
-        env = clean_env(
-            UNDERLAY_HOME=str(self.home), UNDERLAY_ADMIN_TOKEN=self.admin_token, **self.compute
-        )
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [*CLI, "up", "--port", str(self.port)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + ready_within_s
-        while not self._ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.output()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"server not ready in {ready_within_s} s:\n{self.output()}")
-            time.sleep(0.05)
+        super().start(ready_within_s)
         return self
 
     def __enter__(self) -> ComputeServer:
