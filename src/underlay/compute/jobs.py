@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from underlay.audit import AuditLog
 from underlay.compute import budgets
-from underlay.compute.models import Job, JobAttempt, NodeRow
+from underlay.compute.models import Job
 from underlay.compute.scheduler import WHOLE, Reject, Request, Snapshot, Workload, decide
 from underlay.compute.schemas import PRIORITIES, JobCreate, JobRead
 from underlay.compute.states import ACTIVE, JobState, check_transition, is_final
@@ -239,12 +239,6 @@ def cancel_job(session: Session, audit: AuditLog, job: Job, actor: Actor, grace_
     return job
 
 
-def current_attempt(session: Session, job: Job) -> JobAttempt | None:
-    return session.scalar(
-        select(JobAttempt).where(JobAttempt.job_id == job.id, JobAttempt.number == job.attempts)
-    )
-
-
 def render(session: Session, job: Job, warnings: list[str] | None = None) -> JobRead:
     project = session.get(Project, job.project_id)
     user = session.get(User, job.user_id) if job.user_id else None
@@ -278,7 +272,3 @@ def render(session: Session, job: Job, warnings: list[str] | None = None) -> Job
         finished_at=job.finished_at,
         warnings=warnings or [],
     )
-
-
-def nodes_exist(session: Session) -> bool:
-    return session.scalar(select(NodeRow.id).limit(1)) is not None
