@@ -145,6 +145,36 @@ class ComputeSettings(BaseModel):
     cpu_watts_per_core: float = Field(
         default=10.0, ge=0, description="CPU power estimate per busy core when RAPL is unreadable."
     )
+    isolation: Literal["auto", "namespaces+user", "namespaces", "user", "none"] = Field(
+        default="auto",
+        description="How jobs are sandboxed: 'auto' picks the strongest mode this machine "
+        "supports (see docs/security.md); 'none' runs them as the agent's own user.",
+    )
+    require_isolation: bool = Field(
+        default=False,
+        description="Refuse to run jobs on a node that cannot isolate them (for servers "
+        "shared by several users).",
+    )
+    sandbox_uid: int | None = Field(
+        default=None,
+        ge=1,
+        description="Run every job as this uid (root agents); default: one uid per project.",
+    )
+    sandbox_uid_base: int = Field(
+        default=200_000, ge=1000, description="First uid of the per-project range (root agents)."
+    )
+    sandbox_uid_count: int = Field(
+        default=100_000, ge=1, description="Size of the per-project uid range."
+    )
+    sandbox_hide: list[Path] = Field(
+        default_factory=list,
+        description="More paths jobs must not see (the home, the agent's run folder and the "
+        "agent user's home are always hidden).",
+    )
+    sandbox_expose: list[Path] = Field(
+        default_factory=list,
+        description="Paths under a hidden one that jobs may read (the Python runtime always).",
+    )
 
 
 class Settings(BaseSettings):
@@ -187,9 +217,26 @@ class Settings(BaseSettings):
 
 
 def ensure_home(settings: Settings) -> None:
-    """Create the home folder (mode 0700) and its key files (mode 0600) if missing."""
-    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Create the home folder and its key files if missing, and keep the home and everything
+    directly in it owner-only (folders 0700, files 0600), also when they already existed or
+    an older version made them readable to others."""
+    home = settings.home
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    restrict(home)
     write_secret_file(settings.master_key_path, secrets.token_bytes(32), overwrite=False)
+
+
+def restrict(home: Path) -> None:
+    """Owner-only modes on ``home`` and its direct entries (symbolic links are left alone).
+    What lies deeper is unreachable to others once its parent is 0700."""
+    home.chmod(0o700)
+    for entry in home.iterdir():
+        try:
+            if entry.is_symlink():
+                continue
+            entry.chmod(0o700 if entry.is_dir() else 0o600)
+        except OSError:
+            continue  # another process removed it meanwhile
 
 
 def write_secret_file(path: Path, data: bytes, *, overwrite: bool) -> bool:

@@ -10,6 +10,11 @@ Design decisions:
   names do not leak; a member whose role is too low gets ``PermissionDenied``.
 * Failed logins are counted in the database, per user and per client address, so the limit
   holds across server workers.
+* Tokens have a kind. ``user`` tokens act with their user's roles. A ``job`` token is minted
+  once per attempt, acts in its job's project only (at most as a member) and is revoked when
+  the attempt ends. An ``agent`` token belongs to one node: it may call that node's agent
+  routes and nothing else (no project, no account, no admin action). Neither may manage
+  accounts or mint tokens, so a job cannot turn its token into a lasting one.
 """
 
 from __future__ import annotations
@@ -51,6 +56,13 @@ class Action(StrEnum):
     write = "write"  # member and up
     manage = "manage"  # project admin: memberships, project settings
     admin = "admin"  # global admin only: users, audit, keys
+    account = "account"  # one's own tokens and password: user tokens only
+
+
+class TokenKind(StrEnum):
+    user = "user"
+    job = "job"  # one attempt of a job, in its project, while it runs
+    agent = "agent"  # one node's agent
 
 
 _RANK = {Role.viewer: 1, Role.member: 2, Role.admin: 3}
@@ -66,6 +78,8 @@ class Actor:
     is_admin: bool
     roles: dict[int, Role] = field(default_factory=dict)
     token_id: int | None = None
+    kind: TokenKind = TokenKind.user
+    node: str | None = None  # agent tokens: the node they speak for
 
     @property
     def scope(self) -> Scope:
@@ -86,8 +100,27 @@ def validate_name(kind: str, name: str) -> str:
     return name
 
 
+def authorize_agent(actor: Actor, node: str) -> None:
+    """Only ``node``'s own agent (or a global admin) may speak for ``node``."""
+    if actor.kind is TokenKind.agent and actor.node == node:
+        return
+    if actor.kind is TokenKind.user and actor.is_admin:
+        return
+    raise PermissionDenied(f"only node {node[:128]!r}'s agent may do this: use its agent token")
+
+
 def authorize(actor: Actor, action: Action, project: Project | None = None) -> None:
     """Allow or refuse ``action`` by ``actor`` on ``project`` (None: the platform itself)."""
+    if actor.kind is TokenKind.agent:
+        raise PermissionDenied(
+            f"an agent token (node {actor.node!r}) may only be used by its node's agent"
+        )
+    if action is Action.account:
+        if actor.kind is not TokenKind.user:
+            raise PermissionDenied(
+                f"a {actor.kind} token may not manage accounts or tokens; use a user token"
+            )
+        return
     if actor.is_admin:
         return
     if action is Action.admin or project is None:
@@ -290,19 +323,38 @@ def _digest(secret: str) -> str:
 
 
 def create_token(
-    session: Session, user: User, name: str, *, expires_in_days: int | None
+    session: Session,
+    user: User,
+    name: str,
+    *,
+    expires_in_days: int | None,
+    kind: TokenKind = TokenKind.user,
+    project_id: int | None = None,
+    node: str | None = None,
+    expires_in_s: float | None = None,
 ) -> tuple[ApiToken, str]:
-    """A new token for ``user``; the secret is returned once and never stored."""
+    """A new token for ``user``; the secret is returned once and never stored. ``job`` tokens
+    need ``project_id``, ``agent`` tokens ``node``."""
     validate_name("token", name)
     if expires_in_days is not None and not 1 <= expires_in_days <= 3650:
         raise InvalidInput("expires_in_days must be between 1 and 3650")
+    if (kind is TokenKind.job) != (project_id is not None) or (
+        (kind is TokenKind.agent) != (node is not None)
+    ):
+        raise InvalidInput("job tokens need a project and agent tokens a node, others neither")
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    lifetime = dt.timedelta(days=expires_in_days) if expires_in_days else None
+    if expires_in_s is not None:
+        lifetime = dt.timedelta(seconds=expires_in_s)
     token = ApiToken(
         user_id=user.id,
         name=name,
         token_hash=_digest(secret),
         prefix=secret[:10],
-        expires_at=utcnow() + dt.timedelta(days=expires_in_days) if expires_in_days else None,
+        expires_at=utcnow() + lifetime if lifetime else None,
+        kind=str(kind),
+        project_id=project_id,
+        node=node,
     )
     session.add(token)
     session.flush()
@@ -357,7 +409,36 @@ def authenticate(session: Session, secret: str | None) -> Actor:
         raise Unauthenticated("the token's user is deactivated")
     if token.last_used_at is None or now - token.last_used_at > dt.timedelta(minutes=1):
         token.last_used_at = now
-    return Actor(user.id, user.name, user.is_admin, roles_of(session, user.id), token.id)
+    kind = TokenKind(token.kind)
+    if kind is TokenKind.agent:
+        return Actor(user.id, user.name, False, {}, token.id, kind, token.node)
+    roles = roles_of(session, user.id)
+    if kind is TokenKind.job:
+        assert token.project_id is not None
+        held = roles.get(token.project_id, Role.member if user.is_admin else None)
+        if held is None:
+            raise Unauthenticated("the token's user is no longer a member of its project")
+        capped = held if _RANK[held] <= _RANK[Role.member] else Role.member
+        return Actor(user.id, user.name, False, {token.project_id: capped}, token.id, kind)
+    return Actor(user.id, user.name, user.is_admin, roles, token.id)
+
+
+AGENT_USER = "agent"
+
+
+def create_agent_token(session: Session, node: str) -> tuple[ApiToken, str]:
+    """A token for ``node``'s agent, owned by the built-in user ``agent`` (no password, no
+    project, not an admin; made so if an older version had made it an admin, whose tokens are
+    then revoked). It can speak for ``node`` only."""
+    user = session.scalar(select(User).where(User.name == AGENT_USER))
+    if user is None:
+        user = create_user(session, AGENT_USER)
+    elif user.is_admin:
+        user.is_admin = False
+        revoke_all_tokens(session, user.id)
+    name = f"agent-{node.lower()}"[:63]
+    safe = re.sub(r"[^a-z0-9_-]", "-", name)
+    return create_token(session, user, safe, expires_in_days=None, kind=TokenKind.agent, node=node)
 
 
 # -- login ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ refused operation is rolled back and then audited on its own (outcome ``denied``
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,9 @@ class Platform:
     """Settings, metadata store, keys, blob store and audit log of one process."""
 
     def __init__(self, settings: Settings) -> None:
+        # A server process creates nothing others may read: the database and its journal,
+        # logs, blobs, the agent's folders (jobs get their own folder handed over explicitly).
+        os.umask(0o077)
         ensure_home(settings)
         self.settings = settings
         self.db = Database(
@@ -113,10 +117,12 @@ class Platform:
         project: str | None = None,
         client: str = "",
         audited: bool = True,
+        scope: Scope | None = None,
     ) -> Iterator[Unit]:
-        """A transaction for ``actor``; audited on success when ``audited``, always on failure."""
+        """A transaction for ``actor`` (in ``actor.scope`` unless a route that authorized the
+        actor otherwise widens it); audited on success when ``audited``, always on failure."""
         try:
-            with self.db.session(actor.scope) as session:
+            with self.db.session(scope or actor.scope) as session:
                 unit = Unit(session, actor, action, resource, project)
                 yield unit
                 if audited:

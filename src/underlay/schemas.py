@@ -91,6 +91,7 @@ class TokenRead(_Out):
     id: int
     name: str
     prefix: str
+    kind: str = "user"
     created_at: dt.datetime
     expires_at: dt.datetime | None
     revoked_at: dt.datetime | None

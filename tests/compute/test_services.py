@@ -16,19 +16,20 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import func, select
 
+from underlay import identity
 from underlay.audit import AuditLog
 from underlay.compute import budgets, jobs, ledger, loop, nodes, snapshots
 from underlay.compute.inventory import AcceleratorInfo, NodeInventory
 from underlay.compute.models import AcceleratorRow, Job, JobAttempt
 from underlay.compute.scheduler import decide, policy_config
-from underlay.compute.schemas import JobCreate
+from underlay.compute.schemas import AttemptEnded, JobCreate
 from underlay.compute.states import ALLOWED, JobState, check_transition, is_final
 from underlay.config import ComputeSettings, Settings
 from underlay.crypto import Keyring, SigningKey
-from underlay.errors import Conflict
+from underlay.errors import Conflict, PermissionDenied, Unauthenticated
 from underlay.identity import SYSTEM
 from underlay.store import Database, Scope
-from underlay.store.models import AuditEntry, Project
+from underlay.store.models import ApiToken, AuditEntry, Project, Role
 from underlay.store.types import utcnow
 
 NODE = "gpu-1"
@@ -394,3 +395,56 @@ def test_a_running_attempt_counts_against_the_budget(w: World) -> None:
         attempt.started_at = utcnow() - dt.timedelta(minutes=45)
     with pytest.raises(Conflict, match=r"used 1\.5 of 1 GPU-hours"):
         submit(w, gpus=1)
+
+
+def test_a_pending_launch_carries_one_job_token_minted_once_and_scoped(w: World) -> None:
+    beat(w, inventory(gpu(0)))
+    job_id, _ = submit(w, gpus=1)
+    with w.db.session(Scope.everything()) as s:
+        carol = identity.create_user(s, "carol", is_admin=True)  # even a global admin's job
+        job = s.get(Job, job_id)
+        assert job is not None
+        job.user_id = carol.id
+    assert round_(w) == 1
+    secrets_seen = set()
+    for _ in range(3):  # the agent asks again and again until it reports the start
+        with w.db.session(Scope.everything()) as s:
+            node = nodes.read_node(s, NODE)
+            work = nodes.work_for(
+                s, node, keyring=w.keyring, settings=w.settings, server_url="http://x"
+            )
+            (launch,) = work.launch
+            secrets_seen.add(launch.env["UNDERLAY_TOKEN"])
+    assert len(secrets_seen) == 1
+    (secret,) = secrets_seen
+    with w.db.session(Scope.everything()) as s:
+        rows = s.scalars(select(ApiToken).where(ApiToken.name == f"job-{job_id}-1")).all()
+        assert [(t.kind, t.project_id) for t in rows] == [("job", w.project_id)]
+        actor = identity.authenticate(s, secret)
+        assert not actor.is_admin and actor.roles == {w.project_id: Role.member}
+        with pytest.raises(PermissionDenied, match="may not manage accounts"):
+            identity.authorize(actor, identity.Action.account)
+    (attempt,) = attempts_of(w, job_id)
+    with w.db.session(Scope.everything()) as s:
+        node = nodes.read_node(s, NODE)
+        report = AttemptEnded(state="succeeded", exit_code=0, reason="done", wall_s=1.0)
+        nodes.attempt_ended(s, w.audit, node, attempt.id, report, w.settings)
+    with (
+        w.db.session(Scope.everything()) as s,
+        pytest.raises(Unauthenticated, match="revoked"),
+    ):
+        identity.authenticate(s, secret)
+
+
+def test_an_agent_token_speaks_for_its_node_only(w: World) -> None:
+    with w.db.session(Scope.everything()) as s:
+        _, secret = identity.create_agent_token(s, NODE)
+        actor = identity.authenticate(s, secret)
+        project = s.get(Project, w.project_id)
+    identity.authorize_agent(actor, NODE)
+    with pytest.raises(PermissionDenied, match="only node 'gpu-2'"):
+        identity.authorize_agent(actor, "gpu-2")
+    for action in identity.Action:
+        with pytest.raises(PermissionDenied, match="agent token"):
+            identity.authorize(actor, action, project)
+    assert actor.scope.project_ids == frozenset()  # it sees no project's rows

@@ -35,10 +35,22 @@ class RequestContext:
 
     @contextlib.contextmanager
     def unit(
-        self, action: str, resource: str, *, project: str | None = None, audited: bool = True
+        self,
+        action: str,
+        resource: str,
+        *,
+        project: str | None = None,
+        audited: bool = True,
+        scope: Scope | None = None,
     ) -> Iterator[Unit]:
         with self.platform.unit(
-            self.actor, action, resource, project=project, client=self.client, audited=audited
+            self.actor,
+            action,
+            resource,
+            project=project,
+            client=self.client,
+            audited=audited,
+            scope=scope,
         ) as unit:
             yield unit
 

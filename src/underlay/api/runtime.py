@@ -9,36 +9,42 @@ import socket
 import threading
 from pathlib import Path
 
-from sqlalchemy import select
-
 from underlay import identity
-from underlay.compute.agent import NodeAgent
+from underlay.agent import NodeAgent, local_executor
 from underlay.compute.loop import SchedulerLoop
 from underlay.config import write_secret_file
+from underlay.errors import Unauthenticated
+from underlay.identity import TokenKind
 from underlay.platform import Platform
 from underlay.store import Scope
-from underlay.store.models import User
 
 log = logging.getLogger(__name__)
-AGENT_USER = "agent"
 
 
-def agent_token(platform: Platform) -> str:
-    """The local agent's token: created once (user ``agent``, a global admin), kept 0600."""
+def agent_token(platform: Platform, node: str) -> str:
+    """The local agent's token: an ``agent`` token for ``node`` (it can do nothing but speak
+    for this node), created once and kept 0600 in the home. A saved token that no longer
+    authenticates as this node's agent (an older version's admin token) is replaced."""
     path: Path = platform.settings.home / "agent.token"
     if path.exists():
-        return path.read_text().strip()
+        secret = path.read_text().strip()
+        with platform.db.session(Scope.everything()) as session:
+            try:
+                actor = identity.authenticate(session, secret)
+            except Unauthenticated:
+                actor = None
+        if actor is not None and actor.kind is TokenKind.agent and actor.node == node:
+            return secret
+        path.unlink(missing_ok=True)
     with platform.db.session(Scope.everything()) as session:
-        user = session.scalar(select(User).where(User.name == AGENT_USER))
-        if user is None:
-            user = identity.create_user(session, AGENT_USER, is_admin=True)
-        _, secret = identity.create_token(session, user, "local-agent", expires_in_days=None)
+        token, secret = identity.create_agent_token(session, node)
         platform.audit.append(
             session,
             actor="system",
             action="token.create",
-            resource=f"user:{AGENT_USER}/token:local-agent",
+            resource=f"user:{identity.AGENT_USER}/token:{token.name}",
             outcome="ok",
+            detail={"kind": "agent", "node": node},
         )
     if not write_secret_file(path, secret.encode(), overwrite=False):
         return path.read_text().strip()  # another worker was first; its token is saved
@@ -60,13 +66,18 @@ class ComputeRuntime:
 
     def _start_agent(self) -> None:
         from underlay.client import Client
-        from underlay.compute.executors.local import LocalExecutor
 
         settings = self.platform.settings
         name = settings.compute.node_name or socket.gethostname()
         run_dir = settings.home / "agent" / name
-        client = Client(self.platform.public_url, agent_token(self.platform), verify=False)
-        executor = LocalExecutor(run_dir / "status", grace_s=settings.compute.grace_s)
+        client = Client(self.platform.public_url, agent_token(self.platform, name), verify=False)
+        executor = local_executor(settings, run_dir)
+        log.log(
+            logging.INFO if executor.isolation.isolated else logging.WARNING,
+            "node %s: %s",
+            name,
+            executor.isolation.describe(),
+        )
         agent = NodeAgent(client, settings, executor, name, run_dir)
         self._agent = agent
         self.agent_thread = threading.Thread(target=agent.run, name="underlay-agent", daemon=True)

@@ -35,7 +35,7 @@ def nodes_ls(json_: JsonOpt = False) -> None:
     from rich.table import Table
 
     table = Table()
-    for col in ("node", "status", "CPUs", "memory", "accelerators"):
+    for col in ("node", "status", "isolation", "CPUs", "memory", "accelerators"):
         table.add_column(col)
     for node in fleet:
         accs = [
@@ -44,9 +44,11 @@ def nodes_ls(json_: JsonOpt = False) -> None:
             for a in node.accelerators
         ]
         status = node.status + (f" ({node.status_reason})" if node.status_reason else "")
+        isolation = node.isolation if node.isolation != "none" else "NOT ISOLATED"
         table.add_row(
             node.name,
             status,
+            isolation,
             f"{node.cpu_milli / 1000:g}",
             f"{node.memory_mib / 1024:.1f} GiB",
             "\n".join(accs) or "-",
@@ -62,6 +64,15 @@ def nodes_cordon(
     with client() as c:
         c.cordon(name, reason)
     typer.echo(f"cordoned {name}")
+
+
+@nodes.command("token")
+def nodes_token(name: str) -> None:
+    """Create an agent token for node NAME (global admins): it can do nothing but speak for
+    that node. Printed once; give it to 'underlay agent --token'."""
+    with client() as c:
+        created = c.create_agent_token(name)
+    typer.echo(created.token)
 
 
 @nodes.command("uncordon")
@@ -282,15 +293,17 @@ def usage(
 
 def agent(
     server: Annotated[str, typer.Option(help="The server's URL.")],
-    token: Annotated[str | None, typer.Option(help="An admin token (else UNDERLAY_TOKEN).")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(help="The node's agent token ('underlay nodes token'; else UNDERLAY_TOKEN)."),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Node name (default: host name).")] = None,
 ) -> None:
     """Run a node agent: report this machine's accelerators and run the jobs placed on it."""
     import socket
 
+    from underlay.agent import NodeAgent, local_executor
     from underlay.client import Client
-    from underlay.compute.agent import NodeAgent
-    from underlay.compute.executors.local import LocalExecutor
     from underlay.config import Settings
 
     secret = token or os.environ.get("UNDERLAY_TOKEN")
@@ -300,7 +313,8 @@ def agent(
     node = name or settings.compute.node_name or socket.gethostname()
     run_dir = settings.home / "agent" / node
     with Client(server, secret) as c:
-        executor = LocalExecutor(run_dir / "status", grace_s=settings.compute.grace_s)
+        executor = local_executor(settings, run_dir)
         worker = NodeAgent(c, settings, executor, node, run_dir)
         typer.echo(f"agent for node {node} reporting to {server}", err=True)
+        typer.echo(f"node {node}: {executor.isolation.describe()}", err=True)
         worker.run()

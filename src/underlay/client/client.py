@@ -228,24 +228,32 @@ class Client(ComputeMethods):
 
     def iter_blob(self, project: str, digest: str) -> Iterator[bytes]:
         """Stream a blob's bytes, checking the SHA-256 end to end."""
-        hasher = hashlib.sha256()
         path = f"/projects/{project}/blobs/{digest}/content"
+        what = f"blob sha256:{digest} of project {project!r}"
+        return self._iter_verified(path, what, digest)
+
+    def _iter_verified(self, path: str, what: str, digest: str | None = None) -> Iterator[bytes]:
+        """Stream ``path``'s bytes and check their SHA-256 against ``digest`` (else against the
+        server's ``X-Content-SHA256``); a server that cannot be reached is ``Unavailable``."""
+        hasher = hashlib.sha256()
         try:
             with self._http.stream("GET", path) as response:
                 if not response.is_success:
                     response.read()
                     _raise_for_problem(response)
+                expected = digest or response.headers.get("X-Content-SHA256", "")
                 for chunk in response.iter_bytes(CHUNK):
                     hasher.update(chunk)
                     yield chunk
+        except httpx.ConnectError as exc:
+            raise Unavailable(f"cannot reach the server at {self._http.base_url}: {exc}") from exc
         except httpx.TransportError as exc:
-            raise IntegrityFailure(
-                f"blob sha256:{digest} of project {project!r} could not be read in full: {exc}"
-            ) from exc
-        if hasher.hexdigest() != digest:
-            raise IntegrityFailure(
-                f"blob sha256:{digest} of project {project!r} arrived with another digest"
-            )
+            raise IntegrityFailure(f"{what} could not be read in full: {exc}") from exc
+        if hasher.hexdigest() != expected:
+            raise IntegrityFailure(f"{what} arrived with another digest")
+
+    def _verified_download(self, path: str, what: str) -> bytes:
+        return b"".join(self._iter_verified(path, what))
 
     def download_blob(self, project: str, digest: str) -> bytes:
         return b"".join(self.iter_blob(project, digest))

@@ -16,6 +16,7 @@ from underlay.compute.schemas import (
     UsageRead,
 )
 from underlay.errors import Unavailable
+from underlay.schemas import TokenCreated
 
 if TYPE_CHECKING:
     import httpx
@@ -33,6 +34,7 @@ class ComputeMethods:
         def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response: ...
         def _one(self, model: type[Any], method: str, path: str, **kwargs: Any) -> Any: ...
         def _many(self, model: type[Any], path: str, **kwargs: Any) -> list[Any]: ...
+        def _verified_download(self, path: str, what: str) -> bytes: ...
 
     # -- nodes -----------------------------------------------------------------------------
 
@@ -154,6 +156,16 @@ class ComputeMethods:
         self._request(
             "POST", f"/nodes/{node}/attempts/{attempt_id}/ended", json=report.model_dump()
         )
+
+    def create_agent_token(self, node: str) -> TokenCreated:
+        """A token that can only speak for ``node``'s agent (global admins)."""
+        result: TokenCreated = self._one(TokenCreated, "POST", f"/nodes/{node}/tokens")
+        return result
+
+    def attempt_workdir(self, node: str, attempt_id: int) -> bytes:
+        """The working-folder snapshot of an attempt on ``node`` (agent tokens), verified."""
+        path = f"/nodes/{node}/attempts/{attempt_id}/workdir"
+        return self._verified_download(path, f"the working folder of attempt {attempt_id}")
 
     def append_logs(self, node: str, attempt_id: int, data: bytes, offset: int) -> None:
         self._request(

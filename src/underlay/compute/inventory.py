@@ -157,6 +157,7 @@ class NodeInventory:
     cpu_utilization: float = 0.0
     accelerators: tuple[AcceleratorInfo, ...] = ()
     rapl_readable: bool = False
+    isolation: str = "none"  # how the node's executor sandboxes jobs (its agent says)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -202,6 +203,7 @@ class NodeInventory:
             cpu_utilization=_get(data, "cpu_utilization", float, where, 0.0),
             accelerators=tuple(AcceleratorInfo.from_dict(a) for a in accs),
             rapl_readable=_get(data, "rapl_readable", bool, where, False),
+            isolation=_get(data, "isolation", str, where, "none")[:32],
         )
 
 

@@ -39,6 +39,7 @@ class NodeRow(Base):
     status: Mapped[str] = mapped_column(String(16), default="ready")  # ready|lost|cordoned
     status_reason: Mapped[str] = mapped_column(String(500), default="")
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    isolation: Mapped[str] = mapped_column(String(32), default="none")
     info: Mapped[str] = mapped_column(Text, default="{}")
     registered_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -125,6 +126,7 @@ class JobAttempt(Base):
     cpu_milli: Mapped[int] = mapped_column(Integer, default=0)
     pid: Mapped[int | None] = mapped_column(Integer)
     pid_started: Mapped[float | None] = mapped_column(Float)  # guards against pid reuse
+    token_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)  # the job token, sealed
     state: Mapped[str] = mapped_column(String(16), default="admitted")
     reason: Mapped[str] = mapped_column(String(1000), default="")
     exit_code: Mapped[int | None] = mapped_column(Integer)

@@ -23,7 +23,7 @@ from underlay.compute.models import AcceleratorRow, Job, JobAttempt, NodeRow
 from underlay.compute.schemas import AgentWork, AttemptEnded, AttemptRef, LaunchInfo
 from underlay.compute.states import ACTIVE, JobState, is_final
 from underlay.config import Settings
-from underlay.crypto import Keyring
+from underlay.crypto import Keyring, seal, unseal
 from underlay.errors import Conflict, NotFound
 from underlay.store.models import ApiToken, Project, User
 from underlay.store.types import utcnow
@@ -64,6 +64,7 @@ def heartbeat(session: Session, inventory: NodeInventory, settings: Settings) ->
     node.memory_mib = inventory.memory_mib
     node.cpu_utilization = inventory.cpu_utilization
     node.simulated = inventory.simulated
+    node.isolation = inventory.isolation
     node.heartbeat_at = now
     existing = {
         a.index: a
@@ -204,12 +205,13 @@ def _launch_info(
     gpus = list(worker["gpus"])
     project = session.get(Project, job.project_id)
     env = json.loads(job.env)
-    env.update(_job_identity(session, job, attempt, server_url))
+    env.update(_job_identity(session, job, attempt, server_url, keyring))
     return LaunchInfo(
         attempt_id=attempt.id,
         job_id=job.id,
         attempt=attempt.number,
         project=project.name if project else "",
+        project_id=job.project_id,
         command=json.loads(job.command),
         env=env,
         secrets=secrets_of(session, job, keyring),
@@ -223,20 +225,41 @@ def _launch_info(
     )
 
 
-def _job_identity(session: Session, job: Job, attempt: JobAttempt, url: str) -> dict[str, str]:
-    """``UNDERLAY_URL``, a job-scoped token and ``UNDERLAY_JOB_ID``, for the SDK in the job."""
+def _job_identity(
+    session: Session, job: Job, attempt: JobAttempt, url: str, keyring: Keyring
+) -> dict[str, str]:
+    """``UNDERLAY_URL``, the attempt's token and ``UNDERLAY_JOB_ID``, for the SDK in the job.
+
+    The token is minted once per attempt (kind ``job``: its project only, at most as a member;
+    see :mod:`underlay.identity`), kept sealed under the project's data key so a repeated
+    launch order carries the same one, expires with the attempt's max run time (a day
+    without one) and is revoked when the attempt ends."""
     env = {
         "UNDERLAY_URL": url,
         "UNDERLAY_JOB_ID": str(job.id),
         "UNDERLAY_ATTEMPT": str(attempt.number),
     }
     user = session.get(User, job.user_id) if job.user_id else None
-    if user is not None and user.is_active:
-        name = f"job-{job.id}-{attempt.number}"
-        _revoke_job_tokens(session, job, attempt)
-        days = max(1, int((job.max_runtime_s or 86400) // 86400) + 1)
-        _, secret = identity.create_token(session, user, name, expires_in_days=min(days, 30))
-        env["UNDERLAY_TOKEN"] = secret
+    if user is None or not user.is_active:
+        return env
+    key = keyring.data_key(session, job.project_id)
+    aad = f"job-token:{attempt.id}".encode()
+    if attempt.token_sealed is not None:
+        what = f"token of attempt {attempt.id}"
+        env["UNDERLAY_TOKEN"] = unseal(key, attempt.token_sealed, aad, what).decode()
+        return env
+    lifetime = (job.max_runtime_s or 86400.0) + 3600.0  # time to queue, start and report
+    _, secret = identity.create_token(
+        session,
+        user,
+        f"job-{job.id}-{attempt.number}",
+        expires_in_days=None,
+        expires_in_s=lifetime,
+        kind=identity.TokenKind.job,
+        project_id=job.project_id,
+    )
+    attempt.token_sealed = seal(key, secret.encode(), aad)
+    env["UNDERLAY_TOKEN"] = secret
     return env
 
 
@@ -244,6 +267,7 @@ def _revoke_job_tokens(session: Session, job: Job, attempt: JobAttempt) -> None:
     name = f"job-{job.id}-{attempt.number}"
     for token in session.scalars(select(ApiToken).where(ApiToken.name == name)):
         token.revoked_at = token.revoked_at or utcnow()
+    attempt.token_sealed = None
 
 
 def read_attempt(session: Session, node: NodeRow, attempt_id: int) -> tuple[JobAttempt, Job]:

@@ -118,6 +118,9 @@ class NodeRead(_Out):
     status: str
     status_reason: str
     simulated: bool
+    isolation: str = Field(
+        default="none", description="How jobs are sandboxed on this node (docs/security.md)."
+    )
     heartbeat_at: dt.datetime
     accelerators: list[AcceleratorRead] = []
 
@@ -165,6 +168,7 @@ class LaunchInfo(BaseModel):
     job_id: int
     attempt: int
     project: str
+    project_id: int = 0
     command: list[str]
     env: dict[str, str]
     secrets: dict[str, str]

@@ -98,6 +98,11 @@ class ApiToken(Base):
     expires_at: Mapped[dt.datetime | None] = mapped_column()
     revoked_at: Mapped[dt.datetime | None] = mapped_column()
     last_used_at: Mapped[dt.datetime | None] = mapped_column()
+    kind: Mapped[str] = mapped_column(String(16), default="user")  # user | job | agent
+    project_id: Mapped[int | None] = mapped_column(  # job tokens: their only project
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    node: Mapped[str | None] = mapped_column(String(128))  # agent tokens: their node
 
 
 class LoginFailure(Base):

@@ -20,6 +20,7 @@ router = APIRouter(tags=["tokens"])
 def create_token(body: TokenCreate, ctx: Ctx) -> TokenCreated:
     owner = body.user or ctx.actor.name
     with ctx.unit("token.create", f"user:{owner}/token:{body.name}") as u:
+        authorize(ctx.actor, Action.account)
         if owner != ctx.actor.name:
             authorize(ctx.actor, Action.admin)
         user = identity.read_user(u.session, owner)
@@ -35,6 +36,7 @@ def create_token(body: TokenCreate, ctx: Ctx) -> TokenCreated:
 @router.get("/tokens", response_model=list[TokenRead])
 def list_tokens(ctx: Ctx) -> list[TokenRead]:
     with ctx.unit("token.list", f"user:{ctx.actor.name}", audited=False) as u:
+        authorize(ctx.actor, Action.account)
         return [
             TokenRead.model_validate(t) for t in identity.list_tokens(u.session, ctx.actor.user_id)
         ]
@@ -43,6 +45,7 @@ def list_tokens(ctx: Ctx) -> list[TokenRead]:
 @router.delete("/tokens/{token_id}", status_code=204)
 def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**31 - 1)], ctx: Ctx) -> Response:
     with ctx.unit("token.revoke", f"token:{token_id}") as u:
+        authorize(ctx.actor, Action.account)
         identity.revoke_token(u.session, ctx.actor, token_id)
     return Response(status_code=204)
 

@@ -53,6 +53,7 @@ def read_user(name: str, ctx: Ctx) -> UserRead:
 @router.patch("/{name}", response_model=UserRead)
 def update_user(name: str, body: UserUpdate, ctx: Ctx) -> UserRead:
     with ctx.unit("user.update", f"user:{name}") as u:
+        authorize(ctx.actor, Action.account)
         if name != ctx.actor.name or body.is_admin is not None or body.is_active is not None:
             authorize(ctx.actor, Action.admin)
         user = identity.update_user(

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol
 
+from underlay.compute.executors.isolation import Isolation
+
 EndState = Literal["succeeded", "failed", "cancelled", "preempted", "lost"]
 
 
@@ -32,6 +34,7 @@ class LaunchSpec:
     gpu_uuids: tuple[str, ...] = ()
     gpu_fraction: float | None = None  # share of one GPU for fractional requests
     max_runtime_s: float | None = None
+    project_id: int | None = None  # picks the job's uid in the user isolation modes
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,11 @@ class Executor(Protocol):
     name: ClassVar[str]
     supports_gang: ClassVar[bool]
     supports_preemption: ClassVar[bool]
+    isolation: Isolation  # how attempts are sandboxed here (reported in ``nodes ls``)
+
+    def workdir_for(self, job_id: int, attempt: int) -> Path:
+        """Where the agent unpacks an attempt's working folder before :meth:`launch`."""
+        ...
 
     def launch(self, spec: LaunchSpec) -> ProcessRef:
         """Start the attempt; returns at once with its process reference."""

@@ -51,6 +51,11 @@ timer threads, so thousands of jobs cost nothing between polls). SIGKILL goes to
 group in the shim's tree, to each descendant, and through ``cgroup.kill`` where there is a
 cgroup; without a cgroup a process that both left the group and was orphaned escapes.
 
+**Isolation** (:mod:`.isolation`): the shim gets a ``--sandbox`` object for the node's mode,
+and sets up the namespaces, hidden paths and uid drop itself; the working folder is handed to
+the job's uid (0700) before launch, and ``HOME`` points at it. In mode ``none`` with
+``require_isolation`` the executor refuses to launch.
+
 ``supports_gang`` is False: one attempt is one process tree. A gang of workers on one node could
 later be launched as one attempt per worker sharing a rendezvous address.
 """
@@ -83,6 +88,7 @@ from underlay.compute.executors.base import (
     ProcessRef,
     UsageSample,
 )
+from underlay.compute.executors.isolation import Isolation
 from underlay.errors import Conflict, InvalidInput, Unavailable
 
 SHIM_PATH = Path(shim.__file__)
@@ -135,16 +141,35 @@ class LocalExecutor:
     supports_gang: ClassVar[bool] = False
     supports_preemption: ClassVar[bool] = True
 
-    def __init__(self, run_dir: Path, *, grace_s: float = 10.0, use_cgroups: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        grace_s: float = 10.0,
+        use_cgroups: bool = True,
+        isolation: Isolation | None = None,
+        work_dir: Path | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.isolation = isolation or Isolation(reason="no isolation was configured")
+        self.work_dir = self.isolation.work_root or work_dir or self.run_dir / "work"
         self.grace_s = grace_s
         self.cgroup_parent = find_cgroup_parent() if use_cgroups else None
         self._attempts: dict[ProcessRef, _Attempt] = {}
         self._lock = threading.Lock()
 
+    def workdir_for(self, job_id: int, attempt: int) -> Path:
+        """Where an attempt's working folder goes (the job's uid must be able to reach it)."""
+        return self.work_dir / f"job-{job_id}-{attempt}"
+
     def launch(self, spec: LaunchSpec) -> ProcessRef:
         validate(spec)
+        if self.isolation.required and not self.isolation.isolated:
+            raise Unavailable(
+                "this node cannot isolate jobs and compute.require_isolation is set: "
+                f"{self.isolation.reason}"
+            )
         folder = self.run_dir / f"{spec.job_id}.{spec.attempt}"
         try:
             folder.mkdir(parents=True)
@@ -226,6 +251,9 @@ class LocalExecutor:
             spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InvalidInput(f"cannot create {exc.filename}: {exc.strerror}") from exc
+        sandbox = self.isolation.sandbox(spec.workdir, spec.project_id)
+        if sandbox is not None:
+            hand_over(spec.workdir, sandbox.get("uid"))
         cgroup = self._make_cgroup(spec)
         limits = {"memory_mib": spec.memory_mib, "max_runtime_s": spec.max_runtime_s}
         shim.write_atomically(
@@ -237,6 +265,8 @@ class LocalExecutor:
             argv += ["--cpus", ",".join(str(c) for c in sorted(set(spec.cpus)))]
         if cgroup is not None:
             argv += ["--cgroup", str(cgroup)]
+        if sandbox is not None:
+            argv += ["--sandbox", json.dumps(sandbox)]
         argv += ["--", *spec.command]
         header = (
             f"[underlay] job {spec.job_id} attempt {spec.attempt} starting at "
@@ -249,7 +279,7 @@ class LocalExecutor:
                 popen = subprocess.Popen(
                     argv,
                     cwd=spec.workdir,
-                    env=job_environment(spec),
+                    env=job_environment(spec, isolated=sandbox is not None),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -405,15 +435,33 @@ def validate(spec: LaunchSpec) -> None:
                 raise InvalidInput(f"{kind} variable {name!r} has an invalid name or value")
 
 
-def job_environment(spec: LaunchSpec, inherited: Mapping[str, str] | None = None) -> dict[str, str]:
+def job_environment(
+    spec: LaunchSpec, inherited: Mapping[str, str] | None = None, *, isolated: bool = False
+) -> dict[str, str]:
     """The job's environment: allow-listed ``inherited`` (default: the agent's), ``spec.env``,
-    ``spec.secrets``, then the device settings, which the job cannot override."""
+    ``spec.secrets``, then the device settings, which the job cannot override. An isolated
+    job's ``HOME`` is its working folder (the agent user's home is hidden from it)."""
     base = os.environ if inherited is None else inherited
     env = {k: v for k, v in base.items() if k in PASSTHROUGH or k.startswith("LC_")}
+    if isolated:
+        env["HOME"] = str(spec.workdir)
+        env.pop("TMPDIR", None)  # the sandbox has a private /tmp
     env.update(spec.env)
     env.update(spec.secrets)
     env.update(gpu_environment(spec))
     return env
+
+
+def hand_over(workdir: Path, uid: object) -> None:
+    """Give the working folder (and what the agent unpacked in it) to the job's uid, 0700."""
+    if not isinstance(uid, int) or os.geteuid() != 0:
+        workdir.chmod(0o700)
+        return
+    for folder, dirs, files in os.walk(workdir):
+        for name in (*dirs, *files):
+            os.lchown(os.path.join(folder, name), uid, uid)  # noqa: PTH118
+    os.chown(workdir, uid, uid)
+    workdir.chmod(0o700)
 
 
 def gpu_environment(spec: LaunchSpec) -> dict[str, str]:

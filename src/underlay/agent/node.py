@@ -18,7 +18,7 @@ import logging
 import tarfile
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,7 +82,9 @@ class NodeAgent:
         self._stop.set()
 
     def tick(self) -> None:
-        inventory = probe_node(self.settings, self.name)
+        inventory = replace(
+            probe_node(self.settings, self.name), isolation=self.executor.isolation.mode
+        )
         self._inventory = inventory
         work = self.client.heartbeat(self.name, inventory.to_dict())
         expected = {r.attempt_id for r in work.running} | {i.attempt_id for i in work.launch}
@@ -133,7 +135,7 @@ class NodeAgent:
                 )
             )
             return
-        workdir = self.run_dir / f"job-{info.job_id}-{info.attempt}"
+        workdir = self.executor.workdir_for(info.job_id, info.attempt)
         try:
             self._prepare_workdir(info, workdir)
             spec = LaunchSpec(
@@ -150,6 +152,7 @@ class NodeAgent:
                 gpu_uuids=tuple(info.gpu_uuids),
                 gpu_fraction=info.gpu_fraction,
                 max_runtime_s=info.max_runtime_s,
+                project_id=info.project_id,
             )
             ref = self.executor.launch(spec)
         except (OSError, UnderlayError) as exc:
@@ -173,9 +176,9 @@ class NodeAgent:
         self.client.attempt_started(self.name, info.attempt_id, ref.pid, ref.started)
 
     def _prepare_workdir(self, info: LaunchInfo, workdir: Path) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
+        workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if info.workdir_digest:
-            data = self.client.download_blob(info.project, info.workdir_digest)
+            data = self.client.attempt_workdir(self.name, info.attempt_id)
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
                 archive.extractall(workdir, filter="data")  # no traversal, no devices
 
