@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +27,14 @@ from underlay.compute.models import Alert, Job, JobAttempt, QuotaRow
 from underlay.config import ComputeSettings, Settings, SimulatedAccelerator
 from underlay.errors import NotFound
 from underlay.store import Scope
-from underlay.store.models import ApiToken, Project
+from underlay.store.models import (
+    ApiToken,
+    Blob,
+    DataKey,
+    LineageEdge,
+    Membership,
+    Project,
+)
 
 PY = sys.executable
 
@@ -90,6 +98,7 @@ def test_a_new_job_after_a_delete_gets_a_new_id_and_none_of_the_old_output(
     ul.upload_blob("vision", b"vision's data")
     ul.set_quota("vision", "A100", 1)
     ul.set_budget("vision", gpu_hours_per_month=10.0)
+    ul.add_lineage("vision", ("blob", "x"), "used_by", ("run", "1"))
     old_project = ul.read_project("vision").id
     blob_folder = Path(server.settings.blob_url) / str(old_project)
     assert blob_folder.exists() and (home / "logs" / f"job-{old.id}").exists()
@@ -113,6 +122,9 @@ def test_a_new_job_after_a_delete_gets_a_new_id_and_none_of_the_old_output(
     with server.platform.db.session(Scope.everything()) as s:
         assert s.scalar(select(func.count()).select_from(QuotaRow)) == 0
         assert s.scalars(select(JobAttempt.job_id)).all() == [new.id]
+        for table in (DataKey, Membership, Blob, LineageEdge):
+            left = select(func.count()).select_from(table).where(table.project_id == old_project)
+            assert s.scalar(left) == 0, table.__tablename__
 
 
 def test_an_alert_of_a_deleted_project_never_appears_in_a_later_one(
@@ -161,11 +173,17 @@ def test_deleting_a_project_while_its_job_runs_stops_it_and_the_next_job_runs(
         )
     caplog.set_level(logging.INFO, logger="underlay.compute.agent")
     caplog.clear()
+    followed: list[object] = []
+    follower = threading.Thread(target=_follow, args=(server, job.id, followed), daemon=True)
+    follower.start()
 
     delete_with_cli(server, "vision")
 
     until(marker.exists, "the job's process got SIGTERM")
     until(lambda: not _alive(pid), "the job's process is gone")
+    follower.join(30)
+    assert not follower.is_alive() and len(followed) == 1
+    assert isinstance(followed[0], str) and "pid " in followed[0]  # the stream ended cleanly
     ul.create_project("speech")
     nxt = ul.submit_job("speech", script("print('next tenant ran')"), gpus=1)
     assert nxt.id > job.id
@@ -181,6 +199,15 @@ def test_deleting_a_project_while_its_job_runs_stops_it_and_the_next_job_runs(
         assert s.scalar(select(ApiToken.revoked_at).where(ApiToken.name == token)) is not None
         assert s.scalars(select(Job.id)).all() == [nxt.id]
         assert s.scalars(select(Project.name)).all() == ["speech"]
+
+
+def _follow(server: LiveServer, job_id: int, out: list[object]) -> None:
+    """``jobs logs --follow`` on the job that is about to be deleted with its project."""
+    try:
+        with server.client() as c:
+            out.append(b"".join(c.job_logs("vision", job_id, follow=True)).decode())
+    except Exception as exc:  # what the test reports if the stream breaks
+        out.append(exc)
 
 
 def _alive(pid: int) -> bool:
