@@ -127,6 +127,25 @@ def test_a_new_job_after_a_delete_gets_a_new_id_and_none_of_the_old_output(
             assert s.scalar(left) == 0, table.__tablename__
 
 
+def test_a_delete_that_rolls_back_removes_no_file(server: LiveServer, ul: Client) -> None:
+    job = ul.submit_job("vision", script("print('kept')"))
+    assert ul.wait_job("vision", job.id, timeout_s=60).state == "succeeded"
+    ul.upload_blob("vision", b"kept too")
+    project_id = ul.read_project("vision").id
+    platform = server.platform
+    with (
+        pytest.raises(RuntimeError, match="changed my mind"),
+        platform.db.session(Scope.everything()) as s,
+    ):
+        platform.delete_project(s, s.get_one(Project, project_id))
+        s.flush()
+        raise RuntimeError("changed my mind")
+    assert ul.read_project("vision").id == project_id
+    assert "kept" in log_of(ul, "vision", job.id)
+    (blob,) = ul.list_blobs("vision")
+    assert ul.download_blob("vision", blob.digest) == b"kept too"
+
+
 def test_an_alert_of_a_deleted_project_never_appears_in_a_later_one(
     server: LiveServer, ul: Client
 ) -> None:
