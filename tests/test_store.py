@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import secrets
+from pathlib import Path
+
 import pytest
 from sqlalchemy import select
 
@@ -74,3 +78,96 @@ def test_migrations_match_the_models(db: Database) -> None:
 
     with db.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+
+
+# -- ids are never reused ---------------------------------------------------------------------
+
+
+_NUMBERS = itertools.count(1)
+
+
+def _rows(project_id: int, job_id: int | None = None) -> dict[str, object]:
+    """One row of each kind whose id the review saw reused, given its parents."""
+    from underlay.compute.models import Alert, Job, JobAttempt
+
+    return {
+        "job": Job(project_id=project_id, command="[]"),
+        "attempt": JobAttempt(
+            job_id=job_id or 0,
+            project_id=project_id,
+            number=next(_NUMBERS),
+            node="n",
+            placement="{}",
+        ),
+        "alert": Alert(kind="idle_gpu", project_id=project_id, subject="s", message="m"),
+    }
+
+
+def _create(db: Database, kind: str, parent: dict[str, int]) -> int:
+    with db.session(Scope.everything()) as s:
+        row: object
+        if kind == "project":
+            row = Project(name=f"p{secrets.token_hex(4)}")
+        else:
+            row = _rows(parent["project"], parent.get("job"))[kind]
+        s.add(row)
+        s.flush()
+        return int(row.id)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind", ["project", "job", "attempt", "alert"])
+def test_deleting_the_newest_row_never_frees_its_id(db: Database, kind: str) -> None:
+    import underlay.compute.models as cm
+
+    parent = {"project": _create(db, "project", {})}
+    parent["job"] = _create(db, "job", parent)
+    model = {"project": Project, "job": cm.Job, "attempt": cm.JobAttempt, "alert": cm.Alert}[kind]
+    first = _create(db, kind, parent)
+    newest = _create(db, kind, parent)
+    with db.session(Scope.everything()) as s:
+        s.delete(s.get(model, newest))
+    again = _create(db, kind, parent)
+    assert first < newest < again
+
+
+def test_every_surrogate_key_is_monotonic_on_sqlite() -> None:
+    """A new table cannot forget AUTOINCREMENT: every single integer key needs MONOTONIC."""
+    import underlay.compute.models  # noqa: F401  - registers the compute tables
+    from underlay.store.models import Base
+
+    forgot = [
+        t.name
+        for t in Base.metadata.sorted_tables
+        if [c.name for c in t.primary_key.columns] == ["id"]
+        and t.name != "audit_head"  # one row, id 1, never deleted
+        and not t.dialect_kwargs.get("sqlite_autoincrement")
+    ]
+    assert forgot == []
+
+
+def test_upgrade_keeps_rows_and_never_reuses_an_id_still_referenced(tmp_path: Path) -> None:
+    """Upgrading a database made before AUTOINCREMENT: rows and their children survive (no
+    cascade on the table copy), and the ids of deleted rows that left traces are skipped."""
+    from alembic import command
+    from sqlalchemy import text
+
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    command.upgrade(db.alembic_config(), "0002")
+    with db.engine.begin() as conn:
+        for statement in (
+            "INSERT INTO projects (id, name, description, created_at) "
+            "VALUES (1, 'a', '', '2026-01-01'), (2, 'b', '', '2026-01-01')",
+            "INSERT INTO lineage_edges (project_id, src_kind, src_id, relation, dst_kind, "
+            "dst_id, created_at) VALUES (1, 'blob', 'x', 'used_by', 'run', '1', '2026-01-01')",
+            # project 3 was deleted before the upgrade; its alert stayed (no foreign key)
+            "INSERT INTO alerts (kind, project_id, subject, message, created_at) "
+            "VALUES ('idle_gpu', 3, 's', 'old tenant', '2026-01-01')",
+        ):
+            conn.execute(text(statement))
+    db.migrate(lock_dir=tmp_path)
+    with db.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert conn.execute(text("SELECT count(*) FROM lineage_edges")).scalar() == 1
+        assert conn.execute(text("SELECT count(*) FROM alerts")).scalar() == 0
+    assert _create(db, "project", {}) == 4
+    db.dispose()

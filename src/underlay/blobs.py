@@ -248,9 +248,10 @@ class BlobStore:
         return sha.hexdigest(), size, stored
 
     def _discard_quietly(self, path: str) -> None:
-        """Remove ``path`` if it exists; a failure is logged, not raised (cleanup only)."""
+        """Remove ``path`` (a folder with what it holds) if it exists; a failure is logged,
+        not raised (cleanup only)."""
         try:
-            self._fs.rm(path)
+            self._fs.rm(path, recursive=True)
         except FileNotFoundError:
             pass
         except Exception:  # the backend's errors vary; sweep_partials catches what is left
@@ -261,12 +262,20 @@ class BlobStore:
         blob = self.read_blob(session, project_id, digest)
         session.delete(blob)
         session.flush()
+        self._discard_after_commit(session, self.location(project_id, digest))
+
+    def delete_project_files(self, session: Session, project_id: int) -> None:
+        """Remove every blob file of a project once the caller's transaction commits (the
+        project's rows go with the project; this is for its folder)."""
+        self._discard_after_commit(session, f"{self._root}/{int(project_id)}")
+
+    def _discard_after_commit(self, session: Session, path: str) -> None:
         pending: list[tuple[BlobStore, str]] | None = session.info.get(_PENDING_DELETES)
         if pending is None:
             pending = session.info[_PENDING_DELETES] = []
             event.listen(session, "after_commit", _delete_pending)
             event.listen(session, "after_soft_rollback", _forget_pending)
-        pending.append((self, self.location(project_id, digest)))
+        pending.append((self, path))
 
     def sweep_partials(self, older_than_s: float = 0) -> int:
         """Remove temporary files of writes that crashed; returns how many were removed.

@@ -242,6 +242,9 @@ def list_projects(session: Session, actor: Actor) -> list[Project]:
 
 
 def delete_project(session: Session, project: Project) -> None:
+    """Delete the project row; memberships, its data key, blob rows and lineage edges go with
+    it (``ON DELETE CASCADE``). Faces call :meth:`underlay.platform.Platform.delete_project`,
+    which first removes what the domains hold and then the files."""
     session.delete(project)
 
 

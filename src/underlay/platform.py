@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from underlay import identity
 from underlay.audit import AuditLog
 from underlay.blobs import BlobStore
 from underlay.config import Settings, ensure_home
@@ -30,6 +31,7 @@ from underlay.errors import (
 )
 from underlay.identity import SYSTEM, Actor, bootstrap_admin
 from underlay.store import Database, Scope
+from underlay.store.models import Project
 
 
 @dataclass
@@ -73,6 +75,8 @@ class Platform:
         )
 
         self.wakers: list[Callable[[], None]] = []
+        # what each domain removes of a deleted project (the faces wire the domains in)
+        self.project_purgers: list[Callable[[Session, Project], None]] = []
 
     @property
     def public_url(self) -> str:
@@ -103,6 +107,17 @@ class Platform:
                     outcome="ok",
                 )
         return secret
+
+    def delete_project(self, session: Session, project: Project) -> None:
+        """Delete a project and everything of it, in ``session``: each domain's rows first
+        (compute stops its running attempts), then the kernel's (memberships, data key,
+        blob rows, lineage edges go with the project row), then, once the transaction
+        commits, its files. The data key is destroyed with the row, so any copy of the
+        encrypted data left anywhere is unreadable."""
+        for purge in self.project_purgers:
+            purge(session, project)
+        self.blobs.delete_project_files(session, project.id)
+        identity.delete_project(session, project)
 
     def close(self) -> None:
         self.db.dispose()

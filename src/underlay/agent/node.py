@@ -2,6 +2,9 @@
 reports how they end. ``underlay agent --server URL`` runs one; ``underlay up`` runs one for
 the local machine. It talks to the server only through the REST API.
 
+An attempt the server answers 404 for (its project was deleted) is stopped and forgotten:
+ids are never reused, so that answer is final, and the agent keeps ticking without it.
+
 Nothing runs twice: before an attempt is reported as started, its process reference is
 written to the agent's run folder; a restarted agent that is asked to launch an attempt it
 already has a reference for adopts that process instead, and the server only asks to launch
@@ -32,7 +35,7 @@ from underlay.compute.executors.base import (
 from underlay.compute.inventory import NodeInventory, probe_node
 from underlay.compute.schemas import AttemptEnded, AttemptRef, LaunchInfo
 from underlay.config import Settings
-from underlay.errors import UnderlayError
+from underlay.errors import NotFound, UnderlayError
 
 if TYPE_CHECKING:
     from underlay.client import Client
@@ -53,6 +56,7 @@ class NodeAgent:
         self.tracked: dict[int, ProcessRef] = {}
         self.stopping: set[int] = set()
         self.shipped: dict[int, int] = {}
+        self.gone: set[int] = set()  # attempts the server no longer has
         self.power: dict[int, list[tuple[float, float]]] = {}
         self._inventory: NodeInventory | None = None
         self._stop = threading.Event()
@@ -173,7 +177,7 @@ class NodeAgent:
             )
         )
         self.tracked[info.attempt_id] = ref
-        self.client.attempt_started(self.name, info.attempt_id, ref.pid, ref.started)
+        self._started(info.attempt_id, ref.pid, ref.started)
 
     def _prepare_workdir(self, info: LaunchInfo, workdir: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -204,7 +208,28 @@ class NodeAgent:
         self.tracked[ref.attempt_id] = pref
         self.shipped[ref.attempt_id] = ref.log_offset  # resume the log where the server is
         if not ref.pid:
-            self.client.attempt_started(self.name, ref.attempt_id, pref.pid, pref.started)
+            self._started(ref.attempt_id, pref.pid, pref.started)
+
+    def _started(self, attempt_id: int, pid: int, started: float) -> None:
+        try:
+            self.client.attempt_started(self.name, attempt_id, pid, started)
+        except NotFound:
+            self._forget(attempt_id)
+
+    def _forget(self, attempt_id: int) -> None:
+        """The server has no such attempt any more (its project was deleted): stop its
+        process; once it has ended, :meth:`_poll` drops it without reporting."""
+        log.info("attempt %s is gone from the server; stopping it", attempt_id)
+        self.gone.add(attempt_id)
+        ref = self.tracked.get(attempt_id)
+        if ref is not None and attempt_id not in self.stopping:
+            self.stopping.add(attempt_id)
+            self.executor.stop(
+                ref,
+                state="cancelled",
+                reason="the server no longer has this attempt",
+                grace_s=self.settings.compute.grace_s,
+            )
 
     # -- watching ------------------------------------------------------------------------
 
@@ -233,6 +258,8 @@ class NodeAgent:
                 self._report(attempt_id, self._ended(attempt_id, status))
                 self.tracked.pop(attempt_id, None)
                 self.stopping.discard(attempt_id)
+                self.gone.discard(attempt_id)
+                self.shipped.pop(attempt_id, None)
                 self._ref_path(attempt_id).unlink(missing_ok=True)
 
     def _ended(self, attempt_id: int, status: ExitStatus) -> AttemptEnded:
@@ -251,18 +278,26 @@ class NodeAgent:
         )
 
     def _report(self, attempt_id: int, report: AttemptEnded) -> None:
-        self.client.attempt_ended(self.name, attempt_id, report)
+        if attempt_id in self.gone:
+            return
+        try:
+            self.client.attempt_ended(self.name, attempt_id, report)
+        except NotFound:
+            log.info("attempt %s ended after the server gave it up; not reported", attempt_id)
 
     def _ship_logs(self, only: int | None = None) -> None:
         for attempt_id in [only] if only is not None else list(self.tracked):
             saved = self._saved(attempt_id)
             path = Path(str(saved.get("log_path", "")))
-            if not saved or not path.exists():
+            if not saved or not path.exists() or attempt_id in self.gone:
                 continue
             offset = self.shipped.get(attempt_id, 0)
-            with contextlib.suppress(OSError), path.open("rb") as handle:
-                handle.seek(offset)
-                while chunk := handle.read(LOG_SHIP_MAX):
-                    self.client.append_logs(self.name, attempt_id, chunk, offset)
-                    offset += len(chunk)
+            try:
+                with contextlib.suppress(OSError), path.open("rb") as handle:
+                    handle.seek(offset)
+                    while chunk := handle.read(LOG_SHIP_MAX):
+                        self.client.append_logs(self.name, attempt_id, chunk, offset)
+                        offset += len(chunk)
+            except NotFound:
+                self._forget(attempt_id)
             self.shipped[attempt_id] = offset

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
@@ -24,6 +25,7 @@ from underlay.api.routes import (
     users,
 )
 from underlay.api.runtime import ComputeRuntime
+from underlay.compute.purge import purge_project
 from underlay.config import Settings
 from underlay.platform import Platform
 
@@ -55,6 +57,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         redoc_url=None,
     )
     app.state.platform = platform
+    platform.project_purgers.append(functools.partial(purge_project, home=platform.settings.home))
     problems.install(app)
     app.add_middleware(
         RequestContextMiddleware,

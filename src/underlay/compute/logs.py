@@ -7,6 +7,7 @@ stable as attempts are added), and a retried job's history reads top to bottom.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 MAX_APPEND = 4 * 1024 * 1024
@@ -47,3 +48,8 @@ def read(home: Path, job_id: int, offset: int = 0, limit: int = MAX_APPEND) -> b
         parts.append(path.read_bytes())
     combined = b"".join(parts)
     return combined[offset : offset + limit]
+
+
+def remove(home: Path, job_id: int) -> None:
+    """Delete every attempt's output of a job (its project was deleted)."""
+    shutil.rmtree(_folder(home, job_id), ignore_errors=True)

@@ -23,12 +23,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from underlay.store.models import Base, ProjectScoped
+from underlay.store.models import MONOTONIC, Base, ProjectScoped
 from underlay.store.types import utcnow
 
 
 class NodeRow(Base):
     __tablename__ = "nodes"
+    __table_args__ = MONOTONIC
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
@@ -47,7 +48,7 @@ class NodeRow(Base):
 
 class AcceleratorRow(Base):
     __tablename__ = "accelerators"
-    __table_args__ = (UniqueConstraint("node_id", "index"),)
+    __table_args__ = (UniqueConstraint("node_id", "index"), MONOTONIC)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
@@ -72,7 +73,7 @@ class AcceleratorRow(Base):
 
 class Job(ProjectScoped, Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_state", "state"),)
+    __table_args__ = (Index("ix_jobs_state", "state"), MONOTONIC)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), default="")
@@ -112,7 +113,7 @@ class JobAttempt(Base):
     """One run of a job on its placement, with the usage it is billed for."""
 
     __tablename__ = "job_attempts"
-    __table_args__ = (UniqueConstraint("job_id", "number"),)
+    __table_args__ = (UniqueConstraint("job_id", "number"), MONOTONIC)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -145,7 +146,7 @@ class JobAttempt(Base):
 
 class QuotaRow(ProjectScoped, Base):
     __tablename__ = "quotas"
-    __table_args__ = (UniqueConstraint("project_id", "accelerator_type"),)
+    __table_args__ = (UniqueConstraint("project_id", "accelerator_type"), MONOTONIC)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     accelerator_type: Mapped[str] = mapped_column(String(64))
@@ -155,7 +156,7 @@ class QuotaRow(ProjectScoped, Base):
 
 class Budget(ProjectScoped, Base):
     __tablename__ = "budgets"
-    __table_args__ = (UniqueConstraint("project_id"),)
+    __table_args__ = (UniqueConstraint("project_id"), MONOTONIC)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     gpu_hours_per_month: Mapped[float | None] = mapped_column(Float)
@@ -167,6 +168,7 @@ class Alert(Base):
     """Something an owner or an admin should look at: an idle GPU, a budget nearly spent."""
 
     __tablename__ = "alerts"
+    __table_args__ = MONOTONIC
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)

@@ -271,9 +271,14 @@ def _revoke_job_tokens(session: Session, job: Job, attempt: JobAttempt) -> None:
 
 
 def read_attempt(session: Session, node: NodeRow, attempt_id: int) -> tuple[JobAttempt, Job]:
-    attempt = session.get(JobAttempt, attempt_id)
+    # FOR SHARE: a project delete waits for this report (or log chunk) to commit, or this
+    # one finds the attempt gone; a log file is never written after its project's purge
+    attempt = session.get(JobAttempt, attempt_id, with_for_update={"read": True})
     if attempt is None or attempt.node != node.name:
-        raise NotFound(f"attempt {attempt_id} is not assigned to node {node.name!r}")
+        raise NotFound(
+            f"attempt {attempt_id} is not assigned to node {node.name!r} (or no longer "
+            "exists: its project was deleted); stop it"
+        )
     job = session.get(Job, attempt.job_id)
     assert job is not None
     return attempt, job

@@ -2,6 +2,12 @@
 
 Tables owned by a project carry :class:`ProjectScoped`; sessions filter them by the
 caller's scope automatically (see :mod:`underlay.store.db`).
+
+Identifiers are never reused: every table with a surrogate integer key takes
+:data:`MONOTONIC` as (the last of) its table arguments. PostgreSQL's sequences never hand out
+a number twice anyway; SQLite without ``AUTOINCREMENT`` hands out ``max(id) + 1``, which
+reuses the id of the newest row once it is deleted (a deleted project's id, and with it
+its blob folder, log files and alerts, would pass to the next project).
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ NAMING = {
 }
 
 
+MONOTONIC = {"sqlite_autoincrement": True}
+"""Table arguments that make SQLite ids monotonic (``INTEGER PRIMARY KEY AUTOINCREMENT``)."""
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {dt.datetime: UTCDateTime()}
@@ -57,6 +67,7 @@ class Role(StrEnum):
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = MONOTONIC
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -69,6 +80,7 @@ class User(Base):
 
 class Project(Base):
     __tablename__ = "projects"
+    __table_args__ = MONOTONIC
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -78,7 +90,7 @@ class Project(Base):
 
 class Membership(ProjectScoped, Base):
     __tablename__ = "memberships"
-    __table_args__ = (UniqueConstraint("project_id", "user_id"),)
+    __table_args__ = (UniqueConstraint("project_id", "user_id"), MONOTONIC)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -88,6 +100,7 @@ class Membership(ProjectScoped, Base):
 
 class ApiToken(Base):
     __tablename__ = "api_tokens"
+    __table_args__ = MONOTONIC
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -110,6 +123,7 @@ class LoginFailure(Base):
     __table_args__ = (
         Index("ix_login_failures_user_at", "user_name", "at"),
         Index("ix_login_failures_address_at", "address", "at"),
+        MONOTONIC,
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -134,7 +148,7 @@ class DataKey(Base):
 
 class Blob(ProjectScoped, Base):
     __tablename__ = "blobs"
-    __table_args__ = (UniqueConstraint("project_id", "digest"),)
+    __table_args__ = (UniqueConstraint("project_id", "digest"), MONOTONIC)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     digest: Mapped[str] = mapped_column(String(64))
@@ -160,6 +174,7 @@ class AuditHead(Base):
 
 class AuditEntry(Base):
     __tablename__ = "audit_entries"
+    __table_args__ = MONOTONIC
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, unique=True)
@@ -193,6 +208,7 @@ class LineageEdge(ProjectScoped, Base):
         UniqueConstraint("project_id", "src_kind", "src_id", "relation", "dst_kind", "dst_id"),
         Index("ix_lineage_src", "project_id", "src_kind", "src_id"),
         Index("ix_lineage_dst", "project_id", "dst_kind", "dst_id"),
+        MONOTONIC,
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -15,6 +15,7 @@ from underlay.api.deps import Ctx
 from underlay.compute import jobs, logs
 from underlay.compute.schemas import JobCreate, JobRead
 from underlay.compute.states import JobState, is_final
+from underlay.errors import NotFound
 from underlay.identity import Action
 
 router = APIRouter(prefix="/projects/{project}/jobs", tags=["jobs"])
@@ -94,9 +95,12 @@ def job_logs(
     home = ctx.platform.settings.home
 
     def finished() -> bool:
-        with ctx.unit("job.read", f"job:{job_id}", audited=False) as u:
-            job = jobs.read_job(u.session, job_id)
-            return is_final(job.state, job.attempts, job.max_retries)
+        try:
+            with ctx.unit("job.read", f"job:{job_id}", audited=False) as u:
+                job = jobs.read_job(u.session, job_id)
+                return is_final(job.state, job.attempts, job.max_retries)
+        except NotFound:  # its project was deleted while we followed: the log ends here
+            return True
 
     async def body() -> AsyncIterator[bytes]:
         position = offset

@@ -36,7 +36,7 @@ def read_project(project: str, ctx: Ctx) -> ProjectRead:
 def delete_project(project: str, ctx: Ctx) -> Response:
     with ctx.unit("project.delete", f"project:{project}", project=project) as u:
         found = identity.read_project(u.session, project, ctx.actor, Action.manage)
-        identity.delete_project(u.session, found)
+        ctx.platform.delete_project(u.session, found)
     return Response(status_code=204)
 
 
