@@ -171,3 +171,21 @@ def test_upgrade_keeps_rows_and_never_reuses_an_id_still_referenced(tmp_path: Pa
         assert conn.execute(text("SELECT count(*) FROM alerts")).scalar() == 0
     assert _create(db, "project", {}) == 4
     db.dispose()
+
+
+def test_migrated_sqlite_tables_keep_autoincrement(tmp_path: Path) -> None:
+    """A later migration that recreates a table on SQLite (batch mode) must not drop the
+    AUTOINCREMENT that keeps its ids from being reused."""
+    import sqlite3
+
+    import underlay.compute.models  # noqa: F401  - registers the compute tables
+    from underlay.store.models import Base
+
+    path = tmp_path / "head.db"
+    Database(f"sqlite:///{path}").migrate(lock_dir=tmp_path)
+    with sqlite3.connect(path) as conn:
+        made = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+    wanted = [
+        t.name for t in Base.metadata.sorted_tables if t.dialect_kwargs.get("sqlite_autoincrement")
+    ]
+    assert wanted and [n for n in wanted if "AUTOINCREMENT" not in made[n]] == []

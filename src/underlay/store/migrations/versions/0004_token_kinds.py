@@ -20,8 +20,12 @@ branch_labels = None
 depends_on = None
 
 
+# Recreating a table on SQLite must keep AUTOINCREMENT (0003): ids are never reused.
+KEEP = {"sqlite_autoincrement": True}
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("api_tokens", schema=None) as batch_op:
+    with op.batch_alter_table("api_tokens", schema=None, table_kwargs=KEEP) as batch_op:
         batch_op.add_column(
             sa.Column("kind", sa.String(length=16), nullable=False, server_default="user")
         )
@@ -35,9 +39,9 @@ def upgrade() -> None:
             ["id"],
             ondelete="CASCADE",
         )
-    with op.batch_alter_table("job_attempts", schema=None) as batch_op:
+    with op.batch_alter_table("job_attempts", schema=None, table_kwargs=KEEP) as batch_op:
         batch_op.add_column(sa.Column("token_sealed", sa.LargeBinary(), nullable=True))
-    with op.batch_alter_table("nodes", schema=None) as batch_op:
+    with op.batch_alter_table("nodes", schema=None, table_kwargs=KEEP) as batch_op:
         batch_op.add_column(
             sa.Column("isolation", sa.String(length=32), nullable=False, server_default="none")
         )
@@ -55,11 +59,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("nodes", schema=None) as batch_op:
+    with op.batch_alter_table("nodes", schema=None, table_kwargs=KEEP) as batch_op:
         batch_op.drop_column("isolation")
-    with op.batch_alter_table("job_attempts", schema=None) as batch_op:
+    with op.batch_alter_table("job_attempts", schema=None, table_kwargs=KEEP) as batch_op:
         batch_op.drop_column("token_sealed")
-    with op.batch_alter_table("api_tokens", schema=None) as batch_op:
+    with op.batch_alter_table("api_tokens", schema=None, table_kwargs=KEEP) as batch_op:
         batch_op.drop_constraint(
             batch_op.f("fk_api_tokens_project_id_projects"), type_="foreignkey"
         )
