@@ -108,6 +108,9 @@ class ComputeMethods:
         params = {"project": project} if project else {}
         return self._many(AlertRead, "/alerts", params=params)
 
+    def resolve_alert(self, alert_id: int) -> AlertRead:
+        return self._one(AlertRead, "POST", f"/alerts/{alert_id}/resolve")
+
     # -- quotas, budgets, usage ------------------------------------------------------------
 
     def set_quota(

@@ -1,0 +1,67 @@
+"""Issue 7, the API-surface findings: tenant scope of lineage, roles on alerts, refusals that
+are always audited, and project creation as a grant."""
+
+from __future__ import annotations
+
+import pytest
+
+from underlay.compute import alerts
+from underlay.errors import NotFound, PermissionDenied
+
+
+@pytest.fixture
+def two_projects(server, admin):  # type: ignore[no-untyped-def]
+    """alice: member of alpha and bravo; victor: viewer of alpha."""
+    for name in ("alpha", "bravo"):
+        admin.create_project(name)
+    admin.create_user("alice")
+    admin.create_user("victor")
+    admin.add_member("alpha", "alice", "member")
+    admin.add_member("bravo", "alice", "member")
+    admin.add_member("alpha", "victor", "viewer")
+    clients = {
+        u: server.client(admin.create_token("t", user=u).token) for u in ("alice", "victor")
+    }
+    yield clients
+    for c in clients.values():
+        c.close()
+
+
+def test_lineage_stays_in_the_project_of_the_url(two_projects) -> None:  # type: ignore[no-untyped-def]
+    alice = two_projects["alice"]
+    alice.add_lineage("bravo", ("dataset", "d1"), "input_of", ("run", "x"))
+    alice.add_lineage("alpha", ("dataset", "a1"), "input_of", ("run", "y"))
+    graph = alice.lineage("alpha", "run", "x")
+    assert graph.edges == [] and [n.id for n in graph.nodes] == ["x"]
+    assert [e.src.id for e in alice.lineage("bravo", "run", "x").edges] == ["d1"]
+
+
+def _alert(server, project: str) -> int:  # type: ignore[no-untyped-def]
+    from underlay.identity import SYSTEM, read_project
+
+    with server.platform.unit(SYSTEM, "alert.raise", "test", audited=False) as u:
+        found = read_project(u.session, project, SYSTEM)
+        alert, _ = alerts.record_alert(u.session, "idle-gpu", "idle", project_id=found.id)
+        return alert.id
+
+
+def test_a_viewer_cannot_resolve_alerts(server, admin, two_projects) -> None:  # type: ignore[no-untyped-def]
+    alert_id = _alert(server, "alpha")
+    victor, alice = two_projects["victor"], two_projects["alice"]
+    with pytest.raises(PermissionDenied, match="viewer .* may not write"):
+        victor.resolve_alert(alert_id)
+    assert [a.id for a in victor.list_alerts()] == [alert_id]  # still open
+    assert alice.resolve_alert(alert_id).resolved_at is not None
+    denied = admin.list_audit(action="alert.resolve", outcome="denied")
+    assert [e.actor for e in denied] == ["victor"]
+
+
+def test_a_cluster_alert_is_resolved_by_a_global_admin_only(server, admin, two_projects) -> None:  # type: ignore[no-untyped-def]
+    from underlay.identity import SYSTEM
+
+    with server.platform.unit(SYSTEM, "alert.raise", "test", audited=False) as u:
+        alert, _ = alerts.record_alert(u.session, "node-hot", "hot")
+        alert_id = alert.id
+    with pytest.raises(NotFound, match=f"alert {alert_id}"):
+        two_projects["alice"].resolve_alert(alert_id)
+    assert admin.resolve_alert(alert_id).resolved_at is not None
