@@ -19,9 +19,7 @@ def two_projects(server, admin):  # type: ignore[no-untyped-def]
     admin.add_member("alpha", "alice", "member")
     admin.add_member("bravo", "alice", "member")
     admin.add_member("alpha", "victor", "viewer")
-    clients = {
-        u: server.client(admin.create_token("t", user=u).token) for u in ("alice", "victor")
-    }
+    clients = {u: server.client(admin.create_token("t", user=u).token) for u in ("alice", "victor")}
     yield clients
     for c in clients.values():
         c.close()
@@ -48,7 +46,7 @@ def _alert(server, project: str) -> int:  # type: ignore[no-untyped-def]
 def test_a_viewer_cannot_resolve_alerts(server, admin, two_projects) -> None:  # type: ignore[no-untyped-def]
     alert_id = _alert(server, "alpha")
     victor, alice = two_projects["victor"], two_projects["alice"]
-    with pytest.raises(PermissionDenied, match="viewer .* may not write"):
+    with pytest.raises(PermissionDenied, match=r"viewer .* may not write"):
         victor.resolve_alert(alert_id)
     assert [a.id for a in victor.list_alerts()] == [alert_id]  # still open
     assert alice.resolve_alert(alert_id).resolved_at is not None

@@ -109,7 +109,8 @@ class ComputeMethods:
         return self._many(AlertRead, "/alerts", params=params)
 
     def resolve_alert(self, alert_id: int) -> AlertRead:
-        return self._one(AlertRead, "POST", f"/alerts/{alert_id}/resolve")
+        result: AlertRead = self._one(AlertRead, "POST", f"/alerts/{alert_id}/resolve")
+        return result
 
     # -- quotas, budgets, usage ------------------------------------------------------------
 
