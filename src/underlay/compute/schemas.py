@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 PriorityClass = Literal["low", "normal", "high"]
 PRIORITIES: dict[str, int] = {"low": -10, "normal": 0, "high": 10}
 EnvName = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+MAX_REPORTED_S = 10 * 366 * 86400.0  # ten years: longer than any attempt runs
 
 
 class _In(BaseModel):
@@ -152,9 +153,9 @@ class AttemptEnded(_In):
     state: Literal["succeeded", "failed", "cancelled", "preempted", "lost"]
     exit_code: int | None = Field(default=None, ge=-255, le=255)
     reason: str = Field(default="", max_length=1000)
-    wall_s: float = Field(default=0.0, ge=0)
-    cpu_s: float = Field(default=0.0, ge=0)
-    energy_kwh: float | None = Field(default=None, ge=0)
+    wall_s: float = Field(default=0.0, ge=0, le=MAX_REPORTED_S, allow_inf_nan=False)
+    cpu_s: float = Field(default=0.0, ge=0, le=1024 * MAX_REPORTED_S, allow_inf_nan=False)
+    energy_kwh: float | None = Field(default=None, ge=0, le=1e9, allow_inf_nan=False)
     energy_estimated: bool = True
 
 
