@@ -38,8 +38,8 @@ from sqlalchemy import CursorResult, Select, case, func, select, update
 from sqlalchemy.orm import Session
 
 from underlay.compute.models import Job, JobAttempt
-from underlay.compute.schemas import MAX_REPORTED_S
 from underlay.compute.scheduler.snapshot import WHOLE, PowerModel
+from underlay.compute.schemas import MAX_REPORTED_S
 from underlay.config import ComputeSettings, Settings
 from underlay.errors import InvalidInput, NotFound, PermissionDenied
 from underlay.store.db import Scope
@@ -278,7 +278,9 @@ def _check_report(report: AttemptReport) -> None:
     """An agent's figures are input: finite, non-negative, and a run no longer than
     :data:`MAX_REPORTED_S` (a larger one overflows date arithmetic)."""
     figures = {"wall_s": report.wall_s, "cpu_s": report.cpu_s}
-    _non_negative(**figures, **({} if report.energy_kwh is None else {"energy_kwh": report.energy_kwh}))
+    _non_negative(**figures)
+    if report.energy_kwh is not None:
+        _non_negative(energy_kwh=report.energy_kwh)
     for name, value in figures.items():
         if value > MAX_REPORTED_S:
             raise InvalidInput(f"{name} must be at most {MAX_REPORTED_S:.0f} s, got {value}")
