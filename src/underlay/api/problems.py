@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from underlay.errors import (
     InvalidInput,
@@ -72,6 +73,21 @@ def error_response(request: Request, exc: UnderlayError) -> JSONResponse:
     return problem_response(request, type(exc), exc.message, headers=headers, **extra)
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on the request's path (probed through the
+    routes' own matching, so included routers and path parameters count)."""
+    routes = request.app.router.routes
+    allowed = []
+    for method in _METHODS:
+        probe = {**request.scope, "method": method}
+        if any(route.matches(probe)[0] is Match.FULL for route in routes):
+            allowed.append(method)
+    return allowed
+
+
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return [
         {
@@ -103,6 +119,9 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 404:
             detail = f"no route {request.method} {request.url.path}"
         headers = dict(exc.headers or {}) or None
+        if exc.status_code == 405:
+            # Starlette names only the first route that matched the path; name them all
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
         return problem_response(request, cls, detail, status=exc.status_code, headers=headers)
 
     @app.exception_handler(DataError)
