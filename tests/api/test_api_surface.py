@@ -3,6 +3,7 @@ are always audited, and project creation as a grant."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from underlay.compute import alerts
@@ -63,3 +64,24 @@ def test_a_cluster_alert_is_resolved_by_a_global_admin_only(server, admin, two_p
     with pytest.raises(NotFound, match=f"alert {alert_id}"):
         two_projects["alice"].resolve_alert(alert_id)
     assert admin.resolve_alert(alert_id).resolved_at is not None
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "actor", "action", "project"),
+    [
+        ("/projects/a%00b/blobs", 404, "alice", "blob.list", "a\\x00b"),
+        ("/projects/" + "p" * 70 + "/jobs", 404, "alice", "job.list", "p" * 63 + "\u2026"),
+        ("/alerts?project=", 404, "alice", "alert.list", '""'),
+        ("/projects/x%1b%5b31m/lineage/run/r", 404, "alice", "lineage.read", "x\\x1b[31m"),
+        ("/projects/a%00b", 401, "anonymous", "GET /api/v1/projects/a\\x00b", None),
+    ],
+)
+def test_every_refusal_is_audited_with_the_offending_value_escaped(  # type: ignore[no-untyped-def]
+    server, admin, two_projects, path, status, actor, action, project
+) -> None:
+    token = admin.create_token("raw", user="alice").token if actor == "alice" else "ul_bad"
+    r = httpx.get(f"{server.url}/api/v1{path}", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == status, r.text
+    entries = [e for e in admin.list_audit(actor=actor, limit=1000) if e.outcome != "ok"]
+    assert [(e.action, e.project) for e in entries][-1:] == [(action, project)]
+    assert admin.verify_audit().ok
