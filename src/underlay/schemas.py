@@ -58,6 +58,9 @@ class UserRead(_Out):
     is_admin: bool
     is_active: bool
     created_at: dt.datetime
+    grants: list[GrantName] = Field(
+        default=[], description="Platform-wide grants a global admin gave."
+    )
 
 
 class Me(UserRead):

@@ -85,3 +85,53 @@ def test_every_refusal_is_audited_with_the_offending_value_escaped(  # type: ign
     entries = [e for e in admin.list_audit(actor=actor, limit=1000) if e.outcome != "ok"]
     assert [(e.action, e.project) for e in entries][-1:] == [(action, project)]
     assert admin.verify_audit().ok
+
+
+def test_creating_projects_needs_the_project_creator_grant(server, admin, two_projects) -> None:  # type: ignore[no-untyped-def]
+    victor = two_projects["victor"]
+    with pytest.raises(PermissionDenied, match=r"may not create projects.*'project-creator'"):
+        victor.create_project("mine")
+    assert admin.grant("victor", "project-creator").grants == ["project-creator"]
+    assert victor.create_project("mine").name == "mine"
+    assert [(m.user, m.role) for m in victor.list_members("mine")] == [("victor", "admin")]
+    assert admin.revoke_grant("victor", "project-creator").grants == []
+    with pytest.raises(PermissionDenied, match="may not create projects"):
+        victor.create_project("another")
+    assert [p.name for p in admin.list_projects()] == ["alpha", "bravo", "mine"]
+    actions = [(e.actor, e.action, e.outcome) for e in admin.list_audit(limit=1000)]
+    assert ("victor", "project.create", "denied") in actions
+    assert ("admin", "user.grant", "ok") in actions and ("admin", "user.revoke", "ok") in actions
+
+
+def test_only_a_global_admin_grants(two_projects) -> None:  # type: ignore[no-untyped-def]
+    alice = two_projects["alice"]
+    with pytest.raises(PermissionDenied, match="global admin"):
+        alice.grant("alice", "project-creator")
+    with pytest.raises(PermissionDenied, match="may not create projects"):
+        alice.create_project("mine")
+
+
+@pytest.mark.parametrize(
+    ("policy", "grantee", "plain"), [("admins", False, False), ("anyone", True, True)]
+)
+def test_project_creation_is_a_setting(  # type: ignore[no-untyped-def]
+    server, admin, two_projects, policy, grantee, plain
+) -> None:
+    server.platform.settings.security.project_creation = policy
+    admin.grant("alice", "project-creator")
+    for who, allowed in (("alice", grantee), ("victor", plain)):
+        if allowed:
+            assert two_projects[who].create_project(f"by-{who}").name == f"by-{who}"
+        else:
+            needs = "may not create projects: it needs a global admin"
+            with pytest.raises(PermissionDenied, match=needs):
+                two_projects[who].create_project(f"by-{who}")
+    assert admin.create_project("by-admin").name == "by-admin"
+
+
+def test_an_unknown_grant_is_a_problem(server, admin) -> None:  # type: ignore[no-untyped-def]
+    admin.create_user("dora")
+    headers = {"Authorization": f"Bearer {server.admin_token}"}
+    r = httpx.put(f"{server.url}/api/v1/users/dora/grants/superuser", headers=headers)
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    assert admin.grant("dora", "project-creator").grants == ["project-creator"]
