@@ -135,3 +135,22 @@ def test_an_unknown_grant_is_a_problem(server, admin) -> None:  # type: ignore[n
     r = httpx.put(f"{server.url}/api/v1/users/dora/grants/superuser", headers=headers)
     assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
     assert admin.grant("dora", "project-creator").grants == ["project-creator"]
+
+
+def test_the_openapi_document_names_every_problem_response(server) -> None:  # type: ignore[no-untyped-def]
+    spec = httpx.get(f"{server.url}/api/v1/openapi.json").json()
+    assert "Problem" in spec["components"]["schemas"]
+    operations = [
+        (path, method, op)
+        for path, item in spec["paths"].items()
+        for method, op in item.items()
+        if not path.endswith(("/healthz", "/readyz"))
+    ]
+    assert len(operations) > 15
+    for path, method, op in operations:
+        for status in ("400", "401", "403", "404", "409", "413", "422", "429"):
+            content = op["responses"].get(status, {}).get("content", {})
+            assert list(content) == ["application/problem+json"], (method, path, status)
+            assert content["application/problem+json"]["schema"] == {
+                "$ref": "#/components/schemas/Problem"
+            }

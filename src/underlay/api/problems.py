@@ -9,6 +9,7 @@ the request id, and logged with its traceback on the server only.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,6 +27,7 @@ from underlay.errors import (
     UnderlayError,
     problem_type,
 )
+from underlay.schemas import Problem
 
 log = logging.getLogger("underlay.api")
 
@@ -99,7 +101,47 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+_PROBLEM_STATUSES = {
+    400: "Invalid input",
+    401: "Not authenticated: no, or an invalid, expired or revoked token",
+    403: "Permission denied: the caller's role does not allow the action",
+    404: "Not found, or not visible to the caller",
+    409: "Conflict: exists already or changed meanwhile",
+    413: "Request body too large",
+    422: "Request failed validation; ``errors`` lists each problem",
+    429: "Too many requests; wait ``Retry-After`` seconds",
+    503: "Unavailable; try later",
+}
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _PROBLEM_REF}},
+    }
+    for status, description in _PROBLEM_STATUSES.items()
+}
+"""The problem responses every authenticated route documents (the routers' defaults)."""
+
+
+def _openapi_with_problems(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components["Problem"] = Problem.model_json_schema()
+            components.pop("HTTPValidationError", None)
+            components.pop("ValidationError", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
 def install(app: FastAPI) -> None:
+    app.openapi = _openapi_with_problems(app)  # type: ignore[method-assign]
+
     @app.exception_handler(UnderlayError)
     async def _underlay(request: Request, exc: UnderlayError) -> JSONResponse:
         return error_response(request, exc)
