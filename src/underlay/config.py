@@ -73,10 +73,35 @@ class ServerSettings(BaseModel):
 
 class SecuritySettings(BaseModel):
     login_max_failures: int = Field(
-        default=5, ge=1, description="Failed logins per user or per address before lock-out."
+        default=5,
+        ge=1,
+        le=1000,
+        description="Failed logins of one user from one address before that pair backs off.",
     )
     login_window_s: int = Field(
-        default=300, ge=1, description="Window over which failed logins are counted."
+        default=3600, ge=1, le=86400, description="Window over which failed logins are counted."
+    )
+    login_backoff_s: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="First back-off of a (user, address) pair at the limit; doubles with each "
+        "further failure.",
+    )
+    login_backoff_max_s: int = Field(
+        default=900, ge=1, le=86400, description="Longest back-off of a (user, address) pair."
+    )
+    project_creation: Literal["admins", "creators", "anyone"] = Field(
+        default="creators",
+        description="Who may create projects: global admins only ('admins'), also users a "
+        "global admin granted 'project-creator' ('creators'), or every user ('anyone').",
+    )
+    login_max_failures_per_address: int = Field(
+        default=50,
+        ge=1,
+        le=100000,
+        description="Failed logins from one address, for any users, before it is refused "
+        "for the rest of the window (password spraying).",
     )
     audit_checkpoint_every: int = Field(
         default=100, ge=1, description="Sign an audit checkpoint every this many entries."

@@ -8,8 +8,9 @@ Design decisions:
 * One :func:`authorize` decides for every face. A caller who is not a member of a project
   gets :class:`~underlay.errors.NotFound` for it, exactly as if it did not exist, so project
   names do not leak; a member whose role is too low gets ``PermissionDenied``.
-* Failed logins are counted in the database, per user and per client address, so the limit
-  holds across server workers.
+* Failed logins are counted in the database per (user, client address), so the limit holds
+  across server workers and an attacker's guesses back off the attacker's address only, never
+  the user's own (exponential back-off per pair; a cap per address against spraying).
 * Tokens have a kind. ``user`` tokens act with their user's roles. A ``job`` token is minted
   once per attempt, acts in its job's project only (at most as a member) and is revoked when
   the attempt ends. An ``agent`` token belongs to one node: it may call that node's agent
@@ -21,10 +22,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 import re
 import secrets
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Literal
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -41,10 +44,21 @@ from underlay.errors import (
     Unauthenticated,
 )
 from underlay.store import Scope
-from underlay.store.models import ApiToken, LoginFailure, Membership, Project, Role, User
+from underlay.store.models import (
+    ApiToken,
+    LoginFailure,
+    Membership,
+    Project,
+    Role,
+    User,
+    UserGrant,
+)
 from underlay.store.types import utcnow
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+PROJECT_CREATOR = "project-creator"
+GRANTS = (PROJECT_CREATOR,)  # platform-wide permissions a global admin gives a user
+ProjectCreation = Literal["admins", "creators", "anyone"]
 TOKEN_PREFIX = "ul_"  # noqa: S105 - a label, not a secret
 _hasher = PasswordHasher()
 
@@ -80,6 +94,7 @@ class Actor:
     token_id: int | None = None
     kind: TokenKind = TokenKind.user
     node: str | None = None  # agent tokens: the node they speak for
+    grants: frozenset[str] = frozenset()
 
     @property
     def scope(self) -> Scope:
@@ -202,10 +217,68 @@ def update_user(
     return user
 
 
+def _check_grant(grant: str) -> str:
+    if grant not in GRANTS:
+        raise InvalidInput(f"unknown grant {grant[:40]!r}; grants are: {', '.join(GRANTS)}")
+    return grant
+
+
+def grants_of(session: Session, user_id: int) -> frozenset[str]:
+    rows = session.scalars(select(UserGrant.name).where(UserGrant.user_id == user_id))
+    return frozenset(rows)
+
+
+def add_grant(session: Session, user_name: str, grant: str) -> User:
+    """Give ``user_name`` a platform-wide grant (granting twice is harmless)."""
+    _check_grant(grant)
+    user = read_user(session, user_name)
+    if grant not in grants_of(session, user.id):
+        session.add(UserGrant(user_id=user.id, name=grant))
+        _flush_unique(session, f"user {user_name!r} holds {grant!r} already")
+        session.expire(user, ["grant_rows"])
+    return user
+
+
+def remove_grant(session: Session, user_name: str, grant: str) -> User:
+    """Take a grant back (revoking one not held is harmless)."""
+    _check_grant(grant)
+    user = read_user(session, user_name)
+    session.execute(delete(UserGrant).where(UserGrant.user_id == user.id, UserGrant.name == grant))
+    session.expire(user, ["grant_rows"])
+    return user
+
+
 # -- projects and memberships ---------------------------------------------------------------
 
 
-def create_project(session: Session, name: str, owner: Actor, description: str = "") -> Project:
+def may_create_projects(actor: Actor, policy: ProjectCreation = "creators") -> None:
+    """Refuse ``actor`` creating a project under ``security.project_creation``: ``admins``
+    (global admins only), ``creators`` (and users granted ``project-creator``), ``anyone``.
+    Job and agent tokens never create projects."""
+    if actor.kind is not TokenKind.user:
+        raise PermissionDenied(f"a {actor.kind} token may not create projects")
+    if actor.is_admin or policy == "anyone":
+        return
+    if policy == "creators" and PROJECT_CREATOR in actor.grants:
+        return
+    needs = "a global admin"
+    if policy == "creators":
+        needs += f" or the {PROJECT_CREATOR!r} grant"
+    raise PermissionDenied(
+        f"user {actor.name!r} may not create projects: it needs {needs} "
+        f"(ask a global admin: underlay users grant {actor.name} {PROJECT_CREATOR})"
+    )
+
+
+def create_project(
+    session: Session,
+    name: str,
+    owner: Actor,
+    description: str = "",
+    *,
+    policy: ProjectCreation = "creators",
+) -> Project:
+    may_create_projects(owner, policy)
     validate_name("project", name)
     if len(description) > 1000:
         raise InvalidInput("project description must be at most 1000 characters")
@@ -414,7 +487,7 @@ def authenticate(session: Session, secret: str | None) -> Actor:
         token.last_used_at = now
     kind = TokenKind(token.kind)
     if kind is TokenKind.agent:
-        return Actor(user.id, user.name, False, {}, token.id, kind, token.node)
+        return Actor(user.id, user.name, False, {}, token.id, kind=kind, node=token.node)
     roles = roles_of(session, user.id)
     if kind is TokenKind.job:
         assert token.project_id is not None
@@ -422,8 +495,9 @@ def authenticate(session: Session, secret: str | None) -> Actor:
         if held is None:
             raise Unauthenticated("the token's user is no longer a member of its project")
         capped = held if _RANK[held] <= _RANK[Role.member] else Role.member
-        return Actor(user.id, user.name, False, {token.project_id: capped}, token.id, kind)
-    return Actor(user.id, user.name, user.is_admin, roles, token.id)
+        return Actor(user.id, user.name, False, {token.project_id: capped}, token.id, kind=kind)
+    grants = grants_of(session, user.id)
+    return Actor(user.id, user.name, user.is_admin, roles, token.id, grants=grants)
 
 
 AGENT_USER = "agent"
@@ -447,27 +521,65 @@ def create_agent_token(session: Session, node: str) -> tuple[ApiToken, str]:
 # -- login ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LoginLimits:
+    """How failed logins are limited (``security.login_*`` settings)."""
+
+    max_failures: int = 5
+    window_s: int = 3600
+    backoff_s: int = 30
+    backoff_max_s: int = 900
+    max_failures_per_address: int = 50
+
+
 def check_login_allowed(
-    session: Session, user_name: str, address: str, *, max_failures: int, window_s: int
+    session: Session,
+    user_name: str,
+    address: str,
+    limits: LoginLimits,
+    *,
+    now: dt.datetime | None = None,
 ) -> None:
-    since = utcnow() - dt.timedelta(seconds=window_s)
-    for column, value, what in (
-        (LoginFailure.user_name, user_name, f"user {user_name!r}"),
-        (LoginFailure.address, address, f"address {address}"),
-    ):
-        count = session.scalar(
-            select(func.count())
-            .select_from(LoginFailure)
-            .where(column == value, LoginFailure.at >= since)
+    """Refuse (``RateLimited`` with the seconds to wait) a login that must back off.
+
+    Failures count per (user, address): an attacker's guesses slow down the attacker's
+    address only, never the user's own. At ``max_failures`` the pair waits ``backoff_s``
+    after its last failure, doubling with each further one up to ``backoff_max_s``. One
+    address failing for many users is refused outright at ``max_failures_per_address``.
+    """
+    now = now or utcnow()
+    since = now - dt.timedelta(seconds=limits.window_s)
+    user_name, address = user_name[:64], address[:64]
+    count, last = session.execute(
+        select(func.count(), func.max(LoginFailure.at)).where(
+            LoginFailure.user_name == user_name,
+            LoginFailure.address == address,
+            LoginFailure.at >= since,
         )
-        if (count or 0) >= max_failures:
+    ).one()
+    if count >= limits.max_failures and last is not None:
+        doublings = min(count - limits.max_failures, 30)
+        delay = min(limits.backoff_s * 2**doublings, limits.backoff_max_s)
+        wait = (last + dt.timedelta(seconds=delay) - now).total_seconds()
+        if wait > 0:
             raise RateLimited(
-                f"too many failed logins for {what}; try again in {window_s} s",
-                retry_after=window_s,
+                f"too many failed logins for user {user_name!r} from address {address}; "
+                f"try again in {math.ceil(wait)} s",
+                retry_after=math.ceil(wait),
             )
+    from_address = session.scalar(
+        select(func.count())
+        .select_from(LoginFailure)
+        .where(LoginFailure.address == address, LoginFailure.at >= since)
+    )
+    if (from_address or 0) >= limits.max_failures_per_address:
+        raise RateLimited(
+            f"too many failed logins from address {address}; try again in {limits.window_s} s",
+            retry_after=limits.window_s,
+        )
 
 
-def verify_login(session: Session, user_name: str, password: str) -> User:
+def verify_login(session: Session, user_name: str, password: str, address: str = "") -> User:
     """The user if the password matches; ``Unauthenticated`` (one message for all cases)."""
     user = session.scalar(select(User).where(User.name == user_name[:64]))
     try:
@@ -477,7 +589,12 @@ def verify_login(session: Session, user_name: str, password: str) -> User:
         _hasher.verify(user.password_hash, password[:1024])
     except (VerificationError, InvalidHashError):
         raise Unauthenticated("wrong user name or password") from None
-    session.execute(delete(LoginFailure).where(LoginFailure.user_name == user.name))
+    # only this pair's count resets: a user logging in does not clear an attacker's back-off
+    session.execute(
+        delete(LoginFailure).where(
+            LoginFailure.user_name == user.name, LoginFailure.address == address[:64]
+        )
+    )
     return user
 
 

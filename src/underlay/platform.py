@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,17 @@ class Unit:
     resource: str
     project: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def audit_text(value: str, max_len: int = 64) -> str:
+    """A value from a request made fit for the audit log, whatever it holds: control
+    characters and backslashes escaped (``\\x00``), empty shown as ``""``, cut to ``max_len``.
+    A refusal must never fail to be audited because of what the refused caller sent."""
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value) or '""'
+    return text if len(text) <= max_len else text[: max_len - 1] + "\u2026"
 
 
 def _outcome(exc: UnderlayError) -> str:
@@ -154,9 +166,9 @@ class Platform:
         except UnderlayError as exc:
             self.audit.record(
                 actor=actor.name,
-                action=action,
-                resource=resource,
-                project=project,
+                action=audit_text(action),
+                resource=audit_text(resource, 512),
+                project=None if project is None else audit_text(project),
                 client=client,
                 outcome=_outcome(exc),
                 detail={"error": exc.message[:500]},
@@ -167,8 +179,8 @@ class Platform:
         """Audit a request refused before any actor was known (no or a bad token)."""
         self.audit.record(
             actor="anonymous",
-            action=action,
-            resource=resource,
+            action=audit_text(action),
+            resource=audit_text(resource, 512),
             client=client,
             outcome=_outcome(exc),
             detail={"error": exc.message[:500]},

@@ -6,16 +6,26 @@ Only pydantic here: the client imports this module, so it must stay light.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 Name = Field(min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9_-]{0,62}$")
 RoleName = Literal["viewer", "member", "admin"]
+GrantName = Literal["project-creator"]
+
+# Every string a request carries is one of these (or a stricter pattern): the database must
+# never see NUL (PostgreSQL refuses it in text), and one-line values (names, e-mail
+# addresses, reasons) hold no control characters at all.
+Text = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
+Line = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields refused; strict types (``false`` is no number, ``1``
+    no boolean, ``"3"`` no integer)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class _Out(BaseModel):
@@ -30,13 +40,13 @@ class Health(_Out):
 
 class UserCreate(_In):
     name: str = Name
-    password: str | None = Field(default=None, min_length=8, max_length=1024)
-    email: str | None = Field(default=None, max_length=254)
+    password: Text | None = Field(default=None, min_length=8, max_length=1024)
+    email: Line | None = Field(default=None, max_length=254)
     is_admin: bool = False
 
 
 class UserUpdate(_In):
-    password: str | None = Field(default=None, min_length=8, max_length=1024)
+    password: Text | None = Field(default=None, min_length=8, max_length=1024)
     is_active: bool | None = None
     is_admin: bool | None = None
 
@@ -48,6 +58,9 @@ class UserRead(_Out):
     is_admin: bool
     is_active: bool
     created_at: dt.datetime
+    grants: list[GrantName] = Field(
+        default=[], description="Platform-wide grants a global admin gave."
+    )
 
 
 class Me(UserRead):
@@ -56,7 +69,7 @@ class Me(UserRead):
 
 class ProjectCreate(_In):
     name: str = Name
-    description: str = Field(default="", max_length=1000)
+    description: Text = Field(default="", max_length=1000)
 
 
 class ProjectRead(_Out):
@@ -103,8 +116,8 @@ class TokenCreated(TokenRead):
 
 
 class LoginRequest(_In):
-    user: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=1024)
+    user: Line = Field(min_length=1, max_length=64)
+    password: Text = Field(min_length=1, max_length=1024)
 
 
 class BlobRead(_Out):

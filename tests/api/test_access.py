@@ -108,6 +108,7 @@ def test_non_admin_cannot_create_users(people) -> None:  # type: ignore[no-untyp
 
 def test_project_keeps_an_admin(server, admin) -> None:  # type: ignore[no-untyped-def]
     admin.create_user("carol")
+    admin.grant("carol", "project-creator")
     token = admin.create_token("t", user="carol").token
     with server.client(token) as carol:
         carol.create_project("solo")

@@ -532,6 +532,23 @@ def test_wrong_method_is_a_405_problem(api: httpx.Client, method: str, path: str
     assert "allow" in r.headers
 
 
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("/projects", {"GET", "POST"}),
+        ("/projects/vision", {"GET", "DELETE"}),
+        ("/projects/vision/members/ann", {"PATCH", "DELETE"}),
+        ("/tokens", {"GET", "POST"}),
+    ],
+)
+def test_405_allow_lists_every_method_of_the_path(
+    api: httpx.Client, path: str, allowed: set[str]
+) -> None:
+    r = api.request("PUT", f"{API}{path}")
+    assert_problem(r, 405)
+    assert {m.strip() for m in r.headers["allow"].split(",")} == allowed
+
+
 def test_a_valid_client_request_id_is_echoed(api: httpx.Client) -> None:
     rid = "client-chosen.id_0042"
     r = api.get(f"{API}/no-such-thing", headers={"X-Request-ID": rid})
@@ -589,3 +606,54 @@ def test_an_unexpected_error_is_a_500_problem_with_the_request_id(settings) -> N
     assert r.headers.get("x-request-id") == "fault-injection-01"
     assert "internal detail" not in r.text and "Traceback" not in r.text
     platform.close()
+
+
+# -- NUL and strict types --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "field"),
+    [
+        ("/projects", {"name": "nul", "description": "a\x00b"}, "description"),
+        ("/users", {"name": "ann", "email": "ann\x00@example.com"}, "email"),
+        ("/users", {"name": "ann", "email": "ann@example.com\r\nBcc: x"}, "email"),
+        ("/users", {"name": "ann", "password": "passw\x00rd-long"}, "password"),
+        ("/projects/vision/jobs", {"command": ["true"], "name": "a\x00b"}, "name"),
+        ("/nodes/n1/cordon", {"reason": "hot\x00"}, "reason"),
+        ("/auth/login", {"user": "ann\x00", "password": "x"}, "user"),
+    ],
+)
+def test_nul_and_control_characters_are_refused_at_the_schema(
+    api: httpx.Client, project: str, path: str, payload: Any, field: str
+) -> None:
+    r = api.post(f"{API}{path}", json=payload)
+    body = assert_problem(r, 422)
+    assert any(field in e["loc"] for e in body["errors"]), body["errors"]
+    assert [p["name"] for p in api.get(f"{API}/projects").json()] == ["vision"]
+    assert "ann" not in [u["name"] for u in api.get(f"{API}/users").json()]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "payload", "field"),
+    [
+        ("PUT", "/projects/vision/budget", {"money_per_month": False}, "money_per_month"),
+        ("PUT", "/projects/vision/budget", {"gpu_hours_per_month": True}, "gpu_hours_per_month"),
+        ("POST", "/tokens", {"name": "t", "expires_in_days": True}, "expires_in_days"),
+        ("POST", "/tokens", {"name": "t", "expires_in_days": "7"}, "expires_in_days"),
+        ("POST", "/users", {"name": "ann", "is_admin": 1}, "is_admin"),
+        ("POST", "/projects/vision/jobs", {"command": ["true"], "gpus": False}, "gpus"),
+    ],
+)
+def test_booleans_and_strings_are_not_numbers(
+    api: httpx.Client, project: str, method: str, path: str, payload: Any, field: str
+) -> None:
+    r = api.request(method, f"{API}{path}", json=payload)
+    body = assert_problem(r, 422)
+    assert any(field in e["loc"] for e in body["errors"]), body["errors"]
+    assert api.get(f"{API}/projects/vision/budget").json()["money_limit"] is None
+
+
+def test_nul_in_a_blob_name_is_refused(api: httpx.Client, project: str) -> None:
+    r = api.put(f"{API}/projects/vision/blobs", params={"name": "a\x00b"}, content=b"data")
+    assert_problem(r, 422)
+    assert api.get(f"{API}/projects/vision/blobs").json() == []

@@ -282,3 +282,16 @@ def test_demo_runs_clean(tmp_path: Path) -> None:
     assert "Traceback" not in result.stdout + result.stderr
     assert "audit chain OK" in result.stdout
     assert list(tmp_path.iterdir()) == []  # the temporary home is removed
+
+
+def test_granting_project_creation(server, cli: Cli) -> None:  # type: ignore[no-untyped-def]
+    cli("users", "create", "alice")
+    secret = cli("tokens", "create", "t", "--user", "alice").stdout.strip()
+    as_alice = {"UNDERLAY_URL": server.url, "UNDERLAY_TOKEN": secret}
+    refused = cli("projects", "create", "mine", env=as_alice, ok=False)
+    assert_one_line_error(refused, "may not create projects")
+    granted = cli("users", "grant", "alice", "project-creator").stdout
+    assert "alice holds: project-creator" in granted
+    assert "created project mine" in cli("projects", "create", "mine", env=as_alice).stdout
+    assert "alice holds: no grants" in cli("users", "revoke", "alice", "project-creator").stdout
+    assert_one_line_error(cli("users", "grant", "alice", "root", ok=False), "")

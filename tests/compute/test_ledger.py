@@ -543,3 +543,28 @@ def test_alerts_stay_inside_the_tenant_scope(world: World) -> None:
         assert len(s.scalars(select(Alert).where(Alert.kind == "budget")).all()) == 2
         assert len(list_alerts(s)) == 3
         assert len(list_alerts(s, project_id=world.speech)) == 1
+
+
+@pytest.mark.parametrize(
+    ("report", "match"),
+    [
+        (Report(1e308, 0, None), r"wall_s must be at most 316224000 s, got 1e\+308"),
+        (Report(float("inf"), 0, None), r"wall_s must be a finite number, got inf"),
+        (Report(10, float("inf"), None), r"cpu_s must be a finite number"),
+        (Report(10, 1, float("nan")), r"energy_kwh must not be negative, got nan"),
+    ],
+)
+def test_an_agents_absurd_report_is_refused_not_overflowed(report: Report, match: str) -> None:
+    never_started = JobAttempt(ended_at=T0, cpu_milli=1000, gpu_share_milli=1000)
+    with pytest.raises(InvalidInput, match=match):
+        attempt_usage_for(never_started, report, compute(), T0)
+
+
+@pytest.mark.parametrize("wall_s", [1e308, float("inf"), float("nan")])
+def test_the_attempt_report_schema_refuses_absurd_durations(wall_s: float) -> None:
+    from pydantic import ValidationError
+
+    from underlay.compute.schemas import AttemptEnded
+
+    with pytest.raises(ValidationError, match="wall_s"):
+        AttemptEnded.model_validate({"state": "failed", "wall_s": wall_s})

@@ -68,7 +68,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health.router)
     for module in (users, projects, tokens, blobs, lineage, audit, nodes, jobs, usage, alerts):
-        api.include_router(module.router)
+        api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(api)
     return app
 

@@ -66,8 +66,8 @@ def current_actor(
             return authenticate(session, secret)
     except Unauthenticated as exc:
         platform.record_denied(
-            f"{request.method} {request.url.path}"[:64],
-            request.url.path[:512],
+            f"{request.method} {request.url.path}",
+            request.url.path,
             client_address(request),
             exc,
         )

@@ -9,6 +9,7 @@ the request id, and logged with its traceback on the server only.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from underlay.errors import (
     InvalidInput,
@@ -25,6 +27,7 @@ from underlay.errors import (
     UnderlayError,
     problem_type,
 )
+from underlay.schemas import Problem
 
 log = logging.getLogger("underlay.api")
 
@@ -72,6 +75,21 @@ def error_response(request: Request, exc: UnderlayError) -> JSONResponse:
     return problem_response(request, type(exc), exc.message, headers=headers, **extra)
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on the request's path (probed through the
+    routes' own matching, so included routers and path parameters count)."""
+    routes = request.app.router.routes
+    allowed = []
+    for method in _METHODS:
+        probe = {**request.scope, "method": method}
+        if any(route.matches(probe)[0] is Match.FULL for route in routes):
+            allowed.append(method)
+    return allowed
+
+
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return [
         {
@@ -83,7 +101,47 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+_PROBLEM_STATUSES = {
+    400: "Invalid input",
+    401: "Not authenticated: no, or an invalid, expired or revoked token",
+    403: "Permission denied: the caller's role does not allow the action",
+    404: "Not found, or not visible to the caller",
+    409: "Conflict: exists already or changed meanwhile",
+    413: "Request body too large",
+    422: "Request failed validation; ``errors`` lists each problem",
+    429: "Too many requests; wait ``Retry-After`` seconds",
+    503: "Unavailable; try later",
+}
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _PROBLEM_REF}},
+    }
+    for status, description in _PROBLEM_STATUSES.items()
+}
+"""The problem responses every authenticated route documents (the routers' defaults)."""
+
+
+def _openapi_with_problems(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components["Problem"] = Problem.model_json_schema()
+            components.pop("HTTPValidationError", None)
+            components.pop("ValidationError", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
 def install(app: FastAPI) -> None:
+    app.openapi = _openapi_with_problems(app)  # type: ignore[method-assign]
+
     @app.exception_handler(UnderlayError)
     async def _underlay(request: Request, exc: UnderlayError) -> JSONResponse:
         return error_response(request, exc)
@@ -103,6 +161,9 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 404:
             detail = f"no route {request.method} {request.url.path}"
         headers = dict(exc.headers or {}) or None
+        if exc.status_code == 405:
+            # Starlette names only the first route that matched the path; name them all
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
         return problem_response(request, cls, detail, status=exc.status_code, headers=headers)
 
     @app.exception_handler(DataError)

@@ -114,6 +114,24 @@ def users_create(
     typer.echo(f"created user {user.name}")
 
 
+@users.command("grant")
+def users_grant(
+    name: str, grant: Annotated[str, typer.Argument(help="project-creator: may create projects.")]
+) -> None:
+    """Give a user a platform-wide grant (global admins only)."""
+    with client() as c:
+        user = c.grant(name, grant)
+    typer.echo(f"{user.name} holds: {', '.join(user.grants) or 'no grants'}")
+
+
+@users.command("revoke")
+def users_revoke(name: str, grant: str) -> None:
+    """Take a grant back from a user (global admins only)."""
+    with client() as c:
+        user = c.revoke_grant(name, grant)
+    typer.echo(f"{user.name} holds: {', '.join(user.grants) or 'no grants'}")
+
+
 @users.command("deactivate")
 def users_deactivate(name: str) -> None:
     """Deactivate a user and revoke all their tokens."""

@@ -135,6 +135,13 @@ class Client(ComputeMethods):
     def update_user(self, name: str, **changes: Any) -> UserRead:
         return self._one(UserRead, "PATCH", f"/users/{name}", json=changes)
 
+    def grant(self, user: str, grant: str) -> UserRead:
+        """Give ``user`` a platform-wide grant such as ``project-creator`` (global admins)."""
+        return self._one(UserRead, "PUT", f"/users/{user}/grants/{grant}")
+
+    def revoke_grant(self, user: str, grant: str) -> UserRead:
+        return self._one(UserRead, "DELETE", f"/users/{user}/grants/{grant}")
+
     def create_token(
         self, name: str, *, expires_in_days: int | None = None, user: str | None = None
     ) -> TokenCreated:

@@ -110,6 +110,10 @@ class ComputeMethods:
         params = {"project": project} if project else {}
         return self._many(AlertRead, "/alerts", params=params)
 
+    def resolve_alert(self, alert_id: int) -> AlertRead:
+        result: AlertRead = self._one(AlertRead, "POST", f"/alerts/{alert_id}/resolve")
+        return result
+
     # -- quotas, budgets, usage ------------------------------------------------------------
 
     def set_quota(

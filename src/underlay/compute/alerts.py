@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 from underlay.compute.ledger import as_utc, check_scope, scope_of
 from underlay.compute.models import Alert
 from underlay.errors import InvalidInput, NotFound
+from underlay.identity import SYSTEM, Action, Actor, authorize
+from underlay.store.models import Project
 from underlay.store.types import utcnow
 
 # -- alerts ---------------------------------------------------------------------------------
@@ -78,11 +80,23 @@ def list_alerts(
     return list(session.scalars(stmt.order_by(Alert.created_at.desc(), Alert.id.desc())))
 
 
-def resolve_alert_by_id(session: Session, alert_id: int, now: dt.datetime | None = None) -> Alert:
-    """Mark an alert resolved (again resolving one is harmless)."""
+def read_alert(session: Session, alert_id: int) -> Alert:
+    """The alert, if the session's scope shows it (a cluster-wide one to global admins only)."""
     alert = session.scalars(_alerts_in_scope(session).where(Alert.id == alert_id)).first()
     if alert is None:
         raise NotFound(f"alert {alert_id} does not exist")
+    return alert
+
+
+def resolve_alert_by_id(
+    session: Session, alert_id: int, now: dt.datetime | None = None, *, actor: Actor = SYSTEM
+) -> Alert:
+    """Mark an alert resolved (again resolving one is harmless). Resolving changes what the
+    project's owners see, so it needs a member of the alert's project (a global admin for a
+    cluster-wide alert); a viewer gets ``PermissionDenied``."""
+    alert = read_alert(session, alert_id)
+    project = None if alert.project_id is None else session.get(Project, alert.project_id)
+    authorize(actor, Action.write, project)
     if alert.resolved_at is None:
         alert.resolved_at = as_utc(now, "now") if now is not None else utcnow()
         session.flush()

@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from underlay.compute.models import Job, JobAttempt
 from underlay.compute.scheduler.snapshot import WHOLE, PowerModel
+from underlay.compute.schemas import MAX_REPORTED_S
 from underlay.config import ComputeSettings, Settings
 from underlay.errors import InvalidInput, NotFound, PermissionDenied
 from underlay.store.db import Scope
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     AnySelect = Select[*tuple[Any, ...]]
 
 PowerSample = tuple[float, float]
+
 """(epoch seconds, watts attributed to the attempt: the sum over the GPUs it holds, each times
 the share of it that the attempt holds)."""
 
@@ -211,6 +213,7 @@ def attempt_usage_for(
     measured (None: estimate it from the power model of the configured simulated accelerators
     of the attempt's type, if any).
     """
+    _check_report(report)
     ended = attempt.ended_at or as_utc(now, "now")
     started = attempt.started_at or ended - dt.timedelta(seconds=report.wall_s)
     sims = [
@@ -267,6 +270,20 @@ def _non_negative(**values: float) -> None:
     for name, value in values.items():
         if value < 0 or math.isnan(value):
             raise InvalidInput(f"{name} must not be negative, got {value}")
+        if math.isinf(value):
+            raise InvalidInput(f"{name} must be a finite number, got {value}")
+
+
+def _check_report(report: AttemptReport) -> None:
+    """An agent's figures are input: finite, non-negative, and a run no longer than
+    :data:`MAX_REPORTED_S` (a larger one overflows date arithmetic)."""
+    figures = {"wall_s": report.wall_s, "cpu_s": report.cpu_s}
+    _non_negative(**figures)
+    if report.energy_kwh is not None:
+        _non_negative(energy_kwh=report.energy_kwh)
+    for name, value in figures.items():
+        if value > MAX_REPORTED_S:
+            raise InvalidInput(f"{name} must be at most {MAX_REPORTED_S:.0f} s, got {value}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,15 +2,21 @@
 
 Each attempt's output is kept in its own file under ``<home>/logs/job-<id>/``; reading a job
 concatenates its attempts in order, each under a one-line header (always, so offsets stay
-stable as attempts are added), and a retried job's history reads top to bottom.
+stable as attempts are added), and a retried job's history reads top to bottom. Reads seek
+to the offset and return a bounded slice, so serving or following a log of any size holds
+at most :data:`READ_CHUNK` bytes per reader.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
+from underlay.errors import InvalidInput
+
 MAX_APPEND = 4 * 1024 * 1024
+READ_CHUNK = 256 * 1024  # bytes per read while streaming: bounds a reader's memory
 
 
 def _folder(home: Path, job_id: int) -> Path:
@@ -36,18 +42,51 @@ def append(home: Path, job_id: int, attempt: int, data: bytes, offset: int | Non
         handle.write(data)
 
 
-def read(home: Path, job_id: int, offset: int = 0, limit: int = MAX_APPEND) -> bytes:
-    """Up to ``limit`` bytes of the job's combined log from ``offset``."""
+def _segments(home: Path, job_id: int) -> Iterator[tuple[bytes, Path]]:
+    """Each attempt's header and file, in attempt order."""
     folder = _folder(home, job_id)
     if not folder.exists():
-        return b""
-    parts: list[bytes] = []
+        return
     files = sorted(folder.glob("attempt-*.log"), key=lambda p: int(p.stem.split("-")[1]))
     for path in files:
-        parts.append(f"── attempt {path.stem.split('-')[1]} ──\n".encode())
-        parts.append(path.read_bytes())
-    combined = b"".join(parts)
-    return combined[offset : offset + limit]
+        yield f"── attempt {path.stem.split('-')[1]} ──\n".encode(), path
+
+
+def read(home: Path, job_id: int, offset: int = 0, limit: int = READ_CHUNK) -> bytes:
+    """Up to ``limit`` bytes of the job's combined log from ``offset``.
+
+    Only what is returned is read: earlier attempts are skipped by their size (a ``stat``)
+    and the file holding ``offset`` is entered with a ``seek``, so a caller following a log
+    chunk by chunk reads each byte once and holds at most ``limit`` bytes.
+    """
+    if offset < 0 or limit < 0:
+        raise InvalidInput("log offset and limit must not be negative")
+    parts: list[bytes] = []
+    wanted = limit
+    for header, path in _segments(home, job_id):
+        if wanted <= 0:
+            break
+        if offset < len(header):
+            piece = header[offset : offset + wanted]
+            parts.append(piece)
+            wanted -= len(piece)
+            offset = 0
+        else:
+            offset -= len(header)
+        try:
+            size = path.stat().st_size
+            if offset >= size:
+                offset -= size
+                continue
+            with path.open("rb") as handle:
+                handle.seek(offset)
+                piece = handle.read(min(wanted, size - offset))
+        except FileNotFoundError:
+            break  # its project was deleted meanwhile: the log ends here
+        parts.append(piece)
+        wanted -= len(piece)
+        offset = 0
+    return b"".join(parts)
 
 
 def remove(home: Path, job_id: int) -> None:

@@ -7,13 +7,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from underlay.schemas import Line, Text
+
 PriorityClass = Literal["low", "normal", "high"]
 PRIORITIES: dict[str, int] = {"low": -10, "normal": 0, "high": 10}
 EnvName = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+MAX_REPORTED_S = 10 * 366 * 86400.0  # ten years: longer than any attempt runs
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields refused, strict types (as in :mod:`underlay.schemas`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class _Out(BaseModel):
@@ -22,7 +27,7 @@ class _Out(BaseModel):
 
 class JobCreate(_In):
     command: list[str] = Field(min_length=1, max_length=1024, description="argv to run.")
-    name: str = Field(default="", max_length=128)
+    name: Line = Field(default="", max_length=128)
     env: dict[str, str] = Field(default_factory=dict, max_length=256)
     secrets: dict[str, str] = Field(
         default_factory=dict, max_length=64, description="Encrypted at rest, never logged."
@@ -126,7 +131,7 @@ class NodeRead(_Out):
 
 
 class CordonRequest(_In):
-    reason: str = Field(default="cordoned by an operator", max_length=500)
+    reason: Line = Field(default="cordoned by an operator", max_length=500)
 
 
 class QuotaSet(_In):
@@ -154,10 +159,10 @@ class AttemptStarted(_In):
 class AttemptEnded(_In):
     state: Literal["succeeded", "failed", "cancelled", "preempted", "lost"]
     exit_code: int | None = Field(default=None, ge=-255, le=255)
-    reason: str = Field(default="", max_length=1000)
-    wall_s: float = Field(default=0.0, ge=0)
-    cpu_s: float = Field(default=0.0, ge=0)
-    energy_kwh: float | None = Field(default=None, ge=0)
+    reason: Text = Field(default="", max_length=1000)
+    wall_s: float = Field(default=0.0, ge=0, le=MAX_REPORTED_S, allow_inf_nan=False)
+    cpu_s: float = Field(default=0.0, ge=0, le=1024 * MAX_REPORTED_S, allow_inf_nan=False)
+    energy_kwh: float | None = Field(default=None, ge=0, le=1e9, allow_inf_nan=False)
     energy_estimated: bool = True
 
 

@@ -27,7 +27,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
 
 from underlay.store.types import UTCDateTime, utcnow
 
@@ -76,6 +76,23 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    grant_rows: Mapped[list[UserGrant]] = relationship(lazy="selectin", viewonly=True)
+
+    @property
+    def grants(self) -> list[str]:
+        return sorted(g.name for g in self.grant_rows)
+
+
+class UserGrant(Base):
+    """A platform-wide permission a global admin gives one user (``project-creator``)."""
+
+    __tablename__ = "user_grants"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class Project(Base):
@@ -123,6 +140,7 @@ class LoginFailure(Base):
     __table_args__ = (
         Index("ix_login_failures_user_at", "user_name", "at"),
         Index("ix_login_failures_address_at", "address", "at"),
+        Index("ix_login_failures_user_address_at", "user_name", "address", "at"),
         MONOTONIC,
     )
 

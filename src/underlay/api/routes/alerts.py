@@ -31,5 +31,7 @@ def list_alerts(
 
 @router.post("/{alert_id}/resolve", response_model=AlertRead)
 def resolve_alert(alert_id: Annotated[int, Path(ge=1, le=2**31 - 1)], ctx: Ctx) -> AlertRead:
+    """Mark an alert resolved; needs the member role in its project (viewers may only read)."""
     with ctx.unit("alert.resolve", f"alert:{alert_id}") as u:
-        return AlertRead.model_validate(alerts.resolve_alert_by_id(u.session, alert_id))
+        alert = alerts.resolve_alert_by_id(u.session, alert_id, actor=ctx.actor)
+        return AlertRead.model_validate(alert)

@@ -37,7 +37,7 @@ async def upload_blob(
     project: str,
     request: Request,
     ctx: Ctx,
-    name: Annotated[str, Query(max_length=255)] = "",
+    name: Annotated[str, Query(max_length=255, pattern=r"^[^\x00-\x1f\x7f]*$")] = "",
     media_type: Annotated[str, Query(max_length=127, pattern=r"^[\w.+-]+/[\w.+-]+$")] = (
         "application/octet-stream"
     ),

@@ -88,7 +88,8 @@ def job_logs(
     follow: bool = False,
     offset: Annotated[int, Query(ge=0, le=2**40)] = 0,
 ) -> StreamingResponse:
-    """The job's output so far; with ``follow`` it streams until the job ends."""
+    """The job's output so far from ``offset``, streamed in bounded slices; with ``follow``
+    it keeps streaming what is appended until the job ends."""
     with ctx.unit("job.logs", f"project:{project}/job:{job_id}", project=project) as u:
         found = identity.read_project(u.session, project, ctx.actor)
         jobs.read_job(u.session, job_id, found)
@@ -104,8 +105,10 @@ def job_logs(
 
     async def body() -> AsyncIterator[bytes]:
         position = offset
+        done = False
         while True:
-            done = follow and await anyio.to_thread.run_sync(finished)
+            # a bounded slice from where this reader is: nothing before it is read again, and
+            # a follower that is caught up only stats the files until more is appended
             chunk = await anyio.to_thread.run_sync(logs.read, home, job_id, position)
             if chunk:
                 position += len(chunk)
@@ -113,6 +116,8 @@ def job_logs(
                 continue
             if not follow or done:
                 return
-            await asyncio.sleep(0.25)
+            done = await anyio.to_thread.run_sync(finished)  # then read what came before it
+            if not done:
+                await asyncio.sleep(0.25)
 
     return StreamingResponse(body(), media_type="text/plain; charset=utf-8")

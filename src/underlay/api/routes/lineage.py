@@ -37,6 +37,7 @@ def read_lineage(
     """Everything upstream (what it came from) and downstream (what came from it)."""
     resource = f"project:{project}/lineage:{kind[:32]}:{object_id[:128]}"
     with ctx.unit("lineage.read", resource, project=project, audited=False) as u:
-        identity.read_project(u.session, project, ctx.actor)
-        graph = lineage.lineage(u.session, lineage.ObjectRef(kind, object_id), direction, depth)
+        found = identity.read_project(u.session, project, ctx.actor)
+        ref = lineage.ObjectRef(kind, object_id)
+        graph = lineage.lineage(u.session, ref, direction, depth, project_id=found.id)
         return LineageGraphRead.model_validate(graph.as_dict())

@@ -15,8 +15,13 @@ router = APIRouter(prefix="/projects", tags=["projects"])
 
 @router.post("", response_model=ProjectRead, status_code=201)
 def create_project(body: ProjectCreate, ctx: Ctx) -> ProjectRead:
+    """Create a project; the caller becomes its admin. Who may is ``security.project_creation``
+    (default: global admins and users granted ``project-creator``)."""
     with ctx.unit("project.create", f"project:{body.name}", project=body.name) as u:
-        project = identity.create_project(u.session, body.name, ctx.actor, body.description)
+        policy = ctx.platform.settings.security.project_creation
+        project = identity.create_project(
+            u.session, body.name, ctx.actor, body.description, policy=policy
+        )
         return ProjectRead.model_validate(project)
 
 

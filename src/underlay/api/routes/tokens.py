@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Request, Response
 
 from underlay import identity
 from underlay.api.deps import Ctx, PlatformDep, client_address
+from underlay.config import SecuritySettings
 from underlay.errors import Unauthenticated
 from underlay.identity import Action, authorize
 from underlay.schemas import LoginRequest, TokenCreate, TokenCreated, TokenRead
@@ -50,6 +51,16 @@ def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**31 - 1)], ctx: Ctx) -
     return Response(status_code=204)
 
 
+def login_limits(security: SecuritySettings) -> identity.LoginLimits:
+    return identity.LoginLimits(
+        max_failures=security.login_max_failures,
+        window_s=security.login_window_s,
+        backoff_s=security.login_backoff_s,
+        backoff_max_s=security.login_backoff_max_s,
+        max_failures_per_address=security.login_max_failures_per_address,
+    )
+
+
 @router.post("/auth/login", response_model=TokenCreated, status_code=201, tags=["auth"])
 def login(body: LoginRequest, request: Request, platform: PlatformDep) -> TokenCreated:
     """Exchange a user name and password for a new API token (rate-limited on failures)."""
@@ -58,16 +69,10 @@ def login(body: LoginRequest, request: Request, platform: PlatformDep) -> TokenC
     actor = identity.SYSTEM
     resource = f"user:{body.user[:64]}"
     with platform.unit(actor, "auth.login", resource, client=address, audited=False) as u:
-        identity.check_login_allowed(
-            u.session,
-            body.user,
-            address,
-            max_failures=security.login_max_failures,
-            window_s=security.login_window_s,
-        )
+        identity.check_login_allowed(u.session, body.user, address, login_limits(security))
     try:
         with platform.unit(actor, "auth.login", resource, client=address) as u:
-            user = identity.verify_login(u.session, body.user, body.password)
+            user = identity.verify_login(u.session, body.user, body.password, address)
             token, secret = identity.create_token(
                 u.session,
                 user,

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from underlay import identity
 from underlay.api.deps import Ctx
 from underlay.identity import Action, authorize
-from underlay.schemas import Me, UserCreate, UserRead, UserUpdate
+from underlay.schemas import GrantName, Me, UserCreate, UserRead, UserUpdate
 from underlay.store.models import Project
 
 router = APIRouter(prefix="/users", tags=["users"])
@@ -65,3 +65,19 @@ def update_user(name: str, body: UserUpdate, ctx: Ctx) -> UserRead:
         )
         u.detail = body.model_dump(exclude={"password"}, exclude_none=True)
         return UserRead.model_validate(user)
+
+
+@router.put("/{name}/grants/{grant}", response_model=UserRead)
+def add_grant(name: str, grant: GrantName, ctx: Ctx) -> UserRead:
+    """Give a user a platform-wide grant (``project-creator``); global admins only."""
+    with ctx.unit("user.grant", f"user:{name}/grant:{grant}") as u:
+        authorize(ctx.actor, Action.admin)
+        return UserRead.model_validate(identity.add_grant(u.session, name, grant))
+
+
+@router.delete("/{name}/grants/{grant}", response_model=UserRead)
+def remove_grant(name: str, grant: GrantName, ctx: Ctx) -> UserRead:
+    """Take a grant back; global admins only."""
+    with ctx.unit("user.revoke", f"user:{name}/grant:{grant}") as u:
+        authorize(ctx.actor, Action.admin)
+        return UserRead.model_validate(identity.remove_grant(u.session, name, grant))
