@@ -242,3 +242,26 @@ def test_checkpoints_in_s3_catch_a_wipe_of_the_database_and_the_home_file(
     report = log.verify(signer)
     _failed(report, 1, "the audit log is empty but the external checkpoint of ")
     assert f"in {url} covers entry 9: the whole log was wiped" in str(report.problem)
+
+
+def test_server_start_writes_checkpoints_the_home_file_lacks(
+    db: Database, settings: Settings, signer: SigningKey
+) -> None:
+    from underlay.platform import Platform
+
+    # A store whose checkpoints predate the external log (or whose writes all failed).
+    _fill(AuditLog(db, signer, checkpoint_every=3), 7)
+    assert not settings.audit_checkpoint_path.exists()
+    platform = Platform(
+        Settings(
+            home=settings.home,
+            store={"url": settings.database_url},
+            security={"audit_checkpoint_every": 3},
+        )
+    )
+    try:
+        platform.start()
+        assert _seqs(FileLocation(settings.audit_checkpoint_path))[:2] == [3, 6]
+        assert platform.audit.verify(signer).ok
+    finally:
+        platform.close()
