@@ -54,6 +54,16 @@ def _sql(db: Database, statement: str, **params: Any) -> None:
         conn.execute(text(statement), params)
 
 
+def _rewind(db: Database, seq: int) -> None:
+    """Delete every entry and checkpoint after ``seq`` and point the head at ``seq``."""
+    with db.session(Scope.everything()) as s:
+        kept = s.scalars(select(AuditEntry.hash).where(AuditEntry.seq == seq)).one_or_none()
+    head_hash = kept or GENESIS_HASH
+    _sql(db, "DELETE FROM audit_entries WHERE seq > :s", s=seq)
+    _sql(db, "DELETE FROM audit_checkpoints WHERE seq > :s", s=seq)
+    _sql(db, "UPDATE audit_head SET seq = :s, hash = :h", s=seq, h=head_hash)
+
+
 def _failed(report: AuditReport, seq: int, match: str) -> None:
     assert not report.ok, report
     assert report.first_bad_seq == seq, report

@@ -11,13 +11,17 @@ Design decisions:
   caller's session: a mutation and its audit entry commit or roll back together.
   :meth:`AuditLog.record` opens its own transaction for events that write nothing else
   (denied requests, reads).
-* **Signed checkpoints.** Every ``checkpoint_every`` entries the head ``(seq, hash)`` is signed
-  with Ed25519. The chain alone detects an edited, deleted or reordered entry; the signatures
-  detect a rewritten chain (someone with database access recomputing every hash). Each signed
-  payload names the previous checkpoint, so deleting a checkpoint breaks the next one's
-  signature, and :meth:`AuditLog.verify` flags a head that is further past the last checkpoint
-  than the checkpoint interval allows. What no in-database check can catch is cutting the log,
-  its checkpoints and the head back together; keep an exported checkpoint elsewhere for that.
+* **Signed checkpoints.** Every ``checkpoint_every`` entries, and on a timer when there are
+  new entries (:meth:`AuditLog.checkpoint_head`), the head ``(seq, hash)`` is signed with
+  Ed25519 together with the time and the previous checkpoint. The chain alone detects an
+  edited, deleted or reordered entry; the signatures detect a rewritten chain (someone with
+  database access recomputing every hash). Each signed payload names the previous checkpoint,
+  so deleting a checkpoint breaks the next one's signature, and :meth:`AuditLog.verify` flags
+  a head that is further past the last checkpoint than the checkpoint interval allows.
+* **Checkpoints also live outside the database.** No in-database check can catch cutting the
+  log, its checkpoints and the head back together, or wiping them. After each commit that
+  made a checkpoint, the new checkpoints are appended to the external locations
+  (:mod:`underlay.audit_checkpoints`), and verification compares the database with them.
 * **Verification streams.** :meth:`AuditLog.verify` reads entries and checkpoints in ``seq``
   order in short batches (one short transaction each), so memory stays bounded and appends are
   never blocked for long. It checks the log up to the head it read first; entries appended
@@ -29,20 +33,31 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, event, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from underlay.audit_checkpoints import (
+    CheckpointLocation,
+    ExternalCheckpoint,
+    ExternalProblem,
+    Readout,
+    check_external,
+    committed_after,
+)
 from underlay.errors import IntegrityFailure, InvalidInput, Unavailable
 from underlay.store.db import Database, Scope
 from underlay.store.models import AuditCheckpoint, AuditEntry, AuditHead
 from underlay.store.types import utcnow
+
+log = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
 OUTCOMES = ("ok", "denied", "error")
@@ -121,17 +136,37 @@ def entry_hash(entry: Any, *, seq: int | None = None) -> str:
     return hashlib.sha256(_canonical(fields)).hexdigest()
 
 
-def checkpoint_payload(seq: int, hash_: str, prev_seq: int, key_id: str) -> bytes:
-    """The bytes a checkpoint signs: the head, the previous checkpoint's seq and the key id."""
-    return _canonical(
-        {
-            "kind": _CHECKPOINT_KIND,
-            "v": 1,
-            "seq": seq,
-            "hash": hash_,
-            "prev_seq": prev_seq,
-            "key_id": key_id,
-        }
+def checkpoint_payload(
+    seq: int, hash_: str, prev_seq: int, key_id: str, at: dt.datetime | None = None
+) -> bytes:
+    """The bytes a checkpoint signs: the head, the previous checkpoint's seq, the key id and
+    (version 2, every checkpoint written now) the time; version 1 without it still verifies."""
+    fields: dict[str, Any] = {
+        "kind": _CHECKPOINT_KIND,
+        "v": 1,
+        "seq": seq,
+        "hash": hash_,
+        "prev_seq": prev_seq,
+        "key_id": key_id,
+    }
+    if at is not None:
+        fields.update(v=2, at=_iso(at))
+    return _canonical(fields)
+
+
+def checkpoint_signed(
+    key: Ed25519PublicKey,
+    seq: int,
+    hash_: str,
+    prev_seq: int,
+    key_id: str,
+    at: dt.datetime,
+    signature: bytes,
+) -> bool:
+    """Whether ``signature`` signs this checkpoint (with its time, or a version-1 one without)."""
+    return any(
+        _signature_ok(key, checkpoint_payload(seq, hash_, prev_seq, key_id, when), signature)
+        for when in (at, None)
     )
 
 
@@ -220,7 +255,13 @@ def _flush(session: Session, seq: int) -> None:
 class AuditLog:
     """Appends to, lists and verifies the audit chain of one metadata database."""
 
-    def __init__(self, db: Database, signer: Signer, checkpoint_every: int = 100) -> None:
+    def __init__(
+        self,
+        db: Database,
+        signer: Signer,
+        checkpoint_every: int = 100,
+        external: Sequence[CheckpointLocation] = (),
+    ) -> None:
         if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int):
             raise InvalidInput("checkpoint_every must be an integer")
         if checkpoint_every < 1:
@@ -232,6 +273,7 @@ class AuditLog:
         self._db = db
         self._signer = signer
         self.checkpoint_every = checkpoint_every
+        self.external = tuple(external)
 
     # -- writing ------------------------------------------------------------------------
 
@@ -286,7 +328,7 @@ class AuditLog:
         session.add(entry)
         _flush(session, seq)
         if seq % self.checkpoint_every == 0:
-            self._checkpoint(session, entry)
+            self._checkpoint(session, seq, entry.hash)
             _flush(session, seq)
         return entry
 
@@ -314,19 +356,56 @@ class AuditLog:
                 detail=detail,
             )
 
-    def _checkpoint(self, session: Session, entry: AuditEntry) -> None:
+    def checkpoint_head(self) -> int | None:
+        """Sign the head now if no checkpoint covers it yet (the timer); returns its seq."""
+        with self._db.session(Scope.everything()) as session:
+            # A no-op UPDATE of the head takes the same lock as an append.
+            head = session.execute(
+                update(AuditHead)
+                .where(AuditHead.id == _HEAD_ID)
+                .values(seq=AuditHead.seq)
+                .returning(AuditHead.seq, AuditHead.hash)
+                .execution_options(synchronize_session=False)
+            ).one_or_none()
+            if head is None:
+                raise Unavailable("the audit log has no head row; apply migrations (underlay up)")
+            seq, hash_ = int(head[0]), str(head[1])
+            last = session.scalar(select(func.max(AuditCheckpoint.seq))) or 0
+            if seq <= last:
+                return None
+            self._checkpoint(session, seq, hash_)
+            _flush(session, seq)
+        return seq
+
+    def export_checkpoints(self) -> None:
+        """Bring every external location up to date; a failure is logged and retried later."""
+        for location in self.external:
+            try:
+                location.append_after(lambda after: committed_after(self._db, after))
+            except Exception as exc:  # any storage error: the entry is safe in the database
+                log.warning(
+                    "could not write audit checkpoints to %s (retried at the next checkpoint): %s",
+                    location.name,
+                    exc,
+                )
+
+    def _checkpoint(self, session: Session, seq: int, hash_: str) -> None:
         prev_seq = session.scalar(select(func.max(AuditCheckpoint.seq))) or 0
         key_id = self._signer.key_id
-        payload = checkpoint_payload(entry.seq, entry.hash, int(prev_seq), key_id)
+        at = utcnow()
+        payload = checkpoint_payload(seq, hash_, int(prev_seq), key_id, at)
         session.add(
             AuditCheckpoint(
-                seq=entry.seq,
-                hash=entry.hash,
-                signature=self._signer.sign(payload),
-                key_id=key_id,
-                at=entry.at,
+                seq=seq, hash=hash_, signature=self._signer.sign(payload), key_id=key_id, at=at
             )
         )
+        if self.external and not session.info.get("audit_export"):
+            session.info["audit_export"] = True
+            event.listen(session, "after_commit", self._export_after_commit, once=True)
+
+    def _export_after_commit(self, session: Session) -> None:
+        session.info.pop("audit_export", None)
+        self.export_checkpoints()
 
     # -- reading ------------------------------------------------------------------------
 
@@ -377,7 +456,11 @@ class AuditLog:
 
         ``key`` is the raw Ed25519 public key, or anything with ``public_key_bytes()``.
         """
-        verifier = _Verifier(_public_key(key), self.checkpoint_every)
+        public = _public_key(key)
+        verifier = _Verifier(public, self.checkpoint_every)
+        # External records first: each was written after its commit, so none can name an
+        # entry beyond the head read below.
+        readouts, valid = self._read_external(verifier)
         with self._db.session(Scope.everything()) as session:
             head = session.execute(
                 select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == _HEAD_ID)
@@ -397,7 +480,42 @@ class AuditLog:
                 pending = next(checkpoints, None)
         if verifier.finish(head_hash):
             self._check_beyond_head(verifier)
+        if verifier.problem is None:
+            found = verifier.external_problem or check_external(
+                self._db, head_seq, verifier.checkpoints, readouts, valid
+            )
+            if found is not None:
+                verifier.fail(found.seq, found.problem)
         return verifier.report()
+
+    def _read_external(
+        self, verifier: _Verifier
+    ) -> tuple[list[Readout], list[tuple[str, ExternalCheckpoint]]]:
+        """Every location's records; the validly signed ones apart, the first bad one noted."""
+        readouts: list[Readout] = []
+        valid: list[tuple[str, ExternalCheckpoint]] = []
+        for location in self.external:
+            try:
+                readout = location.read()
+            except Exception as exc:  # any storage error: verification cannot be complete
+                raise Unavailable(
+                    f"cannot read the external audit checkpoints at {location.name}: {exc}"
+                ) from exc
+            readouts.append(readout)
+            for bad in readout.unreadable:
+                verifier.note_external(None, f"an external checkpoint is unreadable: {bad}")
+            for r in readout.records:
+                if checkpoint_signed(
+                    verifier.key, r.seq, r.hash, r.prev_seq, r.key_id, r.at, r.signature
+                ):
+                    valid.append((readout.location, r))
+                else:
+                    verifier.note_external(
+                        r.seq,
+                        f"the external checkpoint for entry {r.seq} in {readout.location} "
+                        f"has an invalid signature (key {r.key_id!r}): it was forged or altered",
+                    )
+        return readouts, valid
 
     def _stream(self, table: Table, upto: int) -> Iterator[Any]:
         """Rows of ``table`` with ``seq <= upto`` in seq order, one short transaction a batch."""
@@ -455,10 +573,16 @@ class _Verifier:
         self.cp_interval = 0
         self.first_bad_seq: int | None = None
         self.problem: str | None = None
+        self.external_problem: ExternalProblem | None = None
 
-    def fail(self, seq: int, problem: str) -> bool:
+    def fail(self, seq: int | None, problem: str) -> bool:
         self.first_bad_seq, self.problem = seq, problem
         return False
+
+    def note_external(self, seq: int | None, problem: str) -> None:
+        """A bad external record: reported unless the database itself is found bad first."""
+        if self.external_problem is None:
+            self.external_problem = ExternalProblem(seq, problem)
 
     def report(self) -> AuditReport:
         return AuditReport(
@@ -503,8 +627,10 @@ class _Verifier:
 
     def checkpoint(self, cp: Any, row: Any) -> bool:
         seq = int(cp.seq)
-        payload = checkpoint_payload(seq, cp.hash, self.last_cp_seq, cp.key_id)
-        if not _signature_ok(self.key, payload, bytes(cp.signature)):
+        signature = bytes(cp.signature)
+        if not checkpoint_signed(
+            self.key, seq, cp.hash, self.last_cp_seq, cp.key_id, cp.at, signature
+        ):
             return self.fail(
                 seq,
                 f"checkpoint at entry {seq} has an invalid signature (key {cp.key_id!r}): "

@@ -106,6 +106,25 @@ class SecuritySettings(BaseModel):
     audit_checkpoint_every: int = Field(
         default=100, ge=1, description="Sign an audit checkpoint every this many entries."
     )
+    audit_checkpoint_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86400,
+        description="Also sign an audit checkpoint this often (seconds) when there are new "
+        "entries, so the unsigned tail of the log is never older than this.",
+    )
+    audit_checkpoint_url: str | None = Field(
+        default=None,
+        description="A second place, outside this machine, for the signed audit checkpoints: "
+        "an fsspec URL prefix (s3://bucket/audit/), one object per checkpoint. They always go "
+        "to audit-checkpoints.jsonl in the home as well.",
+    )
+    audit_checkpoint_storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra fsspec options (endpoint_url, key, secret, ...) for "
+        "audit_checkpoint_url.",
+        repr=False,
+    )
 
 
 class SimulatedAccelerator(BaseModel):
@@ -239,6 +258,10 @@ class Settings(BaseSettings):
     @property
     def signing_key_path(self) -> Path:
         return self.home / "signing.key"
+
+    @property
+    def audit_checkpoint_path(self) -> Path:
+        return self.home / "audit-checkpoints.jsonl"
 
 
 def ensure_home(settings: Settings) -> None:

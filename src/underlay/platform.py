@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from underlay import identity
 from underlay.audit import AuditLog
+from underlay.audit_checkpoints import CheckpointLocation, FileLocation, ObjectLocation
 from underlay.blobs import BlobStore
 from underlay.config import Settings, ensure_home
 from underlay.crypto import Keyring, SigningKey
@@ -65,6 +66,19 @@ def _outcome(exc: UnderlayError) -> str:
     return "error"
 
 
+def checkpoint_locations(settings: Settings) -> list[CheckpointLocation]:
+    """Where signed audit checkpoints are written besides the database."""
+    security = settings.security
+    locations: list[CheckpointLocation] = [FileLocation(settings.audit_checkpoint_path)]
+    if security.audit_checkpoint_url:
+        locations.append(
+            ObjectLocation(
+                security.audit_checkpoint_url, dict(security.audit_checkpoint_storage_options)
+            )
+        )
+    return locations
+
+
 class Platform:
     """Settings, metadata store, keys, blob store and audit log of one process."""
 
@@ -83,7 +97,10 @@ class Platform:
         self.signer = SigningKey(settings)
         self.blobs = BlobStore(settings, self.keyring)
         self.audit = AuditLog(
-            self.db, self.signer, checkpoint_every=settings.security.audit_checkpoint_every
+            self.db,
+            self.signer,
+            checkpoint_every=settings.security.audit_checkpoint_every,
+            external=checkpoint_locations(settings),
         )
 
         self.wakers: list[Callable[[], None]] = []
@@ -108,6 +125,7 @@ class Platform:
         """Migrate, clear crashed writes, create the first admin; returns a new admin token."""
         self.db.migrate(lock_dir=self.settings.home)
         self.blobs.sweep_partials(older_than_s=3600)
+        self.audit.export_checkpoints()  # catch up on writes that failed before a restart
         with self.db.session(Scope.everything()) as session:
             secret = bootstrap_admin(session, self.settings.admin_token)
             if secret is not None or self.settings.admin_token:

@@ -1,5 +1,6 @@
-"""What a server process runs besides answering requests: the scheduling loop, and the node
-agent of this machine (which talks to this very server over HTTP, as a remote agent would).
+"""What a server process runs besides answering requests: the scheduling loop, the timed audit
+checkpoints, and the node agent of this machine (which talks to this very server over HTTP, as
+a remote agent would).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from underlay import identity
 from underlay.agent import NodeAgent, local_executor
+from underlay.audit_checkpoints import CheckpointLoop
 from underlay.compute.loop import SchedulerLoop
 from underlay.config import write_secret_file
 from underlay.errors import Unauthenticated
@@ -55,12 +57,16 @@ class ComputeRuntime:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
         self.loop = SchedulerLoop(platform.db, platform.audit, platform.settings)
+        self.audit_loop = CheckpointLoop(
+            platform.audit, platform.settings.security.audit_checkpoint_interval_s
+        )
         self.agent_thread: threading.Thread | None = None
         self._agent: NodeAgent | None = None
 
     def start(self) -> None:
         self.platform.wakers.append(self.loop.wake)
         self.loop.start()
+        self.audit_loop.start()
         if self.platform.settings.compute.local_agent:
             self._start_agent()
 
@@ -91,3 +97,4 @@ class ComputeRuntime:
         if self._agent is not None:
             self._agent.client.close()
         self.loop.stop()
+        self.audit_loop.stop()

@@ -1,0 +1,267 @@
+"""External audit checkpoints on SQLite and PostgreSQL: each attack the security review tried on
+the database is done here with SQL, as an attacker would, and verification must fail and name it.
+
+Each attack test first shows that the database alone still looks intact (the review's finding),
+then that the comparison with the external checkpoint log catches it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import stat
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from tests.test_audit import _failed, _fill, _rewind, _rewrite_from, _sql
+from tests.test_blobs_s3 import BUCKET, CREDENTIALS, s3_endpoint  # noqa: F401 (a fixture)
+from underlay.audit import AuditLog
+from underlay.audit_checkpoints import ExternalCheckpoint, FileLocation, ObjectLocation
+from underlay.config import Settings
+from underlay.crypto import SigningKey
+from underlay.store import Database, Scope
+from underlay.store.models import AuditEntry
+
+
+@pytest.fixture
+def signer(settings: Settings) -> SigningKey:
+    return SigningKey(settings)
+
+
+@pytest.fixture
+def outside(settings: Settings) -> FileLocation:
+    return FileLocation(settings.audit_checkpoint_path)
+
+
+@pytest.fixture
+def log(db: Database, signer: SigningKey, outside: FileLocation) -> AuditLog:
+    return AuditLog(db, signer, checkpoint_every=3, external=[outside])
+
+
+@pytest.fixture
+def db_only(db: Database, signer: SigningKey) -> AuditLog:
+    """The same log verified without its external checkpoints: what the review ran."""
+    return AuditLog(db, signer, checkpoint_every=3)
+
+
+def _seqs(location: FileLocation | ObjectLocation) -> list[int]:
+    readout = location.read()
+    assert readout.unreadable == []
+    return [r.seq for r in readout.records]
+
+
+def _hash_of(db: Database, seq: int) -> str:
+    with db.session(Scope.everything()) as s:
+        return s.scalars(select(AuditEntry.hash).where(AuditEntry.seq == seq)).one()
+
+
+# -- writing ------------------------------------------------------------------------------
+
+
+def test_intact_log_passes_and_its_checkpoints_are_written_outside(
+    db: Database, log: AuditLog, signer: SigningKey, outside: FileLocation
+) -> None:
+    _fill(log, 10)
+    assert _seqs(outside) == [3, 6, 9]
+    assert stat.S_IMODE(outside.path.stat().st_mode) == 0o600
+    first = json.loads(outside.path.read_text().splitlines()[0])
+    assert (first["seq"], first["hash"], first["prev_seq"]) == (3, _hash_of(db, 3), 0)
+    assert first["key_id"] == signer.key_id and first["at"] and first["signature"]
+
+    assert log.checkpoint_head() == 10  # what the timer does: the tail gets signed too
+    assert log.checkpoint_head() is None  # nothing new: no second checkpoint of one head
+    assert _seqs(outside) == [3, 6, 9, 10]
+    report = log.verify(signer)
+    assert report.ok, report
+    assert report.checkpoints_checked == 4
+    # A second writer (another worker) catching up writes nothing twice.
+    FileLocation(outside.path).append_after(lambda after: [])
+    log.export_checkpoints()
+    assert _seqs(outside) == [3, 6, 9, 10]
+
+
+def test_a_failed_external_write_loses_no_entry_and_is_retried(
+    db: Database, signer: SigningKey, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "not-yet"
+    outside = FileLocation(folder / "audit-checkpoints.jsonl")
+    log = AuditLog(db, signer, checkpoint_every=3, external=[outside])
+    with caplog.at_level(logging.WARNING, logger="underlay.audit"):
+        _fill(log, 4)
+    assert "could not write audit checkpoints to" in caplog.text
+    assert "retried at the next checkpoint" in caplog.text
+    with db.session(Scope.everything()) as s:
+        assert s.scalars(select(AuditEntry.seq)).all() == [1, 2, 3, 4]
+    folder.mkdir()
+    _fill(log, 3)  # the next checkpoint (6) brings the missed one (3) along
+    assert _seqs(outside) == [3, 6]
+    assert log.verify(signer).ok
+
+
+# -- the attacks of the review --------------------------------------------------------------
+
+
+def test_deleted_tail_after_the_last_checkpoint_is_named(
+    db: Database, log: AuditLog, db_only: AuditLog, signer: SigningKey
+) -> None:
+    _fill(log, 10)  # checkpoints 3, 6, 9
+    log.checkpoint_head()  # the timer signs entry 10
+    _rewind(db, 9)
+    assert db_only.verify(signer).ok
+    _failed(
+        log.verify(signer),
+        10,
+        "the audit log ends at entry 9 but the external checkpoint of ",
+    )
+    assert "covers entry 10: entries after 9 were deleted" in str(log.verify(signer).problem)
+
+
+def test_deleted_checkpoints_and_truncation_are_named(
+    db: Database, log: AuditLog, db_only: AuditLog, signer: SigningKey
+) -> None:
+    _fill(log, 10)
+    _rewind(db, 4)
+    assert db_only.verify(signer).ok
+    report = log.verify(signer)
+    _failed(report, 5, "the audit log ends at entry 4 but the external checkpoint of 20")
+    assert "covers entry 9: entries after 4 were deleted" in str(report.problem)
+
+
+def test_wiped_log_is_named(
+    db: Database, log: AuditLog, db_only: AuditLog, signer: SigningKey
+) -> None:
+    _fill(log, 10)
+    _rewind(db, 0)
+    assert db_only.verify(signer).ok  # "OK: 0 entries"
+    report = log.verify(signer)
+    _failed(report, 1, "the audit log is empty but the external checkpoint of ")
+    assert "covers entry 9: the whole log was wiped" in str(report.problem)
+
+
+def test_rewrite_after_the_last_database_checkpoint_is_named(
+    db: Database, log: AuditLog, db_only: AuditLog, signer: SigningKey
+) -> None:
+    _fill(log, 11)  # checkpoints 3, 6, 9
+    log.checkpoint_head()  # and 11, outside too
+    _sql(db, "DELETE FROM audit_checkpoints WHERE seq = 11")
+    _rewrite_from(db, 10, "mallory")
+    assert db_only.verify(signer).ok
+    _failed(
+        log.verify(signer),
+        10,
+        "entries 10 to 11 were rewritten after being signed: entry 11 does not match the "
+        "external checkpoint of ",
+    )
+
+
+def test_checkpoint_deleted_from_the_database_is_named(
+    db: Database, log: AuditLog, db_only: AuditLog, signer: SigningKey
+) -> None:
+    _fill(log, 10)
+    log.checkpoint_head()
+    _sql(db, "DELETE FROM audit_checkpoints WHERE seq = 10")
+    assert db_only.verify(signer).ok
+    _failed(log.verify(signer), 10, "the checkpoint for entry 10 of ")
+    assert "but was deleted from the database" in str(log.verify(signer).problem)
+
+
+def test_missing_external_log_is_named(
+    db: Database, log: AuditLog, signer: SigningKey, outside: FileLocation
+) -> None:
+    _fill(log, 7)
+    outside.path.unlink()
+    report = log.verify(signer)
+    assert not report.ok
+    assert report.problem == (
+        f"the database holds 2 signed checkpoints but the external checkpoint log "
+        f"{outside.path} is missing or empty: it was deleted, or writing to it has failed "
+        "(see the server log)"
+    )
+
+
+def test_forged_or_garbled_external_records_are_named(
+    db: Database, log: AuditLog, signer: SigningKey, outside: FileLocation, tmp_path: Path
+) -> None:
+    _fill(log, 7)
+    forger = SigningKey(Settings(home=tmp_path / "forger"))
+    genuine = outside.read().records[-1]
+    forged = ExternalCheckpoint(
+        seq=50,
+        hash=genuine.hash,
+        prev_seq=6,
+        key_id=signer.key_id,
+        at=genuine.at,
+        signature=forger.sign(b"anything"),
+    )
+    with outside.path.open("a") as handle:
+        handle.write(forged.to_json() + "\n")
+    _failed(
+        log.verify(signer),
+        50,
+        f"the external checkpoint for entry 50 in {outside.path} has an invalid signature "
+        f"(key {signer.key_id!r}): it was forged or altered",
+    )
+
+    lines = outside.path.read_text().splitlines()
+    outside.path.write_text("\n".join([*lines[:-1], "not json"]) + "\n")
+    report = log.verify(signer)
+    assert not report.ok
+    assert report.problem is not None
+    assert report.problem.startswith(
+        f"an external checkpoint is unreadable: line 3 of {outside.path}"
+    )
+
+
+# -- a second location: S3 ----------------------------------------------------------------
+
+
+@pytest.mark.s3
+def test_checkpoints_in_s3_catch_a_wipe_of_the_database_and_the_home_file(
+    db: Database,
+    signer: SigningKey,
+    outside: FileLocation,
+    db_only: AuditLog,
+    s3_endpoint: str,  # noqa: F811 (the fixture)
+) -> None:
+    url = f"s3://{BUCKET}/audit-{secrets.token_hex(6)}/"
+    options = {"endpoint_url": s3_endpoint, **CREDENTIALS}
+    bucket = ObjectLocation(url, options)
+    log = AuditLog(db, signer, checkpoint_every=3, external=[outside, bucket])
+    _fill(log, 10)
+    assert _seqs(bucket) == [3, 6, 9]
+    assert _seqs(ObjectLocation(url, options)) == [3, 6, 9]  # as a fresh process sees it
+    assert log.verify(signer).ok
+
+    # Someone with the database and this machine, but not the bucket.
+    _rewind(db, 0)
+    outside.path.unlink()
+    assert db_only.verify(signer).ok
+    report = log.verify(signer)
+    _failed(report, 1, "the audit log is empty but the external checkpoint of ")
+    assert f"in {url} covers entry 9: the whole log was wiped" in str(report.problem)
+
+
+def test_server_start_writes_checkpoints_the_home_file_lacks(
+    db: Database, settings: Settings, signer: SigningKey
+) -> None:
+    from underlay.platform import Platform
+
+    # A store whose checkpoints predate the external log (or whose writes all failed).
+    _fill(AuditLog(db, signer, checkpoint_every=3), 7)
+    assert not settings.audit_checkpoint_path.exists()
+    platform = Platform(
+        Settings(
+            home=settings.home,
+            store={"url": settings.database_url},
+            security={"audit_checkpoint_every": 3},
+        )
+    )
+    try:
+        platform.start()
+        assert _seqs(FileLocation(settings.audit_checkpoint_path))[:2] == [3, 6]
+        assert platform.audit.verify(signer).ok
+    finally:
+        platform.close()
