@@ -276,3 +276,21 @@ def test_escape_sequences_in_audited_paths_reach_the_terminal_escaped(live: Hard
     assert listed.returncode == 0, listed.stderr
     assert "\x1b" not in listed.stdout and "\x07" not in listed.stdout
     assert "b\\x1b[31mred\\x1b]0;title\\x07" in listed.stdout
+
+
+class BehindProxy(ServerProcess):
+    def extra_env(self) -> dict[str, str]:
+        return {"UNDERLAY_SERVER__TRUSTED_PROXIES": '["127.0.0.1"]'}
+
+
+def test_x_forwarded_for_from_a_configured_proxy_is_believed(tmp_path: Path) -> None:
+    fake = {"Authorization": "Bearer ul_not-a-real-token-at-all", "X-Forwarded-For": "203.0.113.9"}
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with BehindProxy(tmp_path / "home") as server:
+        refused = httpx.get(f"{server.url}/api/v1/projects/proxied", headers=fake, timeout=15)
+        assert refused.status_code == 401
+        entries = httpx.get(
+            f"{server.url}/api/v1/audit", params={"outcome": "denied"}, headers=auth, timeout=15
+        ).json()
+    mine = [e for e in entries if e["resource"] == "/api/v1/projects/proxied"]
+    assert [e["client"] for e in mine] == ["203.0.113.9"]
