@@ -101,6 +101,7 @@ class LiveServer:
         import uvicorn
 
         from underlay.api.app import create_app
+        from underlay.api.server import uvicorn_options
         from underlay.platform import Platform
 
         self.settings = settings
@@ -116,6 +117,7 @@ class LiveServer:
             log_config=None,
             access_log=False,
             lifespan="on",
+            **uvicorn_options(settings),
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)

@@ -360,6 +360,39 @@ class TestLocalBlobStore(BlobStoreContract):
     def blob_config(self) -> dict[str, Any]:
         return {}
 
+    def test_a_sweep_spares_live_writes_and_removes_abandoned_ones(
+        self, ops: Ops, project: int, settings: Settings
+    ) -> None:
+        """Another worker's sweep (another store on the same folder) never removes a write
+        in progress, whatever its age; a partial nobody holds goes at once."""
+        partials = Path(settings.blob_url) / ".partial"
+        abandoned = partials / "killed.part"  # what a SIGKILLed upload leaves: no lock
+        abandoned.write_bytes(b"half a blob")
+        head, release = threading.Event(), threading.Event()
+        data = _data(3 * CHUNK)
+
+        def source() -> Iterator[bytes]:
+            yield data[:CHUNK]
+            head.set()
+            release.wait(30)
+            yield data[CHUNK:]
+
+        result: list[Blob] = []
+        writer = threading.Thread(target=lambda: result.append(ops.put(project, source())))
+        writer.start()
+        try:
+            assert head.wait(30)
+            other_worker = BlobStore(settings, Keyring(settings))
+            assert other_worker.sweep_partials() == 1
+            assert [p.name for p in partials.iterdir()] != []  # the live write's file stays
+            assert not abandoned.exists()
+        finally:
+            release.set()
+            writer.join(30)
+        assert result and result[0].digest == _sha(data)
+        assert ops.read(project, result[0].digest) == data
+        assert list(partials.iterdir()) == []
+
 
 # -- bounded memory (local folder, SQLite) -------------------------------------------------
 

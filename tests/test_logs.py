@@ -116,6 +116,27 @@ def test_tokens_in_tracebacks_are_redacted(formatter: logging.Formatter) -> None
     assert TOKEN[11:] not in line
 
 
+def test_text_lines_escape_control_characters_in_message_and_fields() -> None:
+    forged = "eve\r\nINFO    underlay.access: forged"
+    record = _record("login by %s", forged, path="/a\x00b\x1b[31m")
+    line = TextFormatter().format(record)
+    assert not any(c in line for c in "\r\n\x00\x1b")  # one line, nothing raw
+    assert "eve\\r\\nINFO    underlay.access: forged" in line
+    assert "path=/a\\x00b\\x1b[31m" in line
+
+
+def test_text_tracebacks_keep_their_lines_but_escape_what_they_quote() -> None:
+    try:
+        raise ValueError("bad name 'x\x1b]0;pwned\x07'")
+    except ValueError:
+        record = _record("failed")
+        record.exc_info = sys.exc_info()
+    line = TextFormatter().format(record)
+    assert "\nTraceback" in line
+    assert "\x1b" not in line and "\x07" not in line
+    assert "x\\x1b]0;pwned\\x07" in line
+
+
 def test_redact_leaves_ordinary_text_alone() -> None:
     text = "project vision: 3 blobs, user alice, ul_short"
     assert redact(text) == text

@@ -13,7 +13,11 @@ Design decisions:
   another name fails at the last chunk, before its last bytes are yielded.
 * **Temporary name, then rename.** A write goes to ``<root>/.partial/<random>.part`` and is
   renamed to its final name only when complete, so a crash never leaves a half blob under a
-  digest. :meth:`BlobStore.sweep_partials` removes the leftovers of crashed writes.
+  digest. :meth:`BlobStore.sweep_partials` removes the leftovers of crashed writes. On a local
+  folder the writer holds an exclusive ``flock`` on its partial file for as long as it writes
+  (the kernel drops it when the process dies, SIGKILL included), so a sweep at any time, from
+  any worker, removes exactly the partials no live write owns. Remote stores have no such
+  lock; there only partials older than an age are swept.
 * **File first, row second.** The metadata row is added in the caller's transaction only
   after the file is in place. If the process dies between the rename and the commit, the
   file stays without a row: harmless, since it is only reachable through a row, and the next
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import itertools
 import logging
@@ -43,6 +48,7 @@ import secrets
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import fsspec
@@ -52,7 +58,13 @@ from sqlalchemy.orm import Session
 
 from underlay.config import Settings
 from underlay.crypto import BLOB_HEADER_BYTES, BlobDecryptor, BlobEncryptor, Keyring
-from underlay.errors import IntegrityFailure, InvalidInput, NotFound, PayloadTooLarge
+from underlay.errors import (
+    IntegrityFailure,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
 from underlay.store.models import Blob
 from underlay.store.types import utcnow
 
@@ -224,7 +236,7 @@ class BlobStore:
         encryptor = BlobEncryptor(key, self._chunk_size)
         sha = hashlib.sha256()
         size = 0
-        with self._fs.open(path, "wb") as out, _Writer(out) as writer:
+        with self._open_partial(path) as out, _Writer(out) as writer:
             writer.write(encryptor.header)
             stored = len(encryptor.header)
             for chunk in _chunks(source, self._chunk_size):
@@ -246,6 +258,21 @@ class BlobStore:
                 out.flush()
                 os.fsync(out.fileno())
         return sha.hexdigest(), size, stored
+
+    @contextlib.contextmanager
+    def _open_partial(self, path: str) -> Iterator[Any]:
+        """``path`` opened for writing; on a local folder, locked while the write lasts."""
+        for _ in range(3):
+            with self._fs.open(path, "wb") as out:
+                if not self._local:
+                    yield out
+                    return
+                fcntl.flock(out.fileno(), fcntl.LOCK_EX)  # released on close, or on death
+                if os.fstat(out.fileno()).st_nlink:
+                    yield out
+                    return
+            # a sweeper removed the new file before we locked it: create it again
+        raise Unavailable(f"could not create the temporary blob file {path}: try again")
 
     def _discard_quietly(self, path: str) -> None:
         """Remove ``path`` (a folder with what it holds) if it exists; a failure is logged,
@@ -277,11 +304,17 @@ class BlobStore:
             event.listen(session, "after_soft_rollback", _forget_pending)
         pending.append((self, path))
 
+    @property
+    def locks_partials(self) -> bool:
+        """Whether a live write's partial file is locked, so any sweep spares it (local)."""
+        return self._local
+
     def sweep_partials(self, older_than_s: float = 0) -> int:
         """Remove temporary files of writes that crashed; returns how many were removed.
 
-        With the default 0 it also removes writes in progress, so call it so only where no
-        other process writes (start-up of a single server); otherwise give an age.
+        On a local folder a partial that a live write holds locked is never removed, so the
+        default 0 (every abandoned partial) is safe with several workers. On a remote store
+        the default also removes writes in progress: there, give an age.
         """
         folder = f"{self._root}/{_PARTIAL_DIR}"
         self._fs.invalidate_cache(folder)
@@ -293,7 +326,11 @@ class BlobStore:
         removed = 0
         for path in paths:
             try:
-                if older_than_s <= 0 or self._fs.modified(path) < cutoff:
+                if older_than_s > 0 and self._fs.modified(path) >= cutoff:
+                    continue
+                if self._local:
+                    removed += _remove_if_unlocked(path)
+                else:
                     self._fs.rm(path)
                     removed += 1
             except FileNotFoundError:
@@ -515,6 +552,20 @@ def _read_exact(f: Any, n: int) -> bytes:
         parts.append(bytes(data) if isinstance(data, bytearray) else data)
         remaining -= len(data)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _remove_if_unlocked(path: str) -> int:
+    """Remove a local partial file unless its writer holds it locked; 1 if removed."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # a live write owns it
+        Path(path).unlink()  # while locked: a writer that just created it sees it gone
+        return 1
+    finally:
+        os.close(fd)
 
 
 def _delete_pending(session: Session) -> None:

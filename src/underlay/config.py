@@ -69,6 +69,45 @@ class ServerSettings(BaseModel):
     token_ttl_days: int = Field(
         default=90, ge=1, le=3650, description="Default lifetime of new API tokens."
     )
+    # -- HTTP hardening: slow or malformed clients cannot hold the server -----------------
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses of reverse proxies whose X-Forwarded-For/-Proto headers are "
+        "believed (JSON list of IPs or networks, or ['*']). Empty: none, not even 127.0.0.1.",
+    )
+    max_concurrent_uploads: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Blob uploads one server process receives at once; more get 429 with "
+        "Retry-After.",
+    )
+    body_read_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Longest wait for the next piece of a request body; then 408 and the "
+        "upload is discarded.",
+    )
+    header_read_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="A connection that has not sent a complete request head this long after "
+        "opening (or after its previous response) is closed.",
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5, ge=1, le=3600, description="An idle keep-alive connection is closed after this."
+    )
+    max_header_count: int = Field(
+        default=100, ge=10, le=10000, description="Most header fields a request may carry (431)."
+    )
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request head (request line and headers), in bytes (431).",
+    )
 
 
 class SecuritySettings(BaseModel):

@@ -2,6 +2,11 @@
 
 Anything that looks like an underlay token or a bearer header is redacted by the formatter,
 as a second line of defence behind code that never logs secrets in the first place.
+
+Values come from clients (paths, user names), so the text formatter escapes control
+characters in the message and every extra field: a CR/LF in a path cannot forge a second log
+line, and NUL or terminal escape sequences never reach the file or the operator's terminal
+raw. JSON lines are escaped by ``json`` already. :func:`escape_control` is shared with the CLI.
 """
 
 from __future__ import annotations
@@ -14,6 +19,15 @@ from typing import Any
 
 _SECRET = re.compile(r"(ul_[A-Za-z0-9_-]{8})[A-Za-z0-9_-]+|(Bearer\s+)\S+")
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_control(text: str) -> str:
+    r"""``text`` with every control character written as an escape (``\n``, ``\x1b``)."""
+    return _CONTROL.sub(lambda m: _NAMED.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
 
 
 def redact(text: str) -> str:
@@ -47,10 +61,12 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        extras = " ".join(f"{k}={v}" for k, v in _extras(record).items())
-        line = f"{record.levelname:<7} {record.name}: {record.getMessage()} {extras}".rstrip()
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+        extras = " ".join(f"{k}={escape_control(str(v))}" for k, v in _extras(record).items())
+        message = escape_control(record.getMessage())
+        line = f"{record.levelname:<7} {record.name}: {message} {extras}".rstrip()
+        if record.exc_info:  # a traceback's own line breaks stay; what it quotes is escaped
+            trace = self.formatException(record.exc_info).split("\n")
+            line += "\n" + "\n".join(escape_control(part) for part in trace)
         return redact(line)
 
 

@@ -124,7 +124,8 @@ class Platform:
     def start(self) -> str | None:
         """Migrate, clear crashed writes, create the first admin; returns a new admin token."""
         self.db.migrate(lock_dir=self.settings.home)
-        self.blobs.sweep_partials(older_than_s=3600)
+        # locally, every partial no live write holds locked; remotely, only stale ones
+        self.blobs.sweep_partials(older_than_s=0 if self.blobs.locks_partials else 3600)
         self.audit.export_checkpoints()  # catch up on writes that failed before a restart
         with self.db.session(Scope.everything()) as session:
             secret = bootstrap_admin(session, self.settings.admin_token)

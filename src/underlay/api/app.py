@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, FastAPI
 
 from underlay import __version__
-from underlay.api import problems
+from underlay.api import problems, server
+from underlay.api.limits import UploadSlots
 from underlay.api.middleware import RequestContextMiddleware
 from underlay.api.routes import (
     alerts,
@@ -58,11 +59,13 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     )
     app.state.platform = platform
     platform.project_purgers.append(functools.partial(purge_project, home=platform.settings.home))
+    app.state.uploads = UploadSlots(platform.settings.server.max_concurrent_uploads)
     problems.install(app)
     app.add_middleware(
         RequestContextMiddleware,
         max_json_body=platform.settings.server.max_json_body,
         max_upload=platform.settings.blobs.max_size,
+        server=platform.settings.server,
     )
     app.include_router(health.router, include_in_schema=False)  # root probes too
     api = APIRouter(prefix=API_PREFIX)
@@ -75,4 +78,6 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
 
 def app_from_environment() -> FastAPI:
     """Factory for ``uvicorn --factory`` with several workers; settings from the environment."""
-    return create_app(Platform(Settings()))
+    settings = Settings()
+    server.configure(settings)  # this worker's protocol instances read it
+    return create_app(Platform(settings))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
+    from rich.text import Text
 
     from underlay.client import Client
 
@@ -64,7 +65,11 @@ def show(
     as_json: bool,
     title: str | None = None,
 ) -> None:
-    """Print models as a table, or as JSON with ``--json``."""
+    """Print models as a table, or as JSON with ``--json``.
+
+    Cells hold what clients sent (names, paths): control characters are shown escaped
+    (``\\x1b``), and square brackets are never read as Rich markup.
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -80,5 +85,14 @@ def show(
         table.add_column(col)
     for item in items:
         data = item.model_dump(mode="json")
-        table.add_row(*("" if data.get(c) is None else str(data.get(c)) for c in columns))
+        table.add_row(*(cell(data.get(c)) for c in columns))
     Console().print(table)
+
+
+def cell(value: object) -> Text:
+    """A value as inert terminal text: control characters escaped, no markup."""
+    from rich.text import Text
+
+    from underlay.logs import escape_control
+
+    return Text("" if value is None else escape_control(str(value)))

@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from underlay.cli.common import client, show
+from underlay.cli.common import cell, client, show
+from underlay.logs import escape_control
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="The project (queue).")]
@@ -33,6 +34,7 @@ def nodes_ls(json_: JsonOpt = False) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table()
     for col in ("node", "status", "isolation", "CPUs", "memory", "accelerators"):
@@ -46,12 +48,12 @@ def nodes_ls(json_: JsonOpt = False) -> None:
         status = node.status + (f" ({node.status_reason})" if node.status_reason else "")
         isolation = node.isolation if node.isolation != "none" else "NOT ISOLATED"
         table.add_row(
-            node.name,
-            status,
-            isolation,
+            cell(node.name),
+            cell(status),
+            cell(isolation),
             f"{node.cpu_milli / 1000:g}",
             f"{node.memory_mib / 1024:.1f} GiB",
-            "\n".join(accs) or "-",
+            Text("\n").join(cell(a) for a in accs) or "-",
         )
     Console().print(table)
 
@@ -183,7 +185,7 @@ def jobs_show(job_id: int, project: ProjectOpt, json_: JsonOpt = False) -> None:
         show(job, [], as_json=True)
         return
     for key, value in job.model_dump(mode="json").items():
-        typer.echo(f"{key:>14}: {value}")
+        typer.echo(f"{key:>14}: {escape_control(str(value))}")
 
 
 @jobs.command("logs")
@@ -204,7 +206,7 @@ def jobs_cancel(job_id: int, project: ProjectOpt) -> None:
     """Cancel: at once if queued, else SIGTERM then SIGKILL after the grace period."""
     with client() as c:
         job = c.cancel_job(project, job_id)
-    typer.echo(f"job {job.id}: {job.state} {job.reason}".rstrip())
+    typer.echo(escape_control(f"job {job.id}: {job.state} {job.reason}".rstrip()))
 
 
 @jobs.command("wait")
@@ -216,7 +218,7 @@ def jobs_wait(
     """Wait for a job to end; exits 0 only if it succeeded."""
     with client() as c:
         job = c.wait_job(project, job_id, timeout_s=timeout)
-    typer.echo(f"job {job.id}: {job.state} {job.reason}".rstrip())
+    typer.echo(escape_control(f"job {job.id}: {job.state} {job.reason}".rstrip()))
     if job.state != "succeeded":
         raise typer.Exit(1)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from underlay.cli.common import client, show
+from underlay.cli.common import cell, client, show
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -266,7 +266,11 @@ def lineage(
     from rich.console import Console
     from rich.tree import Tree
 
-    tree = Tree(f"[bold]{graph.root.kind}:{graph.root.id}[/bold]")
+    root = cell(f"{graph.root.kind}:{graph.root.id}")
+    root.stylize("bold")
+    tree = Tree(root)
     for edge in graph.edges:
-        tree.add(f"{edge.src.kind}:{edge.src.id} —{edge.relation}→ {edge.dst.kind}:{edge.dst.id}")
+        tree.add(
+            cell(f"{edge.src.kind}:{edge.src.id} —{edge.relation}→ {edge.dst.kind}:{edge.dst.id}")
+        )
     Console().print(tree)

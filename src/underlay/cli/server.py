@@ -35,6 +35,7 @@ def up(
 
     from underlay import logs
     from underlay.api.app import create_app
+    from underlay.api.server import uvicorn_options
     from underlay.config import Settings
     from underlay.platform import Platform
 
@@ -57,6 +58,7 @@ def up(
         "port": settings.server.port,
         "log_config": None,
         "access_log": False,
+        **uvicorn_options(settings),
         **tls,
     }
     if workers > 1:

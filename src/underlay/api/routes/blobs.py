@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from underlay import identity
 from underlay.api.deps import Ctx
+from underlay.api.limits import UploadSlots
 from underlay.identity import Action
 from underlay.schemas import BlobRead
 
@@ -79,7 +80,9 @@ async def upload_blob(
             u.detail = {"size": blob.size, "name": name}
             return BlobRead.model_validate(blob)
 
-    return await anyio.to_thread.run_sync(store)
+    slots: UploadSlots = request.app.state.uploads
+    async with slots.hold() as threads:  # never the shared pool that health routes need
+        return await anyio.to_thread.run_sync(store, limiter=threads)
 
 
 @router.get("", response_model=list[BlobRead])
