@@ -10,9 +10,10 @@ from alembic import command
 from pydantic import ValidationError
 from sqlalchemy import inspect
 
+from underlay import identity
 from underlay.config import Settings, ensure_home
 from underlay.platform import Platform
-from underlay.store import Database
+from underlay.store import Database, Scope
 
 
 def test_env_prefix_and_nesting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -70,5 +71,33 @@ def test_first_start_creates_admin_once(settings: Settings) -> None:
         secret = platform.start()
         assert secret is not None and secret.startswith("ul_")
         assert platform.start() is None  # never shown again
+    finally:
+        platform.close()
+
+
+def test_an_existing_readable_home_is_made_private_with_all_it_holds(settings: Settings) -> None:
+    """An older version (or a hand-made folder) left the home 0755 and files 0644: a server
+    start tightens them, and everything it creates (database, journal, logs, blobs) is private."""
+    home = settings.home
+    home.chmod(0o755)
+    (home / "logs").mkdir(mode=0o755)
+    (home / "notes.txt").write_text("left by hand")
+    (home / "notes.txt").chmod(0o644)
+    platform = Platform(settings)
+    try:
+        platform.start()
+        with platform.db.session(Scope.everything()) as session:
+            project = identity.create_project(session, "modes", identity.SYSTEM)
+            project_id = project.id
+        with platform.db.session(Scope.everything()) as session:
+            platform.blobs.put(session, project_id, b"private bytes")
+        made = {p.name: stat.S_IMODE(p.stat().st_mode) for p in home.iterdir()}
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+        assert {n: m for n, m in made.items() if m & 0o077} == {}, made
+        assert {"logs", "notes.txt", "master.key", "signing.key"} <= set(made)
+        if settings.database_url.startswith("sqlite"):
+            assert "underlay.db" in made
+        blob_files = [p for p in (home / "blobs").rglob("*") if p.is_file()]
+        assert blob_files and all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in blob_files)
     finally:
         platform.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -281,6 +282,8 @@ def test_demo_runs_clean(tmp_path: Path) -> None:
     assert "demo complete" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
     assert "audit chain OK" in result.stdout
+    wanted = "jobs run sandboxed (namespaces+user)" if os.geteuid() == 0 else "jobs "
+    assert wanted in result.stdout  # the demo says how its node isolates jobs
     assert list(tmp_path.iterdir()) == []  # the temporary home is removed
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from tests.cli.conftest import CLI, clean_env, run_cli
 from tests.conftest import LiveServer
 from underlay.client import Client
 from underlay.config import ComputeSettings, Settings, SimulatedAccelerator
+from underlay.errors import PermissionDenied
 
 PY = sys.executable
 Cli = Callable[..., CompletedProcess[str]]
@@ -129,9 +131,31 @@ def test_nodes_ls_shows_the_simulated_accelerators(cli: Cli) -> None:
     assert "0:A100 (simulated)" in out and "1:A100 (simulated)" in out
     (node,) = json.loads(cli("nodes", "ls", "--json").stdout)
     assert node["name"] == "node-1" and node["simulated"]
+    shown = "NOT ISOLATED" if node["isolation"] == "none" else node["isolation"]
+    assert shown in out  # how the node sandboxes jobs
+    if os.geteuid() == 0:
+        assert node["isolation"] == "namespaces+user"
     assert [(a["type"], a["simulated"], a["healthy"]) for a in node["accelerators"]] == [
         ("A100", True, True)
     ] * 2
+
+
+def test_an_agent_token_from_the_cli_speaks_for_its_node_only(cli: Cli, server: LiveServer) -> None:
+    secret = cli("nodes", "token", "gpu-7").stdout.strip()
+    assert secret.startswith("ul_")
+    with Client(server.url, secret) as agent:
+        work = agent.heartbeat(
+            "gpu-7", {"name": "gpu-7", "cpu_count": 1, "cpu_milli": 1000, "memory_mib": 1024}
+        )
+        assert work.launch == []
+        with pytest.raises(PermissionDenied, match="only node 'node-1'"):
+            agent.heartbeat(
+                "node-1", {"name": "node-1", "cpu_count": 1, "cpu_milli": 1000, "memory_mib": 1024}
+            )
+        with pytest.raises(PermissionDenied, match="agent token"):
+            agent.list_nodes()
+        with pytest.raises(PermissionDenied, match="agent token"):
+            agent.list_jobs("vision")
 
 
 def test_cordon_keeps_new_work_off_and_uncordon_lets_it_run(cli: Cli, ul: Client) -> None:

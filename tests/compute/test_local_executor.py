@@ -462,3 +462,15 @@ def test_stop_rejects_a_bad_state_or_grace(harness: Harness) -> None:
         executor.stop(ref, state="running", reason="x", grace_s=1)  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="grace_s must be a finite number"):
         executor.stop(ref, state="cancelled", reason="x", grace_s=-1)
+
+
+def test_a_node_that_must_isolate_refuses_to_run_jobs_it_cannot(harness: Harness) -> None:
+    from underlay.compute.executors.isolation import Isolation
+    from underlay.errors import Unavailable
+
+    bare = Isolation("none", required=True, reason="no root and no user namespaces")
+    executor = harness.executor(isolation=bare)
+    spec = harness.spec("print('never')")
+    with pytest.raises(Unavailable, match=r"cannot isolate jobs.*no root and no user namespaces"):
+        executor.launch(spec)
+    assert not spec.log_path.exists()  # nothing started, nothing written

@@ -172,6 +172,10 @@ def _scheduled_job(ctx: DemoContext) -> None:
             f"{a.type}{' (simulated)' if a.simulated else ''}" for a in node.accelerators
         )
         ctx.say(f"node {node.name}: {node.cpu_milli / 1000:g} CPUs, {accs or 'no accelerators'}")
+        if node.isolation == "none":
+            ctx.say(f"node {node.name}: jobs are NOT isolated (no root, no user namespaces)")
+        else:
+            ctx.say(f"node {node.name}: jobs run sandboxed ({node.isolation})")
     code = "import time; time.sleep(1); print('trained on half an A100')"
     job = alice.submit_job(
         "vision",
