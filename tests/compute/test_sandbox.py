@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -22,6 +25,7 @@ import pytest
 
 from tests.conftest import LiveServer
 from underlay.client import Client
+from underlay.compute.executors.isolation import SHIM_PATH
 from underlay.config import ComputeSettings, Settings
 from underlay.errors import Unauthenticated
 
@@ -232,3 +236,50 @@ def test_a_hostile_job_in_user_mode_reaches_no_file_and_no_process(
     leaked = {name for name, outcome in results.items() if "LEAKED" in outcome}
     assert leaked <= USER_MODE_GAPS, leaked
     assert report["uid"] != 0 and report["own_project"] == 200
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="plays an unprivileged agent with setpriv")
+@pytest.mark.skipif(not SYSTEM_PYTHON.exists(), reason="needs a Python any uid may run")
+def test_the_unprivileged_namespaces_mode_hides_paths_and_the_job_cannot_undo_it() -> None:
+    """Mode ``namespaces`` (an agent that is not root, on a laptop): the shim, run as uid
+    65534, sets up a user namespace mapping only that uid; the hidden home is gone and the job
+    holds no capability to unmount what hides it."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux)")
+    base = Path(tempfile.mkdtemp(prefix="underlay-nobody-"))  # pytest's tmp is root's 0700
+    try:
+        _run_as_nobody(base, SHIM_PATH)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _run_as_nobody(base: Path, shim_path: Path) -> None:
+    home, workdir, status = base / "home", base / "home" / "agent" / "job-1-1", base / "status"
+    workdir.mkdir(parents=True)
+    (home / "master.key").write_text("the platform's key")
+    for path in (base, *base.rglob("*")):
+        os.chown(path, 65534, 65534)
+    home.chmod(0o700)
+    probe = (
+        "import os, subprocess\n"
+        f"print('key', os.path.exists({str(home / 'master.key')!r}))\n"
+        "print('uid', os.getuid(), 'pid', os.getpid())\n"
+        f"r = subprocess.run(['umount', '-l', '/tmp'], capture_output=True)\n"
+        "print('umount', r.returncode)\n"
+    )
+    sandbox = {"namespaces": True, "userns": True, "hide": [str(home)], "workdir": str(workdir)}
+    as_nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+    shim = [str(SYSTEM_PYTHON), "-I", str(shim_path), "--status", str(status)]
+    job = ["--sandbox", json.dumps(sandbox), "--", str(SYSTEM_PYTHON), "-c", probe]
+    done = subprocess.run(
+        [*as_nobody, *shim, *job],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert json.loads(status.read_text())["exit_code"] == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "key False" in lines and "uid 65534 pid 2" in lines, done.stdout
+    assert "umount 0" not in lines  # no capability to undo the sandbox
