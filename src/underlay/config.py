@@ -258,6 +258,11 @@ class ComputeSettings(BaseModel):
         default_factory=list,
         description="Paths under a hidden one that jobs may read (the Python runtime always).",
     )
+    sandbox_share: list[Path] = Field(
+        default_factory=list,
+        description="Folders every job may read and write at the same path (a shared scratch "
+        "or dataset mount); what one project writes there another can read.",
+    )
 
 
 class Settings(BaseSettings):

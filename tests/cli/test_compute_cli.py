@@ -284,15 +284,15 @@ def test_a_pending_jobs_reason_shows_in_ls_and_cancel_ends_both(cli: Cli, ul: Cl
 def test_logs_follow_streams_until_the_job_ends(
     cli: Cli, server: LiveServer, tmp_path: Path
 ) -> None:
-    release = tmp_path / "release"
-    body = f"""
+    body = """
         import os, time
         print("first line", flush=True)
-        while not os.path.exists({str(release)!r}):
+        while not os.path.exists("release"):  # in its working folder: the job is sandboxed
             time.sleep(0.05)
         print("last line", flush=True)
     """
     job = submit(cli, *py(body))
+    release = server.settings.home / "agent" / "node-1" / f"job-{job}-1" / "release"
     env = clean_env(UNDERLAY_URL=server.url, UNDERLAY_TOKEN=server.admin_token)
     errors = tmp_path / "follow.err"
     lines: queue.Queue[str] = queue.Queue()

@@ -38,7 +38,10 @@ class ComputeServer(ServerProcess):
 
     def __init__(self, home: Path, *, port: int | None = None, **compute: object) -> None:
         super().__init__(home, port=port)
-        settings = {**COMPUTE, **compute}
+        # Jobs are sandboxed (a private /tmp): the test's run folders beside the home are
+        # shared into them read-write, the way an operator shares a scratch folder.
+        shared = [str(p) for p in home.parent.glob("runs*") if p.is_dir()]
+        settings = {**COMPUTE, "sandbox_share": shared, **compute}
         self.compute = {
             f"UNDERLAY_COMPUTE__{k.upper()}": _env_value(v) for k, v in settings.items()
         }
@@ -134,6 +137,7 @@ def folder(tmp_path: Path) -> Iterator[Path]:
     """Where the jobs count their runs; every job process of the test is killed at the end."""
     runs_folder = tmp_path / f"runs{os.getpid()}x{time.monotonic_ns()}"
     runs_folder.mkdir()
+    runs_folder.chmod(0o777)  # the jobs run as an unprivileged uid of their project
     yield runs_folder
     kill_all(f"-{runs_folder.name}")
 
@@ -180,7 +184,8 @@ def test_jobs_survive_a_server_kill_alive_ones_adopted_gone_ones_lost_and_retrie
 
     # while the server is down: B's whole tree dies (its shim too), C finishes, A runs on
     b_marker, c_marker = f"fault-job-B-{folder.name}", f"fault-job-C-{folder.name}"
-    assert len(processes_with(b_marker)) == 2  # the shim and the job
+    # the shim and the job, with the sandbox's init between them where namespaces are used
+    assert len(processes_with(b_marker)) in (2, 3)
     kill_all(b_marker)
     wait_until("B's processes to die", lambda: gone(b_marker))
     release_c.touch()
@@ -419,6 +424,7 @@ def test_an_attempt_given_up_while_its_agent_was_cut_off_does_not_run_on(
             UNDERLAY_COMPUTE__SIMULATED_ACCELERATORS='[{"type": "A100", "count": 1}]',
             UNDERLAY_COMPUTE__HEARTBEAT_INTERVAL_S="0.2",
             UNDERLAY_COMPUTE__GRACE_S="2",
+            UNDERLAY_COMPUTE__SANDBOX_SHARE=json.dumps([str(folder)]),
         )
         argv = [*CLI, "agent", "--server", server.url, "--token", ADMIN_TOKEN, "--name", "node-2"]
         with (tmp_path / "agent.log").open("wb") as log:
@@ -426,14 +432,15 @@ def test_an_attempt_given_up_while_its_agent_was_cut_off_does_not_run_on(
         try:
             wait_until("node-2 to register", lambda: len(c.list_nodes()) == 2)
             job = c.submit_job("p", job_script(folder, "P", body), gpus=1, max_retries=1).id
-            first_pid = wait_until("attempt 1 to start", lambda: _pid(folder, 1))
+            wait_until("attempt 1 to start", lambda: _pid(folder, 1))
+            marker = f"fault-job-P-{folder.name}"
             agent.send_signal(signal.SIGSTOP)  # cut off; its job runs on
             wait_until("attempt 1 to be given up", lambda: c.read_job("p", job).state == "queued")
             agent.send_signal(signal.SIGCONT)
             wait_until("attempt 2 to start", lambda: _pid(folder, 2))
             wait_until(
                 "the given-up attempt 1 to be stopped",
-                lambda: not _alive(first_pid),
+                lambda: not _attempt_processes(marker, "1"),
                 within_s=30,
             )
             (folder / "release").touch()
@@ -454,8 +461,15 @@ def _pid(folder: Path, attempt: int) -> int | None:
     return int(text) if text else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+def _attempt_processes(marker: str, attempt: str) -> list[psutil.Process]:
+    """Live processes of one attempt (shim, sandbox init, job), found from the host: a
+    sandboxed job sees only its own PID namespace, so the pid it could report means nothing
+    here."""
+    found = []
+    for process in processes_with(marker):
+        try:
+            if process.environ().get("UNDERLAY_ATTEMPT") == attempt:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found

@@ -33,7 +33,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -59,6 +59,7 @@ class Isolation:
     required: bool = False
     reason: str = ""  # why this mode (shown at start-up)
     work_root: Path | None = field(default=None)  # ``user`` mode: where working folders live
+    share: tuple[Path, ...] = ()  # folders every job may read and write (namespace modes)
 
     @property
     def namespaces(self) -> bool:
@@ -92,6 +93,7 @@ class Isolation:
             "gid": uid,
             "hide": [str(p) for p in self.hide],
             "expose": [str(p) for p in self.expose],
+            "share": [str(p) for p in self.share],
             "workdir": str(workdir),
         }
 
@@ -123,6 +125,7 @@ def choose(
     uid_base: int = 200_000,
     uid_count: int = 100_000,
     required: bool = False,
+    share: tuple[Path, ...] = (),
 ) -> Isolation:
     """The strongest mode this machine supports (``auto``), or ``wanted`` if it works here;
     a mode that was asked for and does not work falls back with the reason logged."""
@@ -139,6 +142,7 @@ def choose(
         ok, why = _works(mode, root)
         if ok:
             base = Isolation(mode, hide, expose, uid, uid_base, uid_count, required, why)
+            base = replace(base, share=share)
             return base if mode != "user" else _with_work_root(base)
         reasons.append(f"{mode}: {why}")
     reason = "; ".join(reasons) or "isolation turned off by compute.isolation = none"
@@ -192,17 +196,7 @@ def _with_work_root(isolation: Isolation) -> Isolation:
     if root.is_symlink() or info.st_uid != os.geteuid():
         raise RuntimeError(f"{root} exists and is not this user's folder; remove it")
     root.chmod(0o711)
-    return Isolation(
-        isolation.mode,
-        isolation.hide,
-        isolation.expose,
-        isolation.uid,
-        isolation.uid_base,
-        isolation.uid_count,
-        isolation.required,
-        isolation.reason,
-        work_root=root,
-    )
+    return replace(isolation, work_root=root)
 
 
 def from_settings(compute: ComputeSettings, home: Path, run_dir: Path) -> Isolation:
@@ -216,4 +210,5 @@ def from_settings(compute: ComputeSettings, home: Path, run_dir: Path) -> Isolat
         uid_base=compute.sandbox_uid_base,
         uid_count=compute.sandbox_uid_count,
         required=compute.require_isolation,
+        share=tuple(p.resolve() for p in compute.sandbox_share),
     )

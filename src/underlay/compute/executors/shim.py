@@ -78,7 +78,7 @@ class Sandbox:
     ``namespaces``: PID + mount (+ IPC, UTS) namespaces; ``userns``: also a user namespace
     (when the shim is not root); ``uid``/``gid``: drop to them before exec (root only);
     ``hide``: paths covered by an empty read-only tmpfs; ``expose``: paths under a hidden one
-    bound back read-only; ``workdir``: bound back read-write.
+    bound back read-only; ``share`` and ``workdir``: bound back read-write.
     """
 
     def __init__(self, spec: dict[str, object]) -> None:
@@ -89,6 +89,7 @@ class Sandbox:
         self.gid = int(gid) if isinstance(gid, int) else self.uid
         self.hide = _strings(spec.get("hide"))
         self.expose = _strings(spec.get("expose"))
+        self.share = _strings(spec.get("share"))
         self.workdir = str(spec.get("workdir") or "")
 
     @classmethod
@@ -132,6 +133,7 @@ class Sandbox:
             if not any(_below(path, top) for top, _ in tops):
                 tops.append((path, False))
         keep = [(p, False) for p in self.expose if os.path.exists(p)]  # noqa: PTH110
+        keep += [(p, True) for p in self.share if os.path.isdir(p)]  # noqa: PTH112
         if self.workdir:
             keep.append((self.workdir, True))
         handles = {path: os.open(path, os.O_PATH) for path, _ in keep}
