@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.cli.conftest import ServerProcess
 from tests.conftest import ADMIN_TOKEN, free_port
 from underlay.client import Client
 
@@ -137,3 +138,24 @@ def test_workers_share_one_valid_audit_chain(tmp_path: Path) -> None:
 
 def _ctx(verify: bool | str) -> bool | ssl.SSLContext:
     return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+
+
+@pytest.mark.parametrize("isolation", ["auto", "none"])
+def test_up_says_at_start_up_how_jobs_are_isolated(tmp_path: Path, isolation: str) -> None:
+    class Server(ServerProcess):
+        def extra_env(self) -> dict[str, str]:
+            return {"UNDERLAY_COMPUTE__ISOLATION": isolation, "UNDERLAY_COMPUTE__NODE_NAME": "n1"}
+
+    server = Server(tmp_path / "home").start()
+    try:
+        deadline = time.monotonic() + 30
+        while "node n1: " not in server.output():  # the built-in agent starts after readiness
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.05)
+    finally:
+        server.stop()
+    line = next(x for x in server.output().splitlines() if "node n1: " in x)
+    if isolation == "none":
+        assert "jobs are NOT isolated" in line and "WARNING" in line
+    elif os.geteuid() == 0:
+        assert "jobs run isolated (namespaces+user)" in line
