@@ -40,18 +40,17 @@ def test_reading_a_large_log_in_slices_holds_one_slice_at_a_time(tmp_path: Path)
     digest, peaks, count = hashlib.sha256(), [], 0
     tracemalloc.start()
     try:
-        for offset in (0,):
-            chunks = slices(tmp_path, 7, offset)
-            while True:
-                tracemalloc.reset_peak()
-                chunk = next(chunks, None)
-                peaks.append(tracemalloc.get_traced_memory()[1])
-                if chunk is None:
-                    break
-                assert len(chunk) <= logs.READ_CHUNK
-                digest.update(chunk)
-                count += len(chunk)
-                del chunk
+        chunks = slices(tmp_path, 7, 0)
+        while True:
+            tracemalloc.reset_peak()
+            chunk = next(chunks, None)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+            if chunk is None:
+                break
+            assert len(chunk) <= logs.READ_CHUNK
+            digest.update(chunk)
+            count += len(chunk)
+            del chunk
     finally:
         tracemalloc.stop()
     assert count == len(expected)
