@@ -95,8 +95,10 @@ def test_an_existing_readable_home_is_made_private_with_all_it_holds(settings: S
         assert stat.S_IMODE(home.stat().st_mode) == 0o700
         assert {n: m for n, m in made.items() if m & 0o077} == {}, made
         assert {"logs", "notes.txt", "master.key", "signing.key"} <= set(made)
-        if settings.database_url.startswith("sqlite"):
-            assert "underlay.db" in made
+        if settings.database_url.startswith("sqlite:///"):  # the database and its journal
+            db_file = Path(settings.database_url.removeprefix("sqlite:///"))
+            for path in db_file.parent.glob(db_file.name + "*"):
+                assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
         blob_files = [p for p in (home / "blobs").rglob("*") if p.is_file()]
         assert blob_files and all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in blob_files)
     finally:

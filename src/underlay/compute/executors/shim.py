@@ -237,11 +237,14 @@ class Shim:
     def spawn(self, cgroup: str | None) -> str | None:
         """Fork and exec the child in its own process group; the exec error, if any."""
         read_end, write_end = os.pipe()  # close-on-exec: EOF means exec succeeded
-        report_read, report_write = os.pipe() if self.sandbox else (-1, -1)
+        # With namespaces the child is the init of the job's PID namespace (see init());
+        # without, it is the job itself (dropping to its uid in the user mode).
+        init = self.sandbox if self.sandbox is not None and self.sandbox.namespaces else None
+        report_read, report_write = os.pipe() if init else (-1, -1)
         shim_pid = os.getpid()
-        if self.sandbox is not None:
+        if init is not None:
             try:
-                self.sandbox.unshare_for_children()
+                init.unshare_for_children()
             except (SandboxError, OSError) as exc:
                 return f"cannot set up the sandbox: {exc}"
         pid = os.fork()
@@ -249,21 +252,23 @@ class Shim:
             os.close(read_end)
             try:
                 os.setpgid(0, 0)
-                die_with(shim_pid, in_new_pid_namespace=bool(self.sandbox))
+                die_with(shim_pid, in_new_pid_namespace=init is not None)
                 for signum in (*FORWARDED, signal.SIGPIPE, signal.SIGXFSZ):
                     signal.signal(signum, signal.SIG_DFL)  # Python ignores PIPE and XFSZ
                 if cgroup:
                     join_cgroup(cgroup)
-                if self.sandbox is not None:
+                if init is not None:
                     os.close(report_read)
-                    os._exit(self.init(self.sandbox, write_end, report_write))
+                    os._exit(self.init(init, write_end, report_write))
+                if self.sandbox is not None:
+                    self.sandbox.drop_privileges()
                 os.execvp(self.command[0], self.command)  # noqa: S606 (argv, no shell)
             except (OSError, SandboxError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) else str(exc)
                 os.write(write_end, f"cannot run {self.command[0]}: {reason}".encode())
             os._exit(EXEC_FAILED)
         os.close(write_end)
-        if self.sandbox is not None:
+        if init is not None:
             os.close(report_write)
             self.report_fd = report_read
         # Also here, so the group exists before we signal it; fails harmlessly once the
@@ -281,6 +286,8 @@ class Shim:
         """PID 1 of the job's namespace: confine, start the job, forward signals, reap, and
         report the job's end on ``report_fd``. Returns the init's own exit code."""
         try:
+            if os.getpid() != 1:  # kill(-1) below must only ever reach this namespace
+                raise SandboxError("the init is not PID 1 of a namespace of its own")
             sandbox.confine()
         except (SandboxError, OSError) as exc:
             os.write(error_fd, f"cannot set up the sandbox: {exc}".encode())
