@@ -198,9 +198,13 @@ def test_login_saves_a_profile_used_without_a_token(server, cli: Cli, cli_home: 
     out = cli("login", "--url", server.url, "--token", server.admin_token, env=bare).stdout
     assert "logged in" in out and "admin" in out
     assert server.admin_token not in out
-    profile = cli_home / "profile.json"
-    assert stat.S_IMODE(profile.stat().st_mode) == 0o600
-    assert json.loads(profile.read_text()) == {"url": server.url, "token": server.admin_token}
+    profiles = Path(f"{cli_home}-config") / "underlay" / "profiles.json"
+    assert stat.S_IMODE(profiles.stat().st_mode) == 0o600
+    assert stat.S_IMODE(profiles.parent.stat().st_mode) == 0o700
+    assert json.loads(profiles.read_text()) == {
+        "current": "default",
+        "profiles": {"default": {"url": server.url, "token": server.admin_token}},
+    }
     assert [p["name"] for p in as_json(cli("projects", "ls", "--json", env=bare))] == ["vision"]
 
 
@@ -210,7 +214,7 @@ def test_login_with_a_bad_token_saves_nothing(server, cli: Cli, cli_home: Path) 
         "login", "--url", server.url, "--token", "ul_wrong-" + "x" * 40, env=bare, ok=False
     )
     assert_one_line_error(result, "not valid")
-    assert not (cli_home / "profile.json").exists()
+    assert not Path(f"{cli_home}-config").exists()
 
 
 def test_bad_token_is_one_line(server, cli: Cli) -> None:  # type: ignore[no-untyped-def]
