@@ -372,3 +372,30 @@ def agent(
         typer.echo(f"agent for node {node} reporting to {server}", err=True)
         typer.echo(f"node {node}: {executor.isolation.describe()}", err=True)
         worker.run()
+
+
+alerts = typer.Typer(
+    help="Alerts: idle GPUs held by jobs, budgets nearly spent.", no_args_is_help=True
+)
+
+
+@alerts.command("ls")
+def alerts_ls(
+    project: Annotated[str | None, typer.Option("--project", "-p", help="One project.")] = None,
+    resolved: Annotated[
+        bool, typer.Option("--resolved", help="Resolved alerts instead of open ones.")
+    ] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Open alerts of your projects (every project for a global admin), newest first."""
+    with client() as c:
+        rows = c.list_alerts(project=project, resolved=resolved)
+    show(rows, ["id", "kind", "subject", "message", "created_at", "resolved_at"], as_json=json_)
+
+
+@alerts.command("resolve")
+def alerts_resolve(alert_id: int) -> None:
+    """Mark an alert resolved (members and admins of its project)."""
+    with client() as c:
+        alert = c.resolve_alert(alert_id)
+    typer.echo(escape_control(f"resolved alert {alert.id}: {alert.subject}"))

@@ -113,8 +113,11 @@ class ComputeMethods:
                 _raise_for_problem(response)
             yield from response.iter_bytes()
 
-    def list_alerts(self, *, project: str | None = None) -> list[AlertRead]:
-        params = {"project": project} if project else {}
+    def list_alerts(self, *, project: str | None = None, resolved: bool = False) -> list[AlertRead]:
+        """Open alerts (resolved ones with ``resolved=True``), newest first."""
+        params: dict[str, Any] = {"resolved": resolved}
+        if project:
+            params["project"] = project
         return self._many(AlertRead, "/alerts", params=params)
 
     def resolve_alert(self, alert_id: int) -> AlertRead:
