@@ -147,7 +147,8 @@ def test_named_profiles_and_a_default_project(cli: Cli, server: LiveServer) -> N
 def test_the_sdk_reads_the_saved_profile_with_the_same_precedence(
     cli: Cli, server: LiveServer, xdg: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cli("login", "--profile", "work", "--url", server.url, "--token", server.admin_token)
+    token = server.admin_token
+    cli("login", "--profile", "work", "--url", server.url, "--token", token, "-p", "cv")
     failed = cli("login", "--profile", "x", "--url", DEAD_URL, "--token", "ul_x", ok=False)
     one_line_error(failed, "cannot reach")  # and nothing saved: 'work' stays current
     for name in ("UNDERLAY_URL", "UNDERLAY_TOKEN", "UNDERLAY_PROFILE", "UNDERLAY_PROJECT"):
@@ -156,7 +157,7 @@ def test_the_sdk_reads_the_saved_profile_with_the_same_precedence(
     with Client.from_env() as ul:
         assert ul.me().name == "admin"  # the current profile, as 'login' left it
     with Client.from_env(profile="work") as ul:
-        assert ul.me().name == "admin"
+        assert ul.me().name == "admin" and ul.project == "cv"  # the profile's default project
     monkeypatch.setenv("UNDERLAY_URL", DEAD_URL)
     with Client.from_env() as ul:
         assert not ul.ready()  # the environment beats the profile
