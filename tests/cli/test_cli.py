@@ -327,7 +327,7 @@ def test_blobs_get_to_stdout_or_into_a_folder_and_rm(cli: Cli, tmp_path: Path) -
         f"deleted blob {digest} from vision"
     )
     assert as_json(cli("blobs", "ls", "vision", "--json")) == []
-    assert_one_line_error(cli("blobs", "rm", "vision", digest, ok=False), "not found")
+    assert_one_line_error(cli("blobs", "rm", "vision", digest, ok=False), "has no blob")
 
 
 def test_alerts_ls_and_resolve(server, cli: Cli) -> None:  # type: ignore[no-untyped-def]
