@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -275,8 +276,8 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=_default_home, description="Folder for local state.")
     admin_token: str | None = Field(
         default=None,
-        description="Token for the first admin on first start; otherwise one is generated and "
-        "printed once.",
+        description="Token for the first admin on first start; otherwise one is generated, "
+        "printed once and written to admin.token (0600) in the home.",
         repr=False,
     )
     log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
@@ -302,6 +303,11 @@ class Settings(BaseSettings):
     @property
     def signing_key_path(self) -> Path:
         return self.home / "signing.key"
+
+    @property
+    def admin_token_path(self) -> Path:
+        """The generated first admin token (and each one ``admin reset-token`` makes)."""
+        return self.home / "admin.token"
 
     @property
     def audit_checkpoint_path(self) -> Path:
@@ -352,3 +358,92 @@ def write_secret_file(path: Path, data: bytes, *, overwrite: bool) -> bool:
     finally:
         tmp.unlink()
     return True
+
+
+# -- the environment as a whole: which UNDERLAY_* names mean something ----------------------
+
+ENV_PREFIX = "UNDERLAY_"
+
+#: Variables that are not settings of the server but are read by a client, a job or a tool.
+OTHER_ENV: dict[str, str] = {
+    "UNDERLAY_URL": "Server URL for the CLI and SDK (over the profile's).",
+    "UNDERLAY_TOKEN": "API token for the CLI and SDK (over the profile's).",
+    "UNDERLAY_PROJECT": "Default project for the CLI and SDK (over the profile's).",
+    "UNDERLAY_PROFILE": "Which saved client profile to use (over the current one).",
+    "UNDERLAY_JOB_ID": "Set by the platform inside a job: the job's id.",
+    "UNDERLAY_ATTEMPT": "Set by the platform inside a job: the attempt number.",
+    "UNDERLAY_GPU_FRACTION": "Set by the platform inside a job: its share of one GPU.",
+    "UNDERLAY_TRACES_DIR": "Where `underlay simulate` finds trace files.",
+    "UNDERLAY_DEBUG": "Set to 1: the CLI shows a traceback for an internal error.",
+    "UNDERLAY_TEST_PG": "The test suite's PostgreSQL URL.",
+}
+
+# words people write for a setting, mapped to the word its name uses
+_SYNONYMS = {
+    "DATABASE": "STORE",
+    "DB": "STORE",
+    "SQL": "STORE",
+    "BLOB": "BLOBS",
+    "STORAGE": "BLOBS",
+    "BUCKET": "BLOBS",
+    "S3": "BLOBS",
+    "LOGGING": "LOG",
+    "LOGLEVEL": "LOG_LEVEL",
+    "PORT": "SERVER_PORT",
+    "HOST": "SERVER_HOST",
+    "ISOLATION": "COMPUTE_ISOLATION",
+    "PRICES": "COMPUTE_PRICES",
+}
+
+
+def setting_env_names() -> dict[str, bool]:
+    """Every environment name of a setting, mapped to whether deeper names under it are
+    accepted too (a dict setting such as ``UNDERLAY_COMPUTE__PRICES__A100``). A nested
+    section's own name (``UNDERLAY_STORE``, a JSON object) counts as well."""
+    names: dict[str, bool] = {}
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for field_name, info in model.model_fields.items():
+            name = prefix + field_name.upper()
+            kind = info.annotation
+            nested = isinstance(kind, type) and issubclass(kind, BaseModel)
+            is_dict = getattr(kind, "__origin__", None) is dict
+            names[name] = is_dict
+            if nested:
+                walk(kind, name + "__")  # type: ignore[arg-type]
+
+    walk(Settings, ENV_PREFIX)
+    return names
+
+
+def closest_env_name(name: str) -> str | None:
+    """The known name an unknown ``UNDERLAY_*`` variable most likely meant, if any."""
+    import difflib
+
+    known = [*setting_env_names(), *OTHER_ENV]
+    squashed = {k.removeprefix(ENV_PREFIX).replace("__", "_"): k for k in known}
+    words = [w for w in name.removeprefix(ENV_PREFIX).upper().split("_") if w]
+    guess = "_".join(_SYNONYMS.get(w, w) for w in words)
+    if guess in squashed:
+        return squashed[guess]
+    match = difflib.get_close_matches(guess, list(squashed), n=1, cutoff=0.6)
+    return squashed[match[0]] if match else None
+
+
+def unknown_env_warnings(environ: Mapping[str, str]) -> list[str]:
+    """One warning for each ``UNDERLAY_*`` variable in ``environ`` that nothing reads, naming
+    the closest setting: a misspelt setting is otherwise silently ignored."""
+    settings = setting_env_names()
+    known = settings.keys() | OTHER_ENV.keys()
+    deep = [name + "__" for name, takes_keys in settings.items() if takes_keys]
+    warnings = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        if any(upper.startswith(prefix) for prefix in deep):
+            continue
+        closest = closest_env_name(upper)
+        hint = f"; did you mean {closest}?" if closest else ""
+        warnings.append(f"{name} is not an underlay setting and is ignored{hint}")
+    return warnings

@@ -60,6 +60,7 @@ PROJECT_CREATOR = "project-creator"
 GRANTS = (PROJECT_CREATOR,)  # platform-wide permissions a global admin gives a user
 ProjectCreation = Literal["admins", "creators", "anyone"]
 TOKEN_PREFIX = "ul_"  # noqa: S105 - a label, not a secret
+BOOTSTRAP_TOKEN = "bootstrap"  # noqa: S105 - the name of the first admin's token
 _hasher = PasswordHasher()
 
 
@@ -611,10 +612,22 @@ def bootstrap_admin(session: Session, admin_token: str | None) -> str | None:
         return None
     admin = create_user(session, "admin", is_admin=True)
     if admin_token:
-        import_token(session, admin, "bootstrap", admin_token)
+        import_token(session, admin, BOOTSTRAP_TOKEN, admin_token)
         return None
-    _, secret = create_token(session, admin, "bootstrap", expires_in_days=None)
+    _, secret = create_token(session, admin, BOOTSTRAP_TOKEN, expires_in_days=None)
     return secret
+
+
+def reset_bootstrap_token(session: Session, user_name: str = "admin") -> tuple[ApiToken, str]:
+    """Revoke ``user_name``'s bootstrap token(s) and give it a new one that does not expire:
+    the local recovery of a lost first admin token. The user must exist and be active."""
+    user = read_user(session, user_name)
+    if not user.is_active:
+        raise Conflict(f"user {user_name!r} is deactivated; reactivate it before a new token")
+    for token in list_tokens(session, user.id):
+        if token.name == BOOTSTRAP_TOKEN and token.revoked_at is None:
+            token.revoked_at = utcnow()
+    return create_token(session, user, BOOTSTRAP_TOKEN, expires_in_days=None)
 
 
 def _widen(session: Session, project_id: int) -> Scope:

@@ -81,3 +81,7 @@ def configure(fmt: str = "text", level: str = "INFO") -> None:
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # ours logs paths without query strings
     logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))
+    # httpx logs every request of the built-in agent's client at INFO (two lines a heartbeat
+    # with the access log); the server's access log already records what matters
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(root.level, logging.WARNING))

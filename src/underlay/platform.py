@@ -22,7 +22,7 @@ from underlay import identity
 from underlay.audit import AuditLog
 from underlay.audit_checkpoints import CheckpointLocation, FileLocation, ObjectLocation
 from underlay.blobs import BlobStore
-from underlay.config import Settings, ensure_home
+from underlay.config import Settings, ensure_home, write_secret_file
 from underlay.crypto import Keyring, SigningKey
 from underlay.errors import (
     NotFound,
@@ -122,13 +122,17 @@ class Platform:
             wake()
 
     def start(self) -> str | None:
-        """Migrate, clear crashed writes, create the first admin; returns a new admin token."""
+        """Migrate, clear crashed writes, create the first admin; returns a new admin token,
+        which is also written to ``admin.token`` (0600) in the home so it cannot scroll away."""
         self.db.migrate(lock_dir=self.settings.home)
         # locally, every partial no live write holds locked; remotely, only stale ones
         self.blobs.sweep_partials(older_than_s=0 if self.blobs.locks_partials else 3600)
         self.audit.export_checkpoints()  # catch up on writes that failed before a restart
         with self.db.session(Scope.everything()) as session:
             secret = bootstrap_admin(session, self.settings.admin_token)
+            if secret is not None:  # on disk before the token commits: never a lost token
+                path = self.settings.admin_token_path
+                write_secret_file(path, f"{secret}\n".encode(), overwrite=True)
             if secret is not None or self.settings.admin_token:
                 self.audit.append(
                     session,

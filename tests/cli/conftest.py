@@ -23,8 +23,13 @@ CLI = [sys.executable, "-m", "underlay.cli.main"]
 
 
 def clean_env(**underlay: str) -> dict[str, str]:
-    """The test process's environment without any UNDERLAY_* variable, plus ``underlay``."""
+    """The test process's environment without any UNDERLAY_* variable, plus ``underlay``.
+
+    Client profiles live under ``XDG_CONFIG_HOME``: unless the test gives one, it is a folder
+    beside ``UNDERLAY_HOME`` (or one that does not exist), never the developer's own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNDERLAY_")}
+    home = underlay.get("UNDERLAY_HOME")
+    env["XDG_CONFIG_HOME"] = f"{home}-config" if home else "/nonexistent/underlay-test-config"
     env.update(underlay)
     return env
 

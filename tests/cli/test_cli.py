@@ -198,9 +198,13 @@ def test_login_saves_a_profile_used_without_a_token(server, cli: Cli, cli_home: 
     out = cli("login", "--url", server.url, "--token", server.admin_token, env=bare).stdout
     assert "logged in" in out and "admin" in out
     assert server.admin_token not in out
-    profile = cli_home / "profile.json"
-    assert stat.S_IMODE(profile.stat().st_mode) == 0o600
-    assert json.loads(profile.read_text()) == {"url": server.url, "token": server.admin_token}
+    profiles = Path(f"{cli_home}-config") / "underlay" / "profiles.json"
+    assert stat.S_IMODE(profiles.stat().st_mode) == 0o600
+    assert stat.S_IMODE(profiles.parent.stat().st_mode) == 0o700
+    assert json.loads(profiles.read_text()) == {
+        "current": "default",
+        "profiles": {"default": {"url": server.url, "token": server.admin_token}},
+    }
     assert [p["name"] for p in as_json(cli("projects", "ls", "--json", env=bare))] == ["vision"]
 
 
@@ -210,7 +214,7 @@ def test_login_with_a_bad_token_saves_nothing(server, cli: Cli, cli_home: Path) 
         "login", "--url", server.url, "--token", "ul_wrong-" + "x" * 40, env=bare, ok=False
     )
     assert_one_line_error(result, "not valid")
-    assert not (cli_home / "profile.json").exists()
+    assert not Path(f"{cli_home}-config").exists()
 
 
 def test_bad_token_is_one_line(server, cli: Cli) -> None:  # type: ignore[no-untyped-def]
@@ -298,3 +302,53 @@ def test_granting_project_creation(server, cli: Cli) -> None:  # type: ignore[no
     assert "created project mine" in cli("projects", "create", "mine", env=as_alice).stdout
     assert "alice holds: no grants" in cli("users", "revoke", "alice", "project-creator").stdout
     assert_one_line_error(cli("users", "grant", "alice", "root", ok=False), "")
+
+
+# -- day-one commands -----------------------------------------------------------------------------
+
+
+def test_blobs_get_to_stdout_or_into_a_folder_and_rm(cli: Cli, tmp_path: Path) -> None:
+    cli("projects", "create", "vision")
+    source = tmp_path / "labels.txt"
+    data = b"cat\ndog\n" * 1000
+    source.write_bytes(data)
+    digest = cli("blobs", "put", "vision", str(source)).stdout.strip()
+
+    piped = cli("blobs", "get", "vision", digest, "-o", "-")
+    assert piped.stdout == data.decode()  # the bytes on stdout, nothing else
+    assert not Path("-").exists()
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    assert "wrote" in cli("blobs", "get", "vision", digest, "-o", str(folder)).stdout
+    assert sorted(p.name for p in folder.iterdir()) == ["labels.txt"]
+    assert (folder / "labels.txt").read_bytes() == data
+
+    assert cli("blobs", "rm", "vision", digest).stdout.strip() == (
+        f"deleted blob {digest} from vision"
+    )
+    assert as_json(cli("blobs", "ls", "vision", "--json")) == []
+    assert_one_line_error(cli("blobs", "rm", "vision", digest, ok=False), "has no blob")
+
+
+def test_alerts_ls_and_resolve(server, cli: Cli) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from underlay.compute.alerts import record_alert
+    from underlay.store import Scope
+    from underlay.store.models import Project
+
+    cli("projects", "create", "vision")
+    with server.platform.db.session(Scope.everything()) as session:
+        vision = session.scalar(select(Project).where(Project.name == "vision"))
+        alert, _ = record_alert(session, "budget", "vision at 85%", vision.id, subject="budget")
+        alert_id = alert.id
+    (listed,) = as_json(cli("alerts", "ls", "--json"))
+    assert (listed["id"], listed["kind"]) == (alert_id, "budget")
+    assert listed["message"] == "vision at 85%"
+    assert "vision at 85%" in cli("alerts", "ls", "-p", "vision").stdout
+    out = cli("alerts", "resolve", str(alert_id)).stdout.strip()
+    assert out == f"resolved alert {alert_id}: budget"
+    assert as_json(cli("alerts", "ls", "--json")) == []
+    (resolved,) = as_json(cli("alerts", "ls", "--resolved", "--json"))
+    assert resolved["id"] == alert_id and resolved["resolved_at"] is not None
+    assert_one_line_error(cli("alerts", "resolve", "999999", ok=False), "999999")

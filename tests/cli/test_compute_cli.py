@@ -275,10 +275,13 @@ def test_a_pending_jobs_reason_shows_in_ls_and_cancel_ends_both(cli: Cli, ul: Cl
     stopping = cli("jobs", "cancel", str(holder), "-p", "vision").stdout.strip()
     assert stopping == f"job {holder}: running cancelling (requested by admin)"
     done = cli("jobs", "wait", str(holder), "-p", "vision", "--timeout", "60", ok=False)
-    assert done.returncode == 1 and done.stdout.startswith(f"job {holder}: cancelled")
+    assert done.returncode == 1
+    assert done.stdout.strip() == f"job {holder}: cancelled cancelled by admin"  # not "cancelling"
+    assert ul.read_job("vision", holder).reason == "cancelled by admin"
     assert "holding" in cli("jobs", "logs", str(holder), "-p", "vision").stdout
-    again = cli("jobs", "cancel", str(holder), "-p", "vision", ok=False)
-    one_line_error(again, f"job {holder} is cancelled already")
+    again = cli("jobs", "cancel", str(holder), "-p", "vision")  # exit 0, as scancel
+    assert again.stdout.strip() == f"job {holder} has ended already: cancelled"
+    assert again.stderr == ""
 
 
 def test_logs_follow_streams_until_the_job_ends(
@@ -331,6 +334,33 @@ def test_logs_follow_streams_until_the_job_ends(
     assert follower.returncode == 0, errors.read_text()
     assert seen[-1] == "last line\n"
     assert seen.count("first line\n") == 1  # no chunk sent twice
+    assert errors.read_text().strip() == f"job {job}: succeeded exited with code 0"
+
+
+def test_logs_follow_of_a_failed_job_exits_non_zero_with_the_final_state(cli: Cli) -> None:
+    job = submit(cli, *py("import sys; print('trying', flush=True); sys.exit(3)"))
+    followed = cli("jobs", "logs", "-f", str(job), "-p", "vision", ok=False)
+    assert followed.returncode == 1
+    assert followed.stdout.endswith("\ntrying\n")  # stdout holds the log only
+    assert f"job {job}: failed" not in followed.stdout
+    assert followed.stderr.strip() == f"job {job}: failed exited with code 3"
+
+
+def test_wait_timeout_has_its_own_exit_status(cli: Cli, ul: Client) -> None:
+    job = submit(cli, *py("import time; time.sleep(120)"))
+    wait_until("the job to run", lambda: ul.read_job("vision", job).state == "running")
+    waited = cli("jobs", "wait", str(job), "-p", "vision", "--timeout", "0.2", ok=False)
+    assert waited.returncode == 124, waited.stderr
+    assert waited.stdout.strip() == f"job {job}: running"
+    assert waited.stderr.strip() == (
+        f"timed out: job {job} is still running after 0.2 s; the job goes on"
+    )
+    assert ul.read_job("vision", job).state == "running"  # waiting gave up, the job did not
+    cli("jobs", "cancel", str(job), "-p", "vision")
+    ended = cli("jobs", "wait", str(job), "-p", "vision", "--timeout", "60", ok=False)
+    assert ended.returncode == 1  # ended without success: not the time-out's status
+    help_text = cli("jobs", "wait", "--help").stdout
+    assert "124" in help_text and "0 the job succeeded" in help_text
 
 
 # -- what a job carries --------------------------------------------------------------------------

@@ -58,7 +58,7 @@ attempt("read server fds", lambda: os.listdir("/proc/%d/fd" % server_pid))
 attempt("signal server", lambda: os.kill(server_pid, 0))
 attempt("list victim folder", lambda: os.listdir(victim_dir))
 attempt("read victim file", lambda: read(os.path.join(victim_dir, "secret.txt")))
-attempt("read profile", lambda: read(os.path.expanduser("~root/.config/underlay/profile.json")))
+attempt("read profile", lambda: read(os.path.expanduser("~root/.config/underlay/profiles.json")))
 libc = ctypes.CDLL(None, use_errno=True)
 def ptrace():
     # PTRACE_SEIZE attaches without stopping the tracee (which is the test process itself

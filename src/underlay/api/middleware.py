@@ -9,8 +9,10 @@ by ``server.body_read_timeout_s``: a stalled client gets 408 and the connection 
 
 This middleware sits outside the routes' error handling, so it also turns any unexpected
 exception into a generic 500 problem that carries the request id, and logs every request,
-failed or not. A client that hangs up before its request is read is not an error of ours: it
-is logged at INFO with status 499 (nginx's "client closed request"), without a traceback.
+failed or not (a node agent's successful heartbeats and log uploads at DEBUG: routine
+traffic that would bury everything else at INFO). A client that hangs up before its request
+is read is not an error of ours: it is logged at INFO with status 499 (nginx's "client
+closed request"), without a traceback.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from underlay.errors import InvalidInput, PayloadTooLarge, UnderlayError
 log = logging.getLogger("underlay.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 _UPLOAD = re.compile(r"^/api/v1/projects/[^/]+/blobs/?$")
+# a node agent's heartbeat and log shipping: several a second, logged at DEBUG when they succeed
+_ROUTINE = re.compile(r"^/api/v1/nodes/[^/]+(/attempts/\d+/logs)?$")
 
 
 CLIENT_CLOSED = 499
@@ -117,7 +121,9 @@ class RequestContextMiddleware:
                 await _send_problem(send_with_id, scope, request_id, error)
         finally:
             code = status["code"] or (CLIENT_CLOSED if body["disconnected"] else 500)
-            log.info(
+            routine = scope["method"] in ("PUT", "POST") and _ROUTINE.match(scope["path"])
+            log.log(
+                logging.DEBUG if routine and code < 400 else logging.INFO,
                 "request",
                 extra={
                     "request_id": request_id,

@@ -1,11 +1,10 @@
-"""What every CLI command shares: the client from env or profile, output, error handling."""
+"""What every CLI command shares: the resolved client configuration, output, error handling."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -13,49 +12,53 @@ if TYPE_CHECKING:
     from rich.text import Text
 
     from underlay.client import Client
-
-PROFILE_NAME = "profile.json"
-
-
-def home() -> Path:
-    return Path(os.environ.get("UNDERLAY_HOME", "~/.underlay")).expanduser()
+    from underlay.client.profiles import ClientConfig
 
 
-def profile_path() -> Path:
-    return home() / PROFILE_NAME
+@dataclass
+class GlobalOptions:
+    """The options given before the command (``underlay --profile work jobs ls``)."""
+
+    profile: str | None = None
+    url: str | None = None
 
 
-def load_profile() -> dict[str, str]:
-    path = profile_path()
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return {k: str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+OPTIONS = GlobalOptions()
 
 
-def save_profile(url: str, token: str) -> Path:
-    from underlay.config import write_secret_file
+def config(*, project: str | None = None, must_exist: bool = True) -> ClientConfig:
+    """The resolved client configuration: flags > environment > profile > defaults."""
+    from underlay.client.profiles import resolve
 
-    path = profile_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_secret_file(path, json.dumps({"url": url, "token": token}).encode(), overwrite=True)
-    return path
+    return resolve(profile=OPTIONS.profile, url=OPTIONS.url, project=project, must_exist=must_exist)
 
 
 def client() -> Client:
-    """A client from ``UNDERLAY_URL``/``UNDERLAY_TOKEN``, else from the saved profile."""
+    """A client for the resolved URL and token; no token is an error that says what to do."""
     from underlay.client import Client
     from underlay.errors import Unauthenticated
 
-    profile = load_profile()
-    url = os.environ.get("UNDERLAY_URL") or profile.get("url") or "http://127.0.0.1:8765"
-    token = os.environ.get("UNDERLAY_TOKEN") or profile.get("token")
-    if not token:
-        raise Unauthenticated("no token: set UNDERLAY_TOKEN or run 'underlay login'")
-    return Client(url, token)
+    resolved = config()
+    if not resolved.token.value:
+        raise Unauthenticated(
+            "no token: set UNDERLAY_TOKEN or run 'underlay login' "
+            f"(profile {resolved.profile.value!r} has none)"
+        )
+    assert resolved.url.value is not None
+    return Client(resolved.url.value, resolved.token.value)
+
+
+def project_of(flag: str | None) -> str:
+    """The project a command works on: ``-p``, else ``UNDERLAY_PROJECT``, else the profile's."""
+    from underlay.errors import InvalidInput
+
+    project = config(project=flag).project.value
+    if not project:
+        raise InvalidInput(
+            "no project: give -p/--project, set UNDERLAY_PROJECT, or save one with "
+            "'underlay login --project NAME'"
+        )
+    return project
 
 
 def show(

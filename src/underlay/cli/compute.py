@@ -8,15 +8,23 @@ import os
 import sys
 import tarfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from underlay.cli.common import cell, client, show
+from underlay.cli.common import cell, client, project_of, show
 from underlay.logs import escape_control
 
+if TYPE_CHECKING:
+    from underlay.compute.schemas import JobRead
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="The project (queue).")]
+ProjectOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--project", "-p", help="The project (else UNDERLAY_PROJECT, else the profile's)."
+    ),
+]
 
 nodes = typer.Typer(help="The fleet: nodes and their accelerators.", no_args_is_help=True)
 jobs = typer.Typer(help="Jobs: submit, watch, cancel.", no_args_is_help=True)
@@ -98,7 +106,7 @@ def _pack_workdir(path: Path) -> bytes:
 @jobs.command("submit")
 def jobs_submit(
     command: Annotated[list[str], typer.Argument(help="The command, after --.")],
-    project: ProjectOpt,
+    project: ProjectOpt = None,
     name: Annotated[str, typer.Option(help="A label.")] = "",
     cpus: Annotated[float, typer.Option(help="CPUs.")] = 1.0,
     memory: Annotated[int, typer.Option(help="Memory in MiB.")] = 512,
@@ -116,6 +124,7 @@ def jobs_submit(
     workdir: Annotated[Path | None, typer.Option(help="Folder to snapshot and run in.")] = None,
 ) -> None:
     """Submit a job; prints its id."""
+    queue = project_of(project)
     env_vars = dict(_pairs(env or [], "--env"))
     secrets = dict(_pairs(secret or [], "--secret", from_env=True))
     with client() as c:
@@ -124,13 +133,13 @@ def jobs_submit(
             if not workdir.is_dir():
                 raise typer.BadParameter(f"{workdir} is not a folder", param_hint="--workdir")
             digest = c.upload_blob(
-                project,
+                queue,
                 _pack_workdir(workdir),
                 name="workdir.tar.gz",
                 media_type="application/gzip",
             ).digest
         job = c.submit_job(
-            project,
+            queue,
             command,
             name=name,
             cpus=cpus,
@@ -165,22 +174,22 @@ def _pairs(items: list[str], option: str, *, from_env: bool = False) -> list[tup
 
 @jobs.command("ls")
 def jobs_ls(
-    project: ProjectOpt,
+    project: ProjectOpt = None,
     json_: JsonOpt = False,
     state: Annotated[list[str] | None, typer.Option(help="Only these states.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
 ) -> None:
     """Jobs, newest first, with why each pending job waits."""
     with client() as c:
-        rows = c.list_jobs(project, state=state, limit=limit)
+        rows = c.list_jobs(project_of(project), state=state, limit=limit)
     show(rows, ["id", "name", "user", "state", "node", "gpus", "attempts", "reason"], as_json=json_)
 
 
 @jobs.command("show")
-def jobs_show(job_id: int, project: ProjectOpt, json_: JsonOpt = False) -> None:
+def jobs_show(job_id: int, project: ProjectOpt = None, json_: JsonOpt = False) -> None:
     """One job in full."""
     with client() as c:
-        job = c.read_job(project, job_id)
+        job = c.read_job(project_of(project), job_id)
     if json_:
         show(job, [], as_json=True)
         return
@@ -188,39 +197,82 @@ def jobs_show(job_id: int, project: ProjectOpt, json_: JsonOpt = False) -> None:
         typer.echo(f"{key:>14}: {escape_control(str(value))}")
 
 
+EXIT_NOT_SUCCEEDED = 1
+EXIT_TIMED_OUT = 124  # as timeout(1)
+
+
+def _state_line(job: JobRead) -> str:
+    return escape_control(f"job {job.id}: {job.state} {job.reason}".rstrip())
+
+
 @jobs.command("logs")
 def jobs_logs(
     job_id: int,
-    project: ProjectOpt,
+    project: ProjectOpt = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream.")] = False,
 ) -> None:
-    """A job's output; -f streams it until the job ends."""
+    """A job's output; -f streams it until the job ends, then prints the final state on
+    stderr and exits 0 if the job succeeded, 1 if it did not."""
+    queue = project_of(project)
     with client() as c:
-        for chunk in c.job_logs(project, job_id, follow=follow):
+        for chunk in c.job_logs(queue, job_id, follow=follow):
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
+        if not follow:
+            return
+        job = c.read_job(queue, job_id)
+    typer.echo(_state_line(job), err=True)
+    if job.state != "succeeded":
+        raise typer.Exit(EXIT_NOT_SUCCEEDED)
 
 
 @jobs.command("cancel")
-def jobs_cancel(job_id: int, project: ProjectOpt) -> None:
-    """Cancel: at once if queued, else SIGTERM then SIGKILL after the grace period."""
+def jobs_cancel(job_id: int, project: ProjectOpt = None) -> None:
+    """Cancel: at once if queued, else SIGTERM then SIGKILL after the grace period. A job
+    that has ended already is left as it is (exit 0, as scancel does)."""
+    from underlay.client.compute import TERMINAL
+    from underlay.errors import Conflict
+
+    queue = project_of(project)
     with client() as c:
-        job = c.cancel_job(project, job_id)
-    typer.echo(escape_control(f"job {job.id}: {job.state} {job.reason}".rstrip()))
+        try:
+            job = c.cancel_job(queue, job_id)
+        except Conflict:
+            job = c.read_job(queue, job_id)
+            if job.state not in TERMINAL:
+                raise
+            typer.echo(escape_control(f"job {job.id} has ended already: {job.state}"))
+            return
+    typer.echo(_state_line(job))
 
 
 @jobs.command("wait")
 def jobs_wait(
     job_id: int,
-    project: ProjectOpt,
-    timeout: Annotated[float | None, typer.Option(help="Give up after seconds.")] = None,
+    project: ProjectOpt = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Give up after this many seconds (exit 124).")
+    ] = None,
 ) -> None:
-    """Wait for a job to end; exits 0 only if it succeeded."""
+    """Wait for a job to end and print its final state.
+
+    Exit status: 0 the job succeeded; 1 it ended without success (failed, cancelled, lost)
+    or the wait itself failed (an error: line says why); 124 --timeout passed first (the
+    job goes on; its state is printed)."""
+    from underlay.errors import Unavailable
+
     with client() as c:
-        job = c.wait_job(project, job_id, timeout_s=timeout)
-    typer.echo(escape_control(f"job {job.id}: {job.state} {job.reason}".rstrip()))
+        try:
+            job = c.wait_job(project_of(project), job_id, timeout_s=timeout)
+        except Unavailable as exc:
+            if not exc.extra.get("timed_out"):
+                raise
+            typer.echo(escape_control(f"job {job_id}: {exc.extra['state']}"))
+            typer.echo(f"timed out: {exc}; the job goes on", err=True)
+            raise typer.Exit(EXIT_TIMED_OUT) from None
+    typer.echo(_state_line(job))
     if job.state != "succeeded":
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_NOT_SUCCEEDED)
 
 
 @quotas.command("set")
@@ -320,3 +372,30 @@ def agent(
         typer.echo(f"agent for node {node} reporting to {server}", err=True)
         typer.echo(f"node {node}: {executor.isolation.describe()}", err=True)
         worker.run()
+
+
+alerts = typer.Typer(
+    help="Alerts: idle GPUs held by jobs, budgets nearly spent.", no_args_is_help=True
+)
+
+
+@alerts.command("ls")
+def alerts_ls(
+    project: Annotated[str | None, typer.Option("--project", "-p", help="One project.")] = None,
+    resolved: Annotated[
+        bool, typer.Option("--resolved", help="Resolved alerts instead of open ones.")
+    ] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Open alerts of your projects (every project for a global admin), newest first."""
+    with client() as c:
+        rows = c.list_alerts(project=project, resolved=resolved)
+    show(rows, ["id", "kind", "subject", "message", "created_at", "resolved_at"], as_json=json_)
+
+
+@alerts.command("resolve")
+def alerts_resolve(alert_id: int) -> None:
+    """Mark an alert resolved (members and admins of its project)."""
+    with client() as c:
+        alert = c.resolve_alert(alert_id)
+    typer.echo(escape_control(f"resolved alert {alert.id}: {alert.subject}"))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 
-from underlay.cli import compute, demo, keys, resources, server
+from underlay.cli import admin, compute, configure, demo, keys, resources, server
 from underlay.cli.simulate import simulate
 
 app = typer.Typer(
@@ -17,8 +18,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def options(
+    profile: Annotated[
+        str | None,
+        typer.Option(help="Use this saved profile (else UNDERLAY_PROFILE, else the current)."),
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="Server URL (over UNDERLAY_URL).")] = None,
+) -> None:
+    """underlay: self-hosted AI infrastructure. Start with 'underlay demo' or 'underlay up'."""
+    from underlay.cli.common import OPTIONS
+
+    OPTIONS.profile, OPTIONS.url = profile, url
+
+
 app.command()(server.up)
 app.command()(server.login)
+app.command()(server.logout)
+app.add_typer(configure.settings, name="config")
 app.command()(demo.demo)
 app.add_typer(resources.projects, name="projects")
 app.add_typer(resources.users, name="users")
@@ -26,11 +45,13 @@ app.add_typer(resources.tokens, name="tokens")
 app.add_typer(resources.blobs, name="blobs")
 app.add_typer(resources.audit, name="audit")
 app.add_typer(keys.keys, name="keys")
+app.add_typer(admin.admin, name="admin")
 app.command("lineage")(resources.lineage)
 app.add_typer(compute.nodes, name="nodes")
 app.add_typer(compute.jobs, name="jobs")
 app.add_typer(compute.quotas, name="quotas")
 app.add_typer(compute.budget, name="budget")
+app.add_typer(compute.alerts, name="alerts")
 app.command("usage")(compute.usage)
 app.command("agent")(compute.agent)
 app.command("simulate")(simulate)
@@ -38,8 +59,11 @@ app.command("simulate")(simulate)
 
 def main() -> None:
     """Entry point: every failure is one line on stderr and a non-zero exit, never a traceback."""
+    from underlay.config import unknown_env_warnings
     from underlay.errors import UnderlayError
 
+    for warning in unknown_env_warnings(os.environ):
+        print(f"warning: {warning}", file=sys.stderr)
     try:
         code = app(standalone_mode=False)
     except typer.TyperException as exc:  # usage errors: one line, with what to do

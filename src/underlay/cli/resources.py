@@ -184,18 +184,40 @@ def blobs_put(
 def blobs_get(
     project: str,
     digest: str,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write it.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="A file, a folder (the blob's name in it) or - (stdout)."),
+    ],
 ) -> None:
-    """Download a blob, verifying its digest."""
-    tmp = out.with_name(f".{out.name}.part")
-    try:
-        with client() as c, tmp.open("wb") as handle:
+    """Download a blob, verifying its digest; nothing is left behind if it fails."""
+    import sys
+
+    with client() as c:
+        if str(out) == "-":
             for chunk in c.iter_blob(project, digest):
-                handle.write(chunk)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+                sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+            return
+        if out.is_dir():
+            name = Path(c.read_blob(project, digest).name).name  # never a path from the server
+            out = out / (name if name not in ("", ".", "..") else digest)
+        tmp = out.with_name(f".{out.name}.part")
+        try:
+            with tmp.open("wb") as handle:
+                for chunk in c.iter_blob(project, digest):
+                    handle.write(chunk)
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
     typer.echo(f"wrote {out}")
+
+
+@blobs.command("rm")
+def blobs_rm(project: str, digest: str) -> None:
+    """Delete a blob from a project."""
+    with client() as c:
+        c.delete_blob(project, digest)
+    typer.echo(f"deleted blob {digest} from {project}")
 
 
 @blobs.command("ls")

@@ -46,7 +46,9 @@ def up(
     if secret:
         typer.echo(
             f"first start: created user 'admin' with token {secret}\n"
-            "store it now (e.g. 'underlay login --token ...'); it is not shown again",
+            f"it is also in {settings.admin_token_path} (readable by you only); log in with "
+            f"'underlay login --token \"$(cat {settings.admin_token_path})\"'. Lost it? "
+            "'underlay admin reset-token' on this machine makes a new one",
             err=True,
         )
     scheme = "https" if tls_cert else "http"
@@ -71,23 +73,64 @@ def up(
 
 
 def login(
-    url: Annotated[str, typer.Option(help="Server URL.")] = "http://127.0.0.1:8765",
+    url: Annotated[
+        str | None,
+        typer.Option(help="Server URL (else UNDERLAY_URL, the profile's, http://127.0.0.1:8765)."),
+    ] = None,
     token: Annotated[
-        str | None, typer.Option(help="An API token (else user and password).")
+        str | None,
+        typer.Option(help="An API token (else UNDERLAY_TOKEN; with --user, a password login)."),
     ] = None,
     user: Annotated[str | None, typer.Option(help="User name for password login.")] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(help="Save as this named profile (else UNDERLAY_PROFILE, else the current)."),
+    ] = None,
+    project: Annotated[
+        str | None,
+        typer.Option("--project", "-p", help="The profile's default project."),
+    ] = None,
 ) -> None:
-    """Check credentials against a server and save them as your profile."""
-    from underlay.cli.common import save_profile
+    """Check credentials against a server and save them as a profile (made the current one)."""
+    from underlay.cli.common import OPTIONS
     from underlay.client import Client
+    from underlay.client.profiles import resolve, save_profile
 
-    if token is None:
+    resolved = resolve(
+        profile=profile or OPTIONS.profile,
+        url=url or OPTIONS.url,
+        token=token,
+        project=project,
+        must_exist=False,
+    )
+    server, name = resolved.url.value, resolved.profile.value
+    assert server is not None and name is not None
+    secret = resolved.token.value if resolved.token.source != f"profile {name!r}" else None
+    if user is not None or secret is None:
         if user is None:
             user = typer.prompt("user")
         password = typer.prompt("password", hide_input=True)
-        with Client(url) as anonymous:
-            token = anonymous.login(user, password).token
-    with Client(url, token) as c:
+        with Client(server) as anonymous:
+            secret = anonymous.login(user, password).token
+    with Client(server, secret) as c:
         me = c.me()
-    path = save_profile(url, token)
-    typer.echo(f"logged in to {url} as {me.name}; profile saved in {path}")
+    path = save_profile(name, url=server, token=secret, project=project)
+    typer.echo(f"logged in to {server} as {me.name}; profile {name!r} saved in {path}")
+
+
+def logout(
+    profile: Annotated[
+        str | None, typer.Option(help="The profile to forget (else the active one).")
+    ] = None,
+) -> None:
+    """Forget a saved profile and its token on this machine (the token stays valid on the
+    server until it expires or 'underlay tokens revoke')."""
+    from underlay.cli.common import OPTIONS
+    from underlay.client.profiles import remove_profile, resolve
+
+    name = resolve(profile=profile or OPTIONS.profile, must_exist=False).profile.value
+    assert name is not None
+    if remove_profile(name):
+        typer.echo(f"logged out: profile {name!r} removed")
+    else:
+        typer.echo(f"no saved profile {name!r}; nothing to do")

@@ -1,7 +1,8 @@
 """The Python SDK: ``Client(url, token)`` over HTTP, typed, raising the server's error classes.
 
-Inside a job started by the platform, ``Client.from_env()`` needs no arguments: it reads
-``UNDERLAY_URL`` and ``UNDERLAY_TOKEN``.
+``Client.from_env()`` is configured as the CLI is (see :mod:`underlay.client.profiles`):
+arguments, else ``UNDERLAY_URL``/``UNDERLAY_TOKEN``, else the profile ``underlay login`` saved.
+Inside a job started by the platform it needs no arguments: the environment holds both.
 """
 
 from underlay.client.client import Client

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import ssl
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -61,6 +60,7 @@ class Client(ComputeMethods):
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         """``verify``: True, False, a CA bundle path, or an ``ssl.SSLContext``."""
+        self.project: str | None = None  # the default project of a profile, if any
         headers = {"User-Agent": "underlay-client"}
         if isinstance(verify, str):
             verify = ssl.create_default_context(cafile=verify)
@@ -75,9 +75,25 @@ class Client(ComputeMethods):
         )
 
     @classmethod
-    def from_env(cls) -> Client:
-        url = os.environ.get("UNDERLAY_URL", "http://127.0.0.1:8765")
-        return cls(url, os.environ.get("UNDERLAY_TOKEN"))
+    def from_env(
+        cls,
+        *,
+        profile: str | None = None,
+        url: str | None = None,
+        token: str | None = None,
+        **options: Any,
+    ) -> Client:
+        """A client configured as the CLI is: arguments > ``UNDERLAY_URL``/``UNDERLAY_TOKEN``
+        > the saved profile (``profile``, else ``UNDERLAY_PROFILE``, else the current one)
+        > ``http://127.0.0.1:8765``. Inside a job the environment holds all it needs.
+        ``options`` go to :class:`Client` (``verify``, ``timeout_s``)."""
+        from underlay.client.profiles import resolve
+
+        config = resolve(profile=profile, url=url, token=token)
+        assert config.url.value is not None
+        client = cls(config.url.value, config.token.value, **options)
+        client.project = config.project.value
+        return client
 
     def __enter__(self) -> Client:
         return self

@@ -80,7 +80,10 @@ class ComputeMethods:
     def wait_job(
         self, project: str, job_id: int, *, timeout_s: float | None = None, poll_s: float = 0.2
     ) -> JobRead:
-        """Poll until the job ends (succeeded, failed or cancelled with no retry left)."""
+        """Poll until the job ends (succeeded, failed or cancelled with no retry left).
+
+        Past ``timeout_s`` it raises :class:`Unavailable` with ``extra["timed_out"]`` set
+        (and the job's ``state``), so a caller can tell a time-out from an unreachable server."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             job = self.read_job(project, job_id)
@@ -89,7 +92,11 @@ class ComputeMethods:
             ):
                 return job
             if deadline is not None and time.monotonic() > deadline:
-                raise Unavailable(f"job {job_id} is still {job.state} after {timeout_s} s")
+                raise Unavailable(
+                    f"job {job_id} is still {job.state} after {timeout_s:g} s",
+                    timed_out=True,
+                    state=job.state,
+                )
             time.sleep(poll_s)
 
     def job_logs(
@@ -106,8 +113,11 @@ class ComputeMethods:
                 _raise_for_problem(response)
             yield from response.iter_bytes()
 
-    def list_alerts(self, *, project: str | None = None) -> list[AlertRead]:
-        params = {"project": project} if project else {}
+    def list_alerts(self, *, project: str | None = None, resolved: bool = False) -> list[AlertRead]:
+        """Open alerts (resolved ones with ``resolved=True``), newest first."""
+        params: dict[str, Any] = {"resolved": resolved}
+        if project:
+            params["project"] = project
         return self._many(AlertRead, "/alerts", params=params)
 
     def resolve_alert(self, alert_id: int) -> AlertRead:

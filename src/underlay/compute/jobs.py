@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from dataclasses import replace
 
 from sqlalchemy import select
@@ -221,6 +222,19 @@ def transition(
         outcome="ok",
         detail={"from": previous, "reason": reason[:300]},
     )
+
+
+_CANCELLING = re.compile(r"^cancelling \(requested by (.+)\)$")
+
+
+def ended_reason(state: str, reason: str) -> str:
+    """The reason a job keeps once an attempt ended in ``state``: a cancel requested while
+    it ran ("cancelling (requested by alice)") becomes "cancelled by alice", as for a job
+    cancelled in the queue; any other reason is kept."""
+    match = _CANCELLING.match(reason)
+    if state == JobState.cancelled and match:
+        return f"cancelled by {match.group(1)}"
+    return reason
 
 
 def cancel_job(session: Session, audit: AuditLog, job: Job, actor: Actor, grace_s: float) -> Job:

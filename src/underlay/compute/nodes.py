@@ -18,7 +18,7 @@ from underlay import identity
 from underlay.audit import AuditLog
 from underlay.compute import alerts, ledger, logs
 from underlay.compute.inventory import NodeInventory, assess
-from underlay.compute.jobs import secrets_of, transition
+from underlay.compute.jobs import ended_reason, secrets_of, transition
 from underlay.compute.models import AcceleratorRow, Job, JobAttempt, NodeRow
 from underlay.compute.schemas import AgentWork, AttemptEnded, AttemptRef, LaunchInfo
 from underlay.compute.states import ACTIVE, JobState, is_final
@@ -330,7 +330,7 @@ def attempt_ended(
         audit,
         job,
         JobState(report.state),
-        report.reason or report.state,
+        ended_reason(report.state, report.reason) or report.state,
         actor=f"node:{node.name}",
     )
     _maybe_requeue(session, audit, job)
