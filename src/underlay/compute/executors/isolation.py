@@ -111,9 +111,26 @@ def default_hidden(home: Path, run_dir: Path, extra: tuple[Path, ...] = ()) -> t
 
 
 def default_exposed(extra: tuple[Path, ...] = ()) -> tuple[Path, ...]:
-    """What jobs need even when it lies under a hidden path: the Python runtime (read-only)."""
-    paths = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent]
-    return tuple(dict.fromkeys(p.resolve() for p in [*paths, *extra]))
+    """What jobs need even when it lies under a hidden path (or under ``/tmp``, which is
+    private in the sandbox), read-only: the Python runtime, this package's own code (an
+    editable install lives in a checkout) and the agent's import path, which a job's Python
+    shares."""
+    import underlay
+
+    paths = [
+        Path(sys.prefix),
+        Path(sys.base_prefix),
+        Path(sys.executable).resolve().parent,
+        Path(underlay.__file__).resolve().parent.parent,
+        *(Path(p) for p in sys.path if p and Path(p).is_absolute() and Path(p).is_dir()),
+        *extra,
+    ]
+    return tuple(dict.fromkeys(p.resolve() for p in paths))
+
+
+def _outside(exposed: tuple[Path, ...], hidden: tuple[Path, ...]) -> tuple[Path, ...]:
+    """Drop any exposed path that would bring back a hidden one (itself or a folder above)."""
+    return tuple(p for p in exposed if not any(h == p or h.is_relative_to(p) for h in hidden))
 
 
 def choose(
@@ -135,6 +152,7 @@ def choose(
         candidates = ["namespaces+user", "user"] if root else ["namespaces"]
     else:
         candidates = [wanted]
+    expose = _outside(expose, hide)
     reasons: list[str] = []
     for mode in candidates:
         if mode == "none":
