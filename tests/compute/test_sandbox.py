@@ -285,3 +285,20 @@ def _run_as_nobody(base: Path, shim_path: Path) -> None:
     lines = done.stdout.splitlines()
     assert "key False" in lines and "uid 65534 pid 2" in lines, done.stdout
     assert "umount 0" not in lines  # no capability to undo the sandbox
+
+
+def test_jobs_can_import_this_package_wherever_it_is_checked_out_but_see_no_hidden_path(
+    tmp_path: Path,
+) -> None:
+    """A checkout under /tmp (private in the sandbox) or under a hidden home: the package's own
+    code and the runtime are bound back read-only; a folder above a hidden path never is."""
+    import underlay
+    from underlay.compute.executors.isolation import choose, default_exposed, default_hidden
+
+    home = tmp_path / "home"
+    hidden = default_hidden(home, home / "agent" / "n1")
+    exposed = default_exposed((tmp_path, Path("/")))
+    assert Path(underlay.__file__).resolve().parent.parent in exposed
+    chosen = choose("auto", hide=hidden, expose=exposed)
+    assert Path(underlay.__file__).resolve().parent.parent in chosen.expose
+    assert tmp_path not in chosen.expose and Path("/") not in chosen.expose  # above the home
