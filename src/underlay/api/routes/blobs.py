@@ -9,10 +9,12 @@ import anyio
 import anyio.from_thread
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
 from underlay import identity
 from underlay.api.deps import Ctx
 from underlay.api.limits import UploadSlots
+from underlay.blobs import BlobStore
 from underlay.identity import Action
 from underlay.schemas import BlobRead
 
@@ -116,9 +118,21 @@ def download_blob(project: str, digest: str, ctx: Ctx) -> StreamingResponse:
     resource = f"project:{project}/blob:{digest[:64]}"
     with ctx.unit("blob.read", resource, project=project) as u:
         found = identity.read_project(u.session, project, ctx.actor)
-        blob = ctx.platform.blobs.read_blob(u.session, found.id, digest)
-        chunks = ctx.platform.blobs.open(u.session, found.id, digest)
-        first = next(chunks, b"")  # fail before the status line when the head is corrupt
+        return stream_blob(ctx.platform.blobs, u.session, found.id, digest)
+
+
+def stream_blob(
+    blobs: BlobStore,
+    session: Session,
+    project_id: int,
+    digest: str,
+    media_type: str | None = None,
+) -> StreamingResponse:
+    """A response streaming a blob, decrypted and verified chunk by chunk. The first chunk is
+    read here, inside the caller's unit, so a corrupt head fails before the status line."""
+    blob = blobs.read_blob(session, project_id, digest)
+    chunks = blobs.open(session, project_id, digest)
+    first = next(chunks, b"")
 
     def body() -> Iterator[bytes]:
         if first:
@@ -126,7 +140,7 @@ def download_blob(project: str, digest: str, ctx: Ctx) -> StreamingResponse:
         yield from chunks
 
     headers = {"Content-Length": str(blob.size), "X-Content-SHA256": blob.digest}
-    return StreamingResponse(body(), media_type=blob.media_type, headers=headers)
+    return StreamingResponse(body(), media_type=media_type or blob.media_type, headers=headers)
 
 
 @router.delete("/{digest}", status_code=204)

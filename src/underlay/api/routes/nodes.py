@@ -5,7 +5,6 @@ authorize first thing inside it, so a refusal is audited like any other."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated
 
 import anyio
@@ -14,6 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from underlay import identity
 from underlay.api.deps import Ctx
+from underlay.api.routes.blobs import stream_blob
 from underlay.compute import logs, nodes
 from underlay.compute.inventory import NodeInventory
 from underlay.compute.schemas import (
@@ -169,14 +169,10 @@ def attempt_workdir(name: NodeName, attempt_id: AttemptId, ctx: Ctx) -> Streamin
         _, job = nodes.read_attempt(u.session, node, attempt_id)
         if not job.workdir_digest:
             raise NotFound(f"job {job.id} has no working-folder snapshot")
-        blob = ctx.platform.blobs.read_blob(u.session, job.project_id, job.workdir_digest)
-        chunks = ctx.platform.blobs.open(u.session, job.project_id, job.workdir_digest)
-        first = next(chunks, b"")  # fail before the status line when the head is corrupt
-
-    def body() -> Iterator[bytes]:
-        if first:
-            yield first
-        yield from chunks
-
-    headers = {"Content-Length": str(blob.size), "X-Content-SHA256": blob.digest}
-    return StreamingResponse(body(), media_type="application/octet-stream", headers=headers)
+        return stream_blob(
+            ctx.platform.blobs,
+            u.session,
+            job.project_id,
+            job.workdir_digest,
+            media_type="application/octet-stream",
+        )
