@@ -78,7 +78,7 @@ def test_the_logs_route_streams_a_large_log_exactly(server, admin) -> None:  # t
     for offset in (0, 2 * MIB + 100):
         digest, count = hashlib.sha256(), 0
         url = f"{server.url}/api/v1/projects/vision/jobs/{job.id}/logs"
-        with httpx.stream("GET", url, params={"offset": offset}, headers=headers) as r:
+        with httpx.stream("GET", url, params={"offset": offset}, headers=headers, timeout=60) as r:
             assert r.status_code == 200
             for chunk in r.iter_bytes():
                 digest.update(chunk)
