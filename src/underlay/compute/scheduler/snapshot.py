@@ -196,6 +196,25 @@ class Running:
 
 
 @dataclass(frozen=True, slots=True)
+class Claim:
+    """Room that a preemption freed, held for the workload it was made for.
+
+    ``decide`` returns the claims it made or kept (:attr:`Decisions.claims`) and the caller
+    hands them back in the next snapshot. ``victims`` are the running workloads the claimant
+    waits for (told to stop at ``since``); ``nodes`` are where it will start, on
+    ``gpu_type``. While a victim is still leaving, nothing else may use those nodes; once
+    they are all gone the claimant is placed before any other work, or the claim is
+    abandoned with a reason.
+    """
+
+    workload_id: str
+    victims: tuple[str, ...]
+    nodes: tuple[str, ...]
+    gpu_type: str | None
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
 class Quota:
     """A project's guaranteed accelerators of one type, and how many more it may borrow.
 
@@ -300,3 +319,4 @@ class Snapshot:
     quotas: tuple[Quota, ...] = ()
     config: PolicyConfig = field(default_factory=PolicyConfig)
     demand: tuple[Demand, ...] = ()
+    claims: tuple[Claim, ...] = ()
