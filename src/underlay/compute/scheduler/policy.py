@@ -294,7 +294,7 @@ class _Round:
         # Capacity, victims and quota headroom only shrink during a round: a workload just
         # like one that already failed fails the same way, for the same reason.
         level = service_level(w.attained_service, self.cfg.service_levels)
-        verdict = (_shape(w, inside[0]), len(inside), w.project, w.priority, level)
+        verdict = (_shape(w, inside[0]), len(inside), w.project, w.priority, level, w.displaced)
         known = self.failed.get(verdict)
         if known is not None:
             self.waits.append(Wait(w.id, known))
@@ -314,7 +314,7 @@ class _Round:
         # the project's usage is part of the key so the reason quotes the current figures.
         level = service_level(w.attained_service, self.cfg.service_levels)
         used = ledger.used.get((w.project, first), 0)
-        verdict = ("borrow", _shape(w, first), w.project, w.priority, level, used)
+        verdict = ("borrow", _shape(w, first), w.project, w.priority, level, used, w.displaced)
         known = self.failed.get(verdict)
         if known is not None:
             self.waits.append(Wait(w.id, known))
@@ -370,7 +370,7 @@ class _Round:
             return False
         level = service_level(w.attained_service, self.cfg.service_levels)
         for t in types:
-            memo = (_shape(w, t), w.project, w.priority, level, guaranteed)
+            memo = (_shape(w, t), w.project, w.priority, level, guaranteed, w.displaced)
             if memo in self.noplan or self.attempts_left <= 0:
                 continue
             if t is not None and not _hostable(self.state, w, t):

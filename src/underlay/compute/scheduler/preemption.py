@@ -192,6 +192,8 @@ class Preemptor:
             found = self._collect(claimant, gpu_type, guaranteed)
             self._eligible[memo] = found
         taken = self.taken
+        if claimant.displaced:  # never preempt the same workload twice for one claimant
+            taken = taken | set(claimant.displaced)
         fresh = [v for v in found if v[0].workload.id not in taken]
         draining = [v for v in fresh if not v[1]]
         return draining + [v for v in fresh if v[1]][:MAX_VICTIMS]

@@ -150,7 +150,9 @@ class Workload:
     (a service, an interactive session) is never chosen as a victim, and so never borrows
     capacity it could not give back. ``attained_service`` is accelerator-
     seconds (shares times seconds) already received in earlier runs; the policy never needs a
-    duration estimate.
+    duration estimate. ``displaced`` lists the workloads already preempted for this one (the
+    caller adds each victim of a :class:`~underlay.compute.scheduler.decisions.Preempt` to its
+    claimant): none of them is ever preempted for it again.
     """
 
     id: str
@@ -162,6 +164,7 @@ class Workload:
     submit_time: float = 0.0
     attained_service: float = 0.0
     preemptible: bool = True
+    displaced: tuple[str, ...] = ()
 
     @property
     def gpu_share(self) -> int:

@@ -285,6 +285,10 @@ class Simulation:
             self.running[p.workload_id] = replace(run, draining_until=self.clock + p.grace_s)
             self.preemptions += 1
             self.preempt_log.append((self.clock, p.workload_id, p.for_workload))
+            claimant = self.pending.get(p.for_workload)
+            if claimant is not None:
+                displaced = (*claimant.displaced, p.workload_id)
+                self.pending[p.for_workload] = replace(claimant, displaced=displaced)
             self._push(self.clock + p.grace_s, 1, p.workload_id)
         for place in d.places:
             w = self._dequeue(place.workload_id)
