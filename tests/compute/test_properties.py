@@ -383,8 +383,29 @@ def _borrowed(snap: Snapshot) -> dict[tuple[str, str], int]:
     return {key: max(0, amount - guarantee[key]) for key, amount in held.items()}
 
 
-@COMMON
-@given(snapshots())
+@st.composite
+def crowded(draw: st.DrawFn) -> Snapshot:
+    """Two 8-GPU nodes crowded with small jobs of p1 (some on p1's guarantee, some borrowed)
+    and p0 claiming its guarantee: where reclaim is tempted to take too much."""
+    runs: list[Running] = []
+    frees: dict[str, list[int]] = {"n0": [1000] * 8, "n1": [1000] * 8}
+    for name, free in frees.items():
+        for g in range(draw(st.integers(2, 8))):
+            w = Workload(f"r{len(runs)}", "p1", Request(0, 0, gpus=1))
+            started = float(draw(st.integers(0, 90)))
+            runs.append(Running(w, (WorkerPlacement(name, (g,)),), started, "A100"))
+            free[g] = 0
+    nodes = tuple(
+        Node(n, 32000, 65536, 32000, 65536, tuple(Accelerator("A100", 16384, f) for f in fs))
+        for n, fs in frees.items()
+    )
+    quotas = (Quota("p0", "A100", 8), Quota("p1", "A100", draw(st.integers(0, 8))))
+    claim = Workload("c", "p0", Request(0, 0, gpus=draw(st.sampled_from([2, 4, 8]))))
+    return Snapshot(100.0, nodes, tuple(runs), (claim,), quotas, POLICIES["default"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(snapshots(), crowded(), crowded()))
 def test_reclaim_and_borrowing_take_at_most_what_the_victim_project_borrows(
     snap: Snapshot,
 ) -> None:
