@@ -118,8 +118,10 @@ class _Round:
         self.abandoned: list[Abandon] = []
         self.no_preempt: set[str] = set()
         # Workloads still leaving for a claim made earlier: their room is promised.
-        leaving = {r.workload.id for r in snapshot.running if r.draining_until is not None}
-        promised = frozenset(v for c in snapshot.claims for v in c.victims if v in leaving)
+        promised: frozenset[str] = frozenset()
+        if snapshot.claims:
+            leaving = {r.workload.id for r in snapshot.running if r.draining_until is not None}
+            promised = frozenset(v for c in snapshot.claims for v in c.victims if v in leaving)
         self.preemptor = Preemptor(
             cfg, snapshot.clock, self.state, snapshot.running, self.ledger, promised
         )
@@ -178,6 +180,8 @@ class _Round:
 
     def _honour_claims(self) -> set[str]:
         """Hold or hand over the room of each claim; returns the claimants decided here."""
+        if not self.snap.claims:
+            return set()
         pending = {w.id: w for w in self.snap.pending}
         leaving = {r.workload.id for r in self.snap.running if r.draining_until is not None}
         ready: list[tuple[Claim, Workload]] = []
