@@ -144,7 +144,9 @@ def test_skipped_rows_are_listed_on_stderr_with_their_lines_and_reasons(tmp_path
     )
     done = underlay("--trace", str(path), "--cluster", "1x1xA100", "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["skipped_rows"] == 7
+    report = json.loads(done.stdout)
+    assert report["skipped_rows"] == 7
+    assert report["skipped"][0] == {"line": 4, "reason": "submit_s 'soon' is not a number"}
     lines = done.stderr.splitlines()
     assert lines[0] == "skipped 7 trace row(s) that could not be read:"
     assert lines[1] == "  line 4: submit_s 'soon' is not a number"
