@@ -112,3 +112,43 @@ def test_openb_default_policy_leaves_fewer_gpus_unallocatable_than_first_fit():
     first_fit = json.loads(underlay("--trace", "openb", "--policy", "first-fit", "--json").stdout)
     ours = json.loads(underlay("--trace", "openb", "--json").stdout)
     assert ours["unallocated_gpus"] < first_fit["unallocated_gpus"]
+
+
+def test_the_preemption_livelock_trace_replays_with_at_most_one_preemption(tmp_path: Path):
+    # Issue 9: Y, above project b's guarantee, used to preempt W and X (within it) every
+    # minute for ever; 1,607 preemptions and Y never started before W and X finished.
+    path = tmp_path / "livelock.csv"
+    path.write_text(
+        "id,project,submit_s,duration_s,gpus,gang\n"
+        "Z,a,0,100000,8,1\n"
+        "W,b,0,100000,8,1\n"
+        "X,b,0,100000,8,1\n"
+        "Y,b,3600,3600,8,2\n"
+    )
+    done = underlay("--trace", str(path), "--cluster", "4x8xA100", "--policy", "default", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["finished"] == 4
+    assert report["preemptions"] <= 1
+    assert report["makespan_s"] <= 103_620.0  # no worse than first-fit on this trace
+
+
+def test_skipped_rows_are_listed_on_stderr_with_their_lines_and_reasons(tmp_path: Path):
+    path = tmp_path / "bad.csv"
+    rows = [f"bad{i},p,soon,10,1" for i in range(7)]
+    path.write_text(
+        "id,project,submit_s,duration_s,gpus\n"
+        'ok,"a\nb",0,10,1\n'  # lines 2-3
+        + "\n".join(rows)  # lines 4-10
+        + "\n"
+    )
+    done = underlay("--trace", str(path), "--cluster", "1x1xA100", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["skipped_rows"] == 7
+    assert report["skipped"][0] == {"line": 4, "reason": "submit_s 'soon' is not a number"}
+    lines = done.stderr.splitlines()
+    assert lines[0] == "skipped 7 trace row(s) that could not be read:"
+    assert lines[1] == "  line 4: submit_s 'soon' is not a number"
+    assert lines[5] == "  line 8: submit_s 'soon' is not a number"
+    assert lines[6] == "  ... and 2 more"

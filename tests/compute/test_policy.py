@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from underlay.compute.scheduler import (
+    Claim,
     Decisions,
     PowerModel,
     Quota,
@@ -140,6 +141,94 @@ def test_work_within_its_own_guarantee_is_never_reclaimed():
     d = decide(snapshot(nodes, [job("v", gpus=8)], running=runs, quotas=quotas))
     assert not d.preempts
     assert "v" in waiting(d)
+
+
+def test_a_borrowing_claimant_never_preempts_its_own_project_within_its_guarantee():
+    # The livelock of issue 9: b runs W and X within its 16 guaranteed GPUs; Y, above the
+    # guarantee, used to preempt them by service level, lose the room to them again in the
+    # guaranteed pass of the next round, and preempt them again, forever.
+    quotas = [Quota("a", "A100", 16), Quota("b", "A100", 16)]
+    runs = [
+        running_on(job(wid, project, gpus=8), [(f"n{i}", tuple(range(8)))], started=0.0)
+        for i, (wid, project) in enumerate([("Z", "a"), ("W", "b"), ("X", "b")])
+    ]
+    nodes = occupy([node(f"n{i}") for i in range(4)], runs)
+    claimant = job("Y", "b", gpus=8, gang=2, submit=3600.0)
+    d = decide(snapshot(nodes, [claimant], running=runs, quotas=quotas, clock=3660.0))
+    assert not d.preempts
+    assert re.search(r"project b uses 16 of its 16 guaranteed A100; no idle A100", waiting(d)["Y"])
+
+
+def _b_holds(spots: list[tuple[str, int]]) -> tuple[list, tuple]:
+    runs = [
+        running_on(job(f"b{i}", "b", gpus=1), [(n, (g,))], started=float(i))
+        for i, (n, g) in enumerate(spots)
+    ]
+    return runs, occupy([node("n0"), node("n1")], runs)
+
+
+def test_reclaim_takes_at_most_what_the_victim_project_borrows():
+    # b holds 9 GPUs with a guarantee of 8: it borrows 1, so a's claim may take 1 GPU of it
+    # and no more. 4 of b's jobs share n0 with 4 free GPUs: a does not preempt them, it waits.
+    quotas = [Quota("a", "A100", 8), Quota("b", "A100", 8)]
+    runs, nodes = _b_holds([("n0", g) for g in range(4)] + [("n1", g) for g in range(5)])
+    d = decide(snapshot(nodes, [job("a8", "a", gpus=8)], running=runs, quotas=quotas, clock=99.0))
+    assert not d.preempts
+    assert "a8" in waiting(d)
+    # With 7 GPUs free beside the one b borrows on n0, that one is all reclaim takes.
+    runs, nodes = _b_holds([("n0", 0)] + [("n1", g) for g in range(8)])
+    d = decide(snapshot(nodes, [job("a8", "a", gpus=8)], running=runs, quotas=quotas, clock=99.0))
+    assert [p.workload_id for p in d.preempts] == ["b0"]
+    assert d.preempts[0].reason.endswith("b0 borrows it")
+
+
+def test_the_room_freed_by_a_preemption_is_held_for_its_claimant_until_it_starts():
+    quotas = [Quota("vision", "A100", 8), Quota("nlp", "A100", 8)]
+    own = running_on(job("own", "nlp", gpus=8), [("n1", tuple(range(8)))], started=0.0)
+    old = running_on(job("old", "nlp", gpus=4), [("n0", (0, 1, 2, 3))], started=0.0)
+    new = running_on(job("new", "nlp", gpus=4), [("n0", (4, 5, 6, 7))], started=900.0)
+    runs = [own, old, new]
+    nodes = [node("n0"), node("n1")]
+    v = job("v", gpus=4, submit=950.0)
+    first = decide(snapshot(occupy(nodes, runs), [v], running=runs, quotas=quotas, clock=1000.0))
+    assert [(p.workload_id, p.for_workload) for p in first.preempts] == [("new", "v")]
+    assert [(c.workload_id, c.victims, c.nodes) for c in first.claims] == [("v", ("new",), ("n0",))]
+
+    # During the grace period the room stays held and nothing else is preempted for v.
+    leaving = [own, old, replace(new, draining_until=1030.0)]
+    rival = job("rival", gpus=4, priority=5, submit=1010.0)
+    snap = replace(
+        snapshot(occupy(nodes, leaving), [v, rival], running=leaving, quotas=quotas, clock=1020.0),
+        claims=first.claims,
+    )
+    during = decide(snap)
+    assert "held for it on node n0" in waiting(during)["v"]
+    assert [c.workload_id for c in during.claims] == ["v"]
+    assert all(p.for_workload != "v" for p in during.preempts)
+
+    # Once the victim is gone, v starts there before rival (a higher priority class of the
+    # same project, which would otherwise go first and take the room).
+    after = [own, old]
+    back = replace(new.workload, attained_service=1000.0)
+    snap = replace(
+        snapshot(
+            occupy(nodes, after), [v, rival, back], running=after, quotas=quotas, clock=1060.0
+        ),
+        claims=during.claims,
+    )
+    d = decide(snap)
+    assert placed(d)["v"] == [("n0", (4, 5, 6, 7), 1000)]
+    assert "v" not in {c.workload_id for c in d.claims} and not d.abandoned
+
+
+def test_a_claim_whose_claimant_left_is_abandoned_with_a_reason():
+    claim = Claim("gone", ("victim",), ("n0",), "A100", 10.0)
+    snap = replace(snapshot([node("n0")], [job("x", gpus=8)], clock=60.0), claims=(claim,))
+    d = decide(snap)
+    assert [(a.workload_id, a.victims, a.reason) for a in d.abandoned] == [
+        ("gone", ("victim",), "gone is no longer waiting")
+    ]
+    assert "x" in placed(d)
 
 
 # -- priority classes and fair share ------------------------------------------------------

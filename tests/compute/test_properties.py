@@ -20,6 +20,8 @@ from underlay.compute.scheduler import (
     decide,
 )
 from underlay.compute.scheduler.codec import decisions_from_json, snapshot_from_json, to_json
+from underlay.compute.simulator import Simulation, Trace, TraceJob
+from underlay.compute.simulator.cluster import parse_spec, quotas_from_weights
 
 TYPES = ["A100", "T4"]
 
@@ -366,3 +368,106 @@ def test_random_submit_finish_cancel_sequences_keep_every_invariant(ops, config_
             else:
                 cluster.release(wid)
         cluster.apply(cluster.snapshot(config_name))
+
+
+# -- preemption: bounded by what is borrowed, and always for a claimant that starts ---------
+
+
+def _borrowed(snap: Snapshot) -> dict[tuple[str, str], int]:
+    """What each (project, type) runs above its guarantee, not counting work already leaving."""
+    held: dict[tuple[str, str], int] = defaultdict(int)
+    for r in snap.running:
+        if r.gpu_type and r.draining_until is None:
+            held[(r.workload.project, r.gpu_type)] += r.workload.gpu_share
+    guarantee = _guarantee(snap)
+    return {key: max(0, amount - guarantee[key]) for key, amount in held.items()}
+
+
+@st.composite
+def crowded(draw: st.DrawFn) -> Snapshot:
+    """Two 8-GPU nodes crowded with small jobs of p1 (some on p1's guarantee, some borrowed)
+    and p0 claiming its guarantee: where reclaim is tempted to take too much."""
+    runs: list[Running] = []
+    frees: dict[str, list[int]] = {"n0": [1000] * 8, "n1": [1000] * 8}
+    for name, free in frees.items():
+        for g in range(draw(st.integers(2, 8))):
+            w = Workload(f"r{len(runs)}", "p1", Request(0, 0, gpus=1))
+            started = float(draw(st.integers(0, 90)))
+            runs.append(Running(w, (WorkerPlacement(name, (g,)),), started, "A100"))
+            free[g] = 0
+    nodes = tuple(
+        Node(n, 32000, 65536, 32000, 65536, tuple(Accelerator("A100", 16384, f) for f in fs))
+        for n, fs in frees.items()
+    )
+    quotas = (Quota("p0", "A100", 8), Quota("p1", "A100", draw(st.integers(0, 8))))
+    claim = Workload("c", "p0", Request(0, 0, gpus=draw(st.sampled_from([2, 4, 8]))))
+    return Snapshot(100.0, nodes, tuple(runs), (claim,), quotas, POLICIES["default"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(snapshots(), crowded(), crowded()))
+def test_reclaim_and_borrowing_take_at_most_what_the_victim_project_borrows(
+    snap: Snapshot,
+) -> None:
+    if not (snap.config.quotas and snap.quotas):
+        return
+    d = decide(snap)
+    running = {r.workload.id: r for r in snap.running}
+    pending = {w.id: w for w in snap.pending}
+    guarantee = _guarantee(snap)
+    used: dict[tuple[str, str], int] = defaultdict(int)
+    for r in snap.running:
+        if r.gpu_type:
+            used[(r.workload.project, r.gpu_type)] += r.workload.gpu_share
+    taken: dict[tuple[str, str], int] = defaultdict(int)
+    for p in d.preempts:
+        victim = running[p.workload_id]
+        claimant = pending[p.for_workload]
+        key = (victim.workload.project, str(victim.gpu_type))
+        own = (claimant.project, str(victim.gpu_type))
+        borrows = used[own] + claimant.gpu_share > guarantee[own]
+        if victim.workload.project != claimant.project or borrows:
+            taken[key] += victim.workload.gpu_share
+    borrowed = _borrowed(snap)
+    for key, amount in taken.items():
+        assert amount <= borrowed.get(key, 0), (key, amount, borrowed)
+
+
+TRACE_JOBS = st.lists(
+    st.tuples(
+        st.sampled_from(["p0", "p1", "p2"]),
+        st.integers(0, 40).map(lambda m: 60.0 * m),
+        st.integers(1, 400).map(lambda m: 60.0 * m),
+        st.sampled_from([1, 2, 4, 8]),
+        st.sampled_from([1, 1, 2]),
+        st.integers(0, 2),
+    ),
+    min_size=1,
+    max_size=14,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(TRACE_JOBS, st.sampled_from(["default", "las"]), st.sampled_from(["2x8xA100", "3x4xA100"]))
+def test_every_preemption_lets_its_claimant_start_or_is_abandoned_on_record(
+    rows, policy: str, spec: str
+) -> None:
+    jobs = [
+        TraceJob(
+            Workload(f"j{i}", project, Request(gpus=gpus), gang, priority, submit_time=submit),
+            duration,
+        )
+        for i, (project, submit, duration, gpus, gang, priority) in enumerate(rows)
+    ]
+    nodes = parse_spec(spec)
+    quotas = quotas_from_weights(nodes, [(p, 1.0) for p in ("p0", "p1", "p2")])
+    config = POLICIES[policy]
+    sim = Simulation(Trace.of("random", jobs), nodes, quotas, config, interval_s=60.0)
+    sim.run()
+    deadline = config.grace_s + sim.interval_s
+    pairs = [(victim, claimant) for _, victim, claimant in sim.preempt_log]
+    assert len(pairs) == len(set(pairs)), "a workload was preempted twice for one claimant"
+    for at, victim, claimant in sim.preempt_log:
+        started = any(w == claimant and at <= t <= at + deadline for t, w in sim.start_log)
+        abandoned = any(w == claimant and at <= t <= at + deadline for t, w, _ in sim.abandon_log)
+        assert started or abandoned, (at, victim, claimant, sim.start_log, sim.abandon_log)

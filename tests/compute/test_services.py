@@ -21,7 +21,7 @@ from underlay.audit import AuditLog
 from underlay.compute import budgets, jobs, ledger, loop, nodes, snapshots
 from underlay.compute.inventory import AcceleratorInfo, NodeInventory
 from underlay.compute.models import AcceleratorRow, Job, JobAttempt
-from underlay.compute.scheduler import decide, policy_config
+from underlay.compute.scheduler import Claim, decide, policy_config
 from underlay.compute.schemas import AttemptEnded, JobCreate
 from underlay.compute.states import ALLOWED, JobState, check_transition, is_final
 from underlay.config import ComputeSettings, Settings
@@ -448,3 +448,22 @@ def test_an_agent_token_speaks_for_its_node_only(w: World) -> None:
         with pytest.raises(PermissionDenied, match="agent token"):
             identity.authorize(actor, action, project)
     assert actor.scope.project_ids == frozenset()  # it sees no project's rows
+
+
+def test_the_live_loop_holds_the_room_of_a_preemption_for_its_claimant(w: World) -> None:
+    beat(w, inventory(gpu(0), gpu(1)))
+    low, _ = submit(w, gpus=2, priority="low")
+    assert round_(w) == 1
+    with w.db.session(Scope.everything()) as s:  # it has run past the minimum run time
+        job = s.get(Job, low)
+        assert job is not None
+        job.admitted_at = utcnow() - dt.timedelta(seconds=600)
+    high, _ = submit(w, gpus=2, priority="high")
+    claims: list[Claim] = []
+    assert loop.run_round(w.db, w.audit, w.settings, claims=claims) == 0
+    assert read(w, low).stop_requested == "preempt"
+    assert [c.workload_id for c in claims] == [str(high)]
+    # While low is leaving, the next round keeps the claim and says where the room is held.
+    assert loop.run_round(w.db, w.audit, w.settings, claims=claims) == 0
+    assert [c.workload_id for c in claims] == [str(high)]
+    assert f"the room is held for it on node {NODE}" in read(w, high).reason

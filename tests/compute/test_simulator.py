@@ -61,16 +61,30 @@ def test_requests_no_node_can_hold_are_counted_as_rejected():
 
 def test_the_owner_reclaims_borrowed_gpus_and_the_victim_resumes_later():
     jobs = [
-        _job("borrow", 0, 1000, gpus=4, project="a", gang=2),
+        _job("borrow", 0, 1000, gpus=4, project="a"),
+        _job("mine", 0, 1000, gpus=4, project="a"),
         _job("own", 100, 100, gpus=4, project="b"),
     ]
     quotas = quotas_from_weights(parse_spec("2x4xA100"), [("a", 1.0), ("b", 1.0)])
     r = _run(Trace.of("t", jobs), "2x4xA100", "default", quotas, interval_s=0)
     assert r.preemptions == 1
-    assert r.finished == 2
+    assert r.finished == 3
     # own waits for the 30 s grace period; borrow loses 60 s of work on restart and resumes
     # when own is done: own 100+30..230, borrow has 1000-130+60 = 930 s left from 230.
     assert r.makespan_s == pytest.approx(230 + 930)
+
+
+def test_reclaim_never_takes_more_than_the_project_borrows_even_for_a_gang():
+    # a borrows 4 GPUs, but as half of one 8-GPU gang: stopping it would take 8 from a, 4 of
+    # them within its guarantee, so b waits for idle capacity instead.
+    jobs = [
+        _job("borrow", 0, 1000, gpus=4, project="a", gang=2),
+        _job("own", 100, 100, gpus=4, project="b"),
+    ]
+    quotas = quotas_from_weights(parse_spec("2x4xA100"), [("a", 1.0), ("b", 1.0)])
+    r = _run(Trace.of("t", jobs), "2x4xA100", "default", quotas, interval_s=0)
+    assert r.preemptions == 0
+    assert r.finished == 2 and r.makespan_s == pytest.approx(1100)
 
 
 def test_a_hold_until_the_end_replay_reports_what_could_not_be_allocated():

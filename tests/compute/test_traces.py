@@ -67,10 +67,38 @@ def test_malformed_rows_are_skipped_and_counted_with_their_line_numbers(tmp_path
     ]
 
 
+def test_a_utf8_byte_order_mark_is_read_as_part_of_nothing(tmp_path: Path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("id,submit_s,duration_s,gpus\na,0,10,1\n".encode("utf-8-sig"))
+    trace = load_csv(path)
+    assert [j.workload.id for j in trace.jobs] == ["a"] and trace.skipped_count == 0
+
+
+def test_line_numbers_stay_right_after_a_quoted_field_with_a_newline(tmp_path: Path):
+    body = (
+        'ok,"two\nlines",0,10,1,,,,,\n'  # lines 2-3
+        "bad,p,soon,10,1,,,,,\n"  # line 4
+        '"multi\nline\nid",p,later,10,1,,,,,\n'  # lines 5-7
+        "bad2,p,0,10,x,,,,,\n"  # line 8
+    )
+    trace = load_csv(_csv(tmp_path, body))
+    assert [j.workload.project for j in trace.jobs] == ["two\nlines"]
+    assert [(s.line, s.reason) for s in trace.skipped] == [
+        (4, "submit_s 'soon' is not a number"),
+        (5, "submit_s 'later' is not a number"),
+        (8, "gpus 'x' is not a whole number"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("header", "body", "match"),
     [
         ("", "", r"empty file; expected a header row"),
+        (
+            "id,submit_s,duration_s,gpus,gpus\n",
+            "a,0,1,1,2\n",
+            r"column\(s\) gpus appear more than once in the header",
+        ),
         ("id,project,gpus\n", "a,p,1\n", r"missing column\(s\) submit_s, duration_s"),
         ("id,submit_s,duration_s,colour\n", "a,0,1,red\n", r"unknown column\(s\) colour"),
         ("id,submit_s,duration_s\n", "a,x,1\n", r"no usable job rows \(first problem: line 2"),

@@ -60,6 +60,9 @@ CarbonOpt = Annotated[
     ),
 ]
 
+SHOWN_SKIPS = 5
+"""Skipped trace rows listed on stderr; the rest are counted."""
+
 ROWS = (
     ("jobs", "jobs"),
     ("finished", "finished"),
@@ -111,6 +114,7 @@ def simulate(
     except (UnderlayError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
+    _print_skipped(report)
     if json_output:
         print(json.dumps(report))
         return
@@ -150,6 +154,21 @@ def _run(
         overrides=overrides,
     )
     return report.as_dict()
+
+
+def _print_skipped(report: dict[str, Any]) -> None:
+    """Say on stderr which trace rows were skipped (the first few) and why."""
+    count = report["skipped_rows"]
+    if not count:
+        return
+    from underlay.logs import escape_control
+
+    shown = report["skipped"][:SHOWN_SKIPS]
+    print(f"skipped {count} trace row(s) that could not be read:", file=sys.stderr)
+    for row in shown:
+        print(f"  line {row['line']}: {escape_control(row['reason'])}", file=sys.stderr)
+    if count > len(shown):
+        print(f"  ... and {count - len(shown)} more", file=sys.stderr)
 
 
 def _table(report: dict[str, Any]) -> None:

@@ -4,6 +4,10 @@ One loop runs per deployment: every server process may start one, and the one th
 leader lock (a PostgreSQL advisory lock on a dedicated connection, or a file lock beside the
 SQLite database) works while the others wait to take over. Each round is one transaction,
 so a crash mid-apply neither loses nor doubles a placement.
+
+The room that a preemption frees is held for its claimant across rounds (the policy's
+:class:`~underlay.compute.scheduler.Claim`); the leader keeps those claims in memory, so a new
+leader starts with none and a claimant whose victims already left simply competes again.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ import fcntl
 import logging
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from sqlalchemy import text
 
 from underlay.audit import AuditLog
 from underlay.compute.nodes import mark_lost_nodes
-from underlay.compute.scheduler import decide, policy_config
+from underlay.compute.scheduler import Claim, decide, policy_config
 from underlay.compute.snapshots import apply_decisions, build_snapshot
 from underlay.config import Settings
 from underlay.store import Database, Scope
@@ -31,12 +36,18 @@ _LEADER_LOCK_ID = 0x756E6C70  # "unlp"
 
 
 def run_round(
-    db: Database, audit: AuditLog, settings: Settings, leader_since: dt.datetime | None = None
+    db: Database,
+    audit: AuditLog,
+    settings: Settings,
+    leader_since: dt.datetime | None = None,
+    claims: list[Claim] | None = None,
 ) -> int:
     """One scheduling round; returns how many jobs it admitted.
 
     Nodes are judged lost only once this loop has led for ``node_lost_after_s`` itself: after
     a server outage, heartbeats were missing because the server was down, not the nodes.
+    ``claims`` carries the preemption claims from one round to the next: it is read into the
+    snapshot and, once the round is written, replaced by the claims the policy keeps.
     """
     config = policy_config(settings.compute.policy)
     lost_after = settings.compute.node_lost_after_s
@@ -46,9 +57,18 @@ def run_round(
             mark_lost_nodes(session, audit, lost_after, settings)
         snapshot, index = build_snapshot(session, config, now)
         if not snapshot.pending and not snapshot.running:
+            if claims:
+                claims.clear()
             return 0
+        if claims:
+            snapshot = replace(snapshot, claims=tuple(claims))
         decisions = decide(snapshot)
-        return apply_decisions(session, audit, decisions, index, now)
+        admitted = apply_decisions(session, audit, decisions, index, now)
+    for gone in decisions.abandoned:
+        log.info("preemption claim of job %s abandoned: %s", gone.workload_id, gone.reason)
+    if claims is not None:
+        claims[:] = decisions.claims
+    return admitted
 
 
 class SchedulerLoop:
@@ -85,9 +105,10 @@ class SchedulerLoop:
     def _lead(self) -> None:
         interval = self.settings.compute.loop_interval_s
         leader_since = utcnow()
+        claims: list[Claim] = []
         while not self._stop.is_set():
             try:
-                admitted = run_round(self.db, self.audit, self.settings, leader_since)
+                admitted = run_round(self.db, self.audit, self.settings, leader_since, claims)
             except Exception:
                 log.exception("scheduling round failed")
                 admitted = 0

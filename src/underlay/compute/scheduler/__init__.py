@@ -9,12 +9,20 @@ the named configurations, :mod:`.codec` their JSON form, and one module per rule
 
 from __future__ import annotations
 
-from underlay.compute.scheduler.decisions import Decisions, Place, Preempt, Reject, Wait
+from underlay.compute.scheduler.decisions import (
+    Abandon,
+    Decisions,
+    Place,
+    Preempt,
+    Reject,
+    Wait,
+)
 from underlay.compute.scheduler.policies import POLICIES, policy_config
 from underlay.compute.scheduler.policy import decide
 from underlay.compute.scheduler.snapshot import (
     WHOLE,
     Accelerator,
+    Claim,
     Demand,
     Node,
     PolicyConfig,
@@ -31,7 +39,9 @@ from underlay.compute.scheduler.snapshot import (
 __all__ = [
     "POLICIES",
     "WHOLE",
+    "Abandon",
     "Accelerator",
+    "Claim",
     "Decisions",
     "Demand",
     "Node",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from underlay.compute.scheduler.snapshot import WorkerPlacement
+from underlay.compute.scheduler.snapshot import Claim, WorkerPlacement
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,16 +51,30 @@ class Reject:
 
 
 @dataclass(frozen=True, slots=True)
+class Abandon:
+    """The preemption claim of ``workload_id`` is given up (its victims may have left in vain);
+    ``reason`` says why. Recorded so that no preemption goes unaccounted for."""
+
+    workload_id: str
+    victims: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Decisions:
     """One decision round. ``recheck_at`` is the earliest clock at which the answer could change
     with no new event (a low-carbon window opens, a workload becomes preemptible); None if
-    only an event (arrival, finish, node change) can change it."""
+    only an event (arrival, finish, node change) can change it. ``claims`` is the room held
+    for claimants of preemptions, to pass in the next snapshot; ``abandoned`` the claims given
+    up this round."""
 
     places: tuple[Place, ...] = ()
     preempts: tuple[Preempt, ...] = ()
     waits: tuple[Wait, ...] = ()
     rejects: tuple[Reject, ...] = ()
     recheck_at: float | None = None
+    claims: tuple[Claim, ...] = ()
+    abandoned: tuple[Abandon, ...] = ()
 
     def reason(self, workload_id: str) -> str | None:
         """The wait or reject reason for one workload (None if it was placed or is unknown)."""

@@ -13,6 +13,12 @@ The round applies the rules in a fixed order, each one its own module:
 5. **borrowing pass**: work above its project's guarantee runs on capacity still idle after
    every guaranteed claim, and is marked borrowed (the first to be reclaimed later).
 
+Before all of these, the **claims** of earlier preemptions (:class:`.Claim`) are honoured: a
+preemption is made for one claimant, and the room it frees stays held for that claimant, on
+the planned nodes, until the claimant starts there (first, before any other work) or the
+claim is abandoned with a recorded reason. So a preemption never frees room for someone
+else, and its claimant never plans a second one while it waits.
+
 No I/O, no globals, no clock but ``snapshot.clock``: the same input gives the same decisions,
 which is what lets the simulator measure exactly what the live loop runs. Within a round,
 "nothing of shape X fits" is remembered, because capacity only shrinks during a round; that
@@ -24,8 +30,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import chain
 
-from underlay.compute.scheduler.cluster import ClusterState
-from underlay.compute.scheduler.decisions import Decisions, Place, Preempt, Reject, Wait
+from underlay.compute.scheduler.cluster import Alloc, ClusterState
+from underlay.compute.scheduler.decisions import Abandon, Decisions, Place, Preempt, Reject, Wait
 from underlay.compute.scheduler.energy import hold_reason, type_order
 from underlay.compute.scheduler.feasibility import never_fits
 from underlay.compute.scheduler.fragmentation import FragModel
@@ -34,7 +40,7 @@ from underlay.compute.scheduler.packing import Cursors, place_workers
 from underlay.compute.scheduler.preemption import Plan, Preemptor
 from underlay.compute.scheduler.quota import FairShare, QuotaLedger, gpus_text
 from underlay.compute.scheduler.reservation import hold_for
-from underlay.compute.scheduler.snapshot import Snapshot, WorkerPlacement, Workload
+from underlay.compute.scheduler.snapshot import Claim, Snapshot, WorkerPlacement, Workload
 from underlay.errors import InvalidInput
 
 MAX_PREEMPTORS = 16
@@ -108,7 +114,17 @@ class _Round:
                         ((r.workload.request, 1) for r in snapshot.running),
                     )
                 )
-        self.preemptor = Preemptor(cfg, snapshot.clock, self.state, snapshot.running, self.ledger)
+        self.claims: list[Claim] = []
+        self.abandoned: list[Abandon] = []
+        self.no_preempt: set[str] = set()
+        # Workloads still leaving for a claim made earlier: their room is promised.
+        promised: frozenset[str] = frozenset()
+        if snapshot.claims:
+            leaving = {r.workload.id for r in snapshot.running if r.draining_until is not None}
+            promised = frozenset(v for c in snapshot.claims for v in c.victims if v in leaving)
+        self.preemptor = Preemptor(
+            cfg, snapshot.clock, self.state, snapshot.running, self.ledger, promised
+        )
         self.places: list[Place] = []
         self.preempts: list[Preempt] = []
         self.waits: list[Wait] = []
@@ -129,7 +145,10 @@ class _Round:
     def run(self) -> Decisions:
         candidates: list[Workload] = []
         windows = bool(self.cfg.low_carbon_windows)
+        claimed = self._honour_claims()
         for w in self.snap.pending:
+            if w.id in claimed:
+                continue
             reason = self._reject(w)
             if reason is not None:
                 self.rejects.append(Reject(w.id, reason))
@@ -153,7 +172,89 @@ class _Round:
             tuple(self.waits),
             tuple(self.rejects),
             self.recheck,
+            tuple(self.claims),
+            tuple(self.abandoned),
         )
+
+    # -- claims of earlier preemptions ---------------------------------------------------
+
+    def _honour_claims(self) -> set[str]:
+        """Hold or hand over the room of each claim; returns the claimants decided here."""
+        if not self.snap.claims:
+            return set()
+        pending = {w.id: w for w in self.snap.pending}
+        leaving = {r.workload.id for r in self.snap.running if r.draining_until is not None}
+        ready: list[tuple[Claim, Workload]] = []
+        waiting: list[tuple[Claim, Workload, list[str]]] = []
+        seen: set[str] = set()
+        for claim in sorted(self.snap.claims, key=lambda c: (c.since, c.workload_id)):
+            w = pending.get(claim.workload_id)
+            if w is None or w.id in seen:
+                why = f"{claim.workload_id} is no longer waiting"
+                self.abandoned.append(Abandon(claim.workload_id, claim.victims, why))
+                continue
+            seen.add(w.id)
+            gone = [v for v in claim.victims if v in leaving]
+            if gone:
+                waiting.append((claim, w, gone))
+            else:
+                ready.append((claim, w))
+        state = self.state
+        for claim, _, _ in waiting:
+            for name in claim.nodes:
+                node = state.index.get(name)
+                if node is not None:
+                    state.reserve(node)
+        decided: set[str] = set()
+        for claim, w in ready:
+            reason = self._start_claimant(claim, w)
+            if reason is None:
+                decided.add(w.id)
+            else:
+                self.abandoned.append(Abandon(w.id, claim.victims, reason))
+                self.no_preempt.add(w.id)
+        for claim, w, gone in waiting:
+            self.claims.append(claim)
+            decided.add(w.id)
+            self.waits.append(
+                Wait(
+                    w.id,
+                    f"waiting for {', '.join(gone)} to release their resources after "
+                    f"preemption; the room is held for it on {_names(list(claim.nodes))}",
+                )
+            )
+        return decided
+
+    def _start_claimant(self, claim: Claim, w: Workload) -> str | None:
+        """Place a claimant whose victims are gone, on its nodes if it fits there; None if
+        placed, else why its claim is abandoned."""
+        t = claim.gpu_type
+        borrowed = False
+        ledger = self.ledger
+        if ledger is not None and t is not None and not ledger.within(w.project, t, w.gpu_share):
+            if not (w.preemptible and ledger.may_borrow(w.project, t, w.gpu_share)):
+                quota = ledger.describe(w.project, t)
+                return f"{quota}; it may no longer take the room held for it"
+            borrowed = True
+        state = self.state
+        allocs: list[Alloc] = []
+        nodes = [n for name in claim.nodes if (n := state.index.get(name)) is not None]
+        for _ in range(w.gang):
+            alloc = next(
+                (a for n in nodes if (a := state.alloc_on(n, w.request, t)) is not None), None
+            )
+            if alloc is None:
+                break
+            state.allocate(alloc)
+            allocs.append(alloc)
+        if len(allocs) == w.gang:
+            self._record_place(w, t, allocs, borrowed)
+            return None
+        for a in reversed(allocs):
+            state.release(a)
+        if self._try_place(w, [t], borrowed):
+            return None
+        return f"the room freed for it is gone: {self._no_fit_reason(w, [t])}"
 
     # -- rules -------------------------------------------------------------------------
 
@@ -197,7 +298,7 @@ class _Round:
         # Capacity, victims and quota headroom only shrink during a round: a workload just
         # like one that already failed fails the same way, for the same reason.
         level = service_level(w.attained_service, self.cfg.service_levels)
-        verdict = (_shape(w, inside[0]), len(inside), w.project, w.priority, level)
+        verdict = (_shape(w, inside[0]), len(inside), w.project, w.priority, level, w.displaced)
         known = self.failed.get(verdict)
         if known is not None:
             self.waits.append(Wait(w.id, known))
@@ -217,7 +318,7 @@ class _Round:
         # the project's usage is part of the key so the reason quotes the current figures.
         level = service_level(w.attained_service, self.cfg.service_levels)
         used = ledger.used.get((w.project, first), 0)
-        verdict = ("borrow", _shape(w, first), w.project, w.priority, level, used)
+        verdict = ("borrow", _shape(w, first), w.project, w.priority, level, used, w.displaced)
         known = self.failed.get(verdict)
         if known is not None:
             self.waits.append(Wait(w.id, known))
@@ -252,6 +353,12 @@ class _Round:
             self.nofit.add(key)
             return False
         t, allocs = placed
+        self._record_place(w, t, allocs, borrowed)
+        return True
+
+    def _record_place(
+        self, w: Workload, t: str | None, allocs: list[Alloc], borrowed: bool
+    ) -> None:
         names = self.state.names
         workers = tuple(WorkerPlacement(names[a.node], a.gpus, a.milli) for a in allocs)
         self.places.append(Place(w.id, workers, t, borrowed))
@@ -259,14 +366,15 @@ class _Round:
             self.ledger.add(w.project, t, w.gpu_share)
         if self.fair is not None:
             self.fair.charge(w, t)
-        return True
 
     def _try_preempt(self, w: Workload, types: Sequence[str | None], guaranteed: bool) -> bool:
         if not self.preemptor.enabled or self.plans_left <= 0 or self.attempts_left <= 0:
             return False
+        if w.id in self.no_preempt:
+            return False
         level = service_level(w.attained_service, self.cfg.service_levels)
         for t in types:
-            memo = (_shape(w, t), w.project, w.priority, level, guaranteed)
+            memo = (_shape(w, t), w.project, w.priority, level, guaranteed, w.displaced)
             if memo in self.noplan or self.attempts_left <= 0:
                 continue
             if t is not None and not _hostable(self.state, w, t):
@@ -277,15 +385,19 @@ class _Round:
                 self.noplan.add(memo)
                 continue
             self.plans_left -= 1
-            self._apply_plan(w, plan)
+            self._apply_plan(w, plan, t)
             return True
         return False
 
-    def _apply_plan(self, w: Workload, plan: Plan) -> None:
+    def _apply_plan(self, w: Workload, plan: Plan, t: str | None) -> None:
         for r, why in plan.victims:
             self.preempts.append(Preempt(r.workload.id, why, self.cfg.grace_s, w.id))
         for node in plan.nodes:
             self.state.reserve(node)
+        waits_for = tuple(r.workload.id for r, _ in plan.victims)
+        waits_for += tuple(r.workload.id for r in plan.draining)
+        names = tuple(self.state.names[n] for n in plan.nodes)
+        self.claims.append(Claim(w.id, waits_for, names, t, self.snap.clock))
         parts: list[str] = []
         if plan.victims:
             ids = ", ".join(r.workload.id for r, _ in plan.victims)

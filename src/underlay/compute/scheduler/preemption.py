@@ -8,12 +8,15 @@ Three rules make a running workload a victim, each switched on in :class:`.Polic
 - **service level** (Tiresias' discretised LAS): the victim has attained a higher service
   level than the claimant (inside the project, or cluster-wide for the ``las`` baseline).
 
-Workloads marked not preemptible are never victims. Victims are ordered lowest priority
-first, then least attained service (least progress lost), then most recently started.
-Priority and service-level victims must have run
+Reclaim, and preemption for a claimant that borrows (one above its project's guarantee),
+take from a project at most what it runs above its own guarantee: work within a guarantee is
+never a victim for someone else's claim or for borrowing, so the rest must come from idle
+capacity or wait. Workloads marked not preemptible are never victims. Victims are ordered
+lowest priority first, then least attained service (least progress lost), then most recently
+started. Priority and service-level victims must have run
 ``min_runtime_s``, which stops two workloads from evicting each other in turn. Workloads
-already draining after an earlier preemption count first and cost nothing: the claimant may
-just be waiting for them.
+already draining after an earlier preemption count first and cost nothing (the claimant may
+just be waiting for them), unless their room is already promised to another claimant.
 
 The plan is node-aware: for each worker of the claimant it picks the node where the shortest
 prefix of victims makes room (a gang claims all its workers or nothing), so a job needing a
@@ -61,12 +64,19 @@ class Preemptor:
         state: ClusterState,
         running: tuple[Running, ...],
         ledger: QuotaLedger | None,
+        promised: frozenset[str] = frozenset(),
     ) -> None:
         self.config = config
         self.clock = clock
         self.state = state
         self.ledger = ledger
-        self.taken: set[str] = set()
+        self.taken: set[str] = set(promised)
+        # What each (project, type) runs above its guarantee: the most that reclaim, or a
+        # borrowing claimant, may take from it this round. Taken from the snapshot's running
+        # work only, before the round's own placements.
+        self.borrow_left: dict[tuple[str, str], int] = (
+            {key: ledger.borrowed(*key) for key in ledger.used} if ledger is not None else {}
+        )
         self._running = running
         self._by_type: dict[tuple[str | None, str], list[Running]] | None = None
         self._allocs: dict[str, list[Alloc]] = {}
@@ -182,6 +192,8 @@ class Preemptor:
             found = self._collect(claimant, gpu_type, guaranteed)
             self._eligible[memo] = found
         taken = self.taken
+        if claimant.displaced:  # never preempt the same workload twice for one claimant
+            taken = taken | set(claimant.displaced)
         fresh = [v for v in found if v[0].workload.id not in taken]
         draining = [v for v in fresh if not v[1]]
         return draining + [v for v in fresh if v[1]][:MAX_VICTIMS]
@@ -243,15 +255,27 @@ class Preemptor:
         released: list[Alloc] = []
         placed: list[Alloc] = []
         chosen: dict[str, tuple[Running, str]] = {}
+        left = dict(self.borrow_left)
+        # Under quotas, victims are bounded by what their project borrows (see _affordable).
+        bounded = self.ledger is not None and gpu_type is not None
         ok = True
         for _ in range(claimant.gang):
             alloc = choose(state, claimant.request, [gpu_type], None, None)
             if alloc is None:
-                best = self._best_node(claimant, gpu_type, on_node, chosen, rank)
+                best = self._best_node(
+                    claimant, gpu_type, on_node, chosen, rank, left if bounded else None, guaranteed
+                )
                 if best is None:
                     ok = False
                     break
                 for r, why in best:
+                    if (
+                        bounded
+                        and why
+                        and not (guaranteed and r.workload.project == claimant.project)
+                    ):
+                        key = (r.workload.project, str(gpu_type))
+                        left[key] = left.get(key, 0) - r.workload.gpu_share
                     chosen[r.workload.id] = (r, why)
                     for a in self._alloc_of(r):
                         state.release(a)
@@ -271,7 +295,34 @@ class Preemptor:
         victims = tuple(v for v in chosen.values() if v[1])
         draining = tuple(r for r, why in chosen.values() if not why)
         self.taken.update(chosen)
+        self.borrow_left = left
         return Plan(victims, draining, tuple(sorted({a.node for a in placed})))
+
+    def _affordable(
+        self,
+        claimant: Workload,
+        guaranteed: bool,
+        victim: Running,
+        gpu_type: str | None,
+        left: dict[tuple[str, str], int] | None,
+        spent: dict[tuple[str, str], int],
+    ) -> bool:
+        """Whether taking ``victim`` stays within what its project borrows (and count it).
+
+        Only a claimant within its guarantee taking from its own project (a priority class
+        or service level inside the project) is not bounded.
+        """
+        if left is None:
+            return True
+        v = victim.workload
+        if guaranteed and v.project == claimant.project:
+            return True
+        key = (v.project, str(gpu_type))
+        after = spent.get(key, 0) + v.gpu_share
+        if after > left.get(key, 0):
+            return False
+        spent[key] = after
+        return True
 
     def _could_fit(
         self,
@@ -312,6 +363,8 @@ class Preemptor:
         on_node: dict[int, list[tuple[Running, str]]],
         chosen: dict[str, tuple[Running, str]],
         rank: dict[str, int],
+        left: dict[tuple[str, str], int] | None,
+        guaranteed: bool,
     ) -> list[tuple[Running, str]] | None:
         state = self.state
         best: list[tuple[Running, str]] | None = None
@@ -321,8 +374,11 @@ class Preemptor:
                 continue
             trial: list[tuple[Running, str]] = []
             undo: list[Alloc] = []
+            spent: dict[tuple[str, str], int] = {}
             for r, why in here:
                 if r.workload.id in chosen or any(r is t for t, _ in trial):
+                    continue
+                if why and not self._affordable(claimant, guaranteed, r, gpu_type, left, spent):
                     continue
                 trial.append((r, why))
                 for a in self._alloc_of(r):

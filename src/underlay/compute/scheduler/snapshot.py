@@ -150,7 +150,9 @@ class Workload:
     (a service, an interactive session) is never chosen as a victim, and so never borrows
     capacity it could not give back. ``attained_service`` is accelerator-
     seconds (shares times seconds) already received in earlier runs; the policy never needs a
-    duration estimate.
+    duration estimate. ``displaced`` lists the workloads already preempted for this one (the
+    caller adds each victim of a :class:`~underlay.compute.scheduler.decisions.Preempt` to its
+    claimant): none of them is ever preempted for it again.
     """
 
     id: str
@@ -162,6 +164,7 @@ class Workload:
     submit_time: float = 0.0
     attained_service: float = 0.0
     preemptible: bool = True
+    displaced: tuple[str, ...] = ()
 
     @property
     def gpu_share(self) -> int:
@@ -193,6 +196,25 @@ class Running:
         """Accelerator-seconds received so far, this run included."""
         run_s = max(0.0, clock - self.started_at)
         return self.workload.attained_service + run_s * self.workload.gpu_share / WHOLE
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Room that a preemption freed, held for the workload it was made for.
+
+    ``decide`` returns the claims it made or kept (:attr:`Decisions.claims`) and the caller
+    hands them back in the next snapshot. ``victims`` are the running workloads the claimant
+    waits for (told to stop at ``since``); ``nodes`` are where it will start, on
+    ``gpu_type``. While a victim is still leaving, nothing else may use those nodes; once
+    they are all gone the claimant is placed before any other work, or the claim is
+    abandoned with a reason.
+    """
+
+    workload_id: str
+    victims: tuple[str, ...]
+    nodes: tuple[str, ...]
+    gpu_type: str | None
+    since: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,3 +322,4 @@ class Snapshot:
     quotas: tuple[Quota, ...] = ()
     config: PolicyConfig = field(default_factory=PolicyConfig)
     demand: tuple[Demand, ...] = ()
+    claims: tuple[Claim, ...] = ()

@@ -66,8 +66,12 @@ def traces_dir(explicit: Path | None = None) -> Path:
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     if not path.is_file():
         raise NotFound(f"trace file {path} not found")
-    with path.open(newline="", encoding="utf-8") as handle:
-        yield from enumerate(csv.DictReader(handle), start=2)
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        end = 1  # the header
+        for row in reader:
+            yield end + 1, row  # the line the row starts on, quoted newlines counted
+            end = reader.line_num
 
 
 class _Skips:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 
 from underlay.compute.scheduler import (
     WHOLE,
+    Claim,
     Decisions,
     Demand,
     Node,
@@ -94,6 +95,13 @@ class Simulation:
         self.first_start: dict[str, float] = {}
         self.version: dict[str, int] = {}
         self.events: list[tuple[float, int, int, str, int]] = []  # time, kind, seq, id, version
+        # Room held for the claimants of earlier preemptions, handed back to the policy.
+        self.claims: tuple[Claim, ...] = ()
+        # What happened, for checks over whole replays: (clock, victim, claimant) for each
+        # preemption, (clock, id) for each start, (clock, claimant, reason) per abandoned claim.
+        self.preempt_log: list[tuple[float, str, str]] = []
+        self.start_log: list[tuple[float, str]] = []
+        self.abandon_log: list[tuple[float, str, str]] = []
         self.seq = 0
         self.clock = trace.jobs[0].workload.submit_time if trace.jobs else 0.0
         self.start = self.clock
@@ -241,6 +249,7 @@ class Simulation:
             self.quotas,
             self.config,
             self.demand_tuple,
+            self.claims,
         )
         started = time.perf_counter()
         decisions = decide(snap)
@@ -265,6 +274,9 @@ class Simulation:
     # -- applying decisions -------------------------------------------------------------
 
     def _apply(self, d: Decisions) -> None:
+        self.claims = d.claims
+        for a in d.abandoned:
+            self.abandon_log.append((self.clock, a.workload_id, a.reason))
         for r in d.rejects:
             self._dequeue(r.workload_id)
             self.rejected += 1
@@ -272,6 +284,11 @@ class Simulation:
             run = self.running[p.workload_id]
             self.running[p.workload_id] = replace(run, draining_until=self.clock + p.grace_s)
             self.preemptions += 1
+            self.preempt_log.append((self.clock, p.workload_id, p.for_workload))
+            claimant = self.pending.get(p.for_workload)
+            if claimant is not None:
+                displaced = (*claimant.displaced, p.workload_id)
+                self.pending[p.for_workload] = replace(claimant, displaced=displaced)
             self._push(self.clock + p.grace_s, 1, p.workload_id)
         for place in d.places:
             w = self._dequeue(place.workload_id)
@@ -294,6 +311,7 @@ class Simulation:
                 self.alloc_by_type[place.gpu_type] += w.gpu_share
             self.running[w.id] = Running(w, place.workers, self.clock, place.gpu_type)
             self.version[w.id] += 1
+            self.start_log.append((self.clock, w.id))
             if w.id not in self.first_start:
                 self.first_start[w.id] = self.clock
                 self.collector.started(w.submit_time, self.clock)
@@ -412,4 +430,5 @@ class Simulation:
             decide_calls=self.calls,
             decide_ms_avg=1000 * self.decide_s / self.calls if self.calls else 0.0,
             wall_s=wall_s,
+            skipped=self.trace.skipped,
         )

@@ -21,6 +21,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from underlay.compute.simulator.trace import SkippedRow
+
 
 @dataclass(frozen=True, slots=True)
 class Report:
@@ -48,6 +50,8 @@ class Report:
     decide_calls: int
     decide_ms_avg: float
     wall_s: float
+    skipped: tuple[SkippedRow, ...] = ()
+    """The first skipped trace rows (line and reason); ``skipped_rows`` counts them all."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

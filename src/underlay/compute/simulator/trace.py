@@ -12,8 +12,10 @@ and ``duration_s`` are required, every other column is optional::
 
 An empty ``duration_s`` means the job runs until the end of the replay. Rows that cannot be
 read (a non-number, a negative time, a repeated id, an unknown flag) are skipped, counted and
-reported with their line numbers, so one bad line does not lose a day-long trace; a missing
-required column, or a file with no usable row, is an :class:`~underlay.errors.InvalidInput`.
+reported with the line each starts on (a quoted field may span lines), so one bad line does
+not lose a day-long trace; a missing, unknown or repeated column, or a file with no usable
+row, is an :class:`~underlay.errors.InvalidInput`. The file is UTF-8, with or without a byte
+order mark.
 A request no node could satisfy is not a malformed row: the policy rejects it with a reason.
 """
 
@@ -24,6 +26,7 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from underlay.compute.scheduler.snapshot import Request, Workload
 from underlay.errors import InvalidInput
@@ -43,6 +46,19 @@ COLUMNS = (
     "deferrable",
 )
 REQUIRED = ("id", "submit_s", "duration_s")
+
+
+class _Reader(Protocol):
+    """A ``csv.reader``: rows, and the number of physical lines read so far."""
+
+    @property
+    def line_num(self) -> int: ...
+
+    def __iter__(self) -> Iterator[list[str]]: ...
+
+    def __next__(self) -> list[str]: ...
+
+
 SHOWN_SKIPS = 20
 
 
@@ -91,7 +107,7 @@ class Trace:
 def load_csv(path: Path) -> Trace:
     """Read a trace in our CSV format (see the module docstring)."""
     try:
-        handle = path.open(newline="", encoding="utf-8")
+        handle = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise InvalidInput(f"cannot read trace file {path}: {exc.strerror or exc}") from exc
     with handle:
@@ -106,26 +122,42 @@ def load_csv(path: Path) -> Trace:
                 f"{path}: missing column(s) {', '.join(missing)}; "
                 f"expected a header row with at least {','.join(REQUIRED)}"
             )
+        repeated = sorted({h for h in names if names.count(h) > 1})
+        if repeated:
+            raise InvalidInput(
+                f"{path}: column(s) {', '.join(repeated)} appear more than once in the header; "
+                "each column may appear once"
+            )
         unknown = [h for h in names if h not in COLUMNS]
         if unknown:
             raise InvalidInput(
                 f"{path}: unknown column(s) {', '.join(unknown)}; known: {','.join(COLUMNS)}"
             )
-        jobs, skipped, count = _rows(reader, names)
+        try:
+            jobs, skipped, count = _rows(reader, names)
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"{path}: not a readable CSV file: {exc}") from exc
     if not jobs:
         detail = f" (first problem: line {skipped[0].line}: {skipped[0].reason})" if skipped else ""
         raise InvalidInput(f"{path}: no usable job rows{detail}")
     return Trace.of(path.name, jobs, skipped=tuple(skipped), skipped_count=count)
 
 
-def _rows(
-    reader: Iterator[list[str]], names: list[str]
-) -> tuple[list[TraceJob], list[SkippedRow], int]:
+def numbered(reader: _Reader) -> Iterator[tuple[int, list[str]]]:
+    """Rows with the line each starts on: a quoted field with a newline spans several lines,
+    so the count comes from the lines the reader consumed, not from the number of rows."""
+    end = reader.line_num
+    for row in reader:
+        yield end + 1, row
+        end = reader.line_num
+
+
+def _rows(reader: _Reader, names: list[str]) -> tuple[list[TraceJob], list[SkippedRow], int]:
     jobs: list[TraceJob] = []
     skipped: list[SkippedRow] = []
     count = 0
     seen: set[str] = set()
-    for line, row in enumerate(reader, start=2):
+    for line, row in numbered(reader):
         if not any(cell.strip() for cell in row):
             continue
         try:
