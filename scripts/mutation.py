@@ -41,7 +41,16 @@ class Target:
 MODULES: dict[str, Target] = {
     # Fast in-process tests only: mutmut runs the covering tests once per mutant, and the
     # HTTP suites (tests/api) would multiply the run time for the same rules.
-    "identity": Target(("src/underlay/identity.py",), ("tests/test_identity.py",)),
+    "identity": Target(
+        ("src/underlay/identity.py",),
+        (
+            "tests/test_identity.py",
+            "tests/api/test_login.py::test_the_back_off_doubles_with_each_failure_up_to_a_cap",
+            "tests/api/test_login.py::test_one_address_failing_for_many_users_is_refused",
+            "tests/api/test_login.py::"
+            "test_unknown_and_inactive_users_cost_one_argon2_computation_like_a_known_one",
+        ),
+    ),
     "crypto": Target(("src/underlay/crypto.py",), ("tests/test_crypto.py",)),
     "audit": Target(
         ("src/underlay/audit.py", "src/underlay/audit_checkpoints.py"),
