@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint bench clean services
+.PHONY: demo test test-fast lint bench clean services mutation
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "needs $(PYTHON)"; exit 1; }
@@ -36,6 +36,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy src/underlay
+
+# Mutation testing (slow: not part of `make test`). One module: make mutation MODULE=identity
+MODULE ?=
+mutation: $(STAMP) services
+	$(PY) scripts/mutation.py $(MODULE)
 
 bench: $(STAMP)
 	$(PY) benchmarks/blobs.py

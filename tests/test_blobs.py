@@ -393,6 +393,20 @@ class TestLocalBlobStore(BlobStoreContract):
         assert ops.read(project, result[0].digest) == data
         assert list(partials.iterdir()) == []
 
+    def test_platform_start_sweeps_abandoned_partials(self, settings: Settings) -> None:
+        """Start-up itself (not a caller of ``sweep_partials``) clears a crashed write."""
+        from underlay.platform import Platform
+
+        partials = Path(settings.blob_url) / ".partial"
+        partials.mkdir(parents=True, exist_ok=True)
+        (partials / "killed.part").write_bytes(b"half a blob")
+        platform = Platform(settings)
+        try:
+            platform.start()
+        finally:
+            platform.close()
+        assert list(partials.iterdir()) == []
+
 
 # -- bounded memory (local folder, SQLite) -------------------------------------------------
 

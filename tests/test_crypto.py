@@ -311,3 +311,33 @@ def test_stream_cipher_rejects_reordering_truncation_and_a_wrong_digest() -> Non
         BlobDecryptor(key, b"XXXX" + header[4:], digest)
     with pytest.raises(IntegrityFailure, match="implausible chunk size"):
         BlobDecryptor(key, header[:5] + b"\xff\xff\xff\xff" + header[9:], digest)
+
+
+# -- sealed small values (job secrets, job tokens) --------------------------------------------
+
+
+def test_seal_is_aes_gcm_with_a_fresh_nonce_bound_to_its_key_and_associated_data() -> None:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from underlay.crypto import seal, unseal
+
+    key, other = os.urandom(32), os.urandom(32)
+    sealed = seal(key, b"API_KEY=s3cr3t", b"job 7")
+    assert len(sealed) == 12 + len(b"API_KEY=s3cr3t") + 16  # nonce, ciphertext, tag
+    # the layout is nonce | AES-256-GCM(ciphertext and tag): readable by the library alone
+    assert AESGCM(key).decrypt(sealed[:12], sealed[12:], b"job 7") == b"API_KEY=s3cr3t"
+    again = seal(key, b"API_KEY=s3cr3t", b"job 7")
+    assert again[:12] != sealed[:12] and again != sealed  # a fresh random nonce each time
+    assert unseal(key, sealed, b"job 7", "secrets of job 7") == b"API_KEY=s3cr3t"
+    assert unseal(key, seal(key, b"", b""), b"", "empty") == b""
+    broken = {
+        "another key": (other, sealed, b"job 7"),
+        "other associated data": (key, sealed, b"job 8"),
+        "a flipped bit": (key, sealed[:-1] + bytes([sealed[-1] ^ 1]), b"job 7"),
+        "a cut tag": (key, sealed[:-1], b"job 7"),
+        "no ciphertext": (key, sealed[:12], b"job 7"),
+    }
+    for what, (k, data, aad) in broken.items():
+        with pytest.raises(IntegrityFailure, match=r"^secrets of job 7 failed its integrity"):
+            unseal(k, data, aad, "secrets of job 7")
+        assert what  # each case named for the reader

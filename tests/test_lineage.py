@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from underlay.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from underlay.lineage import (
@@ -245,6 +245,24 @@ def test_delete_edges_for_removes_both_directions_in_one_project(
         assert downstream(s, DATA).nodes == [DATA, RUN, MODEL, DEPLOY]
 
 
+def _wait_for_a_lock_waiter(db: Database) -> None:
+    """On PostgreSQL, wait until another session waits for the project's edge lock. SQLite
+    serialises writers at ``BEGIN IMMEDIATE``: there the second writer cannot start its
+    transaction before the first commits, so there is nothing to wait for."""
+    if db.is_sqlite:
+        return
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+    )
+    deadline = time.monotonic() + 30
+    # autocommit: each poll reads fresh activity statistics, not a transaction's snapshot
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        while not conn.execute(query).scalar():
+            assert time.monotonic() < deadline, "the second writer never waited for the lock"
+            time.sleep(0.01)
+
+
 def test_concurrent_edges_cannot_close_a_cycle(db: Database, projects: tuple[int, int]) -> None:
     a, _ = projects
     first_added, second_started = threading.Event(), threading.Event()
@@ -255,7 +273,7 @@ def test_concurrent_edges_cannot_close_a_cycle(db: Database, projects: tuple[int
             add_edge(s, a, DATA, "trained", RUN)
             first_added.set()
             second_started.wait(timeout=30)
-            time.sleep(0.3)  # give the second writer time to reach the lock before we commit
+            _wait_for_a_lock_waiter(db)  # the second writer is blocked behind this one
         outcome["first"] = "ok"
 
     def second() -> None:

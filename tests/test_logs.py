@@ -165,7 +165,11 @@ def _exercise(url: str, rid: str) -> dict[str, str]:
         assert refused.status_code == 401
         bad_login = {"user": "alice", "password": "wrong " + password}
         assert api.post("/auth/login", json=bad_login).status_code == 401
+        # a query string can carry anything a client puts there: it stays out of the log
+        in_query = "q-" + uuid.uuid4().hex + uuid.uuid4().hex[:20]  # within max_length 64
+        assert api.get("/audit", params={"actor": in_query}).status_code == 200
     return {
+        "query": in_query,
         "admin": ADMIN_TOKEN,
         "minted": minted,
         "login": logged_in,
@@ -194,6 +198,8 @@ def test_server_json_logs_have_access_lines_and_no_secrets(tmp_path: Path) -> No
     statuses = {(e["method"], e["path"], e["status"]) for e in access}
     assert ("POST", "/api/v1/projects", 201) in statuses
     assert ("GET", "/api/v1/projects", 401) in statuses
+    assert ("GET", "/api/v1/audit", 200) in statuses  # its query string is not logged
+    assert not [e["path"] for e in access if "?" in e["path"]]
     assert all(len(e["request_id"]) >= 8 for e in access)
 
     for line in output.splitlines():

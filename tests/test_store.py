@@ -68,6 +68,23 @@ def test_session_without_scope_fails_closed(db: Database) -> None:
         session.close()
 
 
+def test_session_without_scope_refuses_writes(db: Database) -> None:
+    a, _b = _two_projects(db)
+    session = db._sessions()
+    try:
+        session.add(
+            LineageEdge(
+                project_id=a, src_kind="x", src_id="1", relation="r", dst_kind="y", dst_id="2"
+            )
+        )
+        with pytest.raises(PermissionDenied, match="write outside the session's project scope"):
+            session.flush()
+    finally:
+        session.close()
+    with db.session(Scope.everything()) as s:
+        assert len(s.scalars(select(LineageEdge)).all()) == 2
+
+
 def test_migrations_match_the_models(db: Database) -> None:
     """Every model change ships with its migration (autogenerate finds nothing to do)."""
     from alembic.autogenerate import compare_metadata

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from underlay.client import Client
 from underlay.errors import Conflict, NotFound, PermissionDenied, Unauthenticated
@@ -75,6 +77,28 @@ def test_deactivated_user_loses_access(server, admin, people) -> None:  # type: 
         people["alice"].list_projects()
 
 
+def test_deactivation_revokes_tokens_for_good(server, admin, people) -> None:  # type: ignore[no-untyped-def]
+    """Reactivating a user does not bring back the tokens they held: those are revoked."""
+    admin.update_user("alice", is_active=False)
+    admin.update_user("alice", is_active=True)
+    with pytest.raises(Unauthenticated, match="the token was revoked"):
+        people["alice"].list_projects()
+    fresh = admin.create_token("again", user="alice").token
+    with server.client(fresh) as alice:
+        assert [p.name for p in alice.list_projects()] == ["vision"]
+
+
+def test_tokens_are_stored_as_their_sha256_only(server, admin) -> None:  # type: ignore[no-untyped-def]
+    created = admin.create_token("stored")
+    with server.platform.db.session(Scope.everything()) as s:
+        row = s.get(ApiToken, created.id)
+        assert row is not None
+        stored = {c.key: getattr(row, c.key) for c in ApiToken.__table__.columns}
+    assert stored["token_hash"] == hashlib.sha256(created.token.encode()).hexdigest()
+    leaked = [k for k, v in stored.items() if isinstance(v, str) and created.token[10:] in v]
+    assert leaked == []  # only the 10-character prefix is kept in the clear
+
+
 def test_other_project_is_404_like_a_missing_one(people) -> None:  # type: ignore[no-untyped-def]
     bob = people["bob"]
     with pytest.raises(NotFound, match="project 'vision' not found") as hidden:
@@ -115,6 +139,13 @@ def test_project_keeps_an_admin(server, admin) -> None:  # type: ignore[no-untyp
         assert [(m.user, m.role) for m in carol.list_members("solo")] == [("carol", "admin")]
         with pytest.raises(Conflict, match="no admin left"):
             carol.update_member("solo", "carol", "member")
+        with pytest.raises(Conflict, match="'solo' would have no admin left"):
+            carol.remove_member("solo", "carol")
+        assert [(m.user, m.role) for m in carol.list_members("solo")] == [("carol", "admin")]
+        admin.create_user("dan")
+        carol.add_member("solo", "dan", "admin")
+        carol.remove_member("solo", "carol")  # another admin remains: allowed
+    assert [(m.user, m.role) for m in admin.list_members("solo")] == [("dan", "admin")]
 
 
 def test_refusals_are_audited(server, admin, people) -> None:  # type: ignore[no-untyped-def]
@@ -154,3 +185,97 @@ def test_sdk_from_env(server, monkeypatch) -> None:  # type: ignore[no-untyped-d
     monkeypatch.setenv("UNDERLAY_TOKEN", server.admin_token)
     with Client.from_env() as c:
         assert c.me().is_admin
+
+
+# -- outsiders see nothing of another project ---------------------------------------------------
+
+# (method, path with {p} for the project and {job} / {alert} for its ids, JSON body)
+_PROJECT_ROUTES = [
+    ("GET", "/projects/{p}/jobs", None),
+    ("POST", "/projects/{p}/jobs", {"command": ["true"]}),
+    ("GET", "/projects/{p}/jobs/{job}", None),
+    ("POST", "/projects/{p}/jobs/{job}/cancel", None),
+    ("GET", "/projects/{p}/jobs/{job}/logs", None),
+    ("GET", "/projects/{p}/lineage/run/r1", None),
+    (
+        "POST",
+        "/projects/{p}/lineage",
+        {
+            "src": {"kind": "blob", "id": "b"},
+            "relation": "input_of",
+            "dst": {"kind": "run", "id": "r"},
+        },
+    ),
+    ("GET", "/usage?project={p}", None),
+    ("GET", "/projects/{p}/quotas", None),
+    ("GET", "/projects/{p}/budget", None),
+    ("PUT", "/projects/{p}/budget", {"gpu_hours_per_month": 1000}),
+    ("GET", "/alerts?project={p}", None),
+]
+
+
+@pytest.fixture
+def hidden(server, people) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """A job and an alert of project ``vision``, which bob (finance only) may not see."""
+    from underlay.compute.alerts import record_alert
+    from underlay.compute.models import Job
+    from underlay.store.models import Project
+
+    with server.platform.db.session(Scope.everything()) as s:
+        vision = s.scalars(select(Project).where(Project.name == "vision")).one()
+        job = Job(project_id=vision.id, command='["true"]', state="succeeded")  # never run
+        s.add(job)
+        s.flush()
+        alert, _ = record_alert(s, "idle_gpu", "held idle", vision.id, job.id, "n/gpu0")
+        return {"job": job.id, "alert": alert.id}
+
+
+def _as_bob(server, admin, method: str, path: str, body: object) -> httpx.Response:  # type: ignore[no-untyped-def]
+    token = admin.create_token("probe", user="bob").token
+    headers = {"Authorization": f"Bearer {token}"}
+    return httpx.request(
+        method, f"{server.url}/api/v1{path}", json=body, headers=headers, timeout=30
+    )
+
+
+@pytest.mark.parametrize(("method", "path", "body"), _PROJECT_ROUTES)
+def test_another_projects_resources_are_404_like_a_missing_project(  # type: ignore[no-untyped-def]
+    server, admin, hidden, method, path, body
+) -> None:
+    seen = _as_bob(server, admin, method, path.format(p="vision", **hidden), body)
+    missing = _as_bob(server, admin, method, path.format(p="nothing", **hidden), body)
+    assert (seen.status_code, missing.status_code) == (404, 404), seen.text
+    assert seen.headers["content-type"] == "application/problem+json"
+    assert seen.json()["type"] == missing.json()["type"] == "urn:underlay:problem:not-found"
+    assert seen.json()["detail"] == "project 'vision' not found"
+    assert missing.json()["detail"] == "project 'nothing' not found"
+    _same_answer(seen, missing)
+
+
+def test_setting_another_projects_quota_is_refused_like_any_project(server, admin, hidden) -> None:  # type: ignore[no-untyped-def]
+    """Quotas are set by global admins only: the refusal says so before looking the project
+    up, for a hidden project exactly as for a missing one."""
+    body = {"guaranteed": 8}
+    seen = _as_bob(server, admin, "PUT", "/projects/vision/quotas/A100", body)
+    missing = _as_bob(server, admin, "PUT", "/projects/nothing/quotas/A100", body)
+    assert (seen.status_code, missing.status_code) == (403, 403), seen.text
+    assert seen.json()["detail"] == "user 'bob' may not admin: it needs a global admin"
+    _same_answer(seen, missing)
+    assert admin.list_quotas("vision") == []
+
+
+def _same_answer(seen: httpx.Response, missing: httpx.Response) -> None:
+    hidden_body, missing_body = seen.json(), missing.json()
+    for body_ in (hidden_body, missing_body):
+        del body_["request_id"]
+    # the same answer word for word, but for the name the caller asked for
+    assert json.dumps(hidden_body).replace("vision", "nothing") == json.dumps(missing_body)
+
+
+def test_another_projects_alert_is_404_like_a_missing_one(server, admin, hidden) -> None:  # type: ignore[no-untyped-def]
+    seen = _as_bob(server, admin, "POST", f"/alerts/{hidden['alert']}/resolve", None)
+    missing = _as_bob(server, admin, "POST", "/alerts/999999/resolve", None)
+    assert (seen.status_code, missing.status_code) == (404, 404), seen.text
+    assert seen.json()["detail"] == f"alert {hidden['alert']} does not exist"
+    assert missing.json()["detail"] == "alert 999999 does not exist"
+    assert [a.id for a in admin.list_alerts(project="vision")] == [hidden["alert"]]

@@ -6,6 +6,7 @@ import datetime as dt
 
 import httpx
 import pytest
+from argon2 import PasswordHasher
 
 from underlay import identity
 from underlay.errors import RateLimited, Unauthenticated
@@ -28,6 +29,46 @@ def test_wrong_password_and_unknown_user_look_the_same(server, admin) -> None:  
             anon.login("erin", "wrong password")
         with pytest.raises(Unauthenticated, match="wrong user name or password"):
             anon.login("nobody", "wrong password")
+
+
+class _CountingHasher(PasswordHasher):
+    """argon2's own hasher, counting the (equally expensive) hash and verify computations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.computations = 0
+
+    def hash(self, password, *, salt=None):  # type: ignore[no-untyped-def, override]
+        self.computations += 1
+        return super().hash(password, salt=salt)
+
+    def verify(self, hash, password):  # type: ignore[no-untyped-def, override]
+        self.computations += 1
+        return super().verify(hash, password)
+
+
+def test_unknown_and_inactive_users_cost_one_argon2_computation_like_a_known_one(
+    db, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """No timing oracle: a login for a user who does not exist, has no password or is
+    deactivated does the same argon2 work as a wrong password for a real user."""
+    with db.session(Scope.everything()) as s:
+        identity.create_user(s, "ivy", password="correct horse battery")
+        identity.create_user(s, "nopass")
+        identity.create_user(s, "gone", password="correct horse battery")
+        identity.update_user(s, "gone", is_active=False)
+    counting = _CountingHasher()
+    monkeypatch.setattr(identity, "_hasher", counting)
+    work = {}
+    for user in ("ivy", "nobody", "nopass", "gone"):
+        counting.computations = 0
+        with (
+            db.session(Scope.everything()) as s,
+            pytest.raises(Unauthenticated, match="wrong user name or password"),
+        ):
+            identity.verify_login(s, user, "wrong password")
+        work[user] = counting.computations
+    assert work == {"ivy": 1, "nobody": 1, "nopass": 1, "gone": 1}
 
 
 def test_repeated_failures_back_off_that_user_at_that_address(server, admin) -> None:  # type: ignore[no-untyped-def]

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -59,7 +60,11 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
 
 @contextmanager
 def running(
-    home: Path, *args: str, scheme: str = "http", verify: bool | str = True
+    home: Path,
+    *args: str,
+    scheme: str = "http",
+    verify: bool | str = True,
+    pids: list[int] | None = None,
 ) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "UNDERLAY_HOME": str(home), "UNDERLAY_ADMIN_TOKEN": ADMIN_TOKEN}
@@ -71,6 +76,8 @@ def running(
         stderr=subprocess.STDOUT,
     )
     url = f"{scheme}://127.0.0.1:{port}"
+    if pids is not None:
+        pids.append(proc.pid)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -115,10 +122,30 @@ def test_tls_cert_without_key_is_one_line_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def _listening_workers(pid: int, port: int) -> int:
+    """Child processes of ``pid`` that hold the server's listening socket (serving workers)."""
+    count = 0
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            conns = child.net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns):
+            count += 1
+    return count
+
+
 @pytest.mark.slow
 def test_workers_share_one_valid_audit_chain(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    with running(home, "--workers", "3") as url, Client(url, ADMIN_TOKEN) as admin:
+    pids: list[int] = []
+    with running(home, "--workers", "3", pids=pids) as url, Client(url, ADMIN_TOKEN) as admin:
+        port = int(url.rsplit(":", 1)[1])
+        deadline = time.monotonic() + 30
+        while _listening_workers(pids[0], port) < 3:  # --workers 3: three serving processes
+            assert time.monotonic() < deadline, "three workers never listened"
+            time.sleep(0.05)
+        assert _listening_workers(pids[0], port) == 3
         admin.create_project("busy")
 
         def work(i: int) -> None:

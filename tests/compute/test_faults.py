@@ -267,7 +267,7 @@ def test_an_outage_longer_than_node_lost_after_does_not_lose_live_jobs(
             _wait_for_log(c, job, "L started attempt 1\n")
     finally:
         first.kill()
-    time.sleep(3)  # the outage outlasts node_lost_after_s
+    _outage_of(home, hours=1)  # the outage outlasts node_lost_after_s by far
     assert processes_with(f"fault-job-L-{folder.name}")
     with ComputeServer(home, port=first.port, node_lost_after_s=2) as second, second.client() as c:
         try:
@@ -281,6 +281,24 @@ def test_an_outage_longer_than_node_lost_after_does_not_lose_live_jobs(
             for active in c.list_jobs("p", state=["queued", "admitted", "running"]):
                 c.cancel_job("p", active.id)
                 c.wait_job("p", active.id, timeout_s=30)
+
+
+def _outage_of(home: Path, hours: float) -> None:
+    """Time passes while the control plane is down: every node's last heartbeat moves back."""
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from underlay.compute.models import NodeRow
+    from underlay.store import Database, Scope
+
+    db = Database(f"sqlite:///{home / 'underlay.db'}")
+    try:
+        with db.session(Scope.everything()) as s:
+            before = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
+            s.execute(update(NodeRow).values(heartbeat_at=before))
+    finally:
+        db.dispose()
 
 
 # -- a node that stops answering --------------------------------------------------------------

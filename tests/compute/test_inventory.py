@@ -1,14 +1,17 @@
 """Accelerator inventory: NVML mapping, simulated devices, probe plugins, health and RAPL.
 
-NVML is the one seam that cannot run here (no GPU): its mapping is checked against a stand-in
-``pynvml`` module with the real module's names; everything else runs for real (psutil, real
-files, a real entry-point distribution on ``sys.path``).
+NVML is the one seam that cannot run on a machine without a GPU: its mapping is checked
+against a stand-in ``pynvml`` module with the real module's names; everything else runs for
+real (psutil, real files, a real entry-point distribution on ``sys.path``).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import shutil
+import subprocess
 import sys
 import types
 from collections.abc import Iterator
@@ -114,9 +117,22 @@ def test_nvml_probe_without_the_package_reports_no_gpus(monkeypatch: pytest.Monk
     assert NvmlProbe().probe() == []
 
 
-def test_nvml_probe_on_this_machine_reports_none_without_raising() -> None:
-    # this machine has no NVIDIA driver: with or without nvidia-ml-py installed, none found
-    assert NvmlProbe().probe() == []
+def test_nvml_probe_on_this_machine_reports_what_it_has_without_raising() -> None:
+    """On a machine without an NVIDIA driver (or without nvidia-ml-py) none are found; on a
+    GPU host, exactly the GPUs ``nvidia-smi -L`` lists, each a real (not simulated) device."""
+    found = NvmlProbe().probe()
+    smi = shutil.which("nvidia-smi")
+    try:
+        importlib.import_module("pynvml")
+    except ImportError:
+        smi = None  # without the package the probe reports none, whatever the hardware
+    if smi is None:
+        assert found == []
+        return
+    listed = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=60)
+    gpus = [line for line in listed.stdout.splitlines() if line.startswith("GPU ")]
+    assert len(found) == len(gpus)
+    assert all(a.vendor == "nvidia" and not a.simulated and a.memory_mib > 0 for a in found)
 
 
 def test_nvml_probe_without_the_driver_reports_no_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -253,7 +269,10 @@ def test_node_inventory_round_trips_through_json(tmp_path: Path) -> None:
     assert NodeInventory.from_dict(wire) == inv
 
 
-def test_a_node_without_accelerators_is_not_simulated(tmp_path: Path) -> None:
+def test_a_node_without_accelerators_is_not_simulated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # a host without NVIDIA GPUs, even here
     inv = probe_node(Settings(home=tmp_path, compute={"node_name": "plain"}))
     assert inv.accelerators == () and not inv.simulated
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import sys
 import textwrap
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 
@@ -19,6 +21,7 @@ from underlay.config import ComputeSettings, Settings, SimulatedAccelerator
 from underlay.errors import InvalidInput, NotFound
 
 PY = sys.executable
+T = TypeVar("T")
 
 
 def script(body: str) -> list[str]:
@@ -45,13 +48,7 @@ def ul(server: LiveServer) -> Iterator[Client]:
     with server.client() as c:
         c.create_project("vision")
         c.create_project("speech")
-        # the local agent registers within a heartbeat
-        for _ in range(100):
-            if c.list_nodes():
-                break
-            import time
-
-            time.sleep(0.05)
+        _wait_until(c.list_nodes, "the local agent to register", within_s=20)
         yield c
         for project in ("vision", "speech"):  # leave no job process behind
             for job in c.list_jobs(project, state=["queued", "admitted", "running"]):
@@ -177,24 +174,27 @@ def test_borrowed_job_is_preempted_when_the_owner_claims_its_quota(ul: Client) -
     assert "job.preempt" in transitions and "job.preempted" in transitions
 
 
-def test_idle_gpu_is_flagged(ul: Client) -> None:
-    job = ul.submit_job("vision", script("import time; time.sleep(3)"), gpus=1)
-    alerts = []
-    for _ in range(100):
-        alerts = ul.list_alerts(project="vision")
-        if alerts:
-            break
-        import time
-
-        time.sleep(0.1)
-    assert alerts and f"job {job.id} holds GPU" in alerts[0].message
+def test_idle_gpu_is_flagged_and_the_flag_clears_when_the_gpu_is_released(ul: Client) -> None:
+    # the job holds its GPU idle until it is cancelled: no race with a job that ends early
+    job = ul.submit_job("vision", script("import time; time.sleep(300)"), gpus=1)
+    alerts = _wait_until(lambda: ul.list_alerts(project="vision"), "an idle-GPU alert")
+    assert f"job {job.id} holds GPU" in alerts[0].message
     assert alerts[0].kind == "idle_gpu" and alerts[0].job_id == job.id
     ul.cancel_job("vision", job.id)
+    assert ul.wait_job("vision", job.id, timeout_s=60).state == "cancelled"
+    _wait_until(lambda: not ul.list_alerts(project="vision"), "the alert to clear itself")
+
+
+def _wait_until(condition: Callable[[], T], what: str, within_s: float = 60) -> T:
+    """``condition()``'s first truthy value, polled until ``within_s`` runs out."""
+    deadline = time.monotonic() + within_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
 
 
 def _wait_for_log(ul: Client, project: str, job_id: int, text: str) -> None:
-    import time
-
     for _ in range(300):
         if text in b"".join(ul.job_logs(project, job_id)).decode():
             return

@@ -305,8 +305,11 @@ def test_stop_kills_a_job_that_ignores_sigterm_after_the_grace(harness: Harness)
     ref = harness.launch(executor, spec)
     child = pid_from_log(spec, "child")
     wait_for_log(spec, "\nready")
-    executor.stop(ref, state="cancelled", reason="cancelled by alice", grace_s=0.3)
+    executor.stop(ref, state="cancelled", reason="cancelled by alice", grace_s=60)
     assert executor.poll(ref) is None  # stop returns at once; the grace runs
+    assert not gone(child)  # SIGTERM ignored, the grace not over: it still runs
+    # a second stop with a shorter grace (here none) brings the SIGKILL forward
+    executor.stop(ref, state="failed", reason="ignored", grace_s=0)
     status = wait(executor, ref)
     assert (status.state, status.reason, status.exit_code) == (
         "cancelled",

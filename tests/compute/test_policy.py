@@ -248,6 +248,22 @@ def test_higher_class_preempts_lower_class_of_the_same_project():
     assert "priority class 5, above low's 0" in d.preempts[0].reason
 
 
+@pytest.mark.parametrize("config", ["default", "las"])
+def test_a_victim_must_have_run_the_minimum_run_time(config):
+    """Priority (default) and service-level (las) victims are spared for ``min_runtime_s``
+    after they start, and the round says when to look again."""
+    cfg = replace(policy_config(config), min_runtime_s=600.0)
+    victim = job("low", "a", gpus=8, attained=2 * 3600.0)
+    runs = [running_on(victim, [("n0", tuple(range(8)))], started=1000.0)]
+    nodes = occupy([node("n0")], runs)
+    claimant = [job("high", "a", gpus=8, priority=5 if config == "default" else 0)]
+    early = decide(snapshot(nodes, claimant, running=runs, config=cfg, clock=1599.0))
+    assert not early.preempts and not early.places
+    assert early.recheck_at == 1600.0
+    late = decide(snapshot(nodes, claimant, running=runs, config=cfg, clock=1600.0))
+    assert [(p.workload_id, p.for_workload) for p in late.preempts] == [("low", "high")]
+
+
 def test_fair_share_serves_the_project_with_the_smallest_dominant_share_first():
     runs = [running_on(job("big", "vision", gpus=4), [("n0", (0, 1, 2, 3))])]
     nodes = occupy([node("n0", gpus=8)], runs)
@@ -340,17 +356,20 @@ def test_cpu_only_work_goes_to_cpu_only_nodes_first():
 
 
 def test_energy_aware_placement_prefers_the_most_efficient_type():
+    # The efficient type sorts last by name (A10 < L4) and sits on the second node, so only
+    # the power model can make the policy choose it.
     nodes = [
-        node("hot", gpu_type="V100", power=PowerModel(40.0, 300.0)),
+        node("hot", gpu_type="A10", power=PowerModel(40.0, 300.0)),
         node("cool", gpu_type="L4", power=PowerModel(15.0, 72.0)),
     ]
-    d = decide(snapshot(nodes, [job("any", gpus=1)]))
+    aware = replace(policy_config("default"), energy_aware=True)
+    d = decide(snapshot(nodes, [job("any", gpus=1)], config=aware))
     assert placed(d)["any"][0][0] == "cool"
     plain = replace(policy_config("default"), energy_aware=False)
     d = decide(snapshot(nodes, [job("any", gpus=1)], config=plain))
-    assert placed(d)["any"][0][0] == "cool"  # name order: L4 before V100
-    typed = decide(snapshot(nodes, [job("v", gpus=1, gpu_type="V100")]))
-    assert placed(typed)["v"][0][0] == "hot"
+    assert placed(d)["any"][0][0] == "hot"  # without the option: name order, A10 before L4
+    typed = decide(snapshot(nodes, [job("a", gpus=1, gpu_type="A10")], config=aware))
+    assert placed(typed)["a"][0][0] == "hot"  # an explicit type wins over efficiency
 
 
 def test_deferrable_work_waits_for_the_low_carbon_window_but_not_forever():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
+from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -10,20 +12,25 @@ from hypothesis import strategies as st
 from underlay.compute.scheduler import (
     POLICIES,
     Accelerator,
+    Decisions,
     Node,
+    PowerModel,
     Quota,
     Request,
     Running,
     Snapshot,
+    Window,
     WorkerPlacement,
     Workload,
     decide,
 )
 from underlay.compute.scheduler.codec import decisions_from_json, snapshot_from_json, to_json
+from underlay.compute.scheduler.ordering import service_level
 from underlay.compute.simulator import Simulation, Trace, TraceJob
 from underlay.compute.simulator.cluster import parse_spec, quotas_from_weights
 
 TYPES = ["A100", "T4"]
+POWER = {"A100": PowerModel(50.0, 400.0), "T4": PowerModel(10.0, 70.0)}
 
 
 @st.composite
@@ -69,9 +76,18 @@ def clusters(draw: st.DrawFn) -> tuple[tuple[Node, ...], tuple[Running, ...]]:
         nd["cpu"] -= req.cpu_milli
         nd["mem"] -= req.memory_mib
         project = draw(st.sampled_from(["p0", "p1", "p2"]))
-        w = Workload(f"r{j}", project, req, priority=draw(st.integers(0, 2)))
-        drain = draw(st.sampled_from([None, None, None, 50.0]))
+        w = Workload(
+            f"r{j}",
+            project,
+            req,
+            priority=draw(st.integers(0, 2)),
+            attained_service=float(draw(st.sampled_from([0, 0, 5000, 50000]))),
+            preemptible=draw(st.integers(0, 4)) > 0,
+        )
+        # not draining, a grace period that ended, or one still running (in the future)
+        drain = draw(st.sampled_from([None, None, None, 50.0, 130.0]))
         running.append(Running(w, workers, float(draw(st.integers(0, 90))), nd["type"], drain))
+    powered = draw(st.booleans())
     built = tuple(
         Node(
             nd["name"],
@@ -80,7 +96,7 @@ def clusters(draw: st.DrawFn) -> tuple[tuple[Node, ...], tuple[Running, ...]]:
             nd["cpu"],
             nd["mem"],
             tuple(
-                Accelerator(nd["type"], 16384, f, ok)
+                Accelerator(nd["type"], 16384, f, ok, POWER[nd["type"]] if powered else None)
                 for f, ok in zip(nd["free"], nd["ok"], strict=True)
             ),
             nd["healthy"],
@@ -104,18 +120,35 @@ def workloads(draw: st.DrawFn, prefix: str = "w") -> tuple[Workload, ...]:
             milli,
             draw(st.sampled_from([None, None, "A100", "T4", "H100"])),
         )
+        gang = draw(st.sampled_from([1, 1, 1, 2, 3]))
+        if draw(st.integers(0, 9)) == 0:  # a malformed request: must be rejected, not crash
+            req, gang = draw(MALFORMED)
         out.append(
             Workload(
                 f"{prefix}{i}",
                 draw(st.sampled_from(["p0", "p1", "p2"])),
                 req,
-                gang=draw(st.sampled_from([1, 1, 1, 2, 3])),
+                gang=gang,
                 priority=draw(st.integers(0, 2)),
+                deferrable=draw(st.integers(0, 3)) == 0,
                 submit_time=float(draw(st.integers(0, 100))),
                 attained_service=float(draw(st.sampled_from([0, 0, 5000, 50000]))),
+                preemptible=draw(st.integers(0, 4)) > 0,
             )
         )
     return tuple(out)
+
+
+MALFORMED = st.sampled_from(
+    [
+        (Request(gpus=-1), 1),
+        (Request(gpu_milli=1500), 1),
+        (Request(gpus=1, gpu_milli=500), 1),
+        (Request(gpus=1), 0),
+        (Request(cpu_milli=-1000), 1),
+        (Request(gpus=2, gpu_type=""), 1),
+    ]
+)
 
 
 @st.composite
@@ -127,8 +160,70 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
         for t in TYPES
         if draw(st.booleans())
     )
-    config = POLICIES[draw(st.sampled_from(sorted(POLICIES)))]
+    config = replace(
+        POLICIES[draw(st.sampled_from(sorted(POLICIES)))],
+        energy_aware=draw(st.booleans()),
+        low_carbon_windows=draw(
+            st.sampled_from([(), (), (Window(0.0, 3600.0),), (Window(7200.0, 10800.0),)])
+        ),
+        max_defer_s=draw(st.sampled_from([0.0, 60.0, 86400.0])),
+        min_runtime_s=float(draw(st.sampled_from([0, 60, 600]))),
+    )
     return Snapshot(100.0, nodes, running, draw(workloads()), quotas, config)
+
+
+@st.composite
+def contended(draw: st.DrawFn) -> Snapshot:
+    """A full cluster and a queue that wants in: the snapshots where preemption happens.
+
+    Every GPU is held by running work of random projects, classes, progress and start times
+    (some of it not preemptible, some already draining); the policy is one that preempts
+    (``default`` or ``las``) with a random minimum run time and quotas."""
+    nodes, running = [], []
+    for i in range(draw(st.integers(1, 3))):
+        name, g = f"n{i}", 0
+        while g < 4:
+            width = min(draw(st.sampled_from([1, 1, 2, 4])), 4 - g)
+            w = Workload(
+                f"r{i}-{g}",
+                draw(st.sampled_from(["p0", "p1", "p2"])),
+                Request(1000, 1024, gpus=width),
+                priority=draw(st.integers(0, 2)),
+                attained_service=float(draw(st.sampled_from([0, 3000, 5000, 50000]))),
+                preemptible=draw(st.integers(0, 5)) > 0,
+            )
+            started = float(draw(st.sampled_from([0, 500, 900, 990])))
+            drain = draw(st.sampled_from([None, None, None, None, 1010.0]))
+            workers = (WorkerPlacement(name, tuple(range(g, g + width)), 1000),)
+            running.append(Running(w, workers, started, "A100", drain))
+            g += width
+        used = sum(r.workload.request.cpu_milli for r in running if r.workers[0].node == name)
+        mem = sum(r.workload.request.memory_mib for r in running if r.workers[0].node == name)
+        accs = tuple(Accelerator("A100", 16384, 0) for _ in range(4))
+        nodes.append(Node(name, 32000, 65536, 32000 - used, 65536 - mem, accs))
+    pending = tuple(
+        Workload(
+            f"w{j}",
+            draw(st.sampled_from(["p0", "p1", "p2"])),
+            Request(1000, 1024, gpus=draw(st.sampled_from([1, 1, 2, 4]))),
+            priority=draw(st.integers(0, 3)),
+            submit_time=float(j),
+            attained_service=float(draw(st.sampled_from([0, 0, 5000]))),
+            preemptible=draw(st.integers(0, 4)) > 0,
+        )
+        for j in range(draw(st.integers(1, 4)))
+    )
+    quotas = tuple(
+        Quota(p, "A100", draw(st.integers(0, 6)), draw(st.sampled_from([None, 0, 2])))
+        for p in ("p0", "p1", "p2")
+        if draw(st.booleans())
+    )
+    config = replace(
+        POLICIES[draw(st.sampled_from(["default", "las"]))],
+        min_runtime_s=float(draw(st.sampled_from([0, 60, 600]))),
+        grace_s=float(draw(st.sampled_from([0, 30]))),
+    )
+    return Snapshot(1000.0, tuple(nodes), tuple(running), pending, quotas, config)
 
 
 def _guarantee(snap: Snapshot) -> dict[tuple[str, str], int]:
@@ -234,6 +329,161 @@ def test_preemption_only_stops_running_work_that_is_not_already_leaving(snap: Sn
         assert p.reason
 
 
+def _usage(snap: Snapshot) -> dict[tuple[str, str], int]:
+    """Accelerator thousandths each project holds per type (work still draining included)."""
+    out: dict[tuple[str, str], int] = defaultdict(int)
+    for r in snap.running:
+        if r.gpu_type:
+            out[(r.workload.project, r.gpu_type)] += r.workload.gpu_share
+    return out
+
+
+def _legitimate(snap: Snapshot, victim: Running, claimant: Workload, reason: str) -> str:
+    """The rule that allows ``victim`` to be stopped for ``claimant`` (fails if none does)."""
+    cfg, v, clock = snap.config, victim.workload, snap.clock
+    if reason.startswith(f"project {claimant.project} claims back its guaranteed"):
+        assert cfg.reclaim and cfg.quotas and v.project != claimant.project, reason
+        key = (v.project, str(victim.gpu_type))
+        held = sum(
+            r.workload.gpu_share
+            for r in snap.running
+            if (r.workload.project, r.gpu_type) == key and r.draining_until is None
+        )
+        assert held > _guarantee(snap)[key], f"{v.id} does not borrow: {reason}"
+        return "reclaim"
+    # priority and service-level victims must have run the minimum run time
+    assert clock - victim.started_at >= cfg.min_runtime_s, reason
+    if re.search(r"has priority class \d+, above", reason):
+        assert cfg.priority_preemption and v.project == claimant.project, reason
+        assert v.priority < claimant.priority, reason
+        return "priority"
+    assert "accelerator-hours (service level" in reason, reason
+    assert cfg.las_preemption and cfg.service_levels, reason
+    assert cfg.las_scope == "cluster" or v.project == claimant.project, reason
+    assert v.priority <= claimant.priority, reason
+    levels = cfg.service_levels
+    mine = service_level(claimant.attained_service, levels)
+    assert service_level(victim.attained(clock), levels) > mine, reason
+    return "service level"
+
+
+@COMMON
+@given(st.one_of(snapshots(), contended()))
+def test_every_victim_is_legitimate(snap: Snapshot) -> None:
+    """Each victim is preemptible, not leaving already, and chosen by a rule that is switched
+    on and holds: reclaim of borrowed capacity, a higher priority class, or a higher service
+    level, the last two only after the minimum run time."""
+    d = decide(snap)
+    running = {r.workload.id: r for r in snap.running}
+    pending = {w.id: w for w in snap.pending}
+    for p in d.preempts:
+        victim = running[p.workload_id]
+        assert victim.workload.preemptible, p
+        assert victim.draining_until is None, p
+        assert p.grace_s == snap.config.grace_s
+        _legitimate(snap, victim, pending[p.for_workload], p.reason)
+
+
+@COMMON
+@given(st.one_of(snapshots(), contended()))
+def test_borrowed_means_the_project_is_above_its_guarantee(snap: Snapshot) -> None:
+    d = decide(snap)
+    pending = {w.id: w for w in snap.pending}
+    usage = _usage(snap)
+    for place in d.places:
+        if place.gpu_type is not None:
+            usage[(pending[place.workload_id].project, place.gpu_type)] += pending[
+                place.workload_id
+            ].gpu_share
+    guarantee = _guarantee(snap)
+    for place in d.places:
+        w = pending[place.workload_id]
+        if place.borrowed:
+            assert w.preemptible, place
+            assert place.gpu_type is not None
+            assert usage[(w.project, place.gpu_type)] > guarantee[(w.project, place.gpu_type)]
+
+
+def _candidates(snap: Snapshot, d: Decisions) -> list[Workload]:
+    """Pending work the round considered (not rejected, not held for a low-carbon window), in
+    FIFO order."""
+    rejected = {r.workload_id for r in d.rejects}
+    held = {w.workload_id for w in d.waits if w.reason.startswith("deferrable: held")}
+    queue = [w for w in snap.pending if w.id not in rejected | held]
+    return sorted(queue, key=lambda w: (w.submit_time, w.id))
+
+
+@COMMON
+@given(snapshots())
+def test_strict_fifo_places_only_a_prefix_of_the_queue(snap: Snapshot) -> None:
+    snap = replace(snap, config=replace(POLICIES["fifo"], energy_aware=snap.config.energy_aware))
+    d = decide(snap)
+    placed = {p.workload_id for p in d.places}
+    queue = [w.id for w in _candidates(snap, d)]
+    assert placed == set(queue[: len(placed)]), (queue, placed)
+    assert not d.preempts
+
+
+def _fits_after_running_work(snap: Snapshot, head: Workload, placed: list[tuple]) -> bool:
+    """Whether ``head`` could start once the running work ended, with ``placed`` (this
+    round's placements: workload and its workers) still there."""
+    taken: dict[tuple[str, int], int] = defaultdict(int)
+    cpu: dict[str, int] = defaultdict(int)
+    mem: dict[str, int] = defaultdict(int)
+    for w, workers in placed:
+        for worker in workers:
+            cpu[worker.node] += w.request.cpu_milli
+            mem[worker.node] += w.request.memory_mib
+            for g in worker.gpus:
+                taken[(worker.node, g)] += worker.gpu_milli
+    nodes = tuple(
+        Node(
+            n.name,
+            n.cpu_milli,
+            n.memory_mib,
+            n.cpu_milli - cpu[n.name],
+            n.memory_mib - mem[n.name],
+            tuple(
+                replace(a, free_milli=1000 - taken[(n.name, g)])
+                for g, a in enumerate(n.accelerators)
+            ),
+            n.healthy,
+        )
+        for n in snap.nodes
+    )
+    alone = decide(Snapshot(snap.clock, nodes, pending=(head,), config=POLICIES["first-fit"]))
+    return bool(alone.places)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(snapshots())
+def test_backfill_never_delays_the_head(snap: Snapshot) -> None:
+    """Work placed behind a blocked head never takes what the head needs: if the head could
+    start once the running work ends with only the work ahead of it placed, it still can
+    with the backfilled work placed too."""
+    snap = replace(snap, config=POLICIES["fifo-backfill"])
+    d = decide(snap)
+    heads = [w for w in d.waits if "first in line: holding what it needs" in w.reason]
+    if not heads:
+        return
+    queue = _candidates(snap, d)
+    position = {w.id: i for i, w in enumerate(queue)}
+    head = next(w for w in queue if w.id == heads[0].workload_id)
+    pending = {w.id: w for w in snap.pending}
+    ahead = [
+        (pending[p.workload_id], p.workers)
+        for p in d.places
+        if position[p.workload_id] < position[head.id]
+    ]
+    behind = [
+        (pending[p.workload_id], p.workers)
+        for p in d.places
+        if position[p.workload_id] > position[head.id]
+    ]
+    if _fits_after_running_work(snap, head, ahead):
+        assert _fits_after_running_work(snap, head, ahead + behind), (head, behind)
+
+
 @COMMON
 @given(snapshots())
 def test_reject_exactly_when_an_empty_healthy_cluster_could_not_run_it(snap: Snapshot) -> None:
@@ -284,11 +534,18 @@ OPS = st.lists(
 class _Cluster:
     """Test-side bookkeeping: applies decisions the way a caller of ``decide`` must."""
 
-    def __init__(self) -> None:
+    def __init__(self, grace_s: float = 0.0) -> None:
         self.free = {f"n{i}": [1000] * 4 for i in range(3)}
         self.running: dict[str, Running] = {}
         self.pending: dict[str, Workload] = {}
         self.clock = 0.0
+        self.grace_s = grace_s
+
+    def end_graces(self) -> None:
+        """Victims whose grace period is over have left: back in the queue."""
+        for wid, run in sorted(self.running.items()):
+            if run.draining_until is not None and run.draining_until <= self.clock:
+                self.pending[wid] = self.release(wid)
 
     def snapshot(self, config_name: str) -> Snapshot:
         nodes = tuple(
@@ -302,7 +559,7 @@ class _Cluster:
             tuple(self.running.values()),
             tuple(self.pending.values()),
             quotas,
-            POLICIES[config_name],
+            replace(POLICIES[config_name], grace_s=self.grace_s),
         )
 
     def release(self, wid: str) -> Workload:
@@ -320,9 +577,14 @@ class _Cluster:
         assert sorted(decided) == sorted(self.pending)
         for r in d.rejects:
             del self.pending[r.workload_id]
-        for p in d.preempts:  # a grace period of zero: the victim leaves at once
-            w = self.release(p.workload_id)
-            self.pending[w.id] = w
+        for p in d.preempts:
+            victim = self.running[p.workload_id]
+            assert victim.draining_until is None  # never told to stop twice
+            assert p.grace_s == self.grace_s
+            if not p.grace_s:  # no grace period: the victim leaves at once
+                self.pending[p.workload_id] = self.release(p.workload_id)
+            else:  # it keeps its resources until its grace period ends
+                self.running[p.workload_id] = replace(victim, draining_until=self.clock + p.grace_s)
         used: dict[str, int] = defaultdict(int)
         for r in self.running.values():
             used[r.workload.project] += r.workload.gpu_share
@@ -342,11 +604,14 @@ class _Cluster:
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(OPS, st.sampled_from(sorted(POLICIES)))
-def test_random_submit_finish_cancel_sequences_keep_every_invariant(ops, config_name) -> None:
-    cluster = _Cluster()
+@given(OPS, st.sampled_from(sorted(POLICIES)), st.sampled_from([0.0, 30.0, 90.0]))
+def test_random_submit_finish_cancel_sequences_keep_every_invariant(
+    ops, config_name, grace_s
+) -> None:
+    cluster = _Cluster(grace_s)
     for n, op in enumerate(ops):
         cluster.clock += 60.0
+        cluster.end_graces()
         if op[0] == "submit":
             _, project, (gpus, milli), gang, priority = op
             w = Workload(

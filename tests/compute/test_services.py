@@ -26,7 +26,7 @@ from underlay.compute.schemas import AttemptEnded, JobCreate
 from underlay.compute.states import ALLOWED, JobState, check_transition, is_final
 from underlay.config import ComputeSettings, Settings
 from underlay.crypto import Keyring, SigningKey
-from underlay.errors import Conflict, PermissionDenied, Unauthenticated
+from underlay.errors import Conflict, IntegrityFailure, PermissionDenied, Unauthenticated
 from underlay.identity import SYSTEM
 from underlay.store import Database, Scope
 from underlay.store.models import ApiToken, AuditEntry, Project, Role
@@ -434,6 +434,22 @@ def test_a_pending_launch_carries_one_job_token_minted_once_and_scoped(w: World)
         pytest.raises(Unauthenticated, match="revoked"),
     ):
         identity.authenticate(s, secret)
+
+
+def test_job_secrets_are_stored_sealed_under_the_project_key(w: World) -> None:
+    beat(w, inventory(gpu(0)))
+    secret = "s3cr3t-" + "v" * 24
+    job_id, _ = submit(w, secrets={"API_KEY": secret})
+    with w.db.session(Scope.everything()) as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.secrets_sealed is not None
+        stored = bytes(job.secrets_sealed)
+        assert secret.encode() not in stored and b"API_KEY" not in stored
+        assert jobs.secrets_of(s, job, w.keyring) == {"API_KEY": secret}
+        s.expunge(job)  # a tampered copy, never written back
+        job.secrets_sealed = stored[:-1] + bytes([stored[-1] ^ 1])  # one bit flipped
+        with pytest.raises(IntegrityFailure, match=f"secrets of job {job_id} failed"):
+            jobs.secrets_of(s, job, w.keyring)
 
 
 def test_an_agent_token_speaks_for_its_node_only(w: World) -> None:

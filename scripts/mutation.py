@@ -1,0 +1,191 @@
+"""Mutation testing of the security-critical and scheduling modules, one module at a time.
+
+    python scripts/mutation.py identity          # one module
+    python scripts/mutation.py identity crypto   # several
+    python scripts/mutation.py --list            # the modules and the tests that cover them
+    make mutation MODULE=identity                # the same through make (all modules if unset)
+
+Each module runs in its own copy of the project under ``build/mutation/<module>/`` (so the
+worktree never sees mutmut's ``mutants/`` folder, and runs of different modules never share
+state): mutmut (pinned in ``[dev]``) mutates only that module's files and runs only the tests
+mapped to it below, on SQLite (add ``--postgres`` to run the PostgreSQL variants as well). It
+prints the surviving mutants per module and exits non-zero if any survived that is not listed
+in ``EQUIVALENT`` with the reason it cannot be killed.
+
+A later layer adds its modules to ``MODULES`` with the test files that prove them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build" / "mutation"
+
+
+@dataclass(frozen=True)
+class Target:
+    sources: tuple[str, ...]
+    tests: tuple[str, ...]
+
+
+MODULES: dict[str, Target] = {
+    # Fast in-process tests only: mutmut runs the covering tests once per mutant, and the
+    # HTTP suites (tests/api) would multiply the run time for the same rules.
+    "identity": Target(
+        ("src/underlay/identity.py",),
+        (
+            "tests/test_identity.py",
+            "tests/api/test_login.py::test_the_back_off_doubles_with_each_failure_up_to_a_cap",
+            "tests/api/test_login.py::test_one_address_failing_for_many_users_is_refused",
+            "tests/api/test_login.py::"
+            "test_unknown_and_inactive_users_cost_one_argon2_computation_like_a_known_one",
+        ),
+    ),
+    "crypto": Target(("src/underlay/crypto.py",), ("tests/test_crypto.py",)),
+    "audit": Target(
+        ("src/underlay/audit.py", "src/underlay/audit_checkpoints.py"),
+        ("tests/test_audit.py", "tests/test_audit_checkpoints.py"),
+    ),
+    "blobs": Target(("src/underlay/blobs.py",), ("tests/test_blobs.py",)),
+    "scoping": Target(("src/underlay/store/db.py",), ("tests/test_store.py",)),
+    "api-auth": Target(
+        ("src/underlay/api/deps.py", "src/underlay/api/problems.py"),
+        ("tests/api/test_access.py", "tests/api/test_problems.py"),
+    ),
+    "scheduler": Target(
+        (
+            "src/underlay/compute/scheduler/policy.py",
+            "src/underlay/compute/scheduler/preemption.py",
+            "src/underlay/compute/scheduler/quota.py",
+            "src/underlay/compute/scheduler/energy.py",
+        ),
+        ("tests/compute/test_policy.py", "tests/compute/test_properties.py"),
+    ),
+}
+
+EQUIVALENT: dict[str, str] = {
+    # "<mutant name>": "why no test can tell it from the original",
+}
+
+_RESULT = re.compile(r"^\s*(?P<name>\S+): (?P<status>[a-z ]+?)\s*$")
+
+
+def _copy_project(work: Path, target: Target, postgres: bool) -> None:
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    markers = "not slow and not s3 and not browser and not ray"
+    if not postgres:
+        markers += " and not postgres"
+    pytest_ini = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]
+    ini = pytest_ini["ini_options"]
+    values = {
+        # JSON strings and lists are valid TOML values
+        "[tool.pytest.ini_options]": {
+            "testpaths": ini["testpaths"],
+            "addopts": "-p no:cacheprovider",
+            "filterwarnings": ["error"],
+            "timeout": 300,
+            "markers": ini["markers"],
+        },
+        "[tool.mutmut]": {
+            "source_paths": ["src"],
+            "only_mutate": list(target.sources),
+            "pytest_add_cli_args": ["-m", markers, "-q"],
+            "pytest_add_cli_args_test_selection": list(target.tests),
+            "use_git_change_detection": False,
+        },
+    }
+    lines = []
+    for table, fields in values.items():
+        lines.append(table)
+        lines += [f"{key} = {json.dumps(value)}" for key, value in fields.items()]
+        lines.append("")
+    (work / "pyproject.toml").write_text("\n".join(lines))
+
+
+def _results(work: Path) -> dict[str, str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    found = {}
+    for line in out.splitlines():
+        m = _RESULT.match(line)
+        if m:
+            found[m["name"]] = m["status"]
+    return found
+
+
+def run_module(name: str, *, postgres: bool, jobs: int) -> list[str]:
+    """Mutate one module; returns the survivors that are not known to be equivalent."""
+    target = MODULES[name]
+    work = BUILD / name
+    _copy_project(work, target, postgres)
+    # mutmut puts mutants/src first on sys.path itself; a second copy there breaks its stats
+    env = dict(os.environ)
+    print(f"== {name}: mutating {', '.join(target.sources)}", flush=True)
+    print(f"   with {', '.join(target.tests)}", flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)],
+        cwd=work,
+        env=env,
+        check=False,
+    )
+    results = _results(work)
+    counts: dict[str, int] = {}
+    for status in results.values():
+        counts[status] = counts.get(status, 0) + 1
+    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    tested = sum(n for s, n in counts.items() if s not in ("skipped", "not checked"))
+    score = 100.0 * killed / tested if tested else 0.0
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    print(f"== {name}: {len(results)} mutants ({summary}); {score:.1f} % killed", flush=True)
+    survivors = sorted(m for m, s in results.items() if s in ("survived", "no tests"))
+    left = [m for m in survivors if m not in EQUIVALENT]
+    for m in survivors:
+        why = EQUIVALENT.get(m)
+        print(f"   survived: {m}" + (f"  (equivalent: {why})" if why else ""), flush=True)
+    if left:
+        print(f"   see one with: (cd {work} && python -m mutmut show <name>)", flush=True)
+    return left
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("modules", nargs="*", help=f"some of: {', '.join(MODULES)} (default all)")
+    parser.add_argument("--list", action="store_true", help="show modules and their tests")
+    parser.add_argument("--postgres", action="store_true", help="also run PostgreSQL variants")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel test processes")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, target in MODULES.items():
+            print(f"{name}: {' '.join(target.sources)}\n    tests: {' '.join(target.tests)}")
+        return 0
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        print(f"unknown module(s) {', '.join(unknown)}; choose from: {', '.join(MODULES)}")
+        return 2
+    left: list[str] = []
+    for name in args.modules or list(MODULES):
+        left += run_module(name, postgres=args.postgres, jobs=args.jobs)
+    return 1 if left else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
