@@ -74,7 +74,15 @@ MODULES: dict[str, Target] = {
 }
 
 EQUIVALENT: dict[str, str] = {
-    # "<mutant name>": "why no test can tell it from the original",
+    "underlay.identity.x_authenticate__mutmut_23": (
+        "expiry at exactly the current microsecond: utcnow() inside cannot be pinned by a test"
+    ),
+    "underlay.identity.x_authenticate__mutmut_41": (
+        "last-use written at exactly one minute: the same clock boundary, and only a write"
+    ),
+    "underlay.identity.x_authenticate__mutmut_84": (
+        "capping a member's role at member: both branches give Role.member"
+    ),
 }
 
 _RESULT = re.compile(r"^\s*(?P<name>\S+): (?P<status>[a-z ]+?)\s*$")
