@@ -196,6 +196,11 @@ class LocalExecutor:
                 self._watch(attempt, process)
                 return None
             attempt.final = self._ended(attempt)
+            if attempt.popen is not None:
+                # It may have turned zombie after the poll above: reap it now (it is gone, so
+                # this returns at once), or it lingers and its Popen warns when collected.
+                with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                    attempt.popen.wait(timeout=5)
             attempt.popen = None
             return attempt.final
 
