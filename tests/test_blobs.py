@@ -393,6 +393,22 @@ class TestLocalBlobStore(BlobStoreContract):
         assert ops.read(project, result[0].digest) == data
         assert list(partials.iterdir()) == []
 
+    def test_a_sweep_spares_a_staged_blob_waiting_for_its_commit(
+        self, ops: Ops, project: int, settings: Settings
+    ) -> None:
+        """The upload route stages (writes) a blob, then commits it in a second transaction;
+        a worker starting up in between sweeps partials and must leave the staged one alone
+        (a CI run once lost an upload with a 500 this way)."""
+        data = _data(2 * CHUNK + 5)
+        with ops.db.session(Scope.projects(project)) as s:
+            key = ops.store._keyring.data_key(s, project)
+        with ops.store.stage(key, data) as staged:
+            assert BlobStore(settings, Keyring(settings)).sweep_partials() == 0
+            with ops.db.session(Scope.projects(project)) as s:
+                blob = ops.store.commit(s, project, staged)
+        assert ops.read(project, blob.digest) == data
+        assert list((Path(settings.blob_url) / ".partial").iterdir()) == []
+
     def test_platform_start_sweeps_abandoned_partials(self, settings: Settings) -> None:
         """Start-up itself (not a caller of ``sweep_partials``) clears a crashed write."""
         from underlay.platform import Platform

@@ -14,9 +14,10 @@ Design decisions:
 * **Temporary name, then rename.** A write goes to ``<root>/.partial/<random>.part`` and is
   renamed to its final name only when complete, so a crash never leaves a half blob under a
   digest. :meth:`BlobStore.sweep_partials` removes the leftovers of crashed writes. On a local
-  folder the writer holds an exclusive ``flock`` on its partial file for as long as it writes
-  (the kernel drops it when the process dies, SIGKILL included), so a sweep at any time, from
-  any worker, removes exactly the partials no live write owns. Remote stores have no such
+  folder the writer holds an exclusive ``flock`` on its partial file from its creation until
+  it is renamed into place or discarded (the kernel drops it when the process dies, SIGKILL
+  included), so a sweep at any time, from any worker, removes exactly the partials no live
+  write owns. Remote stores have no such
   lock; there only partials older than an age are swept.
 * **File first, row second.** The metadata row is added in the caller's transaction only
   after the file is in place. If the process dies between the rename and the commit, the
@@ -165,14 +166,21 @@ class BlobStore:
         partial = f"{self._root}/{_PARTIAL_DIR}/{secrets.token_hex(16)}.part"
         staged: StagedBlob | None = None
         try:
-            digest, size, stored_size = self._write(partial, data_key, source)
-            if expected_digest is not None and digest != expected_digest:
-                raise InvalidInput(
-                    f"uploaded content has digest sha256:{digest}, expected "
-                    f"sha256:{expected_digest}: the upload was corrupted or the digest is wrong"
-                )
-            staged = StagedBlob(partial, digest, size, stored_size)
-            yield staged
+            with contextlib.ExitStack() as held:
+                out = held.enter_context(self._open_partial(partial))
+                digest, size, stored_size = self._write(out, data_key, source)
+                if not self._local:
+                    held.close()  # a remote upload completes on close, before the move
+                if expected_digest is not None and digest != expected_digest:
+                    raise InvalidInput(
+                        f"uploaded content has digest sha256:{digest}, expected "
+                        f"sha256:{expected_digest}: the upload was corrupted or the digest is "
+                        "wrong"
+                    )
+                staged = StagedBlob(partial, digest, size, stored_size)
+                # a local partial stays open and locked until it is moved: a sweep from another
+                # worker starting up meanwhile must not take it for a crashed write's leftover
+                yield staged
         finally:
             if staged is None or not staged.placed:
                 self._discard_quietly(partial)
@@ -230,13 +238,13 @@ class BlobStore:
         pending[:] = [(store, path) for store, path in pending if path != final]
 
     def _write(
-        self, path: str, key: bytes, source: BinaryIO | bytes | Iterable[bytes]
+        self, out: Any, key: bytes, source: BinaryIO | bytes | Iterable[bytes]
     ) -> tuple[str, int, int]:
-        """Encrypt ``source`` into ``path``; returns (digest, size, stored size)."""
+        """Encrypt ``source`` into the open file ``out``; returns (digest, size, stored size)."""
         encryptor = BlobEncryptor(key, self._chunk_size)
         sha = hashlib.sha256()
         size = 0
-        with self._open_partial(path) as out, _Writer(out) as writer:
+        with _Writer(out) as writer:
             writer.write(encryptor.header)
             stored = len(encryptor.header)
             for chunk in _chunks(source, self._chunk_size):
@@ -261,7 +269,7 @@ class BlobStore:
 
     @contextlib.contextmanager
     def _open_partial(self, path: str) -> Iterator[Any]:
-        """``path`` opened for writing; on a local folder, locked while the write lasts."""
+        """``path`` opened for writing; on a local folder, locked until it is closed."""
         for _ in range(3):
             with self._fs.open(path, "wb") as out:
                 if not self._local:

@@ -90,6 +90,9 @@ def running(
             assert time.monotonic() < deadline, "server did not become ready"
             time.sleep(0.05)
         yield url
+    except BaseException:
+        print((home.parent / "server.log").read_text(errors="replace"))  # shown with the failure
+        raise
     finally:
         proc.terminate()
         proc.wait(15)
