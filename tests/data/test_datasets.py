@@ -231,3 +231,19 @@ def test_manifest_digest_depends_on_content_not_order() -> None:
     assert manifest_digest(a) == manifest_digest(list(reversed(a)))
     assert manifest_digest(a) != manifest_digest([FileEntry("x", "0" * 64, 1)])
     assert manifest_digest(a) != manifest_digest([a[0], FileEntry("y", "2" * 64, 2)])
+
+
+def test_concurrent_creates_of_one_name_give_one_dataset_and_conflicts(
+    project: str, server: Any
+) -> None:
+    def create(_: int) -> str:
+        with server.client() as c:
+            try:
+                c.create_dataset(project, "once")
+                return "created"
+            except Conflict:
+                return "conflict"
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = sorted(pool.map(create, range(4)))
+    assert outcomes == ["conflict", "conflict", "conflict", "created"]

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.cli.test_cli import (  # noqa: F401  - fixtures shared with the CLI tests
-    Cli,
-    as_json,
-    assert_one_line_error,
-    cli,
-    cli_home,
-    database_url,
-)
+import pytest
+
+from tests.cli.test_cli import Cli, as_json, assert_one_line_error
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """SQLite only for the CLI: the backends are covered by the API tests."""
+    return f"sqlite:///{tmp_path / 'underlay.db'}"
 
 
 def test_push_versions_diff_show_pull(cli: Cli, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Select, delete, func, insert, select
+from sqlalchemy import Select, delete, exc, func, insert, select
 from sqlalchemy.orm import Session
 
 from underlay.blobs import check_digest
@@ -48,13 +48,15 @@ def create(
     description: str = "",
     created_by: int | None = None,
 ) -> Dataset:
-    if session.scalar(_by_name(project_id, name)) is not None:
-        raise Conflict(f"dataset {name!r} already exists in this project")
+    """A new, empty dataset; :class:`Conflict` if the project has one of that name."""
     dataset = Dataset(
         project_id=project_id, name=name, description=description, created_by=created_by
     )
-    session.add(dataset)
-    session.flush()
+    try:
+        with session.begin_nested():  # a concurrent create of the same name loses here
+            session.add(dataset)
+    except exc.IntegrityError:
+        raise Conflict(f"dataset {name!r} already exists in this project") from None
     return dataset
 
 
@@ -69,9 +71,16 @@ def get(session: Session, project_id: int, name: str, *, lock: bool = False) -> 
 def get_or_create(
     session: Session, project_id: int, name: str, created_by: int | None = None
 ) -> Dataset:
-    """The dataset, created on first push; locked until the caller's transaction ends."""
-    found = session.scalar(_by_name(project_id, name).with_for_update())
-    return found if found is not None else create(session, project_id, name, "", created_by)
+    """The dataset, created on first push; locked until the caller's transaction ends, so
+    concurrent pushes to it take their version numbers one after the other."""
+    query = _by_name(project_id, name).with_for_update()
+    found = session.scalar(query)
+    if found is not None:
+        return found
+    try:
+        return create(session, project_id, name, "", created_by)
+    except Conflict:  # another push created it meanwhile (and has committed): lock that one
+        return get(session, project_id, name, lock=True)
 
 
 def list_all(session: Session, project_id: int) -> list[tuple[Dataset, DatasetVersion | None]]:
