@@ -247,3 +247,14 @@ def test_concurrent_creates_of_one_name_give_one_dataset_and_conflicts(
     with ThreadPoolExecutor(4) as pool:
         outcomes = sorted(pool.map(create, range(4)))
     assert outcomes == ["conflict", "conflict", "conflict", "created"]
+
+
+@pytest.mark.parametrize("path", ["../escape", "a/../../escape", "/abs", "a\\..\\b"])
+def test_pull_never_writes_outside_its_folder_whatever_a_server_sends(
+    tmp_path: Path, path: str
+) -> None:
+    from underlay.client.data import _target
+
+    with pytest.raises(InvalidInput):
+        _target(tmp_path / "out", path)
+    assert _target(tmp_path / "out", "a/b.txt") == tmp_path / "out" / "a" / "b.txt"
