@@ -60,6 +60,7 @@ from sqlalchemy.orm import Session
 from underlay.config import Settings
 from underlay.crypto import BLOB_HEADER_BYTES, BlobDecryptor, BlobEncryptor, Keyring
 from underlay.errors import (
+    Conflict,
     IntegrityFailure,
     InvalidInput,
     NotFound,
@@ -295,8 +296,14 @@ class BlobStore:
     def delete_blob(self, session: Session, project_id: int, digest: str) -> None:
         """Delete a blob's row now and its file once the caller's transaction commits."""
         blob = self.read_blob(session, project_id, digest)
-        session.delete(blob)
-        session.flush()
+        try:
+            with session.begin_nested():
+                session.delete(blob)
+        except exc.IntegrityError:  # a row of a domain (a dataset version) still names it
+            raise Conflict(
+                f"blob sha256:{digest} is still held by other objects of this project (a "
+                "dataset version): remove those first"
+            ) from None
         self._discard_after_commit(session, self.location(project_id, digest))
 
     def delete_project_files(self, session: Session, project_id: int) -> None:

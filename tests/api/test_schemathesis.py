@@ -63,18 +63,23 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         admin.create_project("vision")
         admin.create_user("alice", password="correct horse battery")
         admin.add_member("vision", "alice", "member")
+        admin.create_user("mallory", password="correct horse battery")  # in no project
         blob = admin.upload_blob("vision", b"fuzz me")
         admin.add_lineage("vision", ("blob", blob.digest), "input_of", ("run", "r1"))
+        files = home.parent / "dataset"
+        files.mkdir()
+        (files / "a.txt").write_bytes(b"fuzz me")
+        admin.push_dataset("vision", "ds", files)
     try:
         yield server
     finally:
         server.stop()
 
 
-def fresh_admin_token(live: LiveServer) -> str:
+def fresh_token(live: LiveServer, user: str = "admin") -> str:
     with live.platform.db.session(Scope.everything()) as session:
-        admin = identity.read_user(session, "admin")
-        _, secret = identity.create_token(session, admin, "fuzz", expires_in_days=1)
+        found = identity.read_user(session, user)
+        _, secret = identity.create_token(session, found, "fuzz", expires_in_days=1)
     return secret
 
 
@@ -135,7 +140,13 @@ def fuzz(live: LiveServer, mode: GenerationMode, token: Callable[[], str | None]
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
 def test_no_server_errors_with_an_admin_token(live: LiveServer, mode: GenerationMode) -> None:
-    failures = fuzz(live, mode, lambda: fresh_admin_token(live))
+    failures = fuzz(live, mode, lambda: fresh_token(live))
+    assert not failures, "\n".join(failures)
+
+
+def test_no_server_errors_with_a_non_member_token(live: LiveServer) -> None:
+    """A signed-in user of no project probes every route (a tenant's view of the others)."""
+    failures = fuzz(live, GenerationMode.POSITIVE, lambda: fresh_token(live, "mallory"))
     assert not failures, "\n".join(failures)
 
 
@@ -151,7 +162,7 @@ def test_stateful_sequences_find_no_server_error_nor_undocumented_status(
     """The stateful phase: schemathesis infers links between operations (a created project's
     name into its members, blobs, jobs...) and runs sequences of calls. Its own runner (the
     CLI) drives it, so each sequence starts from what earlier ones left, as a client would."""
-    token = fresh_admin_token(live)
+    token = fresh_token(live)
     report = tmp_path / "stateful.json"
     done = subprocess.run(
         [

@@ -288,6 +288,8 @@ def test_demo_runs_clean(tmp_path: Path) -> None:
     assert "audit chain OK" in result.stdout
     wanted = "jobs run sandboxed (namespaces+user)" if os.geteuid() == 0 else "jobs "
     assert wanted in result.stdout  # the demo says how its node isolates jobs
+    flat = " ".join(result.stdout.split())
+    assert "(1 added, 1 removed, 1 changed); only 2 new file(s) were uploaded and stored" in flat
     assert list(tmp_path.iterdir()) == []  # the temporary home is removed
 
 

@@ -16,6 +16,7 @@ from underlay.api.routes import (
     alerts,
     audit,
     blobs,
+    datasets,
     health,
     jobs,
     lineage,
@@ -28,6 +29,7 @@ from underlay.api.routes import (
 from underlay.api.runtime import ComputeRuntime
 from underlay.compute.purge import purge_project
 from underlay.config import Settings
+from underlay.data import datasets as data_datasets
 from underlay.platform import Platform
 
 API_PREFIX = "/api/v1"
@@ -59,6 +61,9 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     )
     app.state.platform = platform
     platform.project_purgers.append(functools.partial(purge_project, home=platform.settings.home))
+    platform.project_purgers.append(
+        lambda session, project: data_datasets.purge_project(session, project.id)
+    )
     app.state.uploads = UploadSlots(platform.settings.server.max_concurrent_uploads)
     problems.install(app)
     app.add_middleware(
@@ -70,7 +75,19 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     app.include_router(health.router, include_in_schema=False)  # root probes too
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health.router)
-    for module in (users, projects, tokens, blobs, lineage, audit, nodes, jobs, usage, alerts):
+    for module in (
+        users,
+        projects,
+        tokens,
+        blobs,
+        lineage,
+        audit,
+        nodes,
+        jobs,
+        usage,
+        alerts,
+        datasets,
+    ):
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(api)
     return app

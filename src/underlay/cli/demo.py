@@ -199,6 +199,34 @@ def _scheduled_job(ctx: DemoContext) -> None:
     )
 
 
+def _dataset(ctx: DemoContext) -> None:
+    alice: Client = ctx.state["alice"]
+    folder = ctx.home / "demo-images"
+    for label in ("cat", "dog"):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        for i in range(3):
+            (folder / label / f"{i}.png").write_bytes(
+                hashlib.sha256(f"{label}{i}".encode()).digest() * 100
+            )
+    v1 = alice.push_dataset("vision", "pets", folder, message="first cut")
+    (folder / "cat" / "0.png").write_bytes(b"relabelled" * 100)
+    (folder / "dog" / "2.png").unlink()
+    (folder / "bird").mkdir()
+    (folder / "bird" / "0.png").write_bytes(b"tweet" * 100)
+    blobs_before = len(alice.list_blobs("vision", limit=1000))
+    v2 = alice.push_dataset("vision", "pets", folder, message="fix a label, add birds")
+    new_blobs = len(alice.list_blobs("vision", limit=1000)) - blobs_before
+    change = alice.diff_dataset("vision", "pets", v1.version, v2.version)
+    ctx.say(
+        f"dataset pets@{v1.version}: {v1.file_count} files; pets@{v2.version}: "
+        f"{v2.file_count} files ({len(change.added)} added, {len(change.removed)} removed, "
+        f"{len(change.changed)} changed); only {new_blobs} new file(s) were uploaded and stored"
+    )
+    out = ctx.home / "demo-pull"
+    alice.pull_dataset("vision", "pets", out, version=v1.version)
+    ctx.say(f"pulled pets@{v1.version} back, every file verified against its digest")
+
+
 def _audit(ctx: DemoContext) -> None:
     report = ctx.admin.verify_audit()
     denied = ctx.admin.list_audit(outcome="denied")
@@ -215,6 +243,7 @@ STEPS: list[Step] = [
     Step("Store and read back an encrypted blob", _encrypted_blob),
     Step("Record and show lineage", _lineage),
     Step("Tenant isolation", _isolation),
+    Step("Version a dataset of files", _dataset),
     Step("Run a job through the scheduler and bill it", _scheduled_job),
     Step("Verify the audit log", _audit),
 ]

@@ -12,6 +12,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from underlay.client.compute import ComputeMethods
+from underlay.client.data import DataMethods
 from underlay.errors import IntegrityFailure, Unavailable, UnderlayError, error_for_problem
 from underlay.schemas import (
     AuditEntryRead,
@@ -47,7 +48,7 @@ def _raise_for_problem(response: httpx.Response) -> None:
     raise cls(detail, **extra)
 
 
-class Client(ComputeMethods):
+class Client(ComputeMethods, DataMethods):
     """A session with one underlay server; use as a context manager or call :meth:`close`."""
 
     def __init__(
@@ -216,13 +217,19 @@ class Client(ComputeMethods):
         *,
         name: str = "",
         media_type: str = "application/octet-stream",
+        digest: str | None = None,
     ) -> BlobRead:
-        """Stream ``data`` (bytes, a binary file, an iterable of chunks, or a path) up."""
+        """Stream ``data`` (bytes, a binary file, an iterable of chunks, or a path) up.
+
+        With ``digest`` (the SHA-256 hex the content must have) the server refuses content
+        that arrives with another digest, and stores nothing."""
         params = {"name": name, "media_type": media_type}
+        if digest is not None:
+            params["digest"] = digest
         if isinstance(data, Path):
             with data.open("rb") as handle:
                 return self.upload_blob(
-                    project, handle, name=name or data.name, media_type=media_type
+                    project, handle, name=name or data.name, media_type=media_type, digest=digest
                 )
         content: bytes | Iterator[bytes]
         if isinstance(data, bytes):

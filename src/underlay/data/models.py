@@ -1,0 +1,76 @@
+"""Tables of the data domain: datasets of files, their immutable versions, and manifests.
+
+A version's files are rows that name a blob of the same project by digest (a composite foreign
+key onto ``blobs``), so a file is stored once however many versions and datasets hold it, and
+a blob that a version holds cannot be deleted from under it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from underlay.store.models import MONOTONIC, Base, ProjectScoped
+from underlay.store.types import utcnow
+
+
+class Dataset(ProjectScoped, Base):
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("project_id", "name"), MONOTONIC)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    description: Mapped[str] = mapped_column(String(1000), default="")
+    created_by: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class DatasetVersion(ProjectScoped, Base):
+    """One immutable version: its number counts up from 1 within its dataset."""
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (UniqueConstraint("dataset_id", "version"), MONOTONIC)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), index=True
+    )
+    version: Mapped[int] = mapped_column(Integer)
+    message: Mapped[str] = mapped_column(String(1000), default="")
+    file_count: Mapped[int] = mapped_column(Integer)
+    total_size: Mapped[int] = mapped_column(BigInteger)
+    manifest_digest: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class DatasetFile(ProjectScoped, Base):
+    """A file of a version: its path in the dataset and the blob that holds its bytes."""
+
+    __tablename__ = "dataset_files"
+    __table_args__ = (
+        ForeignKeyConstraint(["project_id", "digest"], ["blobs.project_id", "blobs.digest"]),
+        Index("ix_dataset_files_project_digest", "project_id", "digest"),
+    )
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("dataset_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    media_type: Mapped[str] = mapped_column(String(127), default="application/octet-stream")

@@ -1,0 +1,93 @@
+"""Request and response shapes of the data resources, shared by the API and the SDK."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from underlay.schemas import Line, Name
+
+Digest = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class _In(BaseModel):
+    """A request body: unknown fields refused, strict types (as in :mod:`underlay.schemas`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class DatasetCreate(_In):
+    name: str = Name
+    description: Line = Field(default="", max_length=1000)
+
+
+class DatasetRead(_Out):
+    name: str
+    description: str
+    created_at: dt.datetime
+    latest_version: int | None = None
+    file_count: int | None = Field(default=None, description="Files in the latest version.")
+    total_size: int | None = Field(default=None, description="Bytes in the latest version.")
+
+
+class DigestList(_In):
+    digests: list[str] = Field(max_length=100_000)
+
+
+class MissingDigests(BaseModel):
+    missing: list[str] = Field(description="Digests the project holds no blob for: upload them.")
+
+
+class FileEntryModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, from_attributes=True)
+    path: str = Field(min_length=1, max_length=1024)
+    digest: str = Digest
+    size: int = Field(ge=0)
+    media_type: str = Field(
+        default="application/octet-stream", max_length=127, pattern=r"^[\w.+-]+/[\w.+-]+$"
+    )
+
+
+class VersionCreate(_In):
+    files: list[FileEntryModel] = Field(max_length=1_000_000)
+    message: Line = Field(default="", max_length=1000)
+
+
+class VersionRead(_Out):
+    dataset: str
+    version: int
+    message: str
+    file_count: int
+    total_size: int
+    manifest_digest: str
+    created_at: dt.datetime
+    created: bool = Field(
+        default=True, description="False when the push changed nothing (the latest version)."
+    )
+
+
+class FilePage(BaseModel):
+    files: list[FileEntryModel]
+    next_after: str | None = Field(
+        default=None, description="Pass as `after` for the next page; null on the last one."
+    )
+
+
+class FileChange(BaseModel):
+    path: str
+    before: FileEntryModel
+    after: FileEntryModel
+
+
+class DiffRead(BaseModel):
+    dataset: str
+    from_version: int
+    to_version: int
+    added: list[FileEntryModel]
+    removed: list[FileEntryModel]
+    changed: list[FileChange]
