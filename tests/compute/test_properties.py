@@ -6,7 +6,6 @@ import re
 from collections import defaultdict
 from dataclasses import replace
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -456,12 +455,6 @@ def _fits_after_running_work(snap: Snapshot, head: Workload, placed: list[tuple]
     return bool(alone.places)
 
 
-@pytest.mark.xfail(
-    reason="found on 2026-12-06 after the claims change of issue 9: fifo-backfill placed a "
-    "0.1-GPU job behind a blocked 4-GPU head on a GPU the head holds (a rare example; under "
-    "investigation, see the issue 9 note)",
-    strict=False,
-)
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(snapshots())
 def test_backfill_never_delays_the_head(snap: Snapshot) -> None:
