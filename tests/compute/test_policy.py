@@ -451,7 +451,8 @@ def test_work_that_is_not_preemptible_is_never_a_victim_and_never_borrows():
     service = replace(job("svc", "nlp", gpus=8), preemptible=False)
     runs = [running_on(service, [("n0", tuple(range(8)))])]
     nodes = occupy([node("n0")], runs)
-    d = decide(snapshot(nodes, [job("high", "nlp", gpus=8, priority=9)], running=runs))
+    high = job("high", "nlp", gpus=8, priority=9)
+    d = decide(snapshot(nodes, [high], running=runs, clock=500.0))  # past min_runtime_s
     assert not d.preempts
     spare = [node("n0"), node("n1")]
     lone = replace(job("svc2", "vision", gpus=8, submit=1), preemptible=False)
@@ -524,3 +525,25 @@ def test_a_max_per_node_below_one_is_rejected() -> None:
     w = replace(job("bad", milli=100), max_per_node=0)
     d = decide(snapshot([node("a", gpus=1)], [w]))
     assert rejected(d) == {"bad": "max_per_node must be at least 1 (got 0)"}
+
+
+def test_constrained_work_waits_instead_of_preempting_or_holding() -> None:
+    runs = [running_on(job("low", gpus=8), [("n0", tuple(range(8)))], started=0.0)]
+    nodes = [_labelled(n, "zone=a") for n in occupy([node("n0"), node("n1", gpus=4)], runs)]
+    high = replace(job("high", gpus=8, priority=5), node_selector=("zone=a",))
+    later = job("later", gpus=4, submit=1.0)
+    d = decide(snapshot(nodes, [high, later], running=runs, clock=500.0))
+    assert not d.preempts
+    assert waiting(d)["high"].startswith("no node with labels zone=a has room: ")
+    assert set(placed(d)) == {"later"}
+
+
+def test_backfill_keeps_off_a_shared_gpu_the_blocked_head_will_need() -> None:
+    # Found by test_backfill_never_delays_the_head: the head held only idle GPUs, so a 0.1-GPU
+    # job took the shared GPU 0 that the head needs once r0 ends.
+    runs = [running_on(job("r0", milli=100), [("n0", (0,))])]
+    nodes = occupy([node("n0", gpus=2)], runs)
+    pending = [job("head", gpus=2, submit=0.0), job("small", milli=100, submit=1.0)]
+    d = decide(snapshot(nodes, pending, running=runs, config="fifo-backfill"))
+    assert not d.places
+    assert "first in line: holding what it needs on node n0" in waiting(d)["head"]

@@ -744,18 +744,20 @@ LABELS = ["zone=a", "zone=b", "gpu=a100", "gpu=t4"]
 
 SERVICE_JOBS = st.lists(
     st.tuples(
-        st.sampled_from(["web", "api", None]),  # app (None: batch work)
-        st.sampled_from([None, 1, 2]),  # max_per_node
-        st.sampled_from([(), ("zone=a",), ("gpu=a100",), ("zone=b", "gpu=t4"), ("zone=c",)]),
+        st.sampled_from(["web", "api", None, None]),  # app (None: batch work)
+        st.sampled_from([None, None, None, 1, 2]),  # max_per_node of batch work
+        st.sampled_from(
+            [(), (), (), ("zone=a",), ("gpu=a100",), ("zone=b", "gpu=t4"), ("zone=c",)]
+        ),
         st.booleans(),  # preemptible
-        st.sampled_from([250, 500, 1000]),  # gpu_milli
+        st.sampled_from([250, 500, 1000, 1000, 2000]),  # thousandths of a GPU per worker
         st.sampled_from([1, 2, 3]),  # gang
         st.integers(0, 2),  # priority
-        st.integers(0, 20).map(lambda m: 60.0 * m),  # submit
+        st.integers(0, 20).map(lambda m: 120.0 * m),  # submit
         st.sampled_from([None, None, 600.0, 3600.0]),  # duration (None: until the end)
     ),
     min_size=1,
-    max_size=16,
+    max_size=20,
 )
 
 
@@ -786,7 +788,7 @@ class _Checked(Simulation):
 @given(
     SERVICE_JOBS,
     st.sampled_from(sorted(POLICIES)),
-    st.lists(st.sets(st.sampled_from(LABELS)), min_size=1, max_size=4),
+    st.lists(st.sets(st.sampled_from(LABELS)), min_size=1, max_size=3),
 )
 def test_services_keep_their_limits_selectors_and_protection(rows, policy: str, labels) -> None:
     """Long-running inference instances with per-node limits replay with no limit exceeded,
@@ -795,16 +797,17 @@ def test_services_keep_their_limits_selectors_and_protection(rows, policy: str, 
         TraceJob(
             Workload(
                 f"j{i}",
-                "p0" if app else "p1",
-                Request(1000, 1024, gpu_milli=milli),
+                "p0",
+                Request(1000, 1024, gpus=milli // 1000, gpu_milli=milli % 1000),
                 gang,
-                priority,
+                priority if app else priority + 3,  # batch outranks services: it may preempt
                 submit_time=submit,
                 preemptible=preemptible,
                 app=app,
-                # the same app keeps one limit, as a deployment would
+                # the same app keeps one limit, as a deployment would; batch work has a
+                # limit only sometimes and no selector, so that it can start preemptions
                 max_per_node=limit if app is None else {"web": 2, "api": 1}[app],
-                node_selector=selector,
+                node_selector=selector if app else (),
             ),
             duration,
         )
@@ -816,7 +819,7 @@ def test_services_keep_their_limits_selectors_and_protection(rows, policy: str, 
         replace(n, labels=tuple(sorted(ls)))
         for n, ls in zip(parse_spec(f"{len(labels)}x2xA100"), labels, strict=True)
     )
-    quotas = quotas_from_weights(nodes, [("p0", 1.0), ("p1", 1.0)])
-    sim = _Checked(Trace.of("services", jobs), nodes, quotas, POLICIES[policy], interval_s=60.0)
+    # no quotas: a higher class may then preempt a lower one of its project
+    sim = _Checked(Trace.of("services", jobs), nodes, (), POLICIES[policy], interval_s=60.0)
     sim.run()
     assert sim.calls > 0
