@@ -187,6 +187,7 @@ def test_idle_gpu_is_flagged_and_the_flag_clears_when_the_gpu_is_released(ul: Cl
 
 
 def test_a_selector_no_node_matches_stays_pending_and_a_matching_one_runs(ul: Client) -> None:
+    assert ul.list_nodes()[0].labels == ["gpu=a100", "zone=a"]
     stuck = ul.submit_job("vision", script("pass"), node_selector=["gpu=h100"])
     assert stuck.node_selector == ["gpu=h100"] and stuck.preemptible
     reason = _wait_until(

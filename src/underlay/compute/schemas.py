@@ -157,8 +157,18 @@ class NodeRead(_Out):
     isolation: str = Field(
         default="none", description="How jobs are sandboxed on this node (docs/security.md)."
     )
+    labels: list[str] = Field(
+        default=[], description="key=value labels its agent reports (compute.node_labels)."
+    )
     heartbeat_at: dt.datetime
     accelerators: list[AcceleratorRead] = []
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _stored(cls, value: object) -> object:
+        import json
+
+        return json.loads(value) if isinstance(value, str) else value
 
 
 class CordonRequest(_In):
