@@ -209,3 +209,28 @@ def test_migrated_sqlite_tables_keep_autoincrement(tmp_path: Path) -> None:
         t.name for t in Base.metadata.sorted_tables if t.dialect_kwargs.get("sqlite_autoincrement")
     ]
     assert wanted and [n for n in wanted if "AUTOINCREMENT" not in made[n]] == []
+
+
+def test_0006_adds_scheduling_constraints_with_safe_defaults_and_reverts(db: Database) -> None:
+    """Rows made before 0006 come out unconstrained: nodes without labels, jobs preemptible
+    with no selector; and the migration downgrades cleanly (SQLite and PostgreSQL)."""
+    from alembic import command
+    from sqlalchemy import inspect, text
+
+    cfg = db.alembic_config()
+    command.downgrade(cfg, "0005")
+    assert "labels" not in {c["name"] for c in inspect(db.engine).get_columns("nodes")}
+    with db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO nodes (name, hostname, cpu_milli, memory_mib, cpu_utilization, "
+                "status, status_reason, simulated, info, registered_at, heartbeat_at) VALUES "
+                "('old', 'h', 1000, 1024, 0, 'ready', '', false, '{}', "
+                "'2026-01-01', '2026-01-01')"
+            )
+        )
+    db.migrate()
+    jobs = {c["name"] for c in inspect(db.engine).get_columns("jobs")}
+    assert {"app", "max_per_node", "node_selector", "preemptible"} <= jobs
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT labels FROM nodes WHERE name = 'old'")).scalar() == "[]"

@@ -185,6 +185,11 @@ class ComputeSettings(BaseModel):
         default=True, description="Run a node agent for this machine inside `underlay up`."
     )
     policy: str = Field(default="default", description="Scheduling policy of the live loop.")
+    node_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels of this machine's node, matched by job node selectors (JSON object, "
+        'e.g. {"zone": "a", "gpu": "a100"}); the agent reports them with every heartbeat.',
+    )
     loop_interval_s: float = Field(
         default=0.5, gt=0, le=60, description="Seconds between scheduling rounds when idle."
     )

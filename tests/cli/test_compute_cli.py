@@ -230,6 +230,39 @@ def test_an_unsatisfiable_job_is_refused_with_the_policys_reason(cli: Cli, ul: C
     assert ul.list_jobs("vision") == []
 
 
+def test_constraint_options_reach_the_job_and_its_pending_reason(cli: Cli) -> None:
+    job = submit(
+        cli,
+        "--app",
+        "web",
+        "--max-per-node",
+        "2",
+        "--node-selector",
+        "gpu=h100",
+        "--node-selector",
+        "zone=a",
+        "--not-preemptible",
+        "--",
+        "true",
+    )
+    shown = json.loads(cli("jobs", "show", str(job), "-p", "vision", "--json").stdout)
+    assert (shown["app"], shown["max_per_node"], shown["preemptible"]) == ("web", 2, False)
+    assert shown["node_selector"] == ["gpu=h100", "zone=a"]
+
+    def reason() -> str:
+        got = json.loads(cli("jobs", "show", str(job), "-p", "vision", "--json").stdout)
+        return str(got["reason"])
+
+    assert wait_until("a pending reason", reason) == "no node with labels gpu=h100, zone=a"
+
+
+def test_bad_constraint_options_are_one_line_errors(cli: Cli) -> None:
+    base = ("jobs", "submit", "-p", "vision")
+    one_line_error(cli(*base, "--node-selector", "zone", "--", "true", ok=False), "zone")
+    one_line_error(cli(*base, "--max-per-node", "0", "--", "true", ok=False), "max_per_node")
+    one_line_error(cli(*base, "--app", "a b", "--", "true", ok=False), "app")
+
+
 def test_bad_options_are_one_line_errors(cli: Cli, tmp_path: Path) -> None:
     one_line_error(
         cli("jobs", "submit", "-p", "vision", "--env", "NOVALUE", "--", "true", ok=False),

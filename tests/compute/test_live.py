@@ -35,6 +35,7 @@ def settings(settings: Settings) -> Settings:  # type: ignore[override]
             SimulatedAccelerator(type="A100", count=2, idle_watts=50, busy_watts=400)
         ],
         node_name="node-1",
+        node_labels={"zone": "a", "gpu": "a100"},
         loop_interval_s=0.1,
         heartbeat_interval_s=0.2,
         grace_s=3.0,
@@ -183,6 +184,35 @@ def test_idle_gpu_is_flagged_and_the_flag_clears_when_the_gpu_is_released(ul: Cl
     ul.cancel_job("vision", job.id)
     assert ul.wait_job("vision", job.id, timeout_s=60).state == "cancelled"
     _wait_until(lambda: not ul.list_alerts(project="vision"), "the alert to clear itself")
+
+
+def test_a_selector_no_node_matches_stays_pending_and_a_matching_one_runs(ul: Client) -> None:
+    assert ul.list_nodes()[0].labels == ["gpu=a100", "zone=a"]
+    stuck = ul.submit_job("vision", script("pass"), node_selector=["gpu=h100"])
+    assert stuck.node_selector == ["gpu=h100"] and stuck.preemptible
+    reason = _wait_until(
+        lambda: ul.read_job("vision", stuck.id).reason, "the pending job to get a reason"
+    )
+    assert ul.read_job("vision", stuck.id).state == "queued"
+    assert reason == "no node with labels gpu=h100"
+    job = ul.submit_job(
+        "vision",
+        script("print('placed by its labels')"),
+        gpu_fraction=0.5,
+        node_selector=["zone=a", "gpu=a100"],
+        app="web",
+        max_per_node=1,
+        preemptible=False,
+    )
+    assert (job.app, job.max_per_node, job.preemptible) == ("web", 1, False)
+    done = ul.wait_job("vision", job.id, timeout_s=60)
+    assert done.state == "succeeded", done.reason
+    assert ul.read_job("vision", stuck.id).state == "queued"
+
+
+def test_a_malformed_selector_is_refused(ul: Client) -> None:
+    with pytest.raises(InvalidInput, match="is not key=value"):
+        ul.submit_job("vision", script("pass"), node_selector=["zone"])
 
 
 def _wait_until(condition: Callable[[], T], what: str, within_s: float = 60) -> T:

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from underlay.compute.scheduler import (
+    POLICIES,
     Claim,
     Decisions,
     PowerModel,
@@ -450,7 +451,8 @@ def test_work_that_is_not_preemptible_is_never_a_victim_and_never_borrows():
     service = replace(job("svc", "nlp", gpus=8), preemptible=False)
     runs = [running_on(service, [("n0", tuple(range(8)))])]
     nodes = occupy([node("n0")], runs)
-    d = decide(snapshot(nodes, [job("high", "nlp", gpus=8, priority=9)], running=runs))
+    high = job("high", "nlp", gpus=8, priority=9)
+    d = decide(snapshot(nodes, [high], running=runs, clock=500.0))  # past min_runtime_s
     assert not d.preempts
     spare = [node("n0"), node("n1")]
     lone = replace(job("svc2", "vision", gpus=8, submit=1), preemptible=False)
@@ -459,3 +461,89 @@ def test_work_that_is_not_preemptible_is_never_a_victim_and_never_borrows():
     assert waiting(d)["svc2"] == (
         "project vision uses 8 of its 8 guaranteed A100; not preemptible, so it may not borrow"
     )
+
+
+# -- constraints: node selectors, per-node spread, protection --------------------------------
+
+
+def _labelled(n, *labels: str):
+    return replace(n, labels=labels)
+
+
+@pytest.mark.parametrize("config", sorted(POLICIES))
+def test_a_selector_no_node_matches_waits_with_the_labels_it_wants(config: str) -> None:
+    nodes = [_labelled(node("a", gpus=2), "gpu=t4"), node("b", gpus=2)]
+    w = replace(job("svc", milli=500), node_selector=("gpu=a100",))
+    d = decide(snapshot(nodes, [w], config=config))
+    assert not d.places and not d.rejects
+    assert waiting(d)["svc"].startswith("no node with labels gpu=a100")
+
+
+def test_a_selector_places_only_on_nodes_carrying_every_label() -> None:
+    nodes = [
+        _labelled(node("a", gpus=2), "zone=a"),
+        _labelled(node("b", gpus=2), "gpu=a100", "zone=b"),
+        _labelled(node("c", gpus=2), "gpu=a100", "zone=a"),
+    ]
+    w = replace(job("svc", gpus=1, gang=2), node_selector=("gpu=a100", "zone=a"))
+    d = decide(snapshot(nodes, [w]))
+    assert placed(d) == {"svc": [("c", (0,), 1000), ("c", (1,), 1000)]}
+
+
+def test_max_per_node_spreads_an_app_counting_what_already_runs() -> None:
+    web0 = replace(job("web-0", milli=250), app="web", max_per_node=2)
+    nodes = [node("a", gpus=4), node("b", gpus=4), node("c", gpus=4)]
+    run = running_on(web0, [("a", (0,))])
+    w = replace(job("web-1", milli=250, gang=4), app="web", max_per_node=2)
+    d = decide(snapshot(occupy(nodes, [run]), [w], running=[run]))
+    per_node: dict[str, int] = {}
+    for n, _, _ in placed(d)["web-1"]:
+        per_node[n] = per_node.get(n, 0) + 1
+    assert per_node == {"a": 1, "b": 2, "c": 1}
+
+
+def test_an_app_at_its_limit_on_every_fitting_node_says_so() -> None:
+    nodes = [node("a", gpus=4), node("b", gpus=4)]
+    runs = [
+        running_on(replace(job(f"web-{i}", milli=250), app="web", max_per_node=2), [(n, (i,))])
+        for i, n in enumerate(["a", "a", "b", "b"])
+    ]
+    w = replace(job("web-9", milli=250), app="web", max_per_node=2)
+    d = decide(snapshot(occupy(nodes, runs), [w], running=runs))
+    assert waiting(d)["web-9"] == "app web already has 2 of 2 workers on every fitting node"
+
+
+def test_one_round_does_not_place_more_of_an_app_on_a_node_than_its_limit() -> None:
+    ws = [replace(job(f"api-{i}", milli=100), app="api", max_per_node=1) for i in range(3)]
+    d = decide(snapshot([node("a", gpus=1), node("b", gpus=1)], ws))
+    nodes_used = sorted(p.workers[0].node for p in d.places)
+    assert nodes_used == ["a", "b"]
+    assert "app api already has 1 of 1 workers" in waiting(d)["api-2"]
+
+
+def test_a_max_per_node_below_one_is_rejected() -> None:
+    w = replace(job("bad", milli=100), max_per_node=0)
+    d = decide(snapshot([node("a", gpus=1)], [w]))
+    assert rejected(d) == {"bad": "max_per_node must be at least 1 (got 0)"}
+
+
+def test_constrained_work_waits_instead_of_preempting_or_holding() -> None:
+    runs = [running_on(job("low", gpus=8), [("n0", tuple(range(8)))], started=0.0)]
+    nodes = [_labelled(n, "zone=a") for n in occupy([node("n0"), node("n1", gpus=4)], runs)]
+    high = replace(job("high", gpus=8, priority=5), node_selector=("zone=a",))
+    later = job("later", gpus=4, submit=1.0)
+    d = decide(snapshot(nodes, [high, later], running=runs, clock=500.0))
+    assert not d.preempts
+    assert waiting(d)["high"].startswith("no node with labels zone=a has room: ")
+    assert set(placed(d)) == {"later"}
+
+
+def test_backfill_keeps_off_a_shared_gpu_the_blocked_head_will_need() -> None:
+    # Found by test_backfill_never_delays_the_head: the head held only idle GPUs, so a 0.1-GPU
+    # job took the shared GPU 0 that the head needs once r0 ends.
+    runs = [running_on(job("r0", milli=100), [("n0", (0,))])]
+    nodes = occupy([node("n0", gpus=2)], runs)
+    pending = [job("head", gpus=2, submit=0.0), job("small", milli=100, submit=1.0)]
+    d = decide(snapshot(nodes, pending, running=runs, config="fifo-backfill"))
+    assert not d.places
+    assert "first in line: holding what it needs on node n0" in waiting(d)["head"]

@@ -6,7 +6,6 @@ import re
 from collections import defaultdict
 from dataclasses import replace
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -456,12 +455,6 @@ def _fits_after_running_work(snap: Snapshot, head: Workload, placed: list[tuple]
     return bool(alone.places)
 
 
-@pytest.mark.xfail(
-    reason="found on 2026-12-06 after the claims change of issue 9: fifo-backfill placed a "
-    "0.1-GPU job behind a blocked 4-GPU head on a GPU the head holds (a rare example; under "
-    "investigation, see the issue 9 note)",
-    strict=False,
-)
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(snapshots())
 def test_backfill_never_delays_the_head(snap: Snapshot) -> None:
@@ -743,3 +736,90 @@ def test_every_preemption_lets_its_claimant_start_or_is_abandoned_on_record(
         started = any(w == claimant and at <= t <= at + deadline for t, w in sim.start_log)
         abandoned = any(w == claimant and at <= t <= at + deadline for t, w, _ in sim.abandon_log)
         assert started or abandoned, (at, victim, claimant, sim.start_log, sim.abandon_log)
+
+
+# -- constraints that services need ----------------------------------------------------------
+
+LABELS = ["zone=a", "zone=b", "gpu=a100", "gpu=t4"]
+
+SERVICE_JOBS = st.lists(
+    st.tuples(
+        st.sampled_from(["web", "api", None, None]),  # app (None: batch work)
+        st.sampled_from([None, None, None, 1, 2]),  # max_per_node of batch work
+        st.sampled_from(
+            [(), (), (), ("zone=a",), ("gpu=a100",), ("zone=b", "gpu=t4"), ("zone=c",)]
+        ),
+        st.booleans(),  # preemptible
+        st.sampled_from([250, 500, 1000, 1000, 2000]),  # thousandths of a GPU per worker
+        st.sampled_from([1, 2, 3]),  # gang
+        st.integers(0, 2),  # priority
+        st.integers(0, 20).map(lambda m: 120.0 * m),  # submit
+        st.sampled_from([None, None, 600.0, 3600.0]),  # duration (None: until the end)
+    ),
+    min_size=1,
+    max_size=20,
+)
+
+
+class _Checked(Simulation):
+    """The simulator, checking the hard constraints after every round it applies."""
+
+    def _apply(self, d: Decisions) -> None:
+        preempted = {p.workload_id for p in d.preempts}
+        for wid in preempted:
+            assert self.running[wid].workload.preemptible, f"{wid} is not preemptible"
+        super()._apply(d)
+        labels = {n.name: set(n.labels) for n in self.nodes}
+        per_node: dict[tuple[str, str], int] = defaultdict(int)
+        limits: dict[str, int] = {}
+        for r in self.running.values():
+            w = r.workload
+            for worker in r.workers:
+                assert set(w.node_selector) <= labels[worker.node], (w, worker)
+                per_node[(w.app or w.id, worker.node)] += 1
+            if w.max_per_node is not None:
+                key = w.app or w.id
+                limits[key] = min(limits.get(key, w.max_per_node), w.max_per_node)
+        for (app, node), count in per_node.items():
+            assert count <= limits.get(app, count), (app, node, count)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    SERVICE_JOBS,
+    st.sampled_from(sorted(POLICIES)),
+    st.lists(st.sets(st.sampled_from(LABELS)), min_size=1, max_size=3),
+)
+def test_services_keep_their_limits_selectors_and_protection(rows, policy: str, labels) -> None:
+    """Long-running inference instances with per-node limits replay with no limit exceeded,
+    every selector satisfied and no non-preemptible job preempted, under every policy."""
+    jobs = [
+        TraceJob(
+            Workload(
+                f"j{i}",
+                "p0",
+                Request(1000, 1024, gpus=milli // 1000, gpu_milli=milli % 1000),
+                gang,
+                priority if app else priority + 3,  # batch outranks services: it may preempt
+                submit_time=submit,
+                preemptible=preemptible,
+                app=app,
+                # the same app keeps one limit, as a deployment would; batch work has a
+                # limit only sometimes and no selector, so that it can start preemptions
+                max_per_node=limit if app is None else {"web": 2, "api": 1}[app],
+                node_selector=selector if app else (),
+            ),
+            duration,
+        )
+        for i, (app, limit, selector, preemptible, milli, gang, priority, submit, duration) in (
+            enumerate(rows)
+        )
+    ]
+    nodes = tuple(
+        replace(n, labels=tuple(sorted(ls)))
+        for n, ls in zip(parse_spec(f"{len(labels)}x2xA100"), labels, strict=True)
+    )
+    # no quotas: a higher class may then preempt a lower one of its project
+    sim = _Checked(Trace.of("services", jobs), nodes, (), POLICIES[policy], interval_s=60.0)
+    sim.run()
+    assert sim.calls > 0

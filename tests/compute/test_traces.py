@@ -157,3 +157,33 @@ def test_openb_loads_pods_with_fractions_and_qos_classes():
     assert {j.workload.priority for j in trace.jobs} == {0, 1, 2, 3}
     services = [j for j in trace.jobs if j.workload.priority >= 2]
     assert not any(j.workload.preemptible for j in services)
+
+
+def test_constraint_columns_are_read_and_optional(tmp_path: Path):
+    header = "id,submit_s,duration_s,gpu_milli,gang,app,max_per_node,preemptible,node_selector\n"
+    body = "web-1,0,,500,4,web,2,false,zone=a; gpu=a100\nbatch-1,5,60,250,1,,,,\n"
+    trace = load_csv(_csv(tmp_path, body, header))
+    web, batch = (j.workload for j in trace.jobs)
+    assert (web.app, web.max_per_node, web.preemptible) == ("web", 2, False)
+    assert web.node_selector == ("gpu=a100", "zone=a")
+    assert (batch.app, batch.max_per_node, batch.preemptible, batch.node_selector) == (
+        None,
+        None,
+        True,
+        (),
+    )
+
+
+@pytest.mark.parametrize(
+    ("cell", "reason"),
+    [
+        ("2,maybe,", "preemptible 'maybe' is not true/false"),
+        ("0,,", "max_per_node must be at least 1, got 0"),
+        ("1,,zone", "label 'zone' is not key=value"),
+    ],
+)
+def test_bad_constraint_cells_skip_the_row_with_a_reason(tmp_path: Path, cell: str, reason: str):
+    header = "id,submit_s,duration_s,max_per_node,preemptible,node_selector\n"
+    trace = load_csv(_csv(tmp_path, f"ok,0,60,,,\nbad,0,60,{cell}\n", header))
+    assert [j.workload.id for j in trace.jobs] == ["ok"]
+    assert trace.skipped[0].reason == reason

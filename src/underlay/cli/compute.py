@@ -122,6 +122,22 @@ def jobs_submit(
         list[str] | None, typer.Option(help="NAME=VALUE, or NAME to read it from your env.")
     ] = None,
     workdir: Annotated[Path | None, typer.Option(help="Folder to snapshot and run in.")] = None,
+    app: Annotated[
+        str | None, typer.Option(help="Application name that --max-per-node counts under.")
+    ] = None,
+    max_per_node: Annotated[
+        int | None, typer.Option(help="At most this many workers of the app on one node.")
+    ] = None,
+    node_selector: Annotated[
+        list[str] | None,
+        typer.Option(help="key=value label the node must carry (repeat: all must match)."),
+    ] = None,
+    preemptible: Annotated[
+        bool,
+        typer.Option(
+            "--preemptible/--not-preemptible", help="Whether it may be stopped for other work."
+        ),
+    ] = True,
 ) -> None:
     """Submit a job; prints its id."""
     queue = project_of(project)
@@ -154,6 +170,10 @@ def jobs_submit(
             env=env_vars,
             secrets=secrets,
             workdir_digest=digest,
+            app=app,
+            max_per_node=max_per_node,
+            node_selector=[f"{k}={v}" for k, v in _pairs(node_selector or [], "--node-selector")],
+            preemptible=preemptible,
         )
     for warning in job.warnings:
         typer.echo(f"warning: {warning}", err=True)

@@ -50,6 +50,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import psutil
 
+from underlay.compute.scheduler.constraints import parse_labels
 from underlay.config import ComputeSettings, Settings, SimulatedAccelerator
 from underlay.errors import InvalidInput
 
@@ -158,6 +159,7 @@ class NodeInventory:
     accelerators: tuple[AcceleratorInfo, ...] = ()
     rapl_readable: bool = False
     isolation: str = "none"  # how the node's executor sandboxes jobs (its agent says)
+    labels: tuple[str, ...] = ()  # "key=value", from compute.node_labels
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -204,10 +206,21 @@ class NodeInventory:
             accelerators=tuple(AcceleratorInfo.from_dict(a) for a in accs),
             rapl_readable=_get(data, "rapl_readable", bool, where, False),
             isolation=_get(data, "isolation", str, where, "none")[:32],
+            labels=_labels(data, where),
         )
 
 
 _MISSING = object()
+
+
+def _labels(data: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    raw = data.get("labels", [])
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw) or len(raw) > 64:
+        raise InvalidInput(f"{where}: 'labels' must be a list of at most 64 key=value strings")
+    try:
+        return parse_labels(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
 
 
 def _get(data: Mapping[str, Any], key: str, kind: type, where: str, default: Any = _MISSING) -> Any:
@@ -492,6 +505,7 @@ def probe_node(settings: Settings, name: str | None = None) -> NodeInventory:
         cpu_utilization=min(1.0, psutil.cpu_percent(interval=None) / 100.0),
         accelerators=run_probes(probes, node),
         rapl_readable=RaplReader().available(),
+        labels=tuple(sorted(f"{k}={v}" for k, v in settings.compute.node_labels.items())),
     )
 
 

@@ -20,6 +20,7 @@ from underlay.audit import AuditLog
 from underlay.compute import budgets
 from underlay.compute.models import Job
 from underlay.compute.scheduler import WHOLE, Reject, Request, Snapshot, Workload, decide
+from underlay.compute.scheduler.constraints import parse_labels
 from underlay.compute.schemas import PRIORITIES, JobCreate, JobRead
 from underlay.compute.states import ACTIVE, JobState, check_transition, is_final
 from underlay.config import Settings
@@ -52,6 +53,10 @@ def workload_of(job: Job, project: str, clock_of: dt.datetime | None = None) -> 
         deferrable=job.deferrable,
         submit_time=queued.timestamp(),
         attained_service=job.attained_service,
+        preemptible=job.preemptible,
+        app=job.app,
+        max_per_node=job.max_per_node,
+        node_selector=tuple(json.loads(job.node_selector or "[]")),
     )
 
 
@@ -93,6 +98,10 @@ def submit_job(
         priority_class=body.priority,
         priority=PRIORITIES[body.priority],
         deferrable=body.deferrable,
+        preemptible=body.preemptible,
+        app=body.app,
+        max_per_node=body.max_per_node,
+        node_selector=json.dumps(list(parse_labels(body.node_selector))),
         max_runtime_s=body.max_runtime_s,
         max_retries=body.max_retries,
         state=JobState.queued,
@@ -275,6 +284,10 @@ def render(session: Session, job: Job, warnings: list[str] | None = None) -> Job
         gang=job.gang,
         priority=job.priority_class,
         deferrable=job.deferrable,
+        preemptible=job.preemptible,
+        app=job.app,
+        max_per_node=job.max_per_node,
+        node_selector=json.loads(job.node_selector or "[]"),
         max_runtime_s=job.max_runtime_s,
         max_retries=job.max_retries,
         attempts=job.attempts,

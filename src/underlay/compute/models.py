@@ -41,6 +41,7 @@ class NodeRow(Base):
     status_reason: Mapped[str] = mapped_column(String(500), default="")
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
     isolation: Mapped[str] = mapped_column(String(32), default="none")
+    labels: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of "key=value"
     info: Mapped[str] = mapped_column(Text, default="{}")
     registered_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -91,6 +92,10 @@ class Job(ProjectScoped, Base):
     priority_class: Mapped[str] = mapped_column(String(32), default="normal")
     priority: Mapped[int] = mapped_column(Integer, default=0)
     deferrable: Mapped[bool] = mapped_column(Boolean, default=False)
+    preemptible: Mapped[bool] = mapped_column(Boolean, default=True)
+    app: Mapped[str | None] = mapped_column(String(128))
+    max_per_node: Mapped[int | None] = mapped_column(Integer)
+    node_selector: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of "key=value"
     max_runtime_s: Mapped[float | None] = mapped_column(Float)
     max_retries: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

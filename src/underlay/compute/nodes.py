@@ -65,6 +65,7 @@ def heartbeat(session: Session, inventory: NodeInventory, settings: Settings) ->
     node.cpu_utilization = inventory.cpu_utilization
     node.simulated = inventory.simulated
     node.isolation = inventory.isolation
+    node.labels = json.dumps(list(inventory.labels))
     node.heartbeat_at = now
     existing = {
         a.index: a

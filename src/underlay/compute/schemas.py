@@ -47,6 +47,33 @@ class JobCreate(_In):
     deferrable: bool = Field(default=False, description="May wait for a low-carbon window.")
     max_runtime_s: float | None = Field(default=None, gt=0, le=30 * 86400)
     max_retries: int = Field(default=0, ge=0, le=10)
+    preemptible: bool = Field(
+        default=True, description="False: never stopped to make room for other work."
+    )
+    app: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Application name that max_per_node counts workers under.",
+    )
+    max_per_node: int | None = Field(
+        default=None, ge=1, le=1024, description="At most this many workers of the app per node."
+    )
+    node_selector: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="key=value labels every node it runs on must carry.",
+    )
+
+    @field_validator("node_selector")
+    @classmethod
+    def _selector(cls, value: list[str]) -> list[str]:
+        from underlay.compute.scheduler.constraints import parse_labels
+
+        for item in value:
+            if len(item) > 256:
+                raise ValueError("a node selector label is longer than 256 characters")
+        return list(parse_labels(value))
 
     @field_validator("command")
     @classmethod
@@ -86,6 +113,10 @@ class JobRead(_Out):
     gang: int
     priority: str
     deferrable: bool
+    preemptible: bool = True
+    app: str | None = None
+    max_per_node: int | None = None
+    node_selector: list[str] = []
     max_runtime_s: float | None
     max_retries: int
     attempts: int
@@ -126,8 +157,18 @@ class NodeRead(_Out):
     isolation: str = Field(
         default="none", description="How jobs are sandboxed on this node (docs/security.md)."
     )
+    labels: list[str] = Field(
+        default=[], description="key=value labels its agent reports (compute.node_labels)."
+    )
     heartbeat_at: dt.datetime
     accelerators: list[AcceleratorRead] = []
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _stored(cls, value: object) -> object:
+        import json
+
+        return json.loads(value) if isinstance(value, str) else value
 
 
 class CordonRequest(_In):

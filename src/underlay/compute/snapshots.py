@@ -75,6 +75,7 @@ def _node(row: NodeRow, accs: list[AcceleratorRow], used: dict[str, object] | No
         free_memory_mib=max(0, int(row.memory_mib) - mem),
         accelerators=accelerators,
         healthy=row.status == "ready",
+        labels=tuple(json.loads(row.labels or "[]")),
     )
 
 

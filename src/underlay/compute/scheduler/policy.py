@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from itertools import chain
 
 from underlay.compute.scheduler.cluster import Alloc, ClusterState
+from underlay.compute.scheduler.constraints import Constraints, app_of, constrained
 from underlay.compute.scheduler.decisions import Abandon, Decisions, Place, Preempt, Reject, Wait
 from underlay.compute.scheduler.energy import hold_reason, type_order
 from underlay.compute.scheduler.feasibility import never_fits
@@ -50,7 +51,7 @@ MAX_PLAN_ATTEMPTS = 8
 """Preemption plans tried (found or not) in one round: with the victim cap of
 :mod:`.preemption`, this bounds what preemption can add to the cost of a round."""
 
-Shape = tuple[str | None, int, int, int, int, int]
+Shape = tuple[object, ...]
 
 
 def decide(snapshot: Snapshot) -> Decisions:
@@ -138,6 +139,7 @@ class _Round:
         self.failed: dict[tuple[object, ...], str] = {}
         self.type_memo: dict[str | None, list[str | None]] = {}
         self.held_for: list[str] = []
+        self.constraints = Constraints(self.state, snapshot.nodes, snapshot.running)
         self.reservations_left = cfg.reservations
         self.plans_left = MAX_PREEMPTORS
         self.attempts_left = MAX_PLAN_ATTEMPTS
@@ -259,6 +261,8 @@ class _Round:
     # -- rules -------------------------------------------------------------------------
 
     def _reject(self, w: Workload) -> str | None:
+        if w.max_per_node is not None and w.max_per_node < 1:
+            return f"max_per_node must be at least 1 (got {w.max_per_node})"
         r = w.request
         key = (r.gpu_type, r.gpus, r.gpu_milli, r.cpu_milli, r.memory_mib, w.gang)
         if key in self.reject_memo:
@@ -340,6 +344,8 @@ class _Round:
         key = (*_shape(w, None), *types)
         if key in self.nofit:
             return False
+        if constrained(w):
+            return self._place_constrained(w, types, borrowed, key)
         placed = place_workers(
             self.state,
             w.request,
@@ -356,9 +362,20 @@ class _Round:
         self._record_place(w, t, allocs, borrowed)
         return True
 
+    def _place_constrained(
+        self, w: Workload, types: list[str | None], borrowed: bool, key: tuple[object, ...]
+    ) -> bool:
+        placed = self.constraints.place(w, types)
+        if placed is None:
+            self.nofit.add(key)
+            return False
+        self._record_place(w, placed[0], placed[1], borrowed)
+        return True
+
     def _record_place(
         self, w: Workload, t: str | None, allocs: list[Alloc], borrowed: bool
     ) -> None:
+        self.constraints.placed(w, allocs)
         names = self.state.names
         workers = tuple(WorkerPlacement(names[a.node], a.gpus, a.milli) for a in allocs)
         self.places.append(Place(w.id, workers, t, borrowed))
@@ -370,7 +387,7 @@ class _Round:
     def _try_preempt(self, w: Workload, types: Sequence[str | None], guaranteed: bool) -> bool:
         if not self.preemptor.enabled or self.plans_left <= 0 or self.attempts_left <= 0:
             return False
-        if w.id in self.no_preempt:
+        if w.id in self.no_preempt or constrained(w):
             return False
         level = service_level(w.attained_service, self.cfg.service_levels)
         for t in types:
@@ -409,10 +426,12 @@ class _Round:
 
     def _blocked(self, w: Workload, types: list[str | None], verdict: tuple[object, ...]) -> None:
         reason = self._no_fit_reason(w, types)
+        if constrained(w):
+            reason = self.constraints.reason(w, types, reason)
         if self.cfg.head == "strict":
             self.head = f"behind {w.id}, the blocked head of the queue (strict FIFO)"
             reason += "; it heads the queue and nothing may pass it (strict FIFO)"
-        elif self.cfg.head == "backfill" and self.reservations_left > 0:
+        elif self.cfg.head == "backfill" and self.reservations_left > 0 and not constrained(w):
             held = hold_for(self.state, w, types)
             if held:
                 self.reservations_left -= 1
@@ -466,7 +485,13 @@ class _Round:
 
 def _shape(w: Workload, t: str | None) -> Shape:
     r = w.request
+    if constrained(w):
+        return (t, r.gpus, r.gpu_milli, r.cpu_milli, r.memory_mib, w.gang, *_rules(w))
     return (t, r.gpus, r.gpu_milli, r.cpu_milli, r.memory_mib, w.gang)
+
+
+def _rules(w: Workload) -> tuple[object, ...]:
+    return (app_of(w), w.max_per_node, w.node_selector)
 
 
 def _hostable(state: ClusterState, w: Workload, t: str) -> bool:

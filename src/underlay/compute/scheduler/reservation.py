@@ -33,8 +33,7 @@ def hold_for(state: ClusterState, w: Workload, types: Sequence[str | None]) -> l
         return []
     _, nodes, t = best
     for node, workers in nodes:
-        alloc = _free_part(state, node, w, t, workers)
-        if alloc is not None:
+        for alloc in _free_part(state, node, w, t, workers):
             state.allocate(alloc)
     return [state.names[n] for n, _ in nodes]
 
@@ -103,29 +102,46 @@ def room_on(state: ClusterState, node: int, w: Workload, t: str | None) -> int:
 
 def _free_part(
     state: ClusterState, node: int, w: Workload, t: str | None, workers: int
-) -> Alloc | None:
-    """What is free now on ``node`` of what ``workers`` workers of ``w`` will need there."""
+) -> list[Alloc]:
+    """What is free now on ``node`` of what ``workers`` workers of ``w`` will need there.
+
+    Whole GPUs are held idle ones first, then the free part of shared ones (most free first)
+    until the head's count is reached: a shared GPU the head will need once its tenants end
+    must not take new tenants meanwhile, or backfilled work would delay the head.
+    """
     req = w.request
+    held: list[Alloc] = []
     gpus: tuple[int, ...] = ()
-    milli = WHOLE
     if t is not None and req.gpus:
-        idle = [
-            g
-            for g, f in enumerate(state.gpu_free[node])
-            if f == WHOLE and state.gpu_type[node][g] == t
-        ]
-        gpus = tuple(idle[: req.gpus * workers])
+        shares = sorted(
+            ((f, g) for g, f in enumerate(state.gpu_free[node]) if state.gpu_type[node][g] == t),
+            reverse=True,
+        )
+        needed = [(f, g) for f, g in shares if f > 0][: req.gpus * workers]
+        gpus = tuple(sorted(g for f, g in needed if f == WHOLE))
+        held = [Alloc(node, (g,), f, 0, 0) for f, g in needed if f < WHOLE]
     elif t is not None and req.gpu_milli:
-        shares = [
-            (f, g)
-            for g, f in enumerate(state.gpu_free[node])
-            if f > 0 and state.gpu_type[node][g] == t
-        ]
-        if shares:
-            free, g = max(shares)
-            gpus, milli = (g,), min(free, req.gpu_milli)
+        held = _shares_for(state, node, t, req.gpu_milli, workers)
     cpu = min(max(0, state.free_cpu[node]), req.cpu_milli * workers)
     mem = min(max(0, state.free_mem[node]), req.memory_mib * workers)
-    if not gpus and not cpu and not mem:
-        return None
-    return Alloc(node, gpus, milli, cpu, mem)
+    if gpus or cpu or mem:
+        held.append(Alloc(node, gpus, WHOLE, cpu, mem))
+    return held
+
+
+def _shares_for(state: ClusterState, node: int, t: str, milli: int, workers: int) -> list[Alloc]:
+    """Each fractional worker holds its share on the ``t`` GPU with the most left free."""
+    free = {
+        g: f for g, f in enumerate(state.gpu_free[node]) if f > 0 and state.gpu_type[node][g] == t
+    }
+    held: list[Alloc] = []
+    for _ in range(workers):
+        if not free:
+            break
+        g = max(free, key=lambda k: (free[k], k))
+        take = min(free[g], milli)
+        held.append(Alloc(node, (g,), take, 0, 0))
+        free[g] -= take
+        if not free[g]:
+            del free[g]
+    return held

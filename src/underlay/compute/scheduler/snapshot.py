@@ -70,6 +70,9 @@ class NodeProfile:
 class Node:
     """A machine: capacity, what is free now, its accelerators, and whether it is healthy.
 
+    ``labels`` are ``key=value`` strings (``zone=a``) that a workload's ``node_selector``
+    must all find here.
+
     Not slotted, so that :attr:`profile` can be cached on the object: a caller that keeps the
     Node objects of unchanged machines between rounds (the simulator does) pays for deriving
     them once, not once per round. The cache is a pure function of the frozen fields.
@@ -82,6 +85,7 @@ class Node:
     free_memory_mib: int
     accelerators: tuple[Accelerator, ...] = ()
     healthy: bool = True
+    labels: tuple[str, ...] = ()
 
     @cached_property
     def profile(self) -> NodeProfile:
@@ -153,6 +157,10 @@ class Workload:
     duration estimate. ``displaced`` lists the workloads already preempted for this one (the
     caller adds each victim of a :class:`~underlay.compute.scheduler.decisions.Preempt` to its
     claimant): none of them is ever preempted for it again.
+
+    Constraints (:mod:`.constraints`): ``node_selector`` lists ``key=value`` labels every node
+    it runs on must carry; ``max_per_node`` caps the workers of ``app`` (of this workload
+    when ``app`` is None) on one node, running work included.
     """
 
     id: str
@@ -165,6 +173,9 @@ class Workload:
     attained_service: float = 0.0
     preemptible: bool = True
     displaced: tuple[str, ...] = ()
+    app: str | None = None
+    max_per_node: int | None = None
+    node_selector: tuple[str, ...] = ()
 
     @property
     def gpu_share(self) -> int:

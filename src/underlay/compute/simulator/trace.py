@@ -10,6 +10,13 @@ and ``duration_s`` are required, every other column is optional::
     train-1,vision,0,3600,8,,A100,2,32000,262144,1,false
     nb-7,nlp,12.5,600,,250,,,2000,8192,0,true
 
+Services add the optional constraint columns ``app``, ``max_per_node`` (at most that many
+workers of the app on one node), ``preemptible`` (``true``/``false``; default true) and
+``node_selector`` (``key=value`` labels joined with ``;``, all required on the node)::
+
+    id,submit_s,duration_s,gpu_milli,gang,app,max_per_node,preemptible,node_selector
+    web-1,0,,500,4,web,2,false,zone=a;gpu=a100
+
 An empty ``duration_s`` means the job runs until the end of the replay. Rows that cannot be
 read (a non-number, a negative time, a repeated id, an unknown flag) are skipped, counted and
 reported with the line each starts on (a quoted field may span lines), so one bad line does
@@ -28,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from underlay.compute.scheduler.constraints import parse_labels
 from underlay.compute.scheduler.snapshot import Request, Workload
 from underlay.errors import InvalidInput
 
@@ -44,6 +52,10 @@ COLUMNS = (
     "memory_mib",
     "priority",
     "deferrable",
+    "app",
+    "max_per_node",
+    "preemptible",
+    "node_selector",
 )
 REQUIRED = ("id", "submit_s", "duration_s")
 
@@ -200,8 +212,12 @@ def parse_row(row: dict[str, str]) -> TraceJob:
         request,
         gang=gang,
         priority=_int(row, "priority", 0, allow_negative=True),
-        deferrable=_flag(row.get("deferrable", "")),
+        deferrable=_flag(row, "deferrable", False),
         submit_time=submit,
+        preemptible=_flag(row, "preemptible", True),
+        app=row.get("app") or None,
+        max_per_node=_max_per_node(row),
+        node_selector=parse_labels(row.get("node_selector", "").split(";")),
     )
     return TraceJob(workload, duration)
 
@@ -232,10 +248,22 @@ def _int(row: dict[str, str], name: str, default: int = 0, allow_negative: bool 
     return value
 
 
-def _flag(raw: str) -> bool:
+def _max_per_node(row: dict[str, str]) -> int | None:
+    if not row.get("max_per_node"):
+        return None
+    value = _int(row, "max_per_node")
+    if value < 1:
+        raise ValueError(f"max_per_node must be at least 1, got {value}")
+    return value
+
+
+def _flag(row: dict[str, str], name: str, default: bool) -> bool:
+    raw = row.get(name, "")
     value = raw.lower()
-    if value in ("", "0", "false", "no"):
+    if value == "":
+        return default
+    if value in ("0", "false", "no"):
         return False
     if value in ("1", "true", "yes"):
         return True
-    raise ValueError(f"deferrable {raw!r} is not true/false")
+    raise ValueError(f"{name} {raw!r} is not true/false")

@@ -1,0 +1,139 @@
+"""Placement constraints that services need: node selectors and per-node spread.
+
+A workload may carry a ``node_selector`` (``key=value`` labels a node must all carry) and a
+``max_per_node`` limit: at most that many workers of its ``app`` (or, without an app, of the
+workload itself) on one node, counting what already runs there and what this round placed.
+Both are hard: every policy places such work only where they hold.
+
+Constrained work takes its own, simpler placement path (nodes in order, each worker on the
+first allowed node with room) so that a round of unconstrained work pays nothing for it. It
+does not start preemptions and gets no backfill reservation: it waits, with a reason that
+names the constraint that blocks it, until room appears where it may run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from underlay.compute.scheduler.cluster import Alloc, ClusterState
+from underlay.compute.scheduler.snapshot import Node, Running, Workload
+
+
+def parse_labels(items: Iterable[str]) -> tuple[str, ...]:
+    """``key=value`` labels, stripped, empty items dropped, sorted; ValueError names a bad one."""
+    labels: set[str] = set()
+    for item in items:
+        text = item.strip()
+        if not text:
+            continue
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"label {text!r} is not key=value")
+        labels.add(f"{key.strip()}={value.strip()}")
+    return tuple(sorted(labels))
+
+
+def constrained(w: Workload) -> bool:
+    return bool(w.node_selector) or w.max_per_node is not None
+
+
+def app_of(w: Workload) -> str:
+    """The name that ``max_per_node`` counts workers under."""
+    return w.app or w.id
+
+
+def matches(node: Node, selector: Sequence[str]) -> bool:
+    return all(label in node.labels for label in selector)
+
+
+class Constraints:
+    """The per-round view: which nodes each selector allows, and workers per (app, node)."""
+
+    def __init__(self, state: ClusterState, nodes: Sequence[Node], running: Sequence[Running]):
+        self.state = state
+        self.nodes = nodes
+        self.running = running
+        self.allowed_memo: dict[tuple[str, ...], list[int]] = {}
+        self.counts: dict[tuple[str, int], int] | None = None
+
+    def allowed(self, w: Workload) -> list[int]:
+        key = w.node_selector
+        found = self.allowed_memo.get(key)
+        if found is None:
+            found = [i for i, n in enumerate(self.nodes) if matches(n, key)]
+            self.allowed_memo[key] = found
+        return found
+
+    def count(self, app: str, node: int) -> int:
+        if self.counts is None:
+            self.counts = {}
+            index = self.state.index
+            for r in self.running:
+                name = app_of(r.workload)
+                for worker in r.workers:
+                    n = index.get(worker.node)
+                    if n is not None:
+                        self.counts[(name, n)] = self.counts.get((name, n), 0) + 1
+        return self.counts.get((app, node), 0)
+
+    def room(self, w: Workload, node: int) -> int:
+        """Workers of ``w`` its spread limit still allows on ``node``."""
+        if w.max_per_node is None:
+            return w.gang
+        return max(0, w.max_per_node - self.count(app_of(w), node))
+
+    def place(
+        self, w: Workload, types: Sequence[str | None]
+    ) -> tuple[str | None, list[Alloc]] | None:
+        for t in types:
+            allocs = self._allocs(w, t)
+            if allocs is not None:
+                return t, allocs
+        return None
+
+    def placed(self, w: Workload, allocs: Sequence[Alloc]) -> None:
+        if w.max_per_node is None and w.app is None and self.counts is None:
+            return  # nothing counts this workload's workers (it has no app to share)
+        self.count(app_of(w), 0)  # make sure the running work is counted first
+        assert self.counts is not None
+        for a in allocs:
+            key = (app_of(w), a.node)
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def _allocs(self, w: Workload, t: str | None) -> list[Alloc] | None:
+        state = self.state
+        allocs: list[Alloc] = []
+        for n in self.allowed(w):
+            for _ in range(min(self.room(w, n), w.gang - len(allocs))):
+                a = state.alloc_on(n, w.request, t)
+                if a is None:
+                    break
+                state.allocate(a)
+                allocs.append(a)
+            if len(allocs) == w.gang:
+                return allocs
+        for a in reversed(allocs):
+            state.release(a)
+        return None
+
+    def reason(self, w: Workload, types: Sequence[str | None], no_fit: str) -> str:
+        """Why constrained ``w`` could not be placed; ``no_fit`` is the plain capacity reason."""
+        nodes = self.allowed(w)
+        labels = ", ".join(w.node_selector)
+        if not nodes:
+            return f"no node with labels {labels}"
+        if w.max_per_node is not None:
+            fitting = [n for n in nodes if any(self.state.alloc_on(n, w.request, t) for t in types)]
+            limit = w.max_per_node
+            if fitting and all(self.room(w, n) == 0 for n in fitting):
+                return (
+                    f"app {app_of(w)} already has {limit} of {limit} workers on every fitting node"
+                )
+            if fitting:
+                return (
+                    f"app {app_of(w)} may run at most {limit} workers per node and the "
+                    f"nodes with room cannot host all {w.gang} workers: {no_fit}"
+                )
+        if labels:
+            return f"no node with labels {labels} has room: {no_fit}"
+        return no_fit
