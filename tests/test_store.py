@@ -211,14 +211,14 @@ def test_migrated_sqlite_tables_keep_autoincrement(tmp_path: Path) -> None:
     assert wanted and [n for n in wanted if "AUTOINCREMENT" not in made[n]] == []
 
 
-def test_0006_adds_scheduling_constraints_with_safe_defaults_and_reverts(db: Database) -> None:
-    """Rows made before 0006 come out unconstrained: nodes without labels, jobs preemptible
+def test_0007_adds_scheduling_constraints_with_safe_defaults_and_reverts(db: Database) -> None:
+    """Rows made before 0007 come out unconstrained: nodes without labels, jobs preemptible
     with no selector; and the migration downgrades cleanly (SQLite and PostgreSQL)."""
     from alembic import command
     from sqlalchemy import inspect, text
 
     cfg = db.alembic_config()
-    command.downgrade(cfg, "0005")
+    command.downgrade(cfg, "0006")
     assert "labels" not in {c["name"] for c in inspect(db.engine).get_columns("nodes")}
     with db.engine.begin() as conn:
         conn.execute(
