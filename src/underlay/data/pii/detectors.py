@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -61,12 +62,16 @@ def _emails(text: str) -> Iterator[Span]:
 
 # --- phone --------------------------------------------------------------------------------
 
+# Each branch starts with a plain character and looks behind only after it: the regex engine
+# skips to candidate characters fast instead of testing a lookbehind at every position.
+_B = r"[\w+./:-]"  # what may not come right before a phone number
 _PHONE = re.compile(
-    r"(?<![\w+./-])(?:"
-    r"(?P<intl>\+[1-9]\d{0,2}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{1,5}){1,5})"
-    r"|(?P<nanp>\(\d{3}\) ?\d{3}[-.]\d{4}|\d{3}(?P<sep>[-. ])\d{3}(?P=sep)\d{4})"
-    r"|(?P<trunk>0\d{1,4}(?: \d{2,4}){2,4})"
-    r")(?![\w-]|[.,/:]\d)"
+    rf"(?:\+(?<!{_B}\+)(?P<intl>[1-9][0-9]{{0,2}}(?:[ .-]?\([0-9]{{1,4}}\))?"
+    r"(?:[ .-]?[0-9]{1,5}){1,5})"
+    rf"|(?P<trunk>0(?<!{_B}0)[0-9]{{1,4}}(?: [0-9]{{2,8}}){{1,3}})"
+    rf"|(?P<nanp>\((?<!{_B}\()[0-9]{{3}}\) ?[0-9]{{3}}[-.][0-9]{{4}}"
+    rf"|[2-9](?<!{_B}[2-9])[0-9]{{2}}(?P<sep>[-. ])[0-9]{{3}}(?P=sep)[0-9]{{4}}))"
+    r"(?![\w-]|[.,/:][0-9])"
 )
 
 
@@ -86,21 +91,34 @@ def _phone_ok(m: re.Match[str]) -> bool:
     return 10 <= len(digits) <= 11 and digits[1] != "0"
 
 
-def _phones(text: str) -> Iterator[Span]:
-    for m in _PHONE.finditer(text):
-        if _phone_ok(m):
+def _validated(
+    pattern: re.Pattern[str], text: str, ok: Callable[[re.Match[str]], bool]
+) -> Iterator[Span]:
+    """Spans of matches that pass ``ok``; after a failed one, search again one character on,
+    so a candidate that swallowed its neighbour does not hide it."""
+    pos = 0
+    while m := pattern.search(text, pos):
+        if ok(m):
             yield m.span()
+            pos = m.end()
+        else:
+            pos = m.start() + 1
+
+
+def _phones(text: str) -> Iterator[Span]:
+    return _validated(_PHONE, text, _phone_ok)
 
 
 # --- credit cards -------------------------------------------------------------------------
 
 _CARD = re.compile(
-    r"(?<![\w.,/-])\d{4}(?P<sep>[ -]?)\d{2,6}(?:(?P=sep)\d{1,7}){1,3}(?![\w-]|[.,]\d)"
+    r"[2-6](?<![\w.,/-][2-6])[0-9]{3}(?P<sep>[ -]?)[0-9]{2,6}(?:(?P=sep)[0-9]{1,7}){1,3}"
+    r"(?![\w-]|[.,][0-9])"
 )
 
 # (first digits range, allowed lengths): Visa, Mastercard, Amex, Discover, JCB, Diners,
 # UnionPay, Maestro.
-_IIN: tuple[tuple[int, int, frozenset[int]], ...] = (
+_ISSUERS: tuple[tuple[int, int, frozenset[int]], ...] = (
     (4, 4, frozenset({13, 16, 19})),
     (51, 55, frozenset({16})),
     (2221, 2720, frozenset({16})),
@@ -114,9 +132,12 @@ _IIN: tuple[tuple[int, int, frozenset[int]], ...] = (
     (36, 36, frozenset(range(14, 20))),
     (38, 39, frozenset(range(14, 20))),
     (62, 62, frozenset(range(16, 20))),
-    (50, 50, frozenset(range(12, 20))),
-    (56, 58, frozenset(range(12, 20))),
+    (50, 50, frozenset(range(16, 20))),
+    (56, 58, frozenset(range(16, 20))),
 )
+
+
+_IIN = tuple((low, high, len(str(low)), lengths) for low, high, lengths in _ISSUERS)
 
 
 def luhn_ok(digits: str) -> bool:
@@ -134,17 +155,18 @@ def card_ok(digits: str) -> bool:
     """A card number: 12 to 19 digits, an issuer's prefix and length, and Luhn."""
     if not digits.isdigit() or not 12 <= len(digits) <= 19:
         return False
-    for low, high, lengths in _IIN:
-        prefix = int(digits[: len(str(low))])
-        if low <= prefix <= high and len(digits) in lengths:
+    for low, high, width, lengths in _IIN:
+        if low <= int(digits[:width]) <= high and len(digits) in lengths:
             return luhn_ok(digits)
     return False
 
 
+def _card_match_ok(m: re.Match[str]) -> bool:
+    return card_ok(m.group().replace(m.group("sep") or "-", ""))
+
+
 def _cards(text: str) -> Iterator[Span]:
-    for m in _CARD.finditer(text):
-        if card_ok(m.group().replace(m.group("sep") or "-", "")):
-            yield m.span()
+    return _validated(_CARD, text, _card_match_ok)
 
 
 # --- IBAN ---------------------------------------------------------------------------------
@@ -161,27 +183,48 @@ IBAN_LENGTHS: dict[str, int] = {
     "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
 }  # fmt: skip
 
-_IBAN = re.compile(r"(?<![\w-])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![\w-])")
+_IBAN = re.compile(
+    r"[A-Z](?<![\w-][A-Z])[A-Z][0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![\w-])"
+)
+
+
+_LETTER_VALUES = {ord(ch): str(10 + i) for i, ch in enumerate(string.ascii_uppercase)}
 
 
 def iban_ok(iban: str) -> bool:
     """ISO 13616: the country's length and ``mod 97 == 1`` over the rearranged digits."""
     if IBAN_LENGTHS.get(iban[:2]) != len(iban) or not iban.isalnum() or not iban.isascii():
         return False
-    rearranged = iban[4:] + iban[:4]
-    return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
+    return int((iban[4:] + iban[:4]).translate(_LETTER_VALUES)) % 97 == 1
+
+
+def _iban_end(text: str, start: int, length: int) -> int:
+    """Where an IBAN of ``length`` characters starting at ``start`` ends, spaces included."""
+    seen, i = 0, start
+    while seen < length:
+        seen += text[i] != " "
+        i += 1
+    return i
 
 
 def _ibans(text: str) -> Iterator[Span]:
     for m in _IBAN.finditer(text):
-        compact = m.group().replace(" ", "")
-        if iban_ok(compact):
-            yield m.span()
+        length = IBAN_LENGTHS.get(m.group()[:2], 0)
+        if len(m.group().replace(" ", "")) < length:
+            continue
+        # The optional trailing group may have run into the next word: cut at the length.
+        end = _iban_end(text, m.start(), length)
+        if (end == len(text) or not text[end].isalnum()) and iban_ok(
+            text[m.start() : end].replace(" ", "")
+        ):
+            yield m.start(), end
 
 
 # --- US SSN -------------------------------------------------------------------------------
 
-_SSN = re.compile(r"(?<![\w.,/-])\d{3}(?P<sep>[- ])\d{2}(?P=sep)\d{4}(?![\w-]|[.,/]\d)")
+_SSN = re.compile(
+    r"[0-8](?<![\w.,/-][0-8])[0-9]{2}(?P<sep>[- ])[0-9]{2}(?P=sep)[0-9]{4}(?![\w-]|[.,/][0-9])"
+)
 
 
 def ssn_ok(digits: str) -> bool:
@@ -200,7 +243,7 @@ def _ssns(text: str) -> Iterator[Span]:
 
 # --- IP addresses -------------------------------------------------------------------------
 
-_IPV4 = re.compile(r"(?<![\w.-])\d{1,3}(?:\.\d{1,3}){3}(?![\w-]|\.\d)")
+_IPV4 = re.compile(r"[0-9](?<![\w.-][0-9])[0-9]{0,2}(?:\.[0-9]{1,3}){3}(?![\w-]|\.[0-9])")
 _IPV6 = re.compile(
     r"(?<![\w:.])(?=[0-9A-Fa-f:]*:[0-9A-Fa-f]*:)[0-9A-Fa-f:]{2,39}(?:\.\d{1,3}){0,3}(?![\w:])"
 )
@@ -208,11 +251,10 @@ _IPV6 = re.compile(
 
 def _ipv4s(text: str) -> Iterator[Span]:
     for m in _IPV4.finditer(text):
-        try:
-            ipaddress.IPv4Address(m.group())
-        except ValueError:
-            continue
-        yield m.span()
+        if all(
+            int(part) < 256 and (part == "0" or part[0] != "0") for part in m.group().split(".")
+        ):
+            yield m.span()
 
 
 def _ipv6s(text: str) -> Iterator[Span]:
@@ -272,6 +314,11 @@ def _date_candidates(m: re.Match[str]) -> list[date | None]:
     return [_as_date(int(g["my"]), month, int(g["md"]))]
 
 
+def _might_have_context(text: str) -> bool:
+    lower = text.lower()
+    return "birth" in lower or "born" in lower or "dob" in lower or "d.o.b" in lower
+
+
 def plausible_birth(day: date | None, today: date | None = None) -> bool:
     """A birth date: on or after 1900-01-01 and not in the future."""
     return day is not None and EARLIEST_BIRTH <= day <= (today or date.today())
@@ -279,6 +326,8 @@ def plausible_birth(day: date | None, today: date | None = None) -> bool:
 
 def birth_dates(text: str, *, context: bool = True) -> Iterator[Span]:
     """Dates in a plausible birth range; with ``context``, only after a birth context word."""
+    if context and not _might_have_context(text):
+        return
     for m in _DATE.finditer(text):
         if not any(plausible_birth(d) for d in _date_candidates(m)):
             continue
