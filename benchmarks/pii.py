@@ -164,16 +164,13 @@ ENTITIES: dict[str, tuple[Callable[[random.Random], str], Sequence[str]]] = {
 
 def record(rng: random.Random) -> Record:
     """One labelled record: 1-3 entities and 1-3 distractors in random order."""
-    parts: list[tuple[str | None, str]] = []
+    units: list[list[tuple[str | None, str]]] = []
     for kind in rng.sample(sorted(ENTITIES), rng.randint(1, 3)):
         make, cues = ENTITIES[kind]
-        parts.append((None, rng.choice(cues)))
-        parts.append((kind, make(rng)))
-    for _ in range(rng.randint(1, 3)):
-        parts.insert(
-            rng.randrange(0, len(parts) + 1, 2) if parts else 0,
-            (None, rng.choice(DISTRACTORS)(rng)),
-        )
+        units.append([(None, rng.choice(cues)), (kind, make(rng))])
+    units += [[(None, rng.choice(DISTRACTORS)(rng))] for _ in range(rng.randint(1, 3))]
+    rng.shuffle(units)
+    parts = [part for unit in units for part in unit]
     text, labels = "Customer", []
     for kind, piece in parts:
         text += rng.choice([" ", ", ", "; "]) if kind is None else " "

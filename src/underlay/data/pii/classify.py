@@ -69,17 +69,15 @@ def is_text(type_: pa.DataType) -> bool:
 
 def sample_values(values: Values, sample: int, seed: int) -> list[str]:
     """Up to ``sample`` non-null values, drawn without replacement by ``seed``."""
-    n = len(values)
-    picked: Any = values
-    if n > sample:
-        indices = sorted(random.Random(seed).sample(range(n), sample))
-        if isinstance(values, pa.Array | pa.ChunkedArray):
-            picked = values.take(pa.array(indices, pa.int64()))
-        else:
-            picked = [values[i] for i in indices]
-    if isinstance(picked, pa.Array | pa.ChunkedArray):
-        picked = picked.to_pylist()
-    return [v for v in picked if v is not None]
+    arrow = isinstance(values, pa.Array | pa.ChunkedArray)
+    present: Any = values
+    present = present.drop_null() if arrow else [v for v in values if v is not None]
+    if len(present) > sample:
+        indices = sorted(random.Random(seed).sample(range(len(present)), sample))
+        present = (
+            present.take(pa.array(indices, pa.int64())) if arrow else [present[i] for i in indices]
+        )
+    return [str(v) for v in (present.to_pylist() if arrow else present)]
 
 
 def classify_column(
@@ -93,7 +91,7 @@ def classify_column(
     drawn = sample_values(values, sample, seed)
     counts: Counter[PiiType] = Counter()
     for value in drawn:
-        counts.update({f.type for f in scan_value(str(value), name)})
+        counts.update({f.type for f in scan_value(value, name)})
     shares = {t: c / len(drawn) for t, c in counts.items()} if drawn else {}
     return ColumnClassification(name, len(drawn), shares, threshold)
 

@@ -80,7 +80,21 @@ def _nanp_ok(digits: str) -> bool:
     return area[0] in "23456789" and area[1:] != "11" and exchange[0] in "23456789"
 
 
+def _glued(m: re.Match[str]) -> bool:
+    """A space-grouped match right after another digit group (``0044 0532 0130``) is the
+    tail of a longer number, such as an IBAN or an account number, not a value of its own."""
+    start = m.start()
+    return (
+        " " in m.group()
+        and start >= 2
+        and m.string[start - 1] == " "
+        and m.string[start - 2].isdigit()
+    )
+
+
 def _phone_ok(m: re.Match[str]) -> bool:
+    if _glued(m):
+        return False
     digits = re.sub(r"\D", "", m.group())
     if m.group("intl"):
         if digits.startswith("1"):
@@ -162,7 +176,7 @@ def card_ok(digits: str) -> bool:
 
 
 def _card_match_ok(m: re.Match[str]) -> bool:
-    return card_ok(m.group().replace(m.group("sep") or "-", ""))
+    return not _glued(m) and card_ok(m.group().replace(m.group("sep") or "-", ""))
 
 
 def _cards(text: str) -> Iterator[Span]:
@@ -237,7 +251,7 @@ def ssn_ok(digits: str) -> bool:
 
 def _ssns(text: str) -> Iterator[Span]:
     for m in _SSN.finditer(text):
-        if ssn_ok(m.group().replace(m.group("sep"), "")):
+        if not _glued(m) and ssn_ok(m.group().replace(m.group("sep"), "")):
             yield m.span()
 
 

@@ -63,6 +63,22 @@ class Policy:
             )
 
     @classmethod
+    def redact(cls) -> Policy:
+        return cls(PolicyKind.REDACT)
+
+    @classmethod
+    def partial(cls) -> Policy:
+        return cls(PolicyKind.PARTIAL)
+
+    @classmethod
+    def tokenize(cls) -> Policy:
+        return cls(PolicyKind.TOKENIZE)
+
+    @classmethod
+    def keep(cls, justification: str) -> Policy:
+        return cls(PolicyKind.KEEP, justification)
+
+    @classmethod
     def parse(cls, spec: Policy | str) -> Policy:
         """A policy from ``redact``, ``partial``, ``tokenize`` or ``keep: <justification>``."""
         if isinstance(spec, Policy):
