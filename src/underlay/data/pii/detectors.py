@@ -43,6 +43,7 @@ class Finding:
 
 
 Span = tuple[int, int]
+CONTEXT_WINDOW = 40  # how far before a value a context word may stand
 
 # --- email --------------------------------------------------------------------------------
 
@@ -103,6 +104,13 @@ def _phone_ok(m: re.Match[str]) -> bool:
     if m.group("nanp"):
         return _nanp_ok(digits)
     return 10 <= len(digits) <= 11 and digits[1] != "0"
+
+
+def has_context(words: re.Pattern[str], text: str, start: int) -> bool:
+    """Whether a context word stands before ``start``, within :data:`CONTEXT_WINDOW`
+    characters and with no other number between it and the value (it names this value)."""
+    ends = [m.end() for m in words.finditer(text, max(0, start - CONTEXT_WINDOW), start)]
+    return bool(ends) and not any(ch.isdigit() for ch in text[ends[-1] : start])
 
 
 def _validated(
@@ -249,10 +257,19 @@ def ssn_ok(digits: str) -> bool:
     return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
 
 
+_SSN_CONTEXT = re.compile(r"\b(?:ssn|ss#|social security|soc\.? sec)", re.I)
+
+
+def _ssn_match_ok(m: re.Match[str]) -> bool:
+    if _glued(m) or not ssn_ok(m.group().replace(m.group("sep"), "")):
+        return False
+    # 123-45-6789 is an SSN's own shape; 123 45 6789 is also a part or form number: it needs
+    # a context word before it.
+    return m.group("sep") == "-" or has_context(_SSN_CONTEXT, m.string, m.start())
+
+
 def _ssns(text: str) -> Iterator[Span]:
-    for m in _SSN.finditer(text):
-        if not _glued(m) and ssn_ok(m.group().replace(m.group("sep"), "")):
-            yield m.span()
+    return _validated(_SSN, text, _ssn_match_ok)
 
 
 # --- IP addresses -------------------------------------------------------------------------
@@ -304,7 +321,6 @@ _DATE = re.compile(
     r")(?![\w/-]|\.\d)"
 )
 _BIRTH_CONTEXT = re.compile(r"\b(?:born|dob|d\.o\.b|date of birth|birth ?date|birthday)\b", re.I)
-CONTEXT_WINDOW = 40
 EARLIEST_BIRTH = date(1900, 1, 1)
 
 
@@ -345,9 +361,7 @@ def birth_dates(text: str, *, context: bool = True) -> Iterator[Span]:
     for m in _DATE.finditer(text):
         if not any(plausible_birth(d) for d in _date_candidates(m)):
             continue
-        if context and not _BIRTH_CONTEXT.search(
-            text, max(0, m.start() - CONTEXT_WINDOW), m.start()
-        ):
+        if context and not has_context(_BIRTH_CONTEXT, text, m.start()):
             continue
         yield m.span()
 
