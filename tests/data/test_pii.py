@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import re
 import string
@@ -33,7 +35,7 @@ from underlay.data.pii import (
     ssn_ok,
     token,
 )
-from underlay.data.pii.detectors import IBAN_LENGTHS
+from underlay.data.pii.detectors import IBAN_LENGTHS, Finding, resolve_overlaps
 from underlay.errors import InvalidInput
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +58,7 @@ def found(text: str) -> list[tuple[PiiType, str]]:
         ("call +14155552671", PiiType.PHONE, "+14155552671"),
         ("tel (212) 555-0199.", PiiType.PHONE, "(212) 555-0199"),
         ("tel 212.555.0199", PiiType.PHONE, "212.555.0199"),
+        ("call 415 555 2671", PiiType.PHONE, "415 555 2671"),
         ("ring +44 20 7946 0958", PiiType.PHONE, "+44 20 7946 0958"),
         ("ring 020 7946 0958", PiiType.PHONE, "020 7946 0958"),
         ("mobile 07700 900123", PiiType.PHONE, "07700 900123"),
@@ -73,6 +76,8 @@ def found(text: str) -> list[tuple[PiiType, str]]:
         ("born 12 March 1985 in Oslo", PiiType.DATE_OF_BIRTH, "12 March 1985"),
         ("DOB: 1985-03-12", PiiType.DATE_OF_BIRTH, "1985-03-12"),
         ("date of birth 03/12/1985", PiiType.DATE_OF_BIRTH, "03/12/1985"),
+        ("birthday: 25/12/1985", PiiType.DATE_OF_BIRTH, "25/12/1985"),
+        ("born on March 12, 1985", PiiType.DATE_OF_BIRTH, "March 12, 1985"),
     ],
 )
 def test_scan_text_finds_each_type_at_its_offsets(text: str, kind: PiiType, value: str) -> None:
@@ -96,6 +101,8 @@ def test_scan_text_finds_each_type_at_its_offsets(text: str, kind: PiiType, valu
         "qty 3 x 0447 2101",
         "area code 911-555-1234 is not assigned",
         "exchange 415-155-2671 starts with 1",
+        "call +1 911 555 1234 (N11 area)",
+        "DOB unknown, ref 7, visit 2023-04-15",
         "card 4111 1111 1111 1112 fails Luhn",
         "mixed separators 4111 1111-1111 1111",
         "iban DE89 3704 0044 0532 0130 01 has a bad checksum",
@@ -119,6 +126,32 @@ def test_findings_are_ordered_without_overlaps_and_carry_scores() -> None:
     assert [f.type for f in findings] == [PiiType.EMAIL, PiiType.CREDIT_CARD, PiiType.PHONE]
     assert all(a.end <= b.start for a, b in itertools.pairwise(findings))
     assert all(0 < f.score <= 1 for f in findings)
+
+
+def test_overlaps_resolve_to_the_higher_score_then_the_longer_span() -> None:
+    phone = Finding(PiiType.PHONE, 0, 10, 0.75)
+    card = Finding(PiiType.CREDIT_CARD, 0, 19, 0.95)
+    short = Finding(PiiType.EMAIL, 20, 25, 0.95)
+    long = Finding(PiiType.IBAN, 20, 30, 0.95)
+    assert resolve_overlaps([phone, long, short, card]) == [card, long]
+
+
+def test_the_documented_example() -> None:
+    assert scan_text("call +1 415-555-2671 or mail ada@example.com") == [
+        Finding(PiiType.PHONE, 5, 20, 0.75),
+        Finding(PiiType.EMAIL, 29, 44, 0.95),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "length", "wrong"),
+    [("4", 13, 14), ("4", 16, 17), ("4", 19, 18), ("51", 16, 15), ("2720", 16, 17),
+     ("34", 15, 16), ("6011", 19, 15), ("65", 16, 15), ("3530", 16, 15), ("305", 14, 13),
+     ("36", 14, 13), ("62", 16, 15), ("50", 16, 15), ("58", 19, 15)],
+)  # fmt: skip
+def test_each_issuer_prefix_at_its_lengths_is_a_card(prefix: str, length: int, wrong: int) -> None:
+    assert card_ok(_luhn_complete(prefix + "0" * (length - len(prefix) - 1)))
+    assert not card_ok(_luhn_complete(prefix + "0" * (wrong - len(prefix) - 1)))
 
 
 def test_validators() -> None:
@@ -253,6 +286,16 @@ def test_tokens_are_deterministic_per_key_and_differ_across_keys(
         assert first != token(value, PiiType.EMAIL, other)
 
 
+def test_tokens_are_a_keyed_hmac_of_the_normalised_value() -> None:
+    digest = hmac.new(KEY, b"email\0ada@example.com", hashlib.sha256).hexdigest()[:32]
+    assert token("Ada@Example.com", PiiType.EMAIL, KEY) == f"tok_email_{digest}"
+    card = token("4111 1111 1111 1111", PiiType.CREDIT_CARD, KEY)
+    assert card == token("4111-1111-1111-1111", PiiType.CREDIT_CARD, KEY)
+    assert token("DE89 3704 0044 0532 0130 00", PiiType.IBAN, KEY) == token(
+        "DE89370400440532013000", PiiType.IBAN, KEY
+    )
+
+
 pii_values = st.one_of(
     st.builds(lambda u, d: f"{u}@{d}.example.com",
               st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True),
@@ -317,12 +360,14 @@ def test_classify_table_covers_every_string_like_column() -> None:
             "full_name": ["Ada Lovelace", "Alan Turing"],
             "email": pa.array(["ada@example.com", "alan@example.org"]).dictionary_encode(),
             "ip": pa.array(["10.0.0.1", "10.0.0.2"], pa.large_string()),
+            "ip6": pa.array(["2001:db8::1", "2001:db8::2"], pa.string_view()),
             "age": [36, 41],
             "city": ["London", "Wilmslow"],
         }
     )
     result = classify_table(table)
-    assert sorted(result) == ["city", "email", "full_name", "ip"]
+    assert sorted(result) == ["city", "email", "full_name", "ip", "ip6"]
+    assert result["ip6"].types == [PiiType.IPV6]
     assert result["full_name"].types == [PiiType.PERSON]
     assert result["email"].types == [PiiType.EMAIL]
     assert result["ip"].types == [PiiType.IPV4]
