@@ -249,39 +249,39 @@ def _corrupt(value: str, draw: st.DrawFn, first: int = 0) -> str:
     return value[:i] + digit + value[i + 1 :]
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(cards())
 def test_valid_cards_are_found(number: str) -> None:
     assert found(f"paid with {number} yesterday") == [(PiiType.CREDIT_CARD, number)]
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(cards(), st.data())
 def test_a_single_digit_error_in_a_card_is_not_a_card(number: str, data: st.DataObject) -> None:
     wrong = _corrupt(number, data.draw)
     assert PiiType.CREDIT_CARD not in [kind for kind, _ in found(f"paid with {wrong} ok")]
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(ibans())
 def test_valid_ibans_are_found(iban: str) -> None:
     assert found(f"refund to {iban} please") == [(PiiType.IBAN, iban)]
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(ibans(), st.data())
 def test_a_single_digit_error_in_an_iban_is_not_an_iban(iban: str, data: st.DataObject) -> None:
     wrong = _corrupt(iban, data.draw, first=2)
     assert PiiType.IBAN not in [kind for kind, _ in found(f"refund to {wrong} please")]
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(ssns)
 def test_valid_ssns_are_found(ssn: str) -> None:
     assert found(f"ssn {ssn}.") == [(PiiType.US_SSN, ssn)]
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(st.text(min_size=1, max_size=40), st.binary(min_size=32, max_size=32),
        st.binary(min_size=32, max_size=32))  # fmt: skip
 def test_tokens_are_deterministic_per_key_and_differ_across_keys(
