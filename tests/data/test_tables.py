@@ -217,3 +217,14 @@ def test_deleting_a_table_removes_its_files(server: Any, admin: Any, project: st
     assert not location.exists()
     with pytest.raises(NotFound):
         admin.table_info(project, "t")
+
+
+def test_a_refused_first_write_leaves_no_table_and_is_audited(
+    admin: Any, project: str, tmp_path: Path
+) -> None:
+    empty = _csv(tmp_path / "empty.csv", "")
+    with pytest.raises(InvalidInput, match="the CSV file is empty"):
+        admin.write_table(project, "fresh", empty)
+    assert admin.list_tables(project) == []
+    (entry,) = admin.list_audit(action="table.write")
+    assert entry.outcome == "error" and "the CSV file is empty" in entry.detail

@@ -109,6 +109,8 @@ def _csv(path: Path, schema: pa.Schema | None, batch_rows: int) -> Source:
             raise InvalidInput(f"cannot read the CSV header: {exc}") from None
     if len(set(header)) != len(header) or any(not name for name in header):
         raise InvalidInput("the CSV header has an empty or a repeated column name")
+    if schema is not None:
+        _same_columns(header, schema)
     target = schema if schema is not None else _infer_csv(path, header)
     quarantine = Quarantine()
     invalid: list[int] = []
@@ -336,18 +338,16 @@ def _cast_whole(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _same_columns(have: pa.Schema, want: pa.Schema) -> None:
-    extra = [n for n in have.names if n not in want.names]
-    missing = [n for n in want.names if n not in have.names]
-    if extra or missing:
-        parts = []
-        if missing:
-            parts.append(f"missing column(s) {', '.join(map(repr, missing))}")
-        if extra:
-            parts.append(f"column(s) not in the table {', '.join(map(repr, extra))}")
+def _same_columns(have: pa.Schema | list[str], want: pa.Schema) -> None:
+    """Refuse data whose column names differ from the table's, naming each difference."""
+    names = list(have.names) if isinstance(have, pa.Schema) else list(have)
+    problems = [f"column {n!r} is not in the table" for n in names if n not in want.names]
+    problems += [f"column {n!r} is missing from the data" for n in want.names if n not in names]
+    if problems:
         raise InvalidInput(
-            f"the data does not match the table's columns: {'; '.join(parts)} "
-            "(evolve the schema to add columns)"
+            "the data does not match the table's schema: "
+            + "; ".join(problems)
+            + " (nothing was written; evolve the schema to change it)"
         )
 
 

@@ -327,13 +327,19 @@ def check_schema(table: pa.Schema, data: pa.Schema, mode: Mode) -> None:
 
 
 class _Counter:
-    """Counts the rows of the batches that pass through."""
+    """Counts the rows of the batches that pass through, and keeps the error that stopped
+    them: delta-rs consumes them and would report it wrapped in its own error."""
 
     def __init__(self, batches: Iterable[pa.RecordBatch]) -> None:
         self._batches = batches
         self.rows = 0
+        self.error: BaseException | None = None
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
-        for batch in self._batches:
-            self.rows += batch.num_rows
-            yield batch
+        try:
+            for batch in self._batches:
+                self.rows += batch.num_rows
+                yield batch
+        except Exception as error:
+            self.error = error
+            raise

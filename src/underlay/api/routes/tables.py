@@ -29,7 +29,7 @@ from underlay.data.arrowio import ipc_chunks
 from underlay.data.schemas import ColumnRead, SqlQuery, TableRead, TableVersionRead, WriteRead
 from underlay.data.sql import run as run_sql
 from underlay.data.tables import QUARANTINE_SUFFIX, TableStore
-from underlay.errors import InvalidInput
+from underlay.errors import InvalidInput, UnderlayError
 from underlay.identity import Action
 from underlay.platform import audit_text
 
@@ -149,12 +149,58 @@ def _write(
     evolve: bool,
     source: str,
 ) -> WriteRead:
-    db = ctx.platform.db
     with ctx.unit("table.write", _resource(project, name), audited=False) as u:
         found = identity.read_project(u.session, project, ctx.actor, Action.write)
         project_id = found.id
         table = store.ensure(u.session, project_id, name, ctx.actor.user_id or None)
         table_id, schema = table.id, store.schema(table)
+    try:
+        result, quarantined = _stage_and_write(
+            ctx, store, project_id, table_id, schema, body, fmt, mode, keys, evolve, source
+        )
+    except UnderlayError as error:
+        if schema is None:  # the table was new: a refused first write leaves no empty table
+            _forget_if_empty(ctx, store, project_id, table_id)
+        with ctx.unit("table.write", _resource(project, name), project=project):
+            raise error from None  # audited as refused, with the reason
+    quarantine_version = None
+    if quarantined is not None:
+        quarantine_version = _quarantine(ctx, store, project_id, name, quarantined, source)
+    with ctx.unit("table.write", _resource(project, name), project=project) as u:
+        identity.read_project(u.session, project, ctx.actor, Action.write)
+        u.resource = f"{_resource(project, name)}@{result.version}"
+        u.detail = {
+            "mode": mode,
+            "rows": result.rows_written,
+            "quarantined": result.rows_quarantined,
+        }
+    return WriteRead(
+        table=name,
+        version=result.version,
+        operation=result.operation,
+        rows_written=result.rows_written,
+        rows_quarantined=result.rows_quarantined,
+        num_rows=result.num_rows,
+        quarantine_table=f"{name}{QUARANTINE_SUFFIX}" if quarantine_version is not None else None,
+        quarantine_version=quarantine_version,
+    )
+
+
+def _stage_and_write(
+    ctx: Ctx,
+    store: TableStore,
+    project_id: int,
+    table_id: int,
+    schema: pa.Schema | None,
+    body: Iterator[bytes],
+    fmt: ingest.Format | Literal["arrow"],
+    mode: Any,
+    keys: tuple[str, ...],
+    evolve: bool,
+    source: str,
+) -> tuple[Any, ingest.Quarantine | None]:
+    """Stage the upload to a temporary file, then read it into the table."""
+    db = ctx.platform.db
     folder = ctx.platform.settings.home / "tmp"
     folder.mkdir(mode=0o700, exist_ok=True)
     handle, staged = tempfile.mkstemp(dir=folder, suffix=f".{fmt}")
@@ -190,27 +236,16 @@ def _write(
             quarantined = data.quarantine if data.quarantine.count else None
     finally:
         Path(staged).unlink(missing_ok=True)
-    quarantine_version = None
-    if quarantined is not None:
-        quarantine_version = _quarantine(ctx, store, project_id, name, quarantined, source)
-    with ctx.unit("table.write", _resource(project, name), project=project) as u:
-        identity.read_project(u.session, project, ctx.actor, Action.write)
-        u.resource = f"{_resource(project, name)}@{result.version}"
-        u.detail = {
-            "mode": mode,
-            "rows": result.rows_written,
-            "quarantined": result.rows_quarantined,
-        }
-    return WriteRead(
-        table=name,
-        version=result.version,
-        operation=result.operation,
-        rows_written=result.rows_written,
-        rows_quarantined=result.rows_quarantined,
-        num_rows=result.num_rows,
-        quarantine_table=f"{name}{QUARANTINE_SUFFIX}" if quarantine_version is not None else None,
-        quarantine_version=quarantine_version,
-    )
+    return result, quarantined
+
+
+def _forget_if_empty(ctx: Ctx, store: TableStore, project_id: int, table_id: int) -> None:
+    from underlay.data.models import DataTable
+
+    with ctx.platform.db.session(ctx.actor.scope) as session:
+        table = session.get(DataTable, table_id)
+        if table is not None and table.published_version is None:
+            store.remove(session, table)
 
 
 def _write_arrow(
