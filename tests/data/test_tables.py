@@ -228,3 +228,39 @@ def test_a_refused_first_write_leaves_no_table_and_is_audited(
     assert admin.list_tables(project) == []
     (entry,) = admin.list_audit(action="table.write")
     assert entry.outcome == "error" and "the CSV file is empty" in entry.detail
+
+
+def test_concurrent_appends_each_get_their_version(server: Any, admin: Any, project: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    admin.write_table(project, "t", pa.table({"id": [0]}))
+
+    def append(i: int) -> int:
+        with server.client() as c:
+            return int(c.write_table(project, "t", pa.table({"id": [i]})).version)
+
+    with ThreadPoolExecutor(4) as pool:
+        versions = sorted(pool.map(append, range(1, 5)))
+    assert versions == [1, 2, 3, 4]
+    assert sorted(admin.read_table(project, "t").column("id").to_pylist()) == [0, 1, 2, 3, 4]
+
+
+def test_viewers_read_and_query_but_cannot_write(server: Any, admin: Any, project: str) -> None:
+    from underlay.errors import PermissionDenied
+
+    admin.write_table(project, "t", pa.table({"id": [1]}))
+    admin.create_user("vic", password="correct horse battery")
+    admin.add_member(project, "vic", "viewer")
+    with server.client(admin.create_token("vic", user="vic").token) as vic:
+        assert vic.read_table(project, "t").num_rows == 1
+        assert vic.sql(project, "select count(*) as n from t").to_pylist() == [{"n": 1}]
+        with pytest.raises(PermissionDenied):
+            vic.write_table(project, "t", pa.table({"id": [2]}))
+    reads = admin.list_audit(action="table.read")
+    assert [(e.actor, e.resource) for e in reads] == [("vic", f"project:{project}/table:t@0")]
+
+
+def test_the_tables_root_is_owner_only(server: Any, admin: Any, project: str) -> None:
+    admin.write_table(project, "t", pa.table({"id": [1]}))
+    root = Path(server.settings.tables_url)
+    assert root.stat().st_mode & 0o777 == 0o700
