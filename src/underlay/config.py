@@ -57,6 +57,32 @@ class BlobSettings(BaseModel):
     )
 
 
+class DataSettings(BaseModel):
+    tables_url: str | None = Field(
+        default=None,
+        description="Where Delta tables live: a local folder (default home/tables) or an object "
+        "store URL (s3://bucket/prefix).",
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="delta-rs storage options for a remote tables URL (AWS_ENDPOINT_URL, "
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP, ...).",
+    )
+    sql_memory_limit: str = Field(
+        default="1GB",
+        pattern=r"^[0-9]+(\.[0-9]+)?\s*[KMGT]?i?B$",
+        description="DuckDB memory "
+        "limit per SQL query (it spills to nothing: a query past it fails).",
+    )
+    sql_threads: int = Field(default=2, ge=1, le=64, description="DuckDB threads per query.")
+    sql_timeout_s: float = Field(
+        default=300.0, gt=0, le=86400, description="A SQL query running longer is interrupted."
+    )
+    batch_rows: int = Field(
+        default=65536, ge=1024, le=10_000_000, description="Rows per batch when ingesting."
+    )
+
+
 class ServerSettings(BaseModel):
     host: str = Field(default="127.0.0.1", description="Address `underlay up` binds.")
     port: int = Field(default=8765, ge=0, le=65535, description="Port `underlay up` binds.")
@@ -289,6 +315,7 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", description="Logging level.")
     store: StoreSettings = Field(default_factory=StoreSettings)
     blobs: BlobSettings = Field(default_factory=BlobSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
@@ -300,6 +327,10 @@ class Settings(BaseSettings):
     @property
     def blob_url(self) -> str:
         return self.blobs.url or str(self.home / "blobs")
+
+    @property
+    def tables_url(self) -> str:
+        return self.data.tables_url or str(self.home / "tables")
 
     @property
     def master_key_path(self) -> Path:

@@ -170,7 +170,9 @@ class Platform:
         scope: Scope | None = None,
     ) -> Iterator[Unit]:
         """A transaction for ``actor`` (in ``actor.scope`` unless a route that authorized the
-        actor otherwise widens it); audited on success when ``audited``, always on failure."""
+        actor otherwise widens it); audited on success when ``audited``, always on failure
+        (with what the unit's detail held by then, and the error)."""
+        unit: Unit | None = None
         try:
             with self.db.session(scope or actor.scope) as session:
                 unit = Unit(session, actor, action, resource, project)
@@ -194,7 +196,7 @@ class Platform:
                 project=None if project is None else audit_text(project),
                 client=client,
                 outcome=_outcome(exc),
-                detail={"error": exc.message[:500]},
+                detail={**(unit.detail if unit else {}), "error": exc.message[:500]},
             )
             raise
 

@@ -290,6 +290,8 @@ def test_demo_runs_clean(tmp_path: Path) -> None:
     assert wanted in result.stdout  # the demo says how its node isolates jobs
     flat = " ".join(result.stdout.split())
     assert "(1 added, 1 removed, 1 changed); only 2 new file(s) were uploaded and stored" in flat
+    assert "table orders@0: 1,998 rows written, 2 quarantined in orders_quarantine" in flat
+    assert "reading a server file through SQL is refused" in flat
     assert list(tmp_path.iterdir()) == []  # the temporary home is removed
 
 

@@ -22,6 +22,7 @@ from underlay.api.routes import (
     lineage,
     nodes,
     projects,
+    tables,
     tokens,
     usage,
     users,
@@ -30,6 +31,7 @@ from underlay.api.runtime import ComputeRuntime
 from underlay.compute.purge import purge_project
 from underlay.config import Settings
 from underlay.data import datasets as data_datasets
+from underlay.data.tables import TableStore
 from underlay.platform import Platform
 
 API_PREFIX = "/api/v1"
@@ -64,6 +66,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     platform.project_purgers.append(
         lambda session, project: data_datasets.purge_project(session, project.id)
     )
+    app.state.tables = TableStore(platform.settings)
     app.state.uploads = UploadSlots(platform.settings.server.max_concurrent_uploads)
     problems.install(app)
     app.add_middleware(
@@ -87,6 +90,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         usage,
         alerts,
         datasets,
+        tables,
     ):
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(api)

@@ -227,6 +227,42 @@ def _dataset(ctx: DemoContext) -> None:
     ctx.say(f"pulled pets@{v1.version} back, every file verified against its digest")
 
 
+def _table_and_sql(ctx: DemoContext) -> None:
+    import random
+
+    alice: Client = ctx.state["alice"]
+    rng = random.Random(7)
+    countries = ["DE", "FR", "NL", "PL"]
+    lines = ["id,country,spend"]
+    lines += [f"{i},{rng.choice(countries)},{rng.randint(5, 500)}" for i in range(2000)]
+    lines[500] = "499,DE,a lot"  # a value that is no number
+    lines[1500] = "1499,FR"  # a field missing
+    path = ctx.home / "orders.csv"
+    path.write_text("\n".join(lines) + "\n")
+    result = alice.write_table("vision", "orders", path)
+    ctx.say(
+        f"table orders@{result.version}: {result.rows_written:,} rows written, "
+        f"{result.rows_quarantined} quarantined in {result.quarantine_table} with line and reason"
+    )
+    top = alice.sql(
+        "vision",
+        "select country, count(*) as orders, sum(spend) as spend from orders "
+        "group by country order by spend desc limit 2",
+    ).to_pylist()
+    ctx.say(
+        "SQL (DuckDB, sandboxed): "
+        + "; ".join(f"{r['country']} {r['orders']} orders, {r['spend']:,} spent" for r in top)
+    )
+    from underlay.errors import InvalidInput
+
+    try:
+        alice.sql("vision", "select * from read_csv('/etc/passwd')")
+    except InvalidInput as exc:
+        ctx.say(f"reading a server file through SQL is refused: {exc}")
+    else:
+        raise AssertionError("SQL could read a server file")
+
+
 def _audit(ctx: DemoContext) -> None:
     report = ctx.admin.verify_audit()
     denied = ctx.admin.list_audit(outcome="denied")
@@ -244,6 +280,7 @@ STEPS: list[Step] = [
     Step("Record and show lineage", _lineage),
     Step("Tenant isolation", _isolation),
     Step("Version a dataset of files", _dataset),
+    Step("Ingest a table and query it with SQL", _table_and_sql),
     Step("Run a job through the scheduler and bill it", _scheduled_job),
     Step("Verify the audit log", _audit),
 ]

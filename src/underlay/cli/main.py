@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from underlay.cli import admin, compute, configure, data, demo, keys, resources, server
+from underlay.cli import admin, compute, configure, data, demo, keys, resources, server, tables
 from underlay.cli.simulate import simulate
 
 app = typer.Typer(
@@ -44,6 +44,8 @@ app.add_typer(resources.users, name="users")
 app.add_typer(resources.tokens, name="tokens")
 app.add_typer(resources.blobs, name="blobs")
 app.add_typer(data.datasets, name="datasets")
+app.add_typer(tables.tables, name="tables")
+app.command("sql")(tables.sql)
 app.add_typer(resources.audit, name="audit")
 app.add_typer(keys.keys, name="keys")
 app.add_typer(admin.admin, name="admin")

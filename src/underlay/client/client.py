@@ -12,7 +12,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from underlay.client.compute import ComputeMethods
-from underlay.client.data import DataMethods
+from underlay.client.data import DataMethods, TableMethods
 from underlay.errors import IntegrityFailure, Unavailable, UnderlayError, error_for_problem
 from underlay.schemas import (
     AuditEntryRead,
@@ -48,7 +48,7 @@ def _raise_for_problem(response: httpx.Response) -> None:
     raise cls(detail, **extra)
 
 
-class Client(ComputeMethods, DataMethods):
+class Client(ComputeMethods, DataMethods, TableMethods):
     """A session with one underlay server; use as a context manager or call :meth:`close`."""
 
     def __init__(

@@ -17,7 +17,10 @@ from underlay.data.schemas import (
     FileEntryModel,
     FilePage,
     MissingDigests,
+    TableRead,
+    TableVersionRead,
     VersionRead,
+    WriteRead,
 )
 from underlay.errors import InvalidInput
 
@@ -249,3 +252,147 @@ def _holds(target: Path, digest: str, size: int) -> bool:
     if target.is_symlink() or not target.is_file() or target.stat().st_size != size:
         return False
     return _hash_file(target)[0] == digest
+
+
+class TableMethods:
+    """Tables and SQL; mixed into :class:`underlay.client.Client`. pyarrow is imported only
+    when these are used."""
+
+    if TYPE_CHECKING:
+        _http: httpx.Client
+
+        def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response: ...
+        def _one(self, model: type[Any], method: str, path: str, **kwargs: Any) -> Any: ...
+        def _many(self, model: type[Any], path: str, **kwargs: Any) -> list[Any]: ...
+
+    def list_tables(self, project: str) -> list[TableRead]:
+        return self._many(TableRead, f"/projects/{project}/tables")
+
+    def table_info(self, project: str, name: str) -> TableRead:
+        result: TableRead = self._one(TableRead, "GET", f"/projects/{project}/tables/{name}")
+        return result
+
+    def table_versions(self, project: str, name: str) -> list[TableVersionRead]:
+        return self._many(TableVersionRead, f"/projects/{project}/tables/{name}/versions")
+
+    def delete_table(self, project: str, name: str) -> None:
+        self._request("DELETE", f"/projects/{project}/tables/{name}")
+
+    def write_table(
+        self,
+        project: str,
+        name: str,
+        data: Any,
+        *,
+        mode: str = "append",
+        key: list[str] | tuple[str, ...] = (),
+        evolve: bool = False,
+        format: str | None = None,
+    ) -> WriteRead:
+        """Write ``data`` as the next version of table ``name`` (created on first write).
+
+        ``data`` is a file path (CSV, Parquet or JSON lines, by its suffix unless ``format``
+        says), a pyarrow Table or RecordBatchReader, or a pandas DataFrame. ``mode`` is
+        ``append``, ``overwrite`` or ``merge`` (an upsert by the ``key`` columns); ``evolve``
+        lets the write add columns or change types. Rows of a file that cannot be read go to
+        ``<name>_quarantine`` and are counted in the result."""
+        params: dict[str, Any] = {"mode": mode, "evolve": evolve, "key": list(key)}
+        if isinstance(data, (str, Path)):
+            path = Path(data)
+            from underlay.data.ingest import detect_format
+
+            params["format"] = format or detect_format(path.name)
+            params["source"] = path.name[:255]
+            with path.open("rb") as handle:
+                content: Any = iter(lambda: handle.read(1 << 20), b"")
+                return self._write_table(project, name, params, content)
+        from underlay.data.arrowio import as_reader, ipc_chunks
+
+        params["format"] = "arrow"
+        reader = as_reader(data)
+        return self._write_table(project, name, params, ipc_chunks(reader.schema, reader))
+
+    def _write_table(
+        self, project: str, name: str, params: dict[str, Any], content: Any
+    ) -> WriteRead:
+        result: WriteRead = self._one(
+            WriteRead,
+            "PUT",
+            f"/projects/{project}/tables/{name}/data",
+            params=params,
+            content=content,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        return result
+
+    def read_table(
+        self,
+        project: str,
+        name: str,
+        *,
+        version: int | None = None,
+        columns: list[str] | None = None,
+        limit: int | None = None,
+    ) -> Any:
+        """A version of the table (the published one by default) as a pyarrow Table."""
+        import pyarrow as pa
+
+        batches = list(
+            self.iter_table(project, name, version=version, columns=columns, limit=limit)
+        )
+        return pa.Table.from_batches(batches[1:], schema=batches[0])
+
+    def iter_table(
+        self,
+        project: str,
+        name: str,
+        *,
+        version: int | None = None,
+        columns: list[str] | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Any]:
+        """The table's schema, then its record batches as they stream in."""
+        params: dict[str, Any] = {"format": "arrow"}
+        if version is not None:
+            params["version"] = version
+        if columns:
+            params["columns"] = columns
+        if limit is not None:
+            params["limit"] = limit
+        yield from self._arrow_stream(
+            "GET", f"/projects/{project}/tables/{name}/data", params=params
+        )
+
+    def sql(self, project: str, query: str) -> Any:
+        """Run one SELECT over the project's tables (``name@3`` for version 3): a pyarrow
+        Table."""
+        import pyarrow as pa
+
+        batches = list(self.iter_sql(project, query))
+        return pa.Table.from_batches(batches[1:], schema=batches[0])
+
+    def iter_sql(self, project: str, query: str) -> Iterator[Any]:
+        """The result's schema, then its record batches as they stream in."""
+        body = {"query": query, "format": "arrow"}
+        yield from self._arrow_stream("POST", f"/projects/{project}/sql", json=body)
+
+    def _arrow_stream(self, method: str, path: str, **kwargs: Any) -> Iterator[Any]:
+        import httpx
+        import pyarrow as pa
+
+        from underlay.client.client import _raise_for_problem
+        from underlay.data.arrowio import ChunkFile
+        from underlay.errors import IntegrityFailure, Unavailable
+
+        try:
+            with self._http.stream(method, path, **kwargs) as response:
+                if not response.is_success:
+                    response.read()
+                    _raise_for_problem(response)
+                reader = pa.ipc.open_stream(ChunkFile(response.iter_bytes()))
+                yield reader.schema
+                yield from reader
+        except httpx.TransportError as exc:
+            raise Unavailable(f"cannot reach the server at {self._http.base_url}: {exc}") from exc
+        except pa.ArrowInvalid as exc:
+            raise IntegrityFailure(f"the result stream broke off: {exc}") from exc

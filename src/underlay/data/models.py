@@ -74,3 +74,44 @@ class DatasetFile(ProjectScoped, Base):
     digest: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
     media_type: Mapped[str] = mapped_column(String(127), default="application/octet-stream")
+
+
+class DataTable(ProjectScoped, Base):
+    """A Delta Lake table of a project. Its files live under the tables root at
+    ``<project id>/<table id>`` (ids are never reused, so a new table never meets an old
+    one's files). ``published_version`` is the Delta version readers see: a write is published
+    only once it is complete, so a write that crashed leaves readers on the version before."""
+
+    __tablename__ = "data_tables"
+    __table_args__ = (UniqueConstraint("project_id", "name"), MONOTONIC)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    description: Mapped[str] = mapped_column(String(1000), default="")
+    published_version: Mapped[int | None] = mapped_column(Integer)
+    created_by: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class DataTableVersion(ProjectScoped, Base):
+    """What one published write did: its operation and row counts."""
+
+    __tablename__ = "data_table_versions"
+    __table_args__ = (UniqueConstraint("table_id", "version"), MONOTONIC)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    table_id: Mapped[int] = mapped_column(
+        ForeignKey("data_tables.id", ondelete="CASCADE"), index=True
+    )
+    version: Mapped[int] = mapped_column(Integer)
+    operation: Mapped[str] = mapped_column(String(16))  # append | overwrite | merge | restore
+    rows_written: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_quarantined: Mapped[int] = mapped_column(BigInteger, default=0)
+    num_rows: Mapped[int] = mapped_column(BigInteger, default=0)  # rows in the table after it
+    source: Mapped[str] = mapped_column(String(255), default="")
+    created_by: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -91,3 +92,47 @@ class DiffRead(BaseModel):
     added: list[FileEntryModel]
     removed: list[FileEntryModel]
     changed: list[FileChange]
+
+
+# -- tables ----------------------------------------------------------------------------------
+
+
+class ColumnRead(BaseModel):
+    name: str
+    type: str
+
+
+class TableRead(_Out):
+    name: str
+    description: str
+    version: int | None = Field(description="The published version (null before any data).")
+    created_at: dt.datetime
+    columns: list[ColumnRead] | None = None
+
+
+class TableVersionRead(_Out):
+    version: int
+    operation: str
+    rows_written: int
+    rows_quarantined: int
+    num_rows: int
+    source: str
+    created_at: dt.datetime
+
+
+class WriteRead(BaseModel):
+    table: str
+    version: int
+    operation: str
+    rows_written: int
+    rows_quarantined: int
+    num_rows: int = Field(description="Rows in the table after the write.")
+    quarantine_table: str | None = Field(
+        default=None, description="Where the rows that could not be read went, with reasons."
+    )
+    quarantine_version: int | None = None
+
+
+class SqlQuery(_In):
+    query: str = Field(min_length=1, max_length=100_000)
+    format: Literal["arrow", "jsonl"] = "arrow"

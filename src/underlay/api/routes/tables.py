@@ -1,0 +1,382 @@
+"""Tables of a project (Delta Lake) and SQL over them (DuckDB), streamed as Arrow or JSON lines.
+
+A write uploads a file (CSV, Parquet or JSON lines; or an Arrow IPC stream from the SDK) that
+is staged to a temporary file, then read and written outside any database transaction (see
+underlay.data.tables); rows that cannot be read go to the table ``<name>_quarantine`` with
+their line number and the reason. Reads and SQL stream their results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import anyio
+import anyio.from_thread
+import pyarrow as pa
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from underlay import identity
+from underlay.api.deps import Ctx
+from underlay.api.limits import UploadSlots
+from underlay.data import ingest
+from underlay.data.arrowio import ipc_chunks
+from underlay.data.schemas import ColumnRead, SqlQuery, TableRead, TableVersionRead, WriteRead
+from underlay.data.sql import run as run_sql
+from underlay.data.tables import QUARANTINE_SUFFIX, TableStore
+from underlay.errors import InvalidInput, UnderlayError
+from underlay.identity import Action
+from underlay.platform import audit_text
+
+router = APIRouter(prefix="/projects/{project}", tags=["tables"])
+
+ARROW = "application/vnd.apache.arrow.stream"
+JSONL = "application/x-ndjson"
+OutFormat = Literal["arrow", "jsonl"]
+
+
+def _tables(request: Request) -> TableStore:
+    store: TableStore = request.app.state.tables
+    return store
+
+
+Tables = Annotated[TableStore, Depends(_tables)]
+
+
+def _resource(project: str, name: str) -> str:
+    return f"project:{project}/table:{audit_text(name)}"
+
+
+def _check_name(name: str) -> None:
+    if not identity.NAME_RE.fullmatch(name):
+        raise InvalidInput(
+            f"table name {audit_text(name)} must be 1-63 characters: a lowercase letter, then "
+            "lowercase letters, digits, '-' or '_'"
+        )
+
+
+@router.get("/tables", response_model=list[TableRead])
+def list_tables(project: str, ctx: Ctx, store: Tables) -> list[TableRead]:
+    with ctx.unit("table.list", f"project:{project}/tables", audited=False) as u:
+        found = identity.read_project(u.session, project, ctx.actor)
+        return [_table_read(store, t) for t in store.list_tables(u.session, found.id)]
+
+
+@router.get("/tables/{name}", response_model=TableRead)
+def read_table(project: str, name: str, ctx: Ctx, store: Tables) -> TableRead:
+    with ctx.unit("table.read_meta", _resource(project, name), audited=False) as u:
+        found = identity.read_project(u.session, project, ctx.actor)
+        return _table_read(store, store.read(u.session, found.id, name), with_schema=True)
+
+
+@router.get("/tables/{name}/versions", response_model=list[TableVersionRead])
+def list_versions(project: str, name: str, ctx: Ctx, store: Tables) -> list[TableVersionRead]:
+    with ctx.unit("table.read_meta", _resource(project, name), audited=False) as u:
+        found = identity.read_project(u.session, project, ctx.actor)
+        table = store.read(u.session, found.id, name)
+        return [TableVersionRead.model_validate(v) for v in store.versions(u.session, table)]
+
+
+@router.delete("/tables/{name}", status_code=204)
+def delete_table(project: str, name: str, ctx: Ctx, store: Tables) -> Response:
+    with ctx.unit("table.delete", _resource(project, name), project=project) as u:
+        found = identity.read_project(u.session, project, ctx.actor, Action.write)
+        store.remove(u.session, store.read(u.session, found.id, name))
+    return Response(status_code=204)
+
+
+@router.put(
+    "/tables/{name}/data",
+    response_model=WriteRead,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+async def write_table(
+    project: str,
+    name: str,
+    request: Request,
+    ctx: Ctx,
+    store: Tables,
+    format: Annotated[Literal["csv", "parquet", "jsonl", "arrow"], Query()],
+    mode: Annotated[Literal["append", "overwrite", "merge"], Query()] = "append",
+    key: Annotated[list[str] | None, Query(max_length=16)] = None,
+    evolve: bool = False,
+    source: Annotated[str, Query(max_length=255, pattern=r"^[^\x00-\x1f\x7f]*$")] = "",
+) -> WriteRead:
+    """Append, overwrite or merge (upsert by ``key`` columns) the uploaded file as the next
+    version; rows that cannot be read are quarantined, the rest is written."""
+    _check_name(name)
+    stream = request.stream()
+
+    def chunks() -> Iterator[bytes]:
+        while True:
+            try:
+                chunk = anyio.from_thread.run(stream.__anext__)
+            except StopAsyncIteration:
+                return
+            if chunk:
+                yield chunk
+
+    def work() -> WriteRead:
+        keys = tuple(key or ())
+        return _write(ctx, store, project, name, chunks(), format, mode, keys, evolve, source)
+
+    slots: UploadSlots = request.app.state.uploads
+    async with slots.hold() as threads:
+        return await anyio.to_thread.run_sync(work, limiter=threads)
+
+
+def _write(
+    ctx: Ctx,
+    store: TableStore,
+    project: str,
+    name: str,
+    body: Iterator[bytes],
+    fmt: ingest.Format | Literal["arrow"],
+    mode: Any,
+    keys: tuple[str, ...],
+    evolve: bool,
+    source: str,
+) -> WriteRead:
+    with ctx.unit("table.write", _resource(project, name), audited=False) as u:
+        found = identity.read_project(u.session, project, ctx.actor, Action.write)
+        project_id = found.id
+        table = store.ensure(u.session, project_id, name, ctx.actor.user_id or None)
+        table_id, schema = table.id, store.schema(table)
+    try:
+        result, quarantined = _stage_and_write(
+            ctx, store, project_id, table_id, schema, body, fmt, mode, keys, evolve, source
+        )
+    except UnderlayError as error:
+        if schema is None:  # the table was new: a refused first write leaves no empty table
+            _forget_if_empty(ctx, store, project_id, table_id)
+        with ctx.unit("table.write", _resource(project, name), project=project):
+            raise error from None  # audited as refused, with the reason
+    quarantine_version = None
+    if quarantined is not None:
+        quarantine_version = _quarantine(ctx, store, project_id, name, quarantined, source)
+    with ctx.unit("table.write", _resource(project, name), project=project) as u:
+        identity.read_project(u.session, project, ctx.actor, Action.write)
+        u.resource = f"{_resource(project, name)}@{result.version}"
+        u.detail = {
+            "mode": mode,
+            "rows": result.rows_written,
+            "quarantined": result.rows_quarantined,
+        }
+    return WriteRead(
+        table=name,
+        version=result.version,
+        operation=result.operation,
+        rows_written=result.rows_written,
+        rows_quarantined=result.rows_quarantined,
+        num_rows=result.num_rows,
+        quarantine_table=f"{name}{QUARANTINE_SUFFIX}" if quarantine_version is not None else None,
+        quarantine_version=quarantine_version,
+    )
+
+
+def _stage_and_write(
+    ctx: Ctx,
+    store: TableStore,
+    project_id: int,
+    table_id: int,
+    schema: pa.Schema | None,
+    body: Iterator[bytes],
+    fmt: ingest.Format | Literal["arrow"],
+    mode: Any,
+    keys: tuple[str, ...],
+    evolve: bool,
+    source: str,
+) -> tuple[Any, ingest.Quarantine | None]:
+    """Stage the upload to a temporary file, then read it into the table."""
+    db = ctx.platform.db
+    folder = ctx.platform.settings.home / "tmp"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    handle, staged = tempfile.mkstemp(dir=folder, suffix=f".{fmt}")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            for chunk in body:
+                out.write(chunk)
+        if fmt == "arrow":
+            result = _write_arrow(
+                ctx, store, project_id, table_id, Path(staged), mode, keys, evolve
+            )
+            quarantined = None
+        else:
+            data = ingest.open_source(
+                Path(staged),
+                fmt,
+                None if evolve else schema,
+                store.batch_rows,
+            )
+            result = store.write(
+                db,
+                project_id,
+                table_id,
+                data.batches,
+                data.schema,
+                mode=mode,
+                keys=keys,
+                evolve=evolve,
+                source=source,
+                quarantined=data.quarantine,
+                created_by=ctx.actor.user_id or None,
+            )
+            quarantined = data.quarantine if data.quarantine.count else None
+    finally:
+        Path(staged).unlink(missing_ok=True)
+    return result, quarantined
+
+
+def _forget_if_empty(ctx: Ctx, store: TableStore, project_id: int, table_id: int) -> None:
+    from underlay.data.models import DataTable
+
+    with ctx.platform.db.session(ctx.actor.scope) as session:
+        table = session.get(DataTable, table_id)
+        if table is not None and table.published_version is None:
+            store.remove(session, table)
+
+
+def _write_arrow(
+    ctx: Ctx,
+    store: TableStore,
+    project_id: int,
+    table_id: int,
+    path: Path,
+    mode: Any,
+    keys: tuple[str, ...],
+    evolve: bool,
+) -> Any:
+    try:
+        reader = pa.ipc.open_stream(pa.memory_map(str(path)))
+    except (pa.ArrowInvalid, OSError) as error:
+        raise InvalidInput(f"the body is no Arrow IPC stream: {error}") from None
+    return store.write(
+        ctx.platform.db,
+        project_id,
+        table_id,
+        reader,
+        reader.schema,
+        mode=mode,
+        keys=keys,
+        evolve=evolve,
+        source="arrow",
+        created_by=ctx.actor.user_id or None,
+    )
+
+
+def _quarantine(
+    ctx: Ctx,
+    store: TableStore,
+    project_id: int,
+    name: str,
+    quarantine: ingest.Quarantine,
+    source: str,
+) -> int:
+    """Append the rows set aside to ``<name>_quarantine``; returns its new version."""
+    target = f"{name}{QUARANTINE_SUFFIX}"[:63]
+    with ctx.platform.db.session(ctx.actor.scope) as session:
+        table_id = store.ensure(session, project_id, target, ctx.actor.user_id or None).id
+    rows = quarantine.table(source)
+    return store.write(
+        ctx.platform.db,
+        project_id,
+        table_id,
+        rows.to_batches(),
+        rows.schema,
+        source=source,
+        created_by=ctx.actor.user_id or None,
+    ).version
+
+
+@router.get("/tables/{name}/data", response_class=StreamingResponse)
+def read_rows(
+    project: str,
+    name: str,
+    ctx: Ctx,
+    store: Tables,
+    version: Annotated[int | None, Query(ge=0)] = None,
+    format: OutFormat = "arrow",
+    limit: Annotated[int | None, Query(ge=1)] = None,
+    columns: Annotated[list[str] | None, Query(max_length=1000)] = None,
+) -> StreamingResponse:
+    """Stream a version of the table (the published one by default)."""
+    with ctx.unit("table.read", _resource(project, name), project=project) as u:
+        found = identity.read_project(u.session, project, ctx.actor)
+        table = store.read(u.session, found.id, name)
+        number = store.published(u.session, table, version)
+        u.resource = f"{_resource(project, name)}@{number}"
+        dataset = store.dataset(table, number)
+    try:
+        scanner = dataset.scanner(columns=columns, batch_size=8192)
+    except (pa.ArrowInvalid, KeyError) as error:
+        raise InvalidInput(f"cannot read those columns: {error}") from None
+    batches = scanner.to_batches()
+    if limit is not None:
+        batches = _head(batches, limit)
+    return _stream(scanner.projected_schema, batches, format)
+
+
+@router.post("/sql", response_class=StreamingResponse)
+def sql(project: str, body: SqlQuery, ctx: Ctx, store: Tables) -> StreamingResponse:
+    """Run one SELECT over the project's tables (``name@3`` for version 3); stream the rows."""
+    with ctx.unit("table.sql", f"project:{project}/sql", project=project) as u:
+        u.detail = {"query": body.query[:2000]}
+        found = identity.read_project(u.session, project, ctx.actor)
+
+        def resolve(table_name: str, version: int | None) -> Any:
+            table = store.read(u.session, found.id, table_name)
+            return store.dataset(table, store.published(u.session, table, version))
+
+        result = run_sql(body.query, resolve, ctx.platform.settings.data)
+        u.detail["tables"] = result.tables
+    return _stream(result.schema, result.batches, body.format)
+
+
+def _head(batches: Iterator[pa.RecordBatch], limit: int) -> Iterator[pa.RecordBatch]:
+    left = limit
+    for batch in batches:
+        if left <= 0:
+            return
+        yield batch.slice(0, left)
+        left -= batch.num_rows
+
+
+def _stream(schema: pa.Schema, batches: Iterator[pa.RecordBatch], fmt: str) -> StreamingResponse:
+    if fmt == "jsonl":
+        return StreamingResponse(_jsonl(batches), media_type=JSONL)
+    return StreamingResponse(_arrow(schema, batches), media_type=ARROW)
+
+
+def _jsonl(batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
+    for batch in batches:
+        yield "".join(json.dumps(row, default=str) + "\n" for row in batch.to_pylist()).encode()
+
+
+def _arrow(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
+    return ipc_chunks(schema, batches)
+
+
+def _table_read(store: TableStore, table: Any, *, with_schema: bool = False) -> TableRead:
+    columns = None
+    if with_schema and table.published_version is not None:
+        schema = store.schema(table)
+        columns = [ColumnRead(name=f.name, type=str(f.type)) for f in schema or []]
+    return TableRead(
+        name=table.name,
+        description=table.description,
+        version=table.published_version,
+        created_at=table.created_at,
+        columns=columns,
+    )

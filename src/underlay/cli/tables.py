@@ -1,0 +1,145 @@
+"""``underlay tables`` and ``underlay sql``: Delta tables of a project and SQL over them."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from underlay.cli.common import client, project_of, show
+from underlay.cli.compute import JsonOpt, ProjectOpt
+
+tables = typer.Typer(help="Tables (Delta Lake): ingest, inspect, read.", no_args_is_help=True)
+
+
+def _ref(ref: str) -> tuple[str, int | None]:
+    from underlay.errors import InvalidInput
+
+    name, _, version = ref.partition("@")
+    if not name or (version and not version.isdigit()):
+        raise InvalidInput(f"{ref!r} is not a table reference: write NAME or NAME@3")
+    return name, int(version) if version else None
+
+
+@tables.command("ingest")
+def tables_ingest(
+    name: str,
+    source: Annotated[str, typer.Argument(help="A CSV, Parquet or JSON-lines file.")],
+    project: ProjectOpt = None,
+    mode: Annotated[str, typer.Option(help="append, overwrite or merge.")] = "append",
+    key: Annotated[
+        list[str] | None, typer.Option("--key", "-k", help="Key column(s) of a merge.")
+    ] = None,
+    evolve_schema: Annotated[
+        bool, typer.Option("--evolve-schema", help="Let the write add columns or change types.")
+    ] = False,
+    format: Annotated[
+        str | None, typer.Option("--format", help="csv, parquet or jsonl (else by suffix).")
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Load a file into a table as its next version; unreadable rows are quarantined."""
+    from pathlib import Path
+
+    from underlay.errors import InvalidInput
+
+    path = Path(source)
+    if not path.is_file():
+        raise InvalidInput(f"{source} is not a file")
+    if mode not in ("append", "overwrite", "merge"):
+        raise InvalidInput(f"--mode must be append, overwrite or merge, not {mode!r}")
+    with client() as c:
+        result = c.write_table(
+            project_of(project),
+            name,
+            path,
+            mode=mode,
+            key=key or [],
+            evolve=evolve_schema,
+            format=format,
+        )
+    if json_:
+        typer.echo(result.model_dump_json(indent=2))
+        return
+    typer.echo(
+        f"{name}@{result.version}: {result.rows_written} rows written ({result.operation}), "
+        f"{result.num_rows} in the table"
+    )
+    if result.rows_quarantined:
+        typer.echo(
+            f"{result.rows_quarantined} rows quarantined in {result.quarantine_table}"
+            f"@{result.quarantine_version} with their line and reason",
+            err=True,
+        )
+
+
+@tables.command("ls")
+def tables_ls(project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+    """List the project's tables and their published versions."""
+    with client() as c:
+        rows = c.list_tables(project_of(project))
+    show(rows, ["name", "version", "created_at"], as_json=json_)
+
+
+@tables.command("show")
+def tables_show(name: str, project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+    """A table's columns and published version."""
+    with client() as c:
+        info = c.table_info(project_of(project), name)
+    if json_:
+        typer.echo(info.model_dump_json(indent=2))
+        return
+    typer.echo(f"{info.name}@{info.version}")
+    show(info.columns or [], ["name", "type"], as_json=False)
+
+
+@tables.command("versions")
+def tables_versions(name: str, project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+    """A table's versions: what each write did."""
+    with client() as c:
+        rows = c.table_versions(project_of(project), name)
+    cols = ["version", "operation", "rows_written", "rows_quarantined", "num_rows", "source"]
+    show(rows, cols, as_json=json_)
+
+
+@tables.command("head")
+def tables_head(
+    ref: Annotated[str, typer.Argument(metavar="NAME[@VERSION]")],
+    project: ProjectOpt = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Rows to print.")] = 20,
+) -> None:
+    """Print the first rows of a version as JSON lines."""
+    name, version = _ref(ref)
+    with client() as c:
+        table = c.read_table(project_of(project), name, version=version, limit=limit)
+    for row in table.to_pylist():
+        typer.echo(json.dumps(row, default=str))
+
+
+@tables.command("rm")
+def tables_rm(
+    name: str,
+    project: ProjectOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+) -> None:
+    """Delete a table, all its versions and files."""
+    project_name = project_of(project)
+    if not yes:
+        typer.confirm(f"delete table {name} of {project_name} and all its versions?", abort=True)
+    with client() as c:
+        c.delete_table(project_name, name)
+    typer.echo(f"deleted table {name}")
+
+
+def sql(
+    query: Annotated[str, typer.Argument(help="One SELECT; NAME@3 reads version 3.")],
+    project: ProjectOpt = None,
+) -> None:
+    """Run SQL (DuckDB) over the project's tables; prints JSON lines as rows stream in."""
+    with client() as c:
+        stream = c.iter_sql(project_of(project), query)
+        next(stream)  # the schema
+        for batch in stream:
+            for row in batch.to_pylist():
+                typer.echo(json.dumps(row, default=str))

@@ -1,0 +1,266 @@
+"""Delta tables and SQL through real HTTP and the SDK, on SQLite and PostgreSQL metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from underlay.errors import InvalidInput, NotFound
+
+
+@pytest.fixture
+def project(admin: Any) -> str:
+    admin.create_project("shop")
+    return "shop"
+
+
+def _location(server: Any, project: str, name: str) -> str:
+    """Where the table's Delta files are (what an operator, Spark or DuckDB would open)."""
+    from sqlalchemy import select
+
+    from underlay.data.tables import TableStore
+    from underlay.store import Scope
+    from underlay.store.models import Project
+
+    store = TableStore(server.settings)
+    with server.platform.db.session(Scope.everything()) as session:
+        pid = session.scalar(select(Project.id).where(Project.name == project))
+        table = store.get(session, pid, name)
+        assert table is not None
+        return store.location(table)
+
+
+def _csv(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+PEOPLE = "id,name,age\n" + "".join(f"{i},n{i},{20 + i}\n" for i in range(40))
+
+
+def test_csv_ingest_quarantines_bad_rows_with_line_and_reason(
+    admin: Any, project: str, tmp_path: Path
+) -> None:
+    path = _csv(tmp_path / "people.csv", PEOPLE + "40,bad,not-a-number\n41,short\n42,ok,62\n")
+    result = admin.write_table(project, "people", path)
+    assert (result.version, result.rows_written, result.rows_quarantined) == (0, 41, 2)
+    assert result.quarantine_table == "people_quarantine"
+    table = admin.read_table(project, "people")
+    assert table.schema.field("age").type == pa.int64()
+    assert sorted(table.column("id").to_pylist()) == [*range(40), 42]
+    rejected = admin.read_table(project, "people_quarantine").to_pylist()
+    assert [(r["line"], r["raw"]) for r in rejected] == [
+        (42, "40,bad,not-a-number"),
+        (43, "41,short"),
+    ]
+    assert "cannot read 'not-a-number' as int64" in rejected[0]["reason"]
+    assert rejected[1]["reason"] == "expected 3 fields, found 2"
+
+
+def test_append_with_another_schema_is_refused_and_writes_nothing(
+    server: Any, admin: Any, project: str, tmp_path: Path
+) -> None:
+    admin.write_table(project, "people", _csv(tmp_path / "a.csv", PEOPLE))
+    wrong = pa.table({"id": ["x"], "name": ["y"], "email": ["z"]})
+    with pytest.raises(InvalidInput) as refused:
+        admin.write_table(project, "people", wrong)
+    message = str(refused.value)
+    assert "column 'id' is int64 in the table and string in the data" in message
+    assert "column 'email' is not in the table" in message
+    assert "column 'age' is missing from the data" in message
+    assert admin.table_info(project, "people").version == 0
+    assert admin.read_table(project, "people").num_rows == 40
+
+
+def test_schema_evolution_only_when_asked(admin: Any, project: str) -> None:
+    admin.write_table(project, "t", pa.table({"id": [1], "v": ["a"]}))
+    extra = pa.table({"id": [2], "v": ["b"], "w": [2.5]})
+    with pytest.raises(InvalidInput, match="column 'w' is not in the table"):
+        admin.write_table(project, "t", extra)
+    result = admin.write_table(project, "t", extra, evolve=True)
+    assert result.version == 1
+    rows = sorted(admin.read_table(project, "t").to_pylist(), key=lambda r: r["id"])
+    assert rows == [{"id": 1, "v": "a", "w": None}, {"id": 2, "v": "b", "w": 2.5}]
+
+
+def test_overwrite_merge_and_time_travel(admin: Any, project: str) -> None:
+    admin.write_table(project, "t", pa.table({"id": [1, 2], "v": ["a", "b"]}))
+    admin.write_table(project, "t", pa.table({"id": [9], "v": ["z"]}), mode="overwrite")
+    merged = admin.write_table(
+        project, "t", pa.table({"id": [9, 10], "v": ["Z", "new"]}), mode="merge", key=["id"]
+    )
+    assert (merged.version, merged.num_rows) == (2, 2)
+    now = sorted(admin.read_table(project, "t").to_pylist(), key=lambda r: r["id"])
+    assert now == [{"id": 9, "v": "Z"}, {"id": 10, "v": "new"}]
+    first = admin.read_table(project, "t", version=0).to_pylist()
+    assert sorted(r["id"] for r in first) == [1, 2]
+    assert admin.sql(project, "select count(*) as n from t@1").to_pylist() == [{"n": 1}]
+    ops = [(v.version, v.operation) for v in admin.table_versions(project, "t")]
+    assert ops == [(2, "merge"), (1, "overwrite"), (0, "append")]
+    with pytest.raises(NotFound, match="has no version 7"):
+        admin.read_table(project, "t", version=7)
+
+
+def test_parquet_and_json_lines(admin: Any, project: str, tmp_path: Path) -> None:
+    pq.write_table(pa.table({"id": [1, 2], "score": [0.5, 0.7]}), tmp_path / "s.parquet")
+    assert admin.write_table(project, "scores", tmp_path / "s.parquet").rows_written == 2
+    lines = ['{"id": 3, "score": 0.9}', "not json", "[1, 2]", '{"id": "x", "score": 1}', ""]
+    (tmp_path / "more.jsonl").write_text("\n".join(lines) + "\n")
+    result = admin.write_table(project, "scores", tmp_path / "more.jsonl")
+    assert (result.rows_written, result.rows_quarantined) == (1, 3)
+    rejected = admin.read_table(project, "scores_quarantine").to_pylist()
+    assert [r["line"] for r in rejected] == [2, 3, 4]
+    assert admin.sql(project, "select sum(id) as s from scores").to_pylist() == [{"s": 6}]
+
+
+def test_a_write_that_crashed_after_its_delta_commit_is_never_seen(
+    server: Any, admin: Any, project: str
+) -> None:
+    """What a SIGKILL between the Delta commit and the publication leaves: a Delta version
+    the platform never published. Readers keep the published one; the next write undoes it."""
+    from deltalake import write_deltalake
+
+    admin.write_table(project, "t", pa.table({"id": [1]}))
+    location = _location(server, project, "t")
+    write_deltalake(location, pa.table({"id": [666]}), mode="append")  # never published
+    assert admin.read_table(project, "t").column("id").to_pylist() == [1]
+    assert admin.sql(project, "select max(id) as m from t").to_pylist() == [{"m": 1}]
+    admin.write_table(project, "t", pa.table({"id": [2]}))
+    assert sorted(admin.read_table(project, "t").column("id").to_pylist()) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("create table x as select 1", "only SELECT"),
+        ("select 1; select 2", "one statement"),
+        ("copy t to '/tmp/out.csv'", "only SELECT"),
+        ("attach '/tmp/x.db'", "only SELECT"),
+        ("select * from read_csv('/etc/passwd')", "file system operations are disabled"),
+        ("select * from 'http://127.0.0.1:1/x.parquet'", "names no table of this project"),
+        ("install httpfs", "only SELECT"),
+        ("selec 1", "does not parse"),
+    ],
+)
+def test_forbidden_sql_is_refused_and_audited(
+    admin: Any, project: str, query: str, reason: str
+) -> None:
+    admin.write_table(project, "t", pa.table({"id": [1]}))
+    with pytest.raises(InvalidInput, match=reason):
+        admin.sql(project, query)
+    (entry,) = (
+        admin.list_audit(action="table.sql", outcome="error")
+        or admin.list_audit(action="table.sql")[-1:]
+    )
+    assert entry.resource == f"project:{project}/sql"
+
+
+def test_sql_sees_only_the_callers_project(admin: Any, project: str) -> None:
+    admin.create_project("other")
+    admin.write_table("other", "secrets", pa.table({"v": ["classified"]}))
+    admin.write_table(project, "t", pa.table({"id": [1]}))
+    with pytest.raises(NotFound, match="table 'secrets' not found"):
+        admin.sql(project, "select * from secrets")
+    with pytest.raises(InvalidInput):
+        admin.sql(project, "select * from other.secrets")
+
+
+def test_results_stream_as_json_lines_too(server: Any, admin: Any, project: str) -> None:
+    admin.write_table(project, "t", pa.table({"id": list(range(20000))}))
+    headers = {"Authorization": f"Bearer {server.admin_token}"}
+    with httpx.stream(
+        "POST",
+        f"{server.url}/api/v1/projects/{project}/sql",
+        json={"query": "select id from t order by id", "format": "jsonl"},
+        headers=headers,
+    ) as response:
+        assert response.headers["content-type"].startswith("application/x-ndjson")
+        rows = [json.loads(line) for line in response.iter_lines() if line]
+    assert rows[:2] == [{"id": 0}, {"id": 1}] and len(rows) == 20000
+    r = httpx.get(
+        f"{server.url}/api/v1/projects/{project}/tables/t/data",
+        params={"format": "jsonl", "limit": 3},
+        headers=headers,
+    )
+    assert len(r.text.splitlines()) == 3
+
+
+def test_outsiders_get_404(server: Any, admin: Any, project: str, tmp_path: Path) -> None:
+    admin.write_table(project, "t", pa.table({"id": [1]}))
+    admin.create_user("eve", password="correct horse battery")
+    token = admin.create_token("eve", user="eve").token
+    with server.client(token) as eve:
+        for call in (
+            lambda: eve.list_tables(project),
+            lambda: eve.table_info(project, "t"),
+            lambda: eve.read_table(project, "t"),
+            lambda: eve.sql(project, "select * from t"),
+            lambda: eve.write_table(project, "t", pa.table({"id": [2]})),
+            lambda: eve.delete_table(project, "t"),
+        ):
+            with pytest.raises(NotFound):
+                call()
+    assert admin.read_table(project, "t").num_rows == 1
+
+
+def test_deleting_a_table_removes_its_files(server: Any, admin: Any, project: str) -> None:
+    admin.write_table(project, "t", pa.table({"id": [1]}))
+    location = Path(_location(server, project, "t"))
+    assert location.is_dir()
+    admin.delete_table(project, "t")
+    assert not location.exists()
+    with pytest.raises(NotFound):
+        admin.table_info(project, "t")
+
+
+def test_a_refused_first_write_leaves_no_table_and_is_audited(
+    admin: Any, project: str, tmp_path: Path
+) -> None:
+    empty = _csv(tmp_path / "empty.csv", "")
+    with pytest.raises(InvalidInput, match="the CSV file is empty"):
+        admin.write_table(project, "fresh", empty)
+    assert admin.list_tables(project) == []
+    (entry,) = admin.list_audit(action="table.write")
+    assert entry.outcome == "error" and "the CSV file is empty" in entry.detail
+
+
+def test_concurrent_appends_each_get_their_version(server: Any, admin: Any, project: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    admin.write_table(project, "t", pa.table({"id": [0]}))
+
+    def append(i: int) -> int:
+        with server.client() as c:
+            return int(c.write_table(project, "t", pa.table({"id": [i]})).version)
+
+    with ThreadPoolExecutor(4) as pool:
+        versions = sorted(pool.map(append, range(1, 5)))
+    assert versions == [1, 2, 3, 4]
+    assert sorted(admin.read_table(project, "t").column("id").to_pylist()) == [0, 1, 2, 3, 4]
+
+
+def test_viewers_read_and_query_but_cannot_write(server: Any, admin: Any, project: str) -> None:
+    from underlay.errors import PermissionDenied
+
+    admin.write_table(project, "t", pa.table({"id": [1]}))
+    admin.create_user("vic", password="correct horse battery")
+    admin.add_member(project, "vic", "viewer")
+    with server.client(admin.create_token("vic", user="vic").token) as vic:
+        assert vic.read_table(project, "t").num_rows == 1
+        assert vic.sql(project, "select count(*) as n from t").to_pylist() == [{"n": 1}]
+        with pytest.raises(PermissionDenied):
+            vic.write_table(project, "t", pa.table({"id": [2]}))
+    reads = admin.list_audit(action="table.read")
+    assert [(e.actor, e.resource) for e in reads] == [("vic", f"project:{project}/table:t@0")]
+
+
+def test_the_tables_root_is_owner_only(server: Any, admin: Any, project: str) -> None:
+    admin.write_table(project, "t", pa.table({"id": [1]}))
+    root = Path(server.settings.tables_url)
+    assert root.stat().st_mode & 0o777 == 0o700
