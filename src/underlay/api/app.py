@@ -72,6 +72,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     api.include_router(health.router)
     for module in (users, projects, tokens, blobs, lineage, audit, nodes, jobs, usage, alerts):
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)
+    api.include_router(jobs.by_id, responses=problems.PROBLEM_RESPONSES)  # global job ids
     app.include_router(api)
     return app
 
