@@ -422,27 +422,27 @@ def test_env_reaches_the_job_and_secrets_are_never_shown(cli: Cli) -> None:
 
 
 def test_quotas_set_and_ls(cli: Cli) -> None:
-    out = cli("quotas", "set", "vision", "A100", "1", "--borrow-limit", "1").stdout
+    out = cli("quotas", "set", "A100", "1", "-p", "vision", "--borrow-limit", "1").stdout
     assert out.strip() == "vision: 1 x A100 guaranteed"
-    cli("quotas", "set", "vision", "H100", "4")
-    rows = json.loads(cli("quotas", "ls", "vision", "--json").stdout)
+    cli("quotas", "set", "H100", "4", "-p", "vision")
+    rows = json.loads(cli("quotas", "ls", "-p", "vision", "--json").stdout)
     assert rows == [
         {"accelerator_type": "A100", "guaranteed": 1, "borrow_limit": 1},
         {"accelerator_type": "H100", "guaranteed": 4, "borrow_limit": None},
     ]
-    table = cli("quotas", "ls", "vision").stdout
+    table = cli("quotas", "ls", "-p", "vision").stdout
     assert "A100" in table and "H100" in table
-    one_line_error(cli("quotas", "set", "vision", "A 100", "1", ok=False), "accelerator_type")
-    one_line_error(cli("quotas", "set", "nowhere", "A100", "1", ok=False), "nowhere")
+    one_line_error(cli("quotas", "set", "A 100", "1", "-p", "vision", ok=False), "accelerator_type")
+    one_line_error(cli("quotas", "set", "A100", "1", "-p", "nowhere", ok=False), "nowhere")
 
 
 def test_budget_set_show_and_a_spent_budget_blocks_submit(cli: Cli, ul: Client) -> None:
-    assert cli("budget", "show", "vision").stdout.strip() == "project vision has no budget"
-    out = cli("budget", "set", "vision", "--gpu-hours", "10").stdout.strip()
+    assert cli("budget", "show", "-p", "vision").stdout.strip() == "project vision has no budget"
+    out = cli("budget", "set", "-p", "vision", "--gpu-hours", "10").stdout.strip()
     assert out == "project vision used 0.0 of 10 GPU-hours this month (0%)"
-    assert cli("budget", "show", "vision").stdout.strip() == out
-    cli("budget", "set", "vision", "--gpu-hours", "0")  # a zero budget allows nothing
-    shown = cli("budget", "show", "vision").stdout.strip()
+    assert cli("budget", "show", "-p", "vision").stdout.strip() == out
+    cli("budget", "set", "-p", "vision", "--gpu-hours", "0")  # a zero budget allows nothing
+    shown = cli("budget", "show", "-p", "vision").stdout.strip()
     assert shown == "project vision used 0.0 of 0 GPU-hours this month (100%)"
     one_line_error(
         cli("jobs", "submit", "-p", "vision", "--gpus", "1", "--", "true", ok=False),
@@ -450,15 +450,15 @@ def test_budget_set_show_and_a_spent_budget_blocks_submit(cli: Cli, ul: Client) 
         "new jobs are refused until next month unless an admin raises the budget",
     )
     assert ul.list_jobs("vision") == []
-    cli("budget", "set", "vision", "--money", "100")
-    assert "spent 0.00 of 100.00" in cli("budget", "show", "vision").stdout
+    cli("budget", "set", "-p", "vision", "--money", "100")
+    assert "spent 0.00 of 100.00" in cli("budget", "show", "-p", "vision").stdout
     submit(cli, "--", "true")
 
 
 def test_budget_show_names_the_currency_as_the_submit_refusal_does(cli: Cli) -> None:
-    cli("budget", "set", "vision", "--money", "0")
+    cli("budget", "set", "-p", "vision", "--money", "0")
     refused = cli("jobs", "submit", "-p", "vision", "--", "true", ok=False)
     one_line_error(refused, "project vision spent 0.00 of 0.00 USD this month (100%)")
     # the same status, read back, must say the same
-    shown = cli("budget", "show", "vision").stdout.strip()
+    shown = cli("budget", "show", "-p", "vision").stdout.strip()
     assert shown == "project vision spent 0.00 of 0.00 USD this month (100%)"
