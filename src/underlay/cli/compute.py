@@ -241,6 +241,14 @@ def _job(c: Client, job_id: int, project: str | None) -> JobRead:
     return job
 
 
+def _echo_job(job: JobRead, as_json: bool, line: str) -> None:
+    """A job command's result: ``line`` (escaped), or the job as JSON with ``--json``."""
+    if as_json:
+        show(job, [], as_json=True)
+    else:
+        typer.echo(escape_control(line))
+
+
 def _state_line(job: JobRead) -> str:
     return escape_control(f"job {job.id}: {job.state} {job.reason}".rstrip())
 
@@ -267,7 +275,7 @@ def jobs_logs(
 
 
 @jobs.command("cancel")
-def jobs_cancel(job_id: int, project: JobProjectOpt = None) -> None:
+def jobs_cancel(job_id: int, project: JobProjectOpt = None, json_: JsonOpt = False) -> None:
     """Cancel: at once if queued, else SIGTERM then SIGKILL after the grace period. A job
     that has ended already is left as it is (exit 0, as scancel does)."""
     from underlay.client.compute import TERMINAL
@@ -281,9 +289,9 @@ def jobs_cancel(job_id: int, project: JobProjectOpt = None) -> None:
             job = c.read_job(queue, job_id)
             if job.state not in TERMINAL:
                 raise
-            typer.echo(escape_control(f"job {job.id} has ended already: {job.state}"))
+            _echo_job(job, json_, f"job {job.id} has ended already: {job.state}")
             return
-    typer.echo(_state_line(job))
+    _echo_job(job, json_, _state_line(job))
 
 
 @jobs.command("wait")
@@ -293,6 +301,9 @@ def jobs_wait(
     timeout: Annotated[
         float | None, typer.Option(help="Give up after this many seconds (exit 124).")
     ] = None,
+    json_: Annotated[
+        bool, typer.Option("--json", metavar="", help="Print the job as JSON at the end.")
+    ] = False,
 ) -> None:
     """Wait for a job to end and print its final state.
 
@@ -302,15 +313,16 @@ def jobs_wait(
     from underlay.errors import Unavailable
 
     with client() as c:
+        queue = _job(c, job_id, project).project
         try:
-            job = c.wait_job(_job(c, job_id, project).project, job_id, timeout_s=timeout)
+            job = c.wait_job(queue, job_id, timeout_s=timeout)
         except Unavailable as exc:
             if not exc.extra.get("timed_out"):
                 raise
-            typer.echo(escape_control(f"job {job_id}: {exc.extra['state']}"))
+            _echo_job(c.read_job(queue, job_id), json_, f"job {job_id}: {exc.extra['state']}")
             typer.echo(f"timed out: {exc}; the job goes on", err=True)
             raise typer.Exit(EXIT_TIMED_OUT) from None
-    typer.echo(_state_line(job))
+    _echo_job(job, json_, _state_line(job))
     if job.state != "succeeded":
         raise typer.Exit(EXIT_NOT_SUCCEEDED)
 
