@@ -372,3 +372,27 @@ def test_alerts_ls_and_resolve(server, cli: Cli) -> None:  # type: ignore[no-unt
     (resolved,) = as_json(cli("alerts", "ls", "--resolved", "--json"))
     assert resolved["id"] == alert_id and resolved["resolved_at"] is not None
     assert_one_line_error(cli("alerts", "resolve", "999999", ok=False), "999999")
+
+
+def test_data_commands_print_json(cli: Cli, tmp_path: Path) -> None:
+    cli("projects", "create", "vision")
+    cli("projects", "create", "speech")
+    source = tmp_path / "data.bin"
+    source.write_bytes(b"json please")
+    blob = as_json(cli("blobs", "put", str(source), "-p", "vision", "--json"))
+    assert blob["digest"] == hashlib.sha256(b"json please").hexdigest()
+    token = as_json(cli("tokens", "create", "laptop", "--json"))
+    assert token["name"] == "laptop" and token["token"].startswith(token["prefix"])
+    report = as_json(cli("audit", "verify", "--json"))
+    assert report["ok"] is True and report["entries_checked"] >= 3
+    assert report["problem"] is None
+    vision = as_json(cli("audit", "ls", "-p", "vision", "--json"))
+    assert vision and {e["project"] for e in vision} == {"vision"}
+
+
+def test_project_comes_from_the_environment_when_p_is_left_out(server, cli: Cli) -> None:  # type: ignore[no-untyped-def]
+    cli("projects", "create", "vision")
+    env = {"UNDERLAY_URL": server.url, "UNDERLAY_TOKEN": ADMIN_TOKEN, "UNDERLAY_PROJECT": "vision"}
+    assert as_json(cli("blobs", "ls", "--json", env=env)) == []
+    env.pop("UNDERLAY_PROJECT")
+    assert_one_line_error(cli("blobs", "ls", env=env, ok=False), "no project: give -p/--project")

@@ -462,3 +462,56 @@ def test_budget_show_names_the_currency_as_the_submit_refusal_does(cli: Cli) -> 
     # the same status, read back, must say the same
     shown = cli("budget", "show", "-p", "vision").stdout.strip()
     assert shown == "project vision spent 0.00 of 0.00 USD this month (100%)"
+
+
+# -- one grammar: global job ids, multi-valued filters, --json --------------------------------
+
+
+def test_job_commands_take_a_global_id_without_project(cli: Cli, ul: Client) -> None:
+    ul.create_project("other")
+    job = submit(cli, *py("print('global')"))
+    shown = json.loads(cli("jobs", "show", str(job), "--json").stdout)
+    assert (shown["id"], shown["project"]) == (job, "vision")
+    waited = json.loads(cli("jobs", "wait", str(job), "--timeout", "60", "--json").stdout)
+    assert (waited["id"], waited["state"]) == (job, "succeeded")
+    assert "global\n" in cli("jobs", "logs", str(job)).stdout
+    assert (
+        cli("jobs", "cancel", str(job)).stdout.strip() == f"job {job} has ended already: succeeded"
+    )
+    # a matching -p is accepted; one naming another project is refused, whatever the command
+    assert cli("jobs", "show", str(job), "-p", "vision", "--json").returncode == 0
+    for command in ("show", "logs", "cancel", "wait"):
+        refused = cli("jobs", command, str(job), "-p", "other", ok=False)
+        one_line_error(refused, f"job {job} is in project 'vision', not 'other'")
+    one_line_error(cli("jobs", "show", "999999", ok=False), "job 999999 not found")
+
+
+def test_state_filter_takes_commas_and_repeats(cli: Cli) -> None:
+    good = submit(cli, "--", "true")
+    bad = submit(cli, *py("import sys; sys.exit(1)"))
+    cli("jobs", "wait", str(good), "--timeout", "60")
+    cli("jobs", "wait", str(bad), "--timeout", "60", ok=False)
+
+    def listed(*states: str) -> set[int]:
+        out = cli("jobs", "ls", "-p", "vision", "--json", *states).stdout
+        return {row["id"] for row in json.loads(out)}
+
+    assert listed("--state", "succeeded,failed") == {good, bad}
+    assert listed("--state", "succeeded", "--state", "failed") == {good, bad}
+    assert listed("--state", "failed") == {bad}
+    assert listed("--state", "running,queued") == set()
+    one_line_error(
+        cli("jobs", "ls", "-p", "vision", "--state", "succeeded,done", ok=False),
+        "'done'",
+        "valid: queued, admitted, running",
+    )
+
+
+def test_submit_budget_and_token_print_json(cli: Cli) -> None:
+    submitted = json.loads(cli("jobs", "submit", "-p", "vision", "--json", "--", "true").stdout)
+    assert submitted["project"] == "vision" and submitted["command"] == ["true"]
+    status = json.loads(cli("budget", "set", "-p", "vision", "--gpu-hours", "10", "--json").stdout)
+    assert status == json.loads(cli("budget", "show", "-p", "vision", "--json").stdout)
+    assert status["message"] == "project vision used 0.0 of 10 GPU-hours this month (0%)"
+    token = json.loads(cli("nodes", "token", "node-2", "--json").stdout)
+    assert token["token"].startswith(token["prefix"])
