@@ -310,9 +310,11 @@ def audit_verify(
 
 @lineage.command("add")
 def lineage_add(
-    src: Annotated[str, typer.Argument(help="KIND:ID, e.g. blob:3fa1...")],
-    relation: Annotated[str, typer.Argument(help="e.g. input_of, output_of, derived_from.")],
-    dst: Annotated[str, typer.Argument(help="KIND:ID, e.g. run:train-1")],
+    src: Annotated[str, typer.Argument(metavar="SRC", help="KIND:ID, e.g. blob:3fa1...")],
+    relation: Annotated[
+        str, typer.Argument(metavar="RELATION", help="e.g. input_of, output_of, derived_from.")
+    ],
+    dst: Annotated[str, typer.Argument(metavar="DST", help="KIND:ID, e.g. run:train-1")],
     project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
