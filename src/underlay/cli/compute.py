@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from underlay.cli import common
 from underlay.cli.common import (
-    JsonOpt,
-    ProjectOpt,
     cell,
     choices,
     client,
@@ -27,6 +26,10 @@ from underlay.logs import escape_control
 if TYPE_CHECKING:
     from underlay.client import Client
     from underlay.compute.schemas import JobRead
+
+# the one spelling lives in cli/common.py; these names stay importable from here as well
+JsonOpt = common.JsonOpt
+ProjectOpt = common.ProjectOpt
 
 # job ids are global: -p on a job's command is optional, and refused if it names another project
 JobProjectOpt = Annotated[
