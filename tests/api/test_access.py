@@ -279,3 +279,29 @@ def test_another_projects_alert_is_404_like_a_missing_one(server, admin, hidden)
     assert seen.json()["detail"] == f"alert {hidden['alert']} does not exist"
     assert missing.json()["detail"] == "alert 999999 does not exist"
     assert [a.id for a in admin.list_alerts(project="vision")] == [hidden["alert"]]
+
+
+def test_another_projects_job_by_global_id_is_404_like_a_missing_one(  # type: ignore[no-untyped-def]
+    server, admin, people, hidden
+) -> None:
+    """``GET /jobs/{id}`` needs no project, and never tells an outsider that the id is taken."""
+    seen = _as_bob(server, admin, "GET", f"/jobs/{hidden['job']}", None)
+    missing = _as_bob(server, admin, "GET", "/jobs/999999", None)
+    assert (seen.status_code, missing.status_code) == (404, 404), seen.text
+    assert seen.headers["content-type"] == "application/problem+json"
+    assert seen.json()["detail"] == f"job {hidden['job']} not found"
+    _same_answer_but_id(seen, missing, hidden["job"])
+    job = people["alice"].read_job_by_id(hidden["job"])  # a member of vision sees it
+    assert (job.id, job.project) == (hidden["job"], "vision")
+    with pytest.raises(NotFound, match=f"job {hidden['job']} not found"):
+        people["bob"].read_job_by_id(hidden["job"])
+
+
+def _same_answer_but_id(seen: httpx.Response, missing: httpx.Response, job_id: int) -> None:
+    hidden_body, missing_body = seen.json(), missing.json()
+    for body_ in (hidden_body, missing_body):
+        del body_["request_id"]
+    text = json.dumps(hidden_body)
+    for before, after in ((f"job {job_id} ", "job 999999 "), (f"/jobs/{job_id}", "/jobs/999999")):
+        text = text.replace(before, after)
+    assert text == json.dumps(missing_body)

@@ -8,6 +8,7 @@ with a fast heartbeat so the routine traffic the log must not show happens many 
 from __future__ import annotations
 
 import getpass
+import json
 import re
 import stat
 import time
@@ -100,3 +101,14 @@ def test_reset_token_revokes_the_old_one_and_writes_the_new(fresh: FreshServer) 
     assert missing.returncode == 1
     assert missing.stderr.strip() == "error: user 'ghost' not found"
     assert path.read_text().strip() == new  # a refused reset changes nothing
+
+
+def test_reset_token_json_names_the_user_token_and_file(fresh: FreshServer) -> None:
+    env = clean_env(UNDERLAY_HOME=str(fresh.home))
+    result = run_cli("admin", "reset-token", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    path = fresh.home / "admin.token"
+    assert shown == {"user": "admin", "token": path.read_text().strip(), "path": str(path)}
+    with Client(fresh.url, shown["token"]) as admin:
+        assert admin.me().name == "admin"

@@ -136,16 +136,16 @@ def test_blobs_put_get_ls(cli: Cli, tmp_path: Path) -> None:
     source = tmp_path / "flowers.csv"
     data = b"sepal,petal\n" + b"5.1,1.4\n" * 50_000
     source.write_bytes(data)
-    digest = cli("blobs", "put", "vision", str(source)).stdout.strip()
+    digest = cli("blobs", "put", str(source), "-p", "vision").stdout.strip()
     assert digest == hashlib.sha256(data).hexdigest()
 
-    listed = as_json(cli("blobs", "ls", "vision", "--json"))
+    listed = as_json(cli("blobs", "ls", "-p", "vision", "--json"))
     assert [(b["digest"], b["size"], b["name"]) for b in listed] == [
         (digest, len(data), "flowers.csv")
     ]
     out = tmp_path / "back" / "copy.csv"
     out.parent.mkdir()
-    assert "wrote" in cli("blobs", "get", "vision", digest, "--out", str(out)).stdout
+    assert "wrote" in cli("blobs", "get", digest, "-p", "vision", "--out", str(out)).stdout
     assert out.read_bytes() == data
     assert sorted(p.name for p in out.parent.iterdir()) == ["copy.csv"]  # no .part left
 
@@ -153,7 +153,7 @@ def test_blobs_put_get_ls(cli: Cli, tmp_path: Path) -> None:
 def test_blobs_get_of_a_missing_blob_is_one_line(cli: Cli, tmp_path: Path) -> None:
     cli("projects", "create", "vision")
     out = tmp_path / "nothing.bin"
-    result = cli("blobs", "get", "vision", "0" * 64, "--out", str(out), ok=False)
+    result = cli("blobs", "get", "0" * 64, "-p", "vision", "--out", str(out), ok=False)
     assert_one_line_error(result, "0" * 16)
     assert not out.exists()
     assert not list(tmp_path.glob(".nothing.bin*"))
@@ -163,18 +163,38 @@ def test_lineage_shows_edges(server, cli: Cli) -> None:  # type: ignore[no-untyp
     cli("projects", "create", "vision")
     with Client(server.url, ADMIN_TOKEN) as admin:
         data = admin.upload_blob("vision", b"training data")
-        admin.add_lineage("vision", ("blob", data.digest), "input_of", ("run", "train-1"))
-        admin.add_lineage("vision", ("run", "train-1"), "produced", ("model", "m1"))
-    graph = as_json(cli("lineage", "vision", "run", "train-1", "--json"))
+    added = cli("lineage", "add", f"blob:{data.digest}", "input_of", "run:train-1", "-p", "vision")
+    assert added.stdout.strip() == f"recorded blob:{data.digest} —input_of→ run:train-1"
+    env = {"UNDERLAY_URL": server.url, "UNDERLAY_TOKEN": ADMIN_TOKEN, "UNDERLAY_PROJECT": "vision"}
+    cli("lineage", "add", "run:train-1", "produced", "model:m1", env=env)  # -p from the env
+    graph = as_json(cli("lineage", "show", "run", "train-1", "-p", "vision", "--json"))
     assert graph["root"] == {"kind": "run", "id": "train-1"}
     edges = {(e["src"]["id"], e["relation"], e["dst"]["id"]) for e in graph["edges"]}
     assert edges == {(data.digest, "input_of", "train-1"), ("train-1", "produced", "m1")}
     down = as_json(
-        cli("lineage", "vision", "blob", data.digest, "--direction", "downstream", "--json")
+        cli(
+            "lineage",
+            "show",
+            "blob",
+            data.digest,
+            "-p",
+            "vision",
+            "--direction",
+            "downstream",
+            "--json",
+        )
     )
     assert {n["id"] for n in down["nodes"]} >= {"train-1", "m1"}
-    tree = cli("lineage", "vision", "run", "train-1").stdout
+    tree = cli("lineage", "show", "run", "train-1", "-p", "vision").stdout
     assert "input_of" in tree and "produced" in tree
+
+
+@pytest.mark.parametrize("ref", ["blob", "blob:", ":abc", "train-1"])
+def test_lineage_add_of_a_malformed_ref_is_one_line(cli: Cli, ref: str) -> None:
+    result = cli("lineage", "add", ref, "input_of", "run:train-1", "-p", "vision", ok=False)
+    assert_one_line_error(result, f"{ref!r} is not KIND:ID")
+    result = cli("lineage", "add", "run:train-1", "produced", ref, "-p", "vision", ok=False)
+    assert_one_line_error(result, "DST")
 
 
 def test_audit_verify_and_ls(cli: Cli) -> None:
@@ -219,7 +239,7 @@ def test_login_with_a_bad_token_saves_nothing(server, cli: Cli, cli_home: Path) 
 
 def test_bad_token_is_one_line(server, cli: Cli) -> None:  # type: ignore[no-untyped-def]
     env = {"UNDERLAY_URL": server.url, "UNDERLAY_TOKEN": "ul_not-a-real-token-" + "y" * 32}
-    for args in (("projects", "ls"), ("audit", "verify"), ("blobs", "ls", "vision")):
+    for args in (("projects", "ls"), ("audit", "verify"), ("blobs", "ls", "-p", "vision")):
         line = assert_one_line_error(cli(*args, env=env, ok=False), "not valid")
         assert "y" * 32 not in line
 
@@ -232,7 +252,7 @@ def test_unreachable_server_is_one_line(cli: Cli) -> None:
 def test_blobs_put_of_a_missing_file_is_one_line(cli: Cli, tmp_path: Path) -> None:
     cli("projects", "create", "vision")
     missing = tmp_path / "no-such-file.bin"
-    line = assert_one_line_error(cli("blobs", "put", "vision", str(missing), ok=False))
+    line = assert_one_line_error(cli("blobs", "put", str(missing), "-p", "vision", ok=False))
     assert "no-such-file.bin" in line
 
 
@@ -272,7 +292,7 @@ def test_keys_rotate_keeps_blobs_readable_and_refuses_the_old_key(tmp_path: Path
             UNDERLAY_URL=server.url, UNDERLAY_TOKEN=ADMIN_TOKEN, UNDERLAY_HOME=str(tmp_path)
         )
         out = tmp_path / "back.bin"
-        result = run_cli("blobs", "get", "vision", digest, "--out", str(out), env=env)
+        result = run_cli("blobs", "get", digest, "-p", "vision", "--out", str(out), env=env)
         assert_one_line_error(result, "master key")
         assert not out.exists()
     refused = run_cli("keys", "rotate", env=clean_env(UNDERLAY_HOME=str(home)))
@@ -316,22 +336,22 @@ def test_blobs_get_to_stdout_or_into_a_folder_and_rm(cli: Cli, tmp_path: Path) -
     source = tmp_path / "labels.txt"
     data = b"cat\ndog\n" * 1000
     source.write_bytes(data)
-    digest = cli("blobs", "put", "vision", str(source)).stdout.strip()
+    digest = cli("blobs", "put", str(source), "-p", "vision").stdout.strip()
 
-    piped = cli("blobs", "get", "vision", digest, "-o", "-")
+    piped = cli("blobs", "get", digest, "-p", "vision", "-o", "-")
     assert piped.stdout == data.decode()  # the bytes on stdout, nothing else
     assert not Path("-").exists()
     folder = tmp_path / "downloads"
     folder.mkdir()
-    assert "wrote" in cli("blobs", "get", "vision", digest, "-o", str(folder)).stdout
+    assert "wrote" in cli("blobs", "get", digest, "-p", "vision", "-o", str(folder)).stdout
     assert sorted(p.name for p in folder.iterdir()) == ["labels.txt"]
     assert (folder / "labels.txt").read_bytes() == data
 
-    assert cli("blobs", "rm", "vision", digest).stdout.strip() == (
+    assert cli("blobs", "rm", digest, "-p", "vision").stdout.strip() == (
         f"deleted blob {digest} from vision"
     )
-    assert as_json(cli("blobs", "ls", "vision", "--json")) == []
-    assert_one_line_error(cli("blobs", "rm", "vision", digest, ok=False), "has no blob")
+    assert as_json(cli("blobs", "ls", "-p", "vision", "--json")) == []
+    assert_one_line_error(cli("blobs", "rm", digest, "-p", "vision", ok=False), "has no blob")
 
 
 def test_alerts_ls_and_resolve(server, cli: Cli) -> None:  # type: ignore[no-untyped-def]
@@ -356,3 +376,27 @@ def test_alerts_ls_and_resolve(server, cli: Cli) -> None:  # type: ignore[no-unt
     (resolved,) = as_json(cli("alerts", "ls", "--resolved", "--json"))
     assert resolved["id"] == alert_id and resolved["resolved_at"] is not None
     assert_one_line_error(cli("alerts", "resolve", "999999", ok=False), "999999")
+
+
+def test_data_commands_print_json(cli: Cli, tmp_path: Path) -> None:
+    cli("projects", "create", "vision")
+    cli("projects", "create", "speech")
+    source = tmp_path / "data.bin"
+    source.write_bytes(b"json please")
+    blob = as_json(cli("blobs", "put", str(source), "-p", "vision", "--json"))
+    assert blob["digest"] == hashlib.sha256(b"json please").hexdigest()
+    token = as_json(cli("tokens", "create", "laptop", "--json"))
+    assert token["name"] == "laptop" and token["token"].startswith(token["prefix"])
+    report = as_json(cli("audit", "verify", "--json"))
+    assert report["ok"] is True and report["entries_checked"] >= 3
+    assert report["problem"] is None
+    vision = as_json(cli("audit", "ls", "-p", "vision", "--json"))
+    assert vision and {e["project"] for e in vision} == {"vision"}
+
+
+def test_project_comes_from_the_environment_when_p_is_left_out(server, cli: Cli) -> None:  # type: ignore[no-untyped-def]
+    cli("projects", "create", "vision")
+    env = {"UNDERLAY_URL": server.url, "UNDERLAY_TOKEN": ADMIN_TOKEN, "UNDERLAY_PROJECT": "vision"}
+    assert as_json(cli("blobs", "ls", "--json", env=env)) == []
+    env.pop("UNDERLAY_PROJECT")
+    assert_one_line_error(cli("blobs", "ls", env=env, ok=False), "no project: give -p/--project")

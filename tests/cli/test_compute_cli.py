@@ -455,27 +455,27 @@ def test_env_reaches_the_job_and_secrets_are_never_shown(cli: Cli) -> None:
 
 
 def test_quotas_set_and_ls(cli: Cli) -> None:
-    out = cli("quotas", "set", "vision", "A100", "1", "--borrow-limit", "1").stdout
+    out = cli("quotas", "set", "A100", "1", "-p", "vision", "--borrow-limit", "1").stdout
     assert out.strip() == "vision: 1 x A100 guaranteed"
-    cli("quotas", "set", "vision", "H100", "4")
-    rows = json.loads(cli("quotas", "ls", "vision", "--json").stdout)
+    cli("quotas", "set", "H100", "4", "-p", "vision")
+    rows = json.loads(cli("quotas", "ls", "-p", "vision", "--json").stdout)
     assert rows == [
         {"accelerator_type": "A100", "guaranteed": 1, "borrow_limit": 1},
         {"accelerator_type": "H100", "guaranteed": 4, "borrow_limit": None},
     ]
-    table = cli("quotas", "ls", "vision").stdout
+    table = cli("quotas", "ls", "-p", "vision").stdout
     assert "A100" in table and "H100" in table
-    one_line_error(cli("quotas", "set", "vision", "A 100", "1", ok=False), "accelerator_type")
-    one_line_error(cli("quotas", "set", "nowhere", "A100", "1", ok=False), "nowhere")
+    one_line_error(cli("quotas", "set", "A 100", "1", "-p", "vision", ok=False), "accelerator_type")
+    one_line_error(cli("quotas", "set", "A100", "1", "-p", "nowhere", ok=False), "nowhere")
 
 
 def test_budget_set_show_and_a_spent_budget_blocks_submit(cli: Cli, ul: Client) -> None:
-    assert cli("budget", "show", "vision").stdout.strip() == "project vision has no budget"
-    out = cli("budget", "set", "vision", "--gpu-hours", "10").stdout.strip()
+    assert cli("budget", "show", "-p", "vision").stdout.strip() == "project vision has no budget"
+    out = cli("budget", "set", "-p", "vision", "--gpu-hours", "10").stdout.strip()
     assert out == "project vision used 0.0 of 10 GPU-hours this month (0%)"
-    assert cli("budget", "show", "vision").stdout.strip() == out
-    cli("budget", "set", "vision", "--gpu-hours", "0")  # a zero budget allows nothing
-    shown = cli("budget", "show", "vision").stdout.strip()
+    assert cli("budget", "show", "-p", "vision").stdout.strip() == out
+    cli("budget", "set", "-p", "vision", "--gpu-hours", "0")  # a zero budget allows nothing
+    shown = cli("budget", "show", "-p", "vision").stdout.strip()
     assert shown == "project vision used 0.0 of 0 GPU-hours this month (100%)"
     one_line_error(
         cli("jobs", "submit", "-p", "vision", "--gpus", "1", "--", "true", ok=False),
@@ -483,15 +483,68 @@ def test_budget_set_show_and_a_spent_budget_blocks_submit(cli: Cli, ul: Client) 
         "new jobs are refused until next month unless an admin raises the budget",
     )
     assert ul.list_jobs("vision") == []
-    cli("budget", "set", "vision", "--money", "100")
-    assert "spent 0.00 of 100.00" in cli("budget", "show", "vision").stdout
+    cli("budget", "set", "-p", "vision", "--money", "100")
+    assert "spent 0.00 of 100.00" in cli("budget", "show", "-p", "vision").stdout
     submit(cli, "--", "true")
 
 
 def test_budget_show_names_the_currency_as_the_submit_refusal_does(cli: Cli) -> None:
-    cli("budget", "set", "vision", "--money", "0")
+    cli("budget", "set", "-p", "vision", "--money", "0")
     refused = cli("jobs", "submit", "-p", "vision", "--", "true", ok=False)
     one_line_error(refused, "project vision spent 0.00 of 0.00 USD this month (100%)")
     # the same status, read back, must say the same
-    shown = cli("budget", "show", "vision").stdout.strip()
+    shown = cli("budget", "show", "-p", "vision").stdout.strip()
     assert shown == "project vision spent 0.00 of 0.00 USD this month (100%)"
+
+
+# -- one grammar: global job ids, multi-valued filters, --json --------------------------------
+
+
+def test_job_commands_take_a_global_id_without_project(cli: Cli, ul: Client) -> None:
+    ul.create_project("other")
+    job = submit(cli, *py("print('global')"))
+    shown = json.loads(cli("jobs", "show", str(job), "--json").stdout)
+    assert (shown["id"], shown["project"]) == (job, "vision")
+    waited = json.loads(cli("jobs", "wait", str(job), "--timeout", "60", "--json").stdout)
+    assert (waited["id"], waited["state"]) == (job, "succeeded")
+    assert "global\n" in cli("jobs", "logs", str(job)).stdout
+    assert (
+        cli("jobs", "cancel", str(job)).stdout.strip() == f"job {job} has ended already: succeeded"
+    )
+    # a matching -p is accepted; one naming another project is refused, whatever the command
+    assert cli("jobs", "show", str(job), "-p", "vision", "--json").returncode == 0
+    for command in ("show", "logs", "cancel", "wait"):
+        refused = cli("jobs", command, str(job), "-p", "other", ok=False)
+        one_line_error(refused, f"job {job} is in project 'vision', not 'other'")
+    one_line_error(cli("jobs", "show", "999999", ok=False), "job 999999 not found")
+
+
+def test_state_filter_takes_commas_and_repeats(cli: Cli) -> None:
+    good = submit(cli, "--", "true")
+    bad = submit(cli, *py("import sys; sys.exit(1)"))
+    cli("jobs", "wait", str(good), "--timeout", "60")
+    cli("jobs", "wait", str(bad), "--timeout", "60", ok=False)
+
+    def listed(*states: str) -> set[int]:
+        out = cli("jobs", "ls", "-p", "vision", "--json", *states).stdout
+        return {row["id"] for row in json.loads(out)}
+
+    assert listed("--state", "succeeded,failed") == {good, bad}
+    assert listed("--state", "succeeded", "--state", "failed") == {good, bad}
+    assert listed("--state", "failed") == {bad}
+    assert listed("--state", "running,queued") == set()
+    one_line_error(
+        cli("jobs", "ls", "-p", "vision", "--state", "succeeded,done", ok=False),
+        "'done'",
+        "valid: queued, admitted, running",
+    )
+
+
+def test_submit_budget_and_token_print_json(cli: Cli) -> None:
+    submitted = json.loads(cli("jobs", "submit", "-p", "vision", "--json", "--", "true").stdout)
+    assert submitted["project"] == "vision" and submitted["command"] == ["true"]
+    status = json.loads(cli("budget", "set", "-p", "vision", "--gpu-hours", "10", "--json").stdout)
+    assert status == json.loads(cli("budget", "show", "-p", "vision", "--json").stdout)
+    assert status["message"] == "project vision used 0.0 of 10 GPU-hours this month (0%)"
+    token = json.loads(cli("nodes", "token", "node-2", "--json").stdout)
+    assert token["token"].startswith(token["prefix"])

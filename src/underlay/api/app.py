@@ -93,6 +93,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         tables,
     ):
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)
+    api.include_router(jobs.by_id, responses=problems.PROBLEM_RESPONSES)  # global job ids
     app.include_router(api)
     return app
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import json
 from typing import Annotated
 
 import typer
@@ -18,6 +19,9 @@ def reset_token(
     user: Annotated[
         str, typer.Option(help="The user whose bootstrap token is replaced.")
     ] = "admin",
+    json_: Annotated[
+        bool, typer.Option("--json", metavar="", help="Print user, token and file as JSON.")
+    ] = False,
 ) -> None:
     """Revoke the first admin's (bootstrap) token and make a new one: printed, and written to
     admin.token (0600) in the home. Needs file access to the home and the database, which is
@@ -44,6 +48,9 @@ def reset_token(
             )
     finally:
         platform.close()
+    if json_:
+        typer.echo(json.dumps({"user": user, "token": secret, "path": str(path)}, indent=2))
+        return
     typer.echo(secret)
     typer.echo(
         f"new token for {user!r} ({token.prefix}…) also written to {path}; "

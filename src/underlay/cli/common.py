@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -24,6 +26,37 @@ class GlobalOptions:
 
 
 OPTIONS = GlobalOptions()
+
+# One spelling of the options every command shares. A boolean flag has an empty metavar, so
+# help shows it as a plain flag (``--json``), not ``--json <bool>``.
+JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print JSON instead of a table.")]
+ProjectOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--project", "-p", help="The project (else UNDERLAY_PROJECT, else the profile's)."
+    ),
+]
+
+
+def choices(values: Iterable[str] | None, valid: Iterable[str], option: str) -> list[str] | None:
+    """A multi-valued option given repeated, comma-separated or both (``--state a,b --state c``),
+    each value checked against ``valid``; None when the option was not given."""
+    if not values:
+        return None
+    allowed = list(valid)
+    picked = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    unknown = [v for v in picked if v not in allowed]
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown {', '.join(map(repr, unknown))}; valid: {', '.join(allowed)}",
+            param_hint=option,
+        )
+    return list(dict.fromkeys(picked))
+
+
+def print_json(payload: object) -> None:
+    """``--json`` output of a command whose data is not a model (a dict the API returned)."""
+    print(json.dumps(payload, indent=2))
 
 
 def config(*, project: str | None = None, must_exist: bool = True) -> ClientConfig:

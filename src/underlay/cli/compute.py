@@ -12,17 +12,30 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from underlay.cli.common import cell, client, project_of, show
+from underlay.cli import common
+from underlay.cli.common import (
+    cell,
+    choices,
+    client,
+    print_json,
+    project_of,
+    show,
+)
 from underlay.logs import escape_control
 
 if TYPE_CHECKING:
+    from underlay.client import Client
     from underlay.compute.schemas import JobRead
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-ProjectOpt = Annotated[
+# the one spelling lives in cli/common.py; these names stay importable from here as well
+JsonOpt = common.JsonOpt
+ProjectOpt = common.ProjectOpt
+
+# job ids are global: -p on a job's command is optional, and refused if it names another project
+JobProjectOpt = Annotated[
     str | None,
     typer.Option(
-        "--project", "-p", help="The project (else UNDERLAY_PROJECT, else the profile's)."
+        "--project", "-p", help="Optional (job ids are global): refused if not the job's project."
     ),
 ]
 
@@ -77,11 +90,14 @@ def nodes_cordon(
 
 
 @nodes.command("token")
-def nodes_token(name: str) -> None:
+def nodes_token(name: str, json_: JsonOpt = False) -> None:
     """Create an agent token for node NAME (global admins): it can do nothing but speak for
     that node. Printed once; give it to 'underlay agent --token'."""
     with client() as c:
         created = c.create_agent_token(name)
+    if json_:
+        show(created, [], as_json=True)
+        return
     typer.echo(created.token)
 
 
@@ -114,7 +130,9 @@ def jobs_submit(
     gpu_fraction: Annotated[float | None, typer.Option(help="A share of one GPU.")] = None,
     gpu_type: Annotated[str | None, typer.Option(help="Accelerator type.")] = None,
     priority: Annotated[str, typer.Option(help="low, normal or high.")] = "normal",
-    deferrable: Annotated[bool, typer.Option(help="May wait for low-carbon power.")] = False,
+    deferrable: Annotated[
+        bool, typer.Option("--deferrable", metavar="", help="May wait for low-carbon power.")
+    ] = False,
     max_runtime: Annotated[float | None, typer.Option(help="Seconds before it is stopped.")] = None,
     retries: Annotated[int, typer.Option(help="Retries after failure or loss.")] = 0,
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="NAME=VALUE")] = None,
@@ -138,6 +156,9 @@ def jobs_submit(
             "--preemptible/--not-preemptible", help="Whether it may be stopped for other work."
         ),
     ] = True,
+    json_: Annotated[
+        bool, typer.Option("--json", metavar="", help="Print the job as JSON, not its id.")
+    ] = False,
 ) -> None:
     """Submit a job; prints its id."""
     queue = project_of(project)
@@ -177,6 +198,9 @@ def jobs_submit(
         )
     for warning in job.warnings:
         typer.echo(f"warning: {warning}", err=True)
+    if json_:
+        show(job, [], as_json=True)
+        return
     typer.echo(job.id)
 
 
@@ -196,20 +220,26 @@ def _pairs(items: list[str], option: str, *, from_env: bool = False) -> list[tup
 def jobs_ls(
     project: ProjectOpt = None,
     json_: JsonOpt = False,
-    state: Annotated[list[str] | None, typer.Option(help="Only these states.")] = None,
+    state: Annotated[
+        list[str] | None,
+        typer.Option(help="Only these states: --state running,queued or repeated."),
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
 ) -> None:
     """Jobs, newest first, with why each pending job waits."""
+    from underlay.compute.states import JobState
+
+    states = choices(state, [s.value for s in JobState], "--state")
     with client() as c:
-        rows = c.list_jobs(project_of(project), state=state, limit=limit)
+        rows = c.list_jobs(project_of(project), state=states, limit=limit)
     show(rows, ["id", "name", "user", "state", "node", "gpus", "attempts", "reason"], as_json=json_)
 
 
 @jobs.command("show")
-def jobs_show(job_id: int, project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+def jobs_show(job_id: int, project: JobProjectOpt = None, json_: JsonOpt = False) -> None:
     """One job in full."""
     with client() as c:
-        job = c.read_job(project_of(project), job_id)
+        job = _job(c, job_id, project)
     if json_:
         show(job, [], as_json=True)
         return
@@ -221,6 +251,27 @@ EXIT_NOT_SUCCEEDED = 1
 EXIT_TIMED_OUT = 124  # as timeout(1)
 
 
+def _job(c: Client, job_id: int, project: str | None) -> JobRead:
+    """A job by its global id; a ``-p`` that names another project is refused."""
+    from underlay.errors import InvalidInput
+
+    job = c.read_job_by_id(job_id)
+    if project is not None and project != job.project:
+        raise InvalidInput(
+            f"job {job_id} is in project {job.project!r}, not {project!r}: "
+            "leave -p out (job ids are global) or give the job's project"
+        )
+    return job
+
+
+def _echo_job(job: JobRead, as_json: bool, line: str) -> None:
+    """A job command's result: ``line`` (escaped), or the job as JSON with ``--json``."""
+    if as_json:
+        show(job, [], as_json=True)
+    else:
+        typer.echo(escape_control(line))
+
+
 def _state_line(job: JobRead) -> str:
     return escape_control(f"job {job.id}: {job.state} {job.reason}".rstrip())
 
@@ -228,13 +279,13 @@ def _state_line(job: JobRead) -> str:
 @jobs.command("logs")
 def jobs_logs(
     job_id: int,
-    project: ProjectOpt = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream.")] = False,
+    project: JobProjectOpt = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", metavar="", help="Stream.")] = False,
 ) -> None:
     """A job's output; -f streams it until the job ends, then prints the final state on
     stderr and exits 0 if the job succeeded, 1 if it did not."""
-    queue = project_of(project)
     with client() as c:
+        queue = _job(c, job_id, project).project
         for chunk in c.job_logs(queue, job_id, follow=follow):
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
@@ -247,32 +298,35 @@ def jobs_logs(
 
 
 @jobs.command("cancel")
-def jobs_cancel(job_id: int, project: ProjectOpt = None) -> None:
+def jobs_cancel(job_id: int, project: JobProjectOpt = None, json_: JsonOpt = False) -> None:
     """Cancel: at once if queued, else SIGTERM then SIGKILL after the grace period. A job
     that has ended already is left as it is (exit 0, as scancel does)."""
     from underlay.client.compute import TERMINAL
     from underlay.errors import Conflict
 
-    queue = project_of(project)
     with client() as c:
+        queue = _job(c, job_id, project).project
         try:
             job = c.cancel_job(queue, job_id)
         except Conflict:
             job = c.read_job(queue, job_id)
             if job.state not in TERMINAL:
                 raise
-            typer.echo(escape_control(f"job {job.id} has ended already: {job.state}"))
+            _echo_job(job, json_, f"job {job.id} has ended already: {job.state}")
             return
-    typer.echo(_state_line(job))
+    _echo_job(job, json_, _state_line(job))
 
 
 @jobs.command("wait")
 def jobs_wait(
     job_id: int,
-    project: ProjectOpt = None,
+    project: JobProjectOpt = None,
     timeout: Annotated[
         float | None, typer.Option(help="Give up after this many seconds (exit 124).")
     ] = None,
+    json_: Annotated[
+        bool, typer.Option("--json", metavar="", help="Print the job as JSON at the end.")
+    ] = False,
 ) -> None:
     """Wait for a job to end and print its final state.
 
@@ -282,38 +336,40 @@ def jobs_wait(
     from underlay.errors import Unavailable
 
     with client() as c:
+        queue = _job(c, job_id, project).project
         try:
-            job = c.wait_job(project_of(project), job_id, timeout_s=timeout)
+            job = c.wait_job(queue, job_id, timeout_s=timeout)
         except Unavailable as exc:
             if not exc.extra.get("timed_out"):
                 raise
-            typer.echo(escape_control(f"job {job_id}: {exc.extra['state']}"))
+            _echo_job(c.read_job(queue, job_id), json_, f"job {job_id}: {exc.extra['state']}")
             typer.echo(f"timed out: {exc}; the job goes on", err=True)
             raise typer.Exit(EXIT_TIMED_OUT) from None
-    typer.echo(_state_line(job))
+    _echo_job(job, json_, _state_line(job))
     if job.state != "succeeded":
         raise typer.Exit(EXIT_NOT_SUCCEEDED)
 
 
 @quotas.command("set")
 def quotas_set(
-    project: str,
     accelerator_type: str,
     guaranteed: int,
+    project: ProjectOpt = None,
     borrow_limit: Annotated[int | None, typer.Option(help="Cap on borrowing.")] = None,
 ) -> None:
     """Guarantee a project GUARANTEED accelerators of a type."""
+    project = project_of(project)
     with client() as c:
         q = c.set_quota(project, accelerator_type, guaranteed, borrow_limit)
     typer.echo(f"{project}: {q.guaranteed} x {q.accelerator_type} guaranteed")
 
 
 @quotas.command("ls")
-def quotas_ls(project: str, json_: JsonOpt = False) -> None:
+def quotas_ls(project: ProjectOpt = None, json_: JsonOpt = False) -> None:
     """A project's quotas."""
     with client() as c:
         show(
-            c.list_quotas(project),
+            c.list_quotas(project_of(project)),
             ["accelerator_type", "guaranteed", "borrow_limit"],
             as_json=json_,
         )
@@ -321,21 +377,31 @@ def quotas_ls(project: str, json_: JsonOpt = False) -> None:
 
 @budget.command("set")
 def budget_set(
-    project: str,
+    project: ProjectOpt = None,
     gpu_hours: Annotated[float | None, typer.Option(help="GPU-hours a month.")] = None,
     money: Annotated[float | None, typer.Option(help="Money a month.")] = None,
+    json_: JsonOpt = False,
 ) -> None:
     """Set a monthly budget; submissions warn near it and are blocked past it."""
     with client() as c:
-        status = c.set_budget(project, gpu_hours_per_month=gpu_hours, money_per_month=money)
+        status = c.set_budget(
+            project_of(project), gpu_hours_per_month=gpu_hours, money_per_month=money
+        )
+    if json_:
+        print_json(status)
+        return
     typer.echo(status.get("message", "budget set"))
 
 
 @budget.command("show")
-def budget_show(project: str) -> None:
+def budget_show(project: ProjectOpt = None, json_: JsonOpt = False) -> None:
     """How much of this month's budget is used."""
     with client() as c:
-        typer.echo(c.budget(project).get("message", ""))
+        status = c.budget(project_of(project))
+    if json_:
+        print_json(status)
+        return
+    typer.echo(status.get("message", ""))
 
 
 def usage(
@@ -403,7 +469,8 @@ alerts = typer.Typer(
 def alerts_ls(
     project: Annotated[str | None, typer.Option("--project", "-p", help="One project.")] = None,
     resolved: Annotated[
-        bool, typer.Option("--resolved", help="Resolved alerts instead of open ones.")
+        bool,
+        typer.Option("--resolved", metavar="", help="Resolved alerts instead of open ones."),
     ] = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -414,8 +481,11 @@ def alerts_ls(
 
 
 @alerts.command("resolve")
-def alerts_resolve(alert_id: int) -> None:
+def alerts_resolve(alert_id: int, json_: JsonOpt = False) -> None:
     """Mark an alert resolved (members and admins of its project)."""
     with client() as c:
         alert = c.resolve_alert(alert_id)
+    if json_:
+        show(alert, [], as_json=True)
+        return
     typer.echo(escape_control(f"resolved alert {alert.id}: {alert.subject}"))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from underlay.cli.common import cell, config
+from underlay.cli.common import JsonOpt, cell, config
 
 settings = typer.Typer(
     help="Client configuration: flags > environment > profile > defaults.", no_args_is_help=True
@@ -19,7 +19,7 @@ def show(
     project: Annotated[
         str | None, typer.Option("--project", "-p", help="As a command given -p would see it.")
     ] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    json_: JsonOpt = False,
 ) -> None:
     """Each resolved value and where it came from; the token only as its prefix."""
     shown = config(project=project).shown()

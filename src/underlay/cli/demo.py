@@ -287,7 +287,9 @@ STEPS: list[Step] = [
 
 
 def demo(
-    keep: Annotated[bool, typer.Option("--keep", help="Keep the temporary home folder.")] = False,
+    keep: Annotated[
+        bool, typer.Option("--keep", metavar="", help="Keep the temporary home folder.")
+    ] = False,
 ) -> None:
     """Run the platform end to end on a fresh temporary home, printing each step."""
     from rich.console import Console

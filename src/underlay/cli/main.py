@@ -16,8 +16,16 @@ app = typer.Typer(
     help="underlay: self-hosted AI infrastructure. Start with 'underlay demo' or 'underlay up'.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"underlay {version('underlay')}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -27,6 +35,12 @@ def options(
         typer.Option(help="Use this saved profile (else UNDERLAY_PROFILE, else the current)."),
     ] = None,
     url: Annotated[str | None, typer.Option(help="Server URL (over UNDERLAY_URL).")] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", metavar="", callback=_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
 ) -> None:
     """underlay: self-hosted AI infrastructure. Start with 'underlay demo' or 'underlay up'."""
     from underlay.cli.common import OPTIONS
@@ -49,7 +63,7 @@ app.command("sql")(tables.sql)
 app.add_typer(resources.audit, name="audit")
 app.add_typer(keys.keys, name="keys")
 app.add_typer(admin.admin, name="admin")
-app.command("lineage")(resources.lineage)
+app.add_typer(resources.lineage, name="lineage")
 app.add_typer(compute.nodes, name="nodes")
 app.add_typer(compute.jobs, name="jobs")
 app.add_typer(compute.quotas, name="quotas")
@@ -68,7 +82,7 @@ def main() -> None:
     for warning in unknown_env_warnings(os.environ):
         print(f"warning: {warning}", file=sys.stderr)
     try:
-        code = app(standalone_mode=False)
+        code = app(prog_name="underlay", standalone_mode=False)
     except typer.TyperException as exc:  # usage errors: one line, with what to do
         ctx = getattr(exc, "ctx", None)
         if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:

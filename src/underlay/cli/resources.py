@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from underlay.cli.common import cell, client, show
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+from underlay.cli.common import JsonOpt, ProjectOpt, cell, client, project_of, show
+from underlay.logs import escape_control
 
 projects = typer.Typer(help="Projects (tenants) and their members.", no_args_is_help=True)
 users = typer.Typer(help="Users (global admins only, except 'me').", no_args_is_help=True)
 tokens = typer.Typer(help="Your API tokens.", no_args_is_help=True)
 blobs = typer.Typer(help="Encrypted, content-addressed blobs of a project.", no_args_is_help=True)
 audit = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+lineage = typer.Typer(
+    help="Lineage: where a project's objects came from and what came from them.",
+    no_args_is_help=True,
+)
+YesOpt = Annotated[bool, typer.Option("--yes", metavar="", help="Do not ask.")]
 
 
 @projects.command("ls")
@@ -36,9 +41,7 @@ def projects_create(
 
 
 @projects.command("delete")
-def projects_delete(
-    name: str, yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False
-) -> None:
+def projects_delete(name: str, yes: YesOpt = False) -> None:
     """Delete a project and everything in it."""
     if not yes:
         typer.confirm(f"delete project {name} and all its objects?", abort=True)
@@ -100,10 +103,15 @@ def users_me(json_: JsonOpt = False) -> None:
 def users_create(
     name: str,
     password: Annotated[
-        bool, typer.Option("--password", help="Prompt for a password (for 'underlay login').")
+        bool,
+        typer.Option(
+            "--password", metavar="", help="Prompt for a password (for 'underlay login')."
+        ),
     ] = False,
     email: Annotated[str | None, typer.Option(help="Contact address.")] = None,
-    admin: Annotated[bool, typer.Option("--admin", help="Make a global admin.")] = False,
+    admin: Annotated[
+        bool, typer.Option("--admin", metavar="", help="Make a global admin.")
+    ] = False,
 ) -> None:
     """Create a user."""
     secret = (
@@ -153,10 +161,14 @@ def tokens_create(
     name: str,
     days: Annotated[int | None, typer.Option(help="Expire after this many days.")] = None,
     user: Annotated[str | None, typer.Option(help="Admins: create it for this user.")] = None,
+    json_: JsonOpt = False,
 ) -> None:
     """Create a token; its secret is printed once."""
     with client() as c:
         token = c.create_token(name, expires_in_days=days, user=user)
+    if json_:
+        show(token, [], as_json=True)
+        return
     typer.echo(token.token)
     typer.echo(f"token {token.id} ({token.prefix}…): store it now, it is not shown again", err=True)
 
@@ -171,27 +183,32 @@ def tokens_revoke(token_id: int) -> None:
 
 @blobs.command("put")
 def blobs_put(
-    project: str,
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    project: ProjectOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
     """Upload a file; prints its SHA-256 digest."""
     with client() as c:
-        blob = c.upload_blob(project, path)
+        blob = c.upload_blob(project_of(project), path)
+    if json_:
+        show(blob, [], as_json=True)
+        return
     typer.echo(blob.digest)
 
 
 @blobs.command("get")
 def blobs_get(
-    project: str,
     digest: str,
     out: Annotated[
         Path,
         typer.Option("--out", "-o", help="A file, a folder (the blob's name in it) or - (stdout)."),
     ],
+    project: ProjectOpt = None,
 ) -> None:
     """Download a blob, verifying its digest; nothing is left behind if it fails."""
     import sys
 
+    project = project_of(project)
     with client() as c:
         if str(out) == "-":
             for chunk in c.iter_blob(project, digest):
@@ -213,18 +230,23 @@ def blobs_get(
 
 
 @blobs.command("rm")
-def blobs_rm(project: str, digest: str) -> None:
+def blobs_rm(digest: str, project: ProjectOpt = None) -> None:
     """Delete a blob from a project."""
+    project = project_of(project)
     with client() as c:
         c.delete_blob(project, digest)
     typer.echo(f"deleted blob {digest} from {project}")
 
 
 @blobs.command("ls")
-def blobs_ls(project: str, json_: JsonOpt = False) -> None:
+def blobs_ls(project: ProjectOpt = None, json_: JsonOpt = False) -> None:
     """List a project's blobs."""
     with client() as c:
-        show(c.list_blobs(project), ["digest", "size", "name", "created_at"], as_json=json_)
+        show(
+            c.list_blobs(project_of(project)),
+            ["digest", "size", "name", "created_at"],
+            as_json=json_,
+        )
 
 
 @audit.command("ls")
@@ -232,7 +254,9 @@ def audit_ls(
     json_: JsonOpt = False,
     actor: Annotated[str | None, typer.Option(help="Only this actor.")] = None,
     action: Annotated[str | None, typer.Option(help="Only this action.")] = None,
-    project: Annotated[str | None, typer.Option(help="Only this project.")] = None,
+    project: Annotated[
+        str | None, typer.Option("--project", "-p", help="Only this project.")
+    ] = None,
     outcome: Annotated[str | None, typer.Option(help="ok, denied or error.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
 ) -> None:
@@ -247,10 +271,18 @@ def audit_ls(
 @audit.command("verify")
 def audit_verify(
     local: Annotated[
-        bool, typer.Option("--local", help="Verify this machine's store directly, no server.")
+        bool,
+        typer.Option(
+            "--local", metavar="", help="Verify this machine's store directly, no server."
+        ),
+    ] = False,
+    json_: Annotated[
+        bool, typer.Option("--json", metavar="", help="Print the report as JSON.")
     ] = False,
 ) -> None:
     """Check the hash chain and signed checkpoints; exit 1 and name the first bad entry."""
+    from underlay.schemas import AuditReportRead
+
     if local:
         from underlay.config import Settings
         from underlay.platform import Platform
@@ -260,28 +292,62 @@ def audit_verify(
             report = platform.audit.verify(platform.signer.public_key_bytes())
         finally:
             platform.close()
-        ok, entries, problem = report.ok, report.entries_checked, report.problem
+        result = AuditReportRead.model_validate(report, from_attributes=True)
     else:
         with client() as c:
-            remote = c.verify_audit()
-        ok, entries, problem = remote.ok, remote.entries_checked, remote.problem
+            result = c.verify_audit()
+    ok, entries, problem = result.ok, result.entries_checked, result.problem
+    if json_:
+        show(result, [], as_json=True)
+        if not ok:
+            raise typer.Exit(1)
+        return
     if not ok:
         typer.echo(f"audit log FAILED verification: {problem}", err=True)
         raise typer.Exit(1)
     typer.echo(f"audit log OK: {entries} entries, chain and signed checkpoints intact")
 
 
-def lineage(
-    project: str,
+@lineage.command("add")
+def lineage_add(
+    src: Annotated[str, typer.Argument(metavar="SRC", help="KIND:ID, e.g. blob:3fa1...")],
+    relation: Annotated[
+        str, typer.Argument(metavar="RELATION", help="e.g. input_of, output_of, derived_from.")
+    ],
+    dst: Annotated[str, typer.Argument(metavar="DST", help="KIND:ID, e.g. run:train-1")],
+    project: ProjectOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Record that SRC stands in RELATION to DST (blob:3fa1... input_of run:train-1)."""
+    source, target = _ref(src, "SRC"), _ref(dst, "DST")
+    with client() as c:
+        c.add_lineage(project_of(project), source, relation, target)
+    if json_:
+        edge = {"kind": source[0], "id": source[1]}, {"kind": target[0], "id": target[1]}
+        print(json.dumps({"src": edge[0], "relation": relation, "dst": edge[1]}, indent=2))
+        return
+    typer.echo(escape_control(f"recorded {src} —{relation}→ {dst}"))
+
+
+def _ref(text: str, hint: str) -> tuple[str, str]:
+    kind, sep, object_id = text.partition(":")
+    if not (sep and kind and object_id):
+        raise typer.BadParameter(f"{text!r} is not KIND:ID (e.g. blob:3fa1...)", param_hint=hint)
+    return kind, object_id
+
+
+@lineage.command("show")
+def lineage_show(
     kind: str,
     object_id: str,
+    project: ProjectOpt = None,
     direction: Annotated[str, typer.Option(help="upstream, downstream or both.")] = "both",
     depth: Annotated[int | None, typer.Option(help="At most this many hops.")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Show where an object came from and what came from it."""
     with client() as c:
-        graph = c.lineage(project, kind, object_id, direction=direction, depth=depth)
+        graph = c.lineage(project_of(project), kind, object_id, direction=direction, depth=depth)
     if json_:
         typer.echo(graph.model_dump_json(indent=2))
         return

@@ -31,7 +31,7 @@ PolicyOpt = Annotated[
     str,
     typer.Option("--policy", help="default, fifo, fifo-backfill, first-fit or las."),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON object.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the Philly duration sampling.")]
 TracesDirOpt = Annotated[
     Path | None,
@@ -50,7 +50,9 @@ OverheadOpt = Annotated[
 ]
 EnergyOpt = Annotated[
     bool,
-    typer.Option("--energy-aware", help="Prefer the accelerator type with the lowest power draw."),
+    typer.Option(
+        "--energy-aware", metavar="", help="Prefer the accelerator type with the lowest power draw."
+    ),
 ]
 CarbonOpt = Annotated[
     str | None,

@@ -73,6 +73,12 @@ class ComputeMethods:
         result: JobRead = self._one(JobRead, "GET", f"/projects/{project}/jobs/{job_id}")
         return result
 
+    def read_job_by_id(self, job_id: int) -> JobRead:
+        """A job by its global id, whatever its project (``job.project`` names it); a job
+        you cannot see is ``NotFound``, as a missing one is."""
+        result: JobRead = self._one(JobRead, "GET", f"/jobs/{job_id}")
+        return result
+
     def cancel_job(self, project: str, job_id: int) -> JobRead:
         result: JobRead = self._one(JobRead, "POST", f"/projects/{project}/jobs/{job_id}/cancel")
         return result

@@ -19,6 +19,7 @@ from underlay.errors import NotFound
 from underlay.identity import Action
 
 router = APIRouter(prefix="/projects/{project}/jobs", tags=["jobs"])
+by_id = APIRouter(prefix="/jobs", tags=["jobs"])
 JobId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
@@ -63,6 +64,14 @@ def read_job(project: str, job_id: JobId, ctx: Ctx) -> JobRead:
     ) as u:
         found = identity.read_project(u.session, project, ctx.actor)
         return jobs.render(u.session, jobs.read_job(u.session, job_id, found))
+
+
+@by_id.get("/{job_id}", response_model=JobRead)
+def read_job_by_id(job_id: JobId, ctx: Ctx) -> JobRead:
+    """A job by its global id. A job of a project the caller cannot see answers 404 exactly
+    as a missing one does: the id space is global, its contents are not."""
+    with ctx.unit("job.read", f"job:{job_id}", audited=False) as u:
+        return jobs.render(u.session, jobs.read_job(u.session, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)
