@@ -42,6 +42,12 @@ NO_JSON = {
     "nodes uncordon",
     "jobs logs",
     "quotas set",
+    "datasets create",
+    "datasets rm",
+    "tables rm",
+    # these print JSON lines always
+    "sql",
+    "tables head",
 }
 
 

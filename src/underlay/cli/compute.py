@@ -153,7 +153,9 @@ def jobs_submit(
     preemptible: Annotated[
         bool,
         typer.Option(
-            "--preemptible/--not-preemptible", help="Whether it may be stopped for other work."
+            "--preemptible/--not-preemptible",
+            metavar="",
+            help="Whether it may be stopped for other work.",
         ),
     ] = True,
     json_: Annotated[

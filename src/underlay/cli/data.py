@@ -10,15 +10,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from underlay.cli.common import client, project_of, show
-from underlay.cli.compute import JsonOpt, ProjectOpt
+from underlay.cli.common import JsonOpt, ProjectOpt, client, project_of, show
 
 if TYPE_CHECKING:
     from underlay.client.data import Progress
 
 datasets = typer.Typer(help="Versioned datasets of files.", no_args_is_help=True)
 
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")]
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
@@ -192,7 +191,7 @@ def datasets_diff(
 def datasets_rm(
     name: str,
     project: ProjectOpt = None,
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", metavar="", help="Do not ask.")] = False,
 ) -> None:
     """Delete a dataset and all its versions (blobs other datasets hold stay)."""
     project_name = project_of(project)

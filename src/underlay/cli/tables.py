@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from underlay.cli.common import client, project_of, show
-from underlay.cli.compute import JsonOpt, ProjectOpt
+from underlay.cli.common import JsonOpt, ProjectOpt, client, project_of, show
 
 tables = typer.Typer(help="Tables (Delta Lake): ingest, inspect, read.", no_args_is_help=True)
 
@@ -32,7 +31,10 @@ def tables_ingest(
         list[str] | None, typer.Option("--key", "-k", help="Key column(s) of a merge.")
     ] = None,
     evolve_schema: Annotated[
-        bool, typer.Option("--evolve-schema", help="Let the write add columns or change types.")
+        bool,
+        typer.Option(
+            "--evolve-schema", metavar="", help="Let the write add columns or change types."
+        ),
     ] = False,
     format: Annotated[
         str | None, typer.Option("--format", help="csv, parquet or jsonl (else by suffix).")
@@ -121,7 +123,7 @@ def tables_head(
 def tables_rm(
     name: str,
     project: ProjectOpt = None,
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", metavar="", help="Do not ask.")] = False,
 ) -> None:
     """Delete a table, all its versions and files."""
     project_name = project_of(project)
