@@ -66,8 +66,8 @@ def project_of(flag: str | None) -> str:
 class Col:
     """A table column: the field it shows, how, and whether it may go when space is short.
 
-    ``ident`` columns (names, ids, digests) are never cut or wrapped; ``optional`` ones are
-    dropped, last first, when the table does not fit the terminal; the rest wrap.
+    ``ident`` columns (names, ids, digests, and times) are never cut or wrapped; ``optional``
+    ones are dropped, last first, when the table does not fit the terminal; the rest wrap.
     """
 
     key: str
@@ -84,7 +84,7 @@ def when(key: str, *, optional: bool = False) -> Col:
     """A timestamp column shortened to the minute (UTC)."""
     from underlay.cli.units import timestamp
 
-    return Col(key, fmt=lambda row: timestamp(row.get(key)), optional=optional)
+    return Col(key, fmt=lambda row: timestamp(row.get(key)), optional=optional, ident=True)
 
 
 def show(
@@ -129,8 +129,8 @@ def print_table(
         if needed <= console.width or not optional:
             break
         keep.remove(optional[-1])
-    if needed > console.width:
-        console = Console(width=needed)
+    if needed > console.width:  # as wide as it needs: the terminal wraps, nothing is cut
+        console = Console(width=10_000)
     console.print(_table([columns[i] for i in keep], [[r[i] for i in keep] for r in cells], title))
 
 

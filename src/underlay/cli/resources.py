@@ -266,13 +266,13 @@ def blobs_ls(project: str, json_: JsonOpt = False) -> None:
 
 AUDIT_COLUMNS = [
     Col("seq", ident=True),
-    when("at"),
+    when("at", optional=True),
     Col("actor", ident=True),
     Col("action"),
     Col("resource", ident=True),
     Col("outcome", optional=True),
     Col("client", optional=True),
-]
+]  # optional columns go from the last: client, outcome, then the time
 
 
 @audit.command("ls")
