@@ -88,7 +88,13 @@ def projects_remove_member(project: str, user: str) -> None:
 def users_ls(json_: JsonOpt = False) -> None:
     """List users."""
     with client() as c:
-        show(c.list_users(), ["name", "email", "is_admin", "is_active"], as_json=json_)
+        cols = [
+            Col("name", ident=True),
+            Col("email", optional=True),
+            Col("is_admin"),
+            Col("is_active"),
+        ]
+        show(c.list_users(), cols, as_json=json_)
 
 
 @users.command("me")
