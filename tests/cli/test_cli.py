@@ -372,6 +372,8 @@ def shows_whole(out: str, *identifiers: str, fits: bool = True) -> None:
     """Each identifier appears unbroken on one line, and nothing is cut with an ellipsis."""
     if fits:
         assert max(len(line) for line in out.splitlines()) <= 80, out
+        # Rich crops a table wider than the terminal: every line must keep its right border.
+        assert all(line.rstrip()[-1] in "┓┃┩│┘" for line in out.splitlines() if line.strip()), out
     for ident in identifiers:
         assert ident in out, (ident, out)
     assert "…" not in out, out

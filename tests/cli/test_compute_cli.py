@@ -204,6 +204,8 @@ LONG_NAME = "a-rather-long-job-name-that-stays-whole-in-narrow-terminals"
 def fits_and_shows_whole(out: str, *identifiers: str) -> None:
     """Every line fits 80 columns, and each identifier appears unbroken on one line."""
     assert max(len(line) for line in out.splitlines()) <= 80, out
+    # Rich crops a table wider than the terminal: every line must keep its right border.
+    assert all(line.rstrip()[-1] in "┓┃┩│┘" for line in out.splitlines() if line.strip()), out
     for ident in identifiers:
         assert ident in out, (ident, out)
     assert "…" not in out, out

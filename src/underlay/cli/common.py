@@ -124,14 +124,48 @@ def print_table(
     console = Console()
     keep = list(range(len(columns)))
     while True:
-        needed = 1 + sum(3 + _min_width(columns[i], [r[i] for r in cells]) for i in keep)
+        mins = [_min_width(columns[i], [r[i] for r in cells]) for i in keep]
+        room = console.width - (3 * len(keep) + 1)  # borders and padding
         optional = [i for i in keep if columns[i].optional]
-        if needed <= console.width or not optional:
+        if sum(mins) <= room or not optional:
             break
         keep.remove(optional[-1])
-    if needed > console.width:  # as wide as it needs: the terminal wraps, nothing is cut
-        console = Console(width=10_000)
-    console.print(_table([columns[i] for i in keep], [[r[i] for i in keep] for r in cells], title))
+    kept = [columns[i] for i in keep]
+    rows = [[r[i] for i in keep] for r in cells]
+    if sum(mins) > room:  # as wide as it needs: the terminal wraps, nothing is cut
+        console, widths = Console(width=10_000), None
+    else:
+        widths = _widths(
+            mins, [_natural_width(c, [r[i] for r in rows]) for i, c in enumerate(kept)], room
+        )
+    console.print(_table(kept, rows, title, mins, widths))
+
+
+def _natural_width(column: Col, cells: Sequence[Text]) -> int:
+    """The width a column takes unwrapped: its widest line or header."""
+    from rich.cells import cell_len
+
+    lines = [line for text in cells for line in str(text).splitlines()]
+    return max([cell_len(column.header or column.key), *map(cell_len, lines)])
+
+
+def _widths(mins: list[int], natural: list[int], room: int) -> list[int] | None:
+    """Column widths within ``room``: each its minimum, the rest shared out up to its natural
+    width; None when every column fits unwrapped (Rich's own layout is then exact)."""
+    natural = [max(n, m) for n, m in zip(natural, mins, strict=True)]
+    if sum(natural) <= room:
+        return None
+    widths, spare = list(mins), room - sum(mins)
+    while spare > 0:
+        short = [i for i, w in enumerate(widths) if w < natural[i]]
+        share = max(1, spare // max(1, len(short)))
+        for i in short:
+            grant = min(share, natural[i] - widths[i], spare)
+            widths[i] += grant
+            spare -= grant
+        if not short:
+            break
+    return widths
 
 
 def _min_width(column: Col, cells: Sequence[Text]) -> int:
@@ -142,7 +176,13 @@ def _min_width(column: Col, cells: Sequence[Text]) -> int:
     return max((len(w) for w in words), default=1)
 
 
-def _table(columns: Sequence[Col], cells: Sequence[Sequence[Text]], title: str | None) -> Table:
+def _table(
+    columns: Sequence[Col],
+    cells: Sequence[Sequence[Text]],
+    title: str | None,
+    mins: Sequence[int],
+    widths: Sequence[int] | None,
+) -> Table:
     from rich.table import Table
 
     table = Table(title=title)
@@ -150,7 +190,8 @@ def _table(columns: Sequence[Col], cells: Sequence[Sequence[Text]], title: str |
         table.add_column(
             col.header or col.key,
             no_wrap=col.ident,
-            min_width=_min_width(col, [r[i] for r in cells]),
+            min_width=mins[i],
+            width=widths[i] if widths else None,
             overflow="fold",
         )
     for row in cells:
