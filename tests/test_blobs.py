@@ -272,7 +272,7 @@ class BlobStoreContract:
         assert ops.read(project, digest) == kept
 
     def test_digests_are_validated(self, ops: Ops, project: int) -> None:
-        bad = ["../../etc/passwd", "A" * 64, "a" * 63, "a" * 65, "g" * 64, ""]
+        bad = ["../../etc/passwd", "A" * 64, "a" * 7, "a" * 65, "g" * 64, "", "sha256:"]
         with ops.db.session(Scope.projects(project)) as s:
             for digest in bad:
                 with pytest.raises(InvalidInput, match="not a SHA-256 hex digest"):
@@ -285,6 +285,8 @@ class BlobStoreContract:
                 ops.store.put(s, project, b"x", media_type="binary")
             with pytest.raises(NotFound, match=f"project {project} has no blob sha256:a{{64}}"):
                 ops.store.open(s, project, "a" * 64)
+            with pytest.raises(NotFound, match=r"no blob whose digest starts with a{63}"):
+                ops.store.open(s, project, "a" * 63)  # a short prefix (git-style) of no blob
 
     def test_other_projects_blobs_are_invisible(self, ops: Ops, project: int) -> None:
         other = _make_project(ops.db, "other")

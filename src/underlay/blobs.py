@@ -73,6 +73,8 @@ from underlay.store.types import utcnow
 log = logging.getLogger(__name__)
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+_DIGEST_PREFIX = re.compile(r"[0-9a-f]{8,64}")
+MIN_PREFIX = 8
 _PARTIAL_DIR = ".partial"
 _PENDING_DELETES = "underlay.blobs.pending_deletes"
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
@@ -86,6 +88,14 @@ def check_digest(digest: str) -> str:
             f"blob digest {digest!r} is not a SHA-256 hex digest (64 lowercase hex digits)"
         )
     return digest
+
+
+def is_short_ref(ref: str) -> bool:
+    """Whether ``ref`` names a blob in a form :meth:`BlobStore.resolve` must expand: with the
+    ``sha256:`` prefix, or a short hex prefix (8 to 63 digits)."""
+    return ref.startswith("sha256:") or (
+        len(ref) < 64 and _DIGEST_PREFIX.fullmatch(ref) is not None
+    )
 
 
 @dataclass
@@ -301,10 +311,10 @@ class BlobStore:
                 session.delete(blob)
         except exc.IntegrityError:  # a row of a domain (a dataset version) still names it
             raise Conflict(
-                f"blob sha256:{digest} is still held by other objects of this project (a "
+                f"blob sha256:{blob.digest} is still held by other objects of this project (a "
                 "dataset version): remove those first"
             ) from None
-        self._discard_after_commit(session, self.location(project_id, digest))
+        self._discard_after_commit(session, self.location(project_id, blob.digest))
 
     def delete_project_files(self, session: Session, project_id: int) -> None:
         """Remove every blob file of a project once the caller's transaction commits (the
@@ -354,9 +364,41 @@ class BlobStore:
 
     # -- reads -------------------------------------------------------------------------
 
+    def resolve(self, session: Session, project_id: int, ref: str) -> str:
+        """The full digest ``ref`` names in this project: 64 hex digits as they are, or with the
+        ``sha256:`` prefix, or a unique prefix of at least 8 digits (git-style).
+
+        Prefixes are matched only among the project's own blobs, so they never reveal another
+        project's. Ambiguous is a Conflict naming how many match; none is NotFound.
+        """
+        hex_part = ref.removeprefix("sha256:") if isinstance(ref, str) else ref
+        if isinstance(hex_part, str) and _DIGEST.fullmatch(hex_part):
+            return hex_part
+        if not isinstance(hex_part, str) or _DIGEST_PREFIX.fullmatch(hex_part) is None:
+            raise InvalidInput(
+                f"blob digest {ref!r} is not a SHA-256 hex digest (64 lowercase hex digits, "
+                f"optionally after 'sha256:') nor a prefix of at least {MIN_PREFIX} of them"
+            )
+        query = (
+            select(Blob.digest)
+            .where(Blob.project_id == project_id, Blob.digest.startswith(hex_part))
+            .limit(MAX_LIST_LIMIT)
+        )
+        found = list(session.scalars(query))
+        if not found:
+            raise NotFound(
+                f"project {project_id} has no blob whose digest starts with {hex_part}: "
+                "check the digest, or list the project's blobs"
+            )
+        if len(found) > 1:
+            raise Conflict(
+                f"digest prefix {hex_part} is ambiguous: {len(found)} blobs match; give more digits"
+            )
+        return str(found[0])
+
     def read_blob(self, session: Session, project_id: int, digest: str) -> Blob:
-        """The metadata of one blob."""
-        check_digest(digest)
+        """The metadata of one blob, named by a full digest or a unique prefix (:meth:`resolve`)."""
+        digest = self.resolve(session, project_id, digest)
         blob = self._find(session, project_id, digest)
         if blob is None:
             raise NotFound(

@@ -106,3 +106,65 @@ def test_slow_upload_does_not_block_other_writes(server, admin, project) -> None
     assert result["blob"].size == 131072  # type: ignore[attr-defined]
     assert {p.name for p in admin.list_projects()} == {"vision", "meanwhile"}
     assert admin.verify_audit().ok
+
+
+# -- short digests ----------------------------------------------------------------------------
+
+# Two contents whose SHA-256 digests share their first 8 hex digits (5de24eb3), found once by
+# hashing b"blob-0", b"blob-1", ... until two prefixes met.
+TWINS = (b"blob-25881", b"blob-140871")
+
+
+def test_a_blob_is_named_by_sha256_prefix_and_unique_short_prefixes(admin, project) -> None:  # type: ignore[no-untyped-def]
+    blob = admin.upload_blob(project, b"weights v1")
+    assert admin.read_blob(project, f"sha256:{blob.digest}").digest == blob.digest
+    assert admin.read_blob(project, blob.digest[:8]).digest == blob.digest
+    assert admin.download_blob(project, f"sha256:{blob.digest[:12]}") == b"weights v1"
+    assert admin.download_blob(project, blob.digest) == b"weights v1"  # the full path unchanged
+    reads = admin.list_audit(action="blob.read")
+    assert {e.resource for e in reads} == {f"project:{project}/blob:{blob.digest}"}
+    admin.delete_blob(project, blob.digest[:10])
+    assert admin.list_blobs(project) == []
+
+
+def test_an_ambiguous_prefix_is_a_conflict_naming_how_many_match(server, admin, project) -> None:  # type: ignore[no-untyped-def]
+    digests = [admin.upload_blob(project, data).digest for data in TWINS]
+    assert digests[0][:8] == digests[1][:8] != digests[0][:9]
+    r = httpx.get(
+        f"{server.url}/api/v1/projects/{project}/blobs/{digests[0][:8]}",
+        headers={"Authorization": f"Bearer {server.admin_token}"},
+    )
+    assert r.status_code == 409, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert "2 blobs match" in r.json()["detail"]
+    assert admin.download_blob(project, digests[1][:9]) == TWINS[1]
+
+
+def test_short_and_unknown_prefixes_are_problems_not_500s(admin, project) -> None:  # type: ignore[no-untyped-def]
+    admin.upload_blob(project, b"something")
+    with pytest.raises(InvalidInput, match="at least 8"):
+        admin.read_blob(project, "abc1234")
+    with pytest.raises(InvalidInput, match="SHA-256"):
+        admin.read_blob(project, "sha256:XYZ")
+    with pytest.raises(NotFound, match="starts with 00000000"):
+        admin.read_blob(project, "00000000")
+
+
+def test_a_prefix_never_finds_another_projects_blob(admin, project) -> None:  # type: ignore[no-untyped-def]
+    admin.create_project("secret")
+    theirs = admin.upload_blob("secret", b"their model")
+    with pytest.raises(NotFound):
+        admin.read_blob(project, theirs.digest[:8])
+    with pytest.raises(NotFound):
+        admin.download_blob(project, f"sha256:{theirs.digest[:16]}")
+    assert admin.read_blob("secret", theirs.digest[:8]).digest == theirs.digest
+
+
+def test_lineage_blob_refs_accept_sha256_and_short_prefixes(admin, project) -> None:  # type: ignore[no-untyped-def]
+    blob = admin.upload_blob(project, b"dataset")
+    admin.add_lineage(project, ("blob", f"sha256:{blob.digest}"), "input_of", ("run", "r1"))
+    graph = admin.lineage(project, "blob", blob.digest[:8], direction="downstream")
+    assert graph.root.id == blob.digest
+    assert [(e.src.id, e.dst.id) for e in graph.edges] == [(blob.digest, "r1")]
+    with pytest.raises(NotFound):
+        admin.add_lineage(project, ("blob", "sha256:00000000"), "input_of", ("run", "r2"))

@@ -400,3 +400,91 @@ def test_project_comes_from_the_environment_when_p_is_left_out(server, cli: Cli)
     assert as_json(cli("blobs", "ls", "--json", env=env)) == []
     env.pop("UNDERLAY_PROJECT")
     assert_one_line_error(cli("blobs", "ls", env=env, ok=False), "no project: give -p/--project")
+
+
+# -- readable output ----------------------------------------------------------------------------
+
+
+def narrow(server, cli_home: Path, *args: str) -> str:  # type: ignore[no-untyped-def]
+    """``underlay <args>`` as the admin in an 80-column terminal; its table output."""
+    env = clean_env(
+        UNDERLAY_URL=server.url, UNDERLAY_TOKEN=server.admin_token, UNDERLAY_HOME=str(cli_home)
+    )
+    env["COLUMNS"] = "80"
+    result = run_cli(*args, env=env)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    return result.stdout
+
+
+def shows_whole(out: str, *identifiers: str, fits: bool = True) -> None:
+    """Each identifier appears unbroken on one line, and nothing is cut with an ellipsis."""
+    if fits:
+        assert max(len(line) for line in out.splitlines()) <= 80, out
+        # Rich crops a table wider than the terminal: every line must keep its right border.
+        assert all(line.rstrip()[-1] in "┓┃┩│┘" for line in out.splitlines() if line.strip()), out
+    for ident in identifiers:
+        assert ident in out, (ident, out)
+    assert "…" not in out, out
+
+
+def test_users_me_is_a_readable_summary(server, cli: Cli) -> None:  # type: ignore[no-untyped-def]
+    cli("projects", "create", "vision")
+    cli("projects", "create", "audio")
+    cli("users", "create", "alice")
+    cli("projects", "add-member", "vision", "alice", "--role", "viewer")
+    cli("users", "grant", "alice", "project-creator")
+    secret = cli("tokens", "create", "alice-cli", "--user", "alice").stdout.strip()
+    env = {"UNDERLAY_URL": server.url, "UNDERLAY_TOKEN": secret}
+    lines = cli("users", "me", env=env).stdout.splitlines()
+    assert lines == [
+        "user:     alice",
+        "admin:    no",
+        "grants:   project-creator",
+        "projects: vision (viewer)",
+    ]
+    admin = cli("users", "me").stdout
+    assert "admin:    yes (global admin)" in admin
+    assert "projects: audio (admin), vision (admin)" in admin and "{" not in admin
+    assert as_json(cli("users", "me", "--json", env=env))["projects"] == {"vision": "viewer"}
+
+
+def test_blobs_tokens_and_audit_tables_fit_80_columns(
+    server, cli: Cli, cli_home: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    cli("projects", "create", "vision")
+    tokens = [cli("tokens", "create", f"ci-runner-token-{i}", "--days", "30") for i in range(2)]
+    assert all(t.returncode == 0 for t in tokens)
+    listed = as_json(cli("tokens", "ls", "--json"))
+    out = narrow(server, cli_home, "tokens", "ls")
+    shows_whole(out, *(t["name"] for t in listed), *(t["prefix"] for t in listed))
+    audit = narrow(server, cli_home, "audit", "ls")
+    shows_whole(audit, "project:vision", "token.create")
+
+    source = tmp_path / "imagenet-train-shard-00042-of-01024.tar"
+    source.write_bytes(b"x" * 3_000_000)
+    digest = cli("blobs", "put", str(source), "-p", "vision").stdout.strip()
+    blobs = narrow(server, cli_home, "blobs", "ls", "-p", "vision")
+    shows_whole(blobs, digest, "2.86 MiB")
+    listed = as_json(cli("blobs", "ls", "-p", "vision", "--json"))
+    assert listed[0]["size"] == 3_000_000  # raw bytes
+        as_json(cli("blobs", "ls", "-p", "vision", "--json"))[0]["size"] == 3_000_000
+    )  # raw bytes
+    # A resource naming a digest is wider than 80 columns: the table grows rather than cut it.
+    audit = narrow(server, cli_home, "audit", "ls")
+    shows_whole(audit, f"project:vision/blob:{digest}", fits=False)
+
+
+def test_blobs_are_named_by_sha256_and_short_prefixes_in_the_cli(cli: Cli, tmp_path: Path) -> None:
+    cli("projects", "create", "vision")
+    source = tmp_path / "weights.bin"
+    source.write_bytes(b"weights")
+    digest = cli("blobs", "put", str(source), "-p", "vision").stdout.strip()
+    got = cli("blobs", "get", f"sha256:{digest}", "-o", "-", "-p", "vision").stdout
+    assert got == "weights"
+    assert cli("blobs", "get", digest[:8], "-o", "-", "-p", "vision").stdout == "weights"
+    result = cli("blobs", "get", "abc", "-o", "-", "-p", "vision", ok=False)
+    assert_one_line_error(result, "at least 8")
+    result = cli("blobs", "rm", "00000000", "-p", "vision", ok=False)
+    assert_one_line_error(result, "starts with 00000000")
+    assert digest[:12] in cli("blobs", "rm", f"sha256:{digest[:12]}", "-p", "vision").stdout
+    assert as_json(cli("blobs", "ls", "-p", "vision", "--json")) == []

@@ -191,8 +191,39 @@ def test_a_job_is_submitted_waited_for_logged_listed_and_billed(cli: Cli) -> Non
     assert usage["cost"] > 0 and usage["carbon_kg"] > 0
     assert usage["currency"] == "USD" and usage["energy_estimated"] is True
     table = cli("usage", "-p", "vision").stdout
-    for column in ("gpu_hours", "energy_kwh", "cost", "carbon_kg"):
+    for column in ("GPU time", "energy", "cost", "carbon"):
         assert column in table
+    assert " GPU-h" in table and "Wh (est.)" in table and " USD" in table and " gCO2e" in table
+    assert "e-0" not in table  # no raw floats such as 3.6849166666666666e-05
+
+
+NARROW = {"COLUMNS": "80"}
+LONG_NAME = "a-rather-long-job-name-that-stays-whole-in-narrow-terminals"
+
+
+def fits_and_shows_whole(out: str, *identifiers: str) -> None:
+    """Every line fits 80 columns, and each identifier appears unbroken on one line."""
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    # Rich crops a table wider than the terminal: every line must keep its right border.
+    assert all(line.rstrip()[-1] in "┓┃┩│┘" for line in out.splitlines() if line.strip()), out
+    for ident in identifiers:
+        assert ident in out, (ident, out)
+    assert "…" not in out, out
+
+
+def test_tables_fit_80_columns_and_never_cut_identifiers(cli: Cli) -> None:
+    job = submit(cli, "--gpus", "1", "--name", LONG_NAME, *py("print('hi')"))
+    cli("jobs", "wait", str(job), "-p", "vision", "--timeout", "60")
+    jobs = cli("jobs", "ls", "-p", "vision", extra=NARROW).stdout
+    fits_and_shows_whole(jobs, LONG_NAME, str(job), "succeeded")
+    fits_and_shows_whole(cli("nodes", "ls", extra=NARROW).stdout, "node-1", "0:A100")
+    other = submit(cli, "--gpus", "1", "--name", "resnet50-finetune", *py("print('hi')"))
+    cli("jobs", "wait", str(other), "-p", "vision", "--timeout", "60")
+    usage = cli("usage", "-p", "vision", "--by", "user", extra=NARROW).stdout
+    fits_and_shows_whole(usage, "admin", "GPU-h", "USD", "gCO2e")
+    fits_and_shows_whole(cli("usage", "-p", "vision", extra=NARROW).stdout, "total", "gCO2e")
+    wide = cli("usage", "-p", "vision", "--by", "user", extra={"COLUMNS": "200"}).stdout
+    assert "CPU time" in wide and "CPU time" not in usage  # optional columns go first
 
 
 def test_a_failing_job_makes_wait_exit_non_zero_with_the_reason(cli: Cli) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -11,6 +11,7 @@ import typer
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
+    from rich.table import Table
     from rich.text import Text
 
     from underlay.client import Client
@@ -94,21 +95,43 @@ def project_of(flag: str | None) -> str:
     return project
 
 
+@dataclass(frozen=True)
+class Col:
+    """A table column: the field it shows, how, and whether it may go when space is short.
+
+    ``ident`` columns (names, ids, digests, and times) are never cut or wrapped; ``optional``
+    ones are dropped, last first, when the table does not fit the terminal; the rest wrap.
+    """
+
+    key: str
+    header: str | None = None
+    fmt: Callable[[dict[str, Any]], str] | None = None
+    optional: bool = False
+    ident: bool = False
+
+    def text(self, row: dict[str, Any]) -> Text:
+        return cell(self.fmt(row) if self.fmt else row.get(self.key))
+
+
+def when(key: str, *, optional: bool = False) -> Col:
+    """A timestamp column shortened to the minute (UTC)."""
+    from underlay.cli.units import timestamp
+
+    return Col(key, fmt=lambda row: timestamp(row.get(key)), optional=optional, ident=True)
+
+
 def show(
     rows: Sequence[BaseModel] | BaseModel,
-    columns: Sequence[str],
+    columns: Sequence[str | Col],
     *,
     as_json: bool,
     title: str | None = None,
 ) -> None:
-    """Print models as a table, or as JSON with ``--json``.
+    """Print models as a table that fits the terminal, or as JSON (raw values) with ``--json``.
 
     Cells hold what clients sent (names, paths): control characters are shown escaped
     (``\\x1b``), and square brackets are never read as Rich markup.
     """
-    from rich.console import Console
-    from rich.table import Table
-
     items = [rows] if not isinstance(rows, Sequence) else list(rows)
     if as_json:
         payload: Any = [r.model_dump(mode="json") for r in items]
@@ -116,13 +139,97 @@ def show(
             payload = payload[0]
         print(json.dumps(payload, indent=2))
         return
+    data = [item.model_dump(mode="json") for item in items]
+    cols = [c if isinstance(c, Col) else Col(c) for c in columns]
+    print_table(cols, [[c.text(row) for c in cols] for row in data], title=title)
+
+
+def print_table(
+    columns: Sequence[Col], cells: Sequence[Sequence[Text]], *, title: str | None = None
+) -> None:
+    """Print rows of cells, dropping optional columns (last first) until the table fits.
+
+    If even the essential columns do not fit, the table is printed wider than the terminal
+    rather than cut: an identifier that cannot be copied whole is worse than a long line.
+    """
+    from rich.console import Console
+
+    console = Console()
+    keep = list(range(len(columns)))
+    while True:
+        mins = [_min_width(columns[i], [r[i] for r in cells]) for i in keep]
+        room = console.width - (3 * len(keep) + 1)  # borders and padding
+        optional = [i for i in keep if columns[i].optional]
+        if sum(mins) <= room or not optional:
+            break
+        keep.remove(optional[-1])
+    kept = [columns[i] for i in keep]
+    rows = [[r[i] for i in keep] for r in cells]
+    if sum(mins) > room:  # as wide as it needs: the terminal wraps, nothing is cut
+        console, widths = Console(width=10_000), None
+    else:
+        widths = _widths(
+            mins, [_natural_width(c, [r[i] for r in rows]) for i, c in enumerate(kept)], room
+        )
+    console.print(_table(kept, rows, title, mins, widths))
+
+
+def _natural_width(column: Col, cells: Sequence[Text]) -> int:
+    """The width a column takes unwrapped: its widest line or header."""
+    from rich.cells import cell_len
+
+    lines = [line for text in cells for line in str(text).splitlines()]
+    return max([cell_len(column.header or column.key), *map(cell_len, lines)])
+
+
+def _widths(mins: list[int], natural: list[int], room: int) -> list[int] | None:
+    """Column widths within ``room``: each its minimum, the rest shared out up to its natural
+    width; None when every column fits unwrapped (Rich's own layout is then exact)."""
+    natural = [max(n, m) for n, m in zip(natural, mins, strict=True)]
+    if sum(natural) <= room:
+        return None
+    widths, spare = list(mins), room - sum(mins)
+    while spare > 0:
+        short = [i for i, w in enumerate(widths) if w < natural[i]]
+        share = max(1, spare // max(1, len(short)))
+        for i in short:
+            grant = min(share, natural[i] - widths[i], spare)
+            widths[i] += grant
+            spare -= grant
+        if not short:
+            break
+    return widths
+
+
+def _min_width(column: Col, cells: Sequence[Text]) -> int:
+    """The narrowest a column can be: its widest cell for an identifier, else its longest word."""
+    words = [w for text in (column.header or column.key, *map(str, cells)) for w in text.split()]
+    if column.ident:
+        return max([len(w) for w in words] + [c.cell_len for c in cells])
+    return max((len(w) for w in words), default=1)
+
+
+def _table(
+    columns: Sequence[Col],
+    cells: Sequence[Sequence[Text]],
+    title: str | None,
+    mins: Sequence[int],
+    widths: Sequence[int] | None,
+) -> Table:
+    from rich.table import Table
+
     table = Table(title=title)
-    for col in columns:
-        table.add_column(col)
-    for item in items:
-        data = item.model_dump(mode="json")
-        table.add_row(*(cell(data.get(c)) for c in columns))
-    Console().print(table)
+    for i, col in enumerate(columns):
+        table.add_column(
+            col.header or col.key,
+            no_wrap=col.ident,
+            min_width=mins[i],
+            width=widths[i] if widths else None,
+            overflow="fold",
+        )
+    for row in cells:
+        table.add_row(*row)
+    return table
 
 
 def cell(value: object) -> Text:

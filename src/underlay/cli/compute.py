@@ -8,18 +8,21 @@ import os
 import sys
 import tarfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from underlay.cli import common
 from underlay.cli.common import (
+    Col,
     cell,
     choices,
     client,
     print_json,
+    print_table,
     project_of,
     show,
+    when,
 )
 from underlay.logs import escape_control
 
@@ -53,13 +56,19 @@ def nodes_ls(json_: JsonOpt = False) -> None:
     if json_:
         show(fleet, [], as_json=True)
         return
-    from rich.console import Console
-    from rich.table import Table
     from rich.text import Text
 
-    table = Table()
-    for col in ("node", "status", "isolation", "CPUs", "memory", "accelerators"):
-        table.add_column(col)
+    from underlay.cli import units
+
+    cols = [
+        Col("node", ident=True),
+        Col("status"),
+        Col("isolation"),
+        Col("CPUs", optional=True),
+        Col("memory", optional=True),
+        Col("accelerators"),
+    ]
+    rows = []
     for node in fleet:
         accs = [
             f"{a.index}:{a.type}{' (simulated)' if a.simulated else ''}"
@@ -68,15 +77,17 @@ def nodes_ls(json_: JsonOpt = False) -> None:
         ]
         status = node.status + (f" ({node.status_reason})" if node.status_reason else "")
         isolation = node.isolation if node.isolation != "none" else "NOT ISOLATED"
-        table.add_row(
-            cell(node.name),
-            cell(status),
-            cell(isolation),
-            f"{node.cpu_milli / 1000:g}",
-            f"{node.memory_mib / 1024:.1f} GiB",
-            Text("\n").join(cell(a) for a in accs) or "-",
+        rows.append(
+            [
+                cell(node.name),
+                cell(status),
+                cell(isolation),
+                Text(f"{node.cpu_milli / 1000:g}"),
+                Text(units.size(node.memory_mib * 1024**2)),
+                Text("\n").join(cell(a) for a in accs) or Text("-"),
+            ]
         )
-    Console().print(table)
+    print_table(cols, rows)
 
 
 @nodes.command("cordon")
@@ -218,6 +229,18 @@ def _pairs(items: list[str], option: str, *, from_env: bool = False) -> list[tup
     return pairs
 
 
+JOB_COLUMNS = [
+    Col("id", ident=True),
+    Col("name", ident=True),
+    Col("state"),
+    Col("user", ident=True, optional=True),
+    Col("node", fmt=lambda r: r["node"] or "-", ident=True, optional=True),
+    Col("gpus", optional=True),
+    Col("attempts", optional=True),
+    Col("reason", optional=True),
+]
+
+
 @jobs.command("ls")
 def jobs_ls(
     project: ProjectOpt = None,
@@ -234,7 +257,7 @@ def jobs_ls(
     states = choices(state, [s.value for s in JobState], "--state")
     with client() as c:
         rows = c.list_jobs(project_of(project), state=states, limit=limit)
-    show(rows, ["id", "name", "user", "state", "node", "gpus", "attempts", "reason"], as_json=json_)
+    show(rows, JOB_COLUMNS, as_json=json_)
 
 
 @jobs.command("show")
@@ -418,19 +441,41 @@ def usage(
     utc = [t.replace(tzinfo=dt.UTC) if t and t.tzinfo is None else t for t in (since, until)]
     with client() as c:
         rows = c.usage(project=project, user=user, since=utc[0], until=utc[1], group_by=by)
-    cols = [
-        "key",
-        "jobs",
-        "attempts",
-        "gpu_hours",
-        "cpu_hours",
-        "energy_kwh",
-        "cost",
-        "currency",
-        "carbon_kg",
-        "energy_estimated",
-    ]
+    cols = usage_columns()
     show(rows, cols, as_json=json_)
+
+
+def usage_columns() -> list[Col]:
+    """The ``usage`` table: human units; raw values stay in ``--json`` (docs/compute.md)."""
+    from underlay.cli import units
+
+    return [
+        Col("key", "group", fmt=lambda r: r["key"] or "total", ident=True),
+        Col("jobs"),
+        Col("gpu_hours", "GPU time", fmt=lambda r: units.gpu_time(r["gpu_hours"])),
+        Col("energy_kwh", "energy", fmt=_energy),
+        Col("cost", fmt=lambda r: units.money(r["cost"], r["currency"])),
+        Col("carbon_kg", "carbon", fmt=lambda r: units.carbon(r["carbon_kg"])),
+        Col("attempts", optional=True),
+        Col(
+            "wall_hours",
+            "wall",
+            fmt=lambda r: units.duration(r["wall_hours"] * 3600),
+            optional=True,
+        ),
+        Col(
+            "cpu_hours",
+            "CPU time",
+            fmt=lambda r: f"{units.duration(r['cpu_hours'] * 3600)}",
+            optional=True,
+        ),
+    ]
+
+
+def _energy(row: dict[str, Any]) -> str:
+    from underlay.cli import units
+
+    return units.energy(row["energy_kwh"]) + (" (est.)" if row["energy_estimated"] else "")
 
 
 def agent(
@@ -479,7 +524,15 @@ def alerts_ls(
     """Open alerts of your projects (every project for a global admin), newest first."""
     with client() as c:
         rows = c.list_alerts(project=project, resolved=resolved)
-    show(rows, ["id", "kind", "subject", "message", "created_at", "resolved_at"], as_json=json_)
+    cols = [
+        Col("id", ident=True),
+        Col("kind"),
+        Col("subject", ident=True),
+        Col("message"),
+        when("created_at", optional=True),
+        when("resolved_at", optional=True),
+    ]
+    show(rows, cols, as_json=json_)
 
 
 @alerts.command("resolve")

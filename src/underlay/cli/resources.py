@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from underlay.cli.common import JsonOpt, ProjectOpt, cell, client, project_of, show
+from underlay.cli.common import Col, JsonOpt, ProjectOpt, cell, client, project_of, show, when
 from underlay.logs import escape_control
 
 projects = typer.Typer(help="Projects (tenants) and their members.", no_args_is_help=True)
@@ -27,7 +27,8 @@ YesOpt = Annotated[bool, typer.Option("--yes", metavar="", help="Do not ask.")]
 def projects_ls(json_: JsonOpt = False) -> None:
     """List the projects you can see."""
     with client() as c:
-        show(c.list_projects(), ["name", "description", "created_at"], as_json=json_)
+        cols = [Col("name", ident=True), Col("description"), when("created_at", optional=True)]
+        show(c.list_projects(), cols, as_json=json_)
 
 
 @projects.command("create")
@@ -54,7 +55,8 @@ def projects_delete(name: str, yes: YesOpt = False) -> None:
 def projects_members(project: str, json_: JsonOpt = False) -> None:
     """List a project's members and their roles."""
     with client() as c:
-        show(c.list_members(project), ["user", "role", "created_at"], as_json=json_)
+        cols = [Col("user", ident=True), Col("role"), when("created_at", optional=True)]
+        show(c.list_members(project), cols, as_json=json_)
 
 
 @projects.command("add-member")
@@ -89,14 +91,34 @@ def projects_remove_member(project: str, user: str) -> None:
 def users_ls(json_: JsonOpt = False) -> None:
     """List users."""
     with client() as c:
-        show(c.list_users(), ["name", "email", "is_admin", "is_active"], as_json=json_)
+        cols = [
+            Col("name", ident=True),
+            Col("email", optional=True),
+            Col("is_admin"),
+            Col("is_active"),
+        ]
+        show(c.list_users(), cols, as_json=json_)
 
 
 @users.command("me")
 def users_me(json_: JsonOpt = False) -> None:
     """Who the current token belongs to, and its projects."""
     with client() as c:
-        show(c.me(), ["name", "is_admin", "projects"], as_json=json_)
+        me = c.me()
+    if json_:
+        show(me, [], as_json=True)
+        return
+    from rich.console import Console
+
+    roles = ", ".join(f"{p} ({r})" for p, r in sorted(me.projects.items())) or "none"
+    lines = [
+        ("user", me.name),
+        ("admin", "yes (global admin)" if me.is_admin else "no"),
+        ("grants", ", ".join(me.grants) or "none"),
+        ("projects", roles),
+    ]
+    for label, value in lines:
+        Console(soft_wrap=True).print(cell(f"{label + ':':<10}{value}"))
 
 
 @users.command("create")
@@ -152,7 +174,14 @@ def users_deactivate(name: str) -> None:
 def tokens_ls(json_: JsonOpt = False) -> None:
     """List your tokens (never their secrets)."""
     with client() as c:
-        cols = ["id", "name", "prefix", "expires_at", "revoked_at", "last_used_at"]
+        cols = [
+            Col("id", ident=True),
+            Col("name", ident=True),
+            Col("prefix", ident=True),
+            when("expires_at"),
+            when("revoked_at", optional=True),
+            when("last_used_at", optional=True),
+        ]
         show(c.list_tokens(), cols, as_json=json_)
 
 
@@ -238,15 +267,36 @@ def blobs_rm(digest: str, project: ProjectOpt = None) -> None:
     typer.echo(f"deleted blob {digest} from {project}")
 
 
+def _size(row: dict[str, object]) -> str:
+    from underlay.cli.units import size
+
+    return size(int(str(row["size"])))
+
+
+BLOB_COLUMNS = [
+    Col("digest", ident=True),
+    Col("size", fmt=_size),
+    Col("name", ident=True, optional=True),
+    when("created_at", optional=True),
+]
+
+
 @blobs.command("ls")
 def blobs_ls(project: ProjectOpt = None, json_: JsonOpt = False) -> None:
     """List a project's blobs."""
     with client() as c:
-        show(
-            c.list_blobs(project_of(project)),
-            ["digest", "size", "name", "created_at"],
-            as_json=json_,
-        )
+        show(c.list_blobs(project_of(project)), BLOB_COLUMNS, as_json=json_)
+
+
+AUDIT_COLUMNS = [
+    Col("seq", ident=True),
+    when("at", optional=True),
+    Col("actor", ident=True),
+    Col("action"),
+    Col("resource", ident=True),
+    Col("outcome", optional=True),
+    Col("client", optional=True),
+]  # optional columns go from the last: client, outcome, then the time
 
 
 @audit.command("ls")
@@ -265,7 +315,7 @@ def audit_ls(
         rows = c.list_audit(
             actor=actor, action=action, project=project, outcome=outcome, limit=limit
         )
-    show(rows, ["seq", "at", "actor", "action", "resource", "outcome", "client"], as_json=json_)
+    show(rows, AUDIT_COLUMNS, as_json=json_)
 
 
 @audit.command("verify")

@@ -257,14 +257,19 @@ class Client(ComputeMethods, DataMethods, TableMethods):
         return self._one(BlobRead, "GET", f"/projects/{project}/blobs/{digest}")
 
     def iter_blob(self, project: str, digest: str) -> Iterator[bytes]:
-        """Stream a blob's bytes, checking the SHA-256 end to end."""
+        """Stream a blob's bytes, checking the SHA-256 end to end. ``digest`` may carry the
+        ``sha256:`` prefix or be a unique short prefix; the server names the full digest."""
         path = f"/projects/{project}/blobs/{digest}/content"
-        what = f"blob sha256:{digest} of project {project!r}"
-        return self._iter_verified(path, what, digest)
+        ref = digest.removeprefix("sha256:")
+        what = f"blob sha256:{ref} of project {project!r}"
+        return self._iter_verified(path, what, ref if len(ref) == 64 else None, prefix=ref)
 
-    def _iter_verified(self, path: str, what: str, digest: str | None = None) -> Iterator[bytes]:
+    def _iter_verified(
+        self, path: str, what: str, digest: str | None = None, *, prefix: str = ""
+    ) -> Iterator[bytes]:
         """Stream ``path``'s bytes and check their SHA-256 against ``digest`` (else against the
-        server's ``X-Content-SHA256``); a server that cannot be reached is ``Unavailable``."""
+        server's ``X-Content-SHA256``, which must start with ``prefix``); a server that cannot
+        be reached is ``Unavailable``."""
         hasher = hashlib.sha256()
         try:
             with self._http.stream("GET", path) as response:
@@ -272,6 +277,8 @@ class Client(ComputeMethods, DataMethods, TableMethods):
                     response.read()
                     _raise_for_problem(response)
                 expected = digest or response.headers.get("X-Content-SHA256", "")
+                if not expected.startswith(prefix):
+                    raise IntegrityFailure(f"{what} arrived as another blob ({expected})")
                 for chunk in response.iter_bytes(CHUNK):
                     hasher.update(chunk)
                     yield chunk

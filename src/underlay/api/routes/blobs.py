@@ -118,6 +118,8 @@ def download_blob(project: str, digest: str, ctx: Ctx) -> StreamingResponse:
     resource = f"project:{project}/blob:{digest[:64]}"
     with ctx.unit("blob.read", resource, project=project) as u:
         found = identity.read_project(u.session, project, ctx.actor)
+        digest = ctx.platform.blobs.resolve(u.session, found.id, digest)
+        u.resource = f"project:{project}/blob:{digest}"  # the full digest, not the prefix given
         return stream_blob(ctx.platform.blobs, u.session, found.id, digest)
 
 
@@ -131,7 +133,7 @@ def stream_blob(
     """A response streaming a blob, decrypted and verified chunk by chunk. The first chunk is
     read here, inside the caller's unit, so a corrupt head fails before the status line."""
     blob = blobs.read_blob(session, project_id, digest)
-    chunks = blobs.open(session, project_id, digest)
+    chunks = blobs.open(session, project_id, blob.digest)
     first = next(chunks, b"")
 
     def body() -> Iterator[bytes]:
@@ -148,5 +150,7 @@ def delete_blob(project: str, digest: str, ctx: Ctx) -> Response:
     resource = f"project:{project}/blob:{digest[:64]}"
     with ctx.unit("blob.delete", resource, project=project) as u:
         found = identity.read_project(u.session, project, ctx.actor, Action.write)
+        digest = ctx.platform.blobs.resolve(u.session, found.id, digest)
+        u.resource = f"project:{project}/blob:{digest}"
         ctx.platform.blobs.delete_blob(u.session, found.id, digest)
     return Response(status_code=204)
