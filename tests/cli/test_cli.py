@@ -467,8 +467,6 @@ def test_blobs_tokens_and_audit_tables_fit_80_columns(
     shows_whole(blobs, digest, "2.86 MiB")
     listed = as_json(cli("blobs", "ls", "-p", "vision", "--json"))
     assert listed[0]["size"] == 3_000_000  # raw bytes
-        as_json(cli("blobs", "ls", "-p", "vision", "--json"))[0]["size"] == 3_000_000
-    )  # raw bytes
     # A resource naming a digest is wider than 80 columns: the table grows rather than cut it.
     audit = narrow(server, cli_home, "audit", "ls")
     shows_whole(audit, f"project:vision/blob:{digest}", fits=False)
