@@ -258,3 +258,12 @@ def test_pull_never_writes_outside_its_folder_whatever_a_server_sends(
     with pytest.raises(InvalidInput):
         _target(tmp_path / "out", path)
     assert _target(tmp_path / "out", "a/b.txt") == tmp_path / "out" / "a" / "b.txt"
+
+
+def test_a_bad_name_is_refused_before_anything_is_uploaded(
+    admin: Any, project: str, tmp_path: Path
+) -> None:
+    src = _tree(tmp_path / "s", {"a.txt": b"never sent"})
+    with pytest.raises(InvalidInput, match="dataset name"):
+        admin.push_dataset(project, "Bad Name", src)
+    assert admin.list_blobs(project) == []

@@ -58,7 +58,10 @@ def test_bad_references_and_missing_things_are_one_line_errors(cli: Cli, tmp_pat
     assert_one_line_error(missing, "dataset 'nothing' not found")
     other = cli("datasets", "diff", "a@1", "b@2", "-p", "vision", ok=False)
     assert_one_line_error(other, "compare two versions of one dataset")
-    bad_name = cli("datasets", "push", "Bad Name", str(tmp_path), "-p", "vision", ok=False)
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    bad_name = cli("datasets", "push", "Bad Name", str(folder), "-p", "vision", ok=False)
     assert_one_line_error(bad_name, "dataset name")
 
 

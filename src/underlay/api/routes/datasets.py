@@ -107,6 +107,7 @@ def delete_dataset(project: str, name: DatasetName, ctx: Ctx) -> Response:
 @router.post("/{name}/missing", response_model=MissingDigests)
 def missing_blobs(project: str, name: DatasetName, body: DigestList, ctx: Ctx) -> MissingDigests:
     """Which of these file digests the project lacks: the first step of a push."""
+    _check_name(name)  # refuse a bad name before anything is uploaded
     with ctx.unit("dataset.plan", _resource(project, name), audited=False) as u:
         found = identity.read_project(u.session, project, ctx.actor, Action.write)
         return MissingDigests(missing=datasets.missing(u.session, found.id, body.digests))
