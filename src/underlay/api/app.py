@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, FastAPI
 
 from underlay import __version__
-from underlay.api import problems, server
+from underlay.api import docs, problems, server
 from underlay.api.limits import UploadSlots
 from underlay.api.middleware import RequestContextMiddleware
 from underlay.api.routes import (
@@ -54,7 +54,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         summary="Self-hosted AI infrastructure platform",
         lifespan=lifespan,
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        docs_url=None,  # served with local assets by api.docs
         redoc_url=None,
     )
     app.state.platform = platform
@@ -73,6 +73,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     for module in (users, projects, tokens, blobs, lineage, audit, nodes, jobs, usage, alerts):
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(api)
+    docs.install(app, API_PREFIX)
     return app
 
 
