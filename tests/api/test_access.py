@@ -259,7 +259,8 @@ def test_setting_another_projects_quota_is_refused_like_any_project(server, admi
     seen = _as_bob(server, admin, "PUT", "/projects/vision/quotas/A100", body)
     missing = _as_bob(server, admin, "PUT", "/projects/nothing/quotas/A100", body)
     assert (seen.status_code, missing.status_code) == (403, 403), seen.text
-    assert seen.json()["detail"] == "user 'bob' may not admin: it needs a global admin"
+    detail = "bob is not a global admin; only a global admin may administer this"
+    assert seen.json()["detail"] == detail
     _same_answer(seen, missing)
     assert admin.list_quotas("vision") == []
 
@@ -279,3 +280,40 @@ def test_another_projects_alert_is_404_like_a_missing_one(server, admin, hidden)
     assert seen.json()["detail"] == f"alert {hidden['alert']} does not exist"
     assert missing.json()["detail"] == "alert 999999 does not exist"
     assert [a.id for a in admin.list_alerts(project="vision")] == [hidden["alert"]]
+
+
+def _queued_job_of(server, user: str, project: str = "vision") -> int:  # type: ignore[no-untyped-def]
+    from underlay.compute.models import Job
+    from underlay.store.models import Project, User
+
+    with server.platform.db.session(Scope.everything()) as s:
+        found = s.scalars(select(Project).where(Project.name == project)).one()
+        owner = s.scalars(select(User).where(User.name == user)).one()
+        job = Job(project_id=found.id, user_id=owner.id, command='["true"]', state="queued")
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def test_only_a_jobs_owner_or_an_admin_may_cancel_it(server, admin, people) -> None:  # type: ignore[no-untyped-def]
+    """Slurm's rule: another member of the project gets 403; a non-member 404 as always."""
+    admin.create_user("carol")
+    admin.add_member("vision", "carol", "member")
+    admin.create_user("vera")
+    admin.add_member("vision", "vera", "admin")
+    job_id = _queued_job_of(server, "alice")
+    refused = pytest.raises(PermissionDenied, match=rf"^carol does not own job {job_id}; only")
+    with server.client(admin.create_token("t", user="carol").token) as carol, refused:
+        carol.cancel_job("vision", job_id)
+    with pytest.raises(PermissionDenied, match="victor is a viewer of project 'vision'"):
+        people["victor"].cancel_job("vision", job_id)
+    with pytest.raises(NotFound, match="project 'vision' not found"):
+        people["bob"].cancel_job("vision", job_id)
+    assert "cancel" not in (admin.read_job("vision", job_id).reason or "")
+    # queued: "cancelled by alice"; admitted by the live scheduler: "cancelling (requested by …)"
+    assert "alice" in (people["alice"].cancel_job("vision", job_id).reason or "")
+    other = _queued_job_of(server, "alice")
+    with server.client(admin.create_token("t", user="vera").token) as vera:
+        assert "vera" in (vera.cancel_job("vision", other).reason or "")
+    third = _queued_job_of(server, "alice")
+    assert "admin" in (admin.cancel_job("vision", third).reason or "")
