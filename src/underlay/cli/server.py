@@ -41,6 +41,7 @@ def up(
 
     settings = Settings()
     logs.configure(settings.log_format, settings.log_level)
+    _check_port_free(settings.server.host, settings.server.port)
     platform = Platform(settings)
     secret = platform.start()
     if secret:
@@ -70,6 +71,28 @@ def up(
         )
     else:
         uvicorn.run(create_app(platform, start=False), **common)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """One-line error and exit 1 when ``host:port`` cannot be bound, before anything starts
+    (uvicorn binds only after the app's start-up, which starts the scheduler and agent)."""
+    import socket
+    import sys
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        print(
+            f"error: cannot listen on {host}:{port}: {reason.lower()}; is another server "
+            "running? choose another --port",
+            file=sys.stderr,
+        )
+        raise typer.Exit(1) from None
 
 
 def login(
