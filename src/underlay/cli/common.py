@@ -99,3 +99,24 @@ def cell(value: object) -> Text:
     from underlay.logs import escape_control
 
     return Text("" if value is None else escape_control(str(value)))
+
+
+def read_password(from_stdin: bool, *, confirm: bool = False, label: str = "password") -> str:
+    """A password from the first line of stdin (``--password-stdin``, for scripts) or from a
+    hidden prompt; with stdin not a terminal and no ``--password-stdin``, an error that says
+    so (a prompt there would echo the password or warn)."""
+    import sys
+
+    import typer
+
+    from underlay.errors import InvalidInput
+
+    if from_stdin:
+        secret = sys.stdin.readline().rstrip("\r\n")
+        if not secret:
+            raise InvalidInput(f"--password-stdin read no {label}: pipe it in on one line")
+        return secret
+    if not sys.stdin.isatty():
+        raise InvalidInput("stdin is not a terminal: pass --password-stdin and pipe the password")
+    result: str = typer.prompt(label, hide_input=True, confirmation_prompt=confirm)
+    return result

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from underlay.cli.common import cell, client, show
+from underlay.cli.common import cell, client, read_password, show
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -104,11 +104,12 @@ def users_create(
     ] = False,
     email: Annotated[str | None, typer.Option(help="Contact address.")] = None,
     admin: Annotated[bool, typer.Option("--admin", help="Make a global admin.")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin's first line.")
+    ] = False,
 ) -> None:
     """Create a user."""
-    secret = (
-        typer.prompt("password", hide_input=True, confirmation_prompt=True) if password else None
-    )
+    secret = read_password(password_stdin, confirm=True) if password or password_stdin else None
     with client() as c:
         user = c.create_user(name, password=secret, email=email, is_admin=admin)
     typer.echo(f"created user {user.name}")

@@ -113,9 +113,13 @@ def login(
         str | None,
         typer.Option("--project", "-p", help="The profile's default project."),
     ] = None,
+    password_stdin: Annotated[
+        bool,
+        typer.Option("--password-stdin", help="With --user: read the password from stdin."),
+    ] = False,
 ) -> None:
     """Check credentials against a server and save them as a profile (made the current one)."""
-    from underlay.cli.common import OPTIONS
+    from underlay.cli.common import OPTIONS, read_password
     from underlay.client import Client
     from underlay.client.profiles import resolve, save_profile
 
@@ -129,10 +133,14 @@ def login(
     server, name = resolved.url.value, resolved.profile.value
     assert server is not None and name is not None
     secret = resolved.token.value if resolved.token.source != f"profile {name!r}" else None
+    if password_stdin and user is None:
+        from underlay.errors import InvalidInput
+
+        raise InvalidInput("--password-stdin needs --user NAME")
     if user is not None or secret is None:
         if user is None:
             user = typer.prompt("user")
-        password = typer.prompt("password", hide_input=True)
+        password = read_password(password_stdin)
         with Client(server) as anonymous:
             secret = anonymous.login(user, password).token
     with Client(server, secret) as c:
