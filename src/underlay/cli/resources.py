@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from underlay.cli.common import cell, client, read_password, show
+from underlay.cli.common import cell, client, parse_moment, read_password, show
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -235,14 +236,54 @@ def audit_ls(
     action: Annotated[str | None, typer.Option(help="Only this action.")] = None,
     project: Annotated[str | None, typer.Option(help="Only this project.")] = None,
     outcome: Annotated[str | None, typer.Option(help="ok, denied or error.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="From this time: ISO (UTC if no zone) or an age (1h, 2d).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Before this time (ISO or age).")] = None,
+    after: Annotated[
+        int | None, typer.Option("--after", help="Entries newer than this seq (page forward).")
+    ] = None,
+    before: Annotated[
+        int | None, typer.Option("--before", help="Entries older than this seq (next page).")
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
 ) -> None:
-    """List audit entries, oldest first."""
+    """List audit entries, newest first; the next page is '--before SEQ' (printed below)."""
+    if after is not None and before is not None:
+        raise typer.BadParameter("--after and --before go one at a time")
+    times = {
+        k: parse_moment(v, f"--{k}").isoformat()
+        for k, v in (("since", since), ("until", until))
+        if v
+    }
+    filters = {"actor": actor, "action": action, "project": project, "outcome": outcome}
     with client() as c:
         rows = c.list_audit(
-            actor=actor, action=action, project=project, outcome=outcome, limit=limit
+            **filters,
+            **times,
+            limit=limit,
+            after_seq=after,
+            before_seq=before,
+            order="asc" if after is not None else "desc",
         )
-    show(rows, ["seq", "at", "actor", "action", "resource", "outcome", "client"], as_json=json_)
+    rows.sort(key=lambda e: e.seq, reverse=True)
+    cursor = _audit_cursor(rows, limit, forward=after is not None)
+    if json_:
+        entries = [r.model_dump(mode="json") for r in rows]
+        print(json.dumps({"entries": entries, "next": cursor}, indent=2))
+        return
+    show(rows, ["seq", "at", "actor", "action", "resource", "outcome", "client"], as_json=False)
+    if cursor:
+        flag, seq = next(iter(cursor.items()))
+        typer.echo(f"more: underlay audit ls --{flag} {seq} (same filters)", err=True)
+
+
+def _audit_cursor(rows: list[Any], limit: int, *, forward: bool) -> dict[str, int] | None:
+    """The next page's cursor: a full page may have more beyond it (older, or newer when
+    paging forward with --after)."""
+    if len(rows) < limit or not rows:
+        return None
+    return {"after": rows[0].seq} if forward else {"before": rows[-1].seq}
 
 
 @audit.command("verify")
