@@ -240,6 +240,31 @@ def update_user(
     return user
 
 
+def change_password(session: Session, actor: Actor, old: str, new: str) -> User:
+    """Set ``actor``'s own password after checking the current one; the user's other tokens
+    are revoked (a leaked password may have minted them), the calling token is kept."""
+    user = session.get(User, actor.user_id)
+    try:
+        if user is None or not user.password_hash:
+            raise VerificationError
+        _hasher.verify(user.password_hash, old[:1024])
+    except (VerificationError, InvalidHashError):
+        raise PermissionDenied("the current password is wrong; nothing was changed") from None
+    user.password_hash = hash_password(new)
+    for token in list_tokens(session, user.id):
+        if token.revoked_at is None and token.id != actor.token_id:
+            token.revoked_at = utcnow()
+    return user
+
+
+def reset_password(session: Session, name: str, new: str) -> User:
+    """A global admin sets ``name``'s password; every token of that user is revoked."""
+    user = read_user(session, name)
+    user.password_hash = hash_password(new)
+    revoke_all_tokens(session, user.id)
+    return user
+
+
 def _check_grant(grant: str) -> str:
     if grant not in GRANTS:
         raise InvalidInput(f"unknown grant {grant[:40]!r}; grants are: {', '.join(GRANTS)}")

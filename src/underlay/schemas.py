@@ -51,6 +51,19 @@ class UserUpdate(_In):
     is_admin: bool | None = None
 
 
+class PasswordChange(_In):
+    """Change one's own password: the current one proves it is you."""
+
+    old_password: Text = Field(max_length=1024)
+    new_password: Text = Field(min_length=8, max_length=1024)
+
+
+class PasswordReset(_In):
+    """A global admin sets another user's password."""
+
+    new_password: Text = Field(min_length=8, max_length=1024)
+
+
 class UserRead(_Out):
     id: int
     name: str

@@ -66,3 +66,81 @@ def test_no_terminal_and_no_password_stdin_is_one_line_error(
     assert result.returncode != 0
     assert result.stderr.startswith(message), result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def _as(
+    tmp_path: Path, server: LiveServer, token: str, *args: str, stdin: str
+) -> CompletedProcess[str]:
+    env = clean_env(
+        UNDERLAY_HOME=str(tmp_path / "cli-home"),
+        XDG_CONFIG_HOME=str(tmp_path / "xdg"),
+        UNDERLAY_URL=server.url,
+        UNDERLAY_TOKEN=token,
+    )
+    result = run_cli(*args, env=env, stdin=stdin)
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    return result
+
+
+def test_changing_your_password_checks_the_old_one_and_revokes_your_other_tokens(
+    tmp_path: Path, server: LiveServer
+) -> None:
+    from underlay.client import Client
+    from underlay.errors import Unauthenticated
+
+    with server.client() as admin:
+        admin.create_user("ann", password="first-pw-1")
+    with Client(server.url) as anonymous:
+        here = anonymous.login("ann", "first-pw-1").token
+        elsewhere = anonymous.login("ann", "first-pw-1").token
+    passwd = ["users", "passwd", "--password-stdin"]
+    wrong = _as(tmp_path, server, here, *passwd, stdin="not-it-at-all\nsecond-pw-2\n")
+    assert wrong.returncode != 0
+    assert wrong.stderr == "error: the current password is wrong; nothing was changed\n"
+    done = _as(tmp_path, server, here, *passwd, stdin="first-pw-1\nsecond-pw-2\n")
+    assert done.returncode == 0, done.stderr
+    assert "password of ann changed" in done.stdout
+    with Client(server.url, here) as kept, Client(server.url, elsewhere) as revoked:
+        assert kept.me().name == "ann"
+        with pytest.raises(Unauthenticated):
+            revoked.me()
+    with Client(server.url) as anonymous:
+        with pytest.raises(Unauthenticated):
+            anonymous.login("ann", "first-pw-1")
+        assert anonymous.login("ann", "second-pw-2").token
+
+
+def test_an_admin_resets_a_password_and_every_token_of_that_user_is_revoked(
+    tmp_path: Path, server: LiveServer
+) -> None:
+    from underlay.client import Client
+    from underlay.errors import Unauthenticated
+
+    with server.client() as admin:
+        admin.create_user("ann", password="first-pw-1")
+        admin.create_user("bob", password="bobs-pw-11")
+    with Client(server.url) as anonymous:
+        ann = anonymous.login("ann", "first-pw-1").token
+    refused = _as(
+        tmp_path,
+        server,
+        ann,
+        "users",
+        "passwd",
+        "bob",
+        "--reset",
+        "--password-stdin",
+        stdin="x" * 9 + "\n",
+    )
+    assert refused.returncode != 0
+    assert refused.stderr.startswith("error: ann is not a global admin; only a global admin")
+    reset = ["users", "passwd", "ann", "--reset", "--password-stdin"]
+    done = _as(tmp_path, server, server.admin_token, *reset, stdin="reset-pw-3\n")
+    assert done.returncode == 0, done.stderr
+    with Client(server.url, ann) as revoked, pytest.raises(Unauthenticated):
+        revoked.me()
+    with Client(server.url) as anonymous:
+        assert anonymous.login("ann", "reset-pw-3").token
+    mixed = _as(tmp_path, server, server.admin_token, "users", "passwd", "--reset", stdin="")
+    assert mixed.returncode != 0 and mixed.stderr.startswith("error: ")
+    assert mixed.stderr.count("\n") == 1

@@ -116,6 +116,37 @@ def users_create(
     typer.echo(f"created user {user.name}")
 
 
+@users.command("passwd")
+def users_passwd(
+    name: Annotated[
+        str | None, typer.Argument(help="With --reset: the user whose password to set.")
+    ] = None,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Global admins: set NAME's password, no old one.")
+    ] = False,
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin", help="Read from stdin: the old password, then the new (one a line)."
+        ),
+    ] = False,
+) -> None:
+    """Change your password (old and new, prompted), or with NAME --reset set another's.
+    Your other tokens are revoked; a reset revokes all of NAME's tokens."""
+    if reset != (name is not None):
+        raise typer.BadParameter("give NAME with --reset, or neither to change your own")
+    with client() as c:
+        if name is not None:
+            new = read_password(password_stdin, confirm=True, label="new password")
+            c.reset_password(name, new)
+            typer.echo(f"password of {name} set; all of {name}'s tokens were revoked")
+            return
+        old = read_password(password_stdin, label="current password")
+        new = read_password(password_stdin, confirm=True, label="new password")
+        me = c.change_password(old, new)
+    typer.echo(f"password of {me.name} changed; your other tokens were revoked")
+
+
 @users.command("grant")
 def users_grant(
     name: str, grant: Annotated[str, typer.Argument(help="project-creator: may create projects.")]

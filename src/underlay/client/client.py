@@ -148,6 +148,16 @@ class Client(ComputeMethods):
     def list_users(self) -> list[UserRead]:
         return self._many(UserRead, "/users")
 
+    def change_password(self, old: str, new: str) -> UserRead:
+        """Change your own password; your other tokens are revoked, this client's stays."""
+        body = {"old_password": old, "new_password": new}
+        return self._one(UserRead, "POST", "/users/me/password", json=body)
+
+    def reset_password(self, name: str, new: str) -> UserRead:
+        """Set ``name``'s password (global admins); all of that user's tokens are revoked."""
+        body = {"new_password": new}
+        return self._one(UserRead, "POST", f"/users/{name}/password", json=body)
+
     def update_user(self, name: str, **changes: Any) -> UserRead:
         return self._one(UserRead, "PATCH", f"/users/{name}", json=changes)
 
