@@ -108,6 +108,10 @@ def test_changing_your_password_checks_the_old_one_and_revokes_your_other_tokens
         with pytest.raises(Unauthenticated):
             anonymous.login("ann", "first-pw-1")
         assert anonymous.login("ann", "second-pw-2").token
+    with server.client() as admin:
+        audited = admin.list_audit(action="user.password")
+    assert [e.outcome for e in audited] == ["denied", "ok"]
+    assert not any("pw" in e.model_dump_json() for e in audited)  # no password in the log
 
 
 def test_an_admin_resets_a_password_and_every_token_of_that_user_is_revoked(
