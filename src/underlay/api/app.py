@@ -21,6 +21,7 @@ from underlay.api.routes import (
     lineage,
     nodes,
     projects,
+    status,
     tokens,
     usage,
     users,
@@ -70,7 +71,8 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     app.include_router(health.router, include_in_schema=False)  # root probes too
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health.router)
-    for module in (users, projects, tokens, blobs, lineage, audit, nodes, jobs, usage, alerts):
+    routers = (users, projects, tokens, blobs, lineage, audit, nodes, jobs, usage, alerts, status)
+    for module in routers:
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(api)
     docs.install(app, API_PREFIX)

@@ -10,6 +10,7 @@ import typer
 
 from underlay.cli import admin, compute, configure, demo, keys, resources, server
 from underlay.cli.simulate import simulate
+from underlay.cli.status import status
 
 app = typer.Typer(
     name="underlay",
@@ -55,6 +56,7 @@ app.add_typer(compute.alerts, name="alerts")
 app.command("usage")(compute.usage)
 app.command("agent")(compute.agent)
 app.command("simulate")(simulate)
+app.command("status")(status)
 
 
 def main() -> None:

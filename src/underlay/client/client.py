@@ -21,6 +21,7 @@ from underlay.schemas import (
     Me,
     MemberRead,
     ProjectRead,
+    StatusRead,
     TokenCreated,
     TokenRead,
     UserRead,
@@ -147,6 +148,10 @@ class Client(ComputeMethods):
 
     def list_users(self) -> list[UserRead]:
         return self._many(UserRead, "/users")
+
+    def status(self) -> StatusRead:
+        """Server version, database and blob store kinds, nodes, and your visible queue."""
+        return self._one(StatusRead, "GET", "/status")
 
     def change_password(self, old: str, new: str) -> UserRead:
         """Change your own password; your other tokens are revoked, this client's stays."""
