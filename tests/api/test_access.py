@@ -282,6 +282,17 @@ def test_another_projects_alert_is_404_like_a_missing_one(server, admin, hidden)
     assert [a.id for a in admin.list_alerts(project="vision")] == [hidden["alert"]]
 
 
+def _cordon_every_node(admin: Client) -> None:
+    """Wait for the built-in agent's node, then cordon it."""
+    import time
+
+    deadline = time.monotonic() + 30
+    while not admin.list_nodes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for node in admin.list_nodes():
+        admin.cordon(node.name)
+
+
 def _queued_job_of(server, user: str, project: str = "vision") -> int:  # type: ignore[no-untyped-def]
     from underlay.compute.models import Job
     from underlay.store.models import Project, User
@@ -289,8 +300,7 @@ def _queued_job_of(server, user: str, project: str = "vision") -> int:  # type: 
     with server.platform.db.session(Scope.everything()) as s:
         found = s.scalars(select(Project).where(Project.name == project)).one()
         owner = s.scalars(select(User).where(User.name == user)).one()
-        # needs more CPUs than any node has, so the live scheduler leaves it queued
-        job = Job(project_id=found.id, user_id=owner.id, command='["true"]', cpu_milli=10**7)
+        job = Job(project_id=found.id, user_id=owner.id, command='["true"]', cpu_milli=100)
         s.add(job)
         s.flush()
         return job.id
@@ -302,6 +312,7 @@ def test_only_a_jobs_owner_or_an_admin_may_cancel_it(server, admin, people) -> N
     admin.add_member("vision", "carol", "member")
     admin.create_user("vera")
     admin.add_member("vision", "vera", "admin")
+    _cordon_every_node(admin)  # so the live scheduler leaves the jobs queued
     job_id = _queued_job_of(server, "alice")
     refused = pytest.raises(PermissionDenied, match=rf"^carol does not own job {job_id}; only")
     with server.client(admin.create_token("t", user="carol").token) as carol, refused:
