@@ -421,8 +421,11 @@ class AuditLog:
         until: dt.datetime | None = None,
         limit: int = 100,
         after_seq: int | None = None,
+        before_seq: int | None = None,
+        newest_first: bool = False,
     ) -> list[AuditEntry]:
-        """Entries in ``seq`` order matching every given filter; page with ``after_seq``."""
+        """Entries matching every given filter, in ``seq`` order (``newest_first``: reversed).
+        Page forward with ``after_seq`` (entries above it), back with ``before_seq``."""
         if (
             isinstance(limit, bool)
             or not isinstance(limit, int)
@@ -432,7 +435,8 @@ class AuditLog:
         for name, moment in (("since", since), ("until", until)):
             if moment is not None and moment.tzinfo is None:
                 raise InvalidInput(f"{name} must be a timezone-aware datetime (add tzinfo=UTC)")
-        stmt = select(AuditEntry).order_by(AuditEntry.seq).limit(limit)
+        order = AuditEntry.seq.desc() if newest_first else AuditEntry.seq
+        stmt = select(AuditEntry).order_by(order).limit(limit)
         if outcome is not None:
             stmt = stmt.where(AuditEntry.outcome == _check_outcome(outcome))
         if actor is not None:
@@ -447,6 +451,8 @@ class AuditLog:
             stmt = stmt.where(AuditEntry.at < until)
         if after_seq is not None:
             stmt = stmt.where(AuditEntry.seq > after_seq)
+        if before_seq is not None:
+            stmt = stmt.where(AuditEntry.seq < before_seq)
         return list(session.scalars(stmt))
 
     # -- verification -------------------------------------------------------------------

@@ -82,6 +82,12 @@ class TokenKind(StrEnum):
 
 _RANK = {Role.viewer: 1, Role.member: 2, Role.admin: 3}
 _NEEDS = {Action.read: Role.viewer, Action.write: Role.member, Action.manage: Role.admin}
+_VERB = {
+    Action.read: "read",
+    Action.write: "write to",
+    Action.manage: "administer",
+    Action.admin: "administer",
+}
 
 
 @dataclass(frozen=True)
@@ -142,16 +148,32 @@ def authorize(actor: Actor, action: Action, project: Project | None = None) -> N
     if action is Action.admin or project is None:
         if action is Action.read and project is None:
             return
-        raise PermissionDenied(f"user {actor.name!r} may not {action}: it needs a global admin")
+        raise PermissionDenied(
+            f"{actor.name} is not a global admin; only a global admin may {_VERB[action]} this"
+        )
     role = actor.roles.get(project.id)
     if role is None:
         raise NotFound(f"project {project.name!r} not found", denied=True)
     needed = _NEEDS[action]
     if _RANK[role] < _RANK[needed]:
+        article = "an" if role is Role.admin else "a"
         raise PermissionDenied(
-            f"role {role} in project {project.name!r} may not {action}; "
-            f"ask a project admin for the {needed} role"
+            f"{actor.name} is {article} {role} of project {project.name!r} and may not "
+            f"{_VERB[action]} it; ask a project admin for the {needed} role"
         )
+
+
+def authorize_owner(actor: Actor, project: Project, owner_id: int | None, what: str) -> None:
+    """Only the owner of ``what``, an admin of its project or a global admin may stop it
+    (Slurm's rule for ``scancel``); call after ``authorize(actor, Action.write, project)``."""
+    if actor.is_admin or (owner_id is not None and actor.user_id == owner_id):
+        return
+    if actor.roles.get(project.id) is Role.admin:
+        return
+    raise PermissionDenied(
+        f"{actor.name} does not own {what}; only its owner or an admin of project "
+        f"{project.name!r} may do this"
+    )
 
 
 # -- users ----------------------------------------------------------------------------------
@@ -215,6 +237,31 @@ def update_user(
             revoke_all_tokens(session, user.id)
     if is_admin is not None:
         user.is_admin = is_admin
+    return user
+
+
+def change_password(session: Session, actor: Actor, old: str, new: str) -> User:
+    """Set ``actor``'s own password after checking the current one; the user's other tokens
+    are revoked (a leaked password may have minted them), the calling token is kept."""
+    user = session.get(User, actor.user_id)
+    try:
+        if user is None or not user.password_hash:
+            raise VerificationError
+        _hasher.verify(user.password_hash, old[:1024])
+    except (VerificationError, InvalidHashError):
+        raise PermissionDenied("the current password is wrong; nothing was changed") from None
+    user.password_hash = hash_password(new)
+    for token in list_tokens(session, user.id):
+        if token.revoked_at is None and token.id != actor.token_id:
+            token.revoked_at = utcnow()
+    return user
+
+
+def reset_password(session: Session, name: str, new: str) -> User:
+    """A global admin sets ``name``'s password; every token of that user is revoked."""
+    user = read_user(session, name)
+    user.password_hash = hash_password(new)
+    revoke_all_tokens(session, user.id)
     return user
 
 

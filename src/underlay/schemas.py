@@ -51,6 +51,19 @@ class UserUpdate(_In):
     is_admin: bool | None = None
 
 
+class PasswordChange(_In):
+    """Change one's own password: the current one proves it is you."""
+
+    old_password: Text = Field(max_length=1024)
+    new_password: Text = Field(min_length=8, max_length=1024)
+
+
+class PasswordReset(_In):
+    """A global admin sets another user's password."""
+
+    new_password: Text = Field(min_length=8, max_length=1024)
+
+
 class UserRead(_Out):
     id: int
     name: str
@@ -191,3 +204,21 @@ class Problem(BaseModel):
 
     def extras(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+
+class NodeStatus(_Out):
+    name: str
+    status: str = Field(description="ready, cordoned or lost.")
+    isolation: str = Field(description="How jobs are sandboxed on this node.")
+
+
+class StatusRead(_Out):
+    """Server facts for ``underlay status``; kinds only, never URLs or credentials."""
+
+    version: str
+    database: str = Field(description="sqlite or postgresql.")
+    blob_store: str = Field(description="local, or the scheme of a remote store (s3, ...).")
+    nodes: list[NodeStatus]
+    queue: dict[str, int] = Field(
+        description="Jobs queued, admitted and running in the projects the caller can see."
+    )

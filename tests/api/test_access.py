@@ -259,7 +259,8 @@ def test_setting_another_projects_quota_is_refused_like_any_project(server, admi
     seen = _as_bob(server, admin, "PUT", "/projects/vision/quotas/A100", body)
     missing = _as_bob(server, admin, "PUT", "/projects/nothing/quotas/A100", body)
     assert (seen.status_code, missing.status_code) == (403, 403), seen.text
-    assert seen.json()["detail"] == "user 'bob' may not admin: it needs a global admin"
+    detail = "bob is not a global admin; only a global admin may administer this"
+    assert seen.json()["detail"] == detail
     _same_answer(seen, missing)
     assert admin.list_quotas("vision") == []
 
@@ -305,3 +306,51 @@ def _same_answer_but_id(seen: httpx.Response, missing: httpx.Response, job_id: i
     for before, after in ((f"job {job_id} ", "job 999999 "), (f"/jobs/{job_id}", "/jobs/999999")):
         text = text.replace(before, after)
     assert text == json.dumps(missing_body)
+
+
+def _cordon_every_node(admin: Client) -> None:
+    """Wait for the built-in agent's node, then cordon it."""
+    import time
+
+    deadline = time.monotonic() + 30
+    while not admin.list_nodes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for node in admin.list_nodes():
+        admin.cordon(node.name)
+
+
+def _queued_job_of(server, user: str, project: str = "vision") -> int:  # type: ignore[no-untyped-def]
+    from underlay.compute.models import Job
+    from underlay.store.models import Project, User
+
+    with server.platform.db.session(Scope.everything()) as s:
+        found = s.scalars(select(Project).where(Project.name == project)).one()
+        owner = s.scalars(select(User).where(User.name == user)).one()
+        job = Job(project_id=found.id, user_id=owner.id, command='["true"]', cpu_milli=100)
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def test_only_a_jobs_owner_or_an_admin_may_cancel_it(server, admin, people) -> None:  # type: ignore[no-untyped-def]
+    """Slurm's rule: another member of the project gets 403; a non-member 404 as always."""
+    admin.create_user("carol")
+    admin.add_member("vision", "carol", "member")
+    admin.create_user("vera")
+    admin.add_member("vision", "vera", "admin")
+    _cordon_every_node(admin)  # so the live scheduler leaves the jobs queued
+    job_id = _queued_job_of(server, "alice")
+    refused = pytest.raises(PermissionDenied, match=rf"^carol does not own job {job_id}; only")
+    with server.client(admin.create_token("t", user="carol").token) as carol, refused:
+        carol.cancel_job("vision", job_id)
+    with pytest.raises(PermissionDenied, match="victor is a viewer of project 'vision'"):
+        people["victor"].cancel_job("vision", job_id)
+    with pytest.raises(NotFound, match="project 'vision' not found"):
+        people["bob"].cancel_job("vision", job_id)
+    assert admin.read_job("vision", job_id).state == "queued"
+    assert people["alice"].cancel_job("vision", job_id).reason == "cancelled by alice"
+    other = _queued_job_of(server, "alice")
+    with server.client(admin.create_token("t", user="vera").token) as vera:
+        assert vera.cancel_job("vision", other).reason == "cancelled by vera"
+    third = _queued_job_of(server, "alice")
+    assert admin.cancel_job("vision", third).state == "cancelled"

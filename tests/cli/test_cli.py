@@ -201,10 +201,10 @@ def test_audit_verify_and_ls(cli: Cli) -> None:
     cli("projects", "create", "vision")
     verified = cli("audit", "verify")
     assert verified.stdout.startswith("audit log OK")
-    entries = as_json(cli("audit", "ls", "--json"))
+    entries = as_json(cli("audit", "ls", "--json"))["entries"]
     assert "project.create" in [e["action"] for e in entries]
     assert all({"seq", "actor", "action", "outcome", "hash"} <= set(e) for e in entries)
-    only = as_json(cli("audit", "ls", "--json", "--action", "project.create"))
+    only = as_json(cli("audit", "ls", "--json", "--action", "project.create"))["entries"]
     assert [e["resource"] for e in only] == ["project:vision"]
 
 
@@ -390,7 +390,7 @@ def test_data_commands_print_json(cli: Cli, tmp_path: Path) -> None:
     report = as_json(cli("audit", "verify", "--json"))
     assert report["ok"] is True and report["entries_checked"] >= 3
     assert report["problem"] is None
-    vision = as_json(cli("audit", "ls", "-p", "vision", "--json"))
+    vision = as_json(cli("audit", "ls", "-p", "vision", "--json"))["entries"]
     assert vision and {e["project"] for e in vision} == {"vision"}
 
 

@@ -42,6 +42,7 @@ NO_JSON = {
     "nodes uncordon",
     "jobs logs",
     "quotas set",
+    "users passwd",
     "datasets create",
     "datasets rm",
     "tables rm",

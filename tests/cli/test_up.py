@@ -189,3 +189,37 @@ def test_up_says_at_start_up_how_jobs_are_isolated(tmp_path: Path, isolation: st
         assert "jobs are NOT isolated" in line and "WARNING" in line
     elif os.geteuid() == 0:
         assert "jobs run isolated (namespaces+user)" in line
+
+
+def test_a_port_in_use_is_one_line_error_before_anything_starts(tmp_path: Path) -> None:
+    import socket
+
+    from tests.cli.conftest import clean_env, run_cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = clean_env(UNDERLAY_HOME=str(tmp_path / "home"), UNDERLAY_ADMIN_TOKEN=ADMIN_TOKEN)
+        result = run_cli("up", "--port", str(port), env=env)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: address already")
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "serving on" not in result.stderr + result.stdout
+    assert "leader" not in result.stderr + result.stdout
+
+
+def test_a_restart_logs_no_warning_that_the_agent_cannot_reach_the_server(tmp_path: Path) -> None:
+    # The built-in agent starts before its server listens and ticks once more after the
+    # server closed: neither is worth a warning (both were one, at every restart).
+    server = ServerProcess(tmp_path / "home")
+    for _ in range(2):
+        with server, Client(server.url, ADMIN_TOKEN) as c:
+            deadline = time.monotonic() + 30
+            while not c.list_nodes() and time.monotonic() < deadline:  # the agent got through
+                time.sleep(0.1)
+            time.sleep(1.5)  # a heartbeat interval or so, so it ticks again before the stop
+    output = server.output()
+    assert output.count("Finished server process") == 2, output
+    assert "WARNING" not in output, output
+    assert "cannot reach the server" not in output

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from underlay.compute.simulator.builtin import default_traces_dir
+import underlay as underlay_package
+from underlay.compute.simulator.builtin import PACKAGED_TRACES, default_traces_dir
 
 KEYS = {
     "avg_jct_s",
@@ -90,6 +92,44 @@ def test_a_missing_traces_folder_is_one_line_and_exit_code_2(tmp_path: Path):
     done = underlay("--trace", "philly", env={"UNDERLAY_TRACES_DIR": str(tmp_path / "none")})
     assert done.returncode == 2
     assert "set UNDERLAY_TRACES_DIR or pass --traces-dir" in done.stderr
+
+
+def test_philly_runs_from_the_packaged_files_alone(tmp_path: Path):
+    # A plain install: the package copied away from the checkout (no ../shared beside it),
+    # another working directory and no UNDERLAY_TRACES_DIR.
+    site = tmp_path / "site"
+    shutil.copytree(
+        Path(underlay_package.__file__).parent,
+        site / "underlay",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    env = {k: v for k, v in os.environ.items() if k != "UNDERLAY_TRACES_DIR"}
+    env["PYTHONPATH"] = str(site)
+    fast = ["--interval", "86400", "--cluster", "64x8xP100", "--json"]
+    done = subprocess.run(
+        [sys.executable, "-m", "underlay.cli.main", "simulate", "--trace", "philly", *fast],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["trace"] == "philly"
+    assert report["jobs"] == 15264 and report["skipped_rows"] == 0
+
+
+def test_the_packaged_philly_files_carry_their_licence_and_attribution():
+    readme = PACKAGED_TRACES / "philly-derived" / "README.md"
+    text = readme.read_text()
+    assert "CC-BY-4.0" in text and "MIT" in text and "Jeon et al." in text
+    assert sorted(p.name for p in readme.parent.glob("*.csv.gz")) == [
+        "philly_duration_gpus_ge1h.csv.gz",
+        "philly_runtime.csv.gz",
+        "philly_vc_arrivals.csv.gz",
+        "philly_vc_nodes.csv.gz",
+    ]
 
 
 needs_traces = pytest.mark.skipif(

@@ -154,11 +154,9 @@ def test_forbidden_sql_is_refused_and_audited(
     admin.write_table(project, "t", pa.table({"id": [1]}))
     with pytest.raises(InvalidInput, match=reason):
         admin.sql(project, query)
-    (entry,) = (
-        admin.list_audit(action="table.sql", outcome="error")
-        or admin.list_audit(action="table.sql")[-1:]
-    )
-    assert entry.resource == f"project:{project}/sql"
+    (entry,) = admin.list_audit(action="table.sql")
+    assert (entry.outcome, entry.resource) == ("error", f"project:{project}/sql")
+    assert json.loads(entry.detail)["query"] == query
 
 
 def test_sql_sees_only_the_callers_project(admin: Any, project: str) -> None:

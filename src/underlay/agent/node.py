@@ -35,13 +35,28 @@ from underlay.compute.executors.base import (
 from underlay.compute.inventory import NodeInventory, probe_node
 from underlay.compute.schemas import AttemptEnded, AttemptRef, LaunchInfo
 from underlay.config import Settings
-from underlay.errors import NotFound, UnderlayError
+from underlay.errors import NotFound, Unavailable, UnderlayError
 
 if TYPE_CHECKING:
     from underlay.client import Client
 
 log = logging.getLogger(__name__)
 LOG_SHIP_MAX = 1024 * 1024
+UNREACHABLE_WARN_S = 10.0
+"""How long the server may be unreachable before the agent warns (once per outage)."""
+
+
+def _log_unreachable(exc: Unavailable, outage: list[float]) -> None:
+    """Quiet while the outage is short (the built-in agent starts before its server listens
+    and stops after it closed); one warning once it lasts ``UNREACHABLE_WARN_S``."""
+    now = time.monotonic()
+    if not outage:
+        outage.append(now)
+    if now - outage[0] < UNREACHABLE_WARN_S or len(outage) > 1:
+        log.debug("agent cannot reach the server: %s", exc)
+        return
+    outage.append(now)
+    log.warning("agent tick failed: %s", exc)
 
 
 class NodeAgent:
@@ -73,9 +88,13 @@ class NodeAgent:
                 except BlockingIOError:
                     self._stop.wait(2.0)
             interval = min(1.0, self.settings.compute.heartbeat_interval_s)
+            outage: list[float] = []  # when the server stopped answering, then "warned"
             while not self._stop.is_set():
                 try:
                     self.tick()
+                    outage.clear()
+                except Unavailable as exc:
+                    _log_unreachable(exc, outage)
                 except UnderlayError as exc:
                     log.warning("agent tick failed: %s", exc)
                 except Exception:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, FastAPI
 
 from underlay import __version__
-from underlay.api import problems, server
+from underlay.api import docs, problems, server
 from underlay.api.limits import UploadSlots
 from underlay.api.middleware import RequestContextMiddleware
 from underlay.api.routes import (
@@ -22,6 +22,7 @@ from underlay.api.routes import (
     lineage,
     nodes,
     projects,
+    status,
     tables,
     tokens,
     usage,
@@ -58,7 +59,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         summary="Self-hosted AI infrastructure platform",
         lifespan=lifespan,
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        docs_url=None,  # served with local assets by api.docs
         redoc_url=None,
     )
     app.state.platform = platform
@@ -78,7 +79,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     app.include_router(health.router, include_in_schema=False)  # root probes too
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health.router)
-    for module in (
+    routers = (
         users,
         projects,
         tokens,
@@ -89,12 +90,15 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         jobs,
         usage,
         alerts,
+        status,
         datasets,
         tables,
-    ):
+    )
+    for module in routers:
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)
     api.include_router(jobs.by_id, responses=problems.PROBLEM_RESPONSES)  # global job ids
     app.include_router(api)
+    docs.install(app, API_PREFIX)
     return app
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -239,3 +240,48 @@ def cell(value: object) -> Text:
     from underlay.logs import escape_control
 
     return Text("" if value is None else escape_control(str(value)))
+
+
+def read_password(from_stdin: bool, *, confirm: bool = False, label: str = "password") -> str:
+    """A password from the first line of stdin (``--password-stdin``, for scripts) or from a
+    hidden prompt; with stdin not a terminal and no ``--password-stdin``, an error that says
+    so (a prompt there would echo the password or warn)."""
+    import sys
+
+    import typer
+
+    from underlay.errors import InvalidInput
+
+    if from_stdin:
+        secret = sys.stdin.readline().rstrip("\r\n")
+        if not secret:
+            raise InvalidInput(f"--password-stdin read no {label}: pipe it in on one line")
+        return secret
+    if not sys.stdin.isatty():
+        raise InvalidInput("stdin is not a terminal: pass --password-stdin and pipe the password")
+    result: str = typer.prompt(label, hide_input=True, confirmation_prompt=confirm)
+    return result
+
+
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_moment(text: str, flag: str) -> dt.datetime:
+    """An ISO time (UTC when it names no zone) or an age before now: ``90s``, ``15m``,
+    ``1h``, ``2d``, ``1w``."""
+    import re
+
+    from underlay.errors import InvalidInput
+
+    now = dt.datetime.now(dt.UTC)
+    match = re.fullmatch(r"(\d{1,9})([smhdw])", text.strip())
+    if match:
+        return now - dt.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        moment = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidInput(
+            f"{flag} {text[:40]!r} is neither an ISO time (2026-01-31T12:00) nor an age "
+            "like 90s, 15m, 1h, 2d or 1w"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)

@@ -10,6 +10,7 @@ import typer
 
 from underlay.cli import admin, compute, configure, data, demo, keys, resources, server, tables
 from underlay.cli.simulate import simulate
+from underlay.cli.status import status
 
 app = typer.Typer(
     name="underlay",
@@ -72,6 +73,7 @@ app.add_typer(compute.alerts, name="alerts")
 app.command("usage")(compute.usage)
 app.command("agent")(compute.agent)
 app.command("simulate")(simulate)
+app.command("status")(status)
 
 
 def main() -> None:

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from underlay.cli.common import Col, JsonOpt, ProjectOpt, cell, client, project_of, show, when
+from underlay.cli.common import (
+    Col,
+    JsonOpt,
+    ProjectOpt,
+    cell,
+    client,
+    parse_moment,
+    project_of,
+    read_password,
+    show,
+    when,
+)
 from underlay.logs import escape_control
 
 projects = typer.Typer(help="Projects (tenants) and their members.", no_args_is_help=True)
@@ -134,14 +145,52 @@ def users_create(
     admin: Annotated[
         bool, typer.Option("--admin", metavar="", help="Make a global admin.")
     ] = False,
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin", metavar="", help="Read the password from stdin's first line."
+        ),
+    ] = False,
 ) -> None:
     """Create a user."""
-    secret = (
-        typer.prompt("password", hide_input=True, confirmation_prompt=True) if password else None
-    )
+    secret = read_password(password_stdin, confirm=True) if password or password_stdin else None
     with client() as c:
         user = c.create_user(name, password=secret, email=email, is_admin=admin)
     typer.echo(f"created user {user.name}")
+
+
+@users.command("passwd")
+def users_passwd(
+    name: Annotated[
+        str | None, typer.Argument(help="With --reset: the user whose password to set.")
+    ] = None,
+    reset: Annotated[
+        bool,
+        typer.Option("--reset", metavar="", help="Global admins: set NAME's password, no old one."),
+    ] = False,
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin",
+            metavar="",
+            help="Read from stdin: the old password, then the new (one a line).",
+        ),
+    ] = False,
+) -> None:
+    """Change your password (old and new, prompted), or with NAME --reset set another's.
+    Your other tokens are revoked; a reset revokes all of NAME's tokens."""
+    if reset != (name is not None):
+        raise typer.BadParameter("give NAME with --reset, or neither to change your own")
+    with client() as c:
+        if name is not None:
+            new = read_password(password_stdin, confirm=True, label="new password")
+            c.reset_password(name, new)
+            typer.echo(f"password of {name} set; all of {name}'s tokens were revoked")
+            return
+        old = read_password(password_stdin, label="current password")
+        new = read_password(password_stdin, confirm=True, label="new password")
+        me = c.change_password(old, new)
+    typer.echo(f"password of {me.name} changed; your other tokens were revoked")
 
 
 @users.command("grant")
@@ -308,14 +357,54 @@ def audit_ls(
         str | None, typer.Option("--project", "-p", help="Only this project.")
     ] = None,
     outcome: Annotated[str | None, typer.Option(help="ok, denied or error.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="From this time: ISO (UTC if no zone) or an age (1h, 2d).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Before this time (ISO or age).")] = None,
+    after: Annotated[
+        int | None, typer.Option("--after", help="Entries newer than this seq (page forward).")
+    ] = None,
+    before: Annotated[
+        int | None, typer.Option("--before", help="Entries older than this seq (next page).")
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
 ) -> None:
-    """List audit entries, oldest first."""
+    """List audit entries, newest first; the next page is '--before SEQ' (printed below)."""
+    if after is not None and before is not None:
+        raise typer.BadParameter("--after and --before go one at a time")
+    times = {
+        k: parse_moment(v, f"--{k}").isoformat()
+        for k, v in (("since", since), ("until", until))
+        if v
+    }
+    filters = {"actor": actor, "action": action, "project": project, "outcome": outcome}
     with client() as c:
         rows = c.list_audit(
-            actor=actor, action=action, project=project, outcome=outcome, limit=limit
+            **filters,
+            **times,
+            limit=limit,
+            after_seq=after,
+            before_seq=before,
+            order="asc" if after is not None else "desc",
         )
-    show(rows, AUDIT_COLUMNS, as_json=json_)
+    rows.sort(key=lambda e: e.seq, reverse=True)
+    cursor = _audit_cursor(rows, limit, forward=after is not None)
+    if json_:
+        entries = [r.model_dump(mode="json") for r in rows]
+        print(json.dumps({"entries": entries, "next": cursor}, indent=2))
+        return
+    show(rows, AUDIT_COLUMNS, as_json=False)
+    if cursor:
+        flag, seq = next(iter(cursor.items()))
+        typer.echo(f"more: underlay audit ls --{flag} {seq} (same filters)", err=True)
+
+
+def _audit_cursor(rows: list[Any], limit: int, *, forward: bool) -> dict[str, int] | None:
+    """The next page's cursor: a full page may have more beyond it (older, or newer when
+    paging forward with --after)."""
+    if len(rows) < limit or not rows:
+        return None
+    return {"after": rows[0].seq} if forward else {"before": rows[-1].seq}
 
 
 @audit.command("verify")

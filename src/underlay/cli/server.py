@@ -41,6 +41,7 @@ def up(
 
     settings = Settings()
     logs.configure(settings.log_format, settings.log_level)
+    _check_port_free(settings.server.host, settings.server.port)
     platform = Platform(settings)
     secret = platform.start()
     if secret:
@@ -72,6 +73,28 @@ def up(
         uvicorn.run(create_app(platform, start=False), **common)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """One-line error and exit 1 when ``host:port`` cannot be bound, before anything starts
+    (uvicorn binds only after the app's start-up, which starts the scheduler and agent)."""
+    import socket
+    import sys
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        print(
+            f"error: cannot listen on {host}:{port}: {reason.lower()}; is another server "
+            "running? choose another --port",
+            file=sys.stderr,
+        )
+        raise typer.Exit(1) from None
+
+
 def login(
     url: Annotated[
         str | None,
@@ -90,9 +113,15 @@ def login(
         str | None,
         typer.Option("--project", "-p", help="The profile's default project."),
     ] = None,
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin", metavar="", help="With --user: read the password from stdin."
+        ),
+    ] = False,
 ) -> None:
     """Check credentials against a server and save them as a profile (made the current one)."""
-    from underlay.cli.common import OPTIONS
+    from underlay.cli.common import OPTIONS, read_password
     from underlay.client import Client
     from underlay.client.profiles import resolve, save_profile
 
@@ -106,10 +135,14 @@ def login(
     server, name = resolved.url.value, resolved.profile.value
     assert server is not None and name is not None
     secret = resolved.token.value if resolved.token.source != f"profile {name!r}" else None
+    if password_stdin and user is None:
+        from underlay.errors import InvalidInput
+
+        raise InvalidInput("--password-stdin needs --user NAME")
     if user is not None or secret is None:
         if user is None:
             user = typer.prompt("user")
-        password = typer.prompt("password", hide_input=True)
+        password = read_password(password_stdin)
         with Client(server) as anonymous:
             secret = anonymous.login(user, password).token
     with Client(server, secret) as c:

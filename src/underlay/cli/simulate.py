@@ -38,7 +38,8 @@ TracesDirOpt = Annotated[
     typer.Option(
         "--traces-dir",
         envvar="UNDERLAY_TRACES_DIR",
-        help="Folder with the built-in traces (default: ../shared/data/traces of the repository).",
+        help="Folder with philly-derived/ and alibaba-gpu-v2023-openb/ (default: Philly from "
+        "the package, openb from ../shared/data/traces of the repository).",
     ),
 ]
 IntervalOpt = Annotated[

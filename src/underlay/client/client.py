@@ -22,6 +22,7 @@ from underlay.schemas import (
     Me,
     MemberRead,
     ProjectRead,
+    StatusRead,
     TokenCreated,
     TokenRead,
     UserRead,
@@ -148,6 +149,20 @@ class Client(ComputeMethods, DataMethods, TableMethods):
 
     def list_users(self) -> list[UserRead]:
         return self._many(UserRead, "/users")
+
+    def status(self) -> StatusRead:
+        """Server version, database and blob store kinds, nodes, and your visible queue."""
+        return self._one(StatusRead, "GET", "/status")
+
+    def change_password(self, old: str, new: str) -> UserRead:
+        """Change your own password; your other tokens are revoked, this client's stays."""
+        body = {"old_password": old, "new_password": new}
+        return self._one(UserRead, "POST", "/users/me/password", json=body)
+
+    def reset_password(self, name: str, new: str) -> UserRead:
+        """Set ``name``'s password (global admins); all of that user's tokens are revoked."""
+        body = {"new_password": new}
+        return self._one(UserRead, "POST", f"/users/{name}/password", json=body)
 
     def update_user(self, name: str, **changes: Any) -> UserRead:
         return self._one(UserRead, "PATCH", f"/users/{name}", json=changes)

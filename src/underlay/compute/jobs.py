@@ -26,7 +26,7 @@ from underlay.compute.states import ACTIVE, JobState, check_transition, is_final
 from underlay.config import Settings
 from underlay.crypto import Keyring, seal, unseal
 from underlay.errors import Conflict, InvalidInput, NotFound
-from underlay.identity import Actor
+from underlay.identity import Actor, authorize_owner
 from underlay.store.models import Blob, Project, User
 from underlay.store.types import utcnow
 
@@ -247,7 +247,11 @@ def ended_reason(state: str, reason: str) -> str:
 
 
 def cancel_job(session: Session, audit: AuditLog, job: Job, actor: Actor, grace_s: float) -> Job:
-    """Cancel at once if it holds nothing; otherwise ask its node to stop it within the grace."""
+    """Cancel at once if it holds nothing; otherwise ask its node to stop it within the grace.
+    Only the job's owner or an admin (of its project or global) may cancel it."""
+    project = session.get(Project, job.project_id)
+    if project is not None:
+        authorize_owner(actor, project, job.user_id, f"job {job.id}")
     if job.state == JobState.queued:
         transition(
             session, audit, job, JobState.cancelled, f"cancelled by {actor.name}", actor=actor.name

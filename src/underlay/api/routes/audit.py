@@ -24,8 +24,14 @@ def list_audit(
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
     after_seq: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+    before_seq: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    order: Annotated[
+        Literal["asc", "desc"], Query(description="asc: oldest first; desc: newest first.")
+    ] = "asc",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[AuditEntryRead]:
+    """Entries matching every filter (``until`` and ``before_seq`` exclusive); page forward
+    with ``after_seq``, or back from the newest with ``order=desc`` and ``before_seq``."""
     with ctx.unit("audit.list", "audit") as u:
         authorize(ctx.actor, Action.admin)
         entries = ctx.platform.audit.list_entries(
@@ -38,6 +44,8 @@ def list_audit(
             until=until,
             limit=limit,
             after_seq=after_seq,
+            before_seq=before_seq,
+            newest_first=order == "desc",
         )
         return [AuditEntryRead.model_validate(e) for e in entries]
 

@@ -7,7 +7,15 @@ from fastapi import APIRouter
 from underlay import identity
 from underlay.api.deps import Ctx
 from underlay.identity import Action, authorize
-from underlay.schemas import GrantName, Me, UserCreate, UserRead, UserUpdate
+from underlay.schemas import (
+    GrantName,
+    Me,
+    PasswordChange,
+    PasswordReset,
+    UserCreate,
+    UserRead,
+    UserUpdate,
+)
 from underlay.store.models import Project
 
 router = APIRouter(prefix="/users", tags=["users"])
@@ -23,6 +31,25 @@ def read_me(ctx: Ctx) -> Me:
         }
         roles = {names[pid]: str(role) for pid, role in ctx.actor.roles.items() if pid in names}
         return Me.model_validate({**UserRead.model_validate(user).model_dump(), "projects": roles})
+
+
+@router.post("/me/password", response_model=UserRead)
+def change_password(body: PasswordChange, ctx: Ctx) -> UserRead:
+    """Change your own password (the current one is checked); your other tokens are revoked,
+    the one making this call stays valid."""
+    with ctx.unit("user.password", f"user:{ctx.actor.name}") as u:
+        authorize(ctx.actor, Action.account)
+        user = identity.change_password(u.session, ctx.actor, body.old_password, body.new_password)
+        return UserRead.model_validate(user)
+
+
+@router.post("/{name}/password", response_model=UserRead)
+def reset_password(name: str, body: PasswordReset, ctx: Ctx) -> UserRead:
+    """A global admin sets a user's password; all of that user's tokens are revoked."""
+    with ctx.unit("user.password_reset", f"user:{name}") as u:
+        authorize(ctx.actor, Action.admin)
+        user = identity.reset_password(u.session, name, body.new_password)
+        return UserRead.model_validate(user)
 
 
 @router.post("", response_model=UserRead, status_code=201)

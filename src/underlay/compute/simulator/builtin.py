@@ -1,4 +1,10 @@
-"""Loaders for the real traces kept in ``../shared/data/traces`` (read their READMEs).
+"""Loaders for the built-in traces (read their READMEs for source, licence and attribution).
+
+The Philly-derived files ship inside the package, gzip-compressed, in ``traces/philly-derived``
+next to this module, so ``underlay simulate --trace philly`` works after a plain install. The
+openb files are read from ``--traces-dir`` / ``UNDERLAY_TRACES_DIR`` or ``../shared/data/traces``
+of the repository. A folder given explicitly wins for both; a file in it may be ``.csv`` or
+``.csv.gz``.
 
 **philly** (Microsoft Philly 2017, as cut by Gavel): 15,264 arrivals in 15 virtual clusters
 (VCs), each VC's clock starting at its own first job; the VCs are replayed side by side from
@@ -27,9 +33,12 @@ file, so any GPU type is accepted.
 from __future__ import annotations
 
 import csv
+import gzip
 import random
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 from underlay.compute.scheduler.snapshot import Request, Workload
 from underlay.compute.simulator.trace import SHOWN_SKIPS, SkippedRow, Trace, TraceJob
@@ -44,6 +53,8 @@ OPENB_CLUSTER = "openb"
 QOS_PRIORITY = {"Guaranteed": 3, "LS": 2, "Burstable": 1, "BE": 0}
 PREEMPTIBLE_QOS = ("Burstable", "BE")
 SHORT_S = 3600.0
+PACKAGED_TRACES = Path(__file__).resolve().parent / "traces"
+"""The traces shipped as package data (only the Philly-derived files)."""
 
 
 def default_traces_dir() -> Path:
@@ -63,10 +74,23 @@ def traces_dir(explicit: Path | None = None) -> Path:
     return folder
 
 
+def philly_dir(explicit: Path | None = None) -> Path:
+    """The folder that holds ``philly-derived/``: the explicit one, else the packaged copy."""
+    return traces_dir(explicit) if explicit is not None else PACKAGED_TRACES
+
+
+def _open_text(path: Path) -> AbstractContextManager[Any]:
+    """``path`` as text, or ``path.gz`` decompressed when only that exists."""
+    if path.is_file():
+        return path.open(newline="", encoding="utf-8-sig")
+    packed = path.with_name(path.name + ".gz")
+    if packed.is_file():
+        return gzip.open(packed, "rt", newline="", encoding="utf-8-sig")
+    raise NotFound(f"trace file {path} not found")
+
+
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    if not path.is_file():
-        raise NotFound(f"trace file {path} not found")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    with _open_text(path) as handle:
         reader = csv.DictReader(handle)
         end = 1  # the header
         for row in reader:
@@ -185,7 +209,7 @@ def openb_nodes_path(folder: Path, gpu_only: bool = False) -> Path:
 def load_builtin(name: str, folder: Path | None = None, seed: int = 0) -> Trace:
     """A built-in trace by name."""
     if name == "philly":
-        return load_philly(traces_dir(folder), seed)
+        return load_philly(philly_dir(folder), seed)
     if name == "openb":
         return load_openb(traces_dir(folder))
     raise InvalidInput(f"unknown built-in trace {name!r}; built-in traces: {', '.join(BUILTIN)}")

@@ -1,0 +1,32 @@
+"""The API docs page (Swagger UI) served from the server itself, for air-gapped installs.
+
+FastAPI's default page loads Swagger UI's script and style from a CDN, which a closed network
+cannot reach. The assets come from the ``swagger-ui-bundle`` package (Apache-2.0) and are
+mounted under ``/api/v1/docs/assets``; the page references nothing outside the server.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+
+def install(app: FastAPI, prefix: str) -> None:
+    """Serve ``{prefix}/docs`` and its assets locally; ``app`` must have ``docs_url=None``."""
+    import swagger_ui_bundle
+
+    assets = f"{prefix}/docs/assets"
+    app.mount(assets, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get(f"{prefix}/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=f"{prefix}/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{assets}/swagger-ui.css",
+            swagger_favicon_url=f"{assets}/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},
+        )
