@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import ssl
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -216,13 +216,22 @@ class Client(ComputeMethods):
         *,
         name: str = "",
         media_type: str = "application/octet-stream",
+        progress: Callable[[int], None] | None = None,
     ) -> BlobRead:
-        """Stream ``data`` (bytes, a binary file, an iterable of chunks, or a path) up."""
+        """Stream ``data`` (bytes, a binary file, an iterable of chunks, or a path) up.
+
+        ``progress``, if given, is called with the size in bytes of each chunk as it is
+        handed to the connection (per chunk, not a running total): the calls sum to the
+        blob's size."""
         params = {"name": name, "media_type": media_type}
         if isinstance(data, Path):
             with data.open("rb") as handle:
                 return self.upload_blob(
-                    project, handle, name=name or data.name, media_type=media_type
+                    project,
+                    handle,
+                    name=name or data.name,
+                    media_type=media_type,
+                    progress=progress,
                 )
         content: bytes | Iterator[bytes]
         if isinstance(data, bytes):
@@ -232,6 +241,8 @@ class Client(ComputeMethods):
         else:
             reader = data
             content = iter(lambda: reader.read(CHUNK), b"")
+        if progress is not None:
+            content = _reported(content, progress)
         return self._one(
             BlobRead,
             "PUT",
@@ -249,11 +260,17 @@ class Client(ComputeMethods):
     def read_blob(self, project: str, digest: str) -> BlobRead:
         return self._one(BlobRead, "GET", f"/projects/{project}/blobs/{digest}")
 
-    def iter_blob(self, project: str, digest: str) -> Iterator[bytes]:
-        """Stream a blob's bytes, checking the SHA-256 end to end."""
+    def iter_blob(
+        self, project: str, digest: str, *, progress: Callable[[int], None] | None = None
+    ) -> Iterator[bytes]:
+        """Stream a blob's bytes, checking the SHA-256 end to end.
+
+        ``progress``, if given, is called with the size in bytes of each chunk as it arrives
+        (per chunk, as for :meth:`upload_blob`)."""
         path = f"/projects/{project}/blobs/{digest}/content"
         what = f"blob sha256:{digest} of project {project!r}"
-        return self._iter_verified(path, what, digest)
+        chunks = self._iter_verified(path, what, digest)
+        return chunks if progress is None else _reported(chunks, progress)
 
     def _iter_verified(self, path: str, what: str, digest: str | None = None) -> Iterator[bytes]:
         """Stream ``path``'s bytes and check their SHA-256 against ``digest`` (else against the
@@ -278,8 +295,11 @@ class Client(ComputeMethods):
     def _verified_download(self, path: str, what: str) -> bytes:
         return b"".join(self._iter_verified(path, what))
 
-    def download_blob(self, project: str, digest: str) -> bytes:
-        return b"".join(self.iter_blob(project, digest))
+    def download_blob(
+        self, project: str, digest: str, *, progress: Callable[[int], None] | None = None
+    ) -> bytes:
+        """A blob's bytes; ``progress`` as for :meth:`iter_blob`."""
+        return b"".join(self.iter_blob(project, digest, progress=progress))
 
     def delete_blob(self, project: str, digest: str) -> None:
         self._request("DELETE", f"/projects/{project}/blobs/{digest}")
@@ -321,3 +341,12 @@ class Client(ComputeMethods):
 
     def verify_audit(self) -> AuditReportRead:
         return self._one(AuditReportRead, "GET", "/audit/verify")
+
+
+def _reported(chunks: bytes | Iterable[bytes], progress: Callable[[int], None]) -> Iterator[bytes]:
+    """``chunks`` unchanged, calling ``progress`` with each one's size as it passes."""
+    if isinstance(chunks, bytes):
+        chunks = [chunks[i : i + CHUNK] for i in range(0, len(chunks), CHUNK)]
+    for chunk in chunks:
+        progress(len(chunk))
+        yield chunk
