@@ -382,6 +382,34 @@ def test_workdir_is_snapshot_and_the_job_runs_in_it(cli: Cli, tmp_path: Path) ->
     assert "trained on 3 words from job" in log and "edited after submit" not in log
 
 
+def test_underlayignore_leaves_out_what_it_says_and_the_job_sees_the_rest(
+    cli: Cli, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    for rel in ("src/a.py", "src/cache/x.bin", "logs/run.log", "data/big.csv", "data/keep.txt"):
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text(rel)
+    (project / "outside").symlink_to(tmp_path)  # a link out of the folder is not followed
+    (project / ".underlayignore").write_text("*.log\ncache/\ndata/*\n!keep.txt\n")
+    lister = (
+        "import os\n"
+        "for d, dirs, files in sorted(os.walk('.')):\n"
+        "    for f in sorted(files): print('FILE', os.path.join(d, f)[2:])\n"
+    )
+    (project / "ls.py").write_text(lister)
+    submitted = cli(
+        "jobs", "submit", "-p", "vision", "--workdir", str(project), "--workdir-warn-mb",
+        "0.000001", "--", PY, "ls.py",
+    )  # fmt: skip
+    assert "left out 4 path(s)" in submitted.stderr  # run.log, cache/, big.csv, the link
+    assert "warning: workdir is 0 MB after .underlayignore" in submitted.stderr
+    job = submitted.stdout.strip()
+    assert cli("jobs", "wait", job, "-p", "vision", "--timeout", "60").returncode == 0
+    log = cli("jobs", "logs", job, "-p", "vision").stdout
+    files = sorted(line.split(" ", 1)[1] for line in log.splitlines() if line.startswith("FILE"))
+    assert files == [".underlayignore", "data/keep.txt", "ls.py", "src/a.py"], log
+
+
 def test_env_reaches_the_job_and_secrets_are_never_shown(cli: Cli) -> None:
     body = """
         import hashlib, os

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import os
 import sys
-import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,6 +14,7 @@ from underlay.cli.common import cell, client, project_of, show
 from underlay.logs import escape_control
 
 if TYPE_CHECKING:
+    from underlay.client import Client
     from underlay.compute.schemas import JobRead
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -93,14 +92,30 @@ def nodes_uncordon(name: str) -> None:
     typer.echo(f"uncordoned {name}")
 
 
-def _pack_workdir(path: Path) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for item in sorted(path.iterdir()):
-            if item.name in (".git", ".venv", "__pycache__"):
-                continue
-            archive.add(item, arcname=item.name)
-    return buffer.getvalue()
+def _upload_workdir(c: Client, project: str, path: Path, warn_mb: float, quiet: bool) -> str:
+    """Pack ``path`` (less ``.underlayignore``) and upload it with progress; its digest."""
+    from underlay.cli import workdir
+    from underlay.cli.progress import byte_bar, step_bar
+
+    if not path.is_dir():
+        raise typer.BadParameter(f"{path} is not a folder", param_hint="--workdir")
+    selection = workdir.select(path)
+    if selection.excluded:
+        typer.echo(
+            f"workdir: left out {selection.excluded} path(s) "
+            f"({workdir.IGNORE_FILE}, .git/.venv/__pycache__, links out of the folder)",
+            err=True,
+        )
+    warning = workdir.size_warning(selection, warn_mb)
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
+    with step_bar("pack workdir", len(selection.paths), quiet=quiet) as step:
+        data = workdir.pack(selection, step)
+    with byte_bar("upload workdir", len(data), quiet=quiet) as sent:
+        blob = c.upload_blob(
+            project, data, name="workdir.tar.gz", media_type="application/gzip", progress=sent
+        )
+    return blob.digest
 
 
 @jobs.command("submit")
@@ -122,22 +137,19 @@ def jobs_submit(
         list[str] | None, typer.Option(help="NAME=VALUE, or NAME to read it from your env.")
     ] = None,
     workdir: Annotated[Path | None, typer.Option(help="Folder to snapshot and run in.")] = None,
+    workdir_warn_mb: Annotated[
+        float, typer.Option(help="Warn when --workdir holds more than this many MB.")
+    ] = 100.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Submit a job; prints its id."""
+    """Submit a job; prints its id. ``--workdir`` honours a ``.underlayignore`` file."""
     queue = project_of(project)
     env_vars = dict(_pairs(env or [], "--env"))
     secrets = dict(_pairs(secret or [], "--secret", from_env=True))
     with client() as c:
         digest = None
         if workdir is not None:
-            if not workdir.is_dir():
-                raise typer.BadParameter(f"{workdir} is not a folder", param_hint="--workdir")
-            digest = c.upload_blob(
-                queue,
-                _pack_workdir(workdir),
-                name="workdir.tar.gz",
-                media_type="application/gzip",
-            ).digest
+            digest = _upload_workdir(c, queue, workdir, workdir_warn_mb, quiet)
         job = c.submit_job(
             queue,
             command,
