@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
 import textwrap
@@ -195,6 +196,21 @@ def test_a_job_is_submitted_waited_for_logged_listed_and_billed(cli: Cli) -> Non
         assert column in table
 
 
+def test_wait_prints_each_state_change_in_order_on_stderr(cli: Cli) -> None:
+    job = submit(cli, *py("import time; time.sleep(2)"))
+    waited = cli("jobs", "wait", str(job), "-p", "vision", "--timeout", "60")
+    assert waited.stdout == f"job {job}: succeeded exited with code 0\n"  # stdout unchanged
+    lines = waited.stderr.splitlines()
+    pattern = re.compile(rf"^\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ job {job}: (.+)$")
+    changes = [pattern.fullmatch(line).group(1) for line in lines]  # type: ignore[union-attr]
+    states = [changes[0].split(" ")[0]] + [c.split(" → ")[1].split(" ")[0] for c in changes[1:]]
+    for before, change in zip(states, changes[1:], strict=False):
+        assert change.startswith(f"{before} → "), changes  # each line picks up the last
+    assert states[-1] == "succeeded" and changes[-1].endswith("(node node-1, exit 0)")
+    assert "running → succeeded (node node-1, exit 0)" in changes
+    assert "running" in states and len(set(states)) == len(states), changes
+
+
 def test_a_failing_job_makes_wait_exit_non_zero_with_the_reason(cli: Cli) -> None:
     job = submit(cli, *py("import sys; sys.exit(3)"))
     waited = cli("jobs", "wait", str(job), "-p", "vision", "--timeout", "60", ok=False)
@@ -352,7 +368,7 @@ def test_wait_timeout_has_its_own_exit_status(cli: Cli, ul: Client) -> None:
     waited = cli("jobs", "wait", str(job), "-p", "vision", "--timeout", "0.2", ok=False)
     assert waited.returncode == 124, waited.stderr
     assert waited.stdout.strip() == f"job {job}: running"
-    assert waited.stderr.strip() == (
+    assert waited.stderr.strip().splitlines()[-1] == (
         f"timed out: job {job} is still running after 0.2 s; the job goes on"
     )
     assert ul.read_job("vision", job).state == "running"  # waiting gave up, the job did not

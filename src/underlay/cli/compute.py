@@ -213,6 +213,19 @@ EXIT_NOT_SUCCEEDED = 1
 EXIT_TIMED_OUT = 124  # as timeout(1)
 
 
+def _print_transition(before: JobRead | None, now: JobRead) -> None:
+    """One time-stamped line on stderr per state change: ``job 12: queued → running (node n1)``."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    change = now.state if before is None else f"{before.state} → {now.state}"
+    details = []
+    if now.node and now.state not in ("queued", "admitted"):
+        details.append(f"node {now.node}")
+    if now.exit_code is not None:
+        details.append(f"exit {now.exit_code}")
+    detail = f" ({', '.join(details)})" if details else ""
+    typer.echo(escape_control(f"{stamp} job {now.id}: {change}{detail}"), err=True)
+
+
 def _state_line(job: JobRead) -> str:
     return escape_control(f"job {job.id}: {job.state} {job.reason}".rstrip())
 
@@ -275,7 +288,9 @@ def jobs_wait(
 
     with client() as c:
         try:
-            job = c.wait_job(project_of(project), job_id, timeout_s=timeout)
+            job = c.wait_job(
+                project_of(project), job_id, timeout_s=timeout, on_change=_print_transition
+            )
         except Unavailable as exc:
             if not exc.extra.get("timed_out"):
                 raise
