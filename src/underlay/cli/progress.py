@@ -17,6 +17,15 @@ if TYPE_CHECKING:
 Advance = Callable[[int], None]
 
 
+def escape(text: str) -> str:
+    """``text`` (a file or trace name) as plain text: no Rich markup, no control characters."""
+    from rich.markup import escape as escape_markup
+
+    from underlay.logs import escape_control
+
+    return escape_markup(escape_control(text))
+
+
 def _console(quiet: bool) -> Console | None:
     """The stderr console to draw on, or None when no bar should be drawn."""
     from rich.console import Console
@@ -51,7 +60,7 @@ def byte_bar(description: str, total: int | None, *, quiet: bool = False) -> Ite
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task(description, total=total)
+        task = progress.add_task(escape(description), total=total)
         yield lambda n: progress.advance(task, n)
 
 
@@ -77,5 +86,20 @@ def step_bar(description: str, total: int, *, quiet: bool = False) -> Iterator[A
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task(description, total=total)
+        task = progress.add_task(escape(description), total=total)
         yield lambda n: progress.advance(task, n)
+
+
+@contextmanager
+def count_bar(description: str, *, quiet: bool = False) -> Iterator[Callable[[int, int], None]]:
+    """A bar whose total is learnt as it goes; yields ``update(done, total)``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = _console(quiet)
+    if console is None:
+        yield lambda _done, _total: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(escape(description), total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
