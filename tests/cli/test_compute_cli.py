@@ -402,7 +402,9 @@ def test_underlayignore_leaves_out_what_it_says_and_the_job_sees_the_rest(
     cli: Cli, tmp_path: Path
 ) -> None:
     project = tmp_path / "project"
-    for rel in ("src/a.py", "src/cache/x.bin", "logs/run.log", "data/big.csv", "data/keep.txt"):
+    kept = ("src/a.py", "data/keep.txt")
+    dropped = ("src/cache/x.bin", "logs/run.log", "data/big.csv", ".git/HEAD", "__pycache__/x")
+    for rel in kept + dropped:
         (project / rel).parent.mkdir(parents=True, exist_ok=True)
         (project / rel).write_text(rel)
     (project / "outside").symlink_to(tmp_path)  # a link out of the folder is not followed
@@ -415,11 +417,13 @@ def test_underlayignore_leaves_out_what_it_says_and_the_job_sees_the_rest(
     (project / "ls.py").write_text(lister)
     submitted = cli(
         "jobs", "submit", "-p", "vision", "--workdir", str(project), "--workdir-warn-mb",
-        "0.000001", "--", PY, "ls.py",
+        "0.000001", "--", PY, "ls.py", extra={"FORCE_COLOR": "1", "COLUMNS": "200"},
     )  # fmt: skip
-    assert "left out 4 path(s)" in submitted.stderr  # run.log, cache/, big.csv, the link
+    assert "left out 6 path(s)" in submitted.stderr  # run.log, cache/, big.csv, link, .git, pyc
+    assert "pack workdir" in submitted.stderr and "upload workdir" in submitted.stderr
     assert "warning: workdir is 0 MB after .underlayignore" in submitted.stderr
     job = submitted.stdout.strip()
+    assert job.isdigit(), submitted.stdout  # progress never lands on stdout
     assert cli("jobs", "wait", job, "-p", "vision", "--timeout", "60").returncode == 0
     log = cli("jobs", "logs", job, "-p", "vision").stdout
     files = sorted(line.split(" ", 1)[1] for line in log.splitlines() if line.startswith("FILE"))
