@@ -33,6 +33,21 @@ def test_round_trip_of_several_chunks(server, admin, project, tmp_path: Path) ->
     assert [b.digest for b in admin.list_blobs(project)] == [blob.digest]
 
 
+@pytest.mark.parametrize("as_path", [True, False])
+def test_progress_callbacks_sum_to_the_blob_size(
+    admin, project, tmp_path: Path, as_path: bool
+) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    sent: list[int] = []
+    blob = admin.upload_blob(project, path if as_path else data, progress=sent.append)
+    assert len(sent) > 1 and sum(sent) == blob.size == len(data)
+    received: list[int] = []
+    assert admin.download_blob(project, blob.digest, progress=received.append) == data
+    assert len(received) > 1 and sum(received) == len(data)
+
+
 def test_download_is_an_audited_sensitive_read(admin, project) -> None:  # type: ignore[no-untyped-def]
     blob = admin.upload_blob(project, b"patient records")
     admin.download_blob(project, blob.digest)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
 import textwrap
@@ -226,6 +227,21 @@ def test_tables_fit_80_columns_and_never_cut_identifiers(cli: Cli) -> None:
     assert "CPU time" in wide and "CPU time" not in usage  # optional columns go first
 
 
+def test_wait_prints_each_state_change_in_order_on_stderr(cli: Cli) -> None:
+    job = submit(cli, *py("import time; time.sleep(2)"))
+    waited = cli("jobs", "wait", str(job), "-p", "vision", "--timeout", "60")
+    assert waited.stdout == f"job {job}: succeeded exited with code 0\n"  # stdout unchanged
+    lines = waited.stderr.splitlines()
+    pattern = re.compile(rf"^\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ job {job}: (.+)$")
+    changes = [pattern.fullmatch(line).group(1) for line in lines]  # type: ignore[union-attr]
+    states = [changes[0].split(" ")[0]] + [c.split(" → ")[1].split(" ")[0] for c in changes[1:]]
+    for before, change in zip(states, changes[1:], strict=False):
+        assert change.startswith(f"{before} → "), changes  # each line picks up the last
+    assert states[-1] == "succeeded" and changes[-1].endswith("(node node-1, exit 0)")
+    assert "running → succeeded (node node-1, exit 0)" in changes
+    assert "running" in states and len(set(states)) == len(states), changes
+
+
 def test_a_failing_job_makes_wait_exit_non_zero_with_the_reason(cli: Cli) -> None:
     job = submit(cli, *py("import sys; sys.exit(3)"))
     waited = cli("jobs", "wait", str(job), "-p", "vision", "--timeout", "60", ok=False)
@@ -416,7 +432,7 @@ def test_wait_timeout_has_its_own_exit_status(cli: Cli, ul: Client) -> None:
     waited = cli("jobs", "wait", str(job), "-p", "vision", "--timeout", "0.2", ok=False)
     assert waited.returncode == 124, waited.stderr
     assert waited.stdout.strip() == f"job {job}: running"
-    assert waited.stderr.strip() == (
+    assert waited.stderr.strip().splitlines()[-1] == (
         f"timed out: job {job} is still running after 0.2 s; the job goes on"
     )
     assert ul.read_job("vision", job).state == "running"  # waiting gave up, the job did not
@@ -444,6 +460,38 @@ def test_workdir_is_snapshot_and_the_job_runs_in_it(cli: Cli, tmp_path: Path) ->
     assert cli("jobs", "wait", str(job), "-p", "vision", "--timeout", "60").returncode == 0
     log = cli("jobs", "logs", str(job), "-p", "vision").stdout
     assert "trained on 3 words from job" in log and "edited after submit" not in log
+
+
+def test_underlayignore_leaves_out_what_it_says_and_the_job_sees_the_rest(
+    cli: Cli, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    kept = ("src/a.py", "data/keep.txt")
+    dropped = ("src/cache/x.bin", "logs/run.log", "data/big.csv", ".git/HEAD", "__pycache__/x")
+    for rel in kept + dropped:
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text(rel)
+    (project / "outside").symlink_to(tmp_path)  # a link out of the folder is not followed
+    (project / ".underlayignore").write_text("*.log\ncache/\ndata/*\n!keep.txt\n")
+    lister = (
+        "import os\n"
+        "for d, dirs, files in sorted(os.walk('.')):\n"
+        "    for f in sorted(files): print('FILE', os.path.join(d, f)[2:])\n"
+    )
+    (project / "ls.py").write_text(lister)
+    submitted = cli(
+        "jobs", "submit", "-p", "vision", "--workdir", str(project), "--workdir-warn-mb",
+        "0.000001", "--", PY, "ls.py", extra={"FORCE_COLOR": "1", "COLUMNS": "200"},
+    )  # fmt: skip
+    assert "left out 6 path(s)" in submitted.stderr  # run.log, cache/, big.csv, link, .git, pyc
+    assert "pack workdir" in submitted.stderr and "upload workdir" in submitted.stderr
+    assert "warning: workdir is 0 MB after .underlayignore" in submitted.stderr
+    job = submitted.stdout.strip()
+    assert job.isdigit(), submitted.stdout  # progress never lands on stdout
+    assert cli("jobs", "wait", job, "-p", "vision", "--timeout", "60").returncode == 0
+    log = cli("jobs", "logs", job, "-p", "vision").stdout
+    files = sorted(line.split(" ", 1)[1] for line in log.splitlines() if line.startswith("FILE"))
+    assert files == [".underlayignore", "data/keep.txt", "ls.py", "src/a.py"], log
 
 
 def test_env_reaches_the_job_and_secrets_are_never_shown(cli: Cli) -> None:

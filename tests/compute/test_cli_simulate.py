@@ -192,3 +192,18 @@ def test_skipped_rows_are_listed_on_stderr_with_their_lines_and_reasons(tmp_path
     assert lines[1] == "  line 4: submit_s 'soon' is not a number"
     assert lines[5] == "  line 8: submit_s 'soon' is not a number"
     assert lines[6] == "  ... and 2 more"
+
+
+def test_replay_progress_goes_to_stderr_and_json_on_stdout_is_unchanged(trace_file: Path):
+    args = ("--trace", str(trace_file), "--cluster", "2x2xA100", "--json")
+    plain = underlay(*args)
+    forced = underlay(*args, env={"FORCE_COLOR": "1", "COLUMNS": "200"})
+    assert plain.returncode == forced.returncode == 0, forced.stderr
+    assert "jobs ended" not in plain.stderr  # a pipe: no bar
+    assert "jobs ended" in forced.stderr and "3/3" in forced.stderr
+    assert forced.stdout.count("\n") == 1 and forced.stdout.endswith("}\n")
+    timing = {"wall_s", "decide_ms_avg"}  # measured, so never the same twice
+    shown, expected = json.loads(forced.stdout), json.loads(plain.stdout)
+    assert {k: v for k, v in shown.items() if k not in timing} == {
+        k: v for k, v in expected.items() if k not in timing
+    }

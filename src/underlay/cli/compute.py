@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import os
 import sys
-import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -120,14 +118,30 @@ def nodes_uncordon(name: str) -> None:
     typer.echo(f"uncordoned {name}")
 
 
-def _pack_workdir(path: Path) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for item in sorted(path.iterdir()):
-            if item.name in (".git", ".venv", "__pycache__"):
-                continue
-            archive.add(item, arcname=item.name)
-    return buffer.getvalue()
+def _upload_workdir(c: Client, project: str, path: Path, warn_mb: float, quiet: bool) -> str:
+    """Pack ``path`` (less ``.underlayignore``) and upload it with progress; its digest."""
+    from underlay.cli import workdir
+    from underlay.cli.progress import byte_bar, step_bar
+
+    if not path.is_dir():
+        raise typer.BadParameter(f"{path} is not a folder", param_hint="--workdir")
+    selection = workdir.select(path)
+    if selection.excluded:
+        typer.echo(
+            f"workdir: left out {selection.excluded} path(s) "
+            f"({workdir.IGNORE_FILE}, .git/.venv/__pycache__, links out of the folder)",
+            err=True,
+        )
+    warning = workdir.size_warning(selection, warn_mb)
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
+    with step_bar("pack workdir", len(selection.paths), quiet=quiet) as step:
+        data = workdir.pack(selection, step)
+    with byte_bar("upload workdir", len(data), quiet=quiet) as sent:
+        blob = c.upload_blob(
+            project, data, name="workdir.tar.gz", media_type="application/gzip", progress=sent
+        )
+    return blob.digest
 
 
 @jobs.command("submit")
@@ -172,22 +186,21 @@ def jobs_submit(
     json_: Annotated[
         bool, typer.Option("--json", metavar="", help="Print the job as JSON, not its id.")
     ] = False,
+    workdir_warn_mb: Annotated[
+        float, typer.Option(help="Warn when --workdir holds more than this many MB.")
+    ] = 100.0,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", metavar="", help="No progress bars.")
+    ] = False,
 ) -> None:
-    """Submit a job; prints its id."""
+    """Submit a job; prints its id. ``--workdir`` honours a ``.underlayignore`` file."""
     queue = project_of(project)
     env_vars = dict(_pairs(env or [], "--env"))
     secrets = dict(_pairs(secret or [], "--secret", from_env=True))
     with client() as c:
         digest = None
         if workdir is not None:
-            if not workdir.is_dir():
-                raise typer.BadParameter(f"{workdir} is not a folder", param_hint="--workdir")
-            digest = c.upload_blob(
-                queue,
-                _pack_workdir(workdir),
-                name="workdir.tar.gz",
-                media_type="application/gzip",
-            ).digest
+            digest = _upload_workdir(c, queue, workdir, workdir_warn_mb, quiet)
         job = c.submit_job(
             queue,
             command,
@@ -297,6 +310,19 @@ def _echo_job(job: JobRead, as_json: bool, line: str) -> None:
         typer.echo(escape_control(line))
 
 
+def _print_transition(before: JobRead | None, now: JobRead) -> None:
+    """One time-stamped line on stderr per state change: ``job 12: queued → running (node n1)``."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    change = now.state if before is None else f"{before.state} → {now.state}"
+    details = []
+    if now.node and now.state not in ("queued", "admitted"):
+        details.append(f"node {now.node}")
+    if now.exit_code is not None:
+        details.append(f"exit {now.exit_code}")
+    detail = f" ({', '.join(details)})" if details else ""
+    typer.echo(escape_control(f"{stamp} job {now.id}: {change}{detail}"), err=True)
+
+
 def _state_line(job: JobRead) -> str:
     return escape_control(f"job {job.id}: {job.state} {job.reason}".rstrip())
 
@@ -363,7 +389,7 @@ def jobs_wait(
     with client() as c:
         queue = _job(c, job_id, project).project
         try:
-            job = c.wait_job(queue, job_id, timeout_s=timeout)
+            job = c.wait_job(queue, job_id, timeout_s=timeout, on_change=_print_transition)
         except Unavailable as exc:
             if not exc.extra.get("timed_out"):
                 raise

@@ -22,6 +22,13 @@ from underlay.cli.common import (
 )
 from underlay.logs import escape_control
 
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", metavar="", help="No progress bar (none is drawn off a terminal)."
+    ),
+]
+
 projects = typer.Typer(help="Projects (tenants) and their members.", no_args_is_help=True)
 users = typer.Typer(help="Users (global admins only, except 'me').", no_args_is_help=True)
 tokens = typer.Typer(help="Your API tokens.", no_args_is_help=True)
@@ -264,10 +271,14 @@ def blobs_put(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
     project: ProjectOpt = None,
     json_: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Upload a file; prints its SHA-256 digest."""
-    with client() as c:
-        blob = c.upload_blob(project_of(project), path)
+    """Upload a file; prints its SHA-256 digest (a progress bar goes to stderr)."""
+    from underlay.cli.progress import byte_bar
+
+    size = path.stat().st_size
+    with client() as c, byte_bar(f"put {path.name}", size, quiet=quiet or json_) as bar:
+        blob = c.upload_blob(project_of(project), path, progress=bar)
     if json_:
         show(blob, [], as_json=True)
         return
@@ -282,29 +293,40 @@ def blobs_get(
         typer.Option("--out", "-o", help="A file, a folder (the blob's name in it) or - (stdout)."),
     ],
     project: ProjectOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Download a blob, verifying its digest; nothing is left behind if it fails."""
     import sys
 
+    from underlay.cli.progress import byte_bar
+
     project = project_of(project)
     with client() as c:
-        if str(out) == "-":
-            for chunk in c.iter_blob(project, digest):
-                sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
-            return
-        if out.is_dir():
-            name = Path(c.read_blob(project, digest).name).name  # never a path from the server
-            out = out / (name if name not in ("", ".", "..") else digest)
-        tmp = out.with_name(f".{out.name}.part")
-        try:
-            with tmp.open("wb") as handle:
-                for chunk in c.iter_blob(project, digest):
-                    handle.write(chunk)
-            tmp.replace(out)
-        finally:
-            tmp.unlink(missing_ok=True)
+        meta = c.read_blob(project, digest)
+        with byte_bar(f"get {digest[:12]}", meta.size, quiet=quiet) as bar:
+            if str(out) == "-":
+                for chunk in c.iter_blob(project, digest, progress=bar):
+                    sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+                return
+            out = _blob_target(out, meta.name, digest)
+            tmp = out.with_name(f".{out.name}.part")
+            try:
+                with tmp.open("wb") as handle:
+                    for chunk in c.iter_blob(project, digest, progress=bar):
+                        handle.write(chunk)
+                tmp.replace(out)
+            finally:
+                tmp.unlink(missing_ok=True)
     typer.echo(f"wrote {out}")
+
+
+def _blob_target(out: Path, name: str, digest: str) -> Path:
+    """The file ``blobs get -o`` writes: ``out``, or the blob's own name inside a folder."""
+    if not out.is_dir():
+        return out
+    base = Path(name).name  # never a path from the server
+    return out / (base if base not in ("", ".", "..") else digest)
 
 
 @blobs.command("rm")

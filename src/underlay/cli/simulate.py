@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -100,20 +101,23 @@ def simulate(
     low_carbon: CarbonOpt = None,
 ) -> None:
     """Replay a job trace on a virtual cluster with a scheduling policy and print the measures."""
+    from underlay.cli.progress import count_bar
     from underlay.errors import UnderlayError
 
     try:
-        report = _run(
-            trace,
-            cluster,
-            policy,
-            seed,
-            traces_dir,
-            interval,
-            restart_overhead,
-            energy_aware,
-            low_carbon,
-        )
+        with count_bar(f"replay {Path(trace).name}: jobs ended") as progress:
+            report = _run(
+                trace,
+                cluster,
+                policy,
+                seed,
+                traces_dir,
+                interval,
+                restart_overhead,
+                energy_aware,
+                low_carbon,
+                progress,
+            )
     except (UnderlayError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
@@ -134,6 +138,7 @@ def _run(
     restart_overhead: float,
     energy_aware: bool,
     low_carbon: str | None,
+    progress: Callable[[int, int], None],
 ) -> dict[str, Any]:
     from underlay.compute.simulator import simulate as run_simulation
     from underlay.compute.simulator.replay import parse_window
@@ -155,6 +160,7 @@ def _run(
         interval_s=interval,
         restart_overhead_s=restart_overhead,
         overrides=overrides,
+        progress=progress,
     )
     return report.as_dict()
 

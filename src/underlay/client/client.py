@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import ssl
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -233,18 +233,26 @@ class Client(ComputeMethods, DataMethods, TableMethods):
         name: str = "",
         media_type: str = "application/octet-stream",
         digest: str | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> BlobRead:
         """Stream ``data`` (bytes, a binary file, an iterable of chunks, or a path) up.
 
         With ``digest`` (the SHA-256 hex the content must have) the server refuses content
-        that arrives with another digest, and stores nothing."""
+        that arrives with another digest, and stores nothing. ``progress``, if given, is
+        called with the size in bytes of each chunk as it is handed to the connection (per
+        chunk, not a running total): the calls sum to the blob's size."""
         params = {"name": name, "media_type": media_type}
         if digest is not None:
             params["digest"] = digest
         if isinstance(data, Path):
             with data.open("rb") as handle:
                 return self.upload_blob(
-                    project, handle, name=name or data.name, media_type=media_type, digest=digest
+                    project,
+                    handle,
+                    name=name or data.name,
+                    media_type=media_type,
+                    digest=digest,
+                    progress=progress,
                 )
         content: bytes | Iterator[bytes]
         if isinstance(data, bytes):
@@ -254,6 +262,8 @@ class Client(ComputeMethods, DataMethods, TableMethods):
         else:
             reader = data
             content = iter(lambda: reader.read(CHUNK), b"")
+        if progress is not None:
+            content = _reported(content, progress)
         return self._one(
             BlobRead,
             "PUT",
@@ -271,13 +281,19 @@ class Client(ComputeMethods, DataMethods, TableMethods):
     def read_blob(self, project: str, digest: str) -> BlobRead:
         return self._one(BlobRead, "GET", f"/projects/{project}/blobs/{digest}")
 
-    def iter_blob(self, project: str, digest: str) -> Iterator[bytes]:
+    def iter_blob(
+        self, project: str, digest: str, *, progress: Callable[[int], None] | None = None
+    ) -> Iterator[bytes]:
         """Stream a blob's bytes, checking the SHA-256 end to end. ``digest`` may carry the
-        ``sha256:`` prefix or be a unique short prefix; the server names the full digest."""
+        ``sha256:`` prefix or be a unique short prefix; the server names the full digest.
+
+        ``progress``, if given, is called with the size in bytes of each chunk as it arrives
+        (per chunk, as for :meth:`upload_blob`)."""
         path = f"/projects/{project}/blobs/{digest}/content"
         ref = digest.removeprefix("sha256:")
         what = f"blob sha256:{ref} of project {project!r}"
-        return self._iter_verified(path, what, ref if len(ref) == 64 else None, prefix=ref)
+        chunks = self._iter_verified(path, what, ref if len(ref) == 64 else None, prefix=ref)
+        return chunks if progress is None else _reported(chunks, progress)
 
     def _iter_verified(
         self, path: str, what: str, digest: str | None = None, *, prefix: str = ""
@@ -307,8 +323,11 @@ class Client(ComputeMethods, DataMethods, TableMethods):
     def _verified_download(self, path: str, what: str) -> bytes:
         return b"".join(self._iter_verified(path, what))
 
-    def download_blob(self, project: str, digest: str) -> bytes:
-        return b"".join(self.iter_blob(project, digest))
+    def download_blob(
+        self, project: str, digest: str, *, progress: Callable[[int], None] | None = None
+    ) -> bytes:
+        """A blob's bytes; ``progress`` as for :meth:`iter_blob`."""
+        return b"".join(self.iter_blob(project, digest, progress=progress))
 
     def delete_blob(self, project: str, digest: str) -> None:
         self._request("DELETE", f"/projects/{project}/blobs/{digest}")
@@ -350,3 +369,12 @@ class Client(ComputeMethods, DataMethods, TableMethods):
 
     def verify_audit(self) -> AuditReportRead:
         return self._one(AuditReportRead, "GET", "/audit/verify")
+
+
+def _reported(chunks: bytes | Iterable[bytes], progress: Callable[[int], None]) -> Iterator[bytes]:
+    """``chunks`` unchanged, calling ``progress`` with each one's size as it passes."""
+    if isinstance(chunks, bytes):
+        chunks = [chunks[i : i + CHUNK] for i in range(0, len(chunks), CHUNK)]
+    for chunk in chunks:
+        progress(len(chunk))
+        yield chunk

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from underlay.compute.schemas import (
@@ -84,15 +84,27 @@ class ComputeMethods:
         return result
 
     def wait_job(
-        self, project: str, job_id: int, *, timeout_s: float | None = None, poll_s: float = 0.2
+        self,
+        project: str,
+        job_id: int,
+        *,
+        timeout_s: float | None = None,
+        poll_s: float = 0.2,
+        on_change: Callable[[JobRead | None, JobRead], None] | None = None,
     ) -> JobRead:
         """Poll until the job ends (succeeded, failed or cancelled with no retry left).
 
-        Past ``timeout_s`` it raises :class:`Unavailable` with ``extra["timed_out"]`` set
-        (and the job's ``state``), so a caller can tell a time-out from an unreachable server."""
+        ``on_change(before, now)`` is called with the first state seen (``before`` None) and
+        then each time the state differs from the last poll's. Past ``timeout_s`` it raises
+        :class:`Unavailable` with ``extra["timed_out"]`` set (and the job's ``state``), so a
+        caller can tell a time-out from an unreachable server."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        last: JobRead | None = None
         while True:
             job = self.read_job(project, job_id)
+            if on_change is not None and (last is None or last.state != job.state):
+                on_change(last, job)
+            last = job
             if job.state in TERMINAL and not (
                 job.state in ("failed", "lost") and job.attempts <= job.max_retries
             ):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from underlay.compute.scheduler import (
@@ -69,8 +69,11 @@ class Simulation:
         seed: int = 0,
         restart_overhead_s: float = 60.0,
         interval_s: float = 60.0,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.trace = trace
+        # Called with (jobs ended: finished or rejected, jobs in the trace) as each one ends.
+        self.progress = progress
         self.interval_s = interval_s
         self.quotas = quotas
         self.config = config
@@ -280,6 +283,7 @@ class Simulation:
         for r in d.rejects:
             self._dequeue(r.workload_id)
             self.rejected += 1
+            self._ended()
         for p in d.preempts:
             run = self.running[p.workload_id]
             self.running[p.workload_id] = replace(run, draining_until=self.clock + p.grace_s)
@@ -346,6 +350,11 @@ class Simulation:
         w = run.workload
         duration = self.jobs[wid].duration_s or 0.0
         self.collector.finished(w.project, w.submit_time, self.clock, duration)
+        self._ended()
+
+    def _ended(self) -> None:
+        if self.progress is not None:
+            self.progress(len(self.collector.jct) + self.rejected, len(self.trace.jobs))
 
     def _stop(self, wid: str) -> None:
         run = self._release(wid)

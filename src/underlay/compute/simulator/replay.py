@@ -10,6 +10,7 @@ sizes) or, when it has none, split each accelerator type evenly between its proj
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +80,11 @@ def simulate(
     restart_overhead_s: float = 60.0,
     interval_s: float = 60.0,
     overrides: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Report:
     """Replay ``trace`` on ``cluster`` under ``policy`` (with fields of the policy replaced by
-    ``overrides``) and report the measures."""
+    ``overrides``) and report the measures; ``progress(ended, total)`` follows the jobs that
+    have ended (finished or rejected) out of the trace's."""
     config = policy_config(policy, **(overrides or {}))
     loaded = load_trace(trace, folder, seed)
     spec = cluster or loaded.default_cluster
@@ -97,4 +100,5 @@ def simulate(
         seed=seed,
         restart_overhead_s=restart_overhead_s,
         interval_s=interval_s,
+        progress=progress,
     ).run()
