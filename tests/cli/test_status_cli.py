@@ -80,3 +80,33 @@ def test_status_with_the_server_down_prints_the_profile_and_exits_1(tmp_path: Pa
     assert "profile:    default (user ?, project -)" in result.stdout
     report = json.loads(_status(tmp_path, DEAD_URL, "ul_whatever", "--json").stdout)
     assert report["reachable"] is False and report["url"] == DEAD_URL
+
+
+def test_status_waits_for_a_server_that_is_starting(tmp_path: Path) -> None:
+    """``status --wait`` (the README tour runs it right after ``underlay up &``) waits for
+    the server, and with no token yet says it is up and that nobody is logged in."""
+    import subprocess
+
+    from tests.cli.conftest import CLI, ServerProcess
+    from tests.conftest import free_port
+
+    port = free_port()
+    env = clean_env(UNDERLAY_URL=f"http://127.0.0.1:{port}", XDG_CONFIG_HOME=str(tmp_path / "x"))
+    waiting = subprocess.Popen(
+        [*CLI, "status", "--wait", "60"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    time.sleep(1)  # it is polling a port nobody listens on yet
+    assert waiting.poll() is None
+    server = ServerProcess(tmp_path / "home", port=port).start()
+    try:
+        out, _ = waiting.communicate(timeout=60)
+    finally:
+        server.stop()
+    assert waiting.returncode == 0, out
+    assert out.splitlines() == [
+        f"server:     http://127.0.0.1:{port} (up)",
+        "profile:    default (user - (not logged in: underlay login))",
+    ]
+    gone = _status(tmp_path, f"http://127.0.0.1:{port}", "", "--wait", "0.5")
+    assert gone.returncode == 1  # nothing answers within the wait
+    assert "(unreachable: cannot reach the server" in gone.stdout

@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+import time
+from typing import Annotated, Any
 
 import typer
 
 from underlay.cli.common import JsonOpt
 
 
-def status(json_: JsonOpt = False) -> None:
+def status(
+    json_: JsonOpt = False,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait", metavar="SECONDS", min=0, help="Wait up to this long for the server."
+        ),
+    ] = 0,
+) -> None:
     """Show the server (URL, version, reachable), its database, blob store, nodes and queue,
     and this profile (name, user, project). Exit 1 when the server cannot be reached."""
     from underlay.cli.common import client, config
@@ -29,6 +38,15 @@ def status(json_: JsonOpt = False) -> None:
         "token": resolved.token.source,
         "reachable": False,
     }
+    ready = _ready(str(resolved.url.value), wait)
+    if not resolved.token.value:  # nothing more to ask it without a token
+        if not ready:
+            report["error"] = f"cannot reach the server at {resolved.url.value}"
+            _print(report, json_)
+            raise typer.Exit(1)
+        report |= {"reachable": True, "user": "- (not logged in: underlay login)"}
+        _print_anonymous(report, json_)
+        return
     try:
         with client() as c:
             server, me = c.status(), c.me()
@@ -38,6 +56,30 @@ def status(json_: JsonOpt = False) -> None:
         raise typer.Exit(1) from None
     report |= {"reachable": True, "user": me.name, **server.model_dump(mode="json")}
     _print(report, json_)
+
+
+def _ready(url: str, wait_s: float) -> bool:
+    """Whether the server answers its readiness probe, trying for up to ``wait_s`` seconds."""
+    import httpx
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if httpx.get(f"{url.rstrip('/')}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
+def _print_anonymous(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"server:     {report['url']} (up)")
+    print(f"profile:    {report['profile']} (user {report['user']})")
 
 
 def _print(report: dict[str, Any], as_json: bool) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from underlay.cli.common import JsonOpt, ProjectOpt, client, project_of, show
+from underlay.data.arrowio import json_default
 
 tables = typer.Typer(help="Tables (Delta Lake): ingest, inspect, read.", no_args_is_help=True)
 
@@ -116,7 +117,7 @@ def tables_head(
     with client() as c:
         table = c.read_table(project_of(project), name, version=version, limit=limit)
     for row in table.to_pylist():
-        typer.echo(json.dumps(row, default=str))
+        typer.echo(json.dumps(row, default=json_default))
 
 
 @tables.command("rm")
@@ -144,4 +145,4 @@ def sql(
         next(stream)  # the schema
         for batch in stream:
             for row in batch.to_pylist():
-                typer.echo(json.dumps(row, default=str))
+                typer.echo(json.dumps(row, default=json_default))

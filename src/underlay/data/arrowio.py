@@ -79,3 +79,19 @@ class ChunkFile:
 
     def close(self) -> None:
         self.closed = True
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps`` ``default`` for Arrow values: decimals as numbers (an integral one as an
+    int: DuckDB sums integers into 128-bit decimals), dates and times as ISO text, bytes as
+    hex, anything else as its text."""
+    import datetime as dt
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)

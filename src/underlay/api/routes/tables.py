@@ -25,7 +25,7 @@ from underlay import identity
 from underlay.api.deps import Ctx
 from underlay.api.limits import UploadSlots
 from underlay.data import ingest
-from underlay.data.arrowio import ipc_chunks
+from underlay.data.arrowio import ipc_chunks, json_default
 from underlay.data.schemas import ColumnRead, SqlQuery, TableRead, TableVersionRead, WriteRead
 from underlay.data.sql import run as run_sql
 from underlay.data.tables import QUARANTINE_SUFFIX, TableStore
@@ -361,7 +361,9 @@ def _stream(schema: pa.Schema, batches: Iterator[pa.RecordBatch], fmt: str) -> S
 
 def _jsonl(batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
     for batch in batches:
-        yield "".join(json.dumps(row, default=str) + "\n" for row in batch.to_pylist()).encode()
+        yield "".join(
+            json.dumps(row, default=json_default) + "\n" for row in batch.to_pylist()
+        ).encode()
 
 
 def _arrow(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
