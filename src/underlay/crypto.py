@@ -183,6 +183,17 @@ class Keyring:
             self._cache[project_id] = (row.wrapped, key)
         return key
 
+    def derived_key(self, session: Session, project_id: int, purpose: str) -> bytes:
+        """A 256-bit key for one ``purpose`` (``pii-tokens``...), derived from the project's
+        data key with HKDF-SHA256: stable for the project, unrelated across purposes and
+        projects, and destroyed with the project's data key."""
+        return HKDF(
+            algorithm=hashes.SHA256(),
+            length=KEY_BYTES,
+            salt=None,
+            info=f"underlay/{project_id}/{purpose}".encode(),
+        ).derive(self.data_key(session, project_id))
+
     def rotate(self, db: Database) -> str:
         """Re-wrap every data key under a new master key; returns the new key's id."""
         with contextlib.ExitStack() as held:

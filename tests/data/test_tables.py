@@ -262,3 +262,68 @@ def test_the_tables_root_is_owner_only(server: Any, admin: Any, project: str) ->
     admin.write_table(project, "t", pa.table({"id": [1]}))
     root = Path(server.settings.tables_url)
     assert root.stat().st_mode & 0o777 == 0o700
+
+
+# -- personal data is masked on ingest ------------------------------------------------------
+
+
+CUSTOMERS = "id,email,phone,city\n" + "".join(
+    f"{i},user{i}@example.com,+44 20 7946 {i:04d},London\n" for i in range(30)
+)
+
+
+def test_pii_is_tokenised_by_default_and_tables_stay_joinable(
+    server: Any, admin: Any, project: str, tmp_path: Path
+) -> None:
+    path = _csv(tmp_path / "customers.csv", CUSTOMERS)
+    result = admin.write_table(project, "customers", path)
+    report = {c["column"]: c for c in result.pii["columns"]}
+    assert report["email"]["types"] == ["email"] and report["email"]["policy"] == "tokenize"
+    assert report["email"]["default"] is True
+    rows = admin.read_table(project, "customers").to_pylist()
+    stored = " ".join(str(v) for row in rows for v in row.values())
+    assert "@example.com" not in stored and "7946" not in stored
+    assert rows[0]["email"].startswith("tok_email_") and rows[0]["city"] == "London"
+    (version,) = admin.table_versions(project, "customers")
+    assert version.pii_report == result.pii  # kept with the version
+    # the same value gets the same token in another table of the project: joins still work
+    admin.write_table(project, "orders", pa.table({"email": ["user3@example.com"], "n": [1]}))
+    joined = admin.sql(
+        project, "select c.id from customers c join orders o on c.email = o.email"
+    ).to_pylist()
+    assert joined == [{"id": 3}]
+    # another project's key gives other tokens
+    admin.create_project("elsewhere")
+    admin.write_table("elsewhere", "customers", path)
+    theirs = admin.read_table("elsewhere", "customers").to_pylist()
+    assert {r["email"] for r in theirs}.isdisjoint({r["email"] for r in rows})
+
+
+def test_explicit_pii_policies_win_and_keep_needs_a_reason(
+    admin: Any, project: str, tmp_path: Path
+) -> None:
+    path = _csv(tmp_path / "customers.csv", CUSTOMERS)
+    with pytest.raises(InvalidInput, match="justification"):
+        admin.write_table(project, "c", path, pii={"email": "keep:"})
+    with pytest.raises(InvalidInput, match="'nope'"):
+        admin.write_table(project, "c", path, pii={"nope": "redact"})
+    assert admin.list_tables(project) == []  # nothing written by the refusals
+    result = admin.write_table(
+        project,
+        "c",
+        path,
+        pii={"email": "keep:the support team mails customers", "phone": "partial"},
+    )
+    row = admin.read_table(project, "c").to_pylist()[5]
+    assert row["email"] == "user5@example.com"
+    assert row["phone"].endswith("0005") and "7946" not in row["phone"]
+    report = {c["column"]: c for c in result.pii["columns"]}
+    assert report["email"]["justification"] == "the support team mails customers"
+
+
+def test_quarantined_lines_are_masked_too(admin: Any, project: str, tmp_path: Path) -> None:
+    path = _csv(tmp_path / "c.csv", CUSTOMERS + "oops,leaked@example.com\n")
+    result = admin.write_table(project, "customers", path)
+    assert result.rows_quarantined == 1
+    (rejected,) = admin.read_table(project, "customers_quarantine").to_pylist()
+    assert "leaked@example.com" not in rejected["raw"] and "tok_email_" in rejected["raw"]

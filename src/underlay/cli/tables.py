@@ -40,11 +40,21 @@ def tables_ingest(
     format: Annotated[
         str | None, typer.Option("--format", help="csv, parquet or jsonl (else by suffix).")
     ] = None,
+    pii: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pii",
+            metavar="COLUMN=POLICY",
+            help="redact, partial, tokenize or keep:why (repeat); other PII is tokenised.",
+        ),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Load a file into a table as its next version; unreadable rows are quarantined."""
+    """Load a file into a table as its next version; unreadable rows are quarantined and
+    personal data is masked (tokenised unless a --pii policy says otherwise)."""
     from pathlib import Path
 
+    from underlay.data.privacy import parse_policies
     from underlay.errors import InvalidInput
 
     path = Path(source)
@@ -61,6 +71,7 @@ def tables_ingest(
             key=key or [],
             evolve=evolve_schema,
             format=format,
+            pii=parse_policies(pii or []),
         )
     if json_:
         typer.echo(result.model_dump_json(indent=2))
@@ -69,6 +80,12 @@ def tables_ingest(
         f"{name}@{result.version}: {result.rows_written} rows written ({result.operation}), "
         f"{result.num_rows} in the table"
     )
+    for column in (result.pii or {}).get("columns", []):
+        if column["types"]:
+            how = column["policy"] + (" (by default)" if column["default"] else "")
+            typer.echo(
+                f"PII in {column['column']}: {', '.join(column['types'])} -> {how}", err=True
+            )
     if result.rows_quarantined:
         typer.echo(
             f"{result.rows_quarantined} rows quarantined in {result.quarantine_table}"

@@ -288,6 +288,7 @@ class TableMethods:
         key: list[str] | tuple[str, ...] = (),
         evolve: bool = False,
         format: str | None = None,
+        pii: dict[str, str] | None = None,
     ) -> WriteRead:
         """Write ``data`` as the next version of table ``name`` (created on first write).
 
@@ -295,8 +296,14 @@ class TableMethods:
         says), a pyarrow Table or RecordBatchReader, or a pandas DataFrame. ``mode`` is
         ``append``, ``overwrite`` or ``merge`` (an upsert by the ``key`` columns); ``evolve``
         lets the write add columns or change types. Rows of a file that cannot be read go to
-        ``<name>_quarantine`` and are counted in the result."""
+        ``<name>_quarantine`` and are counted in the result.
+
+        Personal data is masked on the way in: ``pii`` maps a column to ``redact``,
+        ``partial``, ``tokenize`` or ``keep:<justification>``, and every other column found
+        to hold PII is tokenised (the result's ``pii`` says what was found and done)."""
         params: dict[str, Any] = {"mode": mode, "evolve": evolve, "key": list(key)}
+        if pii:
+            params["pii"] = [f"{column}={policy}" for column, policy in pii.items()]
         if isinstance(data, (str, Path)):
             path = Path(data)
             from underlay.data.ingest import detect_format

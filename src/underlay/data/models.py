@@ -16,6 +16,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -111,6 +112,7 @@ class DataTableVersion(ProjectScoped, Base):
     rows_quarantined: Mapped[int] = mapped_column(BigInteger, default=0)
     num_rows: Mapped[int] = mapped_column(BigInteger, default=0)  # rows in the table after it
     source: Mapped[str] = mapped_column(String(255), default="")
+    pii_report: Mapped[str] = mapped_column(Text, default="{}")  # JSON: findings and policies
     created_by: Mapped[int | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True
     )

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+import json
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from underlay.schemas import Line, Name
 
@@ -118,6 +119,14 @@ class TableVersionRead(_Out):
     num_rows: int
     source: str
     created_at: dt.datetime
+    pii_report: dict[str, Any] = Field(
+        description="PII found per column and the policy applied (privacy by default)."
+    )
+
+    @field_validator("pii_report", mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
 
 
 class WriteRead(BaseModel):
@@ -131,6 +140,11 @@ class WriteRead(BaseModel):
         default=None, description="Where the rows that could not be read went, with reasons."
     )
     quarantine_version: int | None = None
+    pii: dict[str, Any] | None = Field(
+        default=None,
+        description="PII found per column and the policy applied: columns with PII and no "
+        "policy given are tokenised.",
+    )
 
 
 class SqlQuery(_In):

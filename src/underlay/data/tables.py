@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from underlay.config import Settings
 from underlay.data.models import DataTable, DataTableVersion
+from underlay.data.privacy import IngestMasker
 from underlay.errors import InvalidInput, NotFound
 from underlay.store import Database, Scope
 
@@ -51,6 +53,7 @@ class WriteResult:
     rows_written: int
     rows_quarantined: int
     num_rows: int
+    pii: dict[str, Any] | None = None
 
 
 class TableStore:
@@ -169,6 +172,7 @@ class TableStore:
         source: str = "",
         quarantined: Any = None,
         created_by: int | None = None,
+        masker: IngestMasker | None = None,
     ) -> WriteResult:
         """Write ``batches`` as the next version and publish it (steps in the module doc).
 
@@ -191,7 +195,7 @@ class TableStore:
             for key in keys:
                 if key not in schema.names or (current is not None and key not in current.names):
                     raise InvalidInput(f"key column {key!r} is not in the data and the table")
-            counter = _Counter(batches)
+            counter = _Counter(masker(batches) if masker is not None else batches)
             version = self._write_delta(location, published, counter, schema, mode, keys, evolve)
             num_rows = self._count(location, version)
             with db.session(scope) as session:
@@ -209,11 +213,15 @@ class TableStore:
                         rows_quarantined=getattr(quarantined, "count", 0),
                         num_rows=num_rows,
                         source=source[:255],
+                        pii_report=json.dumps(
+                            masker.report.to_dict() if masker and masker.report else {}
+                        ),
                         created_by=created_by,
                     )
                 )
+        report = masker.report.to_dict() if masker and masker.report else None
         return WriteResult(
-            name, version, mode, counter.rows, getattr(quarantined, "count", 0), num_rows
+            name, version, mode, counter.rows, getattr(quarantined, "count", 0), num_rows, report
         )
 
     def _write_delta(

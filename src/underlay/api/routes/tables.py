@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,6 +27,7 @@ from underlay.api.deps import Ctx
 from underlay.api.limits import UploadSlots
 from underlay.data import ingest
 from underlay.data.arrowio import ipc_chunks, json_default
+from underlay.data.privacy import IngestMasker, parse_policies
 from underlay.data.schemas import ColumnRead, SqlQuery, TableRead, TableVersionRead, WriteRead
 from underlay.data.sql import run as run_sql
 from underlay.data.tables import QUARANTINE_SUFFIX, TableStore
@@ -36,6 +38,7 @@ from underlay.platform import audit_text
 router = APIRouter(prefix="/projects/{project}", tags=["tables"])
 
 ARROW = "application/vnd.apache.arrow.stream"
+PII_PURPOSE = "pii-tokens"
 JSONL = "application/x-ndjson"
 OutFormat = Literal["arrow", "jsonl"]
 
@@ -113,6 +116,14 @@ async def write_table(
     key: Annotated[list[str] | None, Query(max_length=16)] = None,
     evolve: bool = False,
     source: Annotated[str, Query(max_length=255, pattern=r"^[^\x00-\x1f\x7f]*$")] = "",
+    pii: Annotated[
+        list[str] | None,
+        Query(
+            max_length=1000,
+            description="COLUMN=POLICY (redact, partial, tokenize, keep:why); other columns "
+            "found to hold personal data are tokenised.",
+        ),
+    ] = None,
 ) -> WriteRead:
     """Append, overwrite or merge (upsert by ``key`` columns) the uploaded file as the next
     version; rows that cannot be read are quarantined, the rest is written."""
@@ -128,35 +139,40 @@ async def write_table(
             if chunk:
                 yield chunk
 
+    spec = _Spec(format, mode, tuple(key or ()), evolve, source, parse_policies(pii or ()))
+
     def work() -> WriteRead:
-        keys = tuple(key or ())
-        return _write(ctx, store, project, name, chunks(), format, mode, keys, evolve, source)
+        return _write(ctx, store, project, name, chunks(), spec)
 
     slots: UploadSlots = request.app.state.uploads
     async with slots.hold() as threads:
         return await anyio.to_thread.run_sync(work, limiter=threads)
 
 
+@dataclass(frozen=True)
+class _Spec:
+    """What a write asks for."""
+
+    fmt: ingest.Format | Literal["arrow"]
+    mode: Any
+    keys: tuple[str, ...]
+    evolve: bool
+    source: str
+    policies: dict[str, str]
+
+
 def _write(
-    ctx: Ctx,
-    store: TableStore,
-    project: str,
-    name: str,
-    body: Iterator[bytes],
-    fmt: ingest.Format | Literal["arrow"],
-    mode: Any,
-    keys: tuple[str, ...],
-    evolve: bool,
-    source: str,
+    ctx: Ctx, store: TableStore, project: str, name: str, body: Iterator[bytes], spec: _Spec
 ) -> WriteRead:
     with ctx.unit("table.write", _resource(project, name), audited=False) as u:
         found = identity.read_project(u.session, project, ctx.actor, Action.write)
         project_id = found.id
         table = store.ensure(u.session, project_id, name, ctx.actor.user_id or None)
         table_id, schema = table.id, store.schema(table)
+        key = ctx.platform.keyring.derived_key(u.session, project_id, PII_PURPOSE)
     try:
         result, quarantined = _stage_and_write(
-            ctx, store, project_id, table_id, schema, body, fmt, mode, keys, evolve, source
+            ctx, store, project_id, table_id, schema, body, spec, key
         )
     except UnderlayError as error:
         if schema is None:  # the table was new: a refused first write leaves no empty table
@@ -165,12 +181,14 @@ def _write(
             raise error from None  # audited as refused, with the reason
     quarantine_version = None
     if quarantined is not None:
-        quarantine_version = _quarantine(ctx, store, project_id, name, quarantined, source)
+        quarantine_version = _quarantine(
+            ctx, store, project_id, name, quarantined, spec.source, key
+        )
     with ctx.unit("table.write", _resource(project, name), project=project) as u:
         identity.read_project(u.session, project, ctx.actor, Action.write)
         u.resource = f"{_resource(project, name)}@{result.version}"
         u.detail = {
-            "mode": mode,
+            "mode": spec.mode,
             "rows": result.rows_written,
             "quarantined": result.rows_quarantined,
         }
@@ -183,6 +201,7 @@ def _write(
         num_rows=result.num_rows,
         quarantine_table=f"{name}{QUARANTINE_SUFFIX}" if quarantine_version is not None else None,
         quarantine_version=quarantine_version,
+        pii=result.pii,
     )
 
 
@@ -193,31 +212,26 @@ def _stage_and_write(
     table_id: int,
     schema: pa.Schema | None,
     body: Iterator[bytes],
-    fmt: ingest.Format | Literal["arrow"],
-    mode: Any,
-    keys: tuple[str, ...],
-    evolve: bool,
-    source: str,
+    spec: _Spec,
+    key: bytes,
 ) -> tuple[Any, ingest.Quarantine | None]:
     """Stage the upload to a temporary file, then read it into the table."""
     db = ctx.platform.db
     folder = ctx.platform.settings.home / "tmp"
     folder.mkdir(mode=0o700, exist_ok=True)
-    handle, staged = tempfile.mkstemp(dir=folder, suffix=f".{fmt}")
+    handle, staged = tempfile.mkstemp(dir=folder, suffix=f".{spec.fmt}")
     try:
         with os.fdopen(handle, "wb") as out:
             for chunk in body:
                 out.write(chunk)
-        if fmt == "arrow":
-            result = _write_arrow(
-                ctx, store, project_id, table_id, Path(staged), mode, keys, evolve
-            )
+        if spec.fmt == "arrow":
+            result = _write_arrow(ctx, store, project_id, table_id, Path(staged), spec, key)
             quarantined = None
         else:
             data = ingest.open_source(
                 Path(staged),
-                fmt,
-                None if evolve else schema,
+                spec.fmt,
+                None if spec.evolve else schema,
                 store.batch_rows,
             )
             result = store.write(
@@ -226,12 +240,13 @@ def _stage_and_write(
                 table_id,
                 data.batches,
                 data.schema,
-                mode=mode,
-                keys=keys,
-                evolve=evolve,
-                source=source,
+                mode=spec.mode,
+                keys=spec.keys,
+                evolve=spec.evolve,
+                source=spec.source,
                 quarantined=data.quarantine,
                 created_by=ctx.actor.user_id or None,
+                masker=IngestMasker(data.schema, spec.policies, key),
             )
             quarantined = data.quarantine if data.quarantine.count else None
     finally:
@@ -254,9 +269,8 @@ def _write_arrow(
     project_id: int,
     table_id: int,
     path: Path,
-    mode: Any,
-    keys: tuple[str, ...],
-    evolve: bool,
+    spec: _Spec,
+    key: bytes,
 ) -> Any:
     try:
         reader = pa.ipc.open_stream(pa.memory_map(str(path)))
@@ -268,11 +282,12 @@ def _write_arrow(
         table_id,
         reader,
         reader.schema,
-        mode=mode,
-        keys=keys,
-        evolve=evolve,
-        source="arrow",
+        mode=spec.mode,
+        keys=spec.keys,
+        evolve=spec.evolve,
+        source=spec.source or "arrow",
         created_by=ctx.actor.user_id or None,
+        masker=IngestMasker(reader.schema, spec.policies, key),
     )
 
 
@@ -283,6 +298,7 @@ def _quarantine(
     name: str,
     quarantine: ingest.Quarantine,
     source: str,
+    key: bytes,
 ) -> int:
     """Append the rows set aside to ``<name>_quarantine``; returns its new version."""
     target = f"{name}{QUARANTINE_SUFFIX}"[:63]
@@ -297,6 +313,7 @@ def _quarantine(
         rows.schema,
         source=source,
         created_by=ctx.actor.user_id or None,
+        masker=IngestMasker(rows.schema, {}, key),  # the raw lines hold PII too
     ).version
 
 
