@@ -148,7 +148,7 @@ def test_the_openapi_document_names_every_problem_response(server) -> None:  # t
     ]
     assert len(operations) > 15
     for path, method, op in operations:
-        for status in ("400", "401", "403", "404", "409", "413", "422", "429"):
+        for status in ("400", "401", "403", "404", "409", "413", "422", "429", "431"):
             content = op["responses"].get(status, {}).get("content", {})
             assert list(content) == ["application/problem+json"], (method, path, status)
             assert content["application/problem+json"]["schema"] == {

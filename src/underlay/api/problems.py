@@ -111,6 +111,7 @@ _PROBLEM_STATUSES = {
     413: "Request body too large",
     422: "Request failed validation; ``errors`` lists each problem",
     429: "Too many requests; wait ``Retry-After`` seconds",
+    431: "Request head too large: too many header fields, or a head (URL included) over the limit",
     503: "Unavailable; try later",
 }
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
