@@ -165,3 +165,15 @@ def test_the_old_positional_project_is_a_one_line_usage_error(args: tuple[str, .
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error:") and "unexpected extra argument" in line.lower()
+
+
+def test_help_shows_no_bool_type_anywhere() -> None:
+    """Not even beside ``--help`` itself, as the ``underlay`` command prints it."""
+    from tests.cli.conftest import clean_env, run_cli
+
+    env = clean_env()
+    env["COLUMNS"] = "120"
+    for args in (["--help"], ["jobs", "ls", "--help"], ["tables", "ingest", "--help"]):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 0, result.stderr
+        assert "--help" in result.stdout and "<bool>" not in result.stdout, args

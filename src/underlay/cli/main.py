@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -76,6 +76,27 @@ app.command("simulate")(simulate)
 app.command("status")(status)
 
 
+def command() -> Any:
+    """The Click command behind ``app``, with ``--help`` and Typer's completion flags shown
+    as the plain flags they are (Typer would print a ``<bool>`` type beside them)."""
+    import typer.main
+
+    root = typer.main.get_command(app)
+
+    def plain_help(cmd: Any) -> None:
+        option = cmd.get_help_option(cmd.context_class(cmd, info_name=cmd.name))
+        if option is not None:
+            option.metavar = ""  # the option object is cached on the command
+        for param in cmd.params:  # Typer's own flags (--install-completion...) alike
+            if param.param_type_name == "option" and getattr(param, "is_bool_flag", False):
+                param.metavar = param.metavar or ""
+        for sub in getattr(cmd, "commands", {}).values():
+            plain_help(sub)
+
+    plain_help(root)
+    return root
+
+
 def main() -> None:
     """Entry point: every failure is one line on stderr and a non-zero exit, never a traceback."""
     from underlay.config import unknown_env_warnings
@@ -84,7 +105,7 @@ def main() -> None:
     for warning in unknown_env_warnings(os.environ):
         print(f"warning: {warning}", file=sys.stderr)
     try:
-        code = app(prog_name="underlay", standalone_mode=False)
+        code = command().main(prog_name="underlay", standalone_mode=False)
     except typer.TyperException as exc:  # usage errors: one line, with what to do
         ctx = getattr(exc, "ctx", None)
         if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
