@@ -11,9 +11,12 @@ uploads run on their own capacity limiter, never on the shared pool.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import anyio
+import anyio.from_thread
+from starlette.requests import Request
 
 from underlay.errors import RateLimited
 
@@ -49,3 +52,25 @@ class UploadSlots:
             yield self.threads
         finally:
             self.active -= 1
+
+
+BINARY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+"""``openapi_extra`` of a route whose body is a raw upload (read with :func:`body_chunks`)."""
+
+
+def body_chunks(request: Request) -> Iterator[bytes]:
+    """The request body, chunk by chunk, for blocking code on a worker thread: it streams in
+    as it arrives, never whole in memory."""
+    stream = request.stream()
+    while True:
+        try:
+            chunk = anyio.from_thread.run(stream.__anext__)
+        except StopAsyncIteration:
+            return
+        if chunk:
+            yield chunk

@@ -32,6 +32,7 @@ OPTIONS = GlobalOptions()
 # One spelling of the options every command shares. A boolean flag has an empty metavar, so
 # help shows it as a plain flag (``--json``), not ``--json <bool>``.
 JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print JSON instead of a table.")]
+YesOpt = Annotated[bool, typer.Option("--yes", metavar="", help="Do not ask.")]
 ProjectOpt = Annotated[
     str | None,
     typer.Option(
@@ -285,3 +286,12 @@ def parse_moment(text: str, flag: str) -> dt.datetime:
             "like 90s, 15m, 1h, 2d or 1w"
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def delete_in_project(kind: str, name: str, project: str | None, yes: bool, what: str) -> str:
+    """Confirm (unless ``--yes``) deleting ``kind`` ``name`` and ``what`` goes with it;
+    returns the project it is in."""
+    project_name = project_of(project)
+    if not yes:
+        typer.confirm(f"delete {kind} {name} of {project_name} and {what}?", abort=True)
+    return project_name

@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from underlay.cli.common import JsonOpt, ProjectOpt, client, project_of, show
+from underlay.cli.common import (
+    JsonOpt,
+    ProjectOpt,
+    YesOpt,
+    client,
+    delete_in_project,
+    project_of,
+    show,
+)
 
 if TYPE_CHECKING:
     from underlay.client.data import Progress
@@ -191,12 +199,10 @@ def datasets_diff(
 def datasets_rm(
     name: str,
     project: ProjectOpt = None,
-    yes: Annotated[bool, typer.Option("--yes", metavar="", help="Do not ask.")] = False,
+    yes: YesOpt = False,
 ) -> None:
     """Delete a dataset and all its versions (blobs other datasets hold stay)."""
-    project_name = project_of(project)
-    if not yes:
-        typer.confirm(f"delete dataset {name} of {project_name} and all its versions?", abort=True)
+    project_name = delete_in_project("dataset", name, project, yes, "all its versions")
     with client() as c:
         c.delete_dataset(project_name, name)
     typer.echo(f"deleted dataset {name}")

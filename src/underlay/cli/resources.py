@@ -12,6 +12,7 @@ from underlay.cli.common import (
     Col,
     JsonOpt,
     ProjectOpt,
+    YesOpt,
     cell,
     client,
     parse_moment,
@@ -38,7 +39,6 @@ lineage = typer.Typer(
     help="Lineage: where a project's objects came from and what came from them.",
     no_args_is_help=True,
 )
-YesOpt = Annotated[bool, typer.Option("--yes", metavar="", help="Do not ask.")]
 
 
 @projects.command("ls")

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from underlay.cli.common import JsonOpt, ProjectOpt, client, project_of, show
+from underlay.cli.common import (
+    JsonOpt,
+    ProjectOpt,
+    YesOpt,
+    client,
+    delete_in_project,
+    project_of,
+    show,
+)
 from underlay.data.arrowio import json_default
 
 tables = typer.Typer(help="Tables (Delta Lake): ingest, inspect, read.", no_args_is_help=True)
@@ -141,12 +149,10 @@ def tables_head(
 def tables_rm(
     name: str,
     project: ProjectOpt = None,
-    yes: Annotated[bool, typer.Option("--yes", metavar="", help="Do not ask.")] = False,
+    yes: YesOpt = False,
 ) -> None:
     """Delete a table, all its versions and files."""
-    project_name = project_of(project)
-    if not yes:
-        typer.confirm(f"delete table {name} of {project_name} and all its versions?", abort=True)
+    project_name = delete_in_project("table", name, project, yes, "all its versions")
     with client() as c:
         c.delete_table(project_name, name)
     typer.echo(f"deleted table {name}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from underlay import identity
 from underlay.api.deps import Ctx
-from underlay.api.limits import UploadSlots
+from underlay.api.limits import BINARY_BODY, UploadSlots, body_chunks
 from underlay.blobs import BlobStore
 from underlay.identity import Action
 from underlay.schemas import BlobRead
@@ -27,14 +28,7 @@ DigestPath = Annotated[str, "sha256 hex"]
     "",
     response_model=BlobRead,
     status_code=201,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
-            },
-        }
-    },
+    openapi_extra=BINARY_BODY,
 )
 async def upload_blob(
     project: str,
@@ -47,16 +41,7 @@ async def upload_blob(
     digest: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
 ) -> BlobRead:
     """Store the request body as a blob; returns its SHA-256 digest. Idempotent by content."""
-    stream = request.stream()
-
-    def chunks() -> Iterator[bytes]:
-        while True:
-            try:
-                chunk = anyio.from_thread.run(stream.__anext__)
-            except StopAsyncIteration:
-                return
-            if chunk:
-                yield chunk
+    chunks = functools.partial(body_chunks, request)
 
     def store() -> BlobRead:
         # Stream outside any transaction (SQLite's write lock is not held during the

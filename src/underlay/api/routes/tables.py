@@ -8,6 +8,7 @@ their line number and the reason. Reads and SQL stream their results.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -24,7 +25,7 @@ from fastapi.responses import StreamingResponse
 
 from underlay import identity
 from underlay.api.deps import Ctx
-from underlay.api.limits import UploadSlots
+from underlay.api.limits import BINARY_BODY, UploadSlots, body_chunks
 from underlay.data import ingest
 from underlay.data.arrowio import ipc_chunks, json_default
 from underlay.data.privacy import IngestMasker, parse_policies
@@ -96,14 +97,7 @@ def delete_table(project: str, name: str, ctx: Ctx, store: Tables) -> Response:
 @router.put(
     "/tables/{name}/data",
     response_model=WriteRead,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
-            },
-        }
-    },
+    openapi_extra=BINARY_BODY,
 )
 async def write_table(
     project: str,
@@ -128,16 +122,7 @@ async def write_table(
     """Append, overwrite or merge (upsert by ``key`` columns) the uploaded file as the next
     version; rows that cannot be read are quarantined, the rest is written."""
     _check_name(name)
-    stream = request.stream()
-
-    def chunks() -> Iterator[bytes]:
-        while True:
-            try:
-                chunk = anyio.from_thread.run(stream.__anext__)
-            except StopAsyncIteration:
-                return
-            if chunk:
-                yield chunk
+    chunks = functools.partial(body_chunks, request)
 
     spec = _Spec(format, mode, tuple(key or ()), evolve, source, parse_policies(pii or ()))
 
