@@ -327,3 +327,15 @@ def test_quarantined_lines_are_masked_too(admin: Any, project: str, tmp_path: Pa
     assert result.rows_quarantined == 1
     (rejected,) = admin.read_table(project, "customers_quarantine").to_pylist()
     assert "leaked@example.com" not in rejected["raw"] and "tok_email_" in rejected["raw"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl", "arrow"])
+def test_garbage_uploads_are_400_never_500(server: Any, admin: Any, project: str, fmt: str) -> None:
+    r = httpx.put(
+        f"{server.url}/api/v1/projects/{project}/tables/junk/data",
+        params={"format": fmt},
+        content=b"\xff\xfe\x00garbage\x00\x01" * 50,
+        headers={"Authorization": f"Bearer {server.admin_token}"},
+    )
+    assert 400 <= r.status_code < 500, r.text
+    assert admin.list_tables(project) == []

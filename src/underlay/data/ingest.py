@@ -139,7 +139,7 @@ def _csv(path: Path, schema: pa.Schema | None, batch_rows: int) -> Source:
                 column_types={name: pa.string() for name in header}, strings_can_be_null=False
             ),
         )
-    except pa.ArrowInvalid as exc:
+    except pa.ArrowException as exc:
         raise InvalidInput(f"cannot read the CSV file: {exc}") from None
 
     def batches() -> Iterator[pa.RecordBatch]:
@@ -153,7 +153,7 @@ def _csv(path: Path, schema: pa.Schema | None, batch_rows: int) -> Source:
                     converted = _convert(part, target, lines, quarantine)
                     if converted.num_rows:
                         yield converted
-        except pa.ArrowInvalid as exc:
+        except pa.ArrowException as exc:
             raise InvalidInput(f"cannot read the CSV file: {exc}") from None
 
     return Source(target, batches(), quarantine)
@@ -305,7 +305,7 @@ def _json_batch(
 def _parquet(path: Path, schema: pa.Schema | None, batch_rows: int) -> Source:
     try:
         file = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         raise InvalidInput(f"not a readable Parquet file: {exc}") from None
     target = schema if schema is not None else file.schema_arrow
 
@@ -313,7 +313,7 @@ def _parquet(path: Path, schema: pa.Schema | None, batch_rows: int) -> Source:
         try:
             for batch in file.iter_batches(batch_size=batch_rows):
                 yield _cast_whole(batch, target)
-        except pa.ArrowInvalid as exc:
+        except pa.ArrowException as exc:
             raise InvalidInput(f"cannot read the Parquet file: {exc}") from None
 
     return Source(target, batches(), Quarantine())

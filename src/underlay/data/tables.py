@@ -266,7 +266,7 @@ class TableStore:
                 )
         except DeltaError as error:
             raise InvalidInput(f"the table refused the write: {error}") from None
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        except pa.ArrowException as error:
             raise InvalidInput(f"the data does not fit the table: {error}") from None
         return DeltaTable(location, storage_options=self.options).version()
 

@@ -259,7 +259,7 @@ def _write_arrow(
 ) -> Any:
     try:
         reader = pa.ipc.open_stream(pa.memory_map(str(path)))
-    except (pa.ArrowInvalid, OSError) as error:
+    except (pa.ArrowException, OSError) as error:
         raise InvalidInput(f"the body is no Arrow IPC stream: {error}") from None
     return store.write(
         ctx.platform.db,
