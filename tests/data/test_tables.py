@@ -339,3 +339,11 @@ def test_garbage_uploads_are_400_never_500(server: Any, admin: Any, project: str
     )
     assert 400 <= r.status_code < 500, r.text
     assert admin.list_tables(project) == []
+
+
+def test_reads_can_pick_columns(admin: Any, project: str) -> None:
+    admin.write_table(project, "t", pa.table({"id": [1, 2], "v": ["a", "b"], "w": [0.5, 1.5]}))
+    picked = admin.read_table(project, "t", columns=["w", "id"])
+    assert picked.column_names == ["w", "id"] and picked.num_rows == 2
+    with pytest.raises(InvalidInput):
+        admin.read_table(project, "t", columns=["nope"])

@@ -363,7 +363,7 @@ class TableMethods:
         if version is not None:
             params["version"] = version
         if columns:
-            params["columns"] = columns
+            params["columns"] = ",".join(columns)
         if limit is not None:
             params["limit"] = limit
         yield from self._arrow_stream(
