@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -56,10 +56,22 @@ def tables_ingest(
             help="redact, partial, tokenize or keep:why (repeat); other PII is tokenised.",
         ),
     ] = None,
+    checks: Annotated[
+        str | None,
+        typer.Option(
+            "--checks",
+            metavar="FILE",
+            help="Declare these quality checks (YAML or JSON) first: a new table is gated "
+            "from its first version.",
+        ),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Load a file into a table as its next version; unreadable rows are quarantined and
-    personal data is masked (tokenised unless a --pii policy says otherwise)."""
+    personal data is masked (tokenised unless a --pii policy says otherwise).
+
+    The version is published only if the table's blocking quality checks pass: else it is recorded as
+    rejected, the report is printed and the command exits with 1."""
     from pathlib import Path
 
     from underlay.data.privacy import parse_policies
@@ -70,6 +82,11 @@ def tables_ingest(
         raise InvalidInput(f"{source} is not a file")
     if mode not in ("append", "overwrite", "merge"):
         raise InvalidInput(f"--mode must be append, overwrite or merge, not {mode!r}")
+    spec = None
+    if checks is not None:
+        from underlay.data.quality import read_spec
+
+        spec = read_spec(checks)
     with client() as c:
         result = c.write_table(
             project_of(project),
@@ -80,14 +97,24 @@ def tables_ingest(
             evolve=evolve_schema,
             format=format,
             pii=parse_policies(pii or []),
+            checks=spec,
         )
     if json_:
         typer.echo(result.model_dump_json(indent=2))
+        if not result.published:
+            raise typer.Exit(1)
         return
-    typer.echo(
-        f"{name}@{result.version}: {result.rows_written} rows written ({result.operation}), "
-        f"{result.num_rows} in the table"
-    )
+    if result.published:
+        typer.echo(
+            f"{name}@{result.version}: {result.rows_written} rows written ({result.operation}), "
+            f"{result.num_rows} in the table"
+        )
+    else:
+        failed = (result.quality or {}).get("failed", [])
+        typer.echo(
+            f"{name}@{result.version} rejected: {len(failed)} blocking quality check(s) failed; "
+            "it is not published and readers keep the previous version"
+        )
     for column in (result.pii or {}).get("columns", []):
         if column["types"]:
             how = column["policy"] + (" (by default)" if column["default"] else "")
@@ -100,6 +127,20 @@ def tables_ingest(
             f"@{result.quarantine_version} with their line and reason",
             err=True,
         )
+    _report(result.quality, quiet_when_passed=True)
+    if not result.published:
+        raise typer.Exit(1)
+
+
+def _report(report: dict[str, Any] | None, *, quiet_when_passed: bool = False) -> None:
+    """A quality report as one line per check and the sampled failing rows."""
+    from underlay.data.quality import summary
+
+    if not report or (quiet_when_passed and not report["failed"] and not report["warnings"]):
+        return
+    typer.echo(f"quality checks on {report['rows']:,} rows:")
+    for line in summary(report):
+        typer.echo(line)
 
 
 @tables.command("ls")
@@ -127,8 +168,100 @@ def tables_versions(name: str, project: ProjectOpt = None, json_: JsonOpt = Fals
     """A table's versions: what each write did."""
     with client() as c:
         rows = c.table_versions(project_of(project), name)
-    cols = ["version", "operation", "rows_written", "rows_quarantined", "num_rows", "source"]
+    cols = [
+        "version",
+        "status",
+        "operation",
+        "rows_written",
+        "rows_quarantined",
+        "num_rows",
+        "source",
+    ]
     show(rows, cols, as_json=json_)
+
+
+checks_app = typer.Typer(
+    help="Quality checks that gate every new version of a table.", no_args_is_help=True
+)
+tables.add_typer(checks_app, name="checks")
+
+
+@checks_app.command("set")
+def checks_set(
+    name: str,
+    file: Annotated[str, typer.Argument(metavar="FILE", help="The checks, YAML or JSON.")],
+    project: ProjectOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Declare a table's quality checks (replacing its own); refused, and nothing stored, if
+    a check names a column the table lacks or holds a bad regex or SQL."""
+    from underlay.data.quality import read_spec
+
+    spec = read_spec(file)
+    with client() as c:
+        result = c.set_table_checks(project_of(project), name, spec)
+    if json_:
+        typer.echo(result.model_dump_json(indent=2, exclude_none=True))
+        return
+    typer.echo(f"{name}: {len(result.checks)} check(s) gate every new version")
+
+
+@checks_app.command("show")
+def checks_show(name: str, project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+    """A table's quality checks."""
+    with client() as c:
+        result = c.table_checks(project_of(project), name)
+    if json_:
+        typer.echo(result.model_dump_json(indent=2, exclude_none=True))
+        return
+    if not result.checks:
+        typer.echo(f"{name} has no quality checks")
+    for check in result.checks:
+        fields = check.model_dump(mode="json", exclude_none=True)
+        what = {k: v for k, v in fields.items() if k not in ("type", "name", "blocking")}
+        mode = "blocking" if check.blocking else "warn-only"
+        typer.echo(f"{check.label()} ({check.type}, {mode}): {json.dumps(what)}")
+
+
+@checks_app.command("rm")
+def checks_rm(name: str, project: ProjectOpt = None) -> None:
+    """Remove a table's quality checks: new versions are published unchecked."""
+    with client() as c:
+        c.clear_table_checks(project_of(project), name)
+    typer.echo(f"{name}: quality checks removed")
+
+
+@tables.command("check")
+def tables_check(
+    ref: Annotated[str, typer.Argument(metavar="NAME[@VERSION]")],
+    project: ProjectOpt = None,
+    checks: Annotated[
+        str | None,
+        typer.Option(
+            "--checks", metavar="FILE", help="Try these checks instead of the table's own."
+        ),
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Evaluate the quality checks on a published version without writing anything.
+
+    Exits with 1 when a blocking check fails."""
+    name, version = _ref(ref)
+    spec = None
+    if checks is not None:
+        from underlay.data.quality import read_spec
+
+        spec = read_spec(checks)
+    with client() as c:
+        result = c.check_table(project_of(project), name, version=version, checks=spec)
+    if json_:
+        typer.echo(result.model_dump_json(indent=2))
+    else:
+        verdict = "passes" if result.report["passed"] else "fails"
+        typer.echo(f"{name}@{result.version} {verdict} its quality checks")
+        _report(result.report)
+    if not result.report["passed"]:
+        raise typer.Exit(1)
 
 
 @tables.command("head")

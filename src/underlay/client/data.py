@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from underlay.data.manifest import FileEntry, check_path
 from underlay.data.schemas import (
+    ChecksRead,
     DatasetRead,
     DiffRead,
     FileEntryModel,
     FilePage,
     MissingDigests,
+    QualityRead,
     TableRead,
     TableVersionRead,
     VersionRead,
@@ -289,6 +291,7 @@ class TableMethods:
         evolve: bool = False,
         format: str | None = None,
         pii: dict[str, str] | None = None,
+        checks: Any = None,
     ) -> WriteRead:
         """Write ``data`` as the next version of table ``name`` (created on first write).
 
@@ -300,7 +303,16 @@ class TableMethods:
 
         Personal data is masked on the way in: ``pii`` maps a column to ``redact``,
         ``partial``, ``tokenize`` or ``keep:<justification>``, and every other column found
-        to hold PII is tokenised (the result's ``pii`` says what was found and done)."""
+        to hold PII is tokenised (the result's ``pii`` says what was found and done).
+
+        ``checks`` (a YAML or JSON file path, a list of checks, or a ``CheckSpec``) declares
+        the table's quality checks first, as :meth:`set_table_checks` with ``create=True``:
+        a new table is gated from its first version. Every write is checked against the
+        table's checks: when a blocking one fails, the result's ``published`` is false, its
+        ``quality`` says which checks failed and why, with sample rows, and readers stay on
+        the previous version."""
+        if checks is not None:
+            self.set_table_checks(project, name, checks, create=True)
         params: dict[str, Any] = {"mode": mode, "evolve": evolve, "key": list(key)}
         if pii:
             params["pii"] = [f"{column}={policy}" for column, policy in pii.items()]
@@ -318,6 +330,55 @@ class TableMethods:
         params["format"] = "arrow"
         reader = as_reader(data)
         return self._write_table(project, name, params, ipc_chunks(reader.schema, reader))
+
+    def table_checks(self, project: str, name: str) -> ChecksRead:
+        """The quality checks every new version of the table must pass."""
+        result: ChecksRead = self._one(
+            ChecksRead, "GET", f"/projects/{project}/tables/{name}/checks"
+        )
+        return result
+
+    def set_table_checks(
+        self, project: str, name: str, checks: Any, *, create: bool = False
+    ) -> ChecksRead:
+        """Declare the table's checks (replacing its own): ``checks`` is a YAML or JSON file
+        path, a list of checks (dicts), ``{"checks": [...]}`` or a ``CheckSpec``. ``create``
+        makes the table, empty, when it does not exist yet."""
+        from underlay.data.quality import as_spec
+
+        spec = as_spec(checks)
+        result: ChecksRead = self._one(
+            ChecksRead,
+            "PUT",
+            f"/projects/{project}/tables/{name}/checks",
+            params={"create": create},
+            json=spec.model_dump(mode="json", exclude_none=True),
+        )
+        return result
+
+    def clear_table_checks(self, project: str, name: str) -> None:
+        """Remove the table's checks."""
+        self._request("DELETE", f"/projects/{project}/tables/{name}/checks")
+
+    def check_table(
+        self, project: str, name: str, *, version: int | None = None, checks: Any = None
+    ) -> QualityRead:
+        """Evaluate the table's checks (or ``checks``, as for :meth:`set_table_checks`) on a
+        published version (the current one by default); nothing is written."""
+        from underlay.data.quality import as_spec
+
+        params = {} if version is None else {"version": version}
+        body: dict[str, Any] = {}
+        if checks is not None:
+            body = {"checks": as_spec(checks).model_dump(mode="json", exclude_none=True)["checks"]}
+        result: QualityRead = self._one(
+            QualityRead,
+            "POST",
+            f"/projects/{project}/tables/{name}/check",
+            params=params,
+            json=body,
+        )
+        return result
 
     def _write_table(
         self, project: str, name: str, params: dict[str, Any], content: Any

@@ -90,6 +90,8 @@ class DataTable(ProjectScoped, Base):
     name: Mapped[str] = mapped_column(String(63))
     description: Mapped[str] = mapped_column(String(1000), default="")
     published_version: Mapped[int | None] = mapped_column(Integer)
+    # JSON: the quality checks every new version must pass (underlay.data.quality)
+    checks: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_by: Mapped[int | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True
     )
@@ -97,7 +99,8 @@ class DataTable(ProjectScoped, Base):
 
 
 class DataTableVersion(ProjectScoped, Base):
-    """What one published write did: its operation and row counts."""
+    """What one write did: its operation and row counts, and whether it was published or
+    rejected by a blocking quality check (then readers never see it)."""
 
     __tablename__ = "data_table_versions"
     __table_args__ = (UniqueConstraint("table_id", "version"), MONOTONIC)
@@ -113,6 +116,8 @@ class DataTableVersion(ProjectScoped, Base):
     num_rows: Mapped[int] = mapped_column(BigInteger, default=0)  # rows in the table after it
     source: Mapped[str] = mapped_column(String(255), default="")
     pii_report: Mapped[str] = mapped_column(Text, default="{}")  # JSON: findings and policies
+    status: Mapped[str] = mapped_column(String(16), default="published")  # | rejected
+    quality_report: Mapped[str] = mapped_column(Text, default="{}")  # JSON: what the checks found
     created_by: Mapped[int | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True
     )

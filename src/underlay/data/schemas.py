@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from underlay.data.quality import Check, CheckSpec
 from underlay.schemas import Line, Name
 
 Digest = Field(pattern=r"^[0-9a-f]{64}$")
@@ -113,6 +114,11 @@ class TableRead(_Out):
 
 class TableVersionRead(_Out):
     version: int
+    status: str = Field(
+        default="published",
+        description="published, or rejected: a blocking quality check failed and readers "
+        "never saw it.",
+    )
     operation: str
     rows_written: int
     rows_quarantined: int
@@ -122,8 +128,12 @@ class TableVersionRead(_Out):
     pii_report: dict[str, Any] = Field(
         description="PII found per column and the policy applied (privacy by default)."
     )
+    quality_report: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What the table's quality checks found on this version (empty: none).",
+    )
 
-    @field_validator("pii_report", mode="before")
+    @field_validator("pii_report", "quality_report", mode="before")
     @classmethod
     def _parse(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
@@ -144,6 +154,39 @@ class WriteRead(BaseModel):
         default=None,
         description="PII found per column and the policy applied: columns with PII and no "
         "policy given are tokenised.",
+    )
+    published: bool = Field(
+        default=True,
+        description="False when a blocking quality check failed: the version is recorded as "
+        "rejected and readers stay on the previous one.",
+    )
+    quality: dict[str, Any] | None = Field(
+        default=None,
+        description="What the table's quality checks found (null when it has none): passed, "
+        "failed and warnings (check names), and per check its reason, failing_rows and a "
+        "sample of the failing rows.",
+    )
+
+
+class ChecksRead(BaseModel):
+    table: str
+    checks: list[Check] = Field(description="The checks every new version must pass.")
+
+
+class QualityRead(BaseModel):
+    table: str
+    version: int
+    report: dict[str, Any] = Field(description="As a write's `quality`.")
+
+
+class ChecksWrite(CheckSpec):
+    """The checks to declare (they replace the table's)."""
+
+
+class CheckRun(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    checks: list[Check] | None = Field(
+        default=None, max_length=100, description="Checks to try instead of the table's own."
     )
 
 

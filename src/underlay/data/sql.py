@@ -15,12 +15,16 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 
 from underlay.config import DataSettings
 from underlay.errors import InvalidInput
+
+if TYPE_CHECKING:
+    import duckdb
 
 Resolve = Callable[[str, int | None], pads.Dataset]
 """(table name, version or None) -> the dataset; raises NotFound for an unknown table."""
@@ -66,8 +70,9 @@ def rewrite(query: str) -> str:
     return "".join(out)
 
 
-def run(query: str, resolve: Resolve, settings: DataSettings, batch_rows: int = 8192) -> Result:
-    """Start ``query``; see the module docstring for what is refused."""
+def parse_select(query: str) -> tuple[str, list[str]]:
+    """``query`` checked to be one ``SELECT`` naming tables by bare name only: the rewritten
+    text (``name@3`` quoted) and the table names it reads."""
     import duckdb
 
     if not query.strip():
@@ -95,7 +100,14 @@ def run(query: str, resolve: Resolve, settings: DataSettings, batch_rows: int = 
                 f"{name} names a schema or catalog: tables here are named by their name only "
                 "(and only the project's own)"
             )
-    con = duckdb.connect(
+    return sql, names
+
+
+def sandbox(settings: DataSettings) -> duckdb.DuckDBPyConnection:
+    """A fresh in-memory DuckDB that reaches nothing outside (see the module docstring)."""
+    import duckdb
+
+    return duckdb.connect(
         ":memory:",
         config={
             "enable_external_access": False,
@@ -107,6 +119,14 @@ def run(query: str, resolve: Resolve, settings: DataSettings, batch_rows: int = 
             "lock_configuration": True,
         },
     )
+
+
+def run(query: str, resolve: Resolve, settings: DataSettings, batch_rows: int = 8192) -> Result:
+    """Start ``query``; see the module docstring for what is refused."""
+    import duckdb
+
+    sql, names = parse_select(query)
+    con = sandbox(settings)
     try:
         for name in names:
             match = _TABLE.fullmatch(name)

@@ -12,8 +12,15 @@ outside any database transaction (a long ingest must not hold SQLite's write loc
 2. the batches are written by delta-rs (append, overwrite, or merge by key columns), which
    commits atomically: a crash before the commit leaves unreferenced files, never a half
    version;
-3. a short transaction records the version (operation, rows written and quarantined) and
-   publishes it.
+3. the table's quality checks (:mod:`underlay.data.quality`) run over the new version;
+4. a short transaction records the version (operation, rows written and quarantined, the
+   quality report) and publishes it — unless a blocking check failed: then the version is
+   recorded as ``rejected``, never published, and the Delta table is restored at once to
+   the published version (emptied, when there is none yet), so readers inside and outside
+   the platform stay on the last good version.
+
+A write to a table with no published version yet replaces whatever its folder holds (the
+leftover of a crashed or rejected first write), so version numbers keep counting up.
 
 A write whose columns differ from the table's (a missing or extra column, another type) is
 refused before anything is written, unless the caller asks for schema evolution.
@@ -36,6 +43,7 @@ from sqlalchemy import delete, exc, select
 from sqlalchemy.orm import Session
 
 from underlay.config import Settings
+from underlay.data import quality
 from underlay.data.models import DataTable, DataTableVersion
 from underlay.data.privacy import IngestMasker
 from underlay.errors import InvalidInput, NotFound
@@ -54,6 +62,8 @@ class WriteResult:
     rows_quarantined: int
     num_rows: int
     pii: dict[str, Any] | None = None
+    published: bool = True
+    quality: dict[str, Any] | None = None
 
 
 class TableStore:
@@ -64,6 +74,7 @@ class TableStore:
         self.local = "://" not in self.root
         self.options = dict(settings.data.storage_options)
         self.batch_rows = settings.data.batch_rows
+        self.data_settings = settings.data
         self._thread_locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         if self.local:
@@ -114,9 +125,10 @@ class TableStore:
 
     def published(self, session: Session, table: DataTable, version: int | None) -> int:
         """The version a reader gets: ``version`` if it was published, else the current one."""
-        if table.published_version is None:
-            raise NotFound(f"table {table.name!r} has no data yet")
+        if table.published_version is None and version is None:
+            raise NotFound(f"table {table.name!r} has no published data yet")
         if version is None:
+            assert table.published_version is not None
             return table.published_version
         row = session.scalar(
             select(DataTableVersion).where(
@@ -125,7 +137,41 @@ class TableStore:
         )
         if row is None:
             raise NotFound(f"table {table.name!r} has no version {version}")
+        if row.status == "rejected":
+            raise NotFound(
+                f"{table.name}@{version} failed its quality checks and was never published "
+                "(its report: tables versions)"
+            )
         return version
+
+    def version(self, session: Session, table: DataTable, version: int) -> DataTableVersion:
+        row = session.scalar(
+            select(DataTableVersion).where(
+                DataTableVersion.table_id == table.id, DataTableVersion.version == version
+            )
+        )
+        if row is None:
+            raise NotFound(f"table {table.name!r} has no version {version}")
+        return row
+
+    # -- quality checks (in the caller's transaction) --------------------------------------
+
+    def set_checks(self, session: Session, table: DataTable, spec: quality.CheckSpec) -> None:
+        """Store ``spec`` on ``table`` after checking it against the published schema (or,
+        before the first write, against that write's data when it comes)."""
+        quality.validate(spec, self.schema(table), table.name, self.data_settings)
+        table.checks = spec.model_dump_json(exclude_none=True)
+
+    def check(
+        self, table: DataTable, version: int, spec: quality.CheckSpec | None = None
+    ) -> quality.QualityReport:
+        """Evaluate ``spec`` (else the table's checks) on ``version``; nothing is written."""
+        if spec is not None:
+            quality.validate(spec, self.schema(table), table.name, self.data_settings)
+        spec = spec or quality.load(table.checks)
+        if spec is None:
+            raise InvalidInput(f"table {table.name!r} has no quality checks: declare some")
+        return quality.evaluate(spec, self.dataset(table, version), table.name, self.data_settings)
 
     def remove(self, session: Session, table: DataTable) -> None:
         """Delete the table's rows now and its files once the caller commits."""
@@ -174,7 +220,8 @@ class TableStore:
         created_by: int | None = None,
         masker: IngestMasker | None = None,
     ) -> WriteResult:
-        """Write ``batches`` as the next version and publish it (steps in the module doc).
+        """Write ``batches`` as the next version, check it, and publish it unless a blocking
+        check failed (steps in the module doc).
 
         ``quarantined`` is read after the batches are consumed (an ingest's count of rows it
         set aside grows while it streams): an object with a ``count``."""
@@ -185,7 +232,7 @@ class TableStore:
                 if table is None:
                     raise NotFound("the table was deleted while the write started")
                 location, published = self.location(table), table.published_version
-                name = table.name
+                name, checks = table.name, quality.load(table.checks)
                 current = self.schema(table)
             self._undo_unpublished(location, published)
             if current is not None and not evolve:
@@ -195,14 +242,23 @@ class TableStore:
             for key in keys:
                 if key not in schema.names or (current is not None and key not in current.names):
                     raise InvalidInput(f"key column {key!r} is not in the data and the table")
+            if checks is not None and current is None:  # declared before the first write
+                quality.validate(checks, schema, name, self.data_settings)
             counter = _Counter(masker(batches) if masker is not None else batches)
             version = self._write_delta(location, published, counter, schema, mode, keys, evolve)
+            report = None
+            if checks is not None:
+                dataset = self._dataset_at(location, version)
+                report = quality.evaluate(checks, dataset, name, self.data_settings)
+            accepted = report is None or report.passed
             num_rows = self._count(location, version)
+            pii = masker.report.to_dict() if masker and masker.report else None
             with db.session(scope) as session:
                 table = session.get(DataTable, table_id)
                 if table is None:
                     raise NotFound("the table was deleted during the write")
-                table.published_version = version
+                if accepted:
+                    table.published_version = version
                 session.add(
                     DataTableVersion(
                         project_id=project_id,
@@ -213,16 +269,31 @@ class TableStore:
                         rows_quarantined=getattr(quarantined, "count", 0),
                         num_rows=num_rows,
                         source=source[:255],
-                        pii_report=json.dumps(
-                            masker.report.to_dict() if masker and masker.report else {}
-                        ),
+                        pii_report=json.dumps(pii or {}),
+                        status="published" if accepted else "rejected",
+                        quality_report=json.dumps(report.to_dict() if report else {}),
                         created_by=created_by,
                     )
                 )
-        report = masker.report.to_dict() if masker and masker.report else None
+            if not accepted:
+                self._undo_unpublished(location, published)
         return WriteResult(
-            name, version, mode, counter.rows, getattr(quarantined, "count", 0), num_rows, report
+            name,
+            version,
+            mode,
+            counter.rows,
+            getattr(quarantined, "count", 0),
+            num_rows,
+            pii,
+            accepted,
+            report.to_dict() if report else None,
         )
+
+    def _dataset_at(self, location: str, version: int) -> pads.Dataset:
+        from deltalake import DeltaTable
+
+        delta = DeltaTable(location, version=version, storage_options=self.options)
+        return delta.to_pyarrow_dataset()
 
     def _write_delta(
         self,
@@ -239,7 +310,16 @@ class TableStore:
 
         reader = pa.RecordBatchReader.from_batches(schema, iter(batches))
         try:
-            if published is None or mode != "merge":
+            if published is None and self._exists(location):
+                # nothing published yet: replace the leftover of a crashed or rejected write
+                write_deltalake(
+                    location,
+                    reader,
+                    mode="overwrite",
+                    schema_mode="overwrite",
+                    storage_options=self.options,
+                )
+            elif published is None or mode != "merge":
                 write_deltalake(
                     location,
                     reader,
@@ -270,9 +350,20 @@ class TableStore:
             raise InvalidInput(f"the data does not fit the table: {error}") from None
         return DeltaTable(location, storage_options=self.options).version()
 
-    def _undo_unpublished(self, location: str, published: int | None) -> None:
-        """Restore the last published version if a crashed write committed after it."""
+    def _exists(self, location: str) -> bool:
         from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            DeltaTable(location, storage_options=self.options)
+        except TableNotFoundError:
+            return False
+        return True
+
+    def _undo_unpublished(self, location: str, published: int | None) -> None:
+        """Restore the last published version if a crashed or rejected write committed after
+        it; with none published yet, leave the table empty (the next write replaces it)."""
+        from deltalake import DeltaTable, write_deltalake
         from deltalake.exceptions import TableNotFoundError
 
         try:
@@ -280,11 +371,10 @@ class TableStore:
         except TableNotFoundError:
             return
         if published is None:
-            # a first write that crashed after its commit: start again from nothing
-            if self.local:
-                import shutil
-
-                shutil.rmtree(location, ignore_errors=True)
+            dataset = delta.to_pyarrow_dataset()
+            if dataset.count_rows():
+                empty = dataset.schema.empty_table()
+                write_deltalake(location, empty, mode="overwrite", storage_options=self.options)
             return
         if delta.version() > published:
             delta.restore(published)

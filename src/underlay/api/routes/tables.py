@@ -27,10 +27,21 @@ from pydantic import StringConstraints
 from underlay import identity
 from underlay.api.deps import Ctx
 from underlay.api.limits import BINARY_BODY, UploadSlots, body_chunks
-from underlay.data import ingest
+from underlay.data import ingest, quality
 from underlay.data.arrowio import ipc_chunks, json_default
 from underlay.data.privacy import IngestMasker, parse_policies
-from underlay.data.schemas import ColumnRead, SqlQuery, TableRead, TableVersionRead, WriteRead
+from underlay.data.quality import CheckSpec
+from underlay.data.schemas import (
+    CheckRun,
+    ChecksRead,
+    ChecksWrite,
+    ColumnRead,
+    QualityRead,
+    SqlQuery,
+    TableRead,
+    TableVersionRead,
+    WriteRead,
+)
 from underlay.data.sql import run as run_sql
 from underlay.data.tables import QUARANTINE_SUFFIX, TableStore
 from underlay.errors import InvalidInput, UnderlayError
@@ -180,7 +191,11 @@ def _write(
             "mode": spec.mode,
             "rows": result.rows_written,
             "quarantined": result.rows_quarantined,
+            "published": result.published,
         }
+    if not result.published:
+        with ctx.unit("table.version.reject", u.resource, project=project) as u:
+            u.detail = {"failed": (result.quality or {}).get("failed", [])}
     return WriteRead(
         table=name,
         version=result.version,
@@ -191,6 +206,8 @@ def _write(
         quarantine_table=f"{name}{QUARANTINE_SUFFIX}" if quarantine_version is not None else None,
         quarantine_version=quarantine_version,
         pii=result.pii,
+        published=result.published,
+        quality=result.quality,
     )
 
 
@@ -244,11 +261,14 @@ def _stage_and_write(
 
 
 def _forget_if_empty(ctx: Ctx, store: TableStore, project_id: int, table_id: int) -> None:
+    """Remove a table that the refused write created (with any checks declared for it), unless
+    it holds a version (a rejected one keeps its report)."""
     from underlay.data.models import DataTable
 
     with ctx.platform.db.session(ctx.actor.scope) as session:
         table = session.get(DataTable, table_id)
-        if table is not None and table.published_version is None:
+        empty = table is not None and table.published_version is None
+        if empty and table is not None and not store.versions(session, table):
             store.remove(session, table)
 
 
@@ -391,3 +411,77 @@ def _table_read(store: TableStore, table: Any, *, with_schema: bool = False) -> 
         created_at=table.created_at,
         columns=columns,
     )
+
+
+# -- quality checks --------------------------------------------------------------------------
+
+
+@router.get("/tables/{name}/checks", response_model=ChecksRead)
+def read_checks(project: str, name: str, ctx: Ctx, store: Tables) -> ChecksRead:
+    """The quality checks every new version of the table must pass."""
+    with ctx.unit("table.read_meta", _resource(project, name), audited=False) as u:
+        found = identity.read_project(u.session, project, ctx.actor)
+        table = store.read(u.session, found.id, name)
+        spec = quality.load(table.checks)
+        return ChecksRead(table=name, checks=spec.checks if spec else [])
+
+
+@router.put("/tables/{name}/checks", response_model=ChecksRead)
+def set_checks(
+    project: str,
+    name: str,
+    body: ChecksWrite,
+    ctx: Ctx,
+    store: Tables,
+    create: Annotated[
+        bool,
+        Query(
+            description="Create the table, empty, if it does not exist: its first write is "
+            "then checked, and the columns the checks name are checked against that write's data."
+        ),
+    ] = False,
+) -> ChecksRead:
+    """Declare the table's checks (they replace its current ones); refused, and nothing
+    stored, when a check names a column the table lacks, or holds a bad regex or SQL."""
+    _check_name(name)
+    with ctx.unit("table.checks.set", _resource(project, name), project=project) as u:
+        found = identity.read_project(u.session, project, ctx.actor, Action.write)
+        if create:
+            table = store.ensure(u.session, found.id, name, ctx.actor.user_id or None)
+        else:
+            table = store.read(u.session, found.id, name)
+        spec = CheckSpec(checks=body.checks)
+        u.detail = {"checks": [c.label() for c in spec.checks]}
+        store.set_checks(u.session, table, spec)
+        return ChecksRead(table=name, checks=spec.checks)
+
+
+@router.delete("/tables/{name}/checks", status_code=204)
+def delete_checks(project: str, name: str, ctx: Ctx, store: Tables) -> Response:
+    """Remove the table's checks: new versions are published unchecked."""
+    with ctx.unit("table.checks.clear", _resource(project, name), project=project) as u:
+        found = identity.read_project(u.session, project, ctx.actor, Action.write)
+        store.read(u.session, found.id, name).checks = None
+    return Response(status_code=204)
+
+
+@router.post("/tables/{name}/check", response_model=QualityRead)
+def run_checks(
+    project: str,
+    name: str,
+    ctx: Ctx,
+    store: Tables,
+    body: CheckRun | None = None,
+    version: Annotated[int | None, Query(ge=0)] = None,
+) -> QualityRead:
+    """Evaluate the table's checks (or those given) on a published version; writes nothing.
+    Audited as a read: the report holds sampled rows."""
+    with ctx.unit("table.check", _resource(project, name), project=project) as u:
+        found = identity.read_project(u.session, project, ctx.actor)
+        table = store.read(u.session, found.id, name)
+        number = store.published(u.session, table, version)
+        u.resource = f"{_resource(project, name)}@{number}"
+        given = CheckSpec(checks=body.checks) if body and body.checks is not None else None
+        report = store.check(table, number, given)
+        u.detail = {"passed": report.passed}
+        return QualityRead(table=name, version=number, report=report.to_dict())
