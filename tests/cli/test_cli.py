@@ -312,6 +312,9 @@ def test_demo_runs_clean(tmp_path: Path) -> None:
     assert "(1 added, 1 removed, 1 changed); only 2 new file(s) were uploaded and stored" in flat
     assert "table orders@0: 1,998 rows written, 2 quarantined in orders_quarantine" in flat
     assert "reading a server file through SQL is refused" in flat
+    assert "customer_accounts@1 rejected (published: False): unique:id, allowed:country" in flat
+    assert "readers still see customer_accounts@0" in flat
+    assert "the fixed batch passes: customer_accounts@3 published, 53 rows" in flat
     assert list(tmp_path.iterdir()) == []  # the temporary home is removed
 
 

@@ -48,18 +48,56 @@ def _with(**columns: list[Any]) -> pa.Table:
 @pytest.mark.parametrize(
     ("check", "bad", "reason"),
     [
-        ({"type": "not_null", "column": "country"}, _with(country=["DE", None, "NL", "PL"]), "1 of 4 rows have a null in country"),
-        ({"type": "unique", "columns": ["id"]}, _with(id=[1, 2, 2, 2]), "3 rows share 1 duplicated value(s) of id"),
-        ({"type": "range", "column": "spend", "min": 0, "max": 1000}, _with(spend=[5.0, -1.0, 2000.0, 1.0]), "2 of 4 rows have spend outside 0..1000"),
-        ({"type": "allowed", "column": "country", "values": ["DE", "FR", "NL", "PL"]}, _with(country=["DE", "XX", "NL", "PL"]), "1 of 4 rows have country not in"),
-        ({"type": "regex", "column": "email", "pattern": "^tok_email_[a-z]+$"}, _with(email=["tok_email_a", "ada@example.com", "tok_email_c", "x"]), "2 of 4 rows have email not matching"),
+        (
+            {"type": "not_null", "column": "country"},
+            _with(country=["DE", None, "NL", "PL"]),
+            "1 of 4 rows have a null in country",
+        ),
+        (
+            {"type": "unique", "columns": ["id"]},
+            _with(id=[1, 2, 2, 2]),
+            "3 rows share 1 duplicated value(s) of id",
+        ),
+        (
+            {"type": "range", "column": "spend", "min": 0, "max": 1000},
+            _with(spend=[5.0, -1.0, 2000.0, 1.0]),
+            "2 of 4 rows have spend outside 0..1000",
+        ),
+        (
+            {"type": "allowed", "column": "country", "values": ["DE", "FR", "NL", "PL"]},
+            _with(country=["DE", "XX", "NL", "PL"]),
+            "1 of 4 rows have country not in",
+        ),
+        (
+            {"type": "regex", "column": "email", "pattern": "^tok_email_[a-z]+$"},
+            _with(email=["tok_email_a", "ada@example.com", "tok_email_c", "x"]),
+            "2 of 4 rows have email not matching",
+        ),
         ({"type": "row_count", "min": 2, "max": 10}, DATA.slice(0, 1), "1 rows, expected 2..10"),
-        ({"type": "freshness", "column": "seen", "max_age": "6h"}, _with(seen=[NOW.replace(tzinfo=None) - dt.timedelta(days=2)] * 4), "(2.0d old, limit 6.0h)"),
-        ({"type": "schema", "columns": {"id": "int64", "country": "string"}}, DATA.drop_columns(["country"]).append_column("country", pa.array([1, 2, 3, 4])), "column 'country' is int64, expected string"),
-        ({"type": "sql", "name": "big_spenders_are_known", "query": "select * from t where spend > 200 and country = 'NL'"}, DATA, "the query returns 1 rows"),
+        (
+            {"type": "freshness", "column": "seen", "max_age": "6h"},
+            _with(seen=[NOW.replace(tzinfo=None) - dt.timedelta(days=2)] * 4),
+            "(2.0d old, limit 6.0h)",
+        ),
+        (
+            {"type": "schema", "columns": {"id": "int64", "country": "string"}},
+            DATA.drop_columns(["country"]).append_column("country", pa.array([1, 2, 3, 4])),
+            "column 'country' is int64, expected string",
+        ),
+        (
+            {
+                "type": "sql",
+                "name": "big_spenders_are_known",
+                "query": "select * from t where spend > 200 and country = 'NL'",
+            },
+            DATA,
+            "the query returns 1 rows",
+        ),
     ],
-)  # fmt: skip
-def test_each_check_type_passes_and_fails(check: dict[str, Any], bad: pa.Table, reason: str) -> None:
+)
+def test_each_check_type_passes_and_fails(
+    check: dict[str, Any], bad: pa.Table, reason: str
+) -> None:
     if check["type"] != "sql":
         passed = _run(check)
         assert passed["passed"], passed["reason"]
@@ -99,20 +137,35 @@ def test_a_check_on_a_column_that_is_gone_fails_with_the_reason() -> None:
 @pytest.mark.parametrize(
     ("checks", "message"),
     [
-        ([{"type": "not_null", "column": "nope"}], "names column(s) 'nope' that the table does not have"),
+        (
+            [{"type": "not_null", "column": "nope"}],
+            "names column(s) 'nope' that the table does not have",
+        ),
         ([{"type": "regex", "column": "email", "pattern": "(unclosed"}], "bad regex"),
-        ([{"type": "regex", "column": "id", "pattern": "^1"}], "cannot apply to column 'id' of type int64"),
+        (
+            [{"type": "regex", "column": "id", "pattern": "^1"}],
+            "cannot apply to column 'id' of type int64",
+        ),
         ([{"type": "sql", "query": "delete from t"}], "only SELECT"),
-        ([{"type": "sql", "query": "select * from other"}], "may read only the table under check ('t'), not 'other'"),
+        (
+            [{"type": "sql", "query": "select * from other"}],
+            "may read only the table under check ('t'), not 'other'",
+        ),
         ([{"type": "sql", "query": "select nope from t"}], "nope"),
-        ([{"type": "allowed", "column": "id", "values": ["a"]}], "value 'a' does not fit a int64 column"),
+        (
+            [{"type": "allowed", "column": "id", "values": ["a"]}],
+            "value 'a' does not fit a int64 column",
+        ),
         ([{"type": "range", "column": "spend"}], "needs min, max or both"),
         ([{"type": "freshness", "column": "seen", "max_age": "soon"}], "not a duration"),
         ([{"type": "schema", "columns": {"id": "integer!"}}], "is no Arrow type"),
-        ([{"type": "not_null", "column": "id"}, {"type": "not_null", "column": "id"}], "two checks are named 'not_null:id'"),
+        (
+            [{"type": "not_null", "column": "id"}, {"type": "not_null", "column": "id"}],
+            "two checks are named 'not_null:id'",
+        ),
         ([{"type": "mystery", "column": "id"}], "checks.0"),
     ],
-)  # fmt: skip
+)
 def test_bad_declarations_are_refused(checks: list[dict[str, Any]], message: str) -> None:
     with pytest.raises(InvalidInput) as refused:
         validate(parse_spec(checks), DATA.schema, "t", DataSettings())
@@ -146,9 +199,7 @@ def _rows(ids: list[int | None], country: str = "DE", spend: float = 1.0) -> pa.
     )
 
 
-def test_a_failing_blocking_check_keeps_the_version_unpublished(
-    admin: Any, project: str
-) -> None:
+def test_a_failing_blocking_check_keeps_the_version_unpublished(admin: Any, project: str) -> None:
     first = admin.write_table(project, "c", _rows([1, 2]), checks=CHECKS)
     assert first.published and first.quality["passed"] and first.version == 0
     bad = admin.write_table(project, "c", _rows([2, None, 3], country="XX"))

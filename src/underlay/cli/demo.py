@@ -263,6 +263,50 @@ def _table_and_sql(ctx: DemoContext) -> None:
         raise AssertionError("SQL could read a server file")
 
 
+def _quality_gate(ctx: DemoContext) -> None:
+    """Checks declared on a customer table: a bad batch is rejected, a clean one published."""
+    alice: Client = ctx.state["alice"]
+    checks = [
+        {"type": "not_null", "column": "id"},
+        {"type": "unique", "column": "id"},
+        {"type": "allowed", "column": "country", "values": ["DE", "FR", "NL", "PL"]},
+        {"type": "range", "column": "spend", "min": 0},
+        {"type": "row_count", "max": 100_000, "blocking": False},
+    ]
+    header = "id,country,spend\n"
+    clean = ctx.home / "customers-1.csv"
+    clean.write_text(header + "".join(f"{i},DE,{10 + i}\n" for i in range(1, 51)))
+    first = alice.write_table("vision", "customer_accounts", clean, checks=checks)
+    ctx.say(
+        f"declared {len(checks)} checks on customer_accounts; its first batch passes: "
+        f"customer_accounts@{first.version} published"
+    )
+    bad = ctx.home / "customers-2.csv"
+    bad.write_text(header + "51,FR,12\n52,UK,30\n7,NL,-4\n")  # a country, a duplicate id
+    rejected = alice.write_table("vision", "customer_accounts", bad)
+    report = rejected.quality or {}
+    ctx.say(
+        f"customer_accounts@{rejected.version} rejected (published: {rejected.published}): "
+        f"{', '.join(report.get('failed', []))} failed"
+    )
+    from rich.markup import escape
+
+    for check in report.get("checks", []):
+        if not check["passed"]:  # "name — reason": "unique:id:" would print as an emoji
+            sample = check["sample"][0] if check["sample"] else {}
+            ctx.say(escape(f"  {check['name']} — {check['reason']}; e.g. {sample}"))
+    seen = alice.table_info("vision", "customer_accounts").version
+    ctx.say(f"readers still see customer_accounts@{seen}")
+    fixed = ctx.home / "customers-3.csv"
+    fixed.write_text(header + "51,FR,12\n52,NL,30\n53,PL,4\n")
+    good = alice.write_table("vision", "customer_accounts", fixed)
+    if rejected.published or not good.published:
+        raise AssertionError("the quality gate did not hold")
+    ctx.say(
+        f"the fixed batch passes: customer_accounts@{good.version} published, {good.num_rows} rows"
+    )
+
+
 def _audit(ctx: DemoContext) -> None:
     report = ctx.admin.verify_audit()
     denied = ctx.admin.list_audit(outcome="denied")
@@ -281,6 +325,7 @@ STEPS: list[Step] = [
     Step("Tenant isolation", _isolation),
     Step("Version a dataset of files", _dataset),
     Step("Ingest a table and query it with SQL", _table_and_sql),
+    Step("Gate a table's versions on quality checks", _quality_gate),
     Step("Run a job through the scheduler and bill it", _scheduled_job),
     Step("Verify the audit log", _audit),
 ]

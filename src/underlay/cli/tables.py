@@ -70,8 +70,8 @@ def tables_ingest(
     """Load a file into a table as its next version; unreadable rows are quarantined and
     personal data is masked (tokenised unless a --pii policy says otherwise).
 
-    The version is published only if the table's blocking quality checks pass: else it is recorded as
-    rejected, the report is printed and the command exits with 1."""
+    The version is published only if the table's blocking quality checks pass: else it is
+    recorded as rejected, the report is printed and the command exits with 1."""
     from pathlib import Path
 
     from underlay.data.privacy import parse_policies

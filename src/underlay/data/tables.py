@@ -376,7 +376,7 @@ class TableStore:
                 empty = dataset.schema.empty_table()
                 write_deltalake(location, empty, mode="overwrite", storage_options=self.options)
             return
-        if delta.version() > published:
+        if delta.version() > published and not _restored_to(delta, published):
             delta.restore(published)
 
     def _count(self, location: str, version: int) -> int:
@@ -400,6 +400,15 @@ class TableStore:
             with (folder / f"{table_id}.lock").open("a") as handle:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
                 yield
+
+
+def _restored_to(delta: Any, version: int) -> bool:
+    """Whether the latest commit is a restore to ``version`` (so there is nothing to undo)."""
+    (last,) = delta.history(1) or [{}]
+    parameters = last.get("operationParameters") or {}
+    return bool(
+        last.get("operation") == "RESTORE" and str(parameters.get("version")) == str(version)
+    )
 
 
 def check_schema(table: pa.Schema, data: pa.Schema, mode: Mode) -> None:
