@@ -108,6 +108,13 @@ def test_each_check_type_passes_and_fails(
     assert reason in failed["reason"], failed["reason"]
 
 
+def test_a_range_on_dates_takes_iso_bounds() -> None:
+    days = pa.table({"day": pa.array([dt.date(2026, 1, 1), dt.date(2026, 3, 1)])})
+    check = {"type": "range", "column": "day", "min": "2026-01-01", "max": "2026-02-01"}
+    result = _run(check, days)
+    assert result["failing_rows"] == 1 and result["sample"] == [{"day": "2026-03-01"}]
+
+
 def test_failing_rows_are_sampled_with_their_values_and_bounded() -> None:
     many = pa.table({"id": list(range(100)), "v": [None] * 100})
     result = _run({"type": "not_null", "column": "v"}, many)
@@ -164,6 +171,11 @@ def test_a_check_on_a_column_that_is_gone_fails_with_the_reason() -> None:
             "two checks are named 'not_null:id'",
         ),
         ([{"type": "mystery", "column": "id"}], "checks.0"),
+        ([{"type": "freshness", "column": "country", "max_age": 60}], "cannot apply"),
+        (
+            [{"type": "sql", "query": "select * from read_csv('/etc/passwd')"}],
+            "file system operations are disabled",
+        ),
     ],
 )
 def test_bad_declarations_are_refused(checks: list[dict[str, Any]], message: str) -> None:
@@ -256,13 +268,19 @@ def test_merge_and_overwrite_are_gated(admin: Any, project: str) -> None:
 
 
 def test_a_rejected_first_write_leaves_the_table_without_data_and_gated(
-    admin: Any, project: str
+    server: Any, admin: Any, project: str
 ) -> None:
+    from deltalake import DeltaTable
+
+    from tests.data.test_tables import _location
+
     bad = admin.write_table(project, "fresh", _rows([None]), checks=CHECKS)
     assert not bad.published and bad.version == 0
     with pytest.raises(NotFound, match="has no published data yet"):
         admin.read_table(project, "fresh")
     assert admin.table_info(project, "fresh").version is None
+    location = _location(server, project, "fresh")
+    assert DeltaTable(location).to_pyarrow_table().num_rows == 0  # emptied for outside readers
     good = admin.write_table(project, "fresh", _rows([7]))
     assert good.published and good.version > bad.version
     assert admin.read_table(project, "fresh").column("id").to_pylist() == [7]
@@ -323,6 +341,31 @@ def test_checks_run_on_demand_without_writing(admin: Any, project: str) -> None:
     tried = admin.check_table(project, "c", checks=[{"type": "row_count", "max": 1}])
     assert tried.report["failed"] == ["row_count"]
     assert len(admin.table_versions(project, "c")) == 2  # nothing was written
+    audited = [(e.resource, e.outcome) for e in admin.list_audit(action="table.check")]
+    assert sorted(audited) == sorted(
+        [(f"project:{project}/table:c", "error")]
+        + [(f"project:{project}/table:c@{v}", "ok") for v in (1, 0, 1)]
+    )
+
+
+def test_viewers_read_and_run_checks_but_cannot_declare(
+    server: Any, admin: Any, project: str
+) -> None:
+    from underlay.errors import PermissionDenied
+
+    admin.write_table(project, "c", _rows([1]), checks=CHECKS)
+    admin.create_user("vic", password="correct horse battery")
+    admin.add_member(project, "vic", "viewer")
+    with server.client(admin.create_token("vic", user="vic").token) as vic:
+        assert len(vic.table_checks(project, "c").checks) == 4
+        assert vic.check_table(project, "c").report["passed"]
+        for call in (
+            lambda: vic.set_table_checks(project, "c", CHECKS[:1]),
+            lambda: vic.clear_table_checks(project, "c"),
+        ):
+            with pytest.raises(PermissionDenied):
+                call()
+    assert len(admin.table_checks(project, "c").checks) == 4
 
 
 def test_another_projects_reader_gets_404(server: Any, admin: Any, project: str) -> None:
@@ -348,3 +391,22 @@ def test_checks_see_the_stored_masked_values(admin: Any, project: str, tmp_path:
     result = admin.write_table(project, "people", path, checks=checks)
     assert not result.published  # the addresses were tokenised before the checks ran
     assert result.quality["checks"][0]["sample"][0]["email"].startswith("tok_email_")
+
+
+def test_checks_that_run_out_of_time_fail_with_the_reason() -> None:
+    slow = parse_spec(
+        [
+            {
+                "type": "sql",
+                "name": "slow",
+                "query": "select * from t, range(10000000000) r where r.range < 0",
+            },
+            {"type": "unique", "column": "id"},
+        ]
+    )
+    settings = DataSettings(sql_timeout_s=0.5)
+    report = evaluate(slow, pads.dataset(DATA), "t", settings).to_dict()
+    first, second = report["checks"]
+    assert not report["passed"]
+    assert first["reason"] == "could not be evaluated: the checks ran out of time"
+    assert "ran out of time (setting data.sql_timeout_s)" in second["reason"]

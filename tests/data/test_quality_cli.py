@@ -97,6 +97,11 @@ def test_checks_set_show_check_and_rm(cli: Cli, tmp_path: Path) -> None:
     assert "FAIL  one_row_per_id: 2 rows share 1 duplicated value(s) of id" in checked.stdout
     as_data = as_json(cli("tables", "check", "c@0", "-p", "shop", "--json", ok=False))
     assert as_data["report"]["failed"] == ["one_row_per_id"]
+    other = tmp_path / "try.yaml"
+    other.write_text("- {type: row_count, max: 5}\n")
+    tried = cli("tables", "check", "c", "-p", "shop", "--checks", str(other))
+    assert "c@0 passes its quality checks" in tried.stdout
+    assert "ok    row_count: 2 rows (<= 5)" in tried.stdout
     cli("tables", "checks", "rm", "c", "-p", "shop")
     assert "c has no quality checks" in cli("tables", "checks", "show", "c", "-p", "shop").stdout
 

@@ -32,8 +32,9 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -401,14 +402,14 @@ def evaluate(
     from underlay.data.sql import sandbox
 
     con = sandbox(settings)
-    timer = threading.Timer(settings.sql_timeout_s, con.interrupt)
+    run = _Run(con, table, dataset.schema, now or dt.datetime.now(dt.UTC))
+    timer = threading.Timer(settings.sql_timeout_s, run.expire)
     timer.daemon = True
     timer.start()
     try:
         # a scanner, not the dataset: DuckDB's filter pushdown into a dataset fails on the
         # string_view files a Delta merge writes (pyarrow has no string/string_view kernel)
         con.register(table, dataset.scanner())
-        run = _Run(con, table, dataset.schema, now or dt.datetime.now(dt.UTC))
         return run.all(spec.checks)
     finally:
         timer.cancel()
@@ -427,12 +428,19 @@ class _Run:
     ) -> None:
         self.con, self.table, self.schema, self.now = con, _q(table), schema, now
         self.name = table
+        self.expired = False
+
+    def expire(self) -> None:
+        """Out of time: stop the running query, and run no other."""
+        self.expired = True
+        self.con.interrupt()
+
+    def _exec(self, sql: str, params: list[Any] | None = None) -> duckdb.DuckDBPyConnection:
+        if self.expired:
+            raise _Broken("not evaluated: the checks ran out of time (setting data.sql_timeout_s)")
+        return self.con.execute(sql, params or [])
 
     def all(self, checks: Sequence[_Check]) -> QualityReport:
-        import duckdb
-
-        from underlay.data.sql import _first_line
-
         scan = [c for c in checks if not isinstance(c, SchemaCheck | UniqueCheck | SqlCheck)]
         predicates: list[tuple[str, list[Any]]] = []
         results: dict[int, CheckResult] = {}
@@ -442,25 +450,37 @@ class _Run:
             except _Broken as broken:
                 results[id(check)] = _failed(check, str(broken))
                 predicates.append(("NULL", []))
-        rows, values = self._aggregate(predicates)
+        try:
+            rows, values = self._aggregate(predicates)
+        except _Broken as broken:
+            rows, values = 0, [broken] * len(scan)
         for check, value in zip(scan, values, strict=True):
             if id(check) not in results:
-                results[id(check)] = self._judge(check, value, rows)
+                results[id(check)] = self._guarded(check, partial(self._judge, check, value, rows))
         for check in checks:
             if id(check) in results:
                 continue
-            try:
-                if isinstance(check, SchemaCheck):
-                    results[id(check)] = self._schema(check)
-                elif isinstance(check, UniqueCheck):
-                    results[id(check)] = self._unique(check)
-                elif isinstance(check, SqlCheck):
-                    results[id(check)] = self._sql(check)
-            except _Broken as broken:
-                results[id(check)] = _failed(check, str(broken))
-            except duckdb.Error as error:
-                results[id(check)] = _failed(check, f"could not be evaluated: {_first_line(error)}")
+            if isinstance(check, SchemaCheck):
+                results[id(check)] = self._schema(check)
+            elif isinstance(check, UniqueCheck):
+                results[id(check)] = self._guarded(check, partial(self._unique, check))
+            elif isinstance(check, SqlCheck):
+                results[id(check)] = self._guarded(check, partial(self._sql, check))
         return QualityReport(rows, [results[id(c)] for c in checks])
+
+    def _guarded(self, check: _Check, evaluate: Callable[[], CheckResult]) -> CheckResult:
+        """``evaluate()``, or a failed result saying why the check could not be evaluated."""
+        import duckdb
+
+        from underlay.data.sql import _first_line
+
+        try:
+            return evaluate()
+        except _Broken as broken:
+            return _failed(check, str(broken))
+        except (duckdb.Error, InvalidInput) as error:
+            reason = "the checks ran out of time" if self.expired else _first_line(error)
+            return _failed(check, f"could not be evaluated: {reason}")
 
     # -- the one scan -------------------------------------------------------------------
 
@@ -508,16 +528,19 @@ class _Run:
         exprs = ", ".join(["count(*)", *(p for p, _ in predicates)])
         params = [v for _, ps in predicates for v in ps]
         try:
-            row = self.con.execute(f"select {exprs} from {self.table}", params).fetchone()  # noqa: S608 - quoted names, bound values
+            row = self._exec(f"select {exprs} from {self.table}", params).fetchone()  # noqa: S608 - quoted names, bound values
             assert row is not None
             return int(row[0]), list(row[1:])
         except duckdb.Error:
             pass
-        count = self.con.execute(f"select count(*) from {self.table}").fetchone()  # noqa: S608 - quoted names, bound values
+        try:
+            count = self._exec(f"select count(*) from {self.table}").fetchone()  # noqa: S608 - quoted names, bound values
+        except duckdb.Error as error:
+            raise _Broken(f"could not be evaluated: {_first_line(error)}") from None
         values: list[Any] = []
         for expr, ps in predicates:
             try:
-                one = self.con.execute(f"select {expr} from {self.table}", ps).fetchone()  # noqa: S608 - quoted names, bound values
+                one = self._exec(f"select {expr} from {self.table}", ps).fetchone()  # noqa: S608 - quoted names, bound values
                 values.append(one[0] if one else None)
             except duckdb.Error as error:
                 values.append(_Broken(f"could not be evaluated: {_first_line(error)}"))
@@ -578,7 +601,7 @@ class _Run:
         groups = (
             f"select {keys} from {self.table} where {present} group by {keys} having count(*) > 1"  # noqa: S608 - quoted names, bound values
         )
-        row = self.con.execute(
+        row = self._exec(
             f"select count(*), coalesce(sum(n), 0) from (select count(*) as n from "  # noqa: S608 - quoted names, bound values
             f"{self.table} where {present} group by {keys} having count(*) > 1)"
         ).fetchone()
@@ -596,7 +619,7 @@ class _Run:
 
     def _sql(self, check: SqlCheck) -> CheckResult:
         sql = _check_sql(check, self.name, f"check {check.label()!r}")
-        row = self.con.execute(f"select count(*) from ({sql}\n)").fetchone()  # noqa: S608 - quoted names, bound values
+        row = self._exec(f"select count(*) from ({sql}\n)").fetchone()  # noqa: S608 - quoted names, bound values
         failing = int(row[0]) if row else 0
         if not failing:
             return _result(check, True, "the query returns no rows", 0)
@@ -604,7 +627,7 @@ class _Run:
         return _result(check, False, f"the query returns {failing:,} rows", failing, sample)
 
     def _sample(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-        cursor = self.con.execute(f"{sql} limit {SAMPLE_ROWS}", params)
+        cursor = self._exec(f"{sql} limit {SAMPLE_ROWS}", params)
         names = [d[0] for d in cursor.description or []][:MAX_SAMPLE_COLUMNS]
         return [
             {k: _cell(v) for k, v in zip(names, row, strict=False)} for row in cursor.fetchall()
