@@ -144,16 +144,6 @@ class TableStore:
             )
         return version
 
-    def version(self, session: Session, table: DataTable, version: int) -> DataTableVersion:
-        row = session.scalar(
-            select(DataTableVersion).where(
-                DataTableVersion.table_id == table.id, DataTableVersion.version == version
-            )
-        )
-        if row is None:
-            raise NotFound(f"table {table.name!r} has no version {version}")
-        return row
-
     # -- quality checks (in the caller's transaction) --------------------------------------
 
     def set_checks(self, session: Session, table: DataTable, spec: quality.CheckSpec) -> None:
