@@ -66,8 +66,10 @@ def rewrite(query: str) -> str:
     return "".join(out)
 
 
-def run(query: str, resolve: Resolve, settings: DataSettings, batch_rows: int = 8192) -> Result:
-    """Start ``query``; see the module docstring for what is refused."""
+def parse(query: str) -> tuple[str, list[str]]:
+    """Check ``query`` is one ``SELECT`` naming tables by their bare names (refused with
+    :class:`InvalidInput` otherwise); returns the query as DuckDB runs it (``name@3``
+    quoted) and the table names it reads, sorted."""
     import duckdb
 
     if not query.strip():
@@ -95,6 +97,14 @@ def run(query: str, resolve: Resolve, settings: DataSettings, batch_rows: int = 
                 f"{name} names a schema or catalog: tables here are named by their name only "
                 "(and only the project's own)"
             )
+    return sql, names
+
+
+def run(query: str, resolve: Resolve, settings: DataSettings, batch_rows: int = 8192) -> Result:
+    """Start ``query``; see the module docstring for what is refused."""
+    import duckdb
+
+    sql, names = parse(query)
     con = duckdb.connect(
         ":memory:",
         config={
