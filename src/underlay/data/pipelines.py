@@ -331,5 +331,5 @@ def resolve_function(step: Step, folder: Path) -> Transform:
         sys.path.remove(root)
     function = getattr(module, attribute, None)
     if not callable(function):
-        raise InvalidInput(f"step {step.name!r}: {step.python} is not a function")
+        raise InvalidInput(f"{step.python} is not a function")
     return function  # type: ignore[no-any-return]
