@@ -84,7 +84,7 @@ def run(
     try:
         written = _execute(client, project, spec, pinned, report)
     except Exception as error:  # the user-code boundary: a failed run, not a crash
-        finish = {"status": "failed", "error": _message(error)[:2000]}
+        finish = {"status": "failed", "error": _message(error).replace("\x00", "")[:2000]}
     except BaseException:
         finish = {"status": "failed", "error": "interrupted"}
         _finish(client, project, record.id, finish, report, started)

@@ -155,6 +155,8 @@ class SqlQuery(_In):
 # -- pipeline runs ------------------------------------------------------------------------------
 
 RunStatus = Literal["running", "succeeded", "failed"]
+MAX_INT = 2**31 - 1
+MAX_BIG = 2**63 - 1
 
 
 class TableVersionRef(BaseModel):
@@ -163,7 +165,7 @@ class TableVersionRef(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     table: str = Name
-    version: int = Field(ge=0)
+    version: int = Field(ge=0, le=MAX_INT)
 
 
 class StepReport(BaseModel):
@@ -171,8 +173,8 @@ class StepReport(BaseModel):
 
     name: str = Name
     kind: Literal["sql", "python"]
-    rows_out: int = Field(ge=0)
-    rows_rejected: int = Field(default=0, ge=0)
+    rows_out: int = Field(ge=0, le=MAX_BIG)
+    rows_rejected: int = Field(default=0, ge=0, le=MAX_BIG)
 
 
 class PipelineRunCreate(_In):
@@ -182,21 +184,21 @@ class PipelineRunCreate(_In):
     spec_digest: str = Digest
     inputs: list[TableVersionRef] = Field(min_length=1, max_length=64)
     output_table: str = Name
-    job_id: int | None = Field(default=None, ge=1)
+    job_id: int | None = Field(default=None, ge=1, le=MAX_INT)
 
 
 class PipelineRunFinish(_In):
     """What a runner reports when a run ends."""
 
     status: Literal["succeeded", "failed"]
-    output_version: int | None = Field(default=None, ge=0)
-    rows_in: int = Field(default=0, ge=0)
-    rows_out: int = Field(default=0, ge=0)
-    rows_rejected: int = Field(default=0, ge=0)
-    rows_quarantined: int = Field(default=0, ge=0)
+    output_version: int | None = Field(default=None, ge=0, le=MAX_INT)
+    rows_in: int = Field(default=0, ge=0, le=MAX_BIG)
+    rows_out: int = Field(default=0, ge=0, le=MAX_BIG)
+    rows_rejected: int = Field(default=0, ge=0, le=MAX_BIG)
+    rows_quarantined: int = Field(default=0, ge=0, le=MAX_BIG)
     steps: list[StepReport] = Field(default_factory=list, max_length=256)
-    error: str = Field(default="", max_length=2000)
-    duration_s: float = Field(default=0.0, ge=0)
+    error: str = Field(default="", max_length=2000, pattern=r"^[^\x00]*$")
+    duration_s: float = Field(default=0.0, ge=0, le=1e9, allow_inf_nan=False)
 
 
 class PipelineRunRead(_Out):

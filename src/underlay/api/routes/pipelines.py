@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from underlay import identity
 from underlay.api.deps import Ctx
 from underlay.data import pipeline_runs as runs
 from underlay.data.schemas import PipelineRunCreate, PipelineRunFinish, PipelineRunRead
 from underlay.identity import Action
+
+RunId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 router = APIRouter(prefix="/projects/{project}/pipeline-runs", tags=["pipelines"])
 
@@ -28,7 +30,7 @@ def create_run(project: str, body: PipelineRunCreate, ctx: Ctx) -> PipelineRunRe
 
 
 @router.post("/{run_id}/finish", response_model=PipelineRunRead)
-def finish_run(project: str, run_id: int, body: PipelineRunFinish, ctx: Ctx) -> PipelineRunRead:
+def finish_run(project: str, run_id: RunId, body: PipelineRunFinish, ctx: Ctx) -> PipelineRunRead:
     """Record the end of a run; a success adds lineage from each input to the output version."""
     with ctx.unit("pipeline.run.finish", f"project:{project}/pipeline-run:{run_id}") as u:
         found = identity.read_project(u.session, project, ctx.actor, Action.write)
@@ -43,7 +45,7 @@ def list_runs(
     project: str,
     ctx: Ctx,
     pipeline: Annotated[str | None, Query(max_length=63)] = None,
-    job_id: Annotated[int | None, Query(ge=1)] = None,
+    job_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[PipelineRunRead]:
     """The project's runs, newest first."""
@@ -54,7 +56,7 @@ def list_runs(
 
 
 @router.get("/{run_id}", response_model=PipelineRunRead)
-def read_run(project: str, run_id: int, ctx: Ctx) -> PipelineRunRead:
+def read_run(project: str, run_id: RunId, ctx: Ctx) -> PipelineRunRead:
     with ctx.unit(
         "pipeline.run.read", f"project:{project}/pipeline-run:{run_id}", audited=False
     ) as u:
