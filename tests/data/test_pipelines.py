@@ -202,6 +202,7 @@ def test_a_failing_python_step_is_a_failed_run_with_its_error(
     (finished,) = admin.list_audit(action="pipeline.run.finish")
     assert finished.outcome == "ok"  # recording the failure worked
     assert admin.list_pipeline_runs(project)[0].status == "failed"
+    assert admin.lineage(project, "table_version", "orders@0").edges == []
 
 
 def test_a_missing_module_and_a_bad_return_are_failed_runs(
@@ -345,3 +346,48 @@ def test_python_step_input_defaults_and_checks() -> None:
     with pytest.raises(ValueError, match="a merge needs keys"):
         Pipeline(name="p", sources={"a": "a"}, output={"table": "t", "mode": "merge"})
     assert isinstance(Reject(pa.table({"a": [1]}), "why").reason, str)
+
+
+def test_outputs_and_rejected_rows_are_masked_like_any_write(admin: Any, project: str) -> None:
+    def contact(batches: Any) -> Any:
+        for batch in batches:
+            emails = pa.array([f"user{i}@example.com" for i in batch.column("id").to_pylist()])
+            with_email = batch.append_column("email", emails)
+            yield Reject(with_email.slice(0, 1), "first row")
+            yield with_email.slice(1)
+
+    pipeline = Pipeline(
+        name="contacts",
+        sources={"orders": "orders"},
+        transforms=[python("contact", contact)],
+        output={"table": "contacts"},
+    )
+    record = admin.run_pipeline(project, pipeline)
+    assert (record.status, record.rows_out, record.rows_rejected) == ("succeeded", 9, 1)
+    emails = admin.read_table(project, "contacts").column("email").to_pylist()
+    assert all(e.startswith("tok_email_") for e in emails)
+    (rejected,) = admin.read_table(project, "contacts_rejected").to_pylist()
+    assert "user1@example.com" not in rejected["row"] and "tok_email_" in rejected["row"]
+
+
+def test_viewers_read_runs_but_only_members_run_them(
+    server: Any, admin: Any, project: str, tmp_path: Path
+) -> None:
+    from underlay.errors import PermissionDenied
+
+    admin.run_pipeline(project, _folder(tmp_path))
+    admin.create_user("vic", password="correct horse battery")
+    admin.add_member(project, "vic", "viewer")
+    with server.client(admin.create_token("vic", user="vic").token) as vic:
+        (run,) = vic.list_pipeline_runs(project)
+        assert vic.read_pipeline_run(project, run.id).status == "succeeded"
+        with pytest.raises(PermissionDenied):
+            vic.run_pipeline(project, _folder(tmp_path))
+    assert len(admin.list_pipeline_runs(project)) == 1
+
+
+def test_deleting_the_project_deletes_its_runs(admin: Any, project: str, tmp_path: Path) -> None:
+    admin.run_pipeline(project, _folder(tmp_path))
+    admin.delete_project(project)
+    admin.create_project(project)
+    assert admin.list_pipeline_runs(project) == []
