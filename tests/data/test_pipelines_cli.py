@@ -132,3 +132,9 @@ def test_a_pipeline_runs_as_a_job_on_the_scheduler(cli: Cli, tmp_path: Path) -> 
     report = cli("pipelines", "run", str(path), "-p", "shop", "-q", "--wait", *env).stdout
     assert report.splitlines()[0].startswith(f"pipeline big_orders run 2 (job {job_id + 1}):")
     assert "output: big_orders@1 (rows in 10, out 7" in report
+
+    late = cli("pipelines", "run", str(path), "-p", "shop", "-q", "--wait", "--timeout", "0.01",
+               *env, ok=False)  # fmt: skip
+    assert late.returncode == 124
+    assert_one_line_error(late, "timed out", f"job {job_id + 2} goes on")
+    assert "succeeded" in cli("jobs", "wait", str(job_id + 2), "--timeout", "90").stdout

@@ -19,6 +19,7 @@ pipelines = typer.Typer(
 )
 
 EXIT_FAILED = 1
+EXIT_TIMED_OUT = 124
 
 
 @pipelines.command("run")
@@ -44,7 +45,7 @@ def pipelines_run(
 ) -> None:
     """Run a pipeline. Without --local it runs as a job on the scheduler (its folder is the
     job's working folder) and the job id is printed; --wait waits and prints the report.
-    Exits 1 when the run failed."""
+    Exits 1 when the run failed, 124 when --timeout passed first (the job goes on)."""
     from underlay.data.pipelines import load
 
     spec = load(file)  # a spec error stops here, before anything is sent
@@ -78,9 +79,15 @@ def _submit(c: Client, project: str, file: Path, name: str, env: list[str], quie
 
 
 def _wait(c: Client, project: str, job_id: int, timeout: float | None) -> PipelineRunRead:
-    from underlay.errors import NotFound
+    from underlay.errors import NotFound, Unavailable
 
-    job = c.wait_job(project, job_id, timeout_s=timeout)
+    try:
+        job = c.wait_job(project, job_id, timeout_s=timeout)
+    except Unavailable as exc:
+        if not exc.extra.get("timed_out"):
+            raise
+        typer.echo(f"error: timed out: {exc}; job {job_id} goes on", err=True)
+        raise typer.Exit(EXIT_TIMED_OUT) from None
     runs = c.list_pipeline_runs(project, job_id=job_id, limit=1)
     if not runs:
         raise NotFound(
@@ -155,7 +162,11 @@ def pipelines_runs(
 
 
 @pipelines.command("show")
-def pipelines_show(run_id: int, project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+def pipelines_show(
+    run_id: Annotated[int, typer.Argument(help="The run's id (pipelines runs lists them).")],
+    project: ProjectOpt = None,
+    json_: JsonOpt = False,
+) -> None:
     """Print a run's report: inputs, output version, rows, steps, error."""
     with client() as c:
         record = c.read_pipeline_run(project_of(project), run_id)
