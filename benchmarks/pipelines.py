@@ -10,10 +10,11 @@ peak resident memory is its own:
 * **baseline**: the same work by hand: the server's SQL (``sql``, the whole result as one
   Arrow table in memory), the same column added with pyarrow, then ``write_table``.
 
-It prints each one's seconds, rows/s and peak RSS, and the ratio pipeline/baseline. Targets:
-time within 2x of the baseline (the pipeline spills each source and step to Parquet and reads
-the source over HTTP, where the baseline's query runs beside the data), and peak memory
-below the baseline's at a million rows (the pipeline streams, the baseline materialises).
+It prints each one's seconds, rows/s and peak RSS, and the ratio pipeline/baseline. Target:
+time within 2x of the baseline (the pipeline reads the whole source over HTTP and spills each
+source and step to a file, where the baseline's query runs beside the data). Peak memory is
+printed, not targeted: the pipeline process also imports DuckDB, and the baseline holds its
+whole result at once; compare how each grows with ``--rows``.
 
     python benchmarks/pipelines.py --rows 1000000
 """

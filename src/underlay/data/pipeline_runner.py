@@ -5,8 +5,8 @@ versions pinned when the run starts, the result is written with ``write_table`` 
 masking, schema checks and every other rule of a write apply), and the server is told of the
 start and the end (see :mod:`underlay.data.pipeline_runs`). The server runs none of it.
 
-Memory stays bounded: each source, and each step's result, streams batch by batch into a
-Parquet file in a temporary folder; a SQL step reads those files as lazy Arrow datasets in
+Memory stays bounded: each source, and each step's result, streams batch by batch into an
+Arrow IPC file in a temporary folder; a SQL step reads those files as lazy Arrow datasets in
 the sandboxed DuckDB of :mod:`underlay.data.sql` (which spills past its memory limit), a
 Python step gets them batch by batch, and the output streams from the last file.
 
@@ -32,6 +32,7 @@ from underlay.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import pyarrow.dataset as pads
 
     from underlay.client import Client
 
@@ -137,7 +138,7 @@ def _execute(
         for alias, (table, version) in pinned.items():
             stream = client.iter_table(project, table, version=version)
             schema = next(stream)
-            frames[alias] = folder / f"{alias}.parquet"
+            frames[alias] = folder / f"{alias}.arrow"
             report.rows_in += _spill(frames[alias], schema, stream)
         rejects = _Rejects(folder / "_rejected.parquet")
         try:
@@ -158,11 +159,10 @@ def _transform_and_write(
     rejects: _Rejects,
     report: _Report,
 ) -> Any:
-    import pyarrow.dataset as pads
 
     folder = next(iter(frames.values())).parent
     for index, step in enumerate(spec.transforms):
-        frames[step.name] = folder / f"{step.name}.parquet"
+        frames[step.name] = folder / f"{step.name}.arrow"
         try:
             rows, rejected = _step(spec, index, step, frames, rejects)
         except Exception as error:
@@ -171,7 +171,7 @@ def _transform_and_write(
         report.steps.append(
             {"name": step.name, "kind": step.kind, "rows_out": rows, "rows_rejected": rejected}
         )
-    output = pads.dataset(frames[spec.result_name()], format="parquet")
+    output = _frame(frames[spec.result_name()])
     reader = output.scanner(batch_size=BATCH_ROWS).to_reader()
     return client.write_table(
         project, spec.output.table, reader, mode=spec.output.mode, key=spec.output.keys
@@ -189,7 +189,6 @@ def _step(
     spec: Pipeline, index: int, step: Step, frames: dict[str, Path], rejects: _Rejects
 ) -> tuple[int, int]:
     """Run one step into ``frames[step.name]``: (rows out, rows rejected)."""
-    import pyarrow.dataset as pads
 
     from underlay.config import DataSettings
     from underlay.data import sql as sandbox
@@ -199,12 +198,12 @@ def _step(
         def resolve(name: str, version: int | None) -> pads.Dataset:
             if version is not None or name not in frames or name == step.name:
                 raise InvalidInput(f"{name!r} is no source or earlier step")
-            return pads.dataset(frames[name], format="parquet")
+            return _frame(frames[name])
 
         result = sandbox.run(step.sql, resolve, DataSettings(), batch_rows=BATCH_ROWS)
         return _spill(frames[step.name], result.schema, result.batches), 0
     function = resolve_function(step, spec.folder)
-    source = pads.dataset(frames[spec.input_of(index)], format="parquet")
+    source = _frame(frames[spec.input_of(index)])
     batches = source.scanner(batch_size=BATCH_ROWS).to_batches()
     before = rejects.rows
     produced = _batches(function(batches), step.name, rejects)
@@ -242,17 +241,25 @@ def _batches(produced: Any, step: str, rejects: _Rejects) -> Iterator[pa.RecordB
 
 
 def _spill(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
-    """Stream ``batches`` into a Parquet file at ``path``; the rows written."""
-    import pyarrow.parquet as pq
+    """Stream ``batches`` into an Arrow IPC file at ``path`` (uncompressed, so writing it is a
+    copy and reading it maps the file); the rows written."""
+    import pyarrow as pa
 
     rows = 0
-    with pq.ParquetWriter(path, schema) as writer:
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
         for batch in batches:
             if batch.schema != schema:
                 batch = _conform(batch, schema)
             writer.write_batch(batch)
             rows += batch.num_rows
     return rows
+
+
+def _frame(path: Path) -> pads.Dataset:
+    """A spilled source or step as a lazy dataset."""
+    import pyarrow.dataset as pads
+
+    return pads.dataset(path, format="ipc")
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
