@@ -201,6 +201,7 @@ def test_a_failing_python_step_is_a_failed_run_with_its_error(
         admin.table_info(project, "order_facts")
     (finished,) = admin.list_audit(action="pipeline.run.finish")
     assert finished.outcome == "ok"  # recording the failure worked
+    assert json.loads(finished.detail)["error"] == record.error
     assert admin.list_pipeline_runs(project)[0].status == "failed"
     assert admin.lineage(project, "table_version", "orders@0").edges == []
 

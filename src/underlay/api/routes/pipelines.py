@@ -37,6 +37,8 @@ def finish_run(project: str, run_id: RunId, body: PipelineRunFinish, ctx: Ctx) -
         run = runs.finish_run(u.session, found, run_id, body)
         u.resource = f"project:{project}/pipeline:{run.pipeline}/run:{run.id}"
         u.detail = {"status": run.status, "output_version": run.output_version}
+        if run.error:
+            u.detail["error"] = run.error[:500]
         return runs.render(u.session, run)
 
 
