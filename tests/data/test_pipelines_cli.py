@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.cli.conftest import CLI, clean_env
 from tests.cli.test_cli import Cli, as_json, assert_one_line_error
 from underlay.config import ComputeSettings, Settings
 
@@ -110,6 +114,37 @@ def test_a_failed_run_and_spec_errors_are_one_line_errors(cli: Cli, tmp_path: Pa
     unknown = cli("pipelines", "show", "99", "-p", "shop", ok=False)
     assert_one_line_error(unknown, "pipeline run 99 not found")
     assert as_json(cli("pipelines", "runs", "-p", "shop", "--json"))[0]["status"] == "failed"
+
+
+def test_sigterm_records_the_run_as_failed(server, cli: Cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """What a cancelled job's runner gets first: SIGTERM ends the run as failed, recorded."""
+    path = _pipeline(tmp_path, cli, PIPELINE.replace("steps:tag", "steps:slow"))
+    (path.parent / "steps.py").write_text("import time\n\ndef slow(batches):\n    time.sleep(60)\n")
+    env = clean_env(
+        UNDERLAY_URL=server.url, UNDERLAY_TOKEN=server.admin_token, UNDERLAY_HOME=str(tmp_path)
+    )
+    child = subprocess.Popen(
+        [*CLI, "pipelines", "run", str(path), "-p", "shop", "--local"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with server.client() as c:
+            deadline = time.monotonic() + 30
+            while not c.list_pipeline_runs("shop") and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.5)  # into the slow step
+            child.send_signal(signal.SIGTERM)
+            _, err = child.communicate(timeout=30)
+            (run,) = c.list_pipeline_runs("shop")
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 130 and "Traceback" not in err
+    assert (run.status, run.error) == ("failed", "interrupted (SIGTERM)")
+    assert [s.name for s in run.steps] == ["big"]
 
 
 @pytest.mark.slow

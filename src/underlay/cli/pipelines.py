@@ -52,6 +52,7 @@ def pipelines_run(
     queue = project_of(project)
     with client() as c:
         if local:
+            _stop_on_sigterm()
             record = c.run_pipeline(queue, spec)
         else:
             job_id = _submit(c, queue, file, spec.name, env or [], quiet)
@@ -60,6 +61,17 @@ def pipelines_run(
                 return
             record = _wait(c, queue, job_id, timeout)
     _report(record, json_)
+
+
+def _stop_on_sigterm() -> None:
+    """A job that is cancelled or runs out of time gets SIGTERM first: turn it into an
+    interruption, so the run is recorded as failed before the process ends."""
+    import signal
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _submit(c: Client, project: str, file: Path, name: str, env: list[str], quiet: bool) -> int:

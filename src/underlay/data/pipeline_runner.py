@@ -86,9 +86,9 @@ def run(
         written = _execute(client, project, spec, pinned, report)
     except Exception as error:  # the user-code boundary: a failed run, not a crash
         finish = {"status": "failed", "error": _message(error).replace("\x00", "")[:2000]}
-    except BaseException:
-        finish = {"status": "failed", "error": "interrupted"}
-        _finish(client, project, record.id, finish, report, started)
+    except BaseException as error:  # Ctrl-C, or a stop the caller turned into one
+        reason = f"interrupted ({error})" if str(error) else "interrupted"
+        _finish(client, project, record.id, {"status": "failed", "error": reason}, report, started)
         raise
     else:
         finish = {
