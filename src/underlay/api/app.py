@@ -21,6 +21,7 @@ from underlay.api.routes import (
     jobs,
     lineage,
     nodes,
+    pipelines,
     projects,
     status,
     tables,
@@ -93,6 +94,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         status,
         datasets,
         tables,
+        pipelines,
     )
     for module in routers:
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)

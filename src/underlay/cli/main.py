@@ -8,7 +8,18 @@ from typing import Annotated, Any
 
 import typer
 
-from underlay.cli import admin, compute, configure, data, demo, keys, resources, server, tables
+from underlay.cli import (
+    admin,
+    compute,
+    configure,
+    data,
+    demo,
+    keys,
+    pipelines,
+    resources,
+    server,
+    tables,
+)
 from underlay.cli.simulate import simulate
 from underlay.cli.status import status
 
@@ -60,6 +71,7 @@ app.add_typer(resources.tokens, name="tokens")
 app.add_typer(resources.blobs, name="blobs")
 app.add_typer(data.datasets, name="datasets")
 app.add_typer(tables.tables, name="tables")
+app.add_typer(pipelines.pipelines, name="pipelines")
 app.command("sql")(tables.sql)
 app.add_typer(resources.audit, name="audit")
 app.add_typer(keys.keys, name="keys")

@@ -11,6 +11,7 @@ import datetime as dt
 
 from sqlalchemy import (
     BigInteger,
+    Float,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
@@ -122,3 +123,39 @@ class DataTableVersion(ProjectScoped, Base):
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True
     )
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class PipelineRun(ProjectScoped, Base):
+    """One run of an ETL pipeline, as its runner (the SDK, on the caller's side or in a job)
+    reported it: which table versions it read, which version it wrote, and its figures.
+
+    ``status`` is ``running`` until the runner finishes it as ``succeeded`` or ``failed``
+    (see :mod:`underlay.data.pipeline_runs`); ``inputs`` is JSON ``[{"table", "version"}]``,
+    ``steps`` JSON ``[{"name", "kind", "rows_out", "rows_rejected"}]``."""
+
+    __tablename__ = "pipeline_runs"
+    __table_args__ = (
+        Index("ix_pipeline_runs_project_pipeline", "project_id", "pipeline"),
+        MONOTONIC,
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pipeline: Mapped[str] = mapped_column(String(63))
+    spec_digest: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    inputs: Mapped[str] = mapped_column(Text, default="[]")
+    output_table: Mapped[str] = mapped_column(String(63))
+    output_version: Mapped[int | None] = mapped_column(Integer)
+    rows_in: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_out: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_rejected: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_quarantined: Mapped[int] = mapped_column(BigInteger, default=0)
+    steps: Mapped[str] = mapped_column(Text, default="[]")
+    error: Mapped[str] = mapped_column(String(2000), default="")
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    job_id: Mapped[int | None] = mapped_column(Integer)  # not a foreign key: jobs are compute's
+    created_by: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column()

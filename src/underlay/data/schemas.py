@@ -193,3 +193,78 @@ class CheckRun(BaseModel):
 class SqlQuery(_In):
     query: str = Field(min_length=1, max_length=100_000)
     format: Literal["arrow", "jsonl"] = "arrow"
+
+
+# -- pipeline runs ------------------------------------------------------------------------------
+
+RunStatus = Literal["running", "succeeded", "failed"]
+MAX_INT = 2**31 - 1
+MAX_BIG = 2**63 - 1
+
+
+class TableVersionRef(BaseModel):
+    """A table at one version: a pipeline's input."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    table: str = Name
+    version: int = Field(ge=0, le=MAX_INT)
+
+
+class StepReport(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Name
+    kind: Literal["sql", "python"]
+    rows_out: int = Field(ge=0, le=MAX_BIG)
+    rows_rejected: int = Field(default=0, ge=0, le=MAX_BIG)
+
+
+class PipelineRunCreate(_In):
+    """What a runner reports when a run starts: the inputs pinned, the output it will write."""
+
+    pipeline: str = Name
+    spec_digest: str = Digest
+    inputs: list[TableVersionRef] = Field(min_length=1, max_length=64)
+    output_table: str = Name
+    job_id: int | None = Field(default=None, ge=1, le=MAX_INT)
+
+
+class PipelineRunFinish(_In):
+    """What a runner reports when a run ends."""
+
+    status: Literal["succeeded", "failed"]
+    output_version: int | None = Field(default=None, ge=0, le=MAX_INT)
+    rows_in: int = Field(default=0, ge=0, le=MAX_BIG)
+    rows_out: int = Field(default=0, ge=0, le=MAX_BIG)
+    rows_rejected: int = Field(default=0, ge=0, le=MAX_BIG)
+    rows_quarantined: int = Field(default=0, ge=0, le=MAX_BIG)
+    steps: list[StepReport] = Field(default_factory=list, max_length=256)
+    error: str = Field(default="", max_length=2000, pattern=r"^[^\x00]*$")
+    duration_s: float = Field(default=0.0, ge=0, le=1e9, allow_inf_nan=False)
+
+
+class PipelineRunRead(_Out):
+    id: int
+    pipeline: str
+    spec_digest: str
+    status: RunStatus
+    inputs: list[TableVersionRef]
+    output_table: str
+    output_version: int | None
+    rows_in: int
+    rows_out: int
+    rows_rejected: int
+    rows_quarantined: int
+    steps: list[StepReport]
+    error: str
+    duration_s: float | None
+    job_id: int | None
+    created_by: str | None = Field(default=None, description="Who started the run.")
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+
+    @field_validator("inputs", "steps", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
