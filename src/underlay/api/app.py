@@ -23,6 +23,7 @@ from underlay.api.routes import (
     nodes,
     projects,
     status,
+    subjects,
     tables,
     tokens,
     usage,
@@ -93,6 +94,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         status,
         datasets,
         tables,
+        subjects,
     )
     for module in routers:
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)

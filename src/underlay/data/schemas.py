@@ -109,6 +109,19 @@ class TableRead(_Out):
     version: int | None = Field(description="The published version (null before any data).")
     created_at: dt.datetime
     columns: list[ColumnRead] | None = None
+    subject_key: str | None = Field(
+        default=None, description="The data-subject key column, if the table declares one."
+    )
+
+
+class TableUpdate(_In):
+    subject_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        description="The data-subject key column (null to drop it); every version is "
+        "indexed by it.",
+    )
 
 
 class TableVersionRead(_Out):
@@ -122,8 +135,13 @@ class TableVersionRead(_Out):
     pii_report: dict[str, Any] = Field(
         description="PII found per column and the policy applied (privacy by default)."
     )
+    watermark: dict[str, Any] | None = Field(
+        default=None,
+        description="Where an incremental load got to: its source (no credentials), "
+        "column, type and highest value.",
+    )
 
-    @field_validator("pii_report", mode="before")
+    @field_validator("pii_report", "watermark", mode="before")
     @classmethod
     def _parse(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
@@ -131,7 +149,10 @@ class TableVersionRead(_Out):
 
 class WriteRead(BaseModel):
     table: str
-    version: int
+    version: int | None = Field(
+        description="The version written (the latest one when nothing was; null when the "
+        "table has none)."
+    )
     operation: str
     rows_written: int
     rows_quarantined: int
@@ -145,8 +166,41 @@ class WriteRead(BaseModel):
         description="PII found per column and the policy applied: columns with PII and no "
         "policy given are tokenised.",
     )
+    watermark: dict[str, Any] | None = Field(
+        default=None, description="Where an incremental load got to (kept with the version)."
+    )
+    created: bool = Field(
+        default=True, description="False when an incremental load found no new rows."
+    )
 
 
 class SqlQuery(_In):
     query: str = Field(min_length=1, max_length=100_000)
     format: Literal["arrow", "jsonl"] = "arrow"
+
+
+class SubjectQuery(_In):
+    value: str = Field(
+        min_length=1, max_length=1000, description="The subject's key value, raw (not a token)."
+    )
+
+
+class SubjectVersionRead(BaseModel):
+    version: int
+    operation: str
+    rows: list[dict[str, Any]] = Field(description="The subject's rows in this version.")
+    truncated: bool = Field(description="True when there were more rows than returned.")
+
+
+class SubjectTableRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    table: str
+    column: str
+    stored_as: Literal["raw", "token"]
+    published_version: int | None
+    in_published: bool = Field(description="Whether the published version holds the subject.")
+    versions: list[SubjectVersionRead] = Field(description="The versions that wrote it.")
+
+
+class SubjectRead(BaseModel):
+    tables: list[SubjectTableRead]

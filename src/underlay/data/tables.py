@@ -36,6 +36,7 @@ from sqlalchemy import delete, exc, select
 from sqlalchemy.orm import Session
 
 from underlay.config import Settings
+from underlay.data import subjects
 from underlay.data.models import DataTable, DataTableVersion
 from underlay.data.privacy import IngestMasker
 from underlay.errors import InvalidInput, NotFound
@@ -129,6 +130,7 @@ class TableStore:
 
     def remove(self, session: Session, table: DataTable) -> None:
         """Delete the table's rows now and its files once the caller commits."""
+        subjects.forget(session, table.id)
         session.execute(delete(DataTableVersion).where(DataTableVersion.table_id == table.id))
         location = self.location(table)
         session.delete(table)
@@ -173,6 +175,7 @@ class TableStore:
         quarantined: Any = None,
         created_by: int | None = None,
         masker: IngestMasker | None = None,
+        watermark: str | None = None,
     ) -> WriteResult:
         """Write ``batches`` as the next version and publish it (steps in the module doc).
 
@@ -185,7 +188,7 @@ class TableStore:
                 if table is None:
                     raise NotFound("the table was deleted while the write started")
                 location, published = self.location(table), table.published_version
-                name = table.name
+                name, subject_key = table.name, table.subject_key
                 current = self.schema(table)
             self._undo_unpublished(location, published)
             if current is not None and not evolve:
@@ -195,9 +198,12 @@ class TableStore:
             for key in keys:
                 if key not in schema.names or (current is not None and key not in current.names):
                     raise InvalidInput(f"key column {key!r} is not in the data and the table")
+            if subject_key is not None:
+                subjects.check_key(schema, subject_key)
             counter = _Counter(masker(batches) if masker is not None else batches)
             version = self._write_delta(location, published, counter, schema, mode, keys, evolve)
             num_rows = self._count(location, version)
+            wrote = self._subjects(location, version, subject_key)
             with db.session(scope) as session:
                 table = session.get(DataTable, table_id)
                 if table is None:
@@ -216,9 +222,12 @@ class TableStore:
                         pii_report=json.dumps(
                             masker.report.to_dict() if masker and masker.report else {}
                         ),
+                        watermark=watermark,
                         created_by=created_by,
                     )
                 )
+                if subject_key is not None:
+                    subjects.record(session, table, version, wrote)
         report = masker.report.to_dict() if masker and masker.report else None
         return WriteResult(
             name, version, mode, counter.rows, getattr(quarantined, "count", 0), num_rows, report
@@ -270,6 +279,26 @@ class TableStore:
             raise InvalidInput(f"the data does not fit the table: {error}") from None
         return DeltaTable(location, storage_options=self.options).version()
 
+    def set_subject_key(
+        self, db: Database, project_id: int, table_id: int, column: str | None
+    ) -> int:
+        """Declare (or, with None, drop) the table's subject key and index every published
+        version by it, under the table's write lock; returns the subjects indexed."""
+        scope = Scope.projects(project_id)
+        with self._locked(project_id, table_id), db.session(scope) as session:
+            table = session.get(DataTable, table_id)
+            if table is None:
+                raise NotFound("the table was deleted meanwhile")
+            if column is None:
+                table.subject_key = None
+                subjects.forget(session, table_id)
+                return 0
+            subjects.check_key(self.schema(table), column)
+            table.subject_key = column
+            if table.published_version is None:
+                return 0
+            return subjects.backfill(session, table, self.location(table), self.options)
+
     def _undo_unpublished(self, location: str, published: int | None) -> None:
         """Restore the last published version if a crashed write committed after it."""
         from deltalake import DeltaTable
@@ -288,6 +317,18 @@ class TableStore:
             return
         if delta.version() > published:
             delta.restore(published)
+
+    def _subjects(self, location: str, version: int, column: str | None) -> set[str]:
+        """The subjects that ``version`` wrote (empty when the table has no subject key)."""
+        from deltalake import DeltaTable
+
+        if column is None:
+            return set()
+        delta = DeltaTable(location, version=version, storage_options=self.options)
+        before = None
+        if version > 0:
+            before = DeltaTable(location, version=version - 1, storage_options=self.options)
+        return subjects.written(delta, before, column)
 
     def _count(self, location: str, version: int) -> int:
         from deltalake import DeltaTable
