@@ -277,9 +277,16 @@ def open_sql(
     schema = pa.schema([(n, kind) for n, (kind, _) in zip(names, types, strict=True)])
     converts = [conv for _, conv in types]
 
+    try:  # the first batch is read before any upload starts: most type errors show here
+        head = _batch(first, schema, converts)
+    except BaseException:
+        conn.close()
+        engine.dispose()
+        raise
+
     def batches() -> Iterator[pa.RecordBatch]:
         try:
-            yield _batch(first, schema, converts)
+            yield head
             for rows in parts:
                 yield _batch(rows, schema, converts)
         finally:

@@ -23,6 +23,7 @@ import pyarrow as pa
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import StringConstraints
+from starlette.requests import ClientDisconnect
 
 from underlay import identity
 from underlay.api.deps import Ctx
@@ -212,7 +213,9 @@ def _write(
         result, quarantined = _stage_and_write(
             ctx, store, project_id, table_id, schema, body, spec, key
         )
-    except UnderlayError as error:
+    except (UnderlayError, ClientDisconnect) as error:
+        if isinstance(error, ClientDisconnect):
+            error = InvalidInput("the upload broke off before its end: nothing was written")
         if schema is None:  # the table was new: a refused first write leaves no empty table
             _forget_if_empty(ctx, store, project_id, table_id)
         with ctx.unit("table.write", _resource(project, name), project=project):
