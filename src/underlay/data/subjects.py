@@ -43,14 +43,15 @@ def subject_text(value: str) -> str:
     return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
 
 
-def check_key(schema: pa.Schema | None, column: str) -> None:
-    """Refuse a subject key that the table's columns lack, naming the ones it has."""
+def check_key(schema: pa.Schema | None, column: str, of: str = "the table") -> None:
+    """Refuse a subject key that the columns lack (``of`` the table or the data), naming the
+    ones there are, or whose type cannot key a subject."""
     if schema is None:
         return
     if column not in schema.names:
         raise InvalidInput(
-            f"subject key {column!r} is not a column of the table "
-            f"(its columns: {', '.join(schema.names)})"
+            f"subject key {column!r} is not a column of {of} "
+            f"(its columns: {', '.join(schema.names)}; nothing was written)"
         )
     kind = schema.field(column).type
     if pa.types.is_nested(kind) or pa.types.is_floating(kind):

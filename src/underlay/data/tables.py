@@ -199,7 +199,7 @@ class TableStore:
                 if key not in schema.names or (current is not None and key not in current.names):
                     raise InvalidInput(f"key column {key!r} is not in the data and the table")
             if subject_key is not None:
-                subjects.check_key(schema, subject_key)
+                subjects.check_key(schema, subject_key, "the data")
             counter = _Counter(masker(batches) if masker is not None else batches)
             version = self._write_delta(location, published, counter, schema, mode, keys, evolve)
             num_rows = self._count(location, version)
