@@ -244,7 +244,7 @@ def tables_versions(name: str, project: ProjectOpt = None, json_: JsonOpt = Fals
         "rows_quarantined",
         "num_rows",
         "source",
-        Col("watermark", fmt=_watermark, optional=True),
+        Col("watermark", fmt=_watermark),
     ]
     show(rows, cols, as_json=json_)
 
