@@ -20,12 +20,12 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.orm import Session
 
 from underlay.data.models import DataTable, DataTableSubject, DataTableVersion
@@ -82,8 +82,11 @@ def record(session: Session, table: DataTable, version: int, subjects: set[str])
         {"project_id": table.project_id, "table_id": table.id, "version": version, "subject": s}
         for s in sorted(subjects)
     ]
+    # Core executemany on the session's connection: the ORM's bulk path costs 3x more here
+    connection = session.connection()
+    statement = insert(cast(Table, DataTableSubject.__table__))
     for start in range(0, len(rows), _INSERT_CHUNK):
-        session.execute(insert(DataTableSubject), rows[start : start + _INSERT_CHUNK])
+        connection.execute(statement, rows[start : start + _INSERT_CHUNK])
 
 
 def forget(session: Session, table_id: int) -> None:
