@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -40,6 +41,16 @@ def shop_db(tmp_path: Path) -> Iterator[tuple[str, sqlite3.Connection]]:
     conn.commit()
     yield f"sqlite:///{path}", conn
     conn.close()
+
+
+def test_a_source_is_named_without_credentials() -> None:
+    from underlay.data.sqlsource import parse_url, source_key
+
+    url = parse_url(f"postgresql://me:{PASSWORD}@db/shop?sslpassword=x&application_name=etl")
+    assert source_key(url, "orders", None) == (
+        "postgresql+psycopg://me@db/shop?application_name=etl table=orders"
+    )
+    assert source_key(url, None, "select 1").startswith("postgresql+psycopg://me@db/shop?")
 
 
 def test_sqlite_table_loads_then_only_new_rows(
@@ -127,6 +138,9 @@ def test_bad_sources_are_one_line_errors(
         # the third batch breaks off an upload that has started: no table is left behind
         mixed = "select id, case when id < 5 then id else id + 0.5 end as total from orders"
         admin.ingest_sql(project, "t", url, query=mixed + " order by id", batch_rows=2)
+    deadline = time.monotonic() + 20  # the server cleans up once it sees the upload break off
+    while admin.list_tables(project) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert admin.list_tables(project) == []
 
 
@@ -186,18 +200,21 @@ def test_postgres_typed_incremental_loads_never_show_the_password(
         conn.execute(
             text(
                 f'CREATE TABLE "{schema}".orders (id bigint primary key, customer_id integer, '
+                "qty smallint, "
                 "amount numeric(10,2), placed_at timestamptz, note text, tags jsonb, "
                 "ref uuid, paid boolean, day date)"
             )
         )
         conn.execute(
             text(
-                f'INSERT INTO "{schema}".orders SELECT g, g % 7, g * 1.25, '
+                f'INSERT INTO "{schema}".orders SELECT g, g % 7, 1, g * 1.25, '
                 "timestamptz '2024-01-01 00:00:00+00' + g * interval '1 hour', 'n' || g, "
                 "jsonb_build_object('g', g), gen_random_uuid(), g % 2 = 0, "
                 "date '2024-01-01' + g FROM generate_series(1, 2500) g"
             )
         )
+        # no watermark: an incremental load leaves it out
+        conn.execute(text(f'INSERT INTO "{schema}".orders (id, customer_id) VALUES (5000, 1)'))
     source = f"{schema}.orders"
     first = admin.ingest_sql(
         project, "orders", url, table=source, watermark="placed_at", batch_rows=1000
@@ -210,6 +227,7 @@ def test_postgres_typed_incremental_loads_never_show_the_password(
     assert types["amount"] == pa.decimal128(10, 2)
     assert types["placed_at"] == pa.timestamp("us", tz="UTC") and types["day"] == pa.date32()
     assert types["paid"] == pa.bool_() and types["tags"] == pa.string()
+    assert types["ref"] == pa.string() and types["qty"] == pa.int16()
     row = admin.sql(project, "select * from orders where id = 4").to_pylist()[0]
     assert row["amount"] == Decimal("5.00") and json.loads(row["tags"]) == {"g": 4}
 
@@ -247,6 +265,17 @@ def test_postgres_query_and_refusals(admin: Any, project: str, pg_source: tuple[
     assert admin.read_table(project, "t").to_pylist() == [
         {"id": 1, "seen": dt.date(2024, 2, 1), "span": "1 day"}
     ]
+    with engine.connect() as conn:
+        conn.execute(
+            text(
+                f'CREATE FUNCTION "{schema}".sneaky() RETURNS bigint LANGUAGE sql AS '
+                f'$$ DELETE FROM "{schema}".t; SELECT 1::bigint $$'
+            )
+        )
+    sneaky = f'SELECT "{schema}".sneaky() AS n'
+    assert admin.ingest_sql(project, "sneaky", url, query=sneaky).rows_written == 1
+    with engine.connect() as conn:  # the reading transaction was rolled back
+        assert conn.execute(text(f'SELECT count(*) FROM "{schema}".t')).scalar() == 1
     with pytest.raises(InvalidInput, match="the database refused the query") as refused:
         admin.ingest_sql(project, "t", url, query=f'SELECT nope FROM "{schema}".t')
     assert PASSWORD not in str(refused.value)

@@ -119,3 +119,13 @@ def test_outsiders_get_404_and_projects_stay_apart(server: Any, admin: Any, proj
         with pytest.raises(NotFound):
             eve.update_table(project, "t", subject_key=None)
     assert admin.table_info(project, "t").subject_key == "id"
+
+
+def test_rows_per_version_are_bounded(admin: Any, project: str) -> None:
+    many = pa.table({"id": [1] * 1001 + [2], "n": list(range(1002))})
+    admin.write_table(project, "t", many, subject_key="id")
+    (hit,) = admin.find_subject(project, "1").tables
+    (version,) = hit.versions
+    assert version.truncated and len(version.rows) == 1000
+    (other,) = admin.find_subject(project, "2").tables[0].versions
+    assert not other.truncated and other.rows == [{"id": 2, "n": 1001}]

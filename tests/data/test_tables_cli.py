@@ -116,5 +116,7 @@ def test_database_and_subject_refusals_are_one_line_errors(cli: Cli, tmp_path: P
     assert_one_line_error(neither, "give --subject-key COLUMN or --no-subject-key")
     updated = cli("tables", "update", "t", "-p", "shop", "--subject-key", "id").stdout
     assert updated.strip() == "t: subject key id"
+    dropped = cli("tables", "update", "t", "-p", "shop", "--no-subject-key").stdout
+    assert dropped.strip() == "t: subject key none"
     flags = cli("tables", "ingest", "t", str(data), "-p", "shop", "--watermark", "id", ok=False)
     assert_one_line_error(flags, "need a database URL")
