@@ -128,7 +128,7 @@ def decode_value(kind: str, value: Any) -> Any:
         raise InvalidInput(f"the recorded watermark has an unknown type {kind!r}")
     try:
         return decoders[kind](value)
-    except (TypeError, ValueError, decimal.InvalidOperation):
+    except (TypeError, ValueError, OverflowError, decimal.InvalidOperation):
         raise InvalidInput(f"the watermark value is not a {kind}") from None
 
 
@@ -447,7 +447,7 @@ def check_watermark(text: str) -> str:
     source holds no credential; the normalised JSON, or :class:`InvalidInput`."""
     try:
         found = json.loads(text)
-    except json.JSONDecodeError:
+    except ValueError:  # JSONDecodeError, or a number too long
         raise InvalidInput("the watermark is not JSON") from None
     fields = {"source", "column", "type", "value"}
     if not isinstance(found, dict) or set(found) != fields:
