@@ -24,6 +24,7 @@ from underlay.api.routes import (
     pipelines,
     projects,
     status,
+    subjects,
     tables,
     tokens,
     usage,
@@ -95,6 +96,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         datasets,
         tables,
         pipelines,
+        subjects,
     )
     for module in routers:
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from underlay.cli.common import (
+    Col,
     JsonOpt,
     ProjectOpt,
     YesOpt,
@@ -33,7 +34,13 @@ def _ref(ref: str) -> tuple[str, int | None]:
 @tables.command("ingest")
 def tables_ingest(
     name: str,
-    source: Annotated[str, typer.Argument(help="A CSV, Parquet or JSON-lines file.")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A CSV, Parquet or JSON-lines file, or a database URL "
+            "(postgresql://me@host/db, sqlite:///shop.db) read from here."
+        ),
+    ],
     project: ProjectOpt = None,
     mode: Annotated[str, typer.Option(help="append, overwrite or merge.")] = "append",
     key: Annotated[
@@ -65,10 +72,30 @@ def tables_ingest(
             "from its first version.",
         ),
     ] = None,
+    source_table: Annotated[
+        str | None,
+        typer.Option("--source-table", help="The database table to load (schema.table)."),
+    ] = None,
+    query: Annotated[
+        str | None, typer.Option("--query", help="A SELECT to load instead of a table.")
+    ] = None,
+    watermark: Annotated[
+        str | None,
+        typer.Option(
+            "--watermark",
+            metavar="COLUMN",
+            help="Load only rows above the last load's highest COLUMN value.",
+        ),
+    ] = None,
+    subject_key: Annotated[
+        str | None,
+        typer.Option("--subject-key", metavar="COLUMN", help="The data-subject key column."),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Load a file into a table as its next version; unreadable rows are quarantined and
-    personal data is masked (tokenised unless a --pii policy says otherwise).
+    """Load a file, or a table or query of a database, into a table as its next version;
+    unreadable rows are quarantined and personal data is masked (tokenised unless a --pii
+    policy says otherwise).
 
     The version is published only if the table's blocking quality checks pass: else it is
     recorded as rejected, the report is printed and the command exits with 1."""
@@ -77,32 +104,57 @@ def tables_ingest(
     from underlay.data.privacy import parse_policies
     from underlay.errors import InvalidInput
 
-    path = Path(source)
-    if not path.is_file():
-        raise InvalidInput(f"{source} is not a file")
     if mode not in ("append", "overwrite", "merge"):
         raise InvalidInput(f"--mode must be append, overwrite or merge, not {mode!r}")
+    is_url = "://" in source
+    if not is_url and (source_table or query or watermark):
+        raise InvalidInput("--source-table, --query and --watermark need a database URL")
+    path = Path(source)
+    if not is_url and not path.is_file():
+        raise InvalidInput(f"{source} is not a file")
     spec = None
     if checks is not None:
         from underlay.data.quality import read_spec
 
         spec = read_spec(checks)
     with client() as c:
-        result = c.write_table(
-            project_of(project),
-            name,
-            path,
-            mode=mode,
-            key=key or [],
-            evolve=evolve_schema,
-            format=format,
-            pii=parse_policies(pii or []),
-            checks=spec,
-        )
+        if is_url:
+            if spec is not None:
+                c.set_table_checks(project_of(project), name, spec, create=True)
+            result = c.ingest_sql(
+                project_of(project),
+                name,
+                source,
+                table=source_table,
+                query=query,
+                watermark=watermark,
+                mode=mode,
+                key=key or [],
+                evolve=evolve_schema,
+                pii=parse_policies(pii or []),
+                subject_key=subject_key,
+            )
+        else:
+            result = c.write_table(
+                project_of(project),
+                name,
+                path,
+                mode=mode,
+                key=key or [],
+                evolve=evolve_schema,
+                format=format,
+                pii=parse_policies(pii or []),
+                checks=spec,
+                subject_key=subject_key,
+            )
     if json_:
         typer.echo(result.model_dump_json(indent=2))
         if not result.published:
             raise typer.Exit(1)
+        return
+    if not result.created:
+        since = f" since {name}@{result.version}" if result.version is not None else ""
+        typer.echo(f"{name}: no new rows{since}; nothing written")
         return
     if result.published:
         typer.echo(
@@ -160,7 +212,67 @@ def tables_show(name: str, project: ProjectOpt = None, json_: JsonOpt = False) -
         typer.echo(info.model_dump_json(indent=2))
         return
     typer.echo(f"{info.name}@{info.version}")
+    if info.subject_key:
+        typer.echo(f"subject key: {info.subject_key}")
     show(info.columns or [], ["name", "type"], as_json=False)
+
+
+@tables.command("update")
+def tables_update(
+    name: str,
+    project: ProjectOpt = None,
+    subject_key: Annotated[
+        str | None,
+        typer.Option(
+            "--subject-key",
+            metavar="COLUMN",
+            help="Declare the data-subject key column; every version is indexed by it.",
+        ),
+    ] = None,
+    no_subject_key: Annotated[
+        bool, typer.Option("--no-subject-key", metavar="", help="Drop the subject key.")
+    ] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Change a table's settings: its data-subject key."""
+    from underlay.errors import InvalidInput
+
+    if (subject_key is None) == (not no_subject_key):
+        raise InvalidInput("give --subject-key COLUMN or --no-subject-key")
+    with client() as c:
+        info = c.update_table(project_of(project), name, subject_key=subject_key)
+    if json_:
+        typer.echo(info.model_dump_json(indent=2))
+        return
+    typer.echo(f"{info.name}: subject key {info.subject_key or 'none'}")
+
+
+@tables.command("subject")
+def tables_subject(
+    value: Annotated[str, typer.Argument(help="The subject's key value (raw, not a token).")],
+    project: ProjectOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Every row about one data subject, in every version of every table with a subject key."""
+    with client() as c:
+        found = c.find_subject(project_of(project), value)
+    if json_:
+        typer.echo(found.model_dump_json(indent=2))
+        return
+    if not found.tables:
+        typer.echo("no table holds that subject")
+        return
+    for hit in found.tables:
+        now = "in" if hit.in_published else "not in"
+        typer.echo(
+            f"{hit.table} (key {hit.column}, stored {hit.stored_as}): "
+            f"{now} the published version {hit.published_version}"
+        )
+        for version in hit.versions:
+            more = " (more not shown)" if version.truncated else ""
+            typer.echo(f"  @{version.version} {version.operation}: {len(version.rows)} rows{more}")
+            for row in version.rows:
+                typer.echo("    " + json.dumps(row, default=json_default))
 
 
 @tables.command("versions")
@@ -168,7 +280,7 @@ def tables_versions(name: str, project: ProjectOpt = None, json_: JsonOpt = Fals
     """A table's versions: what each write did."""
     with client() as c:
         rows = c.table_versions(project_of(project), name)
-    cols = [
+    cols: list[str | Col] = [
         "version",
         "status",
         "operation",
@@ -176,8 +288,14 @@ def tables_versions(name: str, project: ProjectOpt = None, json_: JsonOpt = Fals
         "rows_quarantined",
         "num_rows",
         "source",
+        Col("watermark", fmt=_watermark),
     ]
     show(rows, cols, as_json=json_)
+
+
+def _watermark(row: dict[str, Any]) -> str:
+    mark = row.get("watermark")
+    return f"{mark['column']} = {mark['value']}" if mark else ""
 
 
 checks_app = typer.Typer(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import mimetypes
 import os
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from underlay.data.schemas import (
     FilePage,
     MissingDigests,
     QualityRead,
+    SubjectRead,
     TableRead,
     TableVersionRead,
     VersionRead,
@@ -280,6 +282,125 @@ class TableMethods:
     def delete_table(self, project: str, name: str) -> None:
         self._request("DELETE", f"/projects/{project}/tables/{name}")
 
+    def update_table(self, project: str, name: str, *, subject_key: str | None) -> TableRead:
+        """Declare (or, with None, drop) the table's data-subject key column; every version
+        is indexed by it."""
+        body = {"subject_key": subject_key}
+        result: TableRead = self._one(
+            TableRead, "PATCH", f"/projects/{project}/tables/{name}", json=body
+        )
+        return result
+
+    def find_subject(self, project: str, value: str) -> SubjectRead:
+        """Every table (with a subject key) of the project, version and row that holds the
+        subject whose key is ``value`` — the raw value, even where the key is tokenised."""
+        result: SubjectRead = self._one(
+            SubjectRead, "POST", f"/projects/{project}/subjects", json={"value": value}
+        )
+        return result
+
+    def ingest_sql(
+        self,
+        project: str,
+        name: str,
+        url: str,
+        *,
+        table: str | None = None,
+        query: str | None = None,
+        watermark: str | None = None,
+        mode: str = "append",
+        key: list[str] | tuple[str, ...] = (),
+        evolve: bool = False,
+        pii: dict[str, str] | None = None,
+        subject_key: str | None = None,
+        batch_rows: int = 50_000,
+    ) -> WriteRead:
+        """Load ``table`` (or the rows of ``query``) of the database at ``url`` (any
+        SQLAlchemy URL) into table ``name``; the database is read here, never by the server.
+
+        With ``watermark`` (a column), the first load takes every row and the server keeps
+        the highest watermark with the version; later loads of the same source take only
+        rows above it (``mode`` append, or merge by ``key``). A load with no new rows writes
+        no version and answers ``created`` False. The source is kept without its password."""
+        from underlay.data.sqlsource import encode_value, open_sql, parse_url, source_key
+
+        if watermark is not None and mode == "overwrite":
+            raise InvalidInput(
+                "an incremental load (--watermark) appends or merges, never overwrites"
+            )
+        source = source_key(parse_url(url), table, query)
+        state = self._watermark(project, name, source, watermark) if watermark else None
+        after = state[1] if state else None
+        read = open_sql(
+            url, table=table, query=query, watermark=watermark, after=after, batch_rows=batch_rows
+        )
+        if read is None:
+            return self._unchanged(project, name, state[0] if state else None)
+        params: dict[str, Any] = {
+            "mode": mode,
+            "evolve": evolve,
+            "key": list(key),
+            "format": "arrow",
+            "source": source[:255],
+        }
+        if pii:
+            params["pii"] = [f"{column}={policy}" for column, policy in pii.items()]
+        if subject_key is not None:
+            params["subject_key"] = subject_key
+        if watermark is not None:
+            kind, value = encode_value(read.highest)
+            mark = {"source": source, "column": watermark, "type": kind, "value": value}
+            params["watermark"] = json.dumps(mark)
+        from underlay.data.arrowio import ipc_chunks
+
+        return self._write_table(project, name, params, ipc_chunks(read.schema, read.batches))
+
+    def _watermark(
+        self, project: str, name: str, source: str, column: str
+    ) -> tuple[TableVersionRead, Any] | None:
+        """The latest version that a load of ``source`` by ``column`` recorded, and its
+        watermark value; None before the first load."""
+        from underlay.data.sqlsource import decode_value
+        from underlay.errors import NotFound
+
+        try:
+            versions = self.table_versions(project, name)
+        except NotFound:
+            return None
+        for version in versions:  # newest first
+            mark = version.watermark
+            if mark and mark["source"] == source and mark["column"] == column:
+                return version, decode_value(mark["type"], mark["value"])
+        return None
+
+    def _unchanged(self, project: str, name: str, state: TableVersionRead | None) -> WriteRead:
+        """The answer of a load that found no new rows: no version was written."""
+        from underlay.errors import NotFound
+
+        try:
+            info = self.table_info(project, name)
+            latest = self.table_versions(project, name)[0]
+        except (NotFound, IndexError):
+            return WriteRead(
+                table=name,
+                version=None,
+                operation="none",
+                rows_written=0,
+                rows_quarantined=0,
+                num_rows=0,
+                created=False,
+            )
+        return WriteRead(
+            table=name,
+            version=info.version,
+            operation="none",
+            rows_written=0,
+            rows_quarantined=0,
+            num_rows=latest.num_rows,
+            watermark=state.watermark if state else None,
+            created=False,
+        )
+
     def write_table(
         self,
         project: str,
@@ -292,6 +413,7 @@ class TableMethods:
         format: str | None = None,
         pii: dict[str, str] | None = None,
         checks: Any = None,
+        subject_key: str | None = None,
     ) -> WriteRead:
         """Write ``data`` as the next version of table ``name`` (created on first write).
 
@@ -305,6 +427,9 @@ class TableMethods:
         ``partial``, ``tokenize`` or ``keep:<justification>``, and every other column found
         to hold PII is tokenised (the result's ``pii`` says what was found and done).
 
+        ``subject_key`` names the data-subject key column of a new table (see
+        :meth:`find_subject`); an existing table changes it with :meth:`update_table`.
+
         ``checks`` (a YAML or JSON file path, a list of checks, or a ``CheckSpec``) declares
         the table's quality checks first, as :meth:`set_table_checks` with ``create=True``:
         a new table is gated from its first version. Every write is checked against the
@@ -314,6 +439,8 @@ class TableMethods:
         if checks is not None:
             self.set_table_checks(project, name, checks, create=True)
         params: dict[str, Any] = {"mode": mode, "evolve": evolve, "key": list(key)}
+        if subject_key is not None:
+            params["subject_key"] = subject_key
         if pii:
             params["pii"] = [f"{column}={policy}" for column, policy in pii.items()]
         if isinstance(data, (str, Path)):

@@ -93,6 +93,8 @@ class DataTable(ProjectScoped, Base):
     published_version: Mapped[int | None] = mapped_column(Integer)
     # JSON: the quality checks every new version must pass (underlay.data.quality)
     checks: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the data-subject key column: each version records which subjects it wrote
+    subject_key: Mapped[str | None] = mapped_column(String(63))
     created_by: Mapped[int | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True
     )
@@ -119,6 +121,8 @@ class DataTableVersion(ProjectScoped, Base):
     pii_report: Mapped[str] = mapped_column(Text, default="{}")  # JSON: findings and policies
     status: Mapped[str] = mapped_column(String(16), default="published")  # | rejected
     quality_report: Mapped[str] = mapped_column(Text, default="{}")  # JSON: what the checks found
+    # JSON {source, column, type, value} of an incremental load from a database, else null
+    watermark: Mapped[str | None] = mapped_column(Text)
     created_by: Mapped[int | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True
     )
@@ -159,3 +163,18 @@ class PipelineRun(ProjectScoped, Base):
     )
     started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class DataTableSubject(ProjectScoped, Base):
+    """A data subject that a table version wrote: the key column's value as stored (a token
+    when the column is tokenised). Indexed on (project, subject), so every version of every
+    table that holds a subject is one query."""
+
+    __tablename__ = "data_table_subjects"
+    __table_args__ = (Index("ix_data_table_subjects_project_subject", "project_id", "subject"),)
+
+    table_id: Mapped[int] = mapped_column(
+        ForeignKey("data_tables.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject: Mapped[str] = mapped_column(String(255), primary_key=True)

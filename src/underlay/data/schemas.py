@@ -110,6 +110,19 @@ class TableRead(_Out):
     version: int | None = Field(description="The published version (null before any data).")
     created_at: dt.datetime
     columns: list[ColumnRead] | None = None
+    subject_key: str | None = Field(
+        default=None, description="The data-subject key column, if the table declares one."
+    )
+
+
+class TableUpdate(_In):
+    subject_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        description="The data-subject key column (null to drop it); every version is "
+        "indexed by it.",
+    )
 
 
 class TableVersionRead(_Out):
@@ -132,8 +145,13 @@ class TableVersionRead(_Out):
         default_factory=dict,
         description="What the table's quality checks found on this version (empty: none).",
     )
+    watermark: dict[str, Any] | None = Field(
+        default=None,
+        description="Where an incremental load got to: its source (no credentials), "
+        "column, type and highest value.",
+    )
 
-    @field_validator("pii_report", "quality_report", mode="before")
+    @field_validator("pii_report", "quality_report", "watermark", mode="before")
     @classmethod
     def _parse(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
@@ -141,7 +159,10 @@ class TableVersionRead(_Out):
 
 class WriteRead(BaseModel):
     table: str
-    version: int
+    version: int | None = Field(
+        description="The version written (the latest one when nothing was; null when the "
+        "table has none)."
+    )
     operation: str
     rows_written: int
     rows_quarantined: int
@@ -165,6 +186,12 @@ class WriteRead(BaseModel):
         description="What the table's quality checks found (null when it has none): passed, "
         "failed and warnings (check names), and per check its reason, failing_rows and a "
         "sample of the failing rows.",
+    )
+    watermark: dict[str, Any] | None = Field(
+        default=None, description="Where an incremental load got to (kept with the version)."
+    )
+    created: bool = Field(
+        default=True, description="False when an incremental load found no new rows."
     )
 
 
@@ -268,3 +295,30 @@ class PipelineRunRead(_Out):
     @classmethod
     def _json(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
+
+
+class SubjectQuery(_In):
+    value: str = Field(
+        min_length=1, max_length=1000, description="The subject's key value, raw (not a token)."
+    )
+
+
+class SubjectVersionRead(BaseModel):
+    version: int
+    operation: str
+    rows: list[dict[str, Any]] = Field(description="The subject's rows in this version.")
+    truncated: bool = Field(description="True when there were more rows than returned.")
+
+
+class SubjectTableRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    table: str
+    column: str
+    stored_as: Literal["raw", "token"]
+    published_version: int | None
+    in_published: bool = Field(description="Whether the published version holds the subject.")
+    versions: list[SubjectVersionRead] = Field(description="The versions that wrote it.")
+
+
+class SubjectRead(BaseModel):
+    tables: list[SubjectTableRead]

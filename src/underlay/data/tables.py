@@ -43,7 +43,7 @@ from sqlalchemy import delete, exc, select
 from sqlalchemy.orm import Session
 
 from underlay.config import Settings
-from underlay.data import quality
+from underlay.data import quality, subjects
 from underlay.data.models import DataTable, DataTableVersion
 from underlay.data.privacy import IngestMasker
 from underlay.errors import InvalidInput, NotFound
@@ -165,6 +165,7 @@ class TableStore:
 
     def remove(self, session: Session, table: DataTable) -> None:
         """Delete the table's rows now and its files once the caller commits."""
+        subjects.forget(session, table.id)
         session.execute(delete(DataTableVersion).where(DataTableVersion.table_id == table.id))
         location = self.location(table)
         session.delete(table)
@@ -209,6 +210,7 @@ class TableStore:
         quarantined: Any = None,
         created_by: int | None = None,
         masker: IngestMasker | None = None,
+        watermark: str | None = None,
     ) -> WriteResult:
         """Write ``batches`` as the next version, check it, and publish it unless a blocking
         check failed (steps in the module doc).
@@ -223,6 +225,7 @@ class TableStore:
                     raise NotFound("the table was deleted while the write started")
                 location, published = self.location(table), table.published_version
                 name, checks = table.name, quality.load(table.checks)
+                subject_key = table.subject_key
                 current = self.schema(table)
             self._undo_unpublished(location, published)
             if current is not None and not evolve:
@@ -234,6 +237,8 @@ class TableStore:
                     raise InvalidInput(f"key column {key!r} is not in the data and the table")
             if checks is not None and current is None:  # declared before the first write
                 quality.validate(checks, schema, name, self.data_settings)
+            if subject_key is not None:
+                subjects.check_key(schema, subject_key, "the data")
             counter = _Counter(masker(batches) if masker is not None else batches)
             version = self._write_delta(location, published, counter, schema, mode, keys, evolve)
             report = None
@@ -243,6 +248,7 @@ class TableStore:
             accepted = report is None or report.passed
             num_rows = self._count(location, version)
             pii = masker.report.to_dict() if masker and masker.report else None
+            wrote = self._subjects(location, version, subject_key if accepted else None)
             with db.session(scope) as session:
                 table = session.get(DataTable, table_id)
                 if table is None:
@@ -262,9 +268,12 @@ class TableStore:
                         pii_report=json.dumps(pii or {}),
                         status="published" if accepted else "rejected",
                         quality_report=json.dumps(report.to_dict() if report else {}),
+                        watermark=watermark if accepted else None,
                         created_by=created_by,
                     )
                 )
+                if subject_key is not None and accepted:
+                    subjects.record(session, table, version, wrote)
             if not accepted:
                 self._undo_unpublished(location, published)
         return WriteResult(
@@ -340,6 +349,26 @@ class TableStore:
             raise InvalidInput(f"the data does not fit the table: {error}") from None
         return DeltaTable(location, storage_options=self.options).version()
 
+    def set_subject_key(
+        self, db: Database, project_id: int, table_id: int, column: str | None
+    ) -> int:
+        """Declare (or, with None, drop) the table's subject key and index every published
+        version by it, under the table's write lock; returns the subjects indexed."""
+        scope = Scope.projects(project_id)
+        with self._locked(project_id, table_id), db.session(scope) as session:
+            table = session.get(DataTable, table_id)
+            if table is None:
+                raise NotFound("the table was deleted meanwhile")
+            if column is None:
+                table.subject_key = None
+                subjects.forget(session, table_id)
+                return 0
+            subjects.check_key(self.schema(table), column)
+            table.subject_key = column
+            if table.published_version is None:
+                return 0
+            return subjects.backfill(session, table, self.location(table), self.options)
+
     def _exists(self, location: str) -> bool:
         from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError
@@ -368,6 +397,18 @@ class TableStore:
             return
         if delta.version() > published and not _restored_to(delta, published):
             delta.restore(published)
+
+    def _subjects(self, location: str, version: int, column: str | None) -> set[str]:
+        """The subjects that ``version`` wrote (empty when the table has no subject key)."""
+        from deltalake import DeltaTable
+
+        if column is None:
+            return set()
+        delta = DeltaTable(location, version=version, storage_options=self.options)
+        before = None
+        if version > 0:
+            before = DeltaTable(location, version=version - 1, storage_options=self.options)
+        return subjects.written(delta, before, column)
 
     def _count(self, location: str, version: int) -> int:
         from deltalake import DeltaTable

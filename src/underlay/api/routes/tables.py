@@ -23,6 +23,7 @@ import pyarrow as pa
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import StringConstraints
+from starlette.requests import ClientDisconnect
 
 from underlay import identity
 from underlay.api.deps import Ctx
@@ -39,10 +40,12 @@ from underlay.data.schemas import (
     QualityRead,
     SqlQuery,
     TableRead,
+    TableUpdate,
     TableVersionRead,
     WriteRead,
 )
 from underlay.data.sql import run as run_sql
+from underlay.data.sqlsource import check_no_password, check_watermark
 from underlay.data.tables import QUARANTINE_SUFFIX, TableStore
 from underlay.errors import InvalidInput, UnderlayError
 from underlay.identity import Action
@@ -101,6 +104,24 @@ def list_versions(project: str, name: str, ctx: Ctx, store: Tables) -> list[Tabl
         return [TableVersionRead.model_validate(v) for v in store.versions(u.session, table)]
 
 
+@router.patch("/tables/{name}", response_model=TableRead)
+def update_table(project: str, name: str, body: TableUpdate, ctx: Ctx, store: Tables) -> TableRead:
+    """Declare or drop the table's data-subject key; every version is indexed by it."""
+    with ctx.unit("table.update", _resource(project, name), audited=False) as u:
+        found = identity.read_project(u.session, project, ctx.actor, Action.write)
+        table_id = store.read(u.session, found.id, name).id
+    detail = {"subject_key": body.subject_key}
+    try:  # outside a unit: indexing the versions may take a while (and its own session)
+        store.set_subject_key(ctx.platform.db, found.id, table_id, body.subject_key)
+    except UnderlayError as error:
+        with ctx.unit("table.update", _resource(project, name), project=project) as u:
+            u.detail = detail
+            raise error from None  # audited as refused, with the reason
+    with ctx.unit("table.update", _resource(project, name), project=project) as u:
+        u.detail = detail
+        return _table_read(store, store.read(u.session, found.id, name), with_schema=True)
+
+
 @router.delete("/tables/{name}", status_code=204)
 def delete_table(project: str, name: str, ctx: Ctx, store: Tables) -> Response:
     with ctx.unit("table.delete", _resource(project, name), project=project) as u:
@@ -133,13 +154,33 @@ async def write_table(
             "found to hold personal data are tokenised.",
         ),
     ] = None,
+    subject_key: Annotated[
+        Short | None, Query(description="The data-subject key column of a new table.")
+    ] = None,
+    watermark: Annotated[
+        str | None,
+        Query(
+            max_length=2000,
+            description="JSON {source, column, type, value}: where an incremental load got "
+            "to, kept with the version.",
+        ),
+    ] = None,
 ) -> WriteRead:
     """Append, overwrite or merge (upsert by ``key`` columns) the uploaded file as the next
     version; rows that cannot be read are quarantined, the rest is written."""
     _check_name(name)
     chunks = functools.partial(body_chunks, request)
-
-    spec = _Spec(format, mode, tuple(key or ()), evolve, source, parse_policies(pii or ()))
+    check_no_password(source)
+    spec = _Spec(
+        format,
+        mode,
+        tuple(key or ()),
+        evolve,
+        source,
+        parse_policies(pii or ()),
+        subject_key,
+        check_watermark(watermark) if watermark is not None else None,
+    )
 
     def work() -> WriteRead:
         return _write(ctx, store, project, name, chunks(), spec)
@@ -159,6 +200,8 @@ class _Spec:
     evolve: bool
     source: str
     policies: dict[str, str]
+    subject_key: str | None = None
+    watermark: str | None = None
 
 
 def _write(
@@ -169,12 +212,15 @@ def _write(
         project_id = found.id
         table = store.ensure(u.session, project_id, name, ctx.actor.user_id or None)
         table_id, schema = table.id, store.schema(table)
+        _claim_subject_key(table, spec.subject_key)
         key = ctx.platform.keyring.derived_key(u.session, project_id, PII_PURPOSE)
     try:
         result, quarantined = _stage_and_write(
             ctx, store, project_id, table_id, schema, body, spec, key
         )
-    except UnderlayError as error:
+    except (UnderlayError, ClientDisconnect) as error:
+        if isinstance(error, ClientDisconnect):
+            error = InvalidInput("the upload broke off before its end: nothing was written")
         if schema is None:  # the table was new: a refused first write leaves no empty table
             _forget_if_empty(ctx, store, project_id, table_id)
         with ctx.unit("table.write", _resource(project, name), project=project):
@@ -208,7 +254,22 @@ def _write(
         pii=result.pii,
         published=result.published,
         quality=result.quality,
+        watermark=json.loads(spec.watermark) if spec.watermark and result.published else None,
     )
+
+
+def _claim_subject_key(table: Any, column: str | None) -> None:
+    """A write may name the subject key of a table that has no data yet (checked against
+    the data by the write); an existing table changes its key with an update."""
+    if column is None or column == table.subject_key:
+        return
+    if table.published_version is not None:
+        now = f"subject key {table.subject_key!r}" if table.subject_key else "no subject key"
+        raise InvalidInput(
+            f"table {table.name!r} has {now}, not {column!r}: "
+            f"change it with `underlay tables update {table.name} --subject-key {column}`"
+        )
+    table.subject_key = column
 
 
 def _stage_and_write(
@@ -253,6 +314,7 @@ def _stage_and_write(
                 quarantined=data.quarantine,
                 created_by=ctx.actor.user_id or None,
                 masker=IngestMasker(data.schema, spec.policies, key),
+                watermark=spec.watermark,
             )
             quarantined = data.quarantine if data.quarantine.count else None
     finally:
@@ -297,6 +359,7 @@ def _write_arrow(
         source=spec.source or "arrow",
         created_by=ctx.actor.user_id or None,
         masker=IngestMasker(reader.schema, spec.policies, key),
+        watermark=spec.watermark,
     )
 
 
@@ -410,6 +473,7 @@ def _table_read(store: TableStore, table: Any, *, with_schema: bool = False) -> 
         version=table.published_version,
         created_at=table.created_at,
         columns=columns,
+        subject_key=table.subject_key,
     )
 
 
