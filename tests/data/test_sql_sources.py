@@ -138,7 +138,7 @@ def test_bad_sources_are_one_line_errors(
         # the third batch breaks off an upload that has started: no table is left behind
         mixed = "select id, case when id < 5 then id else id + 0.5 end as total from orders"
         admin.ingest_sql(project, "t", url, query=mixed + " order by id", batch_rows=2)
-    deadline = time.monotonic() + 20  # the server cleans up once it sees the upload break off
+    deadline = time.monotonic() + 60  # the server cleans up once it sees the upload break off
     while admin.list_tables(project) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert admin.list_tables(project) == []
