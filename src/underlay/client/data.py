@@ -319,7 +319,8 @@ class TableMethods:
 
         params["format"] = "arrow"
         reader = as_reader(data)
-        return self._write_table(project, name, params, ipc_chunks(reader.schema, reader))
+        chunks = (bytes(chunk) for chunk in ipc_chunks(reader.schema, reader))
+        return self._write_table(project, name, params, chunks)
 
     def _write_table(
         self, project: str, name: str, params: dict[str, Any], content: Any

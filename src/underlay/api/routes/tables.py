@@ -363,7 +363,7 @@ def read_rows(
         u.resource = f"{_resource(project, name)}@{number}"
         dataset = store.dataset(table, number)
     wanted = [c for c in columns.split(",") if c] if columns else None
-    if seed is None and part is None:
+    if seed is None and (part is None or part.world == 1):
         schema, batches = pieces.scan_all(dataset, wanted, batch_rows)
     else:
         chosen = pieces.plan(pieces.list_pieces(dataset), seed, epoch, part or pieces.Shard())
@@ -411,7 +411,7 @@ def _jsonl(batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
         ).encode()
 
 
-def _arrow(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
+def _arrow(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes | memoryview]:
     return ipc_chunks(schema, batches)
 
 
