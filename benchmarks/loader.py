@@ -104,8 +104,10 @@ def main() -> None:
             server.terminate()
             server.wait(30)
     best = {name: info.rows / min(times) for name, times in runs.items()}
-    print(f"{info.rows:,} rows, {info.files} files, {len(info.pieces)} row groups, "
-          f"{2 + args.features} numeric columns, batches of {args.batch_size}")
+    print(
+        f"{info.rows:,} rows, {info.files} files, {len(info.pieces)} row groups, "
+        f"{2 + args.features} numeric columns, batches of {args.batch_size}"
+    )
     for name, label in (
         ("pyarrow", "pyarrow.dataset to_batches"),
         ("loader", "loader over HTTP"),

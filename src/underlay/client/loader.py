@@ -55,7 +55,14 @@ class BatchIterator(Generic[T]):
         if prefetch > 0:
             self._queue: queue.Queue[Any] = queue.Queue(maxsize=prefetch)
             self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._run, name="underlay-loader", daemon=True)
+            # the thread holds no reference to this iterator: one dropped unfinished is
+            # collected, and closing it stops the thread
+            self._thread = threading.Thread(
+                target=_produce,
+                args=(source, self._queue, self._stop),
+                name="underlay-loader",
+                daemon=True,
+            )
             self._thread.start()
 
     def __iter__(self) -> BatchIterator[T]:
@@ -106,25 +113,28 @@ class BatchIterator(Generic[T]):
         self._thread.join()
         self._queue = queue.Queue()  # what it had read ahead is let go
 
-    def _run(self) -> None:
-        try:
-            for item in self._source:
-                if not self._put(item):
-                    return
-            self._put(_END)
-        except BaseException as error:
-            self._put(_Failure(error))
-        finally:
-            _close(self._source)  # in this thread, where the generator runs
 
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
+def _produce(source: Iterator[Any], out: queue.Queue[Any], stop: threading.Event) -> None:
+    """The background thread: ``source`` into ``out`` until the end, an error or ``stop``."""
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
             try:
-                self._queue.put(item, timeout=0.05)
+                out.put(item, timeout=0.05)
                 return True
             except queue.Full:
                 continue
         return False
+
+    try:
+        for item in source:
+            if not put(item):
+                return
+        put(_END)
+    except BaseException as error:
+        put(_Failure(error))
+    finally:
+        _close(source)  # in this thread, where the generator runs
 
 
 def _close(source: Iterator[Any]) -> None:
