@@ -179,7 +179,11 @@ def test_an_error_in_the_background_reaches_the_consumer(admin: Any, project: st
     assert not batches.running
 
 
-def test_another_projects_table_is_404(server: Any, admin: Any, project: str) -> None:
+def test_viewers_load_and_other_projects_get_404(server: Any, admin: Any, project: str) -> None:
+    admin.create_user("vic", password="correct horse battery")
+    admin.add_member(project, "vic", "viewer")
+    with server.client(admin.create_token("vic", user="vic").token) as vic:
+        assert len(_ids(vic.loader(project, "points").batches())) == ROWS
     admin.create_user("eve", password="correct horse battery")
     token = admin.create_token("eve", user="eve").token
     with server.client(token) as eve:
@@ -289,3 +293,67 @@ def test_the_server_orders_row_groups_by_seed_and_epoch(server: Any, project: st
     assert firsts(seed=1, epoch=0) == first
     assert firsts(seed=1, epoch=1) != first
     assert firsts(seed=2, epoch=0) != first
+
+
+def test_rows_mix_only_within_the_shuffle_buffer(admin: Any, project: str) -> None:
+    # buffers of one row group (100 rows): each batch of 100 is one row group, mixed
+    loader = admin.loader(project, "points", batch_size=100, shuffle=True, shuffle_buffer=100)
+    batches = [b.column("id").to_pylist() for b in loader.batches()]
+    assert len(batches) == PARTS
+    for ids in batches:
+        assert sorted(ids) == list(range(min(ids), min(ids) + 100))
+        assert ids != sorted(ids)
+
+
+def test_without_prefetch_no_thread_runs(admin: Any, project: str) -> None:
+    batches = admin.loader(project, "points", batch_size=100, prefetch=0).batches()
+    assert len(next(batches)) == 100
+    assert not batches.running
+    assert not [t for t in threading.enumerate() if t.name == "underlay-loader"]
+    assert len(_ids(batches)) == ROWS - 100
+
+
+def test_nulls_in_a_numeric_column_become_nan(admin: Any) -> None:
+    admin.create_project("gaps")
+    admin.write_table("gaps", "g", pa.table({"n": pa.array([1, None, 3], pa.int64())}))
+    (arrays,) = admin.loader("gaps", "g", batch_size=10).numpy()
+    assert arrays["n"].dtype == np.dtype("float64")
+    assert np.isnan(arrays["n"][1]) and arrays["n"][[0, 2]].tolist() == [1.0, 3.0]
+
+
+DISTRIBUTED = """
+import sys
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from underlay.client import Client
+url, token, init, rank = sys.argv[1:]
+dist.init_process_group("gloo", init_method=init, rank=int(rank), world_size=2)
+with Client(url, token) as c:
+    dataset = c.loader("ml", "points", batch_size=30, shuffle=True, seed=2).torch()
+    ids = [i for b in DataLoader(dataset, batch_size=None) for i in b["id"].tolist()]
+print(",".join(map(str, ids)))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_torch_distributed_ranks_shard_by_themselves(
+    server: Any, project: str, tmp_path: Path
+) -> None:
+    pytest.importorskip("torch")
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    init = f"file://{tmp_path / 'rendezvous'}"
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", DISTRIBUTED, server.url, ADMIN_TOKEN, init, str(rank)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"},
+        )
+        for rank in range(2)
+    ]
+    outputs = [rank.communicate(timeout=180)[0] for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0]
+    zero, one = ([int(i) for i in out.strip().split(",")] for out in outputs)
+    assert zero and one
+    assert sorted(zero + one) == list(range(ROWS))
