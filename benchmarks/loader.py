@@ -116,6 +116,9 @@ def main() -> None:
         print(f"{label:28s} {best[name]:14,.0f} rows/s  (best of {args.repeat})")
     print(f"loader / pyarrow rows/s ratio: {best['loader'] / best['pyarrow']:.2f} (target >= 0.8)")
     print(f"shuffled / pyarrow ratio:      {best['shuffled'] / best['pyarrow']:.2f}")
+    for name in ("loader", "shuffled"):  # the machine may be shared: round by round too
+        rounds = [a / b for a, b in zip(runs["pyarrow"], runs[name], strict=True)]
+        print(f"{name} / pyarrow, each round:  " + " ".join(f"{r:.2f}" for r in rounds))
 
 
 if __name__ == "__main__":

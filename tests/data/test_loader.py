@@ -198,7 +198,7 @@ def test_bad_loader_input_is_refused(server: Any, admin: Any, project: str) -> N
         admin.loader(project, "points", shard=(3, 3))
     with pytest.raises(InvalidInput, match="batch_size"):
         admin.loader(project, "points", batch_size=0)
-    for shard in ("3/3", "x", "1/0", "-1/2"):
+    for shard in ("3/3", "x", "1/0", "-1/2", "\u0661/2", "1/2/3"):
         answer = admin._http.get(f"/projects/{project}/tables/points/data", params={"shard": shard})
         assert answer.status_code in (400, 422), shard
         assert "shard" in answer.text

@@ -326,7 +326,7 @@ def parse_table(table: str, version: int | None) -> tuple[str, int | None]:
     name, sep, number = table.partition("@")
     if not sep:
         return name, version
-    if not number.isdigit():
+    if not (number.isascii() and number.isdigit()):
         raise InvalidInput(f"{table[:80]!r}: the version after '@' must be a number")
     if version is not None and version != int(number):
         raise InvalidInput(f"{table[:80]!r} and version={version} disagree")

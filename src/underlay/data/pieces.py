@@ -17,6 +17,7 @@ pieces is the client's work, within a bounded buffer (see underlay.client.loader
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -39,6 +40,9 @@ class Piece:
     rows: int
 
 
+_SHARD = re.compile(r"([0-9]{1,9})/([0-9]{1,9})")
+
+
 @dataclass(frozen=True)
 class Shard:
     """Shard ``index`` of ``world`` (0 <= index < world)."""
@@ -49,12 +53,14 @@ class Shard:
     @classmethod
     def parse(cls, text: str) -> Shard:
         """``"1/4"``: shard 1 of 4."""
-        index, sep, world = text.partition("/")
-        if not sep or not index.isdigit() or not world.isdigit():
+        found = _SHARD.fullmatch(text)
+        if found is None:
             raise InvalidInput(f"shard {text[:40]!r} must be INDEX/WORLD, e.g. 1/4")
-        shard = cls(int(index), int(world))
+        shard = cls(int(found[1]), int(found[2]))
         if not 0 <= shard.index < shard.world:
-            raise InvalidInput(f"shard {text!r}: the index must be at least 0 and below {world}")
+            raise InvalidInput(
+                f"shard {text!r}: the index must be at least 0 and below {shard.world}"
+            )
         return shard
 
 
