@@ -358,3 +358,21 @@ def test_torch_distributed_ranks_shard_by_themselves(
     zero, one = ([int(i) for i in out.strip().split(",")] for out in outputs)
     assert zero and one
     assert sorted(zero + one) == list(range(ROWS))
+
+
+@pytest.mark.parametrize("dictionary", [False, True])
+def test_ipc_chunks_read_back_through_any_chunking(dictionary: bool) -> None:
+    from underlay.data.arrowio import ChunkFile, ipc_chunks
+
+    labels = pa.array(["a", "b", None, "a"] * 250)
+    table = pa.table(
+        {
+            "id": pa.array(range(1000), pa.int64()),
+            "label": labels.dictionary_encode() if dictionary else labels,
+        }
+    )
+    data = b"".join(bytes(c) for c in ipc_chunks(table.schema, table.to_batches(max_chunksize=99)))
+    for size in (1, 7, 4096, len(data)):
+        pieces = iter([data[i : i + size] for i in range(0, len(data), size)])
+        back = pa.ipc.open_stream(ChunkFile(pieces)).read_all()
+        assert back.equals(table)
