@@ -275,8 +275,10 @@ def _mixed(
     held = 0
 
     def flush() -> Iterator[pa.RecordBatch]:
-        block = pa.Table.from_batches(pending)
-        yield from block.take(rng.permutation(block.num_rows)).to_batches()
+        block = pa.concat_batches(pending) if len(pending) > 1 else pending[0]
+        # 32-bit indices gather about twice as fast as NumPy's 64-bit ones
+        width = np.int32 if block.num_rows < 2**31 else np.int64
+        yield block.take(pa.array(rng.permutation(block.num_rows).astype(width)))
 
     for batch in batches:
         pending.append(batch)
