@@ -8,7 +8,8 @@ Arrow IPC. Here the rows of consecutive pieces are mixed within a bounded buffer
 (``shuffle_buffer`` rows, a NumPy permutation seeded by seed, epoch and shard), then cut into
 batches of exactly ``batch_size`` rows (the last may be short, or dropped). Memory stays
 bounded by the buffer and ``prefetch`` batches whatever the table's size, and the same seed,
-epoch and shards give the same batches on any machine.
+epoch and shards give the same batches on any machine (with the same NumPy: its permutation
+streams may change between its versions).
 
 A loader pins its version when it is made (the published one unless ``name@3`` names one),
 so workers and epochs read the same rows even while new versions are written.

@@ -89,6 +89,22 @@ def plan(pieces: Sequence[Piece], seed: int | None, epoch: int, shard: Shard) ->
     return order(pieces, seed, epoch)[shard.index :: shard.world]
 
 
+def read(
+    dataset: pads.Dataset,
+    columns: list[str] | None,
+    batch_rows: int,
+    seed: int | None = None,
+    epoch: int = 0,
+    shard: Shard | None = None,
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The rows shard ``shard`` reads in epoch ``epoch`` of ``seed`` (every row, in the
+    table's order, without seed and shard)."""
+    if seed is None and (shard is None or shard.world == 1):
+        return scan_all(dataset, columns, batch_rows)
+    chosen = plan(list_pieces(dataset), seed, epoch, shard or Shard())
+    return scan(dataset, chosen, columns, batch_rows)
+
+
 def describe(table: str, version: int, dataset: pads.Dataset) -> TablePiecesRead:
     """The version's pieces, for ``GET …/tables/{name}/pieces``."""
     found = list_pieces(dataset)

@@ -363,11 +363,7 @@ def read_rows(
         u.resource = f"{_resource(project, name)}@{number}"
         dataset = store.dataset(table, number)
     wanted = [c for c in columns.split(",") if c] if columns else None
-    if seed is None and (part is None or part.world == 1):
-        schema, batches = pieces.scan_all(dataset, wanted, batch_rows)
-    else:
-        chosen = pieces.plan(pieces.list_pieces(dataset), seed, epoch, part or pieces.Shard())
-        schema, batches = pieces.scan(dataset, chosen, wanted, batch_rows)
+    schema, batches = pieces.read(dataset, wanted, batch_rows, seed, epoch, part)
     if limit is not None:
         batches = _head(batches, limit)
     return _stream(schema, batches, format)
