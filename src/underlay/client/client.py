@@ -64,6 +64,8 @@ class Client(ComputeMethods, DataMethods, TableMethods, PipelineMethods):
     ) -> None:
         """``verify``: True, False, a CA bundle path, or an ``ssl.SSLContext``."""
         self.project: str | None = None  # the default project of a profile, if any
+        # how a loader's worker process connects anew (underlay.client.loader)
+        self._connect = (url, token, verify, timeout_s)
         headers = {"User-Agent": "underlay-client"}
         if isinstance(verify, str):
             verify = ssl.create_default_context(cafile=verify)

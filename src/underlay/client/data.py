@@ -21,6 +21,7 @@ from underlay.data.schemas import (
     MissingDigests,
     QualityRead,
     SubjectRead,
+    TablePiecesRead,
     TableRead,
     TableVersionRead,
     VersionRead,
@@ -31,6 +32,7 @@ from underlay.errors import InvalidInput
 if TYPE_CHECKING:
     import httpx
 
+    from underlay.client.loader import TableLoader
     from underlay.schemas import BlobRead
 
 Progress = Callable[[int, int], None]
@@ -456,7 +458,8 @@ class TableMethods:
 
         params["format"] = "arrow"
         reader = as_reader(data)
-        return self._write_table(project, name, params, ipc_chunks(reader.schema, reader))
+        chunks = (bytes(chunk) for chunk in ipc_chunks(reader.schema, reader))
+        return self._write_table(project, name, params, chunks)
 
     def table_checks(self, project: str, name: str) -> ChecksRead:
         """The quality checks every new version of the table must pass."""
@@ -556,6 +559,63 @@ class TableMethods:
             params["limit"] = limit
         yield from self._arrow_stream(
             "GET", f"/projects/{project}/tables/{name}/data", params=params
+        )
+
+    def table_pieces(
+        self, project: str, name: str, *, version: int | None = None
+    ) -> TablePiecesRead:
+        """The row groups of a version's files: what loaders shard and shuffle."""
+        params = {"version": version} if version is not None else {}
+        path = f"/projects/{project}/tables/{name}/pieces"
+        result: TablePiecesRead = self._one(TablePiecesRead, "GET", path, params=params)
+        return result
+
+    def loader(
+        self,
+        project: str,
+        table: str,
+        *,
+        version: int | None = None,
+        batch_size: int = 1024,
+        columns: list[str] | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        shard: tuple[int, int] | None = None,
+        prefetch: int = 2,
+        drop_last: bool = False,
+        shuffle_buffer: int = 65_536,
+    ) -> TableLoader:
+        """A loader of ``table`` (``"name@3"`` for version 3; the published version, pinned
+        now, by default) for training: ``.batches()``, ``.numpy()`` or ``.torch()``.
+
+        ``shuffle`` orders the row groups by ``seed`` and the epoch (:meth:`TableLoader.
+        set_epoch`) and mixes rows within ``shuffle_buffer`` rows; ``shard=(rank, world)``
+        reads every ``world``-th row group from ``rank``; ``prefetch`` batches are read ahead
+        on a background thread (0: none); ``drop_last`` drops a short last batch."""
+        from underlay.client.loader import TableLoader, parse_table
+
+        name, number = parse_table(table, version)
+        if batch_size < 1 or shuffle_buffer < 1 or prefetch < 0 or seed < 0:
+            raise InvalidInput(
+                "batch_size and shuffle_buffer must be at least 1, prefetch and seed at least 0"
+            )
+        if shard is not None and not 0 <= shard[0] < shard[1]:
+            raise InvalidInput(f"shard {shard}: (rank, world) with 0 <= rank < world")
+        found = self.table_pieces(project, name, version=number)
+        return TableLoader(
+            self,  # type: ignore[arg-type]
+            project,
+            name,
+            version=found.version,
+            rows=found.rows,
+            batch_size=batch_size,
+            columns=columns,
+            shuffle=shuffle,
+            seed=seed,
+            shard=shard,
+            prefetch=prefetch,
+            drop_last=drop_last,
+            shuffle_buffer=shuffle_buffer,
         )
 
     def sql(self, project: str, query: str) -> Any:

@@ -4,6 +4,7 @@ Light: pyarrow is imported by the callers, never at import time of the SDK."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -29,8 +30,34 @@ class _Sink:
         return data
 
 
-def ipc_chunks(schema: Any, batches: Iterable[Any]) -> Iterator[bytes]:
-    """The IPC stream of ``batches`` (``schema`` first), one chunk per batch."""
+EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # the end-of-stream marker of the IPC format
+
+
+def ipc_chunks(schema: Any, batches: Iterable[Any]) -> Iterator[bytes | memoryview]:
+    """The IPC stream of ``batches`` (``schema`` first), one chunk per batch.
+
+    Each batch is one encapsulated IPC message serialised by Arrow into a buffer that is
+    handed on as it is, with no copy in Python; a schema with dictionary columns (whose
+    dictionaries need messages of their own) goes through Arrow's stream writer instead."""
+
+    if any(_has_dictionary(field.type) for field in schema):
+        yield from _written_chunks(schema, batches)
+        return
+    yield memoryview(schema.serialize())
+    for batch in batches:
+        yield memoryview(batch.serialize())
+    yield EOS
+
+
+def _has_dictionary(kind: Any) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        return True
+    return any(_has_dictionary(kind.field(i).type) for i in range(kind.num_fields))
+
+
+def _written_chunks(schema: Any, batches: Iterable[Any]) -> Iterator[bytes]:
     import pyarrow as pa
 
     sink = _Sink()
@@ -54,25 +81,46 @@ def as_reader(data: Any) -> Any:
 
 
 class ChunkFile:
-    """A read-only file over an iterator of byte chunks (for pyarrow's IPC reader)."""
+    """A read-only file over an iterator of byte chunks (for pyarrow's IPC reader).
+
+    The chunks are kept as they came and each read joins just the bytes it asks for (one
+    copy), so a large record batch costs no more than its own size to hand over."""
 
     closed = False
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
-        self._buffer = bytearray()
+        self._parts: deque[bytes] = deque()
+        self._offset = 0  # how much of the first part was read already
+        self._held = 0  # unread bytes in the parts
 
     def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buffer) < size:
+        while size < 0 or self._held < size:
             chunk = next(self._chunks, None)
             if chunk is None:
                 break
-            self._buffer += chunk
-        if size < 0:
-            size = len(self._buffer)
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return data
+            if chunk:
+                self._parts.append(chunk)
+                self._held += len(chunk)
+        size = self._held if size < 0 else min(size, self._held)
+        out: list[bytes | memoryview] = []
+        need = size
+        while need:
+            part, start = self._parts[0], self._offset
+            available = len(part) - start
+            if available <= need:
+                out.append(memoryview(part)[start:] if start else part)
+                self._parts.popleft()
+                self._offset = 0
+                need -= available
+            else:
+                out.append(memoryview(part)[start : start + need])
+                self._offset += need
+                need = 0
+        self._held -= size
+        if len(out) == 1 and isinstance(out[0], bytes):
+            return out[0]
+        return b"".join(out)
 
     def readable(self) -> bool:
         return True

@@ -157,6 +157,22 @@ class TableVersionRead(_Out):
         return json.loads(value) if isinstance(value, str) else value
 
 
+class PieceRead(BaseModel):
+    file: int = Field(description="The file's place among the version's Parquet files.")
+    row_group: int
+    rows: int
+
+
+class TablePiecesRead(BaseModel):
+    """What a loader shards and shuffles: the row groups of a version's files."""
+
+    table: str
+    version: int
+    rows: int
+    files: int
+    pieces: list[PieceRead]
+
+
 class WriteRead(BaseModel):
     table: str
     version: int | None = Field(

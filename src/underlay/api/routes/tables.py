@@ -28,7 +28,7 @@ from starlette.requests import ClientDisconnect
 from underlay import identity
 from underlay.api.deps import Ctx
 from underlay.api.limits import BINARY_BODY, UploadSlots, body_chunks
-from underlay.data import ingest, quality
+from underlay.data import ingest, pieces, quality
 from underlay.data.arrowio import ipc_chunks, json_default
 from underlay.data.privacy import IngestMasker, parse_policies
 from underlay.data.quality import CheckSpec
@@ -39,6 +39,7 @@ from underlay.data.schemas import (
     ColumnRead,
     QualityRead,
     SqlQuery,
+    TablePiecesRead,
     TableRead,
     TableUpdate,
     TableVersionRead,
@@ -389,6 +390,23 @@ def _quarantine(
     ).version
 
 
+@router.get("/tables/{name}/pieces", response_model=TablePiecesRead)
+def list_pieces(
+    project: str,
+    name: str,
+    ctx: Ctx,
+    store: Tables,
+    version: Annotated[int | None, Query(ge=0)] = None,
+) -> TablePiecesRead:
+    """The row groups of a version's files: the units a loader shards and shuffles."""
+    with ctx.unit("table.read_meta", _resource(project, name), audited=False) as u:
+        found = identity.read_project(u.session, project, ctx.actor)
+        table = store.read(u.session, found.id, name)
+        number = store.published(u.session, table, version)
+        dataset = store.dataset(table, number)
+    return pieces.describe(name, number, dataset)
+
+
 @router.get("/tables/{name}/data", response_class=StreamingResponse)
 def read_rows(
     project: str,
@@ -401,23 +419,31 @@ def read_rows(
     columns: Annotated[
         str | None, Query(max_length=1000, description="Column names, comma-separated.")
     ] = None,
+    seed: Annotated[
+        int | None,
+        Query(ge=0, le=2**63 - 1, description="Order the row groups by this seed (loaders)."),
+    ] = None,
+    epoch: Annotated[int, Query(ge=0, le=2**31 - 1, description="With seed.")] = 0,
+    shard: Annotated[
+        str | None,
+        Query(max_length=24, description="INDEX/WORLD: every WORLD-th row group from INDEX."),
+    ] = None,
+    batch_rows: Annotated[int, Query(ge=1, le=1 << 20)] = 8192,
 ) -> StreamingResponse:
-    """Stream a version of the table (the published one by default)."""
+    """Stream a version of the table (the published one by default); with ``seed`` or
+    ``shard``, the row groups one shard of a loader reads in one epoch (see ``…/pieces``)."""
+    part = pieces.Shard.parse(shard) if shard is not None else None
     with ctx.unit("table.read", _resource(project, name), project=project) as u:
         found = identity.read_project(u.session, project, ctx.actor)
         table = store.read(u.session, found.id, name)
         number = store.published(u.session, table, version)
         u.resource = f"{_resource(project, name)}@{number}"
         dataset = store.dataset(table, number)
-    try:
-        wanted = [c for c in columns.split(",") if c] if columns else None
-        scanner = dataset.scanner(columns=wanted, batch_size=8192)
-    except (pa.ArrowInvalid, KeyError) as error:
-        raise InvalidInput(f"cannot read those columns: {error}") from None
-    batches = scanner.to_batches()
+    wanted = [c for c in columns.split(",") if c] if columns else None
+    schema, batches = pieces.read(dataset, wanted, batch_rows, seed, epoch, part)
     if limit is not None:
         batches = _head(batches, limit)
-    return _stream(scanner.projected_schema, batches, format)
+    return _stream(schema, batches, format)
 
 
 @router.post("/sql", response_class=StreamingResponse)
@@ -458,7 +484,7 @@ def _jsonl(batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
         ).encode()
 
 
-def _arrow(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
+def _arrow(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes | memoryview]:
     return ipc_chunks(schema, batches)
 
 

@@ -1,0 +1,125 @@
+"""Loader throughput against pyarrow reading the same Parquet files directly, in the same run.
+
+Starts ``underlay up`` on a temporary home (SQLite, local tables folder), writes a table of
+``--rows`` rows of numeric columns (an int64 id, ``--features`` float32 features, an int32
+label) in ``--files`` appends, so the version has that many Parquet files. Then, in turns,
+``--repeat`` times each, best run kept:
+
+- baseline: ``pyarrow.dataset`` over the version's Parquet files, ``to_batches`` of the same
+  batch size, every batch's columns touched as NumPy arrays are not (Arrow only);
+- ``Client.loader(...).batches()`` through the real server over HTTP on 127.0.0.1 (Arrow IPC),
+  without and with shuffle.
+
+Target: loader rows/s >= 0.8 x pyarrow's.
+
+    python benchmarks/loader.py --rows 4000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ingest import TOKEN, free_port, serve  # how the other benchmarks start the server
+
+from underlay.client import Client
+
+
+def table_part(start: int, rows: int, features: int) -> Any:
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(start)
+    columns: dict[str, Any] = {"id": pa.array(np.arange(start, start + rows, dtype=np.int64))}
+    for f in range(features):
+        columns[f"f{f}"] = pa.array(rng.standard_normal(rows, dtype=np.float32))
+    columns["label"] = pa.array(rng.integers(0, 10, rows, dtype=np.int32))
+    return pa.table(columns)
+
+
+def count(batches: Iterable[Any]) -> int:
+    return sum(b.num_rows for b in batches)
+
+
+def timed(read: Callable[[], int]) -> tuple[float, int]:
+    start = time.perf_counter()
+    rows = read()
+    return time.perf_counter() - start, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=4_000_000)
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--features", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8192)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    import pyarrow.dataset as pads
+    from deltalake import DeltaTable
+
+    with tempfile.TemporaryDirectory(prefix="ul-loader-") as tmp:
+        home = Path(tmp) / "home"
+        port = free_port()
+        server = serve(home, port)
+        try:
+            with Client(f"http://127.0.0.1:{port}", TOKEN, timeout_s=600) as c:
+                c.create_project("bench")
+                per_file = args.rows // args.files
+                for part in range(args.files):
+                    c.write_table("bench", "points", table_part(part * per_file, per_file, 8))
+                info = c.table_pieces("bench", "points")
+                (location,) = (p.parent for p in (home / "tables").glob("*/*/_delta_log"))
+                files = DeltaTable(str(location), version=info.version).file_uris()
+                assert len(files) == info.files
+
+                def direct() -> int:
+                    dataset = pads.dataset(files, format="parquet")
+                    return count(dataset.to_batches(batch_size=args.batch_size))
+
+                def ours(shuffle: bool) -> Callable[[], int]:
+                    def read() -> int:
+                        loader = c.loader(
+                            "bench", "points", batch_size=args.batch_size, shuffle=shuffle
+                        )
+                        return count(loader.batches())
+
+                    return read
+
+                runs: dict[str, list[float]] = {"pyarrow": [], "loader": [], "shuffled": []}
+                reads = {"pyarrow": direct, "loader": ours(False), "shuffled": ours(True)}
+                for _ in range(args.repeat):
+                    for name, read in reads.items():
+                        seconds, rows = timed(read)
+                        assert rows == info.rows, (name, rows, info.rows)
+                        runs[name].append(seconds)
+        finally:
+            server.terminate()
+            server.wait(30)
+    best = {name: info.rows / min(times) for name, times in runs.items()}
+    print(
+        f"{info.rows:,} rows, {info.files} files, {len(info.pieces)} row groups, "
+        f"{2 + args.features} numeric columns, batches of {args.batch_size}"
+    )
+    for name, label in (
+        ("pyarrow", "pyarrow.dataset to_batches"),
+        ("loader", "loader over HTTP"),
+        ("shuffled", "loader, shuffled"),
+    ):
+        print(f"{label:28s} {best[name]:14,.0f} rows/s  (best of {args.repeat})")
+    print(f"loader / pyarrow rows/s ratio: {best['loader'] / best['pyarrow']:.2f} (target >= 0.8)")
+    print(f"shuffled / pyarrow ratio:      {best['shuffled'] / best['pyarrow']:.2f}")
+    for name in ("loader", "shuffled"):  # the machine may be shared: round by round too
+        rounds = [a / b for a, b in zip(runs["pyarrow"], runs[name], strict=True)]
+        print(f"{name} / pyarrow, each round:  " + " ".join(f"{r:.2f}" for r in rounds))
+
+
+if __name__ == "__main__":
+    main()
