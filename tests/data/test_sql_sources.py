@@ -134,13 +134,18 @@ def test_bad_sources_are_one_line_errors(
     with pytest.raises(InvalidInput, match="column 'total' does not read as int64"):
         mixed = "select id, case when id < 2 then id else id + 0.5 end as total from orders"
         admin.ingest_sql(project, "t", url, query=mixed + " order by id")
+    writes = len(admin.list_audit(action="table.write", limit=1000))
     with pytest.raises(InvalidInput, match="column 'total' does not read as int64"):
         # the third batch breaks off an upload that has started: no table is left behind
         mixed = "select id, case when id < 5 then id else id + 0.5 end as total from orders"
         admin.ingest_sql(project, "t", url, query=mixed + " order by id", batch_rows=2)
-    deadline = time.monotonic() + 60  # the server cleans up once it sees the upload break off
-    while admin.list_tables(project) and time.monotonic() < deadline:
+    # the server cleans up once it sees the upload break off, then audits the refusal
+    deadline = time.monotonic() + 60
+    while len(admin.list_audit(action="table.write", limit=1000)) == writes:
+        assert time.monotonic() < deadline, "the broken-off write was never audited"
         time.sleep(0.1)
+    (refused,) = admin.list_audit(action="table.write", limit=1)
+    assert refused.outcome != "ok" and "broke off" in str(refused.detail)
     assert admin.list_tables(project) == []
 
 
