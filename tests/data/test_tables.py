@@ -406,3 +406,16 @@ def test_a_first_write_that_crashed_after_its_commit_is_started_again(
     assert (result.version, result.num_rows) == (0, 1)
     assert admin.read_table(project, "t").column("id").to_pylist() == [1]
     assert leftover.isdisjoint(_files(server, location))  # the crashed write's files are gone
+
+
+@pytest.mark.parametrize("tables", ["local"], indirect=True)
+def test_a_write_may_take_longer_than_the_clients_timeout(
+    server: Any, admin: Any, project: str, tmp_path: Path
+) -> None:
+    """A big ingest answers only when the table holds it: the client waits for the answer
+    however long the server works (its other timeouts stay)."""
+    from underlay.client import Client
+
+    path = _csv(tmp_path / "big.csv", "id,v\n" + "".join(f"{i},x{i}\n" for i in range(300_000)))
+    with Client(server.url, server.admin_token, timeout_s=0.2) as hasty:
+        assert hasty.write_table(project, "big", path).rows_written == 300_000
