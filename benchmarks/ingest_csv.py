@@ -117,7 +117,8 @@ def main() -> None:
         rows = generate(csv_path, args.csv_gib, args.seed, args.pii)
         size = csv_path.stat().st_size
         print(
-            f"generated {rows:,} rows, {size / 1024**3:.2f} GiB in {time.perf_counter() - start:.0f} s"
+            f"generated {rows:,} rows, {size / 1024**3:.2f} GiB "
+            f"in {time.perf_counter() - start:.0f} s"
         )
         port = free_port()
         home = root / "home"
