@@ -419,3 +419,18 @@ def test_a_write_may_take_longer_than_the_clients_timeout(
     path = _csv(tmp_path / "big.csv", "id,v\n" + "".join(f"{i},x{i}\n" for i in range(300_000)))
     with Client(server.url, server.admin_token, timeout_s=0.2) as hasty:
         assert hasty.write_table(project, "big", path).rows_written == 300_000
+
+
+def test_s3_commits_use_conditional_put_unless_the_operator_says(tmp_path: Path) -> None:
+    """On S3 a version's log entry is written with If-None-Match (conditional put), which
+    needs no lock service; an operator's explicit setting wins."""
+    from underlay.data.tables import TableStore
+
+    def options(given: dict[str, str]) -> dict[str, str]:
+        data = {"tables_url": "s3://bucket/tables", "storage_options": given}
+        return TableStore(Settings(home=tmp_path, data=data)).options
+
+    assert options({})["aws_conditional_put"] == "etag"
+    assert options({"AWS_CONDITIONAL_PUT": "disabled"}) == {"AWS_CONDITIONAL_PUT": "disabled"}
+    local = TableStore(Settings(home=tmp_path)).options
+    assert "aws_conditional_put" not in local

@@ -228,3 +228,45 @@ def test_sigkill_during_ingest_leaves_the_table_at_its_published_version(
         if "unpublished" in outcomes:
             break
     print("outcomes of the kills after the commit:", outcomes)
+
+
+@pytest.mark.s3
+def test_workers_of_one_server_queue_their_writes_on_s3(
+    tmp_path: Path, s3_tables_endpoint: str
+) -> None:
+    """`underlay up --workers 2` with the tables on S3: concurrent appends to one table, served
+    by both processes, each land as their own published version, none lost; the table's
+    lock lives in the home the workers share."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.data.conftest import s3_tables_config
+
+    data = s3_tables_config(s3_tables_endpoint)
+
+    class S3Server(ServerProcess):
+        def extra_env(self) -> dict[str, str]:
+            return {
+                "UNDERLAY_DATA__TABLES_URL": data["tables_url"],
+                "UNDERLAY_DATA__STORAGE_OPTIONS": json.dumps(data["storage_options"]),
+                "UNDERLAY_COMPUTE__LOCAL_AGENT": "false",
+            }
+
+    home = tmp_path / "home"
+    with S3Server(home, "--workers", "2") as server, Client(server.url, ADMIN_TOKEN) as admin:
+        admin.create_project(PROJECT)
+        admin.write_table(PROJECT, TABLE, pa.table({"id": [0]}))
+
+        def append(i: int) -> int:
+            with Client(server.url, ADMIN_TOKEN) as c:
+                return c.write_table(PROJECT, TABLE, pa.table({"id": [i]})).version
+
+        with ThreadPoolExecutor(6) as pool:
+            versions = list(pool.map(append, range(1, 13)))
+        assert len(set(versions)) == 12
+        ids = admin.read_table(PROJECT, TABLE).column("id").to_pylist()
+        assert sorted(ids) == list(range(13))
+        listed = [v.version for v in admin.table_versions(PROJECT, TABLE)]
+        assert sorted(listed) == sorted([0, *versions])
+    assert list((home / "locks" / "tables").glob("*/*.lock"))
+    assert not (home / "tables").exists()  # nothing of the table went to the local disk

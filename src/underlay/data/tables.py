@@ -48,6 +48,7 @@ from underlay.errors import InvalidInput, NotFound
 from underlay.store import Database, Scope
 
 Mode = Literal["append", "overwrite", "merge"]
+_CONDITIONAL_PUT = ("aws_conditional_put", "conditional_put")
 QUARANTINE_SUFFIX = "_quarantine"
 
 
@@ -69,6 +70,12 @@ class TableStore:
         self.root = settings.tables_url.rstrip("/")
         self.local = "://" not in self.root
         self.options = dict(settings.data.storage_options)
+        if self.root.startswith(("s3://", "s3a://")) and not any(
+            key.lower() in _CONDITIONAL_PUT for key in self.options
+        ):
+            # commit a version with a conditional put (If-None-Match): two writers can never
+            # both create one log entry (AWS S3, MinIO, R2, moto); stated, not left to defaults
+            self.options["aws_conditional_put"] = "etag"
         self.batch_rows = settings.data.batch_rows
         self._thread_locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
