@@ -253,20 +253,24 @@ def test_workers_of_one_server_queue_their_writes_on_s3(
             }
 
     home = tmp_path / "home"
-    with S3Server(home, "--workers", "2") as server, Client(server.url, ADMIN_TOKEN) as admin:
-        admin.create_project(PROJECT)
-        admin.write_table(PROJECT, TABLE, pa.table({"id": [0]}))
+    server = S3Server(home, "--workers", "2").start(ready_within_s=120)  # spawns: slow to start
+    try:
+        with Client(server.url, ADMIN_TOKEN) as admin:
+            admin.create_project(PROJECT)
+            admin.write_table(PROJECT, TABLE, pa.table({"id": [0]}))
 
-        def append(i: int) -> int:
-            with Client(server.url, ADMIN_TOKEN) as c:
-                return c.write_table(PROJECT, TABLE, pa.table({"id": [i]})).version
+            def append(i: int) -> int:
+                with Client(server.url, ADMIN_TOKEN) as c:
+                    return c.write_table(PROJECT, TABLE, pa.table({"id": [i]})).version
 
-        with ThreadPoolExecutor(6) as pool:
-            versions = list(pool.map(append, range(1, 13)))
-        assert len(set(versions)) == 12
-        ids = admin.read_table(PROJECT, TABLE).column("id").to_pylist()
-        assert sorted(ids) == list(range(13))
-        listed = [v.version for v in admin.table_versions(PROJECT, TABLE)]
-        assert sorted(listed) == sorted([0, *versions])
+            with ThreadPoolExecutor(6) as pool:
+                versions = list(pool.map(append, range(1, 13)))
+            assert len(set(versions)) == 12
+            ids = admin.read_table(PROJECT, TABLE).column("id").to_pylist()
+            assert sorted(ids) == list(range(13))
+            listed = [v.version for v in admin.table_versions(PROJECT, TABLE)]
+            assert sorted(listed) == sorted([0, *versions])
+    finally:
+        server.stop()
     assert list((home / "locks" / "tables").glob("*/*.lock"))
     assert not (home / "tables").exists()  # nothing of the table went to the local disk
