@@ -31,8 +31,8 @@ from underlay.client import Client
 TOKEN = "ul_bench_" + "0" * 40
 
 
-def serve(home: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "UNDERLAY_HOME": str(home), "UNDERLAY_ADMIN_TOKEN": TOKEN}
+def serve(home: Path, port: int, extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "UNDERLAY_HOME": str(home), "UNDERLAY_ADMIN_TOKEN": TOKEN, **(extra or {})}
     env["UNDERLAY_COMPUTE__LOCAL_AGENT"] = "false"
     proc = subprocess.Popen(
         [sys.executable, "-m", "underlay.cli.main", "up", "--port", str(port)],

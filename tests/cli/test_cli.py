@@ -312,6 +312,11 @@ def test_demo_runs_clean(tmp_path: Path) -> None:
     assert "(1 added, 1 removed, 1 changed); only 2 new file(s) were uploaded and stored" in flat
     assert "table orders@0: 1,998 rows written, 2 quarantined in orders_quarantine" in flat
     assert "reading a server file through SQL is refused" in flat
+    # the customer table's PII findings: column, type, policy and a masked value
+    assert "email: email -> tokenize (by default); stored as 'tok_email_" in flat
+    assert "name: person -> tokenize (by default); stored as 'tok_person_" in flat
+    assert "phone: phone -> partial; stored as '+** ** **** " in flat
+    assert "no raw name, email or phone number reached the table's files" in flat
     assert "customer_accounts@1 rejected (published: False): unique:id, allowed:country" in flat
     assert "readers still see customer_accounts@0" in flat
     assert "the fixed batch passes: customer_accounts@3 published, 53 rows" in flat

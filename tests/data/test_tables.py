@@ -1,4 +1,5 @@
-"""Delta tables and SQL through real HTTP and the SDK, on SQLite and PostgreSQL metadata."""
+"""Delta tables and SQL through real HTTP and the SDK: the contract of a table, on SQLite and
+PostgreSQL metadata, with the tables on a local root and on S3 (a moto server)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,37 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.data.conftest import s3_tables_config
+from underlay.config import Settings, ensure_home
 from underlay.errors import InvalidInput, NotFound
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def tables(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Where the tables live: the home's folder, or a fresh prefix on the local S3 server."""
+    if request.param == "local":
+        return {}
+    return s3_tables_config(request.getfixturevalue("s3_tables_endpoint"))
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, tables: dict[str, Any]) -> Settings:
+    """The root conftest's settings, with the tables root under test."""
+    s = Settings(home=tmp_path / "home", store={"url": database_url}, data=tables)
+    ensure_home(s)
+    return s
+
+
+def _files(server: Any, location: str) -> list[str]:
+    """Every file under a table's location, on either root (what `rm -r` would remove)."""
+    from deltalake.fs import DeltaStorageHandler
+    from pyarrow.fs import FileSelector, FileType
+
+    root = server.settings.tables_url.rstrip("/")
+    handler = DeltaStorageHandler(root, dict(server.settings.data.storage_options))
+    relative = location[len(root) + 1 :]
+    infos = handler.get_file_info_selector(FileSelector(relative, True, recursive=True))
+    return [i.path for i in infos if i.type == FileType.File]
 
 
 @pytest.fixture
@@ -128,7 +159,8 @@ def test_a_write_that_crashed_after_its_delta_commit_is_never_seen(
 
     admin.write_table(project, "t", pa.table({"id": [1]}))
     location = _location(server, project, "t")
-    write_deltalake(location, pa.table({"id": [666]}), mode="append")  # never published
+    options = dict(server.settings.data.storage_options)
+    write_deltalake(location, pa.table({"id": [666]}), mode="append", storage_options=options)
     assert admin.read_table(project, "t").column("id").to_pylist() == [1]
     assert admin.sql(project, "select max(id) as m from t").to_pylist() == [{"m": 1}]
     admin.write_table(project, "t", pa.table({"id": [2]}))
@@ -209,10 +241,10 @@ def test_outsiders_get_404(server: Any, admin: Any, project: str, tmp_path: Path
 
 def test_deleting_a_table_removes_its_files(server: Any, admin: Any, project: str) -> None:
     admin.write_table(project, "t", pa.table({"id": [1]}))
-    location = Path(_location(server, project, "t"))
-    assert location.is_dir()
+    location = _location(server, project, "t")
+    assert any(f.endswith(".parquet") for f in _files(server, location))
     admin.delete_table(project, "t")
-    assert not location.exists()
+    assert _files(server, location) == []
     with pytest.raises(NotFound):
         admin.table_info(project, "t")
 
@@ -258,6 +290,7 @@ def test_viewers_read_and_query_but_cannot_write(server: Any, admin: Any, projec
     assert [(e.actor, e.resource) for e in reads] == [("vic", f"project:{project}/table:t@0")]
 
 
+@pytest.mark.parametrize("tables", ["local"], indirect=True)
 def test_the_tables_root_is_owner_only(server: Any, admin: Any, project: str) -> None:
     admin.write_table(project, "t", pa.table({"id": [1]}))
     root = Path(server.settings.tables_url)
@@ -347,3 +380,57 @@ def test_reads_can_pick_columns(admin: Any, project: str) -> None:
     assert picked.column_names == ["w", "id"] and picked.num_rows == 2
     with pytest.raises(InvalidInput):
         admin.read_table(project, "t", columns=["nope"])
+
+
+def test_a_first_write_that_crashed_after_its_commit_is_started_again(
+    server: Any, admin: Any, project: str
+) -> None:
+    """A first write killed after delta-rs committed left files but no published version:
+    the next write deletes them (on either root) and becomes version 0 on its own."""
+    from deltalake import write_deltalake
+    from sqlalchemy import select
+
+    from underlay.data.tables import TableStore
+    from underlay.store import Scope
+    from underlay.store.models import Project
+
+    store = TableStore(server.settings)
+    with server.platform.db.session(Scope.everything()) as session:
+        pid = session.scalar(select(Project.id).where(Project.name == project))
+        location = store.location(store.ensure(session, pid, "t"))
+    options = dict(server.settings.data.storage_options)
+    write_deltalake(location, pa.table({"id": [666, 667]}), storage_options=options)
+    leftover = {f for f in _files(server, location) if f.endswith(".parquet")}
+    assert leftover
+    result = admin.write_table(project, "t", pa.table({"id": [1]}))
+    assert (result.version, result.num_rows) == (0, 1)
+    assert admin.read_table(project, "t").column("id").to_pylist() == [1]
+    assert leftover.isdisjoint(_files(server, location))  # the crashed write's files are gone
+
+
+@pytest.mark.parametrize("tables", ["local"], indirect=True)
+def test_a_write_may_take_longer_than_the_clients_timeout(
+    server: Any, admin: Any, project: str, tmp_path: Path
+) -> None:
+    """A big ingest answers only when the table holds it: the client waits for the answer
+    however long the server works (its other timeouts stay)."""
+    from underlay.client import Client
+
+    path = _csv(tmp_path / "big.csv", "id,v\n" + "".join(f"{i},x{i}\n" for i in range(300_000)))
+    with Client(server.url, server.admin_token, timeout_s=0.2) as hasty:
+        assert hasty.write_table(project, "big", path).rows_written == 300_000
+
+
+def test_s3_commits_use_conditional_put_unless_the_operator_says(tmp_path: Path) -> None:
+    """On S3 a version's log entry is written with If-None-Match (conditional put), which
+    needs no lock service; an operator's explicit setting wins."""
+    from underlay.data.tables import TableStore
+
+    def options(given: dict[str, str]) -> dict[str, str]:
+        data = {"tables_url": "s3://bucket/tables", "storage_options": given}
+        return TableStore(Settings(home=tmp_path, data=data)).options
+
+    assert options({})["aws_conditional_put"] == "etag"
+    assert options({"AWS_CONDITIONAL_PUT": "disabled"}) == {"AWS_CONDITIONAL_PUT": "disabled"}
+    local = TableStore(Settings(home=tmp_path)).options
+    assert "aws_conditional_put" not in local

@@ -513,6 +513,12 @@ class TableMethods:
     def _write_table(
         self, project: str, name: str, params: dict[str, Any], content: Any
     ) -> WriteRead:
+        import httpx
+
+        # the answer comes once the server has read the whole upload into the table, which
+        # takes as long as the data does: no read timeout (the others stay)
+        base: httpx.Timeout = self._http.timeout
+        timeout = httpx.Timeout(connect=base.connect, read=None, write=base.write, pool=base.pool)
         result: WriteRead = self._one(
             WriteRead,
             "PUT",
@@ -520,6 +526,7 @@ class TableMethods:
             params=params,
             content=content,
             headers={"Content-Type": "application/octet-stream"},
+            timeout=timeout,
         )
         return result
 

@@ -202,20 +202,24 @@ def _infer_type(column: pa.ChunkedArray) -> pa.DataType:
 
 
 def _lines(seen: int, count: int, invalid: list[int]) -> list[int]:
-    """Physical line numbers of good rows ``seen .. seen+count``, skipping invalid lines."""
-    result: list[int] = []
-    skipped = iter(sorted(invalid))
-    next_bad = next(skipped, None)
-    line = 1  # the header
-    good = -1
-    while len(result) < count:
+    """Physical line numbers of good rows ``seen .. seen+count``, skipping invalid lines.
+
+    Good row ``g`` is on line ``g + 2`` (after the header) pushed down by one for each invalid
+    line at or above it: linear in ``count`` and the invalid lines, whatever ``seen`` is (a
+    walk from line 1 made a big file's ingest quadratic)."""
+    bad = sorted(invalid)
+    i = 0
+    line = seen + 2
+    while i < len(bad) and bad[i] <= line:
         line += 1
-        if next_bad is not None and line == next_bad:
-            next_bad = next(skipped, None)
-            continue
-        good += 1
-        if good >= seen:
-            result.append(line)
+        i += 1
+    result: list[int] = []
+    for _ in range(count):
+        result.append(line)
+        line += 1
+        while i < len(bad) and bad[i] == line:
+            line += 1
+            i += 1
     return result
 
 

@@ -6,9 +6,11 @@ A table's files live under the tables root (``data.tables_url``) at
 every reader of the platform gets unless it asks for another published one. A write runs
 outside any database transaction (a long ingest must not hold SQLite's write lock):
 
-1. under the table's lock (an ``flock`` on a local root), any Delta version newer than the
-   last published one — the leftover of a write that crashed after its Delta commit — is
-   undone with a Delta ``restore`` to the published version;
+1. under the table's lock (an ``flock``: beside the table on a local root, in the home's
+   ``locks/tables`` for an object store root, so every worker process of one server takes
+   it), any Delta version newer than the last published one — the leftover of a write that
+   crashed after its Delta commit — is undone with a Delta ``restore`` to the published
+   version;
 2. the batches are written by delta-rs (append, overwrite, or merge by key columns), which
    commits atomically: a crash before the commit leaves unreferenced files, never a half
    version;
@@ -24,6 +26,10 @@ leftover of a crashed or rejected first write), so version numbers keep counting
 
 A write whose columns differ from the table's (a missing or extra column, another type) is
 refused before anything is written, unless the caller asks for schema evolution.
+
+On an object store (``s3://``) delta-rs commits a version by writing its log entry with a
+conditional put (``If-None-Match: *``), so two writers can never both create one version; the
+files of a deleted table are removed through delta-rs's own object store (no s3fs needed).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from underlay.errors import InvalidInput, NotFound
 from underlay.store import Database, Scope
 
 Mode = Literal["append", "overwrite", "merge"]
+_CONDITIONAL_PUT = ("aws_conditional_put", "conditional_put")
 QUARANTINE_SUFFIX = "_quarantine"
 
 
@@ -73,10 +80,19 @@ class TableStore:
         self.root = settings.tables_url.rstrip("/")
         self.local = "://" not in self.root
         self.options = dict(settings.data.storage_options)
+        if self.root.startswith(("s3://", "s3a://")) and not any(
+            key.lower() in _CONDITIONAL_PUT for key in self.options
+        ):
+            # commit a version with a conditional put (If-None-Match): two writers can never
+            # both create one log entry (AWS S3, MinIO, R2, moto); stated, not left to defaults
+            self.options["aws_conditional_put"] = "etag"
         self.batch_rows = settings.data.batch_rows
         self.data_settings = settings.data
         self._thread_locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        # where the cross-process write locks live: beside the tables on a local root, in the
+        # home (shared by the workers of `underlay up --workers N`) for an object store
+        self._lock_root = Path(self.root) if self.local else settings.home / "locks" / "tables"
         if self.local:
             Path(self.root).mkdir(parents=True, exist_ok=True, mode=0o700)
 
@@ -170,15 +186,24 @@ class TableStore:
         location = self.location(table)
         session.delete(table)
         session.flush()
+        from sqlalchemy import event
+
+        def remove_files(_session: Any) -> None:
+            self._delete_files(location)
+
+        event.listen(session, "after_commit", remove_files, once=True)
+
+    def _delete_files(self, location: str) -> None:
+        """Delete every file under a table's location, on a local root or an object store."""
         if self.local:
-            from sqlalchemy import event
+            import shutil
 
-            def remove_files(_session: Any) -> None:
-                import shutil
+            shutil.rmtree(location, ignore_errors=True)
+            return
+        from deltalake.fs import DeltaStorageHandler
 
-                shutil.rmtree(location, ignore_errors=True)
-
-            event.listen(session, "after_commit", remove_files, once=True)
+        relative = location[len(self.root) + 1 :]
+        DeltaStorageHandler(self.root, self.options).delete_dir(relative)
 
     # -- data ----------------------------------------------------------------------------
 
@@ -418,15 +443,12 @@ class TableStore:
 
     @contextlib.contextmanager
     def _locked(self, project_id: int, table_id: int) -> Iterator[None]:
-        """One writer per table: a thread lock here, an ``flock`` across processes (local)."""
+        """One writer per table: a thread lock here, an ``flock`` across processes."""
         key = f"{project_id}/{table_id}"
         with self._guard:
             lock = self._thread_locks.setdefault(key, threading.Lock())
         with lock:
-            if not self.local:
-                yield
-                return
-            folder = Path(self.root) / str(project_id)
+            folder = self._lock_root / str(project_id)
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             with (folder / f"{table_id}.lock").open("a") as handle:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
