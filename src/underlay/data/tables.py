@@ -252,7 +252,8 @@ class TableStore:
                 name, checks = table.name, quality.load(table.checks)
                 subject_key = table.subject_key
                 current = self.schema(table)
-            self._undo_unpublished(location, published)
+                recorded = published is not None or bool(self.versions(session, table))
+            self._undo_unpublished(location, published, recorded)
             if current is not None and not evolve:
                 check_schema(current, schema, mode)
             if mode == "merge" and not keys:
@@ -404,15 +405,23 @@ class TableStore:
             return False
         return True
 
-    def _undo_unpublished(self, location: str, published: int | None) -> None:
+    def _undo_unpublished(
+        self, location: str, published: int | None, recorded: bool = True
+    ) -> None:
         """Restore the last published version if a crashed or rejected write committed after
-        it; with none published yet, leave the table empty (the next write replaces it)."""
+        it. With none published yet: when no version was ever recorded (a first write that
+        crashed after its commit) delete the leftover files, so the next write is version 0;
+        else (a rejected version keeps its number and report) leave the table empty, so
+        version numbers keep counting up."""
         from deltalake import DeltaTable, write_deltalake
         from deltalake.exceptions import TableNotFoundError
 
         try:
             delta = DeltaTable(location, storage_options=self.options)
         except TableNotFoundError:
+            return
+        if published is None and not recorded:
+            self._delete_files(location)
             return
         if published is None:
             dataset = delta.to_pyarrow_dataset()
