@@ -527,15 +527,53 @@ def test_a_max_per_node_below_one_is_rejected() -> None:
     assert rejected(d) == {"bad": "max_per_node must be at least 1 (got 0)"}
 
 
-def test_constrained_work_waits_instead_of_preempting_or_holding() -> None:
-    runs = [running_on(job("low", gpus=8), [("n0", tuple(range(8)))], started=0.0)]
-    nodes = [_labelled(n, "zone=a") for n in occupy([node("n0"), node("n1", gpus=4)], runs)]
+def test_constrained_work_preempts_only_where_it_may_run() -> None:
+    # Two low-priority jobs; low-0 (started last) would be the first victim, but only n1
+    # carries the label the claimant selects.
+    runs = [
+        running_on(job("low-0", gpus=8), [("n0", tuple(range(8)))], started=10.0),
+        running_on(job("low-1", gpus=8, submit=1), [("n1", tuple(range(8)))], started=0.0),
+    ]
+    nodes = occupy([node("n0"), node("n1")], runs)
+    nodes = (nodes[0], _labelled(nodes[1], "zone=a"))
     high = replace(job("high", gpus=8, priority=5), node_selector=("zone=a",))
-    later = job("later", gpus=4, submit=1.0)
-    d = decide(snapshot(nodes, [high, later], running=runs, clock=500.0))
-    assert not d.preempts
-    assert waiting(d)["high"].startswith("no node with labels zone=a has room: ")
-    assert set(placed(d)) == {"later"}
+    d = decide(snapshot(nodes, [high], running=runs, clock=500.0))
+    assert [(p.workload_id, p.for_workload) for p in d.preempts] == [("low-1", "high")]
+    assert d.claims[0].nodes == ("n1",)
+
+
+def test_constrained_work_never_preempts_for_room_it_could_not_use() -> None:
+    # The only zone=a node already runs the app's one allowed worker: freeing any room
+    # there (or anywhere else) cannot start it, so nothing is preempted.
+    web = replace(job("web-0", milli=500, priority=9), app="web", max_per_node=1)
+    runs = [
+        running_on(web, [("n0", (0,))]),
+        running_on(job("low", gpus=7), [("n0", tuple(range(1, 8)))]),
+        running_on(job("other", gpus=8), [("n1", tuple(range(8)))]),
+    ]
+    n0, n1 = occupy([node("n0"), node("n1")], runs)
+    nodes = [_labelled(n0, "zone=a"), n1]
+    more = replace(
+        job("web-1", gpus=1, priority=5), app="web", max_per_node=1, node_selector=("zone=a",)
+    )
+    d = decide(snapshot(nodes, [more], running=runs, clock=500.0))
+    assert not d.preempts and not d.claims
+    assert waiting(d)["web-1"].startswith("no node with labels zone=a has room: ")
+
+
+def test_a_constrained_head_holds_only_where_it_may_run() -> None:
+    runs = [
+        running_on(job("r0", gpus=6), [("n0", tuple(range(6)))]),
+        running_on(job("r1", gpus=6), [("n1", tuple(range(6)))]),
+    ]
+    nodes = occupy([node("n0"), node("n1")], runs)
+    nodes = (nodes[0], _labelled(nodes[1], "zone=a"))
+    head = replace(job("head", gpus=4), node_selector=("zone=a",))
+    small = [job(f"s{i}", gpus=1, submit=1 + i) for i in range(4)]
+    d = decide(snapshot(nodes, [head, *small], running=runs, config="fifo-backfill"))
+    assert "holding what it needs on node n1" in waiting(d)["head"]
+    # n1's two free GPUs are held for the head; n0's two go to later work.
+    assert sorted(w[0] for p in placed(d).values() for w in p) == ["n0", "n0"]
 
 
 def test_backfill_keeps_off_a_shared_gpu_the_blocked_head_will_need() -> None:

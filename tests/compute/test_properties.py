@@ -768,6 +768,12 @@ class _Checked(Simulation):
         preempted = {p.workload_id for p in d.preempts}
         for wid in preempted:
             assert self.running[wid].workload.preemptible, f"{wid} is not preemptible"
+        labels = {n.name: set(n.labels) for n in self.nodes}
+        for p in d.preempts:
+            # a constrained claimant frees room only on a node it may run on
+            claimant = self.pending[p.for_workload]
+            victim_nodes = {worker.node for worker in self.running[p.workload_id].workers}
+            assert any(set(claimant.node_selector) <= labels[n] for n in victim_nodes), p
         super()._apply(d)
         labels = {n.name: set(n.labels) for n in self.nodes}
         per_node: dict[tuple[str, str], int] = defaultdict(int)
@@ -800,7 +806,9 @@ def test_services_keep_their_limits_selectors_and_protection(rows, policy: str, 
                 "p0",
                 Request(1000, 1024, gpus=milli // 1000, gpu_milli=milli % 1000),
                 gang,
-                priority if app else priority + 3,  # batch outranks services: it may preempt
+                # batch mostly outranks services, but a service of class 2 may preempt
+                # batch of class 1: constrained claimants (selectors, limits) preempt too
+                priority if app else priority + 1,
                 submit_time=submit,
                 preemptible=preemptible,
                 app=app,
@@ -823,3 +831,10 @@ def test_services_keep_their_limits_selectors_and_protection(rows, policy: str, 
     sim = _Checked(Trace.of("services", jobs), nodes, (), POLICIES[policy], interval_s=60.0)
     sim.run()
     assert sim.calls > 0
+    # and every preemption, constrained claimant or not, is one its claimant can use: it
+    # starts within the grace period plus one tick, or its claim is abandoned on record
+    deadline = POLICIES[policy].grace_s + sim.interval_s
+    for at, victim, claimant in sim.preempt_log:
+        started = any(w == claimant and at <= t <= at + deadline for t, w in sim.start_log)
+        abandoned = any(w == claimant and at <= t <= at + deadline for t, w, _ in sim.abandon_log)
+        assert started or abandoned, (at, victim, claimant, sim.start_log, sim.abandon_log)

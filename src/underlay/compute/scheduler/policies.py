@@ -34,7 +34,7 @@ POLICIES: dict[str, PolicyConfig] = {
     "default": PolicyConfig(
         name="default",
         order="fair",
-        head="backfill",
+        head="skip",
         packing="fragmentation",
         quotas=True,
         reclaim=True,
@@ -42,6 +42,7 @@ POLICIES: dict[str, PolicyConfig] = {
         service_levels=LEVELS,
         las_preemption=True,
         las_scope="project",
+        las_borrowed=True,
         min_runtime_s=60.0,
     ),
     "fifo": PolicyConfig(

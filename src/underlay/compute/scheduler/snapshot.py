@@ -304,6 +304,7 @@ class PolicyConfig:
     grace_s: float = 30.0
     min_runtime_s: float = 0.0
     reservations: int = 1
+    las_borrowed: bool = False
     energy_aware: bool = False
     low_carbon_windows: tuple[Window, ...] = ()
     max_defer_s: float = 86400.0
