@@ -341,15 +341,16 @@ def _usage(snap: Snapshot) -> dict[tuple[str, str], int]:
 def _legitimate(snap: Snapshot, victim: Running, claimant: Workload, reason: str) -> str:
     """The rule that allows ``victim`` to be stopped for ``claimant`` (fails if none does)."""
     cfg, v, clock = snap.config, victim.workload, snap.clock
+    key = (v.project, str(victim.gpu_type))
+    held = sum(
+        r.workload.gpu_share
+        for r in snap.running
+        if (r.workload.project, r.gpu_type) == key and r.draining_until is None
+    )
+    borrows = bool(snap.quotas) and cfg.quotas and held > _guarantee(snap)[key]
     if reason.startswith(f"project {claimant.project} claims back its guaranteed"):
         assert cfg.reclaim and cfg.quotas and v.project != claimant.project, reason
-        key = (v.project, str(victim.gpu_type))
-        held = sum(
-            r.workload.gpu_share
-            for r in snap.running
-            if (r.workload.project, r.gpu_type) == key and r.draining_until is None
-        )
-        assert held > _guarantee(snap)[key], f"{v.id} does not borrow: {reason}"
+        assert borrows, f"{v.id} does not borrow: {reason}"
         return "reclaim"
     # priority and service-level victims must have run the minimum run time
     assert clock - victim.started_at >= cfg.min_runtime_s, reason
@@ -359,7 +360,13 @@ def _legitimate(snap: Snapshot, victim: Running, claimant: Workload, reason: str
         return "priority"
     assert "accelerator-hours (service level" in reason, reason
     assert cfg.las_preemption and cfg.service_levels, reason
-    assert cfg.las_scope == "cluster" or v.project == claimant.project, reason
+    # inside the project; or cluster-wide; or, with las_borrowed, work another project
+    # runs above its guarantee
+    assert (
+        cfg.las_scope == "cluster"
+        or v.project == claimant.project
+        or (cfg.las_borrowed and borrows)
+    ), reason
     assert v.priority <= claimant.priority, reason
     levels = cfg.service_levels
     mine = service_level(claimant.attained_service, levels)
@@ -691,6 +698,8 @@ def test_reclaim_and_borrowing_take_at_most_what_the_victim_project_borrows(
         key = (victim.workload.project, str(victim.gpu_type))
         own = (claimant.project, str(victim.gpu_type))
         borrows = used[own] + claimant.gpu_share > guarantee[own]
+        if snap.config.guarantee_start and claimant.preemptible:
+            borrows = used[own] >= guarantee[own]  # it starts on what is left of it
         if victim.workload.project != claimant.project or borrows:
             taken[key] += victim.workload.gpu_share
     borrowed = _borrowed(snap)

@@ -43,6 +43,7 @@ POLICIES: dict[str, PolicyConfig] = {
         las_preemption=True,
         las_scope="project",
         las_borrowed=True,
+        guarantee_start=True,
         min_runtime_s=60.0,
     ),
     "fifo": PolicyConfig(

@@ -296,8 +296,7 @@ class _Round:
         inside = types
         share = w.gpu_share
         if self.ledger is not None and share:
-            within = self.ledger.within
-            inside = [t for t in types if t is not None and within(w.project, t, share)]
+            inside = [t for t in types if t is not None and self._guaranteed(w, t)]
             if not inside:
                 if w.preemptible:
                     borrowers.append(w)
@@ -318,6 +317,21 @@ class _Round:
         if self._try_preempt(w, inside, guaranteed=self.ledger is not None):
             return
         self._blocked(w, inside, verdict)
+
+    def _guaranteed(self, w: Workload, t: str) -> bool:
+        """Whether ``w`` starts on its project's guarantee of ``t``: it fits within it or,
+        with ``guarantee_start`` and preemptible, its project still has some of it left (the
+        part above the guarantee is then borrowed, and reclaimable)."""
+        ledger = self.ledger
+        assert ledger is not None
+        if ledger.within(w.project, t, w.gpu_share):
+            return True
+        return (
+            self.cfg.guarantee_start
+            and w.preemptible
+            and ledger.below(w.project, t)
+            and ledger.may_borrow(w.project, t, w.gpu_share)
+        )
 
     def _borrow(self, w: Workload) -> None:
         ledger = self.ledger
@@ -384,9 +398,11 @@ class _Round:
         self.constraints.placed(w, allocs)
         names = self.state.names
         workers = tuple(WorkerPlacement(names[a.node], a.gpus, a.milli) for a in allocs)
-        self.places.append(Place(w.id, workers, t, borrowed))
         if self.ledger is not None and t is not None:
+            # a workload that starts on what is left of a guarantee may go above it
+            borrowed = borrowed or not self.ledger.within(w.project, t, w.gpu_share)
             self.ledger.add(w.project, t, w.gpu_share)
+        self.places.append(Place(w.id, workers, t, borrowed))
         if self.fair is not None:
             self.fair.charge(w, t)
 

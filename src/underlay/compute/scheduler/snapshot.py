@@ -305,6 +305,7 @@ class PolicyConfig:
     min_runtime_s: float = 0.0
     reservations: int = 1
     las_borrowed: bool = False
+    guarantee_start: bool = False
     energy_aware: bool = False
     low_carbon_windows: tuple[Window, ...] = ()
     max_defer_s: float = 86400.0
