@@ -183,6 +183,48 @@ def test_reclaim_takes_at_most_what_the_victim_project_borrows():
     assert d.preempts[0].reason.endswith("b0 borrows it")
 
 
+def test_work_starts_on_what_is_left_of_its_guarantee_and_borrows_the_rest():
+    # vision uses 6 of its 8 A100; its 4-GPU job would take it to 10. It still starts in the
+    # guaranteed pass (marked borrowed), before nlp's job that borrows outright, although
+    # nlp has the smaller dominant share. The strict rule makes both borrowers.
+    quotas = [Quota("vision", "A100", 8), Quota("nlp", "A100", 1)]
+    runs = [
+        running_on(job("v6", gpus=6), [("n0", tuple(range(6)))]),
+        running_on(job("n2", "nlp", gpus=2), [("n0", (6, 7))]),
+    ]
+    nodes = occupy([node("n0"), node("n1", gpus=4)], runs)
+    pending = [job("b", "nlp", gpus=4, submit=0.0), job("a", gpus=4, submit=1.0)]
+    d = decide(snapshot(nodes, pending, running=runs, quotas=quotas))
+    assert set(placed(d)) == {"a"}
+    assert d.places[0].borrowed
+    strict = policy_config("default", guarantee_start=False)
+    d = decide(snapshot(nodes, pending, running=runs, quotas=quotas, config=strict))
+    assert set(placed(d)) == {"b"}
+
+
+def test_a_borrower_preempts_by_service_level_only_what_other_projects_borrow():
+    # vision is at its guarantee, so its short job borrows; nlp runs 4 GPUs on a guarantee
+    # of 2. The borrower may preempt nlp's work that has more service, but only the 2 GPUs
+    # nlp borrows, and nothing once nlp is within its guarantee.
+    def decide_with(nlp_guarantee: int, **overrides: object) -> Decisions:
+        quotas = [Quota("vision", "A100", 4), Quota("nlp", "A100", nlp_guarantee)]
+        runs = [
+            running_on(job("v4", gpus=4), [("n0", (0, 1, 2, 3))]),
+            running_on(job("long", "nlp", gpus=2), [("n0", (4, 5))], started=0.0),
+            running_on(job("longer", "nlp", gpus=2), [("n0", (6, 7))], started=0.0),
+        ]
+        nodes = occupy([node("n0")], runs)
+        config = policy_config("default", **overrides)
+        short = job("short", gpus=2, submit=7000.0)
+        return decide(snapshot(nodes, [short], runs, quotas, config, clock=7200.0))
+
+    d = decide_with(2)
+    assert len(d.preempts) == 1 and d.preempts[0].for_workload == "short"
+    assert "accelerator-hours (service level" in d.preempts[0].reason
+    assert not decide_with(4).preempts
+    assert not decide_with(2, las_borrowed=False).preempts
+
+
 def test_the_room_freed_by_a_preemption_is_held_for_its_claimant_until_it_starts():
     quotas = [Quota("vision", "A100", 8), Quota("nlp", "A100", 8)]
     own = running_on(job("own", "nlp", gpus=8), [("n1", tuple(range(8)))], started=0.0)

@@ -10,18 +10,15 @@ import pytest
 from underlay.compute.simulator import Report
 from underlay.compute.simulator.scenarios import BASELINES, HEAVY_TAILED, SCENARIOS, replay
 
-SCALE = 0.25
-"""A quarter of the jobs of ``benchmarks/scenarios.py`` (clusters and loads unchanged)."""
+SCALE = 0.5
+"""Half the jobs of ``benchmarks/scenarios.py`` (clusters and loads unchanged)."""
 
 MISSED = {
-    "two-projects-wide": "1.14x first-fit at this scale (1.06x at full scale): reclaim and "
-    "service-level preemption restart 16- and 32-GPU gangs",
-    "skewed-quotas": "1.18x las at this scale (1.03x at full scale): guarantees keep short "
-    "work of the projects that borrow waiting behind long work within a guarantee",
-    "notebooks": "1.06x las at this scale (1.33x at full scale): 8-GPU jobs above their "
-    "project's guarantee wait for a whole node that fractional work keeps taking",
+    "skewed-quotas": "1.11x las at this scale (1.03x at full scale): guarantees keep short "
+    "work of projects that borrow waiting behind longer work within another's guarantee",
 }
-"""Scenarios where ``default`` is still more than 5 % behind the best baseline (issue 9)."""
+"""Scenarios where ``default`` is still more than 5 % behind the best baseline at this scale
+(issue 9); docs/scheduling.md lists the full-scale figures."""
 
 
 @cache
@@ -35,6 +32,7 @@ def _avg(report: Report) -> float:
     return report.avg_jct_s
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     [
@@ -51,6 +49,7 @@ def test_default_is_within_five_percent_of_the_best_baseline(name: str) -> None:
     assert _avg(reports["default"]) <= 1.05 * best
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", HEAVY_TAILED)
 def test_default_keeps_its_win_over_first_come_first_served_on_heavy_tails(name: str) -> None:
     reports = _reports(name)

@@ -136,9 +136,7 @@ class Preemptor:
             return None
         return why
 
-    def _rank_reason(
-        self, claimant: Workload, victim: Running, gpu_type: str | None
-    ) -> str | None:
+    def _rank_reason(self, claimant: Workload, victim: Running, gpu_type: str | None) -> str | None:
         """Why ``victim`` ranks below ``claimant`` by priority class or service level."""
         c = self.config
         v = victim.workload

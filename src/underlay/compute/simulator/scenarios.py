@@ -85,10 +85,11 @@ def _arrivals(rng: random.Random, jobs: list[_Job], load: float, gpus: int) -> l
     span = work / (load * gpus)
     gaps = [rng.expovariate(1.0) for _ in jobs]
     total = sum(gaps[1:]) or 1.0
-    times, at = [], 0.0
+    times: list[float] = []
+    at = 0.0
     for i, gap in enumerate(gaps):
         at += gap * span / total if i else 0.0
-        times.append(round(at))
+        times.append(float(round(at)))  # whole seconds
     return times
 
 
@@ -138,7 +139,13 @@ def two_projects_wide(seed: int, scale: float) -> Scenario:
     rng = random.Random(seed)
     n = max(8, round(400 * scale))
     jobs: list[_Job] = [
-        (rng.choice(("a", "b")), 8, 0, rng.choice((2, 4)), _lognormal(rng, 3 * 3600, 1.0, 7 * 86400))
+        (
+            rng.choice(("a", "b")),
+            8,
+            0,
+            rng.choice((2, 4)),
+            _lognormal(rng, 3 * 3600, 1.0, 7 * 86400),
+        )
         for _ in range(n)
     ]
     return Scenario(
