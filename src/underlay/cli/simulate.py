@@ -69,6 +69,8 @@ SHOWN_SKIPS = 5
 
 ROWS = (
     ("jobs", "jobs"),
+    ("offered_load", "offered load (total)"),
+    ("peak_week_load", "offered load, busiest week"),
     ("finished", "finished"),
     ("rejected", "rejected"),
     ("unfinished", "unfinished"),
@@ -188,6 +190,8 @@ def _table(report: dict[str, Any]) -> None:
     table = Table(title=title)
     table.add_column("measure")
     table.add_column("value", justify="right")
+    weekly = report["offered_load_weekly"]
+    report = {**report, "peak_week_load": max(weekly) if weekly else None}
     for key, label in ROWS:
         value = report[key]
         if value is None:

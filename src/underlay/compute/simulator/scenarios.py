@@ -35,7 +35,7 @@ from underlay.compute.scheduler.policies import policy_config
 from underlay.compute.scheduler.snapshot import WHOLE, Request, Workload
 from underlay.compute.simulator.cluster import parse_spec, quotas_from_weights
 from underlay.compute.simulator.engine import Simulation
-from underlay.compute.simulator.metrics import Report
+from underlay.compute.simulator.metrics import Report, offered_load
 from underlay.compute.simulator.trace import Trace, TraceJob
 
 BASELINES = ("fifo", "fifo-backfill", "first-fit", "las")
@@ -61,12 +61,7 @@ class Scenario:
     @property
     def offered_load(self) -> float | None:
         """Accelerator-time asked for over capacity times the arrival span (None: a burst)."""
-        jobs = self.trace.jobs
-        span = jobs[-1].workload.submit_time - jobs[0].workload.submit_time
-        if span <= 0:
-            return None
-        work = sum(j.workload.gpu_share * (j.duration_s or 0.0) for j in jobs) / WHOLE
-        return work / (self.gpus * span)
+        return offered_load(self.trace.jobs, self.gpus)[0]
 
 
 def _trace(name: str, jobs: list[_Job], times: list[float]) -> Trace:
