@@ -355,11 +355,15 @@ def test_backfill_uses_other_nodes_but_never_the_nodes_held_for_the_head():
     assert waiting(d)["s2"].endswith("besides what is held for head")
 
 
-def test_skip_places_any_later_work_that_fits():
+@pytest.mark.parametrize("config", ["first-fit", "las", "default"])
+def test_skip_places_any_later_work_that_fits(config: str):
+    # default holds nothing for a blocked head either (issue 9: holds without duration
+    # estimates idled what they held)
     nodes = [node("n0", free=[1000] * 6 + [0] * 2)]
     pending = [job("head", gpus=8, submit=0), job("s", gpus=6, submit=1)]
-    d = decide(snapshot(nodes, pending, config="first-fit"))
+    d = decide(snapshot(nodes, pending, config=config))
     assert set(placed(d)) == {"s"}
+    assert "holding" not in waiting(d)["head"]
 
 
 # -- packing ------------------------------------------------------------------------------
