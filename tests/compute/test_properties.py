@@ -847,3 +847,70 @@ def test_services_keep_their_limits_selectors_and_protection(rows, policy: str, 
         started = any(w == claimant and at <= t <= at + deadline for t, w in sim.start_log)
         abandoned = any(w == claimant and at <= t <= at + deadline for t, w, _ in sim.abandon_log)
         assert started or abandoned, (at, victim, claimant, sim.start_log, sim.abandon_log)
+
+
+@st.composite
+def constrained_claims(draw: st.DrawFn) -> Snapshot:
+    """Full nodes with random labels, running low-class work of the claimant's project (some
+    of it the claimant's own app), and one high-class constrained claimant."""
+    nodes: list[Node] = []
+    runs: list[Running] = []
+    for i in range(draw(st.integers(2, 4))):
+        labels = tuple(sorted(draw(st.sets(st.sampled_from(["zone=a", "zone=b", "gpu=x"])))))
+        free = [1000] * 4
+        for g in range(4):
+            if draw(st.integers(0, 4)) == 0:
+                continue  # left free
+            app = draw(st.sampled_from([None, None, "web"]))
+            w = replace(Workload(f"r{len(runs)}", "p0", Request(0, 0, gpus=1)), app=app)
+            started = float(draw(st.integers(0, 100)))
+            runs.append(Running(w, (WorkerPlacement(f"n{i}", (g,)),), started, "A100"))
+            free[g] = 0
+        accs = tuple(Accelerator("A100", 16384, f) for f in free)
+        nodes.append(Node(f"n{i}", 32000, 65536, 32000, 65536, accs, labels=labels))
+    claimant = Workload(
+        "svc",
+        "p0",
+        Request(0, 0, gpus=draw(st.sampled_from([1, 2, 4]))),
+        gang=draw(st.integers(1, 3)),
+        priority=5,
+        app="web",
+        max_per_node=draw(st.sampled_from([None, 1, 2])),
+        node_selector=draw(st.sampled_from([(), ("zone=a",), ("gpu=x", "zone=b")])),
+    )
+    policy = POLICIES[draw(st.sampled_from(["default", "fifo-backfill"]))]
+    return Snapshot(500.0, tuple(nodes), tuple(runs), (claimant,), (), policy)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(constrained_claims())
+def test_constrained_work_preempts_and_holds_only_room_it_can_use(snap: Snapshot) -> None:
+    """Every victim of a constrained claimant, and every node of its claim or of its backfill
+    hold, is a node its selector allows; the claim's nodes can take all its workers within
+    its spread limit once its victims are gone."""
+    d = decide(snap)
+    claimant = snap.pending[0]
+    labels = {n.name: set(n.labels) for n in snap.nodes}
+    allowed = {n for n, ls in labels.items() if set(claimant.node_selector) <= ls}
+    running = {r.workload.id: r for r in snap.running}
+    for p in d.preempts:
+        assert {w.node for w in running[p.workload_id].workers} <= allowed, p
+    leaving = {p.workload_id for p in d.preempts}
+    for claim in d.claims:
+        assert set(claim.nodes) <= allowed, claim
+        if claimant.max_per_node is not None:
+            room = 0
+            for name in claim.nodes:
+                staying = sum(
+                    1
+                    for r in snap.running
+                    if r.workload.app == "web" and r.workload.id not in leaving
+                    for w in r.workers
+                    if w.node == name
+                )
+                room += max(0, claimant.max_per_node - staying)
+            assert room >= claimant.gang, (claim, d.preempts)
+    for wait in d.waits:
+        found = re.search(r"holding what it needs on nodes? ([\w, ]+) so later", wait.reason)
+        if found:
+            assert set(found.group(1).split(", ")) <= allowed, wait.reason
