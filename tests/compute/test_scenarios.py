@@ -3,7 +3,11 @@ time (so the assertions hold on any machine, under any load)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from functools import cache
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +67,25 @@ def test_scenarios_are_seeded_and_offer_the_load_they_name() -> None:
     assert a.trace != SCENARIOS["heavy-85"](4, SCALE).trace
     assert a.offered_load == pytest.approx(0.85, rel=0.01)
     assert SCENARIOS["burst-1gpu"](0, SCALE).offered_load is None
+
+
+def test_the_benchmark_prints_each_policy_and_the_ratio_to_the_best_baseline() -> None:
+    root = Path(__file__).resolve().parents[2]
+    script = root / "benchmarks" / "scenarios.py"
+    args = ["--only", "heavy-70", "burst-gangs", "--scale", "0.05"]
+    done = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, check=True
+    )
+    assert "heavy-70: " in done.stdout and "(offered load 70%)" in done.stdout
+    assert "burst-gangs: " in done.stdout and "(burst)" in done.stdout
+    for policy in ("default", *BASELINES):
+        assert f"\n  {policy} " in done.stdout
+    assert "default / best baseline (" in done.stdout and "worst ratio: " in done.stdout
+    done = subprocess.run(
+        [sys.executable, str(script), *args, "--json"], capture_output=True, text=True, check=True
+    )
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["scenario"] for r in rows] == ["heavy-70", "burst-gangs"]
+    for r in rows:
+        best = r["policies"][r["best_baseline"]]["avg_jct_s"]
+        assert r["ratio"] == pytest.approx(r["policies"]["default"]["avg_jct_s"] / best)
