@@ -17,7 +17,8 @@ import typer
 TraceOpt = Annotated[
     str,
     typer.Option(
-        "--trace", help="A built-in trace (philly, openb) or a CSV file in our trace format."
+        "--trace",
+        help="A built-in trace (philly, philly-runtime, openb) or a CSV file in our trace format.",
     ),
 ]
 ClusterOpt = Annotated[
