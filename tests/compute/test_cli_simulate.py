@@ -15,6 +15,8 @@ import underlay as underlay_package
 from underlay.compute.simulator.builtin import PACKAGED_TRACES, default_traces_dir
 
 KEYS = {
+    "offered_load",
+    "offered_load_weekly",
     "avg_jct_s",
     "median_jct_s",
     "p95_jct_s",
@@ -65,6 +67,7 @@ def test_the_table_names_the_measures(trace_file: Path):
     done = underlay("--trace", str(trace_file), "--cluster", "1x2xA100", "--policy", "fifo")
     assert done.returncode == 0, done.stderr
     assert "avg JCT (s)" in done.stdout and "Jain's fairness" in done.stdout
+    assert "offered load (total)" in done.stdout and "offered load, busiest week" in done.stdout
 
 
 @pytest.mark.parametrize(

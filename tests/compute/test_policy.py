@@ -183,6 +183,48 @@ def test_reclaim_takes_at_most_what_the_victim_project_borrows():
     assert d.preempts[0].reason.endswith("b0 borrows it")
 
 
+def test_work_starts_on_what_is_left_of_its_guarantee_and_borrows_the_rest():
+    # vision uses 6 of its 8 A100; its 4-GPU job would take it to 10. It still starts in the
+    # guaranteed pass (marked borrowed), before nlp's job that borrows outright, although
+    # nlp has the smaller dominant share. The strict rule makes both borrowers.
+    quotas = [Quota("vision", "A100", 8), Quota("nlp", "A100", 1)]
+    runs = [
+        running_on(job("v6", gpus=6), [("n0", tuple(range(6)))]),
+        running_on(job("n2", "nlp", gpus=2), [("n0", (6, 7))]),
+    ]
+    nodes = occupy([node("n0"), node("n1", gpus=4)], runs)
+    pending = [job("b", "nlp", gpus=4, submit=0.0), job("a", gpus=4, submit=1.0)]
+    d = decide(snapshot(nodes, pending, running=runs, quotas=quotas))
+    assert set(placed(d)) == {"a"}
+    assert d.places[0].borrowed
+    strict = policy_config("default", guarantee_start=False)
+    d = decide(snapshot(nodes, pending, running=runs, quotas=quotas, config=strict))
+    assert set(placed(d)) == {"b"}
+
+
+def test_a_borrower_preempts_by_service_level_only_what_other_projects_borrow():
+    # vision is at its guarantee, so its short job borrows; nlp runs 4 GPUs on a guarantee
+    # of 2. The borrower may preempt nlp's work that has more service, but only the 2 GPUs
+    # nlp borrows, and nothing once nlp is within its guarantee.
+    def decide_with(nlp_guarantee: int, **overrides: object) -> Decisions:
+        quotas = [Quota("vision", "A100", 4), Quota("nlp", "A100", nlp_guarantee)]
+        runs = [
+            running_on(job("v4", gpus=4), [("n0", (0, 1, 2, 3))]),
+            running_on(job("long", "nlp", gpus=2), [("n0", (4, 5))], started=0.0),
+            running_on(job("longer", "nlp", gpus=2), [("n0", (6, 7))], started=0.0),
+        ]
+        nodes = occupy([node("n0")], runs)
+        config = policy_config("default", **overrides)
+        short = job("short", gpus=2, submit=7000.0)
+        return decide(snapshot(nodes, [short], runs, quotas, config, clock=7200.0))
+
+    d = decide_with(2)
+    assert len(d.preempts) == 1 and d.preempts[0].for_workload == "short"
+    assert "accelerator-hours (service level" in d.preempts[0].reason
+    assert not decide_with(4).preempts
+    assert not decide_with(2, las_borrowed=False).preempts
+
+
 def test_the_room_freed_by_a_preemption_is_held_for_its_claimant_until_it_starts():
     quotas = [Quota("vision", "A100", 8), Quota("nlp", "A100", 8)]
     own = running_on(job("own", "nlp", gpus=8), [("n1", tuple(range(8)))], started=0.0)
@@ -313,11 +355,15 @@ def test_backfill_uses_other_nodes_but_never_the_nodes_held_for_the_head():
     assert waiting(d)["s2"].endswith("besides what is held for head")
 
 
-def test_skip_places_any_later_work_that_fits():
+@pytest.mark.parametrize("config", ["first-fit", "las", "default"])
+def test_skip_places_any_later_work_that_fits(config: str):
+    # default holds nothing for a blocked head either (issue 9: holds without duration
+    # estimates idled what they held)
     nodes = [node("n0", free=[1000] * 6 + [0] * 2)]
     pending = [job("head", gpus=8, submit=0), job("s", gpus=6, submit=1)]
-    d = decide(snapshot(nodes, pending, config="first-fit"))
+    d = decide(snapshot(nodes, pending, config=config))
     assert set(placed(d)) == {"s"}
+    assert "holding" not in waiting(d)["head"]
 
 
 # -- packing ------------------------------------------------------------------------------
@@ -527,15 +573,53 @@ def test_a_max_per_node_below_one_is_rejected() -> None:
     assert rejected(d) == {"bad": "max_per_node must be at least 1 (got 0)"}
 
 
-def test_constrained_work_waits_instead_of_preempting_or_holding() -> None:
-    runs = [running_on(job("low", gpus=8), [("n0", tuple(range(8)))], started=0.0)]
-    nodes = [_labelled(n, "zone=a") for n in occupy([node("n0"), node("n1", gpus=4)], runs)]
+def test_constrained_work_preempts_only_where_it_may_run() -> None:
+    # Two low-priority jobs; low-0 (started last) would be the first victim, but only n1
+    # carries the label the claimant selects.
+    runs = [
+        running_on(job("low-0", gpus=8), [("n0", tuple(range(8)))], started=10.0),
+        running_on(job("low-1", gpus=8, submit=1), [("n1", tuple(range(8)))], started=0.0),
+    ]
+    nodes = occupy([node("n0"), node("n1")], runs)
+    nodes = (nodes[0], _labelled(nodes[1], "zone=a"))
     high = replace(job("high", gpus=8, priority=5), node_selector=("zone=a",))
-    later = job("later", gpus=4, submit=1.0)
-    d = decide(snapshot(nodes, [high, later], running=runs, clock=500.0))
-    assert not d.preempts
-    assert waiting(d)["high"].startswith("no node with labels zone=a has room: ")
-    assert set(placed(d)) == {"later"}
+    d = decide(snapshot(nodes, [high], running=runs, clock=500.0))
+    assert [(p.workload_id, p.for_workload) for p in d.preempts] == [("low-1", "high")]
+    assert d.claims[0].nodes == ("n1",)
+
+
+def test_constrained_work_never_preempts_for_room_it_could_not_use() -> None:
+    # The only zone=a node already runs the app's one allowed worker: freeing any room
+    # there (or anywhere else) cannot start it, so nothing is preempted.
+    web = replace(job("web-0", milli=500, priority=9), app="web", max_per_node=1)
+    runs = [
+        running_on(web, [("n0", (0,))]),
+        running_on(job("low", gpus=7), [("n0", tuple(range(1, 8)))]),
+        running_on(job("other", gpus=8), [("n1", tuple(range(8)))]),
+    ]
+    n0, n1 = occupy([node("n0"), node("n1")], runs)
+    nodes = [_labelled(n0, "zone=a"), n1]
+    more = replace(
+        job("web-1", gpus=1, priority=5), app="web", max_per_node=1, node_selector=("zone=a",)
+    )
+    d = decide(snapshot(nodes, [more], running=runs, clock=500.0))
+    assert not d.preempts and not d.claims
+    assert waiting(d)["web-1"].startswith("no node with labels zone=a has room: ")
+
+
+def test_a_constrained_head_holds_only_where_it_may_run() -> None:
+    runs = [
+        running_on(job("r0", gpus=6), [("n0", tuple(range(6)))]),
+        running_on(job("r1", gpus=6), [("n1", tuple(range(6)))]),
+    ]
+    nodes = occupy([node("n0"), node("n1")], runs)
+    nodes = (nodes[0], _labelled(nodes[1], "zone=a"))
+    head = replace(job("head", gpus=4), node_selector=("zone=a",))
+    small = [job(f"s{i}", gpus=1, submit=1 + i) for i in range(4)]
+    d = decide(snapshot(nodes, [head, *small], running=runs, config="fifo-backfill"))
+    assert "holding what it needs on node n1" in waiting(d)["head"]
+    # n1's two free GPUs are held for the head; n0's two go to later work.
+    assert sorted(w[0] for p in placed(d).values() for w in p) == ["n0", "n0"]
 
 
 def test_backfill_keeps_off_a_shared_gpu_the_blocked_head_will_need() -> None:

@@ -341,15 +341,16 @@ def _usage(snap: Snapshot) -> dict[tuple[str, str], int]:
 def _legitimate(snap: Snapshot, victim: Running, claimant: Workload, reason: str) -> str:
     """The rule that allows ``victim`` to be stopped for ``claimant`` (fails if none does)."""
     cfg, v, clock = snap.config, victim.workload, snap.clock
+    key = (v.project, str(victim.gpu_type))
+    held = sum(
+        r.workload.gpu_share
+        for r in snap.running
+        if (r.workload.project, r.gpu_type) == key and r.draining_until is None
+    )
+    borrows = bool(snap.quotas) and cfg.quotas and held > _guarantee(snap)[key]
     if reason.startswith(f"project {claimant.project} claims back its guaranteed"):
         assert cfg.reclaim and cfg.quotas and v.project != claimant.project, reason
-        key = (v.project, str(victim.gpu_type))
-        held = sum(
-            r.workload.gpu_share
-            for r in snap.running
-            if (r.workload.project, r.gpu_type) == key and r.draining_until is None
-        )
-        assert held > _guarantee(snap)[key], f"{v.id} does not borrow: {reason}"
+        assert borrows, f"{v.id} does not borrow: {reason}"
         return "reclaim"
     # priority and service-level victims must have run the minimum run time
     assert clock - victim.started_at >= cfg.min_runtime_s, reason
@@ -359,7 +360,13 @@ def _legitimate(snap: Snapshot, victim: Running, claimant: Workload, reason: str
         return "priority"
     assert "accelerator-hours (service level" in reason, reason
     assert cfg.las_preemption and cfg.service_levels, reason
-    assert cfg.las_scope == "cluster" or v.project == claimant.project, reason
+    # inside the project; or cluster-wide; or, with las_borrowed, work another project
+    # runs above its guarantee
+    assert (
+        cfg.las_scope == "cluster"
+        or v.project == claimant.project
+        or (cfg.las_borrowed and borrows)
+    ), reason
     assert v.priority <= claimant.priority, reason
     levels = cfg.service_levels
     mine = service_level(claimant.attained_service, levels)
@@ -691,6 +698,8 @@ def test_reclaim_and_borrowing_take_at_most_what_the_victim_project_borrows(
         key = (victim.workload.project, str(victim.gpu_type))
         own = (claimant.project, str(victim.gpu_type))
         borrows = used[own] + claimant.gpu_share > guarantee[own]
+        if snap.config.guarantee_start and claimant.preemptible:
+            borrows = used[own] >= guarantee[own]  # it starts on what is left of it
         if victim.workload.project != claimant.project or borrows:
             taken[key] += victim.workload.gpu_share
     borrowed = _borrowed(snap)
@@ -768,6 +777,12 @@ class _Checked(Simulation):
         preempted = {p.workload_id for p in d.preempts}
         for wid in preempted:
             assert self.running[wid].workload.preemptible, f"{wid} is not preemptible"
+        labels = {n.name: set(n.labels) for n in self.nodes}
+        for p in d.preempts:
+            # a constrained claimant frees room only on a node it may run on
+            claimant = self.pending[p.for_workload]
+            victim_nodes = {worker.node for worker in self.running[p.workload_id].workers}
+            assert any(set(claimant.node_selector) <= labels[n] for n in victim_nodes), p
         super()._apply(d)
         labels = {n.name: set(n.labels) for n in self.nodes}
         per_node: dict[tuple[str, str], int] = defaultdict(int)
@@ -800,7 +815,9 @@ def test_services_keep_their_limits_selectors_and_protection(rows, policy: str, 
                 "p0",
                 Request(1000, 1024, gpus=milli // 1000, gpu_milli=milli % 1000),
                 gang,
-                priority if app else priority + 3,  # batch outranks services: it may preempt
+                # batch mostly outranks services, but a service of class 2 may preempt
+                # batch of class 1: constrained claimants (selectors, limits) preempt too
+                priority if app else priority + 1,
                 submit_time=submit,
                 preemptible=preemptible,
                 app=app,
@@ -823,3 +840,77 @@ def test_services_keep_their_limits_selectors_and_protection(rows, policy: str, 
     sim = _Checked(Trace.of("services", jobs), nodes, (), POLICIES[policy], interval_s=60.0)
     sim.run()
     assert sim.calls > 0
+    # and every preemption, constrained claimant or not, is one its claimant can use: it
+    # starts within the grace period plus one tick, or its claim is abandoned on record
+    deadline = POLICIES[policy].grace_s + sim.interval_s
+    for at, victim, claimant in sim.preempt_log:
+        started = any(w == claimant and at <= t <= at + deadline for t, w in sim.start_log)
+        abandoned = any(w == claimant and at <= t <= at + deadline for t, w, _ in sim.abandon_log)
+        assert started or abandoned, (at, victim, claimant, sim.start_log, sim.abandon_log)
+
+
+@st.composite
+def constrained_claims(draw: st.DrawFn) -> Snapshot:
+    """Full nodes with random labels, running low-class work of the claimant's project (some
+    of it the claimant's own app), and one high-class constrained claimant."""
+    nodes: list[Node] = []
+    runs: list[Running] = []
+    for i in range(draw(st.integers(2, 4))):
+        labels = tuple(sorted(draw(st.sets(st.sampled_from(["zone=a", "zone=b", "gpu=x"])))))
+        free = [1000] * 4
+        for g in range(4):
+            if draw(st.integers(0, 4)) == 0:
+                continue  # left free
+            app = draw(st.sampled_from([None, None, "web"]))
+            w = replace(Workload(f"r{len(runs)}", "p0", Request(0, 0, gpus=1)), app=app)
+            started = float(draw(st.integers(0, 100)))
+            runs.append(Running(w, (WorkerPlacement(f"n{i}", (g,)),), started, "A100"))
+            free[g] = 0
+        accs = tuple(Accelerator("A100", 16384, f) for f in free)
+        nodes.append(Node(f"n{i}", 32000, 65536, 32000, 65536, accs, labels=labels))
+    claimant = Workload(
+        "svc",
+        "p0",
+        Request(0, 0, gpus=draw(st.sampled_from([1, 2, 4]))),
+        gang=draw(st.integers(1, 3)),
+        priority=5,
+        app="web",
+        max_per_node=draw(st.sampled_from([None, 1, 2])),
+        node_selector=draw(st.sampled_from([(), ("zone=a",), ("gpu=x", "zone=b")])),
+    )
+    policy = POLICIES[draw(st.sampled_from(["default", "fifo-backfill"]))]
+    return Snapshot(500.0, tuple(nodes), tuple(runs), (claimant,), (), policy)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(constrained_claims())
+def test_constrained_work_preempts_and_holds_only_room_it_can_use(snap: Snapshot) -> None:
+    """Every victim of a constrained claimant, and every node of its claim or of its backfill
+    hold, is a node its selector allows; the claim's nodes can take all its workers within
+    its spread limit once its victims are gone."""
+    d = decide(snap)
+    claimant = snap.pending[0]
+    labels = {n.name: set(n.labels) for n in snap.nodes}
+    allowed = {n for n, ls in labels.items() if set(claimant.node_selector) <= ls}
+    running = {r.workload.id: r for r in snap.running}
+    for p in d.preempts:
+        assert {w.node for w in running[p.workload_id].workers} <= allowed, p
+    leaving = {p.workload_id for p in d.preempts}
+    for claim in d.claims:
+        assert set(claim.nodes) <= allowed, claim
+        if claimant.max_per_node is not None:
+            room = 0
+            for name in claim.nodes:
+                staying = sum(
+                    1
+                    for r in snap.running
+                    if r.workload.app == "web" and r.workload.id not in leaving
+                    for w in r.workers
+                    if w.node == name
+                )
+                room += max(0, claimant.max_per_node - staying)
+            assert room >= claimant.gang, (claim, d.preempts)
+    for wait in d.waits:
+        found = re.search(r"holding what it needs on nodes? ([\w, ]+) so later", wait.reason)
+        if found:
+            assert set(found.group(1).split(", ")) <= allowed, wait.reason

@@ -46,6 +46,20 @@ def test_a_small_replay_gives_the_figures_worked_out_by_hand():
     assert r.preemptions == 0
 
 
+def test_the_report_gives_the_offered_load_in_total_and_per_week():
+    week = 7 * 86400.0
+    jobs = [_job("a", 0, 3600, gpus=2), _job("b", week + 100, 7200), _job("c", week + 200, None)]
+    r = _run(Trace.of("t", jobs), "1x4xA100")
+    # 2 x 3600 + 1 x 7200 GPU-seconds (c runs to the end: left out) over 4 GPUs and the
+    # arrivals' span; per week, each week's arrivals over 4 GPUs for 7 days.
+    assert r.offered_load == pytest.approx(14400 / (4 * (week + 200)))
+    assert r.offered_load_weekly == pytest.approx((7200 / (4 * week), 7200 / (4 * week)))
+    burst = _run(Trace.of("t", [_job("a", 0, 60), _job("b", 0, 60)]), "1x4xA100")
+    assert burst.offered_load is None and burst.offered_load_weekly == pytest.approx(
+        (120 / (4 * week),)
+    )
+
+
 def test_a_scheduling_tick_delays_starts_to_the_next_tick():
     trace = Trace.of("t", [_job("a", 5, 100)])
     r = _run(trace, "1x1xA100", interval_s=60)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
 from pathlib import Path
 
 import pytest
@@ -9,8 +11,10 @@ import pytest
 from underlay.compute.simulator.builtin import (
     _workers,
     default_traces_dir,
+    load_builtin,
     load_openb,
     load_philly,
+    philly_dir,
     traces_dir,
 )
 from underlay.compute.simulator.trace import load_csv
@@ -142,6 +146,22 @@ def test_philly_loads_every_arrival_with_seeded_durations():
     widest = max(a.jobs, key=lambda j: j.workload.gpu_share)
     assert (widest.workload.gang, widest.workload.request.gpus) == (8, 8)
     assert dict(a.quota_weights)["6214e9"] == 64.0
+
+
+def test_philly_runtime_draws_every_duration_from_the_runtime_file():
+    folder = philly_dir(None)
+    with gzip.open(folder / "philly-derived" / "philly_runtime.csv.gz", "rt") as f:
+        runtimes = [max(1.0, float(r["runtime_s"])) for r in csv.DictReader(f)]
+    matched = load_builtin("philly-runtime", seed=0)
+    sampled = load_builtin("philly", seed=0)
+    assert matched.name == "philly-runtime"
+    assert [j.workload for j in matched.jobs] == [j.workload for j in sampled.jobs]
+    durations = [j.duration_s or 0.0 for j in matched.jobs]
+    assert set(durations) <= set(runtimes)
+    mean = sum(runtimes) / len(runtimes)
+    assert sum(durations) / len(durations) == pytest.approx(mean, rel=0.05)
+    # philly's own sampling is about twice as long on average (docs/scheduling.md)
+    assert sum(j.duration_s or 0.0 for j in sampled.jobs) / len(sampled.jobs) > 1.8 * mean
 
 
 @needs_traces

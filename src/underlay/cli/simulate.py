@@ -17,7 +17,8 @@ import typer
 TraceOpt = Annotated[
     str,
     typer.Option(
-        "--trace", help="A built-in trace (philly, openb) or a CSV file in our trace format."
+        "--trace",
+        help="A built-in trace (philly, philly-runtime, openb) or a CSV file in our trace format.",
     ),
 ]
 ClusterOpt = Annotated[
@@ -69,6 +70,8 @@ SHOWN_SKIPS = 5
 
 ROWS = (
     ("jobs", "jobs"),
+    ("offered_load", "offered load (total)"),
+    ("peak_week_load", "offered load, busiest week"),
     ("finished", "finished"),
     ("rejected", "rejected"),
     ("unfinished", "unfinished"),
@@ -188,6 +191,8 @@ def _table(report: dict[str, Any]) -> None:
     table = Table(title=title)
     table.add_column("measure")
     table.add_column("value", justify="right")
+    weekly = report["offered_load_weekly"]
+    report = {**report, "peak_week_load": max(weekly) if weekly else None}
     for key, label in ROWS:
         value = report[key]
         if value is None:

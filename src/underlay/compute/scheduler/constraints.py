@@ -6,9 +6,10 @@ workload itself) on one node, counting what already runs there and what this rou
 Both are hard: every policy places such work only where they hold.
 
 Constrained work takes its own, simpler placement path (nodes in order, each worker on the
-first allowed node with room) so that a round of unconstrained work pays nothing for it. It
-does not start preemptions and gets no backfill reservation: it waits, with a reason that
-names the constraint that blocks it, until room appears where it may run.
+first allowed node with room) so that a round of unconstrained work pays nothing for it. Its
+preemption plans and backfill holds are limited to the nodes it may run on, each for at most
+the workers its spread limit still allows there, so it never preempts for, or holds, room it
+could not use; while it waits, its reason names the constraint that blocks it.
 """
 
 from __future__ import annotations

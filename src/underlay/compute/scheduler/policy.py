@@ -238,6 +238,12 @@ class _Round:
                 quota = ledger.describe(w.project, t)
                 return f"{quota}; it may no longer take the room held for it"
             borrowed = True
+        if constrained(w):
+            # Its nodes were chosen within its selector and spread limit; placing it through
+            # the constrained path checks both again against this round's state.
+            if self._try_place(w, [t], borrowed):
+                return None
+            return f"the room freed for it is gone: {self._no_fit_reason(w, [t])}"
         state = self.state
         allocs: list[Alloc] = []
         nodes = [n for name in claim.nodes if (n := state.index.get(name)) is not None]
@@ -290,8 +296,7 @@ class _Round:
         inside = types
         share = w.gpu_share
         if self.ledger is not None and share:
-            within = self.ledger.within
-            inside = [t for t in types if t is not None and within(w.project, t, share)]
+            inside = [t for t in types if t is not None and self._guaranteed(w, t)]
             if not inside:
                 if w.preemptible:
                     borrowers.append(w)
@@ -312,6 +317,21 @@ class _Round:
         if self._try_preempt(w, inside, guaranteed=self.ledger is not None):
             return
         self._blocked(w, inside, verdict)
+
+    def _guaranteed(self, w: Workload, t: str) -> bool:
+        """Whether ``w`` starts on its project's guarantee of ``t``: it fits within it or,
+        with ``guarantee_start`` and preemptible, its project still has some of it left (the
+        part above the guarantee is then borrowed, and reclaimable)."""
+        ledger = self.ledger
+        assert ledger is not None
+        if ledger.within(w.project, t, w.gpu_share):
+            return True
+        return (
+            self.cfg.guarantee_start
+            and w.preemptible
+            and ledger.below(w.project, t)
+            and ledger.may_borrow(w.project, t, w.gpu_share)
+        )
 
     def _borrow(self, w: Workload) -> None:
         ledger = self.ledger
@@ -378,17 +398,22 @@ class _Round:
         self.constraints.placed(w, allocs)
         names = self.state.names
         workers = tuple(WorkerPlacement(names[a.node], a.gpus, a.milli) for a in allocs)
-        self.places.append(Place(w.id, workers, t, borrowed))
         if self.ledger is not None and t is not None:
+            # a workload that starts on what is left of a guarantee may go above it
+            borrowed = borrowed or not self.ledger.within(w.project, t, w.gpu_share)
             self.ledger.add(w.project, t, w.gpu_share)
+        self.places.append(Place(w.id, workers, t, borrowed))
         if self.fair is not None:
             self.fair.charge(w, t)
 
     def _try_preempt(self, w: Workload, types: Sequence[str | None], guaranteed: bool) -> bool:
         if not self.preemptor.enabled or self.plans_left <= 0 or self.attempts_left <= 0:
             return False
-        if w.id in self.no_preempt or constrained(w):
+        if w.id in self.no_preempt:
             return False
+        rooms = self._rooms(w) if constrained(w) else None
+        if rooms is not None and not rooms:
+            return False  # no node it may run on: nothing to free
         level = service_level(w.attained_service, self.cfg.service_levels)
         for t in types:
             memo = (_shape(w, t), w.project, w.priority, level, guaranteed, w.displaced)
@@ -397,7 +422,7 @@ class _Round:
             if t is not None and not _hostable(self.state, w, t):
                 continue  # no node of this type could ever host a worker: nothing to free
             self.attempts_left -= 1
-            plan = self.preemptor.plan(w, t, guaranteed)
+            plan = self.preemptor.plan(w, t, guaranteed, rooms)
             if plan is None:
                 self.noplan.add(memo)
                 continue
@@ -405,6 +430,13 @@ class _Round:
             self._apply_plan(w, plan, t)
             return True
         return False
+
+    def _rooms(self, w: Workload) -> dict[int, int]:
+        """For constrained ``w``: the nodes it may run on, and how many of its workers each
+        may still take (selector and spread limit), leaving out those that may take none."""
+        c = self.constraints
+        rooms = {n: min(w.gang, c.room(w, n)) for n in c.allowed(w)}
+        return {n: k for n, k in rooms.items() if k > 0}
 
     def _apply_plan(self, w: Workload, plan: Plan, t: str | None) -> None:
         for r, why in plan.victims:
@@ -431,8 +463,9 @@ class _Round:
         if self.cfg.head == "strict":
             self.head = f"behind {w.id}, the blocked head of the queue (strict FIFO)"
             reason += "; it heads the queue and nothing may pass it (strict FIFO)"
-        elif self.cfg.head == "backfill" and self.reservations_left > 0 and not constrained(w):
-            held = hold_for(self.state, w, types)
+        elif self.cfg.head == "backfill" and self.reservations_left > 0:
+            rooms = self._rooms(w) if constrained(w) else None
+            held = hold_for(self.state, w, types, rooms) if rooms is None or rooms else []
             if held:
                 self.reservations_left -= 1
                 self.held_for.append(w.id)

@@ -108,7 +108,8 @@ class Preemptor:
         if c.las_preemption and c.service_levels and c.las_scope == "cluster":
             return sorted(projects)
         keep = {claimant.project} & projects
-        if guaranteed and c.reclaim and self.ledger is not None and gpu_type is not None:
+        reclaim = guaranteed and c.reclaim
+        if (reclaim or c.las_borrowed) and self.ledger is not None and gpu_type is not None:
             keep |= {p for p in projects if self.ledger.borrowed(p, gpu_type) > 0}
         return sorted(keep)
 
@@ -129,13 +130,13 @@ class Preemptor:
                 f"project {claimant.project} claims back its guaranteed {gpu_type} for "
                 f"{claimant.id}; {v.id} borrows it"
             )
-        why = self._rank_reason(claimant, victim)
+        why = self._rank_reason(claimant, victim, gpu_type)
         if why is not None and self.clock - victim.started_at < c.min_runtime_s:
             self._note_eligible_at(victim.started_at + c.min_runtime_s)
             return None
         return why
 
-    def _rank_reason(self, claimant: Workload, victim: Running) -> str | None:
+    def _rank_reason(self, claimant: Workload, victim: Running, gpu_type: str | None) -> str | None:
         """Why ``victim`` ranks below ``claimant`` by priority class or service level."""
         c = self.config
         v = victim.workload
@@ -151,7 +152,14 @@ class Preemptor:
         if not (c.las_preemption and levels):
             return None
         if c.las_scope != "cluster" and v.project != claimant.project:
-            return None
+            borrows = (
+                c.las_borrowed
+                and self.ledger is not None
+                and gpu_type is not None
+                and self.ledger.borrowed(v.project, gpu_type) > 0
+            )
+            if not borrows:
+                return None
         if v.priority > claimant.priority:
             return None
         mine = service_level(claimant.attained_service, levels)
@@ -241,8 +249,19 @@ class Preemptor:
         self._allocs[r.workload.id] = out
         return out
 
-    def plan(self, claimant: Workload, gpu_type: str | None, guaranteed: bool) -> Plan | None:
-        """A plan that lets ``claimant`` start once its victims are gone, or None."""
+    def plan(
+        self,
+        claimant: Workload,
+        gpu_type: str | None,
+        guaranteed: bool,
+        rooms: dict[int, int] | None = None,
+    ) -> Plan | None:
+        """A plan that lets ``claimant`` start once its victims are gone, or None.
+
+        ``rooms`` (for constrained work) maps each node the claimant may run on to how many
+        of its workers may go there; the plan frees room only on those nodes, within those
+        counts, so it never preempts for room the claimant could not use.
+        """
         candidates = self.victims(claimant, gpu_type, guaranteed)
         if not candidates:
             return None
@@ -251,7 +270,9 @@ class Preemptor:
         on_node: dict[int, list[tuple[Running, str]]] = {}
         for r, why in candidates:
             for a in self._alloc_of(r):
-                on_node.setdefault(a.node, []).append((r, why))
+                if rooms is None or rooms.get(a.node, 0) > 0:
+                    on_node.setdefault(a.node, []).append((r, why))
+        left_rooms = dict(rooms) if rooms is not None else None
         released: list[Alloc] = []
         placed: list[Alloc] = []
         chosen: dict[str, tuple[Running, str]] = {}
@@ -260,10 +281,17 @@ class Preemptor:
         bounded = self.ledger is not None and gpu_type is not None
         ok = True
         for _ in range(claimant.gang):
-            alloc = choose(state, claimant.request, [gpu_type], None, None)
+            alloc = self._choose(claimant, gpu_type, left_rooms)
             if alloc is None:
                 best = self._best_node(
-                    claimant, gpu_type, on_node, chosen, rank, left if bounded else None, guaranteed
+                    claimant,
+                    gpu_type,
+                    on_node,
+                    chosen,
+                    rank,
+                    left if bounded else None,
+                    guaranteed,
+                    left_rooms,
                 )
                 if best is None:
                     ok = False
@@ -280,12 +308,14 @@ class Preemptor:
                     for a in self._alloc_of(r):
                         state.release(a)
                         released.append(a)
-                alloc = choose(state, claimant.request, [gpu_type], None, None)
+                alloc = self._choose(claimant, gpu_type, left_rooms)
                 if alloc is None:
                     ok = False
                     break
             state.allocate(alloc)
             placed.append(alloc)
+            if left_rooms is not None:
+                left_rooms[alloc.node] -= 1
         for a in reversed(placed):
             state.release(a)
         for a in reversed(released):
@@ -297,6 +327,19 @@ class Preemptor:
         self.taken.update(chosen)
         self.borrow_left = left
         return Plan(victims, draining, tuple(sorted({a.node for a in placed})))
+
+    def _choose(
+        self, claimant: Workload, gpu_type: str | None, rooms: dict[int, int] | None
+    ) -> Alloc | None:
+        """Where one worker of ``claimant`` fits now: anywhere, or only within ``rooms``."""
+        if rooms is None:
+            return choose(self.state, claimant.request, [gpu_type], None, None)
+        for node in sorted(rooms):
+            if rooms[node] > 0:
+                alloc = self.state.alloc_on(node, claimant.request, gpu_type)
+                if alloc is not None:
+                    return alloc
+        return None
 
     def _affordable(
         self,
@@ -365,11 +408,14 @@ class Preemptor:
         rank: dict[str, int],
         left: dict[tuple[str, str], int] | None,
         guaranteed: bool,
+        rooms: dict[int, int] | None = None,
     ) -> list[tuple[Running, str]] | None:
         state = self.state
         best: list[tuple[Running, str]] | None = None
         best_cost: tuple[int, int] | None = None
         for node, here in on_node.items():
+            if rooms is not None and rooms.get(node, 0) <= 0:
+                continue
             if not state.available(node) or not self._could_fit(claimant, gpu_type, node, here):
                 continue
             trial: list[tuple[Running, str]] = []

@@ -47,6 +47,11 @@ class QuotaLedger:
         key = (project, gpu_type)
         return self.used.get(key, 0) + amount <= self.guaranteed.get(key, 0)
 
+    def below(self, project: str, gpu_type: str) -> bool:
+        """Whether the project uses less than its guarantee (it has some of it left)."""
+        key = (project, gpu_type)
+        return self.used.get(key, 0) < self.guaranteed.get(key, 0)
+
     def may_borrow(self, project: str, gpu_type: str, amount: int) -> bool:
         key = (project, gpu_type)
         limit = self.limit.get(key)

@@ -21,12 +21,18 @@ from underlay.compute.scheduler.cluster import Alloc, ClusterState
 from underlay.compute.scheduler.snapshot import WHOLE, Workload
 
 
-def hold_for(state: ClusterState, w: Workload, types: Sequence[str | None]) -> list[str]:
+def hold_for(
+    state: ClusterState,
+    w: Workload,
+    types: Sequence[str | None],
+    rooms: dict[int, int] | None = None,
+) -> list[str]:
     """Hold resources for ``w`` and return the names of the nodes involved ([] if none can
-    ever host it together)."""
+    ever host it together). ``rooms`` (for constrained work) maps the nodes ``w`` may run on
+    to how many of its workers each may take: nothing is held anywhere else."""
     best: tuple[int, list[tuple[int, int]], str | None] | None = None
     for t in types:
-        picked = _pick(state, w, t)
+        picked = _pick(state, w, t) if rooms is None else _pick_within(state, w, t, rooms)
         if picked is not None and (best is None or picked[0] > best[0]):
             best = (picked[0], picked[1], t)
     if best is None:
@@ -59,12 +65,28 @@ def _pick(
     return _rank(state, w, t, pool)
 
 
+def _pick_within(
+    state: ClusterState, w: Workload, t: str | None, rooms: dict[int, int]
+) -> tuple[int, list[tuple[int, int]]] | None:
+    """As :func:`_pick`, over the allowed nodes only, each hosting at most its room."""
+    pool = [n for n in sorted(rooms) if rooms[n] > 0]
+    if t is not None:
+        pool = [n for n in pool if state.type_count(n, t)]
+    return _rank(state, w, t, pool, rooms)
+
+
 def _rank(
-    state: ClusterState, w: Workload, t: str | None, pool: Sequence[int]
+    state: ClusterState,
+    w: Workload,
+    t: str | None,
+    pool: Sequence[int],
+    rooms: dict[int, int] | None = None,
 ) -> tuple[int, list[tuple[int, int]]] | None:
     ranked: list[tuple[int, int, int, int]] = []
     for n in pool:
         room = room_on(state, n, w, t)
+        if rooms is not None:
+            room = min(room, rooms.get(n, 0))
         if room <= 0 or not state.available(n):
             continue
         free = 0

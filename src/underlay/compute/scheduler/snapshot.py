@@ -283,7 +283,12 @@ class PolicyConfig:
       a lower class of the same project.
     - ``service_levels``: attained-service thresholds (accelerator-seconds) of Tiresias-style
       discretised LAS; ``las_preemption`` lets work at a lower level preempt work at a higher
-      level (``las_scope``: inside the project, or across the cluster).
+      level (``las_scope``: inside the project, or across the cluster); ``las_borrowed`` also
+      lets it preempt, inside a project scope, work that other projects run above their
+      guarantee (at most what each borrows).
+    - ``guarantee_start``: a preemptible workload counts as within its project's guarantee
+      while the project uses less than the guarantee (and its borrow limit allows the rest);
+      the part above the guarantee is borrowed. Off, it must fit wholly within it.
     - ``grace_s``: how long a preempted workload may run before it must have released its
       resources; ``min_runtime_s``: LAS and priority victims must have run at least this long.
     - ``energy_aware``: prefer the accelerator type with the lowest power draw;
@@ -304,6 +309,8 @@ class PolicyConfig:
     grace_s: float = 30.0
     min_runtime_s: float = 0.0
     reservations: int = 1
+    las_borrowed: bool = False
+    guarantee_start: bool = False
     energy_aware: bool = False
     low_carbon_windows: tuple[Window, ...] = ()
     max_defer_s: float = 86400.0

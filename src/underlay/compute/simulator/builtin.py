@@ -17,6 +17,12 @@ sampled, seeded, by its GPU count:
 2. otherwise it is drawn from ``philly_duration_gpus_ge1h.csv`` among the jobs with the same
    GPU count class (the largest of 1, 2, 4, 8 not above the job's GPU count).
 
+**philly-runtime** is the same arrivals with every duration drawn from all of
+``philly_runtime.csv`` (0 s counts as 1 s), whatever the GPU count: the durations then have
+that file's distribution and mean (about 14,600 s), where **philly**'s are about twice as
+long on average, because its pool of jobs of one hour or more averages twice the runtime
+file's. The link between GPU count and duration is lost.
+
 A job of more than 8 GPUs is a gang of ``w`` workers with ``n / w`` GPUs each, ``w`` the
 smallest divisor of ``n`` that keeps a worker within one 8-GPU node. The quota weights are
 the VC sizes in ``philly_vc_nodes.csv`` (the 4 VCs it lacks get no guarantee and only borrow).
@@ -44,7 +50,7 @@ from underlay.compute.scheduler.snapshot import Request, Workload
 from underlay.compute.simulator.trace import SHOWN_SKIPS, SkippedRow, Trace, TraceJob
 from underlay.errors import InvalidInput, NotFound
 
-BUILTIN = ("philly", "openb")
+BUILTIN = ("philly", "philly-runtime", "openb")
 PHILLY_DIR = "philly-derived"
 OPENB_DIR = "alibaba-gpu-v2023-openb"
 PHILLY_CLUSTER = "32x8xP100"
@@ -109,10 +115,12 @@ class _Skips:
             self.shown.append(SkippedRow(line, reason))
 
 
-def load_philly(folder: Path, seed: int = 0) -> Trace:
-    """The Philly-derived trace with durations sampled as the module docstring says."""
+def load_philly(folder: Path, seed: int = 0, runtime_only: bool = False) -> Trace:
+    """The Philly-derived trace with durations sampled as the module docstring says
+    (``runtime_only``: all from ``philly_runtime.csv``, as **philly-runtime**)."""
     base = folder / PHILLY_DIR
     runtimes = [float(r["runtime_s"]) for _, r in _rows(base / "philly_runtime.csv")]
+    every = [max(1.0, r) for r in runtimes]
     short = [max(1.0, r) for r in runtimes if r < SHORT_S]
     q = len(short) / len(runtimes)
     by_class: dict[int, list[float]] = {}
@@ -131,7 +139,9 @@ def load_philly(folder: Path, seed: int = 0) -> Trace:
         except (TypeError, ValueError) as exc:
             skips.add(line, str(exc))
             continue
-        if rng.random() < q:
+        if runtime_only:
+            duration = rng.choice(every)
+        elif rng.random() < q:
             duration = rng.choice(short)
         else:
             cls = max(c for c in classes if c <= n) if n >= classes[0] else classes[0]
@@ -144,7 +154,7 @@ def load_philly(folder: Path, seed: int = 0) -> Trace:
         jobs.append(TraceJob(w, duration))
     weights = tuple((r["vc"], float(r["node_num"])) for _, r in _rows(base / "philly_vc_nodes.csv"))
     return Trace.of(
-        "philly",
+        "philly-runtime" if runtime_only else "philly",
         jobs,
         skipped=tuple(skips.shown),
         skipped_count=skips.count,
@@ -208,8 +218,8 @@ def openb_nodes_path(folder: Path, gpu_only: bool = False) -> Path:
 
 def load_builtin(name: str, folder: Path | None = None, seed: int = 0) -> Trace:
     """A built-in trace by name."""
-    if name == "philly":
-        return load_philly(philly_dir(folder), seed)
+    if name in ("philly", "philly-runtime"):
+        return load_philly(philly_dir(folder), seed, runtime_only=name == "philly-runtime")
     if name == "openb":
         return load_openb(traces_dir(folder))
     raise InvalidInput(f"unknown built-in trace {name!r}; built-in traces: {', '.join(BUILTIN)}")

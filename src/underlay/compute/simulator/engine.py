@@ -38,7 +38,7 @@ from underlay.compute.scheduler import (
 )
 from underlay.compute.scheduler.energy import hold_reason
 from underlay.compute.simulator.cluster import DEFAULT_POWER
-from underlay.compute.simulator.metrics import Collector, Report
+from underlay.compute.simulator.metrics import Collector, Report, offered_load
 from underlay.compute.simulator.trace import Trace, TraceJob
 
 Shape = tuple[str | None, int, int, int, int]
@@ -410,6 +410,7 @@ class Simulation:
         summary = self.collector.summary()
         capacity = self.gpus * WHOLE * makespan
         util = sum(self.alloc_area.values()) / capacity if capacity else 0.0
+        offered, weekly = offered_load(self.trace.jobs, self.gpus)
         joules = 0.0
         for t, count in self.type_count.items():
             idle, busy = self.power[t]
@@ -440,4 +441,6 @@ class Simulation:
             decide_ms_avg=1000 * self.decide_s / self.calls if self.calls else 0.0,
             wall_s=wall_s,
             skipped=self.trace.skipped,
+            offered_load=offered,
+            offered_load_weekly=weekly,
         )

@@ -13,6 +13,12 @@
   (run time / JCT of its finished jobs: 1 means never waited). 1.0 is perfectly even.
 - **energy**: every accelerator draws its idle power for the whole makespan plus
   (busy - idle) times its allocated share while allocated.
+- **offered load**: the accelerator-time the trace asks for (shares times durations) over
+  the capacity times the span of its arrivals; per week, the accelerator-time of the jobs
+  that arrive in each 7-day week from the first arrival over the capacity times 7 days (the
+  last week is counted as a whole week though it may be partial). Jobs without a duration
+  (they run to the end) are left out; without any duration, or with all arrivals at one
+  instant, the total is undefined.
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from underlay.compute.simulator.trace import SkippedRow
+from underlay.compute.scheduler.snapshot import WHOLE
+from underlay.compute.simulator.trace import SkippedRow, TraceJob
+
+WEEK_S = 7 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +61,28 @@ class Report:
     wall_s: float
     skipped: tuple[SkippedRow, ...] = ()
     """The first skipped trace rows (line and reason); ``skipped_rows`` counts them all."""
+    offered_load: float | None = None
+    offered_load_weekly: tuple[float, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def offered_load(jobs: tuple[TraceJob, ...], gpus: int) -> tuple[float | None, tuple[float, ...]]:
+    """The offered load of ``jobs`` on ``gpus`` accelerators: in total and per week."""
+    timed = [j for j in jobs if j.duration_s is not None]
+    if not timed or gpus <= 0:
+        return None, ()
+    first = min(j.workload.submit_time for j in jobs)
+    span = max(j.workload.submit_time for j in jobs) - first
+    weekly: dict[int, float] = {}
+    for j in timed:
+        work = j.workload.gpu_share * (j.duration_s or 0.0) / WHOLE
+        week = int((j.workload.submit_time - first) // WEEK_S)
+        weekly[week] = weekly.get(week, 0.0) + work
+    total = sum(weekly.values())
+    weeks = tuple(weekly.get(w, 0.0) / (gpus * WEEK_S) for w in range(max(weekly) + 1))
+    return (total / (gpus * span) if span > 0 else None), weeks
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
