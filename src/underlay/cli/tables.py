@@ -37,7 +37,8 @@ def tables_ingest(
     source: Annotated[
         str,
         typer.Argument(
-            help="A CSV, Parquet or JSON-lines file, or a database URL "
+            help="A CSV, Parquet or JSON-lines file, a folder of such files (one format, "
+            "written as one version), or a database URL "
             "(postgresql://me@host/db, sqlite:///shop.db) read from here."
         ),
     ],
@@ -110,8 +111,8 @@ def tables_ingest(
     if not is_url and (source_table or query or watermark):
         raise InvalidInput("--source-table, --query and --watermark need a database URL")
     path = Path(source)
-    if not is_url and not path.is_file():
-        raise InvalidInput(f"{source} is not a file")
+    if not is_url and not (path.is_file() or path.is_dir()):
+        raise InvalidInput(f"{source} is not a file or a folder")
     spec = None
     if checks is not None:
         from underlay.data.quality import read_spec
@@ -157,9 +158,10 @@ def tables_ingest(
         typer.echo(f"{name}: no new rows{since}; nothing written")
         return
     if result.published:
+        files = f" from {result.files} files" if result.files is not None else ""
         typer.echo(
-            f"{name}@{result.version}: {result.rows_written} rows written ({result.operation}), "
-            f"{result.num_rows} in the table"
+            f"{name}@{result.version}: {result.rows_written} rows written{files} "
+            f"({result.operation}), {result.num_rows} in the table"
         )
     else:
         failed = (result.quality or {}).get("failed", [])

@@ -420,8 +420,11 @@ class TableMethods:
         """Write ``data`` as the next version of table ``name`` (created on first write).
 
         ``data`` is a file path (CSV, Parquet or JSON lines, by its suffix unless ``format``
-        says), a pyarrow Table or RecordBatchReader, or a pandas DataFrame. ``mode`` is
-        ``append``, ``overwrite`` or ``merge`` (an upsert by the ``key`` columns); ``evolve``
+        says), a folder of such files (all of one format; recursively, sorted by path, less
+        hidden files and what its ``.underlayignore`` excludes: written as one version, or
+        not at all when one file fails), a pyarrow Table or RecordBatchReader, or a pandas
+        DataFrame. ``mode`` is ``append``, ``overwrite`` or ``merge`` (an upsert by the ``key``
+        columns); ``evolve``
         lets the write add columns or change types. Rows of a file that cannot be read go to
         ``<name>_quarantine`` and are counted in the result.
 
@@ -445,6 +448,14 @@ class TableMethods:
             params["subject_key"] = subject_key
         if pii:
             params["pii"] = [f"{column}={policy}" for column, policy in pii.items()]
+        if isinstance(data, (str, Path)) and Path(data).is_dir():
+            from underlay.data.folders import frames, select_files
+
+            root = Path(data)
+            params["format"], files = select_files(root, format)
+            params["folder"] = True
+            params["source"] = (root.resolve().name or "folder")[:255]
+            return self._write_table(project, name, params, frames(files))
         if isinstance(data, (str, Path)):
             path = Path(data)
             from underlay.data.ingest import detect_format

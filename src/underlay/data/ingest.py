@@ -39,22 +39,28 @@ MAX_KEPT = 100_000  # quarantined rows kept in detail (all are counted)
 
 @dataclass
 class Quarantine:
-    """Rows set aside: (line, reason, raw text), the first ``MAX_KEPT`` of them; all counted."""
+    """Rows set aside: (line, reason, raw text, file), the first ``MAX_KEPT`` of them; all
+    counted. ``file`` is the file of a folder being read now (rows added name it)."""
 
-    rows: list[tuple[int | None, str, str]] = field(default_factory=list)
+    rows: list[tuple[int | None, str, str, str | None]] = field(default_factory=list)
     count: int = 0
+    file: str | None = None
+    _order: dict[str | None, int] = field(default_factory=dict)
 
     def add(self, line: int | None, reason: str, raw: str) -> None:
         self.count += 1
         if len(self.rows) < MAX_KEPT:
-            self.rows.append((line, reason[:500], raw[:MAX_RAW]))
+            self._order.setdefault(self.file, len(self._order))
+            self.rows.append((line, reason[:500], raw[:MAX_RAW], self.file))
 
     def table(self, source: str) -> pa.Table:
-        """The rows kept, in line order, as the quarantine table's schema."""
-        self.rows.sort(key=lambda row: (row[0] is None, row[0] or 0))
+        """The rows kept, in file and line order, as the quarantine table's schema: ``source``
+        is the file of a folder (``<folder>/<path in it>``), else ``source``."""
+        self.rows.sort(key=lambda row: (self._order[row[3]], row[0] is None, row[0] or 0))
+        sources = [f"{source}/{r[3]}" if r[3] is not None else source for r in self.rows]
         return pa.table(
             {
-                "source": pa.array([source] * len(self.rows), pa.string()),
+                "source": pa.array(sources, pa.string()),
                 "line": pa.array([r[0] for r in self.rows], pa.int64()),
                 "reason": pa.array([r[1] for r in self.rows], pa.string()),
                 "raw": pa.array([r[2] for r in self.rows], pa.string()),
@@ -87,19 +93,27 @@ def detect_format(name: str, content_type: str = "") -> Format:
     raise InvalidInput(f"cannot tell the format of {name!r}: give csv, parquet or jsonl")
 
 
-def open_source(path: Path, fmt: Format, schema: pa.Schema | None, batch_rows: int) -> Source:
-    """``path`` as batches of ``schema`` (inferred when None)."""
+def open_source(
+    path: Path,
+    fmt: Format,
+    schema: pa.Schema | None,
+    batch_rows: int,
+    quarantine: Quarantine | None = None,
+) -> Source:
+    """``path`` as batches of ``schema`` (inferred when None); rows set aside go to
+    ``quarantine`` (a new one when None)."""
+    into = Quarantine() if quarantine is None else quarantine
     if fmt == "csv":
-        return _csv(path, schema, batch_rows)
+        return _csv(path, schema, batch_rows, into)
     if fmt == "jsonl":
-        return _jsonl(path, schema, batch_rows)
-    return _parquet(path, schema, batch_rows)
+        return _jsonl(path, schema, batch_rows, into)
+    return _parquet(path, schema, batch_rows, into)
 
 
 # -- CSV -------------------------------------------------------------------------------------
 
 
-def _csv(path: Path, schema: pa.Schema | None, batch_rows: int) -> Source:
+def _csv(path: Path, schema: pa.Schema | None, batch_rows: int, quarantine: Quarantine) -> Source:
     with path.open("r", encoding="utf-8-sig", newline="") as handle:
         try:
             header = next(csv.reader(handle))
@@ -112,7 +126,6 @@ def _csv(path: Path, schema: pa.Schema | None, batch_rows: int) -> Source:
     if schema is not None:
         _same_columns(header, schema)
     target = schema if schema is not None else _infer_csv(path, header)
-    quarantine = Quarantine()
     invalid: list[int] = []
 
     def on_invalid(row: Any) -> str:
@@ -226,8 +239,7 @@ def _lines(seen: int, count: int, invalid: list[int]) -> list[int]:
 # -- JSON lines ------------------------------------------------------------------------------
 
 
-def _jsonl(path: Path, schema: pa.Schema | None, batch_rows: int) -> Source:
-    quarantine = Quarantine()
+def _jsonl(path: Path, schema: pa.Schema | None, batch_rows: int, quarantine: Quarantine) -> Source:
     target = schema if schema is not None else _infer_jsonl(path)
 
     def batches() -> Iterator[pa.RecordBatch]:
@@ -306,7 +318,9 @@ def _json_batch(
 # -- Parquet ---------------------------------------------------------------------------------
 
 
-def _parquet(path: Path, schema: pa.Schema | None, batch_rows: int) -> Source:
+def _parquet(
+    path: Path, schema: pa.Schema | None, batch_rows: int, quarantine: Quarantine
+) -> Source:
     try:
         file = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
@@ -320,7 +334,7 @@ def _parquet(path: Path, schema: pa.Schema | None, batch_rows: int) -> Source:
         except pa.ArrowException as exc:
             raise InvalidInput(f"cannot read the Parquet file: {exc}") from None
 
-    return Source(target, batches(), Quarantine())
+    return Source(target, batches(), quarantine)
 
 
 # -- conversion ------------------------------------------------------------------------------

@@ -197,6 +197,9 @@ class WriteRead(BaseModel):
         description="False when a blocking quality check failed: the version is recorded as "
         "rejected and readers stay on the previous one.",
     )
+    files: int | None = Field(
+        default=None, description="How many files of a folder were written (a folder write)."
+    )
     quality: dict[str, Any] | None = Field(
         default=None,
         description="What the table's quality checks found (null when it has none): passed, "

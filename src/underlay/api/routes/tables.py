@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from starlette.requests import ClientDisconnect
 from underlay import identity
 from underlay.api.deps import Ctx
 from underlay.api.limits import BINARY_BODY, UploadSlots, body_chunks
-from underlay.data import ingest, pieces, quality
+from underlay.data import folders, ingest, pieces, quality, staging
 from underlay.data.arrowio import ipc_chunks, json_default
 from underlay.data.privacy import IngestMasker, parse_policies
 from underlay.data.quality import CheckSpec
@@ -146,6 +144,13 @@ async def write_table(
     mode: Annotated[Literal["append", "overwrite", "merge"], Query()] = "append",
     key: Annotated[list[Short] | None, Query(max_length=8)] = None,
     evolve: bool = False,
+    folder: Annotated[
+        bool,
+        Query(
+            description="The body is a folder's files of ``format``, framed (see "
+            "underlay.data.folders): all are written as one version, or none."
+        ),
+    ] = False,
     source: Annotated[str, Query(max_length=255, pattern=r"^[^\x00-\x1f\x7f]*$")] = "",
     pii: Annotated[
         list[Policy] | None,
@@ -181,7 +186,10 @@ async def write_table(
         parse_policies(pii or ()),
         subject_key,
         check_watermark(watermark) if watermark is not None else None,
+        folder,
     )
+    if folder and format == "arrow":
+        raise InvalidInput("a folder upload holds csv, parquet or jsonl files, not arrow")
 
     def work() -> WriteRead:
         return _write(ctx, store, project, name, chunks(), spec)
@@ -203,6 +211,7 @@ class _Spec:
     policies: dict[str, str]
     subject_key: str | None = None
     watermark: str | None = None
+    folder: bool = False
 
 
 def _write(
@@ -216,7 +225,7 @@ def _write(
         _claim_subject_key(table, spec.subject_key)
         key = ctx.platform.keyring.derived_key(u.session, project_id, PII_PURPOSE)
     try:
-        result, quarantined = _stage_and_write(
+        result, quarantined, files = _stage_and_write(
             ctx, store, project_id, table_id, schema, body, spec, key
         )
     except (UnderlayError, ClientDisconnect) as error:
@@ -235,6 +244,7 @@ def _write(
         identity.read_project(u.session, project, ctx.actor, Action.write)
         u.resource = f"{_resource(project, name)}@{result.version}"
         u.detail = {
+            **({"files": files} if spec.folder else {}),
             "mode": spec.mode,
             "rows": result.rows_written,
             "quarantined": result.rows_quarantined,
@@ -256,6 +266,7 @@ def _write(
         published=result.published,
         quality=result.quality,
         watermark=json.loads(spec.watermark) if spec.watermark and result.published else None,
+        files=files if spec.folder else None,
     )
 
 
@@ -282,45 +293,100 @@ def _stage_and_write(
     body: Iterator[bytes],
     spec: _Spec,
     key: bytes,
-) -> tuple[Any, ingest.Quarantine | None]:
-    """Stage the upload to a temporary file, then read it into the table."""
-    db = ctx.platform.db
-    folder = ctx.platform.settings.home / "tmp"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    handle, staged = tempfile.mkstemp(dir=folder, suffix=f".{spec.fmt}")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            for chunk in body:
-                out.write(chunk)
+) -> tuple[Any, ingest.Quarantine | None, int]:
+    """Stage the upload to a temporary file (a folder's files each to one), then read it
+    into the table; returns the result, the rows set aside and the number of files."""
+    home = ctx.platform.settings.home
+    if spec.folder:
+        with staging.staged_folder(home) as where:
+            files = _stage_folder(where, body, spec.fmt)
+            result, quarantined = _write_files(
+                ctx, store, project_id, table_id, schema, files, spec, key
+            )
+            return result, quarantined, len(files)
+    with staging.staged(home, f".{spec.fmt}") as (out, staged):
+        for chunk in body:
+            out.write(chunk)
+        out.flush()
         if spec.fmt == "arrow":
-            result = _write_arrow(ctx, store, project_id, table_id, Path(staged), spec, key)
-            quarantined = None
-        else:
-            data = ingest.open_source(
-                Path(staged),
-                spec.fmt,
-                None if spec.evolve else schema,
-                store.batch_rows,
-            )
-            result = store.write(
-                db,
-                project_id,
-                table_id,
-                data.batches,
-                data.schema,
-                mode=spec.mode,
-                keys=spec.keys,
-                evolve=spec.evolve,
-                source=spec.source,
-                quarantined=data.quarantine,
-                created_by=ctx.actor.user_id or None,
-                masker=IngestMasker(data.schema, spec.policies, key),
-                watermark=spec.watermark,
-            )
-            quarantined = data.quarantine if data.quarantine.count else None
-    finally:
-        Path(staged).unlink(missing_ok=True)
-    return result, quarantined
+            result = _write_arrow(ctx, store, project_id, table_id, staged, spec, key)
+            return result, None, 1
+        result, quarantined = _write_files(
+            ctx, store, project_id, table_id, schema, [(None, staged)], spec, key
+        )
+        return result, quarantined, 1
+
+
+def _stage_folder(where: Path, body: Iterator[bytes], fmt: str) -> list[tuple[str | None, Path]]:
+    """The files of a folder upload, each staged in ``where``: (path in the folder, file)."""
+    files: list[tuple[str | None, Path]] = []
+    for name, content in folders.read_frames(body):
+        if folders.format_of(name) != fmt:
+            raise InvalidInput(f"{audit_text(name)} is not a {fmt} file: a folder is of one format")
+        path = where / f"{len(files):06d}.{fmt}"
+        with path.open("wb") as out:
+            for piece in content:
+                out.write(piece)
+        files.append((name, path))
+    if not files:
+        raise InvalidInput("the folder upload holds no file: nothing was written")
+    return files
+
+
+def _write_files(
+    ctx: Ctx,
+    store: TableStore,
+    project_id: int,
+    table_id: int,
+    schema: pa.Schema | None,
+    files: list[tuple[str | None, Path]],
+    spec: _Spec,
+    key: bytes,
+) -> tuple[Any, ingest.Quarantine | None]:
+    """Read staged files (of one format) into the table as one version: the first sets the
+    schema of a new table (or of an evolving write), the others must match it."""
+    fmt: ingest.Format = spec.fmt  # type: ignore[assignment]
+    quarantine = ingest.Quarantine()
+
+    def named(name: str | None, error: UnderlayError) -> UnderlayError:
+        return InvalidInput(f"{audit_text(name)}: {error}") if name is not None else error
+
+    first_name, first_path = files[0]
+    quarantine.file = first_name
+    try:
+        first = ingest.open_source(
+            first_path, fmt, None if spec.evolve else schema, store.batch_rows, quarantine
+        )
+    except InvalidInput as error:
+        raise named(first_name, error) from None
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        name = first_name
+        try:
+            yield from first.batches
+            for name, path in files[1:]:
+                quarantine.file = name
+                data = ingest.open_source(path, fmt, first.schema, store.batch_rows, quarantine)
+                yield from data.batches
+        except InvalidInput as error:
+            raise named(name, error) from None
+
+    result = store.write(
+        ctx.platform.db,
+        project_id,
+        table_id,
+        batches(),
+        first.schema,
+        mode=spec.mode,
+        keys=spec.keys,
+        evolve=spec.evolve,
+        source=spec.source,
+        quarantined=quarantine,
+        created_by=ctx.actor.user_id or None,
+        masker=IngestMasker(first.schema, spec.policies, key),
+        watermark=spec.watermark,
+    )
+    return result, quarantine if quarantine.count else None
 
 
 def _forget_if_empty(ctx: Ctx, store: TableStore, project_id: int, table_id: int) -> None:
