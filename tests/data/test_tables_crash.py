@@ -274,3 +274,60 @@ def test_workers_of_one_server_queue_their_writes_on_s3(
         server.stop()
     assert list((home / "locks" / "tables").glob("*/*.lock"))
     assert not (home / "tables").exists()  # nothing of the table went to the local disk
+
+
+def test_uploads_staged_by_a_killed_server_are_gone_after_its_restart(tmp_path: Path) -> None:
+    """SIGKILL while a file upload and a folder upload are staged: the staged files outlive
+    the process (nothing could remove them), and the restarted server's sweep removes them."""
+    from underlay.data import folders
+
+    home = tmp_path / "home"
+    server = ServerProcess(home).start()
+    part = tmp_path / "in" / "a.csv"
+    part.parent.mkdir()
+    part.write_bytes(HEADER + _rows(0, 1000))
+    framed = b"".join(folders.frames([("a.csv", part)]))
+    try:
+        with Client(server.url, ADMIN_TOKEN) as admin:
+            admin.create_project(PROJECT)
+        upload = StalledUpload(server.url, HEADER + _rows(0, 1000))
+        folder = httpx.Client(base_url=f"{server.url}/api/v1", timeout=60)
+        release = threading.Event()
+
+        def held_back() -> Iterator[bytes]:
+            yield framed[:-100]
+            release.wait(60)
+            yield framed[-100:]
+
+        def send() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                folder.put(
+                    f"/projects/{PROJECT}/tables/folder/data",
+                    params={"format": "csv", "folder": True},
+                    content=held_back(),
+                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                )
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        staged = home / "tmp"
+        deadline = time.monotonic() + 60
+        while len(list(staged.glob("upload-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert {p.suffix for p in staged.glob("upload-*")} == {".csv", ".d"}
+        _kill_tree(server)
+    finally:
+        server.stop()
+    upload.finish()
+    release.set()
+    sender.join(60)
+    folder.close()
+    assert len(list((home / "tmp").glob("upload-*"))) == 2  # the kill left them
+
+    server = ServerProcess(home).start()
+    try:
+        assert list((home / "tmp").glob("upload-*")) == []
+        with Client(server.url, ADMIN_TOKEN) as admin:
+            assert admin.write_table(PROJECT, TABLE, part.parent).rows_written == 1000
+    finally:
+        server.stop()
