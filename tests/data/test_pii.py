@@ -477,9 +477,10 @@ def test_a_policy_naming_a_missing_column_is_refused_before_masking() -> None:
     ("policies", "key", "message"),
     [
         (
-            {"id": "redact"},
+            {"score": "redact"},
             KEY,
-            "PII policy on column 'id' of type int64: policies apply to string",
+            "PII policy on column 'score' of type double: policies apply to text, date, "
+            "timestamp and integer columns",
         ),
         (
             {"email": "hash"},
@@ -490,8 +491,9 @@ def test_a_policy_naming_a_missing_column_is_refused_before_masking() -> None:
     ],
 )
 def test_bad_policies_are_invalid_input(policies: dict[str, str], key: bytes, message: str) -> None:
+    table = customers().append_column("score", pa.array([0.5, 1.5, 2.5]))
     with pytest.raises(InvalidInput, match=message):
-        apply_policies(customers(), policies, key=key)
+        apply_policies(table, policies, key=key)
 
 
 def test_masking_keeps_nulls_chunks_and_string_types() -> None:

@@ -6,16 +6,22 @@ project's key (HMAC-SHA256, so equal values give equal tokens and tables stay jo
 explicit policy (``redact``, ``partial``, ``tokenize`` or ``keep:<justification>``) wins.
 The decisions made on the first batch hold for the whole write, so a column is never masked
 in some rows and not in others. The findings report is kept with the table version.
+
+Masking may change a column's type (a birth-date column tokenised becomes text; so does an
+integer phone column): :meth:`IngestMasker.start` decides on the first batch and returns the
+schema the write stores, which is the one checked against the table's.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
 
 import pyarrow as pa
 
 from underlay.data.pii import apply_policies, classify_table
-from underlay.data.pii.masking import FindingsReport
+from underlay.data.pii.classify import is_text
+from underlay.data.pii.masking import FindingsReport, masked_type
 from underlay.errors import InvalidInput
 
 
@@ -50,15 +56,44 @@ class IngestMasker:
         self.report: FindingsReport | None = None
         self._findings: dict[str, object] | None = None
 
-    def __call__(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def start(
+        self, batches: Iterable[pa.RecordBatch], stored: pa.Schema | None = None
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """Classify the first batch (``stored``: the schema of the table written to, if it has
+        one); returns the schema of the masked batches and the masked batches."""
+        source = iter(batches)
+        first = next(source, None)
+        sample = pa.Table.from_batches([] if first is None else [first], schema=self.schema)
+        self._findings = classify_table(sample, stored=stored)  # type: ignore[assignment]
+        _, report = apply_policies(
+            sample.slice(0, 0),
+            self.policies,
+            self.key or b"-",
+            self._findings,  # type: ignore[arg-type]
+        )
+        decided = {c.column: c.policy for c in report.columns.values()}
+        output = pa.schema(
+            [
+                f if is_text(f.type) else f.with_type(masked_type(f.type, decided.get(f.name)))
+                for f in self.schema
+            ]
+        )
+        rest = source if first is None else itertools.chain([first], source)
+        return output, self._masked(rest, output)
+
+    def _masked(
+        self, batches: Iterable[pa.RecordBatch], output: pa.Schema
+    ) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             table = pa.Table.from_batches([batch], schema=self.schema)
-            if self._findings is None:
-                self._findings = classify_table(table)  # type: ignore[assignment]
             masked, self.report = apply_policies(
                 table,
                 self.policies,
                 self.key,
                 self._findings,  # type: ignore[arg-type]
             )
-            yield from masked.cast(self.schema).to_batches()
+            yield from masked.cast(output).to_batches()
+
+    def __call__(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """The masked batches (the schema they have: :meth:`start`)."""
+        return self.start(batches)[1]

@@ -254,6 +254,8 @@ class TableStore:
                 current = self.schema(table)
                 recorded = published is not None or bool(self.versions(session, table))
             self._undo_unpublished(location, published, recorded)
+            if masker is not None:  # masking may change types: check what will be stored
+                schema, batches = masker.start(batches, current)
             if current is not None and not evolve:
                 check_schema(current, schema, mode)
             if mode == "merge" and not keys:
@@ -265,7 +267,7 @@ class TableStore:
                 quality.validate(checks, schema, name, self.data_settings)
             if subject_key is not None:
                 subjects.check_key(schema, subject_key, "the data")
-            counter = _Counter(masker(batches) if masker is not None else batches)
+            counter = _Counter(batches)
             version = self._write_delta(location, published, counter, schema, mode, keys, evolve)
             report = None
             if checks is not None:

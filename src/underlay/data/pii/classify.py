@@ -5,6 +5,12 @@ billion-row table costs the same as a thousand-row one and gives the same answer
 The share of a type is the fraction of sampled non-null values holding at least one value of
 that type; a column is PII when any share reaches the threshold (1 % by default: a free-text
 column where one note in a hundred carries an email address holds personal data).
+
+Text columns are scanned whatever their name. Other columns are scanned when their name says
+what they hold (:func:`typed_semantics`): a date or timestamp column named for a birth date
+(``dob``, ``birth_date``, ``geburtsdatum`` ...) holds dates of birth by its name alone, every
+value of it; an integer column named for a phone or card number (``phone``, ``card_number``
+...) holds them when its values pass the phone or card validator, as a text column does.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any, TypeAlias
 import pyarrow as pa
 
 from underlay.data.pii.detectors import PiiType
-from underlay.data.pii.semantics import scan_value
+from underlay.data.pii.semantics import column_semantics, number_semantics, scan_value
 
 DEFAULT_SAMPLE = 1000
 DEFAULT_THRESHOLD = 0.01
@@ -34,12 +40,15 @@ class ColumnClassification:
     sampled: int
     shares: dict[PiiType, float] = field(default_factory=dict)
     threshold: float = DEFAULT_THRESHOLD
+    named: PiiType | None = None  # the type its name alone gives a non-text column
 
     @property
     def types(self) -> list[PiiType]:
-        """The PII types at or over the threshold, most frequent first."""
-        over = [t for t, share in self.shares.items() if share >= self.threshold]
-        return sorted(over, key=lambda t: (-self.shares[t], t.value))
+        """The PII types at or over the threshold (and the one its name gives), most
+        frequent first."""
+        over = {t for t, share in self.shares.items() if share >= self.threshold}
+        over |= {self.named} if self.named is not None else set()
+        return sorted(over, key=lambda t: (-self.shares.get(t, 0.0), t.value))
 
     @property
     def is_pii(self) -> bool:
@@ -65,6 +74,22 @@ def is_text(type_: pa.DataType) -> bool:
         or pa.types.is_large_string(type_)
         or pa.types.is_string_view(type_)
     )
+
+
+def is_temporal(type_: pa.DataType) -> bool:
+    """Whether an Arrow type holds dates or timestamps."""
+    return bool(pa.types.is_date(type_) or pa.types.is_timestamp(type_))
+
+
+def typed_semantics(column: str, type_: pa.DataType) -> PiiType | None:
+    """The PII type a non-text column holds by its name and type: DATE_OF_BIRTH for a date or
+    timestamp column named for a birth date, PHONE or CREDIT_CARD for an integer column
+    named for one; else None."""
+    if is_temporal(type_) and column_semantics(column) is PiiType.DATE_OF_BIRTH:
+        return PiiType.DATE_OF_BIRTH
+    if pa.types.is_integer(type_):
+        return number_semantics(column)
+    return None
 
 
 def sample_values(values: Values, sample: int, seed: int) -> list[str]:
@@ -101,10 +126,28 @@ def classify_table(
     sample: int = DEFAULT_SAMPLE,
     seed: int = 0,
     threshold: float = DEFAULT_THRESHOLD,
+    stored: pa.Schema | None = None,
 ) -> dict[str, ColumnClassification]:
-    """:func:`classify_column` for every string-like column of ``table``."""
-    return {
-        name: classify_column(name, table.column(name), sample, seed, threshold)
-        for name in table.column_names
-        if is_text(table.schema.field(name).type)
-    }
+    """:func:`classify_column` for every string-like column of ``table``, and for the
+    non-text columns whose name says they hold personal data (:func:`typed_semantics`).
+
+    A birth-date column is PII by its name alone. So is an integer phone or card column
+    when ``stored`` (the schema of the table written to) holds it as text: its earlier
+    values were masked, so these must be too."""
+    found: dict[str, ColumnClassification] = {}
+    for name in table.column_names:
+        type_ = table.schema.field(name).type
+        if is_text(type_):
+            found[name] = classify_column(name, table.column(name), sample, seed, threshold)
+            continue
+        kind = typed_semantics(name, type_)
+        if kind is None:
+            continue
+        scanned = classify_column(name, table.column(name), sample, seed, threshold)
+        was_text = stored is not None and name in stored.names and is_text(stored.field(name).type)
+        by_name = kind is PiiType.DATE_OF_BIRTH or was_text
+        shares = {t: v for t, v in scanned.shares.items() if t is kind}
+        found[name] = ColumnClassification(
+            name, scanned.sampled, shares, threshold, kind if by_name else None
+        )
+    return found

@@ -81,6 +81,19 @@ def _nanp_ok(digits: str) -> bool:
     return area[0] in "23456789" and area[1:] != "11" and exchange[0] in "23456789"
 
 
+def phone_digits_ok(digits: str) -> bool:
+    """Whether a bare run of digits (no ``+``, no formatting: a phone column's value, or an
+    integer) can be a phone number: a NANP number of 10 digits (11 with the leading 1), or an
+    international or national one of 8 to 15 digits that starts with no 0."""
+    if not digits.isdigit() or not 8 <= len(digits) <= 15 or len(set(digits)) == 1:
+        return False
+    if len(digits) == 11 and digits[0] == "1":
+        return _nanp_ok(digits[1:])
+    if len(digits) == 10:
+        return _nanp_ok(digits) or digits[0] != "0"
+    return digits[0] != "0"
+
+
 def _glued(m: re.Match[str]) -> bool:
     """A space-grouped match right after another digit group (``0044 0532 0130``) is the
     tail of a longer number, such as an IBAN or an account number, not a value of its own."""

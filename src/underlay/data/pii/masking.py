@@ -12,8 +12,17 @@ Four policies, one per column:
 - ``keep``: raw values stay; refused without a non-empty justification, which the report keeps.
 
 ``partial`` and ``tokenize`` replace the detected spans and keep the text around them, so a
-free-text column stays readable. Each distinct value is masked once (the column is
-dictionary-encoded first), so repeated values cost one scan.
+free-text column stays readable.
+
+Columns of other types (see :func:`~underlay.data.pii.classify.typed_semantics`) are masked
+whole: a date or timestamp column (a birth date) is tokenised as text (its ISO date, so it
+joins a text column holding the same date), keeps its type under ``partial`` with every value
+cut to the 1st of January of its year, and under ``redact`` holds nulls; an integer column
+(a phone or card number) is masked as the text of its digits (so ``tokenize`` and ``partial``
+make it a text column), and holds nulls under ``redact``.
+
+Each distinct value is masked once (the column is dictionary-encoded first), so repeated
+values cost one scan.
 
 :func:`apply_policies` checks every policy before it masks anything, then tokenises every
 column classified as PII that has no explicit policy.
@@ -33,7 +42,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from underlay.data.pii.classify import ColumnClassification, classify_table, is_text
+from underlay.data.pii.classify import (
+    ColumnClassification,
+    classify_table,
+    is_temporal,
+    is_text,
+)
 from underlay.data.pii.detectors import PiiType
 from underlay.data.pii.semantics import scan_value
 from underlay.errors import InvalidInput
@@ -199,6 +213,56 @@ def mask_array(
     return masked.take(encoded.indices)
 
 
+def mask_dates(
+    values: pa.Array | pa.ChunkedArray, policy: PolicyKind, key: bytes = b""
+) -> pa.Array:
+    """A date or timestamp column (dates of birth) masked whole: ``tokenize`` gives text
+    tokens of each ISO date, ``partial`` the 1st of January of each year (same type),
+    ``redact`` nulls (same type)."""
+    plain = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if policy is PolicyKind.KEEP:
+        return plain
+    if policy is PolicyKind.REDACT:
+        return pa.nulls(len(plain), plain.type)
+    if policy is PolicyKind.PARTIAL:
+        return pc.floor_temporal(plain, unit="year")
+    days = plain if pa.types.is_date32(plain.type) else pc.cast(plain, pa.date32())
+    encoded = pc.dictionary_encode(pc.cast(days, pa.string()))
+    distinct = encoded.dictionary.to_pylist()
+    tokens = pa.array([token(v, PiiType.DATE_OF_BIRTH, key) for v in distinct], pa.string())
+    return tokens.take(encoded.indices)
+
+
+def mask_numbers(
+    values: pa.Array | pa.ChunkedArray, policy: PolicyKind, column: str, key: bytes = b""
+) -> pa.Array:
+    """An integer column (phone or card numbers) masked as the text of its digits (``tokenize``
+    and ``partial`` give text; ``redact`` nulls of its type)."""
+    plain = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if policy is PolicyKind.KEEP:
+        return plain
+    if policy is PolicyKind.REDACT:
+        return pa.nulls(len(plain), plain.type)
+    return mask_array(pc.cast(plain, pa.string()), policy, column, key)
+
+
+def masked_type(type_: pa.DataType, policy: PolicyKind | None) -> pa.DataType:
+    """The type a column of ``type_`` has once masked under ``policy``."""
+    if policy in (None, PolicyKind.KEEP, PolicyKind.REDACT) or is_text(type_):
+        return type_
+    if is_temporal(type_) and policy is PolicyKind.PARTIAL:
+        return type_
+    return pa.string()
+
+
+def _mask_column(values: pa.ChunkedArray, policy: PolicyKind, column: str, key: bytes) -> pa.Array:
+    if is_temporal(values.type):
+        return mask_dates(values, policy, key)
+    if pa.types.is_integer(values.type):
+        return mask_numbers(values, policy, column, key)
+    return mask_array(values, policy, column, key)
+
+
 # --- tables -------------------------------------------------------------------------------
 
 
@@ -244,9 +308,10 @@ def _check(table: pa.Table, policies: Mapping[str, Policy]) -> None:
         )
     for name in policies:
         type_ = table.schema.field(name).type
-        if not is_text(type_):
+        if not (is_text(type_) or is_temporal(type_) or pa.types.is_integer(type_)):
             raise InvalidInput(
-                f"PII policy on column {name!r} of type {type_}: policies apply to string columns"
+                f"PII policy on column {name!r} of type {type_}: policies apply to text, "
+                "date, timestamp and integer columns"
             )
 
 
@@ -285,7 +350,7 @@ def apply_policies(
     masked = table
     for name, entry in report.items():
         if entry.policy not in (None, PolicyKind.KEEP):
-            column = mask_array(table.column(name), entry.policy, name, secret)
+            column = _mask_column(table.column(name), entry.policy, name, secret)
             index = masked.schema.get_field_index(name)
             masked = masked.set_column(index, pa.field(name, column.type), column)
     return masked, FindingsReport(report)
