@@ -316,7 +316,10 @@ def test_demo_runs_clean(tmp_path: Path) -> None:
     assert "email: email -> tokenize (by default); stored as 'tok_email_" in flat
     assert "name: person -> tokenize (by default); stored as 'tok_person_" in flat
     assert "phone: phone -> partial; stored as '+** ** **** " in flat
-    assert "no raw name, email or phone number reached the table's files" in flat
+    assert (
+        "birth_date: date_of_birth -> tokenize (by default); stored as 'tok_date_of_birth_" in flat
+    )
+    assert "no raw name, email, phone number or birth date reached the table's files" in flat
     assert "customer_accounts@1 rejected (published: False): unique:id, allowed:country" in flat
     assert "readers still see customer_accounts@0" in flat
     assert "the fixed batch passes: customer_accounts@3 published, 53 rows" in flat
