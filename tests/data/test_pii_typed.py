@@ -12,7 +12,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from underlay.data.pii import apply_policies
+from underlay.data.pii import PiiType, apply_policies, column_semantics, scan_value
+from underlay.data.pii.detectors import phone_digits_ok
+from underlay.data.pii.semantics import number_semantics
 from underlay.errors import InvalidInput
 
 KEY = b"k" * 32
@@ -150,3 +152,42 @@ def test_integer_policies_mask_the_digits() -> None:
     assert card[0].startswith("tok_credit_card_") and card[1] == "1"
     with pytest.raises(InvalidInput, match="policies apply to text, date, timestamp and integer"):
         apply_policies(pa.table({"x": [0.5]}), {"x": "redact"}, key=KEY)
+
+
+@pytest.mark.parametrize(
+    ("column", "number", "dob"),
+    [
+        ("phone", PiiType.PHONE, None),
+        ("customer_phone", PiiType.PHONE, None),
+        ("mobile_number", PiiType.PHONE, None),
+        ("Telefon", PiiType.PHONE, None),
+        ("phone_count", None, None),
+        ("card_number", PiiType.CREDIT_CARD, None),
+        ("cc_num", PiiType.CREDIT_CARD, None),
+        ("pan", PiiType.CREDIT_CARD, None),
+        ("amount", None, None),
+        ("customer_dob", None, PiiType.DATE_OF_BIRTH),
+        ("geburtsdatum", None, PiiType.DATE_OF_BIRTH),
+        ("date_naissance", None, PiiType.DATE_OF_BIRTH),
+        ("place_of_birth", None, None),
+    ],
+)
+def test_what_column_names_say(column: str, number: PiiType | None, dob: PiiType | None) -> None:
+    assert number_semantics(column) is number
+    assert column_semantics(column) is dob
+
+
+def test_a_phone_column_makes_bare_digits_a_phone_number() -> None:
+    assert [f.type for f in scan_value("4155550123", "phone")] == [PiiType.PHONE]
+    assert [f.type for f in scan_value("+442079460958", "mobile")] == [PiiType.PHONE]
+    assert scan_value("4155550123", "reference") == []  # no dialling structure elsewhere
+    assert scan_value("0123", "phone") == [] and scan_value("0000000000", "phone") == []
+    assert not phone_digits_ok("1234567") and phone_digits_ok("14155550123")
+
+
+def test_partial_keeps_a_timestamp_column_and_its_year() -> None:
+    when = pa.array([dt.datetime(1971, 2, 3, 4, 5, 6), None], pa.timestamp("us"))
+    masked, report = apply_policies(pa.table({"dob": when}), {"dob": "partial"}, key=KEY)
+    assert masked.schema.field("dob").type == pa.timestamp("us")
+    assert masked.column("dob").to_pylist() == [dt.datetime(1971, 1, 1), None]
+    assert report.columns["dob"].types == [PiiType.DATE_OF_BIRTH]
