@@ -6,7 +6,8 @@ temporary home (SQLite, local tables root) and runs ``underlay tables ingest`` o
 child process, sampling every 50 ms the resident memory (RSS) of the server process and of
 the CLI process, each with its children (psutil). Prints rows/s, MiB/s and both peaks.
 Target: under 1 GiB peak RSS for 5 GiB of CSV, i.e. memory that does not grow with the input.
-``--pii`` adds an email column, so every row is also tokenised on the way in.
+``--pii`` adds an email column, so every row is also tokenised on the way in. ``--files N``
+splits the CSV into a folder of N files (each with its header) ingested as one version.
 
     df -h /tmp                                # the CSV, the staged upload and the table
     python benchmarks/ingest_csv.py --csv-gib 1
@@ -108,14 +109,25 @@ def main() -> None:
     parser.add_argument("--csv-gib", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--pii", action="store_true", help="Add an email column (tokenised).")
+    parser.add_argument("--files", type=int, default=1, help="Split into a folder of N files.")
     parser.add_argument("--dir", default=None, help="Where the CSV and the home go (a tmp dir).")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ul-csv-", dir=args.dir) as tmp:
         root = Path(tmp)
-        csv_path = root / "big.csv"
         start = time.perf_counter()
-        rows = generate(csv_path, args.csv_gib, args.seed, args.pii)
-        size = csv_path.stat().st_size
+        if args.files > 1:
+            csv_path = root / "parts"
+            csv_path.mkdir()
+            parts = [csv_path / f"{i:04d}.csv" for i in range(args.files)]
+            rows = sum(
+                generate(part, args.csv_gib / args.files, args.seed + i, args.pii)
+                for i, part in enumerate(parts)
+            )
+            size = sum(part.stat().st_size for part in parts)
+        else:
+            csv_path = root / "big.csv"
+            rows = generate(csv_path, args.csv_gib, args.seed, args.pii)
+            size = csv_path.stat().st_size
         print(
             f"generated {rows:,} rows, {size / 1024**3:.2f} GiB "
             f"in {time.perf_counter() - start:.0f} s"
@@ -167,6 +179,8 @@ def main() -> None:
             server.terminate()
             server.wait(30)
         assert f'"rows_written": {rows}' in out, out
+        if args.files > 1:
+            assert f'"files": {args.files}' in out, out
         mib = 1024**2
         print(f"ingested in {took:.1f} s: {rows / took:,.0f} rows/s, {size / mib / took:.1f} MiB/s")
         print(
