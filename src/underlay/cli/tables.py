@@ -94,9 +94,9 @@ def tables_ingest(
     ] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Load a file, or a table or query of a database, into a table as its next version;
-    unreadable rows are quarantined and personal data is masked (tokenised unless a --pii
-    policy says otherwise).
+    """Load a file, a folder of files, or a table or query of a database, into a table as
+    its next version; unreadable rows are quarantined and personal data is masked (tokenised
+    unless a --pii policy says otherwise).
 
     The version is published only if the table's blocking quality checks pass: else it is
     recorded as rejected, the report is printed and the command exits with 1."""
