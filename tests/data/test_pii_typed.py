@@ -112,6 +112,10 @@ def test_partial_redact_and_keep_on_a_date_column(admin: Any, project: str, tmp_
     years = sorted(set(table.column("birth_date").to_pylist()))
     assert years == [dt.date(1960 + i, 1, 1) for i in range(20)]
     assert admin.write_table(project, "p", path, pii={"birth_date": "partial"}).version == 1
+    # without its policy the column would be tokenised (text): refused, with what to do
+    with pytest.raises(InvalidInput, match=r"--pii birth_date=POLICY: partial, redact or keep"):
+        admin.write_table(project, "p", path)
+    assert admin.table_info(project, "p").version == 1
 
     admin.write_table(project, "r", path, pii={"birth_date": "redact", "phone": "redact"})
     redacted = admin.read_table(project, "r")

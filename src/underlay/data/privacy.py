@@ -57,10 +57,18 @@ class IngestMasker:
         self._findings: dict[str, object] | None = None
 
     def start(
-        self, batches: Iterable[pa.RecordBatch], stored: pa.Schema | None = None
+        self,
+        batches: Iterable[pa.RecordBatch],
+        stored: pa.Schema | None = None,
+        *,
+        evolve: bool = False,
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         """Classify the first batch (``stored``: the schema of the table written to, if it has
-        one); returns the schema of the masked batches and the masked batches."""
+        one); returns the schema of the masked batches and the masked batches.
+
+        Refused (:class:`InvalidInput`), unless ``evolve``, when tokenising a column by
+        default would change the type the table holds it as (an earlier write kept a
+        birth-date column's type with ``partial``): the policy must be given again."""
         source = iter(batches)
         first = next(source, None)
         sample = pa.Table.from_batches([] if first is None else [first], schema=self.schema)
@@ -72,6 +80,27 @@ class IngestMasker:
             self._findings,  # type: ignore[arg-type]
         )
         decided = {c.column: c.policy for c in report.columns.values()}
+        for entry in report.columns.values():
+            field = self.schema.field(entry.column)
+            kept = (
+                stored.field(entry.column).type
+                if stored is not None and entry.column in stored.names
+                else None
+            )
+            if (
+                not evolve
+                and entry.default
+                and kept == field.type
+                and masked_type(field.type, entry.policy) != kept
+            ):
+                kinds = ", ".join(t.value for t in entry.types)
+                choices = "partial, redact" if pa.types.is_temporal(kept) else "redact"
+                raise InvalidInput(
+                    f"column {entry.column!r} holds {kinds} and would be tokenised by default, "
+                    f"which makes it text, but the table holds it as {kept}: give the policy "
+                    f"that keeps its type (--pii {entry.column}=POLICY: {choices} or keep:why), "
+                    "or evolve the schema"
+                )
         output = pa.schema(
             [
                 f if is_text(f.type) else f.with_type(masked_type(f.type, decided.get(f.name)))

@@ -255,7 +255,7 @@ class TableStore:
                 recorded = published is not None or bool(self.versions(session, table))
             self._undo_unpublished(location, published, recorded)
             if masker is not None:  # masking may change types: check what will be stored
-                schema, batches = masker.start(batches, current)
+                schema, batches = masker.start(batches, current, evolve=evolve)
             if current is not None and not evolve:
                 check_schema(current, schema, mode)
             if mode == "merge" and not keys:
