@@ -46,6 +46,7 @@ NO_JSON = {
     "datasets create",
     "datasets rm",
     "tables rm",
+    "tables checks rm",
     # these print JSON lines always
     "sql",
     "tables head",
