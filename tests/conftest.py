@@ -126,7 +126,7 @@ class LiveServer:
         import time
 
         self._thread.start()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # a loaded CI machine can take long to start a server
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("test server did not start")

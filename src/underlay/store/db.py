@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from underlay.store.models import ProjectScoped
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK_ID = 0x756E646C  # "undl": PostgreSQL advisory lock key
+_ALEMBIC = threading.Lock()  # see Database.migrate
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,10 @@ class Database:
         """Apply pending migrations; safe to call from several processes at once."""
         from alembic import command
 
-        with self._migration_lock(lock_dir):
+        # alembic keeps its ``context`` and ``op`` in module globals: two threads of one
+        # process migrating at once (two servers starting in one test process) would mix
+        # their connections, so a process-wide lock comes before the cross-process one
+        with _ALEMBIC, self._migration_lock(lock_dir):
             command.upgrade(self.alembic_config(), "head")
 
     def head_revision(self) -> str | None:
