@@ -71,10 +71,13 @@ class DataSettings(BaseModel):
     sql_memory_limit: str = Field(
         default="1GB",
         pattern=r"^[0-9]+(\.[0-9]+)?\s*[KMGT]?i?B$",
-        description="DuckDB memory "
-        "limit per SQL query (it spills to nothing: a query past it fails).",
+        description="DuckDB memory limit of SQL queries: one DuckDB database per process runs "
+        "them all, so the limit caps all queries of one server process together (a query "
+        "that would go past it fails).",
     )
-    sql_threads: int = Field(default=2, ge=1, le=64, description="DuckDB threads per query.")
+    sql_threads: int = Field(
+        default=2, ge=1, le=64, description="DuckDB threads, shared by the queries of a process."
+    )
     sql_timeout_s: float = Field(
         default=300.0, gt=0, le=86400, description="A SQL query running longer is interrupted."
     )

@@ -434,3 +434,21 @@ def test_s3_commits_use_conditional_put_unless_the_operator_says(tmp_path: Path)
     assert options({"AWS_CONDITIONAL_PUT": "disabled"}) == {"AWS_CONDITIONAL_PUT": "disabled"}
     local = TableStore(Settings(home=tmp_path)).options
     assert "aws_conditional_put" not in local
+
+
+def test_queries_see_each_new_version_and_a_recreated_table(admin: Any, project: str) -> None:
+    """Opened versions are kept by the server (published versions never change): a new
+    version, an old one by number and a table made anew under a deleted one's name are
+    each read as they are."""
+    admin.write_table(project, "t", pa.table({"id": [1]}))
+    count = "select count(*) as n from t"
+    assert admin.sql(project, count).to_pylist() == [{"n": 1}]
+    admin.write_table(project, "t", pa.table({"id": [2, 3]}))
+    assert admin.sql(project, count).to_pylist() == [{"n": 3}]
+    assert admin.sql(project, "select count(*) as n from t@0").to_pylist() == [{"n": 1}]
+    assert admin.read_table(project, "t").num_rows == 3
+    admin.delete_table(project, "t")
+    admin.write_table(project, "t", pa.table({"id": [7, 8, 9, 10]}))
+    assert admin.sql(project, count).to_pylist() == [{"n": 4}]
+    assert admin.read_table(project, "t", version=0).num_rows == 4
+    assert admin.table_pieces(project, "t").rows == 4

@@ -469,7 +469,7 @@ def list_pieces(
         found = identity.read_project(u.session, project, ctx.actor)
         table = store.read(u.session, found.id, name)
         number = store.published(u.session, table, version)
-        dataset = store.dataset(table, number)
+        dataset = store.published_dataset(table, number)
     return pieces.describe(name, number, dataset)
 
 
@@ -504,7 +504,7 @@ def read_rows(
         table = store.read(u.session, found.id, name)
         number = store.published(u.session, table, version)
         u.resource = f"{_resource(project, name)}@{number}"
-        dataset = store.dataset(table, number)
+        dataset = store.published_dataset(table, number)
     wanted = [c for c in columns.split(",") if c] if columns else None
     schema, batches = pieces.read(dataset, wanted, batch_rows, seed, epoch, part)
     if limit is not None:
@@ -521,7 +521,7 @@ def sql(project: str, body: SqlQuery, ctx: Ctx, store: Tables) -> StreamingRespo
 
         def resolve(table_name: str, version: int | None) -> Any:
             table = store.read(u.session, found.id, table_name)
-            return store.dataset(table, store.published(u.session, table, version))
+            return store.published_dataset(table, store.published(u.session, table, version))
 
         result = run_sql(body.query, resolve, ctx.platform.settings.data)
         u.detail["tables"] = result.tables
