@@ -84,6 +84,37 @@ def test_wrong_expected_digest_stores_nothing(server, admin, project) -> None:  
     assert partials == []
 
 
+def test_a_refused_upload_leaves_its_unread_body_and_the_server_serves_on(  # type: ignore[no-untyped-def]
+    server, admin, project
+) -> None:
+    """The server reads an upload's body ahead of the worker; a worker that refuses the upload
+    before reading it (here a viewer's) stops that reading, and nothing is stored."""
+    admin.create_user("vic", password="correct horse battery")
+    admin.add_member(project, "vic", "viewer")
+    token = admin.create_token("vic", user="vic").token
+
+    def body() -> Iterator[bytes]:
+        for _ in range(24):  # three times the read-ahead
+            yield b"\7" * (1024 * 1024)
+
+    try:
+        r = httpx.put(
+            f"{server.url}/api/v1/projects/{project}/blobs",
+            content=body(),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,  # a refusal that never came would time out: not a pass
+        )
+        assert r.status_code == 403, r.text
+    except (httpx.WriteError, httpx.ReadError, httpx.RemoteProtocolError):  # answered, closed
+        pass
+    assert admin.list_blobs(project) == []
+    assert list((Path(server.settings.blob_url) / ".partial").iterdir()) == []
+    data = os.urandom(9 * 1024 * 1024)  # more than the read-ahead, streamed in pieces
+    pieces = (data[i : i + 100_000] for i in range(0, len(data), 100_000))
+    blob = admin.upload_blob(project, pieces)
+    assert admin.download_blob(project, blob.digest) == data
+
+
 def test_unknown_blob_is_404(admin, project) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(NotFound, match="no blob"):
         admin.download_blob(project, "ab" * 32)

@@ -119,6 +119,54 @@ def test_concurrent_pushes_get_distinct_versions(
     assert numbers == [1, 2, 3, 4]
 
 
+def test_concurrent_uploads_make_one_version_and_progress_sums_to_the_total(
+    admin: Any, project: str, tmp_path: Path
+) -> None:
+    # one file larger than the server's read-ahead of an upload body (8 MiB), small ones,
+    # and a copy of one of them: stored once, counted once
+    files = {f"part/{i}.bin": os.urandom(1000 * (i + 1)) for i in range(12)}
+    files["big.bin"] = os.urandom(9 * 1024 * 1024 + 5)
+    files["copy.bin"] = files["part/3.bin"]
+    calls: list[tuple[int, int]] = []
+    src = _tree(tmp_path / "src", files)
+    version = admin.push_dataset(
+        project, "mixed", src, workers=4, progress=lambda d, t: calls.append((d, t))
+    )
+    assert (version.version, version.created, version.file_count) == (1, True, len(files))
+    assert [v.version for v in admin.dataset_versions(project, "mixed")] == [1]
+    unique = sum(len(d) for k, d in files.items() if k != "copy.bin")
+    assert calls[0] == (0, unique) and calls[-1] == (unique, unique)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    assert len(admin.list_blobs(project)) == len(files) - 1
+    admin.pull_dataset(project, "mixed", tmp_path / "out")
+    assert _read_tree(tmp_path / "out") == _read_tree(src)
+
+
+def test_uploads_go_largest_first(admin: Any, project: str, tmp_path: Path) -> None:
+    files = {"a.bin": b"a" * 10, "b.bin": b"b" * 3000, "c.bin": b"c" * 200, "d.bin": b"d"}
+    admin.push_dataset(project, "order", _tree(tmp_path / "src", files), workers=1)
+    newest_first = [b.size for b in admin.list_blobs(project)]
+    assert newest_first == [1, 10, 200, 3000]
+
+
+def test_a_failed_upload_among_concurrent_ones_leaves_no_version(
+    admin: Any, project: str, tmp_path: Path
+) -> None:
+    files = {f"f{i}.bin": os.urandom(50_000 + i) for i in range(8)}
+    src = _tree(tmp_path / "src", files)
+
+    def change_one_after_hashing(done: int, _total: int) -> None:
+        if done == 0:  # hashed already: its upload arrives with another digest
+            (src / "f5.bin").write_bytes(os.urandom(50_005))
+
+    with pytest.raises(InvalidInput, match="expected sha256:"):
+        admin.push_dataset(project, "broken", src, workers=4, progress=change_one_after_hashing)
+    assert admin.list_datasets(project) == []
+    # the next push of the folder as it is now succeeds, in one version
+    version = admin.push_dataset(project, "broken", src, workers=4)
+    assert (version.version, version.file_count) == (1, 8)
+
+
 def test_commit_refuses_files_that_are_not_blobs_of_the_project(
     server: Any, admin: Any, project: str
 ) -> None:

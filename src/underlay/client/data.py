@@ -127,11 +127,12 @@ class DataMethods:
     ) -> VersionRead:
         """Push every regular file under ``folder`` as the next version of ``name``.
 
-        Files are hashed here; only content the project does not hold yet is uploaded
-        (``workers`` at a time); then the manifest is committed in one step. Symbolic links
-        are not followed. Returns the new version, or the latest one (``created`` False) when
-        nothing changed."""
-        entries, paths = _scan(Path(folder))
+        Files are hashed here (``workers`` at a time); only content the project does not hold
+        yet is uploaded (``workers`` at a time, the largest first); then the manifest is
+        committed in one step, so a failed upload leaves no version. Symbolic links are not
+        followed. Returns the new version, or the latest one (``created`` False) when nothing
+        changed."""
+        entries, paths = _scan(Path(folder), max(1, workers))
         base = f"/projects/{project}/datasets/{name}"
         digests = sorted({e.digest for e in entries})
         answer: MissingDigests = self._one(
@@ -139,7 +140,9 @@ class DataMethods:
         )
         wanted = set(answer.missing)
         uploads = {e.digest: e for e in entries if e.digest in wanted}
-        total = sum(e.size for e in uploads.values())
+        # the largest first: a big file left for last would be uploaded alone at the end
+        todo = sorted(uploads.values(), key=lambda e: e.size, reverse=True)
+        total = sum(e.size for e in todo)
         done = 0
         if progress:
             progress(0, total)
@@ -156,7 +159,7 @@ class DataMethods:
             return entry.size
 
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            for size in pool.map(upload, uploads.values()):
+            for size in pool.map(upload, todo):
                 done += size
                 if progress:
                     progress(done, total)
@@ -217,11 +220,11 @@ class DataMethods:
         return info
 
 
-def _scan(folder: Path) -> tuple[list[FileEntry], dict[str, Path]]:
-    """Every regular file under ``folder`` (symbolic links skipped) as manifest entries."""
+def _scan(folder: Path, workers: int = 1) -> tuple[list[FileEntry], dict[str, Path]]:
+    """Every regular file under ``folder`` (symbolic links skipped) as manifest entries, in
+    path order; files are hashed ``workers`` at a time (hashlib releases the GIL)."""
     if not folder.is_dir():
         raise InvalidInput(f"{folder} is not a folder")
-    entries: list[FileEntry] = []
     paths: dict[str, Path] = {}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames.sort()
@@ -229,12 +232,18 @@ def _scan(folder: Path) -> tuple[list[FileEntry], dict[str, Path]]:
             full = Path(dirpath) / filename
             if full.is_symlink() or not full.is_file():
                 continue
-            rel = check_path(full.relative_to(folder).as_posix())
-            digest, size = _hash_file(full)
-            media_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
-            entries.append(FileEntry(rel, digest, size, media_type))
-            paths[rel] = full
+            paths[check_path(full.relative_to(folder).as_posix())] = full
+    with ThreadPoolExecutor(workers) as pool:
+        hashed = list(pool.map(_hash_file, paths.values()))
+    entries = [
+        FileEntry(rel, digest, size, _media_type(full.name))
+        for (rel, full), (digest, size) in zip(paths.items(), hashed, strict=True)
+    ]
     return entries, paths
+
+
+def _media_type(filename: str) -> str:
+    return mimetypes.guess_type(filename)[0] or "application/octet-stream"
 
 
 def _hash_file(path: Path) -> tuple[str, int]:

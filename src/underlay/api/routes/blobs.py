@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from typing import Annotated
 
-import anyio
-import anyio.from_thread
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from underlay import identity
 from underlay.api.deps import Ctx
-from underlay.api.limits import BINARY_BODY, UploadSlots, body_chunks
+from underlay.api.limits import BINARY_BODY, run_upload
 from underlay.blobs import BlobStore
 from underlay.identity import Action
 from underlay.schemas import BlobRead
@@ -41,9 +38,8 @@ async def upload_blob(
     digest: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
 ) -> BlobRead:
     """Store the request body as a blob; returns its SHA-256 digest. Idempotent by content."""
-    chunks = functools.partial(body_chunks, request)
 
-    def store() -> BlobRead:
+    def store(body: Iterator[bytes]) -> BlobRead:
         # Stream outside any transaction (SQLite's write lock is not held during the
         # upload), then authorize again and commit in a short one.
         blobs, resource = ctx.platform.blobs, f"project:{project}/blob"
@@ -52,7 +48,7 @@ async def upload_blob(
             key = ctx.platform.keyring.data_key(u.session, found.id)
         with (
             ctx.unit("blob.create", resource, project=project) as u,
-            blobs.stage(key, chunks(), expected_digest=digest) as staged,
+            blobs.stage(key, body, expected_digest=digest) as staged,
         ):
             found = identity.read_project(u.session, project, ctx.actor, Action.write)
             blob = blobs.commit(
@@ -67,9 +63,7 @@ async def upload_blob(
             u.detail = {"size": blob.size, "name": name}
             return BlobRead.model_validate(blob)
 
-    slots: UploadSlots = request.app.state.uploads
-    async with slots.hold() as threads:  # never the shared pool that health routes need
-        return await anyio.to_thread.run_sync(store, limiter=threads)
+    return await run_upload(request, store)
 
 
 @router.get("", response_model=list[BlobRead])
