@@ -315,3 +315,19 @@ def test_a_bad_name_is_refused_before_anything_is_uploaded(
     with pytest.raises(InvalidInput, match="dataset name"):
         admin.push_dataset(project, "Bad Name", src)
     assert admin.list_blobs(project) == []
+
+
+def test_an_unchanged_manifest_answers_200_as_documented(server: Any, project: str) -> None:
+    """A commit equal to the latest version answers 200 with it (201 creates): both are in
+    the OpenAPI document, so clients and schemathesis know them."""
+    from tests.conftest import ADMIN_TOKEN
+
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    url = f"{server.url}/api/v1/projects/{project}/datasets/d/versions"
+    first = httpx.post(url, json={"files": [], "message": ""}, headers=headers)
+    again = httpx.post(url, json={"files": [], "message": ""}, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["version"] == first.json()["version"]
+    spec = httpx.get(f"{server.url}/api/v1/openapi.json").json()
+    documented = spec["paths"]["/api/v1/projects/{project}/datasets/{name}/versions"]["post"]
+    assert {"200", "201"} <= set(documented["responses"])

@@ -113,7 +113,17 @@ def missing_blobs(project: str, name: DatasetName, body: DigestList, ctx: Ctx) -
         return MissingDigests(missing=datasets.missing(u.session, found.id, body.digests))
 
 
-@router.post("/{name}/versions", response_model=VersionRead, status_code=201)
+@router.post(
+    "/{name}/versions",
+    response_model=VersionRead,
+    status_code=201,
+    responses={
+        200: {
+            "model": VersionRead,
+            "description": "The manifest equals the latest version's: that version, unchanged",
+        }
+    },
+)
 def create_version(
     project: str, name: DatasetName, body: VersionCreate, ctx: Ctx, response: Response
 ) -> VersionRead:
