@@ -267,6 +267,20 @@ def read_password(from_stdin: bool, *, confirm: bool = False, label: str = "pass
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
+def parse_ref(ref: str, kind: str, *, latest: bool = False) -> tuple[str, int | None]:
+    """``NAME`` or ``NAME@3`` (and ``NAME@latest`` where ``latest``) as (name, version or
+    None for the latest) of a versioned object: a dataset or a table."""
+    from underlay.errors import InvalidInput
+
+    name, _, version = ref.partition("@")
+    if latest and version == "latest":
+        version = ""
+    if not name or (version and not version.isdigit()):
+        forms = "NAME, NAME@3 or NAME@latest" if latest else "NAME or NAME@3"
+        raise InvalidInput(f"{ref!r} is not a {kind} reference: write {forms}")
+    return name, int(version) if version else None
+
+
 def parse_moment(text: str, flag: str) -> dt.datetime:
     """An ISO time (UTC when it names no zone) or an age before now: ``90s``, ``15m``,
     ``1h``, ``2d``, ``1w``."""

@@ -16,6 +16,7 @@ from underlay.cli.common import (
     YesOpt,
     client,
     delete_in_project,
+    parse_ref,
     project_of,
     show,
 )
@@ -26,16 +27,6 @@ if TYPE_CHECKING:
 datasets = typer.Typer(help="Versioned datasets of files.", no_args_is_help=True)
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")]
-
-
-def parse_ref(ref: str) -> tuple[str, int | None]:
-    """``NAME``, ``NAME@3`` or ``NAME@latest`` as (name, version or None for the latest)."""
-    from underlay.errors import InvalidInput
-
-    name, _, version = ref.partition("@")
-    if not name or (version and version != "latest" and not version.isdigit()):
-        raise InvalidInput(f"{ref!r} is not a dataset reference: write NAME, NAME@3 or NAME@latest")
-    return name, int(version) if version and version != "latest" else None
 
 
 @contextlib.contextmanager
@@ -124,7 +115,7 @@ def datasets_pull(
     quiet: QuietOpt = False,
 ) -> None:
     """Write a version's files into FOLDER, each verified against its digest."""
-    name, version = parse_ref(ref)
+    name, version = parse_ref(ref, "dataset", latest=True)
     with client() as c, _bar(f"pull {ref}", quiet or json_) as progress:
         info = c.pull_dataset(
             project_of(project), name, folder, version=version or "latest", progress=progress
@@ -150,7 +141,7 @@ def datasets_show(
     json_: JsonOpt = False,
 ) -> None:
     """List the files of a version (the latest by default)."""
-    name, version = parse_ref(ref)
+    name, version = parse_ref(ref, "dataset", latest=True)
     with client() as c:
         files = list(c.dataset_files(project_of(project), name, version or "latest"))
     show(files, ["path", "size", "digest", "media_type"], as_json=json_)
@@ -168,10 +159,10 @@ def datasets_diff(
     """What changed between two versions: files added (+), removed (-) and changed (~)."""
     from underlay.errors import InvalidInput
 
-    name, before = parse_ref(old)
+    name, before = parse_ref(old, "dataset", latest=True)
     after: int | None = None
     if new is not None:
-        other, after = parse_ref(new if "@" in new else f"{name}@{new}")
+        other, after = parse_ref(new if "@" in new else f"{name}@{new}", "dataset", latest=True)
         if other != name:
             raise InvalidInput(f"compare two versions of one dataset, not {name} and {other}")
     if before is None:

@@ -14,21 +14,13 @@ from underlay.cli.common import (
     YesOpt,
     client,
     delete_in_project,
+    parse_ref,
     project_of,
     show,
 )
 from underlay.data.arrowio import json_default
 
 tables = typer.Typer(help="Tables (Delta Lake): ingest, inspect, read.", no_args_is_help=True)
-
-
-def _ref(ref: str) -> tuple[str, int | None]:
-    from underlay.errors import InvalidInput
-
-    name, _, version = ref.partition("@")
-    if not name or (version and not version.isdigit()):
-        raise InvalidInput(f"{ref!r} is not a table reference: write NAME or NAME@3")
-    return name, int(version) if version else None
 
 
 @tables.command("ingest")
@@ -366,7 +358,7 @@ def tables_check(
     """Evaluate the quality checks on a published version without writing anything.
 
     Exits with 1 when a blocking check fails."""
-    name, version = _ref(ref)
+    name, version = parse_ref(ref, "table")
     spec = None
     if checks is not None:
         from underlay.data.quality import read_spec
@@ -391,7 +383,7 @@ def tables_head(
     limit: Annotated[int, typer.Option("--limit", "-n", help="Rows to print.")] = 20,
 ) -> None:
     """Print the first rows of a version as JSON lines."""
-    name, version = _ref(ref)
+    name, version = parse_ref(ref, "table")
     with client() as c:
         table = c.read_table(project_of(project), name, version=version, limit=limit)
     for row in table.to_pylist():
