@@ -13,7 +13,7 @@ $(VENV)/bin/python:
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[ml]'
 	@touch $@
 
 $(STAMP): pyproject.toml | $(VENV)/bin/python
