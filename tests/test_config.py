@@ -79,6 +79,8 @@ def test_an_existing_readable_home_is_made_private_with_all_it_holds(settings: S
     """An older version (or a hand-made folder) left the home 0755 and files 0644: a server
     start tightens them, and everything it creates (database, journal, logs, blobs) is private."""
     home = settings.home
+    if settings.database_url.startswith("sqlite:///"):  # the server must create it here
+        Path(settings.database_url.removeprefix("sqlite:///")).unlink()
     home.chmod(0o755)
     (home / "logs").mkdir(mode=0o755)
     (home / "notes.txt").write_text("left by hand")

@@ -21,16 +21,16 @@ from typing import Any
 import pytest
 
 from tests.cli.conftest import ServerProcess, clean_env, run_cli
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, sqlite_url
 from underlay.client import Client
 
 Cli = Callable[..., CompletedProcess[str]]
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> str:
+def database_url(tmp_path: Path, sqlite_template: Path) -> str:
     """SQLite only for the CLI (overrides the backend-parametrised fixture)."""
-    return f"sqlite:///{tmp_path / 'underlay.db'}"
+    return sqlite_url(sqlite_template, tmp_path)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.cli.conftest import CLI, clean_env, run_cli
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, sqlite_url
 from underlay.client import Client
 from underlay.config import ComputeSettings, Settings, SimulatedAccelerator
 from underlay.errors import PermissionDenied
@@ -37,9 +37,9 @@ SECRET = "s3cr3t-value-never-shown"
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> str:
+def database_url(tmp_path: Path, sqlite_template: Path) -> str:
     """SQLite only for the CLI (overrides the backend-parametrised fixture)."""
-    return f"sqlite:///{tmp_path / 'underlay.db'}"
+    return sqlite_url(sqlite_template, tmp_path)
 
 
 @pytest.fixture

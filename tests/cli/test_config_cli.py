@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.cli.conftest import clean_env, run_cli
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, sqlite_url
 from underlay.client import Client
 from underlay.config import unknown_env_warnings
 from underlay.errors import NotFound
@@ -28,9 +28,9 @@ DEAD_URL = "http://127.0.0.1:9"  # discard port: nothing listens
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> str:
+def database_url(tmp_path: Path, sqlite_template: Path) -> str:
     """SQLite only for the CLI (overrides the backend-parametrised fixture)."""
-    return f"sqlite:///{tmp_path / 'underlay.db'}"
+    return sqlite_url(sqlite_template, tmp_path)
 
 
 @pytest.fixture

@@ -9,13 +9,13 @@ from subprocess import CompletedProcess
 import pytest
 
 from tests.cli.conftest import clean_env, run_cli
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, sqlite_url
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> str:
+def database_url(tmp_path: Path, sqlite_template: Path) -> str:
     """SQLite only for the CLI (overrides the backend-parametrised fixture)."""
-    return f"sqlite:///{tmp_path / 'underlay.db'}"
+    return sqlite_url(sqlite_template, tmp_path)
 
 
 def _cli(

@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from tests.conftest import sqlite_url
 from underlay.data.pii import PiiType, apply_policies, column_semantics, scan_value
 from underlay.data.pii.detectors import phone_digits_ok
 from underlay.data.pii.semantics import number_semantics
@@ -25,9 +26,9 @@ PEOPLE = "id,birth_date,phone,card_number,amount\n" + "".join(
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> str:
+def database_url(tmp_path: Path, sqlite_template: Path) -> str:
     """SQLite: masking does not depend on the metadata backend (test_tables covers both)."""
-    return f"sqlite:///{tmp_path / 'underlay.db'}"
+    return sqlite_url(sqlite_template, tmp_path)
 
 
 @pytest.fixture

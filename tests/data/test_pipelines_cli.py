@@ -16,6 +16,7 @@ import pytest
 
 from tests.cli.conftest import CLI, clean_env
 from tests.cli.test_cli import Cli, as_json, assert_one_line_error
+from tests.conftest import sqlite_url
 from underlay.config import ComputeSettings, Settings
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -43,9 +44,9 @@ def tag(batches):
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> str:
+def database_url(tmp_path: Path, sqlite_template: Path) -> str:
     """SQLite only for the CLI: the backends are covered by the SDK tests."""
-    return f"sqlite:///{tmp_path / 'underlay.db'}"
+    return sqlite_url(sqlite_template, tmp_path)
 
 
 @pytest.fixture

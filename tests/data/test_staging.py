@@ -15,13 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import sqlite_url
 from underlay.data import folders, staging
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> str:
+def database_url(tmp_path: Path, sqlite_template: Path) -> str:
     """SQLite only: staging is about the server's disk, not its database."""
-    return f"sqlite:///{tmp_path / 'underlay.db'}"
+    return sqlite_url(sqlite_template, tmp_path)
 
 
 class Stalled:

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from tests.cli.test_cli import Cli, as_json, assert_one_line_error
+from tests.conftest import sqlite_url
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> str:
+def database_url(tmp_path: Path, sqlite_template: Path) -> str:
     """SQLite only for the CLI: the backends are covered by the API tests."""
-    return f"sqlite:///{tmp_path / 'underlay.db'}"
+    return sqlite_url(sqlite_template, tmp_path)
 
 
 def test_ingest_query_and_inspect(cli: Cli, tmp_path: Path) -> None:
