@@ -63,6 +63,18 @@ def in_order(
     while heap:
         _, project = heapq.heappop(heap)
         queue = queues[project]
-        yield queue.popleft()
-        if queue:
-            heapq.heappush(heap, (fair.share(project), project))
+        # Pushing the project back and popping the smallest would give it again while it
+        # stays below every other project (names are unique, so there are no ties): keep
+        # serving it without touching the heap. Its share moves only when the caller charges
+        # a placement; a workload that waits, the common case in a deep queue, changes nothing.
+        while queue:
+            charges = fair.charges
+            yield queue.popleft()
+            if not queue:
+                break
+            if fair.charges == charges:
+                continue
+            entry = (fair.share(project), project)
+            if heap and heap[0] < entry:
+                heapq.heappush(heap, entry)
+                break

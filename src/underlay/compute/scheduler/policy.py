@@ -138,6 +138,7 @@ class _Round:
         self.head: str | None = None
         self.failed: dict[tuple[object, ...], str] = {}
         self.type_memo: dict[str | None, list[str | None]] = {}
+        self.inside_memo: dict[str, dict[tuple[object, ...], list[str | None]]] = {}
         self.held_for: list[str] = []
         self.constraints = Constraints(self.state, snapshot.nodes, snapshot.running)
         self.reservations_left = cfg.reservations
@@ -277,9 +278,10 @@ class _Round:
         return reason
 
     def _types(self, w: Workload) -> list[str | None]:
-        if not w.request.gpu_share:
+        req = w.request
+        if not req.gpus and not req.gpu_milli:
             return [None]
-        key = w.request.gpu_type
+        key = req.gpu_type
         types = self.type_memo.get(key)
         if types is None:
             s = self.state
@@ -294,9 +296,8 @@ class _Round:
             return
         types = self._types(w)
         inside = types
-        share = w.gpu_share
-        if self.ledger is not None and share:
-            inside = [t for t in types if t is not None and self._guaranteed(w, t)]
+        if self.ledger is not None and types[0] is not None:
+            inside = self._inside(w, types)
             if not inside:
                 if w.preemptible:
                     borrowers.append(w)
@@ -317,6 +318,21 @@ class _Round:
         if self._try_preempt(w, inside, guaranteed=self.ledger is not None):
             return
         self._blocked(w, inside, verdict)
+
+    def _inside(self, w: Workload, types: list[str | None]) -> list[str | None]:
+        """The types ``w`` starts on within its project's guarantee (see :meth:`_guaranteed`).
+
+        The answer depends on the project's usage, which only its own placements change, so
+        it is remembered per project until the next one."""
+        memo = self.inside_memo.get(w.project)
+        if memo is None:
+            memo = self.inside_memo[w.project] = {}
+        req = w.request
+        key = (req.gpu_type, req.gpus, req.gpu_milli, w.gang, w.preemptible)
+        inside = memo.get(key)
+        if inside is None:
+            inside = memo[key] = [t for t in types if t is not None and self._guaranteed(w, t)]
+        return inside
 
     def _guaranteed(self, w: Workload, t: str) -> bool:
         """Whether ``w`` starts on its project's guarantee of ``t``: it fits within it or,
@@ -402,6 +418,7 @@ class _Round:
             # a workload that starts on what is left of a guarantee may go above it
             borrowed = borrowed or not self.ledger.within(w.project, t, w.gpu_share)
             self.ledger.add(w.project, t, w.gpu_share)
+            self.inside_memo.pop(w.project, None)
         self.places.append(Place(w.id, workers, t, borrowed))
         if self.fair is not None:
             self.fair.charge(w, t)
