@@ -46,6 +46,8 @@ class FragModel:
         self._full_memo: dict[int, float] = {}
         self._part_memo: dict[int, float] = {0: 0.0}
         self._node_memo: dict[NodeState, float] = {}
+        self.orders: dict[tuple[object, ...], list[int]] = {}
+        """Memo of index bucket orders, for :mod:`.packing`."""
         self.deltas: dict[tuple[object, ...], float] = {}
         """Memo of placement deltas by (node state, request, share used), for :mod:`.packing`."""
 

@@ -209,29 +209,54 @@ def _candidates(
     whole free GPUs of the node."""
     buckets = state.full.get(t, [])
     if req.gpus:
-        g = req.gpus
-        ks = [k for k in range(g, len(buckets)) if buckets[k]]
-        if model is not None:
-            ks.sort(key=lambda k: (model.full_term(k - g) - model.full_term(k), k))
-        for k in ks:
-            for node in buckets[k]:
-                yield 1, node, -1
+        for k in _bucket_order(req.gpus, len(buckets), model):
+            if buckets[k]:
+                for node in buckets[k]:
+                    yield 1, node, -1
         return
     m = req.gpu_milli
-    shares = [s for s, members in state.partial.get(t, {}).items() if s >= m and members]
-    if model is not None:
-        shares.sort(key=lambda s: (model.part_term(s - m) - model.part_term(s), s))
-    else:
-        shares.sort()
-    for s in shares:
-        for node, gpu in state.partial[t][s]:
-            yield 0, node, gpu
-    ks = [k for k in range(1, len(buckets)) if buckets[k]]
-    if model is not None:
-        ks.sort(key=lambda k: (model.full_term(k - 1) - model.full_term(k), k))
-    for k in ks:
-        for node in buckets[k]:
-            yield 1, node, -1
+    partial = state.partial.get(t, {})
+    for s in _share_order(t, m, partial, model):
+        members = partial[s]
+        if members:
+            for node, gpu in members:
+                yield 0, node, gpu
+    for k in _bucket_order(1, len(buckets), model):
+        if buckets[k]:
+            for node in buckets[k]:
+                yield 1, node, -1
+
+
+def _bucket_order(g: int, n: int, model: FragModel | None) -> list[int]:
+    """Buckets ``g..n-1`` of whole free GPUs in the order the GPU-only measure prefers
+    (the least growth first); it depends on the model only, so it is worked out once."""
+    if model is None:
+        return list(range(g, n))
+    key = ("full", g, n)
+    order = model.orders.get(key)
+    if order is None:
+        order = sorted(range(g, n), key=lambda k: (model.full_term(k - g) - model.full_term(k), k))
+        model.orders[key] = order
+    return order
+
+
+def _share_order(
+    t: str, m: int, partial: dict[int, dict[tuple[int, int], None]], model: FragModel | None
+) -> list[int]:
+    """The free shares of partly used GPUs that can take ``m``, in the order the measure
+    prefers. Share buckets are only ever added during a round, so their number says
+    whether the order worked out earlier still holds."""
+    if model is None:
+        return sorted(s for s in partial if s >= m)
+    key = ("part", t, m, len(partial))
+    order = model.orders.get(key)
+    if order is None:
+        order = sorted(
+            (s for s in partial if s >= m),
+            key=lambda s: (model.part_term(s - m) - model.part_term(s), s),
+        )
+        model.orders[key] = order
+    return order
 
 
 def _delta(

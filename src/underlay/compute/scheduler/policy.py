@@ -27,6 +27,7 @@ memo is what keeps a round over 10,000 pending workloads cheap.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from itertools import chain
 
@@ -307,7 +308,8 @@ class _Round:
                 return
         # Capacity, victims and quota headroom only shrink during a round: a workload just
         # like one that already failed fails the same way, for the same reason.
-        level = service_level(w.attained_service, self.cfg.service_levels)
+        levels = self.cfg.service_levels
+        level = bisect_right(levels, w.attained_service) if levels else 0
         verdict = (_shape(w, inside[0]), len(inside), w.project, w.priority, level, w.displaced)
         known = self.failed.get(verdict)
         if known is not None:
@@ -352,18 +354,20 @@ class _Round:
     def _borrow(self, w: Workload) -> None:
         ledger = self.ledger
         assert ledger is not None  # only the quota pass produces borrowers
-        types = [t for t in self._types(w) if t is not None]
+        types = self._types(w)  # only work asking for accelerators borrows: no None here
         first = types[0]
+        assert first is not None
         # As in the guaranteed pass, a workload just like one that failed to borrow fails too;
         # the project's usage is part of the key so the reason quotes the current figures.
-        level = service_level(w.attained_service, self.cfg.service_levels)
+        levels = self.cfg.service_levels
+        level = bisect_right(levels, w.attained_service) if levels else 0
         used = ledger.used.get((w.project, first), 0)
         verdict = ("borrow", _shape(w, first), w.project, w.priority, level, used, w.displaced)
         known = self.failed.get(verdict)
         if known is not None:
             self.waits.append(Wait(w.id, known))
             return
-        allowed = [t for t in types if ledger.may_borrow(w.project, t, w.gpu_share)]
+        allowed = [t for t in types if t is not None and ledger.may_borrow(w.project, t, w.gpu_share)]
         if allowed and self._try_place(w, list(allowed), borrowed=True):
             return
         if self._try_preempt(w, allowed, guaranteed=False):
@@ -535,7 +539,7 @@ class _Round:
 
 def _shape(w: Workload, t: str | None) -> Shape:
     r = w.request
-    if constrained(w):
+    if w.node_selector or w.max_per_node is not None:  # constrained(w), inlined: a hot path
         return (t, r.gpus, r.gpu_milli, r.cpu_milli, r.memory_mib, w.gang, *_rules(w))
     return (t, r.gpus, r.gpu_milli, r.cpu_milli, r.memory_mib, w.gang)
 
