@@ -30,6 +30,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 from itertools import chain
+from typing import Any
 
 from underlay.compute.scheduler.cluster import Alloc, ClusterState
 from underlay.compute.scheduler.constraints import Constraints, app_of, constrained
@@ -139,7 +140,10 @@ class _Round:
         self.head: str | None = None
         self.failed: dict[tuple[object, ...], str] = {}
         self.type_memo: dict[str | None, list[str | None]] = {}
-        self.inside_memo: dict[str, dict[tuple[object, ...], list[str | None]]] = {}
+        # Per project, per workload class (:func:`_class`): valid until the project's next
+        # placement, which is when its usage, all they depend on beyond the class, changes.
+        self.class_memo: dict[str, dict[tuple[object, ...], list[Any]]] = {}
+        self.borrow_memo: dict[str, dict[tuple[object, ...], list[Any]]] = {}
         self.held_for: list[str] = []
         self.constraints = Constraints(self.state, snapshot.nodes, snapshot.running)
         self.reservations_left = cfg.reservations
@@ -295,23 +299,26 @@ class _Round:
         if self.head is not None:
             self.waits.append(Wait(w.id, self.head))
             return
-        types = self._types(w)
-        inside = types
-        if self.ledger is not None and types[0] is not None:
-            inside = self._inside(w, types)
+        # What decides a workload's fate here (the types within its project's guarantee and
+        # its verdict key) depends on its class and on its project's usage, which only the
+        # project's own placements change: worked out once per class until then.
+        memo = self.class_memo.get(w.project)
+        if memo is None:
+            memo = self.class_memo[w.project] = {}
+        key = _class(w, self.cfg.service_levels)
+        entry = memo.get(key)
+        if entry is None:
+            entry = memo[key] = self._admit_class(w)
+        inside, verdict, known = entry
+        if known is None:
             if not inside:
-                if w.preemptible:
-                    borrowers.append(w)
-                else:
-                    quota = self.ledger.describe(w.project, str(types[0]))
-                    self.waits.append(Wait(w.id, f"{quota}; not preemptible, so it may not borrow"))
+                borrowers.append(w)
                 return
-        # Capacity, victims and quota headroom only shrink during a round: a workload just
-        # like one that already failed fails the same way, for the same reason.
-        levels = self.cfg.service_levels
-        level = bisect_right(levels, w.attained_service) if levels else 0
-        verdict = (_shape(w, inside[0]), len(inside), w.project, w.priority, level, w.displaced)
-        known = self.failed.get(verdict)
+            # Capacity, victims and quota headroom only shrink during a round: a workload
+            # just like one that already failed fails the same way, for the same reason.
+            known = self.failed.get(verdict)
+            if known is not None:
+                entry[2] = known
         if known is not None:
             self.waits.append(Wait(w.id, known))
             return
@@ -321,20 +328,21 @@ class _Round:
             return
         self._blocked(w, inside, verdict)
 
-    def _inside(self, w: Workload, types: list[str | None]) -> list[str | None]:
-        """The types ``w`` starts on within its project's guarantee (see :meth:`_guaranteed`).
-
-        The answer depends on the project's usage, which only its own placements change, so
-        it is remembered per project until the next one."""
-        memo = self.inside_memo.get(w.project)
-        if memo is None:
-            memo = self.inside_memo[w.project] = {}
-        req = w.request
-        key = (req.gpu_type, req.gpus, req.gpu_milli, w.gang, w.preemptible)
-        inside = memo.get(key)
-        if inside is None:
-            inside = memo[key] = [t for t in types if t is not None and self._guaranteed(w, t)]
-        return inside
+    def _admit_class(self, w: Workload) -> list[Any]:
+        """[types within the guarantee, verdict key, reason to wait if already known]."""
+        types = self._types(w)
+        inside = types
+        if self.ledger is not None and types[0] is not None:
+            inside = [t for t in types if t is not None and self._guaranteed(w, t)]
+            if not inside:
+                if w.preemptible:
+                    return [inside, None, None]
+                quota = self.ledger.describe(w.project, str(types[0]))
+                return [inside, None, f"{quota}; not preemptible, so it may not borrow"]
+        levels = self.cfg.service_levels
+        level = bisect_right(levels, w.attained_service) if levels else 0
+        verdict = (_shape(w, inside[0]), len(inside), w.project, w.priority, level, w.displaced)
+        return [inside, verdict, None]
 
     def _guaranteed(self, w: Workload, t: str) -> bool:
         """Whether ``w`` starts on its project's guarantee of ``t``: it fits within it or,
@@ -359,11 +367,23 @@ class _Round:
         assert first is not None
         # As in the guaranteed pass, a workload just like one that failed to borrow fails too;
         # the project's usage is part of the key so the reason quotes the current figures.
-        levels = self.cfg.service_levels
-        level = bisect_right(levels, w.attained_service) if levels else 0
-        used = ledger.used.get((w.project, first), 0)
-        verdict = ("borrow", _shape(w, first), w.project, w.priority, level, used, w.displaced)
-        known = self.failed.get(verdict)
+        # The key changes only with the project's own placements: worked out once per class.
+        memo = self.borrow_memo.get(w.project)
+        if memo is None:
+            memo = self.borrow_memo[w.project] = {}
+        key = _class(w, self.cfg.service_levels)
+        entry = memo.get(key)
+        if entry is None:
+            levels = self.cfg.service_levels
+            level = bisect_right(levels, w.attained_service) if levels else 0
+            used = ledger.used.get((w.project, first), 0)
+            verdict = ("borrow", _shape(w, first), w.project, w.priority, level, used, w.displaced)
+            entry = memo[key] = [verdict, None]
+        verdict, known = entry
+        if known is None:
+            known = self.failed.get(verdict)
+            if known is not None:
+                entry[1] = known
         if known is not None:
             self.waits.append(Wait(w.id, known))
             return
@@ -422,7 +442,8 @@ class _Round:
             # a workload that starts on what is left of a guarantee may go above it
             borrowed = borrowed or not self.ledger.within(w.project, t, w.gpu_share)
             self.ledger.add(w.project, t, w.gpu_share)
-            self.inside_memo.pop(w.project, None)
+            self.class_memo.pop(w.project, None)
+            self.borrow_memo.pop(w.project, None)
         self.places.append(Place(w.id, workers, t, borrowed))
         if self.fair is not None:
             self.fair.charge(w, t)
@@ -535,6 +556,26 @@ class _Round:
     def _recheck_at(self, when: float) -> None:
         if self.recheck is None or when < self.recheck:
             self.recheck = when
+
+
+def _class(w: Workload, levels: tuple[float, ...]) -> Shape:
+    """Everything of ``w`` that its admission depends on besides its project's usage."""
+    r = w.request
+    key = (
+        r.gpu_type,
+        r.gpus,
+        r.gpu_milli,
+        r.cpu_milli,
+        r.memory_mib,
+        w.gang,
+        w.preemptible,
+        w.priority,
+        bisect_right(levels, w.attained_service) if levels else 0,
+        w.displaced,
+    )
+    if w.node_selector or w.max_per_node is not None:
+        return (*key, *_rules(w))
+    return key
 
 
 def _shape(w: Workload, t: str | None) -> Shape:
