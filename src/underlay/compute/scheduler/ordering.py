@@ -44,14 +44,19 @@ def ordered(config: PolicyConfig, workloads: list[Workload]) -> list[Workload]:
 
 
 def in_order(
-    config: PolicyConfig, workloads: list[Workload], fair: FairShare | None
+    config: PolicyConfig,
+    workloads: list[Workload],
+    fair: FairShare | None,
+    presorted: bool = False,
 ) -> Iterator[Workload]:
     """Yield ``workloads`` in policy order.
 
     For ``fair`` the caller charges each placement to ``fair`` before asking for the next
     workload; the next project is then the one with the smallest dominant share.
+    ``presorted``: ``workloads`` are already in in-queue order (inside each project, for
+    ``fair``), as a subsequence of what this yielded earlier in the round is.
     """
-    queue_order = ordered(config, workloads)
+    queue_order = workloads if presorted else ordered(config, workloads)
     if config.order != "fair" or fair is None:
         yield from queue_order
         return

@@ -263,8 +263,23 @@ def _delta(
     state: ClusterState, node: int, t: str, req: Request, gpu: int, model: FragModel
 ) -> float:
     """Growth of the node's expected fragmentation if the worker goes there."""
-    before = state.node_state(node, t)
     share = state.gpu_free[node][gpu] if gpu >= 0 else -1
+    shape = (req.gpus, req.gpu_milli, req.cpu_milli, req.memory_mib, share)
+    here = state.scores.get((node, t))
+    if here is None:
+        here = state.scores[(node, t)] = {}
+    else:
+        known = here.get(shape)
+        if known is not None:
+            return known
+    here[shape] = delta = _state_delta(state, node, t, req, share, model)
+    return delta
+
+
+def _state_delta(
+    state: ClusterState, node: int, t: str, req: Request, share: int, model: FragModel
+) -> float:
+    before = state.node_state(node, t)
     key = (before, req.gpus, req.gpu_milli, req.cpu_milli, req.memory_mib, share)
     known = model.deltas.get(key)
     if known is not None:

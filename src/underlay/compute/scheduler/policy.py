@@ -170,7 +170,8 @@ class _Round:
         borrowers: list[Workload] = []
         for w in in_order(self.cfg, candidates, self.fair):
             self._admit(w, borrowers)
-        for w in in_order(self.cfg, borrowers, self.fair):
+        # The borrowers came out of the first pass in queue order: no need to sort them again.
+        for w in in_order(self.cfg, borrowers, self.fair, presorted=True):
             self._borrow(w)
         if self.preemptor.blocked_until is not None:
             self._recheck_at(self.preemptor.blocked_until)
