@@ -76,7 +76,7 @@ class ClusterState:
         self._index_free(profiles)
         self._classes: list[HostClass] | None = None
         self._states: dict[tuple[int, str], NodeState] = {}
-        self.scores: dict[tuple[int, str], dict[tuple[int, ...], float]] = {}
+        self.scores: dict[tuple[int, str], dict[tuple[object, ...], float]] = {}
         """Per (node, type): packing scores of worker shapes there, until the node changes."""
         self.max_cpu = max(self.cap_cpu, default=0)
         self.max_mem = max(self.cap_mem, default=0)

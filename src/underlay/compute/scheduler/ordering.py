@@ -62,7 +62,10 @@ def in_order(
         return
     queues: dict[str, deque[Workload]] = {}
     for w in queue_order:
-        queues.setdefault(w.project, deque()).append(w)
+        queue = queues.get(w.project)
+        if queue is None:
+            queue = queues[w.project] = deque()
+        queue.append(w)
     heap = [(fair.share(p), p) for p in queues]
     heapq.heapify(heap)
     while heap:
