@@ -144,6 +144,7 @@ class _Round:
         # placement, which is when its usage, all they depend on beyond the class, changes.
         self.class_memo: dict[str, dict[tuple[object, ...], list[Any]]] = {}
         self.borrow_memo: dict[str, dict[tuple[object, ...], list[Any]]] = {}
+        self.borrower_class: dict[str, tuple[object, ...]] = {}
         self.held_for: list[str] = []
         self.constraints = Constraints(self.state, snapshot.nodes, snapshot.running)
         self.reservations_left = cfg.reservations
@@ -314,6 +315,7 @@ class _Round:
         if known is None:
             if not inside:
                 borrowers.append(w)
+                self.borrower_class[w.id] = key
                 return
             # Capacity, victims and quota headroom only shrink during a round: a workload
             # just like one that already failed fails the same way, for the same reason.
@@ -363,18 +365,16 @@ class _Round:
     def _borrow(self, w: Workload) -> None:
         ledger = self.ledger
         assert ledger is not None  # only the quota pass produces borrowers
-        types = self._types(w)  # only work asking for accelerators borrows: no None here
-        first = types[0]
-        assert first is not None
         # As in the guaranteed pass, a workload just like one that failed to borrow fails too;
         # the project's usage is part of the key so the reason quotes the current figures.
         # The key changes only with the project's own placements: worked out once per class.
         memo = self.borrow_memo.get(w.project)
         if memo is None:
             memo = self.borrow_memo[w.project] = {}
-        key = _class(w, self.cfg.service_levels)
+        key = self.borrower_class[w.id]
         entry = memo.get(key)
         if entry is None:
+            first = self._types(w)[0]
             levels = self.cfg.service_levels
             level = bisect_right(levels, w.attained_service) if levels else 0
             used = ledger.used.get((w.project, first), 0)
@@ -388,6 +388,9 @@ class _Round:
         if known is not None:
             self.waits.append(Wait(w.id, known))
             return
+        types = self._types(w)  # only work asking for accelerators borrows: no None here
+        first = types[0]
+        assert first is not None
         allowed = [t for t in types if t is not None and ledger.may_borrow(w.project, t, w.gpu_share)]
         if allowed and self._try_place(w, list(allowed), borrowed=True):
             return
