@@ -76,8 +76,8 @@ class ClusterState:
         self._index_free(profiles)
         self._classes: list[HostClass] | None = None
         self._states: dict[tuple[int, str], NodeState] = {}
-        self.scores: dict[tuple[int, str], dict[tuple[object, ...], float]] = {}
-        """Per (node, type): packing scores of worker shapes there, until the node changes."""
+        self.scores: list[dict[str, dict[object, float]] | None] = [None] * len(nodes)
+        """Per node, per type: packing scores of worker shapes there, until the node changes."""
         self.max_cpu = max(self.cap_cpu, default=0)
         self.max_mem = max(self.cap_mem, default=0)
 
@@ -184,9 +184,7 @@ class ClusterState:
         if self._states:
             for t, _ in self.per_type[node]:
                 self._states.pop((node, t), None)
-        if self.scores:
-            for t, _ in self.per_type[node]:
-                self.scores.pop((node, t), None)
+        self.scores[node] = None
 
     def type_count(self, node: int, t: str) -> int:
         """How many ``t`` accelerators ``node`` has (healthy or not)."""

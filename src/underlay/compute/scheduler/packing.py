@@ -278,14 +278,16 @@ def _delta(
     """Growth of the node's expected fragmentation if the worker (of ``shape``: its GPUs,
     thousandths, CPUs and memory) goes there, on ``gpu`` (-1: a whole free one)."""
     share = state.gpu_free[node][gpu] if gpu >= 0 else -1
-    here = state.scores.get((node, t))
+    per_type = state.scores[node]
+    if per_type is None:
+        per_type = state.scores[node] = {}
+    here = per_type.get(t)
     if here is None:
-        here = state.scores[(node, t)] = {}
-    else:
-        known = here.get((shape, share))
-        if known is not None:
-            return known
-    here[(shape, share)] = delta = _state_delta(state, node, t, req, share, model)
+        here = per_type[t] = {}
+    key = shape if share < 0 else (shape, share)
+    delta = here.get(key)
+    if delta is None:
+        delta = here[key] = _state_delta(state, node, t, req, share, model)
     return delta
 
 

@@ -55,6 +55,9 @@ MAX_PLAN_ATTEMPTS = 8
 
 Shape = tuple[object, ...]
 
+Group = tuple[str, str | None]
+"""A project and the accelerator type its workloads ask for (None: any)."""
+
 
 def decide(snapshot: Snapshot) -> Decisions:
     """Decide what to place, preempt, keep waiting (with a reason) or reject.
@@ -140,10 +143,11 @@ class _Round:
         self.head: str | None = None
         self.failed: dict[tuple[object, ...], str] = {}
         self.type_memo: dict[str | None, list[str | None]] = {}
-        # Per project, per workload class (:func:`_class`): valid until the project's next
-        # placement, which is when its usage, all they depend on beyond the class, changes.
-        self.class_memo: dict[str, dict[tuple[object, ...], list[Any]]] = {}
-        self.borrow_memo: dict[str, dict[tuple[object, ...], list[Any]]] = {}
+        # Per (project, type asked for), per workload class (:func:`_class`): valid until the
+        # project's next placement on a type the class may use, which is when its usage, all
+        # they depend on beyond the class, changes.
+        self.class_memo: dict[Group, dict[tuple[object, ...], list[Any]]] = {}
+        self.borrow_memo: dict[Group, dict[tuple[object, ...], list[Any]]] = {}
         self.borrower_class: dict[str, tuple[object, ...]] = {}
         self.held_for: list[str] = []
         self.constraints = Constraints(self.state, snapshot.nodes, snapshot.running)
@@ -304,9 +308,10 @@ class _Round:
         # What decides a workload's fate here (the types within its project's guarantee and
         # its verdict key) depends on its class and on its project's usage, which only the
         # project's own placements change: worked out once per class until then.
-        memo = self.class_memo.get(w.project)
+        group = (w.project, w.request.gpu_type)
+        memo = self.class_memo.get(group)
         if memo is None:
-            memo = self.class_memo[w.project] = {}
+            memo = self.class_memo[group] = {}
         key = _class(w, self.cfg.service_levels)
         entry = memo.get(key)
         if entry is None:
@@ -368,17 +373,20 @@ class _Round:
         # As in the guaranteed pass, a workload just like one that failed to borrow fails too;
         # the project's usage is part of the key so the reason quotes the current figures.
         # The key changes only with the project's own placements: worked out once per class.
-        memo = self.borrow_memo.get(w.project)
+        group = (w.project, w.request.gpu_type)
+        memo = self.borrow_memo.get(group)
         if memo is None:
-            memo = self.borrow_memo[w.project] = {}
+            memo = self.borrow_memo[group] = {}
         key = self.borrower_class[w.id]
         entry = memo.get(key)
         if entry is None:
-            first = self._types(w)[0]
+            # only work asking for accelerators borrows: its types hold no None
+            t0 = self._types(w)[0]
+            assert t0 is not None
             levels = self.cfg.service_levels
             level = bisect_right(levels, w.attained_service) if levels else 0
-            used = ledger.used.get((w.project, first), 0)
-            verdict = ("borrow", _shape(w, first), w.project, w.priority, level, used, w.displaced)
+            used = ledger.used.get((w.project, t0), 0)
+            verdict = ("borrow", _shape(w, t0), w.project, w.priority, level, used, w.displaced)
             entry = memo[key] = [verdict, None]
         verdict, known = entry
         if known is None:
@@ -388,10 +396,12 @@ class _Round:
         if known is not None:
             self.waits.append(Wait(w.id, known))
             return
-        types = self._types(w)  # only work asking for accelerators borrows: no None here
+        types = self._types(w)
         first = types[0]
         assert first is not None
-        allowed = [t for t in types if t is not None and ledger.may_borrow(w.project, t, w.gpu_share)]
+        allowed = [
+            t for t in types if t is not None and ledger.may_borrow(w.project, t, w.gpu_share)
+        ]
         if allowed and self._try_place(w, list(allowed), borrowed=True):
             return
         if self._try_preempt(w, allowed, guaranteed=False):
@@ -446,8 +456,10 @@ class _Round:
             # a workload that starts on what is left of a guarantee may go above it
             borrowed = borrowed or not self.ledger.within(w.project, t, w.gpu_share)
             self.ledger.add(w.project, t, w.gpu_share)
-            self.class_memo.pop(w.project, None)
-            self.borrow_memo.pop(w.project, None)
+            # Only the classes that may use type t (asking for it, or for any type) change.
+            for group in ((w.project, t), (w.project, None)):
+                self.class_memo.pop(group, None)
+                self.borrow_memo.pop(group, None)
         self.places.append(Place(w.id, workers, t, borrowed))
         if self.fair is not None:
             self.fair.charge(w, t)
