@@ -28,8 +28,10 @@ memo is what keeps a round over 10,000 pending workloads cheap.
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Sequence
 from itertools import chain
+from operator import attrgetter
 from typing import Any
 
 from underlay.compute.scheduler.cluster import Alloc, ClusterState
@@ -106,7 +108,7 @@ class _Round:
         )
         self.fair: FairShare | None = None
         # With one project asking, fair share orders nothing: skip its O(running) set-up.
-        if cfg.order == "fair" and len({w.project for w in snapshot.pending}) > 1:
+        if cfg.order == "fair" and len(set(map(attrgetter("project"), snapshot.pending))) > 1:
             s = self.state
             self.fair = FairShare(s.type_total, sum(s.cap_cpu), sum(s.cap_mem), snapshot.running)
         self.model: FragModel | None = None
@@ -114,12 +116,12 @@ class _Round:
             if snapshot.demand:
                 self.model = FragModel.of((d.request, d.count) for d in snapshot.demand)
             else:
-                self.model = FragModel.of(
-                    chain(
-                        ((w.request, 1) for w in snapshot.pending),
-                        ((r.workload.request, 1) for r in snapshot.running),
-                    )
+                shape = attrgetter("gpus", "gpu_milli", "cpu_milli", "memory_mib")
+                requests = chain(
+                    map(attrgetter("request"), snapshot.pending),
+                    map(attrgetter("workload.request"), snapshot.running),
                 )
+                self.model = FragModel.of_shapes(Counter(map(shape, requests)))
         self.claims: list[Claim] = []
         self.abandoned: list[Abandon] = []
         self.no_preempt: set[str] = set()
@@ -358,13 +360,17 @@ class _Round:
         part above the guarantee is then borrowed, and reclaimable)."""
         ledger = self.ledger
         assert ledger is not None
-        if ledger.within(w.project, t, w.gpu_share):
+        key = (w.project, t)
+        used = ledger.used.get(key, 0)
+        guaranteed = ledger.guaranteed.get(key, 0)
+        share = w.gpu_share
+        if used + share <= guaranteed:  # ledger.within
             return True
         return (
             self.cfg.guarantee_start
             and w.preemptible
-            and ledger.below(w.project, t)
-            and ledger.may_borrow(w.project, t, w.gpu_share)
+            and used < guaranteed  # ledger.below
+            and ledger.may_borrow(w.project, t, share)
         )
 
     def _borrow(self, w: Workload) -> None:
