@@ -457,15 +457,28 @@ class _Round:
     ) -> None:
         self.constraints.placed(w, allocs)
         names = self.state.names
-        workers = tuple(WorkerPlacement(names[a.node], a.gpus, a.milli) for a in allocs)
-        if self.ledger is not None and t is not None:
+        if len(allocs) == 1:
+            a = allocs[0]
+            workers: tuple[WorkerPlacement, ...] = (
+                WorkerPlacement(names[a.node], a.gpus, a.milli),
+            )
+        else:
+            workers = tuple(WorkerPlacement(names[a.node], a.gpus, a.milli) for a in allocs)
+        ledger = self.ledger
+        if ledger is not None and t is not None:
             # a workload that starts on what is left of a guarantee may go above it
-            borrowed = borrowed or not self.ledger.within(w.project, t, w.gpu_share)
-            self.ledger.add(w.project, t, w.gpu_share)
+            share = w.gpu_share
+            borrowed = borrowed or not ledger.within(w.project, t, share)
+            ledger.add(w.project, t, share)
             # Only the classes that may use type t (asking for it, or for any type) change.
-            for group in ((w.project, t), (w.project, None)):
-                self.class_memo.pop(group, None)
-                self.borrow_memo.pop(group, None)
+            project = w.project
+            class_memo, borrow_memo = self.class_memo, self.borrow_memo
+            if class_memo:
+                class_memo.pop((project, t), None)
+                class_memo.pop((project, None), None)
+            if borrow_memo:
+                borrow_memo.pop((project, t), None)
+                borrow_memo.pop((project, None), None)
         self.places.append(Place(w.id, workers, t, borrowed))
         if self.fair is not None:
             self.fair.charge(w, t)
