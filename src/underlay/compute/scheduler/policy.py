@@ -21,8 +21,10 @@ else, and its claimant never plans a second one while it waits.
 
 No I/O, no globals, no clock but ``snapshot.clock``: the same input gives the same decisions,
 which is what lets the simulator measure exactly what the live loop runs. Within a round,
-"nothing of shape X fits" is remembered, because capacity only shrinks during a round; that
-memo is what keeps a round over 10,000 pending workloads cheap.
+"nothing of shape X fits" is remembered, because capacity only shrinks during a round, and
+what decides a class of waiting work (its types within the guarantee, its verdict key, the
+reason it waits) is worked out once per project until that project's next placement; these
+memos are what keep a round over 10,000 pending workloads cheap.
 """
 
 from __future__ import annotations
