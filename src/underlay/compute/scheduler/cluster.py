@@ -76,6 +76,8 @@ class ClusterState:
         self._index_free(profiles)
         self._classes: list[HostClass] | None = None
         self._states: dict[tuple[int, str], NodeState] = {}
+        self.scores: list[dict[str, dict[object, float]] | None] = [None] * len(nodes)
+        """Per node, per type: packing scores of worker shapes there, until the node changes."""
         self.max_cpu = max(self.cap_cpu, default=0)
         self.max_mem = max(self.cap_mem, default=0)
 
@@ -180,8 +182,9 @@ class ClusterState:
 
     def _changed(self, node: int) -> None:
         if self._states:
-            for t in self.gpu_type[node]:
+            for t, _ in self.per_type[node]:
                 self._states.pop((node, t), None)
+        self.scores[node] = None
 
     def type_count(self, node: int, t: str) -> int:
         """How many ``t`` accelerators ``node`` has (healthy or not)."""
@@ -260,16 +263,49 @@ class ClusterState:
         self._changed(n)
         self.free_cpu[n] -= alloc.cpu_milli
         self.free_mem[n] -= alloc.memory_mib
-        for g in alloc.gpus:
-            self._set_gpu(n, g, self.gpu_free[n][g] - alloc.milli)
+        if alloc.gpus:
+            self._shift(n, alloc.gpus, -alloc.milli)
 
     def release(self, alloc: Alloc) -> None:
         n = alloc.node
         self._changed(n)
         self.free_cpu[n] += alloc.cpu_milli
         self.free_mem[n] += alloc.memory_mib
-        for g in alloc.gpus:
-            self._set_gpu(n, g, self.gpu_free[n][g] + alloc.milli)
+        if alloc.gpus:
+            self._shift(n, alloc.gpus, alloc.milli)
+
+    def _shift(self, node: int, gpus: tuple[int, ...], delta: int) -> None:
+        """Add ``delta`` to the free share of each of ``gpus`` on ``node``: what
+        :meth:`_set_gpu` does GPU by GPU, with the node moved between whole-free buckets once
+        per type (to the same place: the end of its final bucket) instead of once per GPU."""
+        frees = self._writable(node)
+        types = self.gpu_type[node]
+        indexed = self.usable[node] and not self.reserved[node]
+        partial = self.partial
+        moved: dict[str, int] = {}
+        for g in gpus:
+            old = frees[g]
+            new = old + delta
+            if old == new or old < 0:  # unhealthy accelerators stay out of every index
+                continue
+            new = min(WHOLE, new)
+            t = types[g]
+            frees[g] = new
+            if indexed:
+                if 0 < old < WHOLE:
+                    partial[t][old].pop((node, g), None)
+                if 0 < new < WHOLE:
+                    partial.setdefault(t, {}).setdefault(new, {})[(node, g)] = None
+            if old == WHOLE or new == WHOLE:
+                moved[t] = moved.get(t, 0) + (1 if new == WHOLE else -1)
+        if not moved:
+            return
+        counts = self.full_count(node)
+        for t, change in moved.items():
+            count = counts[t]
+            counts[t] = count + change
+            if indexed and change:
+                self._bucket(t, node, count, count + change)
 
     def fits_host(self, node: int, req: Request, workers: int = 1) -> bool:
         return (

@@ -19,7 +19,7 @@ buckets before any node is scored.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from underlay.compute.scheduler.snapshot import WHOLE, Request
 
@@ -46,6 +46,8 @@ class FragModel:
         self._full_memo: dict[int, float] = {}
         self._part_memo: dict[int, float] = {0: 0.0}
         self._node_memo: dict[NodeState, float] = {}
+        self.orders: dict[tuple[object, ...], list[int]] = {}
+        """Memo of index bucket orders, for :mod:`.packing`."""
         self.deltas: dict[tuple[object, ...], float] = {}
         """Memo of placement deltas by (node state, request, share used), for :mod:`.packing`."""
 
@@ -57,6 +59,18 @@ class FragModel:
         for r, count in requests:
             if (r.gpus or r.gpu_milli) and count > 0:
                 key = (r.gpus, 0 if r.gpus else r.gpu_milli, r.cpu_milli, r.memory_mib)
+                mix[key] = mix.get(key, 0) + count
+        return cls(mix) if mix else None
+
+    @classmethod
+    def of_shapes(cls, counts: Mapping[tuple[int, int, int, int], int]) -> FragModel | None:
+        """:meth:`of` for requests already counted by (gpus, gpu_milli, cpu_milli,
+        memory_mib), as a round counts its pending and running work (in C, by
+        ``collections.Counter``)."""
+        mix: dict[MixShape, int] = {}
+        for (gpus, milli, cpu, mem), count in counts.items():
+            if (gpus or milli) and count > 0:
+                key = (gpus, 0 if gpus else milli, cpu, mem)
                 mix[key] = mix.get(key, 0) + count
         return cls(mix) if mix else None
 

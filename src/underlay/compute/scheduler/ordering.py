@@ -44,25 +44,45 @@ def ordered(config: PolicyConfig, workloads: list[Workload]) -> list[Workload]:
 
 
 def in_order(
-    config: PolicyConfig, workloads: list[Workload], fair: FairShare | None
+    config: PolicyConfig,
+    workloads: list[Workload],
+    fair: FairShare | None,
+    presorted: bool = False,
 ) -> Iterator[Workload]:
     """Yield ``workloads`` in policy order.
 
     For ``fair`` the caller charges each placement to ``fair`` before asking for the next
     workload; the next project is then the one with the smallest dominant share.
+    ``presorted``: ``workloads`` are already in in-queue order (inside each project, for
+    ``fair``), as a subsequence of what this yielded earlier in the round is.
     """
-    queue_order = ordered(config, workloads)
+    queue_order = workloads if presorted else ordered(config, workloads)
     if config.order != "fair" or fair is None:
         yield from queue_order
         return
     queues: dict[str, deque[Workload]] = {}
     for w in queue_order:
-        queues.setdefault(w.project, deque()).append(w)
+        queue = queues.get(w.project)
+        if queue is None:
+            queue = queues[w.project] = deque()
+        queue.append(w)
     heap = [(fair.share(p), p) for p in queues]
     heapq.heapify(heap)
     while heap:
         _, project = heapq.heappop(heap)
         queue = queues[project]
-        yield queue.popleft()
-        if queue:
-            heapq.heappush(heap, (fair.share(project), project))
+        # Pushing the project back and popping the smallest would give it again while it
+        # stays below every other project (names are unique, so there are no ties): keep
+        # serving it without touching the heap. Its share moves only when the caller charges
+        # a placement; a workload that waits, the common case in a deep queue, changes nothing.
+        while queue:
+            charges = fair.charges
+            yield queue.popleft()
+            if not queue:
+                break
+            if fair.charges == charges:
+                continue
+            entry = (fair.share(project), project)
+            if heap and heap[0] < entry:
+                heapq.heappush(heap, entry)
+                break

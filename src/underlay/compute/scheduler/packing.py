@@ -17,7 +17,8 @@ either every worker is allocated or none is.
 from __future__ import annotations
 
 from bisect import insort
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from itertools import chain
 
 from underlay.compute.scheduler.cluster import Alloc, ClusterState
 from underlay.compute.scheduler.fragmentation import FragModel
@@ -170,22 +171,16 @@ def _choose_scored(
     ranked: bool,
 ) -> Alloc | None:
     best: tuple[int, int, str] | None = None
-    best_key: tuple[int, int, float, int, int] | None = None
-    free_cpu, free_mem = state.free_cpu, state.free_mem
-    cpu, mem = req.cpu_milli, req.memory_mib
+    best_key: tuple[int, int, float] | None = None
     limit = WHOLE_CANDIDATES_PER_TYPE if req.gpus else CANDIDATES_PER_TYPE
     for rank, t in enumerate(types):
-        scored = 0
-        for kind, node, gpu in _candidates(state, req, t, model):
-            if free_cpu[node] < cpu or free_mem[node] < mem:
-                continue
-            delta = 0.0 if model is None else _delta(state, node, t, req, gpu, model)
-            key = (rank if ranked else 0, kind, delta, rank, scored)
+        found = _best_of_type(state, req, t, model, limit)
+        if found is not None:
+            kind, delta, node, gpu = found
+            # Types are tried in order, so on a tie the earlier type keeps its place.
+            key = (rank if ranked else 0, kind, delta)
             if best_key is None or key < best_key:
                 best, best_key = (node, gpu, t), key
-            scored += 1
-            if scored >= limit:
-                break
         if ranked and best is not None:
             break
     if best is None:
@@ -202,44 +197,104 @@ def _choose_scored(
     return Alloc(node, (gpu,), req.gpu_milli, req.cpu_milli, req.memory_mib)
 
 
-def _candidates(
-    state: ClusterState, req: Request, t: str, model: FragModel | None
-) -> Iterator[tuple[int, int, int]]:
-    """(kind, node, gpu) in GPU-only preference order; kind 0 is a shared GPU, gpu -1 means
-    whole free GPUs of the node."""
+def _best_of_type(
+    state: ClusterState, req: Request, t: str, model: FragModel | None, limit: int
+) -> tuple[int, float, int, int] | None:
+    """(kind, score, node, gpu) of the best of the first ``limit`` candidates of type ``t``
+    that have the host resources, in GPU-only preference order (the first on a tie); kind 0
+    is a shared GPU, gpu -1 whole free GPUs of the node."""
+    free_cpu, free_mem = state.free_cpu, state.free_mem
+    cpu, mem = req.cpu_milli, req.memory_mib
+    shape = (req.gpus, req.gpu_milli, cpu, mem)
     buckets = state.full.get(t, [])
-    if req.gpus:
-        g = req.gpus
-        ks = [k for k in range(g, len(buckets)) if buckets[k]]
-        if model is not None:
-            ks.sort(key=lambda k: (model.full_term(k - g) - model.full_term(k), k))
-        for k in ks:
-            for node in buckets[k]:
-                yield 1, node, -1
-        return
-    m = req.gpu_milli
-    shares = [s for s, members in state.partial.get(t, {}).items() if s >= m and members]
-    if model is not None:
-        shares.sort(key=lambda s: (model.part_term(s - m) - model.part_term(s), s))
-    else:
-        shares.sort()
-    for s in shares:
-        for node, gpu in state.partial[t][s]:
-            yield 0, node, gpu
-    ks = [k for k in range(1, len(buckets)) if buckets[k]]
-    if model is not None:
-        ks.sort(key=lambda k: (model.full_term(k - 1) - model.full_term(k), k))
-    for k in ks:
-        for node in buckets[k]:
-            yield 1, node, -1
+    best: tuple[int, float, int, int] | None = None
+    scored = 0
+    if not req.gpus:
+        partial = state.partial.get(t, {})
+        order = _share_order(t, req.gpu_milli, partial, model)
+        for node, gpu in chain.from_iterable(partial[s] for s in order):
+            if free_cpu[node] < cpu or free_mem[node] < mem:
+                continue
+            delta = 0.0 if model is None else _delta(state, node, t, req, gpu, model, shape)
+            if best is None or delta < best[1]:
+                best = (0, delta, node, gpu)
+            scored += 1
+            if scored >= limit:
+                return best
+    order = _bucket_order(max(1, req.gpus), len(buckets), model)
+    for node in chain.from_iterable(buckets[k] for k in order):
+        if free_cpu[node] < cpu or free_mem[node] < mem:
+            continue
+        delta = 0.0 if model is None else _delta(state, node, t, req, -1, model, shape)
+        if best is None or (1, delta) < best[:2]:
+            best = (1, delta, node, -1)
+        scored += 1
+        if scored >= limit:
+            break
+    return best
+
+
+def _bucket_order(g: int, n: int, model: FragModel | None) -> list[int]:
+    """Buckets ``g..n-1`` of whole free GPUs in the order the GPU-only measure prefers
+    (the least growth first); it depends on the model only, so it is worked out once."""
+    if model is None:
+        return list(range(g, n))
+    key = ("full", g, n)
+    order = model.orders.get(key)
+    if order is None:
+        order = sorted(range(g, n), key=lambda k: (model.full_term(k - g) - model.full_term(k), k))
+        model.orders[key] = order
+    return order
+
+
+def _share_order(
+    t: str, m: int, partial: dict[int, dict[tuple[int, int], None]], model: FragModel | None
+) -> list[int]:
+    """The free shares of partly used GPUs that can take ``m``, in the order the measure
+    prefers. Share buckets are only ever added during a round, so their number says
+    whether the order worked out earlier still holds."""
+    if model is None:
+        return sorted(s for s in partial if s >= m)
+    key = ("part", t, m, len(partial))
+    order = model.orders.get(key)
+    if order is None:
+        order = sorted(
+            (s for s in partial if s >= m),
+            key=lambda s: (model.part_term(s - m) - model.part_term(s), s),
+        )
+        model.orders[key] = order
+    return order
 
 
 def _delta(
-    state: ClusterState, node: int, t: str, req: Request, gpu: int, model: FragModel
+    state: ClusterState,
+    node: int,
+    t: str,
+    req: Request,
+    gpu: int,
+    model: FragModel,
+    shape: tuple[int, int, int, int],
 ) -> float:
-    """Growth of the node's expected fragmentation if the worker goes there."""
-    before = state.node_state(node, t)
+    """Growth of the node's expected fragmentation if the worker (of ``shape``: its GPUs,
+    thousandths, CPUs and memory) goes there, on ``gpu`` (-1: a whole free one)."""
     share = state.gpu_free[node][gpu] if gpu >= 0 else -1
+    per_type = state.scores[node]
+    if per_type is None:
+        per_type = state.scores[node] = {}
+    here = per_type.get(t)
+    if here is None:
+        here = per_type[t] = {}
+    key = shape if share < 0 else (shape, share)
+    delta = here.get(key)
+    if delta is None:
+        delta = here[key] = _state_delta(state, node, t, req, share, model)
+    return delta
+
+
+def _state_delta(
+    state: ClusterState, node: int, t: str, req: Request, share: int, model: FragModel
+) -> float:
+    before = state.node_state(node, t)
     key = (before, req.gpus, req.gpu_milli, req.cpu_milli, req.memory_mib, share)
     known = model.deltas.get(key)
     if known is not None:

@@ -21,14 +21,20 @@ else, and its claimant never plans a second one while it waits.
 
 No I/O, no globals, no clock but ``snapshot.clock``: the same input gives the same decisions,
 which is what lets the simulator measure exactly what the live loop runs. Within a round,
-"nothing of shape X fits" is remembered, because capacity only shrinks during a round; that
-memo is what keeps a round over 10,000 pending workloads cheap.
+"nothing of shape X fits" is remembered, because capacity only shrinks during a round, and
+what decides a class of waiting work (its types within the guarantee, its verdict key, the
+reason it waits) is worked out once per project until that project's next placement; these
+memos are what keep a round over 10,000 pending workloads cheap.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections import Counter
 from collections.abc import Sequence
 from itertools import chain
+from operator import attrgetter
+from typing import Any
 
 from underlay.compute.scheduler.cluster import Alloc, ClusterState
 from underlay.compute.scheduler.constraints import Constraints, app_of, constrained
@@ -52,6 +58,9 @@ MAX_PLAN_ATTEMPTS = 8
 :mod:`.preemption`, this bounds what preemption can add to the cost of a round."""
 
 Shape = tuple[object, ...]
+
+Group = tuple[str, str | None]
+"""A project and the accelerator type its workloads ask for (None: any)."""
 
 
 def decide(snapshot: Snapshot) -> Decisions:
@@ -101,7 +110,7 @@ class _Round:
         )
         self.fair: FairShare | None = None
         # With one project asking, fair share orders nothing: skip its O(running) set-up.
-        if cfg.order == "fair" and len({w.project for w in snapshot.pending}) > 1:
+        if cfg.order == "fair" and len(set(map(attrgetter("project"), snapshot.pending))) > 1:
             s = self.state
             self.fair = FairShare(s.type_total, sum(s.cap_cpu), sum(s.cap_mem), snapshot.running)
         self.model: FragModel | None = None
@@ -109,12 +118,12 @@ class _Round:
             if snapshot.demand:
                 self.model = FragModel.of((d.request, d.count) for d in snapshot.demand)
             else:
-                self.model = FragModel.of(
-                    chain(
-                        ((w.request, 1) for w in snapshot.pending),
-                        ((r.workload.request, 1) for r in snapshot.running),
-                    )
+                shape = attrgetter("gpus", "gpu_milli", "cpu_milli", "memory_mib")
+                requests = chain(
+                    map(attrgetter("request"), snapshot.pending),
+                    map(attrgetter("workload.request"), snapshot.running),
                 )
+                self.model = FragModel.of_shapes(Counter(map(shape, requests)))
         self.claims: list[Claim] = []
         self.abandoned: list[Abandon] = []
         self.no_preempt: set[str] = set()
@@ -138,6 +147,12 @@ class _Round:
         self.head: str | None = None
         self.failed: dict[tuple[object, ...], str] = {}
         self.type_memo: dict[str | None, list[str | None]] = {}
+        # Per (project, type asked for), per workload class (:func:`_class`): valid until the
+        # project's next placement on a type the class may use, which is when its usage, all
+        # they depend on beyond the class, changes.
+        self.class_memo: dict[Group, dict[tuple[object, ...], list[Any]]] = {}
+        self.borrow_memo: dict[Group, dict[tuple[object, ...], list[Any]]] = {}
+        self.borrower_class: dict[str, tuple[object, ...]] = {}
         self.held_for: list[str] = []
         self.constraints = Constraints(self.state, snapshot.nodes, snapshot.running)
         self.reservations_left = cfg.reservations
@@ -164,7 +179,8 @@ class _Round:
         borrowers: list[Workload] = []
         for w in in_order(self.cfg, candidates, self.fair):
             self._admit(w, borrowers)
-        for w in in_order(self.cfg, borrowers, self.fair):
+        # The borrowers came out of the first pass in queue order: no need to sort them again.
+        for w in in_order(self.cfg, borrowers, self.fair, presorted=True):
             self._borrow(w)
         if self.preemptor.blocked_until is not None:
             self._recheck_at(self.preemptor.blocked_until)
@@ -277,9 +293,10 @@ class _Round:
         return reason
 
     def _types(self, w: Workload) -> list[str | None]:
-        if not w.request.gpu_share:
+        req = w.request
+        if not req.gpus and not req.gpu_milli:
             return [None]
-        key = w.request.gpu_type
+        key = req.gpu_type
         types = self.type_memo.get(key)
         if types is None:
             s = self.state
@@ -292,23 +309,28 @@ class _Round:
         if self.head is not None:
             self.waits.append(Wait(w.id, self.head))
             return
-        types = self._types(w)
-        inside = types
-        share = w.gpu_share
-        if self.ledger is not None and share:
-            inside = [t for t in types if t is not None and self._guaranteed(w, t)]
+        # What decides a workload's fate here (the types within its project's guarantee and
+        # its verdict key) depends on its class and on its project's usage, which only the
+        # project's own placements change: worked out once per class until then.
+        group = (w.project, w.request.gpu_type)
+        memo = self.class_memo.get(group)
+        if memo is None:
+            memo = self.class_memo[group] = {}
+        key = _class(w, self.cfg.service_levels)
+        entry = memo.get(key)
+        if entry is None:
+            entry = memo[key] = self._admit_class(w)
+        inside, verdict, known = entry
+        if known is None:
             if not inside:
-                if w.preemptible:
-                    borrowers.append(w)
-                else:
-                    quota = self.ledger.describe(w.project, str(types[0]))
-                    self.waits.append(Wait(w.id, f"{quota}; not preemptible, so it may not borrow"))
+                borrowers.append(w)
+                self.borrower_class[w.id] = key
                 return
-        # Capacity, victims and quota headroom only shrink during a round: a workload just
-        # like one that already failed fails the same way, for the same reason.
-        level = service_level(w.attained_service, self.cfg.service_levels)
-        verdict = (_shape(w, inside[0]), len(inside), w.project, w.priority, level, w.displaced)
-        known = self.failed.get(verdict)
+            # Capacity, victims and quota headroom only shrink during a round: a workload
+            # just like one that already failed fails the same way, for the same reason.
+            known = self.failed.get(verdict)
+            if known is not None:
+                entry[2] = known
         if known is not None:
             self.waits.append(Wait(w.id, known))
             return
@@ -318,36 +340,76 @@ class _Round:
             return
         self._blocked(w, inside, verdict)
 
+    def _admit_class(self, w: Workload) -> list[Any]:
+        """[types within the guarantee, verdict key, reason to wait if already known]."""
+        types = self._types(w)
+        inside = types
+        if self.ledger is not None and types[0] is not None:
+            inside = [t for t in types if t is not None and self._guaranteed(w, t)]
+            if not inside:
+                if w.preemptible:
+                    return [inside, None, None]
+                quota = self.ledger.describe(w.project, str(types[0]))
+                return [inside, None, f"{quota}; not preemptible, so it may not borrow"]
+        levels = self.cfg.service_levels
+        level = bisect_right(levels, w.attained_service) if levels else 0
+        verdict = (_shape(w, inside[0]), len(inside), w.project, w.priority, level, w.displaced)
+        return [inside, verdict, None]
+
     def _guaranteed(self, w: Workload, t: str) -> bool:
         """Whether ``w`` starts on its project's guarantee of ``t``: it fits within it or,
         with ``guarantee_start`` and preemptible, its project still has some of it left (the
         part above the guarantee is then borrowed, and reclaimable)."""
         ledger = self.ledger
         assert ledger is not None
-        if ledger.within(w.project, t, w.gpu_share):
+        key = (w.project, t)
+        used = ledger.used.get(key, 0)
+        guaranteed = ledger.guaranteed.get(key, 0)
+        share = w.gpu_share
+        if used + share <= guaranteed:  # ledger.within
             return True
         return (
             self.cfg.guarantee_start
             and w.preemptible
-            and ledger.below(w.project, t)
-            and ledger.may_borrow(w.project, t, w.gpu_share)
+            and used < guaranteed  # ledger.below
+            and ledger.may_borrow(w.project, t, share)
         )
 
     def _borrow(self, w: Workload) -> None:
         ledger = self.ledger
         assert ledger is not None  # only the quota pass produces borrowers
-        types = [t for t in self._types(w) if t is not None]
-        first = types[0]
         # As in the guaranteed pass, a workload just like one that failed to borrow fails too;
         # the project's usage is part of the key so the reason quotes the current figures.
-        level = service_level(w.attained_service, self.cfg.service_levels)
-        used = ledger.used.get((w.project, first), 0)
-        verdict = ("borrow", _shape(w, first), w.project, w.priority, level, used, w.displaced)
-        known = self.failed.get(verdict)
+        # The key changes only with the project's own placements: worked out once per class.
+        group = (w.project, w.request.gpu_type)
+        memo = self.borrow_memo.get(group)
+        if memo is None:
+            memo = self.borrow_memo[group] = {}
+        key = self.borrower_class[w.id]
+        entry = memo.get(key)
+        if entry is None:
+            # only work asking for accelerators borrows: its types hold no None
+            t0 = self._types(w)[0]
+            assert t0 is not None
+            levels = self.cfg.service_levels
+            level = bisect_right(levels, w.attained_service) if levels else 0
+            used = ledger.used.get((w.project, t0), 0)
+            verdict = ("borrow", _shape(w, t0), w.project, w.priority, level, used, w.displaced)
+            entry = memo[key] = [verdict, None]
+        verdict, known = entry
+        if known is None:
+            known = self.failed.get(verdict)
+            if known is not None:
+                entry[1] = known
         if known is not None:
             self.waits.append(Wait(w.id, known))
             return
-        allowed = [t for t in types if ledger.may_borrow(w.project, t, w.gpu_share)]
+        types = self._types(w)
+        first = types[0]
+        assert first is not None
+        allowed = [
+            t for t in types if t is not None and ledger.may_borrow(w.project, t, w.gpu_share)
+        ]
         if allowed and self._try_place(w, list(allowed), borrowed=True):
             return
         if self._try_preempt(w, allowed, guaranteed=False):
@@ -397,11 +459,28 @@ class _Round:
     ) -> None:
         self.constraints.placed(w, allocs)
         names = self.state.names
-        workers = tuple(WorkerPlacement(names[a.node], a.gpus, a.milli) for a in allocs)
-        if self.ledger is not None and t is not None:
+        if len(allocs) == 1:
+            a = allocs[0]
+            workers: tuple[WorkerPlacement, ...] = (
+                WorkerPlacement(names[a.node], a.gpus, a.milli),
+            )
+        else:
+            workers = tuple(WorkerPlacement(names[a.node], a.gpus, a.milli) for a in allocs)
+        ledger = self.ledger
+        if ledger is not None and t is not None:
             # a workload that starts on what is left of a guarantee may go above it
-            borrowed = borrowed or not self.ledger.within(w.project, t, w.gpu_share)
-            self.ledger.add(w.project, t, w.gpu_share)
+            share = w.gpu_share
+            borrowed = borrowed or not ledger.within(w.project, t, share)
+            ledger.add(w.project, t, share)
+            # Only the classes that may use type t (asking for it, or for any type) change.
+            project = w.project
+            class_memo, borrow_memo = self.class_memo, self.borrow_memo
+            if class_memo:
+                class_memo.pop((project, t), None)
+                class_memo.pop((project, None), None)
+            if borrow_memo:
+                borrow_memo.pop((project, t), None)
+                borrow_memo.pop((project, None), None)
         self.places.append(Place(w.id, workers, t, borrowed))
         if self.fair is not None:
             self.fair.charge(w, t)
@@ -516,9 +595,29 @@ class _Round:
             self.recheck = when
 
 
+def _class(w: Workload, levels: tuple[float, ...]) -> Shape:
+    """Everything of ``w`` that its admission depends on besides its project's usage."""
+    r = w.request
+    key = (
+        r.gpu_type,
+        r.gpus,
+        r.gpu_milli,
+        r.cpu_milli,
+        r.memory_mib,
+        w.gang,
+        w.preemptible,
+        w.priority,
+        bisect_right(levels, w.attained_service) if levels else 0,
+        w.displaced,
+    )
+    if w.node_selector or w.max_per_node is not None:
+        return (*key, *_rules(w))
+    return key
+
+
 def _shape(w: Workload, t: str | None) -> Shape:
     r = w.request
-    if constrained(w):
+    if w.node_selector or w.max_per_node is not None:  # constrained(w), inlined: a hot path
         return (t, r.gpus, r.gpu_milli, r.cpu_milli, r.memory_mib, w.gang, *_rules(w))
     return (t, r.gpus, r.gpu_milli, r.cpu_milli, r.memory_mib, w.gang)
 

@@ -80,6 +80,7 @@ class Preemptor:
         self._running = running
         self._by_type: dict[tuple[str | None, str], list[Running]] | None = None
         self._allocs: dict[str, list[Alloc]] = {}
+        self._keys: dict[str, tuple[int, float, float, str]] = {}
         self._eligible: dict[tuple[object, ...], list[tuple[Running, str]]] = {}
         self.blocked_until: float | None = None
 
@@ -99,7 +100,11 @@ class Preemptor:
         return self._by_type
 
     def _victim_key(self, r: Running) -> tuple[int, float, float, str]:
-        return (r.workload.priority, r.attained(self.clock), -r.started_at, r.workload.id)
+        key = self._keys.get(r.workload.id)
+        if key is None:
+            key = (r.workload.priority, r.attained(self.clock), -r.started_at, r.workload.id)
+            self._keys[r.workload.id] = key
+        return key
 
     def _projects(self, claimant: Workload, gpu_type: str | None, guaranteed: bool) -> list[str]:
         """Projects whose running work could be victims of ``claimant``."""

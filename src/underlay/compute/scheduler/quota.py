@@ -99,6 +99,8 @@ class FairShare:
         self._usage: dict[str, list[float]] = {}
         self._gpus: dict[str, dict[str, float]] = {}
         self._dominant: dict[str, float] = {}
+        self.charges = 0
+        """Placements charged so far: a share can only have moved if this did."""
         for r in running:
             self._add(r.workload, r.gpu_type)
         for project in self._usage:
@@ -131,6 +133,7 @@ class FairShare:
         """Count a placement of ``workload`` (on ``gpu_type``) toward its project's share."""
         self._add(workload, gpu_type)
         self._update(workload.project)
+        self.charges += 1
 
     def share(self, project: str) -> float:
         return self._dominant.get(project, 0.0)

@@ -89,31 +89,49 @@ class Node:
 
     @cached_property
     def profile(self) -> NodeProfile:
-        ok = self.healthy
-        frees = tuple(
-            min(WHOLE, max(0, a.free_milli)) if ok and a.healthy else -1 for a in self.accelerators
-        )
-        types = tuple(a.type for a in self.accelerators)
+        accs = self.accelerators
+        if self.healthy:
+            frees = tuple([min(WHOLE, max(0, a.free_milli)) if a.healthy else -1 for a in accs])
+        else:
+            frees = (-1,) * len(accs)
+        types = tuple([a.type for a in accs])
+        kinds = set(types)
+        if len(kinds) == 1:  # the usual node: one accelerator type, no loop over dicts
+            t = types[0]
+            per_type: tuple[tuple[str, int], ...] = ((t, len(types)),)
+            full: tuple[tuple[str, int], ...] = ((t, frees.count(WHOLE)),)
+            partial = tuple([(t, f, g) for g, f in enumerate(frees) if 0 < f < WHOLE])
+            watts = next((a.power.busy_watts for a in accs if a.power is not None), None)
+            power: tuple[tuple[str, float], ...] = () if watts is None else ((t, watts),)
+            return NodeProfile(
+                frees,
+                types,
+                per_type,
+                full,
+                partial,
+                power,
+                (self.cpu_milli, self.memory_mib, per_type),
+            )
         per: dict[str, int] = {}
-        full: dict[str, int] = {}
-        power: dict[str, float] = {}
-        partial: list[tuple[str, int, int]] = []
+        whole: dict[str, int] = {}
+        powers: dict[str, float] = {}
+        shared: list[tuple[str, int, int]] = []
         for g, (t, f) in enumerate(zip(types, frees, strict=True)):
             per[t] = per.get(t, 0) + 1
-            full[t] = full.get(t, 0) + (1 if f == WHOLE else 0)
+            whole[t] = whole.get(t, 0) + (1 if f == WHOLE else 0)
             if 0 < f < WHOLE:
-                partial.append((t, f, g))
-            p = self.accelerators[g].power
-            if p is not None and t not in power:
-                power[t] = p.busy_watts
+                shared.append((t, f, g))
+            p = accs[g].power
+            if p is not None and t not in powers:
+                powers[t] = p.busy_watts
         per_type = tuple(sorted(per.items()))
         return NodeProfile(
             frees,
             types,
             per_type,
-            tuple(sorted(full.items())),
-            tuple(partial),
-            tuple(sorted(power.items())),
+            tuple(sorted(whole.items())),
+            tuple(shared),
+            tuple(sorted(powers.items())),
             (self.cpu_milli, self.memory_mib, per_type),
         )
 
