@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from underlay.config import Settings, ensure_home, write_secret_file
 from underlay.crypto import (
@@ -520,7 +520,7 @@ def test_a_signing_key_is_created_in_a_private_folder_and_never_overwritten(
 ) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    settings = Settings(home=tmp_path / "fresh")  # no home folder yet
+    settings = Settings(home=tmp_path / "not" / "yet")  # no home folder, nor its parent
     key = SigningKey(settings)
     folder = settings.signing_key_path.parent
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
@@ -530,3 +530,101 @@ def test_a_signing_key_is_created_in_a_private_folder_and_never_overwritten(
     assert key.key_id == signing_key_id(public)
     assert SigningKey(settings).public_key_bytes() == public
     assert settings.signing_key_path.read_bytes() == raw
+
+
+def test_processes_creating_the_signing_key_at_once_all_get_the_same_key(tmp_path: Path) -> None:
+    import threading
+
+    settings = Settings(home=tmp_path / "home")
+    start = threading.Barrier(8)
+    publics: list[bytes] = []
+
+    def create() -> None:
+        start.wait()
+        publics.append(SigningKey(settings).public_key_bytes())
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # the first writer wins; the others read its key instead of replacing it
+    assert publics == [SigningKey(settings).public_key_bytes()] * 8
+
+
+def _crash_after_rotation_commit(settings: Settings, db: Database) -> tuple[int, bytes, str]:
+    """The state a crash between the rotation's commit and its rename leaves behind."""
+    a = _project(db, "a")
+    keyring = Keyring(settings)
+    key = _key(keyring, db, a)
+    old_file = settings.master_key_path.read_bytes()
+    new_id = keyring.rotate(db)
+    settings.master_key_path.replace(settings.master_key_path.with_name("master.key.new"))
+    write_secret_file(settings.master_key_path, old_file, overwrite=True)
+    return a, key, new_id
+
+
+def test_a_new_data_key_after_an_unfinished_rotation_uses_the_committed_key(
+    settings: Settings, db: Database
+) -> None:
+    a, key, new_id = _crash_after_rotation_commit(settings, db)
+    b = _project(db, "b")
+    recovered = Keyring(settings)
+    key_b = _key(recovered, db, b)  # the first thing this process does: create a data key
+    assert _rows(db)[b].master_key_id == new_id
+    assert master_key_id(settings.master_key_path.read_bytes()) == new_id
+    assert not settings.master_key_path.with_name("master.key.new").exists()
+    assert _key(Keyring(settings), db, a) == key
+    assert _key(Keyring(settings), db, b) == key_b
+
+
+def test_a_rotation_after_an_unfinished_one_finishes_it_first(
+    settings: Settings, db: Database
+) -> None:
+    a, key, new_id = _crash_after_rotation_commit(settings, db)
+    newest = Keyring(settings).rotate(db)  # the first thing this process does: rotate
+    assert newest != new_id
+    assert _rows(db)[a].master_key_id == newest
+    assert _key(Keyring(settings), db, a) == key
+
+
+@pytest.mark.postgres
+def test_a_data_key_created_while_another_creator_held_the_lock_is_read_not_made_twice(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """PostgreSQL: two creators of one project's data key both find none; the second waits
+    on the data-key lock, then reads the first one's key instead of writing another."""
+    import threading
+    import time
+
+    from tests.conftest import _reset_pg
+
+    _reset_pg(pg_url)
+    settings = Settings(home=tmp_path / "home", store={"url": pg_url})
+    ensure_home(settings)
+    db = Database(pg_url)
+    db.migrate(lock_dir=settings.home)
+    try:
+        a = _project(db, "a")
+        first, second = Keyring(settings), Keyring(settings)
+        got: list[bytes] = []
+        with db.session(Scope.projects(a)) as holder:
+            holder.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": 0x756E6B79})
+            waiter = threading.Thread(target=lambda: got.append(_key(second, db, a)))
+            waiter.start()
+            deadline = time.monotonic() + 30
+            waiting = 0
+            while not waiting and time.monotonic() < deadline:  # the second creator is blocked
+                waiting = holder.execute(
+                    text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    )
+                ).scalar_one()
+                time.sleep(0.01)
+            assert waiting == 1, "the second creator did not wait on the data-key lock"
+            key = first.data_key(holder, a)  # created under the lock this session holds
+        waiter.join()
+        assert got == [key]
+        assert list(_rows(db)) == [a]
+    finally:
+        db.dispose()

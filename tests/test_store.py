@@ -7,7 +7,7 @@ import secrets
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import aliased
 
@@ -414,5 +414,27 @@ def test_a_sqlite_database_serves_sessions_from_any_thread(tmp_path: Path) -> No
         worker.start()
         worker.join()
         assert names == ["a"]
+    finally:
+        db.dispose()
+
+
+@pytest.mark.postgres
+def test_a_postgresql_connection_the_server_dropped_is_replaced(pg_url: str) -> None:
+    db = Database(pg_url, pool_size=1)
+    try:
+        with db.engine.connect() as conn:  # the pool's only connection
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar() == pid  # pooled
+        admin = Database(pg_url)
+        try:
+            with admin.engine.connect() as conn:
+                conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+                conn.commit()
+        finally:
+            admin.dispose()
+        db.ping()  # the pool notices the dead connection and opens another
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pid
     finally:
         db.dispose()
