@@ -38,9 +38,10 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy src/underlay
 
 # Mutation testing (slow: not part of `make test`). One module: make mutation MODULE=identity
+# (add MUTATION_ARGS=--survivors to test only the last run's survivors again)
 MODULE ?=
 mutation: $(STAMP) services
-	$(PY) scripts/mutation.py $(MODULE)
+	$(PY) scripts/mutation.py $(MODULE) $(MUTATION_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/blobs.py

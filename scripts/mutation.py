@@ -3,6 +3,7 @@
     python scripts/mutation.py identity          # one module
     python scripts/mutation.py identity crypto   # several
     python scripts/mutation.py --list            # the modules and the tests that cover them
+    python scripts/mutation.py crypto --survivors  # only the last run's survivors, new tests
     make mutation MODULE=identity                # the same through make (all modules if unset)
 
 Each module runs in its own copy of the project under ``build/mutation/<module>/`` (so the
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -83,6 +83,27 @@ EQUIVALENT: dict[str, str] = {
     "underlay.identity.x_authenticate__mutmut_84": (
         "capping a member's role at member: both branches give Role.member"
     ),
+    "underlay.crypto.xǁ_MasterKeyǁgenerate__mutmut_2": (
+        "secrets.token_bytes(None) draws 32 bytes, the default, which is KEY_BYTES"
+    ),
+    "underlay.crypto.x__lock_data_keys__mutmut_10": "SQL keywords are case-insensitive",
+    "underlay.crypto.xǁKeyringǁderived_key__mutmut_7": "HKDF's salt defaults to None",
+    "underlay.crypto.xǁKeyringǁdata_key__mutmut_24": (
+        "the cache then never hits: the key is unwrapped again, the same key (only slower)"
+    ),
+    "underlay.crypto.xǁKeyringǁrotate__mutmut_5": (
+        "the order data keys are re-wrapped in: one transaction, no row locks taken in order"
+    ),
+    "underlay.crypto.xǁKeyringǁrotate__mutmut_29": (
+        "zip(strict=None): rows and keys are built from one list, always the same length"
+    ),
+    "underlay.crypto.xǁKeyringǁrotate__mutmut_32": "zip without strict: the same length anyway",
+    "underlay.crypto.xǁKeyringǁrotate__mutmut_33": "zip(strict=False): the same length anyway",
+    "underlay.crypto.x__is_referenced__mutmut_2": (
+        "limit(None): scalar() reads the first row whatever the limit"
+    ),
+    "underlay.crypto.x__is_referenced__mutmut_6": "limit(2): scalar() reads the first row",
+    "underlay.crypto.xǁSigningKeyǁ__init____mutmut_15": "overwrite=None is falsy, as False",
 }
 
 _RESULT = re.compile(r"^\s*(?P<name>\S+): (?P<status>[a-z ]+?)\s*$")
@@ -94,6 +115,10 @@ def _copy_project(work: Path, target: Target, postgres: bool) -> None:
     work.mkdir(parents=True)
     shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    _write_config(work, target, postgres)
+
+
+def _write_config(work: Path, target: Target, postgres: bool) -> None:
     markers = "not slow and not s3 and not browser and not ray"
     if not postgres:
         markers += " and not postgres"
@@ -140,22 +165,43 @@ def _results(work: Path) -> dict[str, str]:
     return found
 
 
-def run_module(name: str, *, postgres: bool, jobs: int) -> list[str]:
-    """Mutate one module; returns the survivors that are not known to be equivalent."""
+def _refresh_tests(work: Path) -> None:
+    """Put the worktree's current tests where mutmut runs them (``mutants/tests``)."""
+    for where in (work / "tests", work / "mutants" / "tests"):
+        shutil.rmtree(where)
+        shutil.copytree(ROOT / "tests", where, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def run_module(name: str, *, postgres: bool, jobs: int, survivors_only: bool = False) -> list[str]:
+    """Mutate one module; returns the survivors that are not known to be equivalent.
+
+    ``survivors_only`` reuses the last run of the module and tests only the mutants that
+    survived it, against the current tests: the quick loop while killing survivors (the
+    source must not have changed since that run).
+    """
     target = MODULES[name]
     work = BUILD / name
-    _copy_project(work, target, postgres)
-    # mutmut puts mutants/src first on sys.path itself; a second copy there breaks its stats
-    env = dict(os.environ)
-    print(f"== {name}: mutating {', '.join(target.sources)}", flush=True)
+    names: list[str] = []
+    before: dict[str, str] = {}
+    if survivors_only and (work / "mutants").is_dir():
+        _refresh_tests(work)
+        _write_config(work, target, postgres)
+        before = _results(work)
+        names = sorted(m for m, s in before.items() if s in ("survived", "no tests"))
+        print(f"== {name}: testing the {len(names)} survivors of the last run again", flush=True)
+    else:
+        _copy_project(work, target, postgres)
+        print(f"== {name}: mutating {', '.join(target.sources)}", flush=True)
     print(f"   with {', '.join(target.tests)}", flush=True)
-    subprocess.run(
-        [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)],
-        cwd=work,
-        env=env,
-        check=False,
-    )
+    if names or not survivors_only:
+        subprocess.run(
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *names],
+            cwd=work,
+            check=False,
+        )
     results = _results(work)
+    if before:  # mutmut forgets the other mutants' results when told to run a few
+        results = {**before, **{m: results.get(m, "not checked") for m in names}}
     counts: dict[str, int] = {}
     for status in results.values():
         counts[status] = counts.get(status, 0) + 1
@@ -180,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="show modules and their tests")
     parser.add_argument("--postgres", action="store_true", help="also run PostgreSQL variants")
     parser.add_argument("--jobs", type=int, default=2, help="parallel test processes")
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="test only the last run's survivors again, against the current tests",
+    )
     args = parser.parse_args(argv)
     if args.list:
         for name, target in MODULES.items():
@@ -191,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     left: list[str] = []
     for name in args.modules or list(MODULES):
-        left += run_module(name, postgres=args.postgres, jobs=args.jobs)
+        left += run_module(
+            name, postgres=args.postgres, jobs=args.jobs, survivors_only=args.survivors
+        )
     return 1 if left else 0
 
 

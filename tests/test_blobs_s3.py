@@ -6,15 +6,22 @@ code: only the ``blobs`` settings differ.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3  # type: ignore[import-untyped]
+import fsspec
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tests.test_blobs import BlobStoreContract
+from tests.test_blobs import CHUNK, BlobStoreContract, Ops, _data, _make_project, _sha
+from underlay.blobs import BlobStore
+from underlay.config import Settings, ensure_home
+from underlay.crypto import Keyring
+from underlay.store import Database
 
 pytestmark = pytest.mark.s3
 
@@ -51,3 +58,81 @@ class TestS3BlobStore(BlobStoreContract):
             "url": f"s3://{BUCKET}/{secrets.token_hex(6)}",  # a fresh prefix per test
             "storage_options": {"endpoint_url": s3_endpoint, **CREDENTIALS},
         }
+
+
+# -- blobs larger than one multipart part ----------------------------------------------------
+# The contract above uses blobs of a few hundred KiB: one PUT each. These go through S3's
+# multipart upload (parts of 5 MiB, the smallest S3 allows), as every real model file does.
+
+PART = 5 * 1024 * 1024
+
+
+@pytest.fixture
+def big_ops(tmp_path: Path, s3_endpoint: str) -> Iterator[Ops]:
+    """A store on S3 writing 5 MiB parts (on SQLite: the parts are what is under test)."""
+    settings = Settings(
+        home=tmp_path / "home",
+        blobs={
+            "chunk_size": CHUNK,
+            "url": f"s3://{BUCKET}/{secrets.token_hex(6)}",
+            "storage_options": {"endpoint_url": s3_endpoint, **CREDENTIALS},
+        },
+    )
+    ensure_home(settings)
+    db = Database(settings.database_url)
+    db.migrate(lock_dir=settings.home)
+    # fsspec hands every user of these options one cached S3FileSystem: the store's too. Its
+    # part size is not a setting of ours (the options are strings), so set it on the instance.
+    fs, _ = fsspec.core.url_to_fs(settings.blob_url, **settings.blobs.storage_options)
+    fs.default_block_size = PART
+    try:
+        yield Ops(BlobStore(settings, Keyring(settings)), db, fs)
+    finally:
+        db.dispose()
+
+
+def test_a_blob_of_several_parts_round_trips_and_is_stored_encrypted(
+    big_ops: Ops, caplog: pytest.LogCaptureFixture
+) -> None:
+    project = _make_project(big_ops.db, "p")
+    data = _data(2 * PART + 17 * CHUNK + 3, seed=7)
+    with caplog.at_level(logging.INFO, logger="werkzeug"):  # moto's request log
+        blob = big_ops.put(project, data, name="model.bin")
+    parts = [r for r in caplog.messages if "PUT " in r and "partNumber=" in r]
+    assert len(parts) == 3, parts  # the partial was written as a three-part upload
+    assert (blob.digest, blob.size) == (_sha(data), len(data))
+    location = big_ops.store.location(project, blob.digest)
+    assert big_ops.fs.info(location)["size"] == blob.stored_size
+    stored = big_ops.raw(project, blob.digest)
+    assert data[:4096] not in stored and data[-4096:] not in stored
+    assert big_ops.read(project, blob.digest) == data
+    assert big_ops.files() == [location]
+
+
+def test_a_write_cut_off_after_parts_were_uploaded_leaves_nothing(
+    big_ops: Ops, s3_endpoint: str
+) -> None:
+    project = _make_project(big_ops.db, "p")
+
+    def source() -> Iterator[bytes]:
+        for i in range(2 * PART // CHUNK + 1):  # two parts sent, the third under way
+            yield _data(CHUNK, seed=i)
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError, match="client went away"):
+        big_ops.put(project, source())
+    assert big_ops.rows(project) == []
+    assert big_ops.files() == []
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id=CREDENTIALS["key"],
+        aws_secret_access_key=CREDENTIALS["secret"],
+        region_name="us-east-1",
+    )
+    try:
+        pending = client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+    finally:
+        client.close()
+    assert pending == [], "an unfinished multipart upload was left behind"
+    assert big_ops.put(project, _data(CHUNK)).size == CHUNK  # and the store writes on

@@ -7,7 +7,9 @@ import secrets
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select, text, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import aliased
 
 from underlay.errors import PermissionDenied
 from underlay.store import Database, Scope
@@ -234,3 +236,205 @@ def test_0007_adds_scheduling_constraints_with_safe_defaults_and_reverts(db: Dat
     assert {"app", "max_per_node", "node_selector", "preemptible"} <= jobs
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT labels FROM nodes WHERE name = 'old'")).scalar() == "[]"
+
+
+# -- the scope on every kind of statement ------------------------------------------------------
+
+
+def _srcs(db: Database) -> list[tuple[str, str]]:
+    with db.session(Scope.everything()) as s:
+        rows = s.scalars(select(LineageEdge).order_by(LineageEdge.src_id)).all()
+        return [(r.src_id, r.relation) for r in rows]
+
+
+def test_bulk_updates_and_deletes_touch_only_the_scopes_rows(db: Database) -> None:
+    a, _b = _two_projects(db)
+    with db.session(Scope.projects(a)) as s:
+        s.execute(update(LineageEdge).values(relation="renamed"))
+    assert _srcs(db) == [("a", "renamed"), ("b", "used_by")]
+    with db.session(Scope.projects(a)) as s:
+        s.execute(delete(LineageEdge))
+    assert _srcs(db) == [("b", "used_by")]
+    session = db._sessions()
+    try:
+        for statement in (update(LineageEdge).values(relation="x"), delete(LineageEdge)):
+            with pytest.raises(PermissionDenied) as refused:
+                session.execute(statement)
+            assert refused.value.message == "query without a tenant scope refused"
+    finally:
+        session.close()
+    assert _srcs(db) == [("b", "used_by")]
+
+
+def test_a_scope_of_several_projects_and_aliases_are_filtered_too(db: Database) -> None:
+    a, b = _two_projects(db)
+    with db.session(Scope.everything()) as s:
+        c = Project(name="c")
+        s.add(c)
+        s.flush()
+        s.add(
+            LineageEdge(
+                project_id=c.id,
+                src_kind="blob",
+                src_id="c",
+                relation="r",
+                dst_kind="run",
+                dst_id="1",
+            )
+        )
+    with db.session(Scope.projects(b, a)) as s:
+        assert sorted(s.scalars(select(LineageEdge.src_id)).all()) == ["a", "b"]
+        edge = aliased(LineageEdge)
+        assert s.scalars(select(edge.src_id).where(edge.project_id == c.id)).all() == []
+    assert Scope.projects(a).allows(a) and not Scope.projects(a).allows(b)
+    assert Scope.everything().allows(b) and Scope.everything().project_ids is None
+
+
+def test_skip_scope_is_the_only_way_past_the_filter(db: Database) -> None:
+    a, _b = _two_projects(db)
+    with db.session(Scope.projects(a)) as s:
+        query = select(LineageEdge.src_id).execution_options(skip_scope=True)
+        assert sorted(s.scalars(query).all()) == ["a", "b"]
+        query = select(LineageEdge.src_id).execution_options(skip_scope=False)
+        assert s.scalars(query).all() == ["a"]
+
+
+def test_changing_or_deleting_another_projects_row_is_refused(db: Database) -> None:
+    a, b = _two_projects(db)
+    for change in ("update", "delete"):
+        with pytest.raises(PermissionDenied) as refused, db.session(Scope.projects(a)) as s:
+            query = select(LineageEdge).where(LineageEdge.project_id == b)
+            theirs = s.scalars(query.execution_options(skip_scope=True)).one()
+            if change == "update":
+                theirs.relation = "mine now"
+            else:
+                s.delete(theirs)
+            s.flush()
+        assert refused.value.message == "write outside the session's project scope refused"
+    assert _srcs(db) == [("a", "used_by"), ("b", "used_by")]
+    with db.session(Scope.projects(a)) as s:  # its own rows it may change
+        mine = s.scalars(select(LineageEdge)).one()
+        mine.relation = "derived"
+    assert _srcs(db) == [("a", "derived"), ("b", "used_by")]
+
+
+def test_unscoped_rows_need_no_scope_to_be_written(db: Database) -> None:
+    session = db._sessions()
+    try:
+        session.add(Project(name="solo"))
+        session.flush()  # projects are not project-scoped rows: no scope needed
+        session.rollback()
+    finally:
+        session.close()
+
+
+# -- the SQLite connection settings --------------------------------------------------------------
+
+
+def test_sqlite_connections_use_wal_foreign_keys_and_the_busy_timeout(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'u.db'}", busy_timeout_s=2.5)
+    try:
+        assert db.is_sqlite
+        with db.engine.connect() as conn:
+            pragma = {
+                name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+                for name in ("journal_mode", "foreign_keys", "synchronous", "busy_timeout")
+            }
+        assert pragma == {
+            "journal_mode": "wal",
+            "foreign_keys": 1,
+            "synchronous": 1,
+            "busy_timeout": 2500,
+        }
+    finally:
+        db.dispose()
+
+
+def test_a_sqlite_transaction_takes_the_write_lock_when_it_begins(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'u.db'}"
+    first, second = Database(url), Database(url, busy_timeout_s=0.05)
+    try:
+        first.migrate()
+        with first.session(Scope.everything()) as s:
+            s.scalars(select(Project)).all()  # a read: BEGIN IMMEDIATE already holds the lock
+            with (
+                pytest.raises(OperationalError, match="database is locked"),
+                second.session(Scope.everything()) as other,
+            ):
+                other.scalars(select(Project)).all()
+    finally:
+        first.dispose()
+        second.dispose()
+
+
+def test_the_migration_lock_file_sits_beside_the_database_or_in_lock_dir(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'data' / 'u.db'}")
+    (tmp_path / "data").mkdir()
+    try:
+        db.migrate()
+        assert (tmp_path / "data" / ".migrate.lock").exists()
+        db.migrate(lock_dir=tmp_path / "locks")
+        assert (tmp_path / "locks" / ".migrate.lock").exists()
+    finally:
+        db.dispose()
+
+
+def test_ping_says_when_the_database_is_unreachable(tmp_path: Path) -> None:
+    from underlay.errors import Unavailable
+
+    db = Database(f"sqlite:///{tmp_path / 'missing' / 'u.db'}")
+    try:
+        with pytest.raises(Unavailable) as down:
+            db.ping()
+        assert down.value.message == "metadata database unreachable: OperationalError"
+    finally:
+        db.dispose()
+    ok = Database(f"sqlite:///{tmp_path / 'u.db'}")
+    try:
+        ok.ping()
+    finally:
+        ok.dispose()
+
+
+def test_a_sqlite_database_serves_sessions_from_any_thread(tmp_path: Path) -> None:
+    import threading
+
+    db = Database(f"sqlite:///{tmp_path / 'u.db'}")
+    try:
+        db.migrate()
+        with db.session(Scope.everything()) as s:  # a pooled connection made on this thread
+            s.add(Project(name="a"))
+        names: list[str] = []
+
+        def read() -> None:
+            with db.session(Scope.everything()) as s:
+                names.extend(s.scalars(select(Project.name)).all())
+
+        worker = threading.Thread(target=read)
+        worker.start()
+        worker.join()
+        assert names == ["a"]
+    finally:
+        db.dispose()
+
+
+@pytest.mark.postgres
+def test_a_postgresql_connection_the_server_dropped_is_replaced(pg_url: str) -> None:
+    db = Database(pg_url, pool_size=1)
+    try:
+        with db.engine.connect() as conn:  # the pool's only connection
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar() == pid  # pooled
+        admin = Database(pg_url)
+        try:
+            with admin.engine.connect() as conn:
+                conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+                conn.commit()
+        finally:
+            admin.dispose()
+        db.ping()  # the pool notices the dead connection and opens another
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pid
+    finally:
+        db.dispose()

@@ -167,7 +167,6 @@ class Database:
         self.engine.dispose()
 
 
-@event.listens_for(Session, "do_orm_execute")
 def _scope_queries(state: ORMExecuteState) -> None:
     if not (state.is_select or state.is_update or state.is_delete):
         return
@@ -188,9 +187,14 @@ def _scope_queries(state: ORMExecuteState) -> None:
     )
 
 
-@event.listens_for(Session, "before_flush")
 def _scope_writes(session: Session, _ctx: Any, _instances: Any) -> None:
     scope: Scope | None = session.info.get("scope")
     for obj in list(session.new) + list(session.dirty) + list(session.deleted):
         if isinstance(obj, ProjectScoped) and (scope is None or not scope.allows(obj.project_id)):
             raise PermissionDenied("write outside the session's project scope refused")
+
+
+# Registered here rather than with decorators: the mutation tester skips decorated functions,
+# and these two are the tenant boundary it must check (docs/testing.md).
+event.listen(Session, "do_orm_execute", _scope_queries)
+event.listen(Session, "before_flush", _scope_writes)
