@@ -7,8 +7,12 @@ label) in ``--files`` appends, so the version has that many Parquet files. Then,
 
 - baseline: ``pyarrow.dataset`` over the version's Parquet files, ``to_batches`` of the same
   batch size, every batch's columns touched as NumPy arrays are not (Arrow only);
-- ``Client.loader(...).batches()`` through the real server over HTTP on 127.0.0.1 (Arrow IPC),
-  without and with shuffle.
+- ``Client.loader(...).batches()`` through the real server over HTTP on 127.0.0.1 (the row
+  groups' Parquet bytes, decoded by pyarrow in the client), without and with shuffle.
+
+Both read the same files and columns and consume the same number of batches of the same size,
+and both are warm: the files are in the page cache after the first round (the table was just
+written), and every read is timed in turns, best of ``--repeat`` kept.
 
 Target: loader rows/s >= 0.8 x pyarrow's.
 

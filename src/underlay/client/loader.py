@@ -4,7 +4,9 @@
 How the work is split (the design decision): the server deals out *pieces*, the row groups
 of the version's Parquet files (underlay.data.pieces). One request streams one shard of one
 epoch: the pieces in the order of the seed and epoch, every ``world``-th from ``index``, as
-Arrow IPC. Here the rows of consecutive pieces are mixed within a bounded buffer
+the bytes of their column chunks just as they lie in the files (and each file's footer once),
+so the server only reads and sends; here pyarrow decodes each piece, while a thread receives
+the next one. Then the rows of consecutive pieces are mixed within a bounded buffer
 (``shuffle_buffer`` rows, a NumPy permutation seeded by seed, epoch and shard), then cut into
 batches of exactly ``batch_size`` rows (the last may be short, or dropped). Memory stays
 bounded by the buffer and ``prefetch`` batches whatever the table's size, and the same seed,
@@ -35,7 +37,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _END = object()
-STREAM_BATCH_ROWS = 65_536  # what one IPC message carries: fewer, larger messages stream faster
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,7 @@ class TableLoader:
             params["seed"] = self.seed
             params["epoch"] = self.epoch
         path = f"/projects/{self.project}/tables/{self.table}/pieces/raw"
-        stream = _pieces(self._connection(), path, params)
+        stream = _pieces(self._connection(), path, params, ahead=self.prefetch > 0)
         try:
             schema = next(stream)
             batches: Iterator[pa.RecordBatch] = stream
@@ -261,9 +262,10 @@ class TableLoader:
             _close(stream)
 
 
-def _pieces(client: Client, path: str, params: dict[str, Any]) -> Iterator[Any]:
+def _pieces(client: Client, path: str, params: dict[str, Any], *, ahead: bool) -> Iterator[Any]:
     """The schema, then the record batches of the pieces ``GET path`` sends as Parquet bytes
-    (frames: see underlay.data.pieces), each decoded here by pyarrow."""
+    (frames: see underlay.data.pieces), each decoded here by pyarrow; with ``ahead``, the next
+    piece is received on a thread of its own while one is decoded."""
     import httpx
     import pyarrow as pa
 
@@ -278,7 +280,8 @@ def _pieces(client: Client, path: str, params: dict[str, Any]) -> Iterator[Any]:
                 _raise_for_problem(response)
             # a thread receives the next piece while this one is decoded (Arrow's decoding
             # leaves the GIL): one piece waits, at most, besides the two being worked on
-            received = BatchIterator(_frames(_Bytes(response.iter_bytes())), prefetch=1)
+            frames = _frames(_Bytes(response.iter_bytes()))
+            received = BatchIterator(frames, prefetch=1 if ahead else 0)
             try:
                 yield from _decode(received)
             finally:

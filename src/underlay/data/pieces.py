@@ -1,11 +1,13 @@
 """Pieces of a table version, for loaders: the row groups of its Parquet files, put in an order
 decided by a seed and dealt out among the shards of a training job.
 
-A loader streams one shard of one epoch with one request (``GET …/data?seed=7&epoch=2&
-shard=1/4``): the server lists the version's pieces, orders them, keeps every ``world``-th
-one starting at ``shard`` and streams those row groups as Arrow IPC, Parquet decoded by
-pyarrow with no per-row Python work. The query string stays a few dozen characters however
-many pieces there are, and the shards of one epoch together hold every piece exactly once.
+A loader streams one shard of one epoch with one request (``GET …/pieces/raw?seed=7&
+epoch=2&shard=1/4``): the server lists the version's pieces, orders them, keeps every
+``world``-th one starting at ``shard`` and sends those row groups' column chunks as the bytes
+they are in the files, for the loader to decode (see :func:`raw`); ``GET …/data`` with the
+same parameters streams the same rows decoded here, as Arrow IPC. The query string stays a
+few dozen characters however many pieces there are, and the shards of one epoch together
+hold every piece exactly once.
 
 The order is a pure function of the piece and the seed: pieces are sorted by the SHA-256 of
 ``seed:epoch:file:row group``, so the same seed and epoch give the same order on any machine
@@ -303,7 +305,9 @@ def chunk_ranges(meta: pq.FileMetaData, row_group: int, names: list[str]) -> lis
     return merged
 
 
-def _decoded(dataset: pads.Dataset, schema: pa.Schema, piece: Piece) -> Iterator[bytes]:
+def _decoded(
+    dataset: pads.Dataset, schema: pa.Schema, piece: Piece
+) -> Iterator[bytes | memoryview]:
     """``piece`` decoded here, as an ``ARROW`` frame."""
     import pyarrow as pa
 
