@@ -465,3 +465,10 @@ def test_a_piece_stream_cut_short_is_an_integrity_failure(server: Any, project: 
     for cut in (10, len(whole) // 2, len(whole) - 1):
         with pytest.raises(IntegrityFailure, match="broke off"):
             list(_decode(_frames(_Bytes(iter([whole[:cut]])))))
+
+
+def test_columns_apart_in_the_file_are_read(admin: Any, project: str) -> None:
+    (first, *_) = admin.loader(project, "points", batch_size=ROWS, columns=["label", "id"])
+    assert first.schema.names == ["label", "id"]
+    assert sorted(first.column("id").to_pylist()) == list(range(ROWS))
+    assert first.column("label").to_pylist()[:1] == [f"c{first.column('id')[0].as_py() % 3}"]

@@ -181,6 +181,9 @@ def scan(
 FRAME = struct.Struct("<BIQQ")
 SCHEMA, FOOTER, RANGE, PIECE, ARROW, END = range(1, 7)
 RAW_READ = 1 << 20  # bytes read from a file at a time
+# Chunks this close are sent with the bytes between: Arrow's reader coalesces reads across
+# holes of up to 8 KiB (CacheOptions.hole_size_limit), and asks for those bytes too
+HOLE = 64 << 10
 
 
 def raw(
@@ -283,7 +286,7 @@ def _tail(source: pa.NativeFile, size: int) -> pa.Buffer:
 
 def chunk_ranges(meta: pq.FileMetaData, row_group: int, names: list[str]) -> list[tuple[int, int]]:
     """The byte ranges [start, end) of the column chunks of ``names`` in ``row_group`` (those
-    a Parquet reader reads), adjacent ones merged, in file order."""
+    a Parquet reader reads), in file order, merged where at most ``HOLE`` bytes lie between."""
     wanted = set(names)
     group = meta.row_group(row_group)
     spans: list[tuple[int, int]] = []
@@ -298,7 +301,7 @@ def chunk_ranges(meta: pq.FileMetaData, row_group: int, names: list[str]) -> lis
         spans.append((start, start + chunk.total_compressed_size))
     merged: list[tuple[int, int]] = []
     for start, end in sorted(spans):
-        if merged and start <= merged[-1][1]:
+        if merged and start <= merged[-1][1] + HOLE:
             merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
         else:
             merged.append((start, end))
