@@ -7,8 +7,12 @@ label) in ``--files`` appends, so the version has that many Parquet files. Then,
 
 - baseline: ``pyarrow.dataset`` over the version's Parquet files, ``to_batches`` of the same
   batch size, every batch's columns touched as NumPy arrays are not (Arrow only);
-- ``Client.loader(...).batches()`` through the real server over HTTP on 127.0.0.1 (Arrow IPC),
-  without and with shuffle.
+- ``Client.loader(...).batches()`` through the real server over HTTP on 127.0.0.1 (the row
+  groups' Parquet bytes, decoded by pyarrow in the client), without and with shuffle.
+
+Both read the same files and columns and consume the same number of batches of the same size,
+and both are warm: the files are in the page cache after the first round (the table was just
+written), and every read is timed in turns, best of ``--repeat`` kept.
 
 Target: loader rows/s >= 0.8 x pyarrow's.
 
@@ -18,6 +22,7 @@ Target: loader rows/s >= 0.8 x pyarrow's.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -47,10 +52,22 @@ def count(batches: Iterable[Any]) -> int:
     return sum(b.num_rows for b in batches)
 
 
-def timed(read: Callable[[], int]) -> tuple[float, int]:
+def server_cpu(pid: int) -> float:
+    """CPU seconds the server process has used (user + system, all threads); 0 off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(read: Callable[[], int], pid: int) -> tuple[float, int, float]:
+    """Wall seconds, rows, and CPU seconds of this process and the server together."""
+    cpu = time.process_time() + server_cpu(pid)
     start = time.perf_counter()
     rows = read()
-    return time.perf_counter() - start, rows
+    seconds = time.perf_counter() - start
+    return seconds, rows, time.process_time() + server_cpu(pid) - cpu
 
 
 def main() -> None:
@@ -94,12 +111,14 @@ def main() -> None:
                     return read
 
                 runs: dict[str, list[float]] = {"pyarrow": [], "loader": [], "shuffled": []}
+                cpus: dict[str, list[float]] = {name: [] for name in runs}
                 reads = {"pyarrow": direct, "loader": ours(False), "shuffled": ours(True)}
                 for _ in range(args.repeat):
                     for name, read in reads.items():
-                        seconds, rows = timed(read)
+                        seconds, rows, cpu = timed(read, server.pid)
                         assert rows == info.rows, (name, rows, info.rows)
                         runs[name].append(seconds)
+                        cpus[name].append(cpu)
         finally:
             server.terminate()
             server.wait(30)
@@ -119,6 +138,13 @@ def main() -> None:
     for name in ("loader", "shuffled"):  # the machine may be shared: round by round too
         rounds = [a / b for a, b in zip(runs["pyarrow"], runs[name], strict=True)]
         print(f"{name} / pyarrow, each round:  " + " ".join(f"{r:.2f}" for r in rounds))
+    # CPU seconds (client and server processes together) depend less on what else runs
+    least = {name: min(values) for name, values in cpus.items()}
+    print(
+        "CPU seconds, least of the rounds: "
+        + ", ".join(f"{name} {value:.2f}" for name, value in least.items())
+        + f"; pyarrow / loader CPU: {least['pyarrow'] / least['loader']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -376,3 +376,99 @@ def test_ipc_chunks_read_back_through_any_chunking(dictionary: bool) -> None:
         pieces = iter([data[i : i + size] for i in range(0, len(data), size)])
         back = pa.ipc.open_stream(ChunkFile(pieces)).read_all()
         assert back.equals(table)
+
+
+def _raw(admin: Any, project: str, table: str = "points", **params: Any) -> list[Any]:
+    from underlay.client.loader import _pieces
+
+    path = f"/projects/{project}/tables/{table}/pieces/raw"
+    return list(_pieces(admin, path, params, ahead=False))
+
+
+def test_pieces_travel_as_parquet_bytes_in_the_order_the_data_route_streams(
+    server: Any, admin: Any, project: str
+) -> None:
+    params = {"seed": 5, "epoch": 1, "shard": "2/3", "columns": "id,x"}
+    schema, *batches = _raw(admin, project, **params)
+    assert schema.names == ["id", "x"]
+    url = f"{server.url}/api/v1/projects/{project}/tables/points/data"
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    decoded = pa.ipc.open_stream(httpx.get(url, params=params, headers=headers).content)
+    assert pa.Table.from_batches(batches).equals(decoded.read_all())  # the same two row groups
+    assert sum(b.num_rows for b in batches) == 200
+    # the frames carry the files' own bytes: a column chunk and the footer, unchanged
+    from underlay.data import pieces as frames
+
+    raw = httpx.get(url.replace("/data", "/pieces/raw"), params=params, headers=headers)
+    kinds, at, first_range = [], 0, None
+    while at < len(raw.content):
+        kind, _, length, argument = frames.FRAME.unpack_from(raw.content, at)
+        at += frames.FRAME.size
+        if kind == frames.RANGE and first_range is None:
+            first_range = (argument, raw.content[at : at + length])
+        kinds.append(kind)
+        at += length
+    assert kinds[0] == frames.SCHEMA and kinds[-1] == frames.END
+    assert kinds.count(frames.PIECE) == 2 and frames.ARROW not in kinds
+    assert first_range is not None
+    location = next(Path(server.settings.tables_url).glob("*/*/_delta_log")).parent
+    offset, data = first_range
+    assert any(
+        p.read_bytes()[offset : offset + len(data)] == data for p in location.glob("*.parquet")
+    )
+
+
+def test_the_raw_route_is_project_scoped_and_refuses_bad_input(
+    server: Any, admin: Any, project: str
+) -> None:
+    admin.create_user("eve", password="correct horse battery")
+    token = admin.create_token("eve", user="eve").token
+    with server.client(token) as eve:
+        refused = eve._http.get(f"/projects/{project}/tables/points/pieces/raw")
+        assert refused.status_code == 404
+    assert [e.actor for e in admin.list_audit(action="table.read")] == ["eve"]  # refused
+    assert len(_raw(admin, project, shard="0/2")) > 1
+    reads = admin.list_audit(action="table.read")  # one record for the shard's whole stream
+    assert [(e.actor, e.resource) for e in reads if e.actor == "admin"] == [
+        ("admin", f"project:{project}/table:points@{PARTS - 1}")
+    ]
+    path = f"/projects/{project}/tables/points/pieces/raw"
+    for params in ({"shard": "3/3"}, {"columns": "nope"}, {"seed": -1}, {"version": 99}):
+        answer = admin._http.get(path, params=params)
+        assert 400 <= answer.status_code < 500, params
+
+
+def test_files_without_a_later_column_are_decoded_by_the_server(admin: Any) -> None:
+    admin.create_project("grow")
+    admin.write_table("grow", "g", pa.table({"id": pa.array([1, 2], pa.int64())}))
+    wider = pa.table({"id": pa.array([3], pa.int64()), "extra": pa.array(["c"])})
+    admin.write_table("grow", "g", wider, evolve=True)
+    _, *batches = _raw(admin, "grow", "g")
+    rows = pa.Table.from_batches(batches).sort_by("id").to_pylist()
+    assert rows == [
+        {"id": 1, "extra": None},
+        {"id": 2, "extra": None},
+        {"id": 3, "extra": "c"},
+    ]
+    loaded = list(admin.loader("grow", "g", batch_size=2, columns=["extra", "id"]).batches())
+    assert [b.schema.names for b in loaded] == [["extra", "id"]] * 2
+
+
+def test_a_piece_stream_cut_short_is_an_integrity_failure(server: Any, project: str) -> None:
+    from underlay.client.loader import _Bytes, _decode, _frames
+    from underlay.errors import IntegrityFailure
+
+    url = f"{server.url}/api/v1/projects/{project}/tables/points/pieces/raw"
+    whole = httpx.get(url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).content
+    rows = sum(b.num_rows for b in list(_decode(_frames(_Bytes(iter([whole])))))[1:])
+    assert rows == ROWS
+    for cut in (10, len(whole) // 2, len(whole) - 1):
+        with pytest.raises(IntegrityFailure, match="broke off"):
+            list(_decode(_frames(_Bytes(iter([whole[:cut]])))))
+
+
+def test_columns_apart_in_the_file_are_read(admin: Any, project: str) -> None:
+    (first, *_) = admin.loader(project, "points", batch_size=ROWS, columns=["label", "id"])
+    assert first.schema.names == ["label", "id"]
+    assert sorted(first.column("id").to_pylist()) == list(range(ROWS))
+    assert first.column("label").to_pylist()[:1] == [f"c{first.column('id')[0].as_py() % 3}"]

@@ -109,6 +109,24 @@ def test_append_with_another_schema_is_refused_and_writes_nothing(
     assert admin.read_table(project, "people").num_rows == 40
 
 
+def test_a_loader_reads_the_parquet_bytes_on_either_root(admin: Any, project: str) -> None:
+    for part in range(3):
+        ids = list(range(part * 10, part * 10 + 10))
+        admin.write_table(project, "p", pa.table({"id": ids, "x": [float(i) for i in ids]}))
+    loader = admin.loader(project, "p", batch_size=7, columns=["x", "id"])
+    batches = list(loader.batches())
+    assert [b.num_rows for b in batches] == [7] * 4 + [2]
+    in_order = admin.read_table(project, "p").column("id").to_pylist()
+    assert [i for b in batches for i in b.column("id").to_pylist()] == in_order
+    assert sorted(in_order) == list(range(30))
+    shards = [
+        admin.loader(project, "p", batch_size=100, shuffle=True, seed=3, shard=(k, 2))
+        for k in range(2)
+    ]
+    read = [i for s in shards for b in s.batches() for i in b.column("id").to_pylist()]
+    assert sorted(read) == list(range(30))
+
+
 def test_schema_evolution_only_when_asked(admin: Any, project: str) -> None:
     admin.write_table(project, "t", pa.table({"id": [1], "v": ["a"]}))
     extra = pa.table({"id": [2], "v": ["b"], "w": [2.5]})

@@ -4,7 +4,9 @@
 How the work is split (the design decision): the server deals out *pieces*, the row groups
 of the version's Parquet files (underlay.data.pieces). One request streams one shard of one
 epoch: the pieces in the order of the seed and epoch, every ``world``-th from ``index``, as
-Arrow IPC. Here the rows of consecutive pieces are mixed within a bounded buffer
+the bytes of their column chunks just as they lie in the files (and each file's footer once),
+so the server only reads and sends; here pyarrow decodes each piece, while a thread receives
+the next one. Then the rows of consecutive pieces are mixed within a bounded buffer
 (``shuffle_buffer`` rows, a NumPy permutation seeded by seed, epoch and shard), then cut into
 batches of exactly ``batch_size`` rows (the last may be short, or dropped). Memory stays
 bounded by the buffer and ``prefetch`` batches whatever the table's size, and the same seed,
@@ -35,7 +37,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _END = object()
-STREAM_BATCH_ROWS = 65_536  # what one IPC message carries: fewer, larger messages stream faster
 
 
 @dataclass(frozen=True)
@@ -241,8 +242,6 @@ class TableLoader:
     def _produce(self, shard: Shard, convert: Callable[[pa.RecordBatch], T]) -> Iterator[T]:
         params: dict[str, Any] = {
             "version": self.version,
-            "format": "arrow",
-            "batch_rows": max(self.batch_size, STREAM_BATCH_ROWS),
             "shard": f"{shard.index}/{shard.world}",
         }
         if self.columns:
@@ -250,8 +249,8 @@ class TableLoader:
         if self.shuffle:
             params["seed"] = self.seed
             params["epoch"] = self.epoch
-        path = f"/projects/{self.project}/tables/{self.table}/data"
-        stream = self._connection()._arrow_stream("GET", path, params=params)
+        path = f"/projects/{self.project}/tables/{self.table}/pieces/raw"
+        stream = _pieces(self._connection(), path, params, ahead=self.prefetch > 0)
         try:
             schema = next(stream)
             batches: Iterator[pa.RecordBatch] = stream
@@ -261,6 +260,181 @@ class TableLoader:
                 yield convert(batch)
         finally:
             _close(stream)
+
+
+def _pieces(client: Client, path: str, params: dict[str, Any], *, ahead: bool) -> Iterator[Any]:
+    """The schema, then the record batches of the pieces ``GET path`` sends as Parquet bytes
+    (frames: see underlay.data.pieces), each decoded here by pyarrow; with ``ahead``, the next
+    piece is received on a thread of its own while one is decoded."""
+    import httpx
+    import pyarrow as pa
+
+    from underlay.client.client import _raise_for_problem
+    from underlay.errors import IntegrityFailure, Unavailable
+
+    http = client._http
+    try:
+        with http.stream("GET", path, params=params) as response:
+            if not response.is_success:
+                response.read()
+                _raise_for_problem(response)
+            # a thread receives the next piece while this one is decoded (Arrow's decoding
+            # leaves the GIL): one piece waits, at most, besides the two being worked on
+            frames = _frames(_Bytes(response.iter_bytes()))
+            received = BatchIterator(frames, prefetch=1 if ahead else 0)
+            try:
+                yield from _decode(received)
+            finally:
+                received.close()
+    except httpx.TransportError as exc:
+        raise Unavailable(f"cannot reach the server at {http.base_url}: {exc}") from exc
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise IntegrityFailure(f"the piece stream is broken: {exc}") from exc
+
+
+class _Bytes:
+    """Exact reads over an iterator of byte chunks, copied once, into the reader's buffer."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._rest = memoryview(b"")
+
+    def exact(self, size: int) -> Any:
+        """The next ``size`` bytes, as a pyarrow Buffer of Arrow's memory pool (which is
+        reused from piece to piece: fresh memory costs page faults)."""
+        import pyarrow as pa
+
+        out = pa.allocate_buffer(size)
+        self.into(memoryview(out).cast("B"))
+        return out
+
+    def into(self, target: memoryview) -> None:
+        from underlay.errors import IntegrityFailure
+
+        filled, size = 0, len(target)
+        while filled < size:
+            if not self._rest:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    raise IntegrityFailure("the piece stream broke off")
+                self._rest = memoryview(chunk)
+                continue
+            take = min(len(self._rest), size - filled)
+            target[filled : filled + take] = self._rest[:take]
+            self._rest = self._rest[take:]
+            filled += take
+
+
+@dataclass
+class _File:
+    size: int
+    tail: Any  # pa.Buffer: the footer and the last 8 bytes
+    metadata: Any  # pq.FileMetaData
+
+
+@dataclass
+class _Piece:
+    file: _File
+    row_group: int
+    ranges: list[tuple[int, Any]]  # (offset, pa.Buffer), the column chunks
+
+
+def _frames(data: _Bytes) -> Iterator[Any]:
+    """The schema, then a _Piece or a list of record batches (a piece decoded by the server)
+    for each piece, from the frames of a piece stream."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from underlay.data import pieces as frames
+    from underlay.errors import IntegrityFailure
+
+    files: dict[int, _File] = {}
+    ranges: list[tuple[int, Any]] = []
+    while True:
+        kind, number, length, argument = frames.FRAME.unpack(data.exact(frames.FRAME.size))
+        payload = data.exact(length) if length else None
+        if kind == frames.SCHEMA:
+            yield pa.ipc.read_schema(payload)
+        elif kind == frames.FOOTER:
+            metadata = pq.read_metadata(pa.BufferReader(payload))
+            files[number] = _File(argument, payload, metadata)
+        elif kind == frames.RANGE:
+            ranges.append((argument, payload))
+        elif kind == frames.PIECE and number in files:
+            yield _Piece(files[number], argument, ranges)
+            ranges = []
+        elif kind == frames.ARROW:
+            yield list(pa.ipc.open_stream(payload))
+        elif kind == frames.END:
+            return
+        else:
+            raise IntegrityFailure(f"the piece stream holds an unknown frame ({kind})")
+
+
+def _decode(items: Iterator[Any]) -> Iterator[Any]:
+    """The schema, then the record batches of each piece ``items`` holds."""
+    import pyarrow.parquet as pq
+
+    schema = next(items)
+    yield schema
+    names = schema.names
+    for item in items:
+        if isinstance(item, list):
+            yield from item
+            continue
+        source = _SparseFile(item)
+        parquet = pq.ParquetFile(source, metadata=item.file.metadata, pre_buffer=True)
+        table = parquet.read_row_group(item.row_group, columns=names, use_threads=True)
+        table = table.select(names)
+        if not table.schema.equals(schema):
+            table = table.cast(schema)
+        yield from table.to_batches()
+
+
+class _SparseFile:
+    """A read-only Parquet file of which only a piece's column chunks and the footer are held:
+    what pyarrow reads to decode that row group."""
+
+    closed = False
+
+    def __init__(self, piece: _Piece) -> None:
+        file = piece.file
+        self._size = file.size
+        self._spans = [*piece.ranges, (file.size - file.tail.size, file.tail)]
+        self._at = 0
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._at = offset if whence == 0 else (self._at if whence == 1 else self._size) + offset
+        return self._at
+
+    def size(self) -> int:
+        return self._size
+
+    def read_buffer(self, size: int = -1) -> Any:
+        from underlay.errors import IntegrityFailure
+
+        at = self._at
+        end = self._size if size < 0 else min(at + size, self._size)
+        for start, buffer in self._spans:
+            if start <= at and end <= start + buffer.size:
+                self._at = end
+                return buffer.slice(at - start, end - at)
+        raise IntegrityFailure(f"the piece stream lacks bytes {at}-{end} the reader wants")
+
+    def read(self, size: int = -1) -> bytes:
+        return self.read_buffer(size).to_pybytes()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def _mixed(

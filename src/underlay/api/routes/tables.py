@@ -58,6 +58,7 @@ PII_PURPOSE = "pii-tokens"
 Short = Annotated[str, StringConstraints(max_length=63)]
 Policy = Annotated[str, StringConstraints(max_length=200)]
 JSONL = "application/x-ndjson"
+PIECES = "application/vnd.underlay.pieces"
 OutFormat = Literal["arrow", "jsonl"]
 
 
@@ -471,6 +472,40 @@ def list_pieces(
         number = store.published(u.session, table, version)
         dataset = store.published_dataset(table, number)
     return pieces.describe(name, number, dataset)
+
+
+@router.get("/tables/{name}/pieces/raw", response_class=StreamingResponse)
+def read_pieces(
+    project: str,
+    name: str,
+    ctx: Ctx,
+    store: Tables,
+    version: Annotated[int | None, Query(ge=0)] = None,
+    columns: Annotated[
+        str | None, Query(max_length=1000, description="Column names, comma-separated.")
+    ] = None,
+    seed: Annotated[
+        int | None,
+        Query(ge=0, le=2**63 - 1, description="Order the row groups by this seed."),
+    ] = None,
+    epoch: Annotated[int, Query(ge=0, le=2**31 - 1, description="With seed.")] = 0,
+    shard: Annotated[
+        str | None,
+        Query(max_length=24, description="INDEX/WORLD: every WORLD-th row group from INDEX."),
+    ] = None,
+) -> StreamingResponse:
+    """The row groups one shard of a loader reads in one epoch, as the bytes of their Parquet
+    column chunks, for the loader to decode (frames: see ``underlay.data.pieces``)."""
+    part = pieces.Shard.parse(shard) if shard is not None else None
+    with ctx.unit("table.read", _resource(project, name), project=project) as u:
+        found = identity.read_project(u.session, project, ctx.actor)
+        table = store.read(u.session, found.id, name)
+        number = store.published(u.session, table, version)
+        u.resource = f"{_resource(project, name)}@{number}"
+        dataset = store.published_dataset(table, number)
+    wanted = [c for c in columns.split(",") if c] if columns else None
+    frames = pieces.raw(dataset, store.location(table), wanted, seed, epoch, part)
+    return StreamingResponse(frames, media_type=PIECES)
 
 
 @router.get("/tables/{name}/data", response_class=StreamingResponse)
