@@ -33,6 +33,18 @@ def test_round_trip_of_several_chunks(server, admin, project, tmp_path: Path) ->
     assert [b.digest for b in admin.list_blobs(project)] == [blob.digest]
 
 
+def test_an_open_file_is_uploaded_from_its_position(admin, project, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # a regular file goes up with a Content-Length of what is left from its position
+    data = os.urandom(1024 * 1024 + 5)
+    path = tmp_path / "tail.bin"
+    path.write_bytes(b"header" + data)
+    with path.open("rb") as handle:
+        handle.seek(6)
+        blob = admin.upload_blob(project, handle)
+    assert blob.digest == hashlib.sha256(data).hexdigest()
+    assert admin.download_blob(project, blob.digest) == data
+
+
 @pytest.mark.parametrize("as_path", [True, False])
 def test_progress_callbacks_sum_to_the_blob_size(
     admin, project, tmp_path: Path, as_path: bool
