@@ -389,7 +389,7 @@ def _reported(chunks: bytes | Iterable[bytes], progress: Callable[[int], None]) 
         yield chunk
 
 
-def _remaining(reader: IO[bytes]) -> int | None:
+def _remaining(reader: Any) -> int | None:
     """How many bytes a regular file has left from its position; None for anything else."""
     try:
         info = os.fstat(reader.fileno())
