@@ -378,6 +378,7 @@ def _write_files(
         except InvalidInput as error:
             raise named(name, error) from None
 
+    masker = IngestMasker(first.schema, spec.policies, key)
     result = store.write(
         ctx.platform.db,
         project_id,
@@ -390,10 +391,13 @@ def _write_files(
         source=spec.source,
         quarantined=quarantine,
         created_by=ctx.actor.user_id or None,
-        masker=IngestMasker(first.schema, spec.policies, key),
+        masker=masker,
         watermark=spec.watermark,
     )
-    return result, quarantine if quarantine.count else None
+    if quarantine.count:  # the raw lines get the write's PII decisions too
+        quarantine.mask = masker.mask_raw
+        return result, quarantine
+    return result, None
 
 
 def _forget_if_empty(ctx: Ctx, store: TableStore, project_id: int, table_id: int) -> None:
@@ -452,7 +456,7 @@ def _quarantine(
         with ctx.platform.db.session(ctx.actor.scope) as session:
             user = ctx.actor.user_id or None
             table_id = store.ensure(session, project_id, target, user, lease=lease).id
-        rows = quarantine.table(source)
+        rows = quarantine.table(source, quarantine.mask)
         return store.write(
             ctx.platform.db,
             project_id,
