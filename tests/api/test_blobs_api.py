@@ -226,3 +226,28 @@ def test_lineage_blob_refs_accept_sha256_and_short_prefixes(admin, project) -> N
     assert [(e.src.id, e.dst.id) for e in graph.edges] == [(blob.digest, "r1")]
     with pytest.raises(NotFound):
         admin.add_lineage(project, ("blob", "sha256:00000000"), "input_of", ("run", "r2"))
+
+
+def test_a_batch_of_small_blobs_is_one_request_and_all_or_nothing(
+    admin, project, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    contents = [os.urandom(n) for n in (0, 1, 5000, 70_000)]
+    files = []
+    for i, data in enumerate(contents):
+        (tmp_path / f"f{i}").write_bytes(data)
+        files.append((hashlib.sha256(data).hexdigest(), tmp_path / f"f{i}"))
+    # one frame's content does not have the digest it is sent under: nothing is stored
+    wrong = [*files[:2], (files[3][0], files[2][1])]
+    with pytest.raises(InvalidInput, match="expected sha256:"):
+        admin.upload_blobs(project, wrong)
+    with pytest.raises(InvalidInput, match="not a SHA-256 hex digest"):
+        admin.upload_blobs(project, [("../etc/passwd", files[0][1])])
+    assert admin.list_blobs(project) == []
+    stored = admin.upload_blobs(project, files)
+    assert [(b.digest, b.size) for b in stored] == [
+        (d, len(c)) for (d, _), c in zip(files, contents, strict=True)
+    ]
+    for (digest, _), data in zip(files, contents, strict=True):
+        assert admin.download_blob(project, digest) == data
+    (entry,) = [e for e in admin.list_audit(action="blob.create") if e.outcome == "ok"]
+    assert entry.resource == f"project:{project}/blobs" and '"blobs":4,' in entry.detail

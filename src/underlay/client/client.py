@@ -6,7 +6,7 @@ import hashlib
 import os
 import ssl
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -281,6 +281,19 @@ class Client(ComputeMethods, DataMethods, TableMethods, PipelineMethods):
             content=content,
             headers=headers,
         )
+
+    def upload_blobs(self, project: str, files: Sequence[tuple[str, Path]]) -> list[BlobRead]:
+        """Upload many small files in one request: ``(digest, path)`` pairs, each file's
+        content checked by the server against its SHA-256 ``digest``; all or nothing."""
+        from underlay.data import folders
+
+        response = self._request(
+            "PUT",
+            f"/projects/{project}/blobs/batch",
+            content=folders.frames(files),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        return TypeAdapter(list[BlobRead]).validate_python(response.json())
 
     def list_blobs(self, project: str, *, limit: int = 100, offset: int = 0) -> list[BlobRead]:
         return self._many(
