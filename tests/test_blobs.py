@@ -131,6 +131,10 @@ class BlobStoreContract:
         }
         assert digests == {_sha(data)}
         assert ops.read(project, _sha(data)) == data
+        # small pieces straddling every chunk boundary: gathered in one reused buffer
+        odd = os.urandom(3 * CHUNK + 5)
+        blob = ops.put(project, (odd[i : i + 7] for i in range(0, len(odd), 7)))
+        assert (blob.digest, ops.read(project, blob.digest)) == (_sha(odd), odd)
         with pytest.raises(InvalidInput, match="must yield bytes, got str"):
             ops.put(project, ["text"])
 

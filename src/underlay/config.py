@@ -84,6 +84,13 @@ class DataSettings(BaseModel):
     batch_rows: int = Field(
         default=65536, ge=1024, le=10_000_000, description="Rows per batch when ingesting."
     )
+    pipeline_run_lease_s: float = Field(
+        default=60.0,
+        ge=1.0,
+        le=86_400.0,
+        description="How long a pipeline run stays `running` without its runner renewing its "
+        "lease (runners renew every quarter of it); past that the run is recorded as failed.",
+    )
 
 
 class ServerSettings(BaseModel):

@@ -33,6 +33,18 @@ def test_round_trip_of_several_chunks(server, admin, project, tmp_path: Path) ->
     assert [b.digest for b in admin.list_blobs(project)] == [blob.digest]
 
 
+def test_an_open_file_is_uploaded_from_its_position(admin, project, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # a regular file goes up with a Content-Length of what is left from its position
+    data = os.urandom(1024 * 1024 + 5)
+    path = tmp_path / "tail.bin"
+    path.write_bytes(b"header" + data)
+    with path.open("rb") as handle:
+        handle.seek(6)
+        blob = admin.upload_blob(project, handle)
+    assert blob.digest == hashlib.sha256(data).hexdigest()
+    assert admin.download_blob(project, blob.digest) == data
+
+
 @pytest.mark.parametrize("as_path", [True, False])
 def test_progress_callbacks_sum_to_the_blob_size(
     admin, project, tmp_path: Path, as_path: bool
@@ -214,3 +226,28 @@ def test_lineage_blob_refs_accept_sha256_and_short_prefixes(admin, project) -> N
     assert [(e.src.id, e.dst.id) for e in graph.edges] == [(blob.digest, "r1")]
     with pytest.raises(NotFound):
         admin.add_lineage(project, ("blob", "sha256:00000000"), "input_of", ("run", "r2"))
+
+
+def test_a_batch_of_small_blobs_is_one_request_and_all_or_nothing(
+    admin, project, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    contents = [os.urandom(n) for n in (0, 1, 5000, 1_500_000)]  # more than a JSON body may be
+    files = []
+    for i, data in enumerate(contents):
+        (tmp_path / f"f{i}").write_bytes(data)
+        files.append((hashlib.sha256(data).hexdigest(), tmp_path / f"f{i}"))
+    # one frame's content does not have the digest it is sent under: nothing is stored
+    wrong = [*files[:2], (files[3][0], files[2][1])]
+    with pytest.raises(InvalidInput, match="expected sha256:"):
+        admin.upload_blobs(project, wrong)
+    with pytest.raises(InvalidInput, match="not a SHA-256 hex digest"):
+        admin.upload_blobs(project, [("../etc/passwd", files[0][1])])
+    assert admin.list_blobs(project) == []
+    stored = admin.upload_blobs(project, files)
+    assert [(b.digest, b.size) for b in stored] == [
+        (d, len(c)) for (d, _), c in zip(files, contents, strict=True)
+    ]
+    for (digest, _), data in zip(files, contents, strict=True):
+        assert admin.download_blob(project, digest) == data
+    (entry,) = [e for e in admin.list_audit(action="blob.create") if e.outcome == "ok"]
+    assert entry.resource == f"project:{project}/blobs" and '"blobs":4,' in entry.detail

@@ -304,6 +304,27 @@ def test_the_server_checks_what_a_runner_reports(admin: Any, project: str) -> No
         admin.read_pipeline_run(project, run.id + 100)
 
 
+def test_a_run_whose_job_no_longer_runs_is_settled_as_failed(admin: Any, project: str) -> None:
+    # the job's attempt is over (here: cancelled) while its run is still recorded running
+    job = admin.submit_job(project, ["python", "-c", "pass"])
+    admin.cancel_job(project, job.id)
+    start = {
+        "pipeline": "p",
+        "spec_digest": "0" * 64,
+        "inputs": [{"table": "orders", "version": 0}],
+        "output_table": "out",
+        "job_id": job.id,
+    }
+    run = admin.create_pipeline_run(project, start)
+    (listed,) = admin.list_pipeline_runs(project)
+    assert (listed.id, listed.status) == (run.id, "failed")
+    assert listed.error == f"its job {job.id} is cancelled: the attempt that ran it ended first"
+    with pytest.raises(Conflict, match="has ended already"):
+        admin.renew_pipeline_run_lease(project, run.id)
+    (entry,) = admin.list_audit(action="pipeline.run.expire")
+    assert (entry.actor, entry.project) == ("system", project)
+
+
 # -- the spec, without a server -------------------------------------------------------------
 
 

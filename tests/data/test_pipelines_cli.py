@@ -148,6 +148,48 @@ def test_sigterm_records_the_run_as_failed(server, cli: Cli, tmp_path: Path) -> 
     assert [s.name for s in run.steps] == ["big"]
 
 
+def test_a_sigkilled_runner_leaves_no_run_running(server, cli: Cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL gives the runner no chance to record anything: its lease renewals stop, and
+    the run is settled as failed once the lease expires (a live runner's run is not)."""
+    server.settings.data.pipeline_run_lease_s = 2.0  # the server reads it per request
+    path = _pipeline(tmp_path, cli, PIPELINE.replace("steps:tag", "steps:slow"))
+    (path.parent / "steps.py").write_text("import time\n\ndef slow(batches):\n    time.sleep(60)\n")
+    env = clean_env(
+        UNDERLAY_URL=server.url, UNDERLAY_TOKEN=server.admin_token, UNDERLAY_HOME=str(tmp_path)
+    )
+    child = subprocess.Popen(
+        [*CLI, "pipelines", "run", str(path), "-p", "shop", "--local"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with server.client() as c:
+            deadline = time.monotonic() + 30
+            while not c.list_pipeline_runs("shop") and time.monotonic() < deadline:
+                time.sleep(0.1)
+            (run,) = c.list_pipeline_runs("shop")
+            assert (run.status, run.lease_s) == ("running", 2.0)
+            time.sleep(3)  # longer than the lease: the live runner renewed it meanwhile
+            assert c.read_pipeline_run("shop", run.id).status == "running"
+            child.send_signal(signal.SIGKILL)
+            child.wait(15)
+            deadline = time.monotonic() + 30
+            while c.read_pipeline_run("shop", run.id).status == "running":
+                assert time.monotonic() < deadline, "the dead runner's run stayed running"
+                time.sleep(0.2)
+            ended = c.read_pipeline_run("shop", run.id)
+            expired = c.list_audit(action="pipeline.run.expire")
+    finally:
+        child.kill()
+        child.wait()
+    assert ended.status == "failed" and "stopped renewing the run's lease" in ended.error
+    assert ended.finished_at is not None and ended.lease_s is None
+    assert [(e.actor, e.resource) for e in expired] == [
+        ("system", f"project:shop/pipeline:big_orders/run:{run.id}")
+    ]
+
+
 @pytest.mark.slow
 def test_a_pipeline_runs_as_a_job_on_the_scheduler(cli: Cli, tmp_path: Path) -> None:
     path = _pipeline(tmp_path, cli)

@@ -380,6 +380,43 @@ def test_quarantined_lines_are_masked_too(admin: Any, project: str, tmp_path: Pa
     assert "leaked@example.com" not in rejected["raw"] and "tok_email_" in rejected["raw"]
 
 
+def test_quarantined_lines_get_the_writes_pii_policies(
+    admin: Any, project: str, tmp_path: Path
+) -> None:
+    # birth dates and names are found by their columns, not in free text: the raw line of a
+    # set-aside row is masked field by field as its columns were (an explicit policy too)
+    good = "".join(f"{i},Anna Berg{i},1979-02-{i + 1:02d},a{i}@example.com\n" for i in range(20))
+    path = _csv(
+        tmp_path / "people.csv",
+        "id,name,birth_date,email\n"
+        + good
+        + "x,Carol King,1979-02-03,carol@example.com\n"  # id does not convert: fields align
+        + "21,Bob Jones,1985-07-01,bob@example.com,extra\n",  # one field too many
+    )
+    result = admin.write_table(project, "people", path, pii={"name": "redact"})
+    assert result.rows_quarantined == 2
+    rows = admin.read_table(project, "people").to_pylist()
+    token = next(r["birth_date"] for r in rows if r["id"] == 2)  # the table's 1979-02-03
+    assert token != "1979-02-03"
+    carol, bob = (r["raw"] for r in admin.read_table(project, "people_quarantine").to_pylist())
+    for raw, secrets in ((carol, ("Carol", "1979-02-03")), (bob, ("Bob Jones", "1985-07-01"))):
+        assert not any(secret in raw for secret in secrets), raw
+        assert "@example.com" not in raw, raw
+    assert token in carol and "[REDACTED]" in carol  # the same token as in the table: joinable
+    # a JSON line set aside (by an append: it does not fit the table) is masked key by key
+    path = tmp_path / "people.jsonl"
+    rows_of = [{"id": i, "name": f"Anna Berg{i}", "birth_date": "1979-02-03"} for i in range(20)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows_of))
+    admin.write_table(project, "folk", path, pii={"name": "redact"})
+    bad = {"id": "x", "name": "Carol King", "birth_date": "1985-07-01"}
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*rows_of[:3], bad]))
+    result = admin.write_table(project, "folk", path, pii={"name": "redact"})
+    assert result.rows_quarantined == 1
+    (row,) = admin.read_table(project, "folk_quarantine").to_pylist()
+    assert "Carol" not in row["raw"] and "1985-07-01" not in row["raw"], row["raw"]
+    assert json.loads(row["raw"])["name"] == "[REDACTED]"
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl", "arrow"])
 def test_garbage_uploads_are_400_never_500(server: Any, admin: Any, project: str, fmt: str) -> None:
     r = httpx.put(

@@ -32,6 +32,7 @@ import pytest
 from tests.cli.conftest import CLI, ServerProcess, clean_env, run_cli
 from tests.conftest import ADMIN_TOKEN
 from underlay.client import Client
+from underlay.errors import NotFound
 
 pytestmark = pytest.mark.slow
 
@@ -329,5 +330,50 @@ def test_uploads_staged_by_a_killed_server_are_gone_after_its_restart(tmp_path: 
         assert list((home / "tmp").glob("upload-*")) == []
         with Client(server.url, ADMIN_TOKEN) as admin:
             assert admin.write_table(PROJECT, TABLE, part.parent).rows_written == 1000
+    finally:
+        server.stop()
+
+
+def test_a_first_write_killed_midway_leaves_no_empty_table_and_spares_live_ones(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL during a table's first write: the table row was committed before the upload
+    streamed, so it outlives the process. Another server process starting on the same home
+    meanwhile (a worker of `up --workers N`) spares it: its writer is alive. After the kill,
+    the next start removes it (audited), and the name can be written again from version 0."""
+    home = tmp_path / "home"
+    server = ServerProcess(home).start()
+    head = HEADER + _rows(0, 1000)
+    try:
+        with Client(server.url, ADMIN_TOKEN) as admin:
+            admin.create_project(PROJECT)
+        upload = StalledUpload(server.url, head)
+        deadline = time.monotonic() + 60
+        while _staged(home) < len(head) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _staged(home) == len(head), "the server never staged the upload's head"
+        with ServerProcess(home) as other, Client(other.url, ADMIN_TOKEN) as admin:
+            # the other process's start-up sweep ran: the live first write keeps its table
+            assert [t.name for t in admin.list_tables(PROJECT)] == [TABLE]
+        _kill_tree(server)
+    finally:
+        server.stop()
+    upload.finish()
+    assert upload.response is None
+
+    server = ServerProcess(home).start()
+    try:
+        with Client(server.url, ADMIN_TOKEN) as admin:
+            assert admin.list_tables(PROJECT) == []
+            with pytest.raises(NotFound):
+                admin.table_info(PROJECT, TABLE)
+            entries = admin.list_audit(action="table.delete")
+            assert [(e.actor, e.resource) for e in entries] == [
+                ("system", f"project:{PROJECT}/table:{TABLE}")
+            ]
+            again = admin.write_table(PROJECT, TABLE, pa.table({"id": [1, 2]}))
+            assert (again.version, again.num_rows) == (0, 2)
+        verified = run_cli("audit", "verify", env=_env(server.url, tmp_path))
+        assert verified.returncode == 0, verified.stderr
     finally:
         server.stop()

@@ -48,6 +48,8 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if start:
             platform.start()
+        # tables whose first write died with a server process (leases nobody holds)
+        app.state.tables.sweep_unfinished(platform.db, platform.audit)
         runtime = ComputeRuntime(platform)
         runtime.start()
         try:

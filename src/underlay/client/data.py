@@ -39,6 +39,9 @@ Progress = Callable[[int, int], None]
 """Called as work advances with (bytes done, bytes in all)."""
 
 _HASH_CHUNK = 1024 * 1024
+SMALL_FILE = 1024 * 1024  # files under this go up in batches (see _batches)
+BATCH_FILES = 128  # at most this many files in one batch upload (the server allows 256)
+BATCH_BYTES = 16 * 1024 * 1024
 
 
 class DataMethods:
@@ -59,6 +62,7 @@ class DataMethods:
             media_type: str = ...,
             digest: str | None = ...,
         ) -> BlobRead: ...
+        def upload_blobs(self, project: str, files: Any) -> list[BlobRead]: ...
         def iter_blob(self, project: str, digest: str) -> Iterator[bytes]: ...
 
     # -- datasets --------------------------------------------------------------------------
@@ -147,7 +151,11 @@ class DataMethods:
         if progress:
             progress(0, total)
 
-        def upload(entry: FileEntry) -> int:
+        def upload(batch: list[FileEntry]) -> int:
+            if len(batch) > 1:  # small files: one request, one transaction for them all
+                self.upload_blobs(project, [(e.digest, paths[e.path]) for e in batch])
+                return sum(e.size for e in batch)
+            (entry,) = batch
             with paths[entry.path].open("rb") as handle:
                 self.upload_blob(
                     project,
@@ -159,7 +167,7 @@ class DataMethods:
             return entry.size
 
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            for size in pool.map(upload, todo):
+            for size in pool.map(upload, _batches(todo)):
                 done += size
                 if progress:
                     progress(done, total)
@@ -218,6 +226,28 @@ class DataMethods:
                 if progress:
                     progress(done, total)
         return info
+
+
+def _batches(entries: list[FileEntry]) -> list[list[FileEntry]]:
+    """Uploads for ``entries`` (largest first): each file of ``SMALL_FILE`` bytes or more
+    alone, the smaller ones together, up to ``BATCH_FILES`` files and ``BATCH_BYTES`` bytes a
+    request (per-request costs dominate small uploads: a dataset of many small files would
+    otherwise spend most of its push on them)."""
+    batches: list[list[FileEntry]] = []
+    current: list[FileEntry] = []
+    held = 0
+    for entry in entries:
+        if entry.size >= SMALL_FILE:
+            batches.append([entry])
+            continue
+        if current and (len(current) >= BATCH_FILES or held + entry.size > BATCH_BYTES):
+            batches.append(current)
+            current, held = [], 0
+        current.append(entry)
+        held += entry.size
+    if current:
+        batches.append(current)
+    return batches
 
 
 def _scan(folder: Path, workers: int = 1) -> tuple[list[FileEntry], dict[str, Path]]:

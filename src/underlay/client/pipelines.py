@@ -51,6 +51,12 @@ class PipelineMethods:
         result: PipelineRunRead = self._one(PipelineRunRead, "POST", path, json=body)
         return result
 
+    def renew_pipeline_run_lease(self, project: str, run_id: int) -> PipelineRunRead:
+        """Tell the server the run's runner is alive (Conflict once the run has ended)."""
+        path = f"/projects/{project}/pipeline-runs/{run_id}/lease"
+        result: PipelineRunRead = self._one(PipelineRunRead, "POST", path)
+        return result
+
     def list_pipeline_runs(
         self,
         project: str,

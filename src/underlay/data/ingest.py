@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +32,8 @@ import pyarrow.parquet as pq
 from underlay.errors import InvalidInput
 
 Format = Literal["csv", "parquet", "jsonl"]
+RawMask = Callable[[str, "Sequence[str] | None"], str]
+"""Masks a quarantined raw line, given the columns its fields follow (see Quarantine.table)."""
 SAMPLE_BYTES = 1 << 20
 MAX_RAW = 1000  # characters of a rejected row kept in the quarantine
 MAX_KEPT = 100_000  # quarantined rows kept in detail (all are counted)
@@ -39,31 +41,40 @@ MAX_KEPT = 100_000  # quarantined rows kept in detail (all are counted)
 
 @dataclass
 class Quarantine:
-    """Rows set aside: (line, reason, raw text, file), the first ``MAX_KEPT`` of them; all
-    counted. ``file`` is the file of a folder being read now (rows added name it)."""
+    """Rows set aside: (line, reason, raw text, file, columns), the first ``MAX_KEPT`` of them;
+    all counted. ``file`` is the file of a folder being read now (rows added name it);
+    ``columns`` are the CSV header a raw line's fields follow (None for JSON lines)."""
 
-    rows: list[tuple[int | None, str, str, str | None]] = field(default_factory=list)
+    rows: list[tuple[int | None, str, str, str | None, Sequence[str] | None]] = field(
+        default_factory=list
+    )
     count: int = 0
     file: str | None = None
+    mask: RawMask | None = None  # what the quarantine table's raw lines are masked with
     _order: dict[str | None, int] = field(default_factory=dict)
 
-    def add(self, line: int | None, reason: str, raw: str) -> None:
+    def add(
+        self, line: int | None, reason: str, raw: str, columns: Sequence[str] | None = None
+    ) -> None:
         self.count += 1
         if len(self.rows) < MAX_KEPT:
             self._order.setdefault(self.file, len(self._order))
-            self.rows.append((line, reason[:500], raw[:MAX_RAW], self.file))
+            # a little more than is stored, so the field the cut falls in is masked whole
+            self.rows.append((line, reason[:500], raw[: MAX_RAW + 64], self.file, columns))
 
-    def table(self, source: str) -> pa.Table:
+    def table(self, source: str, mask: RawMask | None = None) -> pa.Table:
         """The rows kept, in file and line order, as the quarantine table's schema: ``source``
-        is the file of a folder (``<folder>/<path in it>``), else ``source``."""
+        is the file of a folder (``<folder>/<path in it>``), else ``source``. ``mask`` masks
+        each raw line (given its columns) before it is cut to ``MAX_RAW`` characters."""
         self.rows.sort(key=lambda row: (self._order[row[3]], row[0] is None, row[0] or 0))
         sources = [f"{source}/{r[3]}" if r[3] is not None else source for r in self.rows]
+        raws = [mask(r[2], r[4]) if mask is not None else r[2] for r in self.rows]
         return pa.table(
             {
                 "source": pa.array(sources, pa.string()),
                 "line": pa.array([r[0] for r in self.rows], pa.int64()),
                 "reason": pa.array([r[1] for r in self.rows], pa.string()),
-                "raw": pa.array([r[2] for r in self.rows], pa.string()),
+                "raw": pa.array([raw[:MAX_RAW] for raw in raws], pa.string()),
             }
         )
 
@@ -134,6 +145,7 @@ def _csv(path: Path, schema: pa.Schema | None, batch_rows: int, quarantine: Quar
             row.number,
             f"expected {row.expected_columns} fields, found {row.actual_columns}",
             row.text,
+            header,
         )
         return "skip"
 
@@ -391,15 +403,23 @@ def _convert(
             keep = pc.and_(keep, ok)
             for i in range(batch.num_rows):
                 if not ok[i].as_py():
-                    raw = ",".join(str(v) for v in batch.slice(i, 1).to_pylist()[0].values())
+                    fields = batch.slice(i, 1).to_pylist()[0]
                     value = values[i].as_py()
                     quarantine.add(
                         lines[i],
                         f"column {target.name!r}: cannot read {value!r} as {target.type}",
-                        raw,
+                        _csv_line(str(v) for v in fields.values()),
+                        list(fields),
                     )
     table = pa.RecordBatch.from_arrays([converted[f.name] for f in schema], schema=schema)
     return table if pc.all(keep).as_py() else table.filter(keep)
+
+
+def _csv_line(fields: Iterable[str]) -> str:
+    """Fields as one CSV line (quoted where they need it), without its line end."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(fields)
+    return out.getvalue()
 
 
 def _convert_each(values: pa.Array, target: pa.DataType) -> tuple[pa.Array, pa.Array]:

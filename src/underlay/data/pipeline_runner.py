@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from underlay.data.pipelines import Pipeline, Reject, Step, resolve_function
 from underlay.data.schemas import PipelineRunRead
-from underlay.errors import InvalidInput, NotFound
+from underlay.errors import Conflict, InvalidInput, NotFound, UnderlayError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -81,6 +82,19 @@ def run(
     )
     started = time.monotonic()
     report = _Report()
+    with _Lease(client, project, record.id, record.lease_s):
+        return _run_recorded(client, project, spec, pinned, record.id, report, started)
+
+
+def _run_recorded(
+    client: Client,
+    project: str,
+    spec: Pipeline,
+    pinned: dict[str, tuple[str, int]],
+    run_id: int,
+    report: _Report,
+    started: float,
+) -> PipelineRunRead:
     finish: dict[str, Any]
     try:
         written = _execute(client, project, spec, pinned, report)
@@ -88,7 +102,7 @@ def run(
         finish = {"status": "failed", "error": _message(error).replace("\x00", "")[:2000]}
     except BaseException as error:  # Ctrl-C, or a stop the caller turned into one
         reason = f"interrupted ({error})" if str(error) else "interrupted"
-        _finish(client, project, record.id, {"status": "failed", "error": reason}, report, started)
+        _finish(client, project, run_id, {"status": "failed", "error": reason}, report, started)
         raise
     else:
         finish = {
@@ -97,7 +111,35 @@ def run(
             "rows_out": written.rows_written,
             "rows_quarantined": written.rows_quarantined,
         }
-    return _finish(client, project, record.id, finish, report, started)
+    return _finish(client, project, run_id, finish, report, started)
+
+
+class _Lease:
+    """Renews the run's lease on a thread, every quarter of it, while the run runs here; if
+    this process dies, the renewals stop and the server settles the run as failed."""
+
+    def __init__(self, client: Client, project: str, run_id: int, lease_s: float | None) -> None:
+        self._client, self._project, self._run_id = client, project, run_id
+        self._every = max(0.1, (lease_s or 60.0) / 4)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pipeline-lease", daemon=True)
+
+    def __enter__(self) -> _Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                self._client.renew_pipeline_run_lease(self._project, self._run_id)
+            except Conflict:
+                return  # the run has ended: the finish reports how
+            except UnderlayError:  # the server is unreachable for now: try again next time
+                continue
 
 
 def _finish(

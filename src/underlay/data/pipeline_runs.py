@@ -12,10 +12,22 @@ on the scheduler. What the server does is keep the record, and only what it can 
   out@w`` added, one per input.
 
 A run's status is a small state machine: ``running`` to ``succeeded`` or ``failed``, once.
+
+A runner can die without saying so (SIGKILL, a lost machine), so a running run is held on a
+lease: its runner renews it (:func:`renew_lease`, every quarter of ``data.pipeline_run_lease_s``)
+and the server records the renewal as the run's ``duration_s`` so far. A run is settled as
+failed (:func:`settle`), when anyone reads, renews or finishes it, once
+
+* its lease has expired: no renewal for ``pipeline_run_lease_s`` seconds; or
+* it ran as a job and that job no longer runs (ended, or queued again for a retry): the
+  attempt that ran it is over, whatever the lease says.
+
+Each settlement is audited by the caller (``pipeline.run.expire``, by ``system``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Sequence
 
@@ -103,10 +115,12 @@ def list_runs(
 
 
 def finish_run(
-    session: Session, project: Project, run_id: int, body: PipelineRunFinish
+    session: Session, project: Project, run_id: int, body: PipelineRunFinish, lease_s: float
 ) -> PipelineRun:
-    """Record the end of a run (once); a success adds the lineage of its output version."""
+    """Record the end of a run (once); a success adds the lineage of its output version. A run
+    whose lease expired has ended already (failed)."""
     run = read_run(session, project, run_id)
+    settle(session, project, lease_s, [run])
     if run.status in TERMINAL:
         raise Conflict(f"pipeline run {run_id} has ended already ({run.status})")
     if body.status == "succeeded":
@@ -130,8 +144,72 @@ def finish_run(
     return run
 
 
-def render(session: Session, run: PipelineRun) -> PipelineRunRead:
+def renew_lease(session: Session, project: Project, run_id: int, lease_s: float) -> PipelineRun:
+    """The runner is alive: the run's lease runs ``lease_s`` from now. Conflict when the run has
+    ended (finished, or settled as failed because the lease had expired): the runner stops."""
+    run = read_run(session, project, run_id)
+    settle(session, project, lease_s, [run])
+    if run.status in TERMINAL:
+        raise Conflict(f"pipeline run {run_id} has ended already ({run.status}: {run.error})")
+    run.duration_s = round((utcnow() - run.started_at).total_seconds(), 6)
+    session.flush()
+    return run
+
+
+def settle(
+    session: Session,
+    project: Project,
+    lease_s: float,
+    candidates: Sequence[PipelineRun] | None = None,
+) -> list[PipelineRun]:
+    """Record as failed the running runs (of ``candidates``, else of the project) whose lease
+    expired or whose job no longer runs (see the module docstring); returns them."""
+    if candidates is None:
+        query = select(PipelineRun).where(
+            PipelineRun.project_id == project.id, PipelineRun.status == RUNNING
+        )
+        candidates = session.scalars(query).all()
+    now = utcnow()
+    settled = []
+    for run in candidates:
+        if run.status != RUNNING:
+            continue
+        reason = _ended_job(session, run) or _expired(run, lease_s, now)
+        if reason:
+            run.status, run.error, run.finished_at = "failed", reason, now
+            run.duration_s = round((now - run.started_at).total_seconds(), 6)
+            settled.append(run)
+    session.flush()
+    return settled
+
+
+def _expired(run: PipelineRun, lease_s: float, now: dt.datetime) -> str:
+    renewed = run.started_at + dt.timedelta(seconds=run.duration_s or 0.0)
+    if now - renewed <= dt.timedelta(seconds=lease_s):
+        return ""
+    return (
+        f"the runner stopped renewing the run's lease (none for {lease_s:g} s): it died or "
+        "lost the server"
+    )
+
+
+def _ended_job(session: Session, run: PipelineRun) -> str:
+    if run.job_id is None:
+        return ""
+    from underlay.compute.models import Job
+    from underlay.compute.states import ACTIVE
+
+    job = session.get(Job, run.job_id)
+    if job is None:
+        return f"its job {run.job_id} is gone"
+    if job.state in ACTIVE:
+        return ""
+    return f"its job {run.job_id} is {job.state}: the attempt that ran it ended first"
+
+
+def render(session: Session, run: PipelineRun, lease_s: float | None = None) -> PipelineRunRead:
     user = session.get(User, run.created_by) if run.created_by else None
     fields = {c.key: getattr(run, c.key) for c in PipelineRun.__table__.columns}
     fields["created_by"] = user.name if user is not None else None
+    fields["lease_s"] = lease_s if run.status == RUNNING else None
     return PipelineRunRead.model_validate(fields)

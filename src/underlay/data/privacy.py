@@ -10,18 +10,39 @@ in some rows and not in others. The findings report is kept with the table versi
 Masking may change a column's type (a birth-date column tokenised becomes text; so does an
 integer phone column): :meth:`IngestMasker.start` decides on the first batch and returns the
 schema the write stores, which is the one checked against the table's.
+
+Rows an ingest sets aside keep their raw text in the quarantine table, and a raw line holds
+what the masked columns would have held. :meth:`IngestMasker.mask_raw` applies the write's
+decisions to it: a CSV line whose fields match its header is masked field by field as each
+column was (a birth date or a name, found by its column, gets the same token as in the
+table); the fields of a line with too many or too few fields, whose columns cannot be told,
+are masked wherever a masked column's detectors find something in them; a JSON object, key by
+key. The quarantine table's own masker then tokenises what the free-text detectors find.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 
 from underlay.data.pii import apply_policies, classify_table
 from underlay.data.pii.classify import is_text
-from underlay.data.pii.masking import FindingsReport, masked_type
+from underlay.data.pii.masking import (
+    PARTIAL,
+    REDACTED,
+    ColumnReport,
+    FindingsReport,
+    PolicyKind,
+    mask_value,
+    masked_type,
+    token,
+)
+from underlay.data.pii.semantics import scan_value
 from underlay.errors import InvalidInput
 
 
@@ -55,6 +76,7 @@ class IngestMasker:
         self.key = key
         self.report: FindingsReport | None = None
         self._findings: dict[str, object] | None = None
+        self._masked: dict[str, ColumnReport] = {}  # the columns this write masks
 
     def start(
         self,
@@ -80,6 +102,9 @@ class IngestMasker:
             self._findings,  # type: ignore[arg-type]
         )
         decided = {c.column: c.policy for c in report.columns.values()}
+        self._masked = {
+            c.column: c for c in report.columns.values() if c.policy not in (None, PolicyKind.KEEP)
+        }
         for entry in report.columns.values():
             field = self.schema.field(entry.column)
             kept = (
@@ -108,9 +133,9 @@ class IngestMasker:
             ]
         )
         rest = source if first is None else itertools.chain([first], source)
-        return output, self._masked(rest, output)
+        return output, self._masked_batches(rest, output)
 
-    def _masked(
+    def _masked_batches(
         self, batches: Iterable[pa.RecordBatch], output: pa.Schema
     ) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -126,3 +151,70 @@ class IngestMasker:
     def __call__(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """The masked batches (the schema they have: :meth:`start`)."""
         return self.start(batches)[1]
+
+    def mask_raw(self, raw: str, columns: Sequence[str] | None) -> str:
+        """A quarantined raw line under this write's decisions (see the module docstring):
+        ``columns`` is the CSV header its fields follow, None for a JSON line."""
+        if not self._masked:
+            return raw
+        if columns is None:
+            return self._mask_json(raw)
+        try:
+            fields = next(csv.reader([raw]))
+        except (csv.Error, StopIteration):
+            fields = raw.split(",")
+        aligned = len(fields) == len(columns)
+        masked = [
+            self._mask_field(columns[i] if aligned else None, value)
+            for i, value in enumerate(fields)
+        ]
+        out = io.StringIO()
+        csv.writer(out, lineterminator="").writerow(masked)
+        return out.getvalue()
+
+    def _mask_json(self, raw: str) -> str:
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            return raw  # not JSON: the free-text detectors are all that can look at it
+        if not isinstance(row, dict):
+            return raw
+        masked = {
+            name: value
+            if value is None or isinstance(value, bool | dict | list)
+            else self._mask_field(name if name in self.schema.names else None, str(value))
+            for name, value in row.items()
+        }
+        return json.dumps(masked, ensure_ascii=False, default=str)
+
+    def _mask_field(self, column: str | None, value: str) -> str:
+        """One field: as ``column`` was masked; with no column known, as any masked column
+        whose detectors find something in it."""
+        if not value:
+            return value
+        if column is not None:
+            entry = self._masked.get(column)
+            return value if entry is None else _mask_as(entry, value, self.key, whole=True)
+        for entry in self._masked.values():
+            masked = _mask_as(entry, value, self.key, whole=False)
+            if masked != value:
+                return masked
+        return value
+
+
+def _mask_as(entry: ColumnReport, value: str, key: bytes, *, whole: bool) -> str:
+    """``value`` masked under the column's policy. Spans its detectors find are masked as
+    the table's values are; with none found, ``whole`` masks the entire value (a value of a
+    PII column that did not parse), else it is returned as it is."""
+    found = scan_value(value, entry.column)
+    if entry.policy is PolicyKind.REDACT:
+        return REDACTED if found or whole else value
+    assert entry.policy is not None
+    if found:
+        return mask_value(value, entry.policy, entry.column, key)
+    if not whole:
+        return value
+    if not entry.types:
+        return REDACTED  # an explicit policy on a column with nothing found: nothing to keep
+    kind = entry.types[0]
+    return token(value, kind, key) if entry.policy is PolicyKind.TOKENIZE else PARTIAL[kind](value)

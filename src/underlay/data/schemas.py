@@ -304,11 +304,19 @@ class PipelineRunRead(_Out):
     rows_quarantined: int
     steps: list[StepReport]
     error: str
-    duration_s: float | None
+    duration_s: float | None = Field(
+        description="How long the run took; while it runs, how long it had run at its runner's "
+        "last lease renewal."
+    )
     job_id: int | None
     created_by: str | None = Field(default=None, description="Who started the run.")
     started_at: dt.datetime
     finished_at: dt.datetime | None
+    lease_s: float | None = Field(
+        default=None,
+        description="While the run is running: its runner renews the lease (POST "
+        "…/pipeline-runs/{id}/lease) within this many seconds, or the run is recorded as failed.",
+    )
 
     @field_validator("inputs", "steps", mode="before")
     @classmethod

@@ -37,6 +37,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -49,17 +51,22 @@ import pyarrow.dataset as pads
 from sqlalchemy import delete, exc, select
 from sqlalchemy.orm import Session
 
+from underlay.audit import AuditLog
 from underlay.config import Settings
 from underlay.data import quality, subjects
 from underlay.data.models import DataTable, DataTableVersion
 from underlay.data.privacy import IngestMasker
-from underlay.errors import InvalidInput, NotFound
+from underlay.errors import InvalidInput, NotFound, Unavailable
+from underlay.identity import SYSTEM
 from underlay.store import Database, Scope
+from underlay.store.models import Project
 
 Mode = Literal["append", "overwrite", "merge"]
 _CONDITIONAL_PUT = ("aws_conditional_put", "conditional_put")
 QUARANTINE_SUFFIX = "_quarantine"
 DATASET_CACHE = 64  # published versions whose opened Delta log a server keeps
+_LEASE_SUFFIX = ".first"  # <table id>.first: the first-write lease of a new table
+_LEASE_TEMP = ".first-"  # a lease being made, before its rename
 
 
 @dataclass(frozen=True)
@@ -105,9 +112,18 @@ class TableStore:
     # -- metadata (in the caller's transaction) ------------------------------------------
 
     def ensure(
-        self, session: Session, project_id: int, name: str, created_by: int | None = None
+        self,
+        session: Session,
+        project_id: int,
+        name: str,
+        created_by: int | None = None,
+        *,
+        lease: contextlib.ExitStack | None = None,
     ) -> DataTable:
-        """The table ``name``, created (empty, no version yet) on first use."""
+        """The table ``name``, created (empty, no version yet) on first use.
+
+        A write passes ``lease``: a table it creates gets a first-write lease in that stack,
+        taken before the new row commits (see :meth:`first_write_lease`)."""
         found = self.get(session, project_id, name, missing_ok=True)
         if found is not None:
             return found
@@ -117,7 +133,84 @@ class TableStore:
                 session.add(table)
         except exc.IntegrityError:  # created meanwhile by another writer
             return self.get(session, project_id, name)  # type: ignore[return-value]
+        if lease is not None:
+            lease.enter_context(self.first_write_lease(project_id, table.id))
         return table
+
+    @contextlib.contextmanager
+    def first_write_lease(self, project_id: int, table_id: int) -> Iterator[None]:
+        """Held by the request that created a table for its first write, from before the row
+        commits until the write is over: an ``flock``ed ``<table id>.first`` file beside the
+        table's write lock, made under a temporary name and renamed, so it is locked from the
+        moment it can be seen. The kernel drops the lock when the holder dies (SIGKILL
+        included); :meth:`sweep_unfinished` then removes the table if it has no version. The
+        file is removed when the block ends normally and left for the sweep when it raises."""
+        folder = self._lock_root / str(int(project_id))
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        final = folder / f"{int(table_id)}{_LEASE_SUFFIX}"
+        for _ in range(3):
+            handle, temporary = tempfile.mkstemp(dir=folder, prefix=_LEASE_TEMP)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)  # released on close, or on death
+                if not os.fstat(handle).st_nlink:
+                    continue  # a sweep took it for a dead creator's before we locked it
+                Path(temporary).replace(final)
+                yield
+                final.unlink(missing_ok=True)  # still locked: no sweep acts on a live lease
+                return
+            finally:
+                os.close(handle)
+        raise Unavailable("could not create a table's first-write lease file: try again")
+
+    def sweep_unfinished(self, db: Database, audit: AuditLog) -> int:
+        """Remove the tables whose first write died with its process (a lease nobody holds,
+        the table still without a version); returns how many. Leases a live request holds,
+        in this process or another worker, are skipped, so this is safe at any time."""
+        removed = 0
+        for path in self._lock_root.glob(f"*/{_LEASE_TEMP}*"):
+            with contextlib.suppress(FileNotFoundError):
+                _remove_unlocked(path)  # a creator killed before it named its lease
+        for path in self._lock_root.glob(f"*/*{_LEASE_SUFFIX}"):
+            try:
+                project_id, table_id = int(path.parent.name), int(path.stem)
+                fd = os.open(path, os.O_RDONLY)
+            except (ValueError, FileNotFoundError):
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live first write holds it
+                if not os.fstat(fd).st_nlink:
+                    continue  # its write finished meanwhile
+                removed += self._forget_unfinished(db, audit, project_id, table_id)
+                path.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+        return removed
+
+    def _forget_unfinished(
+        self, db: Database, audit: AuditLog, project_id: int, table_id: int
+    ) -> int:
+        with db.session(Scope.everything()) as session:
+            table = session.get(DataTable, table_id)
+            if table is None or table.project_id != project_id:
+                return 0  # the refused write removed it already
+            if table.published_version is not None or self.versions(session, table):
+                return 0
+            project = session.get(Project, project_id)
+            project_name = project.name if project is not None else str(project_id)
+            audit.append(
+                session,
+                actor=SYSTEM.name,
+                action="table.delete",
+                resource=f"project:{project_name}/table:{table.name}",
+                project=project_name,
+                outcome="ok",
+                detail={"reason": "its first write never finished: the server stopped during it"},
+            )
+            self.remove(session, table)
+        return 1
 
     def get(
         self, session: Session, project_id: int, name: str, *, missing_ok: bool = False
@@ -485,6 +578,19 @@ class TableStore:
             with (folder / f"{table_id}.lock").open("a") as handle:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
                 yield
+
+
+def _remove_unlocked(path: Path) -> None:
+    """Remove a lease file unless a live process holds it locked."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 def _restored_to(delta: Any, version: int) -> bool:

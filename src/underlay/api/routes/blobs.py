@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -12,13 +13,16 @@ from sqlalchemy.orm import Session
 from underlay import identity
 from underlay.api.deps import Ctx
 from underlay.api.limits import BINARY_BODY, run_upload
-from underlay.blobs import BlobStore
+from underlay.blobs import BlobStore, StagedBlob, check_digest
+from underlay.data import folders
+from underlay.errors import InvalidInput
 from underlay.identity import Action
 from underlay.schemas import BlobRead
 
 router = APIRouter(prefix="/projects/{project}/blobs", tags=["blobs"])
 
 DigestPath = Annotated[str, "sha256 hex"]
+MAX_BATCH = 256  # blobs of one batch upload: each holds an open, locked file until the commit
 
 
 @router.put(
@@ -62,6 +66,44 @@ async def upload_blob(
             u.resource = f"{resource}:{blob.digest}"
             u.detail = {"size": blob.size, "name": name}
             return BlobRead.model_validate(blob)
+
+    return await run_upload(request, store)
+
+
+@router.put(
+    "/batch",
+    response_model=list[BlobRead],
+    status_code=201,
+    openapi_extra=BINARY_BODY,
+)
+async def upload_blobs(project: str, request: Request, ctx: Ctx) -> list[BlobRead]:
+    """Store many small blobs sent in one body, as frames (:mod:`underlay.data.folders`) each
+    named by the SHA-256 its content must have: one request, one transaction and one audit
+    entry for all of them instead of one each. All or nothing: a frame whose content has
+    another digest, or a malformed body, stores none."""
+
+    def store(body: Iterator[bytes]) -> list[BlobRead]:
+        blobs, resource = ctx.platform.blobs, f"project:{project}/blobs"
+        with ctx.unit("blob.create", resource, project=project, audited=False) as u:
+            found = identity.read_project(u.session, project, ctx.actor, Action.write)
+            key = ctx.platform.keyring.data_key(u.session, found.id)
+        with contextlib.ExitStack() as held:
+            staged: list[StagedBlob] = []
+            for name, content in folders.read_frames(body):
+                if len(staged) >= MAX_BATCH:
+                    raise InvalidInput(f"a blob batch holds at most {MAX_BATCH} blobs")
+                digest = check_digest(name)
+                staged.append(held.enter_context(blobs.stage(key, content, expected_digest=digest)))
+            with ctx.unit("blob.create", resource, project=project) as u:
+                found = identity.read_project(u.session, project, ctx.actor, Action.write)
+                user = ctx.actor.user_id or None
+                rows = [blobs.commit(u.session, found.id, s, created_by=user) for s in staged]
+                u.detail = {
+                    "blobs": len(rows),
+                    "bytes": sum(r.size for r in rows),
+                    "digests": [r.digest for r in rows[:20]],
+                }
+                return [BlobRead.model_validate(r) for r in rows]
 
     return await run_upload(request, store)
 

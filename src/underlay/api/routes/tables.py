@@ -8,6 +8,7 @@ their line number and the reason. Reads and SQL stream their results.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from collections.abc import Iterator
@@ -218,57 +219,63 @@ class _Spec:
 def _write(
     ctx: Ctx, store: TableStore, project: str, name: str, body: Iterator[bytes], spec: _Spec
 ) -> WriteRead:
-    with ctx.unit("table.write", _resource(project, name), audited=False) as u:
-        found = identity.read_project(u.session, project, ctx.actor, Action.write)
-        project_id = found.id
-        table = store.ensure(u.session, project_id, name, ctx.actor.user_id or None)
-        table_id, schema = table.id, store.schema(table)
-        _claim_subject_key(table, spec.subject_key)
-        key = ctx.platform.keyring.derived_key(u.session, project_id, PII_PURPOSE)
-    try:
-        result, quarantined, files = _stage_and_write(
-            ctx, store, project_id, table_id, schema, body, spec, key
+    # a table this write creates is leased to it until the write is over: if the server
+    # dies meanwhile, the next start removes the table it left without a version
+    with contextlib.ExitStack() as lease:
+        with ctx.unit("table.write", _resource(project, name), audited=False) as u:
+            found = identity.read_project(u.session, project, ctx.actor, Action.write)
+            project_id = found.id
+            table = store.ensure(
+                u.session, project_id, name, ctx.actor.user_id or None, lease=lease
+            )
+            table_id, schema = table.id, store.schema(table)
+            _claim_subject_key(table, spec.subject_key)
+            key = ctx.platform.keyring.derived_key(u.session, project_id, PII_PURPOSE)
+        try:
+            result, quarantined, files = _stage_and_write(
+                ctx, store, project_id, table_id, schema, body, spec, key
+            )
+        except (UnderlayError, ClientDisconnect) as error:
+            if isinstance(error, ClientDisconnect):
+                error = InvalidInput("the upload broke off before its end: nothing was written")
+            if schema is None:  # the table was new: a refused first write leaves no empty table
+                _forget_if_empty(ctx, store, project_id, table_id)
+            with ctx.unit("table.write", _resource(project, name), project=project):
+                raise error from None  # audited as refused, with the reason
+        quarantine_version = None
+        if quarantined is not None:
+            quarantine_version = _quarantine(
+                ctx, store, project_id, name, quarantined, spec.source, key
+            )
+        with ctx.unit("table.write", _resource(project, name), project=project) as u:
+            identity.read_project(u.session, project, ctx.actor, Action.write)
+            u.resource = f"{_resource(project, name)}@{result.version}"
+            u.detail = {
+                **({"files": files} if spec.folder else {}),
+                "mode": spec.mode,
+                "rows": result.rows_written,
+                "quarantined": result.rows_quarantined,
+                "published": result.published,
+            }
+        if not result.published:
+            with ctx.unit("table.version.reject", u.resource, project=project) as u:
+                u.detail = {"failed": (result.quality or {}).get("failed", [])}
+        quarantine_table = None if quarantine_version is None else f"{name}{QUARANTINE_SUFFIX}"
+        return WriteRead(
+            table=name,
+            version=result.version,
+            operation=result.operation,
+            rows_written=result.rows_written,
+            rows_quarantined=result.rows_quarantined,
+            num_rows=result.num_rows,
+            quarantine_table=quarantine_table,
+            quarantine_version=quarantine_version,
+            pii=result.pii,
+            published=result.published,
+            quality=result.quality,
+            watermark=json.loads(spec.watermark) if spec.watermark and result.published else None,
+            files=files if spec.folder else None,
         )
-    except (UnderlayError, ClientDisconnect) as error:
-        if isinstance(error, ClientDisconnect):
-            error = InvalidInput("the upload broke off before its end: nothing was written")
-        if schema is None:  # the table was new: a refused first write leaves no empty table
-            _forget_if_empty(ctx, store, project_id, table_id)
-        with ctx.unit("table.write", _resource(project, name), project=project):
-            raise error from None  # audited as refused, with the reason
-    quarantine_version = None
-    if quarantined is not None:
-        quarantine_version = _quarantine(
-            ctx, store, project_id, name, quarantined, spec.source, key
-        )
-    with ctx.unit("table.write", _resource(project, name), project=project) as u:
-        identity.read_project(u.session, project, ctx.actor, Action.write)
-        u.resource = f"{_resource(project, name)}@{result.version}"
-        u.detail = {
-            **({"files": files} if spec.folder else {}),
-            "mode": spec.mode,
-            "rows": result.rows_written,
-            "quarantined": result.rows_quarantined,
-            "published": result.published,
-        }
-    if not result.published:
-        with ctx.unit("table.version.reject", u.resource, project=project) as u:
-            u.detail = {"failed": (result.quality or {}).get("failed", [])}
-    return WriteRead(
-        table=name,
-        version=result.version,
-        operation=result.operation,
-        rows_written=result.rows_written,
-        rows_quarantined=result.rows_quarantined,
-        num_rows=result.num_rows,
-        quarantine_table=f"{name}{QUARANTINE_SUFFIX}" if quarantine_version is not None else None,
-        quarantine_version=quarantine_version,
-        pii=result.pii,
-        published=result.published,
-        quality=result.quality,
-        watermark=json.loads(spec.watermark) if spec.watermark and result.published else None,
-        files=files if spec.folder else None,
-    )
 
 
 def _claim_subject_key(table: Any, column: str | None) -> None:
@@ -372,6 +379,7 @@ def _write_files(
         except InvalidInput as error:
             raise named(name, error) from None
 
+    masker = IngestMasker(first.schema, spec.policies, key)
     result = store.write(
         ctx.platform.db,
         project_id,
@@ -384,10 +392,13 @@ def _write_files(
         source=spec.source,
         quarantined=quarantine,
         created_by=ctx.actor.user_id or None,
-        masker=IngestMasker(first.schema, spec.policies, key),
+        masker=masker,
         watermark=spec.watermark,
     )
-    return result, quarantine if quarantine.count else None
+    if quarantine.count:  # the raw lines get the write's PII decisions too
+        quarantine.mask = masker.mask_raw
+        return result, quarantine
+    return result, None
 
 
 def _forget_if_empty(ctx: Ctx, store: TableStore, project_id: int, table_id: int) -> None:
@@ -442,19 +453,21 @@ def _quarantine(
 ) -> int:
     """Append the rows set aside to ``<name>_quarantine``; returns its new version."""
     target = f"{name}{QUARANTINE_SUFFIX}"[:63]
-    with ctx.platform.db.session(ctx.actor.scope) as session:
-        table_id = store.ensure(session, project_id, target, ctx.actor.user_id or None).id
-    rows = quarantine.table(source)
-    return store.write(
-        ctx.platform.db,
-        project_id,
-        table_id,
-        rows.to_batches(),
-        rows.schema,
-        source=source,
-        created_by=ctx.actor.user_id or None,
-        masker=IngestMasker(rows.schema, {}, key),  # the raw lines hold PII too
-    ).version
+    with contextlib.ExitStack() as lease:
+        with ctx.platform.db.session(ctx.actor.scope) as session:
+            user = ctx.actor.user_id or None
+            table_id = store.ensure(session, project_id, target, user, lease=lease).id
+        rows = quarantine.table(source, quarantine.mask)
+        return store.write(
+            ctx.platform.db,
+            project_id,
+            table_id,
+            rows.to_batches(),
+            rows.schema,
+            source=source,
+            created_by=ctx.actor.user_id or None,
+            masker=IngestMasker(rows.schema, {}, key),  # the raw lines hold PII too
+        ).version
 
 
 @router.get("/tables/{name}/pieces", response_model=TablePiecesRead)
