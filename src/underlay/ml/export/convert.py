@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -158,7 +159,7 @@ def _convert_sklearn(model: object, example: np.ndarray) -> Converted:
 
     task = sklearn_task(model)
     try:
-        check_is_fitted(model)  # type: ignore[arg-type]
+        check_is_fitted(model)
     except NotFittedError:
         raise InvalidInput(f"the {describe(model)} is not fitted; fit it before export") from None
     onnx = _skl2onnx(model, example, task)
@@ -187,8 +188,8 @@ def _skl2onnx(model: object, example: np.ndarray, task: Task) -> Any:
                     raise
                 return to_onnx(model, example[:1], target_opset=SKLEARN_OPSET)
     except (MissingConverter, MissingShapeCalculator) as exc:
-        missing = _first_line(str(exc)).split("'")
-        name = missing[1].rsplit(".", 1)[-1] if len(missing) > 1 else describe(model)
+        found = re.search(r"<class '([\w.]+)'>", str(exc))
+        name = found.group(1).rsplit(".", 1)[-1] if found else describe(model)
         raise UnsupportedModel(
             f"cannot export the {describe(model)}: skl2onnx has no ONNX converter for {name} "
             "(see docs/export.md for the estimators that convert)"

@@ -50,9 +50,7 @@ class ExportOptions:
 
     def check(self) -> None:
         if not math.isfinite(self.tolerance) or self.tolerance < 0:
-            raise InvalidInput(
-                f"tolerance must be a number of points >= 0, not {self.tolerance:g}"
-            )
+            raise InvalidInput(f"tolerance must be a number of points >= 0, not {self.tolerance:g}")
         if self.quantize not in QUANTIZE_MODES:
             raise InvalidInput(
                 f"unknown quantisation {self.quantize!r}: use one of {', '.join(QUANTIZE_MODES)}"
@@ -87,9 +85,7 @@ class ExportResult:
         return written
 
 
-def held_out_from_arrow(
-    table: Any, label: str, features: list[str] | None = None
-) -> HeldOut:
+def held_out_from_arrow(table: Any, label: str, features: list[str] | None = None) -> HeldOut:
     """A held-out set from an Arrow table: ``label`` and the numeric feature columns
     (``features`` in that order, else every other column in table order)."""
     names = list(table.column_names)
@@ -128,6 +124,11 @@ def export_model(
     :class:`ExportRefused` when the export changes the metric beyond the tolerance."""
     opts = options or ExportOptions()
     opts.check()
+    if opts.quantize == "int8-static" and (calibration is None or len(calibration) == 0):
+        raise InvalidInput(
+            "int8-static quantisation needs calibration rows (a calibration table); "
+            "use int8 (dynamic) without one"
+        )
     rows = as_features(example)
     converted = convert(model, rows, opts.task)
     original = measure.original_predict(model, converted.kind, converted.task)
@@ -183,7 +184,7 @@ def _report(
         many = measure.latency(predict, batch, opts.runs, opts.warmup)
         variants.append(
             Variant(
-                name=name,  # type: ignore[arg-type]
+                name=name,
                 size_bytes=nbytes,
                 single_row=Latency(p50_ms=single[0], p95_ms=single[1]),
                 batch=Latency(p50_ms=many[0], p95_ms=many[1]),

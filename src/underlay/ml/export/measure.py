@@ -37,7 +37,8 @@ def original_predict(model: Any, kind: Kind, task: Task) -> Predict:
         with warnings.catch_warnings():
             # fitted on a data frame, asked with an array of the same columns in order
             warnings.filterwarnings("ignore", message="X does not have valid feature names")
-            return np.asarray(model.predict(rows)).ravel()
+            predicted: np.ndarray = np.asarray(model.predict(rows)).ravel()
+            return predicted
 
     return predict_sklearn
 
@@ -68,7 +69,7 @@ def onnx_predict(sess: Any, converted: Converted) -> Predict:
 
 def _decode(out: np.ndarray, task: Task) -> np.ndarray:
     if task == "classification" and out.ndim == 2 and out.shape[1] > 1:
-        return out.argmax(axis=1)
+        return np.asarray(out.argmax(axis=1))
     if task == "classification":  # one logit: positive when above zero
         return (out.ravel() > 0).astype(np.int64)
     return out.ravel()
@@ -119,6 +120,6 @@ def source_size(model: Any, kind: Kind) -> tuple[int, str]:
 
         return len(skops.io.dumps(model)), "skops"
     except ImportError:
-        import pickle  # noqa: S403 (dumping only measures the size; nothing is loaded)
+        import pickle  # dumping only measures the size; nothing is loaded
 
         return len(pickle.dumps(model)), "pickle"
