@@ -244,8 +244,23 @@ def test_the_gate_refuses_a_regression_export_beyond_the_tolerance(diabetes: Any
             out = self.linear(rows)
             return out + 50.0 if torch.onnx.is_in_onnx_export() else out
 
-    with pytest.raises(ExportRefused, match=r"rmse changed by [+-][0-9.]+ % of the label's std"):
+    # the untrained layer predicts near 0, so the shifted export scores *better*: refused too
+    with pytest.raises(ExportRefused, match=r"rmse changed by -[0-9.]+ % of the label's std") as e:
         export_model(Shifted(), x[:4].astype(np.float32), held_out=HeldOut(hx, hy), options=fast())
+    report = e.value.extra["report"]
+    assert (
+        report["metric"] == "rmse"
+        and report["variants"][1]["metric"] < report["variants"][0]["metric"]
+    )
+
+
+def test_a_module_that_fails_on_the_example_is_refused(mlp: Any) -> None:
+    import torch
+
+    _, xs, _, _ = mlp
+    module = torch.nn.Linear(7, 2)
+    with pytest.raises(InvalidInput, match=r"the Linear failed on the input example \(shape"):
+        export_model(module, xs[:4], options=fast())
 
 
 def test_tolerance_zero_passes_an_exact_export_and_negative_is_bad_input(cancer: Any) -> None:
