@@ -20,6 +20,7 @@ from underlay.api.routes import (
     health,
     jobs,
     lineage,
+    models,
     nodes,
     pipelines,
     projects,
@@ -35,6 +36,7 @@ from underlay.compute.purge import purge_project
 from underlay.config import Settings
 from underlay.data import datasets as data_datasets
 from underlay.data.tables import TableStore
+from underlay.ml.registry import service as registry
 from underlay.platform import Platform
 
 API_PREFIX = "/api/v1"
@@ -69,6 +71,9 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     platform.project_purgers.append(
         lambda session, project: data_datasets.purge_project(session, project.id)
     )
+    platform.project_purgers.append(
+        lambda session, project: registry.purge_project(session, project.id)
+    )
     app.state.tables = TableStore(platform.settings)
     app.state.uploads = UploadSlots(platform.settings.server.max_concurrent_uploads)
     problems.install(app)
@@ -97,6 +102,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         tables,
         pipelines,
         subjects,
+        models,
     )
     for module in routers:
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)

@@ -78,14 +78,16 @@ class TorchFlavor(FlavorBase):
         fmt = ctx.options.get("format")
         if fmt == "torchscript":
             refuse_unverified(ctx, f"the TorchScript program {SCRIPT_FILE}")
-            module = torch.jit.load(str(ctx.folder / SCRIPT_FILE), map_location="cpu")
+            script = str(ctx.folder / SCRIPT_FILE)
+            module = torch.jit.load(script, map_location="cpu")  # type: ignore[no-untyped-call]
         elif fmt == "state_dict":
             path = str(ctx.options.get("module_class", ""))
             refuse_unverified(ctx, f"module class {path!r} (an import runs its code)")
             module = _build(path, ctx.options.get("init_kwargs") or {})
             from safetensors.torch import load_file
 
-            module.load_state_dict(load_file(str(ctx.folder / WEIGHTS_FILE)), strict=True)
+            weights = load_file(str(ctx.folder / WEIGHTS_FILE))
+            module.load_state_dict(weights, strict=True)
         else:
             raise InvalidInput(f"unknown PyTorch model format {fmt!r}")
         module.eval()
@@ -112,7 +114,7 @@ class TorchFlavor(FlavorBase):
         args = tuple(torch.from_numpy(np.ascontiguousarray(v)) for _, v in _arrays(example))
         buffer = io.BytesIO()
         model.eval()
-        torch.onnx.export(model, args, buffer, dynamo=False)
+        torch.onnx.export(model, args, buffer, dynamo=False)  # type: ignore[arg-type]
         return buffer.getvalue()
 
 
