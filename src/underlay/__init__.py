@@ -16,12 +16,21 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from underlay.client.models import load_model as load_model
+    from underlay.client.tracking import start_run as start_run
 
 
 def __getattr__(name: str) -> Any:
-    """The SDK's top-level helpers, imported on first use (``import underlay`` stays light)."""
+    """The SDK's top-level helpers (``underlay.start_run``, ``underlay.load_model``), imported
+    on first use so ``import underlay`` stays light."""
+    if name == "start_run":
+        from underlay.client.tracking import start_run
+
+        return start_run
     if name == "load_model":
         from underlay.client.models import load_model
 
         return load_model
     raise AttributeError(f"module 'underlay' has no attribute {name!r}")
+
+
+__all__ = ["__version__", "load_model", "start_run"]
