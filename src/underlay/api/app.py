@@ -20,6 +20,7 @@ from underlay.api.routes import (
     health,
     jobs,
     lineage,
+    model_exports,
     models,
     nodes,
     pipelines,
@@ -108,6 +109,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         pipelines,
         subjects,
         models,
+        model_exports,
         runs,
     )
     for module in routers:

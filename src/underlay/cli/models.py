@@ -204,3 +204,78 @@ def models_rm(name: str, project: ProjectOpt = None, yes: YesOpt = False) -> Non
     with client() as c:
         c.delete_model(project_name, name)
     typer.echo(f"deleted model {name}")
+
+
+@models.command("export")
+def models_export(
+    ref: RefArg,
+    project: ProjectOpt = None,
+    format_: Annotated[
+        str, typer.Option("--format", help="The export format (onnx only).")
+    ] = "onnx",
+    quantize: Annotated[
+        str, typer.Option(help="none, int8 (dynamic) or int8-static (needs --calibration).")
+    ] = "none",
+    held_out: Annotated[
+        str | None,
+        typer.Option("--held-out", metavar="TABLE[@V]", help="Rows to measure accuracy on."),
+    ] = None,
+    label: Annotated[str | None, typer.Option(help="The held-out table's label column.")] = None,
+    tolerance: Annotated[
+        float,
+        typer.Option(help="Largest accepted change: accuracy points, or RMSE in % of label std."),
+    ] = 1.0,
+    calibration: Annotated[
+        str | None,
+        typer.Option(metavar="TABLE[@V]", help="Rows to calibrate int8-static with."),
+    ] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="The model to register into (NAME-onnx).")
+    ] = None,
+    runs: Annotated[int, typer.Option(help="Timed predict calls per latency figure.")] = 100,
+    json_: JsonOpt = False,
+) -> None:
+    """Export a version to ONNX (optionally int8), report size, latency and accuracy against
+    the original, and register it as the next version of NAME-onnx; refused, registering
+    nothing, when accuracy moves beyond --tolerance."""
+    from underlay.errors import InvalidInput
+
+    if format_ != "onnx":
+        raise InvalidInput(f"--format {format_[:40]!r} is not supported: use --format onnx")
+    with client() as c:
+        exported = c.export_model(
+            project_of(project),
+            ref,
+            quantize=quantize,
+            held_out=held_out,
+            label=label,
+            tolerance=tolerance,
+            target=to,
+            calibration=calibration,
+            runs=runs,
+        )
+    if json_:
+        print_json(exported.model_dump(mode="json"))
+        return
+    report, version = exported.report, exported.version
+    last, first = report["variants"][-1], report["variants"][0]
+    unit = "points" if report["metric"] == "accuracy" else "% of label std"
+    typer.echo(
+        f"registered {version.model}@{version.version} ({last['name']}) from "
+        f"{exported.source.model}@{exported.source.version}"
+    )
+    for variant in report["variants"]:
+        typer.echo(
+            f"  {variant['name']:17} {variant['size_bytes']:>10,} bytes  "
+            f"1 row p50 {variant['single_row']['p50_ms']:.3f} ms  "
+            f"batch of {report['batch_rows']} p50 {variant['batch']['p50_ms']:.3f} ms  "
+            f"{report['metric']} {variant['metric']:.4g}"
+        )
+    typer.echo(
+        f"  size x{last['size_bytes'] / max(first['size_bytes'], 1):.3f}, batch latency "
+        f"x{report['latency_ratio']:.3f}, {report['metric']} change {report['change']:+.3f} "
+        f"{unit} (tolerance {report['tolerance']:g}, on {report['evaluation_rows']} "
+        f"{report['evaluated_on']} rows)"
+    )
+    for note in report["notes"]:
+        typer.echo(f"  note: {note}")

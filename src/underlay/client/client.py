@@ -13,6 +13,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from underlay.client.compute import ComputeMethods
 from underlay.client.data import DataMethods, TableMethods
+from underlay.client.exports import ExportMethods
 from underlay.client.ml import TrackingMethods
 from underlay.client.models import ModelMethods
 from underlay.client.pipelines import PipelineMethods
@@ -53,7 +54,13 @@ def _raise_for_problem(response: httpx.Response) -> None:
 
 
 class Client(
-    ComputeMethods, DataMethods, TableMethods, PipelineMethods, TrackingMethods, ModelMethods
+    ComputeMethods,
+    DataMethods,
+    TableMethods,
+    PipelineMethods,
+    TrackingMethods,
+    ModelMethods,
+    ExportMethods,
 ):
     """A session with one underlay server; use as a context manager or call :meth:`close`."""
 

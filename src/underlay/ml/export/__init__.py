@@ -17,6 +17,7 @@ from underlay.ml.export.exporter import (
     ExportResult,
     HeldOut,
     export_model,
+    feature_matrix,
     held_out_from_arrow,
 )
 from underlay.ml.export.quantize import QUANTIZE_MODES, Quantize
@@ -34,5 +35,6 @@ __all__ = [
     "Quantize",
     "UnsupportedModel",
     "export_model",
+    "feature_matrix",
     "held_out_from_arrow",
 ]

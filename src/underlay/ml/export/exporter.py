@@ -92,24 +92,29 @@ def held_out_from_arrow(table: Any, label: str, features: list[str] | None = Non
     if label not in names:
         raise InvalidInput(f"label column {label!r} is not in the table ({', '.join(names)})")
     columns = features if features is not None else [n for n in names if n != label]
-    missing = [c for c in columns if c not in names]
+    rows = feature_matrix(table, columns)
+    labels = table.column(label).to_numpy(zero_copy_only=False)
+    return HeldOut(features=rows, labels=labels, label=label, feature_names=columns)
+
+
+def feature_matrix(table: Any, columns: list[str]) -> np.ndarray:
+    """The numeric ``columns`` of an Arrow table side by side (rows x features, float64)."""
+    import pyarrow.types as pat
+
+    missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise InvalidInput(f"feature columns missing from the table: {', '.join(missing)}")
     if table.num_rows == 0 or not columns:
-        raise InvalidInput("the held-out table has no rows or no feature columns")
-    import pyarrow.types as pat
-
+        raise InvalidInput("the table has no rows or no feature columns")
     for name in columns:
         kind = table.schema.field(name).type
         if not (pat.is_integer(kind) or pat.is_floating(kind) or pat.is_boolean(kind)):
             raise InvalidInput(
                 f"feature column {name!r} is {kind}: export takes numeric feature columns"
             )
-    rows = np.column_stack(
+    return np.column_stack(
         [table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in columns]
     )
-    labels = table.column(label).to_numpy(zero_copy_only=False)
-    return HeldOut(features=rows, labels=labels, label=label, feature_names=columns)
 
 
 def export_model(
