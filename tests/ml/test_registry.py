@@ -124,7 +124,7 @@ def test_a_blob_altered_in_the_store_is_refused_naming_the_file_and_audited(
     blob.write_bytes(bytes(data))
 
     with pytest.raises(
-        IntegrityFailure, match="file 'model.skops' of model 'churn' version 1"
+        IntegrityFailure, match=r"file 'model\.skops' of model 'churn' version 1"
     ) as e:
         admin.load_model(project, "churn@1")
     assert e.value.extra["file"] == "model.skops"
@@ -265,11 +265,11 @@ def test_registration_refuses_what_is_not_a_logged_model(
     other.write_text("hello")
     plain = admin.create_run(project, "churn")
     admin.log_artifact(project, plain.id, other, "notes/notes.txt")
-    with pytest.raises(InvalidInput, match="hold no underlay-model.json"):
+    with pytest.raises(InvalidInput, match=r"hold no underlay-model\.json"):
         admin.register_model(project, "churn", run=plain.id, path="notes")
     with pytest.raises(InvalidInput, match="no artifacts under 'weights'"):
         admin.register_model(project, "churn", run=run, path="weights")
-    with pytest.raises(InvalidInput, match="not a file path|'..' segment"):
+    with pytest.raises(InvalidInput, match=r"'\.\.' segment"):
         admin.register_model(project, "churn", run=run, path="../model")
     with pytest.raises(NotFound):
         admin.register_model(project, "churn", run=run + 100, path="model")
