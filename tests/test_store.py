@@ -92,7 +92,8 @@ def test_migrations_match_the_models(db: Database) -> None:
 
     import underlay.compute.models
     import underlay.data.models
-    import underlay.ml.models  # noqa: F401  - registers the data and ml tables
+    import underlay.ml.models
+    import underlay.ml.registry.models  # noqa: F401  - registers the data and ml tables
     from underlay.store.models import Base
 
     with db.engine.connect() as conn:
@@ -153,7 +154,8 @@ def test_every_surrogate_key_is_monotonic_on_sqlite() -> None:
     """A new table cannot forget AUTOINCREMENT: every single integer key needs MONOTONIC."""
     import underlay.compute.models
     import underlay.data.models
-    import underlay.ml.models  # noqa: F401  - registers the data and ml tables
+    import underlay.ml.models
+    import underlay.ml.registry.models  # noqa: F401  - registers the data and ml tables
     from underlay.store.models import Base
 
     forgot = [
@@ -201,7 +203,8 @@ def test_migrated_sqlite_tables_keep_autoincrement(tmp_path: Path) -> None:
 
     import underlay.compute.models
     import underlay.data.models
-    import underlay.ml.models  # noqa: F401  - registers the data and ml tables
+    import underlay.ml.models
+    import underlay.ml.registry.models  # noqa: F401  - registers the data and ml tables
     from underlay.store.models import Base
 
     path = tmp_path / "head.db"

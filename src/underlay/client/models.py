@@ -33,7 +33,7 @@ from underlay.ml.registry.schemas import (
 if TYPE_CHECKING:
     import httpx
 
-    from underlay.ml.flavors import LoadedModel
+    from underlay.ml.flavors import LoadedModel, ModelInfo
 
 PINNED_KEY_ENV = "UNDERLAY_SIGNING_KEY_ID"
 
@@ -208,3 +208,31 @@ def load_model(project: str, ref: str, **client_options: Any) -> LoadedModel:
 
     with Client.from_env(**client_options) as client:
         return client.load_model(project, ref)
+
+
+def log_model(
+    client: Any,
+    project: str,
+    run_id: int,
+    model: Any,
+    artifact_path: str = "model",
+    *,
+    input_example: Any = None,
+    flavor: str | None = None,
+    **options: Any,
+) -> ModelInfo:
+    """Save ``model`` with its flavor (inferred unless named) into a temporary folder and log
+    its files and ``underlay-model.json`` as artifacts of the run under ``artifact_path``."""
+    from underlay.ml import flavors
+
+    root = check_path(artifact_path.strip("/"))
+    with tempfile.TemporaryDirectory(prefix="underlay-log-model-") as tmp:
+        folder = Path(tmp)
+        info = flavors.save_model(
+            model, folder, flavor=flavor, input_example=input_example, **options
+        )
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            client.log_artifact(
+                project, run_id, path, f"{root}/{path.relative_to(folder).as_posix()}"
+            )
+    return info

@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from underlay.client.client import Client
 from underlay.errors import Conflict, InvalidInput, RateLimited, Unavailable, UnderlayError
@@ -44,6 +44,9 @@ from underlay.ml.rules import (
     check_value,
 )
 from underlay.ml.schemas import ArtifactRead, RunRead
+
+if TYPE_CHECKING:
+    from underlay.ml.flavors import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +245,32 @@ class ActiveRun:
         """Record a dataset or table version this run read (a lineage edge into the run)."""
         self.client.add_run_inputs(
             self.project, self.id, [{"kind": kind, "name": name, "version": version}]
+        )
+
+    def log_model(
+        self,
+        model: Any,
+        artifact_path: str = "model",
+        *,
+        input_example: Any = None,
+        flavor: str | None = None,
+        **options: Any,
+    ) -> ModelInfo:
+        """Log ``model`` under ``artifact_path``: its flavor's files (inferred flavor unless
+        named) and ``underlay-model.json`` with the signature inferred from
+        ``input_example``; register it with ``underlay models register``. ``options`` go
+        to the flavor (PyTorch: ``init_kwargs``)."""
+        from underlay.client.models import log_model
+
+        return log_model(
+            self.client,
+            self.project,
+            self.id,
+            model,
+            artifact_path,
+            input_example=input_example,
+            flavor=flavor,
+            **options,
         )
 
     # -- flushing and ending -----------------------------------------------------------

@@ -59,7 +59,9 @@ class ModelVersion(ProjectScoped, Base):
         ForeignKey("registered_models.id", ondelete="CASCADE"), index=True
     )
     version: Mapped[int] = mapped_column(Integer)
-    run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    run_id: Mapped[int | None] = mapped_column(  # the run outlives nothing it made
+        ForeignKey("runs.id", ondelete="SET NULL"), nullable=True, index=True
+    )
     artifact_path: Mapped[str] = mapped_column(String(1024), default="")
     flavor: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str] = mapped_column(Text, default="{}")  # input/output JSON

@@ -31,7 +31,9 @@ from underlay.blobs import BlobStore, check_digest
 from underlay.crypto import SigningKey
 from underlay.data.manifest import check_path
 from underlay.errors import Conflict, IntegrityFailure, InvalidInput, NotFound
+from underlay.ml.artifacts import list_artifacts
 from underlay.ml.flavors import METADATA_FILE
+from underlay.ml.models import LatestMetric, RunParam
 from underlay.ml.registry.manifest import (
     ArtifactRefused,
     Manifest,
@@ -547,13 +549,12 @@ def _checked_files(
             raise InvalidInput(f"file path {f.path[:100]!r} appears twice")
         seen.add(f.path)
     digests = sorted({f.digest for f in files})
-    sizes = dict(
-        session.execute(
-            select(Blob.digest, Blob.size).where(
-                Blob.project_id == project_id, Blob.digest.in_(digests)
-            )
-        ).tuples()
+    rows = session.execute(
+        select(Blob.digest, Blob.size).where(
+            Blob.project_id == project_id, Blob.digest.in_(digests)
+        )
     )
+    sizes = {digest: int(size) for digest, size in rows}
     for f in files:
         if sizes.get(f.digest) != f.size:
             raise InvalidInput(f"file {f.path!r} names no blob of this project of {f.size} bytes")
@@ -602,8 +603,6 @@ def register_from_run(
     created_by: int | None = None,
 ) -> ModelVersion:
     """Register the artifacts run ``run_id`` logged under ``path`` as the next version."""
-    from underlay.ml.artifacts import list_artifacts
-
     root = path.strip("/")
     check_path(root)
     artifacts = list_artifacts(session, project_id, run_id, root)
@@ -675,15 +674,13 @@ def _run_values(
     """The run's latest metric values and its params (empty if the run is gone)."""
     if run_id is None:
         return {}, {}
-    from underlay.ml.models import LatestMetric, RunParam
-
     metrics = {
         key: float(value)
         for key, value in session.execute(
             select(LatestMetric.key, LatestMetric.value).where(
                 LatestMetric.project_id == project_id, LatestMetric.run_id == run_id
             )
-        ).tuples()
+        )
     }
     params = {
         key: str(value)
@@ -691,6 +688,6 @@ def _run_values(
             select(RunParam.key, RunParam.value).where(
                 RunParam.project_id == project_id, RunParam.run_id == run_id
             )
-        ).tuples()
+        )
     }
     return metrics, params
