@@ -30,7 +30,7 @@ SYNTHETIC_ROWS = 256
 
 def parse_table_ref(ref: str, flag: str) -> tuple[str, int | None]:
     """``TABLE`` or ``TABLE@3``."""
-    found = re.fullmatch(r"([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})(?:@([1-9][0-9]{0,8}))?", ref)
+    found = re.fullmatch(r"([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})(?:@([0-9]{1,9}))?", ref)
     if found is None:
         raise InvalidInput(f"{flag} {ref[:80]!r} is not a table reference: write TABLE or TABLE@3")
     return found.group(1), int(found.group(2)) if found.group(2) else None
