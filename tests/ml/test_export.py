@@ -355,3 +355,12 @@ def test_the_result_holds_the_files_a_registry_version_stores(cancer: Any, tmp_p
         assert 0 < variant["single_row"]["p50_ms"] <= variant["single_row"]["p95_ms"]
         assert 0 < variant["batch"]["p50_ms"] <= variant["batch"]["p95_ms"]
     assert report["latency_runs"] == 5 and report["batch_rows"] == 32
+
+
+def test_the_target_model_is_name_onnx_unless_named() -> None:
+    from underlay.ml.export.registration import target_name
+
+    assert target_name("churn", None) == "churn-onnx"
+    assert target_name("churn", "edge") == "edge"
+    with pytest.raises(InvalidInput, match="longer than 63 characters: name the target model"):
+        target_name("m" * 60, None)

@@ -154,6 +154,14 @@ def test_the_route_refuses_a_failed_or_malformed_export(
     listed = _upload(admin, project, good)
     missing = httpx.post(url.replace("champion", "9"), json={"files": listed}, headers=headers)
     assert missing.status_code == 404
+    # static int8 from the SDK, calibrated on a table's feature columns, into a named model
+    static = admin.export_model(
+        project, "churn@1", quantize="int8-static", held_out="holdout", label="label",
+        calibration="holdout", target="edge", runs=2,
+    )  # fmt: skip
+    assert (static.version.model, static.version.version) == ("edge", 2)
+    assert static.report["quantize"] == "int8-static"
+    assert static.report["variants"][-1]["name"] == "onnx-int8-static"
     admin.create_project("q")
     elsewhere = url.replace("/projects/p/", "/projects/q/")
     assert httpx.post(elsewhere, json={"files": listed}, headers=headers).status_code == 404
