@@ -50,6 +50,7 @@ def project(admin: Client) -> str:
     return "p"
 
 
+@pytest.mark.slow  # the CLI process imports scikit-learn, onnxruntime (and torch)
 def test_export_registers_a_verified_onnx_version_with_report_and_lineage(
     cli: Cli, admin: Client, project: str
 ) -> None:
@@ -89,6 +90,7 @@ def test_export_registers_a_verified_onnx_version_with_report_and_lineage(
     assert "accuracy change +0.000 points (tolerance 1, on 256 input-example rows)" in text
 
 
+@pytest.mark.slow  # the CLI process imports scikit-learn, onnxruntime (and torch)
 def test_an_export_that_changes_accuracy_is_refused_and_nothing_registered(
     cli: Cli, admin: Client, project: str
 ) -> None:
@@ -167,6 +169,7 @@ def test_the_route_refuses_a_failed_or_malformed_export(
     assert httpx.post(elsewhere, json={"files": listed}, headers=headers).status_code == 404
 
 
+@pytest.mark.slow  # the CLI process imports scikit-learn, onnxruntime (and torch)
 def test_bad_export_options_are_one_line_errors(cli: Cli, admin: Client, project: str) -> None:
     base = ["models", "export", "-p", project, "churn@champion"]
     result = cli(*base, "--format", "tflite", ok=False)
@@ -175,7 +178,5 @@ def test_bad_export_options_are_one_line_errors(cli: Cli, admin: Client, project
     assert_one_line_error(result, "tolerance must be a number of points >= 0")
     result = cli(*base, "--held-out", "holdout", ok=False)
     assert_one_line_error(result, "give the held-out table and its label column together")
-    result = cli(*base, "--quantize", "int8-static", ok=False)
-    assert_one_line_error(result, "int8-static quantisation needs calibration rows")
     with pytest.raises(InvalidInput, match="is not a table reference"):
         admin.export_model(project, "churn@champion", held_out="holdout@x", label="label")

@@ -181,22 +181,7 @@ def _report(
     if opts.quantize != "none":
         name = "onnx-int8" if opts.quantize == "int8" else "onnx-int8-static"
         models.append((name, len(final), _onnx(final, converted, opts)))
-    base = measure.metric(task, original(features), labels)
-    variants = []
-    for name, nbytes, predict in models:
-        value = measure.metric(task, predict(features), labels)
-        single = measure.latency(predict, features[:1], opts.runs, opts.warmup)
-        many = measure.latency(predict, batch, opts.runs, opts.warmup)
-        variants.append(
-            Variant(
-                name=name,
-                size_bytes=nbytes,
-                single_row=Latency(p50_ms=single[0], p95_ms=single[1]),
-                batch=Latency(p50_ms=many[0], p95_ms=many[1]),
-                metric=value,
-                change=measure.change(task, value, base, labels),
-            )
-        )
+    variants = _measure(models, features, labels, batch, task, opts)
     exported, first = variants[-1], variants[0]
     eight_bit = int8_tensors(final) if opts.quantize != "none" else 0
     notes = []
@@ -233,6 +218,34 @@ def _report(
         variants=variants,
         notes=notes,
     )
+
+
+def _measure(
+    models: list[tuple[str, int, measure.Predict]],
+    features: np.ndarray,
+    labels: np.ndarray,
+    batch: np.ndarray,
+    task: Task,
+    opts: ExportOptions,
+) -> list[Variant]:
+    """Each model's metric and latency on the same rows; the first is the reference."""
+    base = measure.metric(task, models[0][2](features), labels)
+    variants = []
+    for name, nbytes, predict in models:
+        value = measure.metric(task, predict(features), labels)
+        single = measure.latency(predict, features[:1], opts.runs, opts.warmup)
+        many = measure.latency(predict, batch, opts.runs, opts.warmup)
+        variants.append(
+            Variant(
+                name=name,
+                size_bytes=nbytes,
+                single_row=Latency(p50_ms=single[0], p95_ms=single[1]),
+                batch=Latency(p50_ms=many[0], p95_ms=many[1]),
+                metric=value,
+                change=measure.change(task, value, base, labels),
+            )
+        )
+    return variants
 
 
 def _onnx(onnx: bytes, converted: Converted, opts: ExportOptions) -> measure.Predict:
