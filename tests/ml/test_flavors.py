@@ -60,7 +60,7 @@ def test_a_pickle_is_loaded_only_from_a_verified_artifact(tmp_path: Path) -> Non
     (tmp_path / "model.pkl").write_bytes(pickle.dumps(_sk()))
     meta = {"underlay_model": 1, "flavor": "sklearn", "options": {"format": "pickle"}}
     (tmp_path / flavors.METADATA_FILE).write_text(json.dumps(meta))
-    with pytest.raises(UnsignedArtifactRefused, match="pickled scikit-learn model model.pkl"):
+    with pytest.raises(UnsignedArtifactRefused, match=r"pickled scikit-learn model model\.pkl"):
         flavors.load_model(tmp_path)
     assert flavors.load_model(tmp_path, verified=True).predict(X[:2]).shape == (2,)
 
@@ -125,7 +125,7 @@ def _saved(model: Any, folder: Path) -> Path:
 
 
 def test_unknown_models_and_folders_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(InvalidInput, match="no model flavor handles a builtins.dict"):
+    with pytest.raises(InvalidInput, match=r"no model flavor handles a builtins\.dict"):
         flavors.save_model({"not": "a model"}, tmp_path)
     with pytest.raises(InvalidInput, match="no model flavor 'keras'"):
         flavors.save_model(_sk(), tmp_path, flavor="keras")
