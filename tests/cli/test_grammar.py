@@ -44,6 +44,7 @@ NO_JSON = {
     "quotas set",
     "users passwd",
     "datasets create",
+    "models rm",
     "datasets rm",
     "tables rm",
     "tables checks rm",
