@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import underlay
-from tests.cli.test_cli import Cli, as_json, assert_one_line_error, cli, cli_home  # noqa: F401
+from tests.cli.test_cli import Cli, as_json, assert_one_line_error
 from tests.conftest import LiveServer
 
 
@@ -72,6 +72,10 @@ def test_register_alias_history_card_and_listings(server: LiveServer, cli: Cli) 
     assert [v["version"] for v in versions] == [2, 1]
     cli("models", "update", "-p", "p", "churn", "--license", "MIT", "--intended-use", "tests")
     assert as_json(cli("models", "show", "-p", "p", "churn", "--json"))["license"] == "MIT"
+    dropped = cli("models", "alias", "-p", "p", "churn", "champion", "--remove", "--reason", "x")
+    assert dropped.stdout.strip() == "churn@champion: 2 -> none"
+    cli("models", "rm", "-p", "p", "churn", "--yes")
+    assert as_json(cli("models", "ls", "-p", "p", "--json")) == []
 
 
 def test_bad_input_is_a_one_line_error(server: LiveServer, cli: Cli) -> None:
