@@ -34,6 +34,7 @@ from underlay.ml.models import (
 from underlay.ml.rules import MAX_PARAMS, check_key, check_text_value
 from underlay.ml.schemas import (
     MetricPoint,
+    RunComparison,
     RunCreate,
     RunEnd,
     RunInputRef,
@@ -93,9 +94,17 @@ def list_runs(
     *,
     experiment: str | None = None,
     job_id: int | None = None,
+    status: str | None = None,
+    filter_expr: str = "",
+    order_by: str = "",
     limit: int = 1000,
 ) -> list[Run]:
-    """The project's runs, newest first."""
+    """The project's runs matching a search (:mod:`underlay.ml.search`), newest first unless
+    ``order_by`` says otherwise."""
+    from underlay.ml.search import parse_filter, parse_order_by
+
+    condition = parse_filter(filter_expr)
+    ordering = parse_order_by(order_by)
     query = select(Run).where(Run.project_id == project_id)
     if experiment is not None:
         query = query.where(
@@ -103,7 +112,27 @@ def list_runs(
         )
     if job_id is not None:
         query = query.where(Run.job_id == job_id)
-    return list(session.scalars(query.order_by(Run.id.desc()).limit(limit)))
+    if status is not None:
+        query = query.where(Run.status == status)
+    if condition is not None:
+        query = query.where(condition)
+    return list(session.scalars(query.order_by(*ordering, Run.id.desc()).limit(limit)))
+
+
+def compare(session: Session, project_id: int, run_ids: Sequence[int]) -> RunComparison:
+    """Runs side by side: every param and metric key any of them has, one value per run."""
+    found = [read_run(session, project_id, run_id) for run_id in dict.fromkeys(run_ids)]
+    rendered = render_many(session, found)
+    param_keys = sorted({k for r in rendered for k in r.params})
+    metric_keys = sorted({k for r in rendered for k in r.metrics})
+    return RunComparison(
+        runs=[r.id for r in rendered],
+        params={k: [r.params.get(k) for r in rendered] for k in param_keys},
+        metrics={
+            k: [r.metrics[k].value if k in r.metrics else None for r in rendered]
+            for k in metric_keys
+        },
+    )
 
 
 def end_run(session: Session, project_id: int, run_id: int, body: RunEnd) -> Run:
