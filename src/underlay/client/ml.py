@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from pydantic import TypeAdapter
+
 from underlay.ml.schemas import (
     ArtifactRead,
     ExperimentRead,
@@ -20,6 +22,8 @@ from underlay.ml.schemas import (
     RunLogged,
     RunRead,
 )
+
+_RUNS = TypeAdapter(list[RunRead])
 
 if TYPE_CHECKING:
     import httpx
@@ -103,7 +107,8 @@ class TrackingMethods:
         ):
             if value is not None:
                 params[name] = value
-        return self._many(RunRead, f"/projects/{project}/runs", params=params)
+        response = self._request("GET", f"/projects/{project}/runs", params=params)
+        return _RUNS.validate_json(response.content)
 
     def compare_runs(self, project: str, run_ids: list[int]) -> RunComparison:
         path = f"/projects/{project}/runs/compare"
