@@ -48,6 +48,7 @@ NO_JSON = {
     "datasets rm",
     "tables rm",
     "tables checks rm",
+    "runs rm",
     # these print JSON lines always
     "sql",
     "tables head",
