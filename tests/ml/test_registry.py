@@ -298,6 +298,9 @@ def test_another_projects_models_answer_404(
         with pytest.raises(NotFound):
             bob.register_model("b", "churn", run=run, path="model")  # a's run, seen from b
         assert bob.list_models("b") == []
+    admin.delete_project("a")  # its models, versions and their blobs go with it
+    with server.platform.db.session(Scope.everything()) as session:
+        assert session.scalars(select(ModelVersion)).all() == []
 
 
 def test_a_pinned_key_the_server_does_not_sign_with_is_refused_by_the_client(
