@@ -1,4 +1,4 @@
-"""Fixtures of the ml domain's tests: the CLI fixtures of tests/cli."""
+"""Fixtures of the ml tests: the CLI fixtures of tests/cli."""
 
 from __future__ import annotations
 

@@ -298,3 +298,37 @@ def test_another_projects_models_answer_404(
         with pytest.raises(NotFound):
             bob.register_model("b", "churn", run=run, path="model")  # a's run, seen from b
         assert bob.list_models("b") == []
+    admin.delete_project("a")  # its models, versions and their blobs go with it
+    with server.platform.db.session(Scope.everything()) as session:
+        assert session.scalars(select(ModelVersion)).all() == []
+
+
+def test_a_pinned_key_the_server_does_not_sign_with_is_refused_by_the_client(
+    admin: Client, project: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _logged_run(admin, project, tmp_path)
+    admin.register_model(project, "churn", run=run, path="model")
+    monkeypatch.setenv("UNDERLAY_SIGNING_KEY_ID", "0123456789abcdef")
+    with pytest.raises(IntegrityFailure, match="not by this platform's key '0123456789abcdef'"):
+        admin.load_model(project, "churn@latest")
+    refused = _refusals(admin)
+    assert [(r.outcome, json.loads(r.detail)["file"]) for r in refused] == [("denied", "MANIFEST")]
+
+
+def test_a_version_outlives_its_run_and_keeps_its_data_lineage(
+    admin: Client, project: str, tmp_path: Path
+) -> None:
+    run = _logged_run(admin, project, tmp_path, with_data=True)
+    admin.register_model(project, "churn", run=run, path="model")
+    admin.delete_run(project, run)
+    assert admin.read_model_version(project, "churn@latest").run is None
+    assert admin.load_model(project, "churn@1").predict(X[:2]).shape == (2,)
+    graph = admin.lineage(project, "model_version", "churn@1", direction="upstream")
+    assert [(n.kind, n.id) for n in graph.nodes][1:] == [("dataset_version", "churn-rows@1")]
+    assert "- dataset_version:churn-rows@1" in admin.model_card(project, "churn@1").text
+    admin.update_model(project, "churn", license="MIT")
+    admin.delete_model(project, "churn")
+    with pytest.raises(NotFound):
+        admin.read_model(project, "churn")
+    actions = {e.action for e in admin.list_audit(project="p")}
+    assert {"model.update", "model.delete"} <= actions

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 
@@ -13,5 +11,5 @@ class TinyNet(torch.nn.Module):
         self.layer = torch.nn.Linear(features, hidden)
         self.out = torch.nn.Linear(hidden, 2)
 
-    def forward(self, x: Any) -> Any:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(torch.relu(self.layer(x)))

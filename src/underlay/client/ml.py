@@ -11,14 +11,19 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from pydantic import TypeAdapter
+
 from underlay.ml.schemas import (
     ArtifactRead,
     ExperimentRead,
     MetricHistory,
+    RunComparison,
     RunEnvironment,
     RunLogged,
     RunRead,
 )
+
+_RUNS = TypeAdapter(list[RunRead])
 
 if TYPE_CHECKING:
     import httpx
@@ -85,14 +90,30 @@ class TrackingMethods:
         *,
         experiment: str | None = None,
         job_id: int | None = None,
+        status: str | None = None,
+        filter: str = "",
+        order_by: str = "",
         limit: int = 1000,
     ) -> list[RunRead]:
+        """Runs, newest first; ``filter``/``order_by`` are search expressions such as
+        ``metrics.acc > 0.9 and params.lr = '0.01'`` and ``metrics.acc desc``."""
         params: dict[str, Any] = {"limit": limit}
-        if experiment is not None:
-            params["experiment"] = experiment
-        if job_id is not None:
-            params["job_id"] = job_id
-        return self._many(RunRead, f"/projects/{project}/runs", params=params)
+        for name, value in (
+            ("experiment", experiment),
+            ("job_id", job_id),
+            ("status", status),
+            ("filter", filter or None),
+            ("order_by", order_by or None),
+        ):
+            if value is not None:
+                params[name] = value
+        response = self._request("GET", f"/projects/{project}/runs", params=params)
+        return _RUNS.validate_json(response.content)
+
+    def compare_runs(self, project: str, run_ids: list[int]) -> RunComparison:
+        path = f"/projects/{project}/runs/compare"
+        result: RunComparison = self._one(RunComparison, "GET", path, params={"ids": run_ids})
+        return result
 
     def end_run(
         self, project: str, run_id: int, status: str = "finished", error: str = ""

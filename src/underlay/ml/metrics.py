@@ -12,6 +12,7 @@ PostgreSQL (psycopg 3). The latest point of each key is upserted alongside, for 
 
 from __future__ import annotations
 
+import operator
 from itertools import repeat
 from typing import Any
 
@@ -19,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from underlay.errors import InvalidInput
-from underlay.ml.models import LatestMetric, Metric, RunBatch
+from underlay.ml.models import LatestMetric, RunBatch
 from underlay.ml.rules import MAX_STEP, check_key, check_key_count, check_step
 from underlay.ml.runs import check_running, read_run, set_params, set_tags
 from underlay.ml.schemas import MetricColumns, MetricHistory, RunLog, RunLogged
@@ -29,6 +30,9 @@ _INSERT = (
     "INSERT INTO metrics (run_id, key, step, value, timestamp, project_id) "
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
+
+_HISTORY = "SELECT step, value, timestamp FROM metrics WHERE run_id = ? AND key = ? ORDER BY step"
+_HISTORY_PG = _HISTORY.replace("?", "%s")
 
 
 def log_batch(session: Session, project_id: int, run_id: int, body: RunLog) -> RunLogged:
@@ -93,6 +97,11 @@ def _check_columns(session: Session, run_id: int, cols: MetricColumns) -> dict[i
         have = session.scalar(select(func.count()).where(LatestMetric.run_id == run_id)) or 0
         check_key_count(int(have), new_keys)
     last_step: list[int | None] = [stored.get(k) for k in cols.keys]
+    if len(used) == 1:  # one key (a column logged at once): compared in C, not point by point
+        previous = last_step[used[0]]
+        steps = cols.step
+        if (previous is None or steps[0] > previous) and all(map(operator.lt, steps, steps[1:])):
+            return {used[0]: n - 1}
     last_at: dict[int, int] = {}
     for i, (k, step) in enumerate(zip(cols.key, cols.step, strict=True)):
         previous = last_step[k]
@@ -169,14 +178,16 @@ def history(
     spaced by position, the first and last always kept."""
     run = read_run(session, project_id, run_id)
     check_key(key)
-    table = Metric.__table__
-    query = (
-        select(table.c.step, table.c.value, table.c.timestamp)
-        .where(table.c.run_id == run.id, table.c.key == key)
-        .order_by(table.c.step)
-    )
-    # a Core query on the connection: the run was found through the scoped session above
-    rows = list(session.connection().execute(query).all())
+    # raw rows from the driver (no per-row processing): the run was found through the
+    # scoped session above, and the statement is a constant with bound parameters
+    raw: Any = session.connection().connection.driver_connection
+    postgres = session.get_bind().dialect.name == "postgresql"
+    cursor = raw.cursor()
+    try:
+        cursor.execute(_HISTORY_PG if postgres else _HISTORY, (run.id, key))
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
     total = len(rows)
     if max_points is not None and total > max_points:
         rows = _downsample(rows, max_points)
@@ -188,7 +199,9 @@ def history(
 
             raise NotFound(f"run {run_id} has no metric {key!r}")
         return MetricHistory(run_id=run.id, key=key, total=0, step=[], value=[], timestamp=[])
-    steps, values, stamps = (list(c) for c in zip(*rows, strict=True))
+    steps = [r[0] for r in rows]
+    values = [r[1] for r in rows]
+    stamps = [r[2] for r in rows]
     # built without validation: the columns come from the typed table
     return MetricHistory.model_construct(
         run_id=run.id, key=key, total=total, step=steps, value=values, timestamp=stamps

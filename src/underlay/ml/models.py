@@ -91,6 +91,8 @@ class Metric(ProjectScoped, Base):
     """One point. ``timestamp`` is milliseconds since the Unix epoch, as the client saw it."""
 
     __tablename__ = "metrics"
+    # on SQLite the rows live in the primary key's B-tree: one tree to insert into, not two
+    __table_args__ = {"sqlite_with_rowid": False}
 
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(250), primary_key=True)

@@ -14,6 +14,7 @@ version) is kept by its foreign key.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -33,7 +34,7 @@ from underlay.ml.models import (
 )
 from underlay.ml.rules import MAX_PARAMS, check_key, check_text_value
 from underlay.ml.schemas import (
-    MetricPoint,
+    RunComparison,
     RunCreate,
     RunEnd,
     RunInputRef,
@@ -93,9 +94,17 @@ def list_runs(
     *,
     experiment: str | None = None,
     job_id: int | None = None,
+    status: str | None = None,
+    filter_expr: str = "",
+    order_by: str = "",
     limit: int = 1000,
 ) -> list[Run]:
-    """The project's runs, newest first."""
+    """The project's runs matching a search (:mod:`underlay.ml.search`), newest first unless
+    ``order_by`` says otherwise."""
+    from underlay.ml.search import parse_filter, parse_order_by
+
+    condition = parse_filter(filter_expr)
+    ordering = parse_order_by(order_by)
     query = select(Run).where(Run.project_id == project_id)
     if experiment is not None:
         query = query.where(
@@ -103,7 +112,27 @@ def list_runs(
         )
     if job_id is not None:
         query = query.where(Run.job_id == job_id)
-    return list(session.scalars(query.order_by(Run.id.desc()).limit(limit)))
+    if status is not None:
+        query = query.where(Run.status == status)
+    if condition is not None:
+        query = query.where(condition)
+    return list(session.scalars(query.order_by(*ordering, Run.id.desc()).limit(limit)))
+
+
+def compare(session: Session, project_id: int, run_ids: Sequence[int]) -> RunComparison:
+    """Runs side by side: every param and metric key any of them has, one value per run."""
+    found = [read_run(session, project_id, run_id) for run_id in dict.fromkeys(run_ids)]
+    rendered = render_many(session, found)
+    param_keys = sorted({k for r in rendered for k in r.params})
+    metric_keys = sorted({k for r in rendered for k in r.metrics})
+    return RunComparison(
+        runs=[r.id for r in rendered],
+        params={k: [r.params.get(k) for r in rendered] for k in param_keys},
+        metrics={
+            k: [r.metrics[k].value if k in r.metrics else None for r in rendered]
+            for k in metric_keys
+        },
+    )
 
 
 def end_run(session: Session, project_id: int, run_id: int, body: RunEnd) -> Run:
@@ -280,14 +309,22 @@ def render(session: Session, run: Run, experiment: str | None = None) -> RunRead
 def render_many(
     session: Session, runs: Sequence[Run], names: dict[int, str | None] | None = None
 ) -> list[RunRead]:
-    """Runs with their params, tags, latest metrics and inputs, in a few queries for all."""
+    return [RunRead.model_validate(row) for row in run_rows(session, runs, names)]
+
+
+def run_rows(
+    session: Session, runs: Sequence[Run], names: dict[int, str | None] | None = None
+) -> list[dict[str, Any]]:
+    """Runs with their params, tags, latest metrics and inputs as plain data in the shape of
+    :class:`RunRead` (JSON-ready), in a few queries for all: a search answers hundreds of runs
+    with tens of values each, and plain data is what makes that fast."""
     if not runs:
         return []
     ids = [r.id for r in runs]
     params: dict[int, dict[str, str]] = {i: {} for i in ids}
     tags: dict[int, dict[str, str]] = {i: {} for i in ids}
-    metrics: dict[int, dict[str, MetricPoint]] = {i: {} for i in ids}
-    inputs: dict[int, list[RunInputRef]] = {i: [] for i in ids}
+    metrics: dict[int, dict[str, dict[str, Any]]] = {i: {} for i in ids}
+    inputs: dict[int, list[tuple[str, str, int]]] = {i: [] for i in ids}
     for part in _chunks(ids, 500):
         for rid, k, v in session.execute(
             select(RunParam.run_id, RunParam.key, RunParam.value).where(RunParam.run_id.in_(part))
@@ -306,11 +343,13 @@ def render_many(
                 LatestMetric.timestamp,
             ).where(LatestMetric.run_id.in_(part))
         ):
-            metrics[rid][k] = MetricPoint(step=step, value=value, timestamp=ts)
-        for row in session.scalars(select(RunInput).where(RunInput.run_id.in_(part))):
-            inputs[row.run_id].append(
-                RunInputRef(kind=row.kind, name=row.name, version=row.version)  # type: ignore[arg-type]
+            metrics[rid][k] = {"step": step, "value": value, "timestamp": ts}
+        for rid, kind, name, version in session.execute(
+            select(RunInput.run_id, RunInput.kind, RunInput.name, RunInput.version).where(
+                RunInput.run_id.in_(part)
             )
+        ):
+            inputs[rid].append((kind, name, version))
     wanted = {r.experiment_id for r in runs} - {k for k, v in (names or {}).items() if v}
     known = {k: v for k, v in (names or {}).items() if v}
     if wanted:
@@ -320,21 +359,21 @@ def render_many(
             ).all()
         )
     return [
-        RunRead(
-            id=r.id,
-            experiment=known.get(r.experiment_id, ""),
-            name=r.name,
-            status=r.status,
-            job_id=r.job_id,
-            git_commit=r.git_commit,
-            error=r.error,
-            started_at=r.started_at,
-            ended_at=r.ended_at,
-            params=dict(sorted(params[r.id].items())),
-            tags=dict(sorted(tags[r.id].items())),
-            metrics=dict(sorted(metrics[r.id].items())),
-            inputs=sorted(inputs[r.id], key=lambda i: (i.kind, i.name, i.version)),
-        )
+        {
+            "id": r.id,
+            "experiment": known.get(r.experiment_id, ""),
+            "name": r.name,
+            "status": r.status,
+            "job_id": r.job_id,
+            "git_commit": r.git_commit,
+            "error": r.error,
+            "started_at": r.started_at.isoformat(),
+            "ended_at": r.ended_at.isoformat() if r.ended_at else None,
+            "params": dict(sorted(params[r.id].items())),
+            "tags": dict(sorted(tags[r.id].items())),
+            "metrics": dict(sorted(metrics[r.id].items())),
+            "inputs": [{"kind": k, "name": n, "version": v} for k, n, v in sorted(inputs[r.id])],
+        }
         for r in runs
     ]
 

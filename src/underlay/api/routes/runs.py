@@ -5,10 +5,12 @@ Another project's experiments and runs answer exactly as missing ones do (404).
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
+from pydantic import Field
 
 from underlay import identity
 from underlay.api.deps import Ctx
@@ -22,6 +24,7 @@ from underlay.ml.schemas import (
     ExperimentCreate,
     ExperimentRead,
     MetricHistory,
+    RunComparison,
     RunCreate,
     RunEnd,
     RunEnvironment,
@@ -29,6 +32,7 @@ from underlay.ml.schemas import (
     RunLog,
     RunLogged,
     RunRead,
+    RunStatus,
 )
 from underlay.platform import audit_text
 
@@ -105,15 +109,42 @@ def list_runs(
     ctx: Ctx,
     experiment: Annotated[str | None, Query(max_length=63)] = None,
     job_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+    status: Annotated[RunStatus | None, Query()] = None,
+    filter_expr: Annotated[str, Query(alias="filter", max_length=4000)] = "",
+    order_by: Annotated[str, Query(max_length=1000)] = "",
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-) -> list[RunRead]:
-    """The project's runs, newest first."""
+) -> Response:
+    """The project's runs, newest first; ``filter`` and ``order_by`` are search expressions
+    (``metrics.acc > 0.9 and params.lr = '0.01'``, ``metrics.acc desc``; see docs/ml.md)."""
     with ctx.unit("run.list", f"project:{project}/runs", audited=False) as u:
         found = identity.read_project(u.session, project, ctx.actor)
         rows = runs.list_runs(
-            u.session, found.id, experiment=experiment, job_id=job_id, limit=limit
+            u.session,
+            found.id,
+            experiment=experiment,
+            job_id=job_id,
+            status=status,
+            filter_expr=filter_expr,
+            order_by=order_by,
+            limit=limit,
         )
-        return runs.render_many(u.session, rows)
+        body = json.dumps(runs.run_rows(u.session, rows))
+    # plain data straight to JSON: a search answers hundreds of runs (see runs.run_rows)
+    return Response(body, media_type="application/json")
+
+
+@router.get("/compare", response_model=RunComparison)
+def compare_runs(
+    project: str,
+    ctx: Ctx,
+    ids: Annotated[
+        list[Annotated[int, Field(ge=1, le=2**31 - 1)]], Query(min_length=1, max_length=100)
+    ],
+) -> RunComparison:
+    """Runs side by side: each param and metric (its latest value) of any of them."""
+    with ctx.unit("run.read", f"project:{project}/runs", audited=False) as u:
+        found = identity.read_project(u.session, project, ctx.actor)
+        return runs.compare(u.session, found.id, ids)
 
 
 @router.get("/{run_id}", response_model=RunRead)

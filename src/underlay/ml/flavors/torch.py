@@ -8,7 +8,8 @@ The rule for rebuilding the module, one of two:
   imports the class, checks it is a ``torch.nn.Module`` subclass, builds it with the kwargs
   and loads the weights (strictly). A class defined in ``__main__`` or inside a function
   cannot be imported elsewhere and is refused at save time, with what to do.
-* **TorchScript**, for a ``torch.jit.ScriptModule``: ``model.pt`` from ``torch.jit.save``.
+* **TorchScript**, for a ``torch.jit.ScriptModule``: ``model.pt`` from ``torch.jit.save``
+  (TorchScript is deprecated upstream since torch 2.10; prefer the class path).
 
 Both run code on load (an import, TorchScript's program), so both load only from a verified
 artifact. The safetensors weights themselves are plain tensors.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -45,7 +47,9 @@ class TorchFlavor(FlavorBase):
 
         model = ctx.model
         if isinstance(model, torch.jit.ScriptModule):
-            torch.jit.save(model, str(ctx.folder / SCRIPT_FILE))
+            with warnings.catch_warnings():  # TorchScript is deprecated upstream, still loads
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.jit.save(model, str(ctx.folder / SCRIPT_FILE))
             return {"format": "torchscript", "file": SCRIPT_FILE, "torch": torch.__version__}
         from safetensors.torch import save_file
 
@@ -79,7 +83,9 @@ class TorchFlavor(FlavorBase):
         if fmt == "torchscript":
             refuse_unverified(ctx, f"the TorchScript program {SCRIPT_FILE}")
             script = str(ctx.folder / SCRIPT_FILE)
-            module = torch.jit.load(script, map_location="cpu")  # type: ignore[no-untyped-call]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(script, map_location="cpu")  # type: ignore[no-untyped-call]
         elif fmt == "state_dict":
             path = str(ctx.options.get("module_class", ""))
             refuse_unverified(ctx, f"module class {path!r} (an import runs its code)")

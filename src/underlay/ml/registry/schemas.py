@@ -12,6 +12,7 @@ from underlay.schemas import Line, Name, Text
 
 AliasName = Field(min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9_-]{0,62}$")
 LongText = Field(default="", max_length=20_000)
+MAX_ID = 2**31 - 1
 
 
 class _In(BaseModel):
@@ -53,7 +54,7 @@ class ModelRead(_Out):
 
 
 class VersionRegister(_In):
-    run: int = Field(ge=1, description="The run whose artifacts make the version.")
+    run: int = Field(ge=1, le=MAX_ID, description="The run whose artifacts make the version.")
     path: Line = Field(min_length=1, max_length=1024, description="Artifact path in the run.")
     description: Line = Field(default="", max_length=1000)
 
@@ -75,7 +76,7 @@ class ModelVersionRead(_Out):
 
 
 class AliasSet(_In):
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_ID)
     reason: Line = Field(min_length=1, max_length=1000)
 
 

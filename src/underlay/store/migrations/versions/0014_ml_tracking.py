@@ -123,6 +123,7 @@ def upgrade() -> None:
             ["run_id"], ["runs.id"], name=op.f("fk_metrics_run_id_runs"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("run_id", "key", "step", name=op.f("pk_metrics")),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "run_artifacts",
