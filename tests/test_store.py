@@ -93,7 +93,9 @@ def test_migrations_match_the_models(db: Database) -> None:
     from alembic.migration import MigrationContext
 
     import underlay.compute.models
-    import underlay.data.models  # noqa: F401  - registers the data tables
+    import underlay.data.models
+    import underlay.ml.models
+    import underlay.ml.registry.models  # noqa: F401  - registers the data and ml tables
     from underlay.store.models import Base
 
     with db.engine.connect() as conn:
@@ -153,7 +155,9 @@ def test_deleting_the_newest_row_never_frees_its_id(db: Database, kind: str) -> 
 def test_every_surrogate_key_is_monotonic_on_sqlite() -> None:
     """A new table cannot forget AUTOINCREMENT: every single integer key needs MONOTONIC."""
     import underlay.compute.models
-    import underlay.data.models  # noqa: F401  - registers the data tables
+    import underlay.data.models
+    import underlay.ml.models
+    import underlay.ml.registry.models  # noqa: F401  - registers the data and ml tables
     from underlay.store.models import Base
 
     forgot = [
@@ -200,7 +204,9 @@ def test_migrated_sqlite_tables_keep_autoincrement(tmp_path: Path) -> None:
     import sqlite3
 
     import underlay.compute.models
-    import underlay.data.models  # noqa: F401  - registers the data tables
+    import underlay.data.models
+    import underlay.ml.models
+    import underlay.ml.registry.models  # noqa: F401  - registers the data and ml tables
     from underlay.store.models import Base
 
     path = tmp_path / "head.db"

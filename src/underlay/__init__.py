@@ -3,6 +3,34 @@
 The package is layered (see docs/architecture.md): the kernel (config, errors, store, blobs,
 crypto, identity, audit, lineage), the domains (compute, data, ml, serving, monitoring, trust)
 and the faces (api, cli, client). Imports only go down.
+
+``underlay.load_model("P", "NAME@ALIAS")`` loads a verified registered model (see
+:mod:`underlay.client.models`).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from underlay.client.models import load_model as load_model
+    from underlay.client.tracking import start_run as start_run
+
+
+def __getattr__(name: str) -> Any:
+    """The SDK's top-level helpers (``underlay.start_run``, ``underlay.load_model``), imported
+    on first use so ``import underlay`` stays light."""
+    if name == "start_run":
+        from underlay.client.tracking import start_run
+
+        return start_run
+    if name == "load_model":
+        from underlay.client.models import load_model
+
+        return load_model
+    raise AttributeError(f"module 'underlay' has no attribute {name!r}")
+
+
+__all__ = ["__version__", "load_model", "start_run"]

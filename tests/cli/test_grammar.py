@@ -44,9 +44,11 @@ NO_JSON = {
     "quotas set",
     "users passwd",
     "datasets create",
+    "models rm",
     "datasets rm",
     "tables rm",
     "tables checks rm",
+    "runs rm",
     # these print JSON lines always
     "sql",
     "tables head",

@@ -20,9 +20,12 @@ from underlay.api.routes import (
     health,
     jobs,
     lineage,
+    model_exports,
+    models,
     nodes,
     pipelines,
     projects,
+    runs,
     status,
     subjects,
     tables,
@@ -35,6 +38,8 @@ from underlay.compute.purge import purge_project
 from underlay.config import Settings
 from underlay.data import datasets as data_datasets
 from underlay.data.tables import TableStore
+from underlay.ml import experiments as ml_experiments
+from underlay.ml.registry import service as registry
 from underlay.platform import Platform
 
 API_PREFIX = "/api/v1"
@@ -71,6 +76,12 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     platform.project_purgers.append(
         lambda session, project: data_datasets.purge_project(session, project.id)
     )
+    platform.project_purgers.append(
+        lambda session, project: registry.purge_project(session, project.id)
+    )
+    platform.project_purgers.append(
+        lambda session, project: ml_experiments.purge_project(session, project.id)
+    )
     app.state.tables = TableStore(platform.settings)
     app.state.uploads = UploadSlots(platform.settings.server.max_concurrent_uploads)
     problems.install(app)
@@ -99,10 +110,14 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         tables,
         pipelines,
         subjects,
+        models,
+        model_exports,
+        runs,
     )
     for module in routers:
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)
     api.include_router(jobs.by_id, responses=problems.PROBLEM_RESPONSES)  # global job ids
+    api.include_router(runs.experiments_router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(api)
     docs.install(app, API_PREFIX)
     return app

@@ -15,8 +15,10 @@ from underlay.cli import (
     data,
     demo,
     keys,
+    models,
     pipelines,
     resources,
+    runs,
     server,
     tables,
 )
@@ -72,6 +74,9 @@ app.add_typer(resources.blobs, name="blobs")
 app.add_typer(data.datasets, name="datasets")
 app.add_typer(tables.tables, name="tables")
 app.add_typer(pipelines.pipelines, name="pipelines")
+app.add_typer(runs.experiments, name="experiments")
+app.add_typer(runs.runs, name="runs")
+app.add_typer(models.models, name="models")
 app.command("sql")(tables.sql)
 app.add_typer(resources.audit, name="audit")
 app.add_typer(keys.keys, name="keys")

@@ -15,6 +15,9 @@ from pydantic import BaseModel, TypeAdapter
 
 from underlay.client.compute import ComputeMethods
 from underlay.client.data import DataMethods, TableMethods
+from underlay.client.exports import ExportMethods
+from underlay.client.ml import TrackingMethods
+from underlay.client.models import ModelMethods
 from underlay.client.pipelines import PipelineMethods
 from underlay.errors import IntegrityFailure, Unavailable, UnderlayError, error_for_problem
 from underlay.schemas import (
@@ -52,7 +55,15 @@ def _raise_for_problem(response: httpx.Response) -> None:
     raise cls(detail, **extra)
 
 
-class Client(ComputeMethods, DataMethods, TableMethods, PipelineMethods):
+class Client(
+    ComputeMethods,
+    DataMethods,
+    TableMethods,
+    PipelineMethods,
+    TrackingMethods,
+    ModelMethods,
+    ExportMethods,
+):
     """A session with one underlay server; use as a context manager or call :meth:`close`."""
 
     def __init__(
