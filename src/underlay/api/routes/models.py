@@ -19,7 +19,7 @@ from underlay import identity
 from underlay.api.deps import Ctx
 from underlay.errors import InvalidInput
 from underlay.identity import Action
-from underlay.ml.registry import service
+from underlay.ml.registry import aliases, service
 from underlay.ml.registry.models import ModelVersion, RegisteredModel
 from underlay.ml.registry.schemas import (
     AliasEventRead,
@@ -223,7 +223,7 @@ def set_alias(
     resource = f"{_resource(project, name)}/alias:{audit_text(alias)}"
     with ctx.unit("model.alias.set", resource, project=project) as u:
         found = identity.read_project(u.session, project, ctx.actor, Action.write)
-        event = service.set_alias(
+        event = aliases.set_alias(
             u.session,
             found.id,
             name,
@@ -251,7 +251,7 @@ def remove_alias(
     resource = f"{_resource(project, name)}/alias:{audit_text(alias)}"
     with ctx.unit("model.alias.remove", resource, project=project) as u:
         found = identity.read_project(u.session, project, ctx.actor, Action.write)
-        event = service.remove_alias(
+        event = aliases.remove_alias(
             u.session, found.id, name, alias, actor=ctx.actor.name, reason=reason
         )
         u.detail = {"previous": event.previous_version, "reason": reason}
@@ -270,7 +270,7 @@ def alias_history(
     each alias named at that moment (``?alias=champion&at=2026-05-01T00:00Z``)."""
     with ctx.unit("model.read", _resource(project, name), audited=False) as u:
         found = identity.read_project(u.session, project, ctx.actor)
-        events, held = service.alias_history(u.session, found.id, name, alias=alias, at=at)
+        events, held = aliases.alias_history(u.session, found.id, name, alias=alias, at=at)
         return AliasHistoryRead(
             model=name,
             at=at,
