@@ -49,6 +49,8 @@ def test_filter_and_order(admin: Client, grid: dict[tuple[str, int], int]) -> No
     assert len(admin.list_runs("p", filter="attributes.experiment = 'grid'")) == 6
     assert len(admin.list_runs("p", filter="tags.kind like 'gr%'")) == 6
     assert len(admin.list_runs("p", filter="metrics.`loss` = 1")) == 6
+    assert len(admin.list_runs("p", filter="started_at > '2000-01-01' and id >= 1")) == 7
+    assert admin.list_runs("p", filter="ended_at < '2000-01-01T00:00:00+00:00'") == []
 
 
 BAD = [
@@ -62,6 +64,9 @@ BAD = [
     ("metrics.acc > 0.9 params.x = 1", "params.x"),
     ("metrics.acc like 1", "like"),
     ("id = 1.5", "1.5"),
+    ("id = 99999999999999999999", "99999999999999999999"),
+    ("started_at like 'x'", "like"),
+    ("started_at > 'yesterday'", "'yesterday'"),
 ]
 
 

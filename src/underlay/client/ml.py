@@ -135,8 +135,14 @@ class TrackingMethods:
 
     def log_batch(self, project: str, run_id: int, body: dict[str, Any]) -> RunLogged:
         """Send one batch (see :class:`underlay.ml.schemas.RunLog`) as it is."""
+        from pydantic_core import to_json
+
         path = f"/projects/{project}/runs/{run_id}/log"
-        result: RunLogged = self._one(RunLogged, "POST", path, json=body)
+        headers = {"Content-Type": "application/json"}
+        # pydantic-core's encoder: several times faster than json.dumps on long columns
+        result: RunLogged = self._one(
+            RunLogged, "POST", path, content=to_json(body), headers=headers
+        )
         return result
 
     def metric_history(

@@ -325,28 +325,33 @@ def run_rows(
     tags: dict[int, dict[str, str]] = {i: {} for i in ids}
     metrics: dict[int, dict[str, dict[str, Any]]] = {i: {} for i in ids}
     inputs: dict[int, list[tuple[str, str, int]]] = {i: [] for i in ids}
+    # Core statements on the session's connection (no ORM row processing): the ids come
+    # from runs found through the scoped session
+    conn = session.connection()
+    param, tag, latest, given = (
+        RunParam.__table__.c,
+        RunTag.__table__.c,
+        LatestMetric.__table__.c,
+        RunInput.__table__.c,
+    )
     for part in _chunks(ids, 500):
-        for rid, k, v in session.execute(
-            select(RunParam.run_id, RunParam.key, RunParam.value).where(RunParam.run_id.in_(part))
+        for rid, k, v in conn.execute(
+            select(param.run_id, param.key, param.value).where(param.run_id.in_(part))
         ):
             params[rid][k] = v
-        for rid, k, v in session.execute(
-            select(RunTag.run_id, RunTag.key, RunTag.value).where(RunTag.run_id.in_(part))
+        for rid, k, v in conn.execute(
+            select(tag.run_id, tag.key, tag.value).where(tag.run_id.in_(part))
         ):
             tags[rid][k] = v
-        for rid, k, step, value, ts in session.execute(
-            select(
-                LatestMetric.run_id,
-                LatestMetric.key,
-                LatestMetric.step,
-                LatestMetric.value,
-                LatestMetric.timestamp,
-            ).where(LatestMetric.run_id.in_(part))
+        for rid, k, step, value, ts in conn.execute(
+            select(latest.run_id, latest.key, latest.step, latest.value, latest.timestamp).where(
+                latest.run_id.in_(part)
+            )
         ):
             metrics[rid][k] = {"step": step, "value": value, "timestamp": ts}
-        for rid, kind, name, version in session.execute(
-            select(RunInput.run_id, RunInput.kind, RunInput.name, RunInput.version).where(
-                RunInput.run_id.in_(part)
+        for rid, kind, name, version in conn.execute(
+            select(given.run_id, given.kind, given.name, given.version).where(
+                given.run_id.in_(part)
             )
         ):
             inputs[rid].append((kind, name, version))

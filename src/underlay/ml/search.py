@@ -22,6 +22,7 @@ key does not match. Ordering by a metric puts runs without it last.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -245,13 +246,28 @@ def _compare(
             )
         )
     column = _ATTRIBUTES[field.key]
+    if field.key in ("id", "job_id", "started_at", "ended_at") and op == "like":
+        raise _bad(what, op_token, f"cannot compare {field.key}: use = != < <= > >=")
     if field.key in ("id", "job_id"):
-        if not isinstance(literal, float) or literal != int(literal):
+        if not isinstance(literal, float) or literal != int(literal) or abs(literal) > 2**62:
             raise _bad(what, value, f"is not a whole number: {field.key} is one")
         return _apply(column, op, int(literal))
-    if isinstance(literal, float) and field.key in ("name", "status"):
+    if field.key in ("started_at", "ended_at"):
+        return _apply(column, op, _moment(what, value, literal))
+    if isinstance(literal, float):
         return _apply(column, op, value.text)
     return _apply(column, op, literal)
+
+
+def _moment(what: str, token: Token, literal: str | float) -> dt.datetime:
+    """An ISO 8601 date or time (UTC unless it says otherwise)."""
+    try:
+        if isinstance(literal, float):
+            raise ValueError
+        moment = dt.datetime.fromisoformat(literal)
+    except ValueError:
+        raise _bad(what, token, "is not an ISO 8601 time ('2026-12-06T19:00:00')") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def _order(field: Field, direction: str) -> UnaryExpression[Any]:
