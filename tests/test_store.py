@@ -91,7 +91,8 @@ def test_migrations_match_the_models(db: Database) -> None:
     from alembic.migration import MigrationContext
 
     import underlay.compute.models
-    import underlay.data.models  # noqa: F401  - registers the data tables
+    import underlay.data.models
+    import underlay.ml.pipelines.models  # noqa: F401  - registers the ML pipeline tables
     from underlay.store.models import Base
 
     with db.engine.connect() as conn:

@@ -20,6 +20,7 @@ from underlay.api.routes import (
     health,
     jobs,
     lineage,
+    ml_pipelines,
     nodes,
     pipelines,
     projects,
@@ -96,6 +97,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         datasets,
         tables,
         pipelines,
+        ml_pipelines,
         subjects,
     )
     for module in routers:

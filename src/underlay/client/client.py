@@ -13,6 +13,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from underlay.client.compute import ComputeMethods
 from underlay.client.data import DataMethods, TableMethods
+from underlay.client.ml_pipelines import MLPipelineMethods
 from underlay.client.pipelines import PipelineMethods
 from underlay.errors import IntegrityFailure, Unavailable, UnderlayError, error_for_problem
 from underlay.schemas import (
@@ -50,7 +51,7 @@ def _raise_for_problem(response: httpx.Response) -> None:
     raise cls(detail, **extra)
 
 
-class Client(ComputeMethods, DataMethods, TableMethods, PipelineMethods):
+class Client(ComputeMethods, DataMethods, TableMethods, PipelineMethods, MLPipelineMethods):
     """A session with one underlay server; use as a context manager or call :meth:`close`."""
 
     def __init__(
