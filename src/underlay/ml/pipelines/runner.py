@@ -309,13 +309,22 @@ class Driver:
     # -- the end --------------------------------------------------------------------------------
 
     def _failures(self, graph: Graph) -> list[str]:
+        """What made the run fail: each call that failed itself (not one skipped because an
+        input failed), and each sweep none of whose trials gave its metric."""
         found = []
         for key in graph.order:
-            if key in self.state.failed:
-                record = self.state.records[self.state.failed[key]]
-                if record.status == "failed" or key in self.state.sweeps:
-                    what = "sweep" if key in self.state.sweeps else "step"
-                    found.append(f"{what} {key}: {record.error or 'no trial gave the metric'}")
+            if key not in self.state.failed:
+                continue
+            if key in self.state.sweeps:
+                trials = [self.state.records[k] for k in self.state.sweeps[key].trials]
+                if all(t.status == "skipped" for t in trials):
+                    continue
+                failed = [t for t in trials if t.status == "failed"]
+                metric = graph.calls[key].sweep.metric  # type: ignore[union-attr]
+                why = failed[0].error if len(failed) == len(trials) else f"no trial gave metric {metric!r}"
+                found.append(f"sweep {key}: {why}")
+            elif (record := self.state.records[key]).status == "failed":
+                found.append(f"step {key}: {record.error}")
         return found
 
     def _finish(self, graph: Graph, status: str, error: str, started: float) -> RunRead:
