@@ -107,7 +107,7 @@ class Driver:
         body = {"pipeline": self.pipeline.name, "mode": mode, "params": graph.params}
         record = self.client.create_ml_run(self.project, body)
         self.run_id, self.signing_key = record.id, record.signing_key
-        self.say(f"run {record.id} of pipeline {self.pipeline.name} ({mode})")
+        self.say(f"run m{record.id} of pipeline {self.pipeline.name} ({mode})")
         started = time.monotonic()
         deadline = None if timeout_s is None else started + timeout_s
         try:
@@ -177,7 +177,7 @@ class Driver:
         record = self.client.create_ml_step(self.project, self.run_id, body)
         self.state.records[key] = record
         if record.status == "cached":
-            self.say(f"step {key}: cached, skipped (outputs of run {record.cached_from_run})")
+            self.say(f"step {key}: cached, skipped (outputs of run m{record.cached_from_run})")
             self._done(key, record)
         elif record.status == "skipped":
             self.say(f"step {key}: skipped ({record.error})")
