@@ -31,7 +31,11 @@ def test_a_run_then_cache_hits_then_misses_on_param_and_code(admin, tmp_path: Pa
     assert set(_statuses(first).values()) == {"succeeded"}
     assert list(_statuses(first)) == ["load", "split", "fit.0", "fit.1", "fit.2", "evaluate"]
     (sweep,) = first.sweeps
-    assert (sweep["best"], sweep["best_value"], sweep["trials"]) == ("fit.1", 0.0, ["fit.0", "fit.1", "fit.2"])  # fmt: skip
+    assert (sweep["best"], sweep["best_value"], sweep["trials"]) == (
+        "fit.1",
+        0.0,
+        ["fit.0", "fit.1", "fit.2"],
+    )
     steps = {s.key: s for s in first.steps}
     assert steps["fit.1"].params == {"slope": 2.0} and steps["fit.1"].metrics == {"error": 0.0}
     assert steps["evaluate"].metrics == {"mae": 0.0}
@@ -62,12 +66,19 @@ def test_a_run_then_cache_hits_then_misses_on_param_and_code(admin, tmp_path: Pa
         # the changed fit gave the same bytes, so what reads them is a hit again
         "evaluate": "cached",
     }
-    assert [r.id for r in admin.list_ml_runs("shop", "line")] == [changed.id, bigger.id, again.id, first.id]  # fmt: skip
+    assert [r.id for r in admin.list_ml_runs("shop", "line")] == [
+        changed.id,
+        bigger.id,
+        again.id,
+        first.id,
+    ]
 
 
-def test_a_failing_step_is_retried_then_fails_and_skips_what_reads_it(admin, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_failing_step_is_retried_then_fails_and_skips_what_reads_it(
+    admin, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     admin.create_project("shop")
-    text = PIPELINE.replace("@step(memory=\"256Mi\")", "@step(memory=\"256Mi\", retries=2)").replace(
+    text = PIPELINE.replace('@step(memory="256Mi")', '@step(memory="256Mi", retries=2)').replace(
         "    return pa.table(", "    raise ValueError('no data today')\n    return pa.table("
     )
     run = admin.run_ml_pipeline("shop", _write(tmp_path, text), local=True)
@@ -144,23 +155,85 @@ def test_the_server_checks_what_a_driver_reports(admin, tmp_path: Path) -> None:
     admin.create_project("shop")
     run = admin.create_ml_run("shop", {"pipeline": "hand"})
     code = "ab" * 32
-    with pytest.raises(InvalidInput, match="input x reads step 'ghost', which this run has not recorded"):  # fmt: skip
-        admin.create_ml_step("shop", run.id, {"key": "b", "step": "b", "code_digest": code, "inputs": {"x": {"step": "ghost", "output": "out"}}})  # fmt: skip
+    with pytest.raises(
+        InvalidInput, match="input x reads step 'ghost', which this run has not recorded"
+    ):
+        admin.create_ml_step(
+            "shop",
+            run.id,
+            {
+                "key": "b",
+                "step": "b",
+                "code_digest": code,
+                "inputs": {"x": {"step": "ghost", "output": "out"}},
+            },
+        )
     admin.create_ml_step("shop", run.id, {"key": "a", "step": "a", "code_digest": code})
     with pytest.raises(Conflict, match="input x: step a is still pending"):
-        admin.create_ml_step("shop", run.id, {"key": "b", "step": "b", "code_digest": code, "inputs": {"x": {"step": "a", "output": "out"}}})  # fmt: skip
+        admin.create_ml_step(
+            "shop",
+            run.id,
+            {
+                "key": "b",
+                "step": "b",
+                "code_digest": code,
+                "inputs": {"x": {"step": "a", "output": "out"}},
+            },
+        )
     with pytest.raises(NotFound, match="output out: blob 000000000000 is not in the project"):
-        admin.finish_ml_step("shop", run.id, "a", {"status": "succeeded", "outputs": {"out": {"digest": "0" * 64, "format": "json", "size": 1}}})  # fmt: skip
+        admin.finish_ml_step(
+            "shop",
+            run.id,
+            "a",
+            {
+                "status": "succeeded",
+                "outputs": {"out": {"digest": "0" * 64, "format": "json", "size": 1}},
+            },
+        )
     blob = admin.upload_blob("shop", b"1")
-    admin.finish_ml_step("shop", run.id, "a", {"status": "succeeded", "outputs": {"out": {"digest": blob.digest, "format": "json", "size": 1}}})  # fmt: skip
-    with pytest.raises(Conflict, match="step a of run .* has ended already"):
+    admin.finish_ml_step(
+        "shop",
+        run.id,
+        "a",
+        {
+            "status": "succeeded",
+            "outputs": {"out": {"digest": blob.digest, "format": "json", "size": 1}},
+        },
+    )
+    with pytest.raises(Conflict, match=r"step a of run .* has ended already"):
         admin.finish_ml_step("shop", run.id, "a", {"status": "failed"})
     with pytest.raises(InvalidInput, match="step a has no output 'model'"):
-        admin.create_ml_step("shop", run.id, {"key": "b", "step": "b", "code_digest": code, "inputs": {"x": {"step": "a", "output": "model"}}})  # fmt: skip
+        admin.create_ml_step(
+            "shop",
+            run.id,
+            {
+                "key": "b",
+                "step": "b",
+                "code_digest": code,
+                "inputs": {"x": {"step": "a", "output": "model"}},
+            },
+        )
     with pytest.raises(InvalidInput, match="pattern"):
         admin.create_ml_step("shop", run.id, {"key": "C D", "step": "c", "code_digest": code})
     with pytest.raises(InvalidInput, match="best 'z' is not one of its trials"):
-        admin.finish_ml_run("shop", run.id, {"status": "succeeded", "sweeps": [{"name": "s", "step": "a", "metric": "m", "mode": "max", "kind": "grid", "trials": ["a"], "best": "z"}]})  # fmt: skip
+        admin.finish_ml_run(
+            "shop",
+            run.id,
+            {
+                "status": "succeeded",
+                "sweeps": [
+                    {
+                        "name": "s",
+                        "step": "a",
+                        "metric": "m",
+                        "mode": "max",
+                        "kind": "grid",
+                        "trials": ["a"],
+                        "best": "z",
+                    }
+                ],
+            },
+        )
     admin.finish_ml_run("shop", run.id, {"status": "succeeded"})
     with pytest.raises(Conflict, match="has ended already"):
         admin.finish_ml_run("shop", run.id, {"status": "failed"})

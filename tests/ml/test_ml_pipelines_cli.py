@@ -53,17 +53,29 @@ def test_run_local_then_ls_show_and_logs(cli: Cli, tmp_path: Path) -> None:
     assert "  step load: cached, skipped (outputs of run m1)" in again.stdout
     assert "step evaluate: cached, skipped (outputs of run m1)" in again.stderr  # as it goes
     runs = as_json(cli("pipelines", "ls", "-p", "shop", "--json"))
-    assert [(r["id"], r["status"], r["params"]) for r in runs] == [(2, "succeeded", {"n": 20}), (1, "succeeded", {})]  # fmt: skip
+    assert [(r["id"], r["status"], r["params"]) for r in runs] == [
+        (2, "succeeded", {"n": 20}),
+        (1, "succeeded", {}),
+    ]
     assert "m2" in cli("pipelines", "ls", "line", "-p", "shop").stdout
     shown = as_json(cli("pipelines", "show", "m1", "-p", "shop", "--json"))
     assert shown["sweeps"][0]["best"] == "fit.1" and len(shown["steps"]) == 6
-    assert cli("pipelines", "show", "m2", "-p", "shop").stdout.splitlines()[1] == '  params: {"n": 20}'  # fmt: skip
+    assert (
+        cli("pipelines", "show", "m2", "-p", "shop").stdout.splitlines()[1] == '  params: {"n": 20}'
+    )
     logs = cli("pipelines", "logs", "m1", "load", "-p", "shop").stdout
     assert logs == "== step load: no job (succeeded, ran in-process)\n"
 
-    assert_one_line_error(cli("pipelines", "show", "m9", "-p", "shop", ok=False), "ML pipeline run 9 not found")  # fmt: skip
-    assert_one_line_error(cli("pipelines", "show", "nine", "-p", "shop", ok=False), "'nine' is not a run id (3) or an ML run (m3)")  # fmt: skip
-    assert_one_line_error(cli("pipelines", "logs", "m1", "nope", "-p", "shop", ok=False), "run m1 has no step 'nope'")  # fmt: skip
+    assert_one_line_error(
+        cli("pipelines", "show", "m9", "-p", "shop", ok=False), "ML pipeline run 9 not found"
+    )
+    assert_one_line_error(
+        cli("pipelines", "show", "nine", "-p", "shop", ok=False),
+        "'nine' is not a run id (3) or an ML run (m3)",
+    )
+    assert_one_line_error(
+        cli("pipelines", "logs", "m1", "nope", "-p", "shop", ok=False), "run m1 has no step 'nope'"
+    )
     bad = cli("pipelines", "run", str(path), "-p", "shop", "--local", "-P", "size=3", ok=False)
     assert_one_line_error(bad, "pipeline line takes no parameter 'size'")
 
@@ -71,17 +83,25 @@ def test_run_local_then_ls_show_and_logs(cli: Cli, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (PIPELINE.replace('@step(memory="256Mi")', '@step(memory="lots")'),
-         "pipeline.py: step load: memory must be MiB or like '512Mi' or '2Gi', not 'lots'"),
-        (PIPELINE.replace("evaluate(best, test)", "evaluate(best, ref('split.valid'))")
-                 .replace("import log_metric,", "import log_metric, ref,"),
-         "step evaluate: input test: step split has no output 'valid' (outputs: train, test)"),
-        (PIPELINE.replace("data = load(n)", "data = load(ref('evaluate'))")
-                 .replace("import log_metric,", "import log_metric, ref,"),
-         "pipeline line has a cycle: evaluate -> load -> split -> fit -> evaluate"),
+        (
+            PIPELINE.replace('@step(memory="256Mi")', '@step(memory="lots")'),
+            "pipeline.py: step load: memory must be MiB or like '512Mi' or '2Gi', not 'lots'",
+        ),
+        (
+            PIPELINE.replace("evaluate(best, test)", "evaluate(best, ref('split.valid'))").replace(
+                "import log_metric,", "import log_metric, ref,"
+            ),
+            "step evaluate: input test: step split has no output 'valid' (outputs: train, test)",
+        ),
+        (
+            PIPELINE.replace("data = load(n)", "data = load(ref('evaluate'))").replace(
+                "import log_metric,", "import log_metric, ref,"
+            ),
+            "pipeline line has a cycle: evaluate -> load -> split -> fit -> evaluate",
+        ),
         ("import nothing_here\n", "pipeline.py failed to load: ModuleNotFoundError"),
     ],
-)  # fmt: skip
+)
 def test_bad_pipelines_are_one_line_errors_before_anything_runs(
     cli: Cli, tmp_path: Path, text: str, message: str
 ) -> None:
@@ -94,13 +114,17 @@ def test_bad_pipelines_are_one_line_errors_before_anything_runs(
 def test_a_failed_local_step_exits_1_with_one_error_line(cli: Cli, tmp_path: Path) -> None:
     cli("projects", "create", "shop")
     text = PIPELINE.replace("@step\ndef evaluate", "@step(retries=1)\ndef evaluate").replace(
-        "    xs, ys = test.column", "    raise RuntimeError('metric server down')\n    xs, ys = test.column"
-    )  # fmt: skip
-    failed = cli("pipelines", "run", str(_write(tmp_path, text)), "-p", "shop", "--local", "-q", ok=False)  # fmt: skip
+        "    xs, ys = test.column",
+        "    raise RuntimeError('metric server down')\n    xs, ys = test.column",
+    )
+    failed = cli(
+        "pipelines", "run", str(_write(tmp_path, text)), "-p", "shop", "--local", "-q", ok=False
+    )
     assert failed.returncode == 1
     assert_one_line_error(
         failed,
-        "pipeline line run m1 failed: step evaluate: after 2 attempts: RuntimeError: metric server down",  # fmt: skip
+        "pipeline line run m1 failed: step evaluate: after 2 attempts: RuntimeError: metric "
+        "server down",
     )
     assert "  step evaluate: failed, 2 attempts" in failed.stdout
 
@@ -157,11 +181,15 @@ def test_steps_run_as_jobs_cached_on_the_second_run_and_a_failure_keeps_its_logs
     # the jobs find this checkout's `underlay` (what a node has installed) through these
     bin_dir = Path(sys.executable).parent
     env = [
-        "--env", f"PATH={bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-        "--env", f"PYTHONPATH={SRC}",
-    ]  # fmt: skip
+        "--env",
+        f"PATH={bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "--env",
+        f"PYTHONPATH={SRC}",
+    ]
     path = _write(tmp_path, JOBS)
-    first = cli("pipelines", "run", str(path), "-p", "shop", "-q", "--json", "--timeout", "120", *env)  # fmt: skip
+    first = cli(
+        "pipelines", "run", str(path), "-p", "shop", "-q", "--json", "--timeout", "120", *env
+    )
     run = as_json(first)
     assert run["status"] == "succeeded", run
     steps = {s["key"]: s for s in run["steps"]}
@@ -181,7 +209,9 @@ def test_steps_run_as_jobs_cached_on_the_second_run_and_a_failure_keeps_its_logs
     assert len(as_json(cli("jobs", "ls", "-p", "shop", "--json"))) == jobs_before
 
     failing = _write(tmp_path, FAILING, "failing.py")
-    failed = cli("pipelines", "run", str(failing), "-p", "shop", "-q", "--timeout", "120", *env, ok=False)  # fmt: skip
+    failed = cli(
+        "pipelines", "run", str(failing), "-p", "shop", "-q", "--timeout", "120", *env, ok=False
+    )
     assert failed.returncode == 1
     line = assert_one_line_error(failed, "pipeline failing run m3 failed: step flaky: job ")
     assert line.endswith("failed after 2 attempts: step flaky failed: ValueError: no data today")

@@ -54,7 +54,9 @@ def test_forward_refs_resolve_and_a_cycle_is_named() -> None:
 
     @pipeline
     def loop() -> None:
-        echo(ref("echo_2"), )
+        echo(
+            ref("echo_2"),
+        )
         echo(ref("echo"))
 
     with pytest.raises(InvalidInput, match=r"pipeline loop has a cycle: echo -> echo_2 -> echo"):
@@ -64,15 +66,30 @@ def test_forward_refs_resolve_and_a_cycle_is_named() -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        (lambda: total(halves(make())["middle"]), r"step halves has no output 'middle' \(outputs: left, right\)"),
-        (lambda: (halves(make()), total(ref("halves.middle"))), r"step total: input items: step halves has no output 'middle'"),
-        (lambda: total(ref("nowhere")), r"input items reads step 'nowhere', which the pipeline does not call"),
+        (
+            lambda: total(halves(make())["middle"]),
+            r"step halves has no output 'middle' \(outputs: left, right\)",
+        ),
+        (
+            lambda: (halves(make()), total(ref("halves.middle"))),
+            r"step total: input items: step halves has no output 'middle'",
+        ),
+        (
+            lambda: total(ref("nowhere")),
+            r"input items reads step 'nowhere', which the pipeline does not call",
+        ),
         (lambda: total(halves(make())), r"step halves has outputs left, right: pick one"),
         (lambda: total(make(), scale="big"), r"step total: parameter scale must be float, not str"),
         (lambda: total(make(), scale=object()), r"parameter scale must be JSON data"),
         (lambda: total(), r"step total: input items is not given"),
-        (lambda: total(make(), colour=1), r"step total: got an unexpected keyword argument 'colour'"),
-        (lambda: sweep(total, make(), grid={"speed": [1]}, metric="m"), r"total takes no parameter 'speed'"),
+        (
+            lambda: total(make(), colour=1),
+            r"step total: got an unexpected keyword argument 'colour'",
+        ),
+        (
+            lambda: sweep(total, make(), grid={"speed": [1]}, metric="m"),
+            r"total takes no parameter 'speed'",
+        ),
         (lambda: sweep(total, make(), metric="m"), r"give grid or space"),
         (lambda: sweep(total, make(), grid={"scale": []}, metric="m"), r"0 trials"),
     ],
@@ -108,9 +125,9 @@ def test_bad_resource_requests_are_refused_where_the_step_is_declared(
 
 
 def test_resource_requests_become_job_options() -> None:
-    declared = step(name="s", cpus=2, memory="1.5Gi", gpu_fraction=0.5, gpu_type="h100", timeout=60)(
-        lambda: 1
-    )
+    declared = step(
+        name="s", cpus=2, memory="1.5Gi", gpu_fraction=0.5, gpu_type="h100", timeout=60
+    )(lambda: 1)
     assert declared.resources.job_options() == {
         "cpus": 2.0,
         "memory_mib": 1536,
@@ -118,7 +135,11 @@ def test_resource_requests_become_job_options() -> None:
         "gpu_type": "h100",
         "max_runtime_s": 60,
     }
-    assert (parse_memory("s", 512), parse_memory("s", "1G"), parse_memory("s", "2Gi")) == (512, 954, 2048)  # fmt: skip
+    assert (parse_memory("s", 512), parse_memory("s", "1G"), parse_memory("s", "2Gi")) == (
+        512,
+        954,
+        2048,
+    )
 
 
 def test_grid_and_seeded_random_sweeps() -> None:
@@ -131,7 +152,15 @@ def test_grid_and_seeded_random_sweeps() -> None:
 
     @pipeline
     def search() -> None:
-        sweep(total, make(), space={"scale": loguniform(0.01, 1)}, trials=4, seed=7, metric="m", mode="min")  # fmt: skip
+        sweep(
+            total,
+            make(),
+            space={"scale": loguniform(0.01, 1)},
+            trials=4,
+            seed=7,
+            metric="m",
+            mode="min",
+        )
 
     first = search.graph().calls["total"].sweep
     again = search.graph().calls["total"].sweep

@@ -93,7 +93,9 @@ def report(record: RunRead, as_json: bool) -> None:
             typer.echo(escape_control(line))
     if record.status == "failed":
         message = escape_control(record.error)
-        typer.echo(f"error: pipeline {record.pipeline} run m{record.id} failed: {message}", err=True)
+        typer.echo(
+            f"error: pipeline {record.pipeline} run m{record.id} failed: {message}", err=True
+        )
         raise typer.Exit(EXIT_FAILED)
 
 

@@ -95,9 +95,7 @@ class MLPipelineMethods:
         result: StepRead = self._one(StepRead, "POST", path, json={"job_id": job_id})
         return result
 
-    def finish_ml_step(
-        self, project: str, run_id: int, key: str, body: dict[str, Any]
-    ) -> StepRead:
+    def finish_ml_step(self, project: str, run_id: int, key: str, body: dict[str, Any]) -> StepRead:
         path = f"/projects/{project}/ml-pipeline-runs/{run_id}/steps/{key}/finish"
         result: StepRead = self._one(StepRead, "POST", path, json=body)
         return result

@@ -46,7 +46,9 @@ def list_runs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[RunRead]:
     """The project's runs, newest first (without their steps)."""
-    with ctx.unit("ml_pipeline.run.list", f"project:{project}/ml-pipeline-runs", audited=False) as u:
+    with ctx.unit(
+        "ml_pipeline.run.list", f"project:{project}/ml-pipeline-runs", audited=False
+    ) as u:
         found = identity.read_project(u.session, project, ctx.actor)
         key = ctx.platform.signer.public_key_bytes()
         runs = service.list_runs(u.session, found, pipeline, limit)

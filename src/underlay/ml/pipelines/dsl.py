@@ -43,8 +43,17 @@ from underlay.errors import InvalidInput
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
 _OUTPUT = re.compile(r"^[a-z_][a-z0-9_]{0,31}$")
 _MEMORY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T)?$")
-_MEMORY_MIB = {None: 1 / 2**20, "Ki": 1 / 1024, "K": 1000 / 2**20, "Mi": 1, "M": 1e6 / 2**20,
-               "Gi": 1024, "G": 1e9 / 2**20, "Ti": 1024**2, "T": 1e12 / 2**20}  # fmt: skip
+_MEMORY_MIB = {
+    None: 1 / 2**20,
+    "Ki": 1 / 1024,
+    "K": 1000 / 2**20,
+    "Mi": 1,
+    "M": 1e6 / 2**20,
+    "Gi": 1024,
+    "G": 1e9 / 2**20,
+    "Ti": 1024**2,
+    "T": 1e12 / 2**20,
+}
 DEFAULT_OUTPUT = "out"
 MAX_TRIALS = 256
 
@@ -107,8 +116,10 @@ def _resources(
         kind = int if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, kind):
             raise InvalidInput(f"step {name}: {field} must be a number, not {value!r}")
-        if not (low <= value <= high) or (not integer and not math.isfinite(value)):  # type: ignore[operator]
-            raise InvalidInput(f"step {name}: {field} must be between {low:g} and {high:g}, not {value!r}")  # fmt: skip
+        if not (low <= value <= high) or (not integer and not math.isfinite(value)):
+            raise InvalidInput(
+                f"step {name}: {field} must be between {low:g} and {high:g}, not {value!r}"
+            )
 
     number("cpus", cpus, 0.001, 1024)
     number("gpus", gpus, 0, 64, integer=True)
@@ -204,7 +215,7 @@ def step(
     in a helper the step calls); ``cache=False`` always runs it."""
 
     def declare(fn: Callable[..., Any]) -> Step:
-        label = name or getattr(fn, "__name__", "")
+        label: str = name or str(getattr(fn, "__name__", ""))
         if not _NAME.fullmatch(label):
             raise InvalidInput(
                 f"step name {label!r} must be lowercase letters, digits and _ (at most 40)"
@@ -440,9 +451,7 @@ def sweep(
         if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
             raise InvalidInput(f"sweep {label}: trials must be a positive number")
         rng = random.Random(seed)
-        draws = {
-            k: v if isinstance(v, Distribution) else choice(list(v)) for k, v in space.items()
-        }
+        draws = {k: v if isinstance(v, Distribution) else choice(list(v)) for k, v in space.items()}
         sets = [{k: d.sample(rng) for k, d in draws.items()} for _ in range(trials)]
         spec = SweepSpec(metric, mode, sets, "random", seed)
     if not 1 <= len(spec.trials) <= MAX_TRIALS:
@@ -450,11 +459,12 @@ def sweep(
     for trial in spec.trials:
         for key in trial:
             if key in kwargs or key not in target.signature.parameters:
-                raise InvalidInput(f"sweep {label}: {target.name} takes no parameter {key!r} to sweep")
+                raise InvalidInput(
+                    f"sweep {label}: {target.name} takes no parameter {key!r} to sweep"
+                )
         for key, value in trial.items():
             trial[key] = _literal(label, key, value)
-    key = None if name is None else name
-    return builder.call(target, args, kwargs, sweep=spec, key=key)
+    return builder.call(target, args, kwargs, sweep=spec, key=name)
 
 
 # -- pipelines ------------------------------------------------------------------------------------
@@ -530,7 +540,11 @@ class Graph:
             )
         resolved = Handle(target.key, target.step.outputs)
         try:
-            return resolved[handle.output] if handle.output is not None else resolved[resolved.selected()]
+            return (
+                resolved[handle.output]
+                if handle.output is not None
+                else resolved[resolved.selected()]
+            )
         except InvalidInput as error:
             raise InvalidInput(f"step {key}: input {arg}: {error}") from None
 

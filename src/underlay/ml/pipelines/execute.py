@@ -47,9 +47,7 @@ def _collecting() -> Iterator[dict[str, float]]:
         _metrics.pop()
 
 
-def read_input(
-    client: Client, project: str, arg: str, ref: InputRead, signing_key: str
-) -> Any:
+def read_input(client: Client, project: str, arg: str, ref: InputRead, signing_key: str) -> Any:
     """An input's value, its bytes verified by digest (and a pickle by signature)."""
     from underlay.crypto import verify_signature
 

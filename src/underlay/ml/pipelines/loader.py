@@ -57,10 +57,15 @@ def find(path: Path, name: str | None = None) -> Pipeline | None:
         return None
     if name is not None:
         if name not in found:
-            raise InvalidInput(f"{path.name} declares no pipeline {name!r} (it declares {', '.join(sorted(found))})")  # fmt: skip
+            raise InvalidInput(
+                f"{path.name} declares no pipeline {name!r} "
+                f"(it declares {', '.join(sorted(found))})"
+            )
         return found[name]
     if len(found) > 1:
-        raise InvalidInput(f"{path.name} declares pipelines {', '.join(sorted(found))}: name one with --pipeline")  # fmt: skip
+        raise InvalidInput(
+            f"{path.name} declares pipelines {', '.join(sorted(found))}: name one with --pipeline"
+        )
     return next(iter(found.values()))
 
 

@@ -20,7 +20,10 @@ class MLPipelineRun(ProjectScoped, Base):
     ``sweeps`` is JSON ``[{"name", "metric", "mode", "kind", "seed", "trials", "best"}]``."""
 
     __tablename__ = "ml_pipeline_runs"
-    __table_args__ = (Index("ix_ml_pipeline_runs_project_pipeline", "project_id", "pipeline"), MONOTONIC)  # fmt: skip
+    __table_args__ = (
+        Index("ix_ml_pipeline_runs_project_pipeline", "project_id", "pipeline"),
+        MONOTONIC,
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     pipeline: Mapped[str] = mapped_column(String(63))

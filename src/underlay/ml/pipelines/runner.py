@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from underlay.errors import InvalidInput, Unavailable
 from underlay.ml.pipelines import execute
-from underlay.ml.pipelines.dsl import Call, Graph, Pipeline
+from underlay.ml.pipelines.dsl import Call, Graph, Handle, Pipeline
 
 if TYPE_CHECKING:
     from underlay.client import Client
@@ -135,7 +135,9 @@ class Driver:
                 self._settle_sweep(key)
             if self.state.running:
                 if deadline is not None and time.monotonic() > deadline:
-                    raise Unavailable("the pipeline timed out; its running jobs were cancelled", timed_out=True)  # fmt: skip
+                    raise Unavailable(
+                        "the pipeline timed out; its running jobs were cancelled", timed_out=True
+                    )
                 time.sleep(POLL_S)
                 self._poll()
 
@@ -146,6 +148,7 @@ class Driver:
         inputs = {}
         for arg, handle in call.inputs.items():
             source = self.state.resolved.get(handle.call) or self.state.failed[handle.call]
+            assert isinstance(handle, Handle)  # refs are resolved when the graph is built
             inputs[arg] = {"step": source, "output": handle.selected()}
         if call.sweep is None:
             self._launch(call, call.key, call.params, inputs, None)
@@ -185,16 +188,27 @@ class Driver:
         elif self.local:
             self._done(key, self._run_here(call, record))
         else:
+            file_name = self.file.name if self.file is not None else ""
             job = self.client.submit_job(
                 self.project,
-                ["underlay", "pipelines", "step", self.file.name, "-p", self.project,  # type: ignore[union-attr]
-                 "--run", str(self.run_id), "--key", key],
+                [
+                    "underlay",
+                    "pipelines",
+                    "step",
+                    file_name,
+                    "-p",
+                    self.project,
+                    "--run",
+                    str(self.run_id),
+                    "--key",
+                    key,
+                ],
                 name=f"{self.pipeline.name}.{key}"[:63],
                 env=self.job_env,
                 workdir_digest=self.workdir_digest,
                 max_retries=step.retries,
                 **step.resources.job_options(),
-            )  # fmt: skip
+            )
             self.state.records[key] = self.client.start_ml_step(
                 self.project, self.run_id, key, job.id
             )
@@ -321,7 +335,11 @@ class Driver:
                     continue
                 failed = [t for t in trials if t.status == "failed"]
                 metric = graph.calls[key].sweep.metric  # type: ignore[union-attr]
-                why = failed[0].error if len(failed) == len(trials) else f"no trial gave metric {metric!r}"
+                why = (
+                    failed[0].error
+                    if len(failed) == len(trials)
+                    else f"no trial gave metric {metric!r}"
+                )
                 found.append(f"sweep {key}: {why}")
             elif (record := self.state.records[key]).status == "failed":
                 found.append(f"step {key}: {record.error}")
@@ -394,13 +412,11 @@ def run_step_job(client: Client, project: str, file: Path, run_id: int, key: str
         if call is None or call.step.name != record.step:
             raise InvalidInput(f"{file.name} has no call {key!r} of step {record.step}")
         if call.step.code_digest() != record.code_digest:
-            raise InvalidInput(f"the code of step {record.step} changed since run {run_id} started")  # fmt: skip
+            raise InvalidInput(f"the code of step {record.step} changed since run {run_id} started")
         outputs, metrics = execute.run_call(client, project, record, call.step, run.signing_key)
         job_id = int(os.environ.get("UNDERLAY_JOB_ID", "0") or 0)
         attempts = client.read_job(project, job_id).attempts if job_id else 1
-        execute.finish_success(
-            client, project, run_id, record, outputs, metrics, attempts, started
-        )
+        execute.finish_success(client, project, run_id, record, outputs, metrics, attempts, started)
     except Exception as error:  # user code: a failed attempt, its traceback in the job's log
         traceback.print_exc(file=sys.stderr)
         print(f"step {key} failed: {execute.describe(error)}", file=sys.stderr, flush=True)

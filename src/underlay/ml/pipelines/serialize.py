@@ -79,9 +79,7 @@ def load(fmt: str, data: bytes, *, signed: bool = False) -> Any:
         return json.loads(data)
     if fmt == "pickle":
         if not signed:
-            raise IntegrityFailure(
-                "refusing to unpickle an output the platform has not signed"
-            )
+            raise IntegrityFailure("refusing to unpickle an output the platform has not signed")
         import pickle
 
         return pickle.loads(data)  # noqa: S301 - signed by this platform (see the docstring)
@@ -116,11 +114,7 @@ def _is_numeric_array(value: Any) -> bool:
     import sys
 
     numpy = sys.modules.get("numpy")
-    return (
-        numpy is not None
-        and isinstance(value, numpy.ndarray)
-        and value.dtype.kind in "biufc"
-    )
+    return numpy is not None and isinstance(value, numpy.ndarray) and value.dtype.kind in "biufc"
 
 
 def _is_json(value: Any, depth: int = 0) -> bool:
@@ -144,7 +138,7 @@ def metrics_of(value: Any) -> dict[str, float]:
         return {}
     found: dict[str, float] = {}
     for key, item in value.items():
-        if isinstance(key, str) and isinstance(item, (int, float)) and not isinstance(item, bool):
-            if math.isfinite(item):
-                found[key] = float(item)
+        number = isinstance(item, (int, float)) and not isinstance(item, bool)
+        if isinstance(key, str) and number and math.isfinite(item):
+            found[key] = float(item)
     return found

@@ -107,7 +107,9 @@ def finish_run(session: Session, project: Project, run_id: int, body: RunFinish)
         if unknown:
             raise InvalidInput(f"sweep {record.name}: run {run_id} has no step {unknown[0]!r}")
         if record.best is not None and record.best not in record.trials:
-            raise InvalidInput(f"sweep {record.name}: best {record.best!r} is not one of its trials")
+            raise InvalidInput(
+                f"sweep {record.name}: best {record.best!r} is not one of its trials"
+            )
     if body.status == "succeeded":
         open_steps = [k for k, s in keys.items() if s.status not in STEP_TERMINAL]
         if open_steps:
@@ -208,15 +210,23 @@ def _resolve_inputs(
     for arg, ref in body.inputs.items():
         source = read_step_or_none(session, project, run.id, ref.step)
         if source is None:
-            raise InvalidInput(f"step {body.key}: input {arg} reads step {ref.step!r}, which this run has not recorded")  # fmt: skip
+            raise InvalidInput(
+                f"step {body.key}: input {arg} reads step {ref.step!r}, which this run has not "
+                "recorded"
+            )
         if source.status not in DONE:
             if source.status in ("failed", "skipped"):
                 return {}, f"input {arg} comes from step {ref.step}, which {source.status}"
-            raise Conflict(f"step {body.key}: input {arg}: step {ref.step} is still {source.status}")  # fmt: skip
+            raise Conflict(
+                f"step {body.key}: input {arg}: step {ref.step} is still {source.status}"
+            )
         outputs = json.loads(source.outputs)
         if ref.output not in outputs:
             names = ", ".join(sorted(outputs))
-            raise InvalidInput(f"step {body.key}: input {arg}: step {ref.step} has no output {ref.output!r} (outputs: {names})")  # fmt: skip
+            raise InvalidInput(
+                f"step {body.key}: input {arg}: step {ref.step} has no output {ref.output!r} "
+                f"(outputs: {names})"
+            )
         resolved[arg] = {"step": ref.step, "output": ref.output, **outputs[ref.output]}
     return resolved, ""
 
@@ -282,7 +292,9 @@ def finish_step(
         )
         for name, out in body.outputs.items():
             if out.digest not in held:
-                raise NotFound(f"step {key}: output {name}: blob {out.digest[:12]} is not in the project")  # fmt: skip
+                raise NotFound(
+                    f"step {key}: output {name}: blob {out.digest[:12]} is not in the project"
+                )
             outputs[name] = out.model_dump()
             if out.format == "pickle":
                 outputs[name]["signature"] = sign(signed_payload(project.id, out.digest)).hex()
