@@ -100,14 +100,38 @@ def test_run_local_then_ls_show_and_logs(cli: Cli, tmp_path: Path) -> None:
             "pipeline line has a cycle: evaluate -> load -> split -> fit -> evaluate",
         ),
         ("import nothing_here\n", "pipeline.py failed to load: ModuleNotFoundError"),
+        # an ETL pipeline in Python is still one, with the ETL loader's errors
+        (
+            "from underlay.data.pipelines import Pipeline\n"
+            "pipeline = Pipeline(name='x', sources={'o': 'orders'}, output={'tabel': 'y'})\n",
+            "pipeline.py: output.table: Field required",
+        ),
+        ("x = 1\n", "pipeline.py defines no `pipeline = Pipeline(...)`"),
     ],
 )
-def test_bad_pipelines_are_one_line_errors_before_anything_runs(
-    cli: Cli, tmp_path: Path, text: str, message: str
+def test_bad_pipelines_are_clear_errors_before_anything_runs(
+    tmp_path: Path, text: str, message: str
 ) -> None:
-    cli("projects", "create", "shop")
+    """What `pipelines run` loads and checks first (in-process here; the CLI case below)."""
+    from underlay.data.pipelines import load as load_etl
+    from underlay.errors import InvalidInput
+    from underlay.ml.pipelines.loader import find
+
     path = _write(tmp_path, text)
-    assert_one_line_error(cli("pipelines", "run", str(path), "-p", "shop", ok=False), message)
+    with pytest.raises(InvalidInput) as raised:
+        found = find(path)
+        found.graph() if found is not None else load_etl(path)
+    assert message in str(raised.value)
+
+
+def test_a_bad_pipeline_is_a_one_line_error_and_records_nothing(cli: Cli, tmp_path: Path) -> None:
+    cli("projects", "create", "shop")
+    path = _write(tmp_path, PIPELINE.replace('@step(memory="256Mi")', '@step(memory="lots")'))
+    refused = cli("pipelines", "run", str(path), "-p", "shop", ok=False)
+    assert_one_line_error(refused, "pipeline.py: step load: memory must be MiB or like '512Mi'")
+    path.write_text("x = 1\n")
+    refused = cli("pipelines", "run", str(path), "-p", "shop", "--local", ok=False)
+    assert_one_line_error(refused, "pipeline.py defines no `pipeline = Pipeline(...)`")
     assert as_json(cli("pipelines", "ls", "-p", "shop", "--json")) == []
 
 

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from pydantic import ValidationError
+
+from underlay.data.pipelines import _explain
 from underlay.errors import InvalidInput
 from underlay.ml.pipelines.dsl import Pipeline
 
@@ -42,6 +45,9 @@ def import_file(path: Path) -> ModuleType:
     except InvalidInput as error:
         sys.modules.pop(name, None)
         raise InvalidInput(f"{path.name}: {error}") from None
+    except ValidationError as error:  # an ETL spec in Python: said as the ETL loader says it
+        sys.modules.pop(name, None)
+        raise InvalidInput(_explain(path.name, error, {})) from None
     except Exception as error:  # the user's file: its failure is a clear error, not a crash
         sys.modules.pop(name, None)
         raise InvalidInput(f"{path.name} failed to load: {type(error).__name__}: {error}") from None
