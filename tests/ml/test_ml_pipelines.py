@@ -52,6 +52,11 @@ def test_a_run_then_cache_hits_then_misses_on_param_and_code(admin, tmp_path: Pa
     assert {s.cached_from_run for s in again.steps} == {first.id}
     assert again.sweeps[0]["best"] == "fit.1"
 
+    reused = admin.lineage("shop", "ml_step", f"{again.id}.load", direction="upstream")
+    assert ("ml_step", f"{first.id}.load") in {
+        (n["kind"], n["id"]) for n in reused.model_dump()["nodes"]
+    }
+
     bigger = admin.run_ml_pipeline("shop", path, local=True, params={"n": 40})
     assert set(_statuses(bigger).values()) == {"succeeded"}  # new data: nothing reusable
 
@@ -235,8 +240,58 @@ def test_the_server_checks_what_a_driver_reports(admin, tmp_path: Path) -> None:
             },
         )
     admin.finish_ml_run("shop", run.id, {"status": "succeeded"})
+    audited = {e.action for e in admin.list_audit(project="shop")}
+    assert {"ml_pipeline.run.create", "ml_pipeline.step.finish"} <= audited
     with pytest.raises(Conflict, match="has ended already"):
         admin.finish_ml_run("shop", run.id, {"status": "failed"})
     admin.create_project("other")
     with pytest.raises(NotFound):
         admin.read_ml_run("other", run.id)
+
+
+TIES = """
+from underlay.ml.pipelines import pipeline, step, sweep
+
+
+@step
+def flat(x: int) -> dict:
+    return {"loss": 1.0}
+
+
+@pipeline
+def ties():
+    sweep(flat, grid={"x": [5, 6, 7]}, metric="loss", mode="min")
+
+
+@pipeline
+def other():
+    flat(1)
+"""
+
+
+def test_a_tie_goes_to_the_earlier_trial_and_a_file_may_hold_several_pipelines(
+    admin, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from underlay.ml.pipelines.loader import load
+
+    admin.create_project("shop")
+    path = _write(tmp_path, TIES)
+    with pytest.raises(InvalidInput, match="declares pipelines other, ties: name one"):
+        admin.run_ml_pipeline("shop", path, local=True)
+    run = admin.run_ml_pipeline("shop", load(path, "ties"), local=True)
+    assert run.sweeps[0]["best"] == "flat.0"
+
+
+def test_viewers_read_runs_but_only_members_run_them(server, admin, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from underlay.errors import PermissionDenied
+
+    admin.create_project("shop")
+    path = _write(tmp_path, TIES.replace("@pipeline\ndef other():\n    flat(1)\n", ""))
+    run = admin.run_ml_pipeline("shop", path, local=True)
+    admin.create_user("vic", password="correct horse battery")
+    admin.add_member("shop", "vic", "viewer")
+    with server.client(admin.create_token("vic", user="vic").token) as vic:
+        assert vic.read_ml_run("shop", run.id).status == "succeeded"
+        assert [r.id for r in vic.list_ml_runs("shop")] == [run.id]
+        with pytest.raises(PermissionDenied):
+            vic.run_ml_pipeline("shop", path, local=True)

@@ -153,6 +153,20 @@ def test_a_failed_local_step_exits_1_with_one_error_line(cli: Cli, tmp_path: Pat
     assert "  step evaluate: failed, 2 attempts" in failed.stdout
 
 
+def test_a_step_no_node_can_run_fails_with_the_schedulers_reason(cli: Cli, tmp_path: Path) -> None:
+    cli("projects", "create", "shop")
+    text = PIPELINE.replace('@step(memory="256Mi")', '@step(memory="256Mi", gpus=1)')
+    failed = cli("pipelines", "run", str(_write(tmp_path, text)), "-p", "shop", "-q", ok=False)
+    assert failed.returncode == 1
+    assert_one_line_error(
+        failed,
+        "run m1 failed: step load: its job was refused: this job can never run here: asks for "
+        "accelerators but no node of this cluster has any",
+    )
+    assert "  step split: skipped: input data comes from step load, which failed" in failed.stdout
+    assert as_json(cli("jobs", "ls", "-p", "shop", "--json")) == []
+
+
 JOBS = """
 import pyarrow as pa
 
@@ -242,3 +256,16 @@ def test_steps_run_as_jobs_cached_on_the_second_run_and_a_failure_keeps_its_logs
     logs = cli("pipelines", "logs", "m3", "-p", "shop").stdout
     assert logs.count('raise ValueError("no data today")') == 2  # each attempt's traceback
     assert "── attempt 1 ──" in logs and "── attempt 2 ──" in logs
+
+    slow = _write(
+        tmp_path,
+        FAILING.replace('raise ValueError("no data today")', "import time; time.sleep(60)"),
+        "slow.py",
+    )
+    late = cli("pipelines", "run", str(slow), "-p", "shop", "-q", "--timeout", "2", *env, ok=False)
+    assert late.returncode == 124
+    assert_one_line_error(late, "timed out: the pipeline timed out", "run m4 failed")
+    shown = as_json(cli("pipelines", "show", "m4", "-p", "shop", "--json"))
+    assert shown["status"] == "failed" and shown["steps"][0]["status"] == "failed"
+    job_id = shown["steps"][0]["job_id"]
+    assert as_json(cli("jobs", "show", str(job_id), "-p", "shop", "--json"))["state"] == "cancelled"

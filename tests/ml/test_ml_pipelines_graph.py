@@ -183,3 +183,36 @@ def test_code_digest_ignores_comments_and_decorators_but_not_code() -> None:
     assert step(name="f", cpus=4)(one).code_digest() == digest
     assert step(name="f")(two).code_digest() != digest
     assert step(name="f", version="2")(one).code_digest() != digest
+
+
+def test_code_digest_ignores_comments_and_blank_lines() -> None:
+    plain, commented = {}, {}  # type: ignore[var-annotated]
+    exec("def f(x):\n    return x + 1\n", plain)
+    exec("def f(x):\n    # why: nothing\n\n    return x + 1  # one more\n", commented)
+    assert step(name="f")(plain["f"]).code_digest() == step(name="f")(commented["f"]).code_digest()
+
+
+def test_outputs_take_the_safest_format_and_pickles_need_a_signature() -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from underlay.errors import IntegrityFailure
+    from underlay.ml.pipelines import serialize
+
+    table = pa.table({"a": [1, 2]})
+    assert serialize.dump(table)[0] == "parquet"
+    assert serialize.load(*serialize.dump(table)).equals(table)
+    assert serialize.dump(table.to_batches()[0])[0] == "parquet"
+    fmt, data = serialize.dump(np.arange(3.0))
+    assert fmt == "npy" and serialize.load(fmt, data).tolist() == [0.0, 1.0, 2.0]
+    assert serialize.dump({"acc": 0.9, "tags": ["a"]}) == ("json", b'{"acc": 0.9, "tags": ["a"]}')
+    assert serialize.dump(float("nan"))[0] == "pickle"  # not JSON: NaN is no JSON number
+    fmt, data = serialize.dump(np.array(["x"], dtype=object))
+    assert fmt == "pickle"
+    with pytest.raises(IntegrityFailure, match="refusing to unpickle"):
+        serialize.load(fmt, data)
+    assert serialize.load(fmt, data, signed=True).tolist() == ["x"]
+    assert serialize.metrics_of({"acc": 0.5, "ok": True, "n": 3, "bad": float("inf")}) == {
+        "acc": 0.5,
+        "n": 3.0,
+    }

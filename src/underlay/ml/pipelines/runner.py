@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from underlay.errors import InvalidInput, Unavailable
+from underlay.errors import InvalidInput, Unavailable, UnderlayError
 from underlay.ml.pipelines import execute
 from underlay.ml.pipelines.dsl import Call, Graph, Handle, Pipeline
 
@@ -114,7 +114,7 @@ class Driver:
             self._walk(graph, deadline)
         except BaseException as error:  # a time-out, Ctrl-C or SIGTERM: stop what runs
             self._cancel_running()
-            reason = execute.describe(error) if isinstance(error, Unavailable) else "interrupted"
+            reason = execute.describe(error) if isinstance(error, Exception) else "interrupted"
             self._finish(graph, "failed", reason, started)
             raise
         failed = self._failures(graph)
@@ -188,32 +188,31 @@ class Driver:
         elif self.local:
             self._done(key, self._run_here(call, record))
         else:
-            file_name = self.file.name if self.file is not None else ""
+            self._submit(call, key)
+
+    def _submit(self, call: Call, key: str) -> None:
+        """Submit a call's job; a job the scheduler refuses fails the step with its reason."""
+        step = call.step
+        file_name = self.file.name if self.file is not None else ""
+        command = ["underlay", "pipelines", "step", file_name, "-p", self.project]
+        try:
             job = self.client.submit_job(
                 self.project,
-                [
-                    "underlay",
-                    "pipelines",
-                    "step",
-                    file_name,
-                    "-p",
-                    self.project,
-                    "--run",
-                    str(self.run_id),
-                    "--key",
-                    key,
-                ],
+                [*command, "--run", str(self.run_id), "--key", key],
                 name=f"{self.pipeline.name}.{key}"[:63],
                 env=self.job_env,
                 workdir_digest=self.workdir_digest,
                 max_retries=step.retries,
                 **step.resources.job_options(),
             )
-            self.state.records[key] = self.client.start_ml_step(
-                self.project, self.run_id, key, job.id
-            )
-            self.state.running[key] = job.id
-            self.say(f"step {key}: job {job.id} submitted")
+        except UnderlayError as refused:  # e.g. no node of the cluster could ever run it
+            self.say(f"step {key}: failed (its job was refused: {refused})")
+            body = {"status": "failed", "error": f"its job was refused: {refused}"[:2000]}
+            self._done(key, self.client.finish_ml_step(self.project, self.run_id, key, body))
+            return
+        self.state.records[key] = self.client.start_ml_step(self.project, self.run_id, key, job.id)
+        self.state.running[key] = job.id
+        self.say(f"step {key}: job {job.id} submitted")
 
     def _done(self, key: str, record: StepRead) -> None:
         """A step key has ended: a plain call is resolved or failed with it."""
@@ -241,8 +240,9 @@ class Driver:
             self.state.failed[name] = sweep.trials[0]
             self.say(f"sweep {name}: no trial succeeded with metric {spec.metric!r}")
             return
-        pick = max if spec.mode == "max" else min
-        value, best = pick(scored, key=lambda item: (item[0], -int(item[1].rsplit(".", 1)[1])))
+        sign = 1.0 if spec.mode == "max" else -1.0
+        # the best value; on a tie, the earlier trial
+        value, best = max(scored, key=lambda item: (sign * item[0], -_trial(item[1])))
         sweep.best, sweep.best_value = best, value
         self.state.resolved[name] = best
         self.say(f"sweep {name}: best {best} ({spec.metric}={value:g})")
@@ -381,6 +381,10 @@ class Driver:
             self.project, data, name="workdir.tar.gz", media_type="application/gzip"
         )
         return blob.digest
+
+
+def _trial(key: str) -> int:
+    return int(key.rsplit(".", 1)[1])
 
 
 def _last_line(client: Client, project: str, job_id: int) -> str:
