@@ -30,7 +30,6 @@ class MLPipelineMethods:
         *,
         params: dict[str, Any] | None = None,
         local: bool = False,
-        workdir: Path | None = None,
         job_env: dict[str, str] | None = None,
         on_event: Callable[[str], None] | None = None,
         timeout_s: float | None = None,
@@ -38,8 +37,8 @@ class MLPipelineMethods:
         """Run an ML pipeline (a :class:`~underlay.ml.pipelines.Pipeline`, or the path of a
         Python file that declares one) and return its record.
 
-        Each step runs as a job on the scheduler (``workdir``, the folder of the pipeline's
-        file, is uploaded as the jobs' working folder), or in this process with
+        Each step runs as a job on the scheduler (the folder of the pipeline's file is
+        uploaded as the jobs' working folder), or in this process with
         ``local=True``. A step that fails gives a ``failed`` run, not an exception."""
         from underlay.ml.pipelines.loader import load
         from underlay.ml.pipelines.runner import Driver
@@ -48,10 +47,30 @@ class MLPipelineMethods:
         if isinstance(pipeline, (str, Path)):
             file = Path(pipeline)
             pipeline = load(file)
-        driver = Driver(self, project, pipeline, file=file, local=local)  # type: ignore[arg-type]
+        digest = None
+        if not local and file is not None:
+            digest = self._upload_folder(project, file.resolve().parent)
+        driver = Driver(
+            self,  # type: ignore[arg-type]
+            project,
+            pipeline,
+            file=file,
+            local=local,
+            workdir_digest=digest,
+        )
         return driver.run(
             params or {}, job_env=job_env or {}, on_event=on_event, timeout_s=timeout_s
         )
+
+    def _upload_folder(self, project: str, folder: Path) -> str:
+        """Pack ``folder`` (less ``.underlayignore``) as the step jobs' working folder."""
+        from underlay.cli import workdir
+
+        data = workdir.pack(workdir.select(folder), lambda _n: None)
+        blob = self.upload_blob(  # type: ignore[attr-defined]
+            project, data, name="workdir.tar.gz", media_type="application/gzip"
+        )
+        return str(blob.digest)
 
     def create_ml_run(self, project: str, body: dict[str, Any]) -> RunRead:
         result: RunRead = self._one(

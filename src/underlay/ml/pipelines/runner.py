@@ -74,7 +74,7 @@ class Driver:
         workdir_digest: str | None = None,
     ) -> None:
         if not local and file is None:
-            raise InvalidInput("a pipeline runs as jobs from its file; give its path or local")
+            raise InvalidInput("a pipeline runs as jobs from its file: give its path, or local")
         self.client = client
         self.project = project
         self.pipeline = pipeline
@@ -102,7 +102,7 @@ class Driver:
             self.say = on_event
         self.job_env = dict(job_env or {})
         if not self.local and self.workdir_digest is None:
-            self.workdir_digest = self._upload_folder()
+            raise InvalidInput("steps run as jobs in an uploaded folder: give its digest")
         mode = "local" if self.local else "jobs"
         body = {"pipeline": self.pipeline.name, "mode": mode, "params": graph.params}
         record = self.client.create_ml_run(self.project, body)
@@ -370,17 +370,6 @@ class Driver:
             "sweeps": sweeps,
         }
         return self.client.finish_ml_run(self.project, self.run_id, body)
-
-    def _upload_folder(self) -> str:
-        from underlay.cli import workdir
-
-        assert self.file is not None
-        selection = workdir.select(self.file.resolve().parent)
-        data = workdir.pack(selection, lambda _n: None)
-        blob = self.client.upload_blob(
-            self.project, data, name="workdir.tar.gz", media_type="application/gzip"
-        )
-        return blob.digest
 
 
 def _trial(key: str) -> int:
