@@ -174,6 +174,8 @@ def test_the_server_checks_what_a_driver_reports(admin, tmp_path: Path) -> None:
             },
         )
     admin.create_ml_step("shop", run.id, {"key": "a", "step": "a", "code_digest": code})
+    with pytest.raises(NotFound, match="job 999 not found in project 'shop'"):
+        admin.start_ml_step("shop", run.id, "a", 999)
     with pytest.raises(Conflict, match="input x: step a is still pending"):
         admin.create_ml_step(
             "shop",

@@ -261,6 +261,10 @@ def start_step(
     step = read_step(session, project, run_id, key)
     if step.status != "pending":
         raise Conflict(f"step {key} of run {run_id} is {step.status}, not pending")
+    if body.job_id is not None:
+        from underlay.compute.jobs import read_job
+
+        read_job(session, body.job_id, project)  # a job of this project, or NotFound
     step.status = "running"
     step.job_id = body.job_id
     session.flush()
