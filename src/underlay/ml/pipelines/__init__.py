@@ -3,20 +3,9 @@ jobs on the scheduler with cached outputs (see docs/pipelines.md)."""
 
 from __future__ import annotations
 
-from underlay.ml.pipelines.dsl import (
-    Handle,
-    Pipeline,
-    Step,
-    choice,
-    loguniform,
-    pipeline,
-    randint,
-    ref,
-    step,
-    sweep,
-    uniform,
-)
+from underlay.ml.pipelines.dsl import Handle, Pipeline, Step, pipeline, ref, step, sweep
 from underlay.ml.pipelines.execute import log_metric
+from underlay.ml.pipelines.sweeps import choice, loguniform, randint, uniform
 
 __all__ = [
     "Handle",

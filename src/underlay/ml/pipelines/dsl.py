@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from underlay.errors import InvalidInput
+from underlay.ml.pipelines.sweeps import Distribution, SweepSpec, choice
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
 _OUTPUT = re.compile(r"^[a-z_][a-z0-9_]{0,31}$")
@@ -295,44 +296,6 @@ def ref(target: str) -> Ref:
 
 
 @dataclass
-class Distribution:
-    """A parameter's distribution for random search."""
-
-    kind: Literal["uniform", "loguniform", "randint", "choice"]
-    args: tuple[Any, ...]
-
-    def sample(self, rng: random.Random) -> Any:
-        if self.kind == "uniform":
-            return rng.uniform(*self.args)
-        if self.kind == "loguniform":
-            low, high = self.args
-            return math.exp(rng.uniform(math.log(low), math.log(high)))
-        if self.kind == "randint":
-            return rng.randint(*self.args)
-        return rng.choice(list(self.args[0]))
-
-
-def uniform(low: float, high: float) -> Distribution:
-    return Distribution("uniform", (float(low), float(high)))
-
-
-def loguniform(low: float, high: float) -> Distribution:
-    if not 0 < low < high:
-        raise InvalidInput(f"loguniform needs 0 < low < high, got {low} and {high}")
-    return Distribution("loguniform", (float(low), float(high)))
-
-
-def randint(low: int, high: int) -> Distribution:
-    return Distribution("randint", (int(low), int(high)))
-
-
-def choice(values: Sequence[Any]) -> Distribution:
-    if not values:
-        raise InvalidInput("choice needs at least one value")
-    return Distribution("choice", (list(values),))
-
-
-@dataclass
 class Call:
     """One node of the graph: a step with its inputs (handles) and literal parameters."""
 
@@ -344,17 +307,6 @@ class Call:
 
     def upstream(self) -> list[str]:
         return sorted({handle.call for handle in self.inputs.values()})
-
-
-@dataclass
-class SweepSpec:
-    """A sweep's trials (one parameter set each) and how the best is picked."""
-
-    metric: str
-    mode: Literal["max", "min"]
-    trials: list[dict[str, Any]]
-    kind: Literal["grid", "random"]
-    seed: int | None
 
 
 class _Builder:
