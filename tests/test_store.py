@@ -95,6 +95,7 @@ def test_migrations_match_the_models(db: Database) -> None:
     import underlay.compute.models
     import underlay.data.models
     import underlay.ml.models
+    import underlay.ml.pipelines.models
     import underlay.ml.registry.models  # noqa: F401  - registers the data and ml tables
     from underlay.store.models import Base
 

@@ -41,6 +41,8 @@ NO_JSON = {
     "nodes cordon",
     "nodes uncordon",
     "jobs logs",
+    "pipelines logs",
+    "pipelines step",
     "quotas set",
     "users passwd",
     "datasets create",

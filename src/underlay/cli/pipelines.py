@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from underlay.data.schemas import PipelineRunRead
 
 pipelines = typer.Typer(
-    help="ETL pipelines: sources -> SQL or Python transforms -> a table.", no_args_is_help=True
+    help="ETL pipelines (sources -> SQL or Python transforms -> a table) and ML pipelines "
+    "(@step functions run as jobs, cached, with sweeps).",
+    no_args_is_help=True,
 )
 
 EXIT_FAILED = 1
@@ -26,6 +28,14 @@ EXIT_TIMED_OUT = 124
 def pipelines_run(
     file: Annotated[Path, typer.Argument(help="The pipeline: a .yaml or .py file.")],
     project: ProjectOpt = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-P", help="NAME=VALUE for an ML pipeline's parameters."),
+    ] = None,
+    pipeline_name: Annotated[
+        str | None,
+        typer.Option("--pipeline", help="Which ML pipeline, when the file declares several."),
+    ] = None,
     local: Annotated[
         bool, typer.Option("--local", metavar="", help="Run it in this process, not as a job.")
     ] = False,
@@ -43,11 +53,36 @@ def pipelines_run(
     ] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Run a pipeline. Without --local it runs as a job on the scheduler (its folder is the
-    job's working folder) and the job id is printed; --wait waits and prints the report.
-    Exits 1 when the run failed, 124 when --timeout passed first (the job goes on)."""
+    """Run a pipeline. An ETL pipeline (YAML, or .py defining `pipeline = Pipeline(...)`)
+    runs as one job on the scheduler without --local (its folder is the job's working folder)
+    and the job id is printed; --wait waits and prints the report. An ML pipeline (.py with
+    a @pipeline function) runs each step as a job (--local: in this process), skipping steps
+    whose outputs are cached, and prints the report when it ends. Exits 1 when the run
+    failed, 124 when --timeout passed first (an ETL job goes on; ML step jobs are cancelled)."""
     from underlay.data.pipelines import load
 
+    if file.suffix == ".py":
+        from underlay.ml.pipelines.loader import find
+
+        ml_spec = find(file, pipeline_name)
+        if ml_spec is not None:
+            from underlay.cli.compute import _pairs
+            from underlay.cli.ml_pipelines import parse_params, run_ml
+
+            run_ml(
+                file,
+                ml_spec,
+                project_of(project),
+                local=local,
+                params=parse_params(param or []),
+                env=dict(_pairs(env or [], "--env")),
+                timeout=timeout,
+                quiet=quiet,
+                as_json=json_,
+            )
+            return
+    if param or pipeline_name:
+        raise typer.BadParameter("only an ML pipeline takes them", param_hint="--param/--pipeline")
     spec = load(file)  # a spec error stops here, before anything is sent
     queue = project_of(project)
     with client() as c:
@@ -175,11 +210,24 @@ def pipelines_runs(
 
 @pipelines.command("show")
 def pipelines_show(
-    run_id: Annotated[int, typer.Argument(help="The run's id (pipelines runs lists them).")],
+    run: Annotated[
+        str, typer.Argument(help="An ETL run's id (pipelines runs), or an ML run (m3, from ls).")
+    ],
     project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Print a run's report: inputs, output version, rows, steps, error."""
+    """Print a run's report: an ETL run's inputs, output version, rows, steps and error; an
+    ML run's step calls (cached, jobs, attempts, metrics) and sweeps."""
+    from underlay.cli.ml_pipelines import ml_ref, show_run
+
+    ml_id = ml_ref(run)
+    if ml_id is not None:
+        with client() as c:
+            show_run(c, project_of(project), ml_id, json_)
+        return
+    if not run.isdigit() or len(run) > 10:
+        raise typer.BadParameter(f"{run!r} is not a run id (3) or an ML run (m3)", param_hint="RUN")
+    run_id = int(run)
     with client() as c:
         record = c.read_pipeline_run(project_of(project), run_id)
     if json_:
@@ -189,3 +237,14 @@ def pipelines_show(
         typer.echo(escape_control(line))
     if record.error:
         typer.echo(escape_control(f"  error: {record.error}"))
+
+
+def _register_ml_commands() -> None:
+    from underlay.cli import ml_pipelines as ml
+
+    pipelines.command("ls")(ml.ls_command)
+    pipelines.command("logs")(ml.logs_command)
+    pipelines.command("step", hidden=True)(ml.step_command)
+
+
+_register_ml_commands()

@@ -17,6 +17,7 @@ from underlay.client.compute import ComputeMethods
 from underlay.client.data import DataMethods, TableMethods
 from underlay.client.exports import ExportMethods
 from underlay.client.ml import TrackingMethods
+from underlay.client.ml_pipelines import MLPipelineMethods
 from underlay.client.models import ModelMethods
 from underlay.client.pipelines import PipelineMethods
 from underlay.errors import IntegrityFailure, Unavailable, UnderlayError, error_for_problem
@@ -60,6 +61,7 @@ class Client(
     DataMethods,
     TableMethods,
     PipelineMethods,
+    MLPipelineMethods,
     TrackingMethods,
     ModelMethods,
     ExportMethods,
