@@ -140,3 +140,17 @@ def test_a_run_inside_a_job_attaches_to_it(admin: Client, server: LiveServer) ->
     assert state == "succeeded", log
     (found,) = admin.list_runs("p", job_id=job.id)
     assert found.job_id == job.id and found.metrics["acc"].value == 0.5
+
+
+def test_deleting_a_project_deletes_its_runs_and_artifacts(
+    admin: Client, project: str, tmp_path: Path
+) -> None:
+    (tmp_path / "w.bin").write_bytes(b"weights")
+    with underlay.start_run(project, "e", client=admin) as run:
+        run.log_batch("loss", [1.0, 0.5])
+        run.log_artifact(tmp_path / "w.bin")
+    admin.delete_project(project)
+    admin.create_project(project)  # a new project of the same name inherits nothing
+    assert admin.list_runs(project) == [] and admin.list_experiments(project) == []
+    with pytest.raises(NotFound):
+        admin.read_run(project, run.id)
