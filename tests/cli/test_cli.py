@@ -323,6 +323,12 @@ def test_demo_runs_clean(tmp_path: Path) -> None:
     assert "customer_accounts@1 rejected (published: False): unique:id, allowed:country" in flat
     assert "readers still see customer_accounts@0" in flat
     assert "the fixed batch passes: customer_accounts@3 published, 53 rows" in flat
+    # the ML lifecycle: a tracked run, a signed registered model, its card and an int8 export
+    assert "30 steps of loss and accuracy" in flat and "trained on orders@0" in flat
+    assert "registered churn@1, signed (Ed25519 over a manifest of hashes)" in flat
+    assert "its predictions match the trained model's: 100%" in flat
+    assert "# Model card: churn version 1" in flat
+    assert "onnx-int8" in flat and "exported churn-onnx@1:" in flat
     assert list(tmp_path.iterdir()) == []  # the temporary home is removed
 
 

@@ -233,10 +233,13 @@ def _table_and_sql(ctx: DemoContext) -> None:
     alice: Client = ctx.state["alice"]
     rng = random.Random(7)
     countries = ["DE", "FR", "NL", "PL"]
-    lines = ["id,country,spend"]
-    lines += [f"{i},{rng.choice(countries)},{rng.randint(5, 500)}" for i in range(2000)]
-    lines[500] = "499,DE,a lot"  # a value that is no number
-    lines[1500] = "1499,FR"  # a field missing
+    lines = ["id,country,spend,visits,churned"]
+    for i in range(2000):
+        spend, visits = rng.randint(5, 500), rng.randint(0, 30)
+        churned = int(spend / 500 + visits / 30 + rng.gauss(0, 0.25) < 0.9)  # the label
+        lines.append(f"{i},{rng.choice(countries)},{spend},{visits},{churned}")
+    lines[500] = "499,DE,a lot,3,0"  # a value that is no number
+    lines[1500] = "1499,FR"  # fields missing
     path = ctx.home / "orders.csv"
     path.write_text("\n".join(lines) + "\n")
     result = alice.write_table("vision", "orders", path)
@@ -344,6 +347,85 @@ def _quality_gate(ctx: DemoContext) -> None:
     )
 
 
+def _train_and_register(ctx: DemoContext) -> None:
+    """Train on the orders table with tracked params and metrics, register the model signed,
+    move its champion alias, show its card."""
+    import numpy as np
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from underlay.client.tracking import start_run
+
+    alice: Client = ctx.state["alice"]
+    version = alice.table_info("vision", "orders").version
+    table = alice.read_table("vision", "orders", version=version)
+    features = np.column_stack([table["spend"].to_numpy(), table["visits"].to_numpy()])
+    features = features.astype(np.float32)
+    labels = table["churned"].to_numpy()
+    order = np.random.default_rng(5).permutation(len(labels))
+    train, test = order[:1500], order[1500:]
+    params = {"hidden": 16, "epochs": 30, "lr": 0.01, "seed": 5}
+    inputs = [{"kind": "table", "name": "orders", "version": version}]
+    with start_run(
+        "vision", "churn", client=alice, params=params, inputs=inputs, record_environment=False
+    ) as run:
+        scaler = StandardScaler().fit(features[train])
+        net = MLPClassifier((params["hidden"],), learning_rate_init=params["lr"], random_state=5)
+        for epoch in range(params["epochs"]):
+            net.partial_fit(scaler.transform(features[train]), labels[train], classes=[0, 1])
+            accuracy = net.score(scaler.transform(features[test]), labels[test])
+            run.log(step=epoch, loss=float(net.loss_), accuracy=float(accuracy))
+        model = make_pipeline(scaler, net)
+        run.log_model(model, "model", input_example=features[:8])
+    ctx.say(
+        f"run {run.id} in experiment churn: {len(params)} params, {params['epochs']} steps of "
+        f"loss and accuracy (held-out accuracy {accuracy:.3f}), trained on orders@{version}"
+    )
+    registered = alice.register_model("vision", "churn", run=run.id, path="model")
+    alice.set_alias("vision", "churn", "champion", registered.version, reason="first model")
+    ctx.say(
+        f"registered churn@{registered.version}, signed (Ed25519 over a manifest of hashes); "
+        "alias champion moved, with who, when and why"
+    )
+    loaded = alice.load_model("vision", "churn@champion")
+    agree = float(np.mean(loaded.predict(features[test]) == model.predict(features[test])))
+    ctx.say(
+        f"loaded churn@champion verified; its predictions match the trained model's: {agree:.0%}"
+    )
+    card = alice.model_card("vision", "churn@champion").text.splitlines()
+    ctx.say("model card (first lines):")
+    for line in [line for line in card if line.strip()][:6]:
+        ctx.say(f"  {line}")
+    ctx.state["churn_test_rows"] = test
+
+
+def _edge_export(ctx: DemoContext) -> None:
+    """Export the champion to int8 ONNX with its report, gated on a held-out table."""
+    import pyarrow as pa
+
+    alice: Client = ctx.state["alice"]
+    orders = alice.read_table("vision", "orders")
+    held = orders.take(pa.array(ctx.state["churn_test_rows"])).select(
+        ["spend", "visits", "churned"]
+    )
+    alice.write_table("vision", "orders_holdout", held)
+    result = alice.export_model(
+        "vision", "churn@champion", quantize="int8", held_out="orders_holdout", label="churned"
+    )
+    report = result.report
+    for variant in report["variants"]:
+        ctx.say(
+            f"  {variant['name']:<10} {variant['size_bytes']:>8,} bytes  batch p50 "
+            f"{variant['batch']['p50_ms']:.3f} ms  accuracy {variant['metric']:.2f}"
+        )
+    ctx.say(
+        f"exported churn-onnx@{result.version.version}: size x{report['size_ratio']:.2f}, "
+        f"accuracy change {report['variants'][-1]['change']:+.2f} points "
+        f"(tolerance {report['tolerance']}), signed, with lineage to churn@champion"
+    )
+
+
 def _audit(ctx: DemoContext) -> None:
     report = ctx.admin.verify_audit()
     denied = ctx.admin.list_audit(outcome="denied")
@@ -364,6 +446,10 @@ STEPS: list[Step] = [
     Step("Ingest a table and query it with SQL", _table_and_sql),
     Step("Mask personal data on ingest", _customers_pii),
     Step("Gate a table's versions on quality checks", _quality_gate),
+    Step(
+        "Train a model with tracked params and metrics; register and sign it", _train_and_register
+    ),
+    Step("Export the champion to int8 ONNX, gated on held-out accuracy", _edge_export),
     Step("Run a job through the scheduler and bill it", _scheduled_job),
     Step("Verify the audit log", _audit),
 ]
@@ -382,6 +468,13 @@ def demo(
     console = Console()
     home = Path(tempfile.mkdtemp(prefix="underlay-demo-"))
     token = "ul_" + secrets.token_urlsafe(32)
+    # Libraries the demo loads write scratch files into TMPDIR (onnxruntime leaves a session
+    # file there on import); pointing it into the demo's home removes them with the home.
+    scratch = home / "tmp"
+    scratch.mkdir()
+    saved_tmpdir = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(scratch)
+    tempfile.tempdir = None
     try:
         with serve(home, token, _free_port()) as (url, ready_s), Client(url, token) as admin:
             console.print(
@@ -396,6 +489,11 @@ def demo(
                     value.close()
         console.print("[bold green]demo complete[/]")
     finally:
+        if saved_tmpdir is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_tmpdir
+        tempfile.tempdir = None
         if keep:
             console.print(f"home kept at {home}")
         else:
