@@ -104,6 +104,10 @@ EQUIVALENT: dict[str, str] = {
     ),
     "underlay.crypto.x__is_referenced__mutmut_6": "limit(2): scalar() reads the first row",
     "underlay.crypto.xǁSigningKeyǁ__init____mutmut_15": "overwrite=None is falsy, as False",
+    "underlay.store.db.xǁDatabaseǁping__mutmut_4": "SQL keywords are case-insensitive",
+    "underlay.store.db.xǁDatabaseǁalembic_config__mutmut_7": (
+        "alembic's config is a ConfigParser: option names are lower-cased"
+    ),
 }
 
 _RESULT = re.compile(r"^\s*(?P<name>\S+): (?P<status>[a-z ]+?)\s*$")
