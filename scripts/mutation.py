@@ -104,6 +104,16 @@ EQUIVALENT: dict[str, str] = {
     ),
     "underlay.crypto.x__is_referenced__mutmut_6": "limit(2): scalar() reads the first row",
     "underlay.crypto.xǁSigningKeyǁ__init____mutmut_15": "overwrite=None is falsy, as False",
+    "underlay.store.db.xǁDatabaseǁping__mutmut_4": "SQL keywords are case-insensitive",
+    "underlay.store.db.xǁDatabaseǁ__init____mutmut_15": "expire_on_commit=None is falsy, as False",
+    "underlay.store.db.xǁDatabaseǁ_create_engine__mutmut_13": (
+        "no connect_args: SQLAlchemy 2 sets check_same_thread=False for file databases itself, "
+        "and PRAGMA busy_timeout sets the same wait as sqlite3's timeout"
+    ),
+    "underlay.store.db.xǁDatabaseǁ_create_engine__mutmut_15": "as _create_engine__mutmut_13",
+    "underlay.store.db.xǁDatabaseǁalembic_config__mutmut_7": (
+        "alembic's config is a ConfigParser: option names are lower-cased"
+    ),
 }
 
 _RESULT = re.compile(r"^\s*(?P<name>\S+): (?P<status>[a-z ]+?)\s*$")

@@ -355,6 +355,12 @@ def test_sqlite_connections_use_wal_foreign_keys_and_the_busy_timeout(tmp_path: 
         }
     finally:
         db.dispose()
+    default = Database(f"sqlite:///{tmp_path / 'u.db'}")
+    try:
+        with default.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    finally:
+        default.dispose()
 
 
 def test_a_sqlite_transaction_takes_the_write_lock_when_it_begins(tmp_path: Path) -> None:
@@ -429,12 +435,14 @@ def test_a_sqlite_database_serves_sessions_from_any_thread(tmp_path: Path) -> No
 def test_a_postgresql_connection_the_server_dropped_is_replaced(pg_url: str) -> None:
     db = Database(pg_url, pool_size=1)
     try:
+        assert db.engine.pool.size() == 1  # type: ignore[attr-defined]
         with db.engine.connect() as conn:  # the pool's only connection
             pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
         with db.engine.connect() as conn:
             assert conn.execute(text("SELECT pg_backend_pid()")).scalar() == pid  # pooled
         admin = Database(pg_url)
         try:
+            assert admin.engine.pool.size() == 5  # type: ignore[attr-defined]  # the default
             with admin.engine.connect() as conn:
                 conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
                 conn.commit()
