@@ -365,21 +365,22 @@ def _train_and_register(ctx: DemoContext) -> None:
     labels = table["churned"].to_numpy()
     order = np.random.default_rng(5).permutation(len(labels))
     train, test = order[:1500], order[1500:]
-    params = {"hidden": 16, "epochs": 30, "lr": 0.01, "seed": 5}
+    hidden, epochs, lr = 16, 30, 0.01
+    params = {"hidden": hidden, "epochs": epochs, "lr": lr, "seed": 5}
     inputs = [{"kind": "table", "name": "orders", "version": version}]
     with start_run(
         "vision", "churn", client=alice, params=params, inputs=inputs, record_environment=False
     ) as run:
         scaler = StandardScaler().fit(features[train])
-        net = MLPClassifier((params["hidden"],), learning_rate_init=params["lr"], random_state=5)
-        for epoch in range(params["epochs"]):
+        net = MLPClassifier((hidden,), learning_rate_init=lr, random_state=5)
+        for epoch in range(epochs):
             net.partial_fit(scaler.transform(features[train]), labels[train], classes=[0, 1])
             accuracy = net.score(scaler.transform(features[test]), labels[test])
             run.log(step=epoch, loss=float(net.loss_), accuracy=float(accuracy))
         model = make_pipeline(scaler, net)
         run.log_model(model, "model", input_example=features[:8])
     ctx.say(
-        f"run {run.id} in experiment churn: {len(params)} params, {params['epochs']} steps of "
+        f"run {run.id} in experiment churn: {len(params)} params, {epochs} steps of "
         f"loss and accuracy (held-out accuracy {accuracy:.3f}), trained on orders@{version}"
     )
     registered = alice.register_model("vision", "churn", run=run.id, path="model")
