@@ -61,6 +61,19 @@ Policy = Annotated[str, StringConstraints(max_length=200)]
 JSONL = "application/x-ndjson"
 PIECES = "application/vnd.underlay.pieces"
 OutFormat = Literal["arrow", "jsonl"]
+# The query parameters a loader's reads share (`…/data` with a seed or shard, `…/pieces/raw`).
+ColumnsQ = Annotated[
+    str | None, Query(max_length=1000, description="Column names, comma-separated.")
+]
+SeedQ = Annotated[
+    int | None,
+    Query(ge=0, le=2**63 - 1, description="Order the row groups by this seed (loaders)."),
+]
+EpochQ = Annotated[int, Query(ge=0, le=2**31 - 1, description="With seed.")]
+ShardQ = Annotated[
+    str | None,
+    Query(max_length=24, description="INDEX/WORLD: every WORLD-th row group from INDEX."),
+]
 
 
 def _tables(request: Request) -> TableStore:
@@ -494,18 +507,10 @@ def read_pieces(
     ctx: Ctx,
     store: Tables,
     version: Annotated[int | None, Query(ge=0)] = None,
-    columns: Annotated[
-        str | None, Query(max_length=1000, description="Column names, comma-separated.")
-    ] = None,
-    seed: Annotated[
-        int | None,
-        Query(ge=0, le=2**63 - 1, description="Order the row groups by this seed."),
-    ] = None,
-    epoch: Annotated[int, Query(ge=0, le=2**31 - 1, description="With seed.")] = 0,
-    shard: Annotated[
-        str | None,
-        Query(max_length=24, description="INDEX/WORLD: every WORLD-th row group from INDEX."),
-    ] = None,
+    columns: ColumnsQ = None,
+    seed: SeedQ = None,
+    epoch: EpochQ = 0,
+    shard: ShardQ = None,
 ) -> StreamingResponse:
     """The row groups one shard of a loader reads in one epoch, as the bytes of their Parquet
     column chunks, for the loader to decode (frames: see ``underlay.data.pieces``)."""
@@ -530,18 +535,10 @@ def read_rows(
     version: Annotated[int | None, Query(ge=0)] = None,
     format: OutFormat = "arrow",
     limit: Annotated[int | None, Query(ge=1)] = None,
-    columns: Annotated[
-        str | None, Query(max_length=1000, description="Column names, comma-separated.")
-    ] = None,
-    seed: Annotated[
-        int | None,
-        Query(ge=0, le=2**63 - 1, description="Order the row groups by this seed (loaders)."),
-    ] = None,
-    epoch: Annotated[int, Query(ge=0, le=2**31 - 1, description="With seed.")] = 0,
-    shard: Annotated[
-        str | None,
-        Query(max_length=24, description="INDEX/WORLD: every WORLD-th row group from INDEX."),
-    ] = None,
+    columns: ColumnsQ = None,
+    seed: SeedQ = None,
+    epoch: EpochQ = 0,
+    shard: ShardQ = None,
     batch_rows: Annotated[int, Query(ge=1, le=1 << 20)] = 8192,
 ) -> StreamingResponse:
     """Stream a version of the table (the published one by default); with ``seed`` or
