@@ -4,9 +4,6 @@ the scheduler and the local agent, predictions through the JSON route, and the c
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
 from tests.serving.conftest import PROJECT, X, model, ready
 from underlay.client import Client
 
@@ -16,6 +13,6 @@ def test_deploy_and_predict_through_json(admin: Client) -> None:
     assert created.version == 1 and created.desired_replicas == 2
     assert created.endpoint.endswith(f"/projects/{PROJECT}/deployments/churn-api/predict")
     ready(admin, "churn-api", 2)
-    answer = admin.predict(PROJECT, "churn-api", X[:7].tolist(), request_id="req-1")
+    answer = admin.predict(PROJECT, "churn-api", X[:7].tolist(), request_id="request-0001")
     assert answer["predictions"] == model().predict(X[:7]).tolist()
-    assert answer["model_version"] == 1 and answer["request_id"] == "req-1"
+    assert answer["model_version"] == 1 and answer["request_id"] == "request-0001"

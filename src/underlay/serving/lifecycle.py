@@ -16,7 +16,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from underlay.compute.models import Job
 from underlay.errors import Conflict, InvalidInput
 from underlay.identity import Actor
 from underlay.platform import Platform
