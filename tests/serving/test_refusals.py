@@ -71,10 +71,10 @@ def test_unsigned_or_tampered_versions_are_refused_before_any_replica(
     blob.write_bytes(bytes(data))
 
     before = _counts(live)
-    with pytest.raises(InvalidInput, match="version 1 is not signed.*deploy refused") as e:
+    with pytest.raises(InvalidInput, match=r"version 1 is not signed.*deploy refused") as e:
         admin.deploy(PROJECT, "tampered", "tamper@1")
     assert e.value.extra["file"] == "MANIFEST"
-    with pytest.raises(InvalidInput, match="file 'model.skops' of model 'tamper' version 2"):
+    with pytest.raises(InvalidInput, match=r"file 'model\.skops' of model 'tamper' version 2"):
         admin.deploy(PROJECT, "tampered", "tamper@2")
     assert _counts(live) == before  # no deployment row, no replica job
     refused = [e for e in admin.list_audit(action="deployment.create") if e.outcome != "ok"]
