@@ -225,7 +225,7 @@ class RateLimiter:
                 bucket.tokens = min(spec.burst, bucket.tokens + elapsed * spec.rate_per_s)
                 bucket.last = now
             want = min(rows, spec.burst)
-            if bucket.tokens < want:
+            if bucket.tokens + 1e-6 < want:  # float error must not refuse an exact refill
                 wait = (want - bucket.tokens) / spec.rate_per_s
                 return Decision(False, wait, f"rate limit of {spec.rate_per_s:g} rows/s")
         if spec.daily_budget is not None:
