@@ -110,7 +110,7 @@ def test_logged_inputs_are_masked_as_the_training_table_is(trained: Trained) -> 
         1.0,
         trained.version,
         now=1001.0,
-    )  # noqa: E501
+    )
     assert logger.flush() == 3
     assert logger.stats()["failed_rows"] == 0
     rows = trained.read("web_predictions")
