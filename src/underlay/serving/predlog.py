@@ -134,9 +134,9 @@ class PredictionLogger:
         sample_rate: float,
         deployment: str,
         model: str = "",
-        batch_rows: int = 1000,
-        flush_interval_s: float = 5.0,
-        max_buffer_rows: int = 100_000,
+        batch_rows: int = 10_000,
+        flush_interval_s: float = 10.0,
+        max_buffer_rows: int = 200_000,
         seed: int | None = None,
     ) -> None:
         if not 0.0 <= sample_rate <= 1.0:
@@ -338,61 +338,108 @@ def _plain(value: Any) -> Any:
     return value.tolist() if isinstance(value, np.ndarray | np.generic) else value
 
 
-def _column(parts: list[Any]) -> pa.Array | pa.ChunkedArray:
-    if all(isinstance(p, np.ndarray) for p in parts):
-        kinds = {p.dtype for p in parts}
-        if len(kinds) == 1 and next(iter(kinds)).kind in "biuf":
-            return pa.array(np.concatenate(parts))
-    values: list[Any] = []
-    for part in parts:
-        values.extend(part.tolist() if isinstance(part, np.ndarray) else part)
-    return pa.array(values)
-
-
 def build_table(entries: Sequence[_Entry], deployment: str) -> pa.Table:
-    """The log rows of ``entries`` (the schema: the module docstring)."""
-    request_ids: list[str] = []
-    rows: list[int] = []
-    stamps: list[int] = []
-    models: list[str] = []
-    versions: list[int] = []
-    arms: list[str] = []
-    latencies: list[float] = []
-    data: dict[str, list[Any]] = {}
-    total = 0
+    """The log rows of ``entries`` (the schema: the module docstring). Entries are grouped
+    by the names of their inputs and outputs (one group per model signature, as a rule), so
+    each column of a group is one concatenation of its arrays."""
+    groups: dict[tuple[Any, Any], list[_Entry]] = {}
     for entry in entries:
-        n = entry.rows
-        columns = {
-            **_as_columns(entry.inputs, n, INPUT_PREFIX),
-            **_as_columns(entry.outputs, n, OUTPUT_PREFIX),
-        }
-        for name, values in columns.items():
-            if len(values) != n:
-                raise InvalidInput(f"{name} has {len(values)} rows, the request {n}")
-            data.setdefault(name, [[None] * total] if total else []).append(values)
-        for name, parts in data.items():
-            if name not in columns:
-                parts.append([None] * n)
-        total += n
-        request_ids += [entry.request_id] * n
-        rows.extend(range(n))
-        stamps += [int(entry.now * 1_000_000)] * n
-        models += [entry.model] * n
-        versions += [entry.model_version] * n
-        arms += [entry.arm] * n
-        latencies += [entry.latency_ms] * n
+        key = (_names(entry.inputs), _names(entry.outputs))
+        groups.setdefault(key, []).append(entry)
+    tables = [_group_table(group, deployment) for group in groups.values()]
+    if not tables:
+        return _group_table([], deployment)
+    return pa.concat_tables(tables, promote_options="default")  # missing columns: nulls
+
+
+def _names(data: Inputs | Outputs) -> tuple[str, ...] | None:
+    """The names of arrays by name; None for records or a list (built row by row)."""
+    return tuple(data) if isinstance(data, Mapping) else None
+
+
+_META_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("row", pa.int32()),
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("deployment", pa.string()),
+        ("model", pa.string()),
+        ("model_version", pa.int64()),
+        ("arm", pa.string()),
+        ("latency_ms", pa.float64()),
+    ]
+)
+
+
+def _group_table(group: Sequence[_Entry], deployment: str) -> pa.Table:
+    if not group:
+        return _META_SCHEMA.empty_table()
+    counts = np.fromiter((e.rows for e in group), np.int64, len(group))
+    total = int(counts.sum())
+    columns: dict[str, Any] = {}
+    for side, prefix in (("inputs", INPUT_PREFIX), ("outputs", OUTPUT_PREFIX)):
+        first = getattr(group[0], side)
+        try:
+            if _names(first) is None:
+                raise TypeError("records")
+            mappings = [getattr(e, side) for e in group]
+            for name in first:
+                parts = [m[name] for m in mappings]
+                columns[f"{prefix}{name}"] = _concatenated(parts, counts)
+        except (TypeError, ValueError, pa.ArrowException):
+            # not one 1-D array per request and name: value by value (names the bad one)
+            columns.update(_rowwise(group, side, prefix))
+
+    def each(values: list[Any], type_: pa.DataType) -> pa.Array:
+        return pa.array(np.repeat(np.array(values), counts), type_)
+
+    stamps = np.repeat(np.fromiter((e.now for e in group), np.float64, len(group)), counts)
     meta = {
-        "request_id": pa.array(request_ids, pa.string()),
-        "row": pa.array(rows, pa.int32()),
-        "ts": pa.array(stamps, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        "request_id": each([e.request_id for e in group], pa.string()),
+        "row": pa.array(
+            (np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)).astype(np.int32)
+        ),
+        "ts": pa.array((stamps * 1_000_000).astype(np.int64)).cast(pa.timestamp("us", tz="UTC")),
         "deployment": pa.array([deployment] * total, pa.string()),
-        "model": pa.array(models, pa.string()),
-        "model_version": pa.array(versions, pa.int64()),
-        "arm": pa.array(arms, pa.string()),
-        "latency_ms": pa.array(latencies, pa.float64()),
+        "model": each([e.model for e in group], pa.string()),
+        "model_version": each([e.model_version for e in group], pa.int64()),
+        "arm": each([e.arm for e in group], pa.string()),
+        "latency_ms": each([e.latency_ms for e in group], pa.float64()),
     }
-    columns = {name: _column(parts) for name, parts in sorted(data.items())}
-    return pa.table({**meta, **columns})
+    return pa.table({**meta, **dict(sorted(columns.items()))})
+
+
+def _rowwise(group: Sequence[_Entry], side: str, prefix: str) -> dict[str, pa.Array]:
+    """Columns built value by value: records, lists of predictions, tensors of rows."""
+    data: dict[str, list[Any]] = {}
+    done = 0
+    for entry in group:
+        found = _as_columns(getattr(entry, side), entry.rows, prefix)
+        for name, values in found.items():
+            if len(values) != entry.rows:
+                raise InvalidInput(f"{name} has {len(values)} rows, the request {entry.rows}")
+            if name not in data:  # new in this entry: the rows before it hold nulls
+                data[name] = [None] * done
+        for name, values in data.items():
+            new = found.get(name)
+            values.extend([None] * entry.rows if new is None else _listed(new))
+        done += entry.rows
+    return {name: pa.array(values) for name, values in data.items()}
+
+
+def _listed(values: Any) -> list[Any]:
+    return values.tolist() if isinstance(values, np.ndarray) else list(values)
+
+
+def _concatenated(parts: list[Any], counts: np.ndarray) -> pa.Array:
+    """One column from one 1-D array per request (else TypeError or ValueError)."""
+    lengths = np.fromiter(map(len, parts), np.int64, len(parts))
+    if not np.array_equal(lengths, counts):
+        raise ValueError("a request's column has another number of rows than the request")
+    joined = np.concatenate(parts)
+    if joined.ndim != 1:
+        raise ValueError("a tensor of rows")
+    return pa.array(joined)
 
 
 # -- the writer (a Delta table of the project) -----------------------------------------------
