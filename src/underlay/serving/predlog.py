@@ -194,12 +194,11 @@ class PredictionLogger:
         ``outputs``: arrays by output name or a list of predictions. Nothing is copied: the
         caller must not change them afterwards. Never raises, never blocks on the writer."""
         try:
-            with self._lock:
-                self._counts["seen_requests"] += 1
-                draw = self._random.random() if u is None else u
-                if draw >= self.sample_rate:
-                    return False
-                self._counts["sampled_requests"] += 1
+            draw = self._random.random() if u is None else u
+            if draw >= self.sample_rate:
+                with self._lock:
+                    self._counts["seen_requests"] += 1
+                return False
             rows = _row_count(inputs)
             entry = _Entry(
                 request_id,
@@ -213,6 +212,8 @@ class PredictionLogger:
                 rows,
             )
             with self._lock:
+                self._counts["seen_requests"] += 1
+                self._counts["sampled_requests"] += 1
                 if self._buffered_rows + rows > self.max_buffer_rows:
                     self._counts["dropped_requests"] += 1
                     self._counts["dropped_rows"] += rows
@@ -225,8 +226,10 @@ class PredictionLogger:
             return True
         except Exception as error:  # logging must never fail a request
             with self._lock:
+                self._counts["seen_requests"] += 1
+                self._counts["sampled_requests"] += 1
                 self._counts["dropped_requests"] += 1
-                self._last_error = f"a request could not be logged: {error}"
+                self._last_error = f"a request could not be logged: {error}"[:500]
             return False
 
     # -- the background side -----------------------------------------------------------------
