@@ -64,8 +64,8 @@ def _train(admin: Client) -> int:
 
 
 @pytest.fixture
-def trained(server: LiveServer, admin: Client) -> Trained:
-    admin.create_project("shop")
+def trained(server: LiveServer) -> Trained:
+    """A live server of its own (the serving tests' shared one has no PII table)."""
     customers = pa.table(
         {
             "email": EMAILS,
@@ -74,8 +74,12 @@ def trained(server: LiveServer, admin: Client) -> Trained:
             "x": [0.0, 1.0, 2.0, 3.0],
         }
     )
-    admin.write_table("shop", "customers", customers, pii={"phone": "partial", "notes": "redact"})
-    version = _train(admin)
+    with server.client() as admin:
+        admin.create_project("shop")
+        admin.write_table(
+            "shop", "customers", customers, pii={"phone": "partial", "notes": "redact"}
+        )
+        version = _train(admin)
     with server.platform.db.session(Scope.everything()) as session:
         project_id = session.scalar(select(Project.id).where(Project.name == "shop"))
     assert project_id is not None
