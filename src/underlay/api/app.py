@@ -94,7 +94,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         lambda session, project: serving.purge_project(session, platform, project)
     )
     app.state.tables = TableStore(platform.settings)
-    app.state.dataplane = DataPlane(platform)
+    app.state.dataplane = DataPlane(platform, app.state.tables)
     app.state.serving = ServingRuntime(platform)
     app.state.uploads = UploadSlots(platform.settings.server.max_concurrent_uploads)
     problems.install(app)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from underlay.serving.schemas import DeploymentEventRead, DeploymentRead
+from underlay.serving.schemas import DeploymentEventRead, DeploymentRead, FeedbackRead
 
 if TYPE_CHECKING:
     import httpx
@@ -83,3 +83,16 @@ class ServingMethods:
         response = self._request("POST", url, json={"records": records}, headers=headers)
         result: dict[str, Any] = response.json()
         return result
+
+    def send_feedback(self, project: str, name: str, labels: list[dict[str, Any]]) -> FeedbackRead:
+        """Ground-truth labels: ``[{"request_id": "...", "label": 1, "row": 0}, ...]``."""
+        url = f"/projects/{project}/deployments/{name}/feedback"
+        result: FeedbackRead = self._one(FeedbackRead, "POST", url, json={"labels": labels})
+        return result
+
+    def deployment_stats(self, project: str, name: str) -> dict[str, Any]:
+        """The serving process's counters of the deployment (requests, latency, batches)."""
+        stats: dict[str, Any] = self._request(
+            "GET", f"/projects/{project}/deployments/{name}/stats"
+        ).json()
+        return stats

@@ -36,20 +36,23 @@ import json
 import random
 import time
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from underlay.errors import InvalidInput, NotFound, Unauthenticated, Unavailable, UnderlayError
-from underlay.serving import wire
+from underlay.serving import v2, wire
+from underlay.serving.batcher import Batcher
+from underlay.serving.guard import Guards
+from underlay.serving.v2 import CompiledSignature
 
 if TYPE_CHECKING:
     import httpx
     from starlette.requests import Request
 
+    from underlay.data.tables import TableStore
     from underlay.identity import Actor
     from underlay.ml.flavors.signature import Signature
     from underlay.platform import Platform
@@ -59,9 +62,13 @@ REFRESH_S = 0.25
 DOWN_S = 1.0
 SECRET_HEADER = "x-replica-secret"  # noqa: S105 - a header name
 RETRY_AFTER_S = 1
-MAX_RECORDS = 100_000
 
-RunBatch = Callable[[dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
+BATCHES_IN_FLIGHT = 8
+
+
+class ModelFailed(InvalidInput):
+    """The model raised on inputs that passed validation: the caller's answer is a 4xx naming
+    the model's error, and for a canary it counts as the version's failure."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,7 @@ class DeploymentView:
     version: int
     generation: int
     signature: Signature | None
+    compiled: CompiledSignature | None
     max_batch: int
     max_wait_ms: float
     settings: dict[str, Any]
@@ -133,100 +141,12 @@ class DeploymentView:
         return bool(self.stable.endpoints)
 
 
-class _GreedyBatcher:
-    """Takes whatever rows wait when a batch slot frees (up to ``max_batch``): no added wait
-    at low load, large batches under load. Replaced by :class:`serving.batcher.Batcher`."""
-
-    def __init__(self, run_batch: RunBatch, *, max_batch: int, max_wait_ms: float) -> None:
-        self._run_batch = run_batch
-        self._max_batch = max_batch
-        self._queue: deque[tuple[dict[str, np.ndarray], int, asyncio.Future[Any]]] = deque()
-        self._inflight = 0
-        self._slots = 8
-
-    async def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = len(next(iter(inputs.values()))) if inputs else 0
-        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
-        self._queue.append((inputs, rows, future))
-        self._kick()
-        return await future
-
-    def _kick(self) -> None:
-        while self._queue and self._inflight < self._slots:
-            items = [self._queue.popleft()]
-            rows = items[0][1]
-            while self._queue and rows + self._queue[0][1] <= self._max_batch:
-                item = self._queue.popleft()
-                items.append(item)
-                rows += item[1]
-            self._inflight += 1
-            asyncio.get_running_loop().create_task(self._run(items))
-
-    async def _run(
-        self, items: list[tuple[dict[str, np.ndarray], int, asyncio.Future[Any]]]
-    ) -> None:
-        try:
-            names = list(items[0][0])
-            batch = {n: np.concatenate([i[0][n] for i in items]) for n in names}
-            outputs = await self._run_batch(batch)
-            start = 0
-            for _, rows, future in items:
-                if not future.done():
-                    future.set_result({k: v[start : start + rows] for k, v in outputs.items()})
-                start += rows
-        except Exception as exc:
-            for _, _, future in items:
-                if not future.done():
-                    future.set_exception(exc)
-        finally:
-            self._inflight -= 1
-            self._kick()
-
-    async def close(self) -> None:
-        while self._queue or self._inflight:
-            await asyncio.sleep(0.01)
-
-
-def records_to_inputs(records: Any, signature: Signature | None) -> dict[str, np.ndarray]:
-    """JSON records as input arrays: one column per input when the model takes named
-    columns, else one 2-D input whose rows are the records (lists, or objects whose values
-    are taken in order)."""
-    if not isinstance(records, list) or not records:
-        raise InvalidInput("'records' must be a non-empty list of rows")
-    if len(records) > MAX_RECORDS:
-        raise InvalidInput(f"at most {MAX_RECORDS} records per request")
-    inputs = signature.inputs if signature is not None else []
-    if len(inputs) > 1 or (inputs and len(inputs[0].shape) == 1):
-        names = [t.name for t in inputs]
-        columns: dict[str, list[Any]] = {n: [] for n in names}
-        for index, record in enumerate(records):
-            if not isinstance(record, dict):
-                raise InvalidInput(f"record {index} must be an object with {', '.join(names)}")
-            for n in names:
-                if n not in record:
-                    raise InvalidInput(f"record {index} has no field {n!r}")
-                columns[n].append(record[n])
-        return {n: _array(n, v) for n, v in columns.items()}
-    rows = [list(r.values()) if isinstance(r, dict) else r for r in records]
-    name = inputs[0].name if inputs else "input"
-    return {name: _array(name, rows)}
-
-
-def _array(name: str, values: Any) -> np.ndarray:
-    try:
-        array = np.asarray(values)
-    except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"field {name!r} is not a regular array: {exc}") from None
-    if array.dtype.kind == "O":
-        raise InvalidInput(f"field {name!r} mixes types or has rows of different lengths")
-    return array
-
-
 class DataPlane:
     """One per API app; see the module docstring."""
 
-    def __init__(self, platform: Platform) -> None:
+    def __init__(self, platform: Platform, tables: TableStore | None = None) -> None:
         self.platform = platform
+        self.guards = Guards(platform, tables)
         self._auth: dict[tuple[str, str], tuple[float, Principal, int]] = {}
         self._views: dict[tuple[str, str], DeploymentView] = {}
         self._http: httpx.AsyncClient | None = None
@@ -339,7 +259,14 @@ class DataPlane:
         async def run_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             return await self._send(view.name, arm, batch)
 
-        return _GreedyBatcher(run_batch, max_batch=view.max_batch, max_wait_ms=view.max_wait_ms)
+        stats = self.guards.of(view).stats
+        return Batcher(
+            run_batch,
+            max_batch=view.max_batch,
+            max_wait_ms=view.max_wait_ms,
+            stats=stats,
+            max_concurrency=BATCHES_IN_FLIGHT,
+        )
 
     # -- predictions ------------------------------------------------------------------------
 
@@ -351,25 +278,54 @@ class DataPlane:
         principal: Principal,
         *,
         request_id: str | None = None,
+        validated: bool = False,
     ) -> PredictResult:
-        """Run ``inputs`` through the deployment (see the module docstring)."""
+        """Run ``inputs`` through the deployment (see the module docstring); ``validated``:
+        the caller checked them against ``describe(...).compiled`` already."""
         view = await self.describe(project, name, principal)
-        if view.signature is not None:
-            view.signature.validate(inputs)
-        arm = self._choose(view)
-        if not arm.endpoints:
-            raise Unavailable(
-                f"deployment {name!r} has no ready replica yet; retry shortly",
-                retry_after=RETRY_AFTER_S,
-            )
-        outputs = await arm.batcher.submit(inputs)
-        return PredictResult(outputs, arm.version, request_id or uuid.uuid4().hex)
+        started = time.perf_counter()
+        guard = self.guards.of(view)
+        arm, status, model_ok = view.stable, 500, True
+        try:
+            rows = self._validate(view, inputs, validated)
+            self.guards.admit(view, principal.token_key, inputs, rows)
+            arm = self._choose(view, guard)
+            if not arm.endpoints:
+                raise Unavailable(
+                    f"deployment {name!r} has no ready replica yet; retry shortly",
+                    retry_after=RETRY_AFTER_S,
+                )
+            outputs = await arm.batcher.submit(inputs)
+            status = 200
+        except ModelFailed as exc:
+            status, model_ok = exc.status, False
+            raise
+        except UnderlayError as exc:
+            status = exc.status
+            model_ok = status < 500 or isinstance(exc, Unavailable)
+            raise
+        finally:
+            latency = time.perf_counter() - started
+            self.guards.observe(guard, view, arm.name, latency, status, model_ok)
+        rid = request_id or uuid.uuid4().hex
+        self.guards.log(guard, rid, inputs, outputs, latency, arm.version, arm.name)
+        return PredictResult(outputs, arm.version, rid)
 
-    def _choose(self, view: DeploymentView) -> Arm:
-        canary = view.canary
-        if canary is not None and canary.endpoints and random.random() < view.canary_weight:
-            return canary
-        return view.stable
+    @staticmethod
+    def _validate(view: DeploymentView, inputs: dict[str, np.ndarray], validated: bool) -> int:
+        if view.compiled is not None and not validated:
+            return int(v2.validate_inputs(inputs, view.compiled))
+        first = next(iter(inputs.values()), None)
+        if first is None or first.ndim == 0 or not len(first):
+            raise InvalidInput("a request needs at least one input with at least one row")
+        return int(first.shape[0])
+
+    @staticmethod
+    def _choose(view: DeploymentView, guard: Any) -> Arm:
+        canary, monitor = view.canary, guard.monitor
+        if canary is None or not canary.endpoints or monitor is None:
+            return view.stable
+        return canary if monitor.choose(random.random()) == "canary" else view.stable
 
     async def _send(
         self, name: str, arm: Arm, batch: dict[str, np.ndarray]
@@ -397,6 +353,8 @@ class DataPlane:
                 return wire.decode(response.content)
             if response.status_code in (400, 413):
                 raise InvalidInput(response.text[:1000])
+            if response.status_code == 422:
+                raise ModelFailed(response.text[:1000])
             endpoint.down_until = time.monotonic() + DOWN_S
         raise Unavailable(
             f"no replica of deployment {name!r} answered; retry shortly",
@@ -415,9 +373,16 @@ class DataPlane:
             raise InvalidInput(f"the body is not JSON: {exc}") from None
         if not isinstance(body, dict) or set(body) != {"records"}:
             raise InvalidInput('the body must be {"records": [{...}, ...]}')
-        inputs = records_to_inputs(body["records"], view.signature)
+        if view.compiled is None:
+            raise InvalidInput(
+                f"model {view.model!r} version {view.version} has no signature: use the V2 "
+                "route with named tensors"
+            )
+        inputs = v2.records_to_inputs(body["records"], view.compiled)
         request_id = getattr(request.state, "request_id", None)
-        result = await self.predict(project, name, inputs, principal, request_id=request_id)
+        result = await self.predict(
+            project, name, inputs, principal, request_id=request_id, validated=True
+        )
         return json.dumps(
             {
                 "predictions": predictions_json(result.outputs),
@@ -470,6 +435,7 @@ class DataPlane:
             now = current.get(view.id)
             if now is None:
                 self._views.pop(key, None)
+                self.guards.forget(view.id)
                 for arm in (view.stable, view.canary):
                     if arm is not None:
                         await arm.batcher.close()
@@ -502,6 +468,7 @@ class DataPlane:
                     await arm.batcher.close()
         if self._http is not None:
             await self._http.aclose()
+        await asyncio.to_thread(self.guards.close)
 
 
 def predictions_json(outputs: dict[str, np.ndarray]) -> list[Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import (
+    BigInteger,
     Float,
     ForeignKey,
     Index,
@@ -102,3 +103,15 @@ class DeploymentEvent(ProjectScoped, Base):
     reason: Mapped[str] = mapped_column(String(1000), default="")
     detail: Mapped[str] = mapped_column(Text, default="{}")
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ServingBudgetUsage(Base):
+    """Rows served per (token, deployment, UTC day), leased by each server process (the daily
+    budget of :mod:`underlay.serving.limits`, shared by every worker)."""
+
+    __tablename__ = "serving_budget_usage"
+
+    token_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    deployment_key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    day: Mapped[int] = mapped_column(Integer, primary_key=True)
+    used: Mapped[int] = mapped_column(BigInteger)

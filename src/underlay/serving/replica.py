@@ -95,7 +95,7 @@ class ReplicaApp:
             return
         except Exception as exc:
             text = f"the model failed on this input: {type(exc).__name__}: {exc}"
-            await _respond(send, 400, text.encode()[:2000])
+            await _respond(send, 422, text.encode()[:2000])
             return
         await _respond(send, 200, frame, wire.CONTENT_TYPE)
 

@@ -45,6 +45,9 @@ class DeploymentCreate(_In):
     max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
     limits: LimitsSet = Field(default_factory=LimitsSet)
     log_sample_rate: float = Field(default=0.0, ge=0, le=1)
+    input_ranges: Literal["ignore", "reject"] = Field(
+        default="ignore", description="reject: refuse numbers outside the training range."
+    )
     reason: Line = Field(default="", max_length=1000)
 
 
@@ -71,6 +74,25 @@ class CanaryStart(_In):
 
 class ChangeReason(_In):
     reason: Line = Field(default="", max_length=1000)
+
+
+class FeedbackLabel(_In):
+    request_id: str = Field(min_length=1, max_length=128)
+    label: Any
+    row: int = Field(default=0, ge=0, le=1_000_000)
+
+
+class FeedbackCreate(_In):
+    """Ground-truth labels by request id (and row within the request)."""
+
+    labels: list[FeedbackLabel] = Field(min_length=1, max_length=10_000)
+
+
+class FeedbackRead(_Out):
+    table: str
+    version: int
+    accepted: int
+    unlogged: int
 
 
 class ReplicaReport(_In):
@@ -125,6 +147,7 @@ class DeploymentRead(_Out):
     max_wait_ms: float
     limits: LimitsSet
     log_sample_rate: float
+    input_ranges: str = "ignore"
     created_at: dt.datetime
     updated_at: dt.datetime
 

@@ -202,6 +202,7 @@ def render(session: Session, project: Project, deployment: Deployment) -> Deploy
         max_wait_ms=deployment.max_wait_ms,
         limits=LimitsSet(**extra.get("limits", {})),
         log_sample_rate=float(extra.get("log_sample_rate", 0.0)),
+        input_ranges=str(extra.get("input_ranges", "ignore")),
         created_at=deployment.created_at,
         updated_at=deployment.updated_at,
     )
@@ -270,6 +271,7 @@ def deploy(
             {
                 "limits": body.limits.model_dump(exclude_none=True),
                 "log_sample_rate": body.log_sample_rate,
+                "input_ranges": body.input_ranges,
             }
         ),
         created_by=actor.user_id or None,

@@ -12,8 +12,10 @@ from underlay.ml.flavors.signature import Signature
 from underlay.ml.registry.models import ModelVersion, RegisteredModel
 from underlay.platform import Platform
 from underlay.serving.dataplane import Arm, DeploymentView, Endpoint
+from underlay.serving.limits import LimitSpec
 from underlay.serving.models import Deployment
 from underlay.serving.service import CANARY, STABLE, replica_secret, replicas_of, settings_of
+from underlay.serving.v2 import RangePolicy, compile_signature
 from underlay.store.models import Project
 
 
@@ -61,6 +63,20 @@ def read_view(
             stable.endpoints.append(endpoint)
         elif canary is not None and replica.arm == CANARY and replica.version == canary.version:
             canary.endpoints.append(endpoint)
+    signature = _signature(session, found.id, deployment.model, deployment.version)
+    extra = settings_of(deployment)
+    ranges: RangePolicy = "reject" if extra.get("input_ranges") == "reject" else "ignore"
+    limits = extra.get("limits") or {}
+    spec = None
+    if limits.get("rate_per_s") is not None or limits.get("daily_budget") is not None:
+        spec = LimitSpec(
+            rate_per_s=limits.get("rate_per_s"),
+            burst=int(limits.get("burst") or 100),
+            daily_budget=limits.get("daily_budget"),
+        )
+    canary_key = None
+    if canary is not None:
+        canary_key = (deployment.canary_version, str(deployment.canary_started_at))
     return DeploymentView(
         project=project,
         project_id=found.id,
@@ -69,12 +85,18 @@ def read_view(
         model=deployment.model,
         version=deployment.version,
         generation=deployment.generation,
-        signature=_signature(session, found.id, deployment.model, deployment.version),
+        signature=signature,
+        compiled=compile_signature(signature, ranges=ranges) if signature else None,
         max_batch=deployment.max_batch,
         max_wait_ms=deployment.max_wait_ms,
-        settings=settings_of(deployment),
+        settings=extra,
         stable=stable,
         canary=canary,
         canary_weight=deployment.canary_weight if canary is not None else 0.0,
-        extra={"canary_policy": json.loads(deployment.canary_policy or "{}")},
+        extra={
+            "canary_policy": json.loads(deployment.canary_policy or "{}"),
+            "canary_key": canary_key,
+            "limit_spec": spec,
+            "created_by": deployment.created_by,
+        },
     )
