@@ -23,10 +23,13 @@ Y = (X[:, 0] + X[:, 1] > 1).astype(int)
 PROJECT = "shop"
 
 
-def model(c: float = 1.0) -> Any:
+def model(c: float = 1.0, features: int = 4) -> Any:
+    """Version 1: ``model()``; version 2: ``model(0.01)``; version 3 (broken: it takes three
+    features, so it fails on every request the deployment's signature lets through):
+    ``model(1.0, features=3)``."""
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(C=c).fit(X, Y)
+    return LogisticRegression(C=c).fit(X[:, :features], Y)
 
 
 def wait_until(check: Callable[[], T], what: str, within_s: float = 60.0) -> T:
@@ -61,6 +64,9 @@ def live(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Ite
                 c.register_model(PROJECT, "churn", run=run.id, path="model")
                 if index == 0:
                     c.set_alias(PROJECT, "churn", "champion", 1, reason="first")
+            with underlay.start_run(PROJECT, "churn", client=c) as run:  # broken: 3 features
+                run.log_model(model(1.0, features=3), "model", input_example=X[:5, :3])
+            c.register_model(PROJECT, "churn", run=run.id, path="model")
         yield server
     finally:
         with server.client() as c:

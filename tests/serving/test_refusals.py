@@ -105,6 +105,8 @@ ROUTES = [
     ("POST", "/{d}/rollback", {}),
     ("GET", "/{d}/events"),
     ("POST", "/{d}/predict", {"records": [[0.1, 0.2, 0.3, 0.4]]}),
+    ("POST", "/{d}/feedback", {"labels": [{"request_id": "request-0001", "label": 1}]}),
+    ("GET", "/{d}/stats"),
     ("POST", "/{d}/replicas/1/report", {"url": "http://127.0.0.1:9"}),
 ]
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 VERDICT_EVERY_S = 0.1
 CANARY_ACTOR = "canary-monitor"
+LOG_FLUSH_S = 2.0  # a log batch is written every 2 s or 10,000 rows
 
 
 @dataclass
@@ -96,7 +97,11 @@ class Guards:
                 created_by=view.extra.get("created_by"),
             )
             guard.logger = PredictionLogger(
-                writer, sample_rate=rate, deployment=view.name, model=view.model
+                writer,
+                sample_rate=rate,
+                deployment=view.name,
+                model=view.model,
+                flush_interval_s=LOG_FLUSH_S,
             )
             guard.logger.start()
 
