@@ -232,6 +232,7 @@ class DataPlane:
         self._http: httpx.AsyncClient | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
+        self._retired: list[DeploymentView] = []
 
     # -- authentication and lookup ----------------------------------------------------------
 
@@ -456,6 +457,11 @@ class DataPlane:
         """Reload every cached deployment whose generation changed; forget removed ones."""
         from underlay.serving.snapshot import generations
 
+        while self._retired:
+            retired = self._retired.pop()
+            for arm in (retired.stable, retired.canary):
+                if arm is not None:
+                    await arm.batcher.close()
         if not self._views:
             return
         ids = {key: view.id for key, view in self._views.items()}
@@ -481,10 +487,11 @@ class DataPlane:
             return read(session, ids)
 
     def forget(self, project: str, name: str) -> None:
-        """Drop a cached view at once (this process changed the deployment)."""
-        view = self._views.get((project, name))
+        """Drop a cached view at once (this process changed or removed the deployment); its
+        batchers finish what they hold and are closed by the next refresh."""
+        view = self._views.pop((project, name), None)
         if view is not None:
-            view.generation = -1
+            self._retired.append(view)
 
     async def close(self) -> None:
         if self._refresher is not None:

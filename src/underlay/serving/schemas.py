@@ -9,10 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from underlay.schemas import Line, Name
 
+MODEL_REF = r"^[a-z][a-z0-9_-]{0,62}(@([1-9][0-9]{0,8}|[a-z][a-z0-9_-]{0,62}))?$"
 ModelRef = Field(
     min_length=1,
     max_length=128,
-    pattern=r"^[a-z][a-z0-9_-]{0,62}(@([1-9][0-9]{0,8}|[a-z][a-z0-9_-]{0,62}))?$",
+    pattern=MODEL_REF,
     description="NAME@ALIAS, NAME@3 or NAME (latest).",
 )
 
@@ -51,7 +52,7 @@ class DeploymentUpdate(_In):
     """A scale (``replicas``) and/or a rolling update to another version (``model``)."""
 
     replicas: int | None = Field(default=None, ge=1, le=64)
-    model: str | None = ModelRef
+    model: str | None = Field(default=None, max_length=128, pattern=MODEL_REF)
     limits: LimitsSet | None = None
     log_sample_rate: float | None = Field(default=None, ge=0, le=1)
     reason: Line = Field(default="", max_length=1000)
