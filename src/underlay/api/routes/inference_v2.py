@@ -43,7 +43,12 @@ def _error(request: Request, exc: UnderlayError) -> Response:
     headers = {
         k: v for k, v in problem.headers.items() if k.lower() in ("retry-after", "www-authenticate")
     }
-    return JSONResponse(body, status_code=problem.status_code, headers=headers)
+    return JSONResponse(
+        body,
+        status_code=problem.status_code,
+        headers=headers,
+        media_type="application/problem+json",
+    )
 
 
 async def _view(
