@@ -132,6 +132,8 @@ def test_malformed_bodies_are_invalid_input_never_a_crash() -> None:
          None, "holds 1 values but its shape wants 20"),
         (b'{"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 2], "data": ["a", 1]}]}',
          None, "holds text values"),
+        (b'{"inputs": [' + b",".join([b'{"name": "input", "datatype": "FP64", "shape": [1, 2],'
+         b' "data": [1, 2]}'] * 2) + b"]}", None, "model input 'input' is given twice"),
         (good, header + 5, "does not fit a body|not valid JSON"),
         (good, "x", "is not a number"),
         (good[:-8], header, "past the end of the body"),

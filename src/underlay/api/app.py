@@ -19,6 +19,7 @@ from underlay.api.routes import (
     datasets,
     deployments,
     health,
+    inference_v2,
     jobs,
     lineage,
     ml_pipelines,
@@ -128,6 +129,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         model_exports,
         runs,
         deployments,
+        inference_v2,
     )
     for module in routers:
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)

@@ -104,11 +104,19 @@ class CompiledSignature:
     outputs: tuple[str, ...]
     signature: Signature
 
+    @property
+    def open(self) -> bool:
+        """A model without a signature: any names and types, rows still checked."""
+        return not self.inputs
+
 
 def compile_signature(
-    signature: Signature, *, ranges: RangePolicy = "ignore", range_slack: float = 0.1
+    signature: Signature | None, *, ranges: RangePolicy = "ignore", range_slack: float = 0.1
 ) -> CompiledSignature:
-    """Prepare ``signature`` for :func:`validate_inputs`; call once per deployed version."""
+    """Prepare ``signature`` for :func:`validate_inputs`; call once per deployed version.
+
+    A model saved without a signature (None) takes any input names and datatypes."""
+    signature = signature or Signature()
     rules = {}
     for spec in signature.inputs:
         text = spec.dtype == "str"
@@ -239,7 +247,7 @@ def _decode_input(
         raise InvalidInput(f"inputs[{index}] must be an object with a string 'name'")
     name: str = raw["name"]
     rule = signature.inputs.get(name)
-    if rule is None:
+    if rule is None and not signature.open:
         raise InvalidInput(
             f"model input {name!r} is unknown (the model takes {', '.join(signature.inputs)})"
         )
@@ -374,6 +382,8 @@ def _read_outputs(head: Mapping[str, Any], request: InferRequest, sig: CompiledS
 
 def validate_inputs(arrays: dict[str, Array], signature: CompiledSignature) -> int:
     """Check named arrays against the signature, casting in place where safe; the row count."""
+    if signature.open:
+        return _open_rows(arrays)
     missing = [n for n in signature.inputs if n not in arrays]
     if missing:
         raise InvalidInput(
@@ -396,6 +406,13 @@ def validate_inputs(arrays: dict[str, Array], signature: CompiledSignature) -> i
     if rows <= 0:
         raise InvalidInput("an infer request needs at least one row")
     return rows
+
+
+def _open_rows(arrays: dict[str, Array]) -> int:
+    counts = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
+    if len(counts) != 1 or 0 in counts:
+        raise InvalidInput("every input needs the same number of rows (at least one) on axis 0")
+    return counts.pop()
 
 
 def _check_dtype(array: Array, rule: InputRule) -> Array:
@@ -461,6 +478,11 @@ def records_to_inputs(records: Any, signature: CompiledSignature) -> dict[str, A
     """
     if not isinstance(records, list) or not records:
         raise InvalidInput("'records' must be a non-empty list")
+    if signature.open:  # no signature: the records are the rows of one numeric input
+        array = _column(
+            "input", records, InputRule("input", np.dtype(np.float64), "FP64", (), False, False)
+        )
+        return {"input": array}
     names = list(signature.inputs)
     columns: dict[str, list[Any]] = {n: [] for n in names}
     single = names[0] if len(names) == 1 else None
