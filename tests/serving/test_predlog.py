@@ -222,3 +222,17 @@ def test_bad_feedback_is_refused_and_nothing_is_written(
         assert (
             trained.store.get(session, trained.project_id, "web_feedback", missing_ok=True) is None
         )
+
+
+def test_label_values_are_numbers_where_they_can_be() -> None:
+    from underlay.serving.feedback import _number
+
+    assert [_number(v) for v in (1, 2.5, True, "1", [1], {"a": 1}, 10**400)] == [
+        1.0,
+        2.5,
+        1.0,
+        None,
+        None,
+        None,
+        None,
+    ]

@@ -18,6 +18,7 @@ from underlay.api.routes import (
     blobs,
     datasets,
     deployments,
+    feedback,
     health,
     jobs,
     lineage,
@@ -128,6 +129,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         model_exports,
         runs,
         deployments,
+        feedback,
     )
     for module in routers:
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)

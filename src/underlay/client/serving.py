@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from underlay.serving.schemas import DeploymentEventRead, DeploymentRead
+from underlay.serving.schemas import DeploymentEventRead, DeploymentRead, FeedbackRead
 
 if TYPE_CHECKING:
     import httpx
@@ -82,4 +82,12 @@ class ServingMethods:
         url = f"/projects/{project}/deployments/{name}/predict"
         response = self._request("POST", url, json={"records": records}, headers=headers)
         result: dict[str, Any] = response.json()
+        return result
+
+    def send_feedback(self, project: str, name: str, labels: list[dict[str, Any]]) -> FeedbackRead:
+        """Ground-truth labels for the deployment's requests: ``[{"request_id": "...",
+        "label": 1}, ...]`` (``row`` for a row of a request of several rows). Labels of
+        requests the prediction log did not sample are accepted and counted in ``unlogged``."""
+        url = f"/projects/{project}/deployments/{name}/feedback"
+        result: FeedbackRead = self._one(FeedbackRead, "POST", url, json={"labels": labels})
         return result

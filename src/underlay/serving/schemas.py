@@ -141,3 +141,27 @@ class PredictResponse(BaseModel):
     predictions: list[Any]
     model_version: int
     request_id: str
+
+
+class FeedbackLabel(BaseModel):
+    """A ground-truth label for one row of a request (any JSON value but null)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=128)
+    label: Any
+    row: int = Field(default=0, ge=0, le=1_000_000)
+
+
+class FeedbackCreate(_In):
+    labels: list[FeedbackLabel] = Field(min_length=1, max_length=10_000)
+
+
+class FeedbackRead(_Out):
+    """What a feedback call stored; ``unlogged``: labels for requests the prediction log
+    did not hold (accepted, flagged: the log is sampled)."""
+
+    table: str
+    version: int
+    accepted: int
+    unlogged: int
