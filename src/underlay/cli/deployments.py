@@ -112,7 +112,11 @@ def deployments_show(name: str, project: ProjectOpt = None, json_: JsonOpt = Fal
         typer.echo(found.model_dump_json(indent=2))
         return
     show(found, [*COLUMNS, "endpoint", "max_batch", "max_wait_ms"], as_json=False)
-    show(found.replicas, ["id", "slot", "arm", "version", "state", "job_id", "restarts", "reason"])
+    show(
+        found.replicas,
+        ["id", "slot", "arm", "version", "state", "job_id", "restarts", "reason"],
+        as_json=False,
+    )
 
 
 @deployments.command("scale")
