@@ -22,6 +22,7 @@ from underlay.serving.feedback import Label, joined, record_feedback
 from underlay.serving.predlog import (
     PredictionLogger,
     PredictionTableWriter,
+    open_logger,
     training_policies,
 )
 from underlay.store import Scope
@@ -139,7 +140,15 @@ def test_logged_inputs_are_masked_as_the_training_table_is(trained: Trained) -> 
 
 
 def test_later_writes_keep_the_stored_types_and_add_new_columns(trained: Trained) -> None:
-    logger = PredictionLogger(trained.writer(), sample_rate=1.0, deployment="web", model="churn")
+    logger = open_logger(
+        trained.server.platform,
+        trained.store,
+        trained.project_id,
+        "web",
+        model="churn",
+        sample_rate=1.0,
+        flush_interval_s=3600,
+    )
     logger.record("a", {"x": np.array([1.0])}, [0], 1.0, trained.version, now=1.0)
     assert logger.flush() == 1
     # ints into the float column; a canary version with one more input; a list of records
@@ -153,6 +162,9 @@ def test_later_writes_keep_the_stored_types_and_add_new_columns(trained: Trained
         ("c", 3.0, None),
     ]
     assert rows[2]["arm"] == "canary"
+    logger.record("d", {"x": np.array([4.0])}, [1], 1.0, trained.version, now=4.0)
+    logger.close()  # writes what is left
+    assert [r["request_id"] for r in trained.read("web_predictions")][-1] == "d"
 
 
 def test_feedback_is_stored_flagged_and_joined_with_the_log(trained: Trained) -> None:
@@ -222,3 +234,17 @@ def test_bad_feedback_is_refused_and_nothing_is_written(
         assert (
             trained.store.get(session, trained.project_id, "web_feedback", missing_ok=True) is None
         )
+
+
+def test_label_values_are_numbers_where_they_can_be() -> None:
+    from underlay.serving.feedback import _number
+
+    assert [_number(v) for v in (1, 2.5, True, "1", [1], {"a": 1}, 10**400)] == [
+        1.0,
+        2.5,
+        1.0,
+        None,
+        None,
+        None,
+        None,
+    ]

@@ -18,6 +18,7 @@ from underlay.api.routes import (
     blobs,
     datasets,
     deployments,
+    feedback,
     health,
     inference_v2,
     jobs,
@@ -130,6 +131,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         runs,
         deployments,
         inference_v2,
+        feedback,
     )
     for module in routers:
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)

@@ -226,3 +226,36 @@ def predict(
     with client() as c:
         answer = c.predict(project_of(project), name, request["records"])
     print_json(answer)
+
+
+@deployments.command("feedback")
+def feedback(
+    name: str,
+    labels: Annotated[
+        str,
+        typer.Option(
+            "--labels",
+            metavar="JSON",
+            help='The labels: [{"request_id": "...", "label": 1}, ...] ("row" for one row of '
+            "a request of several).",
+        ),
+    ],
+    project: ProjectOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send ground-truth labels by request id (stored in the deployment's feedback table)."""
+    from underlay.errors import InvalidInput
+
+    try:
+        items = json.loads(labels)
+    except ValueError as exc:
+        raise InvalidInput(f"--labels is not JSON: {exc}") from None
+    if not isinstance(items, list):
+        raise InvalidInput('--labels must be a list: [{"request_id": "...", "label": ...}]')
+    with client() as c:
+        result = c.send_feedback(project_of(project), name, items)
+    if as_json:
+        print_json(result.model_dump())
+        return
+    unlogged = f" ({result.unlogged} for requests not in the log)" if result.unlogged else ""
+    typer.echo(f"{result.accepted} labels stored in {result.table}@{result.version}{unlogged}")

@@ -85,7 +85,9 @@ class ServingMethods:
         return result
 
     def send_feedback(self, project: str, name: str, labels: list[dict[str, Any]]) -> FeedbackRead:
-        """Ground-truth labels: ``[{"request_id": "...", "label": 1, "row": 0}, ...]``."""
+        """Ground-truth labels for the deployment's requests: ``[{"request_id": "...",
+        "label": 1}, ...]`` (``row`` for a row of a request of several rows). Labels of
+        requests the prediction log did not sample are accepted and counted in ``unlogged``."""
         url = f"/projects/{project}/deployments/{name}/feedback"
         result: FeedbackRead = self._one(FeedbackRead, "POST", url, json={"labels": labels})
         return result

@@ -106,10 +106,20 @@ def _check(labels: Sequence[Label]) -> list[tuple[str, int, str, float | None]]:
             raise InvalidInput(f"labels[{i}].label is missing (null)")
         if len(text) > MAX_LABEL_JSON:
             raise InvalidInput(f"labels[{i}].label is over {MAX_LABEL_JSON} characters of JSON")
-        value = item.label
-        number = float(value) if isinstance(value, int | float) and math.isfinite(value) else None
-        checked.append((rid, item.row, text, number))
+        checked.append((rid, item.row, text, _number(item.label)))
     return checked
+
+
+def _number(value: Any) -> float | None:
+    """A label as a number (bools as 0 and 1), None for text, lists, objects and numbers
+    beyond a float's range."""
+    if not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def record_feedback(

@@ -86,24 +86,17 @@ class Guards:
             guard.logger.close(timeout_s=5.0)
         guard.logger_key, guard.logger = key, None
         if rate > 0 and self.tables is not None:
-            from underlay.serving.predlog import PredictionLogger, PredictionTableWriter
+            from underlay.serving.predlog import open_logger
 
-            writer = PredictionTableWriter(
-                self.platform.db,
+            guard.logger = open_logger(
+                self.platform,
                 self.tables,
-                self.platform.keyring,
                 view.project_id,
                 view.name,
-                created_by=view.extra.get("created_by"),
-            )
-            guard.logger = PredictionLogger(
-                writer,
-                sample_rate=rate,
-                deployment=view.name,
                 model=view.model,
+                sample_rate=rate,
                 flush_interval_s=LOG_FLUSH_S,
             )
-            guard.logger.start()
 
     # -- before: limits and the extraction alarm ------------------------------------------------
 

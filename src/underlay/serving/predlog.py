@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 
     from underlay.crypto import Keyring
     from underlay.data.tables import TableStore, WriteResult
+    from underlay.platform import Platform
     from underlay.store import Database
 
 log = logging.getLogger(__name__)
@@ -623,3 +624,25 @@ def conform(rows: pa.Table, stored: pa.Schema | None) -> tuple[pa.Table, bool]:
     for name in extra:
         columns[name] = rows.column(name)
     return pa.table(columns), bool(extra)
+
+
+def open_logger(
+    platform: Platform,
+    store: TableStore,
+    project_id: int,
+    deployment: str,
+    *,
+    model: str,
+    sample_rate: float,
+    **options: Any,
+) -> PredictionLogger:
+    """A started logger of ``deployment`` writing to its table in ``project_id`` (what the
+    data plane holds per deployment; ``options``: batch_rows, flush_interval_s,
+    max_buffer_rows, seed). Change its ``sample_rate`` attribute at any time; call
+    :meth:`PredictionLogger.close` when the deployment goes (it writes what is left)."""
+    writer = PredictionTableWriter(platform.db, store, platform.keyring, project_id, deployment)
+    logger = PredictionLogger(
+        writer, sample_rate=sample_rate, deployment=deployment, model=model, **options
+    )
+    logger.start()
+    return logger

@@ -76,25 +76,6 @@ class ChangeReason(_In):
     reason: Line = Field(default="", max_length=1000)
 
 
-class FeedbackLabel(_In):
-    request_id: str = Field(min_length=1, max_length=128)
-    label: Any
-    row: int = Field(default=0, ge=0, le=1_000_000)
-
-
-class FeedbackCreate(_In):
-    """Ground-truth labels by request id (and row within the request)."""
-
-    labels: list[FeedbackLabel] = Field(min_length=1, max_length=10_000)
-
-
-class FeedbackRead(_Out):
-    table: str
-    version: int
-    accepted: int
-    unlogged: int
-
-
 class ReplicaReport(_In):
     """A replica's address, reported by the replica itself with its job token."""
 
@@ -164,3 +145,27 @@ class PredictResponse(BaseModel):
     predictions: list[Any]
     model_version: int
     request_id: str
+
+
+class FeedbackLabel(BaseModel):
+    """A ground-truth label for one row of a request (any JSON value but null)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=128)
+    label: Any
+    row: int = Field(default=0, ge=0, le=1_000_000)
+
+
+class FeedbackCreate(_In):
+    labels: list[FeedbackLabel] = Field(min_length=1, max_length=10_000)
+
+
+class FeedbackRead(_Out):
+    """What a feedback call stored; ``unlogged``: labels for requests the prediction log
+    did not hold (accepted, flagged: the log is sampled)."""
+
+    table: str
+    version: int
+    accepted: int
+    unlogged: int

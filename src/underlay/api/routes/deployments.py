@@ -9,7 +9,6 @@ per-request database session.
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
@@ -20,7 +19,6 @@ from underlay.identity import Action
 from underlay.platform import audit_text
 from underlay.serving import lifecycle, service
 from underlay.serving.dataplane import dataplane_of
-from underlay.serving.feedback import Label, record_feedback
 from underlay.serving.schemas import (
     CanaryStart,
     ChangeReason,
@@ -28,8 +26,6 @@ from underlay.serving.schemas import (
     DeploymentEventRead,
     DeploymentRead,
     DeploymentUpdate,
-    FeedbackCreate,
-    FeedbackRead,
     PredictResponse,
     ReplicaReport,
 )
@@ -153,28 +149,6 @@ def list_events(project: str, name: DeploymentName, ctx: Ctx) -> list[Deployment
     with ctx.unit("deployment.events", _resource(project, name), audited=False) as u:
         found = identity.read_project(u.session, project, ctx.actor)
         return [service.event_read(e) for e in service.list_events(u.session, found.id, name)]
-
-
-@router.post("/{name}/feedback", response_model=FeedbackRead)
-def feedback(
-    project: str, name: DeploymentName, body: FeedbackCreate, ctx: Ctx, request: Request
-) -> FeedbackRead:
-    """Ground-truth labels by request id, stored in the ``<deployment>_feedback`` table."""
-    with ctx.unit("deployment.feedback", _resource(project, name), project=project) as u:
-        found = identity.read_project(u.session, project, ctx.actor, Action.write)
-        project_id = service.get_deployment(u.session, found.id, name).project_id
-    labels = [Label(item.request_id, item.label, item.row) for item in body.labels]
-    result = record_feedback(
-        ctx.platform.db,
-        request.app.state.tables,
-        ctx.platform.keyring,
-        project_id,
-        name,
-        labels,
-        now=time.time(),
-        created_by=ctx.actor.user_id or None,
-    )
-    return FeedbackRead(**result.to_dict())
 
 
 @router.get("/{name}/stats")
