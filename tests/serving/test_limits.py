@@ -21,7 +21,6 @@ from underlay.serving.limits import (
     LimitSpec,
     RateLimiter,
     SqlBudgetStore,
-    budget_metadata,
     budget_usage,
     retry_after_header,
 )
@@ -90,9 +89,8 @@ print(json.dumps(served))
 
 
 @pytest.mark.slow
-def test_worker_processes_sharing_the_database_never_pass_the_budget(database_url: str) -> None:
-    database = Database(database_url)
-    budget_metadata.create_all(database.engine)  # the table S1's migration will hold
+def test_worker_processes_sharing_the_database_never_pass_the_budget(db: Database) -> None:
+    database, database_url = db, db.url
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     procs = [
         subprocess.Popen(
@@ -108,19 +106,16 @@ def test_worker_processes_sharing_the_database_never_pass_the_budget(database_ur
         used = conn.execute(select(budget_usage.c.used)).scalar_one()
     assert used == sum(served)  # unspent leases were given back
     assert 500 - 3 * (500 // 8) <= sum(served) <= 500
-    database.dispose()
 
 
-def test_one_process_with_the_shared_store_spends_the_budget_exactly(database_url: str) -> None:
-    database = Database(database_url)
-    budget_metadata.create_all(database.engine)
+def test_one_process_with_the_shared_store_spends_the_budget_exactly(db: Database) -> None:
+    database = db
     limiter = RateLimiter(SqlBudgetStore(database.engine))
     spec = LimitSpec(daily_budget=50)
     served = sum(limiter.check("t", "d", spec, 3, T0).allowed for _ in range(30))
     assert served == 16  # 48 rows; the 17th request of 3 would pass 50
     assert limiter.check("t", "d", spec, 2, T0).allowed
     assert not limiter.check("t", "d", spec, 1, T0).allowed
-    database.dispose()
 
 
 REAL = np.random.RandomState(7).normal(loc=5.0, scale=2.0, size=(4000, 6))

@@ -51,10 +51,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import BigInteger, Column, Engine, Integer, MetaData, String, Table, update
+from sqlalchemy import Engine, Table, update
 from sqlalchemy.exc import IntegrityError
 
 from underlay.errors import InvalidInput
+from underlay.serving.models import ServingBudgetUsage
 
 DAY_S = 86400.0
 
@@ -106,16 +107,8 @@ class MemoryBudgetStore:
         return True
 
 
-budget_metadata = MetaData()
-budget_usage = Table(
-    "serving_budget_usage",
-    budget_metadata,
-    Column("token_key", String(128), primary_key=True),
-    Column("deployment_key", String(256), primary_key=True),
-    Column("day", Integer, primary_key=True),
-    Column("used", BigInteger, nullable=False),
-)
-"""The shared day counters (see the module docstring); the table must exist in the database."""
+budget_usage: Table = ServingBudgetUsage.__table__  # type: ignore[assignment]
+"""The shared day counters (see the module docstring), created by migration 0017."""
 
 
 @dataclass
