@@ -135,6 +135,12 @@ def test_normal_traffic_raises_no_alarm() -> None:
             rows = REAL[2000 + (hour * 100 + i * 10) % 2000 :][:10]
             alarms.append(detector.observe("t", "d", rows, T0 + hour * 3600 + i * 60))
     assert alarms == [None] * 300
+    # rows with NaN (where a model allows them) are left out of the score, not poisoning it
+    holes = np.where(REAL[:50] > 6, np.nan, REAL[:50])
+    assert detector.observe("t", "d", holes, T0 + 31 * 3600) is None
+    probes = np.random.RandomState(5).uniform(-20, 30, size=(400, 6))
+    raised = detector.observe("t", "d", probes, T0 + 31 * 3600 + 1)
+    assert raised is not None and raised.startswith("spread:")
 
 
 def test_a_volume_far_above_the_tokens_own_history_raises_the_alarm_once() -> None:
