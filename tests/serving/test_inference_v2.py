@@ -86,6 +86,16 @@ def test_tritonclient_infers_with_binary_and_json_tensors(
     np.testing.assert_array_equal(plain.as_numpy("output"), model().predict(X[:3]))
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_tritonclient_compressed_requests_are_inflated(
+    triton: InferenceServerClient, algorithm: str
+) -> None:
+    result = triton.infer(
+        NAME, [_input(X[:5])], headers=auth(), request_compression_algorithm=algorithm
+    )
+    np.testing.assert_array_equal(result.as_numpy("output"), model().predict(X[:5]))
+
+
 @pytest.mark.parametrize(
     ("inputs", "match"),
     [

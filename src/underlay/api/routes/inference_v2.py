@@ -144,7 +144,11 @@ async def infer(project: str, name: DeploymentName, model: ModelName, request: R
     """Typed tensors in, typed tensors out; the binary tensor extension when asked."""
     try:
         plane, principal, view = await _view(request, project, name, model)
-        request_body = await request.body()
+        request_body = v2.decompress_body(
+            await request.body(),
+            request.headers.get("content-encoding"),
+            request.app.state.platform.settings.server.max_json_body,
+        )
         decoded = v2.decode_infer_request(
             request_body, request.headers.get(v2.HEADER_LENGTH), _compiled(view)
         )
