@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from underlay.platform import Platform
 
 AUTH_TTL_S = 5.0
-REFRESH_S = 0.25
+REFRESH_S = 0.5
 DOWN_S = 1.0
 SECRET_HEADER = "x-replica-secret"  # noqa: S105 - a header name
 RETRY_AFTER_S = 1
