@@ -63,7 +63,11 @@ DOWN_S = 1.0
 SECRET_HEADER = "x-replica-secret"  # noqa: S105 - a header name
 RETRY_AFTER_S = 1
 
-BATCHES_IN_FLIGHT = 8
+BATCHES_PER_REPLICA = 2  # one computing, one on the wire: batches grow once replicas are busy
+
+
+def _in_flight(replicas: int) -> int:
+    return BATCHES_PER_REPLICA * max(1, replicas)
 
 
 class ModelFailed(InvalidInput):
@@ -245,6 +249,7 @@ class DataPlane:
                     if known is not None:
                         endpoint.down_until = known.down_until
                 kept.endpoints, kept.name = arm.endpoints, arm.name
+                kept.batcher.max_concurrency = _in_flight(len(arm.endpoints))
                 if arm is fresh.stable:
                     fresh.stable = kept
                 else:
@@ -265,7 +270,7 @@ class DataPlane:
             max_batch=view.max_batch,
             max_wait_ms=view.max_wait_ms,
             stats=stats,
-            max_concurrency=BATCHES_IN_FLIGHT,
+            max_concurrency=_in_flight(len(arm.endpoints)),
         )
 
     # -- predictions ------------------------------------------------------------------------
