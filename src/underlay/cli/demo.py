@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from underlay.cli.demo_serving import canary_and_cleanup, deploy_and_predict
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -107,6 +109,7 @@ def _project_and_people(ctx: DemoContext) -> None:
     ctx.admin.add_member("vision", "alice", "member")
     token = ctx.admin.create_token("demo", expires_in_days=1, user="alice").token
     ctx.state["alice"] = Client(ctx.url, token)
+    ctx.state["alice_token"] = token
     ctx.say("project [bold]vision[/], user [bold]alice[/] as member, a 1-day token for alice")
 
 
@@ -399,6 +402,7 @@ def _train_and_register(ctx: DemoContext) -> None:
     for line in [line for line in card if line.strip()][:6]:
         ctx.say(f"  {line}")
     ctx.state["churn_test_rows"] = test
+    ctx.state["churn_model"] = loaded
 
 
 def _edge_export(ctx: DemoContext) -> None:
@@ -452,6 +456,8 @@ STEPS: list[Step] = [
     ),
     Step("Export the champion to int8 ONNX, gated on held-out accuracy", _edge_export),
     Step("Run a job through the scheduler and bill it", _scheduled_job),
+    Step("Deploy the champion; predict through JSON and the V2 protocol", deploy_and_predict),
+    Step("Canary a broken retrain: it is rolled back by itself", canary_and_cleanup),
     Step("Verify the audit log", _audit),
 ]
 
