@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -301,7 +302,7 @@ def test_keys_rotate_keeps_blobs_readable_and_refuses_the_old_key(tmp_path: Path
 
 @pytest.mark.slow
 def test_demo_runs_clean(tmp_path: Path) -> None:
-    result = run_cli("demo", env=clean_env(TMPDIR=str(tmp_path)), timeout=180)
+    result = run_cli("demo", env=clean_env(TMPDIR=str(tmp_path)), timeout=300)
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert "demo complete" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
@@ -329,6 +330,23 @@ def test_demo_runs_clean(tmp_path: Path) -> None:
     assert "its predictions match the trained model's: 100%" in flat
     assert "# Model card: churn version 1" in flat
     assert "onnx-int8" in flat and "exported churn-onnx@1:" in flat
+    # serving: the champion deployed, answered through JSON and V2, a broken canary rolled back
+    assert "deployed churn@champion (version 1, signature and files verified)" in flat
+    assert re.search(r"JSON predict \(as `underlay predict`\): 4 records -> \[[01, ]+\]", flat)
+    assert "Open Inference Protocol (KServe V2, as tritonclient speaks it): POST" in flat
+    assert "/v2/models/churn-api/infer with input FP32[4, 2] -> output [" in flat
+    assert "both agree with the registered model's own predictions" in flat
+    assert "registered churn@2, signed: a retrain that expects a third feature" in flat
+    failed = re.search(r"sent \d+ requests: \d+ answered by churn@1, (\d+) failed on churn@2", flat)
+    assert failed and int(failed.group(1)) > 0
+    assert "canary.start by alice try the retrain" in flat
+    assert "rollback by canary-monitor automatic: canary failed" in flat
+    assert (
+        "canary rolled_back; traffic: stable churn@1 100%, canary churn@2 0%; "
+        "the next 20 requests all answered by churn@1" in flat
+    )
+    assert "audit: deployment.rollback by canary-monitor (ok)" in flat
+    assert "churn-api removed; its replica jobs drained and ended, none left running" in flat
     assert list(tmp_path.iterdir()) == []  # the temporary home is removed
 
 

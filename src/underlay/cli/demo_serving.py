@@ -128,7 +128,9 @@ def _register_broken_retrain(ctx: DemoContext) -> int:
 
 
 def _broken_canary(ctx: DemoContext) -> None:
-    from underlay.errors import InvalidInput
+    from rich.markup import escape
+
+    from underlay.errors import InvalidInput, Unavailable
 
     alice: Client = ctx.state["alice"]
     version = _register_broken_retrain(ctx)
@@ -154,6 +156,8 @@ def _broken_canary(ctx: DemoContext) -> None:
             answered[got["model_version"]] = answered.get(got["model_version"], 0) + 1
         except InvalidInput:  # 400 "the model failed on this input": the canary's answer
             failed += 1
+        except Unavailable:  # a 503 while replicas change: the client may retry; so do we
+            pass
         kinds = [e.kind for e in alice.deployment_events(PROJECT, NAME)]
         return True if "rollback" in kinds else None
 
@@ -165,7 +169,8 @@ def _broken_canary(ctx: DemoContext) -> None:
     )
     ctx.say("deployment events:")
     for event in alice.deployment_events(PROJECT, NAME):
-        ctx.say(f"  {event.at:%H:%M:%S} {event.kind:<15} by {event.actor:<14} {event.reason}")
+        line = f"  {event.at:%H:%M:%S} {event.kind:<15} by {event.actor:<14} {event.reason}"
+        ctx.say(escape(line))
     found = alice.read_deployment(PROJECT, NAME)
     after = {alice.predict(PROJECT, NAME, ROWS[:2])["model_version"] for _ in range(20)}
     traffic = ", ".join(f"{t.arm} churn@{t.version} {t.weight:.0%}" for t in found.traffic)
@@ -180,15 +185,14 @@ def _broken_canary(ctx: DemoContext) -> None:
 
 def _remove(ctx: DemoContext) -> None:
     alice: Client = ctx.state["alice"]
-    jobs = [r.job_id for r in alice.read_deployment(PROJECT, NAME).replicas if r.job_id]
+    live = ["queued", "admitted", "running"]
     alice.delete_deployment(PROJECT, NAME)
 
-    def ended() -> bool | None:
-        live = {j.id for j in alice.list_jobs(PROJECT, state=["queued", "admitted", "running"])}
-        return True if live.isdisjoint(jobs) else None
+    def ended() -> bool | None:  # the project's only jobs now are the replicas
+        return True if not alice.list_jobs(PROJECT, state=live) else None
 
     _wait(ctx, ended, "the replicas to drain and exit", within_s=60)
-    ctx.say(f"deployment {NAME} removed; its {len(jobs)} replica job(s) drained and ended")
+    ctx.say(f"deployment {NAME} removed; its replica jobs drained and ended, none left running")
 
 
 def canary_and_cleanup(ctx: DemoContext) -> None:
