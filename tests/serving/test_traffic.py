@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.conftest import LiveServer
@@ -159,3 +160,23 @@ def test_limits_logs_feedback_and_counters(live: LiveServer, admin: Client) -> N
     with pytest.raises(InvalidInput):
         admin.send_feedback(PROJECT, "churn-logged", [{"request_id": "x", "label": None}])
     admin.delete_deployment(PROJECT, "churn-logged")
+
+
+def test_a_token_querying_like_extraction_raises_an_alert(live: LiveServer, admin: Client) -> None:
+    """Far more rows than a token's history in an hour (here: over the 1,000-row floor in its
+    first hour) raise a ``model-extraction`` alert for the project, naming the deployment."""
+    admin.deploy(PROJECT, "churn-guarded", "churn@1", replicas=1)
+    ready(admin, "churn-guarded", 1)
+    token = admin.create_token("scraper").token
+    rows = np.random.RandomState(1).rand(600, 4).tolist()
+    assert _predict(live, "churn-guarded", token, rows).status_code == 200
+    assert not [a for a in admin.list_alerts(project=PROJECT) if a.kind == "model-extraction"]
+    assert _predict(live, "churn-guarded", token, rows).status_code == 200
+
+    def alerted() -> list[Any]:
+        return [a for a in admin.list_alerts(project=PROJECT) if a.kind == "model-extraction"]
+
+    (alert,) = wait_until(alerted, "the model-extraction alert", within_s=30)
+    assert alert.subject.startswith("churn-guarded:")
+    assert "looks like model extraction: volume: 1200 rows" in alert.message
+    admin.delete_deployment(PROJECT, "churn-guarded")
