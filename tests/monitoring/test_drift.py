@@ -244,3 +244,12 @@ def test_report_is_plain_json() -> None:
         "rows_reference",
         "rows_current",
     }
+
+
+def test_columns_compared_in_threads_give_the_same_report() -> None:
+    ref, cur = _window(19, 20_000, False), _window(20, 20_000, True)
+    one = compute_drift(ref, cur, DriftOptions(workers=1))
+    three = compute_drift(ref, cur, DriftOptions(workers=3))
+    assert one == three
+    with pytest.raises(InvalidInput, match="workers must be at least 1"):
+        compute_drift(ref, cur, DriftOptions(workers=0))

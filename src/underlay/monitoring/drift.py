@@ -28,7 +28,9 @@ has one, the rows compared and the share of missing values on each side.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TypeAlias
 
@@ -74,6 +76,9 @@ class DriftOptions:
     columns: tuple[str, ...] | None = None
     """Compare only these (each must be on both sides); by default, every column."""
     overrides: Mapping[str, FeatureOverride] = field(default_factory=dict)
+    workers: int | None = None
+    """Columns compared at once, in threads (numpy sorts release the GIL); by default the
+    CPU count, at most 4 (each numeric column at 1M rows holds about 60 MB while compared)."""
 
 
 @dataclass(frozen=True)
@@ -135,15 +140,24 @@ def compute_drift(
     names = _names(ref_cols, cur_cols, options)
     rows_ref, rows_cur = _rows(ref_cols, "reference"), _rows(cur_cols, "current")
     status: Status = "ok" if min(rows_ref, rows_cur) >= options.min_rows else "too_few_rows"
-    features = tuple(
-        _feature(name, ref_cols[name], cur_cols[name], options, status) for name in names
-    )
+
+    def one(name: str) -> FeatureDrift:
+        return _feature(name, ref_cols[name], cur_cols[name], options, status)
+
+    workers = options.workers or min(4, os.cpu_count() or 1)
+    if workers == 1 or len(names) < 2:
+        features = tuple(map(one, names))
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="drift") as pool:
+            features = tuple(pool.map(one, names))
     return DriftReport(rows_ref, rows_cur, options.min_rows, status, features)
 
 
 def _check_options(options: DriftOptions) -> None:
     if options.min_rows < 1:
         raise InvalidInput(f"min_rows must be at least 1, not {options.min_rows}")
+    if options.workers is not None and options.workers < 1:
+        raise InvalidInput(f"workers must be at least 1, not {options.workers}")
     if options.psi_bins < 2:
         raise InvalidInput(f"psi_bins must be at least 2, not {options.psi_bins}")
     if not 0 < options.missing_threshold <= 1:

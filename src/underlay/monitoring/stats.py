@@ -1,7 +1,8 @@
 """The numbers behind drift: two-sample distances and tests over numpy arrays, no pandas.
 
 Numeric columns arrive sorted, once each, and every numeric measure reads the same two sorted
-arrays: the two samples are merged by ``np.searchsorted`` (no second sort), and one pass over
+arrays: the two samples are merged by a stable argsort of the two sorted runs (timsort merges
+them in linear time), and one pass over
 the merged values gives both empirical CDFs, hence the Wasserstein distance (the area between
 them) and the Kolmogorov-Smirnov statistic (their largest gap). Quantile bins for PSI are
 ``np.searchsorted`` of a handful of edges. Categorical columns arrive as counts per category
@@ -60,22 +61,23 @@ def cdf_gaps(ref: FloatArray, cur: FloatArray) -> tuple[FloatArray, FloatArray]:
     is 0, and at the last of a run of equal values both CDFs count the whole run.
     """
     n, m = ref.size, cur.size
-    pos_ref = np.searchsorted(cur, ref, side="right")
-    pos_ref += np.arange(n)
-    pos_cur = np.searchsorted(ref, cur, side="left")
-    pos_cur += np.arange(m)
-    merged = np.empty(n + m)
-    merged[pos_ref] = ref
-    merged[pos_cur] = cur
-    from_ref = np.zeros(n + m, dtype=np.int64)
-    from_ref[pos_ref] = 1
-    count_ref = np.cumsum(from_ref[:-1])
-    # F_ref - F_cur = c/n - (k - c)/m, with k the number of merged values so far
-    gaps = count_ref * (1.0 / n + 1.0 / m)
-    gaps -= np.arange(1, n + m, dtype=np.float64) / m
+    both = np.concatenate((cur, ref))
+    # a stable argsort of two sorted runs is one linear merge (timsort finds the runs)
+    order = np.argsort(both, kind="stable")
+    steps: FloatArray = np.diff(both[order])
+    del both
+    from_ref = order[:-1] >= m
+    del order
+    # F_ref - F_cur = c/n - (k - c)/m, with c the reference values so far and k all values
+    gaps: FloatArray = np.cumsum(from_ref, dtype=np.float64)
+    del from_ref
+    gaps *= 1.0 / n + 1.0 / m
+    seen = np.arange(1, n + m, dtype=np.float64)
+    seen *= 1.0 / m
+    gaps -= seen
+    del seen
     np.abs(gaps, out=gaps)
-    steps: FloatArray = np.diff(merged)
-    return gaps.astype(np.float64, copy=False), steps
+    return gaps, steps
 
 
 def quantile_edges(ref: FloatArray, bins: int) -> FloatArray:
