@@ -253,3 +253,31 @@ def test_columns_compared_in_threads_give_the_same_report() -> None:
     assert one == three
     with pytest.raises(InvalidInput, match="workers must be at least 1"):
         compute_drift(ref, cur, DriftOptions(workers=0))
+
+
+def test_a_constant_reference_divides_by_the_floor() -> None:
+    report = compute_drift({"x": [1.0] * 1000}, {"x": [2.0] * 1000})
+    assert report.status == "ok"
+    assert report.features[0].score == pytest.approx(1.0 / stats.MIN_STD)
+
+
+def test_column_kinds_follow_their_types() -> None:
+    words = ["a", "b", "c", "d"] * 250
+    ref = pa.table(
+        {
+            "ints": pa.array(list(range(999)) + [None], type=pa.int32()),
+            "flags": pa.array([True, False] * 500),
+            "words": pa.array(words).dictionary_encode(),
+            "wide": pa.array(words, type=pa.large_string()),
+        }
+    )
+    cur = {
+        "ints": np.arange(1000, dtype=np.int64),
+        "flags": np.array([True, False] * 500),
+        "words": pa.array(words),
+        "wide": words,
+    }
+    ints, flags, dict_words, wide = compute_drift(ref, cur).features
+    assert (ints.kind, ints.rows_reference, ints.missing_reference) == ("numeric", 999, 0.001)
+    assert (flags.kind, flags.score) == ("categorical", 0.0)
+    assert (dict_words.kind, dict_words.score, wide.score) == ("categorical", 0.0, 0.0)

@@ -240,23 +240,15 @@ def _feature(
             f"column {name!r} is {ref.kind} in the reference but {cur.kind} in the current data"
         )
     kind = ref.kind
-    method = override.method or DEFAULT_METHOD[kind]
-    if method not in METHODS[kind]:
-        raise InvalidInput(
-            f"column {name!r} is {kind}: method {method!r} does not apply "
-            f"(use {', '.join(METHODS[kind])})"
-        )
-    if override.alpha is not None and method not in WITH_P_VALUE:
-        raise InvalidInput(f"column {name!r}: method {method!r} has no p-value for an alpha")
-    threshold = None if override.alpha is not None else (override.threshold or DEFAULT_THRESHOLD)
+    method, threshold = _method(name, kind, override)
     if kind == "numeric":
         measured = _numeric(ref, cur, method, options)
     else:
         measured = _categorical(ref, cur, method)
     score, p_value, statistic, n_ref, n_cur = measured
     enough = status == "ok" and min(n_ref, n_cur) >= options.min_rows
-    miss_ref = 1.0 - n_ref / ref.rows if ref.rows else 0.0
-    miss_cur = 1.0 - n_cur / cur.rows if cur.rows else 0.0
+    miss_ref = (ref.rows - n_ref) / ref.rows if ref.rows else 0.0
+    miss_cur = (cur.rows - n_cur) / cur.rows if cur.rows else 0.0
     if not enough:
         score = p_value = statistic = None
     if score is None:
@@ -283,6 +275,21 @@ def _feature(
         missing_flagged=status == "ok" and abs(miss_cur - miss_ref) >= options.missing_threshold,
         statistic=statistic,
     )
+
+
+def _method(name: str, kind: Kind, override: FeatureOverride) -> tuple[str, float | None]:
+    """The column's method and threshold (``None`` when it flags on a p-value)."""
+    method = override.method or DEFAULT_METHOD[kind]
+    if method not in METHODS[kind]:
+        raise InvalidInput(
+            f"column {name!r} is {kind}: method {method!r} does not apply "
+            f"(use {', '.join(METHODS[kind])})"
+        )
+    if override.alpha is not None:
+        if method not in WITH_P_VALUE:
+            raise InvalidInput(f"column {name!r}: method {method!r} has no p-value for an alpha")
+        return method, None
+    return method, override.threshold or DEFAULT_THRESHOLD
 
 
 _Measured = tuple[float | None, float | None, float | None, int, int]
