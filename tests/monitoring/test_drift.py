@@ -265,7 +265,7 @@ def test_column_kinds_follow_their_types() -> None:
     words = ["a", "b", "c", "d"] * 250
     ref = pa.table(
         {
-            "ints": pa.array(list(range(999)) + [None], type=pa.int32()),
+            "ints": pa.array([*range(999), None], type=pa.int32()),
             "flags": pa.array([True, False] * 500),
             "words": pa.array(words).dictionary_encode(),
             "wide": pa.array(words, type=pa.large_string()),
