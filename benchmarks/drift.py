@@ -51,13 +51,13 @@ SHIFTED = {"num_00", "num_07", "num_13", "cat_01", "cat_03"}
 UNDERLAY_SIDE = r"""
 import json, resource, sys, time
 import pyarrow.parquet as pq
-from underlay.monitoring.drift import compute_drift
+from underlay.monitoring.drift import DriftOptions, compute_drift
 ref, cur = pq.read_table(sys.argv[1]), pq.read_table(sys.argv[2])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 seconds = float("inf")
 for _ in range(int(sys.argv[3])):
     t = time.perf_counter()
-    report = compute_drift(ref, cur)
+    report = compute_drift(ref, cur, DriftOptions(workers=int(sys.argv[4])))
     seconds = min(seconds, time.perf_counter() - t)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"seconds": seconds, "peak_kb": peak, "extra_kb": peak - base,
@@ -126,11 +126,11 @@ def window(rows: int, seed: int, shifted: bool) -> pa.Table:
     return pa.table(cols)
 
 
-def run_side(python: str, script: str, paths: tuple[Path, Path], repeat: int) -> Any:
+def run_side(python: str, script: str, paths: tuple[Path, Path], *extra: int) -> Any:
     src = str(Path(__file__).resolve().parent.parent / "src")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run(
-        [python, "-c", script, str(paths[0]), str(paths[1]), str(repeat)],
+        [python, "-c", script, str(paths[0]), str(paths[1]), *map(str, extra)],
         capture_output=True,
         text=True,
         check=False,
@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--repeat", type=int, default=1, help="best of this many runs each")
+    parser.add_argument("--workers", type=int, default=1, help="underlay's column threads")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ref, cur = Path(tmp) / "reference.parquet", Path(tmp) / "current.parquet"
@@ -170,7 +171,7 @@ def main() -> None:
             f"{args.rows:,} rows x {NUMERIC + CATEGORICAL} columns "
             f"({NUMERIC} numeric, {CATEGORICAL} categorical), shifted: {sorted(SHIFTED)}"
         )
-        ours = run_side(sys.executable, UNDERLAY_SIDE, (ref, cur), args.repeat)
+        ours = run_side(sys.executable, UNDERLAY_SIDE, (ref, cur), args.repeat, args.workers)
         show("underlay", ours)
         python = evidently_python()
         if python is None:
