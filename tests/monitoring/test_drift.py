@@ -281,3 +281,24 @@ def test_column_kinds_follow_their_types() -> None:
     assert (ints.kind, ints.rows_reference, ints.missing_reference) == ("numeric", 999, 0.001)
     assert (flags.kind, flags.score) == ("categorical", 0.0)
     assert (dict_words.kind, dict_words.score, wide.score) == ("categorical", 0.0, 0.0)
+
+
+def test_a_column_missing_throughout_a_window_takes_the_other_sides_kind() -> None:
+    rng = np.random.default_rng(23)
+    ref = {"x": rng.normal(size=2000), "c": ["a", "b"] * 1000}
+    cur = {"x": [None] * 2000, "c": pa.array([None] * 2000)}
+    x, c = compute_drift(ref, cur).features
+    assert (x.kind, x.status, x.missing_current, x.missing_flagged) == (
+        "numeric",
+        "too_few_rows",
+        1.0,
+        True,
+    )
+    assert (c.kind, c.status, c.missing_current, c.missing_flagged) == (
+        "categorical",
+        "too_few_rows",
+        1.0,
+        True,
+    )
+    back = compute_drift(cur, ref).features[0]
+    assert (back.kind, back.missing_reference) == ("numeric", 1.0)

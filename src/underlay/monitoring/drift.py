@@ -128,6 +128,8 @@ class _Column:
     kind: Kind
     data: pa.ChunkedArray | np.ndarray[Any, Any]
     rows: int
+    untyped: bool = False
+    """Every value missing, so the column's type says nothing of its kind."""
 
 
 def compute_drift(
@@ -218,6 +220,10 @@ def _normalise(name: str, values: Any, side: str, kind: Kind | None) -> _Column:
     except (pa.ArrowException, TypeError, ValueError) as exc:
         raise InvalidInput(f"{side} column {name!r} cannot be read as a column: {exc}") from exc
     t = values.type
+    if pa.types.is_null(t):
+        if kind == "numeric":
+            return _Column("numeric", np.full(len(values), np.nan), len(values), untyped=True)
+        return _Column("categorical", values, len(values), untyped=True)
     if pa.types.is_dictionary(t):
         values, t = values.cast(t.value_type), t.value_type
     numeric_type = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
@@ -235,6 +241,10 @@ def _feature(
     override = options.overrides.get(name, FeatureOverride())
     ref = _normalise(name, ref_values, "reference", override.kind)
     cur = _normalise(name, cur_values, "current", override.kind)
+    if ref.kind != cur.kind and cur.untyped:
+        cur = _normalise(name, cur_values, "current", ref.kind)
+    elif ref.kind != cur.kind and ref.untyped:
+        ref = _normalise(name, ref_values, "reference", cur.kind)
     if ref.kind != cur.kind:
         raise InvalidInput(
             f"column {name!r} is {ref.kind} in the reference but {cur.kind} in the current data"
