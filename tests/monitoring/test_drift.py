@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st_h
 from scipy import stats as st
 from scipy.spatial.distance import jensenshannon
 
@@ -302,3 +305,19 @@ def test_a_column_missing_throughout_a_window_takes_the_other_sides_kind() -> No
     )
     back = compute_drift(cur, ref).features[0]
     assert (back.kind, back.missing_reference) == ("numeric", 1.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st_h.lists(st_h.integers(-5, 5), min_size=1, max_size=40),
+    st_h.lists(st_h.integers(-5, 5), min_size=1, max_size=40),
+)
+def test_wasserstein_and_ks_match_scipy_on_any_small_sample(ref: list[int], cur: list[int]) -> None:
+    a, b = np.array(ref, dtype=float), np.array(cur, dtype=float)
+    scores = stats.numeric_scores(np.sort(a), np.sort(b))
+    std = max(float(np.std(a)), stats.MIN_STD)
+    assert scores.wasserstein * std == pytest.approx(st.wasserstein_distance(a, b), abs=1e-9)
+    with warnings.catch_warnings():  # scipy's p-value for one-row samples divides by zero
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = st.ks_2samp(a, b, method="asymp").statistic
+    assert scores.ks == pytest.approx(expected, abs=1e-12)
