@@ -321,3 +321,18 @@ def test_wasserstein_and_ks_match_scipy_on_any_small_sample(ref: list[int], cur:
         warnings.simplefilter("ignore", RuntimeWarning)
         expected = st.ks_2samp(a, b, method="asymp").statistic
     assert scores.ks == pytest.approx(expected, abs=1e-12)
+
+
+def test_unreadable_input_is_invalid_input() -> None:
+    with pytest.raises(InvalidInput, match="reference columns differ in length"):
+        compute_drift({"a": [1.0, 2.0], "b": [1.0]}, {"a": [1.0], "b": [1.0]})
+    with pytest.raises(InvalidInput, match="current column 'a' cannot be read"):
+        compute_drift({"a": ["x"]}, {"a": ["x", 1]})
+    with pytest.raises(InvalidInput, match="must be a pyarrow Table or a mapping"):
+        compute_drift({"a": [1.0]}, [1.0])  # type: ignore[arg-type]
+    stamps = pa.array([0, 1], type=pa.timestamp("us"))
+    with pytest.raises(InvalidInput, match=r"column 'ts' is timestamp\[us\]: drift compares"):
+        compute_drift({"ts": stamps}, {"ts": stamps})
+    tensors = pa.array([[1.0, 2.0], [3.0]])
+    with pytest.raises(InvalidInput, match="column 't' is list<item: double>"):
+        compute_drift({"t": tensors}, {"t": tensors})

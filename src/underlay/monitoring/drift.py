@@ -232,7 +232,22 @@ def _normalise(name: str, values: Any, side: str, kind: Kind | None) -> _Column:
         return _Column("numeric", data, len(data))
     if kind == "numeric":
         raise InvalidInput(f"{side} column {name!r} is {t}, which is not numeric")
+    if not (numeric_type or _is_category_type(t)):
+        raise InvalidInput(
+            f"{side} column {name!r} is {t}: drift compares numeric and categorical columns; "
+            "leave it out with DriftOptions(columns=...)"
+        )
     return _Column("categorical", values, len(values))
+
+
+def _is_category_type(t: Any) -> bool:
+    return bool(
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+    )
 
 
 def _feature(
