@@ -336,3 +336,11 @@ def test_unreadable_input_is_invalid_input() -> None:
     tensors = pa.array([[1.0, 2.0], [3.0]])
     with pytest.raises(InvalidInput, match="column 't' is list<item: double>"):
         compute_drift({"t": tensors}, {"t": tensors})
+
+
+def test_tables_of_many_chunks_give_the_same_report() -> None:
+    ref, cur = _window(29, 4000, False), _window(30, 4000, True)
+    whole = pa.table(ref)
+    chunked = pa.concat_tables([whole.slice(0, 1500), whole.slice(1500)])
+    assert chunked.column("steady").num_chunks == 2
+    assert compute_drift(chunked, cur) == compute_drift(whole, cur) == compute_drift(ref, cur)
