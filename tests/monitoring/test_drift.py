@@ -344,3 +344,20 @@ def test_tables_of_many_chunks_give_the_same_report() -> None:
     chunked = pa.concat_tables([whole.slice(0, 1500), whole.slice(1500)])
     assert chunked.column("steady").num_chunks == 2
     assert compute_drift(chunked, cur) == compute_drift(whole, cur) == compute_drift(ref, cur)
+
+
+def test_each_scored_column_carries_chart_data() -> None:
+    rng = np.random.default_rng(31)
+    many = np.array([f"k{i:02d}" for i in range(30)])
+    ref = {"x": rng.normal(size=2000), "c": many[rng.integers(0, 30, 2000)], "f": [True] * 2000}
+    cur = {"x": rng.normal(size=2000), "c": many[rng.integers(0, 30, 2000)], "f": [False] * 2000}
+    x, c, f = compute_drift(ref, cur).features
+    assert x.histogram is not None and len(x.histogram.labels) == 10
+    assert x.histogram.reference == pytest.approx([0.1] * 10)
+    assert x.histogram.labels[0].startswith("< ") and x.histogram.labels[-1].startswith(">= ")
+    assert sum(x.histogram.current) == pytest.approx(1.0)
+    assert c.histogram is not None and len(c.histogram.labels) == 21
+    assert c.histogram.labels[-1] == "(other)" and sum(c.histogram.reference) == pytest.approx(1)
+    assert f.histogram is not None and set(f.histogram.labels) == {"True", "False"}
+    small = compute_drift({"x": [1.0] * 10}, {"x": [2.0] * 10}).features[0]
+    assert small.histogram is None

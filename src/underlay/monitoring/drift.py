@@ -27,6 +27,7 @@ has one, the rows compared and the share of missing values on each side.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -82,6 +83,16 @@ class DriftOptions:
 
 
 @dataclass(frozen=True)
+class Histogram:
+    """Shares per bin on each side, for a chart: the reference's deciles for a numeric column,
+    the most common categories (then ``(other)``) for a categorical one."""
+
+    labels: tuple[str, ...]
+    reference: tuple[float, ...]
+    current: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class FeatureDrift:
     column: str
     role: Literal["feature", "prediction"]
@@ -100,6 +111,7 @@ class FeatureDrift:
     missing_flagged: bool
     statistic: float | None = None
     """The raw chi-square statistic behind a ``chisquare`` score."""
+    histogram: Histogram | None = None
 
 
 @dataclass(frozen=True)
@@ -270,7 +282,7 @@ def _feature(
         measured = _numeric(ref, cur, method, options)
     else:
         measured = _categorical(ref, cur, method)
-    score, p_value, statistic, n_ref, n_cur = measured
+    score, p_value, statistic, n_ref, n_cur, histogram = measured
     enough = status == "ok" and min(n_ref, n_cur) >= options.min_rows
     miss_ref = (ref.rows - n_ref) / ref.rows if ref.rows else 0.0
     miss_cur = (cur.rows - n_cur) / cur.rows if cur.rows else 0.0
@@ -299,6 +311,7 @@ def _feature(
         missing_current=miss_cur,
         missing_flagged=status == "ok" and abs(miss_cur - miss_ref) >= options.missing_threshold,
         statistic=statistic,
+        histogram=histogram if enough else None,
     )
 
 
@@ -317,17 +330,26 @@ def _method(name: str, kind: Kind, override: FeatureOverride) -> tuple[str, floa
     return method, override.threshold or DEFAULT_THRESHOLD
 
 
-_Measured = tuple[float | None, float | None, float | None, int, int]
+_Measured = tuple[float | None, float | None, float | None, int, int, Histogram | None]
+TOP_CATEGORIES = 20
 
 
 def _numeric(ref: _Column, cur: _Column, method: str, options: DriftOptions) -> _Measured:
     a, b = _sorted_finite(ref.data), _sorted_finite(cur.data)
     if min(a.size, b.size) < options.min_rows or not a.size or not b.size:
-        return None, None, None, a.size, b.size
+        return None, None, None, a.size, b.size, None
     s = stats.numeric_scores(a, b, options.psi_bins)
+    e = [f"{x:.4g}" for x in s.edges]
+    labels = (
+        f"< {e[0]}",
+        *(f"{lo} to {hi}" for lo, hi in itertools.pairwise(e)),
+        f">= {e[-1]}",
+    )
+    histogram = Histogram(labels, tuple(s.ref_shares.tolist()), tuple(s.cur_shares.tolist()))
     if method == "ks":
-        return s.ks, s.ks_p_value, None, a.size, b.size
-    return (s.psi if method == "psi" else s.wasserstein), None, None, a.size, b.size
+        return s.ks, s.ks_p_value, None, a.size, b.size, histogram
+    score = s.psi if method == "psi" else s.wasserstein
+    return score, None, None, a.size, b.size, histogram
 
 
 def _sorted_finite(values: Any) -> stats.FloatArray:
@@ -339,18 +361,32 @@ def _sorted_finite(values: Any) -> stats.FloatArray:
 
 
 def _categorical(ref: _Column, cur: _Column, method: str) -> _Measured:
-    ref_counts, cur_counts = _category_counts(ref.data, cur.data)
+    ref_counts, cur_counts, names = _category_counts(ref.data, cur.data)
     n_ref, n_cur = int(ref_counts.sum()), int(cur_counts.sum())
     if not n_ref or not n_cur:
-        return None, None, None, n_ref, n_cur
+        return None, None, None, n_ref, n_cur, None
     s = stats.categorical_scores(ref_counts, cur_counts)
+    histogram = _category_histogram(ref_counts, cur_counts, names)
     if method == "chisquare":
-        return s.chisquare_w, s.chisquare_p_value, s.chisquare, n_ref, n_cur
+        return s.chisquare_w, s.chisquare_p_value, s.chisquare, n_ref, n_cur, histogram
     score = s.psi if method == "psi" else s.jensenshannon
-    return score, None, None, n_ref, n_cur
+    return score, None, None, n_ref, n_cur, histogram
 
 
-def _category_counts(ref: Any, cur: Any) -> tuple[stats.IntArray, stats.IntArray]:
+def _category_histogram(ref_counts: Any, cur_counts: Any, names: Any) -> Histogram:
+    """The :data:`TOP_CATEGORIES` most common categories (both sides together), then the rest."""
+    p, q = ref_counts / ref_counts.sum(), cur_counts / cur_counts.sum()
+    top = np.argsort(-(p + q), kind="stable")[:TOP_CATEGORIES]
+    labels = [str(v) for v in names.take(pa.array(top)).to_pylist()]
+    ref_shares, cur_shares = p[top].tolist(), q[top].tolist()
+    if len(top) < len(p):
+        labels.append("(other)")
+        ref_shares.append(max(0.0, 1.0 - sum(ref_shares)))
+        cur_shares.append(max(0.0, 1.0 - sum(cur_shares)))
+    return Histogram(tuple(labels), tuple(ref_shares), tuple(cur_shares))
+
+
+def _category_counts(ref: Any, cur: Any) -> tuple[stats.IntArray, stats.IntArray, Any]:
     """Counts per category over the union of both sides' categories (missing left out)."""
     ref_chunks, cur_chunks = list(ref.chunks), list(cur.chunks)
     if ref.type != cur.type:
@@ -358,11 +394,11 @@ def _category_counts(ref: Any, cur: Any) -> tuple[stats.IntArray, stats.IntArray
         cur_chunks = [c.cast(pa.large_string()) for c in cur_chunks]
     both = pa.concat_arrays([*ref_chunks, *cur_chunks]) if ref_chunks or cur_chunks else None
     if both is None or len(both) == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), None
     encoded = both.dictionary_encode()
     size = len(encoded.dictionary)
     codes = encoded.indices.fill_null(size).to_numpy().astype(np.int64, copy=False)
     split = len(ref)
     ref_counts = np.bincount(codes[:split], minlength=size + 1)[:size]
     cur_counts = np.bincount(codes[split:], minlength=size + 1)[:size]
-    return ref_counts.astype(np.int64), cur_counts.astype(np.int64)
+    return ref_counts.astype(np.int64), cur_counts.astype(np.int64), encoded.dictionary

@@ -41,6 +41,10 @@ class NumericScores:
     ks_p_value: float
     psi: float
     """Population stability index over quantile bins of the reference."""
+    edges: FloatArray
+    """Inner edges of those bins; ``ref_shares`` and ``cur_shares`` has one more entry each."""
+    ref_shares: FloatArray
+    cur_shares: FloatArray
 
 
 @dataclass(frozen=True)
@@ -112,11 +116,15 @@ def numeric_scores(ref: FloatArray, cur: FloatArray, bins: int = 10) -> NumericS
     n, m = ref.size, cur.size
     en = n * m / (n + m)
     edges = quantile_edges(ref, bins)
+    ref_shares, cur_shares = binned_shares(ref, edges), binned_shares(cur, edges)
     return NumericScores(
         wasserstein=wasserstein,
         ks=ks,
         ks_p_value=kolmogorov_sf(math.sqrt(en) * ks),
-        psi=psi(binned_shares(ref, edges), binned_shares(cur, edges)),
+        psi=psi(ref_shares, cur_shares),
+        edges=edges,
+        ref_shares=ref_shares,
+        cur_shares=cur_shares,
     )
 
 
