@@ -3,7 +3,7 @@
 :func:`compute_drift` takes two tables (``pyarrow.Table`` or a mapping of column name to a
 numpy array, a pyarrow array or a list) and returns a :class:`DriftReport`: per column its kind,
 the method used, the score, the threshold, whether it is flagged, the p-value where the method
-has one, the rows compared and the share of missing values on each side.
+has one, the rows compared, the share of missing values on each side and a histogram for charts.
 
 * Numeric columns (integers, floats): ``wasserstein`` (default) — Wasserstein-1 distance divided
   by the reference's population standard deviation (floored at 0.001); ``psi`` over ten quantile
@@ -13,8 +13,8 @@ has one, the rows compared and the share of missing values on each side.
   ``chisquare`` — Cohen's w of the goodness-of-fit test of the current counts to the reference
   shares, with the chi-square p-value.
 * Every default threshold is an effect size, 0.1: a column is flagged when its score is at least
-  the threshold. A significance test flags even unshifted columns once windows reach 100k rows;
-  an override may still ask for one (``alpha``: flagged when p < alpha, ``ks`` and
+  the threshold. Once windows reach 100k rows a significance test flags differences too small
+  to act on; an override may still ask for one (``alpha``: flagged when p < alpha, ``ks`` and
   ``chisquare`` only).
 * Missing values (null, NaN, +-inf) are left out of the distributions; the share missing on each
   side is reported and is its own signal: ``missing_flagged`` when the shares differ by at least
