@@ -17,10 +17,11 @@ the chunks of its key, in step order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from functools import cache
+from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import func, insert, select
+from sqlalchemy import Table, func, insert, select
 from sqlalchemy.orm import Session
 
 from underlay.errors import InvalidInput, NotFound
@@ -32,6 +33,7 @@ from underlay.ml.schemas import MetricColumns, MetricHistory, RunLog, RunLogged
 STEP = np.dtype("<i8")
 """How steps and timestamps are packed in a chunk (values: :data:`VALUE`)."""
 VALUE = np.dtype("<f8")
+_CHUNKS = cast(Table, MetricChunk.__table__)  # Core statements: no ORM bookkeeping per row
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,7 @@ def _insert_chunks(session: Session, run_id: int, project_id: int, chunks: list[
         }
         for c in chunks
     ]
-    session.execute(insert(MetricChunk), rows)
+    session.execute(insert(_CHUNKS), rows)
 
 
 def _upsert_latest(session: Session, run_id: int, project_id: int, chunks: list[Chunk]) -> None:
@@ -185,24 +187,19 @@ def _upsert_latest(session: Session, run_id: int, project_id: int, chunks: list[
         }
         for c in chunks
     ]
-    stmt: Any
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
+    session.execute(_upsert_statement(session.get_bind().dialect.name), rows)
 
-        pg = pg_insert(LatestMetric)
-        stmt = pg.on_conflict_do_update(
-            index_elements=["run_id", "key"],
-            set_={c: pg.excluded[c] for c in ("step", "value", "timestamp")},
-        )
-    else:
-        from sqlalchemy.dialects.sqlite import insert as lite_insert
 
-        lite = lite_insert(LatestMetric)
-        stmt = lite.on_conflict_do_update(
-            index_elements=["run_id", "key"],
-            set_={c: lite.excluded[c] for c in ("step", "value", "timestamp")},
-        )
-    session.execute(stmt, rows)
+@cache
+def _upsert_statement(dialect: str) -> Any:
+    """``INSERT ... ON CONFLICT (run_id, key) DO UPDATE`` of the latest points (built once)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    stmt: Any = (postgresql if dialect == "postgresql" else sqlite).insert(LatestMetric)
+    return stmt.on_conflict_do_update(
+        index_elements=["run_id", "key"],
+        set_={c: stmt.excluded[c] for c in ("step", "value", "timestamp")},
+    )
 
 
 @dataclass(frozen=True)
@@ -235,7 +232,7 @@ def read_history(
     spaced by position, the first and last always kept."""
     run = read_run(session, project_id, run_id)
     check_key(key)
-    chunk = MetricChunk.__table__.c
+    chunk = _CHUNKS.c
     rows = session.execute(
         select(chunk.step_bytes, chunk.value_bytes, chunk.timestamp_bytes)
         .where(chunk.run_id == run.id, chunk.key == key)
