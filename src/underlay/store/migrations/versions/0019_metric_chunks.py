@@ -28,7 +28,7 @@ _STEP = np.dtype("<i8")
 _VALUE = np.dtype("<f8")
 
 
-def _chunks_table() -> sa.Table:
+def _chunks_table() -> sa.TableClause:
     return sa.table(
         "metric_chunks",
         *(
@@ -48,7 +48,7 @@ def _chunks_table() -> sa.Table:
     )
 
 
-def _metrics_table() -> sa.Table:
+def _metrics_table() -> sa.TableClause:
     return sa.table(
         "metrics",
         *(sa.column(n) for n in ("run_id", "key", "step", "value", "timestamp", "project_id")),
