@@ -30,6 +30,8 @@ from underlay.ml.rules import MAX_STEP, check_key, check_key_count, check_step
 from underlay.ml.runs import check_running, read_run, set_params, set_tags
 from underlay.ml.schemas import MetricColumns, MetricHistory, RunLog, RunLogged
 
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+"""The media type of a history as Arrow IPC (``Accept`` it to get one)."""
 STEP = np.dtype("<i8")
 """How steps and timestamps are packed in a chunk (values: :data:`VALUE`)."""
 VALUE = np.dtype("<f8")
@@ -212,6 +214,20 @@ class History:
     steps: np.ndarray[Any, np.dtype[np.int64]]
     values: np.ndarray[Any, np.dtype[np.float64]]
     timestamps: np.ndarray[Any, np.dtype[np.int64]]
+
+    def arrow(self) -> bytes:
+        """The columns as an Arrow IPC stream (``step``, ``value``, ``timestamp``; the run id,
+        key and total in the schema's metadata): the arrays as they are, nothing to format."""
+        import pyarrow as pa
+
+        table = pa.table(
+            {"step": self.steps, "value": self.values, "timestamp": self.timestamps},
+            metadata={"run_id": str(self.run_id), "key": self.key, "total": str(self.total)},
+        )
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return bytes(sink.getvalue().to_pybytes())
 
     def model(self) -> MetricHistory:
         # built without validation: the columns come from typed arrays

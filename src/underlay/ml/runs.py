@@ -13,21 +13,15 @@ version) is kept by its foreign key.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Float,
-    String,
-    cast,
     delete,
     func,
-    literal,
-    null,
     select,
-    union_all,
 )
 from sqlalchemy.orm import Session
 
@@ -37,7 +31,6 @@ from underlay.errors import Conflict, NotFound
 from underlay.ml import experiments
 from underlay.ml.models import (
     Experiment,
-    LatestMetric,
     Run,
     RunArtifact,
     RunInput,
@@ -344,15 +337,12 @@ def render_many(
 def search_rows(session: Session, project_id: int, search: RunSearch) -> list[dict[str, Any]]:
     """:func:`list_runs` as plain data in the shape of :class:`RunRead` (JSON-ready), in two
     statements whatever the number of runs: one selects the matching runs' columns (no ORM
-    objects), the other everything those runs hold (the search again as a subquery)."""
+    objects), the other everything those runs hold (:data:`_HELD`)."""
     query = select(*_RUN_COLUMNS, Experiment.name).join(
         Experiment, Experiment.id == Run.experiment_id
     )
-    searched = _searched(session, project_id, query, search)
-    found = session.execute(searched).all()
-    if not found:
-        return []
-    return _rows(session, found, select(searched.subquery().c.id))
+    found = session.execute(_searched(session, project_id, query, search)).all()
+    return _rows(session, found)
 
 
 _RUN_COLUMNS = (
@@ -396,17 +386,17 @@ def run_rows(
         )
         for r in runs
     ]
-    return _rows(session, found, [r.id for r in runs])
+    return _rows(session, found)
 
 
-def _rows(session: Session, found: Sequence[Any], ids: Any) -> list[dict[str, Any]]:
+def _rows(session: Session, found: Sequence[Any]) -> list[dict[str, Any]]:
     """``found`` (the columns of :data:`_RUN_COLUMNS` and the experiment's name) with what
-    the runs ``ids`` (a list, or a subquery) hold."""
+    the runs hold."""
     params: dict[int, dict[str, str]] = {}
     tags: dict[int, dict[str, str]] = {}
     metrics: dict[int, dict[str, dict[str, Any]]] = {}
     inputs: dict[int, list[tuple[str, str, int]]] = {}
-    for kind, rid, key, text, value, step, ts in session.execute(_held(ids)).all():
+    for kind, rid, key, text, value, step, ts in _held(session, [r[0] for r in found]):
         if kind == 2:
             metrics.setdefault(rid, {})[key] = {"step": step, "value": value, "timestamp": ts}
         elif kind == 0:
@@ -438,34 +428,38 @@ def _rows(session: Session, found: Sequence[Any], ids: Any) -> list[dict[str, An
     ]
 
 
-def _held(ids: Any) -> Any:
-    """One statement for the params (0), tags (1), latest metrics (2) and inputs (3) of the
-    runs ``ids``: rows of (kind, run id, key, text, value, step, timestamp); an input is
-    (3, run id, kind, name, -, version, -)."""
-    text, number, whole = cast(null(), String), cast(null(), Float), cast(null(), BigInteger)
-    param, tag, latest, given = (
-        RunParam.__table__.c,
-        RunTag.__table__.c,
-        LatestMetric.__table__.c,
-        RunInput.__table__.c,
-    )
-    return union_all(
-        select(literal(0), param.run_id, param.key, param.value, number, whole, whole).where(
-            param.run_id.in_(ids)
-        ),
-        select(literal(1), tag.run_id, tag.key, tag.value, number, whole, whole).where(
-            tag.run_id.in_(ids)
-        ),
-        select(
-            literal(2), latest.run_id, latest.key, text, latest.value, latest.step, latest.timestamp
-        ).where(latest.run_id.in_(ids)),
-        select(
-            literal(3),
-            given.run_id,
-            given.kind,
-            given.name,
-            number,
-            cast(given.version, BigInteger),
-            whole,
-        ).where(given.run_id.in_(ids)),
-    )
+def _held(session: Session, ids: list[int]) -> list[Any]:
+    """The params (0), tags (1), latest metrics (2) and inputs (3) of the runs ``ids`` in one
+    constant statement (:data:`_HELD`) on the driver's cursor: nothing to compile, no per-row
+    processing. The ids are runs found through the scoped session; they travel as one
+    parameter (a JSON array on SQLite, an array on PostgreSQL)."""
+    if not ids:
+        return []
+    raw: Any = session.connection().connection.driver_connection
+    param: Any
+    if session.get_bind().dialect.name == "postgresql":
+        statement, param = _HELD.format(ids="SELECT unnest(%s::integer[])"), ids
+    else:
+        statement, param = _HELD.format(ids="SELECT value FROM json_each(?)"), json.dumps(ids)
+    cursor = raw.cursor()
+    try:
+        cursor.execute(statement, (param,))
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
+_HELD = """
+WITH ids(id) AS ({ids})
+SELECT 0, run_id, key, value, CAST(NULL AS DOUBLE PRECISION), CAST(NULL AS BIGINT),
+       CAST(NULL AS BIGINT)
+  FROM run_params WHERE run_id IN (SELECT id FROM ids)
+UNION ALL
+SELECT 1, run_id, key, value, NULL, NULL, NULL FROM run_tags WHERE run_id IN (SELECT id FROM ids)
+UNION ALL
+SELECT 2, run_id, key, NULL, value, step, timestamp
+  FROM latest_metrics WHERE run_id IN (SELECT id FROM ids)
+UNION ALL
+SELECT 3, run_id, kind, name, NULL, version, NULL
+  FROM run_inputs WHERE run_id IN (SELECT id FROM ids)
+"""

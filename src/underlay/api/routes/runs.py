@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 from pydantic_core import to_json
@@ -198,20 +198,28 @@ def log_batch(project: str, run_id: RunId, body: RunLog, ctx: Ctx) -> RunLogged:
         return logged
 
 
-@router.get("/{run_id}/metrics/{key:path}", response_model=MetricHistory)
+@router.get(
+    "/{run_id}/metrics/{key:path}",
+    response_model=MetricHistory,
+    responses={200: {"content": {metrics.ARROW_STREAM: {}}}},
+)
 def metric_history(
     project: str,
     run_id: RunId,
     key: Annotated[str, Path(max_length=250)],
     ctx: Ctx,
+    request: Request,
     max_points: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
 ) -> Response:
     """The points of one metric in step order, in columns; ``max_points`` downsamples evenly
-    (first and last point kept)."""
+    (first and last point kept). With ``Accept: application/vnd.apache.arrow.stream``, an
+    Arrow IPC stream of the same columns."""
     with ctx.unit("run.read", _run(project, run_id), audited=False) as u:
         found = identity.read_project(u.session, project, ctx.actor)
-        found_history = metrics.history(u.session, found.id, run_id, key, max_points)
-    return Response(found_history.model_dump_json(), media_type="application/json")
+        found_history = metrics.read_history(u.session, found.id, run_id, key, max_points)
+    if metrics.ARROW_STREAM in request.headers.get("accept", ""):
+        return Response(found_history.arrow(), media_type=metrics.ARROW_STREAM)
+    return Response(found_history.model().model_dump_json(), media_type="application/json")
 
 
 # -- artifacts -------------------------------------------------------------------------------
