@@ -81,7 +81,8 @@ def _check_columns(session: Session, run_id: int, cols: MetricColumns) -> list[C
         check_key(key)
     if len(set(cols.keys)) != len(cols.keys):
         raise InvalidInput("metric keys of a batch must be distinct")
-    if min(cols.key) < 0 or max(cols.key) >= len(cols.keys):
+    lowest, highest = min(cols.key), max(cols.key)
+    if lowest < 0 or highest >= len(cols.keys):
         raise InvalidInput(f"a metric key index is outside 0..{len(cols.keys) - 1}")
     if min(cols.step) < 0 or max(cols.step) > MAX_STEP:
         raise InvalidInput("metric steps must be integers from 0 to 2**62")
@@ -98,7 +99,7 @@ def _check_columns(session: Session, run_id: int, cols: MetricColumns) -> list[C
             key=key,
         )
     index = np.array(cols.key, dtype=np.int64)
-    used = np.unique(index).tolist()
+    used = [lowest] if lowest == highest else np.unique(index).tolist()
     stored = _stored_steps(session, run_id, [cols.keys[i] for i in used])
     steps = np.array(cols.step, dtype=STEP)
     stamps = np.array(cols.timestamp, dtype=STEP)
