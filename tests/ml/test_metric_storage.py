@@ -159,7 +159,9 @@ def test_0019_packs_the_points_stored_before_it_and_unpacks_them_again(db: Datab
         ):
             conn.execute(text(statement))
         rows = [
-            {"k": k, "s": s, "v": s / 7 + (k == "b"), "t": 1000 + s} for k in "ab" for s in (3, 1, 2)
+            {"k": k, "s": s, "v": s / 7 + (k == "b"), "t": 1000 + s}
+            for k in "ab"
+            for s in (3, 1, 2)
         ]
         conn.execute(
             text(
@@ -180,7 +182,5 @@ def test_0019_packs_the_points_stored_before_it_and_unpacks_them_again(db: Datab
         back = conn.execute(
             text("SELECT key, step, value, timestamp FROM metrics ORDER BY key, step")
         ).all()
-    assert [tuple(r) for r in back] == sorted(
-        (r["k"], r["s"], r["v"], r["t"]) for r in rows
-    )
+    assert [tuple(r) for r in back] == sorted((r["k"], r["s"], r["v"], r["t"]) for r in rows)
     db.migrate()
