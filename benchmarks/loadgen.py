@@ -162,8 +162,8 @@ async def _run_asyncio(load: Load, concurrency: int, duration_s: float) -> Resul
     latencies.sort()
 
     def pick(q: float) -> float:
-        return (
-            latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else 0
-        )
+        if not latencies:
+            return 0.0
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
 
     return Result(len(latencies), seconds, pick(0.50), pick(0.99), errors[0])

@@ -339,9 +339,9 @@ def main() -> None:
             except Skip as exc:
                 print(f"{name}: skipped: {exc}", flush=True)
     report(results, args)
-    print(
-        json.dumps({"results": {n: {k: vars(v) for k, v in r.items()} for n, r in results.items()}})
-    )
+    if args.json:
+        raw = {n: {k: vars(v) for k, v in r.items()} for n, r in results.items()}
+        Path(args.json).write_text(json.dumps(raw, indent=1))
 
 
 if __name__ == "__main__":
