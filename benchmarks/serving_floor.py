@@ -5,7 +5,8 @@ the model, with no auth, validation, logging or batching.
 and answers ``{"predictions": [...]}`` (serialised with ``json.dumps``, no response model);
 ``GET /health`` answers a constant, the floor of a trivial route. The model is the seeded
 LogisticRegression fitted from the data in ``UNDERLAY_BENCH_FLOOR_DATA`` (an ``.npz`` with
-``X``, ``y`` and ``seed``). Run: ``uvicorn serving_floor:app --app-dir benchmarks --workers 2``.
+``X``, ``y`` and ``seed``; without it, only ``/health`` serves).
+Run: ``uvicorn serving_floor:app --app-dir benchmarks --workers 2``.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ def fit(path: str) -> Any:
     )
 
 
-model = fit(os.environ["UNDERLAY_BENCH_FLOOR_DATA"])
-features = [f"f{i}" for i in range(model.n_features_in_)]
+_data = os.environ.get("UNDERLAY_BENCH_FLOOR_DATA")
+model = fit(_data) if _data else None  # without data, only /health (benchmarks/api_overhead.py)
+features = [f"f{i}" for i in range(model.n_features_in_)] if model is not None else []
 app = FastAPI()
 
 

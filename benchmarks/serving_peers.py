@@ -105,6 +105,25 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and its live descendants."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def peer_python(variable: str, default: str) -> str | None:
     python = os.environ.get(variable, default)
     return python if Path(python).exists() else None
