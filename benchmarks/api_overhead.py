@@ -189,7 +189,7 @@ def variant_rows(root: Path, args: argparse.Namespace) -> list[Row]:
     here = str(Path(__file__).resolve().parent)
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {"PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    for variant in VARIANTS:
+    for variant in [v for v in VARIANTS if v in args.only]:
         port = free_port()
         path = "/t"
         python: str | None = sys.executable
@@ -249,6 +249,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds a point")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "asyncio"), default="auto")
+    choices = [*VARIANTS, "underlay"]
+    parser.add_argument("--only", nargs="+", choices=choices, default=choices, metavar="VARIANT")
     parser.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -258,7 +260,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ul-api-overhead-") as tmp:
         root = Path(tmp)
         try:
-            rows = variant_rows(root, args) + underlay_rows(root, args)
+            rows = variant_rows(root, args)
+            if "underlay" in args.only:
+                rows += underlay_rows(root, args)
         except Skip as exc:
             raise SystemExit(str(exc)) from None
     report(rows, args)

@@ -151,7 +151,7 @@ def _fit_and_save(python: str, data: Path, out: Path, save: str) -> None:
 
 @contextmanager
 def floor(
-    root: Path, data: Path, python: str = sys.executable, name: str = "floor"
+    root: Path, data: Path | None, python: str = sys.executable, name: str = "floor"
 ) -> Iterator[Served]:
     """The bare FastAPI app of ``serving_floor.py`` under uvicorn with 2 workers."""
     port = free_port()
@@ -159,7 +159,7 @@ def floor(
     cmd = [python, "-m", "uvicorn", "serving_floor:app", "--app-dir", str(HERE)]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
     cmd += ["--no-access-log", "--log-level", "warning"]
-    env = {"UNDERLAY_BENCH_FLOOR_DATA": str(data)}
+    env = {"UNDERLAY_BENCH_FLOOR_DATA": str(data)} if data else {}
     with process(cmd, root / f"{name}.log", f"{base}/health", env=env) as proc:
         yield Served(
             name,
