@@ -88,6 +88,7 @@ def test_the_overhead_benchmark_measures_layers_against_the_bare_app() -> None:
     out = _run(
         "api_overhead.py", "--only", "bare", "+depends", "--duration", "1", "--loadgen", "asyncio"
     )
-    lines = {line.split()[0]: line for line in out.splitlines() if line[:1] in "b+"}
+    rows = [row for row in out.splitlines() if row.startswith(("bare ", "+depends "))]
+    lines = {row.split()[0]: row for row in rows}
     assert lines["bare"].split()[-2:] == ["1.00x", "+0"]
     assert lines["+depends"].split()[-1].startswith(("+", "-"))
