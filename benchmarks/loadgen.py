@@ -39,6 +39,8 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us: float | None = None
+    """CPU (user + system) the server's processes spent per request, when measured."""
 
     @property
     def rps(self) -> float:

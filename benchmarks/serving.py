@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shlex
@@ -73,6 +74,7 @@ from serving_peers import (
     peer_python,
     process,
     records_body,
+    tree_cpu,
 )
 
 import underlay
@@ -220,24 +222,28 @@ def measure(
     served: Served, x: np.ndarray, expected: np.ndarray, args: argparse.Namespace
 ) -> dict[str, loadgen.Result]:
     out: dict[str, loadgen.Result] = {}
+    loads: list[tuple[str, loadgen.Load, int]] = []
     if served.predicts:
         check(served, x, expected)
         loadgen.run(served.request(x[:1]), 8, 1, generator=args.loadgen)  # warm-up
-        for label, rows, concurrency in POINTS:
-            out[label] = loadgen.run(
-                served.request(x[:rows]), concurrency, args.duration, generator=args.loadgen
-            )
-            print(f"  {served.name:<15} {label:<14} {fmt(out[label])}", flush=True)
+        loads += [(label, served.request(x[:rows]), c) for label, rows, c in POINTS]
     for route, load in served.trivial.items():
-        for concurrency in TRIVIAL_CONCURRENCY:
-            label = f"{route} c={concurrency}"
-            out[label] = loadgen.run(load, concurrency, args.duration, generator=args.loadgen)
-            print(f"  {served.name:<15} {label:<14} {fmt(out[label])}", flush=True)
+        loads += [(f"{route} c={c}", load, c) for c in TRIVIAL_CONCURRENCY]
+    for label, load, concurrency in loads:
+        before = tree_cpu(served.pid) if served.pid else None
+        result = loadgen.run(load, concurrency, args.duration, generator=args.loadgen)
+        if before is not None and served.pid and result.requests:
+            spent = tree_cpu(served.pid) - before
+            result = dataclasses.replace(result, cpu_us=spent / result.requests * 1e6)
+        out[label] = result
+        print(f"  {served.name:<15} {label:<14} {fmt(result)}", flush=True)
     return out
 
 
 def fmt(r: loadgen.Result) -> str:
-    return f"{r.rps:>8,.0f} req/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms  err {r.errors}"
+    cpu = f"  server CPU {r.cpu_us:,.0f} us/req" if r.cpu_us is not None else ""
+    latency = f"p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms"
+    return f"{r.rps:>8,.0f} req/s  {latency}  err {r.errors}{cpu}"
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -261,6 +267,12 @@ def report(results: Results, args: argparse.Namespace) -> None:
                 f"{r.rps:>12,.0f}{r.p50_ms:>8.2f}{r.p99_ms:>9.2f}{r.errors:>5}" if r else "-" * 34
             )
         print(f"{name:<16}" + "".join(f"{c:>34}" for c in cells))
+    print(f"\n{'server CPU us/req':<16}" + "".join(f"{label:>14}" for label in labels))
+    for name, by_label in results.items():
+        cpus = [by_label[label].cpu_us if label in by_label else None for label in labels]
+        if any(c is not None for c in cpus):
+            cells = "".join(f"{c:>14,.0f}" if c is not None else f"{'-':>14}" for c in cpus)
+            print(f"{name:<16}{cells}")
     ratios(results, labels)
     overhead(results)
 
