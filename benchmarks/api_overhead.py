@@ -137,7 +137,7 @@ def _depends_route(app: Any) -> None:
 
     app.state.platform = object()
 
-    @app.get("/t", response_model=Health)
+    @app.get("/t", response_model=Health)  # type: ignore[untyped-decorator]
     def trivial_ctx(ctx: Annotated[Context, Depends(_context)]) -> Health:
         return Health(status="ok", version="0")
 
@@ -192,12 +192,13 @@ def variant_rows(root: Path, args: argparse.Namespace) -> list[Row]:
     for variant in [v for v in VARIANTS if v in args.only]:
         port = free_port()
         path = "/t"
-        python: str | None = sys.executable
+        python = sys.executable
         if variant == "std":
-            python = peer_python("UNDERLAY_BENCH_FLOOR_STD_PYTHON", ".venv-floor-std/bin/python")
-            if python is None:
+            found = peer_python("UNDERLAY_BENCH_FLOOR_STD_PYTHON", ".venv-floor-std/bin/python")
+            if found is None:
                 print("  std: skipped: no uvicorn[standard] interpreter (see serving.py)")
                 continue
+            python = found
         if variant in ("bare", "std"):  # the floor app of serving.py, one worker, /health only
             cmd = [python, "-m", "uvicorn", "serving_floor:app", "--app-dir", here]
             cmd += ["--port", str(port), "--no-access-log", "--log-level", "warning"]

@@ -271,8 +271,8 @@ def report(results: Results, args: argparse.Namespace) -> None:
     for name, by_label in results.items():
         cpus = [by_label[label].cpu_us if label in by_label else None for label in labels]
         if any(c is not None for c in cpus):
-            cells = "".join(f"{c:>14,.0f}" if c is not None else f"{'-':>14}" for c in cpus)
-            print(f"{name:<16}{cells}")
+            row = "".join(f"{c:>14,.0f}" if c is not None else f"{'-':>14}" for c in cpus)
+            print(f"{name:<16}{row}")
     ratios(results, labels)
     overhead(results)
 
@@ -286,18 +286,18 @@ def ratios(results: Results, labels: list[str]) -> None:
     for name, peer in pairs:
         cells = []
         for label in labels:
-            mine, theirs = results[name].get(label), results[peer].get(label)
-            ok = mine is not None and theirs is not None and theirs.rps > 0
-            cells.append(f"{mine.rps / theirs.rps:>8.2f}x" if ok else f"{'-':>9}")  # type: ignore[union-attr]
+            a, b = results[name].get(label), results[peer].get(label)
+            ratio = a.rps / b.rps if a is not None and b is not None and b.rps > 0 else None
+            cells.append(f"{ratio:>8.2f}x" if ratio is not None else f"{'-':>9}")
         print(f"  {name + ' / ' + peer:<34}" + "".join(f"{c:>14}" for c in cells))
     print(f"  {'':<34}" + "".join(f"{label:>14}" for label in labels))
-    mine = results.get("underlay", {})
-    if "1 row c=64" in mine and "1 row c=1" in mine and "1 row c=64" in results.get("floor", {}):
-        share = mine["1 row c=64"].rps / results["floor"]["1 row c=64"].rps
+    ours = results.get("underlay", {})
+    if "1 row c=64" in ours and "1 row c=1" in ours and "1 row c=64" in results.get("floor", {}):
+        share = ours["1 row c=64"].rps / results["floor"]["1 row c=64"].rps
         print(
             f"targets: c=64 {share:.2f} of the floor (>= 0.8), p99 "
-            f"{mine['1 row c=64'].p99_ms:.1f} ms (<= 30); c=1 p50 "
-            f"{mine['1 row c=1'].p50_ms:.2f} ms (<= 1)"
+            f"{ours['1 row c=64'].p99_ms:.1f} ms (<= 30); c=1 p50 "
+            f"{ours['1 row c=1'].p50_ms:.2f} ms (<= 1)"
         )
 
 
