@@ -29,7 +29,7 @@ def fit(path: str) -> Any:
 
 
 _data = os.environ.get("UNDERLAY_BENCH_FLOOR_DATA")
-model: Any = fit(_data) if _data else None  # without data, only /health (benchmarks/api_overhead.py)
+model: Any = fit(_data) if _data else None  # without data, only /health (api_overhead.py)
 features = [f"f{i}" for i in range(model.n_features_in_)] if model is not None else []
 app = FastAPI()
 
