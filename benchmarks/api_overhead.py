@@ -217,7 +217,8 @@ def underlay_rows(root: Path, args: argparse.Namespace) -> list[Row]:
     cmd = [sys.executable, "-m", "underlay.cli.main", "up", "--port", str(port)]
     env = {"UNDERLAY_HOME": str(root / "home"), "UNDERLAY_ADMIN_TOKEN": TOKEN}
     auth = (("Authorization", f"Bearer {TOKEN}"),)
-    with process(cmd, root / "underlay.log", f"{base}/readyz", env=env) as proc:
+    log, home = root / "underlay.log", env["UNDERLAY_HOME"]
+    with process(cmd, log, f"{base}/readyz", env=env, sweep=home) as proc:
         return [
             measure("underlay /healthz", proc.pid, loadgen.Load(f"{base}/healthz"), args),
             measure(

@@ -158,7 +158,8 @@ def underlay_target(
     cmd += ["--workers", str(args.underlay_workers)]
     env = {"UNDERLAY_HOME": str(root / "home"), "UNDERLAY_ADMIN_TOKEN": TOKEN}
     auth = (("Authorization", f"Bearer {TOKEN}"),)
-    with process(cmd, root / "underlay.log", f"{base}/readyz", env=env) as proc:
+    home = str(root / "home")  # in the command lines of the replicas' sandbox shims
+    with process(cmd, root / "underlay.log", f"{base}/readyz", env=env, sweep=home) as proc:
         trivial = {
             "GET /healthz": loadgen.Load(f"{base}/healthz"),
             "GET /api/v1/users/me +token": loadgen.Load(f"{base}/api/v1/users/me", headers=auth),

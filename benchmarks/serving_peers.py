@@ -9,6 +9,7 @@ before any load is sent).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -66,9 +67,17 @@ JSON = (("Content-Type", "application/json"),)
 
 @contextmanager
 def process(
-    cmd: list[str], log: Path, ready: str, *, env: dict[str, str] | None = None, wait_s: float = 180
+    cmd: list[str],
+    log: Path,
+    ready: str,
+    *,
+    env: dict[str, str] | None = None,
+    wait_s: float = 180,
+    sweep: str | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``cmd`` in its own process group until GET ``ready`` answers 200; stop it after."""
+    """Run ``cmd`` in its own process group until GET ``ready`` answers 200; stop it after,
+    and with it every process whose command line holds ``sweep`` (and their children): the
+    processes it started in sessions of their own (underlay's replicas)."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
             cmd,
@@ -92,6 +101,8 @@ def process(
             yield proc
         finally:
             stop(proc)
+            if sweep:
+                stop_strays(sweep)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -103,6 +114,26 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def stop_strays(marker: str) -> None:
+    """SIGTERM the processes whose command line holds ``marker`` and their descendants (this
+    benchmark's temporary folder: only what it started), SIGKILL those left after 10 s."""
+    import psutil
+
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(marker in part for part in proc.info["cmdline"] or ()):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for one in [proc, *proc.children(recursive=True)]:
+                    found[one.pid] = one
+    for one in found.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            one.terminate()
+    _, alive = psutil.wait_procs(list(found.values()), timeout=10)
+    for one in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            one.kill()
 
 
 def tree_cpu(pid: int) -> float:
