@@ -92,3 +92,25 @@ def test_the_overhead_benchmark_measures_layers_against_the_bare_app() -> None:
     lines = {row.split()[0]: row for row in rows}
     assert lines["bare"].split()[-2:] == ["1.00x", "+0"]
     assert lines["+depends"].split()[-1].startswith(("+", "-"))
+
+
+def test_processes_left_in_sessions_of_their_own_are_stopped(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        from serving_peers import stop_strays
+    finally:
+        sys.path.remove(str(BENCH))
+    marker = str(tmp_path / "home")
+    stray = subprocess.Popen(
+        [sys.executable, "-c", "import time, sys; time.sleep(120)", marker],
+        start_new_session=True,  # as underlay's replica shims: not in the server's group
+    )
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        stop_strays(marker)
+        assert stray.wait(15) is not None
+        assert bystander.poll() is None
+    finally:
+        for proc in (stray, bystander):
+            proc.kill()
+            proc.wait()
