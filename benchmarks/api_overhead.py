@@ -23,8 +23,9 @@ Every variant is one uvicorn process (1 worker) answering ``GET`` with a tiny JS
   without a token and with one (authentication and a unit of work against SQLite).
 
 For each: requests/s, p50 and p99 at concurrency 1 and 64, and the server's CPU time per
-request (user + system of its process tree over the run; steadier than requests/s on a shared
-machine). The load generator is that of ``benchmarks/serving.py`` (wrk, else asyncio).
+request (user + system of its process tree over the run, less what it uses idle; steadier than
+requests/s on a shared machine). The load generator is that of ``benchmarks/serving.py``
+(wrk, else asyncio).
 
     python benchmarks/api_overhead.py [--duration 3]
 """
@@ -44,7 +45,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadgen
-from serving_peers import Skip, free_port, peer_python, process, tree_cpu
+from serving_peers import Skip, free_port, idle_cpu, peer_python, process, tree_cpu
 
 from underlay.identity import Actor
 
@@ -168,11 +169,13 @@ Row = tuple[str, dict[int, tuple[loadgen.Result, float]]]
 
 def measure(name: str, pid: int, load: loadgen.Load, args: argparse.Namespace) -> Row:
     loadgen.run(load, 8, 1, generator=args.loadgen)  # warm-up
+    idle = idle_cpu(pid, 1.0)  # background loops (underlay's scheduler and agent)
     out: dict[int, tuple[loadgen.Result, float]] = {}
     for concurrency in (1, 64):
         before = tree_cpu(pid)
         result = loadgen.run(load, concurrency, args.duration, generator=args.loadgen)
-        cpu_us = (tree_cpu(pid) - before) / max(1, result.requests) * 1e6
+        spent = max(0.0, tree_cpu(pid) - before - idle * result.seconds)
+        cpu_us = spent / max(1, result.requests) * 1e6
         out[concurrency] = (result, cpu_us)
         print(f"  {name:<22} c={concurrency:<3} {_cells(result, cpu_us)}", flush=True)
     return name, out

@@ -69,6 +69,7 @@ from serving_peers import (
     Skip,
     floor,
     free_port,
+    idle_cpu,
     mlflow,
     mlserver,
     peer_python,
@@ -242,14 +243,6 @@ def measure(
         out[label] = result
         print(f"  {served.name:<15} {label:<14} {fmt(result)}", flush=True)
     return out
-
-
-def idle_cpu(pid: int, seconds: float = 2.0) -> float:
-    """The share of a CPU the server's process tree uses with no requests (background loops:
-    underlay's scheduler, node agent and replica health checks), measured over ``seconds``."""
-    before, started = tree_cpu(pid), time.perf_counter()
-    time.sleep(seconds)
-    return (tree_cpu(pid) - before) / (time.perf_counter() - started)
 
 
 def fmt(r: loadgen.Result) -> str:

@@ -155,6 +155,14 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def idle_cpu(pid: int, seconds: float = 2.0) -> float:
+    """The share of a CPU the server's process tree uses with no requests (background loops:
+    underlay's scheduler, node agent and replica health checks), measured over ``seconds``."""
+    before, started = tree_cpu(pid), time.perf_counter()
+    time.sleep(seconds)
+    return (tree_cpu(pid) - before) / (time.perf_counter() - started)
+
+
 def peer_python(variable: str, default: str) -> str | None:
     python = os.environ.get(variable, default)
     return python if Path(python).exists() else None
