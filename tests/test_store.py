@@ -96,7 +96,8 @@ def test_migrations_match_the_models(db: Database) -> None:
     import underlay.data.models
     import underlay.ml.models
     import underlay.ml.pipelines.models
-    import underlay.ml.registry.models  # noqa: F401  - registers the data and ml tables
+    import underlay.ml.registry.models
+    import underlay.serving.models  # noqa: F401  - registers the data, ml and serving tables
     from underlay.store.models import Base
 
     with db.engine.connect() as conn:
@@ -158,7 +159,8 @@ def test_every_surrogate_key_is_monotonic_on_sqlite() -> None:
     import underlay.compute.models
     import underlay.data.models
     import underlay.ml.models
-    import underlay.ml.registry.models  # noqa: F401  - registers the data and ml tables
+    import underlay.ml.registry.models
+    import underlay.serving.models  # noqa: F401  - registers the data, ml and serving tables
     from underlay.store.models import Base
 
     forgot = [
@@ -207,7 +209,8 @@ def test_migrated_sqlite_tables_keep_autoincrement(tmp_path: Path) -> None:
     import underlay.compute.models
     import underlay.data.models
     import underlay.ml.models
-    import underlay.ml.registry.models  # noqa: F401  - registers the data and ml tables
+    import underlay.ml.registry.models
+    import underlay.serving.models  # noqa: F401  - registers the data, ml and serving tables
     from underlay.store.models import Base
 
     path = tmp_path / "head.db"

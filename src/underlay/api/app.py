@@ -17,7 +17,10 @@ from underlay.api.routes import (
     audit,
     blobs,
     datasets,
+    deployments,
+    feedback,
     health,
+    inference_v2,
     jobs,
     lineage,
     ml_pipelines,
@@ -42,6 +45,9 @@ from underlay.data.tables import TableStore
 from underlay.ml import experiments as ml_experiments
 from underlay.ml.registry import service as registry
 from underlay.platform import Platform
+from underlay.serving import service as serving
+from underlay.serving.dataplane import DataPlane
+from underlay.serving.runtime import ServingRuntime
 
 API_PREFIX = "/api/v1"
 
@@ -58,9 +64,12 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         app.state.tables.sweep_unfinished(platform.db, platform.audit)
         runtime = ComputeRuntime(platform)
         runtime.start()
+        app.state.serving.start()
         try:
             yield
         finally:
+            await app.state.dataplane.close()
+            app.state.serving.stop()
             runtime.stop()
 
     app = FastAPI(
@@ -83,7 +92,12 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     platform.project_purgers.append(
         lambda session, project: ml_experiments.purge_project(session, project.id)
     )
+    platform.project_purgers.append(
+        lambda session, project: serving.purge_project(session, platform, project)
+    )
     app.state.tables = TableStore(platform.settings)
+    app.state.dataplane = DataPlane(platform, app.state.tables)
+    app.state.serving = ServingRuntime(platform)
     app.state.uploads = UploadSlots(platform.settings.server.max_concurrent_uploads)
     problems.install(app)
     app.add_middleware(
@@ -115,6 +129,9 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         models,
         model_exports,
         runs,
+        deployments,
+        inference_v2,
+        feedback,
     )
     for module in routers:
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)

@@ -24,6 +24,7 @@ from underlay.errors import (
     NotFound,
     PayloadTooLarge,
     RateLimited,
+    Unavailable,
     UnderlayError,
     problem_type,
 )
@@ -69,6 +70,8 @@ def problem_response(
 
 def error_response(request: Request, exc: UnderlayError) -> JSONResponse:
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+    if isinstance(exc, Unavailable) and "retry_after" in exc.extra:
+        headers = {"Retry-After": str(exc.extra["retry_after"])}
     if exc.status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="underlay"'}
     extra = {k: v for k, v in exc.extra.items() if k != "denied"}

@@ -14,6 +14,7 @@ from underlay.cli import (
     configure,
     data,
     demo,
+    deployments,
     keys,
     models,
     pipelines,
@@ -77,6 +78,9 @@ app.add_typer(pipelines.pipelines, name="pipelines")
 app.add_typer(runs.experiments, name="experiments")
 app.add_typer(runs.runs, name="runs")
 app.add_typer(models.models, name="models")
+app.command("deploy")(deployments.deploy)
+app.add_typer(deployments.deployments, name="deployments")
+app.command("predict")(deployments.predict)
 app.command("sql")(tables.sql)
 app.add_typer(resources.audit, name="audit")
 app.add_typer(keys.keys, name="keys")

@@ -20,6 +20,7 @@ from underlay.client.ml import TrackingMethods
 from underlay.client.ml_pipelines import MLPipelineMethods
 from underlay.client.models import ModelMethods
 from underlay.client.pipelines import PipelineMethods
+from underlay.client.serving import ServingMethods
 from underlay.errors import IntegrityFailure, Unavailable, UnderlayError, error_for_problem
 from underlay.schemas import (
     AuditEntryRead,
@@ -65,6 +66,7 @@ class Client(
     TrackingMethods,
     ModelMethods,
     ExportMethods,
+    ServingMethods,
 ):
     """A session with one underlay server; use as a context manager or call :meth:`close`."""
 

@@ -45,6 +45,10 @@ from underlay.data.pii.masking import (
 from underlay.data.pii.semantics import scan_value
 from underlay.errors import InvalidInput
 
+PII_KEY_PURPOSE = "pii-tokens"
+"""The purpose the project's PII tokenisation key is derived for (``Keyring.derived_key``):
+every write of a project tokenises with it, so tokens join across tables."""
+
 
 def parse_policies(specs: Iterable[str]) -> dict[str, str]:
     """``column=policy`` strings (``notes=partial``, ``city=keep:shipping``) as a mapping."""

@@ -1,0 +1,486 @@
+"""The data plane: how a prediction request travels inside the API server process.
+
+For one request: authenticate the bearer token and authorize it on the project (cached a few
+seconds per token and project: no database query on the hot path), find the deployment
+(cached, refreshed when its ``generation`` changes), validate the inputs against the model's
+signature, choose the arm (stable or canary), hand the rows to that arm's batcher, which sends
+one batch in the binary wire form (:mod:`underlay.serving.wire`) to a healthy replica over a
+keep-alive connection pool, round robin. A replica that fails to answer (connection refused
+or reset: it crashed or is draining) is marked down and the batch is retried once on another
+replica; none healthy is a 503 with ``Retry-After``.
+
+Python API (used by the JSON route here and the V2 routes of ``api/routes/inference_v2.py``)::
+
+    plane = dataplane_of(request)                       # one per app (app.state.dataplane)
+    principal = await plane.authenticate(request)       # Unauthenticated -> 401
+    view = await plane.describe(project, name, principal)  # NotFound for another project
+    view.signature, view.version, view.ready, view.model, view.name
+    result = await plane.predict(project, name, inputs, principal, request_id=rid)
+    result.outputs: dict[str, np.ndarray]; result.version: int; result.request_id: str
+
+``inputs`` map input names to arrays with rows along axis 0 (a request may carry several
+rows). Errors are :mod:`underlay.errors` classes (InvalidInput 400 naming the field,
+NotFound 404, RateLimited 429 with retry_after, Unavailable 503 with ``retry_after``).
+
+What is cached and for how long: a token's actor and its right to read a project,
+:data:`AUTH_TTL_S` seconds (a revoked token stops working within that time); a deployment's
+view until its generation changes (checked every :data:`REFRESH_S` seconds, one query for all
+cached deployments).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from underlay.errors import InvalidInput, NotFound, Unauthenticated, Unavailable, UnderlayError
+from underlay.serving import v2, wire
+from underlay.serving.batcher import Batcher
+from underlay.serving.guard import Guards
+from underlay.serving.v2 import CompiledSignature
+
+if TYPE_CHECKING:
+    import httpx
+    from starlette.requests import Request
+
+    from underlay.data.tables import TableStore
+    from underlay.identity import Actor
+    from underlay.ml.flavors.signature import Signature
+    from underlay.platform import Platform
+
+AUTH_TTL_S = 5.0
+REFRESH_S = 0.25
+DOWN_S = 1.0
+SECRET_HEADER = "x-replica-secret"  # noqa: S105 - a header name
+RETRY_AFTER_S = 1
+
+BATCHES_IN_FLIGHT = 8
+
+
+class ModelFailed(InvalidInput):
+    """The model raised on inputs that passed validation: the caller's answer is a 4xx naming
+    the model's error, and for a canary it counts as the version's failure."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller: the actor and a stable key for its token (limits, logs)."""
+
+    actor: Actor
+    token_key: str
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    outputs: dict[str, np.ndarray]
+    version: int
+    request_id: str
+
+
+@dataclass
+class Endpoint:
+    replica_id: int
+    url: str
+    secret: str
+    down_until: float = 0.0
+
+
+@dataclass
+class Arm:
+    """One version's replicas and its batcher."""
+
+    name: str
+    version: int
+    endpoints: list[Endpoint]
+    batcher: Any = None
+    turn: int = 0
+
+    def pick(self, exclude: set[int]) -> Endpoint | None:
+        now = time.monotonic()
+        candidates = [e for e in self.endpoints if e.replica_id not in exclude]
+        healthy = [e for e in candidates if e.down_until <= now]
+        pool = healthy or candidates
+        if not pool:
+            return None
+        self.turn += 1
+        return pool[self.turn % len(pool)]
+
+
+@dataclass
+class DeploymentView:
+    """A deployment as the data plane serves it."""
+
+    project: str
+    project_id: int
+    name: str
+    id: int
+    model: str
+    version: int
+    generation: int
+    signature: Signature | None
+    compiled: CompiledSignature | None
+    max_batch: int
+    max_wait_ms: float
+    settings: dict[str, Any]
+    stable: Arm
+    canary: Arm | None = None
+    canary_weight: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.stable.endpoints)
+
+
+class DataPlane:
+    """One per API app; see the module docstring."""
+
+    def __init__(self, platform: Platform, tables: TableStore | None = None) -> None:
+        self.platform = platform
+        self.guards = Guards(platform, tables)
+        self._auth: dict[tuple[str, str], tuple[float, Principal, int]] = {}
+        self._views: dict[tuple[str, str], DeploymentView] = {}
+        self._http: httpx.AsyncClient | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._lock: asyncio.Lock | None = None
+        self._retired: list[DeploymentView] = []
+
+    # -- authentication and lookup ----------------------------------------------------------
+
+    async def authenticate(self, request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret:
+            raise Unauthenticated("no token given: send 'Authorization: Bearer <token>'")
+        key = hashlib.sha256(secret.encode()).hexdigest()
+        cached = self._auth.get((key, ""))
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        try:
+            actor = await asyncio.to_thread(self._authenticate, secret)
+        except Unauthenticated as exc:
+            client = request.client.host if request.client else ""
+            path = request.url.path
+            await asyncio.to_thread(self.platform.record_denied, f"POST {path}", path, client, exc)
+            raise
+        principal = Principal(actor, key[:16])
+        self._auth[(key, "")] = (time.monotonic() + AUTH_TTL_S, principal, 0)
+        return principal
+
+    def _authenticate(self, secret: str) -> Actor:
+        from underlay.identity import authenticate
+        from underlay.store import Scope
+
+        with self.platform.db.session(Scope.everything()) as session:
+            return authenticate(session, secret)
+
+    async def _project_id(self, principal: Principal, project: str) -> int:
+        cached = self._auth.get((principal.token_key, project))
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[2]
+        project_id = await asyncio.to_thread(self._read_project, principal.actor, project)
+        self._auth[(principal.token_key, project)] = (
+            time.monotonic() + AUTH_TTL_S,
+            principal,
+            project_id,
+        )
+        return project_id
+
+    def _read_project(self, actor: Actor, project: str) -> int:
+        from underlay.identity import read_project
+
+        with self.platform.db.session(actor.scope) as session:
+            return read_project(session, project, actor).id
+
+    async def describe(self, project: str, name: str, principal: Principal) -> DeploymentView:
+        """The deployment ``name`` of ``project`` if ``principal`` may read the project."""
+        await self._project_id(principal, project)
+        view = self._views.get((project, name))
+        if view is None:
+            view = await self._load(project, name)
+        return view
+
+    async def _load(self, project: str, name: str) -> DeploymentView:
+        self._start()
+        assert self._lock is not None
+        async with self._lock:
+            view = self._views.get((project, name))
+            if view is not None:
+                return view
+            fresh = await asyncio.to_thread(self._read_view, project, name)
+            if fresh is None:
+                raise NotFound(f"deployment {name[:80]!r} not found")
+            self._views[(project, name)] = self._adopt(fresh, None)
+            return self._views[(project, name)]
+
+    def _read_view(self, project: str, name: str) -> DeploymentView | None:
+        from underlay.serving.snapshot import read_view
+        from underlay.store import Scope
+
+        with self.platform.db.session(Scope.everything()) as session:
+            return read_view(session, self.platform, project, name)
+
+    def _adopt(self, fresh: DeploymentView, old: DeploymentView | None) -> DeploymentView:
+        """Give ``fresh`` batchers, keeping the old view's arms (and their batchers) where the
+        version is the same, so a refresh never drops what a batcher holds."""
+        old_arms = {a.version: a for a in (old.stable, old.canary) if a} if old else {}
+        for arm in (fresh.stable, fresh.canary):
+            if arm is None:
+                continue
+            kept = old_arms.pop(arm.version, None)
+            if kept is not None:
+                for endpoint in arm.endpoints:  # keep what this process learned
+                    known = next(
+                        (e for e in kept.endpoints if e.replica_id == endpoint.replica_id), None
+                    )
+                    if known is not None:
+                        endpoint.down_until = known.down_until
+                kept.endpoints, kept.name = arm.endpoints, arm.name
+                if arm is fresh.stable:
+                    fresh.stable = kept
+                else:
+                    fresh.canary = kept
+            else:
+                arm.batcher = self._batcher(fresh, arm)
+        for gone in old_arms.values():
+            asyncio.get_running_loop().create_task(gone.batcher.close())
+        return fresh
+
+    def _batcher(self, view: DeploymentView, arm: Arm) -> Any:
+        async def run_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return await self._send(view.name, arm, batch)
+
+        stats = self.guards.of(view).stats
+        return Batcher(
+            run_batch,
+            max_batch=view.max_batch,
+            max_wait_ms=view.max_wait_ms,
+            stats=stats,
+            max_concurrency=BATCHES_IN_FLIGHT,
+        )
+
+    # -- predictions ------------------------------------------------------------------------
+
+    async def predict(
+        self,
+        project: str,
+        name: str,
+        inputs: dict[str, np.ndarray],
+        principal: Principal,
+        *,
+        request_id: str | None = None,
+        validated: bool = False,
+    ) -> PredictResult:
+        """Run ``inputs`` through the deployment (see the module docstring); ``validated``:
+        the caller checked them against ``describe(...).compiled`` already."""
+        view = await self.describe(project, name, principal)
+        started = time.perf_counter()
+        guard = self.guards.of(view)
+        arm, status, model_ok = view.stable, 500, True
+        try:
+            rows = self._validate(view, inputs, validated)
+            self.guards.admit(view, principal.token_key, inputs, rows)
+            arm = self._choose(view, guard)
+            if not arm.endpoints:
+                raise Unavailable(
+                    f"deployment {name!r} has no ready replica yet; retry shortly",
+                    retry_after=RETRY_AFTER_S,
+                )
+            outputs = await arm.batcher.submit(inputs)
+            status = 200
+        except ModelFailed as exc:
+            status, model_ok = exc.status, False
+            raise
+        except UnderlayError as exc:
+            status = exc.status
+            model_ok = status < 500 or isinstance(exc, Unavailable)
+            raise
+        finally:
+            latency = time.perf_counter() - started
+            self.guards.observe(guard, view, arm.name, latency, status, model_ok)
+        rid = request_id or uuid.uuid4().hex
+        self.guards.log(guard, rid, inputs, outputs, latency, arm.version, arm.name)
+        return PredictResult(outputs, arm.version, rid)
+
+    @staticmethod
+    def _validate(view: DeploymentView, inputs: dict[str, np.ndarray], validated: bool) -> int:
+        if view.compiled is not None and not validated:
+            return int(v2.validate_inputs(inputs, view.compiled))
+        first = next(iter(inputs.values()), None)
+        if first is None or first.ndim == 0 or not len(first):
+            raise InvalidInput("a request needs at least one input with at least one row")
+        return int(first.shape[0])
+
+    @staticmethod
+    def _choose(view: DeploymentView, guard: Any) -> Arm:
+        canary, monitor = view.canary, guard.monitor
+        if canary is None or not canary.endpoints or monitor is None:
+            return view.stable
+        return canary if monitor.choose(random.random()) == "canary" else view.stable
+
+    async def _send(
+        self, name: str, arm: Arm, batch: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """One batch to one replica, retried once on another if the first does not answer."""
+        import httpx
+
+        client = self._client()
+        body = wire.encode(batch)
+        tried: set[int] = set()
+        for _ in range(2):
+            endpoint = arm.pick(tried)
+            if endpoint is None:
+                break
+            tried.add(endpoint.replica_id)
+            headers = {SECRET_HEADER: endpoint.secret, "content-type": wire.CONTENT_TYPE}
+            try:
+                response = await client.post(
+                    endpoint.url + "/predict", content=body, headers=headers
+                )
+            except httpx.TransportError:
+                endpoint.down_until = time.monotonic() + DOWN_S
+                continue
+            if response.status_code == 200:
+                return wire.decode(response.content)
+            if response.status_code in (400, 413):
+                raise InvalidInput(response.text[:1000])
+            if response.status_code == 422:
+                raise ModelFailed(response.text[:1000])
+            endpoint.down_until = time.monotonic() + DOWN_S
+        raise Unavailable(
+            f"no replica of deployment {name!r} answered; retry shortly",
+            retry_after=RETRY_AFTER_S,
+        )
+
+    # -- the JSON route ----------------------------------------------------------------------
+
+    async def predict_json(self, request: Request, project: str, name: str) -> bytes:
+        """``POST …/predict`` with ``{"records": [...]}``: the response body."""
+        principal = await self.authenticate(request)
+        view = await self.describe(project, name, principal)
+        try:
+            body = json.loads(await request.body())
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidInput(f"the body is not JSON: {exc}") from None
+        if not isinstance(body, dict) or set(body) != {"records"}:
+            raise InvalidInput('the body must be {"records": [{...}, ...]}')
+        if view.compiled is None:
+            raise InvalidInput(
+                f"model {view.model!r} version {view.version} has no signature: use the V2 "
+                "route with named tensors"
+            )
+        inputs = v2.records_to_inputs(body["records"], view.compiled)
+        request_id = getattr(request.state, "request_id", None)
+        result = await self.predict(
+            project, name, inputs, principal, request_id=request_id, validated=True
+        )
+        return json.dumps(
+            {
+                "predictions": predictions_json(result.outputs),
+                "model_version": result.version,
+                "request_id": result.request_id,
+            }
+        ).encode()
+
+    # -- refresh and shutdown ------------------------------------------------------------------
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.AsyncClient(
+                timeout=httpx.Timeout(60.0, connect=2.0),
+                limits=httpx.Limits(max_connections=512, max_keepalive_connections=256),
+                trust_env=False,
+            )
+        return self._http
+
+    def _start(self) -> None:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_S)
+            try:
+                await self.refresh()
+            except UnderlayError:
+                continue
+
+    async def refresh(self) -> None:
+        """Reload every cached deployment whose generation changed; forget removed ones."""
+        from underlay.serving.snapshot import generations
+
+        while self._retired:
+            retired = self._retired.pop()
+            for arm in (retired.stable, retired.canary):
+                if arm is not None:
+                    await arm.batcher.close()
+        if not self._views:
+            return
+        ids = {key: view.id for key, view in self._views.items()}
+        current = await asyncio.to_thread(self._generations, list(ids.values()), generations)
+        for key, view in list(self._views.items()):
+            now = current.get(view.id)
+            if now is None:
+                self._views.pop(key, None)
+                self.guards.forget(view.id)
+                for arm in (view.stable, view.canary):
+                    if arm is not None:
+                        await arm.batcher.close()
+            elif now != view.generation:
+                fresh = await asyncio.to_thread(self._read_view, *key)
+                if fresh is None:
+                    self._views.pop(key, None)
+                else:
+                    self._views[key] = self._adopt(fresh, view)
+
+    def _generations(self, ids: list[int], read: Callable[..., dict[int, int]]) -> dict[int, int]:
+        from underlay.store import Scope
+
+        with self.platform.db.session(Scope.everything()) as session:
+            return read(session, ids)
+
+    def forget(self, project: str, name: str) -> None:
+        """Drop a cached view at once (this process changed or removed the deployment); its
+        batchers finish what they hold and are closed by the next refresh."""
+        view = self._views.pop((project, name), None)
+        if view is not None:
+            self._retired.append(view)
+
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+        for view in self._views.values():
+            for arm in (view.stable, view.canary):
+                if arm is not None:
+                    await arm.batcher.close()
+        if self._http is not None:
+            await self._http.aclose()
+        await asyncio.to_thread(self.guards.close)
+
+
+def predictions_json(outputs: dict[str, np.ndarray]) -> list[Any]:
+    """One output: its rows as a list; several: one object per row."""
+    if len(outputs) == 1:
+        result: list[Any] = next(iter(outputs.values())).tolist()
+        return result
+    lists = {k: v.tolist() for k, v in outputs.items()}
+    count = len(next(iter(lists.values()))) if lists else 0
+    return [{k: v[i] for k, v in lists.items()} for i in range(count)]
+
+
+def dataplane_of(request: Request) -> DataPlane:
+    plane: DataPlane = request.app.state.dataplane
+    return plane
