@@ -13,10 +13,11 @@ Fits one seeded scikit-learn LogisticRegression (20 features) and serves it with
   (32 requests, 5 ms) and without, from ``UNDERLAY_BENCH_MLSERVER_PYTHON`` (default
   ``.venv-mlserver/bin/python``);
 * ``underlay``: ``underlay up`` with the model logged, registered (signed) and deployed with
-  ``underlay deploy`` (2 replicas, batching 32 / 5 ms), served on the JSON predict route with
-  a bearer token. Its trivial routes (``/healthz`` without a token, ``/api/v1/users/me`` with
-  one, through the whole middleware and auth stack) give the API's per-request overhead
-  against the floor's ``GET /health``.
+  ``underlay deploy`` (2 replicas, batching 32 / 5 ms, a tenth of the requests written to
+  the prediction log), served on the JSON predict route with a bearer token. Its trivial
+  routes (``/healthz`` without a token, ``/api/v1/users/me`` with one, through the whole
+  middleware and auth stack) give the API's per-request overhead against the floor's
+  ``GET /health``.
 
 The peers pin versions our environment cannot take (MLflow downgrades pyarrow), so each lives
 in its own virtual environment (MLServer 1.7.1's inference workers die at start with uvloop
@@ -129,6 +130,11 @@ def _deploy(base: str, args: argparse.Namespace) -> None:
     if done.returncode != 0:
         last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         raise Skip(f"`underlay deploy` failed: {last[0]}")
+    if args.log_sample_rate:  # the prediction log: no CLI option for it
+        with Client(base, TOKEN) as c:
+            c.update_deployment(
+                "bench", "lr", log_sample_rate=args.log_sample_rate, reason="serving benchmark"
+            )
 
 
 def _wait_until_serving(url: str, body: bytes, wait_s: float = 180) -> None:
@@ -338,6 +344,9 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=2, help="underlay replicas")
     parser.add_argument("--underlay-workers", type=int, default=1, help="`underlay up --workers`")
     parser.add_argument("--deploy-args", default="", help="more `underlay deploy` options")
+    parser.add_argument(
+        "--log-sample-rate", type=float, default=0.1, help="underlay's prediction log sampling"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
