@@ -245,7 +245,8 @@ def measure(
         result = loadgen.run(load, concurrency, args.duration, generator=args.loadgen)
         if before is not None and served.pid and result.requests:
             spent = tree_cpu(served.pid) - before - idle * result.seconds
-            result = dataclasses.replace(result, cpu_us=max(0.0, spent) / result.requests * 1e6)
+            if spent > 0:  # else the idle figure was off (a worker starting): no figure
+                result = dataclasses.replace(result, cpu_us=spent / result.requests * 1e6)
         out[label] = result
         print(f"  {served.name:<15} {label:<14} {fmt(result)}", flush=True)
     return out
