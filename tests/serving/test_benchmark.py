@@ -114,3 +114,12 @@ def test_processes_left_in_sessions_of_their_own_are_stopped(tmp_path: Path) -> 
         for proc in (stray, bystander):
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+def test_the_replica_hop_benchmark_compares_the_two_clients() -> None:
+    out = _run("replica_hop.py", "--calls", "160")
+    for concurrency in (1, 16):
+        assert f"c={concurrency}: httpx spends " in out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("httpx", "lean"))]
+    assert len(rows) == 4 and all(int(row[-1].replace(",", "")) > 0 for row in rows)
