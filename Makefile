@@ -56,6 +56,7 @@ bench-tools:
 bench-serving: $(STAMP) bench-tools
 	$(PY) benchmarks/serving.py
 	$(PY) benchmarks/api_overhead.py
+	$(PY) benchmarks/replica_hop.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
