@@ -37,6 +37,7 @@ NO_JSON = {
     "tokens revoke",
     "blobs get",
     "blobs rm",
+    "deployments rm",
     "keys rotate",
     "nodes cordon",
     "nodes uncordon",

@@ -43,10 +43,10 @@ def wait_until(check: Callable[[], T], what: str, within_s: float = 60.0) -> T:
         time.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[LiveServer]:
-    tmp = tmp_path_factory.mktemp("serving")
-    settings = Settings(home=tmp / "home", store={"url": sqlite_url(sqlite_template, tmp)})
+def serve(tmp: Path, database_url: str) -> Iterator[LiveServer]:
+    """A live server on ``database_url`` with the local agent, projects ``shop`` and
+    ``other``, and the registered model versions (see the module docstring)."""
+    settings = Settings(home=tmp / "home", store={"url": database_url})
     settings.compute = ComputeSettings(
         node_name="node-1", loop_interval_s=0.1, heartbeat_interval_s=0.2, grace_s=5.0
     )
@@ -79,6 +79,12 @@ def live(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Ite
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[LiveServer]:
+    tmp = tmp_path_factory.mktemp("serving")
+    yield from serve(tmp, sqlite_url(sqlite_template, tmp))
+
+
 @pytest.fixture
 def admin(live: LiveServer) -> Iterator[Client]:  # type: ignore[override]
     with live.client() as c:
@@ -99,4 +105,9 @@ def ready(client: Client, name: str, replicas: int, version: int | None = None) 
             return None
         return found if len(serving) >= replicas and found.state == "ready" else None
 
-    return wait_until(check, f"{replicas} ready replicas of {name}", within_s=90)
+    try:
+        return wait_until(check, f"{replicas} ready replicas of {name}", within_s=90)
+    except AssertionError:
+        found = client.read_deployment(PROJECT, name)
+        events = [(e.kind, e.reason) for e in client.deployment_events(PROJECT, name)]
+        raise AssertionError(f"{found.model_dump_json()}\n{events}") from None

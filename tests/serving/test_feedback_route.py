@@ -25,9 +25,10 @@ pytestmark = pytest.mark.slow
 
 
 def _rows(admin: Client, table: str, request_id: str) -> list[dict[str, Any]]:
-    if table not in {t.name for t in admin.list_tables(PROJECT)}:
+    try:
+        rows = admin.read_table(PROJECT, table).to_pylist()
+    except NotFound:  # not written yet (or its first write is under way)
         return []
-    rows = admin.read_table(PROJECT, table).to_pylist()
     return [r for r in rows if r["request_id"] == request_id]
 
 

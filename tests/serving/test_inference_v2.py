@@ -86,6 +86,16 @@ def test_tritonclient_infers_with_binary_and_json_tensors(
     np.testing.assert_array_equal(plain.as_numpy("output"), model().predict(X[:3]))
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_tritonclient_compressed_requests_are_inflated(
+    triton: InferenceServerClient, algorithm: str
+) -> None:
+    result = triton.infer(
+        NAME, [_input(X[:5])], headers=auth(), request_compression_algorithm=algorithm
+    )
+    np.testing.assert_array_equal(result.as_numpy("output"), model().predict(X[:5]))
+
+
 @pytest.mark.parametrize(
     ("inputs", "match"),
     [
@@ -177,3 +187,29 @@ def test_another_projects_token_gets_404_on_every_v2_route(
         assert _status(exc) == 404
     finally:
         other.close()
+
+
+def test_a_token_over_its_rate_limit_gets_429_with_retry_after(live: LiveServer) -> None:
+    with live.client() as admin:
+        admin.deploy(
+            PROJECT,
+            "churn-v2-limited",
+            "churn@champion",
+            replicas=1,
+            limits={"rate_per_s": 0.01, "burst": 2},
+        )
+        ready(admin, "churn-v2-limited", 1)
+    base = f"{PROJECT}/deployments/churn-v2-limited"
+    client = InferenceServerClient(url=f"127.0.0.1:{live.port}/api/v1/projects/{base}")
+    try:
+        for _ in range(2):
+            client.infer("churn-v2-limited", [_input(X[:1])], headers=auth())
+        with pytest.raises(InferenceServerException, match="rate limit") as exc:
+            client.infer("churn-v2-limited", [_input(X[:1])], headers=auth())
+        assert _status(exc) == 429
+    finally:
+        client.close()
+    url = f"{live.url}/api/v1/projects/{base}/v2/models/churn-v2-limited/infer"
+    body = {"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 4], "data": [0] * 4}]}
+    refused = httpx.post(url, json=body, headers=auth())
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1

@@ -21,7 +21,6 @@ from underlay.serving.limits import (
     LimitSpec,
     RateLimiter,
     SqlBudgetStore,
-    budget_metadata,
     budget_usage,
     retry_after_header,
 )
@@ -90,9 +89,8 @@ print(json.dumps(served))
 
 
 @pytest.mark.slow
-def test_worker_processes_sharing_the_database_never_pass_the_budget(database_url: str) -> None:
-    database = Database(database_url)
-    budget_metadata.create_all(database.engine)  # the table S1's migration will hold
+def test_worker_processes_sharing_the_database_never_pass_the_budget(db: Database) -> None:
+    database, database_url = db, db.url
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     procs = [
         subprocess.Popen(
@@ -108,19 +106,16 @@ def test_worker_processes_sharing_the_database_never_pass_the_budget(database_ur
         used = conn.execute(select(budget_usage.c.used)).scalar_one()
     assert used == sum(served)  # unspent leases were given back
     assert 500 - 3 * (500 // 8) <= sum(served) <= 500
-    database.dispose()
 
 
-def test_one_process_with_the_shared_store_spends_the_budget_exactly(database_url: str) -> None:
-    database = Database(database_url)
-    budget_metadata.create_all(database.engine)
+def test_one_process_with_the_shared_store_spends_the_budget_exactly(db: Database) -> None:
+    database = db
     limiter = RateLimiter(SqlBudgetStore(database.engine))
     spec = LimitSpec(daily_budget=50)
     served = sum(limiter.check("t", "d", spec, 3, T0).allowed for _ in range(30))
     assert served == 16  # 48 rows; the 17th request of 3 would pass 50
     assert limiter.check("t", "d", spec, 2, T0).allowed
     assert not limiter.check("t", "d", spec, 1, T0).allowed
-    database.dispose()
 
 
 REAL = np.random.RandomState(7).normal(loc=5.0, scale=2.0, size=(4000, 6))
@@ -140,6 +135,12 @@ def test_normal_traffic_raises_no_alarm() -> None:
             rows = REAL[2000 + (hour * 100 + i * 10) % 2000 :][:10]
             alarms.append(detector.observe("t", "d", rows, T0 + hour * 3600 + i * 60))
     assert alarms == [None] * 300
+    # rows with NaN (where a model allows them) are left out of the score, not poisoning it
+    holes = np.where(REAL[:50] > 6, np.nan, REAL[:50])
+    assert detector.observe("t", "d", holes, T0 + 31 * 3600) is None
+    probes = np.random.RandomState(5).uniform(-20, 30, size=(400, 6))
+    raised = detector.observe("t", "d", probes, T0 + 31 * 3600 + 1)
+    assert raised is not None and raised.startswith("spread:")
 
 
 def test_a_volume_far_above_the_tokens_own_history_raises_the_alarm_once() -> None:

@@ -179,3 +179,18 @@ def test_table_names_fit_and_stay_distinct() -> None:
 def test_bad_settings_are_refused(options: dict[str, float]) -> None:
     with pytest.raises(InvalidInput):
         PredictionLogger(Collect(), deployment="d", **options)  # type: ignore[arg-type]
+
+
+def test_close_without_waiting_leaves_the_last_write_to_the_thread() -> None:
+    gate = threading.Event()
+    out = Collect(gate)
+    logger = PredictionLogger(out, sample_rate=1.0, deployment="d", flush_interval_s=3600)
+    logger.start()
+    assert logger.record("a", _inputs(2), [0, 0], 1, 1, 0.0)
+    logger.close(wait=False)  # returns while the write waits at the gate
+    assert out.rows == 0
+    assert not logger.record("late", _inputs(1), [0], 1, 1, 0.0)  # closed: dropped, counted
+    gate.set()
+    assert out.wrote.wait(30)
+    assert out.rows == 2
+    assert logger.stats()["dropped_requests"] == 1

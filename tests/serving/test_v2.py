@@ -234,3 +234,23 @@ def test_metadata_describes_the_server_and_the_models_tensors() -> None:
         "city": ("BYTES", [-1]),
     }
     assert json.loads(json.dumps(v2.error_body("x"))) == {"error": "x"}
+
+
+def test_compressed_bodies_are_inflated_within_the_limit() -> None:
+    import gzip
+    import zlib
+
+    body, header = _body({"input": X[:3]})
+    for packed, encoding in ((gzip.compress(body), "gzip"), (zlib.compress(body), "deflate")):
+        plain = v2.decompress_body(packed, encoding)
+        assert v2.decode_infer_request(plain, header, _compiled()).rows == 3
+    assert v2.decompress_body(body, None) == body
+    bomb = gzip.compress(b"\0" * 5_000_000)
+    with pytest.raises(PayloadTooLarge, match="inflated request body is over the limit"):
+        v2.decompress_body(bomb, "gzip", limit=1_000_000)
+    with pytest.raises(InvalidInput, match="cannot be inflated"):
+        v2.decompress_body(b"not gzip", "gzip")
+    with pytest.raises(InvalidInput, match="cut short"):
+        v2.decompress_body(gzip.compress(body)[:-20], "gzip")
+    with pytest.raises(InvalidInput, match="'br' is not supported"):
+        v2.decompress_body(body, "br")

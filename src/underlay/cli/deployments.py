@@ -4,7 +4,7 @@ on replica processes, their canaries, and predictions through the JSON route."""
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -20,6 +20,9 @@ from underlay.cli.common import (
     show,
     when,
 )
+
+if TYPE_CHECKING:
+    from underlay.serving.schemas import DeploymentRead
 
 deployments = typer.Typer(
     help="Deployments: model versions served on replicas, canaries, rollbacks.",
@@ -43,6 +46,10 @@ def _replicas(row: dict[str, Any]) -> str:
 def _canary(row: dict[str, Any]) -> str:
     canary = row.get("canary")
     return f"v{canary['version']} {canary['state']}" if canary else ""
+
+
+def _done(found: DeploymentRead, as_json: bool, line: str) -> None:
+    typer.echo(found.model_dump_json(indent=2) if as_json else line)
 
 
 COLUMNS: list[str | Col] = [
@@ -125,22 +132,27 @@ def deployments_scale(
     replicas: Annotated[int, typer.Argument(help="How many replicas to run.")],
     project: ProjectOpt = None,
     reason: ReasonOpt = "",
+    json_: JsonOpt = False,
 ) -> None:
     """Run REPLICAS replicas (new ones start, extra ones drain and stop)."""
     with client() as c:
-        c.update_deployment(project_of(project), name, replicas=replicas, reason=reason)
-    typer.echo(f"deployment {name}: {replicas} replicas")
+        found = c.update_deployment(project_of(project), name, replicas=replicas, reason=reason)
+    _done(found, json_, f"deployment {name}: {replicas} replicas")
 
 
 @deployments.command("update")
 def deployments_update(
-    name: str, model: ModelOpt, project: ProjectOpt = None, reason: ReasonOpt = ""
+    name: str,
+    model: ModelOpt,
+    project: ProjectOpt = None,
+    reason: ReasonOpt = "",
+    json_: JsonOpt = False,
 ) -> None:
     """Roll the deployment to another version: new replicas start, traffic switches once they
     are ready, the old ones drain; no request is dropped."""
     with client() as c:
         found = c.update_deployment(project_of(project), name, model=model, reason=reason)
-    typer.echo(f"deployment {name}: rolling to version {found.target_version}")
+    _done(found, json_, f"deployment {name}: rolling to version {found.target_version}")
 
 
 @deployments.command("canary")
@@ -154,6 +166,7 @@ def deployments_canary(
     max_error_rate: Annotated[float, typer.Option("--max-error-rate")] = 0.05,
     max_p99_ms: Annotated[float, typer.Option("--max-p99-ms")] = 500.0,
     reason: ReasonOpt = "",
+    json_: JsonOpt = False,
 ) -> None:
     """Send WEIGHT of the traffic to another version; it rolls back by itself when its error
     rate or p99 latency breaches the limits within its window."""
@@ -169,25 +182,28 @@ def deployments_canary(
             max_p99_ms=max_p99_ms,
             reason=reason,
         )
-    typer.echo(
-        f"deployment {name}: canary of version {found.canary.version if found.canary else '?'}"
-    )
+    version = found.canary.version if found.canary else "?"
+    _done(found, json_, f"deployment {name}: canary of version {version}")
 
 
 @deployments.command("promote")
-def deployments_promote(name: str, project: ProjectOpt = None, reason: ReasonOpt = "") -> None:
+def deployments_promote(
+    name: str, project: ProjectOpt = None, reason: ReasonOpt = "", json_: JsonOpt = False
+) -> None:
     """Make the canary the stable version."""
     with client() as c:
         found = c.promote_canary(project_of(project), name, reason)
-    typer.echo(f"deployment {name}: promoting version {found.target_version}")
+    _done(found, json_, f"deployment {name}: promoting version {found.target_version}")
 
 
 @deployments.command("rollback")
-def deployments_rollback(name: str, project: ProjectOpt = None, reason: ReasonOpt = "") -> None:
+def deployments_rollback(
+    name: str, project: ProjectOpt = None, reason: ReasonOpt = "", json_: JsonOpt = False
+) -> None:
     """Send all traffic back to the stable version and stop the canary."""
     with client() as c:
         found = c.rollback_canary(project_of(project), name, reason)
-    typer.echo(f"deployment {name}: rolled back to version {found.version}")
+    _done(found, json_, f"deployment {name}: rolled back to version {found.version}")
 
 
 @deployments.command("events")

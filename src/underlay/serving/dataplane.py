@@ -4,10 +4,10 @@ For one request: authenticate the bearer token and authorize it on the project (
 seconds per token and project: no database query on the hot path), find the deployment
 (cached, refreshed when its ``generation`` changes), validate the inputs against the model's
 signature, choose the arm (stable or canary), hand the rows to that arm's batcher, which sends
-one batch in the binary wire form (:mod:`underlay.serving.wire`) to a healthy replica over a
-keep-alive connection pool, round robin. A replica that fails to answer (connection refused
-or reset: it crashed or is draining) is marked down and the batch is retried once on another
-replica; none healthy is a 503 with ``Retry-After``.
+one batch in the binary wire form (:mod:`underlay.serving.wire`) to a healthy replica, round
+robin, over keep-alive connections (:mod:`underlay.serving.pool`). A replica that fails to
+answer (connection refused or reset: it crashed or is draining) is marked down and the batch
+is retried once on another replica; none healthy is a 503 with ``Retry-After``.
 
 Python API (used by the JSON route here and the V2 routes of ``api/routes/inference_v2.py``)::
 
@@ -46,10 +46,10 @@ from underlay.errors import InvalidInput, NotFound, Unauthenticated, Unavailable
 from underlay.serving import v2, wire
 from underlay.serving.batcher import Batcher
 from underlay.serving.guard import Guards
+from underlay.serving.pool import ReplicaGone, ReplicaPool
 from underlay.serving.v2 import CompiledSignature
 
 if TYPE_CHECKING:
-    import httpx
     from starlette.requests import Request
 
     from underlay.data.tables import TableStore
@@ -58,12 +58,16 @@ if TYPE_CHECKING:
     from underlay.platform import Platform
 
 AUTH_TTL_S = 5.0
-REFRESH_S = 0.25
+REFRESH_S = 0.5
 DOWN_S = 1.0
 SECRET_HEADER = "x-replica-secret"  # noqa: S105 - a header name
 RETRY_AFTER_S = 1
 
-BATCHES_IN_FLIGHT = 8
+BATCHES_PER_REPLICA = 2  # one computing, one on the wire: batches grow once replicas are busy
+
+
+def _in_flight(replicas: int) -> int:
+    return BATCHES_PER_REPLICA * max(1, replicas)
 
 
 class ModelFailed(InvalidInput):
@@ -149,7 +153,7 @@ class DataPlane:
         self.guards = Guards(platform, tables)
         self._auth: dict[tuple[str, str], tuple[float, Principal, int]] = {}
         self._views: dict[tuple[str, str], DeploymentView] = {}
-        self._http: httpx.AsyncClient | None = None
+        self._replicas: ReplicaPool | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
         self._retired: list[DeploymentView] = []
@@ -245,6 +249,7 @@ class DataPlane:
                     if known is not None:
                         endpoint.down_until = known.down_until
                 kept.endpoints, kept.name = arm.endpoints, arm.name
+                kept.batcher.max_concurrency = _in_flight(len(arm.endpoints))
                 if arm is fresh.stable:
                     fresh.stable = kept
                 else:
@@ -265,7 +270,7 @@ class DataPlane:
             max_batch=view.max_batch,
             max_wait_ms=view.max_wait_ms,
             stats=stats,
-            max_concurrency=BATCHES_IN_FLIGHT,
+            max_concurrency=_in_flight(len(arm.endpoints)),
         )
 
     # -- predictions ------------------------------------------------------------------------
@@ -331,9 +336,7 @@ class DataPlane:
         self, name: str, arm: Arm, batch: dict[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
         """One batch to one replica, retried once on another if the first does not answer."""
-        import httpx
-
-        client = self._client()
+        pool = self._pool()
         body = wire.encode(batch)
         tried: set[int] = set()
         for _ in range(2):
@@ -342,19 +345,19 @@ class DataPlane:
                 break
             tried.add(endpoint.replica_id)
             headers = {SECRET_HEADER: endpoint.secret, "content-type": wire.CONTENT_TYPE}
+            host, _, port = endpoint.url.removeprefix("http://").partition(":")
             try:
-                response = await client.post(
-                    endpoint.url + "/predict", content=body, headers=headers
-                )
-            except httpx.TransportError:
+                status, answer = await pool.post(host, int(port), "/predict", body, headers)
+            except ReplicaGone:
                 endpoint.down_until = time.monotonic() + DOWN_S
                 continue
-            if response.status_code == 200:
-                return wire.decode(response.content)
-            if response.status_code in (400, 413):
-                raise InvalidInput(response.text[:1000])
-            if response.status_code == 422:
-                raise ModelFailed(response.text[:1000])
+            if status == 200:
+                return wire.decode(answer)
+            text = answer[:1000].decode("utf-8", "replace")
+            if status in (400, 413):
+                raise InvalidInput(text)
+            if status == 422:
+                raise ModelFailed(text)
             endpoint.down_until = time.monotonic() + DOWN_S
         raise Unavailable(
             f"no replica of deployment {name!r} answered; retry shortly",
@@ -393,16 +396,10 @@ class DataPlane:
 
     # -- refresh and shutdown ------------------------------------------------------------------
 
-    def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            import httpx
-
-            self._http = httpx.AsyncClient(
-                timeout=httpx.Timeout(60.0, connect=2.0),
-                limits=httpx.Limits(max_connections=512, max_keepalive_connections=256),
-                trust_env=False,
-            )
-        return self._http
+    def _pool(self) -> ReplicaPool:
+        if self._replicas is None:
+            self._replicas = ReplicaPool()
+        return self._replicas
 
     def _start(self) -> None:
         if self._lock is None:
@@ -466,8 +463,8 @@ class DataPlane:
             for arm in (view.stable, view.canary):
                 if arm is not None:
                     await arm.batcher.close()
-        if self._http is not None:
-            await self._http.aclose()
+        if self._replicas is not None:
+            await self._replicas.close()
         await asyncio.to_thread(self.guards.close)
 
 

@@ -83,7 +83,7 @@ class Guards:
         if key == guard.logger_key:
             return
         if guard.logger is not None:
-            guard.logger.close(timeout_s=5.0)
+            guard.logger.close(wait=False)  # on the event loop: the thread writes the rest
         guard.logger_key, guard.logger = key, None
         if rate > 0 and self.tables is not None:
             from underlay.serving.predlog import open_logger
@@ -250,14 +250,16 @@ class Guards:
         ]
         return prometheus_text(series)
 
-    def forget(self, deployment_id: int) -> None:
+    def forget(self, deployment_id: int, *, wait: bool = False) -> None:
+        """Drop a deployment's guard; its logger writes what is left in its own thread
+        (``wait``: here, for the shutdown, which runs off the event loop)."""
         guard = self._guards.pop(deployment_id, None)
         if guard is not None and guard.logger is not None:
-            guard.logger.close(timeout_s=5.0)
+            guard.logger.close(timeout_s=5.0, wait=wait)
 
     def close(self) -> None:
         for deployment_id in list(self._guards):
-            self.forget(deployment_id)
+            self.forget(deployment_id, wait=True)
         store = self.limiter.budgets
         if isinstance(store, SqlBudgetStore):
             store.release()

@@ -44,6 +44,7 @@ raised once per window:
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections import deque
@@ -51,10 +52,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import BigInteger, Column, Engine, Integer, MetaData, String, Table, update
+from sqlalchemy import Engine, Table, update
 from sqlalchemy.exc import IntegrityError
 
 from underlay.errors import InvalidInput
+from underlay.serving.models import ServingBudgetUsage
 
 DAY_S = 86400.0
 
@@ -106,16 +108,8 @@ class MemoryBudgetStore:
         return True
 
 
-budget_metadata = MetaData()
-budget_usage = Table(
-    "serving_budget_usage",
-    budget_metadata,
-    Column("token_key", String(128), primary_key=True),
-    Column("deployment_key", String(256), primary_key=True),
-    Column("day", Integer, primary_key=True),
-    Column("used", BigInteger, nullable=False),
-)
-"""The shared day counters (see the module docstring); the table must exist in the database."""
+budget_usage: Table = ServingBudgetUsage.__table__  # type: ignore[assignment]
+"""The shared day counters (see the module docstring), created by migration 0017."""
 
 
 @dataclass
@@ -259,10 +253,20 @@ class DetectorConfig:
 class _TokenState:
     first_window: int
     windows: dict[int, int] = field(default_factory=dict)
-    recent: deque[Any] = field(default_factory=deque)
+    # the token's last rows, each request's with its summed squared z-scores (scored once,
+    # against the reference version ``scored_for``: a request costs O(its rows))
+    recent: deque[tuple[np.ndarray[Any, Any], float]] = field(default_factory=deque)
     recent_rows: int = 0
+    z_total: float = 0.0
+    scored_for: int = -1
     alerted: dict[str, int] = field(default_factory=dict)
     pooled: int = 0
+    window: int = -1  # the window ``limit`` was computed for
+    limit: float = 0.0
+    baseline: float = 0.0
+
+
+_VERSIONS = itertools.count()
 
 
 @dataclass
@@ -272,6 +276,12 @@ class _Reference:
     pool: list[np.ndarray[Any, Any]] = field(default_factory=list)
     pooled: int = 0
     fixed: bool = False
+    version: int = field(default_factory=lambda: next(_VERSIONS))
+
+    def z_sum(self, matrix: np.ndarray[Any, Any]) -> float:
+        assert self.mean is not None and self.std is not None
+        z = (matrix - self.mean) / self.std
+        return float(np.einsum("ij,ij->", z, z))
 
 
 class ExtractionDetector:
@@ -287,6 +297,8 @@ class ExtractionDetector:
         matrix = _matrix(sample)
         if matrix is None or len(matrix) < 2:
             raise InvalidInput("a reference sample needs at least two rows of numbers")
+        if not np.isfinite(matrix).all():
+            raise InvalidInput("a reference sample must not hold NaN or infinity")
         self._refs[deployment_key] = _reference(matrix, fixed=True)
 
     def observe(
@@ -301,11 +313,8 @@ class ExtractionDetector:
         matrix = _matrix(rows)
         count = len(rows) if matrix is None else len(matrix)
         state.windows[window] = state.windows.get(window, 0) + count
-        for old in [w for w in state.windows if w < window - cfg.history_windows]:
-            del state.windows[old]
         reasons = [self._volume(state, window)]
         if matrix is not None:
-            self._remember(state, matrix)
             reasons.append(self._spread(state, deployment_key, matrix))
         for reason in reasons:
             if reason is not None:
@@ -317,43 +326,48 @@ class ExtractionDetector:
 
     def _volume(self, state: _TokenState, window: int) -> str | None:
         cfg = self.config
+        if state.window != window:  # once per window: forget old ones, fix the baseline
+            for old in [w for w in state.windows if w < window - cfg.history_windows]:
+                del state.windows[old]
+            past = range(max(state.first_window, window - cfg.history_windows), window)
+            total = sum(state.windows.get(w, 0) for w in past)
+            state.baseline = total / len(past) if past else 0.0
+            state.limit = max(cfg.volume_factor * state.baseline, cfg.volume_floor)
+            state.window = window
         current = state.windows[window]
-        past = range(max(state.first_window, window - cfg.history_windows), window)
-        baseline = sum(state.windows.get(w, 0) for w in past) / len(past) if past else 0.0
-        limit = max(cfg.volume_factor * baseline, cfg.volume_floor)
-        if current > limit:
+        if current > state.limit:
             return (
                 f"volume: {current} rows this window, over {cfg.volume_factor:g} times the "
-                f"token's hourly mean of {baseline:.0f} (and over {cfg.volume_floor})"
+                f"token's hourly mean of {state.baseline:.0f} (and over {cfg.volume_floor})"
             )
         return None
-
-    def _remember(self, state: _TokenState, matrix: np.ndarray[Any, Any]) -> None:
-        state.recent.append(matrix)
-        state.recent_rows += len(matrix)
-        while state.recent_rows - len(state.recent[0]) >= self.config.sample_rows:
-            state.recent_rows -= len(state.recent.popleft())
 
     def _spread(
         self, state: _TokenState, deployment_key: str, matrix: np.ndarray[Any, Any]
     ) -> str | None:
         cfg = self.config
-        ref = self._refs.setdefault(deployment_key, _Reference())
-        if not ref.fixed and ref.mean is None:
-            share = cfg.reference_rows // 4 - state.pooled
-            if share > 0:
-                ref.pool.append(matrix[:share])
-                state.pooled += len(ref.pool[-1])
-                ref.pooled += len(ref.pool[-1])
-            if ref.pooled >= cfg.reference_rows:
-                built = _reference(np.concatenate(ref.pool))
-                ref.mean, ref.std, ref.pool = built.mean, built.std, []
-        if ref.mean is None or ref.std is None or state.recent_rows < cfg.spread_min_rows:
+        ref = self._pool(state, deployment_key, matrix)
+        width = matrix.shape[1]
+        ready = ref.mean is not None and ref.mean.shape[0] == width
+        if ready and state.scored_for != ref.version:  # a new reference: score again, once
+            kept = [m for m, _ in state.recent if m.shape[1] == width]
+            state.recent = deque((m, ref.z_sum(m)) for m in kept)
+            state.recent_rows = sum(len(m) for m in kept)
+            state.z_total = sum(z for _, z in state.recent)
+            state.scored_for = ref.version
+        z = ref.z_sum(matrix) if ready else 0.0
+        if not math.isfinite(z):  # NaN where the model allows it: no place in a z-score
             return None
-        recent = np.concatenate(list(state.recent))
-        if recent.shape[1] != ref.mean.shape[0]:
+        state.recent.append((matrix, z))
+        state.recent_rows += len(matrix)
+        state.z_total += z
+        while state.recent_rows - len(state.recent[0][0]) >= cfg.sample_rows:
+            old, old_z = state.recent.popleft()
+            state.recent_rows -= len(old)
+            state.z_total -= old_z
+        if not ready or state.recent_rows < cfg.spread_min_rows:
             return None
-        score = float(np.mean(((recent - ref.mean) / ref.std) ** 2))
+        score = state.z_total / (state.recent_rows * width)
         if score > cfg.spread_factor:
             return (
                 f"spread: the token's inputs score {score:.1f} in mean squared z against real "
@@ -361,13 +375,30 @@ class ExtractionDetector:
             )
         return None
 
+    def _pool(
+        self, state: _TokenState, deployment_key: str, matrix: np.ndarray[Any, Any]
+    ) -> _Reference:
+        """The deployment's reference, first pooled from the tokens' traffic if not given."""
+        cfg = self.config
+        ref = self._refs.setdefault(deployment_key, _Reference())
+        if not ref.fixed and ref.mean is None:
+            share = cfg.reference_rows // 4 - state.pooled
+            if share > 0 and math.isfinite(float(matrix.sum())):
+                ref.pool.append(matrix[:share])
+                state.pooled += len(ref.pool[-1])
+                ref.pooled += len(ref.pool[-1])
+            if ref.pooled >= cfg.reference_rows and len({m.shape[1] for m in ref.pool}) == 1:
+                built = _reference(np.concatenate(ref.pool))
+                ref.mean, ref.std, ref.pool = built.mean, built.std, []
+                ref.version = next(_VERSIONS)
+        return ref
+
 
 def _matrix(rows: np.ndarray[Any, Any]) -> np.ndarray[Any, Any] | None:
     array = np.asarray(rows)
     if array.dtype.kind not in "biuf" or array.ndim not in (1, 2) or not array.size:
         return None
-    matrix = array.reshape(len(array), -1).astype(np.float64)
-    return matrix if np.isfinite(matrix).all() else None
+    return np.asarray(array.reshape(len(array), -1), dtype=np.float64)
 
 
 def _reference(matrix: np.ndarray[Any, Any], fixed: bool = False) -> _Reference:

@@ -194,6 +194,11 @@ class PredictionLogger:
         ``inputs``: the request's arrays by input name (rows along axis 0) or its records;
         ``outputs``: arrays by output name or a list of predictions. Nothing is copied: the
         caller must not change them afterwards. Never raises, never blocks on the writer."""
+        if self._stop.is_set():  # closed: the deployment changed or went
+            with self._lock:
+                self._counts["seen_requests"] += 1
+                self._counts["dropped_requests"] += 1
+            return False
         try:
             draw = self._random.random() if u is None else u
             if draw >= self.sample_rate:
@@ -247,6 +252,7 @@ class PredictionLogger:
             self._wake.wait(self.flush_interval_s)
             self._wake.clear()
             self.flush()
+        self.flush()  # what came in during the last write
 
     def flush(self) -> int:
         """Write what is buffered now (in the caller's thread); returns the rows written."""
@@ -289,10 +295,14 @@ class PredictionLogger:
             )
             self._warned_drops = dropped
 
-    def close(self, timeout_s: float = 30.0) -> None:
-        """Stop the thread and write what is left."""
+    def close(self, timeout_s: float = 30.0, *, wait: bool = True) -> None:
+        """Stop taking requests and write what is left: here, waiting for the thread at most
+        ``timeout_s``; or, with ``wait`` False (from an event loop, which must not block on
+        a write), in the background thread, returning at once."""
         self._stop.set()
         self._wake.set()
+        if not wait and self._thread is not None:
+            return
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None

@@ -25,7 +25,7 @@ from underlay.store import Scope
 from underlay.store.types import utcnow
 
 log = logging.getLogger(__name__)
-INTERVAL_S = 0.3
+INTERVAL_S = 1.0  # routes wake it at once after a change
 FAILS_UNHEALTHY = 2
 LIVENESS_S = 10.0
 CHECK_TIMEOUT_S = 1.0

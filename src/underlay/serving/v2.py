@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -176,6 +177,25 @@ def check_body_size(content_length: str | int | None, limit: int = MAX_BODY_BYTE
             f"the request body of {size} bytes is over the limit of {limit} bytes; "
             "send fewer rows per request"
         )
+
+
+def decompress_body(body: bytes, encoding: str | None, limit: int = MAX_BODY_BYTES) -> bytes:
+    """A body sent with ``Content-Encoding: gzip`` or ``deflate`` (tritonclient's
+    ``request_compression_algorithm``), inflated to at most ``limit`` bytes."""
+    if not encoding or encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise InvalidInput(f"Content-Encoding {encoding[:40]!r} is not supported; use gzip")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        plain = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"the {encoding} body cannot be inflated: {exc}") from None
+    if len(plain) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"the inflated request body is over the limit of {limit} bytes")
+    if not inflater.eof:
+        raise InvalidInput(f"the {encoding} body is cut short")
+    return plain
 
 
 def decode_infer_request(

@@ -32,7 +32,7 @@ router = APIRouter(prefix="/projects/{project}/deployments/{name}/v2", tags=["in
 
 DeploymentName = Annotated[str, Path(max_length=63)]
 ModelName = Annotated[str, Path(max_length=63)]
-_COMPILED = "v2_signature"
+_OPEN = v2.compile_signature(None)  # a model saved without a signature
 
 
 def _error(request: Request, exc: UnderlayError) -> Response:
@@ -63,12 +63,8 @@ async def _view(
 
 
 def _compiled(view: DeploymentView) -> v2.CompiledSignature:
-    cached = view.extra.get(_COMPILED)
-    if cached is None or cached[0] is not view.signature:
-        cached = (view.signature, v2.compile_signature(view.signature))
-        view.extra[_COMPILED] = cached
-    compiled: v2.CompiledSignature = cached[1]
-    return compiled
+    """The signature the data plane compiled for the view (with its ranges policy)."""
+    return view.compiled if view.compiled is not None else _OPEN
 
 
 @router.get("")
@@ -148,13 +144,17 @@ async def infer(project: str, name: DeploymentName, model: ModelName, request: R
     """Typed tensors in, typed tensors out; the binary tensor extension when asked."""
     try:
         plane, principal, view = await _view(request, project, name, model)
-        request_body = await request.body()
+        request_body = v2.decompress_body(
+            await request.body(),
+            request.headers.get("content-encoding"),
+            request.app.state.platform.settings.server.max_json_body,
+        )
         decoded = v2.decode_infer_request(
             request_body, request.headers.get(v2.HEADER_LENGTH), _compiled(view)
         )
         request_id: Any = decoded.id or getattr(request.state, "request_id", None)
         result = await plane.predict(
-            project, name, decoded.inputs, principal, request_id=request_id
+            project, name, decoded.inputs, principal, request_id=request_id, validated=True
         )
         body, headers = v2.encode_infer_response(view.name, result.version, result.outputs, decoded)
     except UnderlayError as exc:
