@@ -147,7 +147,7 @@ def test_0019_packs_the_points_stored_before_it_and_unpacks_them_again(db: Datab
     from underlay.ml.metrics import read_history
 
     cfg = db.alembic_config()
-    command.downgrade(cfg, "0016")
+    command.downgrade(cfg, "0017")
     with db.engine.begin() as conn:
         for statement in (
             "INSERT INTO projects (id, name, description, created_at) "
@@ -177,7 +177,7 @@ def test_0019_packs_the_points_stored_before_it_and_unpacks_them_again(db: Datab
     assert a.steps.tolist() == [1, 2, 3] and a.values.tolist() == [1 / 7, 2 / 7, 3 / 7]
     assert a.timestamps.tolist() == [1001, 1002, 1003]
     assert b.values.tolist() == [1 + 1 / 7, 1 + 2 / 7, 1 + 3 / 7]
-    command.downgrade(cfg, "0016")
+    command.downgrade(cfg, "0017")
     with db.engine.connect() as conn:
         back = conn.execute(
             text("SELECT key, step, value, timestamp FROM metrics ORDER BY key, step")

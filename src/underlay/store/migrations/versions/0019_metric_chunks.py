@@ -1,7 +1,7 @@
 """metric points stored in chunks: one row per key and batch, the points packed as arrays
 
 Revision ID: 0019
-Revises: 0016
+Revises: 0017
 Create Date: 2026-12-06
 
 The points already stored move into chunks of at most 100,000 points of a key, in step order;
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0019"
-down_revision = "0016"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 
