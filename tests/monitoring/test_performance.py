@@ -164,7 +164,14 @@ def test_too_few_rows_and_bad_requests_are_said() -> None:
     assert empty.overall.rows == 0 and empty.overall.insufficient
     with pytest.raises(InvalidInput, match="no column 'nope' to slice by"):
         performance(table, "classification", slice_by="nope")
-    with pytest.raises(InvalidInput, match="no column 'out_prediction'"):
+    with pytest.raises(InvalidInput, match="the log's outputs are none"):
         performance(table.drop_columns(["out_prediction"]), "classification")
+    renamed = table.rename_columns(
+        ["out_label" if n == "out_prediction" else n for n in table.column_names]
+    )
+    assert performance(renamed, "classification", min_rows=1).overall.rows == 10
+    two = renamed.append_column("out_other", renamed.column("out_label"))
+    with pytest.raises(InvalidInput, match="outputs are out_label, out_other"):
+        performance(two, "classification")
     with pytest.raises(InvalidInput, match="window_s must be positive"):
         performance(table, "classification", window_s=0)

@@ -244,10 +244,22 @@ def _label(value_json: str | None, number: float | None, task: Task) -> Any:
     return None if value_json is None else json.loads(value_json)
 
 
+def _prediction_column(names: list[str]) -> str:
+    """``out_prediction`` when logged, else the one output that is not a score."""
+    if PREDICTION in names:
+        return PREDICTION
+    outputs = [n for n in names if n.startswith("out_") and n not in SCORE_COLUMNS]
+    if len(outputs) != 1:
+        found = ", ".join(outputs) or "none"
+        raise InvalidInput(f"name the prediction column: the log's outputs are {found}")
+    return outputs[0]
+
+
 def _columns(
-    table: pa.Table, task: Task, prediction: str, score: str | None, slice_by: str | None
+    table: pa.Table, task: Task, prediction: str | None, score: str | None, slice_by: str | None
 ) -> _Columns:
     names = set(table.column_names)
+    prediction = prediction or _prediction_column(table.column_names)
     for needed in ("label", "label_value", "ts", prediction):
         if needed not in names:
             raise InvalidInput(f"the joined log has no column {needed!r}")
@@ -307,7 +319,7 @@ def performance(
     table: pa.Table,
     task: Task,
     *,
-    prediction: str = PREDICTION,
+    prediction: str | None = None,
     score: str | None = None,
     window_s: float | None = None,
     slice_by: str | None = None,
@@ -317,9 +329,11 @@ def performance(
 ) -> PerformanceReport:
     """The report over ``table`` (rows of :func:`underlay.serving.feedback.joined`): overall,
     per window of ``window_s`` seconds aligned to multiples of it since the epoch (windows
-    with no rows are left out), per value of column ``slice_by``. The score column is
-    ``score``, else the first of :data:`SCORE_COLUMNS` the log has. Rows with a null label
-    or prediction are left out (for a classifier, a label that is not a number is its JSON)."""
+    with no rows are left out), per value of column ``slice_by``. The prediction column is
+    ``prediction``, else ``out_prediction``, else the log's one output that is not a score
+    column; the score column is ``score``, else the first of :data:`SCORE_COLUMNS` the log
+    has. Rows with a null label or prediction are left out (for a classifier, a label that
+    is not a number is its JSON)."""
     if task not in ("classification", "regression"):
         raise InvalidInput(f"task must be classification or regression, not {task!r}")
     if window_s is not None and not window_s > 0:
