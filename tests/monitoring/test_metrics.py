@@ -10,11 +10,26 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from underlay.compute.models import Alert
+from underlay.compute.models import AcceleratorRow, Alert
+from underlay.compute.states import JobState
+from underlay.config import ComputeSettings, Settings, SimulatedAccelerator
 from underlay.store import Scope
 from underlay.store.models import Project
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:  # type: ignore[override]
+    settings.compute = ComputeSettings(
+        simulated_accelerators=[
+            SimulatedAccelerator(type="A100", count=2, idle_watts=50, busy_watts=400)
+        ],
+        node_name="node-1",
+        loop_interval_s=0.1,
+        heartbeat_interval_s=30,  # the first registers the node; none overwrites a test's edit
+    )
+    return settings
 
 
 def _scrape(url: str, token: str | None, path: str = "/metrics") -> Samples:
@@ -61,8 +76,33 @@ def test_an_admin_sees_values_move(server: Any, admin: Any) -> None:
     before = _scrape(server.url, server.admin_token)
     assert _value(before, "underlay_node_up") >= 1
     assert _value(before, "underlay_node_memory_bytes") > 0
-    assert "underlay_scheduler_round_duration_seconds_count" in before
+    for name in (
+        "underlay_node_cpu_utilization_ratio",
+        "underlay_node_cpu_cores",
+        "underlay_scheduler_round_duration_seconds_count",
+        "underlay_scheduler_round_duration_seconds_sum",
+        "underlay_scheduler_last_round_duration_seconds",
+    ):
+        assert name in before, name
+    gpu = {"node": "node-1", "type": "A100"}
+    for name in (
+        "underlay_accelerator_utilization_ratio",
+        "underlay_accelerator_memory_used_bytes",
+    ):
+        assert len([s for s in before[name] if gpu.items() <= s[0].items()]) == 2, name
+    assert _value(before, "underlay_accelerator_healthy", **gpu) == 2
+    assert _value(before, "underlay_accelerator_memory_bytes", index="1", **gpu) > 0
+    assert "underlay_accelerator_power_watts" not in before  # simulated: no measured draw
+    with server.platform.db.session(Scope.everything()) as session:
+        session.query(AcceleratorRow).filter(AcceleratorRow.index == 1).update(
+            {"power_watts": 123.5}
+        )
+    power = _scrape(server.url, server.admin_token)["underlay_accelerator_power_watts"]
+    assert power == [({"node": "node-1", "index": "1", "vendor": power[0][0]["vendor"],
+                       "type": "A100"}, 123.5)]  # fmt: skip
     assert _value(before, "underlay_scheduler_queue_depth", project="shop") == 0
+    states = {labels["state"] for labels, v in before["underlay_jobs"] if v == 0}
+    assert states == {s.value for s in JobState}  # every state, zeros included
     route = {"route": "/api/v1/projects/{project}", "method": "GET", "status": "200"}
     seen = _value(before, "underlay_api_request_duration_seconds_count", **route)
     admin.read_project("shop")

@@ -75,6 +75,22 @@ def test_probabilities_per_class_give_auc_and_calibration() -> None:
     assert got["calibration_error"] == pytest.approx(_sk_ece(y, p1, 10), abs=1e-12)
 
 
+def test_positive_class_and_more_classes_with_probabilities() -> None:
+    y, pred = ["no", "yes", "yes", "no", "yes"], ["no", "yes", "no", "no", "yes"]
+    got, _ = classification_metrics(y, pred, positive="no")
+    assert got["precision"] == pytest.approx(metrics.precision_score(y, pred, pos_label="no"))
+    got, _ = classification_metrics(y, pred)  # the last class in sorted order
+    assert got["recall"] == pytest.approx(metrics.recall_score(y, pred, pos_label="yes"))
+    with pytest.raises(InvalidInput, match="positive class 'maybe'"):
+        classification_metrics(y, pred, positive="maybe")
+    proba = [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.2, 0.2, 0.6]]
+    got, notes = classification_metrics([0, 1, 2, 0], [0, 1, 2, 2], proba, bins=10)
+    assert got["roc_auc"] is None and notes["roc_auc"] == "ROC AUC is computed for two classes only"
+    # top-class confidence against being right, each row in a bin of its own (a value on an
+    # inner edge goes to the lower bin): |1-0.7| + |1-0.8| + |1-0.4| + |0-0.6| over 4 rows
+    assert got["calibration_error"] == pytest.approx((0.3 + 0.2 + 0.6 + 0.6) / 4)
+
+
 def test_one_class_in_the_labels_gives_no_auc_with_the_reason() -> None:
     got, notes = classification_metrics([1, 1, 1], [1, 0, 1], [0.9, 0.2, 0.7])
     assert got["roc_auc"] is None and notes["roc_auc"] == "the labels hold one class only"
