@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint bench clean services mutation
+.PHONY: demo test test-fast lint bench bench-serving bench-tools clean services mutation
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "needs $(PYTHON)"; exit 1; }
@@ -48,6 +48,15 @@ bench: $(STAMP)
 	$(PY) benchmarks/startup.py
 	$(PY) benchmarks/jobs.py
 	$(PY) benchmarks/scheduler.py
+
+# wrk and the peers' own virtual environments (MLflow, MLServer, uvicorn[standard])
+bench-tools:
+	@bash scripts/ensure-bench-tools.sh
+
+bench-serving: $(STAMP) bench-tools
+	$(PY) benchmarks/serving.py
+	$(PY) benchmarks/api_overhead.py
+	$(PY) benchmarks/replica_hop.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

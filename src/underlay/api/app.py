@@ -23,6 +23,7 @@ from underlay.api.routes import (
     inference_v2,
     jobs,
     lineage,
+    metrics,
     ml_pipelines,
     model_exports,
     models,
@@ -38,12 +39,14 @@ from underlay.api.routes import (
     users,
 )
 from underlay.api.runtime import ComputeRuntime
+from underlay.api.timing import RequestTimingMiddleware
 from underlay.compute.purge import purge_project
 from underlay.config import Settings
 from underlay.data import datasets as data_datasets
 from underlay.data.tables import TableStore
 from underlay.ml import experiments as ml_experiments
 from underlay.ml.registry import service as registry
+from underlay.monitoring.metrics import api_latency_histogram
 from underlay.platform import Platform
 from underlay.serving import service as serving
 from underlay.serving.dataplane import DataPlane
@@ -63,6 +66,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         # tables whose first write died with a server process (leases nobody holds)
         app.state.tables.sweep_unfinished(platform.db, platform.audit)
         runtime = ComputeRuntime(platform)
+        app.state.compute = runtime  # /metrics reads its scheduler round times
         runtime.start()
         app.state.serving.start()
         try:
@@ -99,7 +103,9 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     app.state.dataplane = DataPlane(platform, app.state.tables)
     app.state.serving = ServingRuntime(platform)
     app.state.uploads = UploadSlots(platform.settings.server.max_concurrent_uploads)
+    app.state.api_latency = api_latency_histogram()
     problems.install(app)
+    app.add_middleware(RequestTimingMiddleware, histogram=app.state.api_latency)
     app.add_middleware(
         RequestContextMiddleware,
         max_json_body=platform.settings.server.max_json_body,
@@ -107,6 +113,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         server=platform.settings.server,
     )
     app.include_router(health.router, include_in_schema=False)  # root probes too
+    app.include_router(metrics.router, include_in_schema=False)  # where Prometheus looks
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health.router)
     routers = (
@@ -132,6 +139,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         deployments,
         inference_v2,
         feedback,
+        metrics,
     )
     for module in routers:
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)

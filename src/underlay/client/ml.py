@@ -24,6 +24,26 @@ from underlay.ml.schemas import (
 )
 
 _RUNS = TypeAdapter(list[RunRead])
+_ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+
+def _arrow_history(body: bytes) -> MetricHistory:
+    import pyarrow as pa
+
+    table = pa.ipc.open_stream(body).read_all()
+    meta = table.schema.metadata or {}
+    columns = {name: table.column(name).to_numpy().tolist() for name in table.column_names}
+    return MetricHistory.model_validate(
+        {
+            "run_id": int(meta[b"run_id"]),
+            "key": meta[b"key"].decode(),
+            "total": int(meta[b"total"]),
+            "step": columns["step"],
+            "value": columns["value"],
+            "timestamp": columns["timestamp"],
+        }
+    )
+
 
 if TYPE_CHECKING:
     import httpx
@@ -148,10 +168,17 @@ class TrackingMethods:
     def metric_history(
         self, project: str, run_id: int, key: str, *, max_points: int | None = None
     ) -> MetricHistory:
+        """The points of ``key`` in step order (at most ``max_points``, evenly spaced). They
+        travel as an Arrow IPC stream: raw arrays, several times cheaper than JSON numbers."""
         params = {} if max_points is None else {"max_points": max_points}
         response = self._request(
-            "GET", f"/projects/{project}/runs/{run_id}/metrics/{key}", params=params
+            "GET",
+            f"/projects/{project}/runs/{run_id}/metrics/{key}",
+            params=params,
+            headers={"Accept": f"{_ARROW_STREAM}, application/json;q=0.5"},
         )
+        if response.headers.get("content-type", "").startswith(_ARROW_STREAM):
+            return _arrow_history(response.content)
         return MetricHistory.model_validate_json(response.content)
 
     # -- artifacts ---------------------------------------------------------------------

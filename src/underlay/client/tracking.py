@@ -24,20 +24,33 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import operator
 import os
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from underlay.client.client import Client
-from underlay.errors import Conflict, InvalidInput, RateLimited, Unavailable, UnderlayError
+from underlay.errors import (
+    Conflict,
+    InvalidInput,
+    PayloadTooLarge,
+    RateLimited,
+    Unavailable,
+    UnderlayError,
+)
 from underlay.ml.rules import (
     KEY_RE,
     MAX_METRIC_KEYS,
+    MAX_STEP,
     check_key,
     check_step,
     check_text_value,
@@ -56,7 +69,7 @@ _RETRYABLE_STATUS = (Unavailable, RateLimited)
 class ActiveRun:
     """A run being logged to; made by :func:`start_run`. ``id`` is the run's id."""
 
-    batch_points = 10_000
+    batch_points = 20_000  # ~1 MB of JSON; halved if the server finds a batch too large
 
     def __init__(
         self,
@@ -81,8 +94,10 @@ class ActiveRun:
         self._flush_interval_s = flush_interval_s
         self._retry_max_s = retry_max_s
         self._flush_timeout_s = flush_timeout_s
-        # the buffer: points (key, step, value, timestamp ms), and params/tags to send
-        self._points: list[tuple[str, int, float, int]] = []
+        # the buffer, in the order logged: rows of points (key, step, value, timestamp ms)
+        # from log(), whole columns from log_batch(); and params/tags to send
+        self._queue: deque[_Rows | _Column] = deque()
+        self._queued = 0  # points in the queue
         self._params: dict[str, str] = {}
         self._tags: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -161,32 +176,35 @@ class ActiveRun:
         values: Iterable[float],
         steps: Iterable[int] | None = None,
     ) -> None:
-        """Log many points of one key at once (steps default to the next ones in order)."""
+        """Log many points of one key at once (steps default to the next ones in order).
+        The column is checked as a whole and kept as it is until sent."""
         if self._error is not None:
             self._raise_sender_error()
         if key not in self._keys:
             self._new_key(key)
         now = int(time.time() * 1000)
         previous = self._last_step.get(key)
-        values = list(values)
+        value_list = list(values)
+        n = len(value_list)
         if steps is None:
             start = 0 if previous is None else previous + 1
-            step_list = list(range(start, start + len(values)))
+            step_list = list(range(start, start + n))
+            if n and step_list[-1] > MAX_STEP:
+                check_step(key, step_list[-1], None)  # raises
         else:
             step_list = list(steps)
-            if len(step_list) != len(values):
+            if len(step_list) != n:
                 raise InvalidInput("log_batch: steps and values differ in length")
-        points = []
-        for at, value in zip(step_list, values, strict=True):
-            if type(value) is not float or value - value != 0.0:
-                value = check_value(key, value)
-            if (previous is not None and at <= previous) or type(at) is not int:
-                check_step(key, at, previous)
-            previous = at
-            points.append((key, at, value, now))
-        if previous is not None:
-            self._last_step[key] = previous
-        self._append(points)
+            if n:
+                _check_steps(key, step_list, previous)
+        if not _finite_floats(value_list):
+            value_list = [
+                v if type(v) is float and v - v == 0.0 else check_value(key, v) for v in value_list
+            ]
+        if not n:
+            return
+        self._last_step[key] = step_list[-1]
+        self._append(_Column(key, step_list, value_list, now))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Set params (once each: another value for a param already set raises Conflict)."""
@@ -281,12 +299,12 @@ class ActiveRun:
         deadline = time.monotonic() + (self._flush_timeout_s if timeout_s is None else timeout_s)
         with self._lock:
             self._wake.notify()
-            while (self._points or self._params or self._tags or self._sending) and (
+            while (self._queued or self._params or self._tags or self._sending) and (
                 self._error is None
             ):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    pending = len(self._points) + self._sending
+                    pending = self._queued + self._sending
                     raise Unavailable(
                         f"run {self.id}: {pending} point(s) still unsent after "
                         f"{timeout_s or self._flush_timeout_s:.0f} s; the server is unreachable"
@@ -333,17 +351,23 @@ class ActiveRun:
             )
         self._keys.add(key)
 
-    def _append(self, points: list[tuple[str, int, float, int]]) -> None:
+    def _append(self, points: _Rows | _Column) -> None:
+        n = len(points)
         with self._lock:
-            while len(self._points) + self._sending + len(points) > self._max_buffer and (
-                self._points or self._sending
+            while self._queued + self._sending + n > self._max_buffer and (
+                self._queued or self._sending
             ):
                 if self._error is not None:
                     break
                 self._wake.notify()
                 self._room.wait(0.5)
-            self._points.extend(points)
-            if len(self._points) >= self.batch_points:
+            last = self._queue[-1] if self._queue else None
+            if isinstance(points, list) and isinstance(last, list):
+                last.extend(points)
+            else:
+                self._queue.append(points)
+            self._queued += n
+            if self._queued >= self.batch_points:
                 self._wake.notify()
         if self._error is not None:
             self._raise_sender_error()
@@ -356,13 +380,41 @@ class ActiveRun:
 
     def _take(self) -> dict[str, Any] | None:
         """The next batch to send (under the lock), or None when there is nothing."""
-        if not (self._points or self._params or self._tags):
+        if not (self._queued or self._params or self._tags):
             return None
-        points = self._points[: self.batch_points]
-        del self._points[: self.batch_points]
-        self._sending = len(points)
         keys: dict[str, int] = {}
-        key_col = [keys.setdefault(k, len(keys)) for k, _, _, _ in points]
+        key_col: list[int] = []
+        step_col: list[int] = []
+        value_col: list[float] = []
+        stamp_col: list[int] = []
+        room = self.batch_points
+        while self._queue and room:
+            segment = self._queue[0]
+            if isinstance(segment, list):
+                rows = segment[:room]
+                if len(rows) == len(segment):
+                    self._queue.popleft()
+                else:
+                    del segment[:room]
+                key_col.extend(keys.setdefault(k, len(keys)) for k, _, _, _ in rows)
+                step_col.extend(r[1] for r in rows)
+                value_col.extend(r[2] for r in rows)
+                stamp_col.extend(r[3] for r in rows)
+                room -= len(rows)
+                continue
+            a = segment.offset
+            b = min(a + room, len(segment.steps))
+            key_col.extend(repeat(keys.setdefault(segment.key, len(keys)), b - a))
+            step_col.extend(segment.steps[a:b])
+            value_col.extend(segment.values[a:b])
+            stamp_col.extend(repeat(segment.timestamp, b - a))
+            segment.offset = b
+            if b == len(segment.steps):
+                self._queue.popleft()
+            room -= b - a
+        taken = self.batch_points - room
+        self._queued -= taken
+        self._sending = taken
         body = {
             "batch_id": secrets.token_hex(16),
             "params": self._params,
@@ -370,9 +422,9 @@ class ActiveRun:
             "metrics": {
                 "keys": list(keys),
                 "key": key_col,
-                "step": [p[1] for p in points],
-                "value": [p[2] for p in points],
-                "timestamp": [p[3] for p in points],
+                "step": step_col,
+                "value": value_col,
+                "timestamp": stamp_col,
             },
         }
         self._params, self._tags = {}, {}
@@ -381,9 +433,9 @@ class ActiveRun:
     def _send_loop(self) -> None:
         while True:
             with self._lock:
-                while not (self._closing or len(self._points) >= self.batch_points):
+                while not (self._closing or self._queued >= self.batch_points):
                     self._wake.wait(self._flush_interval_s)
-                    if self._points or self._params or self._tags:
+                    if self._queued or self._params or self._tags:
                         break
                 if self._error is not None:
                     return
@@ -414,6 +466,15 @@ class ActiveRun:
                 self.retries += 1
                 time.sleep(delay)
                 delay = min(delay * 2, self._retry_max_s)
+            except PayloadTooLarge as exc:
+                # refused before anything was written: sent again as two halves under new
+                # ids, and the batches after it are that much smaller
+                halves = _split(body)
+                if halves is None:
+                    self._error = exc
+                    return False
+                self.batch_points = max(1, len(body["metrics"]["key"]) // 2)
+                return self._send(halves[0]) and self._send(halves[1])
             except UnderlayError as exc:
                 self._error = exc
                 return False
@@ -423,6 +484,64 @@ class ActiveRun:
             self._sampler_stop.set()
             self._sampler.join(10)
             self._sampler = None
+
+
+_Rows = list[tuple[str, int, float, int]]
+
+
+@dataclass(eq=False)
+class _Column:
+    """Points of one key logged at once by :meth:`ActiveRun.log_batch`; ``offset`` of them
+    are sent already."""
+
+    key: str
+    steps: list[int]
+    values: list[float]
+    timestamp: int
+    offset: int = 0
+
+    def __len__(self) -> int:
+        return len(self.steps) - self.offset
+
+
+def _check_steps(key: str, steps: list[int], previous: int | None) -> None:
+    """Steps of one key: integers 0..2**62, each above the one before (``previous`` first):
+    checked as a whole; point by point only to raise about the first that is not."""
+    if (
+        set(map(type, steps)) <= {int}
+        and steps[0] >= 0
+        and steps[-1] <= MAX_STEP
+        and (previous is None or steps[0] > previous)
+        and all(map(operator.lt, steps, steps[1:]))
+    ):
+        return
+    for at in steps:
+        check_step(key, at, previous)
+        previous = at
+
+
+def _finite_floats(values: list[Any]) -> bool:
+    """True when every value is a float and finite (the sum of finite floats is finite
+    unless it overflows, which only sends a column down the point-by-point path)."""
+    return set(map(type, values)) <= {float} and math.isfinite(sum(values))
+
+
+def _split(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A batch as two, each with half its points and a new id (the params and tags go with
+    the first); None for a batch of fewer than two points."""
+    cols = body["metrics"]
+    half = len(cols["key"]) // 2
+    if half == 0:
+        return None
+    parts = [
+        {name: cols[name][:half] for name in ("key", "step", "value", "timestamp")},
+        {name: cols[name][half:] for name in ("key", "step", "value", "timestamp")},
+    ]
+    first, second = ({**body, "batch_id": secrets.token_hex(16)} for _ in range(2))
+    first["metrics"] = {"keys": cols["keys"], **parts[0]}
+    second["metrics"] = {"keys": cols["keys"], **parts[1]}
+    second["params"], second["tags"] = {}, {}
+    return first, second
 
 
 def _job_id() -> int | None:

@@ -17,8 +17,9 @@ import datetime as dt
 import fcntl
 import logging
 import threading
+import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sqlalchemy import text
@@ -71,11 +72,24 @@ def run_round(
     return admitted
 
 
+@dataclass
+class RoundTimes:
+    """How long this process's rounds took (only the leader runs rounds), for ``/metrics``."""
+
+    count: int = 0
+    total_s: float = 0.0
+    last_s: float | None = None
+
+    def observe(self, seconds: float) -> None:
+        self.count, self.total_s, self.last_s = self.count + 1, self.total_s + seconds, seconds
+
+
 class SchedulerLoop:
     """A daemon thread running :func:`run_round` while it holds the leader lock."""
 
     def __init__(self, db: Database, audit: AuditLog, settings: Settings) -> None:
         self.db, self.audit, self.settings = db, audit, settings
+        self.rounds = RoundTimes()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="underlay-scheduler", daemon=True)
@@ -107,11 +121,13 @@ class SchedulerLoop:
         leader_since = utcnow()
         claims: list[Claim] = []
         while not self._stop.is_set():
+            started = time.perf_counter()
             try:
                 admitted = run_round(self.db, self.audit, self.settings, leader_since, claims)
             except Exception:
                 log.exception("scheduling round failed")
                 admitted = 0
+            self.rounds.observe(time.perf_counter() - started)
             if not admitted:
                 self._wake.wait(interval)
             # wakes that arrive together share one round: a burst of submissions must not

@@ -2,11 +2,13 @@
 
 * A **run** belongs to an experiment of a project; its ``status`` walks the state machine of
   :mod:`underlay.ml.runs` (``running`` to ``finished``, ``failed`` or ``killed``, once).
-* **Metrics** are points ``(run, key, step, value, timestamp)``; within a run and key the steps
-  strictly increase, so ``(run_id, key, step)`` is the primary key and a history read is one
-  range scan of it. The table is written in bulk (executemany, COPY on PostgreSQL): its
-  ``project_id`` is a plain column without an index or foreign key (the rows go with their
-  run, whose foreign key cascades), so an insert maintains one B-tree and checks one key.
+* **Metrics** are points ``(run, key, step, value, timestamp)``, stored in **chunks**: the
+  points of one key that one batch wrote are one row, their steps, values and timestamps
+  packed as arrays. A batch of 10,000 points of a key is one row to insert (not 10,000 rows,
+  each with its index entry and foreign-key check), and a history of 100,000 points is a
+  range scan of a few rows and a concatenation of their arrays. Within a run and key the
+  steps strictly increase (checked against the latest point before a chunk is written), so
+  chunks never overlap and ``(run_id, key, first_step)`` orders them.
 * **Latest metrics** hold the last point of each key of a run: what searches filter and sort
   on, and what the server checks a new batch's steps against.
 * **Batches** record each client batch id in the transaction that wrote its points, so a batch
@@ -26,6 +28,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -87,20 +90,23 @@ class RunTag(ProjectScoped, Base):
     value: Mapped[str] = mapped_column(String(6000))
 
 
-class Metric(ProjectScoped, Base):
-    """One point. ``timestamp`` is milliseconds since the Unix epoch, as the client saw it."""
+class MetricChunk(ProjectScoped, Base):
+    """Points of one key of a run, written by one batch, packed in columns: ``step_bytes`` and
+    ``timestamp_bytes`` (milliseconds since the Unix epoch, as the client saw them) are
+    little-endian int64, ``value_bytes`` little-endian float64, ``points`` long each. Steps
+    strictly increase within a key, so the chunks of a key do not overlap and ``first_step``
+    orders them: a history is one range scan of the primary key."""
 
-    __tablename__ = "metrics"
-    # on SQLite the rows live in the primary key's B-tree: one tree to insert into, not two
-    __table_args__ = {"sqlite_with_rowid": False}
+    __tablename__ = "metric_chunks"
 
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(250), primary_key=True)
-    step: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    value: Mapped[float] = mapped_column(Float)
-    timestamp: Mapped[int] = mapped_column(BigInteger)
-    # a plain column (see the module docstring): the run's foreign key does the cascading
-    project_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    first_step: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    last_step: Mapped[int] = mapped_column(BigInteger)
+    points: Mapped[int] = mapped_column(Integer)
+    step_bytes: Mapped[bytes] = mapped_column(LargeBinary)
+    value_bytes: Mapped[bytes] = mapped_column(LargeBinary)
+    timestamp_bytes: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class LatestMetric(ProjectScoped, Base):

@@ -13,10 +13,16 @@ version) is kept by its foreign key.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import (
+    delete,
+    func,
+    select,
+)
 from sqlalchemy.orm import Session
 
 from underlay import lineage
@@ -25,7 +31,6 @@ from underlay.errors import Conflict, NotFound
 from underlay.ml import experiments
 from underlay.ml.models import (
     Experiment,
-    LatestMetric,
     Run,
     RunArtifact,
     RunInput,
@@ -88,6 +93,18 @@ def read_run(session: Session, project_id: int, run_id: int, *, lock: bool = Fal
     return found
 
 
+@dataclass(frozen=True)
+class RunSearch:
+    """What :func:`list_runs` and :func:`search_rows` look for (see :mod:`underlay.ml.search`)."""
+
+    experiment: str | None = None
+    job_id: int | None = None
+    status: str | None = None
+    filter_expr: str = ""
+    order_by: str = ""
+    limit: int = 1000
+
+
 def list_runs(
     session: Session,
     project_id: int,
@@ -101,22 +118,27 @@ def list_runs(
 ) -> list[Run]:
     """The project's runs matching a search (:mod:`underlay.ml.search`), newest first unless
     ``order_by`` says otherwise."""
+    search = RunSearch(experiment, job_id, status, filter_expr, order_by, limit)
+    return list(session.scalars(_searched(session, project_id, select(Run), search)))
+
+
+def _searched(session: Session, project_id: int, query: Any, search: RunSearch) -> Any:
+    """``query`` (of runs) narrowed to the search, in its order, at most ``limit`` rows."""
     from underlay.ml.search import parse_filter, parse_order_by
 
-    condition = parse_filter(filter_expr)
-    ordering = parse_order_by(order_by)
-    query = select(Run).where(Run.project_id == project_id)
-    if experiment is not None:
-        query = query.where(
-            Run.experiment_id == experiments.get(session, project_id, experiment).id
-        )
-    if job_id is not None:
-        query = query.where(Run.job_id == job_id)
-    if status is not None:
-        query = query.where(Run.status == status)
+    condition = parse_filter(search.filter_expr)
+    ordering = parse_order_by(search.order_by)
+    query = query.where(Run.project_id == project_id)
+    if search.experiment is not None:
+        experiment = experiments.get(session, project_id, search.experiment)
+        query = query.where(Run.experiment_id == experiment.id)
+    if search.job_id is not None:
+        query = query.where(Run.job_id == search.job_id)
+    if search.status is not None:
+        query = query.where(Run.status == search.status)
     if condition is not None:
         query = query.where(condition)
-    return list(session.scalars(query.order_by(*ordering, Run.id.desc()).limit(limit)))
+    return query.order_by(*ordering, Run.id.desc()).limit(search.limit)
 
 
 def compare(session: Session, project_id: int, run_ids: Sequence[int]) -> RunComparison:
@@ -312,49 +334,36 @@ def render_many(
     return [RunRead.model_validate(row) for row in run_rows(session, runs, names)]
 
 
+def search_rows(session: Session, project_id: int, search: RunSearch) -> list[dict[str, Any]]:
+    """:func:`list_runs` as plain data in the shape of :class:`RunRead` (JSON-ready), in two
+    statements whatever the number of runs: one selects the matching runs' columns (no ORM
+    objects), the other everything those runs hold (:data:`_HELD`)."""
+    query = select(*_RUN_COLUMNS, Experiment.name).join(
+        Experiment, Experiment.id == Run.experiment_id
+    )
+    found = session.execute(_searched(session, project_id, query, search)).all()
+    return _rows(session, found)
+
+
+_RUN_COLUMNS = (
+    Run.id,
+    Run.name,
+    Run.status,
+    Run.job_id,
+    Run.git_commit,
+    Run.error,
+    Run.started_at,
+    Run.ended_at,
+)
+
+
 def run_rows(
     session: Session, runs: Sequence[Run], names: dict[int, str | None] | None = None
 ) -> list[dict[str, Any]]:
     """Runs with their params, tags, latest metrics and inputs as plain data in the shape of
-    :class:`RunRead` (JSON-ready), in a few queries for all: a search answers hundreds of runs
-    with tens of values each, and plain data is what makes that fast."""
+    :class:`RunRead` (JSON-ready)."""
     if not runs:
         return []
-    ids = [r.id for r in runs]
-    params: dict[int, dict[str, str]] = {i: {} for i in ids}
-    tags: dict[int, dict[str, str]] = {i: {} for i in ids}
-    metrics: dict[int, dict[str, dict[str, Any]]] = {i: {} for i in ids}
-    inputs: dict[int, list[tuple[str, str, int]]] = {i: [] for i in ids}
-    # Core statements on the session's connection (no ORM row processing): the ids come
-    # from runs found through the scoped session
-    conn = session.connection()
-    param, tag, latest, given = (
-        RunParam.__table__.c,
-        RunTag.__table__.c,
-        LatestMetric.__table__.c,
-        RunInput.__table__.c,
-    )
-    for part in _chunks(ids, 500):
-        for rid, k, v in conn.execute(
-            select(param.run_id, param.key, param.value).where(param.run_id.in_(part))
-        ):
-            params[rid][k] = v
-        for rid, k, v in conn.execute(
-            select(tag.run_id, tag.key, tag.value).where(tag.run_id.in_(part))
-        ):
-            tags[rid][k] = v
-        for rid, k, step, value, ts in conn.execute(
-            select(latest.run_id, latest.key, latest.step, latest.value, latest.timestamp).where(
-                latest.run_id.in_(part)
-            )
-        ):
-            metrics[rid][k] = {"step": step, "value": value, "timestamp": ts}
-        for rid, kind, name, version in conn.execute(
-            select(given.run_id, given.kind, given.name, given.version).where(
-                given.run_id.in_(part)
-            )
-        ):
-            inputs[rid].append((kind, name, version))
     wanted = {r.experiment_id for r in runs} - {k for k, v in (names or {}).items() if v}
     known = {k: v for k, v in (names or {}).items() if v}
     if wanted:
@@ -363,25 +372,94 @@ def run_rows(
                 select(Experiment.id, Experiment.name).where(Experiment.id.in_(wanted))
             ).all()
         )
+    found = [
+        (
+            r.id,
+            r.name,
+            r.status,
+            r.job_id,
+            r.git_commit,
+            r.error,
+            r.started_at,
+            r.ended_at,
+            known.get(r.experiment_id, ""),
+        )
+        for r in runs
+    ]
+    return _rows(session, found)
+
+
+def _rows(session: Session, found: Sequence[Any]) -> list[dict[str, Any]]:
+    """``found`` (the columns of :data:`_RUN_COLUMNS` and the experiment's name) with what
+    the runs hold."""
+    params: dict[int, dict[str, str]] = {}
+    tags: dict[int, dict[str, str]] = {}
+    metrics: dict[int, dict[str, dict[str, Any]]] = {}
+    inputs: dict[int, list[tuple[str, str, int]]] = {}
+    for kind, rid, key, text, value, step, ts in _held(session, [r[0] for r in found]):
+        if kind == 2:
+            metrics.setdefault(rid, {})[key] = {"step": step, "value": value, "timestamp": ts}
+        elif kind == 0:
+            params.setdefault(rid, {})[key] = text
+        elif kind == 1:
+            tags.setdefault(rid, {})[key] = text
+        else:
+            inputs.setdefault(rid, []).append((key, text, step))
+    empty: dict[str, Any] = {}
     return [
         {
-            "id": r.id,
-            "experiment": known.get(r.experiment_id, ""),
-            "name": r.name,
-            "status": r.status,
-            "job_id": r.job_id,
-            "git_commit": r.git_commit,
-            "error": r.error,
-            "started_at": r.started_at.isoformat(),
-            "ended_at": r.ended_at.isoformat() if r.ended_at else None,
-            "params": dict(sorted(params[r.id].items())),
-            "tags": dict(sorted(tags[r.id].items())),
-            "metrics": dict(sorted(metrics[r.id].items())),
-            "inputs": [{"kind": k, "name": n, "version": v} for k, n, v in sorted(inputs[r.id])],
+            "id": rid,
+            "experiment": experiment,
+            "name": name,
+            "status": status,
+            "job_id": job_id,
+            "git_commit": git_commit,
+            "error": error,
+            "started_at": started_at.isoformat(),
+            "ended_at": ended_at.isoformat() if ended_at else None,
+            "params": dict(sorted(params.get(rid, empty).items())),
+            "tags": dict(sorted(tags.get(rid, empty).items())),
+            "metrics": dict(sorted(metrics.get(rid, empty).items())),
+            "inputs": [
+                {"kind": k, "name": n, "version": v} for k, n, v in sorted(inputs.get(rid, []))
+            ],
         }
-        for r in runs
+        for rid, name, status, job_id, git_commit, error, started_at, ended_at, experiment in found
     ]
 
 
-def _chunks(ids: list[int], size: int) -> list[list[int]]:
-    return [ids[i : i + size] for i in range(0, len(ids), size)]
+def _held(session: Session, ids: list[int]) -> list[Any]:
+    """The params (0), tags (1), latest metrics (2) and inputs (3) of the runs ``ids`` in one
+    constant statement (:data:`_HELD`) on the driver's cursor: nothing to compile, no per-row
+    processing. The ids are runs found through the scoped session; they travel as one
+    parameter (a JSON array on SQLite, an array on PostgreSQL)."""
+    if not ids:
+        return []
+    raw: Any = session.connection().connection.driver_connection
+    param: Any
+    if session.get_bind().dialect.name == "postgresql":
+        statement, param = _HELD.format(ids="SELECT unnest(%s::integer[])"), ids
+    else:
+        statement, param = _HELD.format(ids="SELECT value FROM json_each(?)"), json.dumps(ids)
+    cursor = raw.cursor()
+    try:
+        cursor.execute(statement, (param,))
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
+_HELD = """
+WITH ids(id) AS ({ids})
+SELECT 0, run_id, key, value, CAST(NULL AS DOUBLE PRECISION), CAST(NULL AS BIGINT),
+       CAST(NULL AS BIGINT)
+  FROM run_params WHERE run_id IN (SELECT id FROM ids)
+UNION ALL
+SELECT 1, run_id, key, value, NULL, NULL, NULL FROM run_tags WHERE run_id IN (SELECT id FROM ids)
+UNION ALL
+SELECT 2, run_id, key, NULL, value, step, timestamp
+  FROM latest_metrics WHERE run_id IN (SELECT id FROM ids)
+UNION ALL
+SELECT 3, run_id, kind, name, NULL, version, NULL
+  FROM run_inputs WHERE run_id IN (SELECT id FROM ids)
+"""

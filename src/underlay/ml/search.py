@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, or_, select
+from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import UnaryExpression
 
 from underlay.errors import InvalidInput
@@ -58,6 +59,8 @@ _ATTRIBUTES = {
 _KEYWORDS = {"and", "or", "like", "asc", "desc"}
 _OPS = {"=": "=", "==": "=", "!=": "!=", "<>": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 MAX_TERMS = 100
+# an alias: the query a condition goes into may join the experiments table itself
+_EXPERIMENT = aliased(Experiment)
 
 
 @dataclass(frozen=True)
@@ -241,8 +244,8 @@ def _compare(
         )
     if field.key == "experiment":
         return exists(
-            select(Experiment.id).where(
-                Experiment.id == Run.experiment_id, _apply(Experiment.name, op, str(literal))
+            select(_EXPERIMENT.id).where(
+                _EXPERIMENT.id == Run.experiment_id, _apply(_EXPERIMENT.name, op, str(literal))
             )
         )
     column = _ATTRIBUTES[field.key]
@@ -286,7 +289,9 @@ def _order(field: Field, direction: str) -> UnaryExpression[Any]:
             .scalar_subquery()
         )
     elif field.key == "experiment":
-        column = select(Experiment.name).where(Experiment.id == Run.experiment_id).scalar_subquery()
+        column = (
+            select(_EXPERIMENT.name).where(_EXPERIMENT.id == Run.experiment_id).scalar_subquery()
+        )
     else:
         column = _ATTRIBUTES[field.key]
     ordered = column.desc() if direction == "desc" else column.asc()

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -244,9 +245,13 @@ class Guards:
             found["canary"] = guard.monitor.figures(time.time())
         return found
 
-    def prometheus(self) -> str:
+    def prometheus(self, projects: Collection[str] | None = None) -> str:
+        """The deployments' counters in the Prometheus text format; only those of
+        ``projects`` (names) when given."""
         series = [
-            ({"project": g.project, "deployment": g.name}, g.stats) for g in self._guards.values()
+            ({"project": g.project, "deployment": g.name}, g.stats)
+            for g in list(self._guards.values())
+            if projects is None or g.project in projects
         ]
         return prometheus_text(series)
 

@@ -5,15 +5,16 @@ Another project's experiments and runs answer exactly as missing ones do (404).
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import Field
+from pydantic_core import to_json
 
 from underlay import identity
 from underlay.api.deps import Ctx
+from underlay.api.fastjson import FastJSONRoute
 from underlay.api.routes.blobs import stream_blob
 from underlay.identity import Action
 from underlay.ml import artifacts, experiments, metrics, runs
@@ -40,7 +41,8 @@ RunId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 ExperimentName = Annotated[str, Path(max_length=63)]
 
 experiments_router = APIRouter(prefix="/projects/{project}/experiments", tags=["experiments"])
-router = APIRouter(prefix="/projects/{project}/runs", tags=["runs"])
+# batches of metric points are long JSON arrays: parsed by pydantic-core (see api/fastjson.py)
+router = APIRouter(prefix="/projects/{project}/runs", tags=["runs"], route_class=FastJSONRoute)
 
 
 def _run(project: str, run_id: int | str) -> str:
@@ -118,18 +120,9 @@ def list_runs(
     (``metrics.acc > 0.9 and params.lr = '0.01'``, ``metrics.acc desc``; see docs/ml.md)."""
     with ctx.unit("run.list", f"project:{project}/runs", audited=False) as u:
         found = identity.read_project(u.session, project, ctx.actor)
-        rows = runs.list_runs(
-            u.session,
-            found.id,
-            experiment=experiment,
-            job_id=job_id,
-            status=status,
-            filter_expr=filter_expr,
-            order_by=order_by,
-            limit=limit,
-        )
-        body = json.dumps(runs.run_rows(u.session, rows))
-    # plain data straight to JSON: a search answers hundreds of runs (see runs.run_rows)
+        search = runs.RunSearch(experiment, job_id, status, filter_expr, order_by, limit)
+        body = to_json(runs.search_rows(u.session, found.id, search))
+    # plain data straight to JSON: a search answers hundreds of runs (see runs.search_rows)
     return Response(body, media_type="application/json")
 
 
@@ -205,20 +198,28 @@ def log_batch(project: str, run_id: RunId, body: RunLog, ctx: Ctx) -> RunLogged:
         return logged
 
 
-@router.get("/{run_id}/metrics/{key:path}", response_model=MetricHistory)
+@router.get(
+    "/{run_id}/metrics/{key:path}",
+    response_model=MetricHistory,
+    responses={200: {"content": {metrics.ARROW_STREAM: {}}}},
+)
 def metric_history(
     project: str,
     run_id: RunId,
     key: Annotated[str, Path(max_length=250)],
     ctx: Ctx,
+    request: Request,
     max_points: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
 ) -> Response:
     """The points of one metric in step order, in columns; ``max_points`` downsamples evenly
-    (first and last point kept)."""
+    (first and last point kept). With ``Accept: application/vnd.apache.arrow.stream``, an
+    Arrow IPC stream of the same columns."""
     with ctx.unit("run.read", _run(project, run_id), audited=False) as u:
         found = identity.read_project(u.session, project, ctx.actor)
-        found_history = metrics.history(u.session, found.id, run_id, key, max_points)
-    return Response(found_history.model_dump_json(), media_type="application/json")
+        found_history = metrics.read_history(u.session, found.id, run_id, key, max_points)
+    if metrics.ARROW_STREAM in request.headers.get("accept", ""):
+        return Response(found_history.arrow(), media_type=metrics.ARROW_STREAM)
+    return Response(found_history.model().model_dump_json(), media_type="application/json")
 
 
 # -- artifacts -------------------------------------------------------------------------------

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# What benchmarks/serving.py and benchmarks/api_overhead.py need besides our own environment:
+# the wrk load generator (apt) and one virtual environment per peer, since the peers pin
+# versions ours cannot take (MLflow downgrades pyarrow, MLServer pins FastAPI). Idempotent:
+# installs only what is missing. Without wrk the benchmarks fall back to their asyncio load
+# generator; a peer whose environment is missing is skipped with a printed line.
+set -u
+PYTHON=${PYTHON:-python3.11}
+if ! command -v wrk >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
+    $SUDO apt-get install -y wrk >/dev/null 2>&1 \
+      || { $SUDO apt-get update >/dev/null 2>&1 && $SUDO apt-get install -y wrk >/dev/null 2>&1; } \
+      || echo "could not install wrk; the benchmarks will use their asyncio load generator" >&2
+  else
+    echo "no apt-get: install wrk by hand, or the benchmarks use their asyncio generator" >&2
+  fi
+fi
+venv() {  # venv DIR PACKAGES...
+  local dir=$1; shift
+  if [ ! -x "$dir/bin/python" ]; then
+    "$PYTHON" -m venv "$dir" && "$dir/bin/pip" install --quiet "$@" \
+      || echo "could not set up $dir; that peer will be skipped" >&2
+  fi
+}
+venv .venv-mlflow 'mlflow>=3,<4'
+# MLServer 1.7.1's inference workers die at start with uvloop 0.22+ (SeldonIO/MLServer#2286)
+venv .venv-mlserver mlserver mlserver-sklearn 'uvloop<0.22'
+venv .venv-floor-std fastapi 'uvicorn[standard]' scikit-learn
+exit 0
