@@ -40,6 +40,18 @@ def underlay(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     )
 
 
+def side_by_side(*runs: tuple[str, ...]) -> list[dict[str, object]]:
+    """Replays run at once, each in its own process (they are independent and CPU-bound), and
+    their JSON reports in the order given."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(runs)) as pool:
+        done = list(pool.map(lambda args: underlay(*args, "--json"), runs))
+    for result in done:
+        assert result.returncode == 0, result.stderr
+    return [json.loads(result.stdout) for result in done]
+
+
 @pytest.fixture
 def trace_file(tmp_path: Path) -> Path:
     path = tmp_path / "mine.csv"
@@ -143,8 +155,7 @@ needs_traces = pytest.mark.skipif(
 @pytest.mark.slow
 @needs_traces
 def test_philly_default_policy_beats_fifo_threefold_with_fairness_no_worse():
-    fifo = json.loads(underlay("--trace", "philly", "--policy", "fifo", "--json").stdout)
-    ours = json.loads(underlay("--trace", "philly", "--json").stdout)
+    fifo, ours = side_by_side(("--trace", "philly", "--policy", "fifo"), ("--trace", "philly"))
     assert ours["avg_jct_s"] * 3 <= fifo["avg_jct_s"]
     assert ours["jain_fairness"] >= fifo["jain_fairness"]
 
@@ -152,8 +163,9 @@ def test_philly_default_policy_beats_fifo_threefold_with_fairness_no_worse():
 @pytest.mark.slow
 @needs_traces
 def test_openb_default_policy_leaves_fewer_gpus_unallocatable_than_first_fit():
-    first_fit = json.loads(underlay("--trace", "openb", "--policy", "first-fit", "--json").stdout)
-    ours = json.loads(underlay("--trace", "openb", "--json").stdout)
+    first_fit, ours = side_by_side(
+        ("--trace", "openb", "--policy", "first-fit"), ("--trace", "openb")
+    )
     assert ours["unallocated_gpus"] < first_fit["unallocated_gpus"]
 
 
