@@ -6,16 +6,7 @@
 # generator; a peer whose environment is missing is skipped with a printed line.
 set -u
 PYTHON=${PYTHON:-python3.11}
-if ! command -v wrk >/dev/null 2>&1; then
-  if command -v apt-get >/dev/null 2>&1; then
-    SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
-    $SUDO apt-get install -y wrk >/dev/null 2>&1 \
-      || { $SUDO apt-get update >/dev/null 2>&1 && $SUDO apt-get install -y wrk >/dev/null 2>&1; } \
-      || echo "could not install wrk; the benchmarks will use their asyncio load generator" >&2
-  else
-    echo "no apt-get: install wrk by hand, or the benchmarks use their asyncio generator" >&2
-  fi
-fi
+bash "$(dirname "$0")/ensure-wrk.sh"
 venv() {  # venv DIR PACKAGES...
   local dir=$1; shift
   if [ ! -x "$dir/bin/python" ]; then

@@ -21,3 +21,4 @@ if ! pg_up; then
   echo "PostgreSQL is not reachable at 127.0.0.1:5432; postgres-marked tests will fail" >&2
   exit 1
 fi
+bash "$(dirname "$0")/ensure-wrk.sh" || true
