@@ -10,8 +10,9 @@ from fastapi import APIRouter
 
 from underlay import identity
 from underlay.api.deps import Ctx
-from underlay.api.routes.tables import PII_PURPOSE, Tables
+from underlay.api.routes.tables import Tables
 from underlay.data import subjects
+from underlay.data.privacy import PII_KEY_PURPOSE
 from underlay.data.schemas import SubjectQuery, SubjectRead, SubjectTableRead
 
 router = APIRouter(prefix="/projects/{project}", tags=["tables"])
@@ -23,7 +24,7 @@ def find_subject(project: str, body: SubjectQuery, ctx: Ctx, store: Tables) -> S
     tokenised key column is matched by the token the project's key gives the value)."""
     with ctx.unit("table.subject", f"project:{project}/subjects", project=project) as u:
         found = identity.read_project(u.session, project, ctx.actor)
-        key = ctx.platform.keyring.derived_key(u.session, found.id, PII_PURPOSE)
+        key = ctx.platform.keyring.derived_key(u.session, found.id, PII_KEY_PURPOSE)
 
         def dataset(table: Any, version: int) -> Any:
             return store.dataset(table, version)

@@ -29,7 +29,7 @@ from underlay.api.deps import Ctx
 from underlay.api.limits import BINARY_BODY, UploadSlots, body_chunks
 from underlay.data import folders, ingest, pieces, quality, staging
 from underlay.data.arrowio import ipc_chunks, json_default
-from underlay.data.privacy import IngestMasker, parse_policies
+from underlay.data.privacy import PII_KEY_PURPOSE, IngestMasker, parse_policies
 from underlay.data.quality import CheckSpec
 from underlay.data.schemas import (
     CheckRun,
@@ -54,7 +54,6 @@ from underlay.platform import audit_text
 router = APIRouter(prefix="/projects/{project}", tags=["tables"])
 
 ARROW = "application/vnd.apache.arrow.stream"
-PII_PURPOSE = "pii-tokens"
 # List query parameters stay short, so a request head never nears the server's limit.
 Short = Annotated[str, StringConstraints(max_length=63)]
 Policy = Annotated[str, StringConstraints(max_length=200)]
@@ -243,7 +242,7 @@ def _write(
             )
             table_id, schema = table.id, store.schema(table)
             _claim_subject_key(table, spec.subject_key)
-            key = ctx.platform.keyring.derived_key(u.session, project_id, PII_PURPOSE)
+            key = ctx.platform.keyring.derived_key(u.session, project_id, PII_KEY_PURPOSE)
         try:
             result, quarantined, files = _stage_and_write(
                 ctx, store, project_id, table_id, schema, body, spec, key
