@@ -333,7 +333,8 @@ def test_pii_is_tokenised_by_default_and_tables_stay_joinable(
     assert report["email"]["default"] is True
     rows = admin.read_table(project, "customers").to_pylist()
     stored = " ".join(str(v) for row in rows for v in row.values())
-    assert "@example.com" not in stored and "7946" not in stored
+    # tokens are hex, so they may hold "7946" by chance: look for the phone numbers' own shape
+    assert "@example.com" not in stored and "+44" not in stored and "20 7946" not in stored
     assert rows[0]["email"].startswith("tok_email_") and rows[0]["city"] == "London"
     (version,) = admin.table_versions(project, "customers")
     assert version.pii_report == result.pii  # kept with the version
