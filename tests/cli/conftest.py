@@ -71,7 +71,7 @@ class ServerProcess:
         """More environment for the server process (subclasses add settings here)."""
         return {}
 
-    def start(self, ready_within_s: float = 30) -> ServerProcess:
+    def start(self, ready_within_s: float = 90) -> ServerProcess:
         env = clean_env(UNDERLAY_HOME=str(self.home), **self.extra_env())
         if self.admin_token:
             env["UNDERLAY_ADMIN_TOKEN"] = self.admin_token
@@ -102,13 +102,13 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> int:
-        """SIGTERM, then wait (SIGKILL after 15 s); returns the exit status."""
+        """SIGTERM, then wait (SIGKILL after 60 s); returns the exit status."""
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(15)
+                self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(15)

@@ -228,7 +228,8 @@ def test_tables_fit_80_columns_and_never_cut_identifiers(cli: Cli) -> None:
 
 
 def test_wait_prints_each_state_change_in_order_on_stderr(cli: Cli) -> None:
-    job = submit(cli, *py("import time; time.sleep(2)"))
+    # long enough that `jobs wait` (a fresh process) sees it running even on a loaded machine
+    job = submit(cli, *py("import time; time.sleep(6)"))
     waited = cli("jobs", "wait", str(job), "-p", "vision", "--timeout", "60")
     assert waited.stdout == f"job {job}: succeeded exited with code 0\n"  # stdout unchanged
     lines = waited.stderr.splitlines()

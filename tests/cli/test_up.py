@@ -79,7 +79,7 @@ def running(
     if pids is not None:
         pids.append(proc.pid)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # generous: under a loaded machine imports are slow
         while True:
             try:
                 if httpx.get(f"{url}/readyz", verify=_ctx(verify), timeout=1).status_code == 200:
@@ -95,7 +95,11 @@ def running(
         raise
     finally:
         proc.terminate()
-        proc.wait(15)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(15)
         log.close()
 
 
