@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
+# two pytest workers (CI has two cores; much of a test's time is spent waiting on servers and
+# jobs); each worker gets its own PostgreSQL database. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test test-fast lint bench bench-serving bench-tools clean services mutation
 
@@ -27,7 +30,7 @@ services:
 	@bash scripts/ensure-services.sh
 
 test: $(STAMP) services
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not postgres and not s3 and not browser" $(PYTEST_ARGS)
