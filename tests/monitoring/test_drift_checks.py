@@ -1,0 +1,204 @@
+"""Drift checks of a real deployment, end to end: a model trained on a table version (so the
+reference is found through lineage), served by a replica, sent traffic logged at a sample
+rate of 1; checks through the API, the SDK and the CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import underlay
+from tests.cli.conftest import clean_env, run_cli
+from tests.conftest import LiveServer, sqlite_url
+from tests.serving.conftest import PROJECT, ready, serve, wait_until
+from underlay.client import Client
+from underlay.errors import InvalidInput, NotFound
+
+pytestmark = pytest.mark.slow
+NAME = "scorer-live"
+FEATURES = ("x1", "x2", "x3", "x4")
+SHIFTED = ("x1", "x3")
+
+
+def _frame(rows: int, seed: int, shifted: bool = False) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    data = {f: rng.normal(0.0, 1.0, rows) for f in FEATURES}
+    if shifted:
+        data["x1"] = data["x1"] + 1.0  # moved by one standard deviation
+        data["x3"] = data["x3"] * 2.5  # spread out
+    return data
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[LiveServer]:
+    tmp = tmp_path_factory.mktemp("drift-checks")
+    yield from serve(tmp, sqlite_url(sqlite_template, tmp))
+
+
+@pytest.fixture(scope="module")
+def deployed(live: LiveServer) -> Iterator[Client]:
+    """Table ``customers`` (3,000 rows), a run that read version 1 of it and logged a model of
+    four named inputs, registered as ``scorer`` and deployed as ``scorer-live``."""
+    from sklearn.linear_model import LogisticRegression
+
+    with live.client() as c:
+        data = _frame(3000, seed=1)
+        label = (data["x1"] + data["x2"] > 0).astype(np.int64)
+        written = c.write_table(PROJECT, "customers", pa.table({**data, "label": label}))
+        narrow = pa.table({"x1": data["x1"], "x2": data["x2"]})
+        c.write_table(PROJECT, "narrow", narrow)
+        inputs = [{"kind": "table", "name": "customers", "version": written.version}]
+        fitted = LogisticRegression().fit(np.column_stack([data[f] for f in FEATURES]), label)
+        with underlay.start_run(PROJECT, "drift", inputs=inputs, client=c) as run:
+            example = {f: data[f][:5] for f in FEATURES}
+            run.log_model(fitted, "model", input_example=example)
+        c.register_model(PROJECT, "scorer", run=run.id, path="model")
+        c.deploy(PROJECT, NAME, "scorer@1", replicas=1, log_sample_rate=1.0)
+        ready(c, NAME, 1)
+        yield c
+
+
+def _send(c: Client, data: dict[str, np.ndarray], logged_before: int) -> None:
+    rows = len(data["x1"])
+    records = [{f: float(data[f][i]) for f in FEATURES} for i in range(rows)]
+    for start in range(0, rows, 500):
+        c.predict(PROJECT, NAME, records[start : start + 500])
+
+    def logged() -> bool:
+        stats = c.deployment_stats(PROJECT, NAME)
+        return bool(stats.get("prediction_log", {}).get("logged_rows", 0) >= logged_before + rows)
+
+    wait_until(logged, "the prediction log to be written", within_s=60)
+
+
+def test_drift_flags_exactly_the_shifted_features(live: LiveServer, deployed: Client) -> None:
+    c = deployed
+    _send(c, _frame(2000, seed=2), 0)
+    calm = c.check_drift(PROJECT, NAME, rows=2000)
+    assert calm["state"] == "ok" and calm["flagged"] == []
+    version = c.table_versions(PROJECT, "customers")[0].version  # what the run read
+    assert calm["reference"] == f"customers@{version}" and calm["reference_source"] == "lineage"
+    assert calm["rows"] == 2000 and calm["window"] == {"rows": 2000}
+    assert [f["name"] for f in calm["features"]] == list(FEATURES)
+    assert all(f["score"] < 0.1 and not f["drifted"] for f in calm["features"])
+    assert not [a for a in c.list_alerts(project=PROJECT) if a.kind == "drift"]
+
+    _send(c, _frame(2000, seed=3, shifted=True), 2000)
+    check = c.check_drift(PROJECT, NAME, rows=2000)
+    assert check["state"] == "drift"
+    assert check["flagged"] == list(SHIFTED)
+    by_name = {f["name"]: f for f in check["features"]}
+    for name in FEATURES:
+        assert by_name[name]["drifted"] is (name in SHIFTED)
+        assert by_name[name]["method"] == "wasserstein" and by_name[name]["threshold"] == 0.1
+        assert len(by_name[name]["histogram"]["labels"]) == 10  # deciles: chart data
+    # a time window over everything logged holds both halves
+    both = c.check_drift(PROJECT, NAME, last="1h", store=False)
+    assert both["rows"] == 4000 and both["id"] is None and both["window"]["last"] == "1h"
+
+    # stored, newest first, each readable by id
+    reports = c.drift_reports(PROJECT, NAME)
+    assert [r["id"] for r in reports] == [check["id"], calm["id"]]
+    assert reports[0]["state"] == "drift" and reports[0]["flagged"] == list(SHIFTED)
+    assert c.drift_report(PROJECT, NAME, calm["id"])["state"] == "ok"
+
+    # the alert, once while it is open, naming the deployment
+    alerts = [a for a in c.list_alerts(project=PROJECT) if a.kind == "drift"]
+    assert len(alerts) == 1 and alerts[0].subject == NAME and "x1, x3" in alerts[0].message
+
+    # audited, with the outcome
+    entries = [e for e in c.list_audit(action="deployment.drift") if NAME in e.resource]
+    flagged = {json.dumps(json.loads(e.detail).get("flagged")) for e in entries}
+    assert {e.outcome for e in entries} == {"ok"} and flagged == {"[]", '["x1", "x3"]'}
+
+    # /metrics: the latest scores per feature and the checks by state
+    text = c._request("GET", "/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    scores = {
+        s.labels["feature"]: s.value
+        for s in families["underlay_drift_score"].samples
+        if s.labels["deployment"] == NAME
+    }
+    assert scores == pytest.approx({f["name"]: f["score"] for f in check["features"]})
+    checks = {
+        s.labels["state"]: s.value
+        for s in families["underlay_drift_checks"].samples
+        if s.labels["deployment"] == NAME and s.name == "underlay_drift_checks_total"
+    }
+    assert checks == {"ok": 1.0, "drift": 1.0, "too_few_rows": 0.0}
+
+
+def test_a_small_window_is_too_few_rows_not_noise(deployed: Client) -> None:
+    small = deployed.check_drift(PROJECT, NAME, rows=200)
+    assert small["state"] == "too_few_rows" and small["flagged"] == []
+    assert small["rows"] == 200 and small["min_rows"] == 1000
+    assert all(f["score"] is None and f["status"] == "too_few_rows" for f in small["features"])
+    lowered = deployed.check_drift(PROJECT, NAME, rows=200, min_rows=100, store=False)
+    assert lowered["state"] in ("ok", "drift") and lowered["features"][0]["score"] is not None
+
+
+def test_columns_the_log_or_the_reference_lacks_are_clear_errors(deployed: Client) -> None:
+    with pytest.raises(InvalidInput, match=r"no column 'in_label' for the reference's feature"):
+        deployed.check_drift(PROJECT, NAME, columns=["x1", "label"])
+    with pytest.raises(InvalidInput, match=r"the reference narrow@0 has no column 'x3', 'x4'"):
+        deployed.check_drift(PROJECT, NAME, reference="narrow")  # its published version
+    with pytest.raises(NotFound, match="table 'nowhere' not found"):
+        deployed.check_drift(PROJECT, NAME, reference="nowhere@1")
+    with pytest.raises(InvalidInput, match="not an age"):
+        deployed.check_drift(PROJECT, NAME, last="soon")
+    with pytest.raises(InvalidInput, match="not both"):
+        deployed.check_drift(PROJECT, NAME, rows=10, last="1h")
+    # nothing was stored by a refused check
+    assert all(r["state"] != "refused" for r in deployed.drift_reports(PROJECT, NAME))
+
+
+def test_a_model_without_table_lineage_says_to_name_a_reference(deployed: Client) -> None:
+    deployed.deploy(PROJECT, "churn-nolineage", "churn@1", replicas=1)
+    try:
+        with pytest.raises(InvalidInput, match=r"no reference: lineage shows no table version"):
+            deployed.check_drift(PROJECT, "churn-nolineage")
+    finally:
+        deployed.delete_deployment(PROJECT, "churn-nolineage")
+
+
+def test_another_projects_user_gets_404(live: LiveServer, deployed: Client) -> None:
+    deployed.create_user("mallory")
+    deployed.add_member("other", "mallory", "admin")
+    token = deployed.create_token("m", user="mallory").token
+    with Client(live.url, token) as mallory:
+        with pytest.raises(NotFound):
+            mallory.check_drift(PROJECT, NAME)
+        with pytest.raises(NotFound):
+            mallory.drift_reports(PROJECT, NAME)
+        with pytest.raises(NotFound):
+            mallory.deployment_performance(PROJECT, NAME)
+
+
+def test_cli_drift_json_and_table(live: LiveServer, deployed: Client) -> None:
+    env = clean_env(UNDERLAY_URL=live.url, UNDERLAY_TOKEN=live.admin_token)
+    done = run_cli("monitor", "drift", "-p", PROJECT, NAME, "--rows", "2000", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    check: dict[str, Any] = json.loads(done.stdout)
+    assert check["state"] == "drift" and check["flagged"] == list(SHIFTED)
+    assert {"name", "kind", "method", "score", "threshold", "drifted", "histogram"} <= set(
+        check["features"][0]
+    )
+    table = run_cli("monitor", "drift", "-p", PROJECT, NAME, "--rows", "2000", env=env)
+    assert table.returncode == 0, table.stderr
+    assert "customers@0" in table.stdout and "drift: 2 flagged (x1, x3)" in table.stdout
+    bad = run_cli("monitor", "drift", "-p", PROJECT, NAME, "--reference", "narrow@0", env=env)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: the reference narrow@0")
+    assert len(bad.stderr.strip().splitlines()) == 1
+    listed = run_cli("monitor", "reports", "-p", PROJECT, NAME, "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    newest = json.loads(listed.stdout)[:2]  # the table's check, then the --json one
+    assert newest[1]["id"] == check["id"] and f"report {newest[0]['id']}" in table.stdout
+    shown = run_cli("monitor", "reports", "-p", PROJECT, NAME, env=env)
+    assert shown.returncode == 0 and "x1, x3" in shown.stdout
