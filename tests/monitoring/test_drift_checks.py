@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 NAME = "scorer-live"
 FEATURES = ("x1", "x2", "x3", "x4")
 SHIFTED = ("x1", "x3")
+MODELS: dict[str, Any] = {}
 
 
 def _frame(rows: int, seed: int, shifted: bool = False) -> dict[str, np.ndarray]:
@@ -56,6 +57,7 @@ def deployed(live: LiveServer) -> Iterator[Client]:
         c.write_table(PROJECT, "narrow", narrow)
         inputs = [{"kind": "table", "name": "customers", "version": written.version}]
         fitted = LogisticRegression().fit(np.column_stack([data[f] for f in FEATURES]), label)
+        MODELS["scorer"] = fitted
         with underlay.start_run(PROJECT, "drift", inputs=inputs, client=c) as run:
             example = {f: data[f][:5] for f in FEATURES}
             run.log_model(fitted, "model", input_example=example)
@@ -72,10 +74,14 @@ def _send(c: Client, data: dict[str, np.ndarray], logged_before: int) -> None:
         c.predict(PROJECT, NAME, records[start : start + 500])
 
     def logged() -> bool:
-        stats = c.deployment_stats(PROJECT, NAME)
-        return bool(stats.get("prediction_log", {}).get("logged_rows", 0) >= logged_before + rows)
+        return _logged(c) >= logged_before + rows
 
     wait_until(logged, "the prediction log to be written", within_s=60)
+
+
+def _logged(c: Client) -> int:
+    stats = c.deployment_stats(PROJECT, NAME)
+    return int(stats.get("prediction_log", {}).get("logged_rows", 0))
 
 
 def test_drift_flags_exactly_the_shifted_features(live: LiveServer, deployed: Client) -> None:
@@ -202,3 +208,38 @@ def test_cli_drift_json_and_table(live: LiveServer, deployed: Client) -> None:
     assert newest[1]["id"] == check["id"] and f"report {newest[0]['id']}" in table.stdout
     shown = run_cli("monitor", "reports", "-p", PROJECT, NAME, env=env)
     assert shown.returncode == 0 and "x1, x3" in shown.stdout
+
+
+def test_performance_from_feedback_with_serving_counters(
+    live: LiveServer, deployed: Client
+) -> None:
+    data = _frame(40, seed=4)
+    truth = (data["x1"] - data["x2"] > 0).astype(int)  # labels the model gets partly wrong
+    before = _logged(deployed)
+    for i in range(40):
+        record = {f: float(data[f][i]) for f in FEATURES}
+        deployed.predict(PROJECT, NAME, [record], request_id=f"perf-{i:03d}")
+
+    def logged() -> bool:
+        return _logged(deployed) >= before + 40
+
+    wait_until(logged, "the prediction log to be written", within_s=60)
+    labels = [{"request_id": f"perf-{i:03d}", "label": int(truth[i])} for i in range(40)]
+    deployed.send_feedback(PROJECT, NAME, labels)
+    found = deployed.deployment_performance(PROJECT, NAME, window_s=3600)
+    predicted = MODELS["scorer"].predict(np.column_stack([data[f] for f in FEATURES]))
+    assert found["overall"]["rows"] == 40
+    assert found["overall"]["metrics"]["accuracy"] == pytest.approx(
+        float((predicted == truth).mean())
+    )
+    assert sum(w["rows"] for w in found["windows"]) == 40
+    serving = found["serving"]
+    assert serving["requests"] >= 40 and serving["errors"] == 0 and serving["error_rate"] == 0
+    assert serving["latency_ms"]["count"] == serving["requests"]
+
+    env = clean_env(UNDERLAY_URL=live.url, UNDERLAY_TOKEN=live.admin_token)
+    done = run_cli("monitor", "performance", "-p", PROJECT, NAME, "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["overall"]["rows"] == 40
+    table = run_cli("monitor", "performance", "-p", PROJECT, NAME, env=env)
+    assert table.returncode == 0 and "overall" in table.stdout and "0 errors" in table.stdout
