@@ -1,6 +1,6 @@
 """Drift checks of a real deployment, end to end: a model trained on a table version (so the
 reference is found through lineage), served by a replica, sent traffic logged at a sample
-rate of 1; checks through the API, the SDK and the CLI."""
+rate of 1; checks through the API, the SDK and the CLI, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import underlay
 from tests.cli.conftest import clean_env, run_cli
-from tests.conftest import LiveServer, sqlite_url
+from tests.conftest import LiveServer, _reset_pg, sqlite_url
 from tests.serving.conftest import PROJECT, ready, serve, wait_until
 from underlay.client import Client
 from underlay.errors import InvalidInput, NotFound
@@ -37,10 +37,21 @@ def _frame(rows: int, seed: int, shifted: bool = False) -> dict[str, np.ndarray]
     return data
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[LiveServer]:
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def live(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    sqlite_template: Path,
+) -> Iterator[LiveServer]:
     tmp = tmp_path_factory.mktemp("drift-checks")
-    yield from serve(tmp, sqlite_url(sqlite_template, tmp))
+    if request.param == "sqlite":
+        yield from serve(tmp, sqlite_url(sqlite_template, tmp))
+        return
+    url: str = request.getfixturevalue("pg_url")
+    _reset_pg(url)
+    yield from serve(tmp, url)
 
 
 @pytest.fixture(scope="module")
