@@ -4,6 +4,7 @@ rate of 1; checks through the API, the SDK and the CLI, on SQLite and on Postgre
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,6 +120,15 @@ def test_drift_flags_exactly_the_shifted_features(live: LiveServer, deployed: Cl
     # a time window over everything logged holds both halves
     both = c.check_drift(PROJECT, NAME, last="1h", store=False)
     assert both["rows"] == 4000 and both["id"] is None and both["window"]["last"] == "1h"
+    hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    span = c.check_drift(PROJECT, NAME, since=hour_ago, store=False)
+    assert span["rows"] == 4000 and span["window"]["until"] is None
+    assert c.check_drift(PROJECT, NAME, until=hour_ago, store=False)["rows"] == 0
+    # predictions against the training labels: the shift moved the predicted classes too
+    with_target = c.check_drift(PROJECT, NAME, rows=2000, target="label", store=False)
+    prediction = with_target["features"][-1]
+    assert prediction["name"] == "out_output" and prediction["role"] == "prediction"
+    assert prediction["drifted"] and with_target["flagged"] == [*SHIFTED, "out_output"]
 
     # stored, newest first, each readable by id
     reports = c.drift_reports(PROJECT, NAME)
@@ -254,3 +264,25 @@ def test_performance_from_feedback_with_serving_counters(
     assert json.loads(done.stdout)["overall"]["rows"] == 40
     table = run_cli("monitor", "performance", "-p", PROJECT, NAME, env=env)
     assert table.returncode == 0 and "overall" in table.stdout and "0 errors" in table.stdout
+
+
+def test_a_model_of_two_tables_needs_a_named_reference(deployed: Client) -> None:
+    inputs = [
+        {"kind": "table", "name": "customers", "version": 0},
+        {"kind": "table", "name": "narrow", "version": 0},
+    ]
+    with underlay.start_run(PROJECT, "drift", inputs=inputs, client=deployed) as run:
+        example = {f: np.zeros(5) for f in FEATURES}
+        run.log_model(MODELS["scorer"], "model", input_example=example)
+    version = deployed.register_model(PROJECT, "scorer", run=run.id, path="model").version
+    deployed.deploy(PROJECT, "scorer-two", f"scorer@{version}", replicas=1)
+    try:
+        with pytest.raises(InvalidInput, match=r"several table versions \(customers@0, narrow@0\)"):
+            deployed.check_drift(PROJECT, "scorer-two")
+        named = deployed.check_drift(PROJECT, "scorer-two", reference="customers@0")
+        # nothing logged yet: a state, not an error and not a score
+        assert named["state"] == "too_few_rows" and named["rows"] == 0
+        assert named["reference_source"] == "override"
+        assert [f["name"] for f in named["features"]] == list(FEATURES)
+    finally:
+        deployed.delete_deployment(PROJECT, "scorer-two")
