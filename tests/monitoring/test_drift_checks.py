@@ -20,7 +20,7 @@ from tests.cli.conftest import clean_env, run_cli
 from tests.conftest import LiveServer, _reset_pg, sqlite_url
 from tests.serving.conftest import PROJECT, ready, serve, wait_until
 from underlay.client import Client
-from underlay.errors import InvalidInput, NotFound
+from underlay.errors import InvalidInput, NotFound, PermissionDenied
 
 pytestmark = pytest.mark.slow
 NAME = "scorer-live"
@@ -89,6 +89,10 @@ def _send(c: Client, data: dict[str, np.ndarray], logged_before: int) -> None:
         return _logged(c) >= logged_before + rows
 
     wait_until(logged, "the prediction log to be written", within_s=60)
+
+
+def live_alerts(c: Client) -> list[Any]:
+    return [a for a in c.list_alerts(project=PROJECT) if a.kind == "drift"]
 
 
 def _logged(c: Client) -> int:
@@ -182,8 +186,13 @@ def test_columns_the_log_or_the_reference_lacks_are_clear_errors(deployed: Clien
         deployed.check_drift(PROJECT, NAME, last="soon")
     with pytest.raises(InvalidInput, match="not both"):
         deployed.check_drift(PROJECT, NAME, rows=10, last="1h")
-    # nothing was stored by a refused check
-    assert all(r["state"] != "refused" for r in deployed.drift_reports(PROJECT, NAME))
+    # a refused check is audited with the reason, and stores nothing
+    refused = [e for e in deployed.list_audit(action="deployment.drift") if e.outcome != "ok"]
+    assert any("in_label" in e.detail for e in refused)
+    assert all(
+        "label" not in r["flagged"] and r["reference"].startswith("customers@")
+        for r in deployed.drift_reports(PROJECT, NAME)
+    )
 
 
 def test_a_model_without_table_lineage_says_to_name_a_reference(deployed: Client) -> None:
@@ -195,17 +204,30 @@ def test_a_model_without_table_lineage_says_to_name_a_reference(deployed: Client
         deployed.delete_deployment(PROJECT, "churn-nolineage")
 
 
-def test_another_projects_user_gets_404(live: LiveServer, deployed: Client) -> None:
+def test_another_projects_user_gets_404_and_a_viewer_may_only_look(
+    live: LiveServer, deployed: Client
+) -> None:
     deployed.create_user("mallory")
     deployed.add_member("other", "mallory", "admin")
-    token = deployed.create_token("m", user="mallory").token
-    with Client(live.url, token) as mallory:
+    deployed.create_user("vera")
+    deployed.add_member(PROJECT, "vera", "viewer")
+    with Client(live.url, deployed.create_token("m", user="mallory").token) as mallory:
         with pytest.raises(NotFound):
             mallory.check_drift(PROJECT, NAME)
         with pytest.raises(NotFound):
             mallory.drift_reports(PROJECT, NAME)
         with pytest.raises(NotFound):
             mallory.deployment_performance(PROJECT, NAME)
+        text = mallory._request("GET", "/metrics").text
+        assert "underlay_drift" not in "".join(
+            line for line in text.splitlines() if f'project="{PROJECT}"' in line
+        )
+    with Client(live.url, deployed.create_token("v", user="vera").token) as vera:
+        stored = len(deployed.drift_reports(PROJECT, NAME))
+        with pytest.raises(PermissionDenied, match="viewer"):
+            vera.check_drift(PROJECT, NAME)
+        assert vera.check_drift(PROJECT, NAME, store=False)["id"] is None
+        assert len(vera.drift_reports(PROJECT, NAME)) == stored
 
 
 def test_cli_drift_json_and_table(live: LiveServer, deployed: Client) -> None:
@@ -227,6 +249,8 @@ def test_cli_drift_json_and_table(live: LiveServer, deployed: Client) -> None:
     assert listed.returncode == 0, listed.stderr
     newest = json.loads(listed.stdout)[:2]  # the table's check, then the --json one
     assert newest[1]["id"] == check["id"] and f"report {newest[0]['id']}" in table.stdout
+    alerts = [a for a in live_alerts(deployed) if a.subject == NAME]
+    assert len(alerts) == 1  # two more drift checks refreshed the one open alert
     shown = run_cli("monitor", "reports", "-p", PROJECT, NAME, env=env)
     assert shown.returncode == 0 and "x1, x3" in shown.stdout
 
@@ -282,7 +306,8 @@ def test_a_model_of_two_tables_needs_a_named_reference(deployed: Client) -> None
         named = deployed.check_drift(PROJECT, "scorer-two", reference="customers@0")
         # nothing logged yet: a state, not an error and not a score
         assert named["state"] == "too_few_rows" and named["rows"] == 0
-        assert named["reference_source"] == "override"
+        assert named["reference_source"] == "override" and named["id"] is not None
+        assert not [a for a in deployed.list_alerts(project=PROJECT) if a.subject == "scorer-two"]
         assert [f["name"] for f in named["features"]] == list(FEATURES)
     finally:
         deployed.delete_deployment(PROJECT, "scorer-two")
