@@ -311,3 +311,41 @@ def test_a_model_of_two_tables_needs_a_named_reference(deployed: Client) -> None
         assert [f["name"] for f in named["features"]] == list(FEATURES)
     finally:
         deployed.delete_deployment(PROJECT, "scorer-two")
+
+
+def test_a_check_in_a_callers_session_is_stored_with_it(live: LiveServer, deployed: Client) -> None:
+    """The retraining loop's path: one transaction of its own holds the check, its report,
+    audit entry and alert."""
+    from underlay.data.tables import TableStore
+    from underlay.identity import SYSTEM
+    from underlay.monitoring.checks import Window, check_drift, list_drift_reports
+    from underlay.store import Scope
+
+    platform = live.platform
+    with platform.db.session(Scope.everything()) as session:
+        check = check_drift(
+            session,
+            platform,
+            PROJECT,
+            NAME,
+            window=Window(rows=2000),
+            actor=SYSTEM,
+            tables=TableStore(live.settings),
+        )
+        assert check.id is not None and check.state == "drift"
+        project_id = deployed_project_id(session)
+        newest = list_drift_reports(session, project_id, NAME, limit=1)[0]
+        assert newest["id"] == check.id and newest["actor"] == "system"
+    assert deployed.drift_reports(PROJECT, NAME, limit=1)[0]["id"] == check.id
+    entries = deployed.list_audit(action="deployment.drift", actor="system")
+    assert [json.loads(e.detail)["report"] for e in entries] == [check.id]
+
+
+def deployed_project_id(session: Any) -> int:
+    from sqlalchemy import select
+
+    from underlay.store.models import Project
+
+    found = session.scalar(select(Project.id).where(Project.name == PROJECT))
+    assert found is not None
+    return int(found)
