@@ -349,3 +349,24 @@ def deployed_project_id(session: Any) -> int:
     found = session.scalar(select(Project.id).where(Project.name == PROJECT))
     assert found is not None
     return int(found)
+
+
+def test_deleting_a_project_removes_its_drift_reports(live: LiveServer, deployed: Client) -> None:
+    from sqlalchemy import func, select
+
+    from underlay.monitoring.models import DriftReportRow
+    from underlay.store import Scope
+    from underlay.store.models import Project
+
+    deployed.create_project("gone")
+    with live.platform.db.session(Scope.everything()) as session:
+        pid = session.scalar(select(Project.id).where(Project.name == "gone"))
+        assert pid is not None
+        session.add(DriftReportRow(project_id=pid, deployment="d", reference="t@0", rows=0,
+                                   state="too_few_rows"))  # fmt: skip
+    deployed.delete_project("gone")
+    with live.platform.db.session(Scope.everything()) as session:
+        left = session.scalar(
+            select(func.count()).select_from(DriftReportRow).where(DriftReportRow.project_id == pid)
+        )
+    assert left == 0
