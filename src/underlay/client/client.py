@@ -19,6 +19,7 @@ from underlay.client.exports import ExportMethods
 from underlay.client.ml import TrackingMethods
 from underlay.client.ml_pipelines import MLPipelineMethods
 from underlay.client.models import ModelMethods
+from underlay.client.monitoring import MonitoringMethods
 from underlay.client.pipelines import PipelineMethods
 from underlay.client.serving import ServingMethods
 from underlay.errors import IntegrityFailure, Unavailable, UnderlayError, error_for_problem
@@ -67,6 +68,7 @@ class Client(
     ModelMethods,
     ExportMethods,
     ServingMethods,
+    MonitoringMethods,
 ):
     """A session with one underlay server; use as a context manager or call :meth:`close`."""
 
