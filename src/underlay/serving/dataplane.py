@@ -406,7 +406,7 @@ class DataPlane:
         principal = await self.authenticate(request)
         view = await self.describe(project, name, principal)
         try:
-            body = json.loads(await request.body())
+            body = v2.parse_json(await request.body())
         except (UnicodeDecodeError, ValueError) as exc:
             raise InvalidInput(f"the body is not JSON: {exc}") from None
         if not isinstance(body, dict) or set(body) != {"records"}:
