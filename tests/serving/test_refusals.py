@@ -270,3 +270,30 @@ def test_cli_deploy_show_predict_scale_rm(live: LiveServer, tmp_path: Path) -> N
     gone = cli("deployments", "show", "-p", PROJECT, "cli-dep", ok=False)
     assert "deployment 'cli-dep' not found" in gone.stderr
     assert np.asarray(answer["predictions"]).shape == (3,)
+
+
+def test_the_prediction_routes_are_timed_under_their_route_templates(
+    live: LiveServer, served: str
+) -> None:
+    """The fast lane (``underlay.api.hot``) answers the two prediction routes without
+    FastAPI's router; the latency histogram still labels them with their templates, never
+    with the deployment's name."""
+    from tests.monitoring.test_metrics import _scrape, _value
+
+    base = "/api/v1/projects/{project}/deployments/{name}"
+    routes = {
+        "json": {"route": f"{base}/predict", "method": "POST", "status": "200"},
+        "v2": {"route": f"{base}/v2/models/{{model}}/infer", "method": "POST", "status": "200"},
+        "refused": {"route": f"{base}/predict", "method": "POST", "status": "400"},
+    }
+    name = "underlay_api_request_duration_seconds_count"
+    before = _scrape(live.url, live.admin_token)
+    assert _post(live, served, json.dumps({"records": X[:2].tolist()}).encode()).status_code == 200
+    assert _infer(live, served, live.admin_token).status_code == 200
+    assert _post(live, served, b"{not json").status_code == 400
+    assert _post(live, "d" * 64, b"{}").status_code == 422  # FastAPI's own path validation
+    after = _scrape(live.url, live.admin_token)
+    for labels in routes.values():
+        assert _value(after, name, **labels) == _value(before, name, **labels) + 1, labels
+    api = [labels for n, s in after.items() if n.startswith("underlay_api_") for labels, _ in s]
+    assert api and not any(served in str(labels) for labels in api)
