@@ -48,6 +48,7 @@ from underlay.errors import InvalidInput, NotFound, Unauthenticated, Unavailable
 from underlay.serving import v2, wire
 from underlay.serving.batcher import Batcher
 from underlay.serving.guard import Guards
+from underlay.serving.jsonbody import parse_json
 from underlay.serving.pool import ReplicaGone, ReplicaPool
 from underlay.serving.v2 import CompiledSignature
 
@@ -406,7 +407,7 @@ class DataPlane:
         principal = await self.authenticate(request)
         view = await self.describe(project, name, principal)
         try:
-            body = v2.parse_json(await request.body())
+            body = parse_json(await request.body())
         except (UnicodeDecodeError, ValueError) as exc:
             raise InvalidInput(f"the body is not JSON: {exc}") from None
         if not isinstance(body, dict) or set(body) != {"records"}:

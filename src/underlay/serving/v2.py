@@ -37,11 +37,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from pydantic_core import from_json
 
 from underlay import __version__
 from underlay.errors import InvalidInput, PayloadTooLarge
 from underlay.ml.flavors.signature import Signature, TensorSpec
+from underlay.serving.jsonbody import parse_json
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 """The largest request body accepted (32 MiB: a 100-row request of 20 float64 features is
@@ -241,17 +241,6 @@ def _split_body(body: bytes, header_length: str | int | None) -> tuple[bytes, by
     if not 0 < length <= len(body):
         raise InvalidInput(f"{HEADER_LENGTH} {length} does not fit a body of {len(body)} bytes")
     return body[:length], body[length:]
-
-
-def parse_json(raw: bytes) -> Any:
-    """``raw`` parsed as ``json.loads`` would, by pydantic-core's Rust parser (5 to 8 times
-    faster on request bodies, ``docs/serving-performance.md``); what it refuses is parsed
-    again by ``json.loads``, so refusals carry the same messages and anything the standard
-    parser accepts (lone surrogates, other encodings) is still accepted."""
-    try:
-        return from_json(raw)
-    except ValueError:
-        return json.loads(raw)
 
 
 def _load_json(raw: bytes) -> dict[str, Any]:
