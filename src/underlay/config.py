@@ -145,6 +145,20 @@ class ServerSettings(BaseModel):
         le=1024 * 1024,
         description="Largest request head (request line and headers), in bytes (431).",
     )
+    http: Literal["auto", "httptools", "h11"] = Field(
+        default="auto",
+        description="The HTTP/1.1 parser: httptools (C, about half h11's CPU per request), "
+        "h11 (pure Python), or auto: httptools when installed. Both are hardened alike.",
+    )
+    auth_cache_ttl_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="How long the prediction routes trust a token they authenticated (and "
+        "its right to read a project) before asking the database again: a revoked token, a "
+        "deactivated user or a removed membership keeps working at most this long; an "
+        "expiring token is not trusted past its expiry. 0 checks every request.",
+    )
 
 
 class SecuritySettings(BaseModel):

@@ -10,6 +10,7 @@ from fastapi import APIRouter, FastAPI
 
 from underlay import __version__
 from underlay.api import docs, problems, server
+from underlay.api.hot import HotRoutes
 from underlay.api.limits import UploadSlots
 from underlay.api.middleware import RequestContextMiddleware
 from underlay.api.routes import (
@@ -110,6 +111,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     app.state.uploads = UploadSlots(platform.settings.server.max_concurrent_uploads)
     app.state.api_latency = api_latency_histogram()
     problems.install(app)
+    app.add_middleware(HotRoutes, prefix=API_PREFIX)  # innermost: in front of the router
     app.add_middleware(RequestTimingMiddleware, histogram=app.state.api_latency)
     app.add_middleware(
         RequestContextMiddleware,

@@ -41,6 +41,7 @@ import numpy as np
 from underlay import __version__
 from underlay.errors import InvalidInput, PayloadTooLarge
 from underlay.ml.flavors.signature import Signature, TensorSpec
+from underlay.serving.jsonbody import parse_json
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 """The largest request body accepted (32 MiB: a 100-row request of 20 float64 features is
@@ -244,7 +245,7 @@ def _split_body(body: bytes, header_length: str | int | None) -> tuple[bytes, by
 
 def _load_json(raw: bytes) -> dict[str, Any]:
     try:
-        head = json.loads(raw)
+        head = parse_json(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidInput(f"the request is not valid JSON: {exc}") from None
     if not isinstance(head, dict):

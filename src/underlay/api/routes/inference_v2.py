@@ -142,6 +142,11 @@ async def model_ready(
 )
 async def infer(project: str, name: DeploymentName, model: ModelName, request: Request) -> Response:
     """Typed tensors in, typed tensors out; the binary tensor extension when asked."""
+    return await infer_response(request, project, name, model)
+
+
+async def infer_response(request: Request, project: str, name: str, model: str) -> Response:
+    """The infer route's answer (also served by :mod:`underlay.api.hot`)."""
     try:
         plane, principal, view = await _view(request, project, name, model)
         request_body = v2.decompress_body(
