@@ -56,6 +56,18 @@ def api_latency_histogram() -> Histogram:
     )
 
 
+def api_counts(histogram: Histogram) -> tuple[float, float]:
+    """(answers, answers with status 400 or more) the API gave so far, from ``histogram``."""
+    total = errors = 0.0
+    for family in histogram.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_count"):
+                total += sample.value
+                if sample.labels.get("status", "0")[:1] in ("4", "5"):
+                    errors += sample.value
+    return total, errors
+
+
 @dataclass(frozen=True)
 class Sources:
     """This process's in-memory figures; None where this process has none."""
