@@ -177,7 +177,7 @@ def _alerts(session: Session, names: dict[int, str], admin: bool) -> list[Metric
     for key, (unresolved_n, total) in sorted(totals.items()):
         open_.add_metric(key, unresolved_n)
         raised.add_metric(key, total)
-    for pid, state, n in sorted(session.execute(sent).tuples(), key=lambda r: (r[0], r[1])):
+    for pid, state, n in sorted((pid, state, n) for pid, state, n in session.execute(sent)):
         if pid in names:
             deliveries.add_metric((names[pid], state), n)
     return [open_, raised, deliveries]

@@ -143,7 +143,7 @@ def _serving(db: Database, serving: ServingProbes, state: ScanState) -> None:
     if serving.figures is None:
         return
     with db.session(Scope.everything()) as session:
-        ids = dict(session.execute(select(Project.name, Project.id)).tuples().all())
+        ids = {name: pid for name, pid in session.execute(select(Project.name, Project.id))}
         for project, name, figures in serving.figures():
             project_id = ids.get(project)
             if project_id is None:
