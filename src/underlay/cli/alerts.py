@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from underlay.cli.common import Col, JsonOpt, ProjectOpt, client, project_of, show, when
-from underlay.errors import InvalidInput
+from underlay.errors import InvalidInput, Unavailable
 from underlay.logs import escape_control
 
 alerts = typer.Typer(
@@ -243,6 +243,5 @@ def webhooks_test(
     elif row.state == "delivered":
         typer.echo(f"test delivery {row.id} delivered")
     if row.state != "delivered":
-        why = row.last_error or "no answer yet"
-        typer.echo(escape_control(f"test delivery {row.id} not delivered: {why}"), err=True)
-        raise typer.Exit(1)
+        why = row.last_error or f"no answer within {wait:g} s"
+        raise Unavailable(f"test delivery {row.id} to webhook {name!r} not delivered: {why}")
