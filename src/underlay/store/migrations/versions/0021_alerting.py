@@ -47,8 +47,32 @@ def _when(name: str, nullable: bool = False) -> sa.Column[object]:
     return sa.Column(name, underlay.store.types.UTCDateTime(), nullable=nullable)
 
 
+def _sequence() -> int | None:
+    """SQLite's last handed-out alert id (None elsewhere): a table copy must keep it."""
+    bind = op.get_bind()
+    if bind.dialect.name != "sqlite":
+        return None
+    query = sa.text("SELECT seq FROM sqlite_sequence WHERE name = 'alerts'")
+    return int(bind.execute(query).scalar() or 0)
+
+
+def _restore_sequence(seq: int | None) -> None:
+    if not seq:
+        return
+    bind = op.get_bind()
+    bind.execute(sa.text("DELETE FROM sqlite_sequence WHERE name = 'alerts'"))
+    bind.execute(
+        sa.text("INSERT INTO sqlite_sequence (name, seq) VALUES ('alerts', :n)"), {"n": seq}
+    )
+
+
+# the table copy SQLite needs keeps ids monotonic (AUTOINCREMENT, see 0003)
+_ALERTS = {"table_kwargs": {"sqlite_autoincrement": True}, "recreate": "always"}
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("alerts", schema=None) as batch_op:
+    seq = _sequence()
+    with op.batch_alter_table("alerts", schema=None, **_ALERTS) as batch_op:  # type: ignore[arg-type]
         batch_op.add_column(
             sa.Column("severity", sa.String(length=16), server_default="warning", nullable=False)
         )
@@ -63,6 +87,7 @@ def upgrade() -> None:
         )
     alerts = sa.table("alerts", sa.column("last_seen"), sa.column("created_at"))
     op.execute(sa.update(alerts).values(last_seen=alerts.c.created_at))
+    _restore_sequence(seq)
 
     op.create_table(
         "alert_rules",
@@ -171,6 +196,8 @@ def downgrade() -> None:
     op.drop_table("webhooks")
     op.drop_table("alert_silences")
     op.drop_table("alert_rules")
-    with op.batch_alter_table("alerts", schema=None) as batch_op:
+    seq = _sequence()
+    with op.batch_alter_table("alerts", schema=None, **_ALERTS) as batch_op:  # type: ignore[arg-type]
         for column in ("silenced", "last_seen", "count", "details", "source", "severity"):
             batch_op.drop_column(column)
+    _restore_sequence(seq)
