@@ -62,11 +62,25 @@ def test_a_repeated_alert_counts_instead_of_raising_again(world: World) -> None:
     _hook(world)
     later = T0 + dt.timedelta(minutes=5)
     with world.db.session(Scope.everything()) as s:
-        first, new = raise_alert(s, project_id=world.shop, kind="drift", subject="churn",
-                                 message="3 features drifted", source="drift", now=T0)  # fmt: skip
-        again, new_again = raise_alert(s, project_id=world.shop, kind="drift", subject="churn",
-                                       message="4 features drifted", severity="error",
-                                       details={"n": 4}, now=later)  # fmt: skip
+        first, new = raise_alert(
+            s,
+            project_id=world.shop,
+            kind="drift",
+            subject="churn",
+            message="3 features drifted",
+            source="drift",
+            now=T0,
+        )
+        again, new_again = raise_alert(
+            s,
+            project_id=world.shop,
+            kind="drift",
+            subject="churn",
+            message="4 features drifted",
+            severity="error",
+            details={"n": 4},
+            now=later,
+        )
         assert (new, new_again, again.id) == (True, False, first.id)
         assert (again.count, again.last_seen, again.created_at) == (2, later, T0)
         assert (again.severity, again.message, again.source) == (
@@ -75,8 +89,15 @@ def test_a_repeated_alert_counts_instead_of_raising_again(world: World) -> None:
             "drift",
         )
         assert json.loads(again.details) == {"n": 4}
-        lower, _ = raise_alert(s, project_id=world.shop, kind="drift", subject="churn",
-                               message="x", severity="info", now=later)  # fmt: skip
+        lower, _ = raise_alert(
+            s,
+            project_id=world.shop,
+            kind="drift",
+            subject="churn",
+            message="x",
+            severity="info",
+            now=later,
+        )
         assert lower.severity == "error"  # never lowered while open
     assert len(_deliveries(world)) == 1  # one condition, one delivery
 
@@ -87,9 +108,11 @@ def test_record_alert_delegates_and_keeps_its_contract(world: World) -> None:
         assert new and (alert.source, alert.severity, alert.count) == ("compute", "warning", 1)
         with pytest.raises(InvalidInput, match="needs a kind"):
             record_alert(s, "", "x", world.shop)
-    with world.db.session(Scope.projects(world.other)) as s:
-        with pytest.raises(PermissionDenied, match="outside this session's scope"):
-            raise_alert(s, project_id=world.shop, kind="drift", message="x")
+    with (
+        world.db.session(Scope.projects(world.other)) as s,
+        pytest.raises(PermissionDenied, match="outside this session's scope"),
+    ):
+        raise_alert(s, project_id=world.shop, kind="drift", message="x")
 
 
 @pytest.mark.parametrize(
@@ -110,14 +133,32 @@ def test_a_silenced_alert_is_recorded_but_not_delivered(world: World) -> None:
     _hook(world)
     with world.db.session(Scope.everything()) as s:
         create_silence(s, world.shop, "drift", subject="churn", seconds=3600, now=T0)
-        quiet, _ = raise_alert(s, project_id=world.shop, kind="drift", subject="churn",
-                               message="m", now=T0 + dt.timedelta(minutes=1))  # fmt: skip
-        loud, _ = raise_alert(s, project_id=world.shop, kind="drift", subject="fraud",
-                              message="m", now=T0 + dt.timedelta(minutes=1))  # fmt: skip
+        quiet, _ = raise_alert(
+            s,
+            project_id=world.shop,
+            kind="drift",
+            subject="churn",
+            message="m",
+            now=T0 + dt.timedelta(minutes=1),
+        )
+        loud, _ = raise_alert(
+            s,
+            project_id=world.shop,
+            kind="drift",
+            subject="fraud",
+            message="m",
+            now=T0 + dt.timedelta(minutes=1),
+        )
         assert (quiet.silenced, loud.silenced) == (True, False)
         quiet.resolved_at = T0 + dt.timedelta(minutes=2)
-        after, _ = raise_alert(s, project_id=world.shop, kind="drift", subject="churn",
-                               message="m", now=T0 + dt.timedelta(hours=2))  # fmt: skip
+        after, _ = raise_alert(
+            s,
+            project_id=world.shop,
+            kind="drift",
+            subject="churn",
+            message="m",
+            now=T0 + dt.timedelta(hours=2),
+        )
         assert not after.silenced  # the silence ended
         with pytest.raises(InvalidInput, match="at most 90 days"):
             create_silence(s, world.shop, "drift", seconds=91 * 86400)
@@ -137,8 +178,12 @@ def test_webhooks_get_the_severities_and_kinds_they_ask_for(world: World) -> Non
     payload = json.loads(next(d.payload for d in _deliveries(world) if d.alert_id == bad.id))
     assert payload["event"] == "alert"
     assert {k: payload["alert"][k] for k in ("id", "project", "kind", "severity", "count")} == {
-        "id": bad.id, "project": "shop", "kind": "budget", "severity": "error", "count": 1
-    }  # fmt: skip
+        "id": bad.id,
+        "project": "shop",
+        "kind": "budget",
+        "severity": "error",
+        "count": 1,
+    }
 
 
 def test_an_alert_rolled_back_is_never_delivered(world: World) -> None:
@@ -186,12 +231,26 @@ def test_a_webhook_secret_is_stored_sealed(world: World) -> None:
 def test_rules_raise_alerts_when_their_comparison_holds(world: World) -> None:
     with world.db.session(Scope.everything()) as s:
         rules.create_rule(s, world.shop, RuleSpec("slow", "latency", "p99_ms", ">", 250, "error"))
-        rules.create_rule(s, world.shop, RuleSpec("drifty", "drift", "share_drifted", ">=", 0.2,
-                                                   cooldown_s=3600))  # fmt: skip
-        assert evaluate_rules(s, project_id=world.shop, source="latency", subject="churn",
-                              values={"p99_ms": 120.0}) == []  # fmt: skip
-        (slow,) = evaluate_rules(s, project_id=world.shop, source="latency", subject="churn",
-                                 values={"p99_ms": 400.0, "p50_ms": 20.0})  # fmt: skip
+        rules.create_rule(
+            s, world.shop, RuleSpec("drifty", "drift", "share_drifted", ">=", 0.2, cooldown_s=3600)
+        )
+        assert (
+            evaluate_rules(
+                s,
+                project_id=world.shop,
+                source="latency",
+                subject="churn",
+                values={"p99_ms": 120.0},
+            )
+            == []
+        )
+        (slow,) = evaluate_rules(
+            s,
+            project_id=world.shop,
+            source="latency",
+            subject="churn",
+            values={"p99_ms": 400.0, "p50_ms": 20.0},
+        )
         assert (slow.kind, slow.severity, slow.source, slow.subject) == (
             "latency",
             "error",
@@ -200,17 +259,43 @@ def test_rules_raise_alerts_when_their_comparison_holds(world: World) -> None:
         )
         assert json.loads(slow.details)["rule"] == "slow"
         assert "p99_ms of churn is 400 (> 250, rule 'slow')" in slow.message
-        (drift,) = evaluate_rules(s, project_id=world.shop, source="drift", subject="churn",
-                                  values={"share_drifted": 0.4}, now=T0)  # fmt: skip
+        (drift,) = evaluate_rules(
+            s,
+            project_id=world.shop,
+            source="drift",
+            subject="churn",
+            values={"share_drifted": 0.4},
+            now=T0,
+        )
         drift.resolved_at = T0 + dt.timedelta(minutes=1)
-        cooled = evaluate_rules(s, project_id=world.shop, source="drift", subject="churn",
-                                values={"share_drifted": 0.5}, now=T0 + dt.timedelta(minutes=30))  # fmt: skip
+        cooled = evaluate_rules(
+            s,
+            project_id=world.shop,
+            source="drift",
+            subject="churn",
+            values={"share_drifted": 0.5},
+            now=T0 + dt.timedelta(minutes=30),
+        )
         assert cooled == []  # within the cooldown
-        (again,) = evaluate_rules(s, project_id=world.shop, source="drift", subject="churn",
-                                  values={"share_drifted": 0.5}, now=T0 + dt.timedelta(hours=2))  # fmt: skip
+        (again,) = evaluate_rules(
+            s,
+            project_id=world.shop,
+            source="drift",
+            subject="churn",
+            values={"share_drifted": 0.5},
+            now=T0 + dt.timedelta(hours=2),
+        )
         assert again.id != drift.id
-        assert evaluate_rules(s, project_id=world.other, source="latency", subject="churn",
-                              values={"p99_ms": 999.0}) == []  # fmt: skip
+        assert (
+            evaluate_rules(
+                s,
+                project_id=world.other,
+                source="latency",
+                subject="churn",
+                values={"p99_ms": 999.0},
+            )
+            == []
+        )
 
 
 @pytest.mark.parametrize(
@@ -250,3 +335,34 @@ def test_cost_rules_replace_the_built_in_budget_alert(world: World) -> None:
     scan(world.db, world.settings, ScanState(), now=T0)
     with world.db.session(Scope.everything()) as s:
         assert s.scalars(select(Alert)).all() == []  # 0 GPU-hours used: the rule holds its fire
+
+
+def test_the_scan_feeds_serving_figures_to_latency_errors_and_security_rules(world: World) -> None:
+    from underlay.monitoring.worker import ServingProbes
+
+    with world.db.session(Scope.everything()) as s:
+        for spec in (
+            RuleSpec("slow", "latency", "p99_ms", ">", 250),
+            RuleSpec("failing", "errors", "error_rate", ">", 0.1, "error"),
+            RuleSpec("hammered", "security", "rate_limited", ">=", 5),
+        ):
+            rules.create_rule(s, world.shop, spec)
+    counters = {"requests": 100, "errors": 1, "latency_ms": {"p50": 10.0, "p99": 90.0}}
+    limited = {(world.shop, "churn"): 0}
+    probes = ServingProbes(
+        figures=lambda: [("shop", "churn", counters)], rate_limited=lambda: limited
+    )
+    state = ScanState()
+    scan(world.db, world.settings, state, serving=probes, now=T0)
+    with world.db.session(Scope.everything()) as s:
+        assert s.scalars(select(Alert)).all() == []
+    counters = {"requests": 200, "errors": 31, "latency_ms": {"p50": 12.0, "p99": 400.0}}
+    limited[(world.shop, "churn")] = 7
+    scan(world.db, world.settings, state, serving=probes, now=T0 + dt.timedelta(minutes=5))
+    with world.db.session(Scope.everything()) as s:
+        got = {(a.kind, a.subject, a.severity) for a in s.scalars(select(Alert))}
+    assert got == {
+        ("latency", "churn", "warning"),
+        ("errors", "churn", "error"),
+        ("security", "churn", "warning"),
+    }

@@ -7,7 +7,6 @@ import math
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select
 
 from underlay.compute.models import Alert
@@ -64,8 +63,9 @@ def test_a_burst_of_failed_sign_ins_from_one_address_raises_an_anomaly(
 ) -> None:
     admin.create_user("carol", password="correct horse battery staple")
     for _ in range(6):
-        r = httpx.post(f"{server.url}/api/v1/auth/login",
-                       json={"user": "carol", "password": "wrong password!"})  # fmt: skip
+        r = httpx.post(
+            f"{server.url}/api/v1/auth/login", json={"user": "carol", "password": "wrong password!"}
+        )
         assert r.status_code in (401, 429)
     now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
     db, settings = server.platform.db, server.settings
@@ -82,3 +82,37 @@ def test_a_burst_of_failed_sign_ins_from_one_address_raises_an_anomaly(
     scan(db, settings, ScanState(), now=now + dt.timedelta(hours=1))
     with db.session(Scope.everything()) as s:
         assert s.scalars(select(Alert.count)).one() == 1
+
+
+def test_a_gpu_drawing_far_more_power_than_usual_is_an_anomaly(db: Any) -> None:
+    from underlay.compute.models import AcceleratorRow, NodeRow
+
+    with db.session(Scope.everything()) as s:
+        node = NodeRow(name="n1", cpu_milli=8000, memory_mib=1024)
+        s.add(node)
+        s.flush()
+        s.add(
+            AcceleratorRow(
+                node_id=node.id,
+                index=0,
+                type="H100",
+                memory_mib=80_000,
+                power_watts=100.0,
+                utilization=0.5,
+            )
+        )
+    state, found = ProcessFigures(), []
+    for i in range(12):
+        with db.session(Scope.everything()) as s:
+            acc = s.scalars(select(AcceleratorRow)).one()
+            acc.power_watts = 100.0 + (i % 3)  # the usual draw, a little noise
+            acc.utilization = 0.5 + 0.01 * (i % 2)
+            found += anomalies.process_findings(s, Probes(), state, limit=6)
+    assert found == []
+    with db.session(Scope.everything()) as s:
+        s.scalars(select(AcceleratorRow)).one().power_watts = 400.0
+        found = anomalies.process_findings(s, Probes(), state, limit=6)
+        alerts = anomalies.raise_findings(s, found, dt.datetime.now(dt.UTC))
+    assert [(a.subject, a.kind, a.project_id) for a in alerts] == [
+        ("gpu-power:n1/gpu0", "anomaly", None)
+    ]

@@ -31,7 +31,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 self.send_response(receiver.status)
@@ -77,8 +77,14 @@ def port() -> Iterator[int]:
 def _raise(server: LiveServer, kind: str, subject: str = "churn") -> int:
     with server.platform.unit(SYSTEM, "test", "test", audited=False) as u:
         project = read_project(u.session, "shop", SYSTEM)
-        alert, _ = raise_alert(u.session, project_id=project.id, kind=kind, subject=subject,
-                               message=f"{kind} of {subject}", severity="error")  # fmt: skip
+        alert, _ = raise_alert(
+            u.session,
+            project_id=project.id,
+            kind=kind,
+            subject=subject,
+            message=f"{kind} of {subject}",
+            severity="error",
+        )
         return alert.id
 
 
