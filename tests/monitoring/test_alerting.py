@@ -366,3 +366,42 @@ def test_the_scan_feeds_serving_figures_to_latency_errors_and_security_rules(wor
         ("errors", "churn", "error"),
         ("security", "churn", "warning"),
     }
+
+
+def test_migration_0021_keeps_alerts_and_their_ids(tmp_path: object) -> None:
+    """Alerts made before 0021 keep their rows (last_seen = created_at, severity warning,
+    count 1) and an id deleted before the upgrade is not handed out again; it downgrades."""
+    from pathlib import Path
+
+    from alembic import command
+    from sqlalchemy import text
+
+    db = Database(f"sqlite:///{Path(str(tmp_path)) / 'old.db'}")
+    command.upgrade(db.alembic_config(), "0019")
+    with db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO projects (id, name, description, created_at) "
+                "VALUES (1, 'a', '', '2026-01-01 00:00:00')"
+            )
+        )
+        for subject in ("kept", "deleted"):
+            conn.execute(
+                text(
+                    "INSERT INTO alerts (kind, project_id, subject, message, created_at)"
+                    " VALUES ('idle_gpu', 1, :s, 'm', '2026-01-01 00:00:00')"
+                ),
+                {"s": subject},
+            )
+        conn.execute(text("DELETE FROM alerts WHERE subject = 'deleted'"))
+    command.upgrade(db.alembic_config(), "0021")
+    with db.session(Scope.everything()) as s:
+        (old,) = s.scalars(select(Alert)).all()
+        assert (old.severity, old.count, old.source, old.silenced) == ("warning", 1, "", False)
+        assert old.last_seen == old.created_at and json.loads(old.details) == {}
+        new, _ = raise_alert(s, project_id=1, kind="drift", message="m")
+        assert new.id == 3
+    command.downgrade(db.alembic_config(), "0019")
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM alerts")).scalar() == 2
+    db.dispose()

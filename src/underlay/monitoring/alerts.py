@@ -20,9 +20,9 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from underlay.compute.ledger import as_utc, check_scope, scope_of
+from underlay.compute.ledger import as_utc, check_scope
 from underlay.compute.models import Alert
-from underlay.errors import InvalidInput, NotFound
+from underlay.errors import InvalidInput
 from underlay.monitoring.alert_models import AlertSilence
 from underlay.store.models import Project
 from underlay.store.types import utcnow
@@ -219,12 +219,3 @@ def list_silences(
         AlertSilence.project_id == project_id, AlertSilence.until > now
     )
     return list(session.scalars(stmt.order_by(AlertSilence.until, AlertSilence.id)))
-
-
-def read_alert_in(session: Session, project_id: int, alert_id: int) -> Alert:
-    """An alert of one project (``NotFound`` for another project's)."""
-    scope_of(session)
-    alert = session.get(Alert, alert_id)
-    if alert is None or alert.project_id != project_id:
-        raise NotFound(f"alert {alert_id} does not exist")
-    return alert
