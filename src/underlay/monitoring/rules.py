@@ -121,6 +121,8 @@ def list_rules(session: Session, project_id: int, *, source: str | None = None) 
 
 
 def delete_rule(session: Session, project_id: int, name: str) -> AlertRule:
+    if not NAME_RE.fullmatch(name):
+        raise NotFound(f"rule {name[:63]!r} does not exist")
     rule = session.scalars(
         select(AlertRule).where(AlertRule.project_id == project_id, AlertRule.name == name[:63])
     ).first()

@@ -58,7 +58,12 @@ def check_url(url: str) -> str:
     """``url`` if it is an absolute http(s) URL; ``InvalidInput`` saying why not otherwise."""
     if len(url) > 2048:
         raise InvalidInput("a webhook URL is at most 2048 characters")
-    parts = urlsplit(url)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise InvalidInput("a webhook URL may not hold control characters")
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:
+        raise InvalidInput(f"webhook URL {url[:80]!r} is malformed: {error}") from None
     if parts.scheme not in ("http", "https"):
         raise InvalidInput(f"a webhook URL must start with http:// or https://, got {url[:80]!r}")
     if not parts.hostname:
@@ -120,6 +125,8 @@ def list_webhooks(session: Session, project_id: int) -> list[Webhook]:
 
 
 def read_webhook(session: Session, project_id: int, name: str) -> Webhook:
+    if not NAME_RE.fullmatch(name):
+        raise NotFound(f"webhook {name[:63]!r} does not exist")
     hook = session.scalars(
         select(Webhook).where(Webhook.project_id == project_id, Webhook.name == name[:63])
     ).first()
