@@ -97,6 +97,7 @@ def test_migrations_match_the_models(db: Database) -> None:
     import underlay.ml.models
     import underlay.ml.pipelines.models
     import underlay.ml.registry.models
+    import underlay.monitoring.alert_models
     import underlay.monitoring.models
     import underlay.serving.models  # noqa: F401  - registers the data, ml and serving tables
     from underlay.store.models import Base

@@ -14,6 +14,7 @@ from underlay.api.hot import HotRoutes
 from underlay.api.limits import UploadSlots
 from underlay.api.middleware import RequestContextMiddleware
 from underlay.api.routes import (
+    alerting,
     alerts,
     audit,
     blobs,
@@ -49,7 +50,9 @@ from underlay.data.tables import TableStore
 from underlay.ml import experiments as ml_experiments
 from underlay.ml.registry import service as registry
 from underlay.monitoring import checks as drift_checks
-from underlay.monitoring.metrics import api_latency_histogram
+from underlay.monitoring.anomalies import Probes
+from underlay.monitoring.metrics import api_counts, api_latency_histogram
+from underlay.monitoring.worker import AlertWorker, ServingProbes
 from underlay.platform import Platform
 from underlay.serving import service as serving
 from underlay.serving.dataplane import DataPlane
@@ -72,9 +75,12 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         app.state.compute = runtime  # /metrics reads its scheduler round times
         runtime.start()
         app.state.serving.start()
+        app.state.alerts = alert_worker(app, platform)
+        app.state.alerts.start()
         try:
             yield
         finally:
+            app.state.alerts.stop()
             await app.state.dataplane.close()
             app.state.serving.stop()
             runtime.stop()
@@ -134,6 +140,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         jobs,
         usage,
         alerts,
+        alerting,
         status,
         datasets,
         tables,
@@ -152,10 +159,26 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     for module in routers:
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)
     api.include_router(jobs.by_id, responses=problems.PROBLEM_RESPONSES)  # global job ids
+    api.include_router(alerting.hooks, responses=problems.PROBLEM_RESPONSES)
     api.include_router(runs.experiments_router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(api)
     docs.install(app, API_PREFIX)
     return app
+
+
+def alert_worker(app: FastAPI, platform: Platform) -> AlertWorker:
+    """The alert worker of this app, reading its API counters and serving's guards."""
+    guards = app.state.dataplane.guards
+    histogram = app.state.api_latency
+    return AlertWorker(
+        platform.db,
+        platform.keyring,
+        platform.settings,
+        probes=Probes(
+            api_counts=lambda: api_counts(histogram), token_rows=lambda: guards.token_rows
+        ),
+        serving=ServingProbes(figures=guards.figures, rate_limited=lambda: guards.rate_limited),
+    )
 
 
 def app_from_environment() -> FastAPI:

@@ -10,6 +10,7 @@ import typer
 
 from underlay.cli import (
     admin,
+    alerts,
     compute,
     configure,
     data,
@@ -91,7 +92,7 @@ app.add_typer(compute.nodes, name="nodes")
 app.add_typer(compute.jobs, name="jobs")
 app.add_typer(compute.quotas, name="quotas")
 app.add_typer(compute.budget, name="budget")
-app.add_typer(compute.alerts, name="alerts")
+app.add_typer(alerts.alerts, name="alerts")
 app.add_typer(monitor.monitor, name="monitor")
 app.command("usage")(compute.usage)
 app.command("agent")(compute.agent)

@@ -13,6 +13,7 @@ from typing import IO, Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
+from underlay.client.alerts import AlertMethods
 from underlay.client.compute import ComputeMethods
 from underlay.client.data import DataMethods, TableMethods
 from underlay.client.exports import ExportMethods
@@ -59,6 +60,7 @@ def _raise_for_problem(response: httpx.Response) -> None:
 
 
 class Client(
+    AlertMethods,
     ComputeMethods,
     DataMethods,
     TableMethods,

@@ -401,19 +401,41 @@ def _store(
 
 
 def _alert_on_drift(session: Session, project_id: int, check: DriftCheck) -> None:
-    """Raise (or refresh) the deployment's drift alert when columns drifted. The one place
-    that calls the alerting layer: kind ``drift``, subject the deployment, source ``drift``."""
+    """Hand a stored check to the alerting layer: the project's ``drift`` rules judge it
+    (``drifted_features``, ``share_drifted``, ``max_score``); a project without drift rules
+    gets the built-in one, a ``drift`` alert (source ``drift``) whenever a column drifted."""
+    from underlay.monitoring.alerts import raise_alert
+    from underlay.monitoring.rules import evaluate_rules, has_rules
+
+    if check.state == "too_few_rows":
+        return
+    features = check.report.features
+    scores = [f.score for f in features if f.score is not None]
+    values = {
+        "drifted_features": float(len(check.flagged)),
+        "share_drifted": len(check.flagged) / len(features) if features else 0.0,
+        "max_score": max(scores) if scores else 0.0,
+    }
+    if has_rules(session, project_id, "drift"):
+        evaluate_rules(
+            session, project_id=project_id, source="drift", subject=check.deployment, values=values
+        )
+        return
     if check.state != "drift":
         return
-    from underlay.compute.alerts import record_alert
-
     names = ", ".join(check.flagged[:10]) + (" ..." if len(check.flagged) > 10 else "")
     message = (
-        f"deployment {check.deployment}: {len(check.flagged)} of {len(check.report.features)} "
+        f"deployment {check.deployment}: {len(check.flagged)} of {len(features)} "
         f"columns drifted from {check.reference.ref} ({names}); drift report {check.id}"
     )
-    record_alert(
-        session, kind="drift", subject=check.deployment, message=message, project_id=project_id
+    raise_alert(
+        session,
+        project_id=project_id,
+        kind="drift",
+        subject=check.deployment,
+        message=message,
+        source="drift",
+        details={"report": check.id, "flagged": check.flagged[:50], **values},
     )
 
 
