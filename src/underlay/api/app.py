@@ -74,7 +74,8 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         finally:
             await app.state.dataplane.close()
             app.state.serving.stop()
-            runtime.stop()
+            stopped = runtime.stop(stop_jobs=app.state.serving.replica_jobs)
+            app.state.serving.stopped_with_server(stopped)
 
     app = FastAPI(
         title="underlay",

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from underlay.compute.models import Job
 from underlay.errors import Conflict, InvalidInput
 from underlay.identity import Actor
 from underlay.platform import Platform
@@ -234,3 +235,31 @@ def _finish_update(session: Session, deployment: Deployment) -> None:
         previous=previous,
         version=target,
     )
+
+
+def live_replica_jobs(session: Session) -> set[int]:
+    """The ids of the live jobs that serve replicas, over every deployment."""
+    rows = session.scalars(
+        select(Job.id)
+        .join(DeploymentReplica, DeploymentReplica.job_id == Job.id)
+        .where(Job.state.in_(LIVE_JOB))
+    )
+    return {int(job_id) for job_id in rows}
+
+
+def stopped_with_server(session: Session, job_ids: set[int]) -> None:
+    """Mark the replicas served by ``job_ids`` as starting again (no URL: nothing routes to
+    them); their jobs end when the next agent reports them, and :func:`reconcile` then starts
+    new jobs for their slots (draining ones are simply removed)."""
+    replicas = session.scalars(
+        select(DeploymentReplica).where(DeploymentReplica.job_id.in_(sorted(job_ids)))
+    )
+    for replica in replicas:
+        deployment = session.get(Deployment, replica.deployment_id)
+        if replica.state != "draining":
+            replica.state = "starting"
+            replica.url = None
+            replica.reason = f"job {replica.job_id} stopped with the server"
+            replica.updated_at = utcnow()
+        if deployment is not None:
+            touch(deployment)
