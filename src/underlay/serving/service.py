@@ -13,10 +13,18 @@ server's serving runtime calls every fraction of a second.
   ``app`` per deployment with ``max_per_node`` spreading them over the nodes, priority high.
   Each gets a random secret as a job secret (sealed in the job row and in the replica row); the
   server sends it on every call to the replica.
-* **Rolling update** (``model`` in an update): replicas of the new version start next to the
-  old ones; once as many are ready as the deployment wants, the stable version switches (the
-  data plane routes to the new replicas from its next refresh) and the old replicas drain for
-  ``DRAIN_S`` before their jobs are cancelled (SIGTERM: they finish what they hold).
+* **Rolling update** (``model`` in an update), driven by the reconciler
+  (:func:`underlay.serving.lifecycle.advance_update`). When both versions take and return the
+  same tensors (names, dtypes, shapes: :func:`same_interface`), replicas are replaced a few at
+  a time, as Kubernetes does with ``maxSurge`` 1 and ``maxUnavailable`` 0: at most
+  ``max_surge`` replicas more than wanted exist at any time (draining ones count until their
+  jobs end), a new replica starts only when there is room, and an old one drains only once a
+  new one is ready, so the ready replicas never fall below what the deployment wants; the
+  data plane routes to the ready replicas of both versions meanwhile. When the interfaces
+  differ, a request validated for one version cannot go to the other: every new replica
+  starts next to the old ones and traffic switches once they are all ready. Either way the
+  old replicas drain for ``DRAIN_S`` before their jobs are cancelled (SIGTERM: they finish
+  what they hold).
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from underlay.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from underlay.identity import SYSTEM, Actor, TokenKind
 from underlay.ml.registry import service as registry
 from underlay.ml.registry.manifest import ArtifactRefused
-from underlay.ml.registry.models import ModelVersion
+from underlay.ml.registry.models import ModelVersion, RegisteredModel
 from underlay.platform import Platform
 from underlay.serving.models import Deployment, DeploymentEvent, DeploymentReplica
 from underlay.serving.schemas import (
@@ -62,6 +70,7 @@ from underlay.store.types import utcnow
 
 SECRET_ENV = "REPLICA_SECRET"  # noqa: S105 - a variable name
 DRAIN_S = 2.0
+MAX_SURGE = 1  # replicas above the wanted count a rolling update may run (Kubernetes' default)
 LIVE_JOB = (JobState.queued, JobState.admitted, JobState.running)
 STABLE, CANARY = "stable", "canary"
 
@@ -142,6 +151,44 @@ def settings_of(deployment: Deployment) -> dict[str, Any]:
     return value
 
 
+def max_surge(deployment: Deployment) -> int:
+    return max(1, int(settings_of(deployment).get("max_surge", MAX_SURGE)))
+
+
+def _interface(session: Session, project_id: int, model: str, version: int) -> Any:
+    raw = session.scalar(
+        select(ModelVersion.signature)
+        .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
+        .where(
+            RegisteredModel.project_id == project_id,
+            RegisteredModel.name == model,
+            ModelVersion.version == version,
+        )
+    )
+    signature = json.loads(raw or "{}") or {}
+    return [
+        [(t.get("name"), t.get("dtype"), t.get("shape")) for t in signature.get(side, [])]
+        for side in ("inputs", "outputs")
+    ]
+
+
+def same_interface(session: Session, deployment: Deployment) -> bool:
+    """Whether the serving and the target version take and return the same tensors (names,
+    dtypes, shapes; the ranges seen in training may differ), so that both may serve the
+    deployment's traffic during a rolling update."""
+    model, project_id = deployment.model, deployment.project_id
+    serving = _interface(session, project_id, model, deployment.version)
+    target = _interface(session, project_id, model, deployment.target_version)
+    return bool(serving[0]) and serving == target
+
+
+def routed_versions(session: Session, deployment: Deployment) -> set[int]:
+    """The versions whose ready stable replicas take the deployment's stable traffic."""
+    if deployment.target_version != deployment.version and same_interface(session, deployment):
+        return {deployment.version, deployment.target_version}
+    return {deployment.version}
+
+
 def render(session: Session, project: Project, deployment: Deployment) -> DeploymentRead:
     """What ``deployments show`` prints: replicas with their state, traffic split, canary."""
     replicas = replicas_of(session, deployment.id)
@@ -176,7 +223,8 @@ def render(session: Session, project: Project, deployment: Deployment) -> Deploy
             started_at=deployment.canary_started_at,
             policy=json.loads(deployment.canary_policy or "{}"),
         )
-    stable = [r for r in replicas if r.arm == STABLE and r.version == deployment.version]
+    routed = routed_versions(session, deployment)
+    stable = [r for r in replicas if r.arm == STABLE and r.version in routed]
     ready = sum(1 for r in stable if r.state == "ready")
     state = "ready" if ready >= deployment.replicas else ("degraded" if ready else "starting")
     if deployment.target_version != deployment.version:
@@ -414,20 +462,22 @@ def _roll(
     for replica in replicas_of(session, deployment.id):
         if replica.arm == STABLE and replica.version not in (deployment.version, version):
             drain(session, replica, "superseded by another update")
-    have = {
-        r.slot
-        for r in replicas_of(session, deployment.id)
-        if r.arm == STABLE and r.version == version and r.state != "draining"
-    }
-    for slot in range(deployment.replicas):
-        if slot not in have:
-            add_replica(session, platform, project, deployment, slot, STABLE, version)
     previous = deployment.version
     deployment.target_version = version
     if version == deployment.version:  # back to the version still serving: nothing to switch
         for replica in replicas_of(session, deployment.id):
             if replica.arm == STABLE and replica.version != version:
                 drain(session, replica, "update cancelled")
+    elif not same_interface(session, deployment):  # no mixed traffic: all at once, then switch
+        have = {
+            r.slot
+            for r in replicas_of(session, deployment.id)
+            if r.arm == STABLE and r.version == version and r.state != "draining"
+        }
+        for slot in range(deployment.replicas):
+            if slot not in have:
+                add_replica(session, platform, project, deployment, slot, STABLE, version)
+    # else the reconciler replaces the replicas a few at a time (lifecycle.advance_update)
     record(session, deployment, "update", actor.name, reason, previous=previous, version=version)
 
 
@@ -443,19 +493,21 @@ def _scale(
     previous = deployment.replicas
     deployment.replicas = count
     versions = {deployment.version, deployment.target_version}
-    for version in versions:
-        live = [
-            r
-            for r in replicas_of(session, deployment.id)
-            if r.arm == STABLE and r.version == version and r.state != "draining"
-        ]
-        slots = {r.slot for r in live}
+    live = [
+        r
+        for r in replicas_of(session, deployment.id)
+        if r.arm == STABLE and r.version in versions and r.state != "draining"
+    ]
+    for replica in live:
+        if replica.slot >= count:
+            drain(session, replica, "scaled down")
+    rolling = len(versions) > 1 and same_interface(session, deployment)
+    # rolling: a slot either version serves is covered (the update replaces the old ones)
+    for version in [deployment.version] if rolling else sorted(versions):
+        slots = {r.slot for r in live if rolling or r.version == version}
         for slot in range(count):
             if slot not in slots:
                 add_replica(session, platform, project, deployment, slot, STABLE, version)
-        for replica in live:
-            if replica.slot >= count:
-                drain(session, replica, "scaled down")
     record(session, deployment, "scale", actor.name, reason, previous=previous, replicas=count)
 
 
