@@ -100,7 +100,10 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     platform.project_purgers.append(
         lambda session, project: serving.purge_project(session, platform, project)
     )
-    app.state.tables = TableStore(platform.settings)
+    app.state.tables = table_store = TableStore(platform.settings)
+    platform.project_purgers.append(
+        lambda session, project: table_store.purge_project(session, project.id)
+    )
     app.state.dataplane = DataPlane(platform, app.state.tables)
     app.state.serving = ServingRuntime(platform)
     app.state.uploads = UploadSlots(platform.settings.server.max_concurrent_uploads)

@@ -26,6 +26,7 @@ from underlay.serving.schemas import CanaryStart
 from underlay.serving.service import (
     CANARY,
     LIVE_JOB,
+    MAX_SURGE,
     STABLE,
     _cancel_jobs,
     _roll,
@@ -33,7 +34,6 @@ from underlay.serving.service import (
     drain,
     get_deployment,
     job_states,
-    max_surge,
     record,
     replicas_of,
     same_interface,
@@ -221,7 +221,7 @@ def advance_update(
 ) -> None:
     """One step of a rolling update (see :mod:`underlay.serving.service`): drain old
     replicas that serve nothing, and a ready one for each new one ready beyond what the
-    deployment wants; start new replicas while fewer than ``replicas + max_surge`` exist
+    deployment wants; start new replicas while fewer than ``replicas + MAX_SURGE`` exist
     (draining ones count until their jobs end); switch once all of the new ones are ready."""
     target, want = deployment.target_version, deployment.replicas
     if target == deployment.version:
@@ -241,7 +241,7 @@ def advance_update(
             old.remove(replica)
             touch(deployment)
         have = {r.slot for r in new}
-        room = want + max_surge(deployment) - len(stable)
+        room = want + MAX_SURGE - len(stable)
         for slot in [s for s in range(want) if s not in have][: max(0, room)]:
             add_replica(session, platform, project, deployment, slot, STABLE, target)
             touch(deployment)

@@ -17,7 +17,7 @@ server's serving runtime calls every fraction of a second.
   (:func:`underlay.serving.lifecycle.advance_update`). When both versions take and return the
   same tensors (names, dtypes, shapes: :func:`same_interface`), replicas are replaced a few at
   a time, as Kubernetes does with ``maxSurge`` 1 and ``maxUnavailable`` 0: at most
-  ``max_surge`` replicas more than wanted exist at any time (draining ones count until their
+  :data:`MAX_SURGE` replicas more than wanted exist at any time (draining ones count until their
   jobs end), a new replica starts only when there is room, and an old one drains only once a
   new one is ready, so the ready replicas never fall below what the deployment wants; the
   data plane routes to the ready replicas of both versions meanwhile. When the interfaces
@@ -81,6 +81,13 @@ def _aad(replica_id: int) -> bytes:
 
 def deployment_ref(name: str) -> lineage.ObjectRef:
     return lineage.ObjectRef("deployment", name)
+
+
+def log_tables(name: str) -> list[str]:
+    """The tables a deployment writes: its prediction log and its feedback."""
+    from underlay.serving.predlog import feedback_table, predictions_table
+
+    return [predictions_table(name), feedback_table(name)]
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -149,10 +156,6 @@ def event_read(event: DeploymentEvent) -> DeploymentEventRead:
 def settings_of(deployment: Deployment) -> dict[str, Any]:
     value: dict[str, Any] = json.loads(deployment.settings or "{}")
     return value
-
-
-def max_surge(deployment: Deployment) -> int:
-    return max(1, int(settings_of(deployment).get("max_surge", MAX_SURGE)))
 
 
 def _interface(session: Session, project_id: int, model: str, version: int) -> Any:
@@ -338,6 +341,9 @@ def deploy(
         "deployed",
         deployment_ref(deployment.name),
     )
+    for table in log_tables(deployment.name):  # the tables exist once something is logged
+        ref = lineage.ObjectRef("table", table)
+        lineage.add_edge(session, project.id, deployment_ref(deployment.name), "logs_to", ref)
     record(session, deployment, "deploy", actor.name, body.reason, version=version.version)
     return deployment
 
@@ -524,11 +530,25 @@ def drain(session: Session, replica: DeploymentReplica, reason: str) -> None:
 def delete_deployment(
     session: Session, platform: Platform, project: Project, actor: Actor, name: str
 ) -> int:
-    """Remove a deployment: its replicas' jobs are cancelled (they drain on SIGTERM), its rows
-    and lineage edges go. Returns how many replica jobs were stopped."""
+    """Remove a deployment: its replicas' jobs are cancelled (they drain on SIGTERM), its rows,
+    lineage edges and log tables (prediction log and feedback, their files once the
+    transaction commits) go. Returns how many replica jobs were stopped."""
+    from underlay.data.models import DataTable
+    from underlay.data.tables import TableStore
+
     deployment = get_deployment(session, project.id, name, lock=True)
     stopped = _cancel_jobs(session, platform, replicas_of(session, deployment.id))
     lineage.delete_edges_for(session, project.id, deployment_ref(deployment.name))
+    store = TableStore(platform.settings)
+    for table_name in log_tables(deployment.name):
+        lineage.delete_edges_for(session, project.id, lineage.ObjectRef("table", table_name))
+        table = session.scalar(
+            select(DataTable).where(
+                DataTable.project_id == project.id, DataTable.name == table_name
+            )
+        )
+        if table is not None:
+            store.remove(session, table)
     session.execute(delete(DeploymentEvent).where(DeploymentEvent.deployment_id == deployment.id))
     session.execute(
         delete(DeploymentReplica).where(DeploymentReplica.deployment_id == deployment.id)
