@@ -74,7 +74,8 @@ def _predicts(client: Client) -> None:
     assert len(answer["predictions"]) == 3
 
 
-def _deploy(server: ServerProcess) -> None:
+def _deploy(server: ServerProcess) -> list[int]:
+    """Deploy two replicas; the ids of their jobs."""
     with Client(server.url, ADMIN_TOKEN) as c:
         wait_until(c.list_nodes, "the local agent to register", within_s=30)
         c.create_project(PROJECT)
@@ -82,8 +83,9 @@ def _deploy(server: ServerProcess) -> None:
             run.log_model(model(), "model", input_example=X[:5])
         c.register_model(PROJECT, "churn", run=run.id, path="model")
         c.deploy(PROJECT, NAME, "churn@1", replicas=2)
-        _ready(c, 2)
+        jobs = _ready(c, 2)
         _predicts(c)
+        return jobs
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -93,7 +95,7 @@ def test_a_stopped_server_stops_its_replicas_and_brings_them_back(
     home = tmp_path / "home"
     server = _Server(home).start()
     try:
-        _deploy(server)
+        before = _deploy(server)
         assert len(_replicas(home)) == 2
         assert server.proc is not None
         server.proc.send_signal(signum)
@@ -103,8 +105,12 @@ def test_a_stopped_server_stops_its_replicas_and_brings_them_back(
 
         server = _Server(home, port=server.port).start()  # the deployment comes back
         with Client(server.url, ADMIN_TOKEN) as c:
-            _ready(c, 2)
+            after = _ready(c, 2)
             _predicts(c)
+            assert not set(after) & set(before)  # new jobs serve the slots
+            for job_id in before:
+                ended = c.read_job(PROJECT, job_id)
+                assert ended.state == "cancelled" and "the server stopped" in ended.reason
         assert len(_replicas(home)) == 2
     finally:
         server.stop()
