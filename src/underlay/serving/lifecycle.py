@@ -21,6 +21,7 @@ from underlay.compute.models import Job
 from underlay.errors import Conflict, InvalidInput
 from underlay.identity import Actor
 from underlay.platform import Platform
+from underlay.serving.interfaces import same_interface
 from underlay.serving.models import Deployment, DeploymentReplica
 from underlay.serving.schemas import CanaryStart
 from underlay.serving.service import (
@@ -36,7 +37,6 @@ from underlay.serving.service import (
     job_states,
     record,
     replicas_of,
-    same_interface,
     submit_replica_job,
     touch,
     verified_version,

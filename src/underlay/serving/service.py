@@ -15,7 +15,8 @@ server's serving runtime calls every fraction of a second.
   server sends it on every call to the replica.
 * **Rolling update** (``model`` in an update), driven by the reconciler
   (:func:`underlay.serving.lifecycle.advance_update`). When both versions take and return the
-  same tensors (names, dtypes, shapes: :func:`same_interface`), replicas are replaced a few at
+  same tensors (names, dtypes, shapes:
+  :func:`underlay.serving.interfaces.same_interface`), replicas are replaced a few at
   a time, as Kubernetes does with ``maxSurge`` 1 and ``maxUnavailable`` 0: at most
   :data:`MAX_SURGE` replicas more than wanted exist at any time (draining ones count until their
   jobs end), a new replica starts only when there is room, and an old one drains only once a
@@ -52,8 +53,9 @@ from underlay.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from underlay.identity import SYSTEM, Actor, TokenKind
 from underlay.ml.registry import service as registry
 from underlay.ml.registry.manifest import ArtifactRefused
-from underlay.ml.registry.models import ModelVersion, RegisteredModel
+from underlay.ml.registry.models import ModelVersion
 from underlay.platform import Platform
+from underlay.serving.interfaces import routed_versions, same_interface
 from underlay.serving.models import Deployment, DeploymentEvent, DeploymentReplica
 from underlay.serving.schemas import (
     CanaryRead,
@@ -156,40 +158,6 @@ def event_read(event: DeploymentEvent) -> DeploymentEventRead:
 def settings_of(deployment: Deployment) -> dict[str, Any]:
     value: dict[str, Any] = json.loads(deployment.settings or "{}")
     return value
-
-
-def _interface(session: Session, project_id: int, model: str, version: int) -> Any:
-    raw = session.scalar(
-        select(ModelVersion.signature)
-        .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
-        .where(
-            RegisteredModel.project_id == project_id,
-            RegisteredModel.name == model,
-            ModelVersion.version == version,
-        )
-    )
-    signature = json.loads(raw or "{}") or {}
-    return [
-        [(t.get("name"), t.get("dtype"), t.get("shape")) for t in signature.get(side, [])]
-        for side in ("inputs", "outputs")
-    ]
-
-
-def same_interface(session: Session, deployment: Deployment) -> bool:
-    """Whether the serving and the target version take and return the same tensors (names,
-    dtypes, shapes; the ranges seen in training may differ), so that both may serve the
-    deployment's traffic during a rolling update."""
-    model, project_id = deployment.model, deployment.project_id
-    serving = _interface(session, project_id, model, deployment.version)
-    target = _interface(session, project_id, model, deployment.target_version)
-    return bool(serving[0]) and serving == target
-
-
-def routed_versions(session: Session, deployment: Deployment) -> set[int]:
-    """The versions whose ready stable replicas take the deployment's stable traffic."""
-    if deployment.target_version != deployment.version and same_interface(session, deployment):
-        return {deployment.version, deployment.target_version}
-    return {deployment.version}
 
 
 def render(session: Session, project: Project, deployment: Deployment) -> DeploymentRead:

@@ -12,6 +12,7 @@ from underlay.ml.flavors.signature import Signature
 from underlay.ml.registry.models import ModelVersion, RegisteredModel
 from underlay.platform import Platform
 from underlay.serving.dataplane import Arm, DeploymentView, Endpoint
+from underlay.serving.interfaces import routed_versions
 from underlay.serving.limits import LimitSpec
 from underlay.serving.models import Deployment
 from underlay.serving.service import (
@@ -19,7 +20,6 @@ from underlay.serving.service import (
     STABLE,
     replica_secret,
     replicas_of,
-    routed_versions,
     settings_of,
 )
 from underlay.serving.v2 import RangePolicy, compile_signature
