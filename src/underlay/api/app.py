@@ -83,7 +83,8 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
             app.state.alerts.stop()
             await app.state.dataplane.close()
             app.state.serving.stop()
-            runtime.stop()
+            stopped = runtime.stop(stop_jobs=app.state.serving.replica_jobs)
+            app.state.serving.stopped_with_server(stopped)
 
     app = FastAPI(
         title="underlay",
@@ -111,7 +112,10 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     platform.project_purgers.append(
         lambda session, project: drift_checks.purge_project(session, project.id)
     )
-    app.state.tables = TableStore(platform.settings)
+    app.state.tables = table_store = TableStore(platform.settings)
+    platform.project_purgers.append(
+        lambda session, project: table_store.purge_project(session, project.id)
+    )
     app.state.dataplane = DataPlane(platform, app.state.tables)
     app.state.serving = ServingRuntime(platform)
     app.state.uploads = UploadSlots(platform.settings.server.max_concurrent_uploads)

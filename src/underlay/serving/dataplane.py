@@ -153,10 +153,16 @@ class DeploymentView:
     canary: Arm | None = None
     canary_weight: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    # during a rolling update between versions of one interface: the new version's ready
+    # replicas, which share the stable traffic by their number
+    rolling: Arm | None = None
 
     @property
     def ready(self) -> bool:
-        return bool(self.stable.endpoints)
+        return bool(self.stable.endpoints or (self.rolling and self.rolling.endpoints))
+
+    def arms(self) -> list[Arm]:
+        return [a for a in (self.stable, self.canary, self.rolling) if a is not None]
 
 
 class DataPlane:
@@ -272,8 +278,9 @@ class DataPlane:
     def _adopt(self, fresh: DeploymentView, old: DeploymentView | None) -> DeploymentView:
         """Give ``fresh`` batchers, keeping the old view's arms (and their batchers) where the
         version is the same, so a refresh never drops what a batcher holds."""
-        old_arms = {a.version: a for a in (old.stable, old.canary) if a} if old else {}
-        for arm in (fresh.stable, fresh.canary):
+        old_arms = {a.version: a for a in old.arms()} if old else {}
+        for attr in ("stable", "canary", "rolling"):
+            arm = getattr(fresh, attr)
             if arm is None:
                 continue
             kept = old_arms.pop(arm.version, None)
@@ -286,10 +293,7 @@ class DataPlane:
                         endpoint.down_until = known.down_until
                 kept.endpoints, kept.name = arm.endpoints, arm.name
                 kept.batcher.max_concurrency = _in_flight(len(arm.endpoints))
-                if arm is fresh.stable:
-                    fresh.stable = kept
-                else:
-                    fresh.canary = kept
+                setattr(fresh, attr, kept)
             else:
                 arm.batcher = self._batcher(fresh, arm)
         for gone in old_arms.values():
@@ -364,9 +368,19 @@ class DataPlane:
     @staticmethod
     def _choose(view: DeploymentView, guard: Any) -> Arm:
         canary, monitor = view.canary, guard.monitor
-        if canary is None or not canary.endpoints or monitor is None:
+        if (
+            canary is not None
+            and canary.endpoints
+            and monitor is not None
+            and monitor.choose(random.random()) == "canary"
+        ):
+            return canary
+        rolling = view.rolling
+        if rolling is None or not rolling.endpoints:
             return view.stable
-        return canary if monitor.choose(random.random()) == "canary" else view.stable
+        serving = len(view.stable.endpoints)  # by replica count: each version its share
+        chosen = random.random() * (serving + len(rolling.endpoints)) >= serving
+        return rolling if chosen else view.stable
 
     async def _send(
         self, name: str, arm: Arm, batch: dict[str, np.ndarray]
@@ -457,9 +471,8 @@ class DataPlane:
 
         while self._retired:
             retired = self._retired.pop()
-            for arm in (retired.stable, retired.canary):
-                if arm is not None:
-                    await arm.batcher.close()
+            for arm in retired.arms():
+                await arm.batcher.close()
         if not self._views:
             return
         ids = {key: view.id for key, view in self._views.items()}
@@ -469,9 +482,8 @@ class DataPlane:
             if now is None:
                 self._views.pop(key, None)
                 self.guards.forget(view.id)
-                for arm in (view.stable, view.canary):
-                    if arm is not None:
-                        await arm.batcher.close()
+                for arm in view.arms():
+                    await arm.batcher.close()
             elif now != view.generation:
                 fresh = await asyncio.to_thread(self._read_view, *key)
                 if fresh is None:
@@ -496,9 +508,8 @@ class DataPlane:
         if self._refresher is not None:
             self._refresher.cancel()
         for view in self._views.values():
-            for arm in (view.stable, view.canary):
-                if arm is not None:
-                    await arm.batcher.close()
+            for arm in view.arms():
+                await arm.batcher.close()
         if self._replicas is not None:
             await self._replicas.close()
         await asyncio.to_thread(self.guards.close)

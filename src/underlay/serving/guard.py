@@ -95,7 +95,7 @@ class Guards:
             guard.logger.close(wait=False)  # on the event loop: the thread writes the rest
         guard.logger_key, guard.logger = key, None
         if rate > 0 and self.tables is not None:
-            from underlay.serving.predlog import open_logger
+            from underlay.serving.predlog_writer import open_logger
 
             guard.logger = open_logger(
                 self.platform,
@@ -105,6 +105,7 @@ class Guards:
                 model=view.model,
                 sample_rate=rate,
                 flush_interval_s=LOG_FLUSH_S,
+                require_deployment=True,
             )
 
     # -- before: limits and the extraction alarm ------------------------------------------------

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 
 from underlay.api.problems import error_response
 from underlay.errors import NotFound, Unavailable, UnderlayError
-from underlay.serving import v2
+from underlay.serving import v2, v2_response
 from underlay.serving.dataplane import DataPlane, DeploymentView, Principal, dataplane_of
 
 router = APIRouter(prefix="/projects/{project}/deployments/{name}/v2", tags=["inference"])
@@ -74,7 +74,7 @@ async def server_metadata(project: str, name: DeploymentName, request: Request) 
         await _view(request, project, name)
     except UnderlayError as exc:
         return _error(request, exc)
-    return JSONResponse(v2.server_metadata())
+    return JSONResponse(v2_response.server_metadata())
 
 
 @router.get("/health/live")
@@ -113,7 +113,7 @@ async def model_metadata(
     except UnderlayError as exc:
         return _error(request, exc)
     signature = _compiled(view).signature
-    return JSONResponse(v2.model_metadata(view.name, view.version, signature, view.model))
+    return JSONResponse(v2_response.model_metadata(view.name, view.version, signature, view.model))
 
 
 @router.get("/models/{model}/ready")
@@ -161,7 +161,9 @@ async def infer_response(request: Request, project: str, name: str, model: str) 
         result = await plane.predict(
             project, name, decoded.inputs, principal, request_id=request_id, validated=True
         )
-        body, headers = v2.encode_infer_response(view.name, result.version, result.outputs, decoded)
+        body, headers = v2_response.encode_infer_response(
+            view.name, result.version, result.outputs, decoded
+        )
     except UnderlayError as exc:
         return _error(request, exc)
     return Response(body, headers=headers)
