@@ -30,6 +30,7 @@ from underlay.api.routes import (
     nodes,
     pipelines,
     projects,
+    retrain,
     runs,
     status,
     subjects,
@@ -46,6 +47,7 @@ from underlay.data import datasets as data_datasets
 from underlay.data.tables import TableStore
 from underlay.ml import experiments as ml_experiments
 from underlay.ml.registry import service as registry
+from underlay.monitoring.loop import LoopDriver
 from underlay.monitoring.metrics import api_latency_histogram
 from underlay.platform import Platform
 from underlay.serving import service as serving
@@ -69,10 +71,12 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         app.state.compute = runtime  # /metrics reads its scheduler round times
         runtime.start()
         app.state.serving.start()
+        app.state.retrain.start()
         try:
             yield
         finally:
             await app.state.dataplane.close()
+            app.state.retrain.stop()
             app.state.serving.stop()
             runtime.stop()
 
@@ -102,6 +106,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     app.state.tables = TableStore(platform.settings)
     app.state.dataplane = DataPlane(platform, app.state.tables)
     app.state.serving = ServingRuntime(platform)
+    app.state.retrain = LoopDriver(platform)
     app.state.uploads = UploadSlots(platform.settings.server.max_concurrent_uploads)
     app.state.api_latency = api_latency_histogram()
     problems.install(app)
@@ -140,6 +145,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         inference_v2,
         feedback,
         metrics,
+        retrain,
     )
     for module in routers:
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)
