@@ -20,6 +20,7 @@ from underlay.client.ml import TrackingMethods
 from underlay.client.ml_pipelines import MLPipelineMethods
 from underlay.client.models import ModelMethods
 from underlay.client.pipelines import PipelineMethods
+from underlay.client.retrain import RetrainMethods
 from underlay.client.serving import ServingMethods
 from underlay.errors import IntegrityFailure, Unavailable, UnderlayError, error_for_problem
 from underlay.schemas import (
@@ -67,6 +68,7 @@ class Client(
     ModelMethods,
     ExportMethods,
     ServingMethods,
+    RetrainMethods,
 ):
     """A session with one underlay server; use as a context manager or call :meth:`close`."""
 
