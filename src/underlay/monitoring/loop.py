@@ -299,17 +299,11 @@ def drift_trigger(policy: RetrainPolicy, drift: dict[str, Any] | None) -> dict[s
 def newest_drift(
     session: Session, platform: Platform, project: Project, deployment: str
 ) -> dict[str, Any] | None:
-    """The newest stored drift report of ``deployment`` as a summary, or None (also when the
-    drift service is not installed)."""
-    try:
-        from underlay.monitoring import checks  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    reports = checks.list_drift_reports(session, project, deployment, limit=1)
-    if not reports:
-        return None
-    newest = reports[0]
-    return dict(newest.to_dict() if hasattr(newest, "to_dict") else newest)
+    """The newest stored drift report of ``deployment`` (its ``to_dict()``), or None."""
+    from underlay.monitoring.checks import list_drift_reports
+
+    reports = list_drift_reports(session, project.id, deployment, limit=1)
+    return reports[0] if reports else None
 
 
 def plan(
