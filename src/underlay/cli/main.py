@@ -17,6 +17,7 @@ from underlay.cli import (
     deployments,
     keys,
     models,
+    monitor,
     pipelines,
     resources,
     runs,
@@ -91,6 +92,7 @@ app.add_typer(compute.jobs, name="jobs")
 app.add_typer(compute.quotas, name="quotas")
 app.add_typer(compute.budget, name="budget")
 app.add_typer(compute.alerts, name="alerts")
+app.add_typer(monitor.monitor, name="monitor")
 app.command("usage")(compute.usage)
 app.command("agent")(compute.agent)
 app.command("simulate")(simulate)

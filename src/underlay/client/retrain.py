@@ -40,7 +40,12 @@ class RetrainMethods:
         return plan
 
     def start_retrain(
-        self, project: str, deployment: str, *, reason: str = "", drift: dict[str, Any] | None = None
+        self,
+        project: str,
+        deployment: str,
+        *,
+        reason: str = "",
+        drift: dict[str, Any] | None = None,
     ) -> RunRead:
         url = f"/projects/{project}/deployments/{deployment}/retrain-runs"
         body = {"reason": reason, "drift": drift}

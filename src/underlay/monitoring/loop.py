@@ -62,6 +62,12 @@ def set_policy(
     from underlay.serving.service import get_deployment
 
     get_deployment(session, project.id, deployment)
+    if body.table is None:
+        from underlay.monitoring.reference import resolve_reference
+
+        table = resolve_reference(session, project, deployment).table
+        body = body.model_copy(update={"table": table})
+    assert body.table is not None
     TableStore(platform.settings).get(session, project.id, body.table)
     _check_workdir(session, platform, project, body.workdir_digest, body.pipeline_file)
     policy = read_policy(session, project, deployment, missing_ok=True)

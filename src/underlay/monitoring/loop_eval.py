@@ -72,6 +72,10 @@ def load_version(
 def _predict(model: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
     from underlay.serving.replica import predict_batch
 
+    signature = getattr(model, "signature", None)
+    names = [i.name for i in getattr(signature, "inputs", None) or []]
+    if len(inputs) > 1 and set(names) == set(inputs):
+        inputs = {name: inputs[name] for name in names}  # the order the model was fitted in
     result = predict_batch(model, {k: v.astype(np.float32) for k, v in inputs.items()})
     return np.asarray(next(iter(result.values()))).reshape(-1)
 

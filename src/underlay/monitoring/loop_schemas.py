@@ -31,7 +31,12 @@ class PolicySet(_In):
     workdir_digest: str = Field(
         pattern=r"^[0-9a-f]{64}$", description="The uploaded folder (a tar.gz blob)."
     )
-    table: str = Field(pattern=NAME, description="The training table: its newest version.")
+    table: str | None = Field(
+        default=None,
+        pattern=NAME,
+        description="The training table (its newest version); default: the deployment's "
+        "reference table, found through lineage.",
+    )
     artifact: str = Field(default="model", min_length=1, max_length=255)
     task: Task = "classification"
     drift_share: float = Field(default=0.2, gt=0, le=1, description="Share of drifted features.")

@@ -107,7 +107,9 @@ def upgrade() -> None:
             "ix_retrain_runs_project_deployment", ["project_id", "deployment"], unique=False
         )
         batch_op.create_index("ix_retrain_runs_state", ["state"], unique=False)
-        batch_op.create_index(batch_op.f("ix_retrain_runs_project_id"), ["project_id"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_retrain_runs_project_id"), ["project_id"], unique=False
+        )
 
 
 def downgrade() -> None:
