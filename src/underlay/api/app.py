@@ -27,6 +27,7 @@ from underlay.api.routes import (
     ml_pipelines,
     model_exports,
     models,
+    monitoring,
     nodes,
     pipelines,
     projects,
@@ -47,6 +48,7 @@ from underlay.data import datasets as data_datasets
 from underlay.data.tables import TableStore
 from underlay.ml import experiments as ml_experiments
 from underlay.ml.registry import service as registry
+from underlay.monitoring import checks as drift_checks
 from underlay.monitoring.loop import LoopDriver
 from underlay.monitoring.metrics import api_latency_histogram
 from underlay.platform import Platform
@@ -103,6 +105,9 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     platform.project_purgers.append(
         lambda session, project: serving.purge_project(session, platform, project)
     )
+    platform.project_purgers.append(
+        lambda session, project: drift_checks.purge_project(session, project.id)
+    )
     app.state.tables = TableStore(platform.settings)
     app.state.dataplane = DataPlane(platform, app.state.tables)
     app.state.serving = ServingRuntime(platform)
@@ -144,6 +149,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         deployments,
         inference_v2,
         feedback,
+        monitoring,
         metrics,
         retrain,
     )

@@ -19,6 +19,7 @@ from underlay.client.exports import ExportMethods
 from underlay.client.ml import TrackingMethods
 from underlay.client.ml_pipelines import MLPipelineMethods
 from underlay.client.models import ModelMethods
+from underlay.client.monitoring import MonitoringMethods
 from underlay.client.pipelines import PipelineMethods
 from underlay.client.retrain import RetrainMethods
 from underlay.client.serving import ServingMethods
@@ -69,6 +70,7 @@ class Client(
     ExportMethods,
     ServingMethods,
     RetrainMethods,
+    MonitoringMethods,
 ):
     """A session with one underlay server; use as a context manager or call :meth:`close`."""
 

@@ -33,6 +33,7 @@ from sqlalchemy import func, select
 
 from underlay.compute.models import AcceleratorRow, Alert, Job, NodeRow
 from underlay.compute.states import JobState
+from underlay.monitoring.reports import drift_families
 from underlay.store.models import Project
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ def render(session: Session, project_ids: frozenset[int] | None, sources: Source
     families: list[Metric] = []
     families += _jobs(session, names)
     families += _alerts(session, names, admin)
+    families += drift_families(session, names)
     if admin:
         families += _nodes(session)
         families += _rounds(sources.rounds)
