@@ -75,7 +75,8 @@ def set_policy(
         policy = RetrainPolicy(project_id=project.id, deployment=deployment)
         session.add(policy)
     for field, value in body.model_dump().items():
-        setattr(policy, field, value)
+        setattr(policy, field, json.dumps(value) if field == "env" else value)
+    policy.owner_id = actor.user_id or None
     policy.updated_by = actor.name[:128]
     policy.updated_at = utcnow()
     session.flush()
@@ -122,7 +123,8 @@ def render_policy(policy: RetrainPolicy) -> PolicyRead:
 
 
 def _policy_dict(policy: RetrainPolicy) -> dict[str, Any]:
-    return PolicySet.model_validate(render_policy(policy).model_dump(include=_FIELDS)).model_dump()
+    data = render_policy(policy).model_dump(include=_FIELDS)
+    return {**data, "owner_id": policy.owner_id}
 
 
 _FIELDS = set(PolicySet.model_fields)

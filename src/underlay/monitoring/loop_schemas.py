@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from underlay.schemas import Line
 
@@ -51,10 +53,26 @@ class PolicySet(_In):
     canary_min_requests: int = Field(default=20, ge=1, le=10**9)
     mode: Mode = "auto"
     cooldown_s: float = Field(default=3600.0, ge=0, le=30 * 86400)
+    env: dict[str, str] = Field(
+        default_factory=dict, max_length=64, description="The training job's variables."
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name) or len(text) > 4096:
+                raise ValueError(f"env: {name[:40]!r} is not a variable name or its value is long")
+        return value
 
 
 class PolicyRead(PolicySet):
     model_config = ConfigDict(from_attributes=True, extra="ignore")
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _stored(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
 
     deployment: str
     updated_by: str

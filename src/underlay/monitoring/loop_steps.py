@@ -166,11 +166,16 @@ def _triggered(session: Session, platform: Platform, project: Project, run: Retr
         command=command,
         name=f"retrain-{run.deployment}-{run.id}"[:63],
         workdir_digest=policy["workdir_digest"],
-        env={"UNDERLAY_RETRAIN_RUN": str(run.id)},
-        max_runtime_s=float(policy.get("max_runtime_s", 3600.0)),
+        env={
+            **policy.get("env", {}),
+            "UNDERLAY_PROJECT": project.name,
+            "UNDERLAY_RETRAIN_RUN": str(run.id),
+        },
     )
+    # as the user who set the policy: the job's token (to log the model) is theirs
+    owner = Actor(user_id=policy.get("owner_id") or 0, name=LOOP_ACTOR.name, is_admin=False)
     job, _ = submit_job(
-        session, project, LOOP_ACTOR, body, keyring=platform.keyring, settings=platform.settings
+        session, project, owner, body, keyring=platform.keyring, settings=platform.settings
     )
     run.training_job_id = job.id
     run.table_version = version

@@ -1,11 +1,12 @@
 """retraining loop: a policy per deployment and the loop's runs
 
 Revision ID: 0022
-Revises: 0019
+Revises: 0020
 Create Date: 2026-12-07
 
-NOTE (merge): developed with down_revision "0019" beside 0020 (drift) and 0021 (alerting);
-the lead rewires it to "0021" when the three branches are merged.
+NOTE (merge): developed beside 0020 (drift) and 0021 (alerting). This branch merged mon-drift,
+so it revises "0020" here (it began on "0019"); the lead rewires it to "0021" when the
+alerting branch is merged.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from alembic import op
 import underlay.store.types
 
 revision = "0022"
-down_revision = "0019"
+down_revision = "0020"
 branch_labels = None
 depends_on = None
 
@@ -53,10 +54,18 @@ def upgrade() -> None:
         sa.Column("canary_min_requests", sa.Integer(), nullable=False),
         sa.Column("mode", sa.String(length=16), nullable=False),
         sa.Column("cooldown_s", sa.Float(), nullable=False),
+        sa.Column("env", sa.Text(), nullable=False),
+        sa.Column("owner_id", sa.Integer(), nullable=True),
         sa.Column("updated_by", sa.String(length=128), nullable=False),
         sa.Column("created_at", _TS, nullable=False),
         sa.Column("updated_at", _TS, nullable=False),
         sa.Column("project_id", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["owner_id"],
+            ["users.id"],
+            name=op.f("fk_retrain_policies_owner_id_users"),
+            ondelete="SET NULL",
+        ),
         _project_fk("retrain_policies"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_retrain_policies")),
         sa.UniqueConstraint(
