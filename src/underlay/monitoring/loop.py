@@ -188,7 +188,7 @@ def start_run(
     from underlay import lineage
 
     lineage.add_edge(
-        session, project.id, deployment_ref(deployment), "retrained_by", steps.run_ref(run)
+        session, project.id, steps.run_ref(run), "retrains", deployment_ref(deployment)
     )
     return run
 

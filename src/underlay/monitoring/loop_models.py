@@ -40,6 +40,8 @@ class RetrainPolicy(ProjectScoped, Base):
     canary_min_requests: Mapped[int] = mapped_column(Integer, default=20)
     mode: Mapped[str] = mapped_column(String(16), default="auto")
     cooldown_s: Mapped[float] = mapped_column(Float, default=3600.0)
+    cpus: Mapped[float] = mapped_column(Float, default=1.0)
+    memory_mib: Mapped[int] = mapped_column(Integer, default=2048)
     env: Mapped[str] = mapped_column(Text, default="{}")  # JSON: the training job's variables
     owner_id: Mapped[int | None] = mapped_column(  # the training job runs as this user
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True

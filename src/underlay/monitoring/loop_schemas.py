@@ -53,6 +53,8 @@ class PolicySet(_In):
     canary_min_requests: int = Field(default=20, ge=1, le=10**9)
     mode: Mode = "auto"
     cooldown_s: float = Field(default=3600.0, ge=0, le=30 * 86400)
+    cpus: float = Field(default=1.0, gt=0, le=1024, description="The training job's CPUs.")
+    memory_mib: int = Field(default=2048, ge=64, le=16 * 1024 * 1024)
     env: dict[str, str] = Field(
         default_factory=dict, max_length=64, description="The training job's variables."
     )
@@ -63,11 +65,13 @@ class PolicySet(_In):
         for name, text in value.items():
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name) or len(text) > 4096:
                 raise ValueError(f"env: {name[:40]!r} is not a variable name or its value is long")
+            if name.startswith("UNDERLAY_"):
+                raise ValueError(f"env: {name} is the platform's to set, not a policy's")
         return value
 
 
 class PolicyRead(PolicySet):
-    model_config = ConfigDict(from_attributes=True, extra="ignore")
+    model_config = ConfigDict(from_attributes=True, extra="ignore", strict=False)
 
     @field_validator("env", mode="before")
     @classmethod

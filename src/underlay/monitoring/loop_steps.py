@@ -166,11 +166,9 @@ def _triggered(session: Session, platform: Platform, project: Project, run: Retr
         command=command,
         name=f"retrain-{run.deployment}-{run.id}"[:63],
         workdir_digest=policy["workdir_digest"],
-        env={
-            **policy.get("env", {}),
-            "UNDERLAY_PROJECT": project.name,
-            "UNDERLAY_RETRAIN_RUN": str(run.id),
-        },
+        env={**policy.get("env", {}), "RETRAIN_RUN": str(run.id)},
+        cpus=float(policy.get("cpus", 1.0)),
+        memory_mib=int(policy.get("memory_mib", 2048)),
     )
     # as the user who set the policy: the job's token (to log the model) is theirs
     owner = Actor(user_id=policy.get("owner_id") or 0, name=LOOP_ACTOR.name, is_admin=False)
@@ -304,10 +302,8 @@ def start_canary(
     why: str,
 ) -> None:
     """Start serving's canary of the challenger (its automatic rollback included)."""
-    from underlay.ml.registry.service import version_ref
     from underlay.serving import lifecycle
     from underlay.serving.schemas import CanaryStart
-    from underlay.serving.service import deployment_ref
 
     deployment = _deployment(session, project, run, lock=True)
     if deployment.version != run.champion_version or deployment.canary_state in (
@@ -330,11 +326,6 @@ def start_canary(
     )
     lifecycle.start_canary(session, platform, project, LOOP_ACTOR, deployment.name, body)
     run.canary = json.dumps(body.model_dump())
-    assert run.challenger_version is not None
-    lineage.add_edge(
-        session, project.id, version_ref(deployment.model, run.challenger_version),
-        "canary_of", deployment_ref(deployment.name),
-    )  # fmt: skip
     transition(
         session, platform, project, run, "canary",
         f"canary of version {run.challenger_version} at weight {body.weight} for "
@@ -345,8 +336,10 @@ def start_canary(
 
 def _canary(session: Session, platform: Platform, project: Project, run: RetrainRun) -> None:
     """Wait for serving's verdict: promote a passed canary, follow a rollback."""
+    from underlay.ml.registry.service import version_ref
     from underlay.serving import lifecycle
     from underlay.serving.models import DeploymentEvent
+    from underlay.serving.service import deployment_ref
 
     deployment = _deployment(session, project, run, lock=True)
     state = deployment.canary_state
@@ -358,6 +351,11 @@ def _canary(session: Session, platform: Platform, project: Project, run: Retrain
         lifecycle.promote(
             session, platform, project, LOOP_ACTOR, deployment.name,
             f"retrain run {run.id}: the canary passed",
+        )  # fmt: skip
+        assert run.challenger_version is not None
+        lineage.add_edge(
+            session, project.id, version_ref(deployment.model, run.challenger_version),
+            "deployed", deployment_ref(deployment.name),
         )  # fmt: skip
         transition(
             session, platform, project, run, "promoted",

@@ -54,6 +54,8 @@ def upgrade() -> None:
         sa.Column("canary_min_requests", sa.Integer(), nullable=False),
         sa.Column("mode", sa.String(length=16), nullable=False),
         sa.Column("cooldown_s", sa.Float(), nullable=False),
+        sa.Column("cpus", sa.Float(), nullable=False),
+        sa.Column("memory_mib", sa.Integer(), nullable=False),
         sa.Column("env", sa.Text(), nullable=False),
         sa.Column("owner_id", sa.Integer(), nullable=True),
         sa.Column("updated_by", sa.String(length=128), nullable=False),
