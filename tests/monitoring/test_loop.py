@@ -145,6 +145,38 @@ def test_a_failing_training_pipeline_keeps_the_champion_and_alerts(world: World)
         assert alerts and f"retrain run {run.id}" in alerts[0].message
 
 
+def test_performance_under_the_floor_fires_the_trigger(world: World) -> None:
+    from underlay.monitoring.loop import performance_trigger
+    from underlay.monitoring.loop_models import RetrainPolicy
+    from underlay.store.models import Project
+
+    with world.client() as c:
+        world.traffic(c, 20)  # labelled traffic since the last run
+    platform = world.server.platform
+
+    def judged(floor: float) -> dict[str, Any]:
+        policy = RetrainPolicy(deployment=NAME, task="classification", min_rows=10)
+        policy.metric_floor = floor
+        with platform.db.session(Scope.everything()) as session:
+            project = session.scalar(select(Project).where(Project.name == PROJECT))
+            assert project is not None
+            return performance_trigger(session, platform, project, policy)
+
+    fired = wait_until(
+        lambda: (r := judged(1.01))["fires"] and r, "the labelled traffic to be logged"
+    )
+    assert fired["metric"] == "accuracy" and 0.0 <= fired["value"] <= 1.0
+    assert "under the policy's floor 1.01" in fired["reason"]
+    assert judged(-1.0)["fires"] is False
+    with platform.db.session(Scope.everything()) as session:
+        project = session.scalar(select(Project).where(Project.name == PROJECT))
+        assert project is not None
+        policy = RetrainPolicy(deployment=NAME, task="classification", min_rows=10**6)
+        policy.metric_floor = 1.01
+        too_few = performance_trigger(session, platform, project, policy)
+    assert too_few["fires"] is False and "performance:" in too_few["reason"]
+
+
 def test_a_run_awaiting_approval_survives_a_restart_and_then_promotes(world: World) -> None:
     with world.client() as c:
         world.policy(c, mode="approval", margin=0.0)

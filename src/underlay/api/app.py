@@ -49,7 +49,7 @@ from underlay.data.tables import TableStore
 from underlay.ml import experiments as ml_experiments
 from underlay.ml.registry import service as registry
 from underlay.monitoring import checks as drift_checks
-from underlay.monitoring.loop import LoopDriver
+from underlay.monitoring.loop_driver import LoopDriver
 from underlay.monitoring.metrics import api_latency_histogram
 from underlay.platform import Platform
 from underlay.serving import service as serving

@@ -9,31 +9,29 @@ held-out slice of labelled traffic) and how to canary it; its ``mode`` is ``auto
 (the loop never acts by itself; :func:`plan` says what it would do).
 
 A **run** is a persisted state machine (:mod:`underlay.monitoring.loop_steps`), advanced by
-:class:`LoopDriver`, a thread of the server: every tick it starts runs whose trigger fired and
-advances each unfinished run by one step, each step one transaction under the run's row lock,
-so a restarted server resumes every run where its last committed step left it.
+:class:`~underlay.monitoring.loop_driver.LoopDriver`, a thread of the server: every tick it
+starts runs whose trigger fired and advances each unfinished run by one step, each step one
+transaction under the run's row lock, so a restarted server resumes every run where its last
+committed step left it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
 import logging
 import tarfile
-import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from underlay.errors import Conflict, InvalidInput, NotFound, UnderlayError
+from underlay.errors import Conflict, InvalidInput, NotFound
 from underlay.identity import Actor
 from underlay.monitoring import loop_steps as steps
 from underlay.monitoring.loop_models import RetrainPolicy, RetrainRun
 from underlay.monitoring.loop_schemas import PolicyRead, PolicySet, RunRead
-from underlay.store import Scope
 from underlay.store.models import Blob, Project
 from underlay.store.types import utcnow
 
@@ -41,7 +39,6 @@ if TYPE_CHECKING:
     from underlay.platform import Platform
 
 log = logging.getLogger(__name__)
-INTERVAL_S = 1.0
 MAX_WORKDIR_BYTES = 512 * 1024 * 1024
 DriftSource = Callable[[Session, "Platform", Project, str], "dict[str, Any] | None"]
 
@@ -304,6 +301,49 @@ def drift_trigger(policy: RetrainPolicy, drift: dict[str, Any] | None) -> dict[s
     }
 
 
+def performance_trigger(
+    session: Session, platform: Platform, project: Project, policy: RetrainPolicy
+) -> dict[str, Any]:
+    """Whether the deployment's performance on its labelled traffic since the last run (all
+    of it before the first) is under the policy's ``metric_floor``: accuracy for a
+    classifier, -RMSE for a regressor; at least ``min_rows`` labelled rows."""
+    from underlay.data.tables import TableStore
+    from underlay.monitoring.performance import deployment_performance
+
+    if policy.metric_floor is None:
+        return {"fires": False, "reason": "the policy sets no performance floor"}
+    last = session.scalar(
+        select(RetrainRun.created_at)
+        .where(RetrainRun.project_id == project.id, RetrainRun.deployment == policy.deployment)
+        .order_by(RetrainRun.id.desc())
+    )
+    since = None if last is None else last.timestamp()
+    task: Literal["classification", "regression"] = (
+        "regression" if policy.task == "regression" else "classification"
+    )
+    report = deployment_performance(
+        session, TableStore(platform.settings), project.id, policy.deployment, task,
+        since=since, min_rows=policy.min_rows,
+    )  # fmt: skip
+    overall = report.overall
+    if overall.insufficient is not None:
+        return {"fires": False, "reason": f"performance: {overall.insufficient}"}
+    if task == "regression":
+        rmse = overall.metrics.get("rmse")
+        metric, value = "neg_rmse", None if rmse is None else -float(rmse)
+    else:
+        accuracy = overall.metrics.get("accuracy")
+        metric, value = "accuracy", None if accuracy is None else float(accuracy)
+    if value is None:
+        return {"fires": False, "reason": f"performance: no {metric} on the labelled traffic"}
+    fires = value < policy.metric_floor
+    reason = (
+        f"{metric} {value:.4f} on {overall.rows} labelled rows is "
+        f"{'under' if fires else 'not under'} the policy's floor {policy.metric_floor:g}"
+    )
+    return {"fires": fires, "reason": reason, "metric": metric, "value": round(value, 6)}
+
+
 def newest_drift(
     session: Session, platform: Platform, project: Project, deployment: str
 ) -> dict[str, Any] | None:
@@ -330,7 +370,12 @@ def plan(
     policy = read_policy(session, project, deployment)
     assert policy is not None
     summary = drift if drift is not None else drift_source(session, platform, project, deployment)
-    trigger = drift_trigger(policy, summary)
+    trigger = {**drift_trigger(policy, summary), "source": "drift"}
+    if not trigger["fires"] and drift is None and policy.metric_floor is not None:
+        trigger = {
+            **performance_trigger(session, platform, project, policy),
+            "source": "performance",
+        }
     running = active_run(session, project.id, deployment)
     table = TableStore(platform.settings).get(session, project.id, policy.table, missing_ok=True)
     version = (
@@ -384,138 +429,6 @@ def plan(
         "blocked": blocked,
         "steps": items,
     }
-
-
-# -- the driver ----------------------------------------------------------------------------------
-
-
-class LoopDriver:
-    """The server's thread that starts and advances retrain runs (see the module docstring)."""
-
-    def __init__(
-        self,
-        platform: Platform,
-        interval_s: float = INTERVAL_S,
-        drift_source: DriftSource = newest_drift,
-    ) -> None:
-        self.platform = platform
-        self.interval_s = interval_s
-        self.drift_source = drift_source
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="underlay-retrain", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # a bug must not stop the loop for every deployment
-                log.exception("retrain loop tick failed")
-            self._wake.wait(self.interval_s)
-            self._wake.clear()
-
-    def tick(self) -> int:
-        """Fire due triggers, then one step of every unfinished run; how many runs moved."""
-        self._triggers()
-        with self.platform.db.session(Scope.everything()) as session:
-            ids = list(
-                session.scalars(
-                    select(RetrainRun.id)
-                    .where(RetrainRun.state.not_in(steps.TERMINAL))
-                    .order_by(RetrainRun.id)
-                )
-            )
-        return sum(self._advance(run_id) for run_id in ids if not self._stop.is_set())
-
-    def _advance(self, run_id: int) -> bool:
-        try:
-            with self.platform.db.session(Scope.everything()) as session:
-                run = session.get(RetrainRun, run_id, with_for_update=True)
-                project = None if run is None else session.get(Project, run.project_id)
-                if run is None or project is None or run.state in steps.TERMINAL:
-                    return False
-                moved = steps.advance(session, self.platform, project, run)
-            if moved:
-                self.platform.wake_scheduler()
-            return moved
-        except steps.StepFailed as error:
-            self._fail(run_id, error.message)
-        except Exception as error:  # unexpected: the run fails cleanly, the loop goes on
-            log.exception("retrain run %s: step failed", run_id)
-            self._fail(run_id, f"internal error: {type(error).__name__}: {error}"[:500])
-        return True
-
-    def _fail(self, run_id: int, message: str) -> None:
-        with self.platform.db.session(Scope.everything()) as session:
-            run = session.get(RetrainRun, run_id, with_for_update=True)
-            project = None if run is None else session.get(Project, run.project_id)
-            if run is not None and project is not None and run.state not in steps.TERMINAL:
-                steps.fail(session, self.platform, project, run, message)
-
-    def _triggers(self) -> None:
-        with self.platform.db.session(Scope.everything()) as session:
-            policies = list(
-                session.scalars(select(RetrainPolicy).where(RetrainPolicy.mode != "dry-run"))
-            )
-            keys = [(p.project_id, p.deployment) for p in policies]
-        for project_id, deployment in keys:
-            try:
-                self._trigger_one(project_id, deployment)
-            except UnderlayError as error:
-                log.warning("retrain trigger of %s: %s", deployment, error.message)
-
-    def _trigger_one(self, project_id: int, deployment: str) -> None:
-        with self.platform.db.session(Scope.everything()) as session:
-            project = session.get(Project, project_id)
-            if project is None or active_run(session, project_id, deployment) is not None:
-                return
-            policy = read_policy(session, project, deployment, missing_ok=True)
-            if policy is None or policy.mode == "dry-run":
-                return
-            last = session.scalar(
-                select(RetrainRun)
-                .where(RetrainRun.project_id == project_id, RetrainRun.deployment == deployment)
-                .order_by(RetrainRun.id.desc())
-            )
-            summary = self.drift_source(session, self.platform, project, deployment)
-            trigger = drift_trigger(policy, summary)
-            if not trigger["fires"] or not _fresh(summary, last, policy.cooldown_s):
-                return
-            trigger["source"] = "drift"
-            run = start_run(session, self.platform, project, steps.LOOP_ACTOR, deployment, trigger)
-            self.platform.audit.append(
-                session,
-                actor=steps.LOOP_ACTOR.name,
-                action="retrain.triggered",
-                resource=f"project:{project.name}/deployment:{deployment}/retrain:{run.id}",
-                project=project.name,
-                outcome="ok",
-                detail={"run": run.id, "reason": trigger["reason"][:300]},
-            )
-
-
-def _fresh(summary: dict[str, Any] | None, last: RetrainRun | None, cooldown_s: float) -> bool:
-    """A report no run has answered yet, and the cooldown since the last run is over."""
-    if last is None:
-        return True
-    report = (summary or {}).get("id")
-    if report is not None and steps.loads(last.trigger).get("report") == report:
-        return False
-    since = utcnow() - last.created_at
-    return since >= dt.timedelta(seconds=cooldown_s)
 
 
 def manual_trigger(
