@@ -176,11 +176,20 @@ class LoopDriver:
 
 
 def _fresh(summary: dict[str, Any] | None, last: RetrainRun | None, cooldown_s: float) -> bool:
-    """A report no run has answered yet, and the cooldown since the last run is over."""
+    """A report newer than the last run (any run answers every report before it), and the
+    cooldown since the last run is over."""
     if last is None:
         return True
     report = (summary or {}).get("id")
     if report is not None and steps.loads(last.trigger).get("report") == report:
         return False
+    created = (summary or {}).get("created_at")
+    if isinstance(created, str):
+        try:
+            made = dt.datetime.fromisoformat(created)
+        except ValueError:
+            made = None
+        if made is not None and made.tzinfo is not None and made <= last.created_at:
+            return False
     since = utcnow() - last.created_at
     return since >= dt.timedelta(seconds=cooldown_s)
