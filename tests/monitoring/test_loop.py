@@ -9,6 +9,7 @@ what it needs of it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,12 +57,13 @@ def _audited(world: World, action: str) -> list[AuditEntry]:
 
 def test_drifted_traffic_retrains_canaries_and_promotes_by_itself(world: World) -> None:
     with world.client() as c:
+        out = _cli(world, "monitor", "loop", "-p", PROJECT, NAME, "--dry-run", "--json")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["blocked"].startswith("no retrain policy")
         world.policy(c, mode="auto", margin=0.1, drift_share=0.4)
         # the dry run says what would happen and writes nothing
         out = _cli(world, "monitor", "loop", "-p", PROJECT, NAME, "--dry-run", "--json")
         assert out.returncode == 0, out.stderr
-        import json
-
         plan = json.loads(out.stdout)
         assert plan["would_start"] is False and plan["steps"][0]["reason"] == "no drift report yet"
         assert [s["step"] for s in plan["steps"]][:3] == ["trigger", "training", "register"]

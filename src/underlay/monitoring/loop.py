@@ -354,6 +354,22 @@ def newest_drift(
     return reports[0] if reports else None
 
 
+def _no_policy(found: Any, summary: dict[str, Any] | None) -> dict[str, Any]:
+    """The plan of a deployment without a policy: the loop does nothing."""
+    why = "no retrain policy: set one with 'underlay monitor policy set'"
+    newest = None
+    if summary:
+        newest = {k: summary.get(k) for k in ("id", "state", "flagged", "created_at")}
+    return {
+        "deployment": found.name,
+        "mode": None,
+        "champion": {"model": found.model, "version": found.version},
+        "would_start": False,
+        "blocked": why,
+        "steps": [{"step": "trigger", "would": "do nothing", "reason": why, "drift": newest}],
+    }
+
+
 def plan(
     session: Session,
     platform: Platform,
@@ -367,9 +383,10 @@ def plan(
     from underlay.serving.service import get_deployment
 
     found = get_deployment(session, project.id, deployment)
-    policy = read_policy(session, project, deployment)
-    assert policy is not None
+    policy = read_policy(session, project, deployment, missing_ok=True)
     summary = drift if drift is not None else drift_source(session, platform, project, deployment)
+    if policy is None:
+        return _no_policy(found, summary)
     trigger = {**drift_trigger(policy, summary), "source": "drift"}
     if not trigger["fires"] and drift is None and policy.metric_floor is not None:
         trigger = {
