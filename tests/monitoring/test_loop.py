@@ -21,7 +21,7 @@ from sqlalchemy import select
 from tests.cli.conftest import clean_env, run_cli
 from tests.conftest import ADMIN_TOKEN, sqlite_url
 from tests.monitoring.loop_world import NAME, PROJECT, World, wait_until
-from underlay.errors import InvalidInput, NotFound
+from underlay.errors import Conflict, InvalidInput, NotFound
 from underlay.lineage import ObjectRef, upstream
 from underlay.store import Scope
 from underlay.store.models import AuditEntry
@@ -239,6 +239,10 @@ def test_bad_input_is_refused_and_writes_nothing(world: World) -> None:
         with pytest.raises(InvalidInput, match="does not cross the policy"):
             c.start_retrain(PROJECT, NAME, drift={"state": "ok", "flagged": [], "features": []})
         runs = len(c.retrain_runs(PROJECT, NAME))
+        with pytest.raises(Conflict, match="has ended already"):
+            c.abandon_retrain(PROJECT, c.retrain_runs(PROJECT, NAME)[0].id)
+        with pytest.raises(Conflict, match="not awaiting approval"):
+            c.approve_retrain(PROJECT, c.retrain_runs(PROJECT, NAME)[0].id)
         c.create_project("other")
         with pytest.raises(NotFound):
             c.retrain_run("other", c.retrain_runs(PROJECT, NAME)[0].id)

@@ -49,6 +49,7 @@ from underlay.data.tables import TableStore
 from underlay.ml import experiments as ml_experiments
 from underlay.ml.registry import service as registry
 from underlay.monitoring import checks as drift_checks
+from underlay.monitoring import loop as retrain_loop
 from underlay.monitoring.loop_driver import LoopDriver
 from underlay.monitoring.metrics import api_latency_histogram
 from underlay.platform import Platform
@@ -104,6 +105,9 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     )
     platform.project_purgers.append(
         lambda session, project: serving.purge_project(session, platform, project)
+    )
+    platform.project_purgers.append(
+        lambda session, project: retrain_loop.purge_project(session, project.id)
     )
     platform.project_purgers.append(
         lambda session, project: drift_checks.purge_project(session, project.id)

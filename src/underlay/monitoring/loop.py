@@ -461,3 +461,11 @@ def manual_trigger(
     if not trigger["fires"]:
         raise InvalidInput(f"the drift summary does not cross the policy: {trigger['reason']}")
     return {**trigger, "source": "drift"}
+
+
+def purge_project(session: Session, project_id: int) -> None:
+    """Remove a deleted project's retrain runs and policies."""
+    from sqlalchemy import delete
+
+    session.execute(delete(RetrainRun).where(RetrainRun.project_id == project_id))
+    session.execute(delete(RetrainPolicy).where(RetrainPolicy.project_id == project_id))
