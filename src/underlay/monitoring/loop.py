@@ -205,13 +205,21 @@ def approve(
 def abandon(
     session: Session, platform: Platform, project: Project, actor: Actor, run_id: int
 ) -> RetrainRun:
-    """Stop a run by hand (its canary, if any, is rolled back; the champion stays)."""
+    """Stop a run by hand: its training job is cancelled, its canary rolled back; the
+    champion stays."""
     from underlay.serving import lifecycle
 
     run = read_run(session, project, run_id, lock=True)
     if run.state in steps.TERMINAL:
         raise Conflict(f"retrain run {run.id} has ended already ({run.state})")
-    if run.state == "canary":
+    from underlay.serving.service import get_deployment
+
+    deployment = get_deployment(session, project.id, run.deployment)
+    if (
+        run.state == "canary"
+        and deployment.canary_version == run.challenger_version
+        and deployment.canary_state in ("starting", "running", "passed")
+    ):
         lifecycle.rollback(
             session,
             platform,
@@ -220,6 +228,12 @@ def abandon(
             run.deployment,
             f"retrain run {run.id} abandoned",
         )
+    elif run.state == "training" and run.training_job_id is not None:
+        from underlay.compute.jobs import cancel_job, read_job
+
+        job = read_job(session, run.training_job_id, project)
+        if job.state in steps.JOB_WAITING:
+            cancel_job(session, platform.audit, job, actor, platform.settings.compute.grace_s)
     steps.transition(
         session, platform, project, run, "abandoned", f"abandoned by {actor.name}", actor=actor.name
     )
