@@ -291,7 +291,7 @@ def _compare(
             f"{', '.join(map(repr, absent))} (the log's inputs: "
             f"{', '.join(n for n in log_names if n.startswith(INPUT_PREFIX)) or 'none'})"
         )
-    reading = [*features, *([target] if target else [])]
+    reading = list(dict.fromkeys([*features, *([target] if target else [])]))
     ref_data = ref_dataset.to_table(columns=reading)
     reference_cols: dict[str, Any] = {f: ref_data.column(f) for f in features}
     current_cols: dict[str, Any] = {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,8 +32,8 @@ class DriftCheckCreate(_In):
     through lineage), the columns and per-column overrides."""
 
     rows: int | None = Field(default=None, ge=1, le=MAX_ROWS)
-    since: dt.datetime | None = None
-    until: dt.datetime | None = None
+    since: Annotated[dt.datetime | None, Field(strict=False)] = None
+    until: Annotated[dt.datetime | None, Field(strict=False)] = None
     last: str | None = Field(default=None, max_length=16)
     reference: str | None = Field(default=None, max_length=200)
     target: str | None = Field(default=None, min_length=1, max_length=128)
