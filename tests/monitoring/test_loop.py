@@ -187,15 +187,18 @@ def test_performance_under_the_floor_fires_the_trigger(world: World) -> None:
 
 def test_a_run_awaiting_approval_survives_a_restart_and_then_promotes(world: World) -> None:
     with world.client() as c:
-        world.policy(c, mode="approval", margin=0.0)  # a tie wins: whatever serves now
-        world.new_data()
+        # no new data since the champion was trained on the table's newest version: the
+        # challenger is the same tree, and with margin 0 a tie wins
+        world.policy(c, mode="approval", margin=0.0)
         world.traffic(c, 40)
         run = c.start_retrain(PROJECT, NAME, reason="needs a human")
-        wait_until(
-            lambda: c.retrain_run(PROJECT, run.id).state == "awaiting_approval",
-            "the run to wait for approval",
-            within_s=120,
-        )
+
+        def waiting() -> bool:
+            found = c.retrain_run(PROJECT, run.id)
+            assert not found.terminal, found.reason
+            return found.state == "awaiting_approval"
+
+        wait_until(waiting, "the run to wait for approval", within_s=180)
     world.restart()
     with world.client() as c:
         assert c.retrain_run(PROJECT, run.id).state == "awaiting_approval"
