@@ -33,6 +33,7 @@ from underlay.api.routes import (
     nodes,
     pipelines,
     projects,
+    retrain,
     runs,
     status,
     subjects,
@@ -50,7 +51,9 @@ from underlay.data.tables import TableStore
 from underlay.ml import experiments as ml_experiments
 from underlay.ml.registry import service as registry
 from underlay.monitoring import checks as drift_checks
+from underlay.monitoring import loop as retrain_loop
 from underlay.monitoring.anomalies import Probes
+from underlay.monitoring.loop_driver import LoopDriver
 from underlay.monitoring.metrics import api_counts, api_latency_histogram
 from underlay.monitoring.worker import AlertWorker, ServingProbes
 from underlay.platform import Platform
@@ -77,11 +80,13 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         app.state.serving.start()
         app.state.alerts = alert_worker(app, platform)
         app.state.alerts.start()
+        app.state.retrain.start()
         try:
             yield
         finally:
             app.state.alerts.stop()
             await app.state.dataplane.close()
+            app.state.retrain.stop()
             app.state.serving.stop()
             stopped = runtime.stop(stop_jobs=app.state.serving.replica_jobs)
             app.state.serving.stopped_with_server(stopped)
@@ -110,6 +115,9 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         lambda session, project: serving.purge_project(session, platform, project)
     )
     platform.project_purgers.append(
+        lambda session, project: retrain_loop.purge_project(session, project.id)
+    )
+    platform.project_purgers.append(
         lambda session, project: drift_checks.purge_project(session, project.id)
     )
     app.state.tables = table_store = TableStore(platform.settings)
@@ -118,6 +126,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     )
     app.state.dataplane = DataPlane(platform, app.state.tables)
     app.state.serving = ServingRuntime(platform)
+    app.state.retrain = LoopDriver(platform)
     app.state.uploads = UploadSlots(platform.settings.server.max_concurrent_uploads)
     app.state.api_latency = api_latency_histogram()
     problems.install(app)
@@ -159,6 +168,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         feedback,
         monitoring,
         metrics,
+        retrain,
     )
     for module in routers:
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)

@@ -261,3 +261,8 @@ def _print_performance(found: dict[str, Any]) -> None:
         + ("" if latency.get("p50") is None else f", p50 {latency['p50']:.1f} ms")
         + ("" if latency.get("p99") is None else f", p99 {latency['p99']:.1f} ms")
     )
+
+
+from underlay.cli import monitor_loop  # noqa: E402  - the retraining loop's commands
+
+monitor_loop.register(monitor)

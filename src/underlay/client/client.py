@@ -22,6 +22,7 @@ from underlay.client.ml_pipelines import MLPipelineMethods
 from underlay.client.models import ModelMethods
 from underlay.client.monitoring import MonitoringMethods
 from underlay.client.pipelines import PipelineMethods
+from underlay.client.retrain import RetrainMethods
 from underlay.client.serving import ServingMethods
 from underlay.errors import IntegrityFailure, Unavailable, UnderlayError, error_for_problem
 from underlay.schemas import (
@@ -70,6 +71,7 @@ class Client(
     ModelMethods,
     ExportMethods,
     ServingMethods,
+    RetrainMethods,
     MonitoringMethods,
 ):
     """A session with one underlay server; use as a context manager or call :meth:`close`."""

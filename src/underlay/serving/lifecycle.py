@@ -95,7 +95,11 @@ def promote(
     """Make the running canary the stable version (a rolling update that reuses the canary's
     ready replicas)."""
     deployment = get_deployment(session, project.id, name, lock=True)
-    if deployment.canary_state not in ("starting", "running") or deployment.canary_version is None:
+    # "passed": the canary monitor's verdict, which the retraining loop promotes
+    if (
+        deployment.canary_state not in ("starting", "running", "passed")
+        or deployment.canary_version is None
+    ):
         raise Conflict(f"deployment {name!r} runs no canary to promote")
     version = deployment.canary_version
     for replica in replicas_of(session, deployment.id):
@@ -123,7 +127,7 @@ def rollback(
 ) -> Deployment:
     """Send all traffic back to the stable version and stop the canary's replicas."""
     deployment = get_deployment(session, project.id, name, lock=True)
-    if deployment.canary_state not in ("starting", "running"):
+    if deployment.canary_state not in ("starting", "running", "passed"):
         raise Conflict(f"deployment {name!r} runs no canary to roll back")
     for replica in replicas_of(session, deployment.id):
         if replica.arm == CANARY:
