@@ -29,7 +29,6 @@ its ``Content-Length`` before it is read (:func:`check_body_size`).
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 import zlib
