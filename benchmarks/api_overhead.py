@@ -5,11 +5,12 @@ the API server process and must reach >= 0.8 of the bare app's requests/s at 64 
 Every variant is one uvicorn process (1 worker) answering ``GET`` with a tiny JSON body:
 
 * ``bare``: the floor app of ``benchmarks/serving.py`` (FastAPI, ``GET /health``: an
-  ``async`` route returning a ``Response``), on uvicorn's h11 protocol (what our environment
-  has: no httptools);
+  ``async`` route returning a ``Response``), on whatever uvicorn finds (h11 without
+  httptools installed);
 * ``std``: the same app under ``uvicorn[standard]`` (httptools, uvloop), from
   ``UNDERLAY_BENCH_FLOOR_STD_PYTHON`` (skipped when absent);
-* ``+hardened``: ``bare`` on underlay's :class:`~underlay.api.server.HardenedH11Protocol`;
+* ``+hardened``: ``bare`` on underlay's hardened protocol (:func:`underlay.api.server.protocol`:
+  httptools when installed, else h11);
 * ``+middleware``: and :class:`~underlay.api.middleware.RequestContextMiddleware`, its
   access log off;
 * ``+access log``: and the access log on, configured as ``underlay up`` does (text lines on
@@ -148,9 +149,10 @@ def serve(variant: str, port: int) -> None:
 
     options: dict[str, Any] = {"log_config": None, "access_log": False}
     if _has(variant, "+hardened"):
-        from underlay.api.server import HardenedH11Protocol
+        from underlay.api.server import protocol
+        from underlay.config import Settings
 
-        options["http"] = HardenedH11Protocol
+        options["http"] = protocol(Settings())  # as `underlay up`: httptools when installed
     if _has(variant, "+middleware"):
         import logging
 

@@ -3,7 +3,9 @@
 Fits one seeded scikit-learn LogisticRegression (20 features) and serves it with:
 
 * ``floor``: a bare FastAPI + uvicorn app, 2 workers, no auth, validation, logging or
-  batching (``benchmarks/serving_floor.py``), in this interpreter;
+  batching (``benchmarks/serving_floor.py``), in this interpreter (uvicorn picks httptools
+  and uvloop when they are installed, as underlay's dependencies install them; underlay's
+  server then runs them too);
 * ``floor-std``: the same app under ``uvicorn[standard]`` (httptools, uvloop), from
   ``UNDERLAY_BENCH_FLOOR_STD_PYTHON`` (default ``.venv-floor-std/bin/python``), to show what
   the HTTP parser and event loop are worth;

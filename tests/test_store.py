@@ -97,6 +97,9 @@ def test_migrations_match_the_models(db: Database) -> None:
     import underlay.ml.models
     import underlay.ml.pipelines.models
     import underlay.ml.registry.models
+    import underlay.monitoring.alert_models
+    import underlay.monitoring.loop_models
+    import underlay.monitoring.models
     import underlay.serving.models  # noqa: F401  - registers the data, ml and serving tables
     from underlay.store.models import Base
 
@@ -160,6 +163,8 @@ def test_every_surrogate_key_is_monotonic_on_sqlite() -> None:
     import underlay.data.models
     import underlay.ml.models
     import underlay.ml.registry.models
+    import underlay.monitoring.loop_models
+    import underlay.monitoring.models
     import underlay.serving.models  # noqa: F401  - registers the data, ml and serving tables
     from underlay.store.models import Base
 
@@ -210,6 +215,8 @@ def test_migrated_sqlite_tables_keep_autoincrement(tmp_path: Path) -> None:
     import underlay.data.models
     import underlay.ml.models
     import underlay.ml.registry.models
+    import underlay.monitoring.loop_models
+    import underlay.monitoring.models
     import underlay.serving.models  # noqa: F401  - registers the data, ml and serving tables
     from underlay.store.models import Base
 

@@ -145,6 +145,20 @@ class ServerSettings(BaseModel):
         le=1024 * 1024,
         description="Largest request head (request line and headers), in bytes (431).",
     )
+    http: Literal["auto", "httptools", "h11"] = Field(
+        default="auto",
+        description="The HTTP/1.1 parser: httptools (C, about half h11's CPU per request), "
+        "h11 (pure Python), or auto: httptools when installed. Both are hardened alike.",
+    )
+    auth_cache_ttl_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="How long the prediction routes trust a token they authenticated (and "
+        "its right to read a project) before asking the database again: a revoked token, a "
+        "deactivated user or a removed membership keeps working at most this long; an "
+        "expiring token is not trusted past its expiry. 0 checks every request.",
+    )
 
 
 class SecuritySettings(BaseModel):
@@ -307,6 +321,33 @@ class ComputeSettings(BaseModel):
     )
 
 
+class AlertSettings(BaseModel):
+    delivery_interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="Seconds between looks for webhook deliveries due."
+    )
+    retry_base_s: float = Field(
+        default=2.0, gt=0, le=3600, description="Wait before a failed delivery's first retry; "
+        "each further retry waits twice as long."
+    )  # fmt: skip
+    retry_max_s: float = Field(
+        default=600.0, gt=0, le=86400, description="Longest wait between two delivery attempts."
+    )
+    max_attempts: int = Field(
+        default=50, ge=1, le=1000, description="Attempts before a delivery is given up (failed)."
+    )
+    delivery_timeout_s: float = Field(
+        default=5.0, gt=0, le=120, description="Time a webhook receiver has to answer."
+    )
+    anomaly_interval_s: float = Field(
+        default=300.0, ge=0, le=86400,
+        description="Seconds between anomaly scans of the platform itself (0: none).",
+    )  # fmt: skip
+    anomaly_z: float = Field(
+        default=6.0, gt=0, le=100,
+        description="Robust z-score (median/MAD) above which a platform figure is an anomaly.",
+    )  # fmt: skip
+
+
 class Settings(BaseSettings):
     """All of underlay's configuration."""
 
@@ -329,6 +370,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     @property
     def database_url(self) -> str:

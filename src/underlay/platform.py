@@ -103,6 +103,7 @@ class Platform:
             checkpoint_every=settings.security.audit_checkpoint_every,
             external=checkpoint_locations(settings),
         )
+        self.db.session_info["audit"] = self.audit  # alerts raised in any session are audited
 
         self.wakers: list[Callable[[], None]] = []
         # what each domain removes of a deleted project (the faces wire the domains in)

@@ -138,7 +138,7 @@ def test_an_unknown_grant_is_a_problem(server, admin) -> None:  # type: ignore[n
 
 
 def test_the_openapi_document_names_every_problem_response(server) -> None:  # type: ignore[no-untyped-def]
-    spec = httpx.get(f"{server.url}/api/v1/openapi.json").json()
+    spec = httpx.get(f"{server.url}/api/v1/openapi.json", timeout=120).json()
     assert "Problem" in spec["components"]["schemas"]
     operations = [
         (path, method, op)

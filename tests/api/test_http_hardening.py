@@ -1,6 +1,7 @@
 """A real ``underlay up`` against slow, malformed and hostile HTTP clients, over raw sockets.
 
-One server (text logs, small limits so the tests are quick) serves the whole module: slow
+One server (text logs, small limits so the tests are quick) serves the whole module, once
+with each HTTP parser (h11, and httptools where installed): slow
 uploads must not starve the health and authenticated routes, a stalled body is cut off with
 408 and leaves no partial file, a client that hangs up is a 499 without a traceback, framing
 and header abuse is refused, idle connections are closed, and a path full of control
@@ -10,10 +11,12 @@ characters cannot forge a log line or reach a terminal raw.
 from __future__ import annotations
 
 import json
+import select
 import socket
 import time
 import uuid
 from collections.abc import Iterator
+from importlib.util import find_spec
 from pathlib import Path
 
 import httpx
@@ -30,8 +33,11 @@ AUTH = f"Authorization: Bearer {ADMIN_TOKEN}\r\n"
 
 
 class HardenedServer(ServerProcess):
+    protocol = "auto"
+
     def extra_env(self) -> dict[str, str]:
         return {
+            "UNDERLAY_SERVER__HTTP": self.protocol,
             "UNDERLAY_SERVER__MAX_CONCURRENT_UPLOADS": str(MAX_UPLOADS),
             "UNDERLAY_SERVER__BODY_READ_TIMEOUT_S": "2",
             "UNDERLAY_SERVER__HEADER_READ_TIMEOUT_S": "2",
@@ -39,9 +45,22 @@ class HardenedServer(ServerProcess):
         }
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HardenedServer]:
+PROTOCOLS = [
+    "h11",
+    pytest.param(
+        "httptools",
+        marks=pytest.mark.skipif(find_spec("httptools") is None, reason="httptools not installed"),
+    ),
+]
+
+
+@pytest.fixture(scope="module", params=PROTOCOLS)
+def live(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HardenedServer]:
+    """The server on each HTTP parser (``server.http``): the same guards hold on both."""
     server = HardenedServer(tmp_path_factory.mktemp("hardening") / "home")
+    server.protocol = request.param
     server.start()
     try:
         with httpx.Client(
@@ -204,6 +223,22 @@ def test_oversized_request_head_is_refused(live: HardenedServer) -> None:
         response = _read_all(sock)
     assert _status(response) == 431, response
     assert "server.max_header_bytes" in str(_problem(response)["detail"])
+
+
+def test_a_head_growing_past_the_limit_in_pieces_is_refused_before_it_ends(
+    live: HardenedServer,
+) -> None:
+    """The server does not buffer an endless head: 4 KiB pieces of one header field, never
+    ended, get a 4xx (h11: 400, httptools: 431) and the connection closed."""
+    with _connect(live) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        for _ in range(64):  # 256 KiB at most; the limit is 16 KiB
+            sock.sendall(b"a" * 4096)
+            if select.select([sock], [], [], 0.05)[0]:  # answered: stop sending
+                break
+        response = _read_all(sock)
+    assert response, "the connection was closed without an answer"
+    assert _status(response) in (400, 431), response
 
 
 @pytest.mark.parametrize(

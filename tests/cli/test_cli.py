@@ -302,7 +302,7 @@ def test_keys_rotate_keeps_blobs_readable_and_refuses_the_old_key(tmp_path: Path
 
 @pytest.mark.slow
 def test_demo_runs_clean(tmp_path: Path) -> None:
-    result = run_cli("demo", env=clean_env(TMPDIR=str(tmp_path)), timeout=300)
+    result = run_cli("demo", env=clean_env(TMPDIR=str(tmp_path)), timeout=480)
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert "demo complete" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
@@ -347,6 +347,13 @@ def test_demo_runs_clean(tmp_path: Path) -> None:
     )
     assert "audit: deployment.rollback by canary-monitor (ok)" in flat
     assert "churn-api removed; its replica jobs drained and ended, none left running" in flat
+    # the retraining loop: drift flagged and alerted, a run by itself, promoted after a canary
+    assert re.search(r"drift check \d+: spend [0-9.]+ DRIFT", flat)
+    assert "alert drift: deployment loyalty-api:" in flat
+    assert "retrain run 1 triggered by itself" in flat
+    assert re.search(r"evaluating registered challenger loyalty@2 from run \d+", flat)
+    assert "promoted version 2 passed its canary and is promoted" in flat
+    assert "loyalty-api: rolling to loyalty@2" in flat
     assert list(tmp_path.iterdir()) == []  # the temporary home is removed
 
 

@@ -38,6 +38,8 @@ NO_JSON = {
     "blobs get",
     "blobs rm",
     "deployments rm",
+    "alerts rules rm",
+    "alerts webhooks rm",
     "keys rotate",
     "nodes cordon",
     "nodes uncordon",

@@ -473,6 +473,67 @@ def test_an_attempt_given_up_while_its_agent_was_cut_off_does_not_run_on(
             agent.wait(15)
 
 
+def test_an_attempt_given_up_while_its_agent_was_down_is_stopped_by_the_next_agent(
+    tmp_path: Path, folder: Path
+) -> None:
+    """A real second agent is SIGKILLed past ``node_lost_after_s``, its job running on: the
+    server gives the attempt up and retries the job. The agent started again on the same
+    folder is not asked about attempt 1 any more, and must stop it, not leave it running."""
+    body = """
+        (FOLDER / f"pid-{os.environ['UNDERLAY_ATTEMPT']}").write_text(str(os.getpid()))
+        while not (FOLDER / "release").exists():
+            time.sleep(0.05)
+        print("K-MARKER finished", flush=True)
+    """
+    with (
+        ComputeServer(tmp_path / "home", node_lost_after_s=3) as server,
+        server.client() as c,
+    ):
+        c.create_project("p")
+        wait_until("the local node to register", c.list_nodes)
+        c.cordon("node-1", "kept free for this test")
+        env = clean_env(
+            UNDERLAY_HOME=str(tmp_path / "agent-home"),
+            UNDERLAY_COMPUTE__SIMULATED_ACCELERATORS='[{"type": "A100", "count": 1}]',
+            UNDERLAY_COMPUTE__HEARTBEAT_INTERVAL_S="0.2",
+            UNDERLAY_COMPUTE__GRACE_S="2",
+            UNDERLAY_COMPUTE__SANDBOX_SHARE=json.dumps([str(folder)]),
+        )
+        argv = [*CLI, "agent", "--server", server.url, "--token", ADMIN_TOKEN, "--name", "node-2"]
+
+        def start_agent() -> subprocess.Popen[bytes]:
+            with (tmp_path / "agent.log").open("ab") as log:
+                return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+        agent = start_agent()
+        try:
+            wait_until("node-2 to register", lambda: len(c.list_nodes()) == 2)
+            job = c.submit_job("p", job_script(folder, "K", body), gpus=1, max_retries=1).id
+            wait_until("attempt 1 to start", lambda: _pid(folder, 1))
+            marker = f"fault-job-K-{folder.name}"
+            agent.kill()  # its job runs on, orphaned
+            agent.wait(15)
+            wait_until("attempt 1 to be given up", lambda: c.read_job("p", job).state == "queued")
+            assert _attempt_processes(marker, "1")
+            agent = start_agent()
+            wait_until("attempt 2 to start", lambda: _pid(folder, 2))
+            wait_until(
+                "the given-up attempt 1 to be stopped",
+                lambda: not _attempt_processes(marker, "1"),
+                within_s=30,
+            )
+            (folder / "release").touch()
+            done = c.wait_job("p", job, timeout_s=60)
+            assert done.state == "succeeded" and done.attempts == 2
+            assert runs(folder, "K") == 2
+        finally:
+            for active in c.list_jobs("p", state=["queued", "admitted", "running"]):
+                c.cancel_job("p", active.id)
+            agent.terminate()
+            agent.wait(15)
+            kill_all(f"fault-job-K-{folder.name}")
+
+
 def _pid(folder: Path, attempt: int) -> int | None:
     path = folder / f"pid-{attempt}"
     text = path.read_text() if path.exists() else ""

@@ -381,6 +381,30 @@ def test_a_new_executor_adopts_a_running_attempt(harness: Harness) -> None:
     assert (status.state, status.exit_code, status.reason) == ("failed", 4, "exited with code 4")
 
 
+def test_an_executor_dropped_while_its_job_runs_leaves_no_unreaped_child_behind(
+    harness: Harness,
+) -> None:
+    """The server that started a shim may go (the shim runs on, to be adopted): collecting
+    the old executor must not warn that a subprocess is still running (the suite turns that
+    warning into an error in whichever test happens to collect it)."""
+    import gc
+    import warnings
+
+    spec = harness.spec(WAIT_FOR_GO + "raise SystemExit(0)\n")
+    first = LocalExecutor(harness.run_dir, grace_s=0.5)  # not kept by the harness
+    ref = first.launch(spec)
+    del first
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], caught
+    second = harness.executor()  # a new agent adopts it and sees it end
+    harness.refs.append(ref)
+    assert second.adopt(ref)
+    (spec.workdir / "go").touch()
+    assert wait(second, ref).state == "succeeded"
+
+
 def test_an_adopted_attempt_keeps_its_stop_request_and_limits(harness: Harness) -> None:
     first = harness.executor()
     stopping = harness.spec(IGNORES_TERM)

@@ -26,7 +26,13 @@ from underlay.compute.schemas import AttemptEnded, JobCreate
 from underlay.compute.states import ALLOWED, JobState, check_transition, is_final
 from underlay.config import ComputeSettings, Settings
 from underlay.crypto import Keyring, SigningKey
-from underlay.errors import Conflict, IntegrityFailure, PermissionDenied, Unauthenticated
+from underlay.errors import (
+    Conflict,
+    IntegrityFailure,
+    InvalidInput,
+    PermissionDenied,
+    Unauthenticated,
+)
 from underlay.identity import SYSTEM
 from underlay.store import Database, Scope
 from underlay.store.models import ApiToken, AuditEntry, Project, Role
@@ -107,6 +113,18 @@ def submit(w: World, **fields: object) -> tuple[int, list[str]]:
             s, project, SYSTEM, body, keyring=w.keyring, settings=w.settings
         )
         return job.id, warnings
+
+
+def test_before_any_node_registers_a_job_queues_only_where_the_local_agent_will_come(
+    w: World,
+) -> None:
+    """Just after `underlay up` its own agent has not registered yet: a job submitted then
+    queues (the loop judges it once the node is there); with no local agent it is refused."""
+    job_id, _ = submit(w)
+    assert read(w, job_id).state == JobState.queued
+    w.settings.compute.local_agent = False
+    with pytest.raises(InvalidInput, match="no node is registered yet; start a node agent"):
+        submit(w)
 
 
 def read(w: World, job_id: int) -> Job:

@@ -324,10 +324,10 @@ def test_an_unchanged_manifest_answers_200_as_documented(server: Any, project: s
 
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     url = f"{server.url}/api/v1/projects/{project}/datasets/d/versions"
-    first = httpx.post(url, json={"files": [], "message": ""}, headers=headers)
-    again = httpx.post(url, json={"files": [], "message": ""}, headers=headers)
+    first = httpx.post(url, json={"files": [], "message": ""}, headers=headers, timeout=60)
+    again = httpx.post(url, json={"files": [], "message": ""}, headers=headers, timeout=60)
     assert (first.status_code, again.status_code) == (201, 200)
     assert again.json()["version"] == first.json()["version"]
-    spec = httpx.get(f"{server.url}/api/v1/openapi.json").json()
+    spec = httpx.get(f"{server.url}/api/v1/openapi.json", timeout=120).json()
     documented = spec["paths"]["/api/v1/projects/{project}/datasets/{name}/versions"]["post"]
     assert {"200", "201"} <= set(documented["responses"])

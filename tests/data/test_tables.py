@@ -473,7 +473,7 @@ def test_a_write_may_take_longer_than_the_clients_timeout(
     from underlay.client import Client
 
     path = _csv(tmp_path / "big.csv", "id,v\n" + "".join(f"{i},x{i}\n" for i in range(300_000)))
-    with Client(server.url, server.admin_token, timeout_s=0.2) as hasty:
+    with Client(server.url, server.admin_token, timeout_s=0.5) as hasty:
         assert hasty.write_table(project, "big", path).rows_written == 300_000
 
 

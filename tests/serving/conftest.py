@@ -21,6 +21,7 @@ T = TypeVar("T")
 X = np.random.RandomState(0).rand(60, 4)
 Y = (X[:, 0] + X[:, 1] > 1).astype(int)
 PROJECT = "shop"
+AUTH_TTL_S = 1.0  # server.auth_cache_ttl_s of the live server: revocation tests wait this long
 
 
 def model(c: float = 1.0, features: int = 4) -> Any:
@@ -51,6 +52,7 @@ def serve(tmp: Path, database_url: str) -> Iterator[LiveServer]:
         node_name="node-1", loop_interval_s=0.1, heartbeat_interval_s=0.2, grace_s=5.0
     )
     settings.admin_token = ADMIN_TOKEN
+    settings.server.auth_cache_ttl_s = AUTH_TTL_S
     ensure_home(settings)
     server = LiveServer(settings).start()
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import httpx
@@ -100,6 +101,49 @@ def test_rolling_update_drops_no_request(live: LiveServer, admin: Client) -> Non
     kinds = [e.kind for e in admin.deployment_events(PROJECT, "churn-roll")]
     assert kinds == ["deploy", "update", "update.done"]
     admin.delete_deployment(PROJECT, "churn-roll")
+
+
+def test_a_rolling_update_replaces_one_replica_at_a_time(live: LiveServer, admin: Client) -> None:
+    """maxSurge 1, maxUnavailable 0: at no point more than replicas + 1 replicas (draining
+    ones count until their jobs end), never fewer ready than wanted, both versions answering
+    meanwhile, and no request dropped or answered wrongly."""
+    admin.deploy(PROJECT, "churn-surge", "churn@1", replicas=2, cpus=0.5)  # 3 fit on 2 cores
+    ready(admin, "churn-surge", 2)
+    seen: list[tuple[int, int, int]] = []  # (replicas, ready, version) per look
+    done = threading.Event()
+
+    def watch() -> None:
+        with live.client() as c:
+            while not done.is_set():
+                found = c.read_deployment(PROJECT, "churn-surge")
+                stable = [r for r in found.replicas if r.arm == "stable"]
+                up = sum(r.state == "ready" for r in stable)
+                seen.append((len(stable), up, found.version))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    with Load(live.url, live.admin_token, "churn-surge") as load:
+        wait_until(lambda: load.versions[1] >= 30, "version 1 answering")
+        watcher.start()
+        admin.update_deployment(PROJECT, "churn-surge", model="churn@2", reason="retrain")
+        ready(admin, "churn-surge", 2, version=2)
+        wait_until(
+            lambda: (
+                [r.version for r in admin.read_deployment(PROJECT, "churn-surge").replicas]
+                == [2, 2]
+            ),
+            "the old replicas to drain and go",
+        )
+        served = load.versions[2]
+        wait_until(lambda: load.versions[2] >= served + 30, "version 2 answering")
+        done.set()
+        watcher.join(10)
+    assert len(seen) > 20 and {v for _, _, v in seen} == {1, 2}
+    assert max(n for n, _, _ in seen) == 3, seen  # the surge was used, never exceeded
+    assert min(up for _, up, _ in seen) >= 2, seen
+    assert load.wrong == [] and set(load.outcomes) == {"ok"}, load.outcomes
+    starts = [e for e in admin.deployment_events(PROJECT, "churn-surge")]
+    assert [e.kind for e in starts] == ["deploy", "update", "update.done"]
+    admin.delete_deployment(PROJECT, "churn-surge")
 
 
 def test_scale_up_down_and_remove(live: LiveServer, admin: Client) -> None:

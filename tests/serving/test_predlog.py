@@ -19,12 +19,8 @@ from underlay.client import Client
 from underlay.data.tables import TableStore
 from underlay.errors import InvalidInput
 from underlay.serving.feedback import Label, joined, record_feedback
-from underlay.serving.predlog import (
-    PredictionLogger,
-    PredictionTableWriter,
-    open_logger,
-    training_policies,
-)
+from underlay.serving.predlog import PredictionLogger
+from underlay.serving.predlog_writer import PredictionTableWriter, open_logger, training_policies
 from underlay.store import Scope
 from underlay.store.models import Project
 

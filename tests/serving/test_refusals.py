@@ -4,7 +4,9 @@ an address report from anything but the replica's own job, and the CLI's failure
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +18,14 @@ from sqlalchemy import func, select, update
 import underlay
 from tests.cli.conftest import clean_env, run_cli
 from tests.conftest import LiveServer
-from tests.serving.conftest import PROJECT, X, model, ready
+from tests.serving.conftest import AUTH_TTL_S, PROJECT, X, model, ready
 from underlay.client import Client
 from underlay.compute.models import Job
 from underlay.errors import InvalidInput
 from underlay.ml.registry.models import ModelVersion, ModelVersionFile, RegisteredModel
 from underlay.serving.models import Deployment
 from underlay.store import Scope
+from underlay.store.models import ApiToken
 
 pytestmark = pytest.mark.slow
 
@@ -125,10 +128,59 @@ def test_another_projects_token_gets_404_on_every_route(
     assert admin.read_deployment(PROJECT, served).desired_replicas == 1  # nothing changed
 
 
-def _post(live: LiveServer, name: str, content: bytes) -> httpx.Response:
+def _post(live: LiveServer, name: str, content: bytes, token: str | None = None) -> httpx.Response:
     url = f"{live.url}/api/v1/projects/{PROJECT}/deployments/{name}/predict"
-    headers = {"Authorization": f"Bearer {live.admin_token}", "content-type": "application/json"}
+    headers = {
+        "Authorization": f"Bearer {token or live.admin_token}",
+        "content-type": "application/json",
+    }
     return httpx.post(url, content=content, headers=headers, timeout=60)
+
+
+def _infer(live: LiveServer, name: str, token: str) -> httpx.Response:
+    url = f"{live.url}/api/v1/projects/{PROJECT}/deployments/{name}/v2/models/{name}/infer"
+    tensor = {"name": "input", "datatype": "FP64", "shape": [1, 4], "data": X[0].tolist()}
+    headers = {"Authorization": f"Bearer {token}"}
+    return httpx.post(url, json={"inputs": [tensor]}, headers=headers, timeout=60)
+
+
+def test_revoked_expired_tokens_and_removed_members_are_refused_after_the_cache_ttl(
+    live: LiveServer, admin: Client, served: str
+) -> None:
+    """The data plane trusts a token it authenticated for ``server.auth_cache_ttl_s``: once
+    that long has passed after a revocation, an expiry or a removed membership, both
+    prediction routes refuse (waiting the TTL, never asserting on how fast)."""
+    admin.create_user("carol", password="correct horse battery")
+    admin.add_member(PROJECT, "carol", "member")
+    tokens = [admin.create_token(f"carol-{i}", user="carol") for i in range(3)]
+    body = json.dumps({"records": X[:1].tolist()}).encode()
+    for created in tokens:  # each authenticated, and now trusted from the cache
+        assert _post(live, served, body, created.token).status_code == 200
+        assert _infer(live, served, created.token).status_code == 200
+
+    revoked, expired, member = tokens
+    admin.revoke_token(revoked.id)
+    with live.platform.db.session(Scope.everything()) as session:
+        session.execute(
+            update(ApiToken)
+            .where(ApiToken.id == expired.id)
+            .values(expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+        )
+    time.sleep(AUTH_TTL_S)
+    for created, words in ((revoked, "revoked"), (expired, "expired")):
+        for answer in (
+            _post(live, served, body, created.token),
+            _infer(live, served, created.token),
+        ):
+            assert answer.status_code == 401, answer.text
+            assert words in answer.json()["detail"]
+            assert answer.headers["www-authenticate"].startswith("Bearer")
+
+    assert _post(live, served, body, member.token).status_code == 200
+    admin.remove_member(PROJECT, "carol")
+    time.sleep(AUTH_TTL_S)
+    assert _post(live, served, body, member.token).status_code == 404
+    assert _infer(live, served, member.token).status_code == 404
 
 
 BAD: list[tuple[Any, str]] = [
@@ -218,3 +270,30 @@ def test_cli_deploy_show_predict_scale_rm(live: LiveServer, tmp_path: Path) -> N
     gone = cli("deployments", "show", "-p", PROJECT, "cli-dep", ok=False)
     assert "deployment 'cli-dep' not found" in gone.stderr
     assert np.asarray(answer["predictions"]).shape == (3,)
+
+
+def test_the_prediction_routes_are_timed_under_their_route_templates(
+    live: LiveServer, served: str
+) -> None:
+    """The fast lane (``underlay.api.hot``) answers the two prediction routes without
+    FastAPI's router; the latency histogram still labels them with their templates, never
+    with the deployment's name."""
+    from tests.monitoring.test_metrics import _scrape, _value
+
+    base = "/api/v1/projects/{project}/deployments/{name}"
+    routes = {
+        "json": {"route": f"{base}/predict", "method": "POST", "status": "200"},
+        "v2": {"route": f"{base}/v2/models/{{model}}/infer", "method": "POST", "status": "200"},
+        "refused": {"route": f"{base}/predict", "method": "POST", "status": "400"},
+    }
+    name = "underlay_api_request_duration_seconds_count"
+    before = _scrape(live.url, live.admin_token)
+    assert _post(live, served, json.dumps({"records": X[:2].tolist()}).encode()).status_code == 200
+    assert _infer(live, served, live.admin_token).status_code == 200
+    assert _post(live, served, b"{not json").status_code == 400
+    assert _post(live, "d" * 64, b"{}").status_code == 422  # FastAPI's own path validation
+    after = _scrape(live.url, live.admin_token)
+    for labels in routes.values():
+        assert _value(after, name, **labels) == _value(before, name, **labels) + 1, labels
+    api = [labels for n, s in after.items() if n.startswith("underlay_api_") for labels, _ in s]
+    assert api and not any(served in str(labels) for labels in api)

@@ -12,7 +12,7 @@ from tritonclient.http import InferenceServerClient, InferInput, InferRequestedO
 
 from underlay.errors import InvalidInput, PayloadTooLarge
 from underlay.ml.flavors.signature import Signature, infer_signature
-from underlay.serving import v2
+from underlay.serving import v2, v2_response
 
 X = np.random.RandomState(0).normal(size=(50, 20))
 TABLE_SIG = infer_signature(X, np.zeros(50, dtype=np.int64))
@@ -171,7 +171,7 @@ def test_responses_parse_with_tritonclient(binary: bool) -> None:
     request = v2.decode_infer_request(body, header, _compiled())
     assert request.outputs == ["output"]
     outputs = {"output": np.array([1, 0, 1]), "proba": np.array([0.1, 0.2, 0.3])}
-    raw, headers = v2.encode_infer_response("churn", 3, outputs, request)
+    raw, headers = v2_response.encode_infer_response("churn", 3, outputs, request)
     length = headers.get(v2.HEADER_LENGTH)
     assert (length is not None) is binary
     result = InferenceServerClient.parse_response_body(
@@ -186,7 +186,7 @@ def test_without_named_outputs_tritonclient_gets_every_output_in_binary() -> Non
     body, header = _body({"input": X[:2]})
     request = v2.decode_infer_request(body, header, _compiled())
     texts = np.array(["yes", "no"], dtype=np.object_)
-    raw, headers = v2.encode_infer_response("m", 1, {"output": texts}, request)
+    raw, headers = v2_response.encode_infer_response("m", 1, {"output": texts}, request)
     result = InferenceServerClient.parse_response_body(
         raw, header_length=int(headers[v2.HEADER_LENGTH])
     )
@@ -225,15 +225,15 @@ def test_records_become_inputs_for_tables_and_for_matrices() -> None:
 
 
 def test_metadata_describes_the_server_and_the_models_tensors() -> None:
-    assert "binary_tensor_data" in v2.server_metadata()["extensions"]
-    meta = v2.model_metadata("churn", 4, COLUMNS_SIG)
+    assert "binary_tensor_data" in v2_response.server_metadata()["extensions"]
+    meta = v2_response.model_metadata("churn", 4, COLUMNS_SIG)
     assert meta["versions"] == ["4"]
     assert {t["name"]: (t["datatype"], t["shape"]) for t in meta["inputs"]} == {
         "age": ("INT64", [-1]),
         "income": ("FP64", [-1]),
         "city": ("BYTES", [-1]),
     }
-    assert json.loads(json.dumps(v2.error_body("x"))) == {"error": "x"}
+    assert json.loads(json.dumps(v2_response.error_body("x"))) == {"error": "x"}
 
 
 def test_compressed_bodies_are_inflated_within_the_limit() -> None:

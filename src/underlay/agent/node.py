@@ -75,6 +75,7 @@ class NodeAgent:
         self.power: dict[int, list[tuple[float, float]]] = {}
         self._inventory: NodeInventory | None = None
         self._stop = threading.Event()
+        self._swept = False  # attempts left from before a restart were looked at
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -104,6 +105,24 @@ class NodeAgent:
     def stop(self) -> None:
         self._stop.set()
 
+    def stop_jobs(self, job_ids: set[int], reason: str, grace_s: float) -> set[int]:
+        """Stop this node's attempts of ``job_ids`` now and wait until they have ended (SIGTERM
+        to each process group, SIGKILL after ``grace_s``); returns the jobs stopped. Called
+        once :meth:`run` has returned, when the server stops: the attempts' ends are not
+        reported here (the server no longer answers) but by the next agent, which finds them
+        ended when it adopts them, with ``reason``."""
+        stopping = {a: r for a, r in self.tracked.items() if r.job_id in job_ids}
+        for ref in stopping.values():
+            self.executor.stop(ref, state="cancelled", reason=reason, grace_s=grace_s)
+        deadline = time.monotonic() + grace_s + 5.0
+        while stopping and time.monotonic() < deadline:
+            for attempt_id, ref in list(stopping.items()):
+                if self.executor.poll(ref) is not None:  # enforces the SIGKILL deadline
+                    del stopping[attempt_id]
+            if stopping:
+                time.sleep(0.05)
+        return {r.job_id for r in self.tracked.values() if r.job_id in job_ids}
+
     def tick(self) -> None:
         inventory = replace(
             probe_node(self.settings, self.name), isolation=self.executor.isolation.mode
@@ -111,6 +130,9 @@ class NodeAgent:
         self._inventory = inventory
         work = self.client.heartbeat(self.name, inventory.to_dict())
         expected = {r.attempt_id for r in work.running} | {i.attempt_id for i in work.launch}
+        if not self._swept:
+            self._swept = True
+            self._stop_unknown(expected)
         for attempt_id, orphan in list(self.tracked.items()):
             if attempt_id not in expected and attempt_id not in self.stopping:
                 # the server gave this attempt up (e.g. this node was judged lost): stop it,
@@ -215,19 +237,38 @@ class NodeAgent:
                 ),
             )
             return
-        saved = json.loads(path.read_text())
-        pref = ProcessRef(
-            saved["job_id"],
-            saved["attempt"],
-            saved["pid"],
-            saved["started"],
-            Path(saved["status_path"]),
-        )
+        pref = _load_ref(path)
         self.executor.adopt(pref)  # alive or not, poll() now reports its end
         self.tracked[ref.attempt_id] = pref
         self.shipped[ref.attempt_id] = ref.log_offset  # resume the log where the server is
         if not ref.pid:
             self._started(ref.attempt_id, pref.pid, pref.started)
+
+    def _stop_unknown(self, expected: set[int]) -> None:
+        """On the first heartbeat: attempts this node started before a restart that the server
+        no longer expects (it judged the node lost while no agent ran, and retried or ended
+        them) are stopped, or they would run on beside their replacements; their ends are
+        reported as usual (the server ignores a report for an attempt it has ended)."""
+        for path in sorted(self.run_dir.glob("attempt-*.json")):
+            number = path.stem.removeprefix("attempt-")
+            if not number.isdigit() or int(number) in expected or int(number) in self.tracked:
+                continue
+            attempt_id = int(number)
+            try:
+                ref = _load_ref(path)
+            except (OSError, ValueError, KeyError, TypeError):
+                path.unlink(missing_ok=True)  # unreadable: written by a crashed launch
+                continue
+            self.executor.adopt(ref)
+            self.tracked[attempt_id] = ref
+            self.stopping.add(attempt_id)
+            log.info("attempt %s is no longer expected by the server; stopping it", attempt_id)
+            self.executor.stop(
+                ref,
+                state="lost",
+                reason="the server gave this attempt up while the node agent was down",
+                grace_s=self.settings.compute.grace_s,
+            )
 
     def _started(self, attempt_id: int, pid: int, started: float) -> None:
         try:
@@ -320,3 +361,15 @@ class NodeAgent:
             except NotFound:
                 self._forget(attempt_id)
             self.shipped[attempt_id] = offset
+
+
+def _load_ref(path: Path) -> ProcessRef:
+    """The process reference an agent saved when it launched an attempt."""
+    saved = json.loads(path.read_text())
+    return ProcessRef(
+        int(saved["job_id"]),
+        int(saved["attempt"]),
+        int(saved["pid"]),
+        float(saved["started"]),
+        Path(saved["status_path"]),
+    )

@@ -10,9 +10,11 @@ from fastapi import APIRouter, FastAPI
 
 from underlay import __version__
 from underlay.api import docs, problems, server
+from underlay.api.hot import HotRoutes
 from underlay.api.limits import UploadSlots
 from underlay.api.middleware import RequestContextMiddleware
 from underlay.api.routes import (
+    alerting,
     alerts,
     audit,
     blobs,
@@ -27,9 +29,11 @@ from underlay.api.routes import (
     ml_pipelines,
     model_exports,
     models,
+    monitoring,
     nodes,
     pipelines,
     projects,
+    retrain,
     runs,
     status,
     subjects,
@@ -46,7 +50,12 @@ from underlay.data import datasets as data_datasets
 from underlay.data.tables import TableStore
 from underlay.ml import experiments as ml_experiments
 from underlay.ml.registry import service as registry
-from underlay.monitoring.metrics import api_latency_histogram
+from underlay.monitoring import checks as drift_checks
+from underlay.monitoring import loop as retrain_loop
+from underlay.monitoring.anomalies import Probes
+from underlay.monitoring.loop_driver import LoopDriver
+from underlay.monitoring.metrics import api_counts, api_latency_histogram
+from underlay.monitoring.worker import AlertWorker, ServingProbes
 from underlay.platform import Platform
 from underlay.serving import service as serving
 from underlay.serving.dataplane import DataPlane
@@ -69,12 +78,18 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         app.state.compute = runtime  # /metrics reads its scheduler round times
         runtime.start()
         app.state.serving.start()
+        app.state.alerts = alert_worker(app, platform)
+        app.state.alerts.start()
+        app.state.retrain.start()
         try:
             yield
         finally:
+            app.state.alerts.stop()
             await app.state.dataplane.close()
+            app.state.retrain.stop()
             app.state.serving.stop()
-            runtime.stop()
+            stopped = runtime.stop(stop_jobs=app.state.serving.replica_jobs)
+            app.state.serving.stopped_with_server(stopped)
 
     app = FastAPI(
         title="underlay",
@@ -99,12 +114,23 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     platform.project_purgers.append(
         lambda session, project: serving.purge_project(session, platform, project)
     )
-    app.state.tables = TableStore(platform.settings)
+    platform.project_purgers.append(
+        lambda session, project: retrain_loop.purge_project(session, project.id)
+    )
+    platform.project_purgers.append(
+        lambda session, project: drift_checks.purge_project(session, project.id)
+    )
+    app.state.tables = table_store = TableStore(platform.settings)
+    platform.project_purgers.append(
+        lambda session, project: table_store.purge_project(session, project.id)
+    )
     app.state.dataplane = DataPlane(platform, app.state.tables)
     app.state.serving = ServingRuntime(platform)
+    app.state.retrain = LoopDriver(platform)
     app.state.uploads = UploadSlots(platform.settings.server.max_concurrent_uploads)
     app.state.api_latency = api_latency_histogram()
     problems.install(app)
+    app.add_middleware(HotRoutes, prefix=API_PREFIX)  # innermost: in front of the router
     app.add_middleware(RequestTimingMiddleware, histogram=app.state.api_latency)
     app.add_middleware(
         RequestContextMiddleware,
@@ -127,6 +153,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         jobs,
         usage,
         alerts,
+        alerting,
         status,
         datasets,
         tables,
@@ -139,15 +166,33 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         deployments,
         inference_v2,
         feedback,
+        monitoring,
         metrics,
+        retrain,
     )
     for module in routers:
         api.include_router(module.router, responses=problems.PROBLEM_RESPONSES)
     api.include_router(jobs.by_id, responses=problems.PROBLEM_RESPONSES)  # global job ids
+    api.include_router(alerting.hooks, responses=problems.PROBLEM_RESPONSES)
     api.include_router(runs.experiments_router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(api)
     docs.install(app, API_PREFIX)
     return app
+
+
+def alert_worker(app: FastAPI, platform: Platform) -> AlertWorker:
+    """The alert worker of this app, reading its API counters and serving's guards."""
+    guards = app.state.dataplane.guards
+    histogram = app.state.api_latency
+    return AlertWorker(
+        platform.db,
+        platform.keyring,
+        platform.settings,
+        probes=Probes(
+            api_counts=lambda: api_counts(histogram), token_rows=lambda: guards.token_rows
+        ),
+        serving=ServingProbes(figures=guards.figures, rate_limited=lambda: guards.rate_limited),
+    )
 
 
 def app_from_environment() -> FastAPI:

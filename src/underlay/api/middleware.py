@@ -17,13 +17,13 @@ closed request"), without a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import time
 import uuid
 
-import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,6 +39,7 @@ _ROUTINE = re.compile(r"^/api/v1/nodes/[^/]+(/attempts/\d+/logs)?$")
 
 
 CLIENT_CLOSED = 499
+_READ = frozenset({"x-request-id", "content-length", "transfer-encoding"})  # all this reads
 
 
 class RequestContextMiddleware:
@@ -54,7 +55,11 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = {
+            key: value.decode("latin-1")
+            for name, value in scope["headers"]
+            if (key := name.decode("latin-1").lower()) in _READ
+        }
         given = headers.get("x-request-id", "")
         request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
@@ -85,7 +90,7 @@ class RequestContextMiddleware:
             if body["done"]:
                 return await receive()  # waiting for a disconnect: no deadline
             try:
-                with anyio.fail_after(timeout):
+                async with asyncio.timeout(timeout):  # far cheaper than an anyio cancel scope
                     message = await receive()
             except TimeoutError:
                 body["close"] = True

@@ -78,6 +78,20 @@ def error_response(request: Request, exc: UnderlayError) -> JSONResponse:
     return problem_response(request, type(exc), exc.message, headers=headers, **extra)
 
 
+def http_error_response(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """The problem response for an HTTP-level refusal (a body over the limit, a stalled body,
+    no such route, a method not allowed)."""
+    cls = _HTTP_SLUGS.get(exc.status_code, InvalidInput)
+    detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+    if exc.status_code == 404:
+        detail = f"no route {request.method} {request.url.path}"
+    headers = dict(exc.headers or {}) or None
+    if exc.status_code == 405:
+        # Starlette names only the first route that matched the path; name them all
+        headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+    return problem_response(request, cls, detail, status=exc.status_code, headers=headers)
+
+
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
@@ -160,15 +174,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        cls = _HTTP_SLUGS.get(exc.status_code, InvalidInput)
-        detail = exc.detail if isinstance(exc.detail, str) else "request refused"
-        if exc.status_code == 404:
-            detail = f"no route {request.method} {request.url.path}"
-        headers = dict(exc.headers or {}) or None
-        if exc.status_code == 405:
-            # Starlette names only the first route that matched the path; name them all
-            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
-        return problem_response(request, cls, detail, status=exc.status_code, headers=headers)
+        return http_error_response(request, exc)
 
     @app.exception_handler(DataError)
     async def _data(request: Request, exc: DataError) -> JSONResponse:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from underlay import identity
@@ -89,12 +90,23 @@ class ComputeRuntime:
         self.agent_thread = threading.Thread(target=agent.run, name="underlay-agent", daemon=True)
         self.agent_thread.start()
 
-    def stop(self) -> None:
+    def stop(self, stop_jobs: Callable[[], set[int]] | None = None) -> set[int]:
+        """Stop the loops and the local agent; the attempts the agent runs of the jobs
+        ``stop_jobs()`` names (serving replicas: they must not outlive their server) are
+        stopped too, and waited for. Returns the ids of the jobs it stopped."""
+        stopped: set[int] = set()
         if self._agent is not None:
             self._agent.stop()
         if self.agent_thread is not None:
             self.agent_thread.join(10)
         if self._agent is not None:
+            if stop_jobs is not None and not self._agent_running():
+                grace = self.platform.settings.compute.grace_s
+                stopped = self._agent.stop_jobs(stop_jobs(), "the server stopped", grace)
             self._agent.client.close()
         self.loop.stop()
         self.audit_loop.stop()
+        return stopped
+
+    def _agent_running(self) -> bool:
+        return self.agent_thread is not None and self.agent_thread.is_alive()

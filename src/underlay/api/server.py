@@ -1,17 +1,25 @@
 """How ``underlay up`` runs uvicorn: the options that bound what one client can hold.
 
-uvicorn's h11 server, left at its defaults, keeps a connection that never sends a request
-head open forever, believes ``X-Forwarded-For`` from 127.0.0.1, and bounds the request head
-only when it arrives in pieces. :func:`uvicorn_options` turns the ``server`` settings into
-uvicorn options, and :class:`HardenedH11Protocol` closes a connection that has not sent a
-complete request head within ``server.header_read_timeout_s`` of opening (or of its previous
-response), so slowloris clients cannot pile up. Limits on the request itself (header count and
-size, body framing, body read timeout, upload slots) live in :mod:`underlay.api.middleware`.
+uvicorn's HTTP servers, left at their defaults, keep a connection that never sends a request
+head open forever, believe ``X-Forwarded-For`` from 127.0.0.1, and bound the request head only
+partly (h11 when it arrives in pieces, httptools not at all). :func:`uvicorn_options` turns
+the ``server`` settings into uvicorn options and picks the protocol (``server.http``):
+:class:`HardenedHttpToolsProtocol` (httptools, the C parser: about half the CPU of h11 per
+request, ``docs/serving-performance.md``) when httptools is installed, else
+:class:`HardenedH11Protocol`. Both close a connection that has not sent a complete request
+head within ``server.header_read_timeout_s`` of opening (or of its previous response), so
+slowloris clients cannot pile up, and both refuse a head that grows past
+``server.max_header_bytes`` before it is complete (h11 with 400, httptools with 431), so a
+client cannot make the server buffer an endless head. Limits on the request itself (header
+count and size, body framing, body read timeout, upload slots) live in
+:mod:`underlay.api.middleware`, the same for both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import json
 import logging
 from typing import Any, ClassVar
 
@@ -69,9 +77,35 @@ class HardenedH11Protocol(H11Protocol):
             self.transport.close()
 
 
+def _httptools_protocol() -> type[asyncio.Protocol]:
+    """:class:`HardenedHttpToolsProtocol`, defined on first use: httptools is optional."""
+    global _HTTPTOOLS
+    if _HTTPTOOLS is None:
+        from underlay.api.server_httptools import HardenedHttpToolsProtocol
+
+        _HTTPTOOLS = HardenedHttpToolsProtocol
+    return _HTTPTOOLS
+
+
+_HTTPTOOLS: type[asyncio.Protocol] | None = None
+
+
+def protocol(settings: Settings) -> type[asyncio.Protocol]:
+    """The hardened protocol class ``server.http`` asks for (``auto``: httptools if
+    installed)."""
+    choice = settings.server.http
+    if choice == "auto":
+        choice = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return _httptools_protocol() if choice == "httptools" else HardenedH11Protocol
+
+
 def configure(settings: Settings) -> None:
-    """Apply the settings the protocol reads; call in each server process before serving."""
+    """Apply the settings the protocols read; call in each server process before serving."""
     HardenedH11Protocol.header_timeout_s = settings.server.header_read_timeout_s
+    if settings.server.http != "h11" and importlib.util.find_spec("httptools"):
+        cls: Any = _httptools_protocol()
+        cls.header_timeout_s = settings.server.header_read_timeout_s
+        cls.max_head_bytes = settings.server.max_header_bytes
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -80,9 +114,32 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     configure(settings)
     trusted = ",".join(server.trusted_proxies)
     return {
-        "http": HardenedH11Protocol,
+        "http": protocol(settings),
         "proxy_headers": bool(trusted),
         "forwarded_allow_ips": trusted or "",
         "timeout_keep_alive": server.keep_alive_timeout_s,
         "h11_max_incomplete_event_size": server.max_header_bytes,
     }
+
+
+def head_too_large(max_head_bytes: int) -> str:
+    """Why a head that grew past the limit is refused."""
+    return f"the request head is over {max_head_bytes} bytes (setting server.max_header_bytes)"
+
+
+_REASONS = {400: "Bad Request", 431: "Request Header Fields Too Large"}
+
+
+def refusal(status: int, detail: str) -> bytes:
+    """A problem response a protocol writes before closing the connection, for a request no
+    app saw (so no request id)."""
+    from underlay.api.problems import problem_body
+    from underlay.errors import InvalidInput
+
+    body = json.dumps(problem_body(status, InvalidInput, detail, "", None)).encode()
+    head = (
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+        "content-type: application/problem+json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body

@@ -20,7 +20,6 @@ from underlay.cli.common import (
     print_table,
     project_of,
     show,
-    when,
 )
 from underlay.logs import escape_control
 
@@ -531,42 +530,3 @@ def agent(
         typer.echo(f"agent for node {node} reporting to {server}", err=True)
         typer.echo(f"node {node}: {executor.isolation.describe()}", err=True)
         worker.run()
-
-
-alerts = typer.Typer(
-    help="Alerts: idle GPUs held by jobs, budgets nearly spent.", no_args_is_help=True
-)
-
-
-@alerts.command("ls")
-def alerts_ls(
-    project: Annotated[str | None, typer.Option("--project", "-p", help="One project.")] = None,
-    resolved: Annotated[
-        bool,
-        typer.Option("--resolved", metavar="", help="Resolved alerts instead of open ones."),
-    ] = False,
-    json_: JsonOpt = False,
-) -> None:
-    """Open alerts of your projects (every project for a global admin), newest first."""
-    with client() as c:
-        rows = c.list_alerts(project=project, resolved=resolved)
-    cols = [
-        Col("id", ident=True),
-        Col("kind"),
-        Col("subject", ident=True),
-        Col("message"),
-        when("created_at", optional=True),
-        when("resolved_at", optional=True),
-    ]
-    show(rows, cols, as_json=json_)
-
-
-@alerts.command("resolve")
-def alerts_resolve(alert_id: int, json_: JsonOpt = False) -> None:
-    """Mark an alert resolved (members and admins of its project)."""
-    with client() as c:
-        alert = c.resolve_alert(alert_id)
-    if json_:
-        show(alert, [], as_json=True)
-        return
-    typer.echo(escape_control(f"resolved alert {alert.id}: {alert.subject}"))

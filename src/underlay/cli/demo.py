@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from underlay.cli.demo_monitoring import retrain_loop
 from underlay.cli.demo_serving import canary_and_cleanup, deploy_and_predict
 
 if TYPE_CHECKING:
@@ -458,6 +459,7 @@ STEPS: list[Step] = [
     Step("Run a job through the scheduler and bill it", _scheduled_job),
     Step("Deploy the champion; predict through JSON and the V2 protocol", deploy_and_predict),
     Step("Canary a broken retrain: it is rolled back by itself", canary_and_cleanup),
+    Step("Traffic drifts: the loop retrains, canaries and promotes by itself", retrain_loop),
     Step("Verify the audit log", _audit),
 ]
 

@@ -10,6 +10,7 @@ import typer
 
 from underlay.cli import (
     admin,
+    alerts,
     compute,
     configure,
     data,
@@ -17,6 +18,7 @@ from underlay.cli import (
     deployments,
     keys,
     models,
+    monitor,
     pipelines,
     resources,
     runs,
@@ -90,7 +92,8 @@ app.add_typer(compute.nodes, name="nodes")
 app.add_typer(compute.jobs, name="jobs")
 app.add_typer(compute.quotas, name="quotas")
 app.add_typer(compute.budget, name="budget")
-app.add_typer(compute.alerts, name="alerts")
+app.add_typer(alerts.alerts, name="alerts")
+app.add_typer(monitor.monitor, name="monitor")
 app.command("usage")(compute.usage)
 app.command("agent")(compute.agent)
 app.command("simulate")(simulate)

@@ -13,13 +13,16 @@ from typing import IO, Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
+from underlay.client.alerts import AlertMethods
 from underlay.client.compute import ComputeMethods
 from underlay.client.data import DataMethods, TableMethods
 from underlay.client.exports import ExportMethods
 from underlay.client.ml import TrackingMethods
 from underlay.client.ml_pipelines import MLPipelineMethods
 from underlay.client.models import ModelMethods
+from underlay.client.monitoring import MonitoringMethods
 from underlay.client.pipelines import PipelineMethods
+from underlay.client.retrain import RetrainMethods
 from underlay.client.serving import ServingMethods
 from underlay.errors import IntegrityFailure, Unavailable, UnderlayError, error_for_problem
 from underlay.schemas import (
@@ -58,6 +61,7 @@ def _raise_for_problem(response: httpx.Response) -> None:
 
 
 class Client(
+    AlertMethods,
     ComputeMethods,
     DataMethods,
     TableMethods,
@@ -67,6 +71,8 @@ class Client(
     ModelMethods,
     ExportMethods,
     ServingMethods,
+    RetrainMethods,
+    MonitoringMethods,
 ):
     """A session with one underlay server; use as a context manager or call :meth:`close`."""
 

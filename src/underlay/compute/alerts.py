@@ -9,7 +9,7 @@ import datetime as dt
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from underlay.compute.ledger import as_utc, check_scope, scope_of
+from underlay.compute.ledger import as_utc, scope_of
 from underlay.compute.models import Alert
 from underlay.errors import InvalidInput, NotFound
 from underlay.identity import SYSTEM, Action, Actor, authorize
@@ -26,38 +26,27 @@ def record_alert(
     project_id: int | None = None,
     job_id: int | None = None,
     subject: str = "",
+    severity: str = "warning",
 ) -> tuple[Alert, bool]:
     """Raise an alert, unless one of the same kind, subject and project is still unresolved:
-    then that one gets the new message. Returns the alert and whether it is new (notify then).
-    An alert without a project is cluster-wide and needs an unscoped session."""
-    check_scope(session, project_id)
+    then that one gets the new message and counts one more occurrence. Returns the alert and
+    whether it is new. An alert without a project is cluster-wide and needs an unscoped
+    session. Delegates to :func:`underlay.monitoring.alerts.raise_alert` (audit, silences,
+    webhooks), with source ``compute``."""
+    from underlay.monitoring.alerts import raise_alert
+
     if not kind:
         raise InvalidInput("an alert needs a kind, e.g. 'idle-gpu'")
-    same_project = (
-        Alert.project_id.is_(None) if project_id is None else Alert.project_id == project_id
-    )
-    existing = session.scalars(
-        _alerts_in_scope(session).where(
-            Alert.kind == kind,
-            Alert.subject == subject,
-            same_project,
-            Alert.resolved_at.is_(None),
-        )
-    ).first()
-    if existing is not None:
-        existing.message = message[:1000]
-        session.flush()
-        return existing, False
-    alert = Alert(
-        kind=kind,
-        subject=subject[:255],
-        message=message[:1000],
+    return raise_alert(
+        session,
         project_id=project_id,
+        kind=kind,
+        subject=subject,
+        message=message,
+        severity=severity,
+        source="compute",
         job_id=job_id,
     )
-    session.add(alert)
-    session.flush()
-    return alert, True
 
 
 def _alerts_in_scope(session: Session) -> Select[Alert]:
@@ -103,14 +92,22 @@ def resolve_alert_by_id(
     return alert
 
 
-def resolve_alert(session: Session, kind: str, subject: str, now: dt.datetime | None = None) -> int:
-    """Resolve the unresolved alerts of ``kind`` about ``subject`` (the condition cleared);
-    returns how many."""
-    alerts = session.scalars(
-        _alerts_in_scope(session).where(
-            Alert.kind == kind, Alert.subject == subject, Alert.resolved_at.is_(None)
-        )
-    ).all()
+def resolve_alert(
+    session: Session,
+    kind: str,
+    subject: str,
+    now: dt.datetime | None = None,
+    *,
+    project_id: int | None = None,
+) -> int:
+    """Resolve the unresolved alerts of ``kind`` about ``subject`` (of one project when
+    ``project_id`` is given): the condition cleared. Returns how many."""
+    stmt = _alerts_in_scope(session).where(
+        Alert.kind == kind, Alert.subject == subject, Alert.resolved_at.is_(None)
+    )
+    if project_id is not None:
+        stmt = stmt.where(Alert.project_id == project_id)
+    alerts = session.scalars(stmt).all()
     for alert in alerts:
         alert.resolved_at = as_utc(now, "now") if now is not None else utcnow()
     session.flush()

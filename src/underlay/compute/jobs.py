@@ -134,7 +134,9 @@ def _never_fits(session: Session, job: Job, project: str, settings: Settings) ->
 
     nodes = idle_cluster(session)
     if not nodes:
-        return "no node is registered yet; start a node agent (or wait for the local one)"
+        if settings.compute.local_agent:
+            return None  # this server's own agent registers in a moment: queue, judge then
+        return "no node is registered yet; start a node agent"
     workload = replace(workload_of(job, project, utcnow()), id="new")
     config = policy_config(settings.compute.policy)
     decisions = decide(

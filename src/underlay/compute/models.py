@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -183,3 +184,10 @@ class Alert(Base):
     message: Mapped[str] = mapped_column(String(1000))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     resolved_at: Mapped[dt.datetime | None] = mapped_column()
+    # since 0021 (monitoring.alerts): how bad, who raised it, repeats while open, silencing
+    severity: Mapped[str] = mapped_column(String(16), default="warning", server_default="warning")
+    source: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    details: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")  # JSON
+    count: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    last_seen: Mapped[dt.datetime | None] = mapped_column()
+    silenced: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

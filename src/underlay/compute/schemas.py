@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+import json
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -270,3 +271,14 @@ class AlertRead(_Out):
     message: str
     created_at: dt.datetime
     resolved_at: dt.datetime | None
+    severity: str = "warning"
+    source: str = ""
+    details: dict[str, Any] = Field(default_factory=dict)
+    count: int = 1
+    last_seen: dt.datetime | None = None
+    silenced: bool = False
+
+    @field_validator("details", mode="before")
+    @classmethod
+    def _parse_details(cls, value: Any) -> Any:
+        return json.loads(value or "{}") if isinstance(value, str) else value

@@ -289,6 +289,16 @@ class TableStore:
 
         event.listen(session, "after_commit", remove_files, once=True)
 
+    def purge_project(self, session: Session, project_id: int) -> None:
+        """Remove every table of a deleted project: rows now, files once the caller commits
+        (the project's folder under the tables root with them)."""
+        for table in self.list_tables(session, project_id):
+            self.remove(session, table)
+        folder = f"{self.root}/{int(project_id)}"
+        from sqlalchemy import event
+
+        event.listen(session, "after_commit", lambda _s: self._delete_files(folder), once=True)
+
     def _delete_files(self, location: str) -> None:
         """Delete every file under a table's location, on a local root or an object store."""
         if self.local:

@@ -33,6 +33,8 @@ from sqlalchemy import func, select
 
 from underlay.compute.models import AcceleratorRow, Alert, Job, NodeRow
 from underlay.compute.states import JobState
+from underlay.monitoring.alert_models import AlertDelivery
+from underlay.monitoring.reports import drift_families
 from underlay.store.models import Project
 
 if TYPE_CHECKING:
@@ -54,6 +56,18 @@ def api_latency_histogram() -> Histogram:
         buckets=API_LATENCY_BUCKETS,
         registry=None,
     )
+
+
+def api_counts(histogram: Histogram) -> tuple[float, float]:
+    """(answers, answers with status 400 or more) the API gave so far, from ``histogram``."""
+    total = errors = 0.0
+    for family in histogram.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_count"):
+                total += sample.value
+                if sample.labels.get("status", "0")[:1] in ("4", "5"):
+                    errors += sample.value
+    return total, errors
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,7 @@ def render(session: Session, project_ids: frozenset[int] | None, sources: Source
     families: list[Metric] = []
     families += _jobs(session, names)
     families += _alerts(session, names, admin)
+    families += drift_families(session, names)
     if admin:
         families += _nodes(session)
         families += _rounds(sources.rounds)
@@ -127,33 +142,47 @@ def _jobs(session: Session, names: dict[int, str]) -> list[Metric]:
 
 
 def _alerts(session: Session, names: dict[int, str], admin: bool) -> list[Metric]:
+    labels = ("project", "kind", "severity")
     open_ = GaugeMetricFamily(
-        "underlay_alerts_open", "Alerts not yet resolved, by project and kind.",
-        labels=("project", "kind"),
-    )  # fmt: skip
+        "underlay_alerts_open",
+        "Alerts not yet resolved, by project, kind and severity.",
+        labels=labels,
+    )
     raised = CounterMetricFamily(
-        "underlay_alerts_raised", "Alerts raised, by project and kind.",
-        labels=("project", "kind"),
-    )  # fmt: skip
+        "underlay_alerts_raised", "Alerts raised, by project, kind and severity.", labels=labels
+    )
+    deliveries = CounterMetricFamily(
+        "underlay_alert_deliveries",
+        "Webhook deliveries of alerts, by project and state (pending, delivered, failed).",
+        labels=("project", "state"),
+    )
+    unresolved_ = Alert.resolved_at.is_(None)
     query = select(
-        Alert.project_id, Alert.kind, Alert.resolved_at.is_(None), func.count()
-    ).group_by(Alert.project_id, Alert.kind, Alert.resolved_at.is_(None))
+        Alert.project_id, Alert.kind, Alert.severity, unresolved_, func.count()
+    ).group_by(Alert.project_id, Alert.kind, Alert.severity, unresolved_)
+    sent = select(AlertDelivery.project_id, AlertDelivery.state, func.count()).group_by(
+        AlertDelivery.project_id, AlertDelivery.state
+    )
     if not admin:
         if not names:
-            return [open_, raised]
+            return [open_, raised, deliveries]
         query = query.where(Alert.project_id.in_(sorted(names)))
-    totals: dict[tuple[str, str], list[int]] = {}
-    for pid, kind, unresolved, n in session.execute(query):
+        sent = sent.where(AlertDelivery.project_id.in_(sorted(names)))
+    totals: dict[tuple[str, str, str], list[int]] = {}
+    for pid, kind, severity, unresolved, n in session.execute(query):
         if pid is not None and pid not in names:
             continue  # a purged project's leftovers
-        key = ("" if pid is None else names[pid], kind)
+        key = ("" if pid is None else names[pid], kind, severity)
         pair = totals.setdefault(key, [0, 0])
         pair[0] += n if unresolved else 0
         pair[1] += n
     for key, (unresolved_n, total) in sorted(totals.items()):
         open_.add_metric(key, unresolved_n)
         raised.add_metric(key, total)
-    return [open_, raised]
+    for pid, state, n in sorted((pid, state, n) for pid, state, n in session.execute(sent)):
+        if pid in names:
+            deliveries.add_metric((names[pid], state), n)
+    return [open_, raised, deliveries]
 
 
 def _nodes(session: Session) -> list[Metric]:

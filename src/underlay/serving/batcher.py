@@ -149,7 +149,8 @@ class Batcher:
                 return rows
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+                async with asyncio.timeout(remaining):  # no task per wait, unlike wait_for
+                    await self._wakeup.wait()
 
     def _blocked(self, rows: int) -> bool:
         """Whether the next queued request would not fit the batch (so waiting is useless)."""

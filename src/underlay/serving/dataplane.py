@@ -23,9 +23,11 @@ rows). Errors are :mod:`underlay.errors` classes (InvalidInput 400 naming the fi
 NotFound 404, RateLimited 429 with retry_after, Unavailable 503 with ``retry_after``).
 
 What is cached and for how long: a token's actor and its right to read a project,
-:data:`AUTH_TTL_S` seconds (a revoked token stops working within that time); a deployment's
-view until its generation changes (checked every :data:`REFRESH_S` seconds, one query for all
-cached deployments).
+``server.auth_cache_ttl_s`` seconds (5 by default) and never past the token's expiry (a
+revoked token, a deactivated user or a removed membership keeps working at most that
+long, in every server process); a deployment's view until its generation changes (checked
+every :data:`REFRESH_S` seconds, one query for all cached deployments, and dropped at once
+when this process changes it).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from underlay.errors import InvalidInput, NotFound, Unauthenticated, Unavailable
 from underlay.serving import v2, wire
 from underlay.serving.batcher import Batcher
 from underlay.serving.guard import Guards
+from underlay.serving.jsonbody import parse_json
 from underlay.serving.pool import ReplicaGone, ReplicaPool
 from underlay.serving.v2 import CompiledSignature
 
@@ -57,7 +60,7 @@ if TYPE_CHECKING:
     from underlay.ml.flavors.signature import Signature
     from underlay.platform import Platform
 
-AUTH_TTL_S = 5.0
+AUTH_CACHE_SIZE = 10_000  # tokens trusted at once; past it expired (then oldest) go
 REFRESH_S = 0.5
 DOWN_S = 1.0
 SECRET_HEADER = "x-replica-secret"  # noqa: S105 - a header name
@@ -81,6 +84,17 @@ class Principal:
 
     actor: Actor
     token_key: str
+    key: str = ""  # the token's digest: its entry in the data plane's cache
+
+
+@dataclass
+class _Trusted:
+    """A cached authentication: trusted until ``until`` (monotonic), with the ids of the
+    projects the principal was found to read meanwhile."""
+
+    until: float
+    principal: Principal
+    projects: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -139,10 +153,16 @@ class DeploymentView:
     canary: Arm | None = None
     canary_weight: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    # during a rolling update between versions of one interface: the new version's ready
+    # replicas, which share the stable traffic by their number
+    rolling: Arm | None = None
 
     @property
     def ready(self) -> bool:
-        return bool(self.stable.endpoints)
+        return bool(self.stable.endpoints or (self.rolling and self.rolling.endpoints))
+
+    def arms(self) -> list[Arm]:
+        return [a for a in (self.stable, self.canary, self.rolling) if a is not None]
 
 
 class DataPlane:
@@ -151,7 +171,7 @@ class DataPlane:
     def __init__(self, platform: Platform, tables: TableStore | None = None) -> None:
         self.platform = platform
         self.guards = Guards(platform, tables)
-        self._auth: dict[tuple[str, str], tuple[float, Principal, int]] = {}
+        self._auth: dict[str, _Trusted] = {}
         self._views: dict[tuple[str, str], DeploymentView] = {}
         self._replicas: ReplicaPool | None = None
         self._refresher: asyncio.Task[None] | None = None
@@ -166,37 +186,59 @@ class DataPlane:
         if scheme.lower() != "bearer" or not secret:
             raise Unauthenticated("no token given: send 'Authorization: Bearer <token>'")
         key = hashlib.sha256(secret.encode()).hexdigest()
-        cached = self._auth.get((key, ""))
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
+        cached = self._auth.get(key)
+        if cached is not None and cached.until > time.monotonic():
+            return cached.principal
         try:
-            actor = await asyncio.to_thread(self._authenticate, secret)
+            actor, expires_in = await asyncio.to_thread(self._authenticate, secret)
         except Unauthenticated as exc:
+            self._auth.pop(key, None)
             client = request.client.host if request.client else ""
             path = request.url.path
             await asyncio.to_thread(self.platform.record_denied, f"POST {path}", path, client, exc)
             raise
-        principal = Principal(actor, key[:16])
-        self._auth[(key, "")] = (time.monotonic() + AUTH_TTL_S, principal, 0)
+        principal = Principal(actor, key[:16], key)
+        ttl = self.platform.settings.server.auth_cache_ttl_s
+        until = time.monotonic() + (ttl if expires_in is None else min(ttl, expires_in))
+        if len(self._auth) >= AUTH_CACHE_SIZE:
+            self._prune()
+        self._auth[key] = _Trusted(until, principal)
         return principal
 
-    def _authenticate(self, secret: str) -> Actor:
+    def _prune(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, v in self._auth.items() if v.until <= now]:
+            del self._auth[key]
+        while len(self._auth) >= AUTH_CACHE_SIZE:  # all live: drop the oldest entries
+            del self._auth[next(iter(self._auth))]
+
+    def _authenticate(self, secret: str) -> tuple[Actor, float | None]:
+        """The token's actor and the seconds until the token expires (None: never)."""
         from underlay.identity import authenticate
         from underlay.store import Scope
+        from underlay.store.models import ApiToken
+        from underlay.store.types import utcnow
 
         with self.platform.db.session(Scope.everything()) as session:
-            return authenticate(session, secret)
+            actor = authenticate(session, secret)
+            token = session.get(ApiToken, actor.token_id) if actor.token_id else None
+            if token is None or token.expires_at is None:
+                return actor, None
+            return actor, (token.expires_at - utcnow()).total_seconds()
 
     async def _project_id(self, principal: Principal, project: str) -> int:
-        cached = self._auth.get((principal.token_key, project))
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[2]
+        """The project's id if the principal may read it; trusted only as long as the
+        principal itself, so a removed membership stops working with the token's entry."""
+        trusted = self._auth.get(principal.key)
+        now = time.monotonic()
+        if trusted is not None and trusted.until > now:
+            found = trusted.projects.get(project)
+            if found is not None:
+                return found
         project_id = await asyncio.to_thread(self._read_project, principal.actor, project)
-        self._auth[(principal.token_key, project)] = (
-            time.monotonic() + AUTH_TTL_S,
-            principal,
-            project_id,
-        )
+        trusted = self._auth.get(principal.key)
+        if trusted is not None and trusted.principal is principal and trusted.until > now:
+            trusted.projects[project] = project_id
         return project_id
 
     def _read_project(self, actor: Actor, project: str) -> int:
@@ -236,8 +278,9 @@ class DataPlane:
     def _adopt(self, fresh: DeploymentView, old: DeploymentView | None) -> DeploymentView:
         """Give ``fresh`` batchers, keeping the old view's arms (and their batchers) where the
         version is the same, so a refresh never drops what a batcher holds."""
-        old_arms = {a.version: a for a in (old.stable, old.canary) if a} if old else {}
-        for arm in (fresh.stable, fresh.canary):
+        old_arms = {a.version: a for a in old.arms()} if old else {}
+        for attr in ("stable", "canary", "rolling"):
+            arm = getattr(fresh, attr)
             if arm is None:
                 continue
             kept = old_arms.pop(arm.version, None)
@@ -250,10 +293,7 @@ class DataPlane:
                         endpoint.down_until = known.down_until
                 kept.endpoints, kept.name = arm.endpoints, arm.name
                 kept.batcher.max_concurrency = _in_flight(len(arm.endpoints))
-                if arm is fresh.stable:
-                    fresh.stable = kept
-                else:
-                    fresh.canary = kept
+                setattr(fresh, attr, kept)
             else:
                 arm.batcher = self._batcher(fresh, arm)
         for gone in old_arms.values():
@@ -328,9 +368,19 @@ class DataPlane:
     @staticmethod
     def _choose(view: DeploymentView, guard: Any) -> Arm:
         canary, monitor = view.canary, guard.monitor
-        if canary is None or not canary.endpoints or monitor is None:
+        if (
+            canary is not None
+            and canary.endpoints
+            and monitor is not None
+            and monitor.choose(random.random()) == "canary"
+        ):
+            return canary
+        rolling = view.rolling
+        if rolling is None or not rolling.endpoints:
             return view.stable
-        return canary if monitor.choose(random.random()) == "canary" else view.stable
+        serving = len(view.stable.endpoints)  # by replica count: each version its share
+        chosen = random.random() * (serving + len(rolling.endpoints)) >= serving
+        return rolling if chosen else view.stable
 
     async def _send(
         self, name: str, arm: Arm, batch: dict[str, np.ndarray]
@@ -371,7 +421,7 @@ class DataPlane:
         principal = await self.authenticate(request)
         view = await self.describe(project, name, principal)
         try:
-            body = json.loads(await request.body())
+            body = parse_json(await request.body())
         except (UnicodeDecodeError, ValueError) as exc:
             raise InvalidInput(f"the body is not JSON: {exc}") from None
         if not isinstance(body, dict) or set(body) != {"records"}:
@@ -421,9 +471,8 @@ class DataPlane:
 
         while self._retired:
             retired = self._retired.pop()
-            for arm in (retired.stable, retired.canary):
-                if arm is not None:
-                    await arm.batcher.close()
+            for arm in retired.arms():
+                await arm.batcher.close()
         if not self._views:
             return
         ids = {key: view.id for key, view in self._views.items()}
@@ -433,9 +482,8 @@ class DataPlane:
             if now is None:
                 self._views.pop(key, None)
                 self.guards.forget(view.id)
-                for arm in (view.stable, view.canary):
-                    if arm is not None:
-                        await arm.batcher.close()
+                for arm in view.arms():
+                    await arm.batcher.close()
             elif now != view.generation:
                 fresh = await asyncio.to_thread(self._read_view, *key)
                 if fresh is None:
@@ -460,9 +508,8 @@ class DataPlane:
         if self._refresher is not None:
             self._refresher.cancel()
         for view in self._views.values():
-            for arm in (view.stable, view.canary):
-                if arm is not None:
-                    await arm.batcher.close()
+            for arm in view.arms():
+                await arm.batcher.close()
         if self._replicas is not None:
             await self._replicas.close()
         await asyncio.to_thread(self.guards.close)

@@ -37,7 +37,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from underlay.errors import InvalidInput
-from underlay.serving.predlog import append_masked, feedback_table, predictions_table
+from underlay.serving.predlog import feedback_table, predictions_table
+from underlay.serving.predlog_writer import append_masked, deployment_exists
 
 if TYPE_CHECKING:
     import pyarrow.dataset as pads
@@ -132,6 +133,7 @@ def record_feedback(
     *,
     now: float,
     created_by: int | None = None,
+    require_deployment: bool = False,
 ) -> FeedbackResult:
     """Append ``labels`` to the deployment's feedback table as one new version (rules: the
     module docstring); refused whole (:class:`InvalidInput`, nothing written) if any label
@@ -163,6 +165,7 @@ def record_feedback(
         policies=lambda _session: {},
         created_by=created_by,
         source=f"deployment:{deployment}:feedback",
+        guard=deployment_exists(project_id, deployment) if require_deployment else None,
     )
     return FeedbackResult(name, result.version, len(checked), flags.count(False))
 

@@ -59,6 +59,14 @@ class Guards:
         self.limiter = RateLimiter(SqlBudgetStore(platform.db.engine))
         self.detector = ExtractionDetector()
         self._guards: dict[int, Guard] = {}
+        # rows asked for per (project id, token key) since start: the alert worker's anomaly
+        # scan reads it (query volume per token)
+        self.token_rows: dict[tuple[int, str], int] = {}
+        self.rate_limited: dict[tuple[int, str], int] = {}  # (project id, deployment) -> refusals
+
+    def figures(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(project, deployment, counters) of every deployment this process has served."""
+        return [(g.project, g.name, g.stats.snapshot()) for g in list(self._guards.values())]
 
     def of(self, view: DeploymentView) -> Guard:
         """The guard of ``view``'s deployment, its monitor and logger matching the view."""
@@ -87,7 +95,7 @@ class Guards:
             guard.logger.close(wait=False)  # on the event loop: the thread writes the rest
         guard.logger_key, guard.logger = key, None
         if rate > 0 and self.tables is not None:
-            from underlay.serving.predlog import open_logger
+            from underlay.serving.predlog_writer import open_logger
 
             guard.logger = open_logger(
                 self.platform,
@@ -97,6 +105,7 @@ class Guards:
                 model=view.model,
                 sample_rate=rate,
                 flush_interval_s=LOG_FLUSH_S,
+                require_deployment=True,
             )
 
     # -- before: limits and the extraction alarm ------------------------------------------------
@@ -109,9 +118,13 @@ class Guards:
         spec = view.extra.get("limit_spec")
         now = time.time()
         key = f"{view.project_id}/{view.name}"
+        counted = (view.project_id, token_key)
+        self.token_rows[counted] = self.token_rows.get(counted, 0) + rows
         if isinstance(spec, LimitSpec):
             decision = self.limiter.check(token_key, key, spec, rows, now)
             if not decision.allowed:
+                where = (view.project_id, view.name)
+                self.rate_limited[where] = self.rate_limited.get(where, 0) + 1
                 raise RateLimited(
                     f"{decision.reason} for this token on deployment {view.name!r}",
                     retry_after=max(1, math.ceil(decision.retry_after_s)),
@@ -126,7 +139,8 @@ class Guards:
                     )
 
     def _alert(self, view: DeploymentView, token_key: str, reason: str) -> None:
-        from underlay.compute.alerts import record_alert
+        from underlay.monitoring.alerts import raise_alert
+        from underlay.monitoring.rules import evaluate_rules
         from underlay.store import Scope
 
         message = (
@@ -134,12 +148,22 @@ class Guards:
         )
         log.warning(message)
         with self.platform.db.session(Scope.everything()) as session:
-            record_alert(
+            raise_alert(
                 session,
-                "model-extraction",
-                message,
                 project_id=view.project_id,
+                kind="model-extraction",
                 subject=f"{view.name}:{token_key}",
+                message=message,
+                severity="error",
+                source="security",
+                details={"deployment": view.name, "token": token_key, "reason": reason},
+            )
+            evaluate_rules(
+                session,
+                project_id=view.project_id,
+                source="security",
+                subject=view.name,
+                values={"extraction_events": 1.0},
             )
 
     # -- after: counters, canary, log -------------------------------------------------------------

@@ -2,8 +2,9 @@
 reconciler that the serving runtime runs every fraction of a second.
 
 :func:`reconcile` restarts the replica of a slot whose job ended (a crash, a lost node, a
-cancel from outside), finishes rolling updates once enough new replicas are ready, marks a
-canary running once one of its replicas is ready, and cancels the jobs of drained replicas.
+cancel from outside), advances rolling updates (:func:`advance_update`), marks a canary
+running once one of its replicas is ready, and cancels the jobs of drained replicas (their
+rows go once the jobs have ended).
 It is idempotent and safe to run from several server processes: each deployment is handled
 under a row lock.
 """
@@ -16,14 +17,17 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from underlay.compute.models import Job
 from underlay.errors import Conflict, InvalidInput
 from underlay.identity import Actor
 from underlay.platform import Platform
+from underlay.serving.interfaces import same_interface
 from underlay.serving.models import Deployment, DeploymentReplica
 from underlay.serving.schemas import CanaryStart
 from underlay.serving.service import (
     CANARY,
     LIVE_JOB,
+    MAX_SURGE,
     STABLE,
     _cancel_jobs,
     _roll,
@@ -91,7 +95,11 @@ def promote(
     """Make the running canary the stable version (a rolling update that reuses the canary's
     ready replicas)."""
     deployment = get_deployment(session, project.id, name, lock=True)
-    if deployment.canary_state not in ("starting", "running") or deployment.canary_version is None:
+    # "passed": the canary monitor's verdict, which the retraining loop promotes
+    if (
+        deployment.canary_state not in ("starting", "running", "passed")
+        or deployment.canary_version is None
+    ):
         raise Conflict(f"deployment {name!r} runs no canary to promote")
     version = deployment.canary_version
     for replica in replicas_of(session, deployment.id):
@@ -119,7 +127,7 @@ def rollback(
 ) -> Deployment:
     """Send all traffic back to the stable version and stop the canary's replicas."""
     deployment = get_deployment(session, project.id, name, lock=True)
-    if deployment.canary_state not in ("starting", "running"):
+    if deployment.canary_state not in ("starting", "running", "passed"):
         raise Conflict(f"deployment {name!r} runs no canary to roll back")
     for replica in replicas_of(session, deployment.id):
         if replica.arm == CANARY:
@@ -169,16 +177,16 @@ def _reconcile_one(
     for replica in replicas:
         job_state = states.get(replica.job_id) if replica.job_id else None
         if replica.state == "draining":
-            live = job_state in LIVE_JOB
-            if replica.stop_at is None or replica.stop_at <= now or not live:
-                _cancel_jobs(session, platform, [replica])
+            if job_state not in LIVE_JOB:  # the row goes once its job has ended
                 session.delete(replica)
                 touch(deployment)
+            elif replica.stop_at is None or replica.stop_at <= now:
+                _cancel_jobs(session, platform, [replica])  # once; its job then ends
             continue
         if job_state not in LIVE_JOB:
             _restart(session, platform, project, deployment, replica, job_state)
     session.flush()
-    _finish_update(session, deployment)
+    advance_update(session, platform, project, deployment)
     if deployment.canary_state == "starting":
         ready = [r for r in replicas_of(session, deployment.id) if r.arm == CANARY]
         if any(r.state == "ready" for r in ready):
@@ -212,25 +220,75 @@ def _restart(
     )
 
 
-def _finish_update(session: Session, deployment: Deployment) -> None:
-    target = deployment.target_version
+def advance_update(
+    session: Session, platform: Platform, project: Project, deployment: Deployment
+) -> None:
+    """One step of a rolling update (see :mod:`underlay.serving.service`): drain old
+    replicas that serve nothing, and a ready one for each new one ready beyond what the
+    deployment wants; start new replicas while fewer than ``replicas + MAX_SURGE`` exist
+    (draining ones count until their jobs end); switch once all of the new ones are ready."""
+    target, want = deployment.target_version, deployment.replicas
     if target == deployment.version:
         return
-    replicas = replicas_of(session, deployment.id)
-    ready = [r for r in replicas if r.arm == STABLE and r.version == target and r.state == "ready"]
-    if len(ready) < deployment.replicas:
+    stable = [r for r in replicas_of(session, deployment.id) if r.arm == STABLE]
+    new = [r for r in stable if r.version == target and r.state != "draining"]
+    old = [r for r in stable if r.version != target and r.state != "draining"]
+    ready_new = sum(r.state == "ready" for r in new)
+    rolling = same_interface(session, deployment)
+    if rolling:
+        ready = ready_new + sum(r.state == "ready" for r in old)
+        for replica in sorted(old, key=lambda r: (r.state == "ready", -r.slot)):
+            if replica.state == "ready" and ready - 1 < want:
+                continue  # maxUnavailable 0: it serves until a new one can take its place
+            ready -= replica.state == "ready"
+            drain(session, replica, f"replaced by version {target}")
+            old.remove(replica)
+            touch(deployment)
+        have = {r.slot for r in new}
+        room = want + MAX_SURGE - len(stable)
+        for slot in [s for s in range(want) if s not in have][: max(0, room)]:
+            add_replica(session, platform, project, deployment, slot, STABLE, target)
+            touch(deployment)
+    if ready_new < want or (rolling and old):
         return
     previous = deployment.version
-    for replica in replicas:
-        if replica.arm == STABLE and replica.version != target:
-            drain(session, replica, f"replaced by version {target}")
+    for replica in old:
+        drain(session, replica, f"replaced by version {target}")
     deployment.version = target
     record(
         session,
         deployment,
         "update.done",
         RUNTIME_ACTOR,
-        f"{len(ready)} replicas of version {target} ready",
+        f"{ready_new} replicas of version {target} ready",
         previous=previous,
         version=target,
     )
+
+
+def live_replica_jobs(session: Session) -> set[int]:
+    """The ids of the live jobs that serve replicas, over every deployment."""
+    rows = session.scalars(
+        select(Job.id)
+        .join(DeploymentReplica, DeploymentReplica.job_id == Job.id)
+        .where(Job.state.in_(LIVE_JOB))
+    )
+    return {int(job_id) for job_id in rows}
+
+
+def stopped_with_server(session: Session, job_ids: set[int]) -> None:
+    """Mark the replicas served by ``job_ids`` as starting again (no URL: nothing routes to
+    them); their jobs end when the next agent reports them, and :func:`reconcile` then starts
+    new jobs for their slots (draining ones are simply removed)."""
+    replicas = session.scalars(
+        select(DeploymentReplica).where(DeploymentReplica.job_id.in_(sorted(job_ids)))
+    )
+    for replica in replicas:
+        deployment = session.get(Deployment, replica.deployment_id)
+        if replica.state != "draining":
+            replica.state = "starting"
+            replica.url = None
+            replica.reason = f"job {replica.job_id} stopped with the server"
+            replica.updated_at = utcnow()
+        if deployment is not None:
+            touch(deployment)

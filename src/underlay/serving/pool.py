@@ -76,10 +76,12 @@ class ReplicaPool:
         started = False
         try:
             writer.write(request)
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.read_timeout_s)
-            started = True
-            status, length, close = _parse_head(head)
-            body = await asyncio.wait_for(reader.readexactly(length), self.read_timeout_s)
+            # one deadline for the whole answer, without wait_for's task per read
+            async with asyncio.timeout(self.read_timeout_s):
+                head = await reader.readuntil(b"\r\n\r\n")
+                started = True
+                status, length, close = _parse_head(head)
+                body = await reader.readexactly(length)
         except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             writer.close()
             if not started:

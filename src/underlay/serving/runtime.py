@@ -56,6 +56,19 @@ class ServingRuntime:
             self._thread.join(10)
         self._http.close()
 
+    def replica_jobs(self) -> set[int]:
+        """The jobs serving replicas now (the compute runtime stops those this server's own
+        agent runs when the server stops: replicas must not outlive their server)."""
+        with self.platform.db.session(Scope.everything()) as session:
+            return lifecycle.live_replica_jobs(session)
+
+    def stopped_with_server(self, job_ids: set[int]) -> None:
+        """Replicas whose jobs stopped with this server: no longer routed to; the next start
+        restarts their slots once their agent reports the ends."""
+        if job_ids:
+            with self.platform.db.session(Scope.everything()) as session:
+                lifecycle.stopped_with_server(session, job_ids)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:

@@ -13,10 +13,19 @@ server's serving runtime calls every fraction of a second.
   ``app`` per deployment with ``max_per_node`` spreading them over the nodes, priority high.
   Each gets a random secret as a job secret (sealed in the job row and in the replica row); the
   server sends it on every call to the replica.
-* **Rolling update** (``model`` in an update): replicas of the new version start next to the
-  old ones; once as many are ready as the deployment wants, the stable version switches (the
-  data plane routes to the new replicas from its next refresh) and the old replicas drain for
-  ``DRAIN_S`` before their jobs are cancelled (SIGTERM: they finish what they hold).
+* **Rolling update** (``model`` in an update), driven by the reconciler
+  (:func:`underlay.serving.lifecycle.advance_update`). When both versions take and return the
+  same tensors (names, dtypes, shapes:
+  :func:`underlay.serving.interfaces.same_interface`), replicas are replaced a few at
+  a time, as Kubernetes does with ``maxSurge`` 1 and ``maxUnavailable`` 0: at most
+  :data:`MAX_SURGE` replicas more than wanted exist at any time (draining ones count until their
+  jobs end), a new replica starts only when there is room, and an old one drains only once a
+  new one is ready, so the ready replicas never fall below what the deployment wants; the
+  data plane routes to the ready replicas of both versions meanwhile. When the interfaces
+  differ, a request validated for one version cannot go to the other: every new replica
+  starts next to the old ones and traffic switches once they are all ready. Either way the
+  old replicas drain for ``DRAIN_S`` before their jobs are cancelled (SIGTERM: they finish
+  what they hold).
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from underlay.ml.registry import service as registry
 from underlay.ml.registry.manifest import ArtifactRefused
 from underlay.ml.registry.models import ModelVersion
 from underlay.platform import Platform
+from underlay.serving.interfaces import routed_versions, same_interface
 from underlay.serving.models import Deployment, DeploymentEvent, DeploymentReplica
 from underlay.serving.schemas import (
     CanaryRead,
@@ -62,6 +72,7 @@ from underlay.store.types import utcnow
 
 SECRET_ENV = "REPLICA_SECRET"  # noqa: S105 - a variable name
 DRAIN_S = 2.0
+MAX_SURGE = 1  # replicas above the wanted count a rolling update may run (Kubernetes' default)
 LIVE_JOB = (JobState.queued, JobState.admitted, JobState.running)
 STABLE, CANARY = "stable", "canary"
 
@@ -72,6 +83,13 @@ def _aad(replica_id: int) -> bytes:
 
 def deployment_ref(name: str) -> lineage.ObjectRef:
     return lineage.ObjectRef("deployment", name)
+
+
+def log_tables(name: str) -> list[str]:
+    """The tables a deployment writes: its prediction log and its feedback."""
+    from underlay.serving.predlog import feedback_table, predictions_table
+
+    return [predictions_table(name), feedback_table(name)]
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -176,7 +194,8 @@ def render(session: Session, project: Project, deployment: Deployment) -> Deploy
             started_at=deployment.canary_started_at,
             policy=json.loads(deployment.canary_policy or "{}"),
         )
-    stable = [r for r in replicas if r.arm == STABLE and r.version == deployment.version]
+    routed = routed_versions(session, deployment)
+    stable = [r for r in replicas if r.arm == STABLE and r.version in routed]
     ready = sum(1 for r in stable if r.state == "ready")
     state = "ready" if ready >= deployment.replicas else ("degraded" if ready else "starting")
     if deployment.target_version != deployment.version:
@@ -290,6 +309,9 @@ def deploy(
         "deployed",
         deployment_ref(deployment.name),
     )
+    for table in log_tables(deployment.name):  # the tables exist once something is logged
+        ref = lineage.ObjectRef("table", table)
+        lineage.add_edge(session, project.id, deployment_ref(deployment.name), "logs_to", ref)
     record(session, deployment, "deploy", actor.name, body.reason, version=version.version)
     return deployment
 
@@ -414,20 +436,22 @@ def _roll(
     for replica in replicas_of(session, deployment.id):
         if replica.arm == STABLE and replica.version not in (deployment.version, version):
             drain(session, replica, "superseded by another update")
-    have = {
-        r.slot
-        for r in replicas_of(session, deployment.id)
-        if r.arm == STABLE and r.version == version and r.state != "draining"
-    }
-    for slot in range(deployment.replicas):
-        if slot not in have:
-            add_replica(session, platform, project, deployment, slot, STABLE, version)
     previous = deployment.version
     deployment.target_version = version
     if version == deployment.version:  # back to the version still serving: nothing to switch
         for replica in replicas_of(session, deployment.id):
             if replica.arm == STABLE and replica.version != version:
                 drain(session, replica, "update cancelled")
+    elif not same_interface(session, deployment):  # no mixed traffic: all at once, then switch
+        have = {
+            r.slot
+            for r in replicas_of(session, deployment.id)
+            if r.arm == STABLE and r.version == version and r.state != "draining"
+        }
+        for slot in range(deployment.replicas):
+            if slot not in have:
+                add_replica(session, platform, project, deployment, slot, STABLE, version)
+    # else the reconciler replaces the replicas a few at a time (lifecycle.advance_update)
     record(session, deployment, "update", actor.name, reason, previous=previous, version=version)
 
 
@@ -443,19 +467,21 @@ def _scale(
     previous = deployment.replicas
     deployment.replicas = count
     versions = {deployment.version, deployment.target_version}
-    for version in versions:
-        live = [
-            r
-            for r in replicas_of(session, deployment.id)
-            if r.arm == STABLE and r.version == version and r.state != "draining"
-        ]
-        slots = {r.slot for r in live}
+    live = [
+        r
+        for r in replicas_of(session, deployment.id)
+        if r.arm == STABLE and r.version in versions and r.state != "draining"
+    ]
+    for replica in live:
+        if replica.slot >= count:
+            drain(session, replica, "scaled down")
+    rolling = len(versions) > 1 and same_interface(session, deployment)
+    # rolling: a slot either version serves is covered (the update replaces the old ones)
+    for version in [deployment.version] if rolling else sorted(versions):
+        slots = {r.slot for r in live if rolling or r.version == version}
         for slot in range(count):
             if slot not in slots:
                 add_replica(session, platform, project, deployment, slot, STABLE, version)
-        for replica in live:
-            if replica.slot >= count:
-                drain(session, replica, "scaled down")
     record(session, deployment, "scale", actor.name, reason, previous=previous, replicas=count)
 
 
@@ -472,11 +498,25 @@ def drain(session: Session, replica: DeploymentReplica, reason: str) -> None:
 def delete_deployment(
     session: Session, platform: Platform, project: Project, actor: Actor, name: str
 ) -> int:
-    """Remove a deployment: its replicas' jobs are cancelled (they drain on SIGTERM), its rows
-    and lineage edges go. Returns how many replica jobs were stopped."""
+    """Remove a deployment: its replicas' jobs are cancelled (they drain on SIGTERM), its rows,
+    lineage edges and log tables (prediction log and feedback, their files once the
+    transaction commits) go. Returns how many replica jobs were stopped."""
+    from underlay.data.models import DataTable
+    from underlay.data.tables import TableStore
+
     deployment = get_deployment(session, project.id, name, lock=True)
     stopped = _cancel_jobs(session, platform, replicas_of(session, deployment.id))
     lineage.delete_edges_for(session, project.id, deployment_ref(deployment.name))
+    store = TableStore(platform.settings)
+    for table_name in log_tables(deployment.name):
+        lineage.delete_edges_for(session, project.id, lineage.ObjectRef("table", table_name))
+        table = session.scalar(
+            select(DataTable).where(
+                DataTable.project_id == project.id, DataTable.name == table_name
+            )
+        )
+        if table is not None:
+            store.remove(session, table)
     session.execute(delete(DeploymentEvent).where(DeploymentEvent.deployment_id == deployment.id))
     session.execute(
         delete(DeploymentReplica).where(DeploymentReplica.deployment_id == deployment.id)

@@ -12,9 +12,16 @@ from underlay.ml.flavors.signature import Signature
 from underlay.ml.registry.models import ModelVersion, RegisteredModel
 from underlay.platform import Platform
 from underlay.serving.dataplane import Arm, DeploymentView, Endpoint
+from underlay.serving.interfaces import routed_versions
 from underlay.serving.limits import LimitSpec
 from underlay.serving.models import Deployment
-from underlay.serving.service import CANARY, STABLE, replica_secret, replicas_of, settings_of
+from underlay.serving.service import (
+    CANARY,
+    STABLE,
+    replica_secret,
+    replicas_of,
+    settings_of,
+)
 from underlay.serving.v2 import RangePolicy, compile_signature
 from underlay.store.models import Project
 
@@ -55,12 +62,17 @@ def read_view(
     canary = None
     if deployment.canary_state == "running" and deployment.canary_version is not None:
         canary = Arm(CANARY, deployment.canary_version, [])
+    rolling = None
+    if len(routed_versions(session, deployment)) > 1:
+        rolling = Arm(STABLE, deployment.target_version, [])
     for replica in replicas_of(session, deployment.id):
         if replica.state != "ready" or not replica.url:
             continue
         endpoint = Endpoint(replica.id, replica.url, replica_secret(session, platform, replica))
         if replica.arm == STABLE and replica.version == deployment.version:
             stable.endpoints.append(endpoint)
+        elif rolling is not None and replica.arm == STABLE and replica.version == rolling.version:
+            rolling.endpoints.append(endpoint)
         elif canary is not None and replica.arm == CANARY and replica.version == canary.version:
             canary.endpoints.append(endpoint)
     signature = _signature(session, found.id, deployment.model, deployment.version)
@@ -93,6 +105,7 @@ def read_view(
         stable=stable,
         canary=canary,
         canary_weight=deployment.canary_weight if canary is not None else 0.0,
+        rolling=rolling,
         extra={
             "canary_policy": json.loads(deployment.canary_policy or "{}"),
             "canary_key": canary_key,

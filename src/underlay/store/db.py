@@ -63,6 +63,9 @@ class Database:
         self.dialect = make_url(url).get_backend_name()
         self.engine = self._create_engine(url, busy_timeout_s, pool_size)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # copied into every session's ``info``: kernel services a domain function reaches
+        # through its session (``"audit"``: the AuditLog, so raising an alert audits it)
+        self.session_info: dict[str, Any] = {}
 
     @property
     def is_sqlite(self) -> bool:
@@ -95,6 +98,7 @@ class Database:
     def session(self, scope: Scope) -> Iterator[Session]:
         """A transaction: committed on success, rolled back on any error."""
         session = self._sessions()
+        session.info.update(self.session_info)
         session.info["scope"] = scope
         try:
             with session.begin():

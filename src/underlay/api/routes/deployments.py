@@ -15,6 +15,8 @@ from fastapi import APIRouter, Path, Request, Response
 
 from underlay import identity
 from underlay.api.deps import Ctx
+from underlay.api.problems import error_response
+from underlay.errors import UnderlayError
 from underlay.identity import Action
 from underlay.platform import audit_text
 from underlay.serving import lifecycle, service
@@ -192,5 +194,13 @@ def report_replica(
 )
 async def predict(project: str, name: DeploymentName, request: Request) -> Response:
     """``{"records": [...]}`` -> ``{"predictions": [...], "model_version", "request_id"}``."""
-    body = await dataplane_of(request).predict_json(request, project, name)
+    return await predict_response(request, project, name)
+
+
+async def predict_response(request: Request, project: str, name: str) -> Response:
+    """The predict route's answer (also served by :mod:`underlay.api.hot`)."""
+    try:
+        body = await dataplane_of(request).predict_json(request, project, name)
+    except UnderlayError as exc:
+        return error_response(request, exc)
     return Response(body, media_type="application/json")

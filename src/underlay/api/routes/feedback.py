@@ -45,6 +45,7 @@ def send_feedback(
             labels,
             now=time.time(),
             created_by=ctx.actor.user_id or None,
+            require_deployment=True,
         )
     except UnderlayError as error:
         with ctx.unit(action, resource, project=project):

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 
 from underlay.api.problems import error_response
 from underlay.errors import NotFound, Unavailable, UnderlayError
-from underlay.serving import v2
+from underlay.serving import v2, v2_response
 from underlay.serving.dataplane import DataPlane, DeploymentView, Principal, dataplane_of
 
 router = APIRouter(prefix="/projects/{project}/deployments/{name}/v2", tags=["inference"])
@@ -74,7 +74,7 @@ async def server_metadata(project: str, name: DeploymentName, request: Request) 
         await _view(request, project, name)
     except UnderlayError as exc:
         return _error(request, exc)
-    return JSONResponse(v2.server_metadata())
+    return JSONResponse(v2_response.server_metadata())
 
 
 @router.get("/health/live")
@@ -113,7 +113,7 @@ async def model_metadata(
     except UnderlayError as exc:
         return _error(request, exc)
     signature = _compiled(view).signature
-    return JSONResponse(v2.model_metadata(view.name, view.version, signature, view.model))
+    return JSONResponse(v2_response.model_metadata(view.name, view.version, signature, view.model))
 
 
 @router.get("/models/{model}/ready")
@@ -142,6 +142,11 @@ async def model_ready(
 )
 async def infer(project: str, name: DeploymentName, model: ModelName, request: Request) -> Response:
     """Typed tensors in, typed tensors out; the binary tensor extension when asked."""
+    return await infer_response(request, project, name, model)
+
+
+async def infer_response(request: Request, project: str, name: str, model: str) -> Response:
+    """The infer route's answer (also served by :mod:`underlay.api.hot`)."""
     try:
         plane, principal, view = await _view(request, project, name, model)
         request_body = v2.decompress_body(
@@ -156,7 +161,9 @@ async def infer(project: str, name: DeploymentName, model: ModelName, request: R
         result = await plane.predict(
             project, name, decoded.inputs, principal, request_id=request_id, validated=True
         )
-        body, headers = v2.encode_infer_response(view.name, result.version, result.outputs, decoded)
+        body, headers = v2_response.encode_infer_response(
+            view.name, result.version, result.outputs, decoded
+        )
     except UnderlayError as exc:
         return _error(request, exc)
     return Response(body, headers=headers)

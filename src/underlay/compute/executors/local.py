@@ -102,6 +102,24 @@ PASSTHROUGH = frozenset(
 START_TOLERANCE_S = 1.0
 LOST_REASON = "process disappeared without an exit status"
 
+# Every shim this process started and has not reaped. A shim outlives the executor that
+# started it (a new one adopts it), so its Popen must not be collected while it runs: that
+# warns "subprocess is still running". Kept here, they are reaped as they end.
+_CHILDREN: set[subprocess.Popen[bytes]] = set()
+_CHILDREN_LOCK = threading.Lock()
+
+
+def _reap_children() -> None:
+    with _CHILDREN_LOCK:
+        for child in [c for c in _CHILDREN if c.poll() is not None]:
+            _CHILDREN.discard(child)  # ended and reaped by the poll
+
+
+def _keep_child(popen: subprocess.Popen[bytes]) -> None:
+    _reap_children()
+    with _CHILDREN_LOCK:
+        _CHILDREN.add(popen)
+
 
 @dataclass
 class _Stop:
@@ -202,6 +220,7 @@ class LocalExecutor:
                 with contextlib.suppress(subprocess.TimeoutExpired, OSError):
                     attempt.popen.wait(timeout=5)
             attempt.popen = None
+            _reap_children()  # an adopted attempt's shim may be our child all the same
             return attempt.final
 
     def stop(self, ref: ProcessRef, *, state: EndState, reason: str, grace_s: float) -> None:
@@ -292,6 +311,7 @@ class LocalExecutor:
                 )
             except OSError as exc:
                 raise Unavailable(f"could not start job {spec.job_id}'s shim: {exc}") from exc
+        _keep_child(popen)
         ref = ProcessRef(
             job_id=spec.job_id,
             attempt=spec.attempt,
