@@ -7,7 +7,9 @@ as ``churn-api`` with every request logged. :func:`shifted` is the drifted traff
 regime (table version 2, written by :meth:`World.new_data`) nearly 1.
 
 The training pipeline (:data:`PIPELINE`) reads the table version the loop passes as
-``table``, fits the same kind of tree and logs it under ``model``; :data:`FAILING` raises.
+``table``, fits the same kind of tree and logs it under ``model``; :data:`FAILING` raises;
+:data:`MARKED` fits a :class:`~tests.monitoring.marker_model.MarkedTree`, which leaves a mark
+in ``markers/`` (and on stdout) naming the process that deserialises it.
 """
 
 from __future__ import annotations
@@ -78,6 +80,16 @@ def broken(table: str = ""):
 """
 
 
+MARKED = (
+    PIPELINE.replace(
+        "from sklearn.tree import DecisionTreeClassifier",
+        "from tests.monitoring.marker_model import MarkedTree",
+    )
+    .replace("DecisionTreeClassifier(max_depth=3, random_state=0)", "MarkedTree(MARKERS)")
+    .replace("def retrain(", "def marked(")
+)
+
+
 def wait_until(check: Callable[[], T | None], what: str, within_s: float = 90.0) -> T:
     deadline = time.monotonic() + within_s
     while True:
@@ -97,10 +109,12 @@ def regime(rng: np.random.Generator, n: int, shifted: bool) -> pa.Table:
     return pa.table({"spend": spend, "visits": visits, "label": label})
 
 
-def job_env() -> dict[str, str]:
-    """What a node would have installed: this checkout's ``underlay`` on the jobs' PATH."""
+def job_env(*, with_tests: bool = False) -> dict[str, str]:
+    """What a node would have installed: this checkout's ``underlay`` on the jobs' PATH (and
+    its ``tests`` package on their path, for a model class of the tests')."""
     bin_dir = Path(sys.executable).parent
-    return {"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}", "PYTHONPATH": str(SRC)}
+    path = f"{SRC}:{SRC.parent}" if with_tests else str(SRC)
+    return {"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}", "PYTHONPATH": path}
 
 
 class World:
@@ -110,6 +124,7 @@ class World:
         self.tmp = tmp
         self.rng = np.random.default_rng(7)
         self.ids = itertools.count()
+        self.markers = tmp / "markers"
         self.settings = Settings(home=tmp / "home", store={"url": database_url})
         self.settings.compute = ComputeSettings(
             node_name="node-1", loop_interval_s=0.1, heartbeat_interval_s=0.2, grace_s=5.0
@@ -155,7 +170,9 @@ class World:
             c.register_model(PROJECT, "churn", run=run.id, path="model")
             c.deploy(PROJECT, NAME, "churn@1", replicas=1, cpus=0.5, log_sample_rate=1.0)
             wait_until(lambda: self._serving(c), "the deployment to serve", within_s=120)
-        for name, text in (("train.py", PIPELINE), ("broken.py", FAILING)):
+        self.markers.mkdir()
+        marked = f"MARKERS = {str(self.markers)!r}\n{MARKED}"
+        for name, text in (("train.py", PIPELINE), ("broken.py", FAILING), ("marked.py", marked)):
             folder = self.tmp / name.removesuffix(".py")
             folder.mkdir()
             (folder / name).write_text(text, encoding="utf-8")

@@ -10,6 +10,7 @@ what it needs of it.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,14 @@ from sqlalchemy import select
 
 from tests.cli.conftest import clean_env, run_cli
 from tests.conftest import ADMIN_TOKEN, sqlite_url
-from tests.monitoring.loop_world import NAME, PROJECT, World, wait_until
+from tests.monitoring.loop_world import NAME, PROJECT, World, job_env, wait_until
+from tests.monitoring.marker_model import MARK
 from underlay.errors import Conflict, InvalidInput, NotFound
 from underlay.lineage import ObjectRef, upstream
 from underlay.store import Scope
 from underlay.store.models import AuditEntry
 
+LOOP_EVAL_JOB = "underlay.monitoring.loop_eval_job"
 pytestmark = [
     pytest.mark.slow,
     # a restarted server leaves its replica and training jobs running for the next one to
@@ -90,6 +93,7 @@ def test_drifted_traffic_retrains_canaries_and_promotes_by_itself(world: World) 
         states = [s["state"] for s in done.steps]
         assert states == ["triggered", "training", "evaluating", "canary", "promoted"]
         assert done.evaluation["wins"] and done.evaluation["challenger"] > 0.9
+        assert done.evaluation["job"] not in (None, done.training_job_id)
         assert done.evaluation["champion"] < 0.7
         challenger = done.challenger_version
         assert challenger == 2
@@ -134,6 +138,36 @@ def test_a_challenger_that_does_not_win_by_the_margin_keeps_the_champion(world: 
         assert (found.version == champion and found.canary is None) or (
             found.canary is not None and found.canary.version != done.challenger_version
         )
+
+
+def test_the_evaluation_loads_the_models_in_a_sandboxed_job_never_in_the_server(
+    world: World,
+) -> None:
+    # the challenger is a tree whose deserialisation runs code (as a hostile model's would):
+    # it marks which process loaded it, in markers/ and on its stdout
+    with world.client() as c:
+        world.policy(
+            c, "marked", pipeline="marked", pipeline_file="marked.py", mode="auto", margin=0.9,
+            env=job_env(with_tests=True),
+        )  # fmt: skip
+        world.traffic(c, 40)
+        run = c.start_retrain(PROJECT, NAME, reason="a model that runs code when loaded")
+        done = world.finish(c, run.id)
+        assert done.state == "rejected", done.reason
+        evaluation = done.evaluation
+        assert evaluation["rows"] >= 20 and evaluation["champion"] is not None
+        job = c.read_job(PROJECT, evaluation["job"])
+        assert job.state == "succeeded" and job.command[1:3] == ["-m", LOOP_EVAL_JOB]
+        assert job.id not in (done.training_job_id, None)
+        log = b"".join(c.job_logs(PROJECT, job.id)).decode()
+    loaded_by = [int(line.split()[-1]) for line in log.splitlines() if line.startswith(MARK)]
+    assert loaded_by, "the evaluation job did not load the challenger"
+    assert os.getpid() not in loaded_by
+    # the server (this test's process) never deserialised it
+    assert not (world.markers / f"loaded-by-{os.getpid()}").exists()
+    steps = [s["state"] for s in done.steps]
+    assert steps == ["triggered", "training", "evaluating", "rejected"]
+    assert done.steps[-1]["job"] == job.id
 
 
 def test_a_failing_training_pipeline_keeps_the_champion_and_alerts(world: World) -> None:

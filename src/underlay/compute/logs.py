@@ -89,6 +89,20 @@ def read(home: Path, job_id: int, offset: int = 0, limit: int = READ_CHUNK) -> b
     return b"".join(parts)
 
 
+def tail(home: Path, job_id: int, limit: int = READ_CHUNK) -> bytes:
+    """Up to the last ``limit`` bytes of the job's newest attempt's output (no header)."""
+    files = [path for _, path in _segments(home, job_id)]
+    if not files:
+        return b""
+    try:
+        with files[-1].open("rb") as handle:
+            size = handle.seek(0, 2)
+            handle.seek(max(0, size - limit))
+            return handle.read(limit)
+    except FileNotFoundError:
+        return b""  # its project was deleted meanwhile
+
+
 def remove(home: Path, job_id: int) -> None:
     """Delete every attempt's output of a job (its project was deleted)."""
     shutil.rmtree(_folder(home, job_id), ignore_errors=True)

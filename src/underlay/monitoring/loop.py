@@ -205,8 +205,8 @@ def approve(
 def abandon(
     session: Session, platform: Platform, project: Project, actor: Actor, run_id: int
 ) -> RetrainRun:
-    """Stop a run by hand: its training job is cancelled, its canary rolled back; the
-    champion stays."""
+    """Stop a run by hand: its training or evaluation job is cancelled, its canary rolled
+    back; the champion stays."""
     from underlay.serving import lifecycle
 
     run = read_run(session, project, run_id, lock=True)
@@ -228,12 +228,10 @@ def abandon(
             run.deployment,
             f"retrain run {run.id} abandoned",
         )
-    elif run.state == "training" and run.training_job_id is not None:
-        from underlay.compute.jobs import cancel_job, read_job
-
-        job = read_job(session, run.training_job_id, project)
-        if job.state in steps.JOB_WAITING:
-            cancel_job(session, platform.audit, job, actor, platform.settings.compute.grace_s)
+    elif run.state == "training":
+        steps.cancel_job(session, platform, project, run.training_job_id, actor)
+    elif run.state == "evaluating":
+        steps.cancel_job(session, platform, project, steps.loads(run.evaluation).get("job"), actor)
     steps.transition(
         session, platform, project, run, "abandoned", f"abandoned by {actor.name}", actor=actor.name
     )

@@ -1,31 +1,63 @@
-"""Champion against challenger on a held-out slice of recent labelled traffic.
+"""Champion against challenger on a held-out slice of recent labelled traffic, in a job.
 
-The slice is the newest ``holdout_share`` of the deployment's logged rows that have a label
-(:func:`underlay.serving.feedback.joined`), at most :data:`MAX_ROWS`. Both versions are
-loaded through the registry's verified path (signature and every file's hash) and score the
-same rows: accuracy for a classifier, -RMSE for a regressor (so higher is better for both);
-the challenger wins when its score is at least ``margin`` above the champion's. Fewer than
-``min_rows`` labelled rows is no evidence: the challenger does not win, and the reason says so.
+The server never loads a model. Both versions were made by user code (the training pipeline
+runs as a job), and loading a model runs code its author chose (a pickle, a skops file's
+recorded types, a TorchScript or class-based model), so the comparison runs where user code
+runs: in a sandboxed job (DESIGN.md, invariant 6).
+
+The server picks the slice: the newest ``holdout_share`` of the deployment's logged rows that
+have a label (:func:`underlay.serving.feedback.joined`), at most :data:`MAX_ROWS`. Fewer than
+``min_rows`` is no evidence: no job, the challenger does not win and the reason says so.
+Otherwise the slice's model inputs and labels are stored as an Arrow IPC file (a blob of the
+project) and :func:`submit` starts :mod:`underlay.monitoring.loop_eval_job` as the policy's
+owner, with the policy's resources and variables. The job loads both versions with its
+job-scoped token through the SDK's verified path (signature and every file's hash), scores
+the same rows (accuracy for a classifier, -RMSE for a regressor, so higher is better for
+both) and prints one result line, :data:`RESULT_PREFIX` and JSON. :func:`collect` reads that
+line from the end of the job's log (only the job writes its own log) and the server decides:
+the challenger wins when its score is at least ``margin`` above the champion's.
+
+A job can report any scores it likes for its own run: that changes only what its own
+project's loop does with its own deployment, which that project's users steer anyway (they
+write the training pipeline). It cannot reach another run: it learns nothing but its own
+slice's digest, its token is its project's, and its result is read only from its own log.
 """
 
 from __future__ import annotations
 
-import tempfile
+import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from underlay.errors import InvalidInput
 from underlay.serving.predlog import INPUT_PREFIX
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from underlay.identity import Actor
+    from underlay.monitoring.loop_models import RetrainRun
     from underlay.platform import Platform
     from underlay.store.models import Project
 
 MAX_ROWS = 100_000
+RESULT_PREFIX = "underlay-retrain-eval "
+TAIL_BYTES = 64 * 1024  # the result is the job's last line: read no more of its log
+SLICE_MEDIA_TYPE = "application/vnd.apache.arrow.file"
+
+
+class EvalReport(BaseModel):
+    """What the evaluation job reports: both scores on the rows it was given."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    champion: float
+    challenger: float
+    rows: int = Field(ge=0)
 
 
 def holdout(table: pa.Table, share: float) -> pa.Table:
@@ -47,39 +79,6 @@ def inputs_of(table: pa.Table) -> dict[str, np.ndarray]:
     return out
 
 
-def load_version(
-    session: Session, platform: Platform, project: Project, model: str, version: int, folder: Path
-) -> Any:
-    """A registered version, verified, loaded from ``folder``."""
-    from sqlalchemy import select
-
-    from underlay.ml import flavors
-    from underlay.ml.registry.models import ModelVersionFile
-    from underlay.ml.registry.service import get_version, verify_version
-
-    row = get_version(session, project.id, model, version)
-    verify_version(session, platform.blobs, platform.signer, project.id, model, row)
-    files = session.scalars(select(ModelVersionFile).where(ModelVersionFile.version_id == row.id))
-    for entry in files:
-        target = folder / entry.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("wb") as out:
-            for chunk in platform.blobs.open(session, project.id, entry.digest):
-                out.write(chunk)
-    return flavors.load_model(folder, verified=True)
-
-
-def _predict(model: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    from underlay.serving.replica import predict_batch
-
-    signature = getattr(model, "signature", None)
-    names = [i.name for i in getattr(signature, "inputs", None) or []]
-    if len(inputs) > 1 and set(names) == set(inputs):
-        inputs = {name: inputs[name] for name in names}  # the order the model was fitted in
-    result = predict_batch(model, {k: v.astype(np.float32) for k, v in inputs.items()})
-    return np.asarray(next(iter(result.values()))).reshape(-1)
-
-
 def score(task: str, truth: np.ndarray, predicted: np.ndarray) -> float:
     """Accuracy, or -RMSE: higher is better."""
     if task == "regression":
@@ -87,18 +86,11 @@ def score(task: str, truth: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean(truth.astype(float) == predicted.astype(float)))
 
 
-def evaluate(
-    session: Session,
-    platform: Platform,
-    project: Project,
-    deployment: str,
-    model: str,
-    champion: int,
-    challenger: int,
-    policy: dict[str, Any],
-) -> dict[str, Any]:
-    """The evaluation's figures and verdict: ``{metric, rows, champion, challenger, margin,
-    wins, reason}``."""
+def prepare(
+    session: Session, platform: Platform, project: Project, deployment: str, policy: dict[str, Any]
+) -> tuple[dict[str, Any], pa.Table | None]:
+    """The evaluation's figures so far and its held-out slice; no slice (and a verdict) when
+    there are too few labelled rows to compare."""
     from underlay.data.tables import TableStore
     from underlay.serving.feedback import joined
 
@@ -113,20 +105,109 @@ def evaluate(
             f"too few labelled rows to compare: {rows.num_rows} in the held-out slice, "
             f"{policy['min_rows']} needed; the champion stays"
         )
-        return {**base, "wins": False, "reason": why}
-    truth = np.asarray(rows.column("label_value").to_pylist(), dtype=np.float64)
-    inputs = inputs_of(rows)
-    scores = {}
-    for role, version in (("champion", champion), ("challenger", challenger)):
-        with tempfile.TemporaryDirectory(prefix="underlay-eval-") as folder:
-            loaded = load_version(session, platform, project, model, version, Path(folder))
-            scores[role] = round(score(task, truth, _predict(loaded, inputs)), 6)
+        return {**base, "wins": False, "reason": why}, None
+    return base, rows
+
+
+def slice_file(rows: pa.Table) -> bytes:
+    """The slice as the job reads it: the labels and the model inputs, an Arrow IPC file."""
+    keep = ["label_value", *(n for n in rows.column_names if n.startswith(INPUT_PREFIX))]
+    sink = pa.BufferOutputStream()
+    table = rows.select(keep)
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def eval_command(
+    project: str, model: str, champion: int, challenger: int, task: str, digest: str
+) -> list[str]:
+    """What the evaluation job runs (with the server's interpreter, as serving's replicas)."""
+    return [
+        sys.executable, "-m", "underlay.monitoring.loop_eval_job", "--project", project,
+        "--model", model, "--champion", str(champion), "--challenger", str(challenger),
+        "--task", task, "--data", digest,
+    ]  # fmt: skip
+
+
+def submit(
+    session: Session,
+    platform: Platform,
+    project: Project,
+    run: RetrainRun,
+    model: str,
+    owner: Actor,
+    base: dict[str, Any],
+    rows: pa.Table,
+) -> dict[str, Any]:
+    """Store the slice and submit the evaluation job as ``owner``; the figures so far with
+    the job's id and the slice's digest."""
+    import underlay
+    from underlay.compute.jobs import submit_job
+    from underlay.compute.schemas import JobCreate
+
+    policy = json.loads(run.policy or "{}")
+    assert run.challenger_version is not None
+    blob = platform.blobs.put(
+        session, project.id, slice_file(rows),
+        name=f"retrain-{run.id}-holdout.arrow", media_type=SLICE_MEDIA_TYPE,
+        created_by=owner.user_id or None,
+    )  # fmt: skip
+    task = policy.get("task", "classification")
+    source = str(Path(underlay.__file__).resolve().parent.parent)
+    body = JobCreate(
+        command=eval_command(
+            project.name, model, run.champion_version, run.challenger_version, task, blob.digest
+        ),
+        name=f"retrain-eval-{run.deployment}-{run.id}"[:63],
+        env={"PYTHONPATH": source, **policy.get("env", {}), "RETRAIN_RUN": str(run.id)},
+        cpus=float(policy.get("cpus", 1.0)),
+        memory_mib=int(policy.get("memory_mib", 2048)),
+    )
+    job, _ = submit_job(
+        session, project, owner, body, keyring=platform.keyring, settings=platform.settings
+    )
+    return {**base, "job": job.id, "data": blob.digest}
+
+
+def read_report(home: Path, job_id: int) -> EvalReport:
+    """The result line the evaluation job printed last (in the server's log of it, under
+    ``home``); InvalidInput when there is none or it is not one."""
+    from underlay.compute import logs
+
+    text = logs.tail(home, job_id, TAIL_BYTES).decode(errors="replace")
+    lines = [s.strip() for s in text.splitlines() if s.strip().startswith(RESULT_PREFIX)]
+    if not lines:
+        raise InvalidInput(f"evaluation job {job_id} succeeded but reported no scores")
+    try:
+        return EvalReport.model_validate_json(lines[-1][len(RESULT_PREFIX) :])
+    except ValidationError:
+        raise InvalidInput(
+            f"evaluation job {job_id} reported scores that are not two finite numbers and a "
+            "row count"
+        ) from None
+
+
+def collect(
+    platform: Platform, evaluation: dict[str, Any], model: str, run: RetrainRun
+) -> dict[str, Any]:
+    """The verdict from the finished job's report: ``{metric, rows, champion, challenger,
+    margin, gain, wins, reason, job, data}``."""
+    report = read_report(platform.settings.home, int(evaluation["job"]))
+    rows = int(evaluation["rows"])
+    if report.rows != rows:
+        raise InvalidInput(
+            f"evaluation job {evaluation['job']} scored {report.rows} rows, not the {rows} "
+            "of the held-out slice"
+        )
+    scores = {"champion": round(report.champion, 6), "challenger": round(report.challenger, 6)}
+    margin = float(evaluation["margin"])
     gain = scores["challenger"] - scores["champion"]
-    wins = gain >= float(policy["margin"])
+    wins = gain >= margin
     verdict = "wins" if wins else "does not win"
     reason = (
-        f"challenger {model}@{challenger} {verdict}: {metric} {scores['challenger']} vs "
-        f"champion {scores['champion']} on {rows.num_rows} held-out labelled rows "
-        f"(margin {policy['margin']})"
+        f"challenger {model}@{run.challenger_version} {verdict}: {evaluation['metric']} "
+        f"{scores['challenger']} vs champion {scores['champion']} on {rows} held-out "
+        f"labelled rows (margin {evaluation['margin']})"
     )
-    return {**base, **scores, "gain": round(gain, 6), "wins": wins, "reason": reason}
+    return {**evaluation, **scores, "gain": round(gain, 6), "wins": wins, "reason": reason}

@@ -172,10 +172,8 @@ def _triggered(session: Session, platform: Platform, project: Project, run: Retr
         cpus=float(policy.get("cpus", 1.0)),
         memory_mib=int(policy.get("memory_mib", 2048)),
     )
-    # as the user who set the policy: the job's token (to log the model) is theirs
-    owner = Actor(user_id=policy.get("owner_id") or 0, name=LOOP_ACTOR.name, is_admin=False)
     job, _ = submit_job(
-        session, project, owner, body, keyring=platform.keyring, settings=platform.settings
+        session, project, _owner(policy), body, keyring=platform.keyring, settings=platform.settings
     )
     run.training_job_id = job.id
     run.table_version = version
@@ -200,31 +198,20 @@ def training_command(project: str, policy: dict[str, Any], version: str) -> list
 
 def _training(session: Session, platform: Platform, project: Project, run: RetrainRun) -> None:
     """Wait for the training job; then register the challenger from the run it logged."""
-    from underlay.compute.jobs import read_job
     from underlay.ml.models import Run
     from underlay.ml.registry.service import register_from_run, version_ref
 
     assert run.training_job_id is not None
-    try:
-        job = read_job(session, run.training_job_id, project)
-    except NotFound:
-        fail(session, platform, project, run, "its training job is gone", "abandoned")
+    if not _job_done(session, platform, project, run, run.training_job_id, "training"):
         return
-    if job.state in JOB_WAITING:
-        return
-    if job.state != "succeeded":
-        why = f"training job {job.id} ended {job.state}"
-        line = _last_line(platform, job.id)
-        why += f" ({job.reason or line})" if job.reason or line else ""
-        fail(session, platform, project, run, why, "abandoned" if job.state == "lost" else "failed")
-        return
+    job_id = run.training_job_id
     found = session.scalar(
         select(Run)
-        .where(Run.project_id == project.id, Run.job_id == job.id)
+        .where(Run.project_id == project.id, Run.job_id == job_id)
         .order_by(Run.id.desc())
     )
     if found is None:
-        raise InvalidInput(f"training job {job.id} succeeded but logged no run with a model")
+        raise InvalidInput(f"training job {job_id} succeeded but logged no run with a model")
     policy = loads(run.policy)
     model = _deployment(session, project, run).model
     version = register_from_run(
@@ -262,11 +249,14 @@ def _deployment(session: Session, project: Project, run: RetrainRun, lock: bool 
 
 
 def _evaluating(session: Session, platform: Platform, project: Project, run: RetrainRun) -> None:
-    """Champion vs challenger on the held-out slice of recent labelled traffic."""
-    from underlay.monitoring.loop_eval import evaluate
+    """Champion vs challenger on the held-out slice of recent labelled traffic, scored by a
+    sandboxed job (:mod:`underlay.monitoring.loop_eval`): submit it, wait for it, judge."""
+    from underlay.monitoring import loop_eval
 
     deployment = _deployment(session, project, run)
+    evaluation = loads(run.evaluation)
     if deployment.version != run.champion_version:
+        cancel_job(session, platform, project, evaluation.get("job"))
         fail(
             session, platform, project, run,
             f"the deployment serves version {deployment.version} now, not the champion "
@@ -274,15 +264,24 @@ def _evaluating(session: Session, platform: Platform, project: Project, run: Ret
         )  # fmt: skip
         return
     policy = loads(run.policy)
-    assert run.challenger_version is not None
-    result = evaluate(
-        session, platform, project, deployment.name, deployment.model,
-        run.champion_version, run.challenger_version, policy,
-    )  # fmt: skip
+    if "job" not in evaluation:
+        base, rows = loop_eval.prepare(session, platform, project, deployment.name, policy)
+        if rows is None:
+            run.evaluation = json.dumps(base, default=str)
+            transition(
+                session, platform, project, run, "rejected", base["reason"], **_figures(base)
+            )
+            return
+        result = loop_eval.submit(
+            session, platform, project, run, deployment.model, _owner(policy), base, rows
+        )
+        run.evaluation = json.dumps(result, default=str)
+        return
+    if not _job_done(session, platform, project, run, int(evaluation["job"]), "evaluation"):
+        return
+    result = loop_eval.collect(platform, evaluation, deployment.model, run)
     run.evaluation = json.dumps(result, default=str)
-    figures: dict[str, Any] = {
-        k: result.get(k) for k in ("metric", "champion", "challenger", "rows")
-    }
+    figures = _figures(result)
     if not result["wins"]:
         transition(session, platform, project, run, "rejected", result["reason"], **figures)
         return
@@ -293,6 +292,56 @@ def _evaluating(session: Session, platform: Platform, project: Project, run: Ret
         )  # fmt: skip
         return
     start_canary(session, platform, project, run, LOOP_ACTOR.name, result["reason"])
+
+
+def _figures(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: result.get(k) for k in ("metric", "champion", "challenger", "rows", "job")}
+
+
+def _job_done(
+    session: Session, platform: Platform, project: Project, run: RetrainRun, job_id: int, what: str
+) -> bool:
+    """Whether ``run``'s ``what`` job succeeded; a job still waiting is False, one that ended
+    otherwise (or is gone) ends the run, and is False too."""
+    from underlay.compute.jobs import read_job
+
+    try:
+        job = read_job(session, job_id, project)
+    except NotFound:
+        fail(session, platform, project, run, f"its {what} job is gone", "abandoned")
+        return False
+    if job.state in JOB_WAITING:
+        return False
+    if job.state != "succeeded":
+        why = f"{what} job {job.id} ended {job.state}"
+        line = _last_line(platform, job.id)
+        why += f" ({job.reason or line})" if job.reason or line else ""
+        fail(session, platform, project, run, why, "abandoned" if job.state == "lost" else "failed")
+        return False
+    return True
+
+
+def _owner(policy: dict[str, Any]) -> Actor:
+    """Whom the loop's jobs run as: the user who set the policy (their token logs the model
+    and loads the versions)."""
+    return Actor(user_id=policy.get("owner_id") or 0, name=LOOP_ACTOR.name, is_admin=False)
+
+
+def cancel_job(
+    session: Session, platform: Platform, project: Project, job_id: int | None, actor: Any = None
+) -> None:
+    """Cancel the run's job ``job_id`` if it is still waiting or running."""
+    from underlay.compute.jobs import cancel_job as cancel
+    from underlay.compute.jobs import read_job
+
+    if job_id is None:
+        return
+    try:
+        job = read_job(session, int(job_id), project)
+    except NotFound:
+        return
+    if job.state in JOB_WAITING:
+        cancel(session, platform.audit, job, actor or LOOP_ACTOR, platform.settings.compute.grace_s)
 
 
 def start_canary(
