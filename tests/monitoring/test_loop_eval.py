@@ -10,7 +10,7 @@ import pytest
 
 from underlay.compute import logs
 from underlay.errors import InvalidInput
-from underlay.monitoring.loop_eval import RESULT_PREFIX, read_report, slice_file
+from underlay.monitoring.loop_eval import RESULT_PREFIX, collect, read_report, slice_file
 
 
 def _line(**fields: object) -> bytes:
@@ -53,3 +53,16 @@ def test_the_slice_holds_only_the_labels_and_the_model_inputs() -> None:
     read = pa.ipc.open_file(pa.BufferReader(slice_file(rows))).read_all()
     assert read.column_names == ["label_value", "in_x"]
     assert read.column("in_x").to_pylist() == [0.5, 1.5]
+
+
+def test_the_server_judges_the_scores_and_checks_the_row_count(tmp_path: Path) -> None:
+    evaluation = {"job": 5, "rows": 40, "metric": "accuracy", "margin": 0.1, "data": "d"}
+    logs.append(tmp_path, 5, 1, _line(champion=0.5, challenger=0.65, rows=40))
+    result = collect(tmp_path, evaluation, "churn", 3)
+    assert result["wins"] is True and result["gain"] == 0.15 and result["job"] == 5
+    assert result["reason"].startswith("challenger churn@3 wins: accuracy 0.65 vs champion 0.5")
+    logs.append(tmp_path, 6, 1, _line(champion=0.5, challenger=0.55, rows=40))
+    assert collect(tmp_path, {**evaluation, "job": 6}, "churn", 3)["wins"] is False
+    logs.append(tmp_path, 9, 1, _line(champion=0.0, challenger=1.0, rows=2))
+    with pytest.raises(InvalidInput, match="scored 2 rows, not the 40 of the held-out slice"):
+        collect(tmp_path, {**evaluation, "job": 9}, "churn", 3)

@@ -188,12 +188,10 @@ def read_report(home: Path, job_id: int) -> EvalReport:
         ) from None
 
 
-def collect(
-    platform: Platform, evaluation: dict[str, Any], model: str, run: RetrainRun
-) -> dict[str, Any]:
-    """The verdict from the finished job's report: ``{metric, rows, champion, challenger,
-    margin, gain, wins, reason, job, data}``."""
-    report = read_report(platform.settings.home, int(evaluation["job"]))
+def collect(home: Path, evaluation: dict[str, Any], model: str, challenger: int) -> dict[str, Any]:
+    """The verdict from the finished job's report (read from its log under ``home``):
+    ``{metric, rows, champion, challenger, margin, gain, wins, reason, job, data}``."""
+    report = read_report(home, int(evaluation["job"]))
     rows = int(evaluation["rows"])
     if report.rows != rows:
         raise InvalidInput(
@@ -206,7 +204,7 @@ def collect(
     wins = gain >= margin
     verdict = "wins" if wins else "does not win"
     reason = (
-        f"challenger {model}@{run.challenger_version} {verdict}: {evaluation['metric']} "
+        f"challenger {model}@{challenger} {verdict}: {evaluation['metric']} "
         f"{scores['challenger']} vs champion {scores['champion']} on {rows} held-out "
         f"labelled rows (margin {evaluation['margin']})"
     )

@@ -279,7 +279,9 @@ def _evaluating(session: Session, platform: Platform, project: Project, run: Ret
         return
     if not _job_done(session, platform, project, run, int(evaluation["job"]), "evaluation"):
         return
-    result = loop_eval.collect(platform, evaluation, deployment.model, run)
+    assert run.challenger_version is not None
+    home = platform.settings.home
+    result = loop_eval.collect(home, evaluation, deployment.model, run.challenger_version)
     run.evaluation = json.dumps(result, default=str)
     figures = _figures(result)
     if not result["wins"]:
