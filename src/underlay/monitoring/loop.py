@@ -429,8 +429,8 @@ def plan(
         {"step": "register", "would": f"register {policy.artifact!r} as a version of {model!r}"},
         {
             "step": "evaluate",
-            "would": f"compare with champion {champion} on the newest {policy.holdout_share:g} "
-            f"of labelled traffic (at least {policy.min_rows} rows)",
+            "would": f"compare with champion {champion} in a sandboxed job, on the newest "
+            f"{policy.holdout_share:g} of labelled traffic (at least {policy.min_rows} rows)",
             "metric": "neg_rmse" if policy.task == "regression" else "accuracy",
             "margin": policy.margin,
         },
