@@ -119,13 +119,36 @@ def db(settings: Settings) -> Iterator[Database]:
 ADMIN_TOKEN = "ul_test-admin-token-" + "x" * 32
 
 
+_PORTS_LOW, _PORTS_HIGH = 10_000, 30_000  # below the kernel's ephemeral range (32768 and up)
+_next_port: list[int] = []
+
+
 def free_port() -> int:
+    """A port free on 127.0.0.1 that no other pytest worker will hand out.
+
+    The kernel's "bind to port 0" can give two workers the same port between one closing its
+    probe and its server binding it; instead each worker walks its own slice of ports below
+    the ephemeral range, in order (so a port comes back only after thousands of others), and
+    skips any port that is taken."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    size = (_PORTS_HIGH - _PORTS_LOW) // max(count, 1)
+    low = _PORTS_LOW + int(worker or 0) % max(count, 1) * size
+    if not _next_port:
+        _next_port.append(low + random.randrange(size))
+    for _ in range(size):
+        port = low + (_next_port[0] - low) % size
+        _next_port[0] = port + 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}..{low + size - 1}")
 
 
 class LiveServer:

@@ -9,7 +9,6 @@ an in-process server could then never answer them.
 from __future__ import annotations
 
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 from tests.cli.test_cli import cli, cli_home  # noqa: F401  - fixtures
+from tests.conftest import free_port
 
 BUCKET = "underlay-tables"
 
@@ -29,9 +29,7 @@ def s3_tables_endpoint() -> Iterator[str]:
     """A moto S3 server process on a free local port, with one bucket."""
     import boto3  # type: ignore[import-untyped]
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
