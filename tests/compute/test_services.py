@@ -122,9 +122,14 @@ def test_before_any_node_registers_a_job_queues_only_where_the_local_agent_will_
     queues (the loop judges it once the node is there); with no local agent it is refused."""
     job_id, _ = submit(w)
     assert read(w, job_id).state == JobState.queued
+    round_(w)  # the loop judges nothing while no node is registered
+    assert read(w, job_id).state == JobState.queued
     w.settings.compute.local_agent = False
     with pytest.raises(InvalidInput, match="no node is registered yet; start a node agent"):
         submit(w)
+    beat(w, inventory())  # the node comes: the queued job is placed
+    round_(w)
+    assert read(w, job_id).state not in (JobState.queued, JobState.failed)
 
 
 def read(w: World, job_id: int) -> Job:

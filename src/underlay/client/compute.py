@@ -105,8 +105,8 @@ class ComputeMethods:
             if on_change is not None and (last is None or last.state != job.state):
                 on_change(last, job)
             last = job
-            if job.state in TERMINAL and not (
-                job.state in ("failed", "lost") and job.attempts <= job.max_retries
+            if job.state in TERMINAL and not (  # a job failed before any attempt has no retry
+                job.state in ("failed", "lost") and 0 < job.attempts <= job.max_retries
             ):
                 return job
             if deadline is not None and time.monotonic() > deadline:

@@ -61,6 +61,8 @@ def run_round(
             if claims:
                 claims.clear()
             return 0
+        if not snapshot.nodes:
+            return 0  # no node registered yet (the local agent is starting): judge nothing
         if claims:
             snapshot = replace(snapshot, claims=tuple(claims))
         decisions = decide(snapshot)
