@@ -16,7 +16,6 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from importlib.util import find_spec
 from pathlib import Path
 
 import httpx
@@ -45,13 +44,7 @@ class HardenedServer(ServerProcess):
         }
 
 
-PROTOCOLS = [
-    "h11",
-    pytest.param(
-        "httptools",
-        marks=pytest.mark.skipif(find_spec("httptools") is None, reason="httptools not installed"),
-    ),
-]
+PROTOCOLS = ["h11", "httptools"]  # httptools is a dependency: both parsers are always tested
 
 
 @pytest.fixture(scope="module", params=PROTOCOLS)

@@ -418,6 +418,18 @@ def test_a_retry_waits_for_hardware_that_only_the_lost_node_has(tmp_path: Path) 
 # -- a node agent cut off from the server ----------------------------------------------------
 
 
+def _second_agent(tmp_path: Path, folder: Path, url: str) -> tuple[dict[str, str], list[str]]:
+    """The environment and command line of a second agent, node-2, with one simulated GPU."""
+    env = clean_env(
+        UNDERLAY_HOME=str(tmp_path / "agent-home"),
+        UNDERLAY_COMPUTE__SIMULATED_ACCELERATORS='[{"type": "A100", "count": 1}]',
+        UNDERLAY_COMPUTE__HEARTBEAT_INTERVAL_S="0.2",
+        UNDERLAY_COMPUTE__GRACE_S="2",
+        UNDERLAY_COMPUTE__SANDBOX_SHARE=json.dumps([str(folder)]),
+    )
+    return env, [*CLI, "agent", "--server", url, "--token", ADMIN_TOKEN, "--name", "node-2"]
+
+
 def test_an_attempt_given_up_while_its_agent_was_cut_off_does_not_run_on(
     tmp_path: Path, folder: Path
 ) -> None:
@@ -437,14 +449,7 @@ def test_an_attempt_given_up_while_its_agent_was_cut_off_does_not_run_on(
         c.create_project("p")
         wait_until("the local node to register", c.list_nodes)
         c.cordon("node-1", "kept free for this test")
-        env = clean_env(
-            UNDERLAY_HOME=str(tmp_path / "agent-home"),
-            UNDERLAY_COMPUTE__SIMULATED_ACCELERATORS='[{"type": "A100", "count": 1}]',
-            UNDERLAY_COMPUTE__HEARTBEAT_INTERVAL_S="0.2",
-            UNDERLAY_COMPUTE__GRACE_S="2",
-            UNDERLAY_COMPUTE__SANDBOX_SHARE=json.dumps([str(folder)]),
-        )
-        argv = [*CLI, "agent", "--server", server.url, "--token", ADMIN_TOKEN, "--name", "node-2"]
+        env, argv = _second_agent(tmp_path, folder, server.url)
         with (tmp_path / "agent.log").open("wb") as log:
             agent = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -492,14 +497,7 @@ def test_an_attempt_given_up_while_its_agent_was_down_is_stopped_by_the_next_age
         c.create_project("p")
         wait_until("the local node to register", c.list_nodes)
         c.cordon("node-1", "kept free for this test")
-        env = clean_env(
-            UNDERLAY_HOME=str(tmp_path / "agent-home"),
-            UNDERLAY_COMPUTE__SIMULATED_ACCELERATORS='[{"type": "A100", "count": 1}]',
-            UNDERLAY_COMPUTE__HEARTBEAT_INTERVAL_S="0.2",
-            UNDERLAY_COMPUTE__GRACE_S="2",
-            UNDERLAY_COMPUTE__SANDBOX_SHARE=json.dumps([str(folder)]),
-        )
-        argv = [*CLI, "agent", "--server", server.url, "--token", ADMIN_TOKEN, "--name", "node-2"]
+        env, argv = _second_agent(tmp_path, folder, server.url)
 
         def start_agent() -> subprocess.Popen[bytes]:
             with (tmp_path / "agent.log").open("ab") as log:
