@@ -19,7 +19,8 @@ columns. Target (issue 14): >= 15x Evidently's speed at 1M rows with the same fl
 columns, under half its peak memory.
 
 Evidently's interpreter comes from ``UNDERLAY_BENCH_EVIDENTLY_PYTHON`` (default
-``.venv-evidently/bin/python``); without one, only underlay runs. Create one with::
+``.venv-evidently/bin/python``); without one, only underlay runs. ``make bench-tools``
+creates it, or by hand::
 
     python3.11 -m venv .venv-evidently
     .venv-evidently/bin/pip install 'evidently>=0.7' 'pandas<3'

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What benchmarks/serving.py and benchmarks/api_overhead.py need besides our own environment:
+# What benchmarks/serving.py, api_overhead.py and drift.py need besides our own environment:
 # the wrk load generator (apt) and one virtual environment per peer, since the peers pin
 # versions ours cannot take (MLflow downgrades pyarrow, MLServer pins FastAPI). Idempotent:
 # installs only what is missing. Without wrk the benchmarks fall back to their asyncio load
@@ -18,4 +18,6 @@ venv .venv-mlflow 'mlflow>=3,<4'
 # MLServer 1.7.1's inference workers die at start with uvloop 0.22+ (SeldonIO/MLServer#2286)
 venv .venv-mlserver mlserver mlserver-sklearn 'uvloop<0.22'
 venv .venv-floor-std fastapi 'uvicorn[standard]' scikit-learn
+# benchmarks/drift.py's peer; evidently 0.7 imports a pandas helper that pandas 3 removed
+venv .venv-evidently 'evidently>=0.7' 'pandas<3' pyarrow
 exit 0

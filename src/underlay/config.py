@@ -8,13 +8,14 @@ the key files; :func:`ensure_home` creates it with private permissions.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -338,6 +339,14 @@ class AlertSettings(BaseModel):
     delivery_timeout_s: float = Field(
         default=5.0, gt=0, le=120, description="Time a webhook receiver has to answer."
     )
+    webhook_denied_networks: list[str] = Field(
+        default_factory=lambda: [
+            "169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128", "100.100.100.200/32",
+            "0.0.0.0/8", "::/128",
+        ],
+        description="Networks (CIDR) no webhook may post into: by default the link-local "
+        "ranges that hold the clouds' metadata services. Add private ranges to close them.",
+    )  # fmt: skip
     anomaly_interval_s: float = Field(
         default=300.0, ge=0, le=86400,
         description="Seconds between anomaly scans of the platform itself (0: none).",
@@ -346,6 +355,16 @@ class AlertSettings(BaseModel):
         default=6.0, gt=0, le=100,
         description="Robust z-score (median/MAD) above which a platform figure is an anomaly.",
     )  # fmt: skip
+
+    @field_validator("webhook_denied_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                ipaddress.ip_network(text.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{text[:60]!r} is not a network in CIDR form") from None
+        return value
 
 
 class Settings(BaseSettings):

@@ -247,6 +247,58 @@ def test_a_run_awaiting_approval_survives_a_restart_and_then_promotes(world: Wor
         assert states[-3:] == ["awaiting_approval", "canary", "promoted"]
 
 
+def _wait_state(c: Any, run_id: int, state: str, within_s: float = 180.0) -> Any:
+    def reached() -> Any:
+        found = c.retrain_run(PROJECT, run_id)
+        assert not found.terminal, f"run ended {found.state}: {found.reason}"
+        return found if found.state == state else None
+
+    return wait_until(reached, f"retrain run {run_id} to reach {state}", within_s)
+
+
+def test_a_restart_while_training_resumes_the_run_with_the_same_job(world: World) -> None:
+    with world.client() as c:
+        world.policy(c, mode="auto", margin=0.0)  # the same data: a tie, which wins at margin 0
+        world.traffic(c, 40)
+        run = c.start_retrain(PROJECT, NAME, reason="restart while it trains")
+        training = _wait_state(c, run.id, "training")
+        assert training.training_job_id is not None
+    world.restart()
+    with world.client() as c:
+        done = world.finish(c, run.id)
+        assert done.state == "promoted", done.reason
+        # the new server followed the job the old one started: none submitted again
+        assert done.training_job_id == training.training_job_id
+        states = [s["state"] for s in done.steps]
+        assert states == ["triggered", "training", "evaluating", "canary", "promoted"]
+        retrains = [j for j in c.list_jobs(PROJECT) if j.id == done.training_job_id]
+        assert [j.state for j in retrains] == ["succeeded"]
+
+
+def test_a_canary_rolled_back_during_the_loop_keeps_the_champion(world: World) -> None:
+    with world.client() as c:
+        # a long window: the canary stays undecided until it is rolled back by hand
+        world.policy(c, mode="auto", margin=0.0, canary_window_s=600.0)
+        champion = c.read_deployment(PROJECT, NAME).target_version  # the last run's promotion
+        wait_until(
+            lambda: c.read_deployment(PROJECT, NAME).version == champion, "the rolling update"
+        )
+        world.traffic(c, 40)
+        run = c.start_retrain(PROJECT, NAME, reason="a canary nobody trusts")
+        in_canary = _wait_state(c, run.id, "canary")
+        assert c.read_deployment(PROJECT, NAME).canary.version == in_canary.challenger_version
+        c.rollback_canary(PROJECT, NAME, reason="the on-call engineer distrusts it")
+        done = world.finish(c, run.id)
+        assert done.state == "rolled_back", done.reason
+        assert "the on-call engineer distrusts it" in done.reason
+        assert "the champion stays" in done.reason
+        found = c.read_deployment(PROJECT, NAME)
+        assert found.version == champion and found.target_version == champion
+        assert found.canary is not None and found.canary.state == "rolled_back"
+        assert found.canary.weight == 0.0  # no traffic goes to the challenger any more
+    assert _audited(world, "retrain.rolled_back")
+
+
 def test_bad_input_is_refused_and_writes_nothing(world: World) -> None:
     with world.client() as c:
         world.policy(c)

@@ -27,6 +27,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +40,7 @@ from underlay.compute.models import Alert
 from underlay.config import AlertSettings
 from underlay.crypto import Keyring, seal, unseal
 from underlay.errors import Conflict, InvalidInput, NotFound
+from underlay.monitoring import egress
 from underlay.monitoring.alert_models import AlertDelivery, Webhook
 from underlay.monitoring.alerts import alert_dict, check_kind, severity_rank
 from underlay.store import Database, Scope
@@ -48,6 +50,7 @@ from underlay.store.types import utcnow
 log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 BATCH = 20
+_PORTS = {"http": 80, "https": 443}
 
 
 def _aad(project_id: int) -> bytes:
@@ -87,13 +90,17 @@ def create_webhook(
     spec: WebhookSpec,
     *,
     created_by: int | None = None,
+    denied: Sequence[egress.Network] = (),
 ) -> Webhook:
-    """Add a webhook to a project; its secret is sealed under the project's data key."""
+    """Add a webhook to a project; its secret is sealed under the project's data key. A URL
+    whose host is in one of the ``denied`` networks is refused (see :mod:`.egress`)."""
     if not NAME_RE.fullmatch(spec.name):
         raise InvalidInput(
             f"a webhook name is 1-63 lower-case letters, digits, '_' or '-', got {spec.name[:40]!r}"
         )
     check_url(spec.url)
+    parts = urlsplit(spec.url)
+    egress.check_host(parts.hostname or "", parts.port or _PORTS[parts.scheme], denied)
     severity_rank(spec.min_severity)
     kinds = sorted({check_kind(k) for k in spec.kinds})
     if spec.secret is not None and not 16 <= len(spec.secret) <= 512:
@@ -265,7 +272,8 @@ def deliver_due(
     ``retry`` (failed, to be tried again) and ``failed`` (given up)."""
     tally = {"delivered": 0, "retry": 0, "failed": 0}
     own = http is None
-    client = http or httpx.Client(timeout=settings.delivery_timeout_s, follow_redirects=False)
+    networks = egress.parse_networks(settings.webhook_denied_networks)
+    client = http or egress.guarded_client(networks, settings.delivery_timeout_s)
     try:
         while True:
             claimed = _claim(db, keyring, settings)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from underlay import identity
 from underlay.api.deps import Ctx
 from underlay.identity import Action
-from underlay.monitoring import alerts, rules, webhooks
+from underlay.monitoring import alerts, egress, rules, webhooks
 from underlay.monitoring.alert_models import Webhook
 from underlay.monitoring.alert_schemas import (
     DeliveryRead,
@@ -104,9 +104,11 @@ def create_webhook(project: str, body: WebhookCreate, ctx: Ctx) -> WebhookRead:
         found = identity.read_project(u.session, project, ctx.actor, Action.write)
         u.detail = body.model_dump(exclude={"secret"}) | {"signed": body.secret is not None}
         spec = webhooks.WebhookSpec(**{**body.model_dump(), "kinds": tuple(body.kinds)})
+        denied = egress.parse_networks(ctx.platform.settings.alerts.webhook_denied_networks)
         hook = webhooks.create_webhook(
-            u.session, ctx.platform.keyring, found.id, spec, created_by=ctx.actor.user_id or None
-        )
+            u.session, ctx.platform.keyring, found.id, spec,
+            created_by=ctx.actor.user_id or None, denied=denied,
+        )  # fmt: skip
         return _read(u.session, hook)
 
 
