@@ -361,3 +361,45 @@ def test_each_scored_column_carries_chart_data() -> None:
     assert f.histogram is not None and set(f.histogram.labels) == {"True", "False"}
     small = compute_drift({"x": [1.0] * 10}, {"x": [2.0] * 10}).features[0]
     assert small.histogram is None
+
+
+@pytest.mark.parametrize("counts", [([10, 20, 30], [12, 18, 25]), ([5, 0, 7, 1], [0, 9, 2, 4])])
+def test_the_homogeneity_p_value_matches_scipy(counts: tuple[list[int], list[int]]) -> None:
+    ref, cur = (np.array(c, dtype=np.int64) for c in counts)
+    keep = (ref > 0) | (cur > 0)
+    expected = st.chi2_contingency(np.vstack([ref[keep], cur[keep]]), correction=False)
+    assert stats.homogeneity_p_value(ref, cur) == pytest.approx(expected.pvalue, rel=1e-9)
+
+
+def _same(seed: int, n: int) -> tuple[dict[str, object], dict[str, object]]:
+    rng = np.random.default_rng(seed)
+    letters = list("abcdefgh")
+    return (
+        {"x": rng.normal(size=n), "c": rng.choice(letters, n)},
+        {"x": rng.normal(size=n), "c": rng.choice(letters, n)},
+    )
+
+
+def test_small_windows_of_one_distribution_are_not_flagged_on_noise() -> None:
+    # 200 rows a side: the effect sizes of two samples of one distribution pass 0.1 by
+    # chance in most windows; the significance gate keeps about its 5 % of them
+    windows = [_same(seed, 200) for seed in range(100)]
+    alone, gated = DriftOptions(min_rows=50, significance=None), DriftOptions(min_rows=50)
+    noisy = sum(len(compute_drift(r, c, alone).flagged) for r, c in windows)
+    kept = sum(len(compute_drift(r, c, gated).flagged) for r, c in windows)
+    assert noisy >= 100 and kept <= 15, (noisy, kept)
+    report = compute_drift(*windows[1], gated)
+    x = report.features[0]
+    assert x.score is not None and x.score >= 0.1 and not x.flagged  # large, but not real
+    assert x.significance_p is not None and x.significance_p > 0.05
+
+
+def test_a_real_shift_in_a_small_window_is_still_flagged() -> None:
+    rng = np.random.default_rng(3)
+    shifted = {"x": rng.normal(1.0, size=200), "c": rng.choice(list("ab"), 200, p=[0.8, 0.2])}
+    base = {"x": rng.normal(size=200), "c": rng.choice(list("ab"), 200)}
+    report = compute_drift(base, shifted, DriftOptions(min_rows=50))
+    assert report.flagged == ["x", "c"]
+    assert all(f.significance_p is not None and f.significance_p < 1e-3 for f in report.features)
+    with pytest.raises(InvalidInput, match="significance must be in"):
+        compute_drift(base, shifted, DriftOptions(min_rows=50, significance=1.5))

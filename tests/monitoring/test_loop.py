@@ -160,6 +160,10 @@ def test_the_evaluation_loads_the_models_in_a_sandboxed_job_never_in_the_server(
         assert job.state == "succeeded" and job.command[1:3] == ["-m", LOOP_EVAL_JOB]
         assert job.id not in (done.training_job_id, None)
         log = b"".join(c.job_logs(PROJECT, job.id)).decode()
+        # the slice (a copy of logged traffic) was named in the job's command and is gone now
+        assert evaluation["data"] in job.command
+        with pytest.raises(NotFound):
+            c.read_blob(PROJECT, evaluation["data"])
     loaded_by = [int(line.split()[-1]) for line in log.splitlines() if line.startswith(MARK)]
     assert loaded_by, "the evaluation job did not load the challenger"
     assert os.getpid() not in loaded_by

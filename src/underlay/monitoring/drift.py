@@ -16,6 +16,12 @@ has one, the rows compared, the share of missing values on each side and a histo
   the threshold. Once windows reach 100k rows a significance test flags differences too small
   to act on; an override may still ask for one (``alpha``: flagged when p < alpha, ``ks`` and
   ``chisquare`` only).
+* Small windows are noisy the other way: two samples of a few hundred rows from the same
+  distribution can differ by 0.1 by chance. So an effect size over its threshold is flagged
+  only when the same rows also differ significantly (``DriftOptions.significance``, p < 0.05 of
+  the two-sample KS test for a numeric column, of the chi-square test of homogeneity for a
+  categorical one; the p-value is reported as ``significance_p``). At large windows every
+  real shift passes this gate, so the flags there are the effect sizes' alone.
 * Missing values (null, NaN, +-inf) are left out of the distributions; the share missing on each
   side is reported and is its own signal: ``missing_flagged`` when the shares differ by at least
   ``DriftOptions.missing_threshold``.
@@ -76,6 +82,9 @@ class DriftOptions:
     columns: tuple[str, ...] | None = None
     """Compare only these (each must be on both sides); by default, every column."""
     overrides: Mapping[str, FeatureOverride] = field(default_factory=dict)
+    significance: float | None = 0.05
+    """An effect size over its threshold is flagged only when the KS (numeric) or chi-square
+    (categorical) p-value of the same rows is below this; ``None``: the effect size alone."""
     workers: int = 1
     """Columns compared at once, in threads (numpy's sorts release the GIL). One by default:
     on a busy two-core machine two threads were slower than one; each numeric column at 1M
@@ -112,6 +121,8 @@ class FeatureDrift:
     statistic: float | None = None
     """The raw chi-square statistic behind a ``chisquare`` score."""
     histogram: Histogram | None = None
+    significance_p: float | None = None
+    """The p-value of the significance gate (KS or chi-square on the same rows)."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +187,8 @@ def _check_options(options: DriftOptions) -> None:
         raise InvalidInput(f"psi_bins must be at least 2, not {options.psi_bins}")
     if not 0 < options.missing_threshold <= 1:
         raise InvalidInput("missing_threshold must be in (0, 1]")
+    if options.significance is not None and not 0 < options.significance < 1:
+        raise InvalidInput("significance must be in (0, 1), or None for the effect size alone")
     for name, o in options.overrides.items():
         if o.kind is not None and o.kind not in METHODS:
             raise InvalidInput(f"column {name!r}: kind must be numeric or categorical")
@@ -282,18 +295,20 @@ def _feature(
         measured = _numeric(ref, cur, method, options)
     else:
         measured = _categorical(ref, cur, method)
-    score, p_value, statistic, n_ref, n_cur, histogram = measured
+    score, p_value, statistic, n_ref, n_cur, histogram, gate_p = measured
     enough = status == "ok" and min(n_ref, n_cur) >= options.min_rows
     miss_ref = (ref.rows - n_ref) / ref.rows if ref.rows else 0.0
     miss_cur = (cur.rows - n_cur) / cur.rows if cur.rows else 0.0
     if not enough:
-        score = p_value = statistic = None
+        score = p_value = statistic = gate_p = None
     if score is None:
         flagged = False
     elif override.alpha is not None:
         flagged = p_value is not None and p_value < override.alpha
     else:
-        flagged = score >= (threshold or DEFAULT_THRESHOLD)
+        flagged = score >= (threshold or DEFAULT_THRESHOLD) and (
+            options.significance is None or gate_p is None or gate_p < options.significance
+        )
     return FeatureDrift(
         column=name,
         role="prediction" if name in options.predictions else "feature",
@@ -312,6 +327,7 @@ def _feature(
         missing_flagged=status == "ok" and abs(miss_cur - miss_ref) >= options.missing_threshold,
         statistic=statistic,
         histogram=histogram if enough else None,
+        significance_p=gate_p,
     )
 
 
@@ -330,14 +346,17 @@ def _method(name: str, kind: Kind, override: FeatureOverride) -> tuple[str, floa
     return method, override.threshold or DEFAULT_THRESHOLD
 
 
-_Measured = tuple[float | None, float | None, float | None, int, int, Histogram | None]
+# score, the method's p-value, chi-square statistic, rows on each side, histogram, gate p-value
+_Measured = tuple[
+    float | None, float | None, float | None, int, int, Histogram | None, float | None
+]
 TOP_CATEGORIES = 20
 
 
 def _numeric(ref: _Column, cur: _Column, method: str, options: DriftOptions) -> _Measured:
     a, b = _sorted_finite(ref.data), _sorted_finite(cur.data)
     if min(a.size, b.size) < options.min_rows or not a.size or not b.size:
-        return None, None, None, a.size, b.size, None
+        return None, None, None, a.size, b.size, None, None
     s = stats.numeric_scores(a, b, options.psi_bins)
     e = [f"{x:.4g}" for x in s.edges]
     labels = (
@@ -347,9 +366,9 @@ def _numeric(ref: _Column, cur: _Column, method: str, options: DriftOptions) -> 
     )
     histogram = Histogram(labels, tuple(s.ref_shares.tolist()), tuple(s.cur_shares.tolist()))
     if method == "ks":
-        return s.ks, s.ks_p_value, None, a.size, b.size, histogram
+        return s.ks, s.ks_p_value, None, a.size, b.size, histogram, s.ks_p_value
     score = s.psi if method == "psi" else s.wasserstein
-    return score, None, None, a.size, b.size, histogram
+    return score, None, None, a.size, b.size, histogram, s.ks_p_value
 
 
 def _sorted_finite(values: Any) -> stats.FloatArray:
@@ -364,13 +383,14 @@ def _categorical(ref: _Column, cur: _Column, method: str) -> _Measured:
     ref_counts, cur_counts, names = _category_counts(ref.data, cur.data)
     n_ref, n_cur = int(ref_counts.sum()), int(cur_counts.sum())
     if not n_ref or not n_cur:
-        return None, None, None, n_ref, n_cur, None
+        return None, None, None, n_ref, n_cur, None, None
     s = stats.categorical_scores(ref_counts, cur_counts)
     histogram = _category_histogram(ref_counts, cur_counts, names)
+    gate = stats.homogeneity_p_value(ref_counts, cur_counts)
     if method == "chisquare":
-        return s.chisquare_w, s.chisquare_p_value, s.chisquare, n_ref, n_cur, histogram
+        return s.chisquare_w, s.chisquare_p_value, s.chisquare, n_ref, n_cur, histogram, gate
     score = s.psi if method == "psi" else s.jensenshannon
-    return score, None, None, n_ref, n_cur, histogram
+    return score, None, None, n_ref, n_cur, histogram, gate
 
 
 def _category_histogram(ref_counts: Any, cur_counts: Any, names: Any) -> Histogram:

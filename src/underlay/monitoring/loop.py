@@ -173,7 +173,7 @@ def start_run(
         state="triggered",
         policy=json.dumps(_policy_dict(policy)),
         trigger=json.dumps(trigger, default=str),
-        champion_version=found.version,
+        champion_version=found.target_version,  # what it serves once a rolling update ends
         created_by=actor.name[:128],
         policy_id=policy.id,
     )
@@ -198,7 +198,13 @@ def approve(
     if run.state != "awaiting_approval":
         raise Conflict(f"retrain run {run.id} is {run.state}, not awaiting approval")
     run.approved_by = actor.name[:128]
-    steps.start_canary(session, platform, project, run, actor.name, f"approved by {actor.name}")
+    if not steps.start_canary(
+        session, platform, project, run, actor.name, f"approved by {actor.name}"
+    ):
+        raise Conflict(
+            f"deployment {run.deployment!r} is still rolling out version {run.champion_version}:"
+            " approve once its rolling update has finished"
+        )
     return run
 
 
@@ -375,7 +381,7 @@ def _no_policy(found: Any, summary: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "deployment": found.name,
         "mode": None,
-        "champion": {"model": found.model, "version": found.version},
+        "champion": {"model": found.model, "version": found.target_version},
         "would_start": False,
         "blocked": why,
         "steps": [{"step": "trigger", "would": "do nothing", "reason": why, "drift": newest}],
@@ -416,7 +422,7 @@ def plan(
     will_run = (
         trigger["fires"] and running is None and policy.mode != "dry-run" and version is not None
     )
-    model, champion = found.model, f"{found.model}@{found.version}"
+    model, champion = found.model, f"{found.model}@{found.target_version}"
     approval = "wait for 'underlay monitor approve'" if policy.mode == "approval" else "none"
     items = [
         {"step": "trigger", "would": "start a run" if will_run else "do nothing", **trigger},
@@ -453,7 +459,7 @@ def plan(
     return {
         "deployment": deployment,
         "mode": policy.mode,
-        "champion": {"model": found.model, "version": found.version},
+        "champion": {"model": found.model, "version": found.target_version},
         "would_start": will_run,
         "blocked": blocked,
         "steps": items,

@@ -18,6 +18,7 @@ anywhere leaves the champion serving.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,8 @@ def transition(
     audit it, all in the caller's transaction."""
     if to not in ALLOWED.get(run.state, frozenset()):
         raise Conflict(f"retrain run {run.id} is {run.state}: it cannot become {to}")
+    if run.state == "evaluating":
+        _drop_slice(session, platform, project, run)
     now = utcnow()
     steps = loads(run.steps) if run.steps else []
     steps.append({"state": to, "at": now.isoformat(), "detail": detail[:1000], **figures})
@@ -91,6 +94,27 @@ def transition(
         outcome="ok",
         detail={"run": run.id, "detail": detail[:300], **_short(figures)},
     )
+
+
+def _drop_slice(session: Session, platform: Platform, project: Project, run: RetrainRun) -> None:
+    """Delete the held-out slice's blob once the evaluation is over: it is a copy of logged
+    traffic, which must not outlive its use (nor escape an erasure of the prediction log)."""
+    digest = loads(run.evaluation).get("data")
+    if not digest:
+        return
+    others = session.scalars(
+        select(RetrainRun.id).where(
+            RetrainRun.project_id == project.id,
+            RetrainRun.id != run.id,
+            RetrainRun.state == "evaluating",
+            RetrainRun.evaluation.contains(digest),
+        )
+    ).first()
+    if others is not None:  # the same rows, in another run's evaluation still going
+        return
+    # gone already, or held by a dataset version of its own: leave it
+    with contextlib.suppress(NotFound, Conflict):
+        platform.blobs.delete_blob(session, project.id, digest)
 
 
 def _short(figures: dict[str, Any]) -> dict[str, Any]:
@@ -255,11 +279,11 @@ def _evaluating(session: Session, platform: Platform, project: Project, run: Ret
 
     deployment = _deployment(session, project, run)
     evaluation = loads(run.evaluation)
-    if deployment.version != run.champion_version:
+    if deployment.target_version != run.champion_version:
         cancel_job(session, platform, project, evaluation.get("job"))
         fail(
             session, platform, project, run,
-            f"the deployment serves version {deployment.version} now, not the champion "
+            f"the deployment serves version {deployment.target_version} now, not the champion "
             f"{run.champion_version} this run started from", "abandoned",
         )  # fmt: skip
         return
@@ -353,22 +377,25 @@ def start_canary(
     run: RetrainRun,
     actor: str,
     why: str,
-) -> None:
-    """Start serving's canary of the challenger (its automatic rollback included)."""
+) -> bool:
+    """Start serving's canary of the challenger (its automatic rollback included); False,
+    changing nothing, while the rolling update to the champion still runs."""
     from underlay.serving import lifecycle
     from underlay.serving.schemas import CanaryStart
 
     deployment = _deployment(session, project, run, lock=True)
-    if deployment.version != run.champion_version or deployment.canary_state in (
+    if deployment.target_version != run.champion_version or deployment.canary_state in (
         "starting",
         "running",
     ):
         fail(
             session, platform, project, run,
-            f"the deployment changed meanwhile (version {deployment.version}, canary "
+            f"the deployment changed meanwhile (version {deployment.target_version}, canary "
             f"{deployment.canary_state})", "abandoned",
         )  # fmt: skip
-        return
+        return True
+    if deployment.version != deployment.target_version:
+        return False  # a canary waits for the champion's rolling update to end
     policy = loads(run.policy)
     body = CanaryStart(
         model=f"{deployment.model}@{run.challenger_version}",
@@ -385,6 +412,7 @@ def start_canary(
         f"{body.window_s:g} s", actor=actor, version=run.challenger_version,
     )  # fmt: skip
     platform.wake_scheduler()
+    return True
 
 
 def _canary(session: Session, platform: Platform, project: Project, run: RetrainRun) -> None:

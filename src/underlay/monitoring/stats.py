@@ -161,6 +161,22 @@ def categorical_scores(ref_counts: IntArray, cur_counts: IntArray) -> Categorica
     )
 
 
+def homogeneity_p_value(ref_counts: IntArray, cur_counts: IntArray) -> float:
+    """The p-value of Pearson's chi-square test that two samples' counts over the same
+    categories come from one distribution (the 2 x k contingency table, no continuity
+    correction: scipy's ``chi2_contingency(..., correction=False)``). Unlike the
+    goodness-of-fit test above, it counts the reference's own sampling noise, which matters
+    when the reference is no larger than the current window."""
+    keep = (ref_counts > 0) | (cur_counts > 0)
+    table = np.vstack([ref_counts[keep], cur_counts[keep]]).astype(np.float64)
+    if table.shape[1] < 2:
+        return 1.0
+    total = table.sum()
+    expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / total
+    statistic = float(np.sum((table - expected) ** 2 / expected))
+    return chi2_sf(statistic, table.shape[1] - 1)
+
+
 def kolmogorov_sf(x: float) -> float:
     """P(K > x) for the Kolmogorov distribution (scipy's ``kstwobign.sf``)."""
     if x <= 0.0:
