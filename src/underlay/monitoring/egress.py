@@ -125,8 +125,8 @@ class GuardedBackend(httpcore.SyncBackend):
 def guarded_client(networks: Sequence[Network], timeout_s: float) -> httpx.Client:
     """An httpx client whose every connection passes the guard; no redirects, no proxies."""
     transport = httpx.HTTPTransport(trust_env=False)
-    transport._pool = httpcore.ConnectionPool(
-        ssl_context=httpx.create_ssl_context(trust_env=False),
+    transport._pool = httpcore.ConnectionPool(  # httpx's own pool, with the guarded backend
+        ssl_context=transport._pool._ssl_context,
         network_backend=GuardedBackend(networks),
     )
     return httpx.Client(

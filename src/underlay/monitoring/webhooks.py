@@ -271,19 +271,22 @@ def deliver_due(
     """Post every delivery that is due (in batches); returns how many were ``delivered``,
     ``retry`` (failed, to be tried again) and ``failed`` (given up)."""
     tally = {"delivered": 0, "retry": 0, "failed": 0}
-    own = http is None
-    networks = egress.parse_networks(settings.webhook_denied_networks)
-    client = http or egress.guarded_client(networks, settings.delivery_timeout_s)
+    # made only when there is something to post: its TLS context (the CA bundle) costs tens
+    # of milliseconds, which an idle worker would pay every second
+    client = http
     try:
         while True:
             claimed = _claim(db, keyring, settings)
             for row in claimed:
+                if client is None:
+                    networks = egress.parse_networks(settings.webhook_denied_networks)
+                    client = egress.guarded_client(networks, settings.delivery_timeout_s)
                 error = _post(client, row)
                 tally[_record(db, settings, row, error)] += 1
             if len(claimed) < BATCH:
                 return tally
     finally:
-        if own:
+        if http is None and client is not None:
             client.close()
 
 
