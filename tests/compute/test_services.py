@@ -115,6 +115,37 @@ def submit(w: World, **fields: object) -> tuple[int, list[str]]:
         return job.id, warnings
 
 
+def test_could_it_ever_fit_judges_each_node_shape_once(w: World) -> None:
+    """A thousand alike nodes answer "could this job ever fit" as one does: the check that
+    every submission makes keeps one node per shape (a gang's worker count of them)."""
+    for i in range(5):
+        beat(w, inventory(gpu(0), gpu(1), name=f"alike-{i}"))
+    beat(w, inventory(gpu(0), name="small"))
+    with w.db.session(Scope.everything()) as s:
+        one = snapshots.idle_cluster(s)
+        three = snapshots.idle_cluster(s, copies=3)
+    assert [n.name for n in one] == ["alike-0", "small"]
+    assert [n.name for n in three] == ["alike-0", "alike-1", "alike-2", "small"]
+    assert [len(n.accelerators) for n in one] == [2, 1]
+    with pytest.raises(InvalidInput, match="needs 3 GPUs per worker; the largest node has 2"):
+        submit(w, gpus=3)
+    job_id, _ = submit(w, gpus=2)
+    assert read(w, job_id).state == JobState.queued
+
+
+def test_a_refusal_is_judged_on_fresh_nodes_not_on_the_recent_copy(w: World) -> None:
+    beat(w, inventory(gpu(0), name="small"))
+    submit(w, gpus=1)  # judged on the nodes read now, kept for a few seconds
+    beat(w, inventory(gpu(0), gpu(1), name="large"))
+    with w.db.session(Scope.everything()) as s:
+        copy, fresh = snapshots.recent_idle_cluster(s)
+    assert not fresh and [n.name for n in copy] == ["small"]  # the copy predates "large"
+    job_id, _ = submit(w, gpus=2)  # the copy would refuse it; the fresh nodes take it
+    assert read(w, job_id).state == JobState.queued
+    with pytest.raises(InvalidInput, match="needs 3 GPUs per worker; the largest node has 2"):
+        submit(w, gpus=3)
+
+
 def test_before_any_node_registers_a_job_queues_only_where_the_local_agent_will_come(
     w: World,
 ) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from underlay.audit import AuditLog
 from underlay.compute import budgets
 from underlay.compute.models import Job
-from underlay.compute.scheduler import WHOLE, Reject, Request, Snapshot, Workload, decide
+from underlay.compute.scheduler import WHOLE, Node, Reject, Request, Snapshot, Workload, decide
 from underlay.compute.scheduler.constraints import parse_labels
 from underlay.compute.schemas import PRIORITIES, JobCreate, JobRead
 from underlay.compute.states import ACTIVE, JobState, check_transition, is_final
@@ -128,11 +128,23 @@ def submit_job(
 
 
 def _never_fits(session: Session, job: Job, project: str, settings: Settings) -> str | None:
-    """The policy's reject reason for ``job`` on the registered nodes, if any."""
-    from underlay.compute.scheduler import policy_config
-    from underlay.compute.snapshots import idle_cluster
+    """The policy's reject reason for ``job`` on the registered nodes, if any (judged on a
+    recent copy of the nodes; a refusal only on fresh ones)."""
+    from underlay.compute.snapshots import idle_cluster, recent_idle_cluster
 
-    nodes = idle_cluster(session)
+    copies = max(1, job.gang)
+    nodes, fresh = recent_idle_cluster(session, copies)
+    reason = _reject_reason(nodes, job, project, settings)
+    if reason is not None and not fresh:
+        reason = _reject_reason(idle_cluster(session, copies), job, project, settings)
+    return reason
+
+
+def _reject_reason(
+    nodes: tuple[Node, ...], job: Job, project: str, settings: Settings
+) -> str | None:
+    from underlay.compute.scheduler import policy_config
+
     if not nodes:
         if settings.compute.local_agent:
             return None  # this server's own agent registers in a moment: queue, judge then

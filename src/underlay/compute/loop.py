@@ -129,12 +129,15 @@ class SchedulerLoop:
             except Exception:
                 log.exception("scheduling round failed")
                 admitted = 0
-            self.rounds.observe(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            self.rounds.observe(took)
             if not admitted:
                 self._wake.wait(interval)
             # wakes that arrive together share one round: a burst of submissions must not
-            # run a round (and hold the database's write lock) per submission
-            self._stop.wait(min(interval, 0.05))
+            # run a round (and hold the database's write lock) per submission. A round is one
+            # write transaction, so rounds back to back would leave submissions, heartbeats
+            # and cancels only the gaps between them: pause at least as long as the round took
+            self._stop.wait(max(min(interval, 0.05), took))
             self._wake.clear()
 
     @contextlib.contextmanager

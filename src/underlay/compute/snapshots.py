@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections import defaultdict
+import time
+import weakref
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,14 +45,35 @@ class SnapshotIndex:
     projects: dict[int, str] = field(default_factory=dict)
 
 
-def _accelerators(session: Session) -> dict[int, list[AcceleratorRow]]:
-    rows: dict[int, list[AcceleratorRow]] = defaultdict(list)
-    for acc in session.scalars(select(AcceleratorRow).order_by(AcceleratorRow.index)):
+# The columns a snapshot needs, read as plain rows: a thousand nodes of eight GPUs are 8,000
+# accelerator rows, and ORM objects for them cost most of a round (and of a submission's
+# "could this ever fit" check) before anything was decided.
+_ACCELERATOR_COLUMNS = (
+    AcceleratorRow.node_id,
+    AcceleratorRow.index,
+    AcceleratorRow.type,
+    AcceleratorRow.memory_mib,
+    AcceleratorRow.healthy,
+    AcceleratorRow.idle_watts,
+    AcceleratorRow.busy_watts,
+)
+_NODE_COLUMNS = (NodeRow.id, NodeRow.name, NodeRow.cpu_milli, NodeRow.memory_mib, NodeRow.status,
+                 NodeRow.labels)  # fmt: skip
+
+
+def _accelerators(session: Session) -> dict[int, list[Any]]:
+    rows: dict[int, list[Any]] = defaultdict(list)
+    query = select(*_ACCELERATOR_COLUMNS).order_by(AcceleratorRow.index)
+    for acc in session.execute(query):
         rows[acc.node_id].append(acc)
     return rows
 
 
-def _node(row: NodeRow, accs: list[AcceleratorRow], used: dict[str, object] | None) -> Node:
+def _nodes(session: Session) -> Any:
+    return session.execute(select(*_NODE_COLUMNS).order_by(NodeRow.name))
+
+
+def _node(row: Any, accs: list[Any], used: dict[str, object] | None) -> Node:
     cpu = mem = 0
     shares: dict[int, int] = {}
     if used:
@@ -79,12 +102,45 @@ def _node(row: NodeRow, accs: list[AcceleratorRow], used: dict[str, object] | No
     )
 
 
-def idle_cluster(session: Session) -> tuple[Node, ...]:
-    """Every registered node as if nothing ran on it (for "could this ever fit"). Lost and
-    cordoned nodes count: their hardware is a reason to wait, not to refuse."""
+def idle_cluster(session: Session, copies: int = 1) -> tuple[Node, ...]:
+    """The registered nodes as if nothing ran on them (for "could this ever fit"). Lost and
+    cordoned nodes count: their hardware is a reason to wait, not to refuse. Nodes of one
+    shape (resources, labels, health and accelerators) answer that question alike, so at
+    most ``copies`` of each are kept (a gang's worker count): a thousand identical nodes are
+    judged as one."""
     accs = _accelerators(session)
-    rows = session.scalars(select(NodeRow).order_by(NodeRow.name))
-    return tuple(_node(row, accs[row.id], None) for row in rows)
+    seen: Counter[tuple[Any, ...]] = Counter()
+    out = []
+    for row in _nodes(session):
+        devices = accs[row.id]
+        shape = (row.cpu_milli, row.memory_mib, row.status, row.labels,
+                 tuple(tuple(a)[2:] for a in devices))  # fmt: skip
+        if seen[shape] < copies:
+            seen[shape] += 1
+            out.append(_node(row, devices, None))
+    return tuple(out)
+
+
+IDLE_CLUSTER_TTL_S = 5.0
+_idle_clusters: weakref.WeakKeyDictionary[Any, tuple[float, int, tuple[Node, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def recent_idle_cluster(session: Session, copies: int = 1) -> tuple[tuple[Node, ...], bool]:
+    """:func:`idle_cluster` as read at most :data:`IDLE_CLUSTER_TTL_S` ago by this process
+    (per database), and whether it was read just now. Every submission asks whether its job
+    could ever fit; with a thousand nodes reading them costs far more than the rest of the
+    submission, and the answer changes only when hardware comes or goes. A caller that would
+    refuse on a copy asks again with fresh data first."""
+    engine = session.get_bind()
+    now = time.monotonic()
+    found = _idle_clusters.get(engine)
+    if found is not None and found[0] > now and found[1] == copies:
+        return found[2], False
+    nodes = idle_cluster(session, copies)
+    _idle_clusters[engine] = (now + IDLE_CLUSTER_TTL_S, copies, nodes)
+    return nodes, True
 
 
 def placement_of(attempt_or_job: Job | JobAttempt) -> dict[str, Any]:
@@ -131,10 +187,7 @@ def build_snapshot(
             )
         )
     accs = _accelerators(session)
-    nodes = tuple(
-        _node(row, accs[row.id], used.get(row.name))
-        for row in session.scalars(select(NodeRow).order_by(NodeRow.name))
-    )
+    nodes = tuple(_node(row, accs[row.id], used.get(row.name)) for row in _nodes(session))
     quotas = tuple(
         Quota(
             index.projects.get(q.project_id, str(q.project_id)),
