@@ -181,7 +181,7 @@ def read_job(session: Session, job_id: int, project: Project | None = None) -> J
 
 def _jobs_query(
     project: Project | None, states: list[str] | None, name: str | None
-) -> Select[tuple[Job]]:
+) -> Select[Job]:
     query = select(Job)
     if project is not None:
         query = query.where(Job.project_id == project.id)
