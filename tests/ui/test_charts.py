@@ -176,3 +176,42 @@ def test_stylesheet_colours_every_series_class_from_css_variables() -> None:
     css = (Path(charts.__file__).parent / "static" / "charts.css").read_text()
     for k in range(len(PALETTE)):
         assert f".ul-line.ul-s{k} {{ stroke: var(--chart-{k + 1}); }}" in css
+
+
+def test_lineage_graph_draws_each_object_once_with_arrows_and_links() -> None:
+    from underlay.ui.charts import lineage_graph
+
+    svg = lineage_graph(
+        [("model_version:m@1", 0), ("run:7", -1), ("table_version:t@2", -2), (EVIL, 1)],
+        [
+            ("table_version:t@2", "input_of", "run:7"),
+            ("run:7", "produced", "model_version:m@1"),
+            ("model_version:m@1", "deployed_as", EVIL),
+            ("run:7", "produced", "not-a-node"),  # dropped: an end is not drawn
+        ],
+        title="lineage",
+        root="model_version:m@1",
+        links={"run:7": "/runs/p/7?a=1&b=2"},
+    )
+    assert "<script" not in str(svg)
+    root = _parse(svg)
+    _, desc = _accessible(root)
+    assert "table_version:t@2 input_of run:7" in desc and "not-a-node" not in desc
+    edges = [p for p in root.iter(f"{SVG}path") if p.get("class") == "ul-edge"]
+    assert len(edges) == 3 and all(e.get("marker-end", "").startswith("url(#") for e in edges)
+    groups = root.findall(f".//{SVG}g")
+    assert len(groups) == 4
+    focus = [g for g in groups if "ul-focus" in (g.get("class") or "")]
+    assert [g.find(f"{SVG}title").text for g in focus] == ["model_version:m@1"]  # type: ignore[union-attr]
+    (link,) = root.findall(f"{SVG}a")
+    assert link.get("href") == "/runs/p/7?a=1&b=2"
+    # upstream objects stand left of the root, downstream ones right of it
+    xs = {g.find(f"{SVG}title").text: float(g.find(f"{SVG}rect").get("x", 0)) for g in groups}  # type: ignore[union-attr]
+    assert xs["table_version:t@2"] < xs["run:7"] < xs["model_version:m@1"] < xs[EVIL]
+
+
+def test_lineage_graph_without_nodes_says_no_data_yet() -> None:
+    from underlay.ui.charts import lineage_graph
+
+    root = _parse(lineage_graph([], [], title="lineage", root="x"))
+    assert [t.text for t in root.iter(f"{SVG}text")] == ["no data yet"]

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 
 from markupsafe import Markup
 
-__all__ = ["MAX_POINTS", "PALETTE", "bar_chart", "line_chart", "sparkline"]
+__all__ = ["MAX_POINTS", "PALETTE", "bar_chart", "line_chart", "lineage_graph", "sparkline"]
 
 MAX_POINTS = 400
 # Fallback colours: each has contrast >= 3:1 against both white and a near-black background.
@@ -158,6 +158,84 @@ def sparkline(
         },
     )
     return _svg(cid, title, desc, width, height, [line], cls="ul-chart ul-spark")
+
+
+MAX_NODES = 60
+
+
+def lineage_graph(
+    nodes: list[tuple[str, int]],
+    edges: list[tuple[str, str, str]],
+    *,
+    title: str,
+    root: str,
+    links: dict[str, str] | None = None,
+) -> Markup:
+    """A left-to-right graph: ``nodes`` are (label, distance from the root: negative
+    upstream), placed in one column per distance; ``edges`` are (source label, relation,
+    target label) drawn as arrows. ``links`` maps a label to the page it opens."""
+    cid = f"ulc{next(_ids)}"
+    shown = nodes[:MAX_NODES]
+    if not shown:
+        return _empty(cid, title, 640, 120)
+    columns: dict[int, list[str]] = {}
+    for label, distance in shown:
+        columns.setdefault(distance, []).append(label)
+    order = sorted(columns)
+    box_w, box_h, gap_x, gap_y, pad = 200, 30, 60, 14, 10
+    where: dict[str, tuple[float, float]] = {}
+    for col, distance in enumerate(order):
+        for row, label in enumerate(columns[distance]):
+            where[label] = (pad + col * (box_w + gap_x), pad + row * (box_h + gap_y))
+    width = int(pad * 2 + len(order) * box_w + (len(order) - 1) * gap_x)
+    height = int(pad * 2 + max(len(v) for v in columns.values()) * (box_h + gap_y) - gap_y)
+    arrow = f"{cid}-a"
+    marker: dict[str, Attr] = {"id": arrow, "viewBox": "0 0 10 10", "refX": 10, "refY": 5}
+    marker.update(markerWidth=8, markerHeight=8, orient="auto-start-reverse")
+    tip_path = _el("path", {"d": "M0,0 L10,5 L0,10 z", "fill": "currentColor"})
+    parts = [_el("defs", {}, _el("marker", marker, tip_path))]
+    drawn = [(a, rel, b) for a, rel, b in edges if a in where and b in where]
+    for src, relation, dst in drawn:
+        (x1, y1), (x2, y2) = where[src], where[dst]
+        path = (
+            f"M{x1 + box_w:.1f},{y1 + box_h / 2:.1f} C{x1 + box_w + gap_x / 2:.1f},"
+            f"{y1 + box_h / 2:.1f} {x2 - gap_x / 2:.1f},{y2 + box_h / 2:.1f} "
+            f"{x2:.1f},{y2 + box_h / 2:.1f}"
+        )
+        look: dict[str, Attr] = {"class": "ul-edge", "fill": "none", "stroke": "currentColor"}
+        tip = _el("title", {}, f"{src} {relation} {dst}")
+        parts.append(_el("path", {**look, "d": path, "marker-end": f"url(#{arrow})"}, tip))
+    for label, _distance in shown:
+        parts.append(_graph_node(label, where[label], box_w, box_h, label == root, links))
+    lines = [f"{a} {rel} {b}" for a, rel, b in drawn[:40]]
+    more = f" (first {MAX_NODES} of {len(nodes)} shown)" if len(nodes) > MAX_NODES else ""
+    desc = f"{len(shown)} objects around {root}{more}: " + "; ".join(lines)
+    return _svg(cid, title, desc, width, height, parts, cls="ul-chart ul-graph")
+
+
+def _graph_node(
+    label: str,
+    at: tuple[float, float],
+    box_w: int,
+    box_h: int,
+    focus: bool,
+    links: dict[str, str] | None,
+) -> Markup:
+    x, y = at
+    frame: dict[str, Attr] = {"x": x, "y": y, "width": box_w, "height": box_h, "rx": 4}
+    look: dict[str, Attr] = {"fill": "none", "stroke": PALETTE[0] if focus else "currentColor"}
+    if focus:
+        look["stroke-width"] = 2.5
+    body = Markup("").join(
+        [
+            _el("rect", {**frame, **look}),
+            _text(x + box_w / 2, y + box_h / 2 + 4, _clip(label, 30), anchor="middle"),
+            _el("title", {}, label),
+        ]
+    )
+    node = _el("g", {"class": "ul-node ul-focus" if focus else "ul-node"}, body)
+    href = (links or {}).get(label)
+    return _el("a", {"href": href}, node) if href else node
 
 
 # --- drawing helpers -------------------------------------------------------------------------
