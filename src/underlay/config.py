@@ -348,6 +348,15 @@ class AlertSettings(BaseModel):
     )  # fmt: skip
 
 
+class UiSettings(BaseModel):
+    session_ttl_s: int = Field(
+        default=8 * 3600,
+        ge=60,
+        le=30 * 86400,
+        description="Lifetime of a dashboard sign-in session, in seconds; then sign in again.",
+    )
+
+
 class Settings(BaseSettings):
     """All of underlay's configuration."""
 
@@ -371,6 +380,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    ui: UiSettings = Field(default_factory=UiSettings)
 
     @property
     def database_url(self) -> str:
