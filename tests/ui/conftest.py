@@ -110,6 +110,7 @@ def start_site(directory: Path, template: Path) -> Site:
         heartbeat_interval_s=0.2,
         grace_s=3.0,
     )
+    settings.ui.sample_interval_s = 0.5  # the overview's charts fill within seconds
     ensure_home(settings)
     settings.admin_token = ADMIN_TOKEN
     site = Site(LiveServer(settings).start())

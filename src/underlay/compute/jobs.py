@@ -179,9 +179,7 @@ def read_job(session: Session, job_id: int, project: Project | None = None) -> J
     return job
 
 
-def _jobs_query(
-    project: Project | None, states: list[str] | None, name: str | None
-) -> Select[Job]:
+def _jobs_query(project: Project | None, states: list[str] | None, name: str | None) -> Select[Job]:
     query = select(Job)
     if project is not None:
         query = query.where(Job.project_id == project.id)
