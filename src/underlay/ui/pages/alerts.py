@@ -45,11 +45,8 @@ def list_alerts(
             offset=(page - 1) * PER_PAGE,
         )
         ids = sorted({a.project_id for a in rows if a.project_id is not None})
-        names = dict(
-            session.execute(select(Project.id, Project.name).where(Project.id.in_(ids)))
-            .tuples()
-            .all()
-        )
+        found = session.execute(select(Project.id, Project.name).where(Project.id.in_(ids)))
+        names: dict[int, str] = {pid: name for pid, name in found}
         items = [(AlertRead.model_validate(a), names.get(a.project_id or 0)) for a in rows]
     writable = {p.name for p in caller.projects if caller.can(Action.write, p.name)}
     return render(
