@@ -64,13 +64,15 @@ def _figures(found: views_data.DeploymentView) -> dict[str, Markup]:
             [(f"HTTP {s}", float(n)) for s, n in stats.get("by_status", {}).items()],
             title="requests by status",
             unit="requests",
+            width=420,
         ),
         "latency": charts.bar_chart(
-            [(k, float(v)) for k, v in bars if v is not None], title="latency", unit="ms"
+            [(k, float(v)) for k, v in bars if v is not None], title="latency", unit="ms", width=420
         ),
         "batches": charts.bar_chart(
             [(k, float(v)) for k, v in rows if v is not None],
             title="batch sizes",
+            width=420,
             unit="rows",
         ),
     }

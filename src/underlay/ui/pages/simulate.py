@@ -66,5 +66,5 @@ def _figures(result: views_sim.Replay) -> dict[str, Markup]:
         bars = [
             (r["policy"], float(r[key]) * scale) for r in result.reports if r.get(key) is not None
         ]
-        out[key] = charts.bar_chart(bars, title=label, unit=unit)
+        out[key] = charts.bar_chart(bars, title=label, unit=unit, width=420)
     return out
