@@ -2,8 +2,8 @@
 pending and nothing runs) with projects ``ml`` and ``other``, runs with metric curves (one
 holding ``<script>`` in a param), a model with two signed versions and alias moves, a dataset,
 a table with personal data, a quality check and an odd column name, a deployment in a canary,
-and a stored drift report. Users: ``viewer`` (viewer of ``ml``) and ``outsider`` (member of
-``other`` only)."""
+and a stored drift report. Users (:data:`USERS`, password :data:`PASSWORD`): ``viewer``
+(viewer of ``ml``), ``maker`` (member of ``ml``) and ``outsider`` (member of ``other`` only)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,20 @@ import numpy as np
 
 import underlay
 from tests.conftest import ADMIN_TOKEN, LiveServer, sqlite_url
+from tests.ui.conftest import PASSWORD
 from underlay.client import Client
 from underlay.config import ComputeSettings, Settings, ensure_home
 from underlay.identity import Actor, authenticate
 from underlay.store import Scope
 
 EVIL = "<script>alert(1)</script>"
-PASSWORD = "correct horse battery staple"
+
 PROJECT = "ml"
+USERS = (
+    ("viewer", PROJECT, "viewer"),
+    ("maker", PROJECT, "member"),
+    ("outsider", "other", "member"),
+)
 
 
 @dataclass
@@ -102,7 +108,7 @@ def _data(c: Client, tmp: Path) -> None:
     )
     checks = [{"type": "not_null", "column": "id"}]
     c.write_table(PROJECT, "customers", table, checks=checks)
-    c.write_table("other", "secrets", pa.table({"s": ["hidden"]}))
+    c.write_table("other", "secrets", pa.table({"s": ["top-secret-value"]}))
 
 
 NODE = {
@@ -154,7 +160,7 @@ def seed(server: LiveServer, tmp: Path) -> World:
     with server.client() as c:
         c.create_project(PROJECT)
         c.create_project("other")
-        for user, project, role in (("viewer", PROJECT, "viewer"), ("outsider", "other", "member")):
+        for user, project, role in USERS:
             c.create_user(user, password=PASSWORD)
             c.add_member(project, user, role)
         runs = _runs(c)
@@ -163,7 +169,7 @@ def seed(server: LiveServer, tmp: Path) -> World:
         _data(c, tmp)
         _serving(server, c)
     tokens = {"admin": ADMIN_TOKEN}
-    for user in ("viewer", "outsider"):
+    for user, _project, _role in USERS:
         with Client(server.url, None) as anonymous:
             tokens[user] = anonymous.login(user, PASSWORD).token
     return World(server, runs, other_run, tokens)

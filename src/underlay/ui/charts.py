@@ -51,7 +51,7 @@ def line_chart(
     cid = f"ulc{next(_ids)}"
     if not clean:
         return _empty(cid, title, width, height)
-    left, right, top = 56, 12, 28 if len(clean) > 1 else 12
+    left, right, top = 56, 12, 46 if len(clean) > 1 else 30
     bottom = 44
     pw, ph = max(width - left - right, 10), max(height - top - bottom, 10)
     xs = [p[0] for pts in clean.values() for p in pts]
@@ -67,7 +67,7 @@ def line_chart(
     def sy(y: float) -> float:
         return top + ph - (y - y0) / (y1 - y0) * ph
 
-    parts = [_axes(left, top, pw, ph)]
+    parts = [_heading(title), _axes(left, top, pw, ph)]
     for t in y_ticks:
         y = sy(t)
         parts.append(_gridline(left, y, left + pw, y))
@@ -82,7 +82,7 @@ def line_chart(
     for i, (name, pts) in enumerate(clean.items()):
         parts.append(_polyline(i, name, [(sx(x), sy(y)) for x, y in pts]))
     if len(clean) > 1:
-        parts.append(_legend(list(clean), left, 14))
+        parts.append(_legend(list(clean), left, 34))
     return _svg(cid, title, _describe_series(clean, x_time), width, height, parts)
 
 
@@ -100,7 +100,7 @@ def bar_chart(
         return _empty(cid, title, width, 120)
     row = 26
     left = min(max(len(label) for label, _ in clean) * 7 + 12, width // 3)
-    right, top, bottom = 72, 8, 24
+    right, top, bottom = 72, 26, 24
     height = top + bottom + row * len(clean)
     pw = max(width - left - right, 10)
     ticks = _nice_ticks(min(0.0, *(v for _, v in clean)), max(0.0, *(v for _, v in clean)))
@@ -110,7 +110,7 @@ def bar_chart(
         return left + (v - v0) / (v1 - v0) * pw
 
     desc = "; ".join(f"{label}: {_fmt(v)} {unit}".rstrip() for label, v in clean[:50])
-    parts = []
+    parts = [_heading(title)]
     for t in ticks:
         parts.append(_gridline(sx(t), top, sx(t), height - bottom))
         parts.append(_text(sx(t), height - 8, _fmt(t), anchor="middle"))
@@ -282,8 +282,17 @@ def _empty(cid: str, title: str, width: int, height: int, small: bool = False) -
     if not small:
         frame: dict[str, Attr] = {"x": 0.5, "y": 0.5, "width": width - 1, "height": height - 1}
         look: dict[str, Attr] = {"fill": "none", "stroke": "currentColor", "stroke-opacity": "0.25"}
-        parts.insert(0, _el("rect", {**frame, **look}))
+        parts[:0] = [_el("rect", {**frame, **look}), _heading(title)]
     return _svg(cid, title, text, width, height, parts)
+
+
+def _heading(title: str) -> Markup:
+    """The chart's title drawn at its top left (the <title> is for screen readers)."""
+    return _el(
+        "text",
+        {"class": "ul-chart-title", "x": 4, "y": 15, "font-size": 13, "font-weight": 600},
+        _clip(title, 90),
+    )
 
 
 def _axes(left: float, top: float, pw: float, ph: float) -> Markup:
@@ -416,7 +425,7 @@ def _fmt_time(t: float, span: float) -> str:
     moment = datetime.fromtimestamp(t, tz=UTC)
     if span >= 2 * 86400:
         return moment.strftime("%m-%d")
-    if span >= 120:
+    if span >= 600:
         return moment.strftime("%H:%M")
     return moment.strftime("%H:%M:%S")
 

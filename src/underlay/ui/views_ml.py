@@ -13,20 +13,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from underlay import identity, lineage
 from underlay.api.routes.models import model_read, version_read
 from underlay.errors import InvalidInput, NotFound
-from underlay.identity import Actor
+from underlay.identity import Action, Actor
 from underlay.ml import metrics, runs
 from underlay.ml.registry import aliases, service
 from underlay.ml.registry.schemas import (
     AliasEventRead,
+    AliasSet,
     CardRead,
     ModelRead,
     ModelVersionRead,
 )
 from underlay.ml.schemas import RunComparison, RunRead
 from underlay.platform import Platform, audit_text
+from underlay.ui.auth import UiCaller
 from underlay.ui.charts import MAX_POINTS
 
 PER_PAGE = 50
@@ -200,3 +204,38 @@ def parse_ids(text: str) -> list[int]:
     if any(not 1 <= i <= 2**31 - 1 for i in ids):
         raise NotFound("run not found")
     return ids
+
+
+def pick_project(caller: UiCaller, requested: str) -> str | None:
+    """The project a list page shows: the one asked for (checked by the view's own lookup),
+    else the caller's first; None when the caller belongs to none."""
+    if requested:
+        return requested
+    return caller.projects[0].name if caller.projects else None
+
+
+def set_alias(
+    platform: Platform,
+    actor: Actor,
+    project: str,
+    name: str,
+    alias: str,
+    version: int,
+    reason: str,
+    client: str,
+) -> AliasEventRead:
+    """Point ``alias`` at ``version`` (members): the API's ``model.alias.set``, audited with
+    who, why and the version it named before."""
+    try:
+        body = AliasSet(version=version, reason=reason)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidInput(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    resource = f"{_model(project, name)}/alias:{audit_text(alias)}"
+    with platform.unit(actor, "model.alias.set", resource, project=project, client=client) as u:
+        found = identity.read_project(u.session, project, actor, Action.write)
+        event = aliases.set_alias(
+            u.session, found.id, name, alias, body.version, actor=actor.name, reason=body.reason
+        )
+        u.detail = {"version": body.version, "previous": event.previous_version, "face": "ui"}
+        return AliasEventRead.model_validate(event)

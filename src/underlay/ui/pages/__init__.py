@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from underlay.ui.pages import alerts, audit, jobs, login, nodes, overview, projects
+from underlay.ui.pages import (
+    alerts,
+    audit,
+    datasets,
+    deployments,
+    jobs,
+    login,
+    models,
+    nodes,
+    overview,
+    projects,
+    runs,
+    simulate,
+)
 
 ROUTERS: list[APIRouter] = [
     login.router,
@@ -15,4 +28,9 @@ ROUTERS: list[APIRouter] = [
     alerts.router,
     audit.router,
     # ui-ml pages below
+    runs.router,
+    models.router,
+    datasets.router,
+    deployments.router,
+    simulate.router,
 ]
