@@ -1,13 +1,14 @@
 """Server time per dashboard page with 10,000 jobs and 1,000 runs (issue 16: no page over 1 s).
 
 Seeds a fresh SQLite home: two projects, 10,000 jobs (2,000 queued with a reason, 100
-running, the rest finished) with a billed attempt each spread over 30 days, 300 alerts,
+running, the rest finished) with a billed attempt each spread over 30 days, 300 alerts and
 1,000 runs (with params, through the tracking service), and serves the real app with
 uvicorn on 127.0.0.1 in a thread (times include one loopback round trip, well under a
-millisecond). Each page is fetched ``--repeat`` times as a project member (the tenant-scoped queries) after one warm-up, and
-the median, p95 and worst times are printed. The baseline, measured in the same run, is the
-API's own list of the same 50 jobs as JSON (``GET /api/v1/projects/{p}/jobs?limit=50``): the
-ratio says what the page costs over the data it shows.
+millisecond). Each page is fetched ``--repeat`` times as a project member (the
+tenant-scoped queries) after one warm-up; the median, p95 and worst times are printed.
+The baseline, measured in the same run, is the API's own list of 50 jobs as JSON
+(``GET /api/v1/projects/{p}/jobs?limit=50``): the ratio says what a page costs over the
+data behind it.
 
     python benchmarks/ui.py [--jobs 10000] [--runs 1000] [--repeat 15]
 """
