@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+from pathlib import Path
 
 import pytest
 from starlette.datastructures import URL
@@ -37,3 +39,32 @@ def test_page_links_keep_the_filters_and_skip_the_middle() -> None:
         ("Previous", None),
         ("Next", None),
     ]
+
+
+def _luminance(colour: str) -> float:
+    channels = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(a: str, b: str) -> float:
+    high, low = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_text_colours_have_at_least_4_5_to_1_contrast_in_both_themes() -> None:
+    css = (Path(__file__).resolve().parents[2] / "src/underlay/ui/static/ui.css").read_text()
+    themes = {
+        name: dict(re.findall(r"--([a-z-]+): light-dark\(" + pattern, css))
+        for name, pattern in (
+            ("light", r"(#[0-9a-f]{6}), #"),
+            ("dark", r"#[0-9a-f]{6}, (#[0-9a-f]{6})"),
+        )
+    }
+    assert len(themes["light"]) == len(themes["dark"]) >= 10
+    for name, colours in themes.items():
+        for fg in ("text", "muted", "link", "ok", "warn", "bad"):
+            for bg in ("bg", "surface"):
+                ratio = contrast(colours[fg], colours[bg])
+                assert ratio >= 4.5, f"{name}: {fg} on {bg} is {ratio:.2f}:1"
+        assert contrast(colours["accent-text"], colours["accent"]) >= 4.5, name

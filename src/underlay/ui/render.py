@@ -77,12 +77,12 @@ def environment() -> Environment:
 
 
 def _current(path: str) -> str:
-    """The nav entry a path belongs to."""
+    """The nav entry a path belongs to (the longest that prefixes it; "/" for the rest)."""
     best = "/"
     for _, href in NAV:
         if href != "/" and (path == href or path.startswith(href + "/")):
             best = href
-    return best if path != "/" or best == "/" else "/"
+    return best
 
 
 def render(

@@ -29,7 +29,7 @@ from underlay.identity import Action
 from underlay.platform import Platform
 from underlay.store.models import Project
 from underlay.ui.auth import Caller, Form, PlatformDep, UiCaller
-from underlay.ui.pagination import clamp_page, paginate
+from underlay.ui.pagination import PER_PAGE, clamp_page, paginate
 from underlay.ui.render import render
 
 router = APIRouter(include_in_schema=False)
@@ -37,6 +37,7 @@ JobId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 STATES = [str(s) for s in JobState]
 WAITING = {str(JobState.queued), str(JobState.preempted), str(JobState.failed)}
 PRIORITIES = ("low", "normal", "high")
+NO_FILTERS = {"project": "", "state": "", "name": ""}
 
 
 def _filters(caller: UiCaller, project: str, state: str, name: str) -> dict[str, Any]:
@@ -58,7 +59,22 @@ def list_jobs(
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
 ) -> HTMLResponse:
     filters = _filters(caller, project, state, name)
-    page = clamp_page(page)
+    return _jobs_page(request, caller, platform, filters, clamp_page(page))
+
+
+def _jobs_page(
+    request: Request,
+    caller: UiCaller,
+    platform: Platform,
+    filters: dict[str, Any],
+    page: int,
+    *,
+    form: FormData | None = None,
+    error: str = "",
+) -> HTMLResponse:
+    """One page of the caller's jobs, and the submit form (with what was typed and what is
+    wrong with it after a refused submission: then the status is 400)."""
+    project, state, name = filters["project"], filters["state"], filters["name"]
     with platform.db.session(caller.actor.scope) as session:
         found = identity.read_project(session, project, caller.actor) if project else None
         criteria: dict[str, Any] = {
@@ -67,19 +83,21 @@ def list_jobs(
             "name": name or None,
         }
         total = jobs.count_jobs(session, **criteria)
-        rows = jobs.list_jobs(session, limit=50, offset=(page - 1) * 50, **criteria)
+        rows = jobs.list_jobs(session, limit=PER_PAGE, offset=(page - 1) * PER_PAGE, **criteria)
         items = [jobs.render(session, j) for j in rows]
+    url = request.url if form is None else request.url.replace(query="")
     return render(
         request,
         "jobs.html",
         caller,
-        page=paginate(items, total=total, page=page, url=request.url),
+        status_code=400 if error else 200,
+        page=paginate(items, total=total, page=page, url=url),
         filters=filters,
         states=STATES,
         writable=[p.name for p in caller.projects if caller.can(Action.write, p.name)],
         priorities=PRIORITIES,
-        form={},
-        error="",
+        form={k: v for k, v in (form or {}).items() if isinstance(v, str) and k != "csrf"},
+        error=error,
     )
 
 
@@ -150,36 +168,10 @@ def submit(platform: Platform, caller: UiCaller, client: str, project: str, body
 def submit_job(request: Request, caller: Caller, form: Form, platform: PlatformDep) -> Response:
     try:
         project, body = job_create(form)
-    except InvalidInput as exc:
-        return _form_error(request, caller, platform, form, exc.message)
-    try:
         job_id = submit(platform, caller, client_address(request), project, body)
-    except (InvalidInput, Conflict) as exc:  # never fits, over budget: say so on the form
-        return _form_error(request, caller, platform, form, exc.message)
+    except (InvalidInput, Conflict) as exc:  # a typo, never fits, over budget: on the form
+        return _jobs_page(request, caller, platform, NO_FILTERS, 1, form=form, error=exc.message)
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
-
-
-def _form_error(
-    request: Request, caller: UiCaller, platform: Platform, form: FormData, message: str
-) -> HTMLResponse:
-    """The jobs page again, with what was typed and what is wrong with it (400)."""
-    with platform.db.session(caller.actor.scope) as session:
-        rows = jobs.list_jobs(session, limit=50)
-        items = [jobs.render(session, j) for j in rows]
-        total = jobs.count_jobs(session)
-    return render(
-        request,
-        "jobs.html",
-        caller,
-        status_code=400,
-        page=paginate(items, total=total, page=1, url=request.url.replace(query="")),
-        filters={"project": "", "state": "", "name": ""},
-        states=STATES,
-        writable=[p.name for p in caller.projects if caller.can(Action.write, p.name)],
-        priorities=PRIORITIES,
-        form={k: v for k, v in form.items() if isinstance(v, str) and k != "csrf"},
-        error=message,
-    )
 
 
 @router.get("/jobs/{job_id}")

@@ -27,36 +27,41 @@ router = APIRouter(include_in_schema=False)
 CHART_WINDOW_S = 6 * 3600
 
 
+def over_time(
+    series: dict[str, list[tuple[float, float]]], title: str, unit: str, x_label: str
+) -> Markup:
+    """A line chart whose x axis is time (Unix seconds, drawn as UTC)."""
+    return line_chart(series, title=title, x_label=x_label, y_label=unit, x_time=True)
+
+
 def fleet_charts(samples: list[Sample]) -> dict[str, Markup]:
     """Utilisation, power and queue depth over the sampled window, as SVG."""
 
     def series(pick: Any, scale: float = 1.0) -> list[tuple[float, float]]:
         return [(s.at, pick(s) * scale) for s in samples if pick(s) is not None]
 
+    now = "time (UTC)"
     return {
-        "utilization": line_chart(
+        "utilization": over_time(
             {
                 "accelerators": series(lambda s: s.utilization, 100),
                 "CPU": series(lambda s: s.cpu_utilization, 100),
             },
-            title="Utilisation over time",
-            x_label="time (UTC)",
-            y_label="%",
-            x_time=True,
+            "Utilisation over time",
+            "%",
+            now,
         ),
-        "power": line_chart(
+        "power": over_time(
             {"accelerator power": series(lambda s: s.power_watts)},
-            title="Accelerator power over time",
-            x_label="time (UTC)",
-            y_label="W",
-            x_time=True,
+            "Accelerator power over time",
+            "W",
+            now,
         ),
-        "queue": line_chart(
+        "queue": over_time(
             {"queued": series(lambda s: s.queued), "running": series(lambda s: s.running)},
-            title="Queue depth over time",
-            x_label="time (UTC)",
-            y_label="jobs",
-            x_time=True,
+            "Queue depth over time",
+            "jobs",
+            now,
         ),
     }
 

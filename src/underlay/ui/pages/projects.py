@@ -18,7 +18,8 @@ from underlay.compute.schemas import QuotaRead
 from underlay.compute.states import ACTIVE
 from underlay.store.types import utcnow
 from underlay.ui.auth import Caller, PlatformDep
-from underlay.ui.charts import bar_chart, line_chart
+from underlay.ui.charts import bar_chart
+from underlay.ui.pages.overview import over_time
 from underlay.ui.render import render
 
 router = APIRouter(include_in_schema=False)
@@ -33,27 +34,16 @@ def usage_charts(days: list[ledger.DayUsage], currency: str) -> dict[str, Markup
             for d in days
         ]
 
+    day = "day (UTC)"
     return {
-        "spend": line_chart(
-            {"spend": series(lambda d: d.cost)},
-            title=f"Spend per day ({currency})",
-            x_label="day (UTC)",
-            y_label=currency,
-            x_time=True,
+        "spend": over_time(
+            {"spend": series(lambda d: d.cost)}, f"Spend per day ({currency})", currency, day
         ),
-        "energy": line_chart(
-            {"energy": series(lambda d: d.energy_kwh)},
-            title="Energy per day (kWh)",
-            x_label="day (UTC)",
-            y_label="kWh",
-            x_time=True,
+        "energy": over_time(
+            {"energy": series(lambda d: d.energy_kwh)}, "Energy per day (kWh)", "kWh", day
         ),
-        "carbon": line_chart(
-            {"carbon": series(lambda d: d.carbon_kg)},
-            title="Carbon per day (kg CO2e)",
-            x_label="day (UTC)",
-            y_label="kg",
-            x_time=True,
+        "carbon": over_time(
+            {"carbon": series(lambda d: d.carbon_kg)}, "Carbon per day (kg CO2e)", "kg", day
         ),
     }
 
