@@ -10,7 +10,7 @@ import pytest
 from starlette.datastructures import URL
 
 from underlay.ui.pagination import href_for, page_links
-from underlay.ui.render import duration, number, when
+from underlay.ui.render import duration, number, when, with_unit
 
 
 @pytest.mark.parametrize(
@@ -19,6 +19,11 @@ from underlay.ui.render import duration, number, when
 )
 def test_numbers_keep_small_amounts_visible(value: float | None, shown: str) -> None:
     assert number(value) == shown
+
+
+def test_no_value_shows_no_unit() -> None:
+    assert with_unit(None, "W") == "—"
+    assert with_unit(312.4, "W") == "312 W"
 
 
 def test_times_and_durations() -> None:

@@ -52,6 +52,11 @@ def number(value: float | int | None, digits: int = 2) -> str:
     return f"{value:,.{digits}f}"
 
 
+def with_unit(value: float | int | None, unit: str, digits: int = 0) -> str:
+    """``123 W``; just '—' when there is no value (no unit after nothing)."""
+    return "—" if value is None else f"{number(value, digits)} {unit}"
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "—"
@@ -73,6 +78,7 @@ def environment() -> Environment:
     env.filters["when"] = when
     env.filters["number"] = number
     env.filters["duration"] = duration
+    env.filters["with_unit"] = with_unit
     return env
 
 
