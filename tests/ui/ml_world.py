@@ -3,7 +3,8 @@ pending and nothing runs) with projects ``ml`` and ``other``, runs with metric c
 holding ``<script>`` in a param), a model with two signed versions and alias moves, a dataset,
 a table with personal data, a quality check and an odd column name, a deployment in a canary,
 and a stored drift report. Users (:data:`USERS`, password :data:`PASSWORD`): ``viewer``
-(viewer of ``ml``), ``maker`` (member of ``ml``) and ``outsider`` (member of ``other`` only)."""
+(viewer of ``ml``), ``maker`` (member of ``ml``) and ``outsider`` (member of ``other`` only);
+``loner`` belongs to no project."""
 
 from __future__ import annotations
 
@@ -163,6 +164,7 @@ def seed(server: LiveServer, tmp: Path) -> World:
         for user, project, role in USERS:
             c.create_user(user, password=PASSWORD)
             c.add_member(project, user, role)
+        c.create_user("loner", password=PASSWORD)  # in no project
         runs = _runs(c)
         other_run = c.create_run("other", "hidden", params={"secret": "x"}).id
         _registry(c)

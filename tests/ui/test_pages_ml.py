@@ -162,3 +162,10 @@ def test_simulate_page_charts_policies_side_by_side(site: Site) -> None:
     bad = viewer.get("/simulate?trace=philly&cluster=%2Fetc%2Fpasswd")
     assert bad.status_code == 400 and "cluster must be" in bad.text
     assert viewer.get("/simulate?trace=philly&jobs=100000").status_code == 400
+
+
+def test_a_user_in_no_project_is_told_so(site: Site) -> None:
+    loner = site.signed_in("loner")
+    for path in ("/runs", "/models", "/datasets", "/deployments"):
+        assert "You belong to no project yet" in _ok(loner, path), path
+    assert loner.get("/runs/compare?ids=1&ids=2").status_code == 400
