@@ -355,6 +355,13 @@ class UiSettings(BaseModel):
         le=30 * 86400,
         description="Lifetime of a dashboard sign-in session, in seconds; then sign in again.",
     )
+    sample_interval_s: float = Field(
+        default=15.0,
+        ge=0.1,
+        le=3600,
+        description="Seconds between the samples of fleet utilisation, power and queue depth "
+        "that the overview charts (the last 24 h are kept in memory).",
+    )
 
 
 class Settings(BaseSettings):

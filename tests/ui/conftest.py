@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, LiveServer, sqlite_url
-from underlay.config import Settings, ensure_home
+from underlay.config import ComputeSettings, Settings, SimulatedAccelerator, ensure_home
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -81,6 +84,11 @@ class Site:
         return client
 
 
+def python(body: str) -> str:
+    """A job's command line (as typed in the submit form) running ``body`` in Python."""
+    return shlex.join([sys.executable, "-c", textwrap.dedent(body)])
+
+
 def seed(site: Site) -> None:
     with site.admin() as admin:
         admin.create_project(PROJECT, "computer vision")
@@ -93,6 +101,16 @@ def seed(site: Site) -> None:
 
 def start_site(directory: Path, template: Path) -> Site:
     settings = Settings(home=directory / "home", store={"url": sqlite_url(template, directory)})
+    settings.compute = ComputeSettings(
+        simulated_accelerators=[
+            SimulatedAccelerator(type="A100", count=2, idle_watts=50, busy_watts=400)
+        ],
+        node_name="node-1",
+        loop_interval_s=0.1,
+        heartbeat_interval_s=0.2,
+        grace_s=3.0,
+    )
+    settings.ui.sample_interval_s = 0.5  # the overview's charts fill within seconds
     ensure_home(settings)
     settings.admin_token = ADMIN_TOKEN
     site = Site(LiveServer(settings).start())

@@ -8,8 +8,10 @@ HTML page of the same status; every other request keeps the API's problem respon
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,7 +20,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from underlay.errors import UnderlayError
+from underlay.platform import Platform
 from underlay.ui.auth import LoginRequired, login_redirect
+from underlay.ui.history import FleetHistory
 from underlay.ui.pages import ROUTERS
 from underlay.ui.render import render
 
@@ -71,8 +75,27 @@ def _wrap(api_handler: Handler | None) -> Handler:
     return handle
 
 
+def _with_history(app: FastAPI, platform: Platform) -> None:
+    """Run the fleet sampler for the overview's charts while the app's lifespan runs."""
+    history = FleetHistory(platform.db, platform.settings.ui.sample_interval_s)
+    app.state.fleet_history = history
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[Any]:
+        async with inner(app) as state:
+            history.start()
+            try:
+                yield state
+            finally:
+                history.stop()
+
+    app.router.lifespan_context = lifespan
+
+
 def install(app: FastAPI) -> None:
     """Mount the dashboard on ``app`` (after the API's routers and problem handlers)."""
+    _with_history(app, app.state.platform)
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
     for router in ROUTERS:
         app.include_router(router, include_in_schema=False)

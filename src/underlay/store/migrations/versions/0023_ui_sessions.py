@@ -46,9 +46,7 @@ def upgrade() -> None:
     with op.batch_alter_table("ui_sessions", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_ui_sessions_user_id"), ["user_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_ui_sessions_token_id"), ["token_id"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_ui_sessions_expires_at"), ["expires_at"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_ui_sessions_expires_at"), ["expires_at"], unique=False)
 
 
 def downgrade() -> None:
