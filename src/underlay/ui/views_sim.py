@@ -5,7 +5,8 @@ jobs ended over simulated time per policy.
 It runs :class:`underlay.compute.simulator.Simulation`, the engine behind the CLI, so what the
 page shows is what the live scheduler's ``decide`` does. A request stays fast because every
 input is bounded: built-in traces only (never a path on the server), a cap on jobs times
-policies, a cluster spec of at most :data:`MAX_NODES` nodes, and one replay at a time per server process.
+policies, a cluster spec of at most :data:`MAX_NODES` nodes, and one replay at a time per
+server process.
 """
 
 from __future__ import annotations
