@@ -169,3 +169,29 @@ def test_a_user_in_no_project_is_told_so(site: Site) -> None:
     for path in ("/runs", "/models", "/datasets", "/deployments"):
         assert "You belong to no project yet" in _ok(loner, path), path
     assert loner.get("/runs/compare?ids=1&ids=2").status_code == 400
+
+
+def test_canary_controls_for_members_only(site: Site) -> None:
+    """Last in this module: it ends the seeded canary."""
+    viewer, maker = site.signed_in("viewer"), site.signed_in("maker")
+    assert "Roll back canary" not in _ok(viewer, "/deployments/ml/churn-api")
+    assert "Roll back canary" in _ok(maker, "/deployments/ml/churn-api")
+    path = "/deployments/ml/churn-api/canary/rollback"
+    assert viewer.post(path, {"reason": "forged"}).status_code == 403
+    assert maker.post(path, {"reason": "x"}, csrf=False).status_code == 403
+    assert maker.post("/deployments/ml/churn-api/canary/explode", {}).status_code == 404
+    assert maker.post(path, {"reason": "a\\nb".replace("\\n", "\n")}).status_code == 400
+    with site.admin() as admin:
+        canary = admin.read_deployment(PROJECT, "churn-api").canary
+        assert canary is not None and canary.state == "starting"
+        denied = admin.list_audit(action="deployment.rollback", outcome="denied")
+        assert [e.actor for e in denied] == ["viewer"]
+    done = maker.post(path, {"reason": "too slow"})
+    assert done.status_code == 303
+    with site.admin() as admin:
+        canary = admin.read_deployment(PROJECT, "churn-api").canary
+        assert canary is not None and canary.state == "rolled_back"
+        (entry,) = admin.list_audit(action="deployment.rollback", outcome="ok")
+        assert entry.actor == "maker" and "too slow" in str(entry.detail)
+    after = _ok(maker, "/deployments/ml/churn-api")
+    assert "the last one, v2, was rolled back" in after and "Roll back canary" not in after

@@ -8,12 +8,14 @@ import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from markupsafe import Markup
 
+from underlay.api.deps import client_address
+from underlay.identity import Action
 from underlay.serving.dataplane import dataplane_of
 from underlay.ui import charts, views_data, views_ml
-from underlay.ui.auth import Caller, PlatformDep
+from underlay.ui.auth import Caller, Form, PlatformDep
 from underlay.ui.render import render
 
 router = APIRouter(include_in_schema=False)
@@ -45,7 +47,29 @@ def read_deployment(
         project=project,
         found=found,
         figures=_figures(found),
+        can_write=caller.can(Action.write, project),
     )
+
+
+@router.post("/deployments/{project}/{name}/canary/{verb}")
+def change_canary(
+    request: Request,
+    caller: Caller,
+    platform: PlatformDep,
+    form: Form,
+    project: str,
+    name: str,
+    verb: str,
+) -> RedirectResponse:
+    """Promote or roll back the canary (members), then reconcile at once as the API does."""
+    reason = str(form.get("reason", "")).strip()
+    views_data.change_canary(
+        platform, caller.actor, project[:63], name[:63], verb, reason, client_address(request)
+    )
+    platform.wake_scheduler()
+    request.app.state.serving.wake()
+    dataplane_of(request).forget(project, name)
+    return RedirectResponse(f"/deployments/{project}/{name}", status_code=303)
 
 
 def _figures(found: views_data.DeploymentView) -> dict[str, Markup]:
