@@ -52,6 +52,8 @@ def test_runs_list_search_run_and_compare(site: Site, seeded: World) -> None:
     assert "trial-1" in searched and "trial-0" not in searched
     bad = viewer.get("/runs?project=ml&q=bogus+%3D+1")
     assert bad.status_code == 400 and "bogus" in bad.text
+    assert viewer.get("/runs?project=ml&order=metrics.loss+sideways").status_code == 400
+    assert viewer.get("/runs?project=ml&page=0").status_code == 400
     run = _ok(viewer, f"/runs/ml/{seeded.runs[2]}")
     assert ESCAPED in run and run.count('role="img"') == 2  # loss and acc curves
     a, b = seeded.runs[:2]
@@ -136,6 +138,8 @@ def test_datasets_tables_and_the_sql_box(site: Site) -> None:
     )
     assert answer.status_code == 200 and "3 row(s)" in answer.text
     assert "ann@example.com" not in answer.text  # masked on ingest
+    every = viewer.post("/datasets/ml/tables/customers/sql", {"query": "SELECT * FROM customers"})
+    assert every.status_code == 200 and f'<th scope="col">{ESCAPED}</th>' in every.text
     refused = viewer.post("/datasets/ml/tables/customers/sql", {"query": "DELETE FROM customers"})
     assert refused.status_code == 400 and "SELECT" in refused.text
     elsewhere = viewer.post("/datasets/ml/tables/customers/sql", {"query": "SELECT * FROM secrets"})
