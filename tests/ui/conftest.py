@@ -39,16 +39,19 @@ class Browser:
         self.http = httpx.Client(base_url=url, follow_redirects=False, timeout=30)
         self.csrf = ""
 
-    def get(self, path: str, **kw: Any) -> httpx.Response:
-        response = self.http.get(path, **kw)
+    def _remember(self, response: httpx.Response) -> httpx.Response:
+        """Keep the CSRF token of the page just shown (as a browser keeps the form)."""
         found = re.search(r'name="csrf" value="([^"]+)"', response.text)
         if found:
             self.csrf = found.group(1)
         return response
 
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return self._remember(self.http.get(path, **kw))
+
     def post(self, path: str, data: dict[str, Any], *, csrf: bool = True) -> httpx.Response:
         body = {**data, "csrf": self.csrf} if csrf else data
-        return self.http.post(path, data=body)
+        return self._remember(self.http.post(path, data=body))
 
     def close(self) -> None:
         self.http.close()

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.conftest import ADMIN_TOKEN
-from tests.ui.conftest import PASSWORD, Site
+from tests.ui.conftest import PASSWORD, PROJECT, Site
 from underlay.store import Scope
 from underlay.store.models import AuditEntry, UiSession
 
@@ -142,3 +142,49 @@ def test_the_api_and_probes_are_untouched(site: Site) -> None:
     assert missing.headers["content-type"] == "application/problem+json"
     assert client.get("/ui/static/ui.css").status_code == 200
     assert "/" not in client.get("/api/v1/openapi.json").json()["paths"]
+
+
+def test_the_cookie_is_secure_when_served_over_tls(site: Site) -> None:
+    server = site.live.platform.settings.server
+    server.tls = True  # what `underlay up --tls-cert` sets
+    try:
+        client = site.anonymous()
+        client.get("/login")
+        response = client.post("/login", {"user": "max", "password": PASSWORD, "next": "/"})
+    finally:
+        server.tls = False
+    cookie = next(c for c in response.headers.get_list("set-cookie") if "underlay_session=" in c)
+    assert "Secure" in cookie
+
+
+def test_repeated_wrong_passwords_back_off(site: Site) -> None:
+    limit = site.live.platform.settings.security.login_max_failures
+    client = site.anonymous()
+    client.get("/login")
+    for _ in range(limit):
+        assert client.post("/login", {"user": "ghost", "password": "guess"}).status_code == 401
+    refused = client.post("/login", {"user": "ghost", "password": "guess"})
+    assert refused.status_code == 429
+    assert "too many failed logins for user &#39;ghost&#39;" in refused.text
+
+
+def test_a_removed_member_or_deactivated_user_loses_access_at_once(site: Site) -> None:
+    with site.admin() as admin:
+        admin.create_user("temp", password=PASSWORD)
+        admin.add_member(PROJECT, "temp", "member")
+        client = site.signed_in("temp")
+        assert client.get(f"/projects/{PROJECT}").status_code == 200
+        admin.remove_member(PROJECT, "temp")
+        assert client.get(f"/projects/{PROJECT}").status_code == 404
+        assert client.get("/").status_code == 200
+        admin.update_user("temp", is_active=False)
+        assert client.get("/").status_code == 303
+
+
+def test_signed_in_users_skip_the_sign_in_page(site: Site) -> None:
+    client = site.signed_in("max")
+    response = client.get("/login?next=/jobs")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/jobs"
+    assert client.get("/logout").status_code == 200  # a page with the sign-out button
+    assert site.anonymous().get("/logout").status_code == 303
