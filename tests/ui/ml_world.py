@@ -138,7 +138,18 @@ def _serving(server: LiveServer, c: Client) -> None:
         "created_at": "2026-01-01T00:00:00+00:00",
         "features": [
             {"name": "x0", "drifted": False, "score": 0.02, "threshold": 0.1, "method": "psi"},
-            {"name": "x1", "drifted": True, "score": 0.4, "threshold": 0.1, "method": "psi"},
+            {
+                "name": "x1",
+                "drifted": True,
+                "score": 0.4,
+                "threshold": 0.1,
+                "method": "psi",
+                "histogram": {
+                    "labels": ["<0.5", EVIL],
+                    "reference": [0.5, 0.5],
+                    "current": [0.1, 0.9],
+                },
+            },
         ],
     }
     with server.platform.db.session(Scope.everything()) as session:

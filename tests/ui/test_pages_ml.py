@@ -155,6 +155,7 @@ def test_deployment_page_shows_traffic_canary_and_drift(site: Site) -> None:
     for text in ("traffic split", "stable v1", "canary v2", "Canary v2", "x1 (drifted)"):
         assert text in page, text
     assert "drift score over time" in page
+    assert "x1: reference and current distribution" in page and ESCAPED in page  # a bin label
 
 
 def test_simulate_page_charts_policies_side_by_side(site: Site) -> None:

@@ -20,6 +20,9 @@ from underlay.ui.render import render
 
 router = APIRouter(include_in_schema=False)
 
+MAX_HISTOGRAMS = 6
+"""Features of the latest drift check drawn as distributions (drifted ones first)."""
+
 
 @router.get("/deployments")
 def list_deployments(
@@ -108,7 +111,7 @@ def _drift(reports: list[dict[str, Any]]) -> dict[str, Markup]:
     """The latest report's score per feature, and each feature's score over the reports."""
     if not reports:
         empty = charts.bar_chart([], title="drift per feature", unit="")
-        return {"drift": empty}
+        return {"drift": empty, "histograms": Markup("")}
     latest = reports[0]
     scores = [
         (f"{f['name']}{' (drifted)' if f.get('drifted') else ''}", f["score"])
@@ -121,7 +124,23 @@ def _drift(reports: list[dict[str, Any]]) -> dict[str, Markup]:
         for f in report.get("features", []):
             if when is not None and f.get("score") is not None:
                 series.setdefault(str(f["name"]), []).append((when, float(f["score"])))
+    features = sorted(latest.get("features", []), key=lambda f: not f.get("drifted"))
+    histograms = [
+        charts.grouped_bars(
+            [str(label) for label in f["histogram"].get("labels", [])],
+            {
+                "reference": [100 * float(v) for v in f["histogram"].get("reference", [])],
+                "current": [100 * float(v) for v in f["histogram"].get("current", [])],
+            },
+            title=f"{f['name']}: reference and current distribution",
+            unit="%",
+            width=420,
+        )
+        for f in features[:MAX_HISTOGRAMS]
+        if isinstance(f.get("histogram"), dict)
+    ]
     return {
+        "histograms": Markup("").join(histograms),
         "drift": charts.bar_chart(scores, title="drift score per feature (latest check)", unit=""),
         "drift_over_time": charts.line_chart(
             series,
