@@ -188,3 +188,15 @@ def test_signed_in_users_skip_the_sign_in_page(site: Site) -> None:
     assert response.headers["location"] == "/jobs"
     assert client.get("/logout").status_code == 200  # a page with the sign-out button
     assert site.anonymous().get("/logout").status_code == 303
+
+
+def test_an_agent_token_cannot_sign_in(site: Site) -> None:
+    from underlay import identity
+
+    with site.live.platform.db.session(Scope.everything()) as s:
+        _, secret = identity.create_agent_token(s, "node-x")
+    client = site.anonymous()
+    client.get("/login")
+    response = client.post("/login", {"token": secret, "next": "/"})
+    assert response.status_code == 401
+    assert "sign in with a user token, not a job or agent token" in response.text

@@ -481,6 +481,11 @@ def dashboard_lines(url: str, password: str, token: str, *, serving: bool) -> li
     ]
 
 
+def in_terminal() -> bool:
+    """Whether a person runs the demo (then it keeps serving the dashboard at the end)."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
 def _serve_until_interrupted() -> None:
     with contextlib.suppress(KeyboardInterrupt):
         while True:
@@ -508,7 +513,7 @@ def demo(
 
     console = Console()
     if serve_after is None:
-        serve_after = sys.stdin.isatty() and sys.stdout.isatty()
+        serve_after = in_terminal()
     home = Path(tempfile.mkdtemp(prefix="underlay-demo-"))
     token = "ul_" + secrets.token_urlsafe(32)
     # Libraries the demo loads write scratch files into TMPDIR (onnxruntime leaves a session

@@ -47,6 +47,8 @@ def number(value: float | int | None, digits: int = 2) -> str:
         return "—"
     if isinstance(value, int):
         return f"{value:,}"
+    if value and abs(value) < 10**-digits:  # a small amount is not zero: 0.0012, not 0.00
+        return f"{value:.2g}"
     return f"{value:,.{digits}f}"
 
 
