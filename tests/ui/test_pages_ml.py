@@ -98,6 +98,7 @@ def test_model_page_versions_aliases_lineage_and_card(site: Site) -> None:
     assert "retrained" in page and "first good one" in page  # the alias history
     assert ESCAPED in page  # the description, in the header and the card
     assert 'class="ul-chart ul-graph"' in page and "model_version:churn@2" in page
+    assert "sklearn" in page and 'state-ok">ok' in page  # flavor, signed
     older = _ok(viewer, "/models/ml/churn?version=1")
     assert "Lineage of v1" in older
     assert viewer.get("/models/ml/churn?version=..%2F").status_code == 400
@@ -132,7 +133,8 @@ def test_datasets_tables_and_the_sql_box(site: Site) -> None:
     assert "first images" in _ok(viewer, "/datasets/ml/images")
     table = _ok(viewer, "/datasets/ml/tables/customers")
     assert ESCAPED in table  # the odd column name, as text
-    assert "not_null" in table and "email" in table  # the check and the PII finding
+    assert "not_null:id" in table and "all 3 rows pass" in table  # the quality report
+    assert "email (100%)" in table and "tokenize" in table  # the PII finding and its policy
     answer = viewer.post(
         "/datasets/ml/tables/customers/sql", {"query": "SELECT email FROM customers"}
     )
@@ -140,6 +142,13 @@ def test_datasets_tables_and_the_sql_box(site: Site) -> None:
     assert "ann@example.com" not in answer.text  # masked on ingest
     every = viewer.post("/datasets/ml/tables/customers/sql", {"query": "SELECT * FROM customers"})
     assert every.status_code == 200 and f'<th scope="col">{ESCAPED}</th>' in every.text
+    many = viewer.post(
+        "/datasets/ml/tables/customers/sql",
+        {"query": "SELECT c.id, r.i FROM customers c, range(300) r(i)"},
+    )
+    assert "200 row(s), the first 200 only" in many.text
+    with site.admin() as admin:
+        assert any(e.actor == "viewer" for e in admin.list_audit(action="table.sql"))
     refused = viewer.post("/datasets/ml/tables/customers/sql", {"query": "DELETE FROM customers"})
     assert refused.status_code == 400 and "SELECT" in refused.text
     elsewhere = viewer.post("/datasets/ml/tables/customers/sql", {"query": "SELECT * FROM secrets"})
@@ -200,3 +209,10 @@ def test_canary_controls_for_members_only(site: Site) -> None:
         assert entry.actor == "maker" and "too slow" in str(entry.detail)
     after = _ok(maker, "/deployments/ml/churn-api")
     assert "the last one, v2, was rolled back" in after and "Roll back canary" not in after
+    with site.admin() as admin:
+        admin.start_canary(PROJECT, "churn-api", "churn@2", weight=0.3)
+    promoted = maker.post("/deployments/ml/churn-api/canary/promote", {"reason": "good"})
+    assert promoted.status_code == 303
+    with site.admin() as admin:
+        canary = admin.read_deployment(PROJECT, "churn-api").canary
+        assert canary is not None and canary.state == "promoted"
