@@ -5,9 +5,9 @@ drift per feature from the stored drift reports (data: :mod:`underlay.ui.views_d
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from markupsafe import Markup
 
@@ -29,9 +29,8 @@ def list_deployments(
     request: Request,
     caller: Caller,
     platform: PlatformDep,
-    project: Annotated[str, Query(max_length=63)] = "",
+    chosen: views_ml.ChosenProject,
 ) -> HTMLResponse:
-    chosen = views_ml.pick_project(caller, project)
     found = views_data.list_deployments(platform, caller.actor, chosen) if chosen else []
     return render(request, "deployments.html", caller, project=chosen, deployments=found)
 
