@@ -3,7 +3,8 @@ pending and nothing runs) with projects ``ml`` and ``other``, runs with metric c
 holding ``<script>`` in a param), a model with two signed versions and alias moves, a dataset,
 a table with personal data, a quality check and an odd column name, a deployment in a canary,
 and a stored drift report. Users (:data:`USERS`, password :data:`PASSWORD`): ``viewer``
-(viewer of ``ml``), ``maker`` (member of ``ml``) and ``outsider`` (member of ``other`` only)."""
+(viewer of ``ml``), ``maker`` (member of ``ml``) and ``outsider`` (member of ``other`` only);
+``loner`` belongs to no project."""
 
 from __future__ import annotations
 
@@ -137,7 +138,18 @@ def _serving(server: LiveServer, c: Client) -> None:
         "created_at": "2026-01-01T00:00:00+00:00",
         "features": [
             {"name": "x0", "drifted": False, "score": 0.02, "threshold": 0.1, "method": "psi"},
-            {"name": "x1", "drifted": True, "score": 0.4, "threshold": 0.1, "method": "psi"},
+            {
+                "name": "x1",
+                "drifted": True,
+                "score": 0.4,
+                "threshold": 0.1,
+                "method": "psi",
+                "histogram": {
+                    "labels": ["<0.5", EVIL],
+                    "reference": [0.5, 0.5],
+                    "current": [0.1, 0.9],
+                },
+            },
         ],
     }
     with server.platform.db.session(Scope.everything()) as session:
@@ -163,6 +175,7 @@ def seed(server: LiveServer, tmp: Path) -> World:
         for user, project, role in USERS:
             c.create_user(user, password=PASSWORD)
             c.add_member(project, user, role)
+        c.create_user("loner", password=PASSWORD)  # in no project
         runs = _runs(c)
         other_run = c.create_run("other", "hidden", params={"secret": "x"}).id
         _registry(c)

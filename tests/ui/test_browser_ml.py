@@ -45,6 +45,12 @@ def test_runs_table_search_and_compare_two_runs(page_for: Any, site: Site, seede
     assert page.locator("svg[role=img] polyline").count() >= 4
     assert page.get_by_role("img", name="loss").is_visible()
     screenshot(page, "runs-compare")
+    stroke = "getComputedStyle(document.querySelector('svg polyline')).stroke"
+    light = page.evaluate(stroke)
+    page.get_by_role("button", name="Switch between light and dark theme").click()
+    assert page.evaluate(stroke) != light  # series colours follow the theme
+    screenshot(page, "runs-compare-dark")
+    page.get_by_role("button", name="Switch between light and dark theme").click()
     page.get_by_role("link", name="trial-0").first.click()
     assert page.get_by_role("img", name="acc").is_visible()
     screenshot(page, "run")

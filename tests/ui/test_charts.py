@@ -217,3 +217,30 @@ def test_lineage_graph_without_nodes_says_no_data_yet() -> None:
 
     root = _parse(lineage_graph([], [], title="lineage", root="x"))
     assert [t.text for t in root.iter(f"{SVG}text")] == ["lineage", "no data yet"]
+
+
+def test_grouped_bars_draw_one_bar_per_series_in_each_group() -> None:
+    from underlay.ui.charts import grouped_bars
+
+    svg = grouped_bars(
+        ["low", EVIL, "high"],
+        {"reference": [30.0, 40.0, 30.0], "current": [10.0, 20.0]},  # current lacks a bin
+        title="x1",
+        unit="%",
+    )
+    assert "<script" not in str(svg)
+    root = _parse(svg)
+    _, desc = _accessible(root)
+    assert desc.startswith("low: reference 30, current 10;")
+    rects = root.findall(f"{SVG}rect")
+    assert len(rects) == 5
+    assert [r.get("class") for r in rects[:2]] == ["ul-bar ul-s0", "ul-bar ul-s1"]
+    widths = [float(r.get("width", 0)) for r in rects]
+    assert widths[1] < widths[0] and widths[3] < widths[2]  # current below reference
+    legend = root.find(f"{SVG}g")
+    assert legend is not None and [t.text for t in legend.iter(f"{SVG}text")] == [
+        "reference",
+        "current",
+    ]
+    empty = _parse(grouped_bars([], {}, title="x", unit=""))
+    assert [t.text for t in empty.iter(f"{SVG}text")] == ["x", "no data yet"]

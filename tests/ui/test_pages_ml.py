@@ -52,6 +52,8 @@ def test_runs_list_search_run_and_compare(site: Site, seeded: World) -> None:
     assert "trial-1" in searched and "trial-0" not in searched
     bad = viewer.get("/runs?project=ml&q=bogus+%3D+1")
     assert bad.status_code == 400 and "bogus" in bad.text
+    assert viewer.get("/runs?project=ml&order=metrics.loss+sideways").status_code == 400
+    assert viewer.get("/runs?project=ml&page=0").status_code == 400
     run = _ok(viewer, f"/runs/ml/{seeded.runs[2]}")
     assert ESCAPED in run and run.count('role="img"') == 2  # loss and acc curves
     a, b = seeded.runs[:2]
@@ -96,6 +98,7 @@ def test_model_page_versions_aliases_lineage_and_card(site: Site) -> None:
     assert "retrained" in page and "first good one" in page  # the alias history
     assert ESCAPED in page  # the description, in the header and the card
     assert 'class="ul-chart ul-graph"' in page and "model_version:churn@2" in page
+    assert "sklearn" in page and 'state-ok">ok' in page  # flavor, signed
     older = _ok(viewer, "/models/ml/churn?version=1")
     assert "Lineage of v1" in older
     assert viewer.get("/models/ml/churn?version=..%2F").status_code == 400
@@ -130,12 +133,22 @@ def test_datasets_tables_and_the_sql_box(site: Site) -> None:
     assert "first images" in _ok(viewer, "/datasets/ml/images")
     table = _ok(viewer, "/datasets/ml/tables/customers")
     assert ESCAPED in table  # the odd column name, as text
-    assert "not_null" in table and "email" in table  # the check and the PII finding
+    assert "not_null:id" in table and "all 3 rows pass" in table  # the quality report
+    assert "email (100%)" in table and "tokenize" in table  # the PII finding and its policy
     answer = viewer.post(
         "/datasets/ml/tables/customers/sql", {"query": "SELECT email FROM customers"}
     )
     assert answer.status_code == 200 and "3 row(s)" in answer.text
     assert "ann@example.com" not in answer.text  # masked on ingest
+    every = viewer.post("/datasets/ml/tables/customers/sql", {"query": "SELECT * FROM customers"})
+    assert every.status_code == 200 and f'<th scope="col">{ESCAPED}</th>' in every.text
+    many = viewer.post(
+        "/datasets/ml/tables/customers/sql",
+        {"query": "SELECT c.id, r.i FROM customers c, range(300) r(i)"},
+    )
+    assert "200 row(s), the first 200 only" in many.text
+    with site.admin() as admin:
+        assert any(e.actor == "viewer" for e in admin.list_audit(action="table.sql"))
     refused = viewer.post("/datasets/ml/tables/customers/sql", {"query": "DELETE FROM customers"})
     assert refused.status_code == 400 and "SELECT" in refused.text
     elsewhere = viewer.post("/datasets/ml/tables/customers/sql", {"query": "SELECT * FROM secrets"})
@@ -151,6 +164,7 @@ def test_deployment_page_shows_traffic_canary_and_drift(site: Site) -> None:
     for text in ("traffic split", "stable v1", "canary v2", "Canary v2", "x1 (drifted)"):
         assert text in page, text
     assert "drift score over time" in page
+    assert "x1: reference and current distribution" in page and ESCAPED in page  # a bin label
 
 
 def test_simulate_page_charts_policies_side_by_side(site: Site) -> None:
@@ -162,3 +176,43 @@ def test_simulate_page_charts_policies_side_by_side(site: Site) -> None:
     bad = viewer.get("/simulate?trace=philly&cluster=%2Fetc%2Fpasswd")
     assert bad.status_code == 400 and "cluster must be" in bad.text
     assert viewer.get("/simulate?trace=philly&jobs=100000").status_code == 400
+
+
+def test_a_user_in_no_project_is_told_so(site: Site) -> None:
+    loner = site.signed_in("loner")
+    for path in ("/runs", "/models", "/datasets", "/deployments"):
+        assert "You belong to no project yet" in _ok(loner, path), path
+    assert loner.get("/runs/compare?ids=1&ids=2").status_code == 400
+
+
+def test_canary_controls_for_members_only(site: Site) -> None:
+    """Last in this module: it ends the seeded canary."""
+    viewer, maker = site.signed_in("viewer"), site.signed_in("maker")
+    assert "Roll back canary" not in _ok(viewer, "/deployments/ml/churn-api")
+    assert "Roll back canary" in _ok(maker, "/deployments/ml/churn-api")
+    path = "/deployments/ml/churn-api/canary/rollback"
+    assert viewer.post(path, {"reason": "forged"}).status_code == 403
+    assert maker.post(path, {"reason": "x"}, csrf=False).status_code == 403
+    assert maker.post("/deployments/ml/churn-api/canary/explode", {}).status_code == 404
+    assert maker.post(path, {"reason": "a\\nb".replace("\\n", "\n")}).status_code == 400
+    with site.admin() as admin:
+        canary = admin.read_deployment(PROJECT, "churn-api").canary
+        assert canary is not None and canary.state == "starting"
+        denied = admin.list_audit(action="deployment.rollback", outcome="denied")
+        assert [e.actor for e in denied] == ["viewer"]
+    done = maker.post(path, {"reason": "too slow"})
+    assert done.status_code == 303
+    with site.admin() as admin:
+        canary = admin.read_deployment(PROJECT, "churn-api").canary
+        assert canary is not None and canary.state == "rolled_back"
+        (entry,) = admin.list_audit(action="deployment.rollback", outcome="ok")
+        assert entry.actor == "maker" and "too slow" in str(entry.detail)
+    after = _ok(maker, "/deployments/ml/churn-api")
+    assert "the last one, v2, was rolled back" in after and "Roll back canary" not in after
+    with site.admin() as admin:
+        admin.start_canary(PROJECT, "churn-api", "churn@2", weight=0.3)
+    promoted = maker.post("/deployments/ml/churn-api/canary/promote", {"reason": "good"})
+    assert promoted.status_code == 303
+    with site.admin() as admin:
+        canary = admin.read_deployment(PROJECT, "churn-api").canary
+        assert canary is not None and canary.state == "promoted"

@@ -153,6 +153,7 @@ def test_simulation_replays_each_policy_with_bounded_input() -> None:
         (("philly", "999x8xA100", ["fifo"], 10), "1 to 256 nodes"),
         (("philly", None, ["nope"], 10), "policies must be"),
         (("philly", None, ["fifo"], 10**6), "jobs must be between"),
+        (("philly", None, ["fifo", "las", "default"], 400), "jobs x policies must be at most"),
     ]:
         with pytest.raises(InvalidInput, match=message):
             views_sim.replay(*args)  # type: ignore[arg-type]

@@ -23,7 +23,15 @@ from datetime import UTC, datetime
 
 from markupsafe import Markup
 
-__all__ = ["MAX_POINTS", "PALETTE", "bar_chart", "line_chart", "lineage_graph", "sparkline"]
+__all__ = [
+    "MAX_POINTS",
+    "PALETTE",
+    "bar_chart",
+    "grouped_bars",
+    "line_chart",
+    "lineage_graph",
+    "sparkline",
+]
 
 MAX_POINTS = 400
 # Fallback colours: each has contrast >= 3:1 against both white and a near-black background.
@@ -126,6 +134,58 @@ def bar_chart(
         parts.append(_text(left - 6, y + row / 2 + 4, _clip(label, left // 7), anchor="end"))
         parts.append(_text(max(sx(v), zero) + 4, y + row / 2 + 4, value, anchor="start"))
     return _svg(cid, title, desc, width, height, parts)
+
+
+def grouped_bars(
+    labels: list[str],
+    series: dict[str, list[float]],
+    *,
+    title: str,
+    unit: str,
+    width: int = 640,
+) -> Markup:
+    """Horizontal bars grouped by label, one bar per series in each group (a histogram of
+    two distributions: ``{"reference": [...], "current": [...]}``), with a legend."""
+    names = list(series)[: len(PALETTE)]
+    cid = f"ulc{next(_ids)}"
+    rows = [
+        (label, [float(series[n][i]) if i < len(series[n]) else math.nan for n in names])
+        for i, label in enumerate(labels[:60])
+    ]
+    values = [v for _, vs in rows for v in vs if math.isfinite(v)]
+    if not names or not values:
+        return _empty(cid, title, width, 120)
+    bar, gap = 10, 8
+    group = bar * len(names) + gap
+    left = min(max(len(label) for label, _ in rows) * 7 + 12, width // 3)
+    top, bottom = 46, 24
+    height = top + bottom + group * len(rows)
+    pw = max(width - left - 72, 10)
+    ticks = _nice_ticks(min(0.0, *values), max(0.0, *values))
+    v0, v1 = ticks[0], ticks[-1]
+
+    def sx(v: float) -> float:
+        return left + (v - v0) / (v1 - v0) * pw
+
+    parts = [_heading(title), _legend(names, left, 34)]
+    for t in ticks:
+        parts.append(_gridline(sx(t), top, sx(t), height - bottom))
+        parts.append(_text(sx(t), height - 8, _fmt(t), anchor="middle"))
+    desc = []
+    for r, (label, vs) in enumerate(rows):
+        y = top + r * group
+        parts.append(_text(left - 6, y + group / 2, _clip(label, left // 7), anchor="end"))
+        for k, v in enumerate(vs):
+            if not math.isfinite(v):
+                continue
+            x, w = (sx(0.0), sx(v) - sx(0.0)) if v >= 0 else (sx(v), sx(0.0) - sx(v))
+            box: dict[str, Attr] = {"x": x, "y": y + k * bar, "width": max(w, 1.0), "height": bar}
+            tip = _el("title", {}, f"{label}, {names[k]}: {_fmt(v)} {unit}".rstrip())
+            parts.append(_el("rect", {"class": f"ul-bar ul-s{k}", "fill": PALETTE[k], **box}, tip))
+        desc.append(
+            f"{label}: " + ", ".join(f"{n} {_fmt(v)}" for n, v in zip(names, vs, strict=True))
+        )
+    return _svg(cid, title, "; ".join(desc[:40]), width, height, parts)
 
 
 def sparkline(

@@ -20,10 +20,11 @@ from underlay.data import datasets, quality
 from underlay.data.schemas import DatasetRead, TableRead, TableVersionRead, VersionRead
 from underlay.data.sql import run as run_sql
 from underlay.data.tables import TableStore
-from underlay.identity import Actor
+from underlay.errors import InvalidInput, NotFound
+from underlay.identity import Action, Actor
 from underlay.monitoring import checks
 from underlay.platform import Platform, audit_text
-from underlay.serving import service
+from underlay.serving import lifecycle, service
 from underlay.serving.dataplane import DataPlane
 from underlay.serving.schemas import DeploymentEventRead, DeploymentRead
 
@@ -155,3 +156,30 @@ def read_deployment(
             checks.list_drift_reports(u.session, found.id, name, limit=DRIFT_REPORTS),
         )
     return view
+
+
+def change_canary(
+    platform: Platform,
+    actor: Actor,
+    project: str,
+    name: str,
+    verb: str,
+    reason: str,
+    client: str,
+) -> DeploymentRead:
+    """Promote the running canary or roll it back (members): the API's
+    ``deployment.promote`` / ``deployment.rollback``, audited with the reason. The caller then
+    wakes the scheduler and the serving reconciler, as the API's routes do."""
+    if verb not in ("promote", "rollback"):
+        raise NotFound(f"no canary action {audit_text(verb)}")
+    if len(reason) > 1000 or any(ord(ch) < 32 for ch in reason):
+        raise InvalidInput("reason must be one line of at most 1000 characters")
+    resource = f"project:{project}/deployment:{audit_text(name)}"
+    with platform.unit(actor, f"deployment.{verb}", resource, project=project, client=client) as u:
+        found = identity.read_project(u.session, project, actor, Action.write)
+        if verb == "promote":
+            deployment = lifecycle.promote(u.session, platform, found, actor, name, reason)
+        else:
+            deployment = lifecycle.rollback(u.session, platform, found, actor.name, name, reason)
+        u.detail = {"reason": reason, "face": "ui"}
+        return service.render(u.session, found, deployment)

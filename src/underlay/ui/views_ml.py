@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Depends, Query
 from pydantic import ValidationError
 
 from underlay import identity, lineage
@@ -30,7 +31,7 @@ from underlay.ml.registry.schemas import (
 )
 from underlay.ml.schemas import RunComparison, RunRead
 from underlay.platform import Platform, audit_text
-from underlay.ui.auth import UiCaller
+from underlay.ui.auth import Caller, UiCaller
 from underlay.ui.charts import MAX_POINTS
 
 PER_PAGE = 50
@@ -212,6 +213,16 @@ def pick_project(caller: UiCaller, requested: str) -> str | None:
     if requested:
         return requested
     return caller.projects[0].name if caller.projects else None
+
+
+def chosen_project(
+    caller: Caller, project: Annotated[str, Query(max_length=63)] = ""
+) -> str | None:
+    """A list page's ``?project=`` as a dependency (see :func:`pick_project`)."""
+    return pick_project(caller, project)
+
+
+ChosenProject = Annotated[str | None, Depends(chosen_project)]
 
 
 def set_alias(

@@ -4,8 +4,9 @@ jobs ended over simulated time per policy.
 
 It runs :class:`underlay.compute.simulator.Simulation`, the engine behind the CLI, so what the
 page shows is what the live scheduler's ``decide`` does. A request stays fast because every
-input is bounded: built-in traces only (never a path on the server), a job cap, a cluster
-spec of at most :data:`MAX_NODES` nodes, and one replay at a time per server process.
+input is bounded: built-in traces only (never a path on the server), a cap on jobs times
+policies, a cluster spec of at most :data:`MAX_NODES` nodes, and one replay at a time per
+server process.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from underlay.errors import InvalidInput, Unavailable
 TRACES = ("philly", "philly-runtime", "openb")
 DEFAULT_CLUSTER = {"philly": "4x8xP100", "philly-runtime": "4x8xP100", "openb": "openb-gpu"}
 MAX_JOBS = 1000
+MAX_WORK = 1000
+"""Jobs times policies one request may replay (about a second per 500 on this machine)."""
 DEFAULT_JOBS = 300
 MAX_NODES = 256
 CURVE_POINTS = 200
@@ -76,6 +79,12 @@ def replay(trace: str, cluster: str | None, policies: list[str], jobs: int) -> R
         raise InvalidInput(f"policies must be some of {', '.join(POLICIES)}")
     if not 1 <= jobs <= MAX_JOBS:
         raise InvalidInput(f"jobs must be between 1 and {MAX_JOBS}")
+    policies = list(dict.fromkeys(policies))
+    if jobs * len(policies) > MAX_WORK:
+        raise InvalidInput(
+            f"jobs x policies must be at most {MAX_WORK} here (e.g. 500 jobs, 2 policies); "
+            "replay more with underlay simulate"
+        )
     spec = check_cluster(cluster or DEFAULT_CLUSTER[trace])
     if not _busy.acquire(blocking=False):
         raise Unavailable("a simulation is already running on this server; try again shortly")
@@ -84,7 +93,7 @@ def replay(trace: str, cluster: str | None, policies: list[str], jobs: int) -> R
         cut = dataclasses.replace(loaded, jobs=loaded.jobs[:jobs])
         nodes = build_cluster(spec)
         reports, curves = [], {}
-        for policy in dict.fromkeys(policies):
+        for policy in policies:
             sim = Simulation(
                 cut, nodes, quotas_for(cut, nodes), policy_config(policy), cluster_name=spec
             )

@@ -4,9 +4,7 @@ tables (the API's SQL service; data: :mod:`underlay.ui.views_data`)."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from underlay.api.deps import client_address
@@ -27,9 +25,8 @@ def list_data(
     caller: Caller,
     platform: PlatformDep,
     store: Tables,
-    project: Annotated[str, Query(max_length=63)] = "",
+    chosen: views_ml.ChosenProject,
 ) -> HTMLResponse:
-    chosen = views_ml.pick_project(caller, project)
     found = views_data.list_data(platform, store, caller.actor, chosen) if chosen else None
     return render(request, "datasets.html", caller, project=chosen, found=found)
 

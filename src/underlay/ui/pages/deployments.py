@@ -5,18 +5,23 @@ drift per feature from the stored drift reports (data: :mod:`underlay.ui.views_d
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
 from markupsafe import Markup
 
+from underlay.api.deps import client_address
+from underlay.identity import Action
 from underlay.serving.dataplane import dataplane_of
 from underlay.ui import charts, views_data, views_ml
-from underlay.ui.auth import Caller, PlatformDep
+from underlay.ui.auth import Caller, Form, PlatformDep
 from underlay.ui.render import render
 
 router = APIRouter(include_in_schema=False)
+
+MAX_HISTOGRAMS = 6
+"""Features of the latest drift check drawn as distributions (drifted ones first)."""
 
 
 @router.get("/deployments")
@@ -24,9 +29,8 @@ def list_deployments(
     request: Request,
     caller: Caller,
     platform: PlatformDep,
-    project: Annotated[str, Query(max_length=63)] = "",
+    chosen: views_ml.ChosenProject,
 ) -> HTMLResponse:
-    chosen = views_ml.pick_project(caller, project)
     found = views_data.list_deployments(platform, caller.actor, chosen) if chosen else []
     return render(request, "deployments.html", caller, project=chosen, deployments=found)
 
@@ -45,7 +49,29 @@ def read_deployment(
         project=project,
         found=found,
         figures=_figures(found),
+        can_write=caller.can(Action.write, project),
     )
+
+
+@router.post("/deployments/{project}/{name}/canary/{verb}")
+def change_canary(
+    request: Request,
+    caller: Caller,
+    platform: PlatformDep,
+    form: Form,
+    project: str,
+    name: str,
+    verb: str,
+) -> RedirectResponse:
+    """Promote or roll back the canary (members), then reconcile at once as the API does."""
+    reason = str(form.get("reason", "")).strip()
+    views_data.change_canary(
+        platform, caller.actor, project[:63], name[:63], verb, reason, client_address(request)
+    )
+    platform.wake_scheduler()
+    request.app.state.serving.wake()
+    dataplane_of(request).forget(project, name)
+    return RedirectResponse(f"/deployments/{project}/{name}", status_code=303)
 
 
 def _figures(found: views_data.DeploymentView) -> dict[str, Markup]:
@@ -84,7 +110,7 @@ def _drift(reports: list[dict[str, Any]]) -> dict[str, Markup]:
     """The latest report's score per feature, and each feature's score over the reports."""
     if not reports:
         empty = charts.bar_chart([], title="drift per feature", unit="")
-        return {"drift": empty}
+        return {"drift": empty, "histograms": Markup("")}
     latest = reports[0]
     scores = [
         (f"{f['name']}{' (drifted)' if f.get('drifted') else ''}", f["score"])
@@ -97,7 +123,23 @@ def _drift(reports: list[dict[str, Any]]) -> dict[str, Markup]:
         for f in report.get("features", []):
             if when is not None and f.get("score") is not None:
                 series.setdefault(str(f["name"]), []).append((when, float(f["score"])))
+    features = sorted(latest.get("features", []), key=lambda f: not f.get("drifted"))
+    histograms = [
+        charts.grouped_bars(
+            [str(label) for label in f["histogram"].get("labels", [])],
+            {
+                "reference": [100 * float(v) for v in f["histogram"].get("reference", [])],
+                "current": [100 * float(v) for v in f["histogram"].get("current", [])],
+            },
+            title=f"{f['name']}: reference and current distribution",
+            unit="%",
+            width=420,
+        )
+        for f in features[:MAX_HISTOGRAMS]
+        if isinstance(f.get("histogram"), dict)
+    ]
     return {
+        "histograms": Markup("").join(histograms),
         "drift": charts.bar_chart(scores, title="drift score per feature (latest check)", unit=""),
         "drift_over_time": charts.line_chart(
             series,

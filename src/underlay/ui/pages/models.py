@@ -27,9 +27,8 @@ def list_models(
     request: Request,
     caller: Caller,
     platform: PlatformDep,
-    project: Annotated[str, Query(max_length=63)] = "",
+    chosen: views_ml.ChosenProject,
 ) -> HTMLResponse:
-    chosen = views_ml.pick_project(caller, project)
     models = views_ml.list_models(platform, caller.actor, chosen) if chosen else []
     return render(request, "models.html", caller, project=chosen, models=models)
 

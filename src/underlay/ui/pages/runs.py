@@ -16,7 +16,6 @@ from underlay.ui.render import render
 
 router = APIRouter(include_in_schema=False)
 
-ProjectQ = Annotated[str, Query(max_length=63)]
 RunId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
@@ -25,12 +24,11 @@ def list_runs(
     request: Request,
     caller: Caller,
     platform: PlatformDep,
-    project: ProjectQ = "",
+    chosen: views_ml.ChosenProject,
     q: Annotated[str, Query(max_length=4000)] = "",
     order: Annotated[str, Query(max_length=1000)] = "",
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
 ) -> HTMLResponse:
-    chosen = views_ml.pick_project(caller, project)
     ctx: dict[str, Any] = {"project": chosen, "q": q, "order": order, "error": None}
     if chosen is None:
         return render(request, "runs.html", caller, listing=None, chart=None, **ctx)
@@ -68,9 +66,8 @@ def compare_runs(
     caller: Caller,
     platform: PlatformDep,
     ids: Annotated[list[str], Query(max_length=20)],
-    project: ProjectQ = "",
+    chosen: views_ml.ChosenProject,
 ) -> HTMLResponse:
-    chosen = views_ml.pick_project(caller, project)
     if chosen is None:
         raise InvalidInput("pick a project: you belong to none")
     wanted = views_ml.parse_ids(" ".join(i[:400] for i in ids))
