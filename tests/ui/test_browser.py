@@ -116,3 +116,21 @@ def test_watch_a_log_stream(page_for: Any, site: Site) -> None:
     assert log.locator("b").count() == 0
     page.get_by_text("The job has finished; the log is complete.").wait_for(timeout=30_000)
     screenshot(page, "job-log")
+
+
+def test_the_overview_refreshes_itself(page_for: Any, site: Site) -> None:
+    page = page_for("max")
+    running = page.locator(".stat", has_text="Running jobs").locator(".stat-value")
+    assert running.inner_text() == "0"
+    with site.admin() as admin:
+        job = admin.submit_job(PROJECT, ["sleep", "300"], name="keeps-running")
+        try:
+            # no reload: the live part of the page fetches itself again every 10 s
+            page.wait_for_function(
+                "() => document.querySelector('[data-refresh]').textContent"
+                ".includes('keeps-running')",
+                timeout=60_000,
+            )
+            assert running.inner_text() != "0"
+        finally:
+            admin.cancel_job(PROJECT, job.id)
