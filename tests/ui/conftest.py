@@ -112,6 +112,9 @@ def start_site(directory: Path, template: Path) -> Site:
         loop_interval_s=0.1,
         heartbeat_interval_s=0.2,
         grace_s=3.0,
+        # the dashboard's tests are not about lost nodes: a loaded machine (or a stepped
+        # clock) must not turn the node lost and the jobs with it
+        node_lost_after_s=3600,
     )
     settings.ui.sample_interval_s = 0.5  # the overview's charts fill within seconds
     ensure_home(settings)

@@ -24,19 +24,19 @@ def submit(client: Browser, command: str, **fields: str) -> int:
     return int(found.group(1))
 
 
-def state_of(site: Site, job_id: int) -> str:
+def state_of(site: Site, job_id: int) -> tuple[str, str]:
     with site.live.platform.db.session(Scope.everything()) as s:
         job = s.get(Job, job_id)
         assert job is not None
-        return job.state
+        return job.state, job.reason
 
 
 def wait_state(site: Site, job_id: int, *states: str, timeout_s: float = 60) -> str:
     deadline = time.monotonic() + timeout_s
-    while (state := state_of(site, job_id)) not in states:
+    while (state := state_of(site, job_id))[0] not in states:
         assert time.monotonic() < deadline, f"job {job_id} stayed {state}"
         time.sleep(0.1)
-    return state
+    return state[0]
 
 
 def test_a_member_submits_a_job_and_sees_it_listed(site: Site) -> None:
