@@ -42,12 +42,17 @@
     function poll() {
       fetch(url + "?offset=" + offset, { credentials: "same-origin" })
         .then(function (r) {
+          if (r.status >= 400 && r.status < 500) {  // gone, or no longer ours: stop asking
+            if (status) status.textContent = "The log is no longer available (HTTP " + r.status + ").";
+            return null;
+          }
           if (!r.ok) throw new Error("HTTP " + r.status);
           var next = parseInt(r.headers.get("X-Log-Offset") || String(offset), 10);
           var done = r.headers.get("X-Log-Done") === "1";
           return r.text().then(function (text) { return { text: text, next: next, done: done }; });
         })
         .then(function (chunk) {
+          if (chunk === null) return;
           if (chunk.text) {
             var atEnd = el.scrollTop + el.clientHeight >= el.scrollHeight - 4;
             el.appendChild(document.createTextNode(chunk.text));
