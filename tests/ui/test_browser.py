@@ -134,3 +134,4 @@ def test_the_overview_refreshes_itself(page_for: Any, site: Site) -> None:
             assert running.inner_text() != "0"
         finally:
             admin.cancel_job(PROJECT, job.id)
+            admin.wait_job(PROJECT, job.id, timeout_s=60)  # its process gone with the test
