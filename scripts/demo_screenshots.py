@@ -24,11 +24,13 @@ PAGES = {
     "project": "/projects/vision",
     "alerts": "/alerts",
     "audit": "/audit",
-    "runs": "/runs",
-    "models": "/models",
-    "datasets": "/datasets",
-    "deployments": "/deployments",
-    "simulate": "/simulate",
+    "runs": "/runs?project=vision",
+    "models": "/models?project=vision",
+    "model": "/models/vision/churn",
+    "datasets": "/datasets?project=vision",
+    "table": "/datasets/vision/tables/customers",
+    "deployments": "/deployments?project=vision",
+    "simulate": "/simulate?trace=philly&jobs=300&policies=fifo&policies=default&policies=las",
 }
 LINE = re.compile(r"dashboard: (http://\S+?)/ — .*admin token (\S+)\)")
 
