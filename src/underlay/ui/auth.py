@@ -178,10 +178,11 @@ def caller_for(session: Session, secret: str) -> UiCaller | None:
     user = session.get(User, row.user_id)
     if user is None or not user.is_active:
         return None
-    if row.token_id is not None:
+    if row.token_id is not None:  # opened with a token: it must still be good
         token = session.get(ApiToken, row.token_id)
-        expired = token is None or (token.expires_at is not None and token.expires_at <= now)
-        if expired or token is None or token.revoked_at is not None:
+        if token is None or token.revoked_at is not None:
+            return None
+        if token.expires_at is not None and token.expires_at <= now:
             return None
     actor = _actor_for(session, user, row.token_id)
     return UiCaller(actor, user.name, csrf_for(secret), _projects_of(session, actor))
