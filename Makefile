@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/startup.py
 	$(PY) benchmarks/jobs.py
 	$(PY) benchmarks/scheduler.py
+	$(PY) benchmarks/ui.py
 
 # wrk and the peers' own virtual environments (MLflow, MLServer, uvicorn[standard])
 bench-tools:

@@ -22,3 +22,4 @@ if ! pg_up; then
   exit 1
 fi
 bash "$(dirname "$0")/ensure-wrk.sh" || true
+bash "$(dirname "$0")/ensure-chromium.sh" || true

@@ -367,6 +367,22 @@ class AlertSettings(BaseModel):
         return value
 
 
+class UiSettings(BaseModel):
+    session_ttl_s: int = Field(
+        default=8 * 3600,
+        ge=60,
+        le=30 * 86400,
+        description="Lifetime of a dashboard sign-in session, in seconds; then sign in again.",
+    )
+    sample_interval_s: float = Field(
+        default=15.0,
+        ge=0.1,
+        le=3600,
+        description="Seconds between the samples of fleet utilisation, power and queue depth "
+        "that the overview charts (the last 24 h are kept in memory).",
+    )
+
+
 class Settings(BaseSettings):
     """All of underlay's configuration."""
 
@@ -390,6 +406,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    ui: UiSettings = Field(default_factory=UiSettings)
 
     @property
     def database_url(self) -> str:

@@ -354,6 +354,12 @@ def test_demo_runs_clean(tmp_path: Path) -> None:
     assert re.search(r"evaluating registered challenger loyalty@2 from run \d+", flat)
     assert "promoted version 2 passed its canary and is promoted" in flat
     assert "loyalty-api: rolling to loyalty@2" in flat
+    # the dashboard: how to keep the server up to browse it, and how to sign in
+    assert re.search(
+        r"dashboard: was at http://127.0.0.1:\d+/ while the demo ran; run underlay demo --serve "
+        r".* sign in as alice with password \S+",
+        flat,
+    )
     assert list(tmp_path.iterdir()) == []  # the temporary home is removed
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.cli.test_cli import as_json
+from tests.conftest import LiveServer
 from underlay.client import Client
 from underlay.errors import InvalidInput
 
@@ -120,3 +121,25 @@ def test_runs_cli(cli, admin: Client, grid: dict[tuple[str, int], int]) -> None:
     assert bad.returncode != 0 and "'>'" in bad.stderr and len(bad.stderr.splitlines()) == 1
     cli("runs", "rm", "-p", "p", str(run), "--yes")
     assert run not in [r["id"] for r in as_json(cli("runs", "ls", "-p", "p", "--json"))]
+
+
+def test_a_search_reads_one_page_and_counts_every_match(
+    server: LiveServer, grid: dict[tuple[str, int], int]
+) -> None:
+    """What the dashboard's runs list reads: a page by offset, and the total in one COUNT."""
+    from underlay.identity import SYSTEM, read_project
+    from underlay.ml import runs
+    from underlay.store import Scope
+
+    with server.platform.db.session(Scope.everything()) as session:
+        project = read_project(session, "p", SYSTEM)
+        search = runs.RunSearch(
+            filter_expr="attributes.experiment = 'grid'",
+            order_by="metrics.acc desc",
+            limit=4,
+            offset=4,
+        )
+        page = runs.search_rows(session, project.id, search)
+        assert [r["id"] for r in page] == [grid[("0.1", 2)], grid[("0.1", 1)]]
+        assert runs.count_runs(session, project.id, search) == 6
+        assert runs.count_runs(session, project.id, runs.RunSearch()) == 7

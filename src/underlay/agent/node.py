@@ -230,12 +230,12 @@ class NodeAgent:
     def _adopt(self, ref: AttemptRef) -> None:
         path = self._ref_path(ref.attempt_id)
         if not path.exists():
-            self._report(
-                ref.attempt_id,
-                AttemptEnded(
-                    state="lost", reason="the node agent restarted and has no record of it"
-                ),
-            )
+            if ref.stop == "cancel":  # cancelled while admitted, before it was launched here
+                ended = AttemptEnded(state="cancelled", reason=ref.stop_reason[:1000])
+            else:
+                reason = "the node agent restarted and has no record of it"
+                ended = AttemptEnded(state="lost", reason=reason)
+            self._report(ref.attempt_id, ended)
             return
         pref = _load_ref(path)
         self.executor.adopt(pref)  # alive or not, poll() now reports its end

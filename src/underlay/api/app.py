@@ -60,6 +60,7 @@ from underlay.platform import Platform
 from underlay.serving import service as serving
 from underlay.serving.dataplane import DataPlane
 from underlay.serving.runtime import ServingRuntime
+from underlay.ui import app as ui
 
 API_PREFIX = "/api/v1"
 
@@ -177,6 +178,7 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
     api.include_router(runs.experiments_router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(api)
     docs.install(app, API_PREFIX)
+    ui.install(app)  # the dashboard at /, after the API so its routes win
     return app
 
 

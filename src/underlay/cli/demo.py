@@ -72,6 +72,7 @@ def serve(home: Path, admin_token: str, port: int) -> Iterator[tuple[str, float]
         "UNDERLAY_COMPUTE__NODE_NAME": "demo-node",
         "UNDERLAY_COMPUTE__LOOP_INTERVAL_S": "0.2",
         "UNDERLAY_COMPUTE__HEARTBEAT_INTERVAL_S": "0.5",
+        "UNDERLAY_UI__SAMPLE_INTERVAL_S": "2",  # the overview's charts fill during the demo
     }
     for key in ("UNDERLAY_STORE__URL", "UNDERLAY_BLOBS__URL", "UNDERLAY_URL", "UNDERLAY_TOKEN"):
         env.pop(key, None)
@@ -106,7 +107,9 @@ def _project_and_people(ctx: DemoContext) -> None:
     from underlay.client import Client
 
     ctx.admin.create_project("vision", "image models")
-    ctx.admin.create_user("alice", email="alice@example.org")
+    password = secrets.token_urlsafe(12)  # for the dashboard's sign-in at the end
+    ctx.admin.create_user("alice", email="alice@example.org", password=password)
+    ctx.state["alice_password"] = password
     ctx.admin.add_member("vision", "alice", "member")
     token = ctx.admin.create_token("demo", expires_in_days=1, user="alice").token
     ctx.state["alice"] = Client(ctx.url, token)
@@ -464,10 +467,44 @@ STEPS: list[Step] = [
 ]
 
 
+def dashboard_lines(url: str, password: str, token: str, *, serving: bool) -> list[str]:
+    """What the demo says last: where its dashboard is and how to sign in."""
+    sign_in = f"sign in as [bold]alice[/] with password [bold]{password}[/]"
+    if serving:
+        return [
+            f"[bold]dashboard:[/] {url}/ — {sign_in} (or with the admin token {token})",
+            "serving the demo's data until Ctrl-C",
+        ]
+    return [
+        f"[bold]dashboard:[/] was at {url}/ while the demo ran; run [bold]underlay demo "
+        f"--serve[/] (the default in a terminal) to keep it up at the end, then {sign_in}",
+    ]
+
+
+def in_terminal() -> bool:
+    """Whether a person runs the demo (then it keeps serving the dashboard at the end)."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _serve_until_interrupted() -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            time.sleep(3600)
+
+
 def demo(
     keep: Annotated[
         bool, typer.Option("--keep", metavar="", help="Keep the temporary home folder.")
     ] = False,
+    serve_after: Annotated[
+        bool | None,
+        typer.Option(
+            "--serve/--no-serve",
+            metavar="",
+            help="At the end, keep the server up for the dashboard until Ctrl-C "
+            "(default: when run in a terminal).",
+        ),
+    ] = None,
 ) -> None:
     """Run the platform end to end on a fresh temporary home, printing each step."""
     from rich.console import Console
@@ -475,6 +512,8 @@ def demo(
     from underlay.client import Client
 
     console = Console()
+    if serve_after is None:
+        serve_after = in_terminal()
     home = Path(tempfile.mkdtemp(prefix="underlay-demo-"))
     token = "ul_" + secrets.token_urlsafe(32)
     # Libraries the demo loads write scratch files into TMPDIR (onnxruntime leaves a session
@@ -496,7 +535,12 @@ def demo(
             for value in ctx.state.values():
                 if hasattr(value, "close"):
                     value.close()
-        console.print("[bold green]demo complete[/]")
+            console.print("[bold green]demo complete[/]")
+            password = ctx.state["alice_password"]
+            for line in dashboard_lines(url, password, token, serving=serve_after):
+                console.print(line)
+            if serve_after:
+                _serve_until_interrupted()
     finally:
         if saved_tmpdir is None:
             os.environ.pop("TMPDIR", None)

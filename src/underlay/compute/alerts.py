@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from underlay.compute.ledger import as_utc, scope_of
@@ -57,16 +57,36 @@ def _alerts_in_scope(session: Session) -> Select[Alert]:
     return stmt
 
 
-def list_alerts(
-    session: Session, *, project_id: int | None = None, unresolved: bool = True
-) -> list[Alert]:
-    """Alerts the session may see (a scoped session sees its projects' only), newest first."""
+def _filtered(session: Session, project_id: int | None, unresolved: bool) -> Select[Alert]:
     stmt = _alerts_in_scope(session)
     if project_id is not None:
         stmt = stmt.where(Alert.project_id == project_id)
     if unresolved:
         stmt = stmt.where(Alert.resolved_at.is_(None))
-    return list(session.scalars(stmt.order_by(Alert.created_at.desc(), Alert.id.desc())))
+    return stmt
+
+
+def list_alerts(
+    session: Session,
+    *,
+    project_id: int | None = None,
+    unresolved: bool = True,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[Alert]:
+    """Alerts the session may see (a scoped session sees its projects' only), newest first;
+    ``limit`` and ``offset`` page through them."""
+    stmt = _filtered(session, project_id, unresolved)
+    stmt = stmt.order_by(Alert.created_at.desc(), Alert.id.desc()).limit(limit).offset(offset)
+    return list(session.scalars(stmt))
+
+
+def count_alerts(
+    session: Session, *, project_id: int | None = None, unresolved: bool = True
+) -> int:
+    """How many alerts :func:`list_alerts` pages through (counted in SQL)."""
+    stmt = _filtered(session, project_id, unresolved).with_only_columns(func.count(Alert.id))
+    return session.scalar(stmt) or 0
 
 
 def read_alert(session: Session, alert_id: int) -> Alert:

@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import replace
 
-from sqlalchemy import select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from underlay.audit import AuditLog
@@ -191,19 +191,43 @@ def read_job(session: Session, job_id: int, project: Project | None = None) -> J
     return job
 
 
+def _jobs_query(project: Project | None, states: list[str] | None, name: str | None) -> Select[Job]:
+    query = select(Job)
+    if project is not None:
+        query = query.where(Job.project_id == project.id)
+    if states:
+        query = query.where(Job.state.in_(states))
+    if name:
+        escaped = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(Job.name.like(f"%{escaped}%", escape="\\"))
+    return query
+
+
 def list_jobs(
     session: Session,
     *,
     project: Project | None = None,
     states: list[str] | None = None,
     limit: int = 100,
+    offset: int = 0,
+    name: str | None = None,
 ) -> list[Job]:
-    query = select(Job).order_by(Job.id.desc()).limit(limit)
-    if project is not None:
-        query = query.where(Job.project_id == project.id)
-    if states:
-        query = query.where(Job.state.in_(states))
-    return list(session.scalars(query))
+    """The newest jobs first (in the session's scope), ``offset`` of them skipped; ``name``
+    keeps those whose name contains it."""
+    query = _jobs_query(project, states, name).order_by(Job.id.desc())
+    return list(session.scalars(query.limit(limit).offset(offset)))
+
+
+def count_jobs(
+    session: Session,
+    *,
+    project: Project | None = None,
+    states: list[str] | None = None,
+    name: str | None = None,
+) -> int:
+    """How many jobs :func:`list_jobs` would page through (counted in SQL)."""
+    query = _jobs_query(project, states, name).with_only_columns(func.count(Job.id))
+    return session.scalar(query) or 0
 
 
 def transition(

@@ -500,3 +500,49 @@ def _usage_row(group_by: GroupBy | None, r: tuple[Any, ...]) -> UsageRow:
         cost=float(cost),
         carbon_kg=float(carbon) / 1000.0,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class DayUsage:
+    """Billed usage of the attempts of one project that ended on one UTC day."""
+
+    day: dt.date
+    gpu_hours: float
+    energy_kwh: float
+    cost: float
+    carbon_kg: float
+
+
+def usage_by_day(
+    session: Session, project_id: int, *, since: dt.datetime, until: dt.datetime
+) -> list[DayUsage]:
+    """One row per UTC day in ``[since, until)`` (zeros included), for charts over time.
+
+    Only the four summed columns of the window's attempts are read; the days are bucketed
+    here, the same on SQLite and PostgreSQL."""
+    since, until = as_utc(since, "since"), as_utc(until, "until")
+    check_scope(session, project_id)
+    ended = ended_column()
+    stmt = select(
+        ended, JobAttempt.gpu_s, JobAttempt.energy_kwh, JobAttempt.cost, JobAttempt.carbon_g
+    ).where(
+        JobAttempt.project_id == project_id,
+        JobAttempt.billed.is_(True),
+        ended >= since,
+        ended < until,
+    )
+    first = since.date()
+    days = max(1, (until.date() - first).days + (1 if until.time() != dt.time() else 0))
+    sums = [[0.0, 0.0, 0.0, 0.0] for _ in range(days)]
+    for when, gpu_s, kwh, cost, carbon in session.execute(stmt):
+        index = (as_utc(when, "ended").date() - first).days
+        if 0 <= index < days:
+            bucket = sums[index]
+            bucket[0] += float(gpu_s or 0) / 3600.0
+            bucket[1] += float(kwh or 0)
+            bucket[2] += float(cost or 0)
+            bucket[3] += float(carbon or 0) / 1000.0
+    return [
+        DayUsage(first + dt.timedelta(days=i), gpu_h, kwh, cost, carbon)
+        for i, (gpu_h, kwh, cost, carbon) in enumerate(sums)
+    ]

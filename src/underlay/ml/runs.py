@@ -103,6 +103,7 @@ class RunSearch:
     filter_expr: str = ""
     order_by: str = ""
     limit: int = 1000
+    offset: int = 0
 
 
 def list_runs(
@@ -138,7 +139,14 @@ def _searched(session: Session, project_id: int, query: Any, search: RunSearch) 
         query = query.where(Run.status == search.status)
     if condition is not None:
         query = query.where(condition)
-    return query.order_by(*ordering, Run.id.desc()).limit(search.limit)
+    return query.order_by(*ordering, Run.id.desc()).limit(search.limit).offset(search.offset)
+
+
+def count_runs(session: Session, project_id: int, search: RunSearch) -> int:
+    """How many runs match ``search`` (its limit, offset and order aside): one COUNT."""
+    whole = RunSearch(search.experiment, search.job_id, search.status, search.filter_expr)
+    query = _searched(session, project_id, select(Run.id), whole).limit(None).order_by(None)
+    return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
 
 
 def compare(session: Session, project_id: int, run_ids: Sequence[int]) -> RunComparison:

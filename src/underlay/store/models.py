@@ -150,6 +150,24 @@ class LoginFailure(Base):
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class UiSession(Base):
+    """A dashboard sign-in: only the SHA-256 of the cookie's secret is stored."""
+
+    __tablename__ = "ui_sessions"
+    __table_args__ = MONOTONIC
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # signed in with an API token: the session ends when that token is revoked or expires
+    token_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True
+    )
+    address: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
 class DataKey(Base):
     """A project's data key, wrapped (encrypted) by the master key."""
 

@@ -46,7 +46,7 @@ def _version_number(ref: str) -> int | None:
     return None if ref == "latest" else int(ref)
 
 
-def _dataset_read(dataset: Dataset, latest: DatasetVersion | None) -> DatasetRead:
+def dataset_read(dataset: Dataset, latest: DatasetVersion | None) -> DatasetRead:
     return DatasetRead(
         name=dataset.name,
         description=dataset.description,
@@ -57,7 +57,7 @@ def _dataset_read(dataset: Dataset, latest: DatasetVersion | None) -> DatasetRea
     )
 
 
-def _version_read(name: str, version: DatasetVersion, created: bool = True) -> VersionRead:
+def version_read(name: str, version: DatasetVersion, created: bool = True) -> VersionRead:
     return VersionRead(
         dataset=name,
         version=version.version,
@@ -77,14 +77,14 @@ def create_dataset(project: str, body: DatasetCreate, ctx: Ctx) -> DatasetRead:
         dataset = datasets.create(
             u.session, found.id, body.name, body.description, ctx.actor.user_id or None
         )
-        return _dataset_read(dataset, None)
+        return dataset_read(dataset, None)
 
 
 @router.get("", response_model=list[DatasetRead])
 def list_datasets(project: str, ctx: Ctx) -> list[DatasetRead]:
     with ctx.unit("dataset.list", f"project:{project}/datasets", audited=False) as u:
         found = identity.read_project(u.session, project, ctx.actor)
-        return [_dataset_read(d, v) for d, v in datasets.list_all(u.session, found.id)]
+        return [dataset_read(d, v) for d, v in datasets.list_all(u.session, found.id)]
 
 
 @router.get("/{name}", response_model=DatasetRead)
@@ -93,7 +93,7 @@ def read_dataset(project: str, name: DatasetName, ctx: Ctx) -> DatasetRead:
         found = identity.read_project(u.session, project, ctx.actor)
         dataset = datasets.get(u.session, found.id, name)
         versions = datasets.list_versions(u.session, found.id, name)
-        return _dataset_read(dataset, versions[0] if versions else None)
+        return dataset_read(dataset, versions[0] if versions else None)
 
 
 @router.delete("/{name}", status_code=204)
@@ -145,14 +145,14 @@ def create_version(
         u.detail = {"files": version.file_count, "bytes": version.total_size, "new": created}
         if not created:
             response.status_code = 200
-        return _version_read(name, version, created)
+        return version_read(name, version, created)
 
 
 @router.get("/{name}/versions", response_model=list[VersionRead])
 def list_versions(project: str, name: DatasetName, ctx: Ctx) -> list[VersionRead]:
     with ctx.unit("dataset.read", _resource(project, name), audited=False) as u:
         found = identity.read_project(u.session, project, ctx.actor)
-        return [_version_read(name, v) for v in datasets.list_versions(u.session, found.id, name)]
+        return [version_read(name, v) for v in datasets.list_versions(u.session, found.id, name)]
 
 
 @router.get("/{name}/versions/{version}", response_model=VersionRead)
@@ -160,7 +160,7 @@ def read_version(project: str, name: DatasetName, version: VersionRef, ctx: Ctx)
     with ctx.unit("dataset.read", _resource(project, name, version), audited=False) as u:
         found = identity.read_project(u.session, project, ctx.actor)
         row = datasets.get_version(u.session, found.id, name, _version_number(version))
-        return _version_read(name, row)
+        return version_read(name, row)
 
 
 @router.get("/{name}/versions/{version}/files", response_model=FilePage)

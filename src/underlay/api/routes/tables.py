@@ -99,14 +99,14 @@ def _check_name(name: str) -> None:
 def list_tables(project: str, ctx: Ctx, store: Tables) -> list[TableRead]:
     with ctx.unit("table.list", f"project:{project}/tables", audited=False) as u:
         found = identity.read_project(u.session, project, ctx.actor)
-        return [_table_read(store, t) for t in store.list_tables(u.session, found.id)]
+        return [table_read(store, t) for t in store.list_tables(u.session, found.id)]
 
 
 @router.get("/tables/{name}", response_model=TableRead)
 def read_table(project: str, name: str, ctx: Ctx, store: Tables) -> TableRead:
     with ctx.unit("table.read_meta", _resource(project, name), audited=False) as u:
         found = identity.read_project(u.session, project, ctx.actor)
-        return _table_read(store, store.read(u.session, found.id, name), with_schema=True)
+        return table_read(store, store.read(u.session, found.id, name), with_schema=True)
 
 
 @router.get("/tables/{name}/versions", response_model=list[TableVersionRead])
@@ -132,7 +132,7 @@ def update_table(project: str, name: str, body: TableUpdate, ctx: Ctx, store: Ta
             raise error from None  # audited as refused, with the reason
     with ctx.unit("table.update", _resource(project, name), project=project) as u:
         u.detail = detail
-        return _table_read(store, store.read(u.session, found.id, name), with_schema=True)
+        return table_read(store, store.read(u.session, found.id, name), with_schema=True)
 
 
 @router.delete("/tables/{name}", status_code=204)
@@ -598,7 +598,7 @@ def _arrow(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[byt
     return ipc_chunks(schema, batches)
 
 
-def _table_read(store: TableStore, table: Any, *, with_schema: bool = False) -> TableRead:
+def table_read(store: TableStore, table: Any, *, with_schema: bool = False) -> TableRead:
     columns = None
     if with_schema and table.published_version is not None:
         schema = store.schema(table)

@@ -1,0 +1,55 @@
+"""A job cancelled while admitted, before its node's agent launched it, ends cancelled (it
+never ran), not lost: the agent sees it among the attempts to stop with no record of its own.
+The agent here is driven tick by tick against a live server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import ADMIN_TOKEN, LiveServer
+from underlay import identity
+from underlay.agent import NodeAgent, local_executor
+from underlay.client import Client
+from underlay.config import ComputeSettings, Settings
+from underlay.store import Scope
+
+
+@pytest.fixture
+def live(settings: Settings) -> Iterator[LiveServer]:
+    settings.compute = ComputeSettings(
+        local_agent=False, node_name="hand", loop_interval_s=0.1, node_lost_after_s=3600
+    )
+    settings.admin_token = ADMIN_TOKEN
+    server = LiveServer(settings).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _wait_state(admin: Client, job_id: int, state: str) -> None:
+    deadline = time.monotonic() + 30
+    while (job := admin.read_job("vision", job_id)).state != state:
+        assert time.monotonic() < deadline, f"job stayed {job.state}: {job.reason}"
+        time.sleep(0.05)
+
+
+def test_a_job_cancelled_before_its_launch_is_cancelled_not_lost(live: LiveServer) -> None:
+    settings = live.settings
+    with live.platform.db.session(Scope.everything()) as s:
+        _, token = identity.create_agent_token(s, "hand")
+    run_dir = settings.home / "agent" / "hand"
+    run_dir.mkdir(parents=True)
+    with Client(live.url, token) as client, live.client() as admin:
+        agent = NodeAgent(client, settings, local_executor(settings, run_dir), "hand", run_dir)
+        agent.tick()  # the node registers
+        admin.create_project("vision")
+        job = admin.submit_job("vision", ["sleep", "60"])
+        _wait_state(admin, job.id, "admitted")  # placed on the node; the agent has not ticked
+        admin.cancel_job("vision", job.id)
+        agent.tick()  # the attempt comes as one to stop, never launched here
+        _wait_state(admin, job.id, "cancelled")
+        assert admin.read_job("vision", job.id).attempts <= 1
