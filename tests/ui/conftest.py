@@ -149,9 +149,11 @@ def chromium_missing(exists: bool, env: Mapping[str, str]) -> tuple[bool, str] |
     return False, f"{CHROMIUM} is not installed (apt-get install -y chromium)"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Headless Chromium from Debian's package; skipped without it, except in CI."""
+    """Headless Chromium from Debian's package; skipped without it, except in CI. One per
+    module: playwright's sync API keeps an asyncio loop running in this thread while it is
+    open, and ``asyncio.run`` in a later test on the same worker would then fail."""
     missing = chromium_missing(Path(CHROMIUM).exists(), os.environ)
     if missing is not None:
         fail, reason = missing

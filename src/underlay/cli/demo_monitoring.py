@@ -3,8 +3,8 @@ raises an alert, and the retraining loop retrains (a real pipeline as a job), ev
 challenger on labelled traffic, canaries it and promotes it, printed step by step.
 
 A small model of its own (``loyalty``: a decision tree on named inputs ``spend`` and
-``visits``) keeps the step quick: one replica, a one-second canary window. The deployment is
-removed at the end.
+``visits``) keeps the step quick: one replica, a one-second canary window. The deployment
+stays, for the dashboard's pages; its replica stops with the demo's server.
 """
 
 from __future__ import annotations
@@ -195,9 +195,11 @@ def retrain_loop(ctx: DemoContext) -> None:
     try:
         _deploy(ctx, alice)
         _loop(ctx, alice)
-    finally:
+    except BaseException:
         with contextlib.suppress(Exception):
             alice.delete_deployment(PROJECT, NAME)
             live = ["queued", "admitted", "running"]
             _wait(lambda: not alice.list_jobs(PROJECT, state=live), "the replicas to exit", 60)
+        raise
+    # it stays deployed, for the dashboard (its replicas stop with the server)
     ctx.say(f"the loop step took {time.monotonic() - started:.1f} s")
