@@ -140,17 +140,23 @@ def _deploy(base: str, args: argparse.Namespace) -> None:
 
 
 def _wait_until_serving(url: str, body: bytes, wait_s: float = 180) -> None:
+    """Until 20 requests in a row, each on a connection of its own, are answered: with
+    ``--underlay-workers`` above 1 each server process learns of the ready replicas itself."""
     deadline = time.monotonic() + wait_s
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    last = ""
+    last, served = "", 0
     while time.monotonic() < deadline:
         try:
             answer = httpx.post(url, content=body, headers=headers, timeout=10)
             if answer.status_code == 200:
-                return
+                served += 1
+                if served >= 20:
+                    return
+                continue
             last = f"{answer.status_code} {answer.text[:200]}"
         except httpx.TransportError as exc:
             last = str(exc)
+        served = 0
         time.sleep(0.5)
     raise Skip(f"the deployment did not serve within {wait_s:.0f} s: {last}")
 
@@ -345,7 +351,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 s a point")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "asyncio"), default="auto")
     parser.add_argument("--replicas", type=int, default=2, help="underlay replicas")
-    parser.add_argument("--underlay-workers", type=int, default=1, help="`underlay up --workers`")
+    parser.add_argument(
+        "--underlay-workers", type=int, default=2, help="`underlay up --workers` (the floor runs 2)"
+    )
     parser.add_argument("--deploy-args", default="", help="more `underlay deploy` options")
     parser.add_argument(
         "--log-sample-rate", type=float, default=0.1, help="underlay's prediction log sampling"

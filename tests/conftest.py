@@ -169,8 +169,9 @@ class LiveServer:
         self.platform = Platform(settings)
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_token = ADMIN_TOKEN
+        self.app = create_app(self.platform)
         config = uvicorn.Config(
-            create_app(self.platform),
+            self.app,
             host="127.0.0.1",
             port=self.port,
             log_config=None,

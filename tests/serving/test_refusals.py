@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +183,45 @@ def test_revoked_expired_tokens_and_removed_members_are_refused_after_the_cache_
     time.sleep(AUTH_TTL_S)
     assert _post(live, served, body, member.token).status_code == 404
     assert _infer(live, served, member.token).status_code == 404
+
+
+def test_a_token_is_looked_up_once_however_many_requests_wait_and_renewed_under_traffic(
+    live: LiveServer, admin: Client, served: str
+) -> None:
+    """Requests that find no trusted entry for their token share one database look-up; under
+    steady traffic the entry is renewed before it lapses, so no later request waits for one
+    (before, every request in flight when the entry lapsed looked the token up itself)."""
+    admin.create_user("dave", password="correct horse battery")
+    admin.add_member(PROJECT, "dave", "member")
+    token = admin.create_token("dave-token", user="dave").token
+    body = json.dumps({"records": X[:1].tolist()}).encode()
+    plane = live.app.state.dataplane
+    lookups, waits = plane.auth_lookups, plane.auth_waits
+    url = f"{live.url}/api/v1/projects/{PROJECT}/deployments/{served}/predict"
+    headers = {"Authorization": f"Bearer {token}", "content-type": "application/json"}
+    clients = [httpx.Client(timeout=60) for _ in range(24)]
+    for client in clients:  # connected beforehand, so that the 24 requests arrive together
+        assert client.get(f"{live.url}/healthz").status_code == 200
+    barrier = threading.Barrier(len(clients))
+
+    def post(client: httpx.Client) -> int:
+        barrier.wait()
+        return client.post(url, content=body, headers=headers).status_code
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        assert list(pool.map(post, clients)) == [200] * len(clients)
+    for client in clients:
+        client.close()
+    assert plane.auth_lookups - lookups == 1
+    first_waits = plane.auth_waits - waits
+    assert first_waits >= 1
+
+    deadline = time.monotonic() + 3 * AUTH_TTL_S
+    while time.monotonic() < deadline:
+        assert _post(live, served, body, token).status_code == 200
+        time.sleep(0.02)
+    assert plane.auth_lookups - lookups >= 3  # renewed, roughly once per TTL
+    assert plane.auth_waits - waits == first_waits  # and nobody waited for a renewal
 
 
 BAD: list[tuple[Any, str]] = [

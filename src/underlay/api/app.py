@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
@@ -65,8 +66,13 @@ from underlay.ui import app as ui
 API_PREFIX = "/api/v1"
 
 
-def create_app(platform: Platform | None = None, *, start: bool = True) -> FastAPI:
-    """The app; builds a Platform from the environment's settings when none is given."""
+def create_app(
+    platform: Platform | None = None, *, start: bool = True, freeze_gc: bool = False
+) -> FastAPI:
+    """The app; builds a Platform from the environment's settings when none is given.
+    ``freeze_gc`` (for a process that only serves, as ``underlay up``'s are): once started,
+    move everything start-up built out of the garbage collector's sight, so that a full
+    collection under load no longer walks it (tail latency; docs/serving-performance.md)."""
     platform = platform or Platform(Settings())
 
     @contextlib.asynccontextmanager
@@ -82,6 +88,9 @@ def create_app(platform: Platform | None = None, *, start: bool = True) -> FastA
         app.state.alerts = alert_worker(app, platform)
         app.state.alerts.start()
         app.state.retrain.start()
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
@@ -201,4 +210,4 @@ def app_from_environment() -> FastAPI:
     """Factory for ``uvicorn --factory`` with several workers; settings from the environment."""
     settings = Settings()
     server.configure(settings)  # this worker's protocol instances read it
-    return create_app(Platform(settings))
+    return create_app(Platform(settings), freeze_gc=True)

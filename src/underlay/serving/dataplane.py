@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 AUTH_CACHE_SIZE = 10_000  # tokens trusted at once; past it expired (then oldest) go
 REFRESH_S = 0.5
+REFRESH_AHEAD = 0.2  # a trusted token is renewed in the background in its last fifth
 DOWN_S = 1.0
 SECRET_HEADER = "x-replica-secret"  # noqa: S105 - a header name
 RETRY_AFTER_S = 1
@@ -95,6 +96,7 @@ class _Trusted:
     until: float
     principal: Principal
     projects: dict[str, int] = field(default_factory=dict)
+    ttl: float = 0.0  # how long it was trusted for: renewed once less than a share is left
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,9 @@ class DataPlane:
         self.platform = platform
         self.guards = Guards(platform, tables)
         self._auth: dict[str, _Trusted] = {}
+        self._flights: dict[str, asyncio.Future[_Trusted]] = {}
+        self.auth_lookups = 0  # tokens looked up in the database
+        self.auth_waits = 0  # requests that waited for such a look-up (no trusted entry)
         self._views: dict[tuple[str, str], DeploymentView] = {}
         self._replicas: ReplicaPool | None = None
         self._refresher: asyncio.Task[None] | None = None
@@ -187,23 +192,56 @@ class DataPlane:
             raise Unauthenticated("no token given: send 'Authorization: Bearer <token>'")
         key = hashlib.sha256(secret.encode()).hexdigest()
         cached = self._auth.get(key)
-        if cached is not None and cached.until > time.monotonic():
+        now = time.monotonic()
+        if cached is not None and cached.until > now:
+            if cached.until - now < cached.ttl * REFRESH_AHEAD and key not in self._flights:
+                # still trusted: renew it in the background, so that steady traffic never
+                # sees the entry lapse (a lapse under load sent every request to the database)
+                self._fly(key, secret, tuple(cached.projects))
             return cached.principal
+        flight = self._flights.get(key) or self._fly(key, secret, ())
+        self.auth_waits += 1
         try:
-            actor, expires_in = await asyncio.to_thread(self._authenticate, secret)
+            return (await asyncio.shield(flight)).principal
         except Unauthenticated as exc:
-            self._auth.pop(key, None)
             client = request.client.host if request.client else ""
             path = request.url.path
             await asyncio.to_thread(self.platform.record_denied, f"POST {path}", path, client, exc)
             raise
-        principal = Principal(actor, key[:16], key)
-        ttl = self.platform.settings.server.auth_cache_ttl_s
-        until = time.monotonic() + (ttl if expires_in is None else min(ttl, expires_in))
-        if len(self._auth) >= AUTH_CACHE_SIZE:
-            self._prune()
-        self._auth[key] = _Trusted(until, principal)
-        return principal
+
+    def _fly(self, key: str, secret: str, projects: tuple[str, ...]) -> asyncio.Future[_Trusted]:
+        """One authentication of ``secret`` in flight at a time, however many requests wait
+        for it; its result replaces the token's entry (a refusal removes it)."""
+
+        async def trust() -> _Trusted:
+            self.auth_lookups += 1
+            started = time.monotonic()  # trusted for the TTL from the look-up, not its end
+            try:
+                actor, expires_in, found = await asyncio.to_thread(
+                    self._authenticate, secret, projects
+                )
+            except Unauthenticated:
+                self._auth.pop(key, None)
+                raise
+            ttl = self.platform.settings.server.auth_cache_ttl_s
+            ttl = ttl if expires_in is None else min(ttl, expires_in)
+            if len(self._auth) >= AUTH_CACHE_SIZE:
+                self._prune()
+            trusted = _Trusted(started + ttl, Principal(actor, key[:16], key), found)
+            trusted.ttl = ttl
+            self._auth[key] = trusted
+            return trusted
+
+        flight = asyncio.ensure_future(trust())
+        self._flights[key] = flight
+        flight.add_done_callback(lambda done: self._landed(key, done))
+        return flight
+
+    def _landed(self, key: str, flight: asyncio.Future[_Trusted]) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if not flight.cancelled():
+            flight.exception()  # a refresh nobody awaited must not log "never retrieved"
 
     def _prune(self) -> None:
         now = time.monotonic()
@@ -212,8 +250,12 @@ class DataPlane:
         while len(self._auth) >= AUTH_CACHE_SIZE:  # all live: drop the oldest entries
             del self._auth[next(iter(self._auth))]
 
-    def _authenticate(self, secret: str) -> tuple[Actor, float | None]:
-        """The token's actor and the seconds until the token expires (None: never)."""
+    def _authenticate(
+        self, secret: str, projects: tuple[str, ...]
+    ) -> tuple[Actor, float | None, dict[str, int]]:
+        """The token's actor, the seconds until the token expires (None: never) and the ids of
+        those of ``projects`` it may still read."""
+        from underlay.errors import UnderlayError
         from underlay.identity import authenticate
         from underlay.store import Scope
         from underlay.store.models import ApiToken
@@ -222,9 +264,14 @@ class DataPlane:
         with self.platform.db.session(Scope.everything()) as session:
             actor = authenticate(session, secret)
             token = session.get(ApiToken, actor.token_id) if actor.token_id else None
-            if token is None or token.expires_at is None:
-                return actor, None
-            return actor, (token.expires_at - utcnow()).total_seconds()
+            expires = token.expires_at if token is not None else None
+        found: dict[str, int] = {}
+        for project in projects:
+            try:
+                found[project] = self._read_project(actor, project)
+            except UnderlayError:
+                continue  # no longer readable: the next request asks again, and is refused
+        return actor, None if expires is None else (expires - utcnow()).total_seconds(), found
 
     async def _project_id(self, principal: Principal, project: str) -> int:
         """The project's id if the principal may read it; trusted only as long as the

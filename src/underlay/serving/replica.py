@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hmac
 import logging
 import os
@@ -257,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     except UnderlayError as exc:
         print(f"error: cannot load {args.model}: {exc.message}", file=sys.stderr)
         return 1
+    # the model and the modules live as long as the replica: keep full collections off them
+    gc.collect()
+    gc.freeze()
     asyncio.run(_serve(args, ReplicaApp(model, secret)))
     return 0
 
