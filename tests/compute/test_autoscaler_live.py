@@ -19,6 +19,7 @@ from tests.conftest import LiveServer
 from underlay.client import Client
 from underlay.compute.autoscaler.local import LocalProcessProvider
 from underlay.config import ComputeSettings, Settings
+from underlay.errors import InvalidInput
 
 T = TypeVar("T")
 pytestmark = pytest.mark.slow
@@ -74,6 +75,8 @@ def test_a_node_group_scales_up_when_jobs_queue_and_down_when_idle(
     server: LiveServer, ul: Client
 ) -> None:
     assert ul.list_nodes() == []
+    with pytest.raises(InvalidInput, match="no node has accelerator type 'H100'"):
+        ul.submit_job("vision", script("pass"), gpus=1, gpu_type="H100")  # no group has one
     body = "import time; print('working', flush=True); time.sleep(600)"
     jobs = [ul.submit_job("vision", script(body), gpus=1, gpu_type="A100") for _ in range(3)]
     # two run at once, each on a node of its own; the third waits: the group's max is 2

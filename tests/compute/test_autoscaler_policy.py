@@ -142,7 +142,15 @@ def test_idle_nodes_go_after_idle_s_down_to_min() -> None:
 def test_an_instance_that_never_registers_is_terminated() -> None:
     stuck = (Member("a100-x", "a100", ready=False, launched_at=0.0),)
     p = plan([], [Pool(A100, 4.0)], members=stuck, clock=700.0, launch_timeout_s=600.0)
-    assert [(t.node, "register" in t.reason) for t in p.terminates] == [("a100-x", True)]
+    assert [(t.node, "not up within 600 s" in t.reason) for t in p.terminates] == [("a100-x", True)]
+
+
+def test_an_instance_of_a_group_no_longer_configured_is_terminated() -> None:
+    orphan = (Member("old-1", "old", ready=True, launched_at=0.0, idle_since=None),)
+    p = plan([], [Pool(A100, 4.0)], members=orphan)
+    assert [(t.node, t.reason) for t in p.terminates] == [
+        ("old-1", "its group old is no longer configured")
+    ]
 
 
 def test_track_idle_keeps_the_first_idle_time() -> None:

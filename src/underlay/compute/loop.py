@@ -139,10 +139,13 @@ class SchedulerLoop:
         interval = self.settings.compute.loop_interval_s
         leader_since = utcnow()
         claims: list[Claim] = []
-        if self.settings.compute.autoscaler.groups:
+        if self.settings.compute.autoscaler.groups and self.autoscaler is None:
             from underlay.compute.autoscaler.runtime import Autoscaler
 
-            self.autoscaler = Autoscaler(self.db, self.audit, self.settings, self.server_url)
+            try:
+                self.autoscaler = Autoscaler(self.db, self.audit, self.settings, self.server_url)
+            except Exception:  # a misconfigured group must not stop the scheduling
+                log.exception("the autoscaler could not start; scheduling goes on without it")
         while not self._stop.is_set():
             started = time.perf_counter()
             scaler = self.autoscaler

@@ -91,7 +91,14 @@ class LocalProcessProvider:
                 self._kill(proc, graceful=True)
 
     def list(self) -> list[Instance]:
+        """Running agents; one that died on its own is dropped (its node goes lost)."""
         with self._lock:
+            for dead in [i for i, p in self._procs.items() if not _alive(p)]:
+                del self._procs[dead]
+                child = self._children.pop(dead, None)
+                if child is not None:
+                    child.poll()  # reap it
+                self._save()
             out = [replace(p.instance, state="running") for p in self._procs.values()]
             out += self._reclaimed
             self._reclaimed = []

@@ -93,6 +93,12 @@ def plan_scaling(inp: ScaleInput) -> ScalePlan:
     """Decide which groups grow by how much and which nodes go (see the module docstring)."""
     clock = inp.snapshot.clock
     terminates = _timed_out(inp, clock)
+    known = {p.group.name for p in inp.pools}
+    terminates += [
+        Terminate(m.node, m.group, f"its group {m.group} is no longer configured")
+        for m in inp.members
+        if m.group not in known
+    ]
     gone = {t.node for t in terminates}
     members = [m for m in inp.members if m.node not in gone]
     count = {p.group.name: 0 for p in inp.pools}
@@ -111,7 +117,12 @@ def plan_scaling(inp: ScaleInput) -> ScalePlan:
             count[group.name] += need
             spent += need * pool.price
             planned += [group.node(f"{group.name}/min-{i}") for i in range(need)]
-    booting = [_pool(inp, m.group).group.node(m.node) for m in members if not m.ready]
+    seen = {n.name for n in inp.snapshot.nodes}  # a lost node of a live instance is there
+    booting = [
+        _pool(inp, m.group).group.node(m.node)
+        for m in members
+        if not m.ready and m.node not in seen
+    ]
     for launch in _scale_up(inp, count, spent, [*booting, *planned]):
         launches.append(launch)
         count[launch.group] += launch.count
@@ -137,7 +148,7 @@ def _room(pool: Pool, current: int, spent: float, cap: float | None) -> int:
 def _timed_out(inp: ScaleInput, clock: float) -> list[Terminate]:
     limit = inp.launch_timeout_s
     return [
-        Terminate(m.node, m.group, f"its agent did not register within {limit:g} s")
+        Terminate(m.node, m.group, f"its node was not up within {limit:g} s of its launch")
         for m in inp.members
         if not m.ready and clock - m.launched_at >= limit
     ]
