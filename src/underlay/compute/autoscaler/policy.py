@@ -32,8 +32,9 @@ from underlay.compute.scheduler import Decisions, Node, Snapshot, decide
 @dataclass(frozen=True, slots=True)
 class Member:
     """One instance of a group as the policy sees it: the node name its agent registers
-    under, whether it has registered (``ready``), since when its node is idle (None while
-    work runs on it) and when it was launched (clock seconds)."""
+    under, whether its node is up (``ready``: registered and not lost), since when it is
+    idle (None while work runs on it, or while it is not ready for work) and when it was
+    launched (clock seconds)."""
 
     node: str
     group: str
@@ -148,7 +149,7 @@ def _room(pool: Pool, current: int, spent: float, cap: float | None) -> int:
 def _timed_out(inp: ScaleInput, clock: float) -> list[Terminate]:
     limit = inp.launch_timeout_s
     return [
-        Terminate(m.node, m.group, f"its node was not up within {limit:g} s of its launch")
+        Terminate(m.node, m.group, f"its node is not up {limit:g} s after its launch")
         for m in inp.members
         if not m.ready and clock - m.launched_at >= limit
     ]

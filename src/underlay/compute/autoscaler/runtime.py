@@ -123,12 +123,19 @@ class Autoscaler:
         snapshot, _ = build_snapshot(session, config, now)
         snapshot = replace(snapshot, nodes=(*snapshot.nodes, *self.headroom()))
         decisions = decide(snapshot)
-        ready = {n.name for n in snapshot.nodes if n.healthy}
+        status = dict(session.execute(select(NodeRow.name, NodeRow.status)).tuples().all())
         clock = now.timestamp()
-        mine = [i.node for i in live if i.node in ready]
+        # only a ready node can be idle (a cordoned one is left alone); a lost one is not up
+        mine = [i.node for i in live if status.get(i.node) == "ready"]
         self.idle = track_idle(self.idle, mine, busy_nodes(snapshot, decisions), clock)
         members = tuple(
-            Member(i.node, i.group, i.node in ready, i.launched_at, self.idle.get(i.node))
+            Member(
+                i.node,
+                i.group,
+                status.get(i.node, "lost") != "lost",
+                i.launched_at,
+                self.idle.get(i.node),
+            )
             for i in live
         )
         plan = plan_scaling(
