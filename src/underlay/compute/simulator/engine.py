@@ -171,14 +171,24 @@ class Simulation:
             self._apply(decisions)
             if self.fleet is not None and self.last_snapshot is not None:
                 self.fleet.step(self.last_snapshot, decisions)
-                if len(self.collector.jct) + self.rejected == len(jobs):
-                    break  # all ended: a spot group kept at its minimum would loop forever
+                if self._fleet_done(i):
+                    break
             recheck = decisions.recheck_at
             self._measure_fragmentation()
             if i == len(jobs) and not measured:
                 self.unallocated_after_last = self._free_gpus()
                 measured = True
         return self._report(time.perf_counter() - wall)
+
+    def _fleet_done(self, i: int) -> bool:
+        """With autoscaling, the replay ends when every job has ended, or when all have
+        arrived and what is left runs to the end: the fleet's own events (spot losses of a
+        group kept at its minimum) would otherwise go on forever."""
+        if len(self.collector.jct) + self.rejected == len(self.trace.jobs):
+            return True
+        if i < len(self.trace.jobs) or self.pending:
+            return False
+        return not any(kind < 2 for _, kind, _, _, _ in self.events)
 
     def _next(self, i: int, recheck: float | None) -> float | None:
         """The time of the next arrival, finish, drain end or requested recheck."""
