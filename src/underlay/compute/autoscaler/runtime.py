@@ -123,7 +123,8 @@ class Autoscaler:
         snapshot, _ = build_snapshot(session, config, now)
         snapshot = replace(snapshot, nodes=(*snapshot.nodes, *self.headroom()))
         decisions = decide(snapshot)
-        status = dict(session.execute(select(NodeRow.name, NodeRow.status)).tuples().all())
+        rows = session.execute(select(NodeRow.name, NodeRow.status))
+        status = {name: state for name, state in rows}
         clock = now.timestamp()
         # only a ready node can be idle (a cordoned one is left alone); a lost one is not up
         mine = [i.node for i in live if status.get(i.node) == "ready"]
