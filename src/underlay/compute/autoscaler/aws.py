@@ -42,8 +42,12 @@ class Ec2Provider:
     def __init__(self, settings: Settings, client: Any = None) -> None:
         self.config = settings.compute.autoscaler
         if client is None:
-            import boto3
-
+            try:
+                import boto3
+            except ImportError as exc:
+                raise InvalidInput(
+                    "the aws autoscaler provider needs boto3: pip install 'underlay[aws]'"
+                ) from exc
             client = boto3.client("ec2", region_name=self.config.aws_region or None)
         self.ec2 = client
         self._reported: set[str] = set()
