@@ -256,7 +256,9 @@ class AutoscalerSettings(BaseModel):
     interval_s: float = Field(default=5.0, gt=0, le=600, description="Seconds between steps.")
     idle_s: float = Field(default=300.0, ge=0, description="Idle this long, a node goes.")
     launch_timeout_s: float = Field(
-        default=600.0, gt=0, description="A node not registered this long after launch goes."
+        default=600.0,
+        gt=0,
+        description="A node not up (registered, not lost) this long after its launch goes.",
     )
     max_price_per_hour: float | None = Field(
         default=None, ge=0, description="Cap on the hourly price of all autoscaled nodes."
