@@ -7,12 +7,14 @@ reclaimed has its job requeued (without using up a retry) and run again on a new
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+import psutil
 import pytest
 
 from tests.conftest import LiveServer
@@ -93,9 +95,26 @@ def test_a_node_group_scales_up_when_jobs_queue_and_down_when_idle(
     for j in jobs:
         assert ul.wait_job("vision", j.id, timeout_s=60).state == "cancelled"
     _wait_until(lambda: ul.list_nodes() == [], "the idle nodes to be terminated", within_s=60)
-    actions = [e.action for e in ul.list_audit(limit=1000) if e.actor == "autoscaler"]
-    assert actions.count("node.launch") == 2 and actions.count("node.terminate") == 2
+    entries = [e for e in ul.list_audit(limit=1000) if e.actor == "autoscaler"]
+    launches = [json.loads(e.detail) for e in entries if e.action == "node.launch"]
+    terminations = [json.loads(e.detail) for e in entries if e.action == "node.terminate"]
+    assert len(launches) == 2 and len(terminations) == 2
+    assert any(f"({jobs[0].id}" in d["reason"] for d in launches)  # the jobs that need it
+    assert all(d["reason"].startswith("idle for") for d in terminations)
     assert provider_of(server).list() == []
+
+
+@pytest.mark.parametrize("settings", [GPU_GROUP], indirect=True)
+def test_local_nodes_end_with_their_server(server: LiveServer) -> None:
+    with server.client() as ul:
+        ul.create_project("vision")
+        job = ul.submit_job("vision", script("import time; time.sleep(600)"), gpus=1)
+        _wait_until(lambda: ul.read_job("vision", job.id).state == "running", "the job to run")
+    provider = provider_of(server)
+    procs = [psutil.Process(p.pid) for p in provider._procs.values()]
+    assert len(procs) == 1
+    server.stop()
+    assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in procs)
 
 
 @pytest.mark.parametrize("settings", [SPOT_GROUP], indirect=True)
@@ -120,6 +139,7 @@ def test_a_reclaimed_spot_node_requeues_its_job_which_runs_again(
     entries = [e for e in ul.list_audit(limit=1000) if e.actor == "autoscaler"]
     reclaimed = [e for e in entries if e.action == "node.reclaimed"]
     assert reclaimed and reclaimed[0].resource == f"node:{first.node}"
+    assert json.loads(reclaimed[0].detail) == {"requeued_jobs": [job.id]}
 
 
 @pytest.mark.parametrize("settings", [SPOT_GROUP], indirect=True)
