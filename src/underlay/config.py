@@ -273,6 +273,17 @@ class AutoscalerSettings(BaseModel):
         default_factory=list, description="Security groups of the instances (aws)."
     )
 
+    @field_validator("groups")
+    @classmethod
+    def _groups_differ(cls, groups: list[NodeGroupSettings]) -> list[NodeGroupSettings]:
+        names = [g.name for g in groups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"node group names must differ: {', '.join(names)}")
+        for g in groups:
+            if g.min_nodes > g.max_nodes:
+                raise ValueError(f"group {g.name}: min_nodes is above max_nodes")
+        return groups
+
 
 class ComputeSettings(BaseModel):
     node_name: str | None = Field(

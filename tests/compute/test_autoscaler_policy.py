@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -233,3 +234,17 @@ def test_spot_is_never_launched_for_non_preemptible_work(
         group = next(pool.group for pool in pools if pool.group.name == launch.group)
         if group.spot:
             assert launch.count <= group.min_nodes  # only to keep the group's minimum
+
+
+def test_group_settings_are_checked_at_start() -> None:
+    from pydantic import ValidationError
+
+    from underlay.config import AutoscalerSettings
+
+    group = {"name": "gpu", "max_nodes": 2}
+    with pytest.raises(ValidationError, match="node group names must differ: gpu, gpu"):
+        AutoscalerSettings.model_validate({"groups": [group, group]})
+    with pytest.raises(ValidationError, match="group gpu: min_nodes is above max_nodes"):
+        AutoscalerSettings.model_validate({"groups": [{**group, "min_nodes": 3}]})
+    with pytest.raises(ValidationError, match="name"):
+        AutoscalerSettings.model_validate({"groups": [{"name": "Bad Name"}]})

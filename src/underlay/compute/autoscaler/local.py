@@ -33,9 +33,6 @@ import psutil
 from underlay.compute.autoscaler.providers import Instance, LaunchContext, NodeGroup, table_price
 from underlay.config import Settings
 
-# the agent's own settings come from its environment; the server's must not leak into it
-_PASSED_SETTINGS = ("UNDERLAY_COMPUTE__ISOLATION", "UNDERLAY_COMPUTE__REQUIRE_ISOLATION")
-
 
 @dataclass(frozen=True, slots=True)
 class _Process:
@@ -128,8 +125,8 @@ class LocalProcessProvider:
     def _env(
         self, group: NodeGroup, home: Path, token: str, context: LaunchContext
     ) -> dict[str, str]:
+        # the agent's settings come from its environment; the server's must not leak into it
         env = {k: v for k, v in os.environ.items() if not k.startswith("UNDERLAY_")}
-        env.update({k: os.environ[k] for k in _PASSED_SETTINGS if k in os.environ})
         compute = self.settings.compute
         labels = dict(label.split("=", 1) for label in group.node_labels)
         env.update(
@@ -140,6 +137,7 @@ class LocalProcessProvider:
                 "UNDERLAY_COMPUTE__HEARTBEAT_INTERVAL_S": str(compute.heartbeat_interval_s),
                 "UNDERLAY_COMPUTE__GRACE_S": str(compute.grace_s),
                 "UNDERLAY_COMPUTE__ISOLATION": compute.isolation,
+                "UNDERLAY_COMPUTE__REQUIRE_ISOLATION": str(compute.require_isolation).lower(),
             }
         )
         if group.gpus:

@@ -203,10 +203,10 @@ class Autoscaler:
                     nodes.retire_node(session, row.name)
 
     def _audit(self, session: Session, action: str, node: str, detail: dict[str, object]) -> None:
+        resource = f"node:{node}"
         self.audit.append(
-            session, actor=ACTOR, action=action, resource=f"node:{node}", outcome="ok",
-            detail=detail,
-        )  # fmt: skip
+            session, actor=ACTOR, action=action, resource=resource, outcome="ok", detail=detail
+        )
 
 
 def _blocked(
