@@ -20,10 +20,12 @@ from underlay.compute.autoscaler.policy import (
 from underlay.compute.autoscaler.providers import NodeGroup, headroom_nodes, table_price
 from underlay.compute.scheduler import (
     Node,
+    PolicyConfig,
     Quota,
     Request,
     Running,
     Snapshot,
+    Window,
     WorkerPlacement,
     Workload,
     decide,
@@ -49,6 +51,7 @@ def plan(
     members: tuple[Member, ...] = (),
     clock: float = 1000.0,
     quotas: tuple[Quota, ...] = (),
+    config: PolicyConfig | None = None,
     **kw: Any,
 ) -> ScalePlan:
     """The plan for this queue, on ``nodes`` plus the groups' room as nodes not up (as the
@@ -56,7 +59,7 @@ def plan(
     groups = tuple(p.group for p in pools)
     present = {g.name: sum(1 for m in members if m.group == g.name) for g in groups}
     all_nodes = (*nodes, *headroom_nodes(groups, present))
-    snapshot = Snapshot(clock, all_nodes, running, tuple(pending), quotas)
+    snapshot = Snapshot(clock, all_nodes, running, tuple(pending), quotas, config or PolicyConfig())
     return plan_scaling(ScaleInput(snapshot, decide(snapshot), tuple(pools), members, **kw))
 
 
@@ -124,6 +127,17 @@ def test_work_waiting_for_its_quota_launches_nothing() -> None:
     held = Running(job(9), (WorkerPlacement("a100-1", (0,)),), 0.0, "A100")
     p = plan([job(1)], [Pool(A100, 4.0)], nodes=(node,), running=(held,), quotas=(quota,))
     assert p.launches == ()
+
+
+def test_work_held_for_a_window_or_asking_for_labels_no_group_has_launches_nothing() -> None:
+    held = job(1, deferrable=True)
+    window = PolicyConfig(low_carbon_windows=(Window(0.0, 60.0),))  # closed at clock 1000
+    assert plan([held], [Pool(A100, 4.0)], config=window).launches == ()
+    assert launched(plan([held], [Pool(A100, 4.0)])) == {"a100": 1}  # no window: it runs
+    picky = job(2, node_selector=("zone=b",))
+    assert plan([picky], [Pool(A100, 4.0)]).launches == ()
+    zoned = replace(A100, labels=("zone=b",))
+    assert launched(plan([picky], [Pool(zoned, 4.0)])) == {"a100": 1}
 
 
 def test_idle_nodes_go_after_idle_s_down_to_min() -> None:
