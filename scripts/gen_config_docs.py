@@ -21,7 +21,13 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from underlay.config import ENV_PREFIX, OTHER_ENV, Settings, SimulatedAccelerator
+from underlay.config import (
+    ENV_PREFIX,
+    OTHER_ENV,
+    NodeGroupSettings,
+    Settings,
+    SimulatedAccelerator,
+)
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
@@ -103,30 +109,39 @@ def table(model: type[BaseModel], prefix: str) -> tuple[list[str], list[tuple[st
     return rows, sections
 
 
-def render() -> str:
-    out = [INTRO]
-    rows, sections = table(Settings, ENV_PREFIX)
-    out += ["## General", "", *rows, ""]
-    for env, model in sections:
-        section = env.removeprefix(ENV_PREFIX).lower()
-        out += [f"## `{section}`", ""]
-        doc = (model.__doc__ or "").strip()
-        if doc and not doc.startswith("!!!") and "Usage docs" not in doc:
-            out += [doc, ""]
-        rows, _ = table(model, env + "__")
-        out += [*rows, ""]
-    out += [
-        "### Each entry of `UNDERLAY_COMPUTE__SIMULATED_ACCELERATORS`",
+def entries(env: str, model: type[BaseModel]) -> list[str]:
+    """The keys of each entry of a list setting."""
+    out = [
+        f"### Each entry of `{env}`",
         "",
-        (SimulatedAccelerator.__doc__ or "").strip(),
+        (model.__doc__ or "").strip(),
         "",
         "| key | type | default | meaning |",
         "|---|---|---|---|",
     ]
-    for name, info in SimulatedAccelerator.model_fields.items():
+    for name, info in model.model_fields.items():
         out.append(
             f"| `{name}` | {type_name(info.annotation)} | {default_of(info)} | {describe(info)} |"
         )
+    return out
+
+
+def render() -> str:
+    out = [INTRO]
+    rows, sections = table(Settings, ENV_PREFIX)
+    out += ["## General", "", *rows, ""]
+    while sections:  # nested sections (compute.autoscaler) follow their parent's
+        env, model = sections.pop(0)
+        section = env.removeprefix(ENV_PREFIX).lower().replace("__", ".")
+        out += [f"## `{section}`", ""]
+        doc = (model.__doc__ or "").strip()
+        if doc and not doc.startswith("!!!") and "Usage docs" not in doc:
+            out += [doc, ""]
+        rows, nested = table(model, env + "__")
+        out += [*rows, ""]
+        sections[:0] = nested
+    out += entries("UNDERLAY_COMPUTE__SIMULATED_ACCELERATORS", SimulatedAccelerator)
+    out += ["", *entries("UNDERLAY_COMPUTE__AUTOSCALER__GROUPS", NodeGroupSettings)]
     out += ["", "## Read by clients, jobs and tools", "", "| variable | meaning |", "|---|---|"]
     out += [f"| `{name}` | {meaning} |" for name, meaning in OTHER_ENV.items()]
     return "\n".join(out) + "\n"

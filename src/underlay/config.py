@@ -228,6 +228,63 @@ class SimulatedAccelerator(BaseModel):
     busy_watts: float = Field(default=400.0, ge=0, description="Power draw at full use.")
 
 
+class NodeGroupSettings(BaseModel):
+    """A pool of identical nodes the autoscaler grows and shrinks (docs/autoscaling.md)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$", description="Group name.")
+    cpus: int = Field(default=1, ge=1, le=1024, description="CPUs per node.")
+    memory_mib: int = Field(default=2048, ge=16, description="Memory per node, in MiB.")
+    accelerator_type: str | None = Field(default=None, description="Accelerator type, if any.")
+    accelerators: int = Field(default=0, ge=0, le=64, description="Accelerators per node.")
+    min_nodes: int = Field(default=0, ge=0, le=1000, description="Nodes kept at all times.")
+    max_nodes: int = Field(default=1, ge=0, le=1000, description="Most nodes at once.")
+    spot: bool = Field(default=False, description="Spot nodes: they take preemptible work only.")
+    price_per_hour: float | None = Field(
+        default=None, ge=0, description="Price of one node per hour (default: the provider's)."
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels of its nodes.")
+    instance_type: str = Field(default="", description="Cloud instance type (aws provider).")
+
+
+class AutoscalerSettings(BaseModel):
+    provider: Literal["local", "aws"] = Field(
+        default="local", description="'local': agents as processes here; 'aws': EC2 (untested)."
+    )
+    groups: list[NodeGroupSettings] = Field(
+        default_factory=list, description="Node groups (JSON list); none: autoscaling is off."
+    )
+    interval_s: float = Field(default=5.0, gt=0, le=600, description="Seconds between steps.")
+    idle_s: float = Field(default=300.0, ge=0, description="Idle this long, a node goes.")
+    launch_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A node not up (registered, not lost) this long after its launch goes.",
+    )
+    max_price_per_hour: float | None = Field(
+        default=None, ge=0, description="Cap on the hourly price of all autoscaled nodes."
+    )
+    spot_discount: float = Field(
+        default=0.3, gt=0, le=1, description="Spot price as a fraction of on-demand (local)."
+    )
+    aws_region: str = Field(default="", description="AWS region (aws provider).")
+    aws_image_id: str = Field(default="", description="AMI with underlay installed (aws).")
+    aws_subnet_id: str = Field(default="", description="Subnet of the instances (aws).")
+    aws_security_group_ids: list[str] = Field(
+        default_factory=list, description="Security groups of the instances (aws)."
+    )
+
+    @field_validator("groups")
+    @classmethod
+    def _groups_differ(cls, groups: list[NodeGroupSettings]) -> list[NodeGroupSettings]:
+        names = [g.name for g in groups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"node group names must differ: {', '.join(names)}")
+        for g in groups:
+            if g.min_nodes > g.max_nodes:
+                raise ValueError(f"group {g.name}: min_nodes is above max_nodes")
+        return groups
+
+
 class ComputeSettings(BaseModel):
     node_name: str | None = Field(
         default=None, description="Name of this machine's node (default: the host name)."
@@ -320,6 +377,7 @@ class ComputeSettings(BaseModel):
         description="Folders every job may read and write at the same path (a shared scratch "
         "or dataset mount); what one project writes there another can read.",
     )
+    autoscaler: AutoscalerSettings = Field(default_factory=AutoscalerSettings)
 
 
 class AlertSettings(BaseModel):

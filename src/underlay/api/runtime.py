@@ -57,7 +57,9 @@ def agent_token(platform: Platform, node: str) -> str:
 class ComputeRuntime:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
-        self.loop = SchedulerLoop(platform.db, platform.audit, platform.settings)
+        self.loop = SchedulerLoop(
+            platform.db, platform.audit, platform.settings, platform.public_url
+        )
         self.audit_loop = CheckpointLoop(
             platform.audit, platform.settings.security.audit_checkpoint_interval_s
         )

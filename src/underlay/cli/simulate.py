@@ -64,6 +64,29 @@ CarbonOpt = Annotated[
         help="Daily window HH:MM-HH:MM in which deferrable work runs (else it is held).",
     ),
 ]
+AutoscaleOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--autoscale",
+        help="Node groups that grow and shrink: MIN-MAXxGPUSxTYPE[:spot][:price=P][:cpu=N]"
+        "[:mem=GIB], comma separated (e.g. 0-16x8xA100:price=20,0-16x8xA100:spot:price=7); "
+        "--cluster none makes them the whole cluster.",
+    ),
+]
+SpotLossOpt = Annotated[
+    float,
+    typer.Option("--spot-loss-rate", help="Spot reclaims per spot node-hour (seeded by --seed)."),
+]
+IdleOpt = Annotated[
+    float, typer.Option("--idle", help="Seconds a node of a group is idle before it goes.")
+]
+BootOpt = Annotated[
+    float, typer.Option("--boot", help="Seconds from a node's launch until it takes work.")
+]
+MaxPriceOpt = Annotated[
+    float | None,
+    typer.Option("--max-price", help="Cap on the hourly price of all the groups' nodes."),
+]
 
 SHOWN_SKIPS = 5
 """Skipped trace rows listed on stderr; the rest are counted."""
@@ -89,6 +112,17 @@ ROWS = (
     ("decide_ms_avg", "decide() per round (ms)"),
     ("wall_s", "replay wall time (s)"),
 )
+AUTOSCALE_ROWS = (
+    ("cost", "cost of the groups' nodes"),
+    ("node_hours", "node-hours"),
+    ("spot_node_hours", "spot node-hours"),
+    ("gpu_hours_provisioned", "GPU-hours of the groups' nodes"),
+    ("provisioned_utilization", "utilisation of provisioned GPUs"),
+    ("launches", "nodes launched"),
+    ("terminations", "nodes terminated when idle"),
+    ("spot_losses", "spot nodes lost"),
+    ("peak_nodes", "most group nodes at once"),
+)
 
 
 def simulate(
@@ -102,6 +136,11 @@ def simulate(
     restart_overhead: OverheadOpt = 60.0,
     energy_aware: EnergyOpt = False,
     low_carbon: CarbonOpt = None,
+    autoscale: AutoscaleOpt = None,
+    spot_loss_rate: SpotLossOpt = 0.0,
+    idle: IdleOpt = 600.0,
+    boot: BootOpt = 120.0,
+    max_price: MaxPriceOpt = None,
 ) -> None:
     """Replay a job trace on a virtual cluster with a scheduling policy and print the measures."""
     from underlay.cli.progress import count_bar
@@ -120,6 +159,7 @@ def simulate(
                 energy_aware,
                 low_carbon,
                 progress,
+                _scaling(autoscale, spot_loss_rate, idle, boot, max_price),
             )
     except (UnderlayError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -142,6 +182,7 @@ def _run(
     energy_aware: bool,
     low_carbon: str | None,
     progress: Callable[[int, int], None],
+    scaling: Callable[[], Any],
 ) -> dict[str, Any]:
     from underlay.compute.simulator import simulate as run_simulation
     from underlay.compute.simulator.replay import parse_window
@@ -164,8 +205,29 @@ def _run(
         restart_overhead_s=restart_overhead,
         overrides=overrides,
         progress=progress,
+        autoscale=scaling(),
     )
     return report.as_dict()
+
+
+def _scaling(
+    groups: str | None, loss_rate: float, idle: float, boot: float, max_price: float | None
+) -> Callable[[], Any]:
+    """The autoscaling spec of the options, built (and checked) inside the error boundary."""
+
+    def build() -> Any:
+        from underlay.compute.simulator.autoscaling import AutoscaleSpec, parse_groups
+        from underlay.errors import InvalidInput
+
+        if groups is None:
+            return None
+        if min(loss_rate, idle, boot, max_price or 0.0) < 0:
+            raise InvalidInput(
+                "--spot-loss-rate, --idle, --boot and --max-price must not be negative"
+            )
+        return AutoscaleSpec(parse_groups(groups), boot, idle, loss_rate, max_price)
+
+    return build
 
 
 def _print_skipped(report: dict[str, Any]) -> None:
@@ -202,4 +264,12 @@ def _table(report: dict[str, Any]) -> None:
         else:
             text = f"{value:,}"
         table.add_row(label, text)
+    for key, label in AUTOSCALE_ROWS if report.get("autoscale") else ():
+        table.add_row(label, _cell(report["autoscale"][key]))
     Console().print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:,.0f}"
+    return f"{value:,}"

@@ -134,10 +134,20 @@ def _never_fits(session: Session, job: Job, project: str, settings: Settings) ->
 
     copies = max(1, job.gang)
     nodes, fresh = recent_idle_cluster(session, copies)
-    reason = _reject_reason(nodes, job, project, settings)
+    reason = _reject_reason(nodes + _groups(settings, copies), job, project, settings)
     if reason is not None and not fresh:
-        reason = _reject_reason(idle_cluster(session, copies), job, project, settings)
+        nodes = idle_cluster(session, copies) + _groups(settings, copies)
+        reason = _reject_reason(nodes, job, project, settings)
     return reason
+
+
+def _groups(settings: Settings, copies: int) -> tuple[Node, ...]:
+    """The autoscaler's node groups as nodes not yet up: work they could host may queue."""
+    if not settings.compute.autoscaler.groups:
+        return ()
+    from underlay.compute.autoscaler.providers import groups_of, headroom_nodes
+
+    return headroom_nodes(groups_of(settings.compute.autoscaler), {}, copies)
 
 
 def _reject_reason(

@@ -21,16 +21,20 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 
 from underlay.audit import AuditLog
 from underlay.compute.nodes import mark_lost_nodes
-from underlay.compute.scheduler import Claim, decide, policy_config
+from underlay.compute.scheduler import Claim, Node, decide, policy_config
 from underlay.compute.snapshots import apply_decisions, build_snapshot
 from underlay.config import Settings
 from underlay.store import Database, Scope
 from underlay.store.types import utcnow
+
+if TYPE_CHECKING:
+    from underlay.compute.autoscaler.runtime import Autoscaler
 
 log = logging.getLogger(__name__)
 _LEADER_LOCK_ID = 0x756E6C70  # "unlp"
@@ -42,6 +46,7 @@ def run_round(
     settings: Settings,
     leader_since: dt.datetime | None = None,
     claims: list[Claim] | None = None,
+    extra_nodes: tuple[Node, ...] = (),
 ) -> int:
     """One scheduling round; returns how many jobs it admitted.
 
@@ -49,6 +54,8 @@ def run_round(
     a server outage, heartbeats were missing because the server was down, not the nodes.
     ``claims`` carries the preemption claims from one round to the next: it is read into the
     snapshot and, once the round is written, replaced by the claims the policy keeps.
+    ``extra_nodes`` join the snapshot: the autoscaler's groups' room to grow, as nodes that
+    are not up, so work only they could host waits for them instead of being refused.
     """
     config = policy_config(settings.compute.policy)
     lost_after = settings.compute.node_lost_after_s
@@ -57,6 +64,8 @@ def run_round(
         if leader_since is None or (now - leader_since).total_seconds() >= lost_after:
             mark_lost_nodes(session, audit, lost_after, settings)
         snapshot, index = build_snapshot(session, config, now)
+        if extra_nodes:
+            snapshot = replace(snapshot, nodes=(*snapshot.nodes, *extra_nodes))
         if not snapshot.pending and not snapshot.running:
             if claims:
                 claims.clear()
@@ -87,10 +96,16 @@ class RoundTimes:
 
 
 class SchedulerLoop:
-    """A daemon thread running :func:`run_round` while it holds the leader lock."""
+    """A daemon thread running :func:`run_round` while it holds the leader lock, and, when
+    node groups are configured, an autoscaler step after the rounds (see
+    :mod:`underlay.compute.autoscaler.runtime`); ``server_url`` is where its nodes report."""
 
-    def __init__(self, db: Database, audit: AuditLog, settings: Settings) -> None:
+    def __init__(
+        self, db: Database, audit: AuditLog, settings: Settings, server_url: str = ""
+    ) -> None:
         self.db, self.audit, self.settings = db, audit, settings
+        self.server_url = server_url
+        self.autoscaler: Autoscaler | None = None
         self.rounds = RoundTimes()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -107,6 +122,8 @@ class SchedulerLoop:
         self._stop.set()
         self._wake.set()
         self._thread.join(10)
+        if self.autoscaler is not None:
+            self.autoscaler.close()  # local instances end with their server
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -122,13 +139,29 @@ class SchedulerLoop:
         interval = self.settings.compute.loop_interval_s
         leader_since = utcnow()
         claims: list[Claim] = []
+        if self.settings.compute.autoscaler.groups and self.autoscaler is None:
+            from underlay.compute.autoscaler.runtime import Autoscaler
+
+            try:
+                self.autoscaler = Autoscaler(self.db, self.audit, self.settings, self.server_url)
+            except Exception:  # a misconfigured group must not stop the scheduling
+                log.exception("the autoscaler could not start; scheduling goes on without it")
         while not self._stop.is_set():
             started = time.perf_counter()
+            scaler = self.autoscaler
+            extra = scaler.headroom() if scaler is not None else ()
             try:
-                admitted = run_round(self.db, self.audit, self.settings, leader_since, claims)
+                admitted = run_round(
+                    self.db, self.audit, self.settings, leader_since, claims, extra
+                )
             except Exception:
                 log.exception("scheduling round failed")
                 admitted = 0
+            if scaler is not None:
+                try:
+                    scaler.step()
+                except Exception:
+                    log.exception("autoscaling step failed")
             took = time.perf_counter() - started
             self.rounds.observe(took)
             if not admitted:

@@ -324,6 +324,10 @@ def attempt_ended(
     ledger.bill_attempt(session, attempt, usage)
     job.attained_service += attempt.gpu_share_milli / 1000 * usage.wall_s
     job.exit_code = report.exit_code
+    if job.state == JobState.admitted and report.state == "preempted":
+        # its node went away before it started (a spot reclaim): back to the queue
+        transition(session, audit, job, JobState.queued, f"requeued: {report.reason}"[:1000])
+        return
     if job.state == JobState.admitted and report.state in ("succeeded", "failed"):
         transition(session, audit, job, JobState.running, "started", actor=f"node:{node.name}")
     transition(
@@ -379,3 +383,41 @@ def node_detail(node: NodeRow, accs: list[AcceleratorRow]) -> dict[str, Any]:
     read = NodeRead.model_validate(node)
     read.accelerators = [AcceleratorRead.model_validate(a) for a in accs]
     return read.model_dump()
+
+
+def reclaim_node(
+    session: Session, audit: AuditLog, name: str, reason: str, settings: Settings
+) -> list[int]:
+    """A node whose machine was taken back (a spot reclaim): lost at once, not after
+    ``node_lost_after_s``, and its attempts preempted, so their jobs requeue without using
+    up a retry. Returns those jobs' ids (none if the node never registered)."""
+    node = session.scalar(select(NodeRow).where(NodeRow.name == name))
+    if node is None:
+        return []
+    node.status, node.status_reason = "lost", reason[:500]
+    jobs = []
+    for attempt, job in _attempts_on(session, node.name, list(ACTIVE)):
+        report = AttemptEnded(state="preempted", reason=reason)
+        attempt_ended(session, audit, node, attempt.id, report, settings)
+        jobs.append(job.id)
+    return jobs
+
+
+def node_is_idle(session: Session, name: str) -> bool:
+    """Whether no attempt is admitted to or running on node ``name``."""
+    return not _attempts_on(session, name, list(ACTIVE))
+
+
+def retire_node(session: Session, name: str) -> bool:
+    """Remove a node whose machine is gone for good (the autoscaler terminated it): its row,
+    its accelerators, and its agent's tokens (revoked). False if there was no such node."""
+    node = session.scalar(select(NodeRow).where(NodeRow.name == name))
+    for token in session.scalars(select(ApiToken).where(ApiToken.node == name)):
+        token.revoked_at = token.revoked_at or utcnow()
+    if node is None:
+        return False
+    for acc in session.scalars(select(AcceleratorRow).where(AcceleratorRow.node_id == node.id)):
+        session.delete(acc)
+    session.delete(node)
+    session.flush()
+    return True

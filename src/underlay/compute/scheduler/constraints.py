@@ -10,14 +10,24 @@ first allowed node with room) so that a round of unconstrained work pays nothing
 preemption plans and backfill holds are limited to the nodes it may run on, each for at most
 the workers its spread limit still allows there, so it never preempts for, or holds, room it
 could not use; while it waits, its reason names the constraint that blocks it.
+
+Spot nodes (labelled :data:`SPOT_LABEL`) host preemptible work only: the cloud may take such
+a node back at any moment, and work that must not be stopped must not run where it will be.
+:func:`keep_off_spot` states that rule as a selector, so it takes the same path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from underlay.compute.scheduler.cluster import Alloc, ClusterState
-from underlay.compute.scheduler.snapshot import Node, Running, Workload
+from underlay.compute.scheduler.snapshot import Node, Running, Snapshot, Workload
+
+SPOT_LABEL = "underlay.io/spot=true"
+"""The label of a spot (preemptible) node: only preemptible work is placed on it."""
+ON_DEMAND_LABEL = "underlay.io/spot=false"
+"""The label of an on-demand node; every node without :data:`SPOT_LABEL` counts as one."""
 
 
 def parse_labels(items: Iterable[str]) -> tuple[str, ...]:
@@ -32,6 +42,31 @@ def parse_labels(items: Iterable[str]) -> tuple[str, ...]:
             raise ValueError(f"label {text!r} is not key=value")
         labels.add(f"{key.strip()}={value.strip()}")
     return tuple(sorted(labels))
+
+
+def keep_off_spot(snapshot: Snapshot) -> Snapshot:
+    """``snapshot`` with non-preemptible pending work kept off spot nodes: when some node is
+    spot, every other node carries :data:`ON_DEMAND_LABEL` for this round and every
+    non-preemptible pending workload selects it (its waiting reason then names the label).
+    Without a spot node, or without such work, the snapshot is returned as it is."""
+    nodes = snapshot.nodes
+    if not any(SPOT_LABEL in n.labels for n in nodes):
+        return snapshot
+    if all(w.preemptible for w in snapshot.pending):
+        return snapshot
+    on_demand = tuple(
+        n
+        if SPOT_LABEL in n.labels or ON_DEMAND_LABEL in n.labels
+        else replace(n, labels=tuple(sorted((*n.labels, ON_DEMAND_LABEL))))
+        for n in nodes
+    )
+    pending = tuple(
+        w
+        if w.preemptible or ON_DEMAND_LABEL in w.node_selector
+        else replace(w, node_selector=tuple(sorted((*w.node_selector, ON_DEMAND_LABEL))))
+        for w in snapshot.pending
+    )
+    return replace(snapshot, nodes=on_demand, pending=pending)
 
 
 def constrained(w: Workload) -> bool:

@@ -37,7 +37,12 @@ from operator import attrgetter
 from typing import Any
 
 from underlay.compute.scheduler.cluster import Alloc, ClusterState
-from underlay.compute.scheduler.constraints import Constraints, app_of, constrained
+from underlay.compute.scheduler.constraints import (
+    Constraints,
+    app_of,
+    constrained,
+    keep_off_spot,
+)
 from underlay.compute.scheduler.decisions import Abandon, Decisions, Place, Preempt, Reject, Wait
 from underlay.compute.scheduler.energy import hold_reason, type_order
 from underlay.compute.scheduler.feasibility import never_fits
@@ -70,7 +75,7 @@ def decide(snapshot: Snapshot) -> Decisions:
     (two nodes or two workloads with the same name); a bad *request* is rejected instead.
     """
     _check(snapshot)
-    return _Round(snapshot).run()
+    return _Round(keep_off_spot(snapshot)).run()
 
 
 def _check(snapshot: Snapshot) -> None:

@@ -37,6 +37,7 @@ from underlay.compute.scheduler import (
     decide,
 )
 from underlay.compute.scheduler.energy import hold_reason
+from underlay.compute.simulator.autoscaling import AutoscaleSpec, Fleet, slot_nodes
 from underlay.compute.simulator.cluster import DEFAULT_POWER
 from underlay.compute.simulator.metrics import Collector, Report, offered_load
 from underlay.compute.simulator.trace import Trace, TraceJob
@@ -70,8 +71,12 @@ class Simulation:
         restart_overhead_s: float = 60.0,
         interval_s: float = 60.0,
         progress: Callable[[int, int], None] | None = None,
+        autoscale: AutoscaleSpec | None = None,
     ) -> None:
         self.trace = trace
+        self.static_gpus = sum(len(n.accelerators) for n in nodes)
+        if autoscale is not None:  # every slot of every group, off until launched
+            nodes = (*nodes, *slot_nodes(autoscale))
         # Called with (jobs ended: finished or rejected, jobs in the trace) as each one ends.
         self.progress = progress
         self.interval_s = interval_s
@@ -109,6 +114,8 @@ class Simulation:
         self.clock = trace.jobs[0].workload.submit_time if trace.jobs else 0.0
         self.start = self.clock
         self._init_measures(nodes)
+        self.fleet = Fleet(self, autoscale, seed) if autoscale is not None else None
+        self.last_snapshot: Snapshot | None = None
 
     def _init_measures(self, nodes: tuple[Node, ...]) -> None:
         self.collector = Collector()
@@ -162,12 +169,26 @@ class Simulation:
             self._advance(tick)
             decisions = self._decide()
             self._apply(decisions)
+            if self.fleet is not None and self.last_snapshot is not None:
+                self.fleet.step(self.last_snapshot, decisions)
+                if self._fleet_done(i):
+                    break
             recheck = decisions.recheck_at
             self._measure_fragmentation()
             if i == len(jobs) and not measured:
                 self.unallocated_after_last = self._free_gpus()
                 measured = True
         return self._report(time.perf_counter() - wall)
+
+    def _fleet_done(self, i: int) -> bool:
+        """With autoscaling, the replay ends when every job has ended, or when all have
+        arrived and what is left runs to the end: the fleet's own events (spot losses of a
+        group kept at its minimum) would otherwise go on forever."""
+        if len(self.collector.jct) + self.rejected == len(self.trace.jobs):
+            return True
+        if i < len(self.trace.jobs) or self.pending:
+            return False
+        return not any(kind < 2 for _, kind, _, _, _ in self.events)
 
     def _next(self, i: int, recheck: float | None) -> float | None:
         """The time of the next arrival, finish, drain end or requested recheck."""
@@ -201,12 +222,26 @@ class Simulation:
         events = self.events
         while events and events[0][0] <= now:
             _, kind, _, wid, version = heapq.heappop(events)
+            if kind >= 2 and self.fleet is not None:
+                self.fleet.fire(kind, wid, version)
+                continue
             if wid not in self.running or self.version[wid] != version:
                 continue  # stale: the job finished or was restarted since
             if kind == 0:
                 self._finish(wid)
             else:
                 self._stop(wid)
+
+    def push_fleet(self, when: float, kind: int, node: str, epoch: int) -> None:
+        """Queue an event of the fleet (:mod:`.autoscaling`) for ``node``."""
+        self.seq += 1
+        heapq.heappush(self.events, (max(when, self.clock), kind, self.seq, node, epoch))
+
+    def stop_node(self, node: str) -> None:
+        """Node ``node`` is gone: what runs on it stops now and goes back to the queue."""
+        n = self.index[node]
+        for wid in [w for w, held in self.held.items() if any(h.node == n for h in held)]:
+            self._stop(wid)
 
     def _queue(self, w: Workload) -> None:
         self.pending[w.id] = w
@@ -254,6 +289,7 @@ class Simulation:
             self.demand_tuple,
             self.claims,
         )
+        self.last_snapshot = snap
         started = time.perf_counter()
         decisions = decide(snap)
         self.decide_s += time.perf_counter() - started
@@ -443,4 +479,11 @@ class Simulation:
             skipped=self.trace.skipped,
             offered_load=offered,
             offered_load_weekly=weekly,
+            autoscale=None
+            if self.fleet is None
+            else self.fleet.report(
+                self.clock,
+                sum(self.alloc_area.values()) / WHOLE,
+                self.static_gpus * makespan,
+            ).as_dict(),
         )

@@ -63,9 +63,14 @@ class Report:
     """The first skipped trace rows (line and reason); ``skipped_rows`` counts them all."""
     offered_load: float | None = None
     offered_load_weekly: tuple[float, ...] = ()
+    autoscale: dict[str, Any] | None = None
+    """With autoscaling: cost, node-hours, spot losses, ... (see :mod:`.autoscaling`)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.autoscale is None:
+            del out["autoscale"]  # the report without autoscaling is as it always was
+        return out
 
 
 def offered_load(jobs: tuple[TraceJob, ...], gpus: int) -> tuple[float | None, tuple[float, ...]]:

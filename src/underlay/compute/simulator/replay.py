@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from underlay.compute.scheduler import Node, Quota, Window, policy_config
+from underlay.compute.simulator.autoscaling import AutoscaleSpec, slot_nodes
 from underlay.compute.simulator.builtin import (
     BUILTIN,
     load_builtin,
@@ -81,24 +82,30 @@ def simulate(
     interval_s: float = 60.0,
     overrides: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    autoscale: AutoscaleSpec | None = None,
 ) -> Report:
     """Replay ``trace`` on ``cluster`` under ``policy`` (with fields of the policy replaced by
     ``overrides``) and report the measures; ``progress(ended, total)`` follows the jobs that
-    have ended (finished or rejected) out of the trace's."""
+    have ended (finished or rejected) out of the trace's. With ``autoscale`` its node groups
+    join the cluster (``cluster`` ``none``: they are all of it)."""
     config = policy_config(policy, **(overrides or {}))
     loaded = load_trace(trace, folder, seed)
     spec = cluster or loaded.default_cluster
     if spec is None:
         raise InvalidInput(f"trace {trace!r} has no default cluster; pass one, e.g. 16x8xA100")
-    nodes = build_cluster(spec, folder)
+    if spec == "none" and autoscale is None:
+        raise InvalidInput("cluster 'none' needs node groups to scale (--autoscale)")
+    nodes = () if spec == "none" else build_cluster(spec, folder)
+    every = nodes + (slot_nodes(autoscale) if autoscale is not None else ())
     return Simulation(
         loaded,
         nodes,
-        quotas_for(loaded, nodes),
+        quotas_for(loaded, every),
         config,
         cluster_name=spec,
         seed=seed,
         restart_overhead_s=restart_overhead_s,
         interval_s=interval_s,
         progress=progress,
+        autoscale=autoscale,
     ).run()
