@@ -3,14 +3,21 @@ API with an ``agent`` token bound to its node (see :mod:`underlay.agent.node`)."
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from underlay.agent.node import NodeAgent
 from underlay.compute.executors import isolation
 from underlay.compute.executors.local import LocalExecutor
 from underlay.config import Settings
 
-__all__ = ["NodeAgent", "local_executor"]
+if TYPE_CHECKING:
+    from underlay.compute.executors.base import Executor
+    from underlay.compute.executors.ray_executor import RayExecutor
+
+__all__ = ["NodeAgent", "local_executor", "node_executor", "ray_executor"]
 
 
 def local_executor(settings: Settings, run_dir: Path) -> LocalExecutor:
@@ -20,3 +27,40 @@ def local_executor(settings: Settings, run_dir: Path) -> LocalExecutor:
     return LocalExecutor(
         run_dir / "status", grace_s=settings.compute.grace_s, isolation=chosen, work_dir=run_dir
     )
+
+
+def node_executor(settings: Settings, run_dir: Path, node: str) -> Executor:
+    """The executor ``settings.compute.executor`` names, for the agent of ``node``."""
+    if settings.compute.executor == "ray":
+        return ray_executor(settings, run_dir, node)
+    return local_executor(settings, run_dir)
+
+
+def ray_executor(settings: Settings, run_dir: Path, node: str) -> RayExecutor:
+    """The Ray executor, on ``compute.ray_address`` or, without one, on a one-node cluster it
+    starts bound to 127.0.0.1 (stopped by its ``close``). The isolation it reports is what
+    this machine's Ray workers choose (each node chooses its own)."""
+    from underlay.compute.executors.ray_cluster import HOST, LocalRayCluster
+    from underlay.compute.executors.ray_executor import RayExecutor
+
+    compute = settings.compute
+    worker_dir = compute.ray_worker_dir or run_dir / "ray-workers"
+    chosen = isolation.from_settings(compute, settings.home, worker_dir)
+    cluster = None
+    address, node_ip = compute.ray_address, compute.ray_node_ip
+    if address is None:
+        temp = compute.ray_temp_dir or Path(tempfile.gettempdir()) / f"underlay-ray-{os.getuid()}"
+        cluster = LocalRayCluster(temp)
+        address, node_ip = cluster.start_head(node, num_cpus=os.cpu_count() or 1), HOST
+    executor = RayExecutor(
+        run_dir / "ray",
+        node=node,
+        address=address,
+        compute=compute,
+        home=settings.home,
+        worker_dir=worker_dir,
+        node_ip=node_ip,
+        isolation=chosen,
+    )
+    executor.cluster = cluster
+    return executor

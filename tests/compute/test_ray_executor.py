@@ -1,0 +1,295 @@
+"""The Ray executor on a real Ray cluster of this machine: a head and a worker node, each
+standing for one of our nodes, every address on 127.0.0.1.
+
+One cluster per module (starting Ray costs seconds). Jobs are real processes under the same
+shim and sandbox as the local executor's; the gang runs a real ``torch.distributed`` (gloo,
+CPU) all-reduce. The last test drives the whole platform: a live server whose agent runs jobs
+through Ray.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import LiveServer
+from underlay.compute.executors.base import ExitStatus, LaunchSpec, ProcessRef, Worker
+from underlay.compute.executors.ray_cluster import HOST, LocalRayCluster
+from underlay.compute.executors.ray_executor import RayExecutor
+from underlay.config import ComputeSettings, Settings
+from underlay.errors import InvalidInput, Unavailable
+
+pytest.importorskip("ray")
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+WAIT_S = 60.0  # a bound on every wait, never an assertion on speed
+HEAD, OTHER = "ray-head", "ray-worker"
+_ids = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalRayCluster]:
+    temp = Path(tempfile.mkdtemp(prefix="ulr-", dir="/tmp"))  # short: Ray socket paths
+    local = LocalRayCluster(temp)
+    try:
+        local.start_head(HEAD)
+        local.add_node(OTHER)
+        yield local
+    finally:
+        pids = local.pids()
+        local.stop()
+        shutil.rmtree(temp, ignore_errors=True)
+    left = [pid for pid in pids if psutil.pid_exists(pid) and _alive(pid)]
+    assert not left, f"Ray processes left behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ray-executor")
+
+
+@pytest.fixture(scope="module")
+def executor(cluster: LocalRayCluster, root: Path) -> Iterator[RayExecutor]:
+    home = root / "home"
+    home.mkdir()
+    (home / "master.key").write_text("secret")
+    ex = RayExecutor(
+        root / "run",
+        node=HEAD,
+        address=cluster.address,
+        compute=ComputeSettings(grace_s=1.0),
+        home=home,
+        worker_dir=root / "workers",
+        node_ip=HOST,
+    )
+    yield ex
+    ex.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def spec(root: Path, code: str, workers: tuple[Worker, ...] = (), **env: str) -> LaunchSpec:
+    job_id = next(_ids)
+    return LaunchSpec(
+        job_id=job_id,
+        attempt=1,
+        command=(sys.executable, "-c", textwrap.dedent(code)),
+        workdir=root / "work" / str(job_id),
+        log_path=root / "logs" / f"{job_id}.log",
+        env=dict(env),
+        workers=workers,
+    )
+
+
+def wait(executor: RayExecutor, ref: ProcessRef) -> ExitStatus:
+    deadline = time.monotonic() + WAIT_S
+    while (status := executor.poll(ref)) is None:
+        assert time.monotonic() < deadline, f"job {ref.job_id} still runs after {WAIT_S} s"
+        time.sleep(0.1)
+    return status
+
+
+def test_a_job_runs_on_the_node_placed_with_its_log_and_usage(
+    executor: RayExecutor, root: Path, cluster: LocalRayCluster
+) -> None:
+    code = """
+        import os, time
+        end = time.process_time() + 0.3
+        while time.process_time() < end:
+            pass
+        env = os.environ
+        print("hello from", env["UNDERLAY_NODE"], env["RANK"], env["WORLD_SIZE"])
+        time.sleep(1.0)
+    """
+    s = spec(root, code, (Worker(OTHER),))
+    ref = executor.launch(s)
+    worker_node = psutil.Process(cluster.processes[1].pid)
+    shim = psutil.Process(ref.pid)
+    assert worker_node in shim.parents(), "the worker must run under the worker node's Ray"
+    status = wait(executor, ref)
+    assert (status.state, status.exit_code) == ("succeeded", 0), status
+    log = s.log_path.read_text()
+    assert f"[underlay] job {s.job_id} attempt 1 starting" in log
+    assert f"hello from {OTHER} 0 1" in log
+    assert status.usage.cpu_s >= 0.2
+    assert executor.usage(ref) == status.usage
+
+
+def test_every_ray_address_is_loopback(
+    executor: RayExecutor, root: Path, cluster: LocalRayCluster
+) -> None:
+    ref = executor.launch(spec(root, "print('up')", (Worker(HEAD),)))
+    wait(executor, ref)
+    bound = []
+    for pid in cluster.pids() | {psutil.Process().pid}:
+        try:
+            sockets = psutil.Process(pid).net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        bound += [(pid, c.laddr.ip, c.laddr.port) for c in sockets if c.laddr and not c.raddr]
+    assert bound, "Ray's processes must have listening sockets to check"
+    elsewhere = [b for b in bound if b[1] != HOST]
+    assert not elsewhere, f"Ray listens beyond 127.0.0.1: {elsewhere}"
+    assert all(port not in (6379, 5432) for _, _, port in bound)
+
+
+def test_a_gang_all_reduces_with_torch_across_two_nodes(executor: RayExecutor, root: Path) -> None:
+    pytest.importorskip("torch")
+    code = """
+        import os
+        import torch
+        import torch.distributed as dist
+        dist.init_process_group("gloo", init_method="env://")
+        total = torch.tensor([float(dist.get_rank() + 1)])
+        dist.all_reduce(total)
+        print(f"rank {dist.get_rank()} of {dist.get_world_size()} sum {total.item():g} "
+              f"local {os.environ['LOCAL_RANK']}/{os.environ['LOCAL_WORLD_SIZE']} "
+              f"master {os.environ['MASTER_ADDR']}")
+        dist.destroy_process_group()
+    """
+    s = spec(root, code, (Worker(HEAD), Worker(OTHER)), GLOO_SOCKET_IFNAME="lo")
+    status = wait(executor, executor.launch(s))
+    log = s.log_path.read_text()
+    assert status.state == "succeeded", log
+    assert f"[worker 0] rank 0 of 2 sum 3 local 0/1 master {HOST}" in log
+    assert f"[worker 1] rank 1 of 2 sum 3 local 0/1 master {HOST}" in log
+
+
+def test_stop_sends_sigterm_to_every_worker_then_sigkill_after_the_grace(
+    executor: RayExecutor, root: Path
+) -> None:
+    code = """
+        import os, signal, time
+        def term(signum, frame):
+            print("worker", os.environ["RANK"], "got SIGTERM", flush=True)
+        signal.signal(signal.SIGTERM, term)
+        print("ready", flush=True)
+        while True:
+            time.sleep(0.1)
+    """
+    s = spec(root, code, (Worker(HEAD), Worker(OTHER)))
+    ref = executor.launch(s)
+    deadline = time.monotonic() + WAIT_S
+    while s.log_path.read_text().count("ready") < 2:
+        assert executor.poll(ref) is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    executor.stop(ref, state="preempted", reason="preempted for job 9", grace_s=1.0)
+    status = wait(executor, ref)
+    log = s.log_path.read_text()
+    assert (status.state, status.reason) == ("preempted", "preempted for job 9"), log
+    assert "[worker 0] worker 0 got SIGTERM" in log and "[worker 1] worker 1 got SIGTERM" in log
+    assert status.exit_code is None  # it ignored SIGTERM: SIGKILL ended it
+
+
+def test_a_failing_worker_stops_and_fails_the_whole_gang(executor: RayExecutor, root: Path) -> None:
+    code = """
+        import os, sys, time
+        if os.environ["RANK"] == "1":
+            sys.exit(3)
+        time.sleep(120)
+    """
+    s = spec(root, code, (Worker(HEAD), Worker(OTHER)))
+    status = wait(executor, executor.launch(s))
+    assert status.state == "failed"
+    assert status.reason == f"worker 1 (node {OTHER}) exited with code 3"
+
+
+def test_a_restarted_agent_adopts_a_running_attempt(
+    executor: RayExecutor, root: Path, cluster: LocalRayCluster
+) -> None:
+    s = spec(root, "import time; print('before', flush=True); time.sleep(2); print('after')")
+    ref = executor.launch(s)
+    again = RayExecutor(
+        root / "run", node=HEAD, address=cluster.address, worker_dir=root / "workers"
+    )
+    assert again.adopt(ref)
+    status = wait(again, ref)
+    assert status.state == "succeeded"
+    log = s.log_path.read_text()
+    assert log.count("starting at") == 1 and "before" in log and "after" in log
+
+
+def test_a_node_without_a_ray_node_is_refused_and_nothing_is_left(
+    cluster: LocalRayCluster, root: Path
+) -> None:
+    ex = RayExecutor(root / "run-missing", node=HEAD, address=cluster.address, start_timeout_s=2.0)
+    s = spec(root, "print('never')", (Worker("nowhere"),))
+    with pytest.raises(Unavailable, match="no Ray node offers underlay_node:nowhere"):
+        ex.launch(s)
+    assert not (root / "run-missing" / f"{s.job_id}.1").exists()
+    with pytest.raises(InvalidInput, match="the job has no command"):
+        ex.launch(replace(s, command=()))
+
+
+def test_workers_are_sandboxed_like_local_jobs_but_reach_the_ray_cluster(
+    executor: RayExecutor, root: Path, cluster: LocalRayCluster
+) -> None:
+    if not executor.isolation.namespaces and _worker_mode(root) == "none":
+        pytest.skip("this machine cannot isolate jobs")
+    host, port = cluster.address.split(":")
+    code = f"""
+        import os, socket
+        print("home:", sorted(os.listdir({str(root / "home")!r})))
+        with socket.create_connection(({host!r}, {port})):
+            print("reached the Ray GCS")
+    """
+    s = spec(root, code, (Worker(OTHER),))
+    status = wait(executor, executor.launch(s))
+    log = s.log_path.read_text()
+    assert status.state == "succeeded", log
+    assert "home: []" in log  # the platform's home is an empty folder to the job
+    assert "reached the Ray GCS" in log  # Ray's own ports are not isolated
+
+
+def _worker_mode(root: Path) -> str:
+    from underlay.compute.executors.isolation import from_settings
+
+    return from_settings(ComputeSettings(), root / "home", root / "workers").mode
+
+
+@pytest.fixture
+def ray_settings(settings: Settings, cluster: LocalRayCluster) -> Settings:
+    settings.compute = ComputeSettings(
+        node_name=HEAD,
+        executor="ray",
+        ray_address=cluster.address,
+        ray_node_ip=HOST,
+        loop_interval_s=0.1,
+        heartbeat_interval_s=0.2,
+        grace_s=2.0,
+    )
+    return settings
+
+
+def test_a_gang_runs_end_to_end_through_the_server(ray_settings: Settings) -> None:
+    live = LiveServer(ray_settings).start()
+    try:
+        with live.client() as ul:
+            ul.create_project("p")
+            deadline = time.monotonic() + WAIT_S
+            while not ul.list_nodes():
+                assert time.monotonic() < deadline, "the agent never registered"
+                time.sleep(0.1)
+            code = "import os; print('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'])"
+            job = ul.submit_job("p", [sys.executable, "-c", code], gang=2, cpus=0.1)
+            done = ul.wait_job("p", job.id, timeout_s=WAIT_S)
+            log = b"".join(ul.job_logs("p", job.id)).decode()
+            assert done.state == "succeeded", (done.reason, log)
+            assert "[worker 0] rank 0 of 2" in log and "[worker 1] rank 1 of 2" in log
+    finally:
+        live.stop()
