@@ -293,3 +293,11 @@ def test_a_gang_runs_end_to_end_through_the_server(ray_settings: Settings) -> No
             assert "[worker 0] rank 0 of 2" in log and "[worker 1] rank 1 of 2" in log
     finally:
         live.stop()
+
+
+def test_an_attempt_this_agent_has_no_record_of_is_lost(executor: RayExecutor, root: Path) -> None:
+    ref = ProcessRef(10_000, 1, 1, 0.0, root / "run" / "10000.1" / "status.json")
+    assert not executor.adopt(ref)
+    status = executor.poll(ref)
+    assert status is not None and status.state == "lost"
+    assert status.reason == "no record of this Ray attempt on this agent"

@@ -64,6 +64,7 @@ NAMESPACE = "underlay"
 SLIVER = 0.001  # of a node's resource per worker: up to 1,000 workers on one node
 CALL_TIMEOUT_S = 30.0
 LOG_CHUNK = 1024 * 1024
+LOST_REASON = "no record of this Ray attempt on this agent"
 
 
 @dataclass
@@ -172,7 +173,6 @@ class RayExecutor:
             self._stop_gang_on_failure(gang, statuses)
             return None
         final = _aggregate(gang, [s for s in statuses if s is not None])
-        self._copy_logs(gang, ended=[True] * len(statuses))
         shim.write_atomically(str(ref.status_path), json.dumps(asdict(final)))
         gang.final = final
         self._remove(gang)
@@ -195,10 +195,7 @@ class RayExecutor:
     def adopt(self, ref: ProcessRef) -> bool:
         """True if the attempt's actors still run and are now tracked; :meth:`poll` reports
         the end of one that ended meanwhile (or ``lost`` when its actors are gone)."""
-        try:
-            gang = self._track(ref)
-        except UnderlayError:
-            return False
+        gang = self._track(ref)
         return gang.final is None and len(gang.actors) == len(gang.names)
 
     def usage(self, ref: ProcessRef) -> UsageSample:
@@ -362,8 +359,11 @@ class RayExecutor:
             return gang
         folder = ref.status_path.parent
         record = _read_json(folder / "ray.json")
-        if record is None:
-            raise Conflict(f"no Ray attempt is recorded in {folder}")
+        if record is None:  # never launched here, or its records are gone: nothing to watch
+            gang = _Gang(ref, names=[], log_path="", nodes=[], offsets=[])
+            gang.final = ExitStatus("lost", None, LOST_REASON, UsageSample(0.0, 0.0, 0.0))
+            self._gangs[ref] = gang
+            return gang
         gang = _Gang(
             ref,
             names=list(record["names"]),
