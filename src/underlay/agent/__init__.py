@@ -45,13 +45,15 @@ def ray_executor(settings: Settings, run_dir: Path, node: str) -> RayExecutor:
 
     compute = settings.compute
     worker_dir = compute.ray_worker_dir or run_dir / "ray-workers"
-    chosen = isolation.from_settings(compute, settings.home, worker_dir)
     cluster = None
     address, node_ip = compute.ray_address, compute.ray_node_ip
     if address is None:
         temp = compute.ray_temp_dir or Path(tempfile.gettempdir()) / f"underlay-ray-{os.getuid()}"
+        # Ray's sessions and token: never visible to a job
+        compute = compute.model_copy(update={"sandbox_hide": [*compute.sandbox_hide, temp]})
         cluster = LocalRayCluster(temp)
         address, node_ip = cluster.start_head(node, num_cpus=os.cpu_count() or 1), HOST
+    chosen = isolation.from_settings(compute, settings.home, worker_dir)
     executor = RayExecutor(
         run_dir / "ray",
         node=node,
@@ -61,6 +63,7 @@ def ray_executor(settings: Settings, run_dir: Path, node: str) -> RayExecutor:
         worker_dir=worker_dir,
         node_ip=node_ip,
         isolation=chosen,
+        auth_token_path=cluster.token_path if cluster is not None else None,
     )
     executor.cluster = cluster
     return executor

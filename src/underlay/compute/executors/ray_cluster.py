@@ -12,6 +12,13 @@ GCS, the node manager, the object manager, the agents and the metrics port. Work
 are drawn from a range Ray binds on the node IP. The dashboard is not started (plain ``ray``
 has none). Each node names our node in a custom resource, ``underlay_node:<name>``, which is
 how the executor pins an attempt's workers to the nodes our scheduler chose.
+
+**Token authentication** (``auth=True``, the default): Ray runs whatever a client of its GCS
+submits, as the user Ray runs as, outside our sandbox, and our sandbox has no network
+namespace, so a job could reach the GCS on 127.0.0.1. The cluster is started with
+``RAY_AUTH_MODE=token`` and a random token in a 0600 file of its 0700 temp folder; the driver
+(the agent) is given the same (:func:`auth_environment`), and a job gets neither: its
+environment is an allow-list, and the temp folder is hidden from it.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -29,6 +37,7 @@ from pathlib import Path
 
 import psutil
 
+from underlay.config import write_secret_file
 from underlay.errors import Unavailable
 
 HOST = "127.0.0.1"
@@ -57,15 +66,22 @@ class LocalRayCluster:
     bytes). ``nodes`` maps each Ray node to the name of our node it stands for."""
 
     temp_dir: Path
+    auth: bool = True
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     address: str = ""
+
+    @property
+    def token_path(self) -> Path | None:
+        """The file holding the cluster's token (0600, in the 0700 temp folder), or None
+        without token authentication."""
+        return self.temp_dir / "auth_token" if self.auth else None
 
     def start_head(self, node: str, *, num_cpus: int = 1) -> str:
         """Start the head node standing for our node ``node``; returns the GCS address."""
         port = free_port()
         self.address = f"{HOST}:{port}"
-        self._start(["--head", f"--port={port}", f"--ray-client-server-port={free_port()}"],
-                    node, num_cpus)  # fmt: skip
+        role = ["--head", f"--port={port}", "--include-dashboard=false"]
+        self._start(role, node, num_cpus)
         return self.address
 
     def add_node(self, node: str, *, num_cpus: int = 1) -> None:
@@ -74,11 +90,18 @@ class LocalRayCluster:
             raise RuntimeError("start the head first")
         self._start([f"--address={self.address}"], node, num_cpus)
 
-    def _start(self, role: list[str], node: str, num_cpus: int) -> None:
+    def _start(
+        self, role: list[str], node: str, num_cpus: int, env: dict[str, str] | None = None
+    ) -> None:
         self.temp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        token = self.token_path
+        if token is not None and not token.exists():
+            write_secret_file(token, secrets.token_hex(32).encode(), overwrite=False)
         log_path = self.temp_dir / f"ray-start-{len(self.processes)}.log"
         argv = [
-            str(Path(sys.executable).with_name("ray")),
+            sys.executable,
+            "-c",
+            _LOOPBACK_RAY_START,
             "start",
             *role,
             "--block",
@@ -87,7 +110,6 @@ class LocalRayCluster:
             f"--num-cpus={num_cpus}",
             "--num-gpus=0",  # our scheduler places accelerators, not Ray
             f"--resources={json.dumps({node_resource(node): 1})}",
-            "--include-dashboard=false",
             "--disable-usage-stats",
             f"--node-manager-port={free_port()}",
             f"--object-manager-port={free_port()}",
@@ -102,7 +124,7 @@ class LocalRayCluster:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=ray_environment(),
+                env=ray_environment(self.token_path) | (env or {}),
                 start_new_session=True,  # its reaper kills its own group, never ours
             )
         self.processes.append(process)
@@ -148,14 +170,49 @@ class LocalRayCluster:
         self.processes.clear()
 
 
-def ray_environment() -> dict[str, str]:
+def auth_environment(token_path: Path | None) -> dict[str, str]:
+    """Ray's token authentication (``RAY_AUTH_MODE=token``) with the token in ``token_path``;
+    empty without one. Every process of the cluster and every driver needs it."""
+    if token_path is None:
+        return {}
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+
+
+def ray_environment(token_path: Path | None = None) -> dict[str, str]:
     """The environment of Ray's processes: ours, with this package importable by the workers
-    (an editable checkout is not installed on ``sys.path`` of a bare interpreter)."""
+    (an editable checkout is not installed on ``sys.path`` of a bare interpreter) and the
+    cluster's token authentication."""
     import underlay
 
-    env = dict(os.environ)
+    env = dict(os.environ) | auth_environment(token_path)
     package_root = str(Path(underlay.__file__).resolve().parent.parent)
     paths = [package_root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(str(Path(p).resolve()) for p in paths))
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     return env
+
+
+# Ray binds its gRPC servers (GCS, raylet, object manager, workers) to 127.0.0.1 alone only when
+# the node's IP is exactly 127.0.0.1, and it turns 127.0.0.1 into the machine's own address
+# wherever it meets it (--node-ip-address, --address, ray.init) unless it believes it may not
+# form a multi-node cluster. `ray start` is run with that rewrite off for loopback, and the
+# node's own processes are told they are loopback-only (they read the variable at start-up).
+_LOOPBACK_RAY_START = """
+import os
+from ray._private import services
+from ray.scripts.scripts import main
+rewrite = services.resolve_ip_for_localhost
+services.resolve_ip_for_localhost = lambda host: host if host == "127.0.0.1" else rewrite(host)
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+main()
+"""
+
+
+def keep_loopback(address: str) -> None:
+    """In a driver (the agent) about to connect to ``address``: if it is on 127.0.0.1, stop
+    Ray from turning that into this machine's own address (see ``_LOOPBACK_RAY_START``)."""
+    if address.rsplit(":", 1)[0] != HOST:
+        return
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at call time by get_node_ip_address

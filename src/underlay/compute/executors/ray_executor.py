@@ -39,6 +39,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import shutil
 import tarfile
 from dataclasses import asdict, dataclass, field, replace
@@ -56,7 +57,11 @@ from underlay.compute.executors.base import (
 )
 from underlay.compute.executors.isolation import Isolation
 from underlay.compute.executors.local import validate
-from underlay.compute.executors.ray_cluster import node_resource
+from underlay.compute.executors.ray_cluster import (
+    auth_environment,
+    keep_loopback,
+    node_resource,
+)
 from underlay.config import ComputeSettings
 from underlay.errors import Conflict, InvalidInput, Unavailable, UnderlayError
 
@@ -123,6 +128,7 @@ class RayExecutor:
         node_ip: str | None = None,
         isolation: Isolation | None = None,
         start_timeout_s: float = 60.0,
+        auth_token_path: Path | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -133,6 +139,8 @@ class RayExecutor:
         self.isolation = isolation or Isolation(reason="jobs run on Ray nodes (see ray_executor)")
         self.grace_s = self.compute.grace_s
         self.start_timeout_s = start_timeout_s
+        self.auth_token_path = auth_token_path
+        self._saved_env: dict[str, str | None] = {}
         self._gangs: dict[ProcessRef, _Gang] = {}
         self._connected = False
         self._owns_connection = False
@@ -212,6 +220,12 @@ class RayExecutor:
 
             ray.shutdown()
             self._owns_connection = False
+            for name, value in self._saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            self._saved_env.clear()
         self._connected = False
         if self.cluster is not None:
             self.cluster.stop()
@@ -226,6 +240,12 @@ class RayExecutor:
             if not ray.is_initialized():  # one driver per process: share a connection
                 options: dict[str, Any] = {"_node_ip_address": self.node_ip} if self.node_ip else {}
                 self._owns_connection = True
+                for name, value in auth_environment(self.auth_token_path).items():
+                    # Ray reads its token settings from this process's environment; jobs
+                    # never see them (their environment is an allow-list)
+                    self._saved_env[name] = os.environ.get(name)
+                    os.environ[name] = value
+                keep_loopback(self.address)
                 ray.init(
                     address=self.address,
                     namespace=NAMESPACE,
@@ -299,7 +319,7 @@ class RayExecutor:
                     scheduling_strategy=PlacementGroupSchedulingStrategy(
                         group, placement_group_bundle_index=rank
                     ),
-                ).remote(str(folder), self.compute, str(self.home))
+                ).remote(str(folder), str(self.worker_dir), self.compute, str(self.home))
             )
         return actors
 

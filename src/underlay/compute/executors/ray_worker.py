@@ -38,13 +38,14 @@ from underlay.errors import Conflict
 
 class AttemptWorker:
     """One worker; ``folder`` is its own folder on its node (its run and working folders and
-    its log), hidden from every job like the agent's run folder; ``home`` is the platform's
-    home, hidden too where this node has it."""
+    its log), in ``root``, the folder of every worker on the node, which is hidden from every
+    job like the agent's run folder (a job sees only its own working folder in it);
+    ``home`` is the platform's home, hidden too where this node has it."""
 
-    def __init__(self, folder: str, compute: ComputeSettings, home: str) -> None:
+    def __init__(self, folder: str, root: str, compute: ComputeSettings, home: str) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        chosen = isolation.from_settings(compute, Path(home), self.folder)
+        chosen = isolation.from_settings(compute, Path(home), Path(root))
         self.executor = LocalExecutor(
             self.folder / "status", grace_s=compute.grace_s, isolation=chosen, work_dir=self.folder
         )
