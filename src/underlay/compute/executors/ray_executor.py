@@ -220,12 +220,12 @@ class RayExecutor:
 
             ray.shutdown()
             self._owns_connection = False
-            for name, value in self._saved_env.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-            self._saved_env.clear()
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env.clear()
         self._connected = False
         if self.cluster is not None:
             self.cluster.stop()
@@ -234,27 +234,37 @@ class RayExecutor:
     # -- launching ---------------------------------------------------------------------------
 
     def _ray(self) -> Any:
+        if not self._connected:
+            self._connect()
         import ray
 
-        if not self._connected:
-            if not ray.is_initialized():  # one driver per process: share a connection
-                options: dict[str, Any] = {"_node_ip_address": self.node_ip} if self.node_ip else {}
-                self._owns_connection = True
-                for name, value in auth_environment(self.auth_token_path).items():
-                    # Ray reads its token settings from this process's environment; jobs
-                    # never see them (their environment is an allow-list)
-                    self._saved_env[name] = os.environ.get(name)
-                    os.environ[name] = value
-                keep_loopback(self.address)
-                ray.init(
-                    address=self.address,
-                    namespace=NAMESPACE,
-                    log_to_driver=False,
-                    configure_logging=False,
-                    **options,
-                )
-            self._connected = True
         return ray
+
+    def _connect(self) -> None:
+        """Connect this process to the cluster as a driver, unless it is connected already
+        (one driver per process: executors in one process share it)."""
+        for name, value in auth_environment(self.auth_token_path).items():
+            # Ray reads its token settings from this process's environment, at import and
+            # when its config is reloaded; jobs never see them (their environment is an
+            # allow-list)
+            self._saved_env.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
+        import ray
+        from ray._raylet import Config
+
+        if not ray.is_initialized():
+            Config.initialize("")  # take the token settings if ray was imported before
+            keep_loopback(self.address)
+            options: dict[str, Any] = {"_node_ip_address": self.node_ip} if self.node_ip else {}
+            ray.init(
+                address=self.address,
+                namespace=NAMESPACE,
+                log_to_driver=False,
+                configure_logging=False,
+                **options,
+            )
+            self._owns_connection = True
+        self._connected = True
 
     def _start(self, spec: LaunchSpec, workers: tuple[Worker, ...], folder: Path) -> ProcessRef:
         ray = self._ray()
@@ -266,8 +276,7 @@ class RayExecutor:
         group = placement_group(
             [{node_resource(n): SLIVER} for n in nodes],
             strategy=strategy,
-            name=base,
-            namespace=NAMESPACE,
+            name=base,  # in the driver's namespace, NAMESPACE
             lifetime="detached",
         )
         gang = _Gang(
