@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import ADMIN_TOKEN, LiveServer
 from underlay.compute.executors.base import ExitStatus, LaunchSpec, ProcessRef, Worker
 from underlay.compute.executors.ray_cluster import HOST, LocalRayCluster
 from underlay.compute.executors.ray_executor import RayExecutor
@@ -288,6 +288,7 @@ def ray_settings(settings: Settings, cluster: LocalRayCluster) -> Settings:
         heartbeat_interval_s=0.2,
         grace_s=2.0,
     )
+    settings.admin_token = ADMIN_TOKEN
     return settings
 
 
