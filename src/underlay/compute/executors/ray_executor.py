@@ -250,7 +250,7 @@ class RayExecutor:
             self._saved_env.setdefault(name, os.environ.get(name))
             os.environ[name] = value
         import ray
-        from ray._raylet import Config
+        from ray._raylet import Config  # type: ignore[attr-defined]
 
         if not ray.is_initialized():
             Config.initialize("")  # take the token settings if ray was imported before

@@ -56,10 +56,11 @@ class AttemptWorker:
         return self.executor.isolation.mode
 
     def rendezvous(self) -> tuple[str, int]:
-        """This node's IP and a port free on it: where rank 0 listens for the others."""
-        import ray
+        """This node's IP (the one its raylet registered) and a port free on it: where rank
+        0 listens for the others."""
+        from ray._private import worker
 
-        host = ray.util.get_node_ip_address()
+        host = str(worker.global_worker.node_ip_address)
         return host, free_port(host)
 
     def launch(self, spec: LaunchSpec, archive: bytes) -> ProcessRef:
