@@ -3,8 +3,8 @@ standing for one of our nodes, every address on 127.0.0.1.
 
 One cluster per module (starting Ray costs seconds). Jobs are real processes under the same
 shim and sandbox as the local executor's; the gang runs a real ``torch.distributed`` (gloo,
-CPU) all-reduce. The last test drives the whole platform: a live server whose agent runs jobs
-through Ray.
+CPU) all-reduce. One test drives the whole platform as a user starts it: `underlay up` with
+UNDERLAY_EXECUTOR=ray and PostgreSQL, which starts a Ray cluster of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import importlib.util
 import ipaddress
 import itertools
 import shutil
+import signal
 import sys
 import tempfile
 import textwrap
@@ -24,14 +25,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, LiveServer
+from tests.cli.conftest import ServerProcess
+from tests.conftest import ADMIN_TOKEN, _reset_pg
+from underlay.client import Client
 from underlay.compute.executors.base import ExitStatus, LaunchSpec, ProcessRef, Worker
 from underlay.compute.executors.ray_cluster import HOST, LocalRayCluster
 from underlay.compute.executors.ray_executor import RayExecutor
-from underlay.config import ComputeSettings, Settings
+from underlay.config import ComputeSettings
 from underlay.errors import InvalidInput, Unavailable
 
-if importlib.util.find_spec("ray") is None:  # not imported here: see keep_loopback
+if importlib.util.find_spec("ray") is None:
     pytest.skip("ray is not installed (pip install 'underlay[ray]')", allow_module_level=True)
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -277,38 +280,59 @@ def _worker_mode(root: Path) -> str:
     return from_settings(ComputeSettings(), root / "home", root / "workers").mode
 
 
-@pytest.fixture
-def ray_settings(settings: Settings, cluster: LocalRayCluster) -> Settings:
-    settings.compute = ComputeSettings(
-        node_name=HEAD,
-        executor="ray",
-        ray_address=cluster.address,
-        ray_node_ip=HOST,
-        loop_interval_s=0.1,
-        heartbeat_interval_s=0.2,
-        grace_s=2.0,
-    )
-    settings.admin_token = ADMIN_TOKEN
-    return settings
+def _run_a_gang(ul: Client) -> None:
+    code = "import os; print('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'])"
+    job = ul.submit_job("p", [sys.executable, "-c", code], gang=2, cpus=0.1)
+    done = ul.wait_job("p", job.id, timeout_s=WAIT_S)
+    log = b"".join(ul.job_logs("p", job.id)).decode()
+    assert done.state == "succeeded", (done.reason, log)
+    assert "[worker 0] rank 0 of 2\n" in log and "[worker 1] rank 1 of 2\n" in log
 
 
-def test_a_gang_runs_end_to_end_through_the_server(ray_settings: Settings) -> None:
-    live = LiveServer(ray_settings).start()
+class RayServer(ServerProcess):
+    """`underlay up` with UNDERLAY_EXECUTOR=ray and PostgreSQL, as a user would start it."""
+
+    def __init__(self, home: Path, store_url: str, temp: Path) -> None:
+        super().__init__(home)
+        self.store_url, self.temp = store_url, temp
+
+    def extra_env(self) -> dict[str, str]:
+        return {
+            "UNDERLAY_EXECUTOR": "ray",
+            "UNDERLAY_STORE__URL": self.store_url,
+            "UNDERLAY_COMPUTE__NODE_NAME": "laptop",
+            "UNDERLAY_COMPUTE__RAY_TEMP_DIR": str(self.temp),
+            "UNDERLAY_COMPUTE__HEARTBEAT_INTERVAL_S": "0.2",
+            "UNDERLAY_COMPUTE__LOOP_INTERVAL_S": "0.1",
+        }
+
+
+@pytest.mark.postgres
+def test_underlay_up_with_the_ray_executor_and_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """The move from laptop to cluster by configuration: `underlay up` starts its own Ray
+    cluster on 127.0.0.1, runs a gang on it, and takes every Ray process down when it stops."""
+    _reset_pg(pg_url)
+    temp = Path(tempfile.mkdtemp(prefix="ulr-", dir="/tmp"))  # short: Ray socket paths
+    server = RayServer(tmp_path / "home", pg_url, temp)
     try:
-        with live.client() as ul:
+        server.start(ready_within_s=120)
+        assert server.proc is not None
+        with Client(server.url, ADMIN_TOKEN) as ul:
             ul.create_project("p")
             deadline = time.monotonic() + WAIT_S
             while not ul.list_nodes():
                 assert time.monotonic() < deadline, "the agent never registered"
                 time.sleep(0.1)
-            code = "import os; print('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'])"
-            job = ul.submit_job("p", [sys.executable, "-c", code], gang=2, cpus=0.1)
-            done = ul.wait_job("p", job.id, timeout_s=WAIT_S)
-            log = b"".join(ul.job_logs("p", job.id)).decode()
-            assert done.state == "succeeded", (done.reason, log)
-            assert "[worker 0] rank 0 of 2" in log and "[worker 1] rank 1 of 2" in log
+            _run_a_gang(ul)
+        tree = psutil.Process(server.proc.pid).children(recursive=True)
+        assert any("raylet" in " ".join(p.cmdline()) for p in tree), "Ray runs under underlay up"
     finally:
-        live.stop()
+        # uvicorn re-raises the SIGTERM it handled once it has shut down cleanly
+        assert server.stop() in (0, -signal.SIGTERM), server.output()
+        assert "Application shutdown complete" in server.output()
+        shutil.rmtree(temp, ignore_errors=True)
+    left = [p.pid for p in tree if _alive(p.pid)]
+    assert not left, f"Ray processes outlived underlay up: {left}"
 
 
 def test_an_attempt_this_agent_has_no_record_of_is_lost(executor: RayExecutor, root: Path) -> None:

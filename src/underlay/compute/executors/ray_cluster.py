@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import signal
@@ -34,6 +35,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -208,11 +210,24 @@ main()
 """
 
 
-def keep_loopback(address: str) -> None:
-    """In a driver (the agent) about to connect to ``address``: if it is on 127.0.0.1, stop
-    Ray from turning that into this machine's own address (see ``_LOOPBACK_RAY_START``)."""
-    if address.rsplit(":", 1)[0] != HOST:
-        return
+def import_for_driver(address: str) -> Any:
+    """``import ray`` in a process that is about to connect to ``address`` as a driver (the
+    agent, inside ``underlay up``), without Ray changing what is not its own:
+
+    - importing Ray replaces the logging record factory (every log record of the process
+      would carry ``_ray_timestamp_ns``): the process's own factory is put back;
+    - connecting installs a failure signal handler that dumps a stack on SIGTERM and aborts
+      the process: off, the process keeps its own signal handling;
+    - for a cluster on 127.0.0.1, Ray would turn that into this machine's own address (see
+      ``_LOOPBACK_RAY_START``): off.
+    """
+    factory = logging.getLogRecordFactory()
+    import ray
     from ray._private import ray_constants
 
-    ray_constants.ENABLE_RAY_CLUSTER = False  # read at call time by get_node_ip_address
+    logging.setLogRecordFactory(factory)
+    # Both are read when they are used, so setting them here works after any import order.
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    if address.rsplit(":", 1)[0] == HOST:
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    return ray

@@ -59,7 +59,7 @@ from underlay.compute.executors.isolation import Isolation
 from underlay.compute.executors.local import validate
 from underlay.compute.executors.ray_cluster import (
     auth_environment,
-    keep_loopback,
+    import_for_driver,
     node_resource,
 )
 from underlay.config import ComputeSettings
@@ -249,12 +249,11 @@ class RayExecutor:
             # allow-list)
             self._saved_env.setdefault(name, os.environ.get(name))
             os.environ[name] = value
-        import ray
+        ray = import_for_driver(self.address)
         from ray._raylet import Config  # type: ignore[attr-defined]
 
         if not ray.is_initialized():
             Config.initialize("")  # take the token settings if ray was imported before
-            keep_loopback(self.address)
             options: dict[str, Any] = {"_node_ip_address": self.node_ip} if self.node_ip else {}
             ray.init(
                 address=self.address,
