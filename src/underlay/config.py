@@ -328,8 +328,8 @@ class ComputeSettings(BaseModel):
     )
     ray_node_ip: str | None = Field(
         default=None,
-        description="IP of the Ray node on the agent's machine, used by the agent to connect "
-        "(default: Ray's guess; 127.0.0.1 for the cluster the agent starts).",
+        description="IP of the Ray node on the agent's machine that the agent connects "
+        "through (default: the one Ray finds on this machine, the head where there are several).",
     )
     ray_temp_dir: Path | None = Field(
         default=None,

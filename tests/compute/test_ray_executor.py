@@ -121,9 +121,10 @@ def test_a_job_runs_on_the_node_placed_with_its_log_and_usage(
             pass
         env = os.environ
         print("hello from", env["UNDERLAY_NODE"], env["RANK"], env["WORLD_SIZE"])
+        print("devices", env["CUDA_VISIBLE_DEVICES"])
         time.sleep(1.0)
     """
-    s = spec(root, code, (Worker(OTHER),))
+    s = spec(root, code, (Worker(OTHER, (1,), ("GPU-b-1",)),))
     ref = executor.launch(s)
     worker_node = psutil.Process(cluster.processes[1].pid)
     shim = psutil.Process(ref.pid)
@@ -133,6 +134,7 @@ def test_a_job_runs_on_the_node_placed_with_its_log_and_usage(
     log = s.log_path.read_text()
     assert f"[underlay] job {s.job_id} attempt 1 starting" in log
     assert f"hello from {OTHER} 0 1" in log
+    assert "\ndevices GPU-b-1\n" in log  # the accelerator our placement gave this worker
     assert status.usage.cpu_s >= 0.2
     assert executor.usage(ref) == status.usage
 
