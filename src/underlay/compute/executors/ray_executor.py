@@ -108,8 +108,9 @@ class RayExecutor:
     """Runs attempts on a Ray cluster; see the module docstring.
 
     ``node`` is the name of our node this agent reports (a single worker without a placement
-    runs there); ``address`` the cluster's GCS address; ``run_dir`` this agent's folder for
-    attempt records; ``worker_dir`` the folder each Ray node keeps workers' files in.
+    runs there); ``address`` the cluster's GCS address (empty: start :attr:`cluster`);
+    ``run_dir`` this agent's folder for attempt records; ``worker_dir`` the folder each Ray
+    node keeps workers' files in.
     """
 
     name: ClassVar[str] = "ray"
@@ -144,7 +145,9 @@ class RayExecutor:
         self._gangs: dict[ProcessRef, _Gang] = {}
         self._connected = False
         self._owns_connection = False
-        self.cluster: Any = None  # a LocalRayCluster this executor started, stopped by close
+        # A LocalRayCluster this executor starts when it first connects (``address`` empty),
+        # and stops in close
+        self.cluster: Any = None
 
     def workdir_for(self, job_id: int, attempt: int) -> Path:
         """Where the agent unpacks the working folder; launch ships it to every worker."""
@@ -249,6 +252,10 @@ class RayExecutor:
             # allow-list)
             self._saved_env.setdefault(name, os.environ.get(name))
             os.environ[name] = value
+        if not self.address and self.cluster is not None:
+            self.address = self.cluster.start_head(self.node, num_cpus=os.cpu_count() or 1)
+        if not self.address:
+            raise Unavailable("no Ray cluster to run on: set compute.ray_address")
         ray = import_for_driver(self.address)
         from ray._raylet import Config  # type: ignore[attr-defined]
 
