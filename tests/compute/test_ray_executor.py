@@ -155,6 +155,9 @@ def test_every_ray_address_is_loopback(
     elsewhere = [b for b in bound if _ipv4(b[1]) != HOST]
     assert not elsewhere, f"Ray listens beyond 127.0.0.1: {elsewhere}"
     assert all(port not in (6379, 5432) for _, _, port in bound)
+    me = psutil.Process().pid  # (the driver: this process, which other tests' servers share)
+    in_suite_range = [b for b in bound if b[0] != me and 10_000 <= b[2] < 30_000]
+    assert not in_suite_range, f"Ray took ports the test suite's servers use: {in_suite_range}"
 
 
 def _ipv4(ip: str) -> str:

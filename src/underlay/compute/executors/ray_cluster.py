@@ -46,6 +46,8 @@ HOST = "127.0.0.1"
 NODE_RESOURCE = "underlay_node:"
 START_TIMEOUT_S = 120.0
 STARTED = "Ray runtime started"
+# Ray's workers each listen on a port of their node's range, by default
+# 10002-19999, where servers (and the test suite's) pick theirs; here the kernel picks them.
 
 
 def node_resource(node: str) -> str:
@@ -92,9 +94,7 @@ class LocalRayCluster:
             raise RuntimeError("start the head first")
         self._start([f"--address={self.address}"], node, num_cpus)
 
-    def _start(
-        self, role: list[str], node: str, num_cpus: int, env: dict[str, str] | None = None
-    ) -> None:
+    def _start(self, role: list[str], node: str, num_cpus: int) -> None:
         self.temp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         token = self.token_path
         if token is not None and not token.exists():
@@ -113,6 +113,8 @@ class LocalRayCluster:
             "--num-gpus=0",  # our scheduler places accelerators, not Ray
             f"--resources={json.dumps({node_resource(node): 1})}",
             "--disable-usage-stats",
+            "--min-worker-port=0",  # the kernel picks workers' ports (note above)
+            "--max-worker-port=0",
             f"--node-manager-port={free_port()}",
             f"--object-manager-port={free_port()}",
             f"--metrics-export-port={free_port()}",
@@ -126,7 +128,7 @@ class LocalRayCluster:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=ray_environment(self.token_path) | (env or {}),
+                env=ray_environment(self.token_path),
                 start_new_session=True,  # its reaper kills its own group, never ours
             )
         self.processes.append(process)
