@@ -27,6 +27,20 @@ def test_env_prefix_and_nesting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert s.blob_url == str(tmp_path / "h" / "blobs")
 
 
+def test_underlay_executor_is_a_shorthand_for_the_compute_executor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().compute.executor == "local"
+    monkeypatch.setenv("UNDERLAY_COMPUTE__EXECUTOR", "ray")
+    assert Settings().compute.executor == "ray"
+    monkeypatch.setenv("UNDERLAY_COMPUTE__EXECUTOR", "local")
+    monkeypatch.setenv("UNDERLAY_EXECUTOR", "ray")
+    assert Settings().compute.executor == "ray"
+    monkeypatch.setenv("UNDERLAY_EXECUTOR", "slurm")
+    with pytest.raises(ValidationError, match="executor"):
+        Settings()
+
+
 def test_defaults_live_in_the_home(tmp_path: Path) -> None:
     s = Settings(home=tmp_path)
     assert s.database_url == f"sqlite:///{tmp_path / 'underlay.db'}"

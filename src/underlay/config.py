@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -372,6 +372,32 @@ class ComputeSettings(BaseModel):
         default_factory=list,
         description="Paths under a hidden one that jobs may read (the Python runtime always).",
     )
+    executor: Literal["local", "ray"] = Field(
+        default="local",
+        description="How agents run jobs: 'local' as process trees on their machine, 'ray' on "
+        "a Ray cluster (gangs of workers across nodes; see docs/scaling.md). Also "
+        "UNDERLAY_EXECUTOR.",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description="GCS address (host:port) of the Ray cluster the 'ray' executor uses; "
+        "default: the agent starts a one-node cluster bound to 127.0.0.1.",
+    )
+    ray_node_ip: str | None = Field(
+        default=None,
+        description="IP of the Ray node on the agent's machine that the agent connects "
+        "through (default: the one Ray finds on this machine, the head where there are several).",
+    )
+    ray_temp_dir: Path | None = Field(
+        default=None,
+        description="Where the Ray cluster the agent starts keeps its sessions (keep it "
+        "short: Ray's socket paths must fit in 107 bytes); default: /tmp/underlay-ray-<uid>.",
+    )
+    ray_worker_dir: Path | None = Field(
+        default=None,
+        description="Folder on every Ray node for the workers' run and working folders and "
+        "logs (hidden from jobs); default: <home>/agent/<node>/ray-workers.",
+    )
     sandbox_share: list[Path] = Field(
         default_factory=list,
         description="Folders every job may read and write at the same path (a shared scratch "
@@ -465,6 +491,16 @@ class Settings(BaseSettings):
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     ui: UiSettings = Field(default_factory=UiSettings)
+    executor: Literal["local", "ray"] | None = Field(
+        default=None,
+        description="Shorthand for compute.executor (UNDERLAY_EXECUTOR=ray); wins over it.",
+    )
+
+    @model_validator(mode="after")
+    def _executor_shorthand(self) -> Settings:
+        if self.executor is not None:
+            self.compute.executor = self.executor
+        return self
 
     @property
     def database_url(self) -> str:

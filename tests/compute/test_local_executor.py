@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
-from underlay.compute.executors.base import ExitStatus, LaunchSpec, ProcessRef
+from underlay.compute.executors.base import ExitStatus, LaunchSpec, ProcessRef, Worker
 from underlay.compute.executors.local import LOST_REASON, LocalExecutor, job_environment
 from underlay.errors import Conflict, InvalidInput
 
@@ -158,6 +158,13 @@ def test_a_command_that_cannot_start_fails_with_the_reason(harness: Harness) -> 
     assert status.exit_code == 127
     assert status.reason == "cannot run no-such-program-underlay: No such file or directory"
     assert "cannot run no-such-program-underlay" in log_text(spec)
+
+
+def test_a_gang_is_refused_saying_which_executor_runs_one(harness: Harness) -> None:
+    spec = replace(harness.spec("pass"), workers=(Worker("a"), Worker("b")))
+    with pytest.raises(InvalidInput, match="a gang of 2 workers needs an executor that supports"):
+        harness.executor().launch(spec)
+    assert not (harness.run_dir / f"{spec.job_id}.1").exists()
 
 
 def test_workdir_is_created_and_used(harness: Harness) -> None:

@@ -146,6 +146,25 @@ def test_a_refusal_is_judged_on_fresh_nodes_not_on_the_recent_copy(w: World) -> 
         submit(w, gpus=3)
 
 
+def test_a_gang_needs_the_ray_executor(w: World) -> None:
+    """The local executor runs one process tree per attempt: a gang is refused at submit,
+    saying what to do; with compute.executor = 'ray' it queues."""
+    beat(w, inventory(gpu(0), gpu(1)))
+    with pytest.raises(InvalidInput, match=r"run the cluster with compute.executor = 'ray'"):
+        submit(w, gang=2)
+    w.settings.compute.executor = "ray"
+    job_id, _ = submit(w, gang=2, gpus=1)
+    assert read(w, job_id).state == JobState.queued
+    assert round_(w) == 1
+    with w.db.session(Scope.everything()) as s:
+        work = nodes.work_for(
+            s, nodes.read_node(s, NODE), keyring=w.keyring, settings=w.settings, server_url="u"
+        )
+    (launch,) = work.launch  # the first worker's node launches the whole gang
+    placed = [(x.node, x.gpu_indexes, x.gpu_uuids) for x in launch.workers]
+    assert sorted(placed) == [(NODE, [0], [f"GPU-{NODE}-0"]), (NODE, [1], [f"GPU-{NODE}-1"])]
+
+
 def test_before_any_node_registers_a_job_queues_only_where_the_local_agent_will_come(
     w: World,
 ) -> None:

@@ -31,6 +31,7 @@ from underlay.compute.executors.base import (
     ExitStatus,
     LaunchSpec,
     ProcessRef,
+    Worker,
 )
 from underlay.compute.inventory import NodeInventory, probe_node
 from underlay.compute.schemas import AttemptEnded, AttemptRef, LaunchInfo
@@ -198,6 +199,9 @@ class NodeAgent:
                 gpu_fraction=info.gpu_fraction,
                 max_runtime_s=info.max_runtime_s,
                 project_id=info.project_id,
+                workers=tuple(
+                    Worker(w.node, tuple(w.gpu_indexes), tuple(w.gpu_uuids)) for w in info.workers
+                ),
             )
             ref = self.executor.launch(spec)
         except (OSError, UnderlayError) as exc:

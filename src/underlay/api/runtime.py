@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from underlay import identity
-from underlay.agent import NodeAgent, local_executor
+from underlay.agent import NodeAgent, node_executor
 from underlay.audit_checkpoints import CheckpointLoop
 from underlay.compute.loop import SchedulerLoop
 from underlay.config import write_secret_file
@@ -80,7 +80,7 @@ class ComputeRuntime:
         name = settings.compute.node_name or socket.gethostname()
         run_dir = settings.home / "agent" / name
         client = Client(self.platform.public_url, agent_token(self.platform, name), verify=False)
-        executor = local_executor(settings, run_dir)
+        executor = node_executor(settings, run_dir, name)
         log.log(
             logging.INFO if executor.isolation.isolated else logging.WARNING,
             "node %s: %s",
@@ -106,6 +106,7 @@ class ComputeRuntime:
                 grace = self.platform.settings.compute.grace_s
                 stopped = self._agent.stop_jobs(stop_jobs(), "the server stopped", grace)
             self._agent.client.close()
+            self._agent.executor.close()
         self.loop.stop()
         self.audit_loop.stop()
         return stopped

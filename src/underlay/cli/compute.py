@@ -514,7 +514,7 @@ def agent(
     """Run a node agent: report this machine's accelerators and run the jobs placed on it."""
     import socket
 
-    from underlay.agent import NodeAgent, local_executor
+    from underlay.agent import NodeAgent, node_executor
     from underlay.client import Client
     from underlay.config import Settings
 
@@ -525,8 +525,11 @@ def agent(
     node = name or settings.compute.node_name or socket.gethostname()
     run_dir = settings.home / "agent" / node
     with Client(server, secret) as c:
-        executor = local_executor(settings, run_dir)
+        executor = node_executor(settings, run_dir, node)
         worker = NodeAgent(c, settings, executor, node, run_dir)
         typer.echo(f"agent for node {node} reporting to {server}", err=True)
         typer.echo(f"node {node}: {executor.isolation.describe()}", err=True)
-        worker.run()
+        try:
+            worker.run()
+        finally:
+            executor.close()

@@ -111,10 +111,11 @@ def submit_job(
     )
     if job.gpu_milli == 0 and body.gpu_fraction:
         raise InvalidInput("gpu_fraction is below one thousandth of a GPU")
-    if body.gang > 1:
+    if body.gang > 1 and settings.compute.executor != "ray":
         raise InvalidInput(
             "gangs of more than one worker need an executor that supports gangs; the local "
-            "executor does not (the Ray executor will): submit gang=1 or split the job"
+            "executor does not: submit gang=1, split the job, or run the cluster with "
+            "compute.executor = 'ray' (docs/scaling.md)"
         )
     reject = _never_fits(session, job, project.name, settings)
     if reject is not None:

@@ -20,7 +20,7 @@ from underlay.compute import alerts, ledger, logs
 from underlay.compute.inventory import NodeInventory, assess
 from underlay.compute.jobs import ended_reason, secrets_of, transition
 from underlay.compute.models import AcceleratorRow, Job, JobAttempt, NodeRow
-from underlay.compute.schemas import AgentWork, AttemptEnded, AttemptRef, LaunchInfo
+from underlay.compute.schemas import AgentWork, AttemptEnded, AttemptRef, LaunchInfo, WorkerInfo
 from underlay.compute.states import ACTIVE, JobState, is_final
 from underlay.config import Settings
 from underlay.crypto import Keyring, seal, unseal
@@ -194,16 +194,7 @@ def _launch_info(
     session: Session, attempt: JobAttempt, job: Job, keyring: Keyring, server_url: str
 ) -> LaunchInfo:
     placement = json.loads(attempt.placement)
-    worker = placement["workers"][0]
-    accs = {
-        a.index: a
-        for a in session.scalars(
-            select(AcceleratorRow)
-            .join(NodeRow, NodeRow.id == AcceleratorRow.node_id)
-            .where(NodeRow.name == attempt.node)
-        )
-    }
-    gpus = list(worker["gpus"])
+    workers = _workers(session, placement)
     project = session.get(Project, job.project_id)
     env = json.loads(job.env)
     env.update(_job_identity(session, job, attempt, server_url, keyring))
@@ -219,11 +210,34 @@ def _launch_info(
         workdir_digest=job.workdir_digest,
         cpu_milli=job.cpu_milli,
         memory_mib=int(job.memory_mib),
-        gpu_indexes=gpus,
-        gpu_uuids=[accs[g].uuid for g in gpus if g in accs and accs[g].uuid],
+        gpu_indexes=workers[0].gpu_indexes,
+        gpu_uuids=workers[0].gpu_uuids,
         gpu_fraction=job.gpu_milli / 1000 if job.gpu_milli else None,
         max_runtime_s=job.max_runtime_s,
+        workers=workers,
     )
+
+
+def _workers(session: Session, placement: dict[str, Any]) -> list[WorkerInfo]:
+    """Each worker's node and accelerators (indexes and UUIDs), in rank order."""
+    names = {w["node"] for w in placement["workers"]}
+    uuids: dict[tuple[str, int], str] = {
+        (name, index): uuid
+        for name, index, uuid in session.execute(
+            select(NodeRow.name, AcceleratorRow.index, AcceleratorRow.uuid)
+            .join(NodeRow, NodeRow.id == AcceleratorRow.node_id)
+            .where(NodeRow.name.in_(names))
+        )
+        if uuid
+    }
+    return [
+        WorkerInfo(
+            node=w["node"],
+            gpu_indexes=list(w["gpus"]),
+            gpu_uuids=[uuids[(w["node"], g)] for g in w["gpus"] if (w["node"], g) in uuids],
+        )
+        for w in placement["workers"]
+    ]
 
 
 def _job_identity(

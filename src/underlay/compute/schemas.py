@@ -208,6 +208,14 @@ class AttemptEnded(_In):
     energy_estimated: bool = True
 
 
+class WorkerInfo(BaseModel):
+    """Where one worker of a gang runs (the scheduler's placement)."""
+
+    node: str
+    gpu_indexes: list[int] = []
+    gpu_uuids: list[str] = []
+
+
 class LaunchInfo(BaseModel):
     """What the node agent needs to start one attempt (sent to agents only)."""
 
@@ -226,6 +234,7 @@ class LaunchInfo(BaseModel):
     gpu_uuids: list[str]
     gpu_fraction: float | None
     max_runtime_s: float | None
+    workers: list[WorkerInfo] = []  # a gang's workers in rank order (one: just this node)
 
 
 class AttemptRef(BaseModel):

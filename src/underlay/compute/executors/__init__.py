@@ -7,6 +7,7 @@ from underlay.compute.executors.base import (
     LaunchSpec,
     ProcessRef,
     UsageSample,
+    Worker,
 )
 
-__all__ = ["Executor", "ExitStatus", "LaunchSpec", "ProcessRef", "UsageSample"]
+__all__ = ["Executor", "ExitStatus", "LaunchSpec", "ProcessRef", "UsageSample", "Worker"]

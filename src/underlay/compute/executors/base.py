@@ -17,6 +17,15 @@ EndState = Literal["succeeded", "failed", "cancelled", "preempted", "lost"]
 
 
 @dataclass(frozen=True)
+class Worker:
+    """Where one worker of a gang runs: the node our scheduler chose, and its accelerators."""
+
+    node: str
+    gpu_indexes: tuple[int, ...] = ()
+    gpu_uuids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     """Everything needed to start one attempt of a job on this node."""
 
@@ -35,6 +44,9 @@ class LaunchSpec:
     gpu_fraction: float | None = None  # share of one GPU for fractional requests
     max_runtime_s: float | None = None
     project_id: int | None = None  # picks the job's uid in the user isolation modes
+    # A gang's workers, rank order; empty or one: a single worker on this node (the GPU fields
+    # above are then its own). Only executors with ``supports_gang`` take more than one.
+    workers: tuple[Worker, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,4 +108,9 @@ class Executor(Protocol):
 
     def usage(self, ref: ProcessRef) -> UsageSample:
         """Resource use so far (CPU seconds of the whole tree, resident memory, wall time)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the executor holds (a connection, a cluster it started); attempts
+        that run go on and a new executor can adopt them."""
         ...

@@ -56,8 +56,9 @@ and sets up the namespaces, hidden paths and uid drop itself; the working folder
 the job's uid (0700) before launch, and ``HOME`` points at it. In mode ``none`` with
 ``require_isolation`` the executor refuses to launch.
 
-``supports_gang`` is False: one attempt is one process tree. A gang of workers on one node could
-later be launched as one attempt per worker sharing a rendezvous address.
+``supports_gang`` is False: one attempt is one process tree; a spec with more than one worker
+is refused. The Ray executor (:mod:`.ray_executor`) runs gangs, each worker through this
+executor on its Ray node.
 """
 
 from __future__ import annotations
@@ -267,6 +268,9 @@ class LocalExecutor:
                 return self._final_usage(attempt, _read_json(ref.status_path))
             return self._sample(attempt, process)
 
+    def close(self) -> None:
+        """Nothing to release: attempts are process trees that outlive this object."""
+
     # -- launching -------------------------------------------------------------------------
 
     def _start(self, spec: LaunchSpec, folder: Path) -> ProcessRef:
@@ -441,6 +445,11 @@ def validate(spec: LaunchSpec) -> None:
     """Raise InvalidInput for a spec this machine cannot run as asked."""
     if not spec.command or not spec.command[0]:
         raise InvalidInput("the job has no command: give the program to run and its arguments")
+    if len(spec.workers) > 1:
+        raise InvalidInput(
+            f"a gang of {len(spec.workers)} workers needs an executor that supports gangs; "
+            "this node runs the local executor: set compute.executor = 'ray'"
+        )
     if spec.memory_mib <= 0:
         raise InvalidInput(f"memory_mib must be positive, not {spec.memory_mib}")
     if spec.max_runtime_s is not None and not spec.max_runtime_s > 0:
