@@ -34,7 +34,9 @@ def redact(text: str) -> str:
     return _SECRET.sub(lambda m: (m.group(1) or m.group(2)) + "…", text)
 
 
-_DROPPED = {"color_message"}  # uvicorn's copy of the message with terminal colours
+# uvicorn's copy of the message with terminal colours; the time stamp Ray's record factory
+# adds to every record of a process that imports it (see compute/executors/ray_cluster.py)
+_DROPPED = {"color_message", "_ray_timestamp_ns"}
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:

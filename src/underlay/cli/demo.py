@@ -193,10 +193,10 @@ def _scheduled_job(ctx: DemoContext) -> None:
         cpus=1,
     )
     done = alice.wait_job("vision", job.id, timeout_s=120)
-    log = b"".join(alice.job_logs("vision", job.id)).decode().strip().splitlines()[-1]
-    ctx.say(f"job {job.id} {done.state} on {done.node}: {log!r}")
+    lines = b"".join(alice.job_logs("vision", job.id)).decode().strip().splitlines()
     if done.state != "succeeded":
-        raise AssertionError(done.reason)
+        raise AssertionError(f"job {job.id} {done.state}: {done.reason}; its log: {lines[-5:]}")
+    ctx.say(f"job {job.id} {done.state} on {done.node}: {lines[-1] if lines else ''!r}")
     (usage,) = alice.usage(project="vision")
     label = " (estimate)" if usage.energy_estimated else ""
     ctx.say(

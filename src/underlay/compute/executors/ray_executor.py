@@ -69,6 +69,7 @@ NAMESPACE = "underlay"
 SLIVER = 0.001  # of a node's resource per worker: up to 1,000 workers on one node
 CALL_TIMEOUT_S = 30.0
 LOG_CHUNK = 1024 * 1024
+LOG_READ_TICKS = 20  # polls an ended attempt waits for its workers' logs before it is reported
 LOST_REASON = "no record of this Ray attempt on this agent"
 
 
@@ -86,6 +87,7 @@ class _Gang:
     failure: dict[str, Any] | None = None
     actors: list[Any] = field(default_factory=list)
     final: ExitStatus | None = None
+    unread_ticks: int = 0  # polls since the workers ended that could not read their logs
 
     @property
     def folder(self) -> Path:
@@ -179,9 +181,12 @@ class RayExecutor:
         statuses = self._poll_workers(gang)
         if statuses is None:
             return None  # the cluster did not answer in time: ask again next tick
-        self._copy_logs(gang, ended=[s is not None for s in statuses])
+        complete = self._copy_logs(gang, ended=[s is not None for s in statuses])
         if any(s is None for s in statuses):
             self._stop_gang_on_failure(gang, statuses)
+            return None
+        if not complete and gang.unread_ticks < LOG_READ_TICKS:
+            gang.unread_ticks += 1  # the end is reported with the whole log, or after a while
             return None
         final = _aggregate(gang, [s for s in statuses if s is not None])
         shim.write_atomically(str(ref.status_path), json.dumps(asdict(final)))
@@ -469,9 +474,11 @@ class RayExecutor:
                 self._call(gang, "stop", "failed", reason, self.grace_s)
                 return
 
-    def _copy_logs(self, gang: _Gang, ended: list[bool]) -> None:
+    def _copy_logs(self, gang: _Gang, ended: list[bool]) -> bool:
         """Append what each worker wrote since the last copy to the job's log; in a gang only
-        whole lines (each prefixed with its worker), the rest once the worker has ended."""
+        whole lines (each prefixed with its worker), the rest once the worker has ended.
+        False when a worker's log could not be read this time (a busy cluster)."""
+        complete = True
         target = Path(gang.log_path)
         gang_size = len(gang.names)
         chunks: list[bytes] = []
@@ -480,6 +487,7 @@ class RayExecutor:
                 try:
                     data = self._get(actor.read_log.remote(gang.offsets[rank], LOG_CHUNK))
                 except Unavailable:
+                    complete = False
                     break
                 if not data:
                     break
@@ -494,6 +502,7 @@ class RayExecutor:
             with target.open("ab") as log:
                 log.write(b"".join(chunks))
             gang.save()
+        return complete
 
     # -- ending --------------------------------------------------------------------------------
 
