@@ -6,8 +6,11 @@ code: only the ``blobs`` settings differ.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import secrets
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +20,12 @@ import fsspec
 import pytest
 from moto.server import ThreadedMotoServer
 
+from tests.moto_server import MotoProcess
 from tests.test_blobs import CHUNK, BlobStoreContract, Ops, _data, _make_project, _sha
 from underlay.blobs import BlobStore
 from underlay.config import Settings, ensure_home
 from underlay.crypto import Keyring
+from underlay.errors import Unavailable
 from underlay.store import Database
 
 pytestmark = pytest.mark.s3
@@ -136,3 +141,103 @@ def test_a_write_cut_off_after_parts_were_uploaded_leaves_nothing(
         client.close()
     assert pending == [], "an unfinished multipart upload was left behind"
     assert big_ops.put(project, _data(CHUNK)).size == CHUNK  # and the store writes on
+
+
+# -- the S3 server killed mid-upload -----------------------------------------------------------
+# Here the server is a process of its own (tests.moto_server), so it can be SIGKILLed and started
+# again on its port. It comes back empty (moto holds its objects in memory); its bucket is made
+# again, as a real store would still hold it.
+
+
+@contextlib.contextmanager
+def _store_on(tmp_path: Path, endpoint: str) -> Iterator[Ops]:
+    """A store on the S3 server at ``endpoint`` writing parts of PART bytes (on SQLite)."""
+    settings = Settings(
+        home=tmp_path / "home",
+        blobs={
+            "chunk_size": CHUNK,
+            "url": f"s3://{BUCKET}/{secrets.token_hex(6)}",
+            "storage_options": {"endpoint_url": endpoint, **CREDENTIALS},
+        },
+    )
+    ensure_home(settings)
+    db = Database(settings.database_url)
+    db.migrate(lock_dir=settings.home)
+    fs, _ = fsspec.core.url_to_fs(settings.blob_url, **settings.blobs.storage_options)
+    fs.default_block_size = PART  # as in big_ops: the part size is set on the cached instance
+    try:
+        yield Ops(BlobStore(settings, Keyring(settings)), db, fs)
+    finally:
+        db.dispose()
+
+
+@pytest.fixture
+def moto() -> Iterator[MotoProcess]:
+    server = MotoProcess().start(BUCKET)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _local_files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("back_mid_upload", [False, True], ids=["stays-down", "restarted"])
+def test_an_s3_server_killed_mid_upload_fails_it_cleanly_and_a_retry_succeeds(
+    tmp_path: Path, moto: MotoProcess, back_mid_upload: bool
+) -> None:
+    data = _data(3 * PART + 5 * CHUNK + 7, seed=3)
+    cut = 2 * PART // CHUNK + 1  # two parts sent or on their way, the third being filled
+
+    def source() -> Iterator[bytes]:
+        for n, at in enumerate(range(0, len(data), CHUNK)):
+            if n == cut:
+                moto.kill()
+                if back_mid_upload:  # the upload goes on against a server that never saw it
+                    moto.start(BUCKET)
+            yield data[at : at + CHUNK]
+
+    with _store_on(tmp_path, moto.endpoint) as ops:
+        project = _make_project(ops.db, "p")
+        before = _local_files(tmp_path)
+        with pytest.raises(Unavailable, match=r"blob store \(s3://underlay-test/.*\) failed"):
+            ops.put(project, source())
+        assert ops.rows(project) == []
+        assert _local_files(tmp_path) == before  # no temporary file left on this machine
+        if not back_mid_upload:
+            moto.start(BUCKET)
+        assert ops.files() == []  # no blob and no partial object visible
+        client = moto.client()
+        try:
+            assert client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+        finally:
+            client.close()
+        # the same store, untouched since, writes and reads again
+        blob = ops.put(project, data, name="model.bin")
+        assert (blob.digest, blob.size) == (_sha(data), len(data))
+        assert ops.read(project, blob.digest) == data
+        assert ops.files() == [ops.store.location(project, blob.digest)]
+
+
+@pytest.mark.slow
+def test_a_multipart_upload_holds_a_few_parts_in_memory(big_ops: Ops) -> None:
+    project = _make_project(big_ops.db, "p")
+    parts = 8
+    block = os.urandom(CHUNK)
+
+    def source() -> Iterator[bytes]:
+        for i in range(parts * PART // CHUNK):
+            yield i.to_bytes(8, "big") + block[8:]
+
+    tracemalloc.start()
+    try:
+        blob = big_ops.put(project, source())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert blob.size == parts * PART
+    # the part being filled, the one being sent and a few chunks, against eight parts streamed
+    assert peak < 3 * PART, f"the upload held {peak / 2**20:.1f} MiB at its peak"

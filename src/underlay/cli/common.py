@@ -70,8 +70,12 @@ def config(*, project: str | None = None, must_exist: bool = True) -> ClientConf
 
 
 def client() -> Client:
-    """A client for the resolved URL and token; no token is an error that says what to do."""
+    """A client for the resolved URL and token; no token is an error that says what to do.
+
+    A command fails at once when the server cannot be reached (no retries) unless
+    ``UNDERLAY_RETRY_BUDGET_S`` gives it time to retry, as the SDK does by default."""
     from underlay.client import Client
+    from underlay.client.retries import budget_from_env
     from underlay.errors import Unauthenticated
 
     resolved = config()
@@ -81,7 +85,7 @@ def client() -> Client:
             f"(profile {resolved.profile.value!r} has none)"
         )
     assert resolved.url.value is not None
-    return Client(resolved.url.value, resolved.token.value)
+    return Client(resolved.url.value, resolved.token.value, retry_budget_s=budget_from_env(0.0))
 
 
 def project_of(flag: str | None) -> str:
