@@ -320,8 +320,13 @@ class BlobStore:
     def _abandon(self, out: Any) -> None:
         """Give up a remote file being written: abort its multipart upload, if the store can
         still be reached, instead of letting close() complete it with what was written."""
+        discard = getattr(out, "discard", None)  # fsspec's buffered files (s3fs: abort)
+        if discard is None:  # another kind of file: closing it is all there is; the partial
+            with contextlib.suppress(Exception):  # it leaves is removed by stage()
+                out.close()
+            return
         try:
-            out.discard()  # fsspec's way to drop a write (s3fs: abort the multipart upload)
+            discard()
         except Exception:  # the store is away; an object store expires unfinished uploads
             log.warning("could not abort the upload of %s", out.path, exc_info=True)
         out.closed = True  # close() (or the collector) must not complete it

@@ -232,3 +232,13 @@ def test_the_configuration_reference_is_generated_from_the_settings() -> None:
         "UNDERLAY_URL",
     ):
         assert f"`{name}`" in doc
+
+
+def test_the_cli_retries_an_unreachable_server_only_when_given_a_budget(cli: Cli) -> None:
+    down = {"UNDERLAY_URL": DEAD_URL, "UNDERLAY_TOKEN": "ul_" + "x" * 40}
+    plain = one_line_error(cli("users", "me", ok=False, **down), "cannot reach")
+    assert "retried" not in plain
+    budget = {**down, "UNDERLAY_RETRY_BUDGET_S": "1"}
+    one_line_error(cli("users", "me", ok=False, **budget), "cannot reach", "retried for up to 1 s")
+    bad = {**down, "UNDERLAY_RETRY_BUDGET_S": "soon"}
+    one_line_error(cli("users", "me", ok=False, **bad), "UNDERLAY_RETRY_BUDGET_S must be a number")

@@ -115,9 +115,9 @@ def test_a_post_whose_answer_was_lost_is_not_sent_again(server: ServerProcess) -
         finally:
             server.proc.send_signal(signal.SIGCONT)
         assert transport.count("POST", "/runs") == 1
-        # the request had reached the server: it made the run once the server went on
-        _wait_until(lambda: client.list_runs("p"), "the run the lost request made")
-        assert [r.name for r in client.list_runs("p")] == ["maybe"]
+        # once the server goes on it may act on the request it took in (or drop it, its client
+        # being gone): either way there is at most the one run
+        assert [r.name for r in client.list_runs("p")] in ([], ["maybe"])
         assert transport.count("POST", "/runs") == 1
     finally:
         client.close()
