@@ -223,8 +223,8 @@ def test_an_s3_server_killed_mid_upload_fails_it_cleanly_and_a_retry_succeeds(
 
 
 @pytest.mark.slow
-def test_a_multipart_upload_holds_a_few_parts_in_memory(big_ops: Ops) -> None:
-    project = _make_project(big_ops.db, "p")
+def test_a_multipart_upload_holds_a_few_parts_in_memory(tmp_path: Path, moto: MotoProcess) -> None:
+    """Traced in this process only: the S3 server, which keeps every part, runs in another."""
     parts = 8
     block = os.urandom(CHUNK)
 
@@ -232,12 +232,67 @@ def test_a_multipart_upload_holds_a_few_parts_in_memory(big_ops: Ops) -> None:
         for i in range(parts * PART // CHUNK):
             yield i.to_bytes(8, "big") + block[8:]
 
-    tracemalloc.start()
-    try:
-        blob = big_ops.put(project, source())
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    with _store_on(tmp_path, moto.endpoint) as ops:
+        project = _make_project(ops.db, "p")
+        tracemalloc.start()
+        try:
+            blob = ops.put(project, source())
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
     assert blob.size == parts * PART
     # the part being filled, the one being sent and a few chunks, against eight parts streamed
     assert peak < 3 * PART, f"the upload held {peak / 2**20:.1f} MiB at its peak"
+
+
+@pytest.mark.slow
+def test_an_sdk_upload_rides_out_an_s3_outage_behind_the_server(
+    tmp_path: Path, moto: MotoProcess
+) -> None:
+    """The server answers 503 while its S3 store is down; the SDK sends the upload again
+    (a PUT: idempotent) until the store is back, and the blob is stored once."""
+    import json
+    import threading
+
+    import httpx
+
+    from tests.cli.conftest import ServerProcess
+    from tests.conftest import ADMIN_TOKEN
+    from underlay.client import Client
+
+    options = {"endpoint_url": moto.endpoint, **CREDENTIALS}
+
+    class S3Server(ServerProcess):
+        def extra_env(self) -> dict[str, str]:
+            return {
+                "UNDERLAY_BLOBS__URL": f"s3://{BUCKET}/blobs",
+                "UNDERLAY_BLOBS__STORAGE_OPTIONS": json.dumps(options),
+                "UNDERLAY_COMPUTE__LOCAL_AGENT": "false",
+            }
+
+    back: list[threading.Thread] = []
+
+    class Watching(httpx.HTTPTransport):
+        """httpx's transport; the first 503 brings the S3 server back, in the background."""
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            response = super().handle_request(request)
+            if response.status_code == 503 and not back:
+                back.append(threading.Thread(target=moto.start, args=(BUCKET,)))
+                back[0].start()
+            return response
+
+    data = _data(3 * CHUNK + 11, seed=9)
+    server = S3Server(tmp_path / "home").start(ready_within_s=120)
+    try:
+        with Client(server.url, ADMIN_TOKEN, transport=Watching(), retry_budget_s=120) as c:
+            c.create_project("p")
+            moto.kill()
+            blob = c.upload_blob("p", data, name="weights.bin")
+            assert back and c.retries > 0  # refused with 503 at least once, then stored
+            assert c.download_blob("p", blob.digest) == data
+            assert [b.digest for b in c.list_blobs("p")] == [blob.digest]
+    finally:
+        for thread in back:
+            thread.join(60)
+        server.stop()

@@ -182,12 +182,16 @@ class BlobStore:
             check_digest(expected_digest)
         partial = f"{self._root}/{_PARTIAL_DIR}/{secrets.token_hex(16)}.part"
         staged: StagedBlob | None = None
+        # a remote partial exists only once its upload completed; an abandoned one never does
+        # (or, if completing it failed after the store did it, it is swept as abandoned)
+        written = self._local
         try:
             with contextlib.ExitStack() as held:
                 out = held.enter_context(self._open_partial(partial))
                 digest, size, stored_size = self._write(_Translated(out, self), data_key, source)
                 if not self._local:
                     held.close()  # a remote upload completes on close, before the move
+                    written = True
                 if expected_digest is not None and digest != expected_digest:
                     raise InvalidInput(
                         f"uploaded content has digest sha256:{digest}, expected "
@@ -199,7 +203,7 @@ class BlobStore:
                 # worker starting up meanwhile must not take it for a crashed write's leftover
                 yield staged
         finally:
-            if staged is None or not staged.placed:
+            if written and (staged is None or not staged.placed):
                 self._discard_quietly(partial)
 
     def commit(

@@ -34,7 +34,7 @@ from underlay.client.retries import (
     replayable_content,
 )
 from underlay.client.serving import ServingMethods
-from underlay.errors import IntegrityFailure, Unavailable, UnderlayError, error_for_problem
+from underlay.errors import IntegrityFailure, Unavailable, error_for_problem
 from underlay.schemas import (
     AuditEntryRead,
     AuditReportRead,
@@ -196,9 +196,9 @@ class Client(
     def _unreachable(
         self, method: str, path: str, exc: httpx.TransportError, safe: bool, replayable: bool
     ) -> Unavailable:
-        base = self._http.base_url
+        base, budget = self._http.base_url, self._retry.budget_s
         if nothing_sent(exc) or (safe and replayable):
-            tried = f" (retried for up to {self._retry.budget_s:g} s)" if self._retry.budget_s else ""
+            tried = f" (retried for up to {budget:g} s)" if budget else ""
             return Unavailable(f"cannot reach the server at {base}: {exc}{tried}")
         return Unavailable(
             f"the connection to the server at {base} was lost during {method} {path} ({exc}): "

@@ -82,7 +82,6 @@ class Attempts:
         self.policy = policy
         self.safe = safe
         self.deadline = time.monotonic() + policy.budget_s
-        self.retries = 0
         self._delay = policy.base_s
 
     def after_error(self, error: httpx.TransportError, replayable: bool) -> float | None:
@@ -109,7 +108,6 @@ class Attempts:
         wait = max(delay, at_least)
         if time.monotonic() + wait > self.deadline:
             return None
-        self.retries += 1
         return wait
 
 
