@@ -43,6 +43,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import tempfile
 import threading
 from collections import OrderedDict
@@ -72,6 +73,9 @@ QUARANTINE_SUFFIX = "_quarantine"
 DATASET_CACHE = 64  # published versions whose opened Delta log a server keeps
 _LEASE_SUFFIX = ".first"  # <table id>.first: the first-write lease of a new table
 _LEASE_TEMP = ".first-"  # a lease being made, before its rename
+# how object_store (under delta-rs) words a store that failed, as opposed to refused data:
+# "Generic S3 error: Error performing PUT ... after 2 retries ... HTTP error: error sending request"
+_STORE_FAILURE = re.compile(r"Generic \w+ error|error sending request|after \d+ retries")
 
 
 @dataclass(frozen=True)
@@ -521,6 +525,8 @@ class TableStore:
         except OSError:
             raise  # the object store failed, not the data: Unavailable (write)
         except DeltaError as error:
+            if _STORE_FAILURE.search(str(error)):  # delta-rs wraps the store's errors in its own
+                raise OSError(str(error)) from error
             raise InvalidInput(f"the table refused the write: {error}") from None
         except pa.ArrowException as error:
             raise InvalidInput(f"the data does not fit the table: {error}") from None
