@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -22,6 +23,8 @@ from tests.conftest import ADMIN_TOKEN, free_port
 from underlay.client import Client
 from underlay.client.retries import RetryPolicy, budget_from_env
 from underlay.errors import InvalidInput, Unavailable
+
+T = TypeVar("T")
 
 
 class Recording(httpx.HTTPTransport):
@@ -124,24 +127,39 @@ def test_a_post_whose_answer_was_lost_is_not_sent_again(server: ServerProcess) -
 
 
 @pytest.mark.slow
-def test_a_get_whose_answer_was_lost_is_sent_again(server: ServerProcess) -> None:
+def test_idempotent_calls_whose_answer_was_lost_are_sent_again(server: ServerProcess) -> None:
+    """A GET, and the POSTs the server deduplicates: a tracking batch, ending a run."""
     assert server.proc is not None
     proc = server.proc
 
-    def resume_after_the_first_timeout(error: httpx.TransportError) -> None:
+    def resume_after_a_timeout(error: httpx.TransportError) -> None:
         if isinstance(error, httpx.ReadTimeout):
             proc.send_signal(signal.SIGCONT)
 
-    transport = Recording(resume_after_the_first_timeout)
-    client = Client(server.url, ADMIN_TOKEN, transport=transport, timeout_s=1, retry_budget_s=60)
-    try:
-        proc.send_signal(signal.SIGSTOP)
+    def stalled(call: Callable[[], T]) -> T:
+        proc.send_signal(signal.SIGSTOP)  # the request goes in; its answer comes too late
         try:
-            assert client.read_project("p").name == "p"
+            return call()
         finally:
             proc.send_signal(signal.SIGCONT)
-        assert client.retries >= 1
+
+    with Client(server.url, ADMIN_TOKEN) as admin:
+        run = admin.create_run("p", "e", name="stalled")
+    transport = Recording(resume_after_a_timeout)
+    client = Client(server.url, ADMIN_TOKEN, transport=transport, timeout_s=1, retry_budget_s=60)
+    metrics = {"keys": ["loss"], "key": [0], "step": [0], "value": [0.5], "timestamp": [0]}
+    try:
+        assert stalled(lambda: client.read_project("p")).name == "p"
         assert transport.count("GET", "/projects/p") >= 2
+        logged = stalled(
+            lambda: client.log_batch("p", run.id, {"batch_id": "c" * 32, "metrics": metrics})
+        )
+        assert logged.points == 1 and transport.count("POST", "/log") >= 2
+        ended = stalled(lambda: client.end_run("p", run.id))
+        assert ended.status == "finished" and transport.count("POST", "/end") >= 2
+        history = client.metric_history("p", run.id, "loss")
+        assert (history.step, history.value) == ([0], [0.5])  # stored once
+        assert client.retries >= 3
     finally:
         client.close()
 
