@@ -25,6 +25,11 @@ Design decisions:
   upload of the same content to the same project overwrites it with an equivalent file.
   Deletion is the mirror image: the row goes in the caller's transaction and the file after
   that transaction commits, so a rolled-back delete loses nothing.
+* **An unreachable store is Unavailable.** A backend failure while writing or reading (a
+  refused connection, an upload the object store lost because it restarted, a full disk) is
+  raised as :class:`~underlay.errors.Unavailable` naming the store, never as the backend's
+  own exception; an upload that fails is abandoned (its multipart upload aborted where the
+  store can still be reached) rather than completed with what was written.
 * **Paths from digests only.** Digests are checked to be 64 lowercase hex digits before they
   reach a path; names and media types are display labels, never path components.
 
@@ -43,10 +48,8 @@ import hashlib
 import itertools
 import logging
 import os
-import queue
 import re
 import secrets
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +60,7 @@ from cryptography.utils import Buffer
 from sqlalchemy import event, exc, select
 from sqlalchemy.orm import Session
 
+from underlay import blob_io
 from underlay.config import Settings
 from underlay.crypto import BLOB_HEADER_BYTES, BlobDecryptor, BlobEncryptor, Keyring
 from underlay.errors import (
@@ -66,6 +70,7 @@ from underlay.errors import (
     NotFound,
     PayloadTooLarge,
     Unavailable,
+    UnderlayError,
 )
 from underlay.store.models import Blob
 from underlay.store.types import utcnow
@@ -121,6 +126,7 @@ class BlobStore:
         self._root: str = root.rstrip("/")
         protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
         self._local = "file" in protocols
+        self._scheme: str = protocols[0]
         if self._local:
             fs.makedirs(f"{self._root}/{_PARTIAL_DIR}", exist_ok=True)
 
@@ -176,12 +182,16 @@ class BlobStore:
             check_digest(expected_digest)
         partial = f"{self._root}/{_PARTIAL_DIR}/{secrets.token_hex(16)}.part"
         staged: StagedBlob | None = None
+        # a remote partial exists only once its upload completed; an abandoned one never does
+        # (or, if completing it failed after the store did it, it is swept as abandoned)
+        written = self._local
         try:
             with contextlib.ExitStack() as held:
                 out = held.enter_context(self._open_partial(partial))
-                digest, size, stored_size = self._write(out, data_key, source)
+                digest, size, stored_size = self._write(_Translated(out, self), data_key, source)
                 if not self._local:
                     held.close()  # a remote upload completes on close, before the move
+                    written = True
                 if expected_digest is not None and digest != expected_digest:
                     raise InvalidInput(
                         f"uploaded content has digest sha256:{digest}, expected "
@@ -193,7 +203,7 @@ class BlobStore:
                 # worker starting up meanwhile must not take it for a crashed write's leftover
                 yield staged
         finally:
-            if staged is None or not staged.placed:
+            if written and (staged is None or not staged.placed):
                 self._discard_quietly(partial)
 
     def commit(
@@ -211,7 +221,9 @@ class BlobStore:
         digest = staged.digest
         existing = self._find(session, project_id, digest)
         final = self.location(project_id, digest)
-        if existing is None or not self._fs.exists(final):
+        with self.storage_errors("placing a blob"):
+            missing = existing is None or not self._fs.exists(final)
+        if missing:
             # a missing file under an existing row is restored by the same move
             self._place(session, staged.partial, final)
             staged.placed = True
@@ -241,9 +253,10 @@ class BlobStore:
         return blob
 
     def _place(self, session: Session, partial: str, final: str) -> None:
-        if self._local:
-            self._fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
-        self._fs.mv(partial, final)
+        with self.storage_errors("placing a blob"):
+            if self._local:
+                self._fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+            self._fs.mv(partial, final)
         # a delete of the same blob earlier in this transaction must not remove the new file
         pending: list[tuple[BlobStore, str]] = session.info.get(_PENDING_DELETES, [])
         pending[:] = [(store, path) for store, path in pending if path != final]
@@ -255,10 +268,12 @@ class BlobStore:
         encryptor = BlobEncryptor(key, self._chunk_size)
         sha = hashlib.sha256()
         size = 0
-        chunks = _chunks(source, self._chunk_size)
+        chunks = blob_io.chunks(source, self._chunk_size)
         first = next(chunks)
         # a blob of one chunk has nothing to overlap: no writer thread for it
-        writer = _Writer(out) if len(first) == self._chunk_size else _InlineWriter(out)
+        writer = (
+            blob_io.Writer(out) if len(first) == self._chunk_size else blob_io.InlineWriter(out)
+        )
         with writer:
             writer.write(encryptor.header)
             stored = len(encryptor.header)
@@ -284,18 +299,61 @@ class BlobStore:
 
     @contextlib.contextmanager
     def _open_partial(self, path: str) -> Iterator[Any]:
-        """``path`` opened for writing; on a local folder, locked until it is closed."""
+        """``path`` opened for writing; on a local folder, locked until it is closed. A remote
+        file is completed on leaving the block normally and abandoned when it raises."""
+        if not self._local:
+            with self.storage_errors("starting an upload"):
+                out = self._fs.open(path, "wb")
+            try:
+                yield out
+            except BaseException:
+                self._abandon(out)
+                raise
+            with self.storage_errors("finishing an upload"):
+                out.close()
+            return
         for _ in range(3):
             with self._fs.open(path, "wb") as out:
-                if not self._local:
-                    yield out
-                    return
                 fcntl.flock(out.fileno(), fcntl.LOCK_EX)  # released on close, or on death
                 if os.fstat(out.fileno()).st_nlink:
                     yield out
                     return
             # a sweeper removed the new file before we locked it: create it again
         raise Unavailable(f"could not create the temporary blob file {path}: try again")
+
+    def _abandon(self, out: Any) -> None:
+        """Give up a remote file being written: abort its multipart upload, if the store can
+        still be reached, instead of letting close() complete it with what was written."""
+        discard = getattr(out, "discard", None)  # fsspec's buffered files (s3fs: abort)
+        if discard is None:  # another kind of file: closing it is all there is; the partial
+            with contextlib.suppress(Exception):  # it leaves is removed by stage()
+                out.close()
+            return
+        try:
+            discard()
+        except Exception:  # the store is away; an object store expires unfinished uploads
+            log.warning("could not abort the upload of %s", out.path, exc_info=True)
+        out.closed = True  # close() (or the collector) must not complete it
+
+    @contextlib.contextmanager
+    def storage_errors(self, doing: str) -> Iterator[None]:
+        """The backend's failures inside the block, raised as Unavailable naming the store."""
+        try:
+            yield
+        except UnderlayError:
+            raise
+        except Exception as error:
+            if not _is_storage_error(error):
+                raise
+            raise Unavailable(
+                f"the blob store ({self._describe}) failed while {doing}: "
+                f"{type(error).__name__}: {error}; nothing was stored: try again once it is "
+                "reachable"
+            ) from error
+
+    @property
+    def _describe(self) -> str:
+        return "a local folder" if self._local else f"{self._scheme}://{self._root}"
 
     def _discard_quietly(self, path: str) -> None:
         """Remove ``path`` (a folder with what it holds) if it exists; a failure is logged,
@@ -447,15 +505,16 @@ class BlobStore:
         path = self.location(project_id, digest)
         try:
             with self._fs.open(path, "rb") as f:
-                header = _read_exact(f, BLOB_HEADER_BYTES)
+                header = blob_io.read_exact(f, BLOB_HEADER_BYTES)
                 decryptor = BlobDecryptor(key, header, bytes.fromhex(digest))
                 size = decryptor.sealed_chunk_size
-                chunk: Buffer = _read_exact(f, size)  # sized to the data: small blobs stay small
+                # sized to the data: small blobs stay small
+                chunk: Buffer = blob_io.read_exact(f, size)
                 buffer: memoryview | None = None
                 while len(chunk) == size:  # the last chunk is the short one
                     yield decryptor.update(chunk)
                     buffer = buffer or memoryview(bytearray(size))  # reused: no page faults
-                    chunk = buffer[: _read_into(f, buffer)]
+                    chunk = buffer[: blob_io.read_into(f, buffer)]
                 last = decryptor.finish(chunk)
                 if last:
                     yield last
@@ -469,6 +528,14 @@ class BlobStore:
                 f"blob sha256:{digest} of project {project_id} failed its integrity check "
                 f"({error}): restore it from backup"
             ) from error
+        except Exception as error:
+            if not _is_storage_error(error):
+                raise
+            raise Unavailable(
+                f"the blob store ({self._describe}) failed while reading blob sha256:{digest} "
+                f"of project {project_id}: {type(error).__name__}: {error}; try again once it "
+                "is reachable"
+            ) from error
 
     def _find(self, session: Session, project_id: int, digest: str) -> Blob | None:
         query = select(Blob).where(Blob.project_id == project_id, Blob.digest == digest)
@@ -478,69 +545,36 @@ class BlobStore:
 # -- helpers -------------------------------------------------------------------------------
 
 
-class _Writer:
-    """Writes sealed chunks on a background thread, so hashing and encrypting the next chunk
-    overlap the write of this one (hashlib, AES-GCM and file writes all release the GIL).
-    At most two chunks wait, so memory stays bounded; a write error surfaces on the next
-    call."""
+class _Translated:
+    """A file being written whose write errors come out as the store's Unavailable (the
+    source's own errors, read elsewhere, pass through as they are)."""
 
-    def __init__(self, out: Any) -> None:
+    def __init__(self, out: Any, store: BlobStore) -> None:
         self._out = out
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="blob-writer", daemon=True)
+        self._store = store
 
-    def __enter__(self) -> _Writer:
-        self._thread.start()
-        return self
+    def write(self, data: Buffer) -> int:
+        with self._store.storage_errors("uploading a blob"):
+            return int(self._out.write(data))
 
-    def __exit__(self, *exc: object) -> None:
-        self._finish()
+    def flush(self) -> None:
+        with self._store.storage_errors("uploading a blob"):
+            self._out.flush()
 
-    def _run(self) -> None:
-        while (data := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self._out.write(data)
-                except BaseException as error:  # handed to the producer, which re-raises
-                    self._error = error
-
-    def write(self, data: bytes) -> None:
-        self._check()
-        self._queue.put(data)
-
-    def drain(self) -> None:
-        """Wait until every chunk is written; raise the writer's error, if any."""
-        self._finish()
-        self._check()
-
-    def _finish(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-    def _check(self) -> None:
-        if self._error is not None:
-            raise self._error
+    def fileno(self) -> int:
+        return int(self._out.fileno())
 
 
-class _InlineWriter:
-    """:class:`_Writer`'s interface, writing on the caller's thread (for one-chunk blobs)."""
+# the packages whose exceptions mean the storage backend failed; checked by name so that a
+# local store needs none of them installed
+_STORAGE_PACKAGES = frozenset({"botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "urllib3"})
 
-    def __init__(self, out: Any) -> None:
-        self._out = out
 
-    def __enter__(self) -> _InlineWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def write(self, data: bytes) -> None:
-        self._out.write(data)
-
-    def drain(self) -> None:
-        pass
+def _is_storage_error(error: BaseException) -> bool:
+    """Whether ``error`` is a failure of the storage backend (I/O, network, object store)."""
+    if isinstance(error, OSError):
+        return True
+    return any(k.__module__.split(".")[0] in _STORAGE_PACKAGES for k in type(error).__mro__)
 
 
 def _check_labels(name: str, media_type: str) -> None:
@@ -551,96 +585,6 @@ def _check_labels(name: str, media_type: str) -> None:
             f"media type {media_type!r} is not a type/subtype of at most 127 characters "
             "(for example application/octet-stream)"
         )
-
-
-def _chunks(source: BinaryIO | bytes | Iterable[bytes], size: int) -> Iterator[Buffer]:
-    """Exactly ``size``-byte chunks of ``source``, then one shorter final chunk (maybe empty).
-
-    A yielded chunk may be a view of a reused buffer: it is valid until the next one.
-    """
-    if isinstance(source, bytes | bytearray | memoryview):
-        yield from _iterable_chunks([source], size)
-    elif hasattr(source, "readinto") or hasattr(source, "read"):
-        yield from _file_chunks(source, size)  # type: ignore[arg-type]
-    else:
-        yield from _iterable_chunks(source, size)
-
-
-def _file_chunks(source: BinaryIO, size: int) -> Iterator[Buffer]:
-    chunk: Buffer = _read_exact(source, size)  # sized to the data: small files stay small
-    buffer: memoryview | None = None
-    while len(chunk) == size:
-        yield chunk
-        buffer = buffer or memoryview(bytearray(size))  # reused: no page faults
-        chunk = buffer[: _read_into(source, buffer)]
-    yield chunk
-
-
-def _iterable_chunks(source: Iterable[Buffer], size: int) -> Iterator[Buffer]:
-    # pieces (a request body arrives in pieces of 64-256 KiB) are gathered into one buffer,
-    # allocated once and reused: a fresh 4 MiB buffer per chunk costs page faults each time
-    buffer: memoryview | None = None
-    filled = 0
-    for piece in source:
-        if not isinstance(piece, bytes | bytearray | memoryview):
-            raise InvalidInput(
-                f"a blob source must yield bytes, got {type(piece).__name__}: encode text first"
-            )
-        # bytes cannot change under us; copy anything mutable the producer might reuse
-        view = memoryview(piece if isinstance(piece, bytes) else bytes(piece)).cast("B")
-        if filled:
-            assert buffer is not None
-            take = min(size - filled, len(view))
-            buffer[filled : filled + take] = view[:take]
-            filled += take
-            view = view[take:]
-            if filled < size:
-                continue
-            yield buffer
-            filled = 0
-        while len(view) >= size:
-            yield view[:size]
-            view = view[size:]
-        if view:
-            if buffer is None:
-                buffer = memoryview(bytearray(size))
-            buffer[: len(view)] = view
-            filled = len(view)
-    yield buffer[:filled] if buffer is not None else b""
-
-
-def _read_into(f: Any, buffer: memoryview) -> int:
-    """Fill ``buffer`` from ``f`` as far as it goes; returns the byte count (short at EOF)."""
-    filled = 0
-    readinto = getattr(f, "readinto", None)
-    while filled < len(buffer):
-        if readinto is not None:
-            n = readinto(buffer[filled:])
-        else:
-            data = f.read(len(buffer) - filled)
-            if not isinstance(data, bytes | bytearray):
-                raise InvalidInput("a blob source must be opened in binary mode")
-            n = len(data)
-            buffer[filled : filled + n] = data
-        if not n:
-            break
-        filled += n
-    return filled
-
-
-def _read_exact(f: Any, n: int) -> bytes:
-    """``n`` bytes from ``f``, fewer only at the end of the file."""
-    parts: list[bytes] = []
-    remaining = n
-    while remaining:
-        data = f.read(remaining)
-        if not isinstance(data, bytes | bytearray):
-            raise InvalidInput("a blob source must be opened in binary mode")
-        if not data:
-            break
-        parts.append(bytes(data) if isinstance(data, bytearray) else data)
-        remaining -= len(data)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _remove_if_unlocked(path: str) -> int:

@@ -588,6 +588,9 @@ OTHER_ENV: dict[str, str] = {
     "UNDERLAY_TOKEN": "API token for the CLI and SDK (over the profile's).",
     "UNDERLAY_PROJECT": "Default project for the CLI and SDK (over the profile's).",
     "UNDERLAY_PROFILE": "Which saved client profile to use (over the current one).",
+    "UNDERLAY_RETRY_BUDGET_S": "Seconds one SDK call may spend retrying while the server is "
+    "unreachable or answers 502/503/504 (default 30; 0: never). The CLI retries only when set "
+    "or inside a job.",
     "UNDERLAY_JOB_ID": "Set by the platform inside a job: the job's id.",
     "UNDERLAY_ATTEMPT": "Set by the platform inside a job: the attempt number.",
     "UNDERLAY_GPU_FRACTION": "Set by the platform inside a job: its share of one GPU.",

@@ -232,3 +232,40 @@ def test_the_configuration_reference_is_generated_from_the_settings() -> None:
         "UNDERLAY_URL",
     ):
         assert f"`{name}`" in doc
+
+
+def test_the_cli_retries_an_unreachable_server_only_when_given_a_budget(cli: Cli) -> None:
+    down = {"UNDERLAY_URL": DEAD_URL, "UNDERLAY_TOKEN": "ul_" + "x" * 40}
+    plain = one_line_error(cli("users", "me", ok=False, **down), "cannot reach")
+    assert "retried" not in plain
+    budget = {**down, "UNDERLAY_RETRY_BUDGET_S": "1"}
+    one_line_error(cli("users", "me", ok=False, **budget), "cannot reach", "retried for up to 1 s")
+    bad = {**down, "UNDERLAY_RETRY_BUDGET_S": "soon"}
+    one_line_error(cli("users", "me", ok=False, **bad), "UNDERLAY_RETRY_BUDGET_S must be a number")
+
+
+def test_inside_a_job_the_cli_retries_by_default(tmp_path: Path) -> None:
+    """A job's CLI command started while the server is down goes through once it is up."""
+    from tests.cli.conftest import CLI, ServerProcess
+    from tests.conftest import ADMIN_TOKEN, free_port
+    from underlay.cli.common import retry_budget
+
+    assert retry_budget({}) == 0
+    assert retry_budget({"UNDERLAY_JOB_ID": "7"}) == 30
+    assert retry_budget({"UNDERLAY_JOB_ID": "7", "UNDERLAY_RETRY_BUDGET_S": "0"}) == 0
+    port = free_port()
+    env = clean_env(
+        UNDERLAY_URL=f"http://127.0.0.1:{port}", UNDERLAY_TOKEN=ADMIN_TOKEN, UNDERLAY_JOB_ID="7"
+    )
+    command = subprocess.Popen(
+        [*CLI, "users", "me"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    server = ServerProcess(tmp_path / "home", port=port)  # starts slower than the command
+    try:
+        server.start(ready_within_s=120)
+        out, err = command.communicate(timeout=120)
+    finally:
+        command.kill()
+        server.stop()
+    assert command.returncode == 0, err
+    assert "admin" in out

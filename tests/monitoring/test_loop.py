@@ -260,6 +260,25 @@ def _wait_state(c: Any, run_id: int, state: str, within_s: float = 180.0) -> Any
     return wait_until(reached, f"retrain run {run_id} to reach {state}", within_s)
 
 
+def test_a_restart_while_training_resumes_the_run_with_the_same_job(world: World) -> None:
+    with world.client() as c:
+        world.policy(c, mode="auto", margin=0.0)  # the same data: a tie, which wins at margin 0
+        world.traffic(c, 40)
+        run = c.start_retrain(PROJECT, NAME, reason="restart while it trains")
+        training = _wait_state(c, run.id, "training")
+        assert training.training_job_id is not None
+    world.restart()
+    with world.client() as c:
+        done = world.finish(c, run.id)
+        assert done.state == "promoted", done.reason
+        # the new server followed the job the old one started: none submitted again
+        assert done.training_job_id == training.training_job_id
+        states = [s["state"] for s in done.steps]
+        assert states == ["triggered", "training", "evaluating", "canary", "promoted"]
+        retrains = [j for j in c.list_jobs(PROJECT) if j.id == done.training_job_id]
+        assert [j.state for j in retrains] == ["succeeded"]
+
+
 def test_a_canary_rolled_back_during_the_loop_keeps_the_champion(world: World) -> None:
     with world.client() as c:
         wait_until(lambda: world._serving(c), "the deployment to serve")

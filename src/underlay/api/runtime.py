@@ -79,7 +79,9 @@ class ComputeRuntime:
         settings = self.platform.settings
         name = settings.compute.node_name or socket.gethostname()
         run_dir = settings.home / "agent" / name
-        client = Client(self.platform.public_url, agent_token(self.platform, name), verify=False)
+        token = agent_token(self.platform, name)
+        # the agent's loop backs off on its own while the server is away: no retries within calls
+        client = Client(self.platform.public_url, token, verify=False, retry_budget_s=0)
         executor = node_executor(settings, run_dir, name)
         log.log(
             logging.INFO if executor.isolation.isolated else logging.WARNING,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -70,7 +71,8 @@ def config(*, project: str | None = None, must_exist: bool = True) -> ClientConf
 
 
 def client() -> Client:
-    """A client for the resolved URL and token; no token is an error that says what to do."""
+    """A client for the resolved URL and token; no token is an error that says what to do.
+    It retries as :func:`retry_budget` says."""
     from underlay.client import Client
     from underlay.errors import Unauthenticated
 
@@ -81,7 +83,18 @@ def client() -> Client:
             f"(profile {resolved.profile.value!r} has none)"
         )
     assert resolved.url.value is not None
-    return Client(resolved.url.value, resolved.token.value)
+    return Client(resolved.url.value, resolved.token.value, retry_budget_s=retry_budget())
+
+
+def retry_budget(environ: Mapping[str, str] | None = None) -> float:
+    """How long a command's calls retry an unreachable server: ``UNDERLAY_RETRY_BUDGET_S``;
+    else, inside a job (``UNDERLAY_JOB_ID``), the SDK's default, since there nobody waits at a
+    terminal and a server restart must not fail the job; else not at all (a command at a
+    terminal says at once that the server is down)."""
+    from underlay.client.retries import DEFAULT_BUDGET_S, budget_from_env
+
+    env = os.environ if environ is None else environ
+    return budget_from_env(DEFAULT_BUDGET_S if env.get("UNDERLAY_JOB_ID") else 0.0, env)
 
 
 def project_of(flag: str | None) -> str:

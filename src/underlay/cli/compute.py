@@ -524,7 +524,7 @@ def agent(
     settings = Settings()
     node = name or settings.compute.node_name or socket.gethostname()
     run_dir = settings.home / "agent" / node
-    with Client(server, secret) as c:
+    with Client(server, secret, retry_budget_s=0) as c:  # the agent's loop retries itself
         executor = node_executor(settings, run_dir, node)
         worker = NodeAgent(c, settings, executor, node, run_dir)
         typer.echo(f"agent for node {node} reporting to {server}", err=True)

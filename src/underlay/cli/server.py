@@ -143,9 +143,9 @@ def login(
         if user is None:
             user = typer.prompt("user")
         password = read_password(password_stdin)
-        with Client(server) as anonymous:
+        with Client(server, retry_budget_s=0) as anonymous:
             secret = anonymous.login(user, password).token
-    with Client(server, secret) as c:
+    with Client(server, secret, retry_budget_s=0) as c:
         me = c.me()
     path = save_profile(name, url=server, token=secret, project=project)
     typer.echo(f"logged in to {server} as {me.name}; profile {name!r} saved in {path}")

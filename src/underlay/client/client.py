@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import ssl
 import stat
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -23,8 +25,16 @@ from underlay.client.models import ModelMethods
 from underlay.client.monitoring import MonitoringMethods
 from underlay.client.pipelines import PipelineMethods
 from underlay.client.retrain import RetrainMethods
+from underlay.client.retries import (
+    DEFAULT_BUDGET_S,
+    FileBody,
+    RetryPolicy,
+    budget_from_env,
+    nothing_sent,
+    replayable_content,
+)
 from underlay.client.serving import ServingMethods
-from underlay.errors import IntegrityFailure, Unavailable, UnderlayError, error_for_problem
+from underlay.errors import IntegrityFailure, Unavailable, error_for_problem
 from underlay.schemas import (
     AuditEntryRead,
     AuditReportRead,
@@ -84,11 +94,17 @@ class Client(
         verify: bool | str | ssl.SSLContext = True,
         timeout_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        retry_budget_s: float = DEFAULT_BUDGET_S,
     ) -> None:
-        """``verify``: True, False, a CA bundle path, or an ``ssl.SSLContext``."""
+        """``verify``: True, False, a CA bundle path, or an ``ssl.SSLContext``.
+        ``retry_budget_s``: how long one call may go on retrying while the server cannot be
+        reached or answers 502/503/504 (0: never retry); what is retried is in
+        :mod:`underlay.client.retries`."""
         self.project: str | None = None  # the default project of a profile, if any
+        self._retry = RetryPolicy(retry_budget_s)
+        self.retries = 0  # requests sent again, over this client's life
         # how a loader's worker process connects anew (underlay.client.loader)
-        self._connect = (url, token, verify, timeout_s)
+        self._connect = (url, token, verify, timeout_s, retry_budget_s)
         headers = {"User-Agent": "underlay-client"}
         if isinstance(verify, str):
             verify = ssl.create_default_context(cafile=verify)
@@ -114,11 +130,13 @@ class Client(
         """A client configured as the CLI is: arguments > ``UNDERLAY_URL``/``UNDERLAY_TOKEN``
         > the saved profile (``profile``, else ``UNDERLAY_PROFILE``, else the current one)
         > ``http://127.0.0.1:8765``. Inside a job the environment holds all it needs.
-        ``options`` go to :class:`Client` (``verify``, ``timeout_s``)."""
+        ``options`` go to :class:`Client` (``verify``, ``timeout_s``, ``retry_budget_s``, which
+        defaults to ``UNDERLAY_RETRY_BUDGET_S``, else 30 s)."""
         from underlay.client.profiles import resolve
 
         config = resolve(profile=profile, url=url, token=token)
         assert config.url.value is not None
+        options.setdefault("retry_budget_s", budget_from_env(DEFAULT_BUDGET_S))
         client = cls(config.url.value, config.token.value, **options)
         client.project = config.project.value
         return client
@@ -134,13 +152,59 @@ class Client(
 
     # -- plumbing ----------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise Unavailable(f"cannot reach the server at {self._http.base_url}: {exc}") from exc
+    def _request(
+        self, method: str, path: str, *, idempotent: bool | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """Send a request, retrying as :mod:`underlay.client.retries` says; a problem response
+        is raised as its error. ``idempotent`` marks a POST the server deduplicates."""
+        response = self._send(method, path, idempotent=idempotent, **kwargs)
         _raise_for_problem(response)
         return response
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool | None = None,
+        stream: bool = False,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """The server's response (read unless ``stream``), sent again while that is safe and
+        the retry budget lasts; a server it could not reach is ``Unavailable``."""
+        attempts = self._retry.start(method, idempotent)
+        kwargs["content"], once = replayable_content(kwargs.get("content"))
+        while True:
+            request = self._http.build_request(method, path, **kwargs)
+            try:
+                response = self._http.send(request, stream=stream)
+            except httpx.TransportError as exc:
+                replayable = once is None or not once.started
+                wait = attempts.after_error(exc, replayable)
+                if wait is None:
+                    raise self._unreachable(method, path, exc, attempts.safe, replayable) from exc
+            else:
+                wait = attempts.after_response(response, once is None or not once.started)
+                if wait is None:
+                    if stream and not response.is_success:
+                        response.read()
+                    return response
+                response.close()
+            self.retries += 1
+            time.sleep(wait)
+
+    def _unreachable(
+        self, method: str, path: str, exc: httpx.TransportError, safe: bool, replayable: bool
+    ) -> Unavailable:
+        base, budget = self._http.base_url, self._retry.budget_s
+        if nothing_sent(exc) or (safe and replayable):
+            tried = f" (retried for up to {budget:g} s)" if budget else ""
+            return Unavailable(f"cannot reach the server at {base}: {exc}{tried}")
+        return Unavailable(
+            f"the connection to the server at {base} was lost during {method} {path} ({exc}): "
+            "the server may or may not have acted on it, so it was not sent again; check "
+            "before repeating it"
+        )
 
     def _one(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
         return model.model_validate(self._request(method, path, **kwargs).json())
@@ -153,11 +217,12 @@ class Client(
     # -- health, users, tokens -------------------------------------------------------------
 
     def ready(self) -> bool:
+        """Whether the server answers ready now (never retried: this is the question)."""
         try:
-            self._request("GET", "/readyz")
-        except UnderlayError:
+            response = self._http.get("/readyz")
+        except httpx.TransportError:
             return False
-        return True
+        return response.is_success
 
     def me(self) -> Me:
         return self._one(Me, "GET", "/users/me")
@@ -280,7 +345,7 @@ class Client(
                     digest=digest,
                     progress=progress,
                 )
-        content: bytes | Iterator[bytes]
+        content: bytes | Iterable[bytes]
         headers = {"Content-Type": "application/octet-stream"}
         if isinstance(data, bytes):
             content = data
@@ -288,7 +353,8 @@ class Client(
             content = iter(data)
         else:
             reader = data
-            content = iter(lambda: reader.read(CHUNK), b"")
+            # a seekable file is read again from where it was if the upload must be retried
+            content = FileBody(reader, CHUNK) if _seekable(reader) else _read_chunks(reader)
             length = _remaining(reader)
             if length is not None:  # a plain body is cheaper for the server than chunked
                 headers["Content-Length"] = str(length)
@@ -345,19 +411,16 @@ class Client(
         server's ``X-Content-SHA256``, which must start with ``prefix``); a server that cannot
         be reached is ``Unavailable``."""
         hasher = hashlib.sha256()
+        response = self._send("GET", path, stream=True)  # retried until the first byte
         try:
-            with self._http.stream("GET", path) as response:
-                if not response.is_success:
-                    response.read()
-                    _raise_for_problem(response)
+            with contextlib.closing(response):
+                _raise_for_problem(response)
                 expected = digest or response.headers.get("X-Content-SHA256", "")
                 if not expected.startswith(prefix):
                     raise IntegrityFailure(f"{what} arrived as another blob ({expected})")
                 for chunk in response.iter_bytes(CHUNK):
                     hasher.update(chunk)
                     yield chunk
-        except httpx.ConnectError as exc:
-            raise Unavailable(f"cannot reach the server at {self._http.base_url}: {exc}") from exc
         except httpx.TransportError as exc:
             raise IntegrityFailure(f"{what} could not be read in full: {exc}") from exc
         if hasher.hexdigest() != expected:
@@ -421,6 +484,17 @@ def _reported(chunks: bytes | Iterable[bytes], progress: Callable[[int], None]) 
     for chunk in chunks:
         progress(len(chunk))
         yield chunk
+
+
+def _seekable(reader: Any) -> bool:
+    try:
+        return bool(reader.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _read_chunks(reader: Any) -> Iterator[bytes]:
+    return iter(lambda: reader.read(CHUNK), b"")
 
 
 def _remaining(reader: Any) -> int | None:

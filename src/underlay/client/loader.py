@@ -234,8 +234,10 @@ class TableLoader:
         if self._client is None or self._pid != os.getpid():
             from underlay.client.client import Client
 
-            url, token, verify, timeout_s = self._connect
-            self._client = Client(url, token, verify=verify, timeout_s=timeout_s)
+            url, token, verify, timeout_s, retry_budget_s = self._connect
+            self._client = Client(
+                url, token, verify=verify, timeout_s=timeout_s, retry_budget_s=retry_budget_s
+            )
             self._pid = os.getpid()
         return self._client
 

@@ -139,8 +139,9 @@ class TrackingMethods:
         self, project: str, run_id: int, status: str = "finished", error: str = ""
     ) -> RunRead:
         path = f"/projects/{project}/runs/{run_id}/end"
+        # ending a run again with the status it has is a no-op: safe to send again
         result: RunRead = self._one(
-            RunRead, "POST", path, json={"status": status, "error": error[:2000]}
+            RunRead, "POST", path, json={"status": status, "error": error[:2000]}, idempotent=True
         )
         return result
 
@@ -160,8 +161,9 @@ class TrackingMethods:
         path = f"/projects/{project}/runs/{run_id}/log"
         headers = {"Content-Type": "application/json"}
         # pydantic-core's encoder: several times faster than json.dumps on long columns
+        # the server records each batch's id with its points: a batch sent again writes nothing
         result: RunLogged = self._one(
-            RunLogged, "POST", path, content=to_json(body), headers=headers
+            RunLogged, "POST", path, content=to_json(body), headers=headers, idempotent=True
         )
         return result
 

@@ -88,8 +88,11 @@ class ActiveRun:
         self.id = run.id
         self.info = run
         self._owns_client = owns_client
-        url, token, verify, timeout_s = client._connect
-        self._sender_client = Client(url, token, verify=verify, timeout_s=timeout_s)
+        url, token, verify, timeout_s, _ = client._connect
+        # the sender retries on its own, without a budget (below): its client does not
+        self._sender_client = Client(
+            url, token, verify=verify, timeout_s=timeout_s, retry_budget_s=0
+        )
         self._max_buffer = max(max_buffer, 1)
         self._flush_interval_s = flush_interval_s
         self._retry_max_s = retry_max_s

@@ -27,6 +27,11 @@ leftover of a crashed or rejected first write), so version numbers keep counting
 A write whose columns differ from the table's (a missing or extra column, another type) is
 refused before anything is written, unless the caller asks for schema evolution.
 
+An object store that cannot be reached (delta-rs reports it as an ``OSError`` once its own
+retries are spent) is :class:`~underlay.errors.Unavailable`: the write stops before its
+version is recorded or published, so readers stay on the published version, and the next
+write undoes a Delta commit that was made but not recorded (step 1).
+
 On an object store (``s3://``) delta-rs commits a version by writing its log entry with a
 conditional put (``If-None-Match: *``), so two writers can never both create one version; the
 files of a deleted table are removed through delta-rs's own object store (no s3fs needed).
@@ -38,6 +43,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import tempfile
 import threading
 from collections import OrderedDict
@@ -56,7 +62,7 @@ from underlay.config import Settings
 from underlay.data import quality, subjects
 from underlay.data.models import DataTable, DataTableVersion
 from underlay.data.privacy import IngestMasker
-from underlay.errors import InvalidInput, NotFound, Unavailable
+from underlay.errors import InvalidInput, NotFound, Unavailable, UnderlayError
 from underlay.identity import SYSTEM
 from underlay.store import Database, Scope
 from underlay.store.models import Project
@@ -67,6 +73,9 @@ QUARANTINE_SUFFIX = "_quarantine"
 DATASET_CACHE = 64  # published versions whose opened Delta log a server keeps
 _LEASE_SUFFIX = ".first"  # <table id>.first: the first-write lease of a new table
 _LEASE_TEMP = ".first-"  # a lease being made, before its rename
+# how object_store (under delta-rs) words a store that failed, as opposed to refused data:
+# "Generic S3 error: Error performing PUT ... after 2 retries ... HTTP error: error sending request"
+_STORE_FAILURE = re.compile(r"Generic \w+ error|error sending request|after \d+ retries")
 
 
 @dataclass(frozen=True)
@@ -367,7 +376,8 @@ class TableStore:
         ``quarantined`` is read after the batches are consumed (an ingest's count of rows it
         set aside grows while it streams): an object with a ``count``."""
         scope = Scope.projects(project_id)
-        with self._locked(project_id, table_id):
+        sources: list[_Counter] = []
+        with self._locked(project_id, table_id), self._store_errors("writing", sources):
             with db.session(scope) as session:
                 table = session.get(DataTable, table_id)
                 if table is None:
@@ -392,6 +402,7 @@ class TableStore:
             if subject_key is not None:
                 subjects.check_key(schema, subject_key, "the data")
             counter = _Counter(batches)
+            sources.append(counter)
             version = self._write_delta(location, published, counter, schema, mode, keys, evolve)
             report = None
             if checks is not None:
@@ -439,6 +450,22 @@ class TableStore:
             accepted,
             report.to_dict() if report else None,
         )
+
+    @contextlib.contextmanager
+    def _store_errors(self, doing: str, sources: list[_Counter]) -> Iterator[None]:
+        """An object store that failed inside the block, raised as Unavailable; the errors
+        of the data being written (``sources``) pass through as they are."""
+        try:
+            yield
+        except UnderlayError:
+            raise
+        except OSError as error:
+            if any(source.error is not None for source in sources):
+                raise
+            raise Unavailable(
+                f"the tables' store ({self.root}) failed while {doing}: {error}; nothing was "
+                "published: try again once it is reachable"
+            ) from error
 
     def _dataset_at(self, location: str, version: int) -> pads.Dataset:
         from deltalake import DeltaTable
@@ -495,7 +522,11 @@ class TableStore:
                     .when_not_matched_insert_all()
                     .execute()
                 )
+        except OSError:
+            raise  # the object store failed, not the data: Unavailable (write)
         except DeltaError as error:
+            if _STORE_FAILURE.search(str(error)):  # delta-rs wraps the store's errors in its own
+                raise OSError(str(error)) from error
             raise InvalidInput(f"the table refused the write: {error}") from None
         except pa.ArrowException as error:
             raise InvalidInput(f"the data does not fit the table: {error}") from None
