@@ -58,8 +58,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(home: Path, admin_token: str, port: int) -> Iterator[tuple[str, float]]:
-    """Run ``underlay up`` as a child process; yields its URL and seconds until ready."""
+def serve(
+    home: Path, admin_token: str, port: int, store_url: str | None = None
+) -> Iterator[tuple[str, float]]:
+    """Run ``underlay up`` as a child process (metadata in ``store_url``, else SQLite in
+    ``home``); yields its URL and seconds until ready."""
     from underlay.client import Client
 
     env = {
@@ -76,6 +79,8 @@ def serve(home: Path, admin_token: str, port: int) -> Iterator[tuple[str, float]
     }
     for key in ("UNDERLAY_STORE__URL", "UNDERLAY_BLOBS__URL", "UNDERLAY_URL", "UNDERLAY_TOKEN"):
         env.pop(key, None)
+    if store_url:
+        env["UNDERLAY_STORE__URL"] = store_url
     log = (home / "server.log").open("wb")
     started = time.perf_counter()
     proc = subprocess.Popen(
@@ -506,9 +511,12 @@ def demo(
         ),
     ] = None,
 ) -> None:
-    """Run the platform end to end on a fresh temporary home, printing each step."""
+    """Run the platform end to end on a fresh temporary home, printing each step. With
+    UNDERLAY_STORE__URL naming PostgreSQL, the metadata goes to a database made on that server
+    for the run (and dropped after it); UNDERLAY_EXECUTOR=ray runs its jobs on Ray."""
     from rich.console import Console
 
+    from underlay.cli.demo_store import demo_database
     from underlay.client import Client
 
     console = Console()
@@ -524,10 +532,17 @@ def demo(
     os.environ["TMPDIR"] = str(scratch)
     tempfile.tempdir = None
     try:
-        with serve(home, token, _free_port()) as (url, ready_s), Client(url, token) as admin:
+        with (
+            demo_database(os.environ.get("UNDERLAY_STORE__URL"), keep=keep) as store_url,
+            serve(home, token, _free_port(), store_url) as (url, ready_s),
+            Client(url, token) as admin,
+        ):
             console.print(
                 f"[bold]underlay demo[/] — server at {url}, ready in {ready_s:.2f} s, home {home}"
             )
+            if store_url:
+                where = store_url.rsplit("@", 1)[-1]
+                console.print(f"metadata in PostgreSQL: {where} (made for this run)")
             ctx = DemoContext(console, home, url, admin)
             for number, step in enumerate(STEPS, 1):
                 console.print(f"[bold cyan]{number}. {step.title}[/]")
