@@ -12,8 +12,9 @@ import datetime as dt
 import json
 import re
 from dataclasses import replace
+from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Row, Select, func, select
 from sqlalchemy.orm import Session
 
 from underlay.audit import AuditLog
@@ -35,8 +36,8 @@ def _secrets_aad(project_id: int) -> bytes:
     return f"underlay job secrets v1 project {project_id}".encode()
 
 
-def workload_of(job: Job, project: str, clock_of: dt.datetime | None = None) -> Workload:
-    """The scheduler's view of a job."""
+def workload_of(job: Job | Row[Any], project: str, clock_of: dt.datetime | None = None) -> Workload:
+    """The scheduler's view of a job (an ORM object, or a row of the columns it reads)."""
     queued = clock_of or job.queued_at
     return Workload(
         id=str(job.id),

@@ -1,9 +1,21 @@
 """From the store to the scheduler's snapshot, and from its decisions back to the store.
 
-:func:`build_snapshot` reads nodes, accelerators, active attempts, queued jobs and quotas in
-one transaction; :func:`apply_decisions` writes one round's decisions in the same
-transaction, so a crash mid-apply neither loses nor doubles a placement (the round is
-simply redone).
+:func:`build_snapshot` reads nodes, accelerators, active and queued jobs and quotas in one
+read-only transaction (:meth:`~underlay.store.Database.read_session`), which holds up no
+writer however long it takes; :func:`apply_decisions` then writes one round's decisions in
+one short write transaction, so a crash mid-apply neither loses nor doubles a placement (the
+round is simply redone).
+
+Design decision: **optimistic placement.** Between the snapshot and the write, jobs are
+cancelled, nodes go lost or report a failing GPU, and (in a split brain, or a round redone)
+another placement may land. The write therefore re-checks, under the write lock, what each
+decision depended on: the job is still queued with the same attempt count (running, and not
+yet asked to stop, for a preemption), every node it is placed on still has the status,
+resources, labels and accelerators the snapshot saw (:class:`SnapshotIndex`), and no attempt
+was written since the snapshot (the newest attempt id; on PostgreSQL the writes of rounds are
+serialised by a transaction-level advisory lock, so that check cannot race). A decision whose
+ground moved is not written and the next round decides again; capacity only grows otherwise
+(jobs end, nodes come), so nothing the snapshot counted as free can have been taken.
 """
 
 from __future__ import annotations
@@ -13,10 +25,11 @@ import json
 import time
 import weakref
 from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from underlay.audit import AuditLog
@@ -26,8 +39,10 @@ from underlay.compute.scheduler import (
     Accelerator,
     Decisions,
     Node,
+    Place,
     PolicyConfig,
     PowerModel,
+    Preempt,
     Quota,
     Running,
     Snapshot,
@@ -37,12 +52,35 @@ from underlay.compute.states import ACTIVE, JobState
 from underlay.store.models import Project
 
 
+@dataclass(frozen=True, slots=True)
+class SeenJob:
+    """A job as the snapshot saw it: what writing a decision about it re-checks."""
+
+    state: str
+    attempts: int
+    reason: str
+    stop_requested: str | None
+
+
 @dataclass
 class SnapshotIndex:
-    """What a snapshot's string ids stand for."""
+    """What a snapshot's string ids stand for, and what its decisions depended on: each job
+    and node as seen (a node as :func:`_fingerprint`) and the newest attempt id."""
 
-    jobs: dict[str, Job] = field(default_factory=dict)
+    jobs: dict[str, SeenJob] = field(default_factory=dict)
     projects: dict[int, str] = field(default_factory=dict)
+    nodes: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    last_attempt: int = 0
+
+
+@dataclass
+class Applied:
+    """What :func:`apply_decisions` wrote: how many jobs it admitted, and each decision it
+    refused because its ground moved since the snapshot (``redo``: the whole round was)."""
+
+    admitted: int = 0
+    refused: list[str] = field(default_factory=list)
+    redo: bool = False
 
 
 # The columns a snapshot needs, read as plain rows: a thousand nodes of eight GPUs are 8,000
@@ -59,6 +97,14 @@ _ACCELERATOR_COLUMNS = (
 )
 _NODE_COLUMNS = (NodeRow.id, NodeRow.name, NodeRow.cpu_milli, NodeRow.memory_mib, NodeRow.status,
                  NodeRow.labels)  # fmt: skip
+# the same for jobs: up to ten thousand active and queued ones per round
+_JOB_COLUMNS = (Job.id, Job.project_id, Job.state, Job.attempts, Job.reason, Job.stop_requested,
+                Job.stop_deadline, Job.placement, Job.queued_at, Job.admitted_at, Job.cpu_milli,
+                Job.memory_mib, Job.gpus, Job.gpu_milli, Job.gpu_type, Job.gang, Job.priority,
+                Job.deferrable, Job.attained_service, Job.preemptible, Job.app, Job.max_per_node,
+                Job.node_selector)  # fmt: skip
+_ROUND_LOCK_ID = 0x756E7772  # "unwr": PostgreSQL advisory lock taken by each round's write
+_CHUNK = 500  # ids per IN list
 
 
 def _accelerators(session: Session) -> dict[int, list[Any]]:
@@ -71,6 +117,12 @@ def _accelerators(session: Session) -> dict[int, list[Any]]:
 
 def _nodes(session: Session) -> Any:
     return session.execute(select(*_NODE_COLUMNS).order_by(NodeRow.name))
+
+
+def _fingerprint(row: Any, accs: list[Any]) -> tuple[Any, ...]:
+    """What placing work on a node depends on (its heartbeat time and readings do not)."""
+    devices = tuple((a.index, a.type, int(a.memory_mib), bool(a.healthy)) for a in accs)
+    return (row.status, row.cpu_milli, int(row.memory_mib), row.labels, devices)
 
 
 def _node(row: Any, accs: list[Any], used: dict[str, object] | None) -> Node:
@@ -143,21 +195,25 @@ def recent_idle_cluster(session: Session, copies: int = 1) -> tuple[tuple[Node, 
     return nodes, True
 
 
-def placement_of(attempt_or_job: Job | JobAttempt) -> dict[str, Any]:
-    return json.loads(attempt_or_job.placement) if attempt_or_job.placement else {}
+def placement_of(job: Any) -> dict[str, Any]:
+    """A job's (or an attempt's) placement JSON, decoded; empty if it has none."""
+    return json.loads(job.placement) if job.placement else {}
 
 
 def build_snapshot(
     session: Session, config: PolicyConfig, now: dt.datetime
 ) -> tuple[Snapshot, SnapshotIndex]:
+    """The scheduler's snapshot of the store, and what it depended on. Meant for a
+    :meth:`~underlay.store.Database.read_session` (one consistent view, no write lock)."""
     index = SnapshotIndex()
     index.projects = {p.id: p.name for p in session.scalars(select(Project))}
-    jobs = list(session.scalars(select(Job).where(Job.state.in_([*ACTIVE, JobState.queued]))))
-    used: dict[str, dict[str, object]] = {}
+    index.last_attempt = session.scalar(select(func.max(JobAttempt.id))) or 0
+    query = select(*_JOB_COLUMNS).where(Job.state.in_([*ACTIVE, JobState.queued]))
+    used: dict[str, dict[str, Any]] = {}
     running: list[Running] = []
     pending = []
-    for job in sorted(jobs, key=lambda j: j.id):
-        index.jobs[str(job.id)] = job
+    for job in session.execute(query.order_by(Job.id)):
+        index.jobs[str(job.id)] = SeenJob(job.state, job.attempts, job.reason, job.stop_requested)
         project = index.projects.get(job.project_id, str(job.project_id))
         if job.state == JobState.queued:
             pending.append(workload_of(job, project))
@@ -169,25 +225,23 @@ def build_snapshot(
         )
         for worker in workers:
             slot = used.setdefault(worker.node, {"cpu": 0, "mem": 0, "gpu": defaultdict(int)})
-            slot["cpu"] += job.cpu_milli  # type: ignore[operator]
-            slot["mem"] += int(job.memory_mib)  # type: ignore[operator]
+            slot["cpu"] += job.cpu_milli
+            slot["mem"] += int(job.memory_mib)
             for gpu in worker.gpus:
-                slot["gpu"][gpu] += worker.gpu_milli  # type: ignore[index]
+                slot["gpu"][gpu] += worker.gpu_milli
         started = job.admitted_at or now
         draining = (
             job.stop_deadline.timestamp() if job.stop_requested and job.stop_deadline else None
         )
+        gpu_type = str(placement["gpu_type"]) if placement.get("gpu_type") else None
         running.append(
-            Running(
-                workload_of(job, project),
-                workers,
-                started.timestamp(),
-                str(placement["gpu_type"]) if placement.get("gpu_type") else None,
-                draining,
-            )
+            Running(workload_of(job, project), workers, started.timestamp(), gpu_type, draining)
         )
     accs = _accelerators(session)
-    nodes = tuple(_node(row, accs[row.id], used.get(row.name)) for row in _nodes(session))
+    nodes = []
+    for row in _nodes(session):
+        nodes.append(_node(row, accs[row.id], used.get(row.name)))
+        index.nodes[row.name] = _fingerprint(row, accs[row.id])
     quotas = tuple(
         Quota(
             index.projects.get(q.project_id, str(q.project_id)),
@@ -197,65 +251,179 @@ def build_snapshot(
         )
         for q in session.scalars(select(QuotaRow).order_by(QuotaRow.id))
     )
-    snapshot = Snapshot(now.timestamp(), nodes, tuple(running), tuple(pending), quotas, config)
+    snapshot = Snapshot(
+        now.timestamp(), tuple(nodes), tuple(running), tuple(pending), quotas, config
+    )
     return snapshot, index
+
+
+def _changed_waits(decisions: Decisions, index: SnapshotIndex) -> list[tuple[str, str]]:
+    """The waiting jobs whose reason differs from the one they have, with the new reason."""
+    out = []
+    for wait in decisions.waits:
+        seen = index.jobs.get(wait.workload_id)
+        if seen is None or seen.reason != wait.reason[:1000]:
+            out.append((wait.workload_id, wait.reason[:1000]))
+    return out
+
+
+def has_writes(decisions: Decisions, index: SnapshotIndex) -> bool:
+    """Whether :func:`apply_decisions` would write anything (a round in which every job keeps
+    waiting for the reason it already has needs no write transaction at all)."""
+    return bool(
+        decisions.places
+        or decisions.preempts
+        or decisions.rejects
+        or _changed_waits(decisions, index)
+    )
 
 
 def apply_decisions(
     session: Session, audit: AuditLog, decisions: Decisions, index: SnapshotIndex, now: dt.datetime
-) -> int:
-    """Write one round's decisions; returns how many jobs were admitted."""
+) -> Applied:
+    """Write one round's decisions, each only where what it depended on still holds (the
+    module docstring); meant for a write transaction of its own, after the snapshot's."""
+    applied = Applied()
+    if _attempts_written_since(session, index):
+        applied.redo = True
+        applied.refused.append("an attempt was written since the snapshot: the round is redone")
+        return applied
+    changed = _changed_nodes(session, index, decisions.places)
+    waits = _changed_waits(decisions, index)
+    ids = [p.workload_id for p in decisions.places] + [r.workload_id for r in decisions.rejects]
+    ids += [p.workload_id for p in decisions.preempts] + [wid for wid, _ in waits]
+    jobs = _lock_jobs(session, ids)
     for place in decisions.places:
-        job = index.jobs[place.workload_id]
-        workers = [
-            {"node": w.node, "gpus": list(w.gpus), "gpu_milli": w.gpu_milli} for w in place.workers
-        ]
-        placement = json.dumps(
-            {"node": workers[0]["node"], "workers": workers, "gpu_type": place.gpu_type}
-        )
-        job.attempts += 1
-        job.placement = placement
-        job.borrowed = place.borrowed
-        session.add(
-            JobAttempt(
-                job_id=job.id,
-                project_id=job.project_id,
-                user_id=job.user_id,
-                number=job.attempts,
-                node=str(workers[0]["node"]),
-                placement=placement,
-                gpu_type=place.gpu_type,
-                gpu_share_milli=sum(w.gpu_milli * len(w.gpus) for w in place.workers),
-                cpu_milli=job.cpu_milli * len(place.workers),
-                state=JobState.admitted,
-                admitted_at=now,
-            )
-        )
-        gpus = ", ".join(str(g) for w in place.workers for g in w.gpus)
-        where = f"node {workers[0]['node']}" + (f" (GPU {gpus})" if gpus else "")
-        borrowed = "; borrowing idle capacity, may be preempted" if place.borrowed else ""
-        transition(session, audit, job, JobState.admitted, f"placed on {where}{borrowed}")
+        refusal = _place_refusal(place, jobs.get(place.workload_id), index, changed)
+        if refusal is None:
+            _place(session, audit, jobs[place.workload_id], place, now)
+            applied.admitted += 1
+        else:
+            applied.refused.append(refusal)
     for preempt in decisions.preempts:
-        job = index.jobs[preempt.workload_id]
-        if job.stop_requested is None:
-            job.stop_requested = "preempt"
-            job.stop_deadline = now + dt.timedelta(seconds=preempt.grace_s)
-            job.reason = f"preempting: {preempt.reason}"[:1000]
-            audit.append(
-                session,
-                actor="scheduler",
-                action="job.preempt",
-                resource=f"job:{job.id}",
-                project=index.projects.get(job.project_id),
-                outcome="ok",
-                detail={"reason": preempt.reason[:300], "for": preempt.for_workload},
-            )
-    for wait in decisions.waits:
-        job = index.jobs[wait.workload_id]
-        if job.reason != wait.reason[:1000]:
-            job.reason = wait.reason[:1000]
+        job = jobs.get(preempt.workload_id)
+        seen = index.jobs[preempt.workload_id]
+        if job is None or job.state not in ACTIVE or job.attempts != seen.attempts:
+            applied.refused.append(f"job {preempt.workload_id} is no longer running: not preempted")
+        elif job.stop_requested is None:
+            _preempt(session, audit, job, preempt, index, now)
+    for wid, reason in waits:
+        job = jobs.get(wid)
+        if job is not None and job.state == JobState.queued:
+            job.reason = reason
     for reject in decisions.rejects:
-        job = index.jobs[reject.workload_id]
+        job = jobs.get(reject.workload_id)
+        if job is None or job.state != JobState.queued:
+            applied.refused.append(f"job {reject.workload_id} is no longer queued: not rejected")
+            continue
         transition(session, audit, job, JobState.failed, f"can never run here: {reject.reason}")
         job.finished_at = now
-    return len(decisions.places)
+    return applied
+
+
+def _attempts_written_since(session: Session, index: SnapshotIndex) -> bool:
+    if session.get_bind().dialect.name == "postgresql":
+        # rounds' writes one at a time: the check below sees every earlier round's attempts
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ROUND_LOCK_ID})
+    newest = session.scalar(select(func.max(JobAttempt.id))) or 0
+    return newest != index.last_attempt
+
+
+def _chunks(ids: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for at in range(0, len(ids), _CHUNK):
+        yield ids[at : at + _CHUNK]
+
+
+def _changed_nodes(session: Session, index: SnapshotIndex, places: Sequence[Place]) -> set[str]:
+    """The nodes placed on whose status, resources, labels or accelerators differ from the
+    snapshot's (read under a share lock on PostgreSQL, so no heartbeat changes them before
+    this transaction commits)."""
+    names = sorted({w.node for p in places for w in p.workers})
+    rows: list[Any] = []
+    accs: dict[int, list[Any]] = defaultdict(list)
+    for chunk in _chunks(names):
+        query = select(*_NODE_COLUMNS).where(NodeRow.name.in_(chunk)).order_by(NodeRow.id)
+        rows += session.execute(query.with_for_update(read=True)).all()
+    for chunk in _chunks(sorted(r.id for r in rows)):
+        query = select(*_ACCELERATOR_COLUMNS).where(AcceleratorRow.node_id.in_(chunk))
+        query = query.order_by(AcceleratorRow.node_id, AcceleratorRow.index)
+        for acc in session.execute(query.with_for_update(read=True)):
+            accs[acc.node_id].append(acc)
+    now_seen = {r.name: _fingerprint(r, accs[r.id]) for r in rows}
+    return {name for name in names if now_seen.get(name) != index.nodes.get(name)}
+
+
+def _lock_jobs(session: Session, ids: list[str]) -> dict[str, Job]:
+    """The jobs decided about, as they are now (locked until commit on PostgreSQL)."""
+    jobs: dict[str, Job] = {}
+    for chunk in _chunks(sorted({int(i) for i in ids})):
+        query = select(Job).where(Job.id.in_(chunk)).order_by(Job.id).with_for_update()
+        jobs.update((str(job.id), job) for job in session.scalars(query))
+    return jobs
+
+
+def _place_refusal(
+    place: Place, job: Job | None, index: SnapshotIndex, changed: set[str]
+) -> str | None:
+    seen = index.jobs[place.workload_id]
+    if job is None:
+        return f"job {place.workload_id} is gone: not placed"
+    if job.state != JobState.queued or job.attempts != seen.attempts:
+        return f"job {job.id} is {job.state} since the snapshot: not placed"
+    moved = sorted({w.node for w in place.workers} & changed)
+    if moved:
+        return f"node {moved[0]} changed since the snapshot: job {job.id} not placed"
+    return None
+
+
+def _place(session: Session, audit: AuditLog, job: Job, place: Place, now: dt.datetime) -> None:
+    workers = [
+        {"node": w.node, "gpus": list(w.gpus), "gpu_milli": w.gpu_milli} for w in place.workers
+    ]
+    placement = json.dumps(
+        {"node": workers[0]["node"], "workers": workers, "gpu_type": place.gpu_type}
+    )
+    job.attempts += 1
+    job.placement = placement
+    job.borrowed = place.borrowed
+    session.add(
+        JobAttempt(
+            job_id=job.id,
+            project_id=job.project_id,
+            user_id=job.user_id,
+            number=job.attempts,
+            node=str(workers[0]["node"]),
+            placement=placement,
+            gpu_type=place.gpu_type,
+            gpu_share_milli=sum(w.gpu_milli * len(w.gpus) for w in place.workers),
+            cpu_milli=job.cpu_milli * len(place.workers),
+            state=JobState.admitted,
+            admitted_at=now,
+        )
+    )
+    gpus = ", ".join(str(g) for w in place.workers for g in w.gpus)
+    where = f"node {workers[0]['node']}" + (f" (GPU {gpus})" if gpus else "")
+    borrowed = "; borrowing idle capacity, may be preempted" if place.borrowed else ""
+    transition(session, audit, job, JobState.admitted, f"placed on {where}{borrowed}")
+
+
+def _preempt(
+    session: Session,
+    audit: AuditLog,
+    job: Job,
+    preempt: Preempt,
+    index: SnapshotIndex,
+    now: dt.datetime,
+) -> None:
+    job.stop_requested = "preempt"
+    job.stop_deadline = now + dt.timedelta(seconds=preempt.grace_s)
+    job.reason = f"preempting: {preempt.reason}"[:1000]
+    audit.append(
+        session,
+        actor="scheduler",
+        action="job.preempt",
+        resource=f"job:{job.id}",
+        project=index.projects.get(job.project_id),
+        outcome="ok",
+        detail={"reason": preempt.reason[:300], "for": preempt.for_workload},
+    )
