@@ -160,10 +160,12 @@ def test_a_round_that_changes_nothing_takes_no_write_lock(w: World, db: Database
     while another transaction holds the write lock (on SQLite a writer would wait on it; the
     round's database gives up on a held lock after 50 ms)."""
     beat(w, inventory(gpu(0)))
-    job_id, _ = submit(w, gpus=2)  # the node has one GPU: it waits, for the same reason
+    submit(w, gpus=1)
+    assert round_(w) == 1
+    job_id, _ = submit(w, gpus=1)  # the only GPU is taken: it waits, for the same reason
     assert round_(w) == 0
     reason = read(w, job_id).reason
-    assert "no healthy node has 2 free A100 GPUs" in reason
+    assert "no healthy node has 1 free A100 GPUs" in reason
     impatient = Database(db.url, busy_timeout_s=0.05)
     try:
         with db.session(Scope.everything()) as holder:  # holds the write lock throughout

@@ -164,6 +164,8 @@ def _reject_reason(
 def _check_budget(
     session: Session, project: Project, now: dt.datetime, settings: Settings
 ) -> list[str]:
+    if not budgets.has_limits(session, project.id):
+        return []
     status = budgets.budget_status(session, project.id, now, settings)
     status.raise_if_blocked()
     return [status.message] if status.state == "warn" else []

@@ -355,7 +355,7 @@ def _maybe_requeue(session: Session, audit: AuditLog, job: Job) -> None:
         )
 
 
-def _silent(lost_after_s: float) -> Select[tuple[NodeRow]]:
+def _silent(lost_after_s: float) -> Select[NodeRow]:
     cutoff = utcnow() - dt.timedelta(seconds=lost_after_s)
     return select(NodeRow).where(NodeRow.status != "lost", NodeRow.heartbeat_at < cutoff)
 
