@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Row, Select, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from underlay.audit import AuditLog
 from underlay.compute import budgets
@@ -307,9 +307,13 @@ def cancel_job(session: Session, audit: AuditLog, job: Job, actor: Actor, grace_
     return job
 
 
+_NAME_ONLY = lazyload(User.grant_rows)
+
+
 def render(session: Session, job: Job, warnings: list[str] | None = None) -> JobRead:
     project = session.get(Project, job.project_id)
-    user = session.get(User, job.user_id) if job.user_id else None
+    # only the name is shown: not the grants that a user loads with by default
+    user = session.get(User, job.user_id, options=[_NAME_ONLY]) if job.user_id else None
     node = None
     if job.placement:
         node = json.loads(job.placement).get("node")
