@@ -47,6 +47,7 @@ from underlay.compute.scheduler import (
     Running,
     Snapshot,
     WorkerPlacement,
+    Workload,
 )
 from underlay.compute.states import ACTIVE, JobState
 from underlay.store.models import Project
@@ -107,22 +108,25 @@ _ROUND_LOCK_ID = 0x756E7772  # "unwr": PostgreSQL advisory lock taken by each ro
 _CHUNK = 500  # ids per IN list
 
 
+# The bulk reads run as Core statements on the session's connection: the ORM's result
+# machinery costs several times the database's own work per row, and none of these tables is
+# project-scoped (jobs are, but the scheduler reads every project's: its scope is everything).
 def _accelerators(session: Session) -> dict[int, list[Any]]:
     rows: dict[int, list[Any]] = defaultdict(list)
     query = select(*_ACCELERATOR_COLUMNS).order_by(AcceleratorRow.index)
-    for acc in session.execute(query):
+    for acc in session.connection().execute(query):
         rows[acc.node_id].append(acc)
     return rows
 
 
 def _nodes(session: Session) -> Any:
-    return session.execute(select(*_NODE_COLUMNS).order_by(NodeRow.name))
+    return session.connection().execute(select(*_NODE_COLUMNS).order_by(NodeRow.name))
 
 
 def _fingerprint(row: Any, accs: list[Any]) -> tuple[Any, ...]:
-    """What placing work on a node depends on (its heartbeat time and readings do not)."""
-    devices = tuple((a.index, a.type, int(a.memory_mib), bool(a.healthy)) for a in accs)
-    return (row.status, row.cpu_milli, int(row.memory_mib), row.labels, devices)
+    """What placing work on a node depends on: its row and its accelerators' rows as read
+    (the columns of capacity, health and power; not its heartbeat time or readings)."""
+    return (tuple(row), tuple(map(tuple, accs)))
 
 
 def _node(row: Any, accs: list[Any], used: dict[str, object] | None) -> Node:
@@ -200,6 +204,19 @@ def placement_of(job: Any) -> dict[str, Any]:
     return json.loads(job.placement) if job.placement else {}
 
 
+@dataclass
+class _Memo:
+    """What the previous snapshot built from each row (per database): a round rebuilds only
+    the jobs and nodes whose rows changed, instead of ten thousand workloads and a thousand
+    nodes every time. Keys are whole rows, so a changed row is simply a miss."""
+
+    jobs: dict[tuple[Any, ...], tuple[SeenJob, Workload | Running]] = field(default_factory=dict)
+    nodes: dict[tuple[Any, ...], Node] = field(default_factory=dict)
+
+
+_memos: weakref.WeakKeyDictionary[Any, _Memo] = weakref.WeakKeyDictionary()
+
+
 def build_snapshot(
     session: Session, config: PolicyConfig, now: dt.datetime
 ) -> tuple[Snapshot, SnapshotIndex]:
@@ -208,40 +225,32 @@ def build_snapshot(
     index = SnapshotIndex()
     index.projects = {p.id: p.name for p in session.scalars(select(Project))}
     index.last_attempt = session.scalar(select(func.max(JobAttempt.id))) or 0
-    query = select(*_JOB_COLUMNS).where(Job.state.in_([*ACTIVE, JobState.queued]))
+    bind = session.get_bind()
+    memo, fresh = _memos.get(bind) or _Memo(), _Memo()
     used: dict[str, dict[str, Any]] = {}
     running: list[Running] = []
-    pending = []
-    for job in session.execute(query.order_by(Job.id)):
-        index.jobs[str(job.id)] = SeenJob(job.state, job.attempts, job.reason, job.stop_requested)
-        project = index.projects.get(job.project_id, str(job.project_id))
-        if job.state == JobState.queued:
-            pending.append(workload_of(job, project))
+    pending: list[Workload] = []
+    query = select(*_JOB_COLUMNS).where(Job.state.in_([*ACTIVE, JobState.queued]))
+    for row in session.connection().execute(query.order_by(Job.id)):
+        project = index.projects.get(row.project_id, str(row.project_id))
+        key = (*row, project)
+        entry = memo.jobs.get(key) or _job_entry(row, project, now)
+        if row.admitted_at is not None or row.state == JobState.queued:
+            fresh.jobs[key] = entry  # (an active job without a start time runs from "now")
+        seen, item = entry
+        index.jobs[str(row.id)] = seen
+        if isinstance(item, Workload):
+            pending.append(item)
             continue
-        placement = placement_of(job)
-        workers = tuple(
-            WorkerPlacement(w["node"], tuple(w["gpus"]), w["gpu_milli"])
-            for w in placement.get("workers", [])
-        )
-        for worker in workers:
+        running.append(item)
+        for worker in item.workers:
             slot = used.setdefault(worker.node, {"cpu": 0, "mem": 0, "gpu": defaultdict(int)})
-            slot["cpu"] += job.cpu_milli
-            slot["mem"] += int(job.memory_mib)
+            slot["cpu"] += row.cpu_milli
+            slot["mem"] += int(row.memory_mib)
             for gpu in worker.gpus:
                 slot["gpu"][gpu] += worker.gpu_milli
-        started = job.admitted_at or now
-        draining = (
-            job.stop_deadline.timestamp() if job.stop_requested and job.stop_deadline else None
-        )
-        gpu_type = str(placement["gpu_type"]) if placement.get("gpu_type") else None
-        running.append(
-            Running(workload_of(job, project), workers, started.timestamp(), gpu_type, draining)
-        )
-    accs = _accelerators(session)
-    nodes = []
-    for row in _nodes(session):
-        nodes.append(_node(row, accs[row.id], used.get(row.name)))
-        index.nodes[row.name] = _fingerprint(row, accs[row.id])
+    nodes = _snapshot_nodes(session, used, index, memo, fresh)
+    _memos[bind] = fresh
     quotas = tuple(
         Quota(
             index.projects.get(q.project_id, str(q.project_id)),
@@ -251,10 +260,45 @@ def build_snapshot(
         )
         for q in session.scalars(select(QuotaRow).order_by(QuotaRow.id))
     )
-    snapshot = Snapshot(
-        now.timestamp(), tuple(nodes), tuple(running), tuple(pending), quotas, config
-    )
+    snapshot = Snapshot(now.timestamp(), nodes, tuple(running), tuple(pending), quotas, config)
     return snapshot, index
+
+
+def _job_entry(row: Any, project: str, now: dt.datetime) -> tuple[SeenJob, Workload | Running]:
+    seen = SeenJob(row.state, row.attempts, row.reason, row.stop_requested)
+    if row.state == JobState.queued:
+        return seen, workload_of(row, project)
+    placement = placement_of(row)
+    workers = tuple(
+        WorkerPlacement(w["node"], tuple(w["gpus"]), w["gpu_milli"])
+        for w in placement.get("workers", [])
+    )
+    started = row.admitted_at or now
+    draining = row.stop_deadline.timestamp() if row.stop_requested and row.stop_deadline else None
+    gpu_type = str(placement["gpu_type"]) if placement.get("gpu_type") else None
+    workload = workload_of(row, project)
+    return seen, Running(workload, workers, started.timestamp(), gpu_type, draining)
+
+
+def _snapshot_nodes(
+    session: Session,
+    used: dict[str, dict[str, Any]],
+    index: SnapshotIndex,
+    memo: _Memo,
+    fresh: _Memo,
+) -> tuple[Node, ...]:
+    accs = _accelerators(session)
+    nodes = []
+    for row in _nodes(session):
+        devices = accs[row.id]
+        index.nodes[row.name] = seen = _fingerprint(row, devices)
+        slot = used.get(row.name)
+        load = (slot["cpu"], slot["mem"], tuple(sorted(slot["gpu"].items()))) if slot else None
+        key = (seen, load)
+        node = memo.nodes.get(key) or _node(row, devices, slot)
+        fresh.nodes[key] = node
+        nodes.append(node)
+    return tuple(nodes)
 
 
 def _changed_waits(decisions: Decisions, index: SnapshotIndex) -> list[tuple[str, str]]:
@@ -343,11 +387,11 @@ def _changed_nodes(session: Session, index: SnapshotIndex, places: Sequence[Plac
     accs: dict[int, list[Any]] = defaultdict(list)
     for chunk in _chunks(names):
         query = select(*_NODE_COLUMNS).where(NodeRow.name.in_(chunk)).order_by(NodeRow.id)
-        rows += session.execute(query.with_for_update(read=True)).all()
+        rows += session.connection().execute(query.with_for_update(read=True)).all()
     for chunk in _chunks(sorted(r.id for r in rows)):
         query = select(*_ACCELERATOR_COLUMNS).where(AcceleratorRow.node_id.in_(chunk))
         query = query.order_by(AcceleratorRow.node_id, AcceleratorRow.index)
-        for acc in session.execute(query.with_for_update(read=True)):
+        for acc in session.connection().execute(query.with_for_update(read=True)):
             accs[acc.node_id].append(acc)
     now_seen = {r.name: _fingerprint(r, accs[r.id]) for r in rows}
     return {name for name in names if now_seen.get(name) != index.nodes.get(name)}
