@@ -385,13 +385,14 @@ def _changed_nodes(session: Session, index: SnapshotIndex, places: Sequence[Plac
     names = sorted({w.node for p in places for w in p.workers})
     rows: list[Any] = []
     accs: dict[int, list[Any]] = defaultdict(list)
+    conn = session.connection()
     for chunk in _chunks(names):
-        query = select(*_NODE_COLUMNS).where(NodeRow.name.in_(chunk)).order_by(NodeRow.id)
-        rows += session.connection().execute(query.with_for_update(read=True)).all()
+        nodes = select(*_NODE_COLUMNS).where(NodeRow.name.in_(chunk)).order_by(NodeRow.id)
+        rows += conn.execute(nodes.with_for_update(read=True)).all()
     for chunk in _chunks(sorted(r.id for r in rows)):
-        query = select(*_ACCELERATOR_COLUMNS).where(AcceleratorRow.node_id.in_(chunk))
-        query = query.order_by(AcceleratorRow.node_id, AcceleratorRow.index)
-        for acc in session.connection().execute(query.with_for_update(read=True)):
+        devices = select(*_ACCELERATOR_COLUMNS).where(AcceleratorRow.node_id.in_(chunk))
+        devices = devices.order_by(AcceleratorRow.node_id, AcceleratorRow.index)
+        for acc in conn.execute(devices.with_for_update(read=True)):
             accs[acc.node_id].append(acc)
     now_seen = {r.name: _fingerprint(r, accs[r.id]) for r in rows}
     return {name for name in names if now_seen.get(name) != index.nodes.get(name)}
