@@ -175,3 +175,28 @@ def test_a_round_that_changes_nothing_takes_no_write_lock(w: World, db: Database
     finally:
         impatient.dispose()
     assert read(w, job_id).reason == reason
+
+
+def test_a_snapshot_rebuilds_only_what_changed_since_the_last(w: World) -> None:
+    """Ten thousand jobs and a thousand nodes are not rebuilt every round: a workload or a
+    node whose rows did not change is the very object of the last snapshot; a changed one is
+    built again, from its new row."""
+    beat(w, inventory(gpu(0), gpu(1)))
+    beat(w, inventory(gpu(0), name="other"))
+    first, second = submit(w, gpus=1)[0], submit(w, gpus=1)[0]
+
+    def take() -> dict[str, object]:
+        with w.db.read_session(Scope.everything()) as s:
+            snapshot, _ = snapshots.build_snapshot(s, policy_config("default"), utcnow())
+        return {**{x.id: x for x in snapshot.pending}, **{n.name: n for n in snapshot.nodes}}
+
+    before = take()
+    with w.db.session(Scope.everything()) as s:
+        jobs.read_job(s, second).priority = 10
+    beat(w, inventory(gpu(0, temperature_c=97.0), name="other"))
+    after = take()
+    assert after[str(first)] is before[str(first)] and after[NODE] is before[NODE]
+    assert after[str(second)] is not before[str(second)]
+    assert after[str(second)].priority == 10  # type: ignore[attr-defined]
+    assert after["other"] is not before["other"]
+    assert not after["other"].accelerators[0].healthy  # type: ignore[attr-defined]
