@@ -390,6 +390,35 @@ def test_a_sqlite_transaction_takes_the_write_lock_when_it_begins(tmp_path: Path
         second.dispose()
 
 
+def test_a_read_session_sees_one_snapshot_and_holds_up_no_writer(db: Database) -> None:
+    """The scheduler reads its snapshot in a read session: a write commits while it is open
+    (on SQLite without waiting: this writer gives up on a held lock after 50 ms), and the
+    read keeps seeing the database as it was when it began."""
+    _two_projects(db)
+    writer = Database(db.url, busy_timeout_s=0.05)
+    names = select(Project.name).order_by(Project.name)
+    try:
+        with db.read_session(Scope.everything()) as r:
+            assert r.scalars(names).all() == ["a", "b"]
+            with writer.session(Scope.everything()) as w:
+                w.add(Project(name="c"))
+            assert r.scalars(names).all() == ["a", "b"]
+        with db.read_session(Scope.everything()) as r:
+            assert r.scalars(names).all() == ["a", "b", "c"]
+    finally:
+        writer.dispose()
+
+
+def test_a_read_session_refuses_to_write(db: Database) -> None:
+    with (
+        pytest.raises(PermissionDenied, match="a write in a read-only session refused"),
+        db.read_session(Scope.everything()) as r,
+    ):
+        r.add(Project(name="x"))
+    with db.session(Scope.everything()) as s:
+        assert s.scalars(select(Project.name)).all() == []
+
+
 def test_the_migration_lock_file_sits_beside_the_database_or_in_lock_dir(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'data' / 'u.db'}")
     (tmp_path / "data").mkdir()

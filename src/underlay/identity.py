@@ -544,8 +544,8 @@ def authenticate(session: Session, secret: str | None) -> Actor:
             raise Unauthenticated("the token's user is no longer a member of its project")
         capped = held if _RANK[held] <= _RANK[Role.member] else Role.member
         return Actor(user.id, user.name, False, {token.project_id: capped}, token.id, kind=kind)
-    grants = grants_of(session, user.id)
-    return Actor(user.id, user.name, user.is_admin, roles, token.id, grants=grants)
+    # the user's grants came with it (``grant_rows`` loads with the user): no query of its own
+    return Actor(user.id, user.name, user.is_admin, roles, token.id, grants=frozenset(user.grants))
 
 
 AGENT_USER = "agent"

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from underlay import identity
 from underlay.audit import AuditLog
@@ -297,10 +297,11 @@ def test_a_crash_mid_apply_leaves_the_job_queued_with_no_attempt(w: World) -> No
     with w.db.session(Scope.everything()) as s:
         entries_before = s.scalar(select(func.count()).select_from(AuditEntry))
     config = policy_config(w.settings.compute.policy)
-    with pytest.raises(RuntimeError, match="power cut"), w.db.session(Scope.everything()) as s:
-        now = utcnow()
+    now = utcnow()
+    with w.db.read_session(Scope.everything()) as s:
         snapshot, index = snapshots.build_snapshot(s, config, now)
-        assert snapshots.apply_decisions(s, w.audit, decide(snapshot), index, now) == 1
+    with pytest.raises(RuntimeError, match="power cut"), w.db.session(Scope.everything()) as s:
+        assert snapshots.apply_decisions(s, w.audit, decide(snapshot), index, now).admitted == 1
         s.flush()  # the placement reached the database, inside the transaction
         raise RuntimeError("power cut")
     job = read(w, job_id)
@@ -455,6 +456,27 @@ def test_a_nearly_spent_budget_accepts_with_a_warning(w: World) -> None:
         "project vision used 2.0 of 2.4 GPU-hours this month (83%), past the 80% warning"
     ]
     assert read(w, job_id).state == JobState.queued
+
+
+def test_a_project_without_budget_limits_adds_up_no_attempts_at_submit(w: World) -> None:
+    """Without a limit no use can block or warn: a submission skips adding up the month's
+    attempts (thousands of rows in a busy project); once a limit is set, it adds them up."""
+    beat(w, inventory(gpu(0)))
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        statements.append(statement)
+
+    event.listen(w.db.engine, "before_cursor_execute", seen)
+    try:
+        set_budget(w, warn_fraction=0.5)  # a budget row, with no limit
+        submit(w)
+        assert [s for s in statements if "job_attempts" in s] == []
+        set_budget(w, gpu_hours_per_month=10.0)
+        submit(w)
+        assert [s for s in statements if "job_attempts" in s] != []
+    finally:
+        event.remove(w.db.engine, "before_cursor_execute", seen)
 
 
 def test_a_running_attempt_counts_against_the_budget(w: World) -> None:

@@ -65,6 +65,16 @@ def set_budget(
     return budget
 
 
+def has_limits(session: Session, project_id: int) -> bool:
+    """Whether the project's budget limits anything: without a limit, no use of the month can
+    block or warn, so a submission need not add the month's attempts up (thousands of rows in
+    a busy project) to learn it."""
+    budget = session.scalars(select(Budget).where(Budget.project_id == project_id)).first()
+    return budget is not None and (
+        budget.gpu_hours_per_month is not None or budget.money_per_month is not None
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class BudgetStatus:
     """A project's use of its monthly budget so far. ``fraction`` is the larger of the used

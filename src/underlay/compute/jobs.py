@@ -12,9 +12,10 @@ import datetime as dt
 import json
 import re
 from dataclasses import replace
+from typing import Any
 
-from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Row, Select, func, select
+from sqlalchemy.orm import Session, lazyload
 
 from underlay.audit import AuditLog
 from underlay.compute import budgets
@@ -35,8 +36,8 @@ def _secrets_aad(project_id: int) -> bytes:
     return f"underlay job secrets v1 project {project_id}".encode()
 
 
-def workload_of(job: Job, project: str, clock_of: dt.datetime | None = None) -> Workload:
-    """The scheduler's view of a job."""
+def workload_of(job: Job | Row[Any], project: str, clock_of: dt.datetime | None = None) -> Workload:
+    """The scheduler's view of a job (an ORM object, or a row of the columns it reads)."""
     queued = clock_of or job.queued_at
     return Workload(
         id=str(job.id),
@@ -174,6 +175,8 @@ def _reject_reason(
 def _check_budget(
     session: Session, project: Project, now: dt.datetime, settings: Settings
 ) -> list[str]:
+    if not budgets.has_limits(session, project.id):
+        return []
     status = budgets.budget_status(session, project.id, now, settings)
     status.raise_if_blocked()
     return [status.message] if status.state == "warn" else []
@@ -315,9 +318,13 @@ def cancel_job(session: Session, audit: AuditLog, job: Job, actor: Actor, grace_
     return job
 
 
+_NAME_ONLY = lazyload(User.grant_rows)
+
+
 def render(session: Session, job: Job, warnings: list[str] | None = None) -> JobRead:
     project = session.get(Project, job.project_id)
-    user = session.get(User, job.user_id) if job.user_id else None
+    # only the name is shown: not the grants that a user loads with by default
+    user = session.get(User, job.user_id, options=[_NAME_ONLY]) if job.user_id else None
     node = None
     if job.placement:
         node = json.loads(job.placement).get("node")

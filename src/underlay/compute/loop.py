@@ -2,8 +2,13 @@
 
 One loop runs per deployment: every server process may start one, and the one that holds the
 leader lock (a PostgreSQL advisory lock on a dedicated connection, or a file lock beside the
-SQLite database) works while the others wait to take over. Each round is one transaction,
-so a crash mid-apply neither loses nor doubles a placement.
+SQLite database) works while the others wait to take over. A round reads its snapshot in a
+read-only transaction (no write lock held while a thousand nodes and ten thousand jobs are
+read and judged), then writes its decisions in one short write transaction that re-checks
+what each depended on (:mod:`underlay.compute.snapshots`), so a crash mid-apply neither loses
+nor doubles a placement, and a cancel or a lost node between the two is never overridden.
+A round whose decisions change nothing (every job waits for the reason it already has) takes
+no write lock at all.
 
 The room that a preemption frees is held for its claimant across rounds (the policy's
 :class:`~underlay.compute.scheduler.Claim`); the leader keeps those claims in memory, so a new
@@ -26,9 +31,9 @@ from typing import TYPE_CHECKING
 from sqlalchemy import text
 
 from underlay.audit import AuditLog
-from underlay.compute.nodes import mark_lost_nodes
+from underlay.compute.nodes import any_silent_nodes, mark_lost_nodes
 from underlay.compute.scheduler import Claim, Node, decide, policy_config
-from underlay.compute.snapshots import apply_decisions, build_snapshot
+from underlay.compute.snapshots import Applied, apply_decisions, build_snapshot, has_writes
 from underlay.config import Settings
 from underlay.store import Database, Scope
 from underlay.store.types import utcnow
@@ -59,28 +64,39 @@ def run_round(
     """
     config = policy_config(settings.compute.policy)
     lost_after = settings.compute.node_lost_after_s
-    with db.session(Scope.everything()) as session:
-        now = utcnow()
-        if leader_since is None or (now - leader_since).total_seconds() >= lost_after:
-            mark_lost_nodes(session, audit, lost_after, settings)
+    now = utcnow()
+    if leader_since is None or (now - leader_since).total_seconds() >= lost_after:
+        with db.read_session(Scope.everything()) as session:
+            silent = any_silent_nodes(session, lost_after)
+        if silent:
+            with db.session(Scope.everything()) as session:
+                mark_lost_nodes(session, audit, lost_after, settings)
+    with db.read_session(Scope.everything()) as session:
         snapshot, index = build_snapshot(session, config, now)
-        if extra_nodes:
-            snapshot = replace(snapshot, nodes=(*snapshot.nodes, *extra_nodes))
-        if not snapshot.pending and not snapshot.running:
-            if claims:
-                claims.clear()
-            return 0
-        if not snapshot.nodes:
-            return 0  # no node registered yet (the local agent is starting): judge nothing
+    if extra_nodes:
+        snapshot = replace(snapshot, nodes=(*snapshot.nodes, *extra_nodes))
+    if not snapshot.pending and not snapshot.running:
         if claims:
-            snapshot = replace(snapshot, claims=tuple(claims))
-        decisions = decide(snapshot)
-        admitted = apply_decisions(session, audit, decisions, index, now)
+            claims.clear()
+        return 0
+    if not snapshot.nodes:
+        return 0  # no node registered yet (the local agent is starting): judge nothing
+    if claims:
+        snapshot = replace(snapshot, claims=tuple(claims))
+    decisions = decide(snapshot)
+    applied = Applied()
+    if has_writes(decisions, index):
+        with db.session(Scope.everything()) as session:
+            applied = apply_decisions(session, audit, decisions, index, now)
+    for refused in applied.refused:
+        log.info("scheduling round: %s", refused)
+    if applied.redo:
+        return 0  # nothing was written: the claims stay as they were
     for gone in decisions.abandoned:
         log.info("preemption claim of job %s abandoned: %s", gone.workload_id, gone.reason)
     if claims is not None:
         claims[:] = decisions.claims
-    return admitted
+    return applied.admitted
 
 
 @dataclass

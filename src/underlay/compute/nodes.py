@@ -11,7 +11,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from underlay import identity
@@ -373,15 +373,23 @@ def _maybe_requeue(session: Session, audit: AuditLog, job: Job) -> None:
         )
 
 
+def _silent(lost_after_s: float) -> Select[NodeRow]:
+    cutoff = utcnow() - dt.timedelta(seconds=lost_after_s)
+    return select(NodeRow).where(NodeRow.status != "lost", NodeRow.heartbeat_at < cutoff)
+
+
+def any_silent_nodes(session: Session, lost_after_s: float) -> bool:
+    """Whether :func:`mark_lost_nodes` would find a node to mark (a read: the scheduling loop
+    asks every round, and takes the write lock only when the answer is yes)."""
+    return session.scalar(_silent(lost_after_s).with_only_columns(NodeRow.id).limit(1)) is not None
+
+
 def mark_lost_nodes(
     session: Session, audit: AuditLog, lost_after_s: float, settings: Settings
 ) -> list[str]:
     """Nodes silent for ``lost_after_s``: lost, and their attempts lost (and retried)."""
-    cutoff = utcnow() - dt.timedelta(seconds=lost_after_s)
     lost: list[str] = []
-    for node in session.scalars(
-        select(NodeRow).where(NodeRow.status != "lost", NodeRow.heartbeat_at < cutoff)
-    ):
+    for node in session.scalars(_silent(lost_after_s)):
         node.status = "lost"
         node.status_reason = f"no heartbeat since {node.heartbeat_at.isoformat()}"
         lost.append(node.name)

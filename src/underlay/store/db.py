@@ -10,6 +10,11 @@ Design decisions:
 * **SQLite writers are serialised up front.** Every SQLite transaction starts with
   ``BEGIN IMMEDIATE`` (WAL mode keeps readers unblocked), so a read-then-write transaction
   never fails half-way with "database is locked"; several processes wait on ``busy_timeout``.
+* **Reads that need no lock.** :meth:`Database.read_session` is a read-only transaction over
+  one consistent snapshot: on SQLite a deferred ``BEGIN`` (WAL: it neither takes nor waits
+  for the write lock), on PostgreSQL ``REPEATABLE READ READ ONLY``. A long read (the
+  scheduler's snapshot of every node and job) then holds up no writer; whatever it decided
+  is re-checked by the write that follows.
 * **Migrations at start-up.** :meth:`Database.migrate` applies pending Alembic revisions under
   a lock (an advisory lock on PostgreSQL, a file lock on SQLite), so several workers starting
   at once upgrade the schema exactly once.
@@ -35,6 +40,7 @@ from underlay.store.models import ProjectScoped
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK_ID = 0x756E646C  # "undl": PostgreSQL advisory lock key
 _ALEMBIC = threading.Lock()  # see Database.migrate
+_READ_ONLY = "underlay_read_only"  # an execution option, and a key of a session's ``info``
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ class Database:
         self.dialect = make_url(url).get_backend_name()
         self.engine = self._create_engine(url, busy_timeout_s, pool_size)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(self._read_engine(), expire_on_commit=False)
         # copied into every session's ``info``: kernel services a domain function reaches
         # through its session (``"audit"``: the AuditLog, so raising an alert audits it)
         self.session_info: dict[str, Any] = {}
@@ -90,9 +97,17 @@ class Database:
 
         @event.listens_for(engine, "begin")
         def _begin_immediate(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            read = conn.get_execution_options().get(_READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
 
         return engine
+
+    def _read_engine(self) -> Engine:
+        if self.is_sqlite:
+            return self.engine.execution_options(**{_READ_ONLY: True})
+        return self.engine.execution_options(
+            isolation_level="REPEATABLE READ", postgresql_readonly=True
+        )
 
     @contextlib.contextmanager
     def session(self, scope: Scope) -> Iterator[Session]:
@@ -100,6 +115,20 @@ class Database:
         session = self._sessions()
         session.info.update(self.session_info)
         session.info["scope"] = scope
+        try:
+            with session.begin():
+                yield session
+        finally:
+            session.close()
+
+    @contextlib.contextmanager
+    def read_session(self, scope: Scope) -> Iterator[Session]:
+        """A read-only transaction over one snapshot of the database (see the module
+        docstring); a flush of any change in it is refused."""
+        session = self._read_sessions()
+        session.info.update(self.session_info)
+        session.info["scope"] = scope
+        session.info[_READ_ONLY] = True
         try:
             with session.begin():
                 yield session
@@ -192,6 +221,8 @@ def _scope_queries(state: ORMExecuteState) -> None:
 
 
 def _scope_writes(session: Session, _ctx: Any, _instances: Any) -> None:
+    if session.info.get(_READ_ONLY) and (session.new or session.dirty or session.deleted):
+        raise PermissionDenied("a write in a read-only session refused")
     scope: Scope | None = session.info.get("scope")
     for obj in list(session.new) + list(session.dirty) + list(session.deleted):
         if isinstance(obj, ProjectScoped) and (scope is None or not scope.allows(obj.project_id)):
