@@ -60,7 +60,7 @@ each resolved value and where it came from.
 
 def type_name(annotation: Any) -> str:
     text = str(annotation) if not isinstance(annotation, type) else annotation.__name__
-    for noise in ("typing.", "pathlib.", "underlay.config."):
+    for noise in ("typing.", "pathlib.", "underlay.config.", "underlay.compute.settings."):
         text = text.replace(noise, "")
     if typing.get_origin(annotation) is typing.Literal:
         text = " \\| ".join(repr(a) for a in typing.get_args(annotation))
