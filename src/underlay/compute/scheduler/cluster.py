@@ -78,6 +78,11 @@ class ClusterState:
         self._states: dict[tuple[int, str], NodeState] = {}
         self.scores: list[dict[str, dict[object, float]] | None] = [None] * len(nodes)
         """Per node, per type: packing scores of worker shapes there, until the node changes."""
+        self.versions: dict[str, int] = {}
+        """Per accelerator type: how many times a node with that type changed (allocation,
+        release, reservation). What packing found for a type still holds while it is equal."""
+        self.best: dict[tuple[object, ...], tuple[int, tuple[int, float, int, int] | None]] = {}
+        """Packing's best candidate per (type, worker shape), with the version it was found at."""
         self.max_cpu = max(self.cap_cpu, default=0)
         self.max_mem = max(self.cap_mem, default=0)
 
@@ -181,9 +186,11 @@ class ClusterState:
         return known
 
     def _changed(self, node: int) -> None:
-        if self._states:
-            for t, _ in self.per_type[node]:
-                self._states.pop((node, t), None)
+        states, versions = self._states, self.versions
+        for t, _ in self.per_type[node]:
+            if states:
+                states.pop((node, t), None)
+            versions[t] = versions.get(t, 0) + 1
         self.scores[node] = None
 
     def type_count(self, node: int, t: str) -> int:
@@ -246,6 +253,7 @@ class ClusterState:
         """Hold a node for a blocked workload: nothing else in this round can use it."""
         if self.reserved[node] or not self.usable[node]:
             return
+        self._changed(node)
         for t, count in self.full_count(node).items():
             self._bucket(t, node, count, 0)
         for gpu, free in enumerate(self.gpu_free[node]):

@@ -197,12 +197,35 @@ def _choose_scored(
     return Alloc(node, (gpu,), req.gpu_milli, req.cpu_milli, req.memory_mib)
 
 
+Best = tuple[int, float, int, int] | None
+"""(kind, score, node, gpu) of a type's best candidate, or None; see :func:`_best_of_type`."""
+
+
 def _best_of_type(
     state: ClusterState, req: Request, t: str, model: FragModel | None, limit: int
-) -> tuple[int, float, int, int] | None:
+) -> Best:
     """(kind, score, node, gpu) of the best of the first ``limit`` candidates of type ``t``
     that have the host resources, in GPU-only preference order (the first on a tie); kind 0
-    is a shared GPU, gpu -1 whole free GPUs of the node."""
+    is a shared GPU, gpu -1 whole free GPUs of the node.
+
+    What it reads (the type's index buckets, and the free share, CPUs, memory and scores of
+    nodes with that type) changes only when a node with that type does, which bumps the
+    type's version: until then the answer found for a worker shape is the answer. A worker
+    that takes any type looks at every type, and a placement changes only one of them.
+    """
+    key = (t, req.gpus, req.gpu_milli, req.cpu_milli, req.memory_mib, model is None)
+    version = state.versions.get(t, 0)
+    known = state.best.get(key)
+    if known is not None and known[0] == version:
+        return known[1]
+    found = _scan_type(state, req, t, model, limit)
+    state.best[key] = (version, found)
+    return found
+
+
+def _scan_type(
+    state: ClusterState, req: Request, t: str, model: FragModel | None, limit: int
+) -> Best:
     free_cpu, free_mem = state.free_cpu, state.free_mem
     cpu, mem = req.cpu_milli, req.memory_mib
     shape = (req.gpus, req.gpu_milli, cpu, mem)

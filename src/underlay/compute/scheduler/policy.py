@@ -32,7 +32,6 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
-from itertools import chain
 from operator import attrgetter
 from typing import Any
 
@@ -45,7 +44,7 @@ from underlay.compute.scheduler.fragmentation import FragModel
 from underlay.compute.scheduler.ordering import in_order, service_level
 from underlay.compute.scheduler.packing import Cursors, place_workers
 from underlay.compute.scheduler.preemption import Plan, Preemptor
-from underlay.compute.scheduler.quota import FairShare, QuotaLedger, gpus_text
+from underlay.compute.scheduler.quota import FairShare, QuotaLedger, gpus_text, running_counts
 from underlay.compute.scheduler.reservation import hold_for
 from underlay.compute.scheduler.snapshot import Claim, Snapshot, WorkerPlacement, Workload
 from underlay.errors import InvalidInput
@@ -103,27 +102,26 @@ class _Round:
         self.state = ClusterState(snapshot.nodes)
         self.first_fit = cfg.packing == "first-fit"
         self.cursors: Cursors | None = {} if self.first_fit else None
-        self.ledger = (
-            QuotaLedger(snapshot.quotas, snapshot.running)
-            if cfg.quotas and snapshot.quotas
-            else None
-        )
+        quotas = cfg.quotas and bool(snapshot.quotas)
+        # With one project asking, fair share orders nothing: skip its set-up.
+        fair = cfg.order == "fair" and len(set(map(attrgetter("project"), snapshot.pending))) > 1
+        mix = not self.first_fit and not snapshot.demand
+        # The running work, counted once for all that reads it (ledger, fair share, mix).
+        counts = running_counts(snapshot.running) if quotas or fair or mix else Counter()
+        self.ledger = QuotaLedger(snapshot.quotas, counts) if quotas else None
         self.fair: FairShare | None = None
-        # With one project asking, fair share orders nothing: skip its O(running) set-up.
-        if cfg.order == "fair" and len(set(map(attrgetter("project"), snapshot.pending))) > 1:
+        if fair:
             s = self.state
-            self.fair = FairShare(s.type_total, sum(s.cap_cpu), sum(s.cap_mem), snapshot.running)
+            self.fair = FairShare(s.type_total, sum(s.cap_cpu), sum(s.cap_mem), counts)
         self.model: FragModel | None = None
-        if not self.first_fit:
-            if snapshot.demand:
-                self.model = FragModel.of((d.request, d.count) for d in snapshot.demand)
-            else:
-                shape = attrgetter("gpus", "gpu_milli", "cpu_milli", "memory_mib")
-                requests = chain(
-                    map(attrgetter("request"), snapshot.pending),
-                    map(attrgetter("workload.request"), snapshot.running),
-                )
-                self.model = FragModel.of_shapes(Counter(map(shape, requests)))
+        if snapshot.demand and not self.first_fit:
+            self.model = FragModel.of((d.request, d.count) for d in snapshot.demand)
+        elif mix:
+            shape = attrgetter("gpus", "gpu_milli", "cpu_milli", "memory_mib")
+            shapes = Counter(map(shape, map(attrgetter("request"), snapshot.pending)))
+            for (_, _, gpus, milli, cpu, mem, _, _), n in counts.items():
+                shapes[(gpus, milli, cpu, mem)] += n
+            self.model = FragModel.of_shapes(shapes)
         self.claims: list[Claim] = []
         self.abandoned: list[Abandon] = []
         self.no_preempt: set[str] = set()
