@@ -76,8 +76,9 @@ class ClusterState:
         self._index_free(profiles)
         self._classes: list[HostClass] | None = None
         self._states: dict[tuple[int, str], NodeState] = {}
-        self.scores: list[dict[str, dict[object, float]] | None] = [None] * len(nodes)
-        """Per node, per type: packing scores of worker shapes there, until the node changes."""
+        self.scores: list[dict[object, float] | None] = [None] * len(nodes)
+        """Per node: packing scores by (type, worker shape[, share used]), until the node
+        changes."""
         self.versions: dict[str, int] = {}
         """Per accelerator type: how many times a node with that type changed (allocation,
         release, reservation). What packing found for a type still holds while it is equal."""

@@ -151,6 +151,7 @@ class _Round:
         self.class_memo: dict[Group, dict[tuple[object, ...], list[Any]]] = {}
         self.borrow_memo: dict[Group, dict[tuple[object, ...], list[Any]]] = {}
         self.borrower_class: dict[str, tuple[object, ...]] = {}
+        self.borrowing: dict[tuple[Group, tuple[object, ...]], list[Any]] = {}
         self.held_for: list[str] = []
         self.constraints = Constraints(self.state, snapshot.nodes, snapshot.running)
         self.reservations_left = cfg.reservations
@@ -317,7 +318,14 @@ class _Round:
         key = _class(w, self.cfg.service_levels)
         entry = memo.get(key)
         if entry is None:
-            entry = memo[key] = self._admit_class(w)
+            # A project's usage only grows during a round, so a class that borrows on every
+            # type it may use keeps borrowing: it outlives its project's placements.
+            entry = self.borrowing.get((group, key))
+            if entry is None:
+                entry = self._admit_class(w)
+                if not entry[0] and entry[2] is None:
+                    self.borrowing[(group, key)] = entry
+            memo[key] = entry
         inside, verdict, known = entry
         if known is None:
             if not inside:
@@ -343,7 +351,7 @@ class _Round:
         types = self._types(w)
         inside = types
         if self.ledger is not None and types[0] is not None:
-            inside = [t for t in types if t is not None and self._guaranteed(w, t)]
+            inside = self._guaranteed_types(w, types)
             if not inside:
                 if w.preemptible:
                     return [inside, None, None]
@@ -354,24 +362,31 @@ class _Round:
         verdict = (_shape(w, inside[0]), len(inside), w.project, w.priority, level, w.displaced)
         return [inside, verdict, None]
 
-    def _guaranteed(self, w: Workload, t: str) -> bool:
-        """Whether ``w`` starts on its project's guarantee of ``t``: it fits within it or,
+    def _guaranteed_types(self, w: Workload, types: list[str | None]) -> list[str | None]:
+        """The types on which ``w`` starts on its project's guarantee: it fits within it or,
         with ``guarantee_start`` and preemptible, its project still has some of it left (the
-        part above the guarantee is then borrowed, and reclaimable)."""
+        part above the guarantee is then borrowed, and reclaimable). Monotone: as the
+        project's usage grows a type can only leave this list."""
         ledger = self.ledger
         assert ledger is not None
-        key = (w.project, t)
-        used = ledger.used.get(key, 0)
-        guaranteed = ledger.guaranteed.get(key, 0)
+        used_of, guaranteed_of = ledger.used, ledger.guaranteed
+        project = w.project
         share = w.gpu_share
-        if used + share <= guaranteed:  # ledger.within
-            return True
-        return (
-            self.cfg.guarantee_start
-            and w.preemptible
-            and used < guaranteed  # ledger.below
-            and ledger.may_borrow(w.project, t, share)
-        )
+        start = self.cfg.guarantee_start and w.preemptible
+        inside: list[str | None] = []
+        for t in types:
+            if t is None:
+                continue
+            key = (project, t)
+            used = used_of.get(key, 0)
+            guaranteed = guaranteed_of.get(key, 0)
+            if used + share <= guaranteed or (  # ledger.within
+                start
+                and used < guaranteed  # ledger.below
+                and ledger.may_borrow(project, t, share)
+            ):
+                inside.append(t)
+        return inside
 
     def _borrow(self, w: Workload) -> None:
         ledger = self.ledger
