@@ -175,14 +175,15 @@ class ClusterState:
         key = (node, t)
         known = self._states.get(key)
         if known is None:
-            types = self.gpu_type[node]
-            own = [f for g, f in enumerate(self.gpu_free[node]) if f > 0 and types[g] == t]
-            known = (
-                own.count(WHOLE),
-                tuple(sorted(f for f in own if f < WHOLE)),
-                self.free_cpu[node],
-                self.free_mem[node],
-            )
+            frees = self.gpu_free[node]
+            if len(self.per_type[node]) == 1:  # the usual node: every accelerator is a ``t``
+                own = [f for f in frees if f > 0]
+            else:
+                types = self.gpu_type[node]
+                own = [f for g, f in enumerate(frees) if f > 0 and types[g] == t]
+            whole = own.count(WHOLE)
+            shared = tuple(sorted([f for f in own if f < WHOLE])) if whole < len(own) else ()
+            known = (whole, shared, self.free_cpu[node], self.free_mem[node])
             self._states[key] = known
         return known
 
@@ -337,9 +338,12 @@ class ClusterState:
         frees = self.gpu_free[node]
         types = self.gpu_type[node]
         if req.gpus:
-            picked = [
-                i for i, f in enumerate(frees) if f == WHOLE and (gpu_type in (None, types[i]))
-            ]
+            if len(self.per_type[node]) == 1:  # one type, and full_count said it may be it
+                picked = [i for i, f in enumerate(frees) if f == WHOLE]
+            else:
+                picked = [
+                    i for i, f in enumerate(frees) if f == WHOLE and (gpu_type in (None, types[i]))
+                ]
             if len(picked) < req.gpus:
                 return None
             if gpu_type is None:  # one type per worker

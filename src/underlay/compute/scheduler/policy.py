@@ -46,7 +46,7 @@ from underlay.compute.scheduler.packing import Cursors, place_workers
 from underlay.compute.scheduler.preemption import Plan, Preemptor
 from underlay.compute.scheduler.quota import FairShare, QuotaLedger, gpus_text, running_counts
 from underlay.compute.scheduler.reservation import hold_for
-from underlay.compute.scheduler.snapshot import Claim, Snapshot, WorkerPlacement, Workload
+from underlay.compute.scheduler.snapshot import WHOLE, Claim, Snapshot, WorkerPlacement, Workload
 from underlay.errors import InvalidInput
 
 MAX_PREEMPTORS = 16
@@ -470,7 +470,8 @@ class _Round:
     def _record_place(
         self, w: Workload, t: str | None, allocs: list[Alloc], borrowed: bool
     ) -> None:
-        self.constraints.placed(w, allocs)
+        if w.max_per_node is not None or w.app is not None or self.constraints.counts is not None:
+            self.constraints.placed(w, allocs)  # else nothing counts its workers
         names = self.state.names
         if len(allocs) == 1:
             a = allocs[0]
@@ -482,11 +483,15 @@ class _Round:
         ledger = self.ledger
         if ledger is not None and t is not None:
             # a workload that starts on what is left of a guarantee may go above it
-            share = w.gpu_share
-            borrowed = borrowed or not ledger.within(w.project, t, share)
-            ledger.add(w.project, t, share)
-            # Only the classes that may use type t (asking for it, or for any type) change.
             project = w.project
+            r = w.request
+            share = (r.gpus * WHOLE if r.gpus else r.gpu_milli) * w.gang  # w.gpu_share
+            key = (project, t)
+            used = ledger.used.get(key, 0)
+            if used + share > ledger.guaranteed.get(key, 0):  # not ledger.within
+                borrowed = True
+            ledger.used[key] = used + share  # ledger.add
+            # Only the classes that may use type t (asking for it, or for any type) change.
             class_memo, borrow_memo = self.class_memo, self.borrow_memo
             if class_memo:
                 class_memo.pop((project, t), None)

@@ -172,8 +172,20 @@ class FairShare:
 
     def charge(self, workload: Workload, gpu_type: str | None) -> None:
         """Count a placement of ``workload`` (on ``gpu_type``) toward its project's share."""
-        self._add(workload, gpu_type)
-        self._update(workload.project)
+        project = workload.project
+        usage = self._usage.get(project)
+        if usage is None:
+            self._add(workload, gpu_type)
+        else:  # _add, without its look-ups
+            req = workload.request
+            gang = workload.gang
+            usage[0] += req.cpu_milli * gang
+            usage[1] += req.memory_mib * gang
+            if gpu_type is not None:
+                gpus = self._gpus[project]
+                share = req.gpus * WHOLE if req.gpus else req.gpu_milli
+                gpus[gpu_type] = gpus.get(gpu_type, 0.0) + share * gang
+        self._update(project)
         self.charges += 1
 
     def share(self, project: str) -> float:
