@@ -41,7 +41,7 @@ from underlay.compute.scheduler.decisions import Abandon, Decisions, Place, Pree
 from underlay.compute.scheduler.energy import hold_reason, type_order
 from underlay.compute.scheduler.feasibility import never_fits
 from underlay.compute.scheduler.fragmentation import FragModel
-from underlay.compute.scheduler.ordering import in_order, service_level
+from underlay.compute.scheduler.ordering import fair_runs, in_order, service_level
 from underlay.compute.scheduler.packing import Cursors, place_workers
 from underlay.compute.scheduler.preemption import Plan, Preemptor
 from underlay.compute.scheduler.quota import FairShare, QuotaLedger, gpus_text, running_counts
@@ -150,7 +150,7 @@ class _Round:
         # they depend on beyond the class, changes.
         self.class_memo: dict[Group, dict[tuple[object, ...], list[Any]]] = {}
         self.borrow_memo: dict[Group, dict[tuple[object, ...], list[Any]]] = {}
-        self.borrower_class: dict[str, tuple[object, ...]] = {}
+        self.borrower_class: dict[str, tuple[Group, tuple[object, ...]]] = {}
         self.borrowing: dict[tuple[Group, tuple[object, ...]], list[Any]] = {}
         self.held_for: list[str] = []
         self.constraints = Constraints(self.state, snapshot.nodes, snapshot.running)
@@ -176,11 +176,21 @@ class _Round:
                 continue
             candidates.append(w)
         borrowers: list[Workload] = []
-        for w in in_order(self.cfg, candidates, self.fair):
-            self._admit(w, borrowers)
+        fair = self.fair
+        if fair is None:
+            for w in in_order(self.cfg, candidates, fair):
+                self._admit(w, borrowers)
+        else:
+            admit = self._admit
+            for queue in fair_runs(self.cfg, candidates, fair):
+                charges = fair.charges
+                while queue:
+                    admit(queue.popleft(), borrowers)
+                    if fair.charges != charges:
+                        break
         # The borrowers came out of the first pass in queue order: no need to sort them again.
-        for w in in_order(self.cfg, borrowers, self.fair, presorted=True):
-            self._borrow(w)
+        if borrowers:
+            self._borrow_pass(borrowers)
         if self.preemptor.blocked_until is not None:
             self._recheck_at(self.preemptor.blocked_until)
         return Decisions(
@@ -330,7 +340,7 @@ class _Round:
         if known is None:
             if not inside:
                 borrowers.append(w)
-                self.borrower_class[w.id] = key
+                self.borrower_class[w.id] = (group, key)
                 return
             # Capacity, victims and quota headroom only shrink during a round: a workload
             # just like one that already failed fails the same way, for the same reason.
@@ -388,17 +398,38 @@ class _Round:
                 inside.append(t)
         return inside
 
+    def _borrow_pass(self, borrowers: list[Workload]) -> None:
+        fair = self.fair
+        if fair is None:
+            for w in in_order(self.cfg, borrowers, fair, presorted=True):
+                self._borrow(w)
+            return
+        # Most borrowers wait for a reason their class already found: that case is inlined.
+        classes, memos, waits = self.borrower_class, self.borrow_memo, self.waits
+        for queue in fair_runs(self.cfg, borrowers, fair, presorted=True):
+            charges = fair.charges
+            while queue:
+                w = queue.popleft()
+                group, key = classes[w.id]
+                memo = memos.get(group)
+                entry = memo.get(key) if memo is not None else None
+                if entry is not None and entry[1] is not None:
+                    waits.append(Wait(w.id, entry[1]))
+                    continue
+                self._borrow(w)
+                if fair.charges != charges:
+                    break
+
     def _borrow(self, w: Workload) -> None:
         ledger = self.ledger
         assert ledger is not None  # only the quota pass produces borrowers
         # As in the guaranteed pass, a workload just like one that failed to borrow fails too;
         # the project's usage is part of the key so the reason quotes the current figures.
         # The key changes only with the project's own placements: worked out once per class.
-        group = (w.project, w.request.gpu_type)
+        group, key = self.borrower_class[w.id]
         memo = self.borrow_memo.get(group)
         if memo is None:
             memo = self.borrow_memo[group] = {}
-        key = self.borrower_class[w.id]
         entry = memo.get(key)
         if entry is None:
             # only work asking for accelerators borrows: its types hold no None
