@@ -44,7 +44,8 @@ from underlay.compute.scheduler.fragmentation import FragModel
 from underlay.compute.scheduler.ordering import fair_runs, in_order, service_level
 from underlay.compute.scheduler.packing import Cursors, place_workers
 from underlay.compute.scheduler.preemption import Plan, Preemptor
-from underlay.compute.scheduler.quota import FairShare, QuotaLedger, gpus_text, running_counts
+from underlay.compute.scheduler.quota import FairShare, QuotaLedger, running_counts
+from underlay.compute.scheduler.reasons import names_text, no_fit_reason
 from underlay.compute.scheduler.reservation import hold_for
 from underlay.compute.scheduler.snapshot import WHOLE, Claim, Snapshot, WorkerPlacement, Workload
 from underlay.errors import InvalidInput
@@ -247,7 +248,7 @@ class _Round:
                 Wait(
                     w.id,
                     f"waiting for {', '.join(gone)} to release their resources after "
-                    f"preemption; the room is held for it on {_names(list(claim.nodes))}",
+                    f"preemption; the room is held for it on {names_text(list(claim.nodes))}",
                 )
             )
         return decided
@@ -598,7 +599,7 @@ class _Round:
                 self.reservations_left -= 1
                 self.held_for.append(w.id)
                 reason += (
-                    f"; first in line: holding what it needs on {_names(held)} "
+                    f"; first in line: holding what it needs on {names_text(held)} "
                     "so later work cannot delay it"
                 )
         else:
@@ -610,34 +611,9 @@ class _Round:
     def _no_fit_reason(self, w: Workload, types: Sequence[str | None]) -> str:
         key = (*_shape(w, None), *types)
         cached = self.reasons.get(key)
-        if cached is not None:
-            return cached
-        req = w.request
-        s = self.state
-        host = _host_text(req.cpu_milli, req.memory_mib)
-        named = [t for t in types if t is not None]
-        which = named[0] if len(named) == 1 else "GPUs of one type"
-        if not named:
-            text = f"no healthy node has {host or 'room'} free"
-        elif req.gpus:
-            if len(named) == 1:
-                unit, most = f"{which} GPUs", f"most free {which} on one node: {s.most_free(which)}"
-            else:
-                unit = which
-                most = "most free on one node: " + ", ".join(f"{t} {s.most_free(t)}" for t in named)
-            text = f"no healthy node has {req.gpus} free {unit}"
-            text += f" with {host}" if host else ""
-            text += f" ({most})"
-        else:
-            largest = ", ".join(f"{t} {gpus_text(s.largest_share(t))}" for t in named)
-            unit = f"{named[0]} GPU" if len(named) == 1 else "GPU"
-            text = f"no healthy {unit} has {gpus_text(req.gpu_milli)} of a GPU free"
-            text += f" with {host} on its node" if host else ""
-            text += f" (largest free share: {largest})"
-        if w.gang > 1:
-            text = f"gang of {w.gang} workers cannot be placed at once: " + text
-        self.reasons[key] = text
-        return text
+        if cached is None:
+            cached = self.reasons[key] = no_fit_reason(self.state, w, types)
+        return cached
 
     def _recheck_at(self, when: float) -> None:
         if self.recheck is None or when < self.recheck:
@@ -684,18 +660,3 @@ def _hostable(state: ClusterState, w: Workload, t: str) -> bool:
         and cls.memory_mib >= req.memory_mib
         for cls in state.host_classes()
     )
-
-
-def _host_text(cpu_milli: int, memory_mib: int) -> str:
-    parts = []
-    if cpu_milli:
-        parts.append(f"{cpu_milli / 1000:g} CPUs")
-    if memory_mib:
-        parts.append(f"{memory_mib} MiB memory")
-    return " and ".join(parts)
-
-
-def _names(names: list[str]) -> str:
-    if len(names) <= 3:
-        return "node " + ", ".join(names) if len(names) == 1 else "nodes " + ", ".join(names)
-    return f"{len(names)} nodes ({', '.join(names[:3])}, ...)"
