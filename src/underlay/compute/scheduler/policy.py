@@ -149,10 +149,13 @@ class _Round:
         # Per (project, type asked for), per workload class (:func:`_class`): valid until the
         # project's next placement on a type the class may use, which is when its usage, all
         # they depend on beyond the class, changes.
-        self.class_memo: dict[Group, dict[tuple[object, ...], list[Any]]] = {}
-        self.borrow_memo: dict[Group, dict[tuple[object, ...], list[Any]]] = {}
-        self.borrower_class: dict[str, tuple[Group, tuple[object, ...]]] = {}
-        self.borrowing: dict[tuple[Group, tuple[object, ...]], list[Any]] = {}
+        # Keyed by the class (:func:`_class`, which starts with the group); the keys of each
+        # group's entries are listed so that a placement drops exactly those.
+        self.class_memo: dict[Shape, list[Any]] = {}
+        self.borrow_memo: dict[Shape, list[Any]] = {}
+        self.class_keys: dict[Group, list[Shape]] = {}
+        self.borrow_keys: dict[Group, list[Shape]] = {}
+        self.borrower_class: dict[str, Shape] = {}
         self.held_for: list[str] = []
         self.constraints = Constraints(self.state, snapshot.nodes, snapshot.running)
         self.reservations_left = cfg.reservations
@@ -322,26 +325,25 @@ class _Round:
         # What decides a workload's fate here (the types within its project's guarantee and
         # its verdict key) depends on its class and on its project's usage, which only the
         # project's own placements change: worked out once per class until then.
-        group = (w.project, w.request.gpu_type)
-        memo = self.class_memo.get(group)
-        if memo is None:
-            memo = self.class_memo[group] = {}
         key = _class(w, self.cfg.service_levels)
-        entry = memo.get(key)
+        entry = self.class_memo.get(key)
         if entry is None:
+            entry = self.class_memo[key] = self._admit_class(w)
             # A project's usage only grows during a round, so a class that borrows on every
-            # type it may use keeps borrowing: it outlives its project's placements.
-            entry = self.borrowing.get((group, key))
-            if entry is None:
-                entry = self._admit_class(w)
-                if not entry[0] and entry[2] is None:
-                    self.borrowing[(group, key)] = entry
-            memo[key] = entry
+            # type it may use keeps borrowing: it outlives its project's placements (its key
+            # is not listed for them to drop).
+            if entry[0] or entry[2] is not None:
+                group = (w.project, w.request.gpu_type)
+                keys = self.class_keys.get(group)
+                if keys is None:
+                    self.class_keys[group] = [key]
+                else:
+                    keys.append(key)
         inside, verdict, known = entry
         if known is None:
             if not inside:
                 borrowers.append(w)
-                self.borrower_class[w.id] = (group, key)
+                self.borrower_class[w.id] = key
                 return
             # Capacity, victims and quota headroom only shrink during a round: a workload
             # just like one that already failed fails the same way, for the same reason.
@@ -411,9 +413,7 @@ class _Round:
             charges = fair.charges
             while queue:
                 w = queue.popleft()
-                group, key = classes[w.id]
-                memo = memos.get(group)
-                entry = memo.get(key) if memo is not None else None
+                entry = memos.get(classes[w.id])
                 if entry is not None and entry[1] is not None:
                     waits.append(Wait(w.id, entry[1]))
                     continue
@@ -427,11 +427,8 @@ class _Round:
         # As in the guaranteed pass, a workload just like one that failed to borrow fails too;
         # the project's usage is part of the key so the reason quotes the current figures.
         # The key changes only with the project's own placements: worked out once per class.
-        group, key = self.borrower_class[w.id]
-        memo = self.borrow_memo.get(group)
-        if memo is None:
-            memo = self.borrow_memo[group] = {}
-        entry = memo.get(key)
+        key = self.borrower_class[w.id]
+        entry = self.borrow_memo.get(key)
         if entry is None:
             # only work asking for accelerators borrows: its types hold no None
             t0 = self._types(w)[0]
@@ -440,7 +437,13 @@ class _Round:
             level = bisect_right(levels, w.attained_service) if levels else 0
             used = ledger.used.get((w.project, t0), 0)
             verdict = ("borrow", _shape(w, t0), w.project, w.priority, level, used, w.displaced)
-            entry = memo[key] = [verdict, None]
+            entry = self.borrow_memo[key] = [verdict, None]
+            group = (w.project, w.request.gpu_type)
+            keys = self.borrow_keys.get(group)
+            if keys is None:
+                self.borrow_keys[group] = [key]
+            else:
+                keys.append(key)
         verdict, known = entry
         if known is None:
             known = self.failed.get(verdict)
@@ -524,13 +527,14 @@ class _Round:
                 borrowed = True
             ledger.used[key] = used + share  # ledger.add
             # Only the classes that may use type t (asking for it, or for any type) change.
-            class_memo, borrow_memo = self.class_memo, self.borrow_memo
-            if class_memo:
-                class_memo.pop((project, t), None)
-                class_memo.pop((project, None), None)
-            if borrow_memo:
-                borrow_memo.pop((project, t), None)
-                borrow_memo.pop((project, None), None)
+            for memo, listed in (
+                (self.class_memo, self.class_keys),
+                (self.borrow_memo, self.borrow_keys),
+            ):
+                if listed:
+                    for group in ((project, t), (project, None)):
+                        for dropped in listed.pop(group, ()):
+                            del memo[dropped]
         self.places.append(Place(w.id, workers, t, borrowed))
         if self.fair is not None:
             self.fair.charge(w, t)
@@ -621,9 +625,11 @@ class _Round:
 
 
 def _class(w: Workload, levels: tuple[float, ...]) -> Shape:
-    """Everything of ``w`` that its admission depends on besides its project's usage."""
+    """Everything of ``w`` that its admission depends on besides its project's usage, its
+    project and the type it asks for first (the group whose placements can change it)."""
     r = w.request
     key = (
+        w.project,
         r.gpu_type,
         r.gpus,
         r.gpu_milli,
