@@ -149,7 +149,7 @@ class _Round:
         # Per (project, type asked for), per workload class (:func:`_class`): valid until the
         # project's next placement on a type the class may use, which is when its usage, all
         # they depend on beyond the class, changes.
-        # Keyed by the class (:func:`_class`, which starts with the group); the keys of each
+        # Keyed by the class (see :meth:`_admit`; it starts with the group); the keys of each
         # group's entries are listed so that a placement drops exactly those.
         self.class_memo: dict[Shape, list[Any]] = {}
         self.borrow_memo: dict[Shape, list[Any]] = {}
@@ -325,7 +325,25 @@ class _Round:
         # What decides a workload's fate here (the types within its project's guarantee and
         # its verdict key) depends on its class and on its project's usage, which only the
         # project's own placements change: worked out once per class until then.
-        key = _class(w, self.cfg.service_levels)
+        # Its class: everything its admission depends on besides its project's usage, with
+        # its project and the type it asks for first (the group whose placements change it).
+        r = w.request
+        levels = self.cfg.service_levels
+        key: Shape = (
+            w.project,
+            r.gpu_type,
+            r.gpus,
+            r.gpu_milli,
+            r.cpu_milli,
+            r.memory_mib,
+            w.gang,
+            w.preemptible,
+            w.priority,
+            bisect_right(levels, w.attained_service) if levels else 0,
+            w.displaced,
+        )
+        if w.node_selector or w.max_per_node is not None:
+            key = (*key, *_rules(w))
         entry = self.class_memo.get(key)
         if entry is None:
             entry = self.class_memo[key] = self._admit_class(w)
@@ -622,28 +640,6 @@ class _Round:
     def _recheck_at(self, when: float) -> None:
         if self.recheck is None or when < self.recheck:
             self.recheck = when
-
-
-def _class(w: Workload, levels: tuple[float, ...]) -> Shape:
-    """Everything of ``w`` that its admission depends on besides its project's usage, its
-    project and the type it asks for first (the group whose placements can change it)."""
-    r = w.request
-    key = (
-        w.project,
-        r.gpu_type,
-        r.gpus,
-        r.gpu_milli,
-        r.cpu_milli,
-        r.memory_mib,
-        w.gang,
-        w.preemptible,
-        w.priority,
-        bisect_right(levels, w.attained_service) if levels else 0,
-        w.displaced,
-    )
-    if w.node_selector or w.max_per_node is not None:
-        return (*key, *_rules(w))
-    return key
 
 
 def _shape(w: Workload, t: str | None) -> Shape:
