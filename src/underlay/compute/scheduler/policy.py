@@ -146,11 +146,10 @@ class _Round:
         self.head: str | None = None
         self.failed: dict[tuple[object, ...], str] = {}
         self.type_memo: dict[str | None, list[str | None]] = {}
-        # Per (project, type asked for), per workload class (:func:`_class`): valid until the
-        # project's next placement on a type the class may use, which is when its usage, all
-        # they depend on beyond the class, changes.
-        # Keyed by the class (see :meth:`_admit`; it starts with the group); the keys of each
-        # group's entries are listed so that a placement drops exactly those.
+        # Per workload class (see :meth:`_admit`; the key starts with its group: project and
+        # type asked for): valid until the project's next placement on a type the class may
+        # use, which is when its usage, all they depend on beyond the class, changes. Each
+        # group's keys are listed so that such a placement drops exactly those.
         self.class_memo: dict[Shape, list[Any]] = {}
         self.borrow_memo: dict[Shape, list[Any]] = {}
         self.class_keys: dict[Group, list[Shape]] = {}
