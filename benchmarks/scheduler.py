@@ -13,6 +13,13 @@ where far more workloads are placed in the one round.
 
     .venv/bin/python benchmarks/scheduler.py [--runs 5] [--busy 0.9] [--no-scaling] [--clock wall]
 
+Instructions instead of time, which no other load on the machine changes: ``--count POLICY N``
+runs N rounds of one policy (fresh Node objects each, as above) and prints nothing, for
+callgrind; one round costs (count with N=3 - count with N=1) / 2:
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        .venv/bin/python benchmarks/scheduler.py --count default 3   # then 1; likewise fifo
+
 Times are the process's CPU time by default (``--clock cpu``): ``decide`` is single-threaded,
 so on a quiet machine CPU time and wall time agree, and on a machine shared with other work
 CPU time is much less disturbed. The policies take turns run after run and each keeps its
@@ -134,10 +141,15 @@ def main() -> None:
     parser.add_argument("--busy", type=float, default=0.9)
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    parser.add_argument("--count", nargs=2, metavar=("POLICY", "ROUNDS"), default=None)
     args = parser.parse_args()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     snap = build(1000, 10_000, 20, args.busy)
+    if args.count is not None:
+        policy, rounds = args.count
+        time_decide(snap, policy, int(rounds), clock)
+        return
     print(
         f"decide over {len(snap.pending):,} pending, {len(snap.nodes):,} nodes x 8 GPUs, "
         f"20 projects, {len(snap.running):,} running ({args.busy:.0%} of GPUs busy)"

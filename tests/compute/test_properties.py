@@ -25,7 +25,8 @@ from underlay.compute.scheduler import (
     decide,
 )
 from underlay.compute.scheduler.codec import decisions_from_json, snapshot_from_json, to_json
-from underlay.compute.scheduler.ordering import service_level
+from underlay.compute.scheduler.ordering import fair_runs, in_order, service_level
+from underlay.compute.scheduler.quota import FairShare, running_counts
 from underlay.compute.simulator import Simulation, Trace, TraceJob
 from underlay.compute.simulator.cluster import parse_spec, quotas_from_weights
 
@@ -914,3 +915,36 @@ def test_constrained_work_preempts_and_holds_only_room_it_can_use(snap: Snapshot
         found = re.search(r"holding what it needs on nodes? ([\w, ]+) so later", wait.reason)
         if found:
             assert set(found.group(1).split(", ")) <= allowed, wait.reason
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workloads(), st.lists(st.booleans(), min_size=1, max_size=12))
+def test_fair_runs_serve_projects_in_the_order_in_order_does(
+    ws: tuple[Workload, ...], placed: list[bool]
+) -> None:
+    """The round takes workloads a project's queue at a time (``fair_runs``): whichever of
+    them the caller charges as placed, the order is the one ``in_order`` yields."""
+    config = POLICIES["default"]
+
+    def fair() -> FairShare:
+        return FairShare({"A100": 8, "T4": 8}, 64_000, 512_000, running_counts(()))
+
+    def charge(share: FairShare, i: int, w: Workload) -> None:
+        if placed[i % len(placed)]:
+            share.charge(w, w.request.gpu_type or "A100")
+
+    expected, share = [], fair()
+    for i, w in enumerate(in_order(config, list(ws), share)):
+        expected.append(w.id)
+        charge(share, i, w)
+    got: list[str] = []
+    share = fair()
+    for queue in fair_runs(config, list(ws), share):
+        charges = share.charges
+        while queue:
+            w = queue.popleft()
+            got.append(w.id)
+            charge(share, len(got) - 1, w)
+            if share.charges != charges:
+                break
+    assert got == expected

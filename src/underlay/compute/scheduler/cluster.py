@@ -76,8 +76,14 @@ class ClusterState:
         self._index_free(profiles)
         self._classes: list[HostClass] | None = None
         self._states: dict[tuple[int, str], NodeState] = {}
-        self.scores: list[dict[str, dict[object, float]] | None] = [None] * len(nodes)
-        """Per node, per type: packing scores of worker shapes there, until the node changes."""
+        self.scores: list[dict[object, float] | None] = [None] * len(nodes)
+        """Per node: packing scores by (type, worker shape[, share used]), until the node
+        changes."""
+        self.versions: dict[str, int] = {}
+        """Per accelerator type: how many times a node with that type changed (allocation,
+        release, reservation). What packing found for a type still holds while it is equal."""
+        self.best: dict[tuple[object, ...], tuple[int, tuple[int, float, int, int] | None]] = {}
+        """Packing's best candidate per (type, worker shape), with the version it was found at."""
         self.max_cpu = max(self.cap_cpu, default=0)
         self.max_mem = max(self.cap_mem, default=0)
 
@@ -169,21 +175,24 @@ class ClusterState:
         key = (node, t)
         known = self._states.get(key)
         if known is None:
-            types = self.gpu_type[node]
-            own = [f for g, f in enumerate(self.gpu_free[node]) if f > 0 and types[g] == t]
-            known = (
-                own.count(WHOLE),
-                tuple(sorted(f for f in own if f < WHOLE)),
-                self.free_cpu[node],
-                self.free_mem[node],
-            )
+            frees = self.gpu_free[node]
+            if len(self.per_type[node]) == 1:  # the usual node: every accelerator is a ``t``
+                own = [f for f in frees if f > 0]
+            else:
+                types = self.gpu_type[node]
+                own = [f for g, f in enumerate(frees) if f > 0 and types[g] == t]
+            whole = own.count(WHOLE)
+            shared = tuple(sorted([f for f in own if f < WHOLE])) if whole < len(own) else ()
+            known = (whole, shared, self.free_cpu[node], self.free_mem[node])
             self._states[key] = known
         return known
 
     def _changed(self, node: int) -> None:
-        if self._states:
-            for t, _ in self.per_type[node]:
-                self._states.pop((node, t), None)
+        states, versions = self._states, self.versions
+        for t, _ in self.per_type[node]:
+            if states:
+                states.pop((node, t), None)
+            versions[t] = versions.get(t, 0) + 1
         self.scores[node] = None
 
     def type_count(self, node: int, t: str) -> int:
@@ -246,6 +255,7 @@ class ClusterState:
         """Hold a node for a blocked workload: nothing else in this round can use it."""
         if self.reserved[node] or not self.usable[node]:
             return
+        self._changed(node)
         for t, count in self.full_count(node).items():
             self._bucket(t, node, count, 0)
         for gpu, free in enumerate(self.gpu_free[node]):
@@ -328,9 +338,12 @@ class ClusterState:
         frees = self.gpu_free[node]
         types = self.gpu_type[node]
         if req.gpus:
-            picked = [
-                i for i, f in enumerate(frees) if f == WHOLE and (gpu_type in (None, types[i]))
-            ]
+            if len(self.per_type[node]) == 1:  # one type, and full_count said it may be it
+                picked = [i for i, f in enumerate(frees) if f == WHOLE]
+            else:
+                picked = [
+                    i for i, f in enumerate(frees) if f == WHOLE and (gpu_type in (None, types[i]))
+                ]
             if len(picked) < req.gpus:
                 return None
             if gpu_type is None:  # one type per worker

@@ -86,3 +86,32 @@ def in_order(
             if heap and heap[0] < entry:
                 heapq.heappush(heap, entry)
                 break
+
+
+def fair_runs(
+    config: PolicyConfig, workloads: list[Workload], fair: FairShare, presorted: bool = False
+) -> Iterator[deque[Workload]]:
+    """:func:`in_order` for ``fair``, a project at a time: yields the queue of the project to
+    serve, and the caller takes workloads from its front until it charges a placement to
+    ``fair`` (or the queue is empty) before asking for the next. The same order as
+    :func:`in_order`, without resuming a generator for every workload."""
+    queue_order = workloads if presorted else ordered(config, workloads)
+    queues: dict[str, deque[Workload]] = {}
+    for w in queue_order:
+        queue = queues.get(w.project)
+        if queue is None:
+            queue = queues[w.project] = deque()
+        queue.append(w)
+    heap = [(fair.share(p), p) for p in queues]
+    heapq.heapify(heap)
+    while heap:
+        _, project = heapq.heappop(heap)
+        queue = queues[project]
+        while queue:
+            yield queue
+            if not queue:
+                break
+            entry = (fair.share(project), project)
+            if heap and heap[0] < entry:
+                heapq.heappush(heap, entry)
+                break

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from bisect import insort
 from collections.abc import Sequence
-from itertools import chain
 
 from underlay.compute.scheduler.cluster import Alloc, ClusterState
 from underlay.compute.scheduler.fragmentation import FragModel
@@ -52,7 +51,10 @@ def place_workers(
     allocations, already applied to ``state``.
     """
     if workers == 1:
-        alloc = choose(state, req, types, model, cursors, ranked)
+        if cursors is None and (req.gpus or req.gpu_milli):  # choose(), one call less
+            alloc = _choose_scored(state, req, [t for t in types if t is not None], model, ranked)
+        else:
+            alloc = choose(state, req, types, model, cursors, ranked)
         if alloc is None:
             return None
         state.allocate(alloc)
@@ -197,40 +199,89 @@ def _choose_scored(
     return Alloc(node, (gpu,), req.gpu_milli, req.cpu_milli, req.memory_mib)
 
 
+Best = tuple[int, float, int, int] | None
+"""(kind, score, node, gpu) of a type's best candidate, or None; see :func:`_best_of_type`."""
+
+
 def _best_of_type(
     state: ClusterState, req: Request, t: str, model: FragModel | None, limit: int
-) -> tuple[int, float, int, int] | None:
+) -> Best:
     """(kind, score, node, gpu) of the best of the first ``limit`` candidates of type ``t``
     that have the host resources, in GPU-only preference order (the first on a tie); kind 0
-    is a shared GPU, gpu -1 whole free GPUs of the node."""
+    is a shared GPU, gpu -1 whole free GPUs of the node.
+
+    What it reads (the type's index buckets, and the free share, CPUs, memory and scores of
+    nodes with that type) changes only when a node with that type does, which bumps the
+    type's version: until then the answer found for a worker shape is the answer. A worker
+    that takes any type looks at every type, and a placement changes only one of them.
+    """
+    key = (t, req.gpus, req.gpu_milli, req.cpu_milli, req.memory_mib, model is None)
+    version = state.versions.get(t, 0)
+    known = state.best.get(key)
+    if known is not None and known[0] == version:
+        return known[1]
+    found = _scan_type(state, req, t, model, limit)
+    state.best[key] = (version, found)
+    return found
+
+
+def _scan_type(
+    state: ClusterState, req: Request, t: str, model: FragModel | None, limit: int
+) -> Best:
+    # The hot loop of a round: each candidate's score is looked up in its node's cache
+    # (keyed by type and worker shape, and the share used for a shared GPU) in place.
     free_cpu, free_mem = state.free_cpu, state.free_mem
     cpu, mem = req.cpu_milli, req.memory_mib
-    shape = (req.gpus, req.gpu_milli, cpu, mem)
     buckets = state.full.get(t, [])
-    best: tuple[int, float, int, int] | None = None
+    scores = state.scores
+    wkey = (t, req.gpus, req.gpu_milli, cpu, mem)
+    best: Best = None
     scored = 0
     if not req.gpus:
         partial = state.partial.get(t, {})
-        order = _share_order(t, req.gpu_milli, partial, model)
-        for node, gpu in chain.from_iterable(partial[s] for s in order):
+        gpu_free = state.gpu_free
+        for s in _share_order(t, req.gpu_milli, partial, model):
+            for node, gpu in partial[s]:
+                if free_cpu[node] < cpu or free_mem[node] < mem:
+                    continue
+                if model is None:
+                    return (0, 0.0, node, gpu)  # every score is 0: the first one wins
+                share = gpu_free[node][gpu]
+                here = scores[node]
+                if here is None:
+                    here = scores[node] = {}
+                key = (wkey, share)
+                known = here.get(key)
+                if known is None:
+                    known = here[key] = _state_delta(state, node, t, req, share, model)
+                if best is None or known < best[1]:
+                    best = (0, known, node, gpu)
+                scored += 1
+                if scored >= limit:
+                    return best
+    order = _bucket_order(max(1, req.gpus), len(buckets), model)
+    if model is None:  # every score is 0: the first candidate wins
+        for k in order:
+            for node in buckets[k]:
+                if free_cpu[node] >= cpu and free_mem[node] >= mem:
+                    return (1, 0.0, node, -1)
+        return None
+    for k in order:
+        for node in buckets[k]:
             if free_cpu[node] < cpu or free_mem[node] < mem:
                 continue
-            delta = 0.0 if model is None else _delta(state, node, t, req, gpu, model, shape)
-            if best is None or delta < best[1]:
-                best = (0, delta, node, gpu)
+            here = scores[node]
+            if here is None:
+                here = scores[node] = {}
+            score = here.get(wkey)
+            if score is None:
+                score = here[wkey] = _state_delta(state, node, t, req, -1, model)
+            # A candidate on a shared GPU (kind 0) always comes before a whole one (kind 1).
+            if best is None or (best[0] == 1 and score < best[1]):
+                best = (1, score, node, -1)
             scored += 1
             if scored >= limit:
                 return best
-    order = _bucket_order(max(1, req.gpus), len(buckets), model)
-    for node in chain.from_iterable(buckets[k] for k in order):
-        if free_cpu[node] < cpu or free_mem[node] < mem:
-            continue
-        delta = 0.0 if model is None else _delta(state, node, t, req, -1, model, shape)
-        if best is None or (1, delta) < best[:2]:
-            best = (1, delta, node, -1)
-        scored += 1
-        if scored >= limit:
-            break
     return best
 
 
@@ -264,31 +315,6 @@ def _share_order(
         )
         model.orders[key] = order
     return order
-
-
-def _delta(
-    state: ClusterState,
-    node: int,
-    t: str,
-    req: Request,
-    gpu: int,
-    model: FragModel,
-    shape: tuple[int, int, int, int],
-) -> float:
-    """Growth of the node's expected fragmentation if the worker (of ``shape``: its GPUs,
-    thousandths, CPUs and memory) goes there, on ``gpu`` (-1: a whole free one)."""
-    share = state.gpu_free[node][gpu] if gpu >= 0 else -1
-    per_type = state.scores[node]
-    if per_type is None:
-        per_type = state.scores[node] = {}
-    here = per_type.get(t)
-    if here is None:
-        here = per_type[t] = {}
-    key = shape if share < 0 else (shape, share)
-    delta = here.get(key)
-    if delta is None:
-        delta = here[key] = _state_delta(state, node, t, req, share, model)
-    return delta
 
 
 def _state_delta(

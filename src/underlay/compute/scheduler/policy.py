@@ -32,7 +32,6 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
-from itertools import chain
 from operator import attrgetter
 from typing import Any
 
@@ -47,12 +46,13 @@ from underlay.compute.scheduler.decisions import Abandon, Decisions, Place, Pree
 from underlay.compute.scheduler.energy import hold_reason, type_order
 from underlay.compute.scheduler.feasibility import never_fits
 from underlay.compute.scheduler.fragmentation import FragModel
-from underlay.compute.scheduler.ordering import in_order, service_level
+from underlay.compute.scheduler.ordering import fair_runs, in_order, service_level
 from underlay.compute.scheduler.packing import Cursors, place_workers
 from underlay.compute.scheduler.preemption import Plan, Preemptor
-from underlay.compute.scheduler.quota import FairShare, QuotaLedger, gpus_text
+from underlay.compute.scheduler.quota import FairShare, QuotaLedger, running_counts
+from underlay.compute.scheduler.reasons import names_text, no_fit_reason
 from underlay.compute.scheduler.reservation import hold_for
-from underlay.compute.scheduler.snapshot import Claim, Snapshot, WorkerPlacement, Workload
+from underlay.compute.scheduler.snapshot import WHOLE, Claim, Snapshot, WorkerPlacement, Workload
 from underlay.errors import InvalidInput
 
 MAX_PREEMPTORS = 16
@@ -108,27 +108,26 @@ class _Round:
         self.state = ClusterState(snapshot.nodes)
         self.first_fit = cfg.packing == "first-fit"
         self.cursors: Cursors | None = {} if self.first_fit else None
-        self.ledger = (
-            QuotaLedger(snapshot.quotas, snapshot.running)
-            if cfg.quotas and snapshot.quotas
-            else None
-        )
+        quotas = cfg.quotas and bool(snapshot.quotas)
+        # With one project asking, fair share orders nothing: skip its set-up.
+        fair = cfg.order == "fair" and len(set(map(attrgetter("project"), snapshot.pending))) > 1
+        mix = not self.first_fit and not snapshot.demand
+        # The running work, counted once for all that reads it (ledger, fair share, mix).
+        counts = running_counts(snapshot.running) if quotas or fair or mix else Counter()
+        self.ledger = QuotaLedger(snapshot.quotas, counts) if quotas else None
         self.fair: FairShare | None = None
-        # With one project asking, fair share orders nothing: skip its O(running) set-up.
-        if cfg.order == "fair" and len(set(map(attrgetter("project"), snapshot.pending))) > 1:
+        if fair:
             s = self.state
-            self.fair = FairShare(s.type_total, sum(s.cap_cpu), sum(s.cap_mem), snapshot.running)
+            self.fair = FairShare(s.type_total, sum(s.cap_cpu), sum(s.cap_mem), counts)
         self.model: FragModel | None = None
-        if not self.first_fit:
-            if snapshot.demand:
-                self.model = FragModel.of((d.request, d.count) for d in snapshot.demand)
-            else:
-                shape = attrgetter("gpus", "gpu_milli", "cpu_milli", "memory_mib")
-                requests = chain(
-                    map(attrgetter("request"), snapshot.pending),
-                    map(attrgetter("workload.request"), snapshot.running),
-                )
-                self.model = FragModel.of_shapes(Counter(map(shape, requests)))
+        if snapshot.demand and not self.first_fit:
+            self.model = FragModel.of((d.request, d.count) for d in snapshot.demand)
+        elif mix:
+            shape = attrgetter("gpus", "gpu_milli", "cpu_milli", "memory_mib")
+            shapes = Counter(map(shape, map(attrgetter("request"), snapshot.pending)))
+            for (_, _, gpus, milli, cpu, mem, _, _), n in counts.items():
+                shapes[(gpus, milli, cpu, mem)] += n
+            self.model = FragModel.of_shapes(shapes)
         self.claims: list[Claim] = []
         self.abandoned: list[Abandon] = []
         self.no_preempt: set[str] = set()
@@ -152,12 +151,15 @@ class _Round:
         self.head: str | None = None
         self.failed: dict[tuple[object, ...], str] = {}
         self.type_memo: dict[str | None, list[str | None]] = {}
-        # Per (project, type asked for), per workload class (:func:`_class`): valid until the
-        # project's next placement on a type the class may use, which is when its usage, all
-        # they depend on beyond the class, changes.
-        self.class_memo: dict[Group, dict[tuple[object, ...], list[Any]]] = {}
-        self.borrow_memo: dict[Group, dict[tuple[object, ...], list[Any]]] = {}
-        self.borrower_class: dict[str, tuple[object, ...]] = {}
+        # Per workload class (see :meth:`_admit`; the key starts with its group: project and
+        # type asked for): valid until the project's next placement on a type the class may
+        # use, which is when its usage, all they depend on beyond the class, changes. Each
+        # group's keys are listed so that such a placement drops exactly those.
+        self.class_memo: dict[Shape, list[Any]] = {}
+        self.borrow_memo: dict[Shape, list[Any]] = {}
+        self.class_keys: dict[Group, list[Shape]] = {}
+        self.borrow_keys: dict[Group, list[Shape]] = {}
+        self.borrower_class: dict[str, Shape] = {}
         self.held_for: list[str] = []
         self.constraints = Constraints(self.state, snapshot.nodes, snapshot.running)
         self.reservations_left = cfg.reservations
@@ -182,11 +184,21 @@ class _Round:
                 continue
             candidates.append(w)
         borrowers: list[Workload] = []
-        for w in in_order(self.cfg, candidates, self.fair):
-            self._admit(w, borrowers)
+        fair = self.fair
+        if fair is None:
+            for w in in_order(self.cfg, candidates, fair):
+                self._admit(w, borrowers)
+        else:
+            admit = self._admit
+            for queue in fair_runs(self.cfg, candidates, fair):
+                charges = fair.charges
+                while queue:
+                    admit(queue.popleft(), borrowers)
+                    if fair.charges != charges:
+                        break
         # The borrowers came out of the first pass in queue order: no need to sort them again.
-        for w in in_order(self.cfg, borrowers, self.fair, presorted=True):
-            self._borrow(w)
+        if borrowers:
+            self._borrow_pass(borrowers)
         if self.preemptor.blocked_until is not None:
             self._recheck_at(self.preemptor.blocked_until)
         return Decisions(
@@ -243,7 +255,7 @@ class _Round:
                 Wait(
                     w.id,
                     f"waiting for {', '.join(gone)} to release their resources after "
-                    f"preemption; the room is held for it on {_names(list(claim.nodes))}",
+                    f"preemption; the room is held for it on {names_text(list(claim.nodes))}",
                 )
             )
         return decided
@@ -317,14 +329,38 @@ class _Round:
         # What decides a workload's fate here (the types within its project's guarantee and
         # its verdict key) depends on its class and on its project's usage, which only the
         # project's own placements change: worked out once per class until then.
-        group = (w.project, w.request.gpu_type)
-        memo = self.class_memo.get(group)
-        if memo is None:
-            memo = self.class_memo[group] = {}
-        key = _class(w, self.cfg.service_levels)
-        entry = memo.get(key)
+        # Its class: everything its admission depends on besides its project's usage, with
+        # its project and the type it asks for first (the group whose placements change it).
+        r = w.request
+        levels = self.cfg.service_levels
+        key: Shape = (
+            w.project,
+            r.gpu_type,
+            r.gpus,
+            r.gpu_milli,
+            r.cpu_milli,
+            r.memory_mib,
+            w.gang,
+            w.preemptible,
+            w.priority,
+            bisect_right(levels, w.attained_service) if levels else 0,
+            w.displaced,
+        )
+        if w.node_selector or w.max_per_node is not None:
+            key = (*key, *_rules(w))
+        entry = self.class_memo.get(key)
         if entry is None:
-            entry = memo[key] = self._admit_class(w)
+            entry = self.class_memo[key] = self._admit_class(w)
+            # A project's usage only grows during a round, so a class that borrows on every
+            # type it may use keeps borrowing: it outlives its project's placements (its key
+            # is not listed for them to drop).
+            if entry[0] or entry[2] is not None:
+                group = (w.project, w.request.gpu_type)
+                keys = self.class_keys.get(group)
+                if keys is None:
+                    self.class_keys[group] = [key]
+                else:
+                    keys.append(key)
         inside, verdict, known = entry
         if known is None:
             if not inside:
@@ -350,7 +386,7 @@ class _Round:
         types = self._types(w)
         inside = types
         if self.ledger is not None and types[0] is not None:
-            inside = [t for t in types if t is not None and self._guaranteed(w, t)]
+            inside = self._guaranteed_types(w, types)
             if not inside:
                 if w.preemptible:
                     return [inside, None, None]
@@ -361,24 +397,51 @@ class _Round:
         verdict = (_shape(w, inside[0]), len(inside), w.project, w.priority, level, w.displaced)
         return [inside, verdict, None]
 
-    def _guaranteed(self, w: Workload, t: str) -> bool:
-        """Whether ``w`` starts on its project's guarantee of ``t``: it fits within it or,
+    def _guaranteed_types(self, w: Workload, types: list[str | None]) -> list[str | None]:
+        """The types on which ``w`` starts on its project's guarantee: it fits within it or,
         with ``guarantee_start`` and preemptible, its project still has some of it left (the
-        part above the guarantee is then borrowed, and reclaimable)."""
+        part above the guarantee is then borrowed, and reclaimable). Monotone: as the
+        project's usage grows a type can only leave this list."""
         ledger = self.ledger
         assert ledger is not None
-        key = (w.project, t)
-        used = ledger.used.get(key, 0)
-        guaranteed = ledger.guaranteed.get(key, 0)
+        used_of, guaranteed_of = ledger.used, ledger.guaranteed
+        project = w.project
         share = w.gpu_share
-        if used + share <= guaranteed:  # ledger.within
-            return True
-        return (
-            self.cfg.guarantee_start
-            and w.preemptible
-            and used < guaranteed  # ledger.below
-            and ledger.may_borrow(w.project, t, share)
-        )
+        start = self.cfg.guarantee_start and w.preemptible
+        inside: list[str | None] = []
+        for t in types:
+            if t is None:
+                continue
+            key = (project, t)
+            used = used_of.get(key, 0)
+            guaranteed = guaranteed_of.get(key, 0)
+            if used + share <= guaranteed or (  # ledger.within
+                start
+                and used < guaranteed  # ledger.below
+                and ledger.may_borrow(project, t, share)
+            ):
+                inside.append(t)
+        return inside
+
+    def _borrow_pass(self, borrowers: list[Workload]) -> None:
+        fair = self.fair
+        if fair is None:
+            for w in in_order(self.cfg, borrowers, fair, presorted=True):
+                self._borrow(w)
+            return
+        # Most borrowers wait for a reason their class already found: that case is inlined.
+        classes, memos, waits = self.borrower_class, self.borrow_memo, self.waits
+        for queue in fair_runs(self.cfg, borrowers, fair, presorted=True):
+            charges = fair.charges
+            while queue:
+                w = queue.popleft()
+                entry = memos.get(classes[w.id])
+                if entry is not None and entry[1] is not None:
+                    waits.append(Wait(w.id, entry[1]))
+                    continue
+                self._borrow(w)
+                if fair.charges != charges:
+                    break
 
     def _borrow(self, w: Workload) -> None:
         ledger = self.ledger
@@ -386,12 +449,8 @@ class _Round:
         # As in the guaranteed pass, a workload just like one that failed to borrow fails too;
         # the project's usage is part of the key so the reason quotes the current figures.
         # The key changes only with the project's own placements: worked out once per class.
-        group = (w.project, w.request.gpu_type)
-        memo = self.borrow_memo.get(group)
-        if memo is None:
-            memo = self.borrow_memo[group] = {}
         key = self.borrower_class[w.id]
-        entry = memo.get(key)
+        entry = self.borrow_memo.get(key)
         if entry is None:
             # only work asking for accelerators borrows: its types hold no None
             t0 = self._types(w)[0]
@@ -400,7 +459,13 @@ class _Round:
             level = bisect_right(levels, w.attained_service) if levels else 0
             used = ledger.used.get((w.project, t0), 0)
             verdict = ("borrow", _shape(w, t0), w.project, w.priority, level, used, w.displaced)
-            entry = memo[key] = [verdict, None]
+            entry = self.borrow_memo[key] = [verdict, None]
+            group = (w.project, w.request.gpu_type)
+            keys = self.borrow_keys.get(group)
+            if keys is None:
+                self.borrow_keys[group] = [key]
+            else:
+                keys.append(key)
         verdict, known = entry
         if known is None:
             known = self.failed.get(verdict)
@@ -462,7 +527,8 @@ class _Round:
     def _record_place(
         self, w: Workload, t: str | None, allocs: list[Alloc], borrowed: bool
     ) -> None:
-        self.constraints.placed(w, allocs)
+        if w.max_per_node is not None or w.app is not None or self.constraints.counts is not None:
+            self.constraints.placed(w, allocs)  # else nothing counts its workers
         names = self.state.names
         if len(allocs) == 1:
             a = allocs[0]
@@ -474,18 +540,23 @@ class _Round:
         ledger = self.ledger
         if ledger is not None and t is not None:
             # a workload that starts on what is left of a guarantee may go above it
-            share = w.gpu_share
-            borrowed = borrowed or not ledger.within(w.project, t, share)
-            ledger.add(w.project, t, share)
-            # Only the classes that may use type t (asking for it, or for any type) change.
             project = w.project
-            class_memo, borrow_memo = self.class_memo, self.borrow_memo
-            if class_memo:
-                class_memo.pop((project, t), None)
-                class_memo.pop((project, None), None)
-            if borrow_memo:
-                borrow_memo.pop((project, t), None)
-                borrow_memo.pop((project, None), None)
+            r = w.request
+            share = (r.gpus * WHOLE if r.gpus else r.gpu_milli) * w.gang  # w.gpu_share
+            key = (project, t)
+            used = ledger.used.get(key, 0)
+            if used + share > ledger.guaranteed.get(key, 0):  # not ledger.within
+                borrowed = True
+            ledger.used[key] = used + share  # ledger.add
+            # Only the classes that may use type t (asking for it, or for any type) change.
+            for memo, listed in (
+                (self.class_memo, self.class_keys),
+                (self.borrow_memo, self.borrow_keys),
+            ):
+                if listed:
+                    for group in ((project, t), (project, None)):
+                        for dropped in listed.pop(group, ()):
+                            del memo[dropped]
         self.places.append(Place(w.id, workers, t, borrowed))
         if self.fair is not None:
             self.fair.charge(w, t)
@@ -554,7 +625,7 @@ class _Round:
                 self.reservations_left -= 1
                 self.held_for.append(w.id)
                 reason += (
-                    f"; first in line: holding what it needs on {_names(held)} "
+                    f"; first in line: holding what it needs on {names_text(held)} "
                     "so later work cannot delay it"
                 )
         else:
@@ -566,58 +637,13 @@ class _Round:
     def _no_fit_reason(self, w: Workload, types: Sequence[str | None]) -> str:
         key = (*_shape(w, None), *types)
         cached = self.reasons.get(key)
-        if cached is not None:
-            return cached
-        req = w.request
-        s = self.state
-        host = _host_text(req.cpu_milli, req.memory_mib)
-        named = [t for t in types if t is not None]
-        which = named[0] if len(named) == 1 else "GPUs of one type"
-        if not named:
-            text = f"no healthy node has {host or 'room'} free"
-        elif req.gpus:
-            if len(named) == 1:
-                unit, most = f"{which} GPUs", f"most free {which} on one node: {s.most_free(which)}"
-            else:
-                unit = which
-                most = "most free on one node: " + ", ".join(f"{t} {s.most_free(t)}" for t in named)
-            text = f"no healthy node has {req.gpus} free {unit}"
-            text += f" with {host}" if host else ""
-            text += f" ({most})"
-        else:
-            largest = ", ".join(f"{t} {gpus_text(s.largest_share(t))}" for t in named)
-            unit = f"{named[0]} GPU" if len(named) == 1 else "GPU"
-            text = f"no healthy {unit} has {gpus_text(req.gpu_milli)} of a GPU free"
-            text += f" with {host} on its node" if host else ""
-            text += f" (largest free share: {largest})"
-        if w.gang > 1:
-            text = f"gang of {w.gang} workers cannot be placed at once: " + text
-        self.reasons[key] = text
-        return text
+        if cached is None:
+            cached = self.reasons[key] = no_fit_reason(self.state, w, types)
+        return cached
 
     def _recheck_at(self, when: float) -> None:
         if self.recheck is None or when < self.recheck:
             self.recheck = when
-
-
-def _class(w: Workload, levels: tuple[float, ...]) -> Shape:
-    """Everything of ``w`` that its admission depends on besides its project's usage."""
-    r = w.request
-    key = (
-        r.gpu_type,
-        r.gpus,
-        r.gpu_milli,
-        r.cpu_milli,
-        r.memory_mib,
-        w.gang,
-        w.preemptible,
-        w.priority,
-        bisect_right(levels, w.attained_service) if levels else 0,
-        w.displaced,
-    )
-    if w.node_selector or w.max_per_node is not None:
-        return (*key, *_rules(w))
-    return key
 
 
 def _shape(w: Workload, t: str | None) -> Shape:
@@ -640,18 +666,3 @@ def _hostable(state: ClusterState, w: Workload, t: str) -> bool:
         and cls.memory_mib >= req.memory_mib
         for cls in state.host_classes()
     )
-
-
-def _host_text(cpu_milli: int, memory_mib: int) -> str:
-    parts = []
-    if cpu_milli:
-        parts.append(f"{cpu_milli / 1000:g} CPUs")
-    if memory_mib:
-        parts.append(f"{memory_mib} MiB memory")
-    return " and ".join(parts)
-
-
-def _names(names: list[str]) -> str:
-    if len(names) <= 3:
-        return "node " + ", ".join(names) if len(names) == 1 else "nodes " + ", ".join(names)
-    return f"{len(names)} nodes ({', '.join(names[:3])}, ...)"

@@ -14,7 +14,35 @@ next. Resources are each accelerator type, CPUs and memory.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from operator import attrgetter
+
 from underlay.compute.scheduler.snapshot import WHOLE, Quota, Running, Workload
+
+RunKey = tuple[str, str | None, int, int, int, int, int, float | None]
+"""What the ledger, fair share and the workload mix read of a running workload: (project,
+accelerator type, whole GPUs, thousandths, CPU thousandths, memory MiB, gang,
+``draining_until``)."""
+
+_RUN_KEY = attrgetter(
+    "workload.project",
+    "gpu_type",
+    "workload.request.gpus",
+    "workload.request.gpu_milli",
+    "workload.request.cpu_milli",
+    "workload.request.memory_mib",
+    "workload.gang",
+    "draining_until",
+)
+
+
+def running_counts(running: Iterable[Running]) -> Counter[RunKey]:
+    """Running work counted by :data:`RunKey`, in one pass in C (``collections.Counter``):
+    a round's set-up then loops over a few hundred distinct keys instead of thousands of
+    running workloads, once for each of the ledger, fair share and the workload mix. Every
+    sum taken over the counts is a sum of integers, so it is exactly the per-workload sum."""
+    return Counter(map(_RUN_KEY, running))
 
 
 def gpus_text(milli: int) -> str:
@@ -25,7 +53,8 @@ def gpus_text(milli: int) -> str:
 class QuotaLedger:
     """Guaranteed, used and borrowable accelerator thousandths per (project, type)."""
 
-    def __init__(self, quotas: tuple[Quota, ...], running: tuple[Running, ...]) -> None:
+    def __init__(self, quotas: tuple[Quota, ...], running: Mapping[RunKey, int]) -> None:
+        """``running``: the running work as :func:`running_counts` counts it."""
         self.guaranteed: dict[tuple[str, str], int] = {}
         self.limit: dict[tuple[str, str], int | None] = {}
         for q in quotas:
@@ -34,14 +63,15 @@ class QuotaLedger:
             self.limit[key] = None if q.borrow_limit is None else max(0, q.borrow_limit) * WHOLE
         self.used: dict[tuple[str, str], int] = {}
         self.draining: dict[tuple[str, str], int] = {}
-        for r in running:
-            if r.gpu_type is None:
+        used, draining = self.used, self.draining
+        for (project, t, gpus, milli, _, _, gang, until), n in running.items():
+            if t is None:
                 continue
-            key = (r.workload.project, r.gpu_type)
-            share = r.workload.gpu_share
-            self.used[key] = self.used.get(key, 0) + share
-            if r.draining_until is not None:
-                self.draining[key] = self.draining.get(key, 0) + share
+            key = (project, t)
+            share = (gpus * WHOLE if gpus else milli) * gang * n
+            used[key] = used.get(key, 0) + share
+            if until is not None:
+                draining[key] = draining.get(key, 0) + share
 
     def within(self, project: str, gpu_type: str, amount: int) -> bool:
         key = (project, gpu_type)
@@ -89,8 +119,9 @@ class FairShare:
         gpu_capacity: dict[str, int],
         cpu_capacity: int,
         mem_capacity: int,
-        running: tuple[Running, ...],
+        running: Mapping[RunKey, int],
     ) -> None:
+        """``running``: the running work as :func:`running_counts` counts it."""
         # CPU and memory are kept as two numbers and accelerators per type, so charging a
         # placement builds no keys; it runs once per placement of the round.
         self._cap: dict[str, float] = {t: float(c * WHOLE) for t, c in gpu_capacity.items()}
@@ -101,8 +132,18 @@ class FairShare:
         self._dominant: dict[str, float] = {}
         self.charges = 0
         """Placements charged so far: a share can only have moved if this did."""
-        for r in running:
-            self._add(r.workload, r.gpu_type)
+        for (project, t, gpus, milli, cpu, mem, gang, _), n in running.items():
+            usage = self._usage.get(project)
+            if usage is None:
+                usage = self._usage[project] = [0.0, 0.0]
+                self._gpus[project] = {}
+            # Integers, exactly as many times as there are such workloads: the same floats
+            # as adding them one workload at a time.
+            usage[0] += cpu * gang * n
+            usage[1] += mem * gang * n
+            if t is not None:
+                per = self._gpus[project]
+                per[t] = per.get(t, 0.0) + (gpus * WHOLE if gpus else milli) * gang * n
         for project in self._usage:
             self._update(project)
 
@@ -131,8 +172,20 @@ class FairShare:
 
     def charge(self, workload: Workload, gpu_type: str | None) -> None:
         """Count a placement of ``workload`` (on ``gpu_type``) toward its project's share."""
-        self._add(workload, gpu_type)
-        self._update(workload.project)
+        project = workload.project
+        usage = self._usage.get(project)
+        if usage is None:
+            self._add(workload, gpu_type)
+        else:  # _add, without its look-ups
+            req = workload.request
+            gang = workload.gang
+            usage[0] += req.cpu_milli * gang
+            usage[1] += req.memory_mib * gang
+            if gpu_type is not None:
+                gpus = self._gpus[project]
+                share = req.gpus * WHOLE if req.gpus else req.gpu_milli
+                gpus[gpu_type] = gpus.get(gpu_type, 0.0) + share * gang
+        self._update(project)
         self.charges += 1
 
     def share(self, project: str) -> float:
