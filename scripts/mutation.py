@@ -53,7 +53,12 @@ MODULES: dict[str, Target] = {
     ),
     "crypto": Target(("src/underlay/crypto.py",), ("tests/test_crypto.py",)),
     "audit": Target(
-        ("src/underlay/audit.py", "src/underlay/audit_checkpoints.py"),
+        (
+            "src/underlay/audit.py",
+            "src/underlay/audit_chain.py",
+            "src/underlay/audit_verify.py",
+            "src/underlay/audit_checkpoints.py",
+        ),
         ("tests/test_audit.py", "tests/test_audit_checkpoints.py"),
     ),
     "blobs": Target(("src/underlay/blobs.py",), ("tests/test_blobs.py",)),

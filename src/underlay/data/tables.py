@@ -35,22 +35,21 @@ write undoes a Delta commit that was made but not recorded (step 1).
 On an object store (``s3://``) delta-rs commits a version by writing its log entry with a
 conditional put (``If-None-Match: *``), so two writers can never both create one version; the
 files of a deleted table are removed through delta-rs's own object store (no s3fs needed).
+
+This module holds the metadata and decides; :mod:`underlay.data.delta` does the Delta work on
+a table's files and :mod:`underlay.data.table_locks` holds the write lock and the lease.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
-import re
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -59,23 +58,19 @@ from sqlalchemy.orm import Session
 
 from underlay.audit import AuditLog
 from underlay.config import Settings
-from underlay.data import quality, subjects
+from underlay.data import delta, quality, subjects
+from underlay.data.delta import Mode, check_schema
 from underlay.data.models import DataTable, DataTableVersion
 from underlay.data.privacy import IngestMasker
+from underlay.data.table_locks import TableLocks
 from underlay.errors import InvalidInput, NotFound, Unavailable, UnderlayError
 from underlay.identity import SYSTEM
 from underlay.store import Database, Scope
 from underlay.store.models import Project
 
-Mode = Literal["append", "overwrite", "merge"]
 _CONDITIONAL_PUT = ("aws_conditional_put", "conditional_put")
 QUARANTINE_SUFFIX = "_quarantine"
 DATASET_CACHE = 64  # published versions whose opened Delta log a server keeps
-_LEASE_SUFFIX = ".first"  # <table id>.first: the first-write lease of a new table
-_LEASE_TEMP = ".first-"  # a lease being made, before its rename
-# how object_store (under delta-rs) words a store that failed, as opposed to refused data:
-# "Generic S3 error: Error performing PUT ... after 2 retries ... HTTP error: error sending request"
-_STORE_FAILURE = re.compile(r"Generic \w+ error|error sending request|after \d+ retries")
 
 
 @dataclass(frozen=True)
@@ -106,12 +101,13 @@ class TableStore:
             self.options["aws_conditional_put"] = "etag"
         self.batch_rows = settings.data.batch_rows
         self.data_settings = settings.data
-        self._thread_locks: dict[str, threading.Lock] = {}
         self._datasets: OrderedDict[tuple[str, int], pads.Dataset] = OrderedDict()
         self._guard = threading.Lock()
         # where the cross-process write locks live: beside the tables on a local root, in the
         # home (shared by the workers of `underlay up --workers N`) for an object store
-        self._lock_root = Path(self.root) if self.local else settings.home / "locks" / "tables"
+        self.locks = TableLocks(
+            Path(self.root) if self.local else settings.home / "locks" / "tables"
+        )
         if self.local:
             Path(self.root).mkdir(parents=True, exist_ok=True, mode=0o700)
 
@@ -132,7 +128,7 @@ class TableStore:
         """The table ``name``, created (empty, no version yet) on first use.
 
         A write passes ``lease``: a table it creates gets a first-write lease in that stack,
-        taken before the new row commits (see :meth:`first_write_lease`)."""
+        taken before the new row commits (see :meth:`TableLocks.first_write_lease`)."""
         found = self.get(session, project_id, name, missing_ok=True)
         if found is not None:
             return found
@@ -143,59 +139,16 @@ class TableStore:
         except exc.IntegrityError:  # created meanwhile by another writer
             return self.get(session, project_id, name)  # type: ignore[return-value]
         if lease is not None:
-            lease.enter_context(self.first_write_lease(project_id, table.id))
+            lease.enter_context(self.locks.first_write_lease(project_id, table.id))
         return table
-
-    @contextlib.contextmanager
-    def first_write_lease(self, project_id: int, table_id: int) -> Iterator[None]:
-        """Held by the request that created a table for its first write, from before the row
-        commits until the write is over: an ``flock``ed ``<table id>.first`` file beside the
-        table's write lock, made under a temporary name and renamed, so it is locked from the
-        moment it can be seen. The kernel drops the lock when the holder dies (SIGKILL
-        included); :meth:`sweep_unfinished` then removes the table if it has no version. The
-        file is removed when the block ends normally and left for the sweep when it raises."""
-        folder = self._lock_root / str(int(project_id))
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        final = folder / f"{int(table_id)}{_LEASE_SUFFIX}"
-        for _ in range(3):
-            handle, temporary = tempfile.mkstemp(dir=folder, prefix=_LEASE_TEMP)
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX)  # released on close, or on death
-                if not os.fstat(handle).st_nlink:
-                    continue  # a sweep took it for a dead creator's before we locked it
-                Path(temporary).replace(final)
-                yield
-                final.unlink(missing_ok=True)  # still locked: no sweep acts on a live lease
-                return
-            finally:
-                os.close(handle)
-        raise Unavailable("could not create a table's first-write lease file: try again")
 
     def sweep_unfinished(self, db: Database, audit: AuditLog) -> int:
         """Remove the tables whose first write died with its process (a lease nobody holds,
         the table still without a version); returns how many. Leases a live request holds,
         in this process or another worker, are skipped, so this is safe at any time."""
         removed = 0
-        for path in self._lock_root.glob(f"*/{_LEASE_TEMP}*"):
-            with contextlib.suppress(FileNotFoundError):
-                _remove_unlocked(path)  # a creator killed before it named its lease
-        for path in self._lock_root.glob(f"*/*{_LEASE_SUFFIX}"):
-            try:
-                project_id, table_id = int(path.parent.name), int(path.stem)
-                fd = os.open(path, os.O_RDONLY)
-            except (ValueError, FileNotFoundError):
-                continue
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a live first write holds it
-                if not os.fstat(fd).st_nlink:
-                    continue  # its write finished meanwhile
-                removed += self._forget_unfinished(db, audit, project_id, table_id)
-                path.unlink(missing_ok=True)
-            finally:
-                os.close(fd)
+        for project_id, table_id in self.locks.abandoned():
+            removed += self._forget_unfinished(db, audit, project_id, table_id)
         return removed
 
     def _forget_unfinished(
@@ -309,25 +262,13 @@ class TableStore:
         event.listen(session, "after_commit", lambda _s: self._delete_files(folder), once=True)
 
     def _delete_files(self, location: str) -> None:
-        """Delete every file under a table's location, on a local root or an object store."""
-        if self.local:
-            import shutil
-
-            shutil.rmtree(location, ignore_errors=True)
-            return
-        from deltalake.fs import DeltaStorageHandler
-
-        relative = location[len(self.root) + 1 :]
-        DeltaStorageHandler(self.root, self.options).delete_dir(relative)
+        delta.delete_files(self.root, location, self.options)
 
     # -- data ----------------------------------------------------------------------------
 
     def dataset(self, table: DataTable, version: int) -> pads.Dataset:
         """The table at ``version`` as a lazy Arrow dataset (nothing read yet)."""
-        from deltalake import DeltaTable
-
-        delta = DeltaTable(self.location(table), version=version, storage_options=self.options)
-        return delta.to_pyarrow_dataset()
+        return delta.dataset_at(self.location(table), self.options, version)
 
     def published_dataset(self, table: DataTable, version: int) -> pads.Dataset:
         """As :meth:`dataset`, for a version :meth:`published` gave: such a version's files
@@ -377,7 +318,7 @@ class TableStore:
         set aside grows while it streams): an object with a ``count``."""
         scope = Scope.projects(project_id)
         sources: list[_Counter] = []
-        with self._locked(project_id, table_id), self._store_errors("writing", sources):
+        with self.locks.locked(project_id, table_id), self._store_errors("writing", sources):
             with db.session(scope) as session:
                 table = session.get(DataTable, table_id)
                 if table is None:
@@ -387,7 +328,7 @@ class TableStore:
                 subject_key = table.subject_key
                 current = self.schema(table)
                 recorded = published is not None or bool(self.versions(session, table))
-            self._undo_unpublished(location, published, recorded)
+            delta.undo_unpublished(self.root, location, self.options, published, recorded)
             if masker is not None:  # masking may change types: check what will be stored
                 schema, batches = masker.start(batches, current, evolve=evolve)
             if current is not None and not evolve:
@@ -403,15 +344,18 @@ class TableStore:
                 subjects.check_key(schema, subject_key, "the data")
             counter = _Counter(batches)
             sources.append(counter)
-            version = self._write_delta(location, published, counter, schema, mode, keys, evolve)
+            version = delta.write_version(
+                location, self.options, published, counter, schema, mode, keys, evolve
+            )
             report = None
             if checks is not None:
-                dataset = self._dataset_at(location, version)
+                dataset = delta.dataset_at(location, self.options, version)
                 report = quality.evaluate(checks, dataset, name, self.data_settings)
             accepted = report is None or report.passed
-            num_rows = self._count(location, version)
+            num_rows = delta.count(location, self.options, version)
             pii = masker.report.to_dict() if masker and masker.report else None
-            wrote = self._subjects(location, version, subject_key if accepted else None)
+            column = subject_key if accepted else None
+            wrote = delta.written_subjects(location, self.options, version, column)
             with db.session(scope) as session:
                 table = session.get(DataTable, table_id)
                 if table is None:
@@ -438,7 +382,7 @@ class TableStore:
                 if subject_key is not None and accepted:
                     subjects.record(session, table, version, wrote)
             if not accepted:
-                self._undo_unpublished(location, published)
+                delta.undo_unpublished(self.root, location, self.options, published, True)
         return WriteResult(
             name,
             version,
@@ -467,78 +411,13 @@ class TableStore:
                 "published: try again once it is reachable"
             ) from error
 
-    def _dataset_at(self, location: str, version: int) -> pads.Dataset:
-        from deltalake import DeltaTable
-
-        delta = DeltaTable(location, version=version, storage_options=self.options)
-        return delta.to_pyarrow_dataset()
-
-    def _write_delta(
-        self,
-        location: str,
-        published: int | None,
-        batches: Iterable[pa.RecordBatch],
-        schema: pa.Schema,
-        mode: Mode,
-        keys: tuple[str, ...],
-        evolve: bool,
-    ) -> int:
-        from deltalake import DeltaTable, write_deltalake
-        from deltalake.exceptions import DeltaError
-
-        reader = pa.RecordBatchReader.from_batches(schema, iter(batches))
-        try:
-            if published is None and self._exists(location):
-                # nothing published yet: replace the leftover of a crashed or rejected write
-                write_deltalake(
-                    location,
-                    reader,
-                    mode="overwrite",
-                    schema_mode="overwrite",
-                    storage_options=self.options,
-                )
-            elif published is None or mode != "merge":
-                write_deltalake(
-                    location,
-                    reader,
-                    mode="overwrite" if mode == "overwrite" else "append",
-                    schema_mode=("overwrite" if mode == "overwrite" else "merge")
-                    if evolve
-                    else None,
-                    storage_options=self.options,
-                )
-            else:
-                delta = DeltaTable(location, storage_options=self.options)
-                predicate = " AND ".join(f't."{k}" = s."{k}"' for k in keys)
-                (
-                    delta.merge(
-                        reader,
-                        predicate,
-                        source_alias="s",
-                        target_alias="t",
-                        merge_schema=evolve,
-                    )
-                    .when_matched_update_all()
-                    .when_not_matched_insert_all()
-                    .execute()
-                )
-        except OSError:
-            raise  # the object store failed, not the data: Unavailable (write)
-        except DeltaError as error:
-            if _STORE_FAILURE.search(str(error)):  # delta-rs wraps the store's errors in its own
-                raise OSError(str(error)) from error
-            raise InvalidInput(f"the table refused the write: {error}") from None
-        except pa.ArrowException as error:
-            raise InvalidInput(f"the data does not fit the table: {error}") from None
-        return DeltaTable(location, storage_options=self.options).version()
-
     def set_subject_key(
         self, db: Database, project_id: int, table_id: int, column: str | None
     ) -> int:
         """Declare (or, with None, drop) the table's subject key and index every published
         version by it, under the table's write lock; returns the subjects indexed."""
         scope = Scope.projects(project_id)
-        with self._locked(project_id, table_id), db.session(scope) as session:
+        with self.locks.locked(project_id, table_id), db.session(scope) as session:
             table = session.get(DataTable, table_id)
             if table is None:
                 raise NotFound("the table was deleted meanwhile")
@@ -551,118 +430,6 @@ class TableStore:
             if table.published_version is None:
                 return 0
             return subjects.backfill(session, table, self.location(table), self.options)
-
-    def _exists(self, location: str) -> bool:
-        from deltalake import DeltaTable
-        from deltalake.exceptions import TableNotFoundError
-
-        try:
-            DeltaTable(location, storage_options=self.options)
-        except TableNotFoundError:
-            return False
-        return True
-
-    def _undo_unpublished(
-        self, location: str, published: int | None, recorded: bool = True
-    ) -> None:
-        """Restore the last published version if a crashed or rejected write committed after
-        it. With none published yet: when no version was ever recorded (a first write that
-        crashed after its commit) delete the leftover files, so the next write is version 0;
-        else (a rejected version keeps its number and report) leave the table empty, so
-        version numbers keep counting up."""
-        from deltalake import DeltaTable, write_deltalake
-        from deltalake.exceptions import TableNotFoundError
-
-        try:
-            delta = DeltaTable(location, storage_options=self.options)
-        except TableNotFoundError:
-            return
-        if published is None and not recorded:
-            self._delete_files(location)
-            return
-        if published is None:
-            dataset = delta.to_pyarrow_dataset()
-            if dataset.count_rows():
-                empty = dataset.schema.empty_table()
-                write_deltalake(location, empty, mode="overwrite", storage_options=self.options)
-            return
-        if delta.version() > published and not _restored_to(delta, published):
-            delta.restore(published)
-
-    def _subjects(self, location: str, version: int, column: str | None) -> set[str]:
-        """The subjects that ``version`` wrote (empty when the table has no subject key)."""
-        from deltalake import DeltaTable
-
-        if column is None:
-            return set()
-        delta = DeltaTable(location, version=version, storage_options=self.options)
-        before = None
-        if version > 0:
-            before = DeltaTable(location, version=version - 1, storage_options=self.options)
-        return subjects.written(delta, before, column)
-
-    def _count(self, location: str, version: int) -> int:
-        from deltalake import DeltaTable
-
-        delta = DeltaTable(location, version=version, storage_options=self.options)
-        return int(delta.to_pyarrow_dataset().count_rows())
-
-    @contextlib.contextmanager
-    def _locked(self, project_id: int, table_id: int) -> Iterator[None]:
-        """One writer per table: a thread lock here, an ``flock`` across processes."""
-        key = f"{project_id}/{table_id}"
-        with self._guard:
-            lock = self._thread_locks.setdefault(key, threading.Lock())
-        with lock:
-            folder = self._lock_root / str(project_id)
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with (folder / f"{table_id}.lock").open("a") as handle:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-                yield
-
-
-def _remove_unlocked(path: Path) -> None:
-    """Remove a lease file unless a live process holds it locked."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return
-        path.unlink(missing_ok=True)
-    finally:
-        os.close(fd)
-
-
-def _restored_to(delta: Any, version: int) -> bool:
-    """Whether the latest commit is a restore to ``version`` (so there is nothing to undo)."""
-    (last,) = delta.history(1) or [{}]
-    parameters = last.get("operationParameters") or {}
-    return bool(
-        last.get("operation") == "RESTORE" and str(parameters.get("version")) == str(version)
-    )
-
-
-def check_schema(table: pa.Schema, data: pa.Schema, mode: Mode) -> None:
-    """Refuse data whose columns or types differ from the table's, naming each difference."""
-    problems = []
-    for column in data:
-        if column.name not in table.names:
-            problems.append(f"column {column.name!r} is not in the table")
-        elif table.field(column.name).type != column.type:
-            problems.append(
-                f"column {column.name!r} is {table.field(column.name).type} in the table and "
-                f"{column.type} in the data"
-            )
-    problems += [
-        f"column {n!r} is missing from the data" for n in table.names if n not in data.names
-    ]
-    if problems:
-        raise InvalidInput(
-            "the data does not match the table's schema: "
-            + "; ".join(problems)
-            + " (nothing was written; evolve the schema to change it)"
-        )
 
 
 class _Counter:

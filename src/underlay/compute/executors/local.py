@@ -59,6 +59,9 @@ the job's uid (0700) before launch, and ``HOME`` points at it. In mode ``none`` 
 ``supports_gang`` is False: one attempt is one process tree; a spec with more than one worker
 is refused. The Ray executor (:mod:`.ray_executor`) runs gangs, each worker through this
 executor on its Ray node.
+
+The shim's process tree (finding it, sampling it, killing it) is :mod:`.proctree`; the cgroup
+v2 leaves are :mod:`.cgroups`.
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ from typing import Any, ClassVar, get_args
 
 import psutil
 
-from underlay.compute.executors import shim
+from underlay.compute.executors import cgroups, proctree, shim
 from underlay.compute.executors.base import (
     EndState,
     ExitStatus,
@@ -93,14 +96,9 @@ from underlay.compute.executors.isolation import Isolation
 from underlay.errors import Conflict, InvalidInput, Unavailable
 
 SHIM_PATH = Path(shim.__file__)
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-MIB = 1024 * 1024
 PASSTHROUGH = frozenset(
     {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM"}
 )
-# create_time is boot time plus ticks since boot; the kernel moves boot time when the clock is
-# stepped, so allow some drift. A pid reused within a second would need a pid wrap-around.
-START_TOLERANCE_S = 1.0
 LOST_REASON = "process disappeared without an exit status"
 
 # Every shim this process started and has not reaped. A shim outlives the executor that
@@ -174,7 +172,7 @@ class LocalExecutor:
         self.isolation = isolation or Isolation(reason="no isolation was configured")
         self.work_dir = self.isolation.work_root or work_dir or self.run_dir / "work"
         self.grace_s = grace_s
-        self.cgroup_parent = find_cgroup_parent() if use_cgroups else None
+        self.cgroup_parent = cgroups.find_parent() if use_cgroups else None
         self._attempts: dict[ProcessRef, _Attempt] = {}
         self._lock = threading.Lock()
 
@@ -210,7 +208,7 @@ class LocalExecutor:
                 return attempt.final
             if attempt.popen is not None:
                 attempt.popen.poll()  # reap our own child so it does not linger as a zombie
-            process = _shim_process(ref)
+            process = proctree.shim_process(ref)
             if process is not None:
                 self._watch(attempt, process)
                 return None
@@ -231,7 +229,7 @@ class LocalExecutor:
             raise InvalidInput(f"grace_s must be a finite number of seconds >= 0, not {grace_s}")
         with self._lock:
             attempt = self._track(ref)
-            process = _shim_process(ref)
+            process = proctree.shim_process(ref)
             if attempt.final is not None or process is None or ref.status_path.exists():
                 return  # it ended already; poll reports how
             if attempt.stop is None:
@@ -242,7 +240,7 @@ class LocalExecutor:
             attempt.stop.kill_at = min(attempt.stop.kill_at, time.time() + grace_s)
             self._save_stop(attempt)
             if time.time() >= attempt.stop.kill_at:
-                _kill_tree(process, attempt.cgroup)
+                proctree.kill_tree(process, attempt.cgroup)
 
     def adopt(self, ref: ProcessRef) -> bool:
         """True if ``ref``'s shim still runs (same pid and start time) and is now tracked.
@@ -251,7 +249,7 @@ class LocalExecutor:
         status (it finished while no agent watched), else ``lost``.
         """
         with self._lock:
-            if _shim_process(ref) is None:
+            if proctree.shim_process(ref) is None:
                 return False
             self._track(ref)
             return True
@@ -263,7 +261,7 @@ class LocalExecutor:
             attempt = self._track(ref)
             if attempt.final is not None:
                 return attempt.final.usage
-            process = _shim_process(ref)
+            process = proctree.shim_process(ref)
             if process is None:
                 return self._final_usage(attempt, _read_json(ref.status_path))
             return self._sample(attempt, process)
@@ -282,7 +280,8 @@ class LocalExecutor:
         sandbox = self.isolation.sandbox(spec.workdir, spec.project_id)
         if sandbox is not None:
             hand_over(spec.workdir, sandbox.get("uid"))
-        cgroup = self._make_cgroup(spec)
+        name = f"job-{spec.job_id}-{spec.attempt}"
+        cgroup = cgroups.make(self.cgroup_parent, name, spec.memory_mib)
         limits = {"memory_mib": spec.memory_mib, "max_runtime_s": spec.max_runtime_s}
         shim.write_atomically(
             str(folder / "attempt.json"), json.dumps({**limits, "cgroup": cgroup and str(cgroup)})
@@ -328,22 +327,6 @@ class LocalExecutor:
             self._attempts[ref] = attempt
         return ref
 
-    def _make_cgroup(self, spec: LaunchSpec) -> Path | None:
-        """A cgroup v2 leaf with the attempt's memory limit, or None where there is none."""
-        if self.cgroup_parent is None:
-            return None
-        path = self.cgroup_parent / f"job-{spec.job_id}-{spec.attempt}"
-        try:
-            path.mkdir(exist_ok=True)
-            (path / "memory.max").write_text(str(spec.memory_mib * MIB))
-            swap = path / "memory.swap.max"
-            if swap.exists():
-                swap.write_text("0")  # with swap the kernel would page out instead of killing
-        except OSError:
-            _remove_cgroup(path)
-            return None
-        return path
-
     # -- watching and stopping ---------------------------------------------------------------
 
     def _track(self, ref: ProcessRef) -> _Attempt:
@@ -366,7 +349,7 @@ class LocalExecutor:
                 reason = f"killed for memory: used {used} MiB, limit {attempt.memory_mib} MiB"
                 self._request_stop(attempt, process, "failed", reason, 0.0)
         if attempt.stop is not None and time.time() >= attempt.stop.kill_at:
-            _kill_tree(process, attempt.cgroup)
+            proctree.kill_tree(process, attempt.cgroup)
 
     def _request_stop(
         self,
@@ -382,7 +365,7 @@ class LocalExecutor:
             with contextlib.suppress(psutil.Error):  # it may have ended meanwhile
                 process.send_signal(signal.SIGTERM)  # the shim forwards it to the job's group
         else:
-            _kill_tree(process, attempt.cgroup)
+            proctree.kill_tree(process, attempt.cgroup)
 
     def _save_stop(self, attempt: _Attempt) -> None:
         stop = attempt.stop
@@ -391,7 +374,7 @@ class LocalExecutor:
         shim.write_atomically(str(attempt.folder / "stop.json"), json.dumps(record))
 
     def _sample(self, attempt: _Attempt, process: psutil.Process) -> UsageSample:
-        sample = _tree_usage(process, attempt.ref.started)
+        sample = proctree.tree_usage(process, attempt.ref.started)
         if attempt.last is not None:  # CPU of orphaned descendants drops out of the tree
             sample = UsageSample(
                 max(sample.cpu_s, attempt.last.cpu_s), sample.rss_mib, sample.wall_s
@@ -405,9 +388,9 @@ class LocalExecutor:
     def _ended(self, attempt: _Attempt) -> ExitStatus:
         record = _read_json(attempt.ref.status_path)
         usage = self._final_usage(attempt, record)
-        oom_peak = _cgroup_oom_peak(attempt.cgroup) if attempt.cgroup else None
+        oom_peak = cgroups.oom_peak(attempt.cgroup) if attempt.cgroup else None
         if attempt.cgroup is not None:
-            _remove_cgroup(attempt.cgroup)
+            cgroups.remove(attempt.cgroup)
         exit_code = record.get("exit_code") if record else None
         state: EndState = "failed"
         if attempt.stop is not None:
@@ -513,143 +496,6 @@ def gpu_environment(spec: LaunchSpec) -> dict[str, str]:
             "FLAGS_fraction_of_gpu_memory_to_use": share,
         }
     return env
-
-
-def find_cgroup_parent() -> Path | None:
-    """A cgroup v2 directory where job cgroups get the memory controller, or None.
-
-    Only where ``/sys/fs/cgroup`` is a cgroup2 mount and this process may enable the memory
-    controller below its own cgroup (as root on the host, or in a delegated subtree prepared
-    for it); a cgroup v1 or read-only hierarchy returns None and the watchdog alone applies.
-    """
-    try:
-        mounts = Path("/proc/self/mounts").read_text().splitlines()
-        if not any(line.split()[1:3] == [str(CGROUP_ROOT), "cgroup2"] for line in mounts):
-            return None
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-        own = next((line[3:] for line in lines if line.startswith("0::")), None)
-        if own is None:
-            return None
-        here = CGROUP_ROOT / own.strip().lstrip("/")
-        parent = here / "underlay-jobs"
-        for level in (here, parent):
-            level.mkdir(exist_ok=True)
-            control = level / "cgroup.subtree_control"
-            if "memory" not in control.read_text().split():
-                control.write_text("+memory")
-    except OSError:
-        return None
-    return parent
-
-
-def _remove_cgroup(path: Path) -> None:
-    """Kill what is left in a job cgroup and remove it (best effort)."""
-    try:
-        kill = path / "cgroup.kill"
-        if kill.exists():
-            kill.write_text("1")
-        path.rmdir()
-    except OSError:
-        pass  # still busy or already gone; an empty leftover cgroup costs nothing
-
-
-def _cgroup_oom_peak(path: Path) -> float | None:
-    """The cgroup's peak MiB if the kernel OOM-killed something in it, else None."""
-    try:
-        events = dict(line.split() for line in (path / "memory.events").read_text().splitlines())
-        if int(events.get("oom_kill", "0")) == 0:
-            return None
-        peak = path / "memory.peak"
-        return int(peak.read_text()) / MIB if peak.exists() else 0.0
-    except (OSError, ValueError):
-        return None
-
-
-def _shim_process(ref: ProcessRef) -> psutil.Process | None:
-    """The attempt's shim if it still runs: same pid, same start time, not a zombie."""
-    try:
-        process = psutil.Process(ref.pid)
-        if abs(process.create_time() - ref.started) > START_TOLERANCE_S:
-            return None  # the pid was reused by another process
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return None
-    except psutil.Error:
-        return None
-    return process
-
-
-def _tree_usage(process: psutil.Process, started: float) -> UsageSample:
-    """CPU seconds and RSS of the shim's descendants (the shim itself is not billed)."""
-    cpu = 0.0
-    rss = 0
-    try:
-        own = process.cpu_times()
-        cpu += own.children_user + own.children_system  # descendants it has reaped
-        descendants = _descendants(process)
-    except psutil.Error:
-        descendants = []
-    for child in descendants:
-        try:
-            with child.oneshot():
-                times = child.cpu_times()
-                rss += child.memory_info().rss
-        except psutil.Error:
-            continue
-        cpu += times.user + times.system + times.children_user + times.children_system
-    return UsageSample(cpu_s=cpu, rss_mib=rss / MIB, wall_s=max(0.0, time.time() - started))
-
-
-def _descendants(process: psutil.Process) -> list[psutil.Process]:
-    """The shim's descendants for sampling, walked through ``/proc/PID/task/TID/children``
-    where the kernel has it: psutil's ``children(recursive=True)`` scans every process on the
-    machine, once per job per poll. A child forked during the walk may be missed until the
-    next poll, which a watchdog can afford; killing uses psutil's full scan."""
-    if not Path(f"/proc/{process.pid}/task/{process.pid}/children").exists():
-        return process.children(recursive=True)
-    found: list[psutil.Process] = []
-    pending = [process.pid]
-    while pending:
-        pid = pending.pop()
-        try:
-            tasks = list(Path(f"/proc/{pid}/task").iterdir())
-        except OSError:
-            continue  # it exited meanwhile
-        for task in tasks:
-            try:
-                children = [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            for child in children:
-                try:
-                    found.append(psutil.Process(child))
-                except psutil.Error:
-                    continue
-                pending.append(child)
-    return found
-
-
-def _kill_tree(process: psutil.Process, cgroup: Path | None) -> None:
-    """SIGKILL everything the shim started, but not the shim: it must record the end."""
-    if cgroup is not None:
-        # Kernels before 5.14 have no cgroup.kill; the walk below still runs.
-        with contextlib.suppress(OSError):
-            (cgroup / "cgroup.kill").write_text("1")
-    try:
-        descendants = process.children(recursive=True)
-    except psutil.Error:
-        return
-    groups = set()
-    for child in descendants:
-        try:
-            groups.add(os.getpgid(child.pid))
-        except OSError:
-            continue
-    for group in groups - {process.pid, os.getpgrp()}:
-        with contextlib.suppress(OSError):  # gone already
-            os.killpg(group, signal.SIGKILL)
-    for child in descendants:
-        with contextlib.suppress(psutil.Error):
-            child.kill()  # those that left the group
 
 
 def _load_attempt(ref: ProcessRef) -> _Attempt:
