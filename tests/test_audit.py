@@ -64,7 +64,7 @@ def _rewind(db: Database, seq: int) -> None:
     _sql(db, "UPDATE audit_head SET seq = :s, hash = :h", s=seq, h=head_hash)
 
 
-def _failed(report: AuditReport, seq: int, match: str) -> None:
+def _failed(report: AuditReport, seq: int | None, match: str) -> None:
     assert not report.ok, report
     assert report.first_bad_seq == seq, report
     assert report.problem is not None

@@ -11,19 +11,27 @@ import json
 import logging
 import secrets
 import stat
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import fsspec
 import pytest
 from sqlalchemy import select
 
 from tests.test_audit import _failed, _fill, _rewind, _rewrite_from, _sql
 from tests.test_blobs_s3 import BUCKET, CREDENTIALS, s3_endpoint  # noqa: F401 (a fixture)
 from underlay.audit import AuditLog
-from underlay.audit_checkpoints import ExternalCheckpoint, FileLocation, ObjectLocation
+from underlay.audit_checkpoints import (
+    CheckpointLoop,
+    ExternalCheckpoint,
+    FileLocation,
+    ObjectLocation,
+)
 from underlay.config import Settings
 from underlay.crypto import SigningKey
 from underlay.store import Database, Scope
-from underlay.store.models import AuditEntry
+from underlay.store.models import AuditEntry, AuditHead
 
 
 @pytest.fixture
@@ -265,3 +273,123 @@ def test_server_start_writes_checkpoints_the_home_file_lacks(
         assert platform.audit.verify(signer).ok
     finally:
         platform.close()
+
+
+# -- object locations, on fsspec's in-memory file system ------------------------------------
+
+
+@pytest.fixture
+def bucket() -> Iterator[tuple[ObjectLocation, str]]:
+    """An object location on fsspec's in-memory file system (the S3 test's code path)."""
+    url = f"memory://audit-{secrets.token_hex(6)}/"
+    yield ObjectLocation(url, {}), url
+    memory = fsspec.filesystem("memory")
+    memory.rm("/" + url.removeprefix("memory://").rstrip("/"), recursive=True)
+
+
+def test_an_object_location_holds_one_object_per_checkpoint(
+    db: Database,
+    signer: SigningKey,
+    outside: FileLocation,
+    db_only: AuditLog,
+    bucket: tuple[ObjectLocation, str],
+) -> None:
+    location, url = bucket
+    assert location.name == url
+    assert location.read().records == []  # nothing written yet: no folder either
+    log = AuditLog(db, signer, checkpoint_every=3, external=[outside, location])
+    _fill(log, 10)
+    assert _seqs(location) == [3, 6, 9]
+    memory = fsspec.filesystem("memory")
+    root = "/" + url.removeprefix("memory://").rstrip("/")
+    names = sorted(Path(p).name for p in memory.find(root))
+    assert names == [f"{seq:020d}.json" for seq in (3, 6, 9)]
+    assert location.read().records == outside.read().records
+    assert memory.cat_file(f"{root}/{3:020d}.json").decode() == outside.read().records[0].to_json()
+
+    asked: list[int] = []
+
+    def fetch(after: int) -> list[ExternalCheckpoint]:
+        asked.append(after)
+        return []
+
+    fresh = ObjectLocation(url, {})  # as another process sees it: finds the newest object
+    assert fresh.append_after(fetch) == 0
+    assert location.append_after(fetch) == 0
+    assert asked == [9, 9]
+    assert log.checkpoint_head() == 10
+    log.export_checkpoints()
+    assert _seqs(fresh) == [3, 6, 9, 10]
+    assert log.verify(signer).ok
+
+    # Someone with the database and this machine, but not the bucket.
+    _rewind(db, 0)
+    outside.path.unlink()
+    assert db_only.verify(signer).ok
+    report = log.verify(signer)
+    _failed(report, 1, "the audit log is empty but the external checkpoint of ")
+    assert f"in {url} covers entry 10: the whole log was wiped" in str(report.problem)
+
+
+def test_an_object_location_reports_misnamed_and_garbled_objects(
+    db: Database, signer: SigningKey, bucket: tuple[ObjectLocation, str]
+) -> None:
+    location, url = bucket
+    log = AuditLog(db, signer, checkpoint_every=3, external=[location])
+    _fill(log, 4)
+    memory = fsspec.filesystem("memory")
+    root = "/" + url.removeprefix("memory://").rstrip("/")
+    third = memory.cat_file(f"{root}/{3:020d}.json")
+    memory.pipe_file(f"{root}/notes.txt", b"not a checkpoint")  # not named as one: ignored
+    memory.pipe_file(f"{root}/{12:020d}.json", third)
+    memory.pipe_file(f"{root}/{13:020d}.json", b"\xff garbled")
+    readout = ObjectLocation(url, {}).read()
+    assert readout.location == url
+    assert [r.seq for r in readout.records] == [3]
+    assert readout.unreadable == [
+        f"object {root}/{12:020d}.json: it names entry 3",
+        f"object {root}/{13:020d}.json: 'utf-8' codec can't decode byte 0xff in position 0: "
+        "invalid start byte",
+    ]
+    report = log.verify(signer)
+    _failed(report, None, "an external checkpoint is unreadable: object ")
+    assert report.problem is not None and report.problem.endswith("it names entry 3")
+
+
+# -- the timer ----------------------------------------------------------------------------
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_the_checkpoint_loop_signs_the_tail_and_keeps_ticking_after_a_failure(
+    db: Database,
+    log: AuditLog,
+    signer: SigningKey,
+    outside: FileLocation,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _fill(log, 4)
+    with db.session(Scope.everything()) as s:
+        head = s.get(AuditHead, 1)
+        assert head is not None
+        seq, hash_ = head.seq, head.hash
+    _sql(db, "DELETE FROM audit_head")  # every tick fails until the head is back
+    loop = CheckpointLoop(log, 0.02)
+    assert (loop.audit, loop.interval_s) == (log, 0.02)
+    assert loop._thread.daemon and loop._thread.name == "underlay-audit"
+    with caplog.at_level(logging.ERROR, logger="underlay.audit_checkpoints"):
+        loop.start()
+        try:
+            _wait_for(lambda: "audit checkpoint tick failed" in caplog.text, "a failed tick")
+            _sql(db, "INSERT INTO audit_head (id, seq, hash) VALUES (1, :s, :h)", s=seq, h=hash_)
+            _wait_for(lambda: _seqs(outside) == [3, 4], "the tail's checkpoint outside")
+        finally:
+            loop.stop()
+    assert not loop._thread.is_alive()
+    assert "retrying at the next one" in caplog.text
+    assert log.verify(signer).ok
