@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import itertools
 import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select, text
 
-from underlay.audit import GENESIS_HASH, AuditLog, AuditReport, entry_hash
+from underlay.audit import (
+    GENESIS_HASH,
+    MAX_DETAIL_BYTES,
+    AuditLog,
+    AuditReport,
+    checkpoint_payload,
+    checkpoint_signed,
+    entry_hash,
+)
 from underlay.config import Settings
 from underlay.crypto import SigningKey
 from underlay.errors import IntegrityFailure, InvalidInput
@@ -95,6 +106,60 @@ def test_appends_form_a_verifiable_chain(db: Database, log: AuditLog, signer: Si
     assert log.verify(signer).ok
 
 
+def test_the_hashed_and_signed_encodings_are_pinned() -> None:
+    """A verifier elsewhere (or next year's code) must recompute the same bytes."""
+    at = dt.datetime(2024, 5, 1, 14, 0, 0, 5, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    entry = SimpleNamespace(
+        seq=7,
+        at=at,
+        actor="ana",
+        action="run.create",
+        resource="runs/é",
+        project=None,
+        client="10.0.0.2",
+        outcome="ok",
+        detail="{}",
+        prev_hash=GENESIS_HASH,
+    )
+    canonical = (
+        '{"action":"run.create","actor":"ana","at":"2024-05-01T12:00:00.000005+00:00",'
+        '"client":"10.0.0.2","detail":"{}","outcome":"ok","prev_hash":"' + "0" * 64 + '",'
+        '"project":null,"resource":"runs/é","seq":7,"v":1}'
+    )
+    assert entry_hash(entry) == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    assert entry_hash(entry, seq=8) != entry_hash(entry)
+    head = "ab" * 32
+    assert (
+        checkpoint_payload(6, head, 3, "k1", at)
+        == (
+            '{"at":"2024-05-01T12:00:00.000005+00:00","hash":"' + head + '","key_id":"k1",'
+            '"kind":"underlay.audit.checkpoint","prev_seq":3,"seq":6,"v":2}'
+        ).encode()
+    )
+    assert (
+        checkpoint_payload(6, head, 3, "k1")
+        == (
+            '{"hash":"' + head + '","key_id":"k1","kind":"underlay.audit.checkpoint",'
+            '"prev_seq":3,"seq":6,"v":1}'
+        ).encode()
+    )
+
+
+def test_a_version_1_checkpoint_without_its_time_still_verifies(
+    db: Database, log: AuditLog, signer: SigningKey
+) -> None:
+    _fill(log, 7)
+    with db.session(Scope.everything()) as s:
+        third = s.scalars(select(AuditCheckpoint).where(AuditCheckpoint.seq == 3)).one()
+        head, key_id, at = third.hash, third.key_id, third.at
+    old = signer.sign(checkpoint_payload(3, head, 0, key_id))
+    public = Ed25519PublicKey.from_public_bytes(signer.public_key_bytes())
+    assert checkpoint_signed(public, 3, head, 0, key_id, at, old)
+    assert not checkpoint_signed(public, 3, head, 1, key_id, at, old)
+    _sql(db, "UPDATE audit_checkpoints SET signature = :sig WHERE seq = 3", sig=old)
+    assert log.verify(signer).ok
+
+
 def test_empty_log_verifies(log: AuditLog, signer: SigningKey) -> None:
     report = log.verify(signer)
     assert report.ok and report.entries_checked == 0 and report.head_seq == 0
@@ -163,11 +228,64 @@ def test_bad_input_is_refused_and_free_text_is_clipped(log: AuditLog) -> None:
     assert len(entry.resource) == 512 and entry.resource.endswith("\u2026")
 
 
+def test_field_limits_are_exact_and_nul_in_free_text_is_replaced(log: AuditLog) -> None:
+    base: dict[str, Any] = {"actor": "ana", "action": "x.read", "resource": "r", "outcome": "ok"}
+    for name in ("actor", "action", "project"):
+        assert getattr(log.record(**{**base, name: "a" * 64}), name) == "a" * 64
+        with pytest.raises(InvalidInput, match=f"audit {name} must be at most 64 characters"):
+            log.record(**{**base, name: "a" * 65})
+        with pytest.raises(InvalidInput, match=rf"{name} must be .* without NUL \(got 'a.x00b'"):
+            log.record(**{**base, name: "a\x00b"})
+        with pytest.raises(InvalidInput, match=rf"audit {name} must be a non-empty string \(got 7"):
+            log.record(**{**base, name: 7})
+    with pytest.raises(
+        InvalidInput, match=r"audit outcome must be one of ok, denied, error \(got None"
+    ):
+        log.record(**{**base, "outcome": None})
+    assert [log.record(**{**base, "outcome": o}).outcome for o in ("ok", "denied", "error")] == [
+        "ok",
+        "denied",
+        "error",
+    ]
+
+    exact = log.record(**{**base, "resource": "r" * 512, "client": "c" * 64})
+    assert (exact.resource, exact.client) == ("r" * 512, "c" * 64)
+    cut = log.record(**{**base, "resource": "r" * 513, "client": "c" * 65})
+    assert cut.resource == "r" * 511 + "\u2026" and cut.client == "c" * 63 + "\u2026"
+    nul = log.record(**{**base, "resource": "a\x00b", "client": "\x00"})
+    assert (nul.resource, nul.client) == ("a\ufffdb", "\ufffd")
+    with pytest.raises(InvalidInput, match=r"audit resource must be a string \(got int"):
+        log.record(**{**base, "resource": 5})
+    with pytest.raises(InvalidInput, match=r"audit client must be a string \(got NoneType"):
+        log.record(**{**base, "client": None})
+
+    # The detail's limit is on its canonical UTF-8 bytes: {"b":"…"} is 8 bytes around the text.
+    fits = log.record(**base, detail={"b": "x" * (MAX_DETAIL_BYTES - 8)})
+    assert len(fits.detail.encode()) == MAX_DETAIL_BYTES
+    with pytest.raises(InvalidInput, match="audit detail is 65537 characters; keep it under 65536"):
+        log.record(**base, detail={"b": "x" * (MAX_DETAIL_BYTES - 7)})
+    with pytest.raises(InvalidInput, match="keep it under 65536 bytes"):
+        log.record(**base, detail={"b": "é" * (MAX_DETAIL_BYTES // 2)})
+    with pytest.raises(InvalidInput, match="JSON-serialisable with string keys"):
+        log.record(**base, detail={"x": float("nan")})
+    assert log.record(**base).detail == "{}"
+
+
 def test_constructor_and_verify_refuse_bad_keys(
     db: Database, signer: SigningKey, forger: SigningKey
 ) -> None:
-    with pytest.raises(InvalidInput, match="at least 1"):
+    with pytest.raises(InvalidInput, match=r"at least 1 \(got 0"):
         AuditLog(db, signer, checkpoint_every=0)
+    for bad in (True, 2.0, "3"):
+        with pytest.raises(InvalidInput, match="checkpoint_every must be an integer"):
+            AuditLog(db, signer, checkpoint_every=bad)  # type: ignore[arg-type]
+    assert AuditLog(db, signer, checkpoint_every=1).checkpoint_every == 1
+    assert AuditLog(db, signer).checkpoint_every == 100
+    forger.key_id = ""
+    with pytest.raises(InvalidInput, match=r"key id must be 1-32 characters \(got ''"):
+        AuditLog(db, forger)
+    forger.key_id = "k" * 32
+    AuditLog(db, forger)
     forger.key_id = "k" * 33
     with pytest.raises(InvalidInput, match="key id must be 1-32 characters"):
         AuditLog(db, forger)
@@ -190,8 +308,20 @@ def test_list_entries_filters_and_pages(db: Database, log: AuditLog) -> None:
         middle = everything[5].at
         assert [e.seq for e in log.list_entries(s, since=middle)] == list(range(6, 13))
         assert [e.seq for e in log.list_entries(s, until=middle)] == list(range(1, 6))
-        with pytest.raises(InvalidInput, match="limit must be between 1 and 1000"):
-            log.list_entries(s, limit=0)
+        assert [e.seq for e in log.list_entries(s, limit=1)] == [1]
+        newest = log.list_entries(s, newest_first=True, limit=3)
+        assert [e.seq for e in newest] == [12, 11, 10]
+        older = log.list_entries(s, newest_first=True, limit=3, before_seq=newest[-1].seq)
+        assert [e.seq for e in older] == [9, 8, 7]
+        between = log.list_entries(s, after_seq=3, before_seq=6)
+        assert [e.seq for e in between] == [4, 5]
+        assert [e.seq for e in log.list_entries(s, project="sales", limit=2)] == [2, 4]
+        assert len(log.list_entries(s)) == 12  # the default limit (100) is above the count
+        for bad in (0, 1001, True, 5.0, "5"):
+            with pytest.raises(InvalidInput, match="limit must be between 1 and 1000"):
+                log.list_entries(s, limit=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput, match="until must be a timezone-aware"):
+            log.list_entries(s, until=dt.datetime(2024, 1, 1))
         with pytest.raises(InvalidInput, match="timezone-aware"):
             log.list_entries(s, since=dt.datetime(2024, 1, 1))
         with pytest.raises(InvalidInput, match="outcome must be one of"):
