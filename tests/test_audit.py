@@ -24,9 +24,10 @@ from underlay.audit import (
     checkpoint_signed,
     entry_hash,
 )
+from underlay.audit_checkpoints import check_external, committed_after
 from underlay.config import Settings
 from underlay.crypto import SigningKey
-from underlay.errors import IntegrityFailure, InvalidInput
+from underlay.errors import IntegrityFailure, InvalidInput, Unavailable
 from underlay.store import Database, Scope
 from underlay.store.models import AuditCheckpoint, AuditEntry, AuditHead, Project
 
@@ -322,7 +323,7 @@ def test_list_entries_filters_and_pages(db: Database, log: AuditLog) -> None:
                 log.list_entries(s, limit=bad)  # type: ignore[arg-type]
         with pytest.raises(InvalidInput, match="until must be a timezone-aware"):
             log.list_entries(s, until=dt.datetime(2024, 1, 1))
-        with pytest.raises(InvalidInput, match="timezone-aware"):
+        with pytest.raises(InvalidInput, match="since must be a timezone-aware"):
             log.list_entries(s, since=dt.datetime(2024, 1, 1))
         with pytest.raises(InvalidInput, match="outcome must be one of"):
             log.list_entries(s, outcome="fine")
@@ -469,6 +470,105 @@ def test_altered_head_is_reported(db: Database, log: AuditLog, signer: SigningKe
     _fill(log, 4)
     _sql(db, "UPDATE audit_head SET hash = :h", h="f" * 64)
     _failed(log.verify(signer), 4, "the head's hash does not match entry 4")
+
+
+def test_a_missing_head_row_is_unavailable(db: Database, log: AuditLog, signer: SigningKey) -> None:
+    _fill(log, 2)
+    _sql(db, "DELETE FROM audit_head")
+    no_head = r"^the audit log has no head row; apply migrations \(underlay up\)$"
+    with pytest.raises(Unavailable, match=no_head):
+        log.record(actor="ana", action="x.read", resource="r", outcome="ok")
+    with pytest.raises(Unavailable, match=no_head):
+        log.checkpoint_head()
+    with pytest.raises(Unavailable, match=no_head):
+        log.verify(signer)
+
+
+def test_the_timer_signs_a_lone_first_entry(
+    db: Database, log: AuditLog, signer: SigningKey
+) -> None:
+    assert log.checkpoint_head() is None  # an empty log: nothing to sign
+    log.record(actor="ana", action="x.read", resource="r", outcome="ok")
+    assert log.checkpoint_head() == 1
+    assert log.checkpoint_head() is None
+    assert log.verify(signer).checkpoints_checked == 1
+
+
+_ROW = ("at", "actor", "action", "resource", "project", "client", "outcome", "detail")
+
+
+def _entry_fields(db: Database, seq: int) -> dict[str, Any]:
+    with db.session(Scope.everything()) as s:
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.seq == seq)).one()
+        return {name: getattr(entry, name) for name in (*_ROW, "prev_hash", "hash")}
+
+
+def _overwrite(db: Database, seq: int, fields: dict[str, Any]) -> None:
+    with db.session(Scope.everything()) as s:
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.seq == seq)).one()
+        for name, value in fields.items():
+            setattr(entry, name, value)
+
+
+def _signed_chain(db: Database, signer: SigningKey, n: int) -> None:
+    """A valid chain of ``n`` entries, each signed, written in one go (appending a thousand
+    entries one by one would make this test dominate a mutation run)."""
+    at = dt.datetime.now(dt.UTC)
+    rows: list[AuditEntry | AuditCheckpoint] = []
+    prev = GENESIS_HASH
+    for seq in range(1, n + 1):
+        entry = AuditEntry(
+            seq=seq,
+            at=at,
+            actor="ana",
+            action="x.read",
+            resource=f"r/{seq}",
+            project=None,
+            client="",
+            outcome="ok",
+            detail="{}",
+            prev_hash=prev,
+        )
+        entry.hash = prev = entry_hash(entry)
+        signature = signer.sign(checkpoint_payload(seq, prev, seq - 1, signer.key_id, at))
+        checkpoint = AuditCheckpoint(
+            seq=seq, hash=prev, signature=signature, key_id=signer.key_id, at=at
+        )
+        rows += [entry, checkpoint]
+    with db.session(Scope.everything()) as s:
+        s.add_all(rows)
+        head = s.get(AuditHead, 1)
+        assert head is not None
+        head.seq, head.hash = n, prev
+
+
+def test_a_log_longer_than_one_batch(db: Database, signer: SigningKey) -> None:
+    """Verification, the search for a moved entry and the external comparison each work in
+    batches of about a thousand; a log of 1002 entries crosses every boundary."""
+    log = AuditLog(db, signer, checkpoint_every=1)
+    _signed_chain(db, signer, 1002)
+    report = log.verify(signer)
+    assert (report.ok, report.entries_checked, report.checkpoints_checked) == (True, 1002, 1002)
+    with db.session(Scope.everything()) as s:
+        assert [e.seq for e in log.list_entries(s)] == list(range(1, 101))  # the default limit
+    # Every signed record is compared with the database, beyond the first batch of seqs too.
+    records = [("here", r) for r in committed_after(db, 0)]
+    assert len(records) == 1002
+    assert check_external(db, 1002, 1002, [], records) is None
+
+    first, second = _entry_fields(db, 1), _entry_fields(db, 2)
+    # A moved entry is recognised up to a thousand places away, from entry 1 on.
+    _overwrite(db, 2, first)
+    _failed(log.verify(signer), 2, "entry 2 is out of order: it was written as entry 1")
+    _overwrite(db, 2, second)
+    _overwrite(db, 1, _entry_fields(db, 1001))
+    _failed(log.verify(signer), 1, "entry 1 is out of order: it was written as entry 1001")
+    _overwrite(db, 1, _entry_fields(db, 1002))
+    _failed(log.verify(signer), 1, "entry 1 was edited: its hash does not match its contents")
+    _overwrite(db, 1, first)
+    assert log.verify(signer).ok
+    _overwrite(db, 1002, first)
+    _failed(log.verify(signer), 1002, "entry 1002 was edited: its hash does not match")
 
 
 # -- concurrency --------------------------------------------------------------------------
