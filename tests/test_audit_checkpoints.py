@@ -7,8 +7,10 @@ then that the comparison with the external checkpoint log catches it.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+import re
 import secrets
 import stat
 import time
@@ -107,6 +109,42 @@ def test_a_failed_external_write_loses_no_entry_and_is_retried(
     _fill(log, 3)  # the next checkpoint (6) brings the missed one (3) along
     assert _seqs(outside) == [3, 6]
     assert log.verify(signer).ok
+
+
+def test_the_external_record_format_is_pinned_and_bad_records_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A local time zone far from UTC: the record must still be written in UTC.
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        at = dt.datetime(2024, 5, 1, 14, 0, 0, 5, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+        record = ExternalCheckpoint(
+            seq=1, hash="ab" * 32, prev_seq=0, key_id="k1", at=at, signature=b"\x00\xffsig"
+        )
+        text = record.to_json()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert text == (
+        '{"at":"2024-05-01T12:00:00.000005+00:00","hash":"' + "ab" * 32 + '","key_id":"k1",'
+        '"kind":"underlay.audit.checkpoint","prev_seq":0,"seq":1,"signature":"AP9zaWc="}'
+    )
+    assert ExternalCheckpoint.from_json(text) == record  # sequence 1 is the smallest allowed
+    assert record.when == "2024-05-01 12:00:00 UTC"
+
+    fields = json.loads(text)
+    bad = {
+        "[1]": "not an underlay audit checkpoint",
+        json.dumps({**fields, "kind": "other"}): "not an underlay audit checkpoint",
+        json.dumps({**fields, "at": "2024-05-01T12:00:00"}): "its time has no timezone",
+        json.dumps({**fields, "signature": "AP9z!aWc="}): "",  # the wording is binascii's
+        json.dumps({**fields, "seq": 0}): "sequence 0",
+        json.dumps({k: v for k, v in fields.items() if k != "hash"}): "'hash'",
+    }
+    for line, why in bad.items():
+        with pytest.raises(ValueError, match=rf"^unreadable record \({re.escape(why)}"):
+            ExternalCheckpoint.from_json(line)
 
 
 # -- the attacks of the review --------------------------------------------------------------
