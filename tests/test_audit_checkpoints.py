@@ -72,9 +72,14 @@ def _hash_of(db: Database, seq: int) -> str:
 
 
 def test_intact_log_passes_and_its_checkpoints_are_written_outside(
-    db: Database, log: AuditLog, signer: SigningKey, outside: FileLocation
+    db: Database,
+    log: AuditLog,
+    signer: SigningKey,
+    outside: FileLocation,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    _fill(log, 10)
+    with caplog.at_level(logging.WARNING, logger="underlay.audit"):
+        _fill(log, 10)
     assert _seqs(outside) == [3, 6, 9]
     assert stat.S_IMODE(outside.path.stat().st_mode) == 0o600
     first = json.loads(outside.path.read_text().splitlines()[0])
@@ -91,6 +96,7 @@ def test_intact_log_passes_and_its_checkpoints_are_written_outside(
     FileLocation(outside.path).append_after(lambda after: [])
     log.export_checkpoints()
     assert _seqs(outside) == [3, 6, 9, 10]
+    assert "could not write audit checkpoints" not in caplog.text
 
 
 def test_a_failed_external_write_loses_no_entry_and_is_retried(
@@ -145,6 +151,44 @@ def test_the_external_record_format_is_pinned_and_bad_records_are_refused(
     for line, why in bad.items():
         with pytest.raises(ValueError, match=rf"^unreadable record \({re.escape(why)}"):
             ExternalCheckpoint.from_json(line)
+
+
+def _record(seq: int) -> ExternalCheckpoint:
+    at = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
+    return ExternalCheckpoint(
+        seq=seq, hash="ab" * 32, prev_seq=seq - 1, key_id="k1", at=at, signature=b"s"
+    )
+
+
+def test_a_file_location_appends_after_the_newest_record_it_holds(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "audit-checkpoints.jsonl"
+    path.parent.mkdir()
+    location = FileLocation(path)
+    asked: list[int] = []
+
+    def fetch(*seqs: int) -> Callable[[int], list[ExternalCheckpoint]]:
+        def records(after: int) -> list[ExternalCheckpoint]:
+            asked.append(after)
+            return [_record(seq) for seq in seqs]
+
+        return records
+
+    assert location.append_after(fetch(1, 2)) == 2  # creates the file
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert FileLocation(path).append_after(fetch(3)) == 1
+    assert asked == [0, 2]
+    assert _seqs(location) == [1, 2, 3]
+
+    # The newest record is found in the file's tail, or, if the tail holds none, further up.
+    garbage = "x" * 100 + "\n"
+    with path.open("a") as handle:
+        handle.write(garbage * 200)  # 20 KB: more than the tail that is read first
+    assert location.append_after(fetch()) == 0
+    path.write_text(_record(7).to_json() + "\n" + garbage * 200)
+    assert location.append_after(fetch()) == 0
+    path.write_text("".join(_record(seq).to_json() + "\n" for seq in range(1, 200)))
+    assert location.append_after(fetch()) == 0
+    assert asked == [0, 2, 3, 7, 199]
 
 
 # -- the attacks of the review --------------------------------------------------------------
