@@ -188,7 +188,10 @@ def test_a_file_location_appends_after_the_newest_record_it_holds(tmp_path: Path
     assert location.append_after(fetch()) == 0
     path.write_text("".join(_record(seq).to_json() + "\n" for seq in range(1, 200)))
     assert location.append_after(fetch()) == 0
-    assert asked == [0, 2, 3, 7, 199]
+    with path.open("ab") as raw:
+        raw.write(b"\xff\xfe not UTF-8\n")  # a torn or corrupted write is skipped
+    assert location.append_after(fetch()) == 0
+    assert asked == [0, 2, 3, 7, 199, 199]
 
 
 # -- the attacks of the review --------------------------------------------------------------
