@@ -153,6 +153,11 @@ def test_a_version_1_checkpoint_without_its_time_still_verifies(
     with db.session(Scope.everything()) as s:
         third = s.scalars(select(AuditCheckpoint).where(AuditCheckpoint.seq == 3)).one()
         head, key_id, at = third.hash, third.key_id, third.at
+        signature = bytes(third.signature)
+    # What is written now signs the time too (version 2).
+    Ed25519PublicKey.from_public_bytes(signer.public_key_bytes()).verify(
+        signature, checkpoint_payload(3, head, 0, key_id, at)
+    )
     old = signer.sign(checkpoint_payload(3, head, 0, key_id))
     public = Ed25519PublicKey.from_public_bytes(signer.public_key_bytes())
     assert checkpoint_signed(public, 3, head, 0, key_id, at, old)

@@ -14,7 +14,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import fsspec
@@ -107,8 +107,12 @@ def test_a_failed_external_write_loses_no_entry_and_is_retried(
     log = AuditLog(db, signer, checkpoint_every=3, external=[outside])
     with caplog.at_level(logging.WARNING, logger="underlay.audit"):
         _fill(log, 4)
-    assert "could not write audit checkpoints to" in caplog.text
-    assert "retried at the next checkpoint" in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if r.name == "underlay.audit"]
+    assert len(warnings) == 1  # one checkpoint, one failed export
+    assert warnings[0].startswith(
+        f"could not write audit checkpoints to {outside.path} (retried at the next checkpoint): "
+        "[Errno 2] No such file or directory"
+    )
     with db.session(Scope.everything()) as s:
         assert s.scalars(select(AuditEntry.seq)).all() == [1, 2, 3, 4]
     folder.mkdir()
@@ -192,6 +196,31 @@ def test_a_file_location_appends_after_the_newest_record_it_holds(tmp_path: Path
         raw.write(b"\xff\xfe not UTF-8\n")  # a torn or corrupted write is skipped
     assert location.append_after(fetch()) == 0
     assert asked == [0, 2, 3, 7, 199, 199]
+
+
+class _CountingLocation(FileLocation):
+    """A file location that counts how often it is brought up to date."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.calls = 0
+
+    def append_after(self, fetch: Callable[[int], Iterable[ExternalCheckpoint]]) -> int:
+        self.calls += 1
+        return super().append_after(fetch)
+
+
+def test_one_commit_with_several_checkpoints_exports_once(
+    db: Database, signer: SigningKey, settings: Settings
+) -> None:
+    outside = _CountingLocation(settings.audit_checkpoint_path)
+    log = AuditLog(db, signer, checkpoint_every=3, external=[outside])
+    with db.session(Scope.everything()) as s:
+        for _ in range(7):
+            log.append(s, actor="ana", action="x.read", resource="r", outcome="ok")
+        assert outside.calls == 0  # nothing goes out before the commit
+    assert (outside.calls, _seqs(outside)) == (1, [3, 6])
+    assert log.verify(signer).ok
 
 
 # -- the attacks of the review --------------------------------------------------------------
