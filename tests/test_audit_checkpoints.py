@@ -223,6 +223,21 @@ def test_one_commit_with_several_checkpoints_exports_once(
     assert log.verify(signer).ok
 
 
+def test_exports_follow_seq_order_whatever_order_rows_are_stored_in(
+    db: Database, signer: SigningKey, tmp_path: Path
+) -> None:
+    folder = tmp_path / "later"
+    outside = FileLocation(folder / "audit-checkpoints.jsonl")
+    log = AuditLog(db, signer, checkpoint_every=3, external=[outside])
+    _fill(log, 10)  # every export fails: the folder does not exist yet
+    # An update writes a new row version: PostgreSQL then stores checkpoint 3 after 9.
+    _sql(db, "UPDATE audit_checkpoints SET key_id = key_id WHERE seq = 3")
+    folder.mkdir()
+    log.export_checkpoints()
+    assert [(r.seq, r.prev_seq) for r in outside.read().records] == [(3, 0), (6, 3), (9, 6)]
+    assert log.verify(signer).ok
+
+
 # -- the attacks of the review --------------------------------------------------------------
 
 
