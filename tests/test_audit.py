@@ -274,7 +274,11 @@ def test_field_limits_are_exact_and_nul_in_free_text_is_replaced(log: AuditLog) 
         log.record(**base, detail={"b": "é" * (MAX_DETAIL_BYTES // 2)})
     with pytest.raises(InvalidInput, match="JSON-serialisable with string keys"):
         log.record(**base, detail={"x": float("nan")})
-    assert log.record(**base).detail == "{}"
+    plain = log.record(**base)
+    assert (plain.detail, plain.client, plain.project) == ("{}", "", None)
+    long = "a" * 100
+    with pytest.raises(InvalidInput, match=rf"\(got '{'a' * 80}'\)$"):
+        log.record(**{**base, "actor": long})
 
 
 def test_constructor_and_verify_refuse_bad_keys(
