@@ -129,7 +129,9 @@ EQUIVALENT: dict[str, str] = {
     "underlay.audit_checkpoints.x_committed_after__mutmut_4": (
         "limit(None): scalar() reads the first row whatever the limit"
     ),
-    "underlay.audit_checkpoints.x_committed_after__mutmut_9": "limit(2): scalar() reads the first row",
+    "underlay.audit_checkpoints.x_committed_after__mutmut_9": (
+        "limit(2): scalar() reads the first row"
+    ),
     "underlay.audit_checkpoints.x_committed_after__mutmut_12": (
         "no ORDER BY: SQLite returns these rows in primary-key order anyway; killed with "
         "--postgres by test_exports_follow_seq_order_whatever_order_rows_are_stored_in"
