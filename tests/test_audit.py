@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import itertools
 import multiprocessing
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -80,7 +81,8 @@ def _failed(report: AuditReport, seq: int | None, match: str) -> None:
     assert not report.ok, report
     assert report.first_bad_seq == seq, report
     assert report.problem is not None
-    assert match in report.problem, report.problem
+    assert report.problem.startswith(match), report.problem
+    assert report.summary == f"audit log tampered: {report.problem}"
 
 
 # -- the chain ----------------------------------------------------------------------------
@@ -418,19 +420,33 @@ def test_forged_checkpoint_signature_is_reported(
         "UPDATE audit_checkpoints SET signature = :sig WHERE seq = 3",
         sig=forger.sign(b"anything"),
     )
-    _failed(log.verify(signer), 3, "checkpoint at entry 3 has an invalid signature")
+    _failed(
+        log.verify(signer),
+        3,
+        f"checkpoint at entry 3 has an invalid signature (key {signer.key_id!r}): it was "
+        "forged, signed by another key, or a checkpoint before it was deleted",
+    )
     # Verifying an intact log with someone else's key fails the same way.
     _sql(db, "DELETE FROM audit_checkpoints")
     _sql(db, "DELETE FROM audit_entries")
     _sql(db, "UPDATE audit_head SET seq = 0, hash = :h", h=GENESIS_HASH)
     _fill(log, 4)
-    _failed(log.verify(forger), 3, f"invalid signature (key {signer.key_id!r})")
+    _failed(
+        log.verify(forger),
+        3,
+        f"checkpoint at entry 3 has an invalid signature (key {signer.key_id!r})",
+    )
 
 
 def test_deleted_checkpoints_are_reported(db: Database, log: AuditLog, signer: SigningKey) -> None:
     _fill(log, 10)
     _sql(db, "DELETE FROM audit_checkpoints WHERE seq = 9")
-    _failed(log.verify(signer), 9, "no signed checkpoint after entry 6")
+    _failed(
+        log.verify(signer),
+        9,
+        "no signed checkpoint after entry 6 although the head says 10 and checkpoints come "
+        "every 3 entries: the checkpoint for entry 9 or later was deleted",
+    )
     _sql(db, "DELETE FROM audit_checkpoints WHERE seq = 3")
     _failed(log.verify(signer), 6, "checkpoint at entry 6 has an invalid signature")
 
@@ -457,7 +473,11 @@ def test_rewound_head_and_stray_rows_are_reported(
         " detail, prev_hash, hash) SELECT 12, at, actor, action, resource, project, client,"
         " outcome, detail, prev_hash, hash FROM audit_entries WHERE seq = 7",
     )
-    _failed(log.verify(signer), 12, "entry 12 lies beyond the head (7)")
+    _failed(
+        log.verify(signer),
+        12,
+        "entry 12 lies beyond the head (7): it was inserted outside the audit log",
+    )
 
 
 def test_append_refuses_to_write_over_a_stray_entry(
@@ -470,7 +490,13 @@ def test_append_refuses_to_write_over_a_stray_entry(
         " detail, prev_hash, hash) SELECT 3, at, actor, action, resource, project, client,"
         " outcome, detail, prev_hash, hash FROM audit_entries WHERE seq = 2",
     )
-    with pytest.raises(IntegrityFailure, match="entry or checkpoint 3 already exists"):
+    with pytest.raises(
+        IntegrityFailure,
+        match=re.escape(
+            "audit entry or checkpoint 3 already exists although the head says 2: the audit log "
+            "was altered outside underlay; run `underlay audit verify --local`"
+        ),
+    ):
         log.record(actor="ana", action="x.read", resource="r", outcome="ok")
     _failed(log.verify(signer), 3, "entry 3 lies beyond the head (2)")
 
@@ -478,7 +504,11 @@ def test_append_refuses_to_write_over_a_stray_entry(
 def test_altered_head_is_reported(db: Database, log: AuditLog, signer: SigningKey) -> None:
     _fill(log, 4)
     _sql(db, "UPDATE audit_head SET hash = :h", h="f" * 64)
-    _failed(log.verify(signer), 4, "the head's hash does not match entry 4")
+    _failed(
+        log.verify(signer),
+        4,
+        "the head's hash does not match entry 4: the head or the last entry was altered",
+    )
 
 
 def test_a_missing_head_row_is_unavailable(db: Database, log: AuditLog, signer: SigningKey) -> None:
@@ -578,6 +608,17 @@ def test_a_log_longer_than_one_batch(db: Database, signer: SigningKey) -> None:
     assert log.verify(signer).ok
     _overwrite(db, 1002, first)
     _failed(log.verify(signer), 1002, "entry 1002 was edited: its hash does not match")
+
+
+def test_a_chain_that_does_not_start_at_zero_is_named(
+    db: Database, log: AuditLog, signer: SigningKey
+) -> None:
+    _fill(log, 2)
+    _overwrite(db, 1, {"prev_hash": "e" * 64})
+    _overwrite(db, 1, {"hash": entry_hash(SimpleNamespace(**_entry_fields(db, 1), seq=1))})
+    _failed(
+        log.verify(signer), 1, "entry 1 does not start the chain: its previous hash is not zero"
+    )
 
 
 # -- concurrency --------------------------------------------------------------------------

@@ -253,7 +253,7 @@ def test_deleted_tail_after_the_last_checkpoint_is_named(
         10,
         "the audit log ends at entry 9 but the external checkpoint of ",
     )
-    assert "covers entry 10: entries after 9 were deleted" in str(log.verify(signer).problem)
+    assert str(log.verify(signer).problem).endswith("covers entry 10: entries after 9 were deleted")
 
 
 def test_deleted_checkpoints_and_truncation_are_named(
@@ -264,7 +264,7 @@ def test_deleted_checkpoints_and_truncation_are_named(
     assert db_only.verify(signer).ok
     report = log.verify(signer)
     _failed(report, 5, "the audit log ends at entry 4 but the external checkpoint of 20")
-    assert "covers entry 9: entries after 4 were deleted" in str(report.problem)
+    assert str(report.problem).endswith("covers entry 9: entries after 4 were deleted")
 
 
 def test_wiped_log_is_named(
@@ -275,7 +275,7 @@ def test_wiped_log_is_named(
     assert db_only.verify(signer).ok  # "OK: 0 entries"
     report = log.verify(signer)
     _failed(report, 1, "the audit log is empty but the external checkpoint of ")
-    assert "covers entry 9: the whole log was wiped" in str(report.problem)
+    assert str(report.problem).endswith("covers entry 9: the whole log was wiped")
 
 
 def test_rewrite_after_the_last_database_checkpoint_is_named(
@@ -302,7 +302,7 @@ def test_checkpoint_deleted_from_the_database_is_named(
     _sql(db, "DELETE FROM audit_checkpoints WHERE seq = 10")
     assert db_only.verify(signer).ok
     _failed(log.verify(signer), 10, "the checkpoint for entry 10 of ")
-    assert "but was deleted from the database" in str(log.verify(signer).problem)
+    assert str(log.verify(signer).problem).endswith("but was deleted from the database")
 
 
 def test_missing_external_log_is_named(
@@ -378,7 +378,7 @@ def test_checkpoints_in_s3_catch_a_wipe_of_the_database_and_the_home_file(
     assert db_only.verify(signer).ok
     report = log.verify(signer)
     _failed(report, 1, "the audit log is empty but the external checkpoint of ")
-    assert f"in {url} covers entry 9: the whole log was wiped" in str(report.problem)
+    assert str(report.problem).endswith(f"in {url} covers entry 9: the whole log was wiped")
 
 
 def test_server_start_writes_checkpoints_the_home_file_lacks(
@@ -457,7 +457,7 @@ def test_an_object_location_holds_one_object_per_checkpoint(
     assert db_only.verify(signer).ok
     report = log.verify(signer)
     _failed(report, 1, "the audit log is empty but the external checkpoint of ")
-    assert f"in {url} covers entry 10: the whole log was wiped" in str(report.problem)
+    assert str(report.problem).endswith(f"in {url} covers entry 10: the whole log was wiped")
 
 
 def test_an_object_location_reports_misnamed_and_garbled_objects(
