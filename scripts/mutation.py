@@ -107,6 +107,9 @@ EQUIVALENT: dict[str, str] = {
     "underlay.audit.xǁAuditLogǁcheckpoint_head__mutmut_4": (
         "synchronize_session=None: SQLAlchemy skips its checks and syncs nothing, as for False"
     ),
+    "underlay.audit.xǁAuditLogǁappend__mutmut_68": "as checkpoint_head__mutmut_4",
+    "underlay.audit.xǁAuditLogǁappend__mutmut_102": "as checkpoint_head__mutmut_4",
+    "underlay.audit.x__detail_text__mutmut_11": "codec names are case-insensitive",
     "underlay.audit.xǁAuditLogǁcheckpoint_head__mutmut_37": (
         "the seq in _flush's message: a checkpoint row at the head makes max(seq) >= head, so "
         "checkpoint_head returns before this flush can hit that duplicate"

@@ -213,7 +213,7 @@ def test_append_commits_and_rolls_back_with_the_callers_transaction(
     # A project-scoped session (what a route holds) can append too: audit rows are global.
     with db.session(Scope.projects(pid)) as s:
         entry = log.append(s, actor="ana", action="project.update", resource="kept", outcome="ok")
-    assert entry.seq == 1
+    assert (entry.seq, entry.client, entry.project, entry.detail) == (1, "", None, "{}")
     assert log.verify(signer).ok
 
 
@@ -229,7 +229,7 @@ def test_bad_input_is_refused_and_free_text_is_clipped(log: AuditLog) -> None:
         log.record(**base, detail={"when": dt.datetime.now(dt.UTC)})
     with pytest.raises(InvalidInput, match="keep it under"):
         log.record(**base, detail={"blob": "x" * 70_000})
-    with pytest.raises(InvalidInput, match="detail must be a mapping"):
+    with pytest.raises(InvalidInput, match=r"detail must be a mapping \(got list\)$"):
         log.record(**base, detail=["not", "a", "mapping"])  # type: ignore[arg-type]
 
     entry = log.record(**{**base, "resource": "/p/" + "x" * 600 + "\x00"})
@@ -272,7 +272,9 @@ def test_field_limits_are_exact_and_nul_in_free_text_is_replaced(log: AuditLog) 
     assert len(fits.detail.encode()) == MAX_DETAIL_BYTES
     with pytest.raises(InvalidInput, match="audit detail is 65537 characters; keep it under 65536"):
         log.record(**base, detail={"b": "x" * (MAX_DETAIL_BYTES - 7)})
-    with pytest.raises(InvalidInput, match="keep it under 65536 bytes"):
+    with pytest.raises(
+        InvalidInput, match=r"keep it under 65536 bytes and store large payloads as blobs$"
+    ):
         log.record(**base, detail={"b": "é" * (MAX_DETAIL_BYTES // 2)})
     with pytest.raises(InvalidInput, match="JSON-serialisable with string keys"):
         log.record(**base, detail={"x": float("nan")})
@@ -490,15 +492,25 @@ def test_append_refuses_to_write_over_a_stray_entry(
         " detail, prev_hash, hash) SELECT 3, at, actor, action, resource, project, client,"
         " outcome, detail, prev_hash, hash FROM audit_entries WHERE seq = 2",
     )
-    with pytest.raises(
-        IntegrityFailure,
-        match=re.escape(
-            "audit entry or checkpoint 3 already exists although the head says 2: the audit log "
-            "was altered outside underlay; run `underlay audit verify --local`"
-        ),
-    ):
+    stray = re.escape(
+        "audit entry or checkpoint 3 already exists although the head says 2: the audit log "
+        "was altered outside underlay; run `underlay audit verify --local`"
+    )
+    with pytest.raises(IntegrityFailure, match=stray):
         log.record(actor="ana", action="x.read", resource="r", outcome="ok")
     _failed(log.verify(signer), 3, "entry 3 lies beyond the head (2)")
+
+    # A stray checkpoint where the next checkpoint goes (checkpoint_every is 3).
+    _sql(db, "DELETE FROM audit_entries WHERE seq = 3")
+    _sql(
+        db,
+        "INSERT INTO audit_checkpoints (seq, hash, signature, key_id, at)"
+        " SELECT 3, hash, :sig, 'k', at FROM audit_entries WHERE seq = 2",
+        sig=b"s",
+    )
+    with pytest.raises(IntegrityFailure, match=stray):
+        log.record(actor="ana", action="x.read", resource="r", outcome="ok")
+    _failed(log.verify(signer), 3, "a checkpoint exists for entry 3 but the head says 2")
 
 
 def test_altered_head_is_reported(db: Database, log: AuditLog, signer: SigningKey) -> None:
