@@ -126,6 +126,13 @@ EQUIVALENT: dict[str, str] = {
         )
         for n in (33, 35, 36, 37, 38, 39, 40, 41, 45, 49, 52)
     },
+    **{
+        f"underlay.audit_checkpoints.x_check_external__mutmut_{n}": (
+            "the 'differs in' wording: a database checkpoint that passed the chain walk has its "
+            "entry's hash, and that entry was just found equal to the external record"
+        )
+        for n in (74, 78, 79)
+    },
     "underlay.audit_checkpoints.x__hashes__mutmut_7": (
         "range step 1: overlapping chunks of the same seqs, the same hashes found (slower)"
     ),

@@ -294,6 +294,23 @@ def test_rewrite_after_the_last_database_checkpoint_is_named(
     )
 
 
+def test_rewrite_from_the_first_entry_is_named_from_entry_1(
+    db: Database, log: AuditLog, signer: SigningKey, outside: FileLocation
+) -> None:
+    _fill(log, 3)  # checkpoint 3, outside too
+    _sql(db, "DELETE FROM audit_checkpoints")
+    _rewrite_from(db, 1, "mallory")
+    # A log configured with a long interval does not miss the deleted checkpoint itself.
+    lenient = AuditLog(db, signer, checkpoint_every=100, external=[outside])
+    assert AuditLog(db, signer, checkpoint_every=100).verify(signer).ok
+    _failed(
+        lenient.verify(signer),
+        1,
+        "entries 1 to 3 were rewritten after being signed: entry 3 does not match the "
+        "external checkpoint of ",
+    )
+
+
 def test_checkpoint_deleted_from_the_database_is_named(
     db: Database, log: AuditLog, db_only: AuditLog, signer: SigningKey
 ) -> None:
