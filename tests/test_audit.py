@@ -453,6 +453,14 @@ def test_deleted_checkpoints_are_reported(db: Database, log: AuditLog, signer: S
     _failed(log.verify(signer), 6, "checkpoint at entry 6 has an invalid signature")
 
 
+def test_a_tail_exactly_one_interval_long_needs_its_checkpoint(
+    db: Database, log: AuditLog, signer: SigningKey
+) -> None:
+    _fill(log, 9)
+    _sql(db, "DELETE FROM audit_checkpoints WHERE seq = 9")
+    _failed(log.verify(signer), 9, "no signed checkpoint after entry 6 although the head says 9")
+
+
 def test_rewound_head_and_stray_rows_are_reported(
     db: Database, log: AuditLog, signer: SigningKey
 ) -> None:
