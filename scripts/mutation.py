@@ -133,6 +133,26 @@ EQUIVALENT: dict[str, str] = {
         )
         for n in (74, 78, 79)
     },
+    "underlay.audit_checkpoints.xǁCheckpointLoopǁstop__mutmut_1": (
+        "join without a time limit: the thread ends as soon as the stop event is set"
+    ),
+    "underlay.audit_checkpoints.xǁCheckpointLoopǁstop__mutmut_2": "join(11): as stop__mutmut_1",
+    **{
+        f"underlay.audit_checkpoints.xǁObjectLocationǁ__init____mutmut_{n}": (
+            "how the root's slash is stripped: fsspec's url_to_fs returns it without a "
+            "trailing slash already"
+        )
+        for n in (7, 8, 9)
+    },
+    "underlay.audit_checkpoints.xǁObjectLocationǁ_objects__mutmut_1": (
+        "invalidate_cache(None) clears the whole listing cache, this root's included"
+    ),
+    "underlay.audit_checkpoints.xǁObjectLocationǁappend_after__mutmut_18": (
+        "codec names are case-insensitive"
+    ),
+    "underlay.audit_checkpoints.xǁObjectLocationǁread__mutmut_13": (
+        "codec names are case-insensitive"
+    ),
     "underlay.audit_checkpoints.x__hashes__mutmut_7": (
         "range step 1: overlapping chunks of the same seqs, the same hashes found (slower)"
     ),

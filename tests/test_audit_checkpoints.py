@@ -459,6 +459,9 @@ def test_an_object_location_holds_one_object_per_checkpoint(
         asked.append(after)
         return []
 
+    empty = ObjectLocation(f"memory://audit-{secrets.token_hex(6)}/", {})
+    assert empty.append_after(lambda after: [_record(1), _record(2)] if after == 0 else []) == 2
+    assert _seqs(empty) == [1, 2]
     fresh = ObjectLocation(url, {})  # as another process sees it: finds the newest object
     assert fresh.append_after(fetch) == 0
     assert location.append_after(fetch) == 0
@@ -537,5 +540,6 @@ def test_the_checkpoint_loop_signs_the_tail_and_keeps_ticking_after_a_failure(
         finally:
             loop.stop()
     assert not loop._thread.is_alive()
-    assert "retrying at the next one" in caplog.text
+    ticks = {r.getMessage() for r in caplog.records if r.name == "underlay.audit_checkpoints"}
+    assert ticks == {"audit checkpoint tick failed; retrying at the next one"}
     assert log.verify(signer).ok
