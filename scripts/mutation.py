@@ -119,6 +119,7 @@ EQUIVALENT: dict[str, str] = {
     ),
     "underlay.audit.xǁAuditLogǁ_export_after_commit__mutmut_3": "as _export_after_commit__mutmut_1",
     "underlay.audit.xǁAuditLogǁ_export_after_commit__mutmut_4": "as _export_after_commit__mutmut_1",
+    "underlay.audit.xǁAuditLogǁ_export_after_commit__mutmut_5": "as _export_after_commit__mutmut_1",
     **{
         f"underlay.audit.xǁAuditLogǁ_checkpoint__mutmut_{n}": (
             "the once-per-session export flag or once=True: event.listen registers a bound "
