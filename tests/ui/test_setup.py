@@ -30,8 +30,9 @@ def test_make_test_installs_chromium_with_apt() -> None:
     services = (ROOT / "scripts" / "ensure-services.sh").read_text()
     assert 'bash "$(dirname "$0")/ensure-chromium.sh"' in services
     script = (ROOT / "scripts" / "ensure-chromium.sh").read_text()
-    assert "apt-get install -y chromium" in script
-    assert "/usr/bin/chromium" in script
+    assert 'apt-ensure.sh" chromium /usr/bin/chromium' in script
+    installer = (ROOT / "scripts" / "apt-ensure.sh").read_text()
+    assert 'apt-get install -y "$package"' in installer
 
 
 def test_the_demo_ends_with_the_dashboard_and_serves_in_a_terminal(

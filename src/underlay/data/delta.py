@@ -20,7 +20,11 @@ from underlay.errors import InvalidInput
 Mode = Literal["append", "overwrite", "merge"]
 # how object_store (under delta-rs) words a store that failed, as opposed to refused data:
 # "Generic S3 error: Error performing PUT ... after 2 retries ... HTTP error: error sending request"
-_STORE_FAILURE = re.compile(r"Generic \w+ error|error sending request|after \d+ retries")
+# how object_store words a store's failure ("Generic S3 error: ..."); delta-rs's own
+# "Generic DeltaTable error" also wraps errors of the data being written, so it is not one
+_STORE_FAILURE = re.compile(
+    r"Generic (?!DeltaTable)\w+ error|error sending request|after \d+ retries"
+)
 
 
 def dataset_at(location: str, options: dict[str, str], version: int) -> pads.Dataset:

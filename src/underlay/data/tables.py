@@ -404,8 +404,9 @@ class TableStore:
         except UnderlayError:
             raise
         except OSError as error:
-            if any(source.error is not None for source in sources):
-                raise
+            failed = next((s.error for s in sources if s.error is not None), None)
+            if failed is not None:  # the data stopped the write, and delta-rs wrapped its error
+                raise failed from None
             raise Unavailable(
                 f"the tables' store ({self.root}) failed while {doing}: {error}; nothing was "
                 "published: try again once it is reachable"
