@@ -49,6 +49,22 @@ class LaunchSpec:
     workers: tuple[Worker, ...] = ()
 
 
+def new_attempt_folder(run_dir: Path, spec: LaunchSpec) -> Path:
+    """The attempt's own folder under ``run_dir``, made now; Conflict if it was made before
+    (the attempt was launched already), for every executor alike."""
+    from underlay.errors import Conflict
+
+    folder = run_dir / f"{spec.job_id}.{spec.attempt}"
+    try:
+        folder.mkdir(parents=True)
+    except FileExistsError:
+        raise Conflict(
+            f"attempt {spec.attempt} of job {spec.job_id} was launched already ({folder} "
+            "exists); adopt it or launch the next attempt"
+        ) from None
+    return folder
+
+
 @dataclass(frozen=True)
 class ProcessRef:
     """A launched attempt: the process group leader and its start time (guards pid reuse)."""

@@ -91,9 +91,10 @@ from underlay.compute.executors.base import (
     LaunchSpec,
     ProcessRef,
     UsageSample,
+    new_attempt_folder,
 )
 from underlay.compute.executors.isolation import Isolation
-from underlay.errors import Conflict, InvalidInput, Unavailable
+from underlay.errors import InvalidInput, Unavailable
 
 SHIM_PATH = Path(shim.__file__)
 PASSTHROUGH = frozenset(
@@ -187,14 +188,7 @@ class LocalExecutor:
                 "this node cannot isolate jobs and compute.require_isolation is set: "
                 f"{self.isolation.reason}"
             )
-        folder = self.run_dir / f"{spec.job_id}.{spec.attempt}"
-        try:
-            folder.mkdir(parents=True)
-        except FileExistsError:
-            raise Conflict(
-                f"attempt {spec.attempt} of job {spec.job_id} was launched already ({folder} "
-                "exists); adopt it or launch the next attempt"
-            ) from None
+        folder = new_attempt_folder(self.run_dir, spec)
         try:
             return self._start(spec, folder)
         except BaseException:

@@ -54,6 +54,7 @@ from underlay.compute.executors.base import (
     ProcessRef,
     UsageSample,
     Worker,
+    new_attempt_folder,
 )
 from underlay.compute.executors.isolation import Isolation
 from underlay.compute.executors.local import validate
@@ -63,7 +64,7 @@ from underlay.compute.executors.ray_cluster import (
     node_resource,
 )
 from underlay.config import ComputeSettings
-from underlay.errors import Conflict, InvalidInput, Unavailable, UnderlayError
+from underlay.errors import InvalidInput, Unavailable, UnderlayError
 
 NAMESPACE = "underlay"
 SLIVER = 0.001  # of a node's resource per worker: up to 1,000 workers on one node
@@ -160,14 +161,7 @@ class RayExecutor:
     def launch(self, spec: LaunchSpec) -> ProcessRef:
         validate(replace(spec, workers=()))
         workers = spec.workers or (Worker(self.node, spec.gpu_indexes, spec.gpu_uuids),)
-        folder = self.run_dir / f"{spec.job_id}.{spec.attempt}"
-        try:
-            folder.mkdir(parents=True)
-        except FileExistsError:
-            raise Conflict(
-                f"attempt {spec.attempt} of job {spec.job_id} was launched already ({folder} "
-                "exists); adopt it or launch the next attempt"
-            ) from None
+        folder = new_attempt_folder(self.run_dir, spec)
         try:
             return self._start(spec, workers, folder)
         except BaseException:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from operator import attrgetter
 
 from underlay.compute.scheduler.quota import FairShare
@@ -60,14 +60,7 @@ def in_order(
     if config.order != "fair" or fair is None:
         yield from queue_order
         return
-    queues: dict[str, deque[Workload]] = {}
-    for w in queue_order:
-        queue = queues.get(w.project)
-        if queue is None:
-            queue = queues[w.project] = deque()
-        queue.append(w)
-    heap = [(fair.share(p), p) for p in queues]
-    heapq.heapify(heap)
+    queues, heap = _project_queues(queue_order, fair)
     while heap:
         _, project = heapq.heappop(heap)
         queue = queues[project]
@@ -96,14 +89,7 @@ def fair_runs(
     ``fair`` (or the queue is empty) before asking for the next. The same order as
     :func:`in_order`, without resuming a generator for every workload."""
     queue_order = workloads if presorted else ordered(config, workloads)
-    queues: dict[str, deque[Workload]] = {}
-    for w in queue_order:
-        queue = queues.get(w.project)
-        if queue is None:
-            queue = queues[w.project] = deque()
-        queue.append(w)
-    heap = [(fair.share(p), p) for p in queues]
-    heapq.heapify(heap)
+    queues, heap = _project_queues(queue_order, fair)
     while heap:
         _, project = heapq.heappop(heap)
         queue = queues[project]
@@ -115,3 +101,18 @@ def fair_runs(
             if heap and heap[0] < entry:
                 heapq.heappush(heap, entry)
                 break
+
+
+def _project_queues(
+    queue_order: Iterable[Workload], fair: FairShare
+) -> tuple[dict[str, deque[Workload]], list[tuple[float, str]]]:
+    """Each project's workloads in queue order, and a heap of the projects by share."""
+    queues: dict[str, deque[Workload]] = {}
+    for w in queue_order:
+        queue = queues.get(w.project)
+        if queue is None:
+            queue = queues[w.project] = deque()
+        queue.append(w)
+    heap = [(fair.share(p), p) for p in queues]
+    heapq.heapify(heap)
+    return queues, heap
