@@ -24,7 +24,7 @@ from underlay.audit_checkpoints import CheckpointLocation, FileLocation, ObjectL
 from underlay.blobs import BlobStore
 from underlay.config import Settings, ensure_home, write_secret_file
 from underlay.crypto import Keyring, SigningKey
-from underlay.data import staging
+from underlay.data import parts, staging
 from underlay.errors import (
     NotFound,
     PermissionDenied,
@@ -130,6 +130,7 @@ class Platform:
         # locally, every partial no live write holds locked; remotely, only stale ones
         self.blobs.sweep_partials(older_than_s=0 if self.blobs.locks_partials else 3600)
         staging.sweep(self.settings.home)  # table uploads a killed process staged
+        parts.sweep(self.settings.home)  # writes in parts idle for a day (their driver died)
         self.audit.export_checkpoints()  # catch up on writes that failed before a restart
         with self.db.session(Scope.everything()) as session:
             secret = bootstrap_admin(session, self.settings.admin_token)

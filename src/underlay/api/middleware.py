@@ -33,7 +33,9 @@ from underlay.errors import InvalidInput, PayloadTooLarge, UnderlayError
 
 log = logging.getLogger("underlay.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
-_UPLOAD = re.compile(r"^/api/v1/projects/[^/]+/(blobs(/batch)?|tables/[^/]+/data)/?$")
+_UPLOAD = re.compile(
+    r"^/api/v1/projects/[^/]+/(blobs(/batch)?|tables/[^/]+/(data|parts/[0-9a-f]+/[0-9]+))/?$"
+)
 # a node agent's heartbeat and log shipping: several a second, logged at DEBUG when they succeed
 _ROUTINE = re.compile(r"^/api/v1/nodes/[^/]+(/attempts/\d+/logs)?$")
 

@@ -675,6 +675,57 @@ class TableMethods:
             shuffle_buffer=shuffle_buffer,
         )
 
+    def read_ray(
+        self,
+        project: str,
+        table: str,
+        *,
+        version: int | None = None,
+        columns: list[str] | None = None,
+        parallelism: int = -1,
+    ) -> Any:
+        """A ``ray.data.Dataset`` of ``table`` (``"name@3"`` for version 3; the published
+        version, pinned now, by default), read by tasks across the Ray cluster this process
+        is connected to, each streaming its pieces through the API with this client's token
+        (see :mod:`underlay.client.ray_data`). Needs ``pip install 'underlay[ray]'``."""
+        return _ray_data().read_dataset(
+            self,
+            project,
+            table,
+            version=version,
+            columns=columns,
+            parallelism=parallelism,
+        )
+
+    def write_ray(
+        self,
+        project: str,
+        table: str,
+        dataset: Any,
+        *,
+        mode: str = "append",
+        key: list[str] | tuple[str, ...] = (),
+        evolve: bool = False,
+        pii: dict[str, str] | None = None,
+        concurrency: int | None = None,
+    ) -> WriteRead:
+        """Write a ``ray.data.Dataset`` as ONE new version of ``table``: its write tasks
+        upload their blocks as parts through the API, then the parts are committed together
+        (``mode``, ``key``, ``evolve`` and ``pii`` as for :meth:`write_table`). All or
+        nothing: when a task fails, no version is made and no part is left."""
+        written: WriteRead = _ray_data().write_dataset(
+            self,
+            project,
+            table,
+            dataset,
+            mode=mode,
+            key=key,
+            evolve=evolve,
+            pii=pii,
+            concurrency=concurrency,
+        )
+        return written
+
     def sql(self, project: str, query: str) -> Any:
         """Run one SELECT over the project's tables (``name@3`` for version 3): a pyarrow
         Table."""
@@ -708,3 +759,13 @@ class TableMethods:
             raise Unavailable(f"cannot reach the server at {self._http.base_url}: {exc}") from exc
         except pa.ArrowInvalid as exc:
             raise IntegrityFailure(f"the result stream broke off: {exc}") from exc
+
+
+def _ray_data() -> Any:
+    try:
+        from underlay.client import ray_data
+    except ImportError as error:
+        raise InvalidInput(
+            f"Ray Data cannot be imported ({error}): pip install 'underlay[ray]'"
+        ) from None
+    return ray_data

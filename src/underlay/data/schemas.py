@@ -349,3 +349,24 @@ class SubjectTableRead(BaseModel):
 
 class SubjectRead(BaseModel):
     tables: list[SubjectTableRead]
+
+
+class PartsStarted(BaseModel):
+    """A write in parts, started: its parts go to ``…/parts/{write}/{index}``."""
+
+    table: str
+    write: str = Field(description="The write's id: name it in each part and in the commit.")
+
+
+class PartRead(BaseModel):
+    index: int
+    rows: int
+    bytes: int
+
+
+class PartsCommit(BaseModel):
+    parts: list[int] = Field(
+        min_length=1,
+        max_length=100_000,
+        description="The parts that make the version, in order: each must have been staged.",
+    )

@@ -27,7 +27,7 @@ from starlette.requests import ClientDisconnect
 from underlay import identity
 from underlay.api.deps import Ctx
 from underlay.api.limits import BINARY_BODY, UploadSlots, body_chunks
-from underlay.data import folders, ingest, pieces, quality, staging
+from underlay.data import folders, ingest, parts, pieces, quality, staging
 from underlay.data.arrowio import ipc_chunks, json_default
 from underlay.data.privacy import PII_KEY_PURPOSE, IngestMasker, parse_policies
 from underlay.data.quality import CheckSpec
@@ -226,6 +226,7 @@ class _Spec:
     subject_key: str | None = None
     watermark: str | None = None
     folder: bool = False
+    parts: tuple[Path, ...] = ()  # a write in parts: its staged parts (underlay.data.parts)
 
 
 def _write(
@@ -264,6 +265,7 @@ def _write(
             u.resource = f"{_resource(project, name)}@{result.version}"
             u.detail = {
                 **({"files": files} if spec.folder else {}),
+                **({"parts": files} if spec.parts else {}),
                 "mode": spec.mode,
                 "rows": result.rows_written,
                 "quarantined": result.rows_quarantined,
@@ -317,6 +319,9 @@ def _stage_and_write(
     """Stage the upload to a temporary file (a folder's files each to one), then read it
     into the table; returns the result, the rows set aside and the number of files."""
     home = ctx.platform.settings.home
+    if spec.parts:
+        result = _write_parts(ctx, store, project_id, table_id, list(spec.parts), spec, key)
+        return result, None, len(spec.parts)
     if spec.folder:
         with staging.staged_folder(home) as where:
             files = _stage_folder(where, body, spec.fmt)
@@ -451,6 +456,32 @@ def _write_arrow(
         created_by=ctx.actor.user_id or None,
         masker=IngestMasker(reader.schema, spec.policies, key),
         watermark=spec.watermark,
+    )
+
+
+def _write_parts(
+    ctx: Ctx,
+    store: TableStore,
+    project_id: int,
+    table_id: int,
+    files: list[Path],
+    spec: _Spec,
+    key: bytes,
+) -> Any:
+    """The staged parts of a write in parts (Arrow IPC streams), in order, as one version."""
+    schema, batches = parts.open_parts(files)
+    return store.write(
+        ctx.platform.db,
+        project_id,
+        table_id,
+        batches,
+        schema,
+        mode=spec.mode,
+        keys=spec.keys,
+        evolve=spec.evolve,
+        source=spec.source or "parts",
+        created_by=ctx.actor.user_id or None,
+        masker=IngestMasker(schema, spec.policies, key),
     )
 
 
