@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import ADMIN_TOKEN, LiveServer
 from underlay.config import Settings, ensure_home
-from underlay.errors import InvalidInput, NotFound
+from underlay.errors import NotFound
 
 if importlib.util.find_spec("ray") is None or importlib.util.find_spec("pandas") is None:
     pytest.skip("Ray Data is not installed (pip install 'underlay[ray]')", allow_module_level=True)
@@ -227,17 +227,4 @@ def test_a_failed_task_leaves_no_version_and_no_part(
     with pytest.raises(Exception, match="boom"):
         admin.write_ray(PROJECT, "events", dataset, mode="overwrite")
     assert admin.table_info(PROJECT, "events").version == before
-    assert not _staged(server)
-
-
-def test_a_commit_names_only_staged_parts(server: LiveServer, admin: Any) -> None:
-    base = f"/projects/{PROJECT}/tables/parts-check/parts"
-    write = admin._request("POST", base).json()["write"]
-    with pytest.raises(InvalidInput, match="no Arrow IPC stream"):
-        admin._request("PUT", f"{base}/{write}/0", content=b"not arrow")
-    assert not [p for p in _staged(server) if list((server.settings.home / "tmp" / p).glob("0*"))]
-    with pytest.raises(InvalidInput, match=r"part\(s\) 0 were never staged"):
-        admin._request("POST", f"{base}/{write}/commit", json={"parts": [0]})
-    with pytest.raises(NotFound, match="no write in parts"):  # a commit ends the write
-        admin._request("DELETE", f"{base}/{write}")
     assert not _staged(server)
