@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pyarrow as pa
 import pytest
 
@@ -54,6 +55,7 @@ def cluster() -> Iterator[LocalRayCluster]:
     temp = Path(tempfile.mkdtemp(prefix="urd-", dir="/tmp"))  # short: Ray socket paths
     local = LocalRayCluster(temp)
     saved = {name: os.environ.get(name) for name in auth_environment(local.token_path)}
+    pids: set[int] = set()
     try:
         local.start_head("ray-head")
         local.add_node("ray-worker")
@@ -73,7 +75,13 @@ def cluster() -> Iterator[LocalRayCluster]:
         context.print_on_execution_start = False
         yield local
     finally:
+        if ray.is_initialized():
+            # Ray Data's detached actors (its stats, usage and autoscaling coordinator) would
+            # keep the head from stopping for half a minute
+            for named in ray.util.list_named_actors(all_namespaces=True):
+                ray.kill(ray.get_actor(named["name"], namespace=named["namespace"]))
         ray.shutdown()
+        pids = local.pids()
         local.stop()
         shutil.rmtree(temp, ignore_errors=True)
         for name, value in saved.items():
@@ -81,6 +89,8 @@ def cluster() -> Iterator[LocalRayCluster]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+    left = [pid for pid in pids if psutil.pid_exists(pid) and _alive(pid)]
+    assert not left, f"Ray processes left behind: {left}"
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +124,13 @@ def admin(server: LiveServer) -> Iterator[Any]:
                 ),
             )
         yield client
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _sorted(table: pa.Table) -> pa.Table:

@@ -10,8 +10,8 @@ quality gates and audit. So:
   published one unless a version is named), from the list of its pieces (the row groups of its
   Parquet files, underlay.data.pieces). Read task ``k`` of ``n`` streams shard ``k/n`` of that
   version (the pieces ``k, k+n, …``) with the loader's ``GET …/pieces/raw`` and decodes them
-  where it runs, as the loader does; with ``n`` equal to the number of pieces (the default
-  when Ray asks for at least that many), each task fetches exactly one piece. A write that
+  where it runs, as the loader does; by default ``n`` is the number of pieces, so each task
+  fetches exactly one piece. A write that
   lands meanwhile changes nothing a task reads.
 - **write** (:func:`write_dataset`): the driver starts a write in parts (underlay.data.parts);
   each write task uploads its blocks as one part (an Arrow IPC stream, numbered by the task);
@@ -60,8 +60,8 @@ def read_dataset(
     parallelism: int = -1,
 ) -> ray.data.Dataset:
     """A Ray Dataset of ``table`` (``"name@3"`` for version 3; the published version, pinned
-    now, by default); ``parallelism``: how many read tasks (-1: Ray's choice, at most one per
-    piece)."""
+    now, by default); ``parallelism``: how many read tasks (at most one per piece; by default
+    one per piece). ``Dataset.repartition`` spreads a table of few pieces wider."""
     import ray.data
 
     from underlay.client.loader import parse_table
@@ -69,7 +69,10 @@ def read_dataset(
     name, number = parse_table(table, version)
     found = client.table_pieces(project, name, version=number)
     source = TableDatasource(client._connect, project, found, columns)
-    blocks = parallelism if parallelism > 0 else None
+    # by default one task per piece, each piece one block: left to itself, Ray would split
+    # the blocks of a table of few pieces into ~200 (its default parallelism), and every
+    # block then costs a task of its own in each later step (a write's part, for one)
+    blocks = parallelism if parallelism > 0 else max(1, len(found.pieces))
     dataset: ray.data.Dataset = ray.data.read_datasource(source, override_num_blocks=blocks)
     return dataset
 
