@@ -18,11 +18,13 @@ from typing import Any
 
 import psutil
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, LiveServer
 from underlay.config import Settings, ensure_home
-from underlay.errors import NotFound
+from underlay.data.pipelines import Output, Pipeline, python, sql
+from underlay.errors import InvalidInput, NotFound
 
 if importlib.util.find_spec("ray") is None or importlib.util.find_spec("pandas") is None:
     pytest.skip("Ray Data is not installed (pip install 'underlay[ray]')", allow_module_level=True)
@@ -245,3 +247,62 @@ def test_a_failed_task_leaves_no_version_and_no_part(
         admin.write_ray(PROJECT, "events", dataset, mode="overwrite")
     assert admin.table_info(PROJECT, "events").version == before
     assert not _staged(server)
+
+
+def _evens(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        yield batch.filter(pc.equal(pc.bit_wise_and(batch.column("id"), 1), 0))
+
+
+def _cents(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
+    for batch in batches:
+        cents = pc.cast(pc.multiply(batch.column("amount"), 100), pa.int64())
+        yield pa.Table.from_batches([batch]).append_column("cents", cents)
+
+
+def test_an_etl_pipeline_runs_with_ray_data_as_it_runs_locally(
+    cluster: LocalRayCluster, server: LiveServer, admin: Any
+) -> None:
+    spec = Pipeline(
+        name="evens",
+        sources={"events": PINNED},
+        transforms=[python("even", _evens), python("cents", _cents)],
+        output={"table": "evens_ray", "mode": "overwrite"},
+    )
+    on_ray = admin.run_pipeline(PROJECT, spec, engine="ray")
+    assert on_ray.status == "succeeded", on_ray.error
+    local = admin.run_pipeline(
+        PROJECT, spec.model_copy(update={"output": Output(table="evens_local")})
+    )
+    assert local.status == "succeeded", local.error
+    assert (on_ray.rows_in, on_ray.rows_out) == (local.rows_in, local.rows_out) == (ROWS, ROWS // 2)
+    assert [s.rows_out for s in on_ray.steps] == [s.rows_out for s in local.steps]
+    assert [(i.table, i.version) for i in on_ray.inputs] == [("events", WRITES - 1)]
+    assert on_ray.output_version == 0  # one version, whatever the number of tasks
+    ray_rows = admin.read_table(PROJECT, "evens_ray")
+    assert _sorted(ray_rows).equals(_sorted(admin.read_table(PROJECT, "evens_local")))
+    # SQL runs on one machine: refused before any run starts
+    runs = len(admin.list_pipeline_runs(PROJECT))
+    with_sql = spec.model_copy(update={"transforms": [sql("q", "select * from events")]})
+    with pytest.raises(InvalidInput, match="step 'q' is SQL, which runs on one machine"):
+        admin.run_pipeline(PROJECT, with_sql, engine="ray")
+    assert len(admin.list_pipeline_runs(PROJECT)) == runs
+
+
+def test_a_step_from_the_pipelines_folder_runs_on_the_ray_workers(
+    cluster: LocalRayCluster, server: LiveServer, admin: Any, tmp_path: Path
+) -> None:
+    # the workers cannot import the pipeline's folder by name: its module travels by value
+    (tmp_path / "ray_etl_steps.py").write_text(
+        "import pyarrow.compute as pc\n\n\n"
+        "def first_ten(batches):\n"
+        "    for batch in batches:\n"
+        "        yield batch.filter(pc.less(batch.column('id'), 10))\n"
+    )
+    (tmp_path / "small.yaml").write_text(
+        f"name: small\nsources:\n  events: {PINNED}\ntransforms:\n"
+        "  - name: small\n    python: ray_etl_steps:first_ten\noutput:\n  table: small\n"
+    )
+    record = admin.run_pipeline(PROJECT, tmp_path / "small.yaml", engine="ray")
+    assert record.status == "succeeded", record.error
+    assert sorted(admin.read_table(PROJECT, "small").column("id").to_pylist()) == list(range(10))

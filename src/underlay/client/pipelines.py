@@ -24,19 +24,26 @@ class PipelineMethods:
         def _many(self, model: type[Any], path: str, **kwargs: Any) -> list[Any]: ...
 
     def run_pipeline(
-        self, project: str, pipeline: Pipeline | str | Path, *, job_id: int | None = None
+        self,
+        project: str,
+        pipeline: Pipeline | str | Path,
+        *,
+        job_id: int | None = None,
+        engine: str = "local",
     ) -> PipelineRunRead:
         """Run ``pipeline`` (a :class:`~underlay.data.pipelines.Pipeline`, or the path of a
         YAML or Python file that declares one) in this process and return its record.
 
-        The transforms run here; the server only records the run. A transform that fails
-        gives a ``failed`` run (its ``error`` says why), not an exception; a spec that does
-        not validate, or an input the caller cannot read, raises before any run starts."""
+        The transforms run here (``engine="ray"``: as Ray Data tasks on the Ray cluster this
+        process is connected to, see :mod:`underlay.data.pipeline_ray`); the server only
+        records the run. A transform that fails gives a ``failed`` run (its ``error`` says
+        why), not an exception; a spec that does not validate, or an input the caller cannot
+        read, raises before any run starts."""
         from underlay.data.pipeline_runner import run
         from underlay.data.pipelines import load
 
         spec = pipeline if not isinstance(pipeline, (str, Path)) else load(Path(pipeline))
-        return run(self, project, spec, job_id=job_id)  # type: ignore[arg-type]
+        return run(self, project, spec, job_id=job_id, engine=engine)  # type: ignore[arg-type]
 
     def create_pipeline_run(self, project: str, body: dict[str, Any]) -> PipelineRunRead:
         result: PipelineRunRead = self._one(

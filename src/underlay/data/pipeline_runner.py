@@ -61,11 +61,24 @@ def pin(client: Client, project: str, spec: Pipeline) -> dict[str, tuple[str, in
 
 
 def run(
-    client: Client, project: str, spec: Pipeline, *, job_id: int | None = None
+    client: Client,
+    project: str,
+    spec: Pipeline,
+    *,
+    job_id: int | None = None,
+    engine: str = "local",
 ) -> PipelineRunRead:
     """Run ``spec`` here and return the run's record (``failed`` with the error when a step
     or the write fails). Raises only when the run cannot start (inputs unknown or not
-    readable, no permission)."""
+    readable, no permission, a pipeline the engine cannot run). ``engine="ray"`` runs the
+    steps with Ray Data on the cluster this process is connected to (see
+    :mod:`underlay.data.pipeline_ray`)."""
+    if engine not in ("local", "ray"):
+        raise InvalidInput(f"engine {engine!r} must be local or ray")
+    if engine == "ray":
+        from underlay.data import pipeline_ray
+
+        pipeline_ray.check(spec)
     if job_id is None and os.environ.get("UNDERLAY_JOB_ID", "").isdigit():
         job_id = int(os.environ["UNDERLAY_JOB_ID"])
     pinned = pin(client, project, spec)
@@ -83,7 +96,7 @@ def run(
     started = time.monotonic()
     report = _Report()
     with _Lease(client, project, record.id, record.lease_s):
-        return _run_recorded(client, project, spec, pinned, record.id, report, started)
+        return _run_recorded(client, project, spec, pinned, record.id, report, started, engine)
 
 
 def _run_recorded(
@@ -94,10 +107,14 @@ def _run_recorded(
     run_id: int,
     report: _Report,
     started: float,
+    engine: str = "local",
 ) -> PipelineRunRead:
     finish: dict[str, Any]
     try:
-        written = _execute(client, project, spec, pinned, report)
+        if engine == "ray":
+            written = _execute_ray(client, project, spec, pinned, report)
+        else:
+            written = _execute(client, project, spec, pinned, report)
     except Exception as error:  # the user-code boundary: a failed run, not a crash
         finish = {"status": "failed", "error": _message(error).replace("\x00", "")[:2000]}
     except BaseException as error:  # Ctrl-C, or a stop the caller turned into one
@@ -164,6 +181,20 @@ def _message(error: BaseException) -> str:
         return str(error)
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _execute_ray(
+    client: Client,
+    project: str,
+    spec: Pipeline,
+    pinned: dict[str, tuple[str, int]],
+    report: _Report,
+) -> Any:
+    from underlay.data import pipeline_ray
+
+    for table, version in pinned.values():
+        report.rows_in += client.table_pieces(project, table, version=version).rows
+    return pipeline_ray.execute(client, project, spec, pinned, report.steps)
 
 
 def _execute(
