@@ -13,7 +13,8 @@ times each, the best run kept:
 - ``read_ray``: ``Client.read_ray(...).materialize()``: one read task per piece, each
   streaming its piece through the server into Ray's object store.
 
-And once each: ``write_table`` of the table as one Arrow stream against ``write_ray`` of the
+Then the fixed cost of a ``read_ray`` (a table of one row: planning, one task, the object
+store), and once each: ``write_table`` of the table as one Arrow stream against ``write_ray`` of the
 materialised Dataset (each task stages its blocks as a part, one commit), to a new table.
 
 Printed: rows/s of each and the ratios. On one machine every reader shares its cores with the
@@ -143,6 +144,13 @@ def main() -> None:
                     f"read_ray / duckdb: {best['duckdb (direct)'] / best['read_ray']:.2f}; "
                     f"loader / duckdb: {best['duckdb (direct)'] / best['loader']:.2f}"
                 )
+                c.write_table("bench", "tiny", part(0, 1))
+                fixed = math.inf
+                for _ in range(args.repeat):
+                    start = time.perf_counter()
+                    c.read_ray("bench", "tiny").materialize()
+                    fixed = min(fixed, time.perf_counter() - start)
+                print(f"fixed cost of one read_ray (a table of one row): {fixed:.3f} s")
                 whole = c.read_table("bench", "events")
                 dataset = c.read_ray("bench", "events").materialize()
                 start = time.perf_counter()
