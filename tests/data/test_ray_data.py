@@ -306,3 +306,15 @@ def test_a_step_from_the_pipelines_folder_runs_on_the_ray_workers(
     record = admin.run_pipeline(PROJECT, tmp_path / "small.yaml", engine="ray")
     assert record.status == "succeeded", record.error
     assert sorted(admin.read_table(PROJECT, "small").column("id").to_pylist()) == list(range(10))
+
+
+def test_the_top_level_helpers_use_the_client_of_the_environment(
+    cluster: LocalRayCluster, server: LiveServer, admin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import underlay
+
+    monkeypatch.setenv("UNDERLAY_URL", server.url)
+    monkeypatch.setenv("UNDERLAY_TOKEN", ADMIN_TOKEN)
+    small = underlay.read_ray(PROJECT, PINNED, columns=["id"]).filter(expr=col("id") < 100)
+    written = underlay.write_ray(PROJECT, "hundred", small)
+    assert (written.version, written.rows_written) == (0, 100)
