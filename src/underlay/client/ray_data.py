@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -112,11 +113,24 @@ class TableDatasource(Datasource):
         return out
 
 
+_CLIENTS: dict[tuple[int, Connect], Client] = {}
+
+
 def _client(connect: Connect) -> Client:
+    """A client connected as ``connect`` says, one per worker process and connection: making
+    one costs tens of milliseconds (its TLS context), a task per piece would pay it each time,
+    and its open connections are reused by the worker's next tasks."""
     from underlay.client.client import Client
 
-    url, token, verify, timeout_s, retry_budget_s = connect
-    return Client(url, token, verify=verify, timeout_s=timeout_s, retry_budget_s=retry_budget_s)
+    key = (os.getpid(), connect)
+    found = _CLIENTS.get(key)
+    if found is None:
+        url, token, verify, timeout_s, retry_budget_s = connect
+        found = Client(
+            url, token, verify=verify, timeout_s=timeout_s, retry_budget_s=retry_budget_s
+        )
+        _CLIENTS[key] = found
+    return found
 
 
 def _read_shard(connect: Connect, path: str, params: dict[str, Any]) -> Iterator[pa.Table]:
@@ -124,22 +138,22 @@ def _read_shard(connect: Connect, path: str, params: dict[str, Any]) -> Iterator
     ``BLOCK_BYTES`` (one empty block, with the schema, for a shard with no row)."""
     from underlay.client.loader import _close, _pieces
 
-    with _client(connect) as client:
-        stream = _pieces(client, path, params, ahead=True)
-        try:
-            schema = next(stream)
-            pending: list[pa.RecordBatch] = []
-            held, sent = 0, False
-            for batch in stream:
-                pending.append(batch)
-                held += batch.nbytes
-                if held >= BLOCK_BYTES:
-                    yield pa.Table.from_batches(pending, schema)
-                    pending, held, sent = [], 0, True
-            if pending or not sent:
+    client = _client(connect)
+    stream = _pieces(client, path, params, ahead=True)
+    try:
+        schema = next(stream)
+        pending: list[pa.RecordBatch] = []
+        held, sent = 0, False
+        for batch in stream:
+            pending.append(batch)
+            held += batch.nbytes
+            if held >= BLOCK_BYTES:
                 yield pa.Table.from_batches(pending, schema)
-        finally:
-            _close(stream)
+                pending, held, sent = [], 0, True
+        if pending or not sent:
+            yield pa.Table.from_batches(pending, schema)
+    finally:
+        _close(stream)
 
 
 def write_dataset(
@@ -210,23 +224,28 @@ class TableDatasink(Datasink[tuple[int, int] | None]):
                     more = more.cast(schema)
                 yield from more.to_batches()
 
-        with _client(self._connect) as client:
-            staged: PartRead = client._one(
-                PartRead,
-                "PUT",
-                f"{self._path}/{ctx.task_idx}",
-                content=(bytes(c) for c in ipc_chunks(schema, batches())),
-                headers={"Content-Type": "application/octet-stream"},
-                timeout=_no_read_timeout(client),
-            )
+        client = _client(self._connect)
+        staged: PartRead = client._one(
+            PartRead,
+            "PUT",
+            f"{self._path}/{ctx.task_idx}",
+            content=(bytes(c) for c in ipc_chunks(schema, batches())),
+            headers={"Content-Type": "application/octet-stream"},
+            timeout=_no_read_timeout(client),
+        )
         return staged.index, staged.rows
 
     def on_write_complete(self, write_result: WriteResult[tuple[int, int] | None]) -> None:
         """Commit the parts, in task order, as one version (on the driver)."""
+        from underlay.client.client import Client
+
         indices = sorted(r[0] for r in write_result.write_returns if r is not None)
         if not indices:
             raise InvalidInput("the dataset holds no row: nothing was written")
-        with _client(self._connect) as client:
+        url, token, verify, timeout_s, retry_budget_s = self._connect
+        with Client(
+            url, token, verify=verify, timeout_s=timeout_s, retry_budget_s=retry_budget_s
+        ) as client:  # the driver's: once, not kept
             self.result = client._one(
                 WriteRead,
                 "POST",
