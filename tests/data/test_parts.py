@@ -134,3 +134,33 @@ def test_sweep_removes_writes_idle_past_their_ttl(tmp_path: Path) -> None:
     os.utime(folder, (old, old))
     assert parts.sweep(tmp_path) == 1
     assert [p.name for p in (tmp_path / "tmp").iterdir()] == [f"{parts.PREFIX}{busy}"]
+
+
+def test_a_reader_names_its_pieces_and_the_server_checks_them(
+    server: Any, admin: Any, project: str
+) -> None:
+    from underlay.client.loader import _pieces
+
+    for start in (0, 10, 20):  # three files of one row group each
+        admin.write_table(PROJECT, "p", pa.table({"id": list(range(start, start + 10))}))
+    path = f"/projects/{PROJECT}/tables/p/pieces/raw"
+
+    def ids(**params: Any) -> list[int]:
+        stream = _pieces(admin, path, {"version": 2, **params}, ahead=False)
+        next(stream)  # the schema
+        return [i for batch in stream for i in batch.column("id").to_pylist()]
+
+    files = {p.file: p for p in admin.table_pieces(PROJECT, "p").pieces}
+    assert len(files) == 3
+    first = {i: ids(pieces=f"{i}:0")[0] for i in files}  # which file holds which rows
+    order = sorted(files, key=lambda i: first[i], reverse=True)
+    named = ids(pieces=",".join(f"{i}:0" for i in order))
+    assert named == list(range(20, 30)) + list(range(10, 20)) + list(range(10))  # as named
+    with pytest.raises(InvalidInput, match="the version has 3 files"):
+        ids(pieces="7:0")
+    with pytest.raises(InvalidInput, match="file 0 has 1 row groups"):
+        ids(pieces="0:4")
+    with pytest.raises(InvalidInput, match="FILE:GROUP"):
+        ids(pieces="0-1")
+    with pytest.raises(InvalidInput, match="not both"):
+        ids(pieces="0:0", shard="0/2")

@@ -167,6 +167,10 @@ def test_read_ray_reads_the_pinned_version_as_duckdb_and_the_loader_do(
     assert f"{len(pieces.pieces)} tasks executed" in stats, stats
     columns = _materialise(admin.read_ray(PROJECT, PINNED, columns=["id"]))
     assert columns.column_names == ["id"] and columns.num_rows == ROWS
+    # fewer tasks than pieces: each reads its consecutive pieces, request after request
+    two = admin.read_ray(PROJECT, PINNED, parallelism=2)
+    assert _sorted(_materialise(two)).equals(_sorted(by_sql))
+    assert "2 tasks executed" in two.stats()
 
 
 def test_another_projects_token_is_refused(

@@ -38,6 +38,7 @@ from ray.data.block import Block, BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasink
 from ray.data.datasource.datasink import WriteResult
 
+from underlay.data.pieces import MAX_NAMED
 from underlay.data.schemas import PartRead, PartsStarted, TablePiecesRead, WriteRead
 from underlay.errors import InvalidInput, NotFound
 
@@ -101,13 +102,19 @@ class TableDatasource(Datasource):
         pieces = self._found.pieces
         tasks = max(1, min(len(pieces), parallelism)) if parallelism > 0 else max(1, len(pieces))
         path = f"/projects/{self._project}/tables/{self._found.table}/pieces/raw"
+        base: dict[str, Any] = {"version": self._found.version}
+        if self._columns:
+            base["columns"] = ",".join(self._columns)
         out = []
-        for k in range(tasks):
-            params: dict[str, Any] = {"version": self._found.version, "shard": f"{k}/{tasks}"}
-            if self._columns:
-                params["columns"] = ",".join(self._columns)
-            rows = sum(p.rows for p in pieces[k::tasks])
-            read = functools.partial(_read_shard, self._connect, path, params)
+        for k in range(tasks):  # consecutive pieces: the table's order, block after block
+            mine = pieces[k * len(pieces) // tasks : (k + 1) * len(pieces) // tasks]
+            named = [f"{p.file}:{p.row_group}" for p in mine]
+            requests = [
+                {**base, "pieces": ",".join(named[i : i + MAX_NAMED])}
+                for i in range(0, len(named), MAX_NAMED)
+            ] or [{**base, "shard": "0/1"}]  # a version of no piece: its schema, no row
+            read = functools.partial(_read_pieces, self._connect, path, requests)
+            rows = sum(p.rows for p in mine)
             meta = BlockMetadata(num_rows=rows, size_bytes=None, input_files=None, exec_stats=None)
             out.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
         return out
@@ -133,27 +140,29 @@ def _client(connect: Connect) -> Client:
     return found
 
 
-def _read_shard(connect: Connect, path: str, params: dict[str, Any]) -> Iterator[pa.Table]:
-    """Read task: the rows of one shard of the pinned version, as blocks of about
-    ``BLOCK_BYTES`` (one empty block, with the schema, for a shard with no row)."""
+def _read_pieces(connect: Connect, path: str, requests: list[dict[str, Any]]) -> Iterator[pa.Table]:
+    """Read task: the rows of its pieces of the pinned version (``requests``: the query of
+    each request, one after another), as blocks of about ``BLOCK_BYTES`` (one empty block,
+    with the schema, when there is no row)."""
     from underlay.client.loader import _close, _pieces
 
     client = _client(connect)
-    stream = _pieces(client, path, params, ahead=True)
-    try:
-        schema = next(stream)
-        pending: list[pa.RecordBatch] = []
-        held, sent = 0, False
-        for batch in stream:
-            pending.append(batch)
-            held += batch.nbytes
-            if held >= BLOCK_BYTES:
-                yield pa.Table.from_batches(pending, schema)
-                pending, held, sent = [], 0, True
-        if pending or not sent:
-            yield pa.Table.from_batches(pending, schema)
-    finally:
-        _close(stream)
+    pending: list[pa.RecordBatch] = []
+    held, sent, schema = 0, False, None
+    for params in requests:
+        stream = _pieces(client, path, params, ahead=True)
+        try:
+            schema = next(stream)
+            for batch in stream:
+                pending.append(batch)
+                held += batch.nbytes
+                if held >= BLOCK_BYTES:
+                    yield pa.Table.from_batches(pending, schema)
+                    pending, held, sent = [], 0, True
+        finally:
+            _close(stream)
+    if pending or not sent:
+        yield pa.Table.from_batches(pending, schema)
 
 
 def write_dataset(

@@ -45,6 +45,19 @@ class Piece:
 
 
 _SHARD = re.compile(r"([0-9]{1,9})/([0-9]{1,9})")
+_PIECES = re.compile(r"[0-9]{1,9}:[0-9]{1,9}(,[0-9]{1,9}:[0-9]{1,9})*")
+MAX_NAMED = 256  # pieces one request may name (``pieces=FILE:GROUP,…``)
+
+
+def parse_named(text: str) -> list[tuple[int, int]]:
+    """``"0:0,3:1"``: row group 0 of file 0, row group 1 of file 3 (files numbered as the
+    version lists them, see :func:`describe`)."""
+    if not _PIECES.fullmatch(text):
+        raise InvalidInput(f"pieces {text[:40]!r} must be FILE:GROUP,FILE:GROUP…, e.g. 0:0,3:1")
+    named = [(int(f), int(g)) for f, g in (item.split(":") for item in text.split(","))]
+    if len(named) > MAX_NAMED:
+        raise InvalidInput(f"a request names at most {MAX_NAMED} pieces, not {len(named)}")
+    return named
 
 
 @dataclass(frozen=True)
@@ -193,13 +206,38 @@ def raw(
     seed: int | None = None,
     epoch: int = 0,
     shard: Shard | None = None,
+    named: list[tuple[int, int]] | None = None,
 ) -> Iterator[bytes | memoryview]:
     """The frames of the pieces shard ``shard`` reads in epoch ``epoch`` of ``seed`` (every
-    row group in the table's order without them), ``location`` the table's folder or URL.
-    Bad ``columns`` raise before any frame."""
+    row group in the table's order without them), or of the ``named`` pieces (file, row
+    group), in that order; ``location`` is the table's folder or URL. Bad ``columns`` or
+    pieces raise before any frame."""
     schema = projected(dataset, columns)
-    chosen = plan(list_pieces(dataset), seed, epoch, shard or Shard())
+    if named is not None:
+        chosen = _named(dataset, named)
+    else:
+        chosen = plan(list_pieces(dataset), seed, epoch, shard or Shard())
     return _raw_frames(dataset, location, schema, chosen)
+
+
+def _named(dataset: pads.Dataset, named: list[tuple[int, int]]) -> list[Piece]:
+    """The pieces ``named``, checked against the version; only their files' footers are
+    read (a read task of a version of many files names its own few)."""
+    fragments = list(dataset.get_fragments())
+    chosen: list[Piece] = []
+    for number, group in named:
+        if number >= len(fragments):
+            raise InvalidInput(f"piece {number}:{group}: the version has {len(fragments)} files")
+        fragment = fragments[number]
+        if group >= fragment.metadata.num_row_groups:
+            raise InvalidInput(
+                f"piece {number}:{group}: file {number} has "
+                f"{fragment.metadata.num_row_groups} row groups"
+            )
+        chosen.append(
+            Piece(number, fragment.path, group, fragment.metadata.row_group(group).num_rows)
+        )
+    return chosen
 
 
 def _opener(location: str) -> Callable[[pads.ParquetFileFragment], pa.NativeFile]:

@@ -541,10 +541,22 @@ def read_pieces(
     seed: SeedQ = None,
     epoch: EpochQ = 0,
     shard: ShardQ = None,
+    named: Annotated[
+        str | None,
+        Query(
+            alias="pieces",
+            max_length=5000,
+            description="FILE:GROUP,…: these pieces, in this order, instead of a shard.",
+        ),
+    ] = None,
 ) -> StreamingResponse:
-    """The row groups one shard of a loader reads in one epoch, as the bytes of their Parquet
-    column chunks, for the loader to decode (frames: see ``underlay.data.pieces``)."""
+    """The row groups one shard of a loader reads in one epoch (or the pieces named), as the
+    bytes of their Parquet column chunks, for the reader to decode (frames: see
+    ``underlay.data.pieces``)."""
     part = pieces.Shard.parse(shard) if shard is not None else None
+    chosen = pieces.parse_named(named) if named is not None else None
+    if chosen is not None and (part is not None or seed is not None):
+        raise InvalidInput("name pieces, or a shard and seed, not both")
     with ctx.unit("table.read", _resource(project, name), project=project) as u:
         found = identity.read_project(u.session, project, ctx.actor)
         table = store.read(u.session, found.id, name)
@@ -552,7 +564,7 @@ def read_pieces(
         u.resource = f"{_resource(project, name)}@{number}"
         dataset = store.published_dataset(table, number)
     wanted = [c for c in columns.split(",") if c] if columns else None
-    frames = pieces.raw(dataset, store.location(table), wanted, seed, epoch, part)
+    frames = pieces.raw(dataset, store.location(table), wanted, seed, epoch, part, chosen)
     return StreamingResponse(frames, media_type=PIECES)
 
 
