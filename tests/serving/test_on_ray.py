@@ -5,8 +5,9 @@ Ray actor's sandboxed process placed where our scheduler chose.
 The tests are the same functions as the embedded server's, imported from their modules (pytest
 runs them here against this module's ``live``): the Open Inference Protocol with the real
 ``tritonclient``, bad tensors refused with 400, another project's token answered 404, JSON
-predictions over two replicas, and a broken canary rolled back by itself. A representative
-subset, to keep the suite's time: the data plane in front of the replicas is the same code.
+predictions over two replicas, a replica killed under load healed without a lost request, and a
+broken canary rolled back by itself. A representative subset, to keep the suite's time: the
+data plane in front of the replicas is the same code.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ test_a_broken_canary_is_rolled_back_by_itself_and_audited = (
     traffic.test_a_broken_canary_is_rolled_back_by_itself_and_audited
 )
 test_deploy_and_predict_through_json = deployments.test_deploy_and_predict_through_json
+test_a_killed_replica_under_load_loses_no_request_and_heals = (
+    deployments.test_a_killed_replica_under_load_loses_no_request_and_heals
+)
 deployed, triton = v2.deployed, v2.triton
 test_tritonclient_reads_metadata_and_health = v2.test_tritonclient_reads_metadata_and_health
 test_tritonclient_infers_with_binary_and_json_tensors = (
