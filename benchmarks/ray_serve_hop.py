@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -175,6 +176,7 @@ def run(calls: int) -> dict[str, Any]:
         replica.kill()
         replica.wait()
         cluster.stop()
+        shutil.rmtree(temp, ignore_errors=True)
     return results
 
 
