@@ -93,6 +93,10 @@ def main() -> None:
     try:
         with Client(url, token) as c:
             while not c.ready():
+                if server.poll() is not None:
+                    log.flush()
+                    tail = (home / "server.log").read_text(errors="replace")[-2000:]
+                    raise SystemExit(f"the server exited ({server.returncode}):\n{tail}")
                 time.sleep(0.05)
             inventories = _inventories(args.nodes, home / "sim")
             t = time.perf_counter()

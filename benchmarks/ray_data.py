@@ -67,9 +67,10 @@ def connect_ray(cpus: int, temp: Path) -> Any:
     cluster.start_head("bench", num_cpus=cpus)
     os.environ.update(auth_environment(cluster.token_path))
     ray = import_for_driver(cluster.address)
-    from ray._raylet import Config
+    from ray._raylet import AuthenticationTokenLoader, Config
 
     Config.initialize("")  # the token settings, if Ray was imported before they were made
+    AuthenticationTokenLoader.instance().reset_cache()  # and this cluster's token
     ray.init(
         address=cluster.address, _node_ip_address=HOST, log_to_driver=False, configure_logging=False
     )

@@ -59,7 +59,7 @@ MODULES: dict[str, Target] = {
             "src/underlay/audit_verify.py",
             "src/underlay/audit_checkpoints.py",
         ),
-        ("tests/test_audit.py", "tests/test_audit_checkpoints.py"),
+        ("tests/audit", "tests/test_audit_checkpoints.py"),
     ),
     "blobs": Target(("src/underlay/blobs.py",), ("tests/test_blobs.py",)),
     "scoping": Target(("src/underlay/store/db.py",), ("tests/test_store.py",)),

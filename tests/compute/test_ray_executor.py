@@ -366,3 +366,35 @@ def test_a_job_cannot_drive_the_ray_cluster_without_its_token(
     log = s.log_path.read_text()
     assert status.state == "succeeded", log
     assert "\nwrote to the GCS" not in log and "\nrefused: AuthenticationError" in log, log
+
+
+def test_a_process_that_drove_one_cluster_drives_another_with_its_token(
+    executor: RayExecutor, root: Path
+) -> None:
+    """Ray keeps the first token it read for the life of the process: a process that was a
+    driver of one cluster (here the module's, or another test module's in the same pytest
+    worker) takes the next cluster's token when it connects to it, and back."""
+    wait(executor, executor.launch(spec(root, "print('here')", (Worker(HEAD),))))
+    executor.close()  # the module's executor connects again on its next launch
+    temp = Path(tempfile.mkdtemp(prefix="ulr-", dir="/tmp"))
+    other = LocalRayCluster(temp)
+    try:
+        other.start_head("elsewhere")
+        there = RayExecutor(
+            root / "run-elsewhere",
+            node="elsewhere",
+            address=other.address,
+            worker_dir=root / "workers-elsewhere",
+            node_ip=HOST,
+            auth_token_path=other.token_path,
+        )
+        try:
+            s = spec(root, "print('there')", (Worker("elsewhere"),))
+            assert wait(there, there.launch(s)).state == "succeeded", s.log_path.read_text()
+        finally:
+            there.close()
+    finally:
+        other.stop()
+        shutil.rmtree(temp, ignore_errors=True)
+    s = spec(root, "print('here again')", (Worker(OTHER),))
+    assert wait(executor, executor.launch(s)).state == "succeeded", s.log_path.read_text()

@@ -63,9 +63,12 @@ def cluster() -> Iterator[LocalRayCluster]:
         local.add_node("ray-worker")
         os.environ.update(auth_environment(local.token_path))  # this process is a driver
         import_for_driver(local.address)
-        from ray._raylet import Config
+        from ray._raylet import AuthenticationTokenLoader, Config
 
         Config.initialize("")  # Ray was imported before the token settings were made
+        # and this cluster's token: Ray keeps the first it read in a process, another
+        # cluster's when another test module of this pytest worker drove one
+        AuthenticationTokenLoader.instance().reset_cache()
         ray.init(
             address=local.address,
             _node_ip_address=HOST,

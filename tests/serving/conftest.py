@@ -44,12 +44,14 @@ def wait_until(check: Callable[[], T], what: str, within_s: float = 60.0) -> T:
         time.sleep(0.1)
 
 
-def serve(tmp: Path, database_url: str) -> Iterator[LiveServer]:
+def serve(tmp: Path, database_url: str, **compute: Any) -> Iterator[LiveServer]:
     """A live server on ``database_url`` with the local agent, projects ``shop`` and
-    ``other``, and the registered model versions (see the module docstring)."""
+    ``other``, and the registered model versions (see the module docstring). ``compute``
+    overrides compute settings: ``executor="ray"`` runs the replicas on the Ray cluster the
+    agent starts (``ray_temp_dir`` short: Ray's socket paths)."""
     settings = Settings(home=tmp / "home", store={"url": database_url})
     settings.compute = ComputeSettings(
-        node_name="node-1", loop_interval_s=0.1, heartbeat_interval_s=0.2, grace_s=5.0
+        node_name="node-1", loop_interval_s=0.1, heartbeat_interval_s=0.2, grace_s=5.0, **compute
     )
     settings.admin_token = ADMIN_TOKEN
     settings.server.auth_cache_ttl_s = AUTH_TTL_S

@@ -123,3 +123,18 @@ def test_the_replica_hop_benchmark_compares_the_two_clients() -> None:
         assert f"c={concurrency}: httpx spends " in out
     rows = [line.split() for line in out.splitlines() if line.startswith(("httpx", "lean"))]
     assert len(rows) == 4 and all(int(row[-1].replace(",", "")) > 0 for row in rows)
+
+
+@pytest.mark.slow
+def test_the_ray_serve_benchmark_compares_or_says_what_it_needs() -> None:
+    """Where Ray Serve imports, it hosts the model beside our replica and both give the same
+    answers (the script asserts it); where it does not, the script says so and exits 0."""
+    pytest.importorskip("ray")
+    out = _run("ray_serve_hop.py", "--calls", "40")
+    if out.startswith("skipped: Ray Serve does not import here"):
+        assert "pip install 'ray[serve]'" in out
+        return
+    figures = json.loads(out[out.index("{") :])
+    for rows in ("1 row", "32 rows"):
+        assert figures[rows]["replica"]["rps"] > 0 and figures[rows]["serve"]["rps"] > 0
+    assert "Serve's new listeners beyond 127.0.0.1" in figures

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import sys
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
@@ -65,15 +66,20 @@ from underlay.serving.runtime import ServingRuntime
 from underlay.ui import app as ui
 
 API_PREFIX = "/api/v1"
+SWITCH_INTERVAL_S = 0.0005  # see create_app
 
 
 def create_app(
-    platform: Platform | None = None, *, start: bool = True, freeze_gc: bool = False
+    platform: Platform | None = None, *, start: bool = True, tune_process: bool = False
 ) -> FastAPI:
     """The app; builds a Platform from the environment's settings when none is given.
-    ``freeze_gc`` (for a process that only serves, as ``underlay up``'s are): once started,
-    move everything start-up built out of the garbage collector's sight, so that a full
-    collection under load no longer walks it (tail latency; docs/serving-performance.md)."""
+    ``tune_process`` (for a process that only serves, as ``underlay up``'s are): once
+    started, move everything start-up built out of the garbage collector's sight, so that a
+    full collection under load no longer walks it (tail latency;
+    docs/serving-performance.md), and hand the interpreter lock between threads every
+    :data:`SWITCH_INTERVAL_S` rather than every 5 ms: a request thread that waited on the
+    database gets the lock back soon although the scheduling loop's thread is computing a
+    round (submissions under load; docs/compute.md)."""
     platform = platform or Platform(Settings())
 
     @contextlib.asynccontextmanager
@@ -89,9 +95,10 @@ def create_app(
         app.state.alerts = alert_worker(app, platform)
         app.state.alerts.start()
         app.state.retrain.start()
-        if freeze_gc:
+        if tune_process:
             gc.collect()
             gc.freeze()
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
         try:
             yield
         finally:
@@ -212,4 +219,4 @@ def app_from_environment() -> FastAPI:
     """Factory for ``uvicorn --factory`` with several workers; settings from the environment."""
     settings = Settings()
     server.configure(settings)  # this worker's protocol instances read it
-    return create_app(Platform(settings), freeze_gc=True)
+    return create_app(Platform(settings), tune_process=True)

@@ -70,7 +70,7 @@ def up(
             "underlay.api.app:app_from_environment", factory=True, workers=workers, **common
         )
     else:
-        uvicorn.run(create_app(platform, start=False, freeze_gc=True), **common)
+        uvicorn.run(create_app(platform, start=False, tune_process=True), **common)
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -256,10 +256,13 @@ class RayExecutor:
         if not self.address:
             raise Unavailable("no Ray cluster to run on: set compute.ray_address")
         ray = import_for_driver(self.address)
-        from ray._raylet import Config  # type: ignore[attr-defined]
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
         if not ray.is_initialized():
             Config.initialize("")  # take the token settings if ray was imported before
+            # and this cluster's token: Ray keeps the first token it read for the process,
+            # which is another cluster's when this process was a driver of one before
+            AuthenticationTokenLoader.instance().reset_cache()
             options: dict[str, Any] = {"_node_ip_address": self.node_ip} if self.node_ip else {}
             ray.init(
                 address=self.address,

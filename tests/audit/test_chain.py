@@ -1,4 +1,5 @@
-"""Audit log contract tests on SQLite and PostgreSQL: the chain, tamper detection, concurrency."""
+"""Audit log contract tests on SQLite and PostgreSQL: the chain, its fields and limits, checkpoints,
+concurrency (tamper detection: test_tamper.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import datetime as dt
 import hashlib
 import itertools
 import multiprocessing
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import select, text
+from sqlalchemy import select
 
+from tests.audit.support import failed, fill, sql
 from underlay.audit import (
     GENESIS_HASH,
     MAX_DETAIL_BYTES,
@@ -28,68 +29,15 @@ from underlay.audit import (
 from underlay.audit_checkpoints import check_external, committed_after
 from underlay.config import Settings
 from underlay.crypto import SigningKey
-from underlay.errors import IntegrityFailure, InvalidInput, Unavailable
+from underlay.errors import InvalidInput
 from underlay.store import Database, Scope
 from underlay.store.models import AuditCheckpoint, AuditEntry, AuditHead, Project
-
-
-@pytest.fixture
-def signer(settings: Settings) -> SigningKey:
-    return SigningKey(settings)
-
-
-@pytest.fixture
-def forger(tmp_path: Path) -> SigningKey:
-    """Another Ed25519 key that claims to be the platform's."""
-    return SigningKey(Settings(home=tmp_path / "forger"))
-
-
-@pytest.fixture
-def log(db: Database, signer: SigningKey) -> AuditLog:
-    return AuditLog(db, signer, checkpoint_every=3)
-
-
-def _fill(log: AuditLog, n: int) -> None:
-    for i in range(n):
-        log.record(
-            actor=f"user{i % 3}",
-            action="dataset.create" if i % 2 else "model.read",
-            resource=f"/api/v1/things/{i}",
-            outcome="ok" if i % 4 else "denied",
-            project="sales" if i % 2 else None,
-            client="127.0.0.1",
-            detail={"i": i, "note": "héllo"},
-        )
-
-
-def _sql(db: Database, statement: str, **params: Any) -> None:
-    with db.engine.begin() as conn:
-        conn.execute(text(statement), params)
-
-
-def _rewind(db: Database, seq: int) -> None:
-    """Delete every entry and checkpoint after ``seq`` and point the head at ``seq``."""
-    with db.session(Scope.everything()) as s:
-        kept = s.scalars(select(AuditEntry.hash).where(AuditEntry.seq == seq)).one_or_none()
-    head_hash = kept or GENESIS_HASH
-    _sql(db, "DELETE FROM audit_entries WHERE seq > :s", s=seq)
-    _sql(db, "DELETE FROM audit_checkpoints WHERE seq > :s", s=seq)
-    _sql(db, "UPDATE audit_head SET seq = :s, hash = :h", s=seq, h=head_hash)
-
-
-def _failed(report: AuditReport, seq: int | None, match: str) -> None:
-    assert not report.ok, report
-    assert report.first_bad_seq == seq, report
-    assert report.problem is not None
-    assert report.problem.startswith(match), report.problem
-    assert report.summary == f"audit log tampered: {report.problem}"
-
 
 # -- the chain ----------------------------------------------------------------------------
 
 
 def test_appends_form_a_verifiable_chain(db: Database, log: AuditLog, signer: SigningKey) -> None:
-    _fill(log, 8)
+    fill(log, 8)
     with db.session(Scope.everything()) as s:
         entries = s.scalars(select(AuditEntry).order_by(AuditEntry.seq)).all()
         head = s.get(AuditHead, 1)
@@ -151,7 +99,7 @@ def test_the_hashed_and_signed_encodings_are_pinned() -> None:
 def test_a_version_1_checkpoint_without_its_time_still_verifies(
     db: Database, log: AuditLog, signer: SigningKey
 ) -> None:
-    _fill(log, 7)
+    fill(log, 7)
     with db.session(Scope.everything()) as s:
         third = s.scalars(select(AuditCheckpoint).where(AuditCheckpoint.seq == 3)).one()
         head, key_id, at = third.hash, third.key_id, third.at
@@ -164,7 +112,7 @@ def test_a_version_1_checkpoint_without_its_time_still_verifies(
     public = Ed25519PublicKey.from_public_bytes(signer.public_key_bytes())
     assert checkpoint_signed(public, 3, head, 0, key_id, at, old)
     assert not checkpoint_signed(public, 3, head, 1, key_id, at, old)
-    _sql(db, "UPDATE audit_checkpoints SET signature = :sig WHERE seq = 3", sig=old)
+    sql(db, "UPDATE audit_checkpoints SET signature = :sig WHERE seq = 3", sig=old)
     assert log.verify(signer).ok
 
 
@@ -308,7 +256,7 @@ def test_constructor_and_verify_refuse_bad_keys(
 
 
 def test_list_entries_filters_and_pages(db: Database, log: AuditLog) -> None:
-    _fill(log, 12)
+    fill(log, 12)
     with db.session(Scope.everything()) as s:
         everything = log.list_entries(s, limit=1000)
         assert [e.seq for e in everything] == list(range(1, 13))
@@ -340,207 +288,6 @@ def test_list_entries_filters_and_pages(db: Database, log: AuditLog) -> None:
             log.list_entries(s, since=dt.datetime(2024, 1, 1))
         with pytest.raises(InvalidInput, match="outcome must be one of"):
             log.list_entries(s, outcome="fine")
-
-
-# -- tamper detection ---------------------------------------------------------------------
-
-
-def test_edited_entry_is_named(db: Database, log: AuditLog, signer: SigningKey) -> None:
-    _fill(log, 10)
-    _sql(db, "UPDATE audit_entries SET actor = 'mallory' WHERE seq = 5")
-    _failed(log.verify(signer), 5, "entry 5 was edited: its hash does not match its contents")
-
-
-def test_deleted_middle_entry_is_named(db: Database, log: AuditLog, signer: SigningKey) -> None:
-    _fill(log, 10)
-    _sql(db, "DELETE FROM audit_entries WHERE seq = 5")
-    _failed(log.verify(signer), 5, "entry 5 is missing: sequence jumps from 4 to 6")
-    _sql(db, "DELETE FROM audit_entries WHERE seq IN (6, 7)")
-    _failed(log.verify(signer), 5, "entries 5 to 7 are missing: sequence jumps from 4 to 8")
-    _sql(db, "DELETE FROM audit_entries WHERE seq = 1")
-    _failed(log.verify(signer), 1, "entry 1 is missing: sequence starts at 2")
-
-
-def test_deleted_tail_is_named(db: Database, log: AuditLog, signer: SigningKey) -> None:
-    _fill(log, 10)
-    _sql(db, "DELETE FROM audit_entries WHERE seq > 7")
-    _failed(log.verify(signer), 8, "entries after 7 were deleted: the head says 10")
-
-
-def test_swapped_entries_are_named(db: Database, log: AuditLog, signer: SigningKey) -> None:
-    _fill(log, 10)
-    _sql(db, "UPDATE audit_entries SET seq = -4 WHERE seq = 4")
-    _sql(db, "UPDATE audit_entries SET seq = 4 WHERE seq = 5")
-    _sql(db, "UPDATE audit_entries SET seq = 5 WHERE seq = -4")
-    _failed(log.verify(signer), 4, "entry 4 is out of order: it was written as entry 5")
-
-
-def _rewrite_from(db: Database, seq: int, actor: str) -> None:
-    """What an attacker with database access does: edit, then recompute every later hash."""
-    with db.session(Scope.everything()) as s:
-        entries = s.scalars(select(AuditEntry).order_by(AuditEntry.seq)).all()
-        prev = entries[seq - 2].hash if seq > 1 else GENESIS_HASH
-        for entry in entries[seq - 1 :]:
-            if entry.seq == seq:
-                entry.actor = actor
-            entry.prev_hash = prev
-            entry.hash = prev = entry_hash(entry)
-        head = s.get(AuditHead, 1)
-        assert head is not None
-        head.hash = prev
-
-
-def test_rewritten_chain_is_caught_by_the_signed_checkpoint(
-    db: Database, log: AuditLog, signer: SigningKey
-) -> None:
-    _fill(log, 8)
-    _rewrite_from(db, 5, "mallory")
-    _failed(
-        log.verify(signer),
-        4,
-        "entries 4 to 6 were rewritten after being signed: checkpoint 6 does not match entry 6",
-    )
-
-
-def test_rewritten_link_names_the_rewritten_entry(
-    db: Database, log: AuditLog, signer: SigningKey
-) -> None:
-    _fill(log, 8)
-    with db.session(Scope.everything()) as s:
-        entry = s.scalars(select(AuditEntry).where(AuditEntry.seq == 7)).one()
-        entry.actor = "mallory"
-        entry.hash = entry_hash(entry)
-    _failed(log.verify(signer), 7, "entry 7 was rewritten: entry 8 links to a different hash")
-
-
-def test_forged_checkpoint_signature_is_reported(
-    db: Database, log: AuditLog, signer: SigningKey, forger: SigningKey
-) -> None:
-    _fill(log, 7)
-    _sql(
-        db,
-        "UPDATE audit_checkpoints SET signature = :sig WHERE seq = 3",
-        sig=forger.sign(b"anything"),
-    )
-    _failed(
-        log.verify(signer),
-        3,
-        f"checkpoint at entry 3 has an invalid signature (key {signer.key_id!r}): it was "
-        "forged, signed by another key, or a checkpoint before it was deleted",
-    )
-    # Verifying an intact log with someone else's key fails the same way.
-    _sql(db, "DELETE FROM audit_checkpoints")
-    _sql(db, "DELETE FROM audit_entries")
-    _sql(db, "UPDATE audit_head SET seq = 0, hash = :h", h=GENESIS_HASH)
-    _fill(log, 4)
-    _failed(
-        log.verify(forger),
-        3,
-        f"checkpoint at entry 3 has an invalid signature (key {signer.key_id!r})",
-    )
-
-
-def test_deleted_checkpoints_are_reported(db: Database, log: AuditLog, signer: SigningKey) -> None:
-    _fill(log, 10)
-    _sql(db, "DELETE FROM audit_checkpoints WHERE seq = 9")
-    _failed(
-        log.verify(signer),
-        9,
-        "no signed checkpoint after entry 6 although the head says 10 and checkpoints come "
-        "every 3 entries: the checkpoint for entry 9 or later was deleted",
-    )
-    _sql(db, "DELETE FROM audit_checkpoints WHERE seq = 3")
-    _failed(log.verify(signer), 6, "checkpoint at entry 6 has an invalid signature")
-
-
-def test_a_tail_exactly_one_interval_long_needs_its_checkpoint(
-    db: Database, log: AuditLog, signer: SigningKey
-) -> None:
-    _fill(log, 9)
-    _sql(db, "DELETE FROM audit_checkpoints WHERE seq = 9")
-    _failed(log.verify(signer), 9, "no signed checkpoint after entry 6 although the head says 9")
-
-
-def test_rewound_head_and_stray_rows_are_reported(
-    db: Database, log: AuditLog, signer: SigningKey
-) -> None:
-    _fill(log, 10)
-    with db.session(Scope.everything()) as s:
-        seventh = s.scalars(select(AuditEntry).where(AuditEntry.seq == 7)).one().hash
-    _sql(db, "DELETE FROM audit_entries WHERE seq > 7")
-    _sql(db, "UPDATE audit_head SET seq = 7, hash = :h", h=seventh)
-    _failed(
-        log.verify(signer),
-        8,
-        "a checkpoint exists for entry 9 but the head says 7: entries after 7 were deleted",
-    )
-
-    _sql(db, "DELETE FROM audit_checkpoints WHERE seq = 9")
-    assert log.verify(signer).ok
-    _sql(
-        db,
-        "INSERT INTO audit_entries (seq, at, actor, action, resource, project, client, outcome,"
-        " detail, prev_hash, hash) SELECT 12, at, actor, action, resource, project, client,"
-        " outcome, detail, prev_hash, hash FROM audit_entries WHERE seq = 7",
-    )
-    _failed(
-        log.verify(signer),
-        12,
-        "entry 12 lies beyond the head (7): it was inserted outside the audit log",
-    )
-
-
-def test_append_refuses_to_write_over_a_stray_entry(
-    db: Database, log: AuditLog, signer: SigningKey
-) -> None:
-    _fill(log, 2)
-    _sql(
-        db,
-        "INSERT INTO audit_entries (seq, at, actor, action, resource, project, client, outcome,"
-        " detail, prev_hash, hash) SELECT 3, at, actor, action, resource, project, client,"
-        " outcome, detail, prev_hash, hash FROM audit_entries WHERE seq = 2",
-    )
-    stray = re.escape(
-        "audit entry or checkpoint 3 already exists although the head says 2: the audit log "
-        "was altered outside underlay; run `underlay audit verify --local`"
-    )
-    with pytest.raises(IntegrityFailure, match=stray):
-        log.record(actor="ana", action="x.read", resource="r", outcome="ok")
-    _failed(log.verify(signer), 3, "entry 3 lies beyond the head (2)")
-
-    # A stray checkpoint where the next checkpoint goes (checkpoint_every is 3).
-    _sql(db, "DELETE FROM audit_entries WHERE seq = 3")
-    _sql(
-        db,
-        "INSERT INTO audit_checkpoints (seq, hash, signature, key_id, at)"
-        " SELECT 3, hash, :sig, 'k', at FROM audit_entries WHERE seq = 2",
-        sig=b"s",
-    )
-    with pytest.raises(IntegrityFailure, match=stray):
-        log.record(actor="ana", action="x.read", resource="r", outcome="ok")
-    _failed(log.verify(signer), 3, "a checkpoint exists for entry 3 but the head says 2")
-
-
-def test_altered_head_is_reported(db: Database, log: AuditLog, signer: SigningKey) -> None:
-    _fill(log, 4)
-    _sql(db, "UPDATE audit_head SET hash = :h", h="f" * 64)
-    _failed(
-        log.verify(signer),
-        4,
-        "the head's hash does not match entry 4: the head or the last entry was altered",
-    )
-
-
-def test_a_missing_head_row_is_unavailable(db: Database, log: AuditLog, signer: SigningKey) -> None:
-    _fill(log, 2)
-    _sql(db, "DELETE FROM audit_head")
-    no_head = r"^the audit log has no head row; apply migrations \(underlay up\)$"
-    with pytest.raises(Unavailable, match=no_head):
-        log.record(actor="ana", action="x.read", resource="r", outcome="ok")
-    with pytest.raises(Unavailable, match=no_head):
-        log.checkpoint_head()
-    with pytest.raises(Unavailable, match=no_head):
-        log.verify(signer)
 
 
 def test_the_timer_signs_a_lone_first_entry(
@@ -618,27 +365,25 @@ def test_a_log_longer_than_one_batch(db: Database, signer: SigningKey) -> None:
     first, second = _entry_fields(db, 1), _entry_fields(db, 2)
     # A moved entry is recognised up to a thousand places away, from entry 1 on.
     _overwrite(db, 2, first)
-    _failed(log.verify(signer), 2, "entry 2 is out of order: it was written as entry 1")
+    failed(log.verify(signer), 2, "entry 2 is out of order: it was written as entry 1")
     _overwrite(db, 2, second)
     _overwrite(db, 1, _entry_fields(db, 1001))
-    _failed(log.verify(signer), 1, "entry 1 is out of order: it was written as entry 1001")
+    failed(log.verify(signer), 1, "entry 1 is out of order: it was written as entry 1001")
     _overwrite(db, 1, _entry_fields(db, 1002))
-    _failed(log.verify(signer), 1, "entry 1 was edited: its hash does not match its contents")
+    failed(log.verify(signer), 1, "entry 1 was edited: its hash does not match its contents")
     _overwrite(db, 1, first)
     assert log.verify(signer).ok
     _overwrite(db, 1002, first)
-    _failed(log.verify(signer), 1002, "entry 1002 was edited: its hash does not match")
+    failed(log.verify(signer), 1002, "entry 1002 was edited: its hash does not match")
 
 
 def test_a_chain_that_does_not_start_at_zero_is_named(
     db: Database, log: AuditLog, signer: SigningKey
 ) -> None:
-    _fill(log, 2)
+    fill(log, 2)
     _overwrite(db, 1, {"prev_hash": "e" * 64})
     _overwrite(db, 1, {"hash": entry_hash(SimpleNamespace(**_entry_fields(db, 1), seq=1))})
-    _failed(
-        log.verify(signer), 1, "entry 1 does not start the chain: its previous hash is not zero"
-    )
+    failed(log.verify(signer), 1, "entry 1 does not start the chain: its previous hash is not zero")
 
 
 # -- concurrency --------------------------------------------------------------------------
