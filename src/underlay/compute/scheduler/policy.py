@@ -30,7 +30,7 @@ memos are what keep a round over 10,000 pending workloads cheap.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from operator import attrgetter
 from typing import Any
@@ -46,7 +46,7 @@ from underlay.compute.scheduler.decisions import Abandon, Decisions, Place, Pree
 from underlay.compute.scheduler.energy import hold_reason, type_order
 from underlay.compute.scheduler.feasibility import never_fits
 from underlay.compute.scheduler.fragmentation import FragModel
-from underlay.compute.scheduler.ordering import fair_runs, in_order, service_level
+from underlay.compute.scheduler.ordering import fair_runs, in_order, serve_projects, service_level
 from underlay.compute.scheduler.packing import Cursors, place_workers
 from underlay.compute.scheduler.preemption import Plan, Preemptor
 from underlay.compute.scheduler.quota import FairShare, QuotaLedger, running_counts
@@ -152,14 +152,19 @@ class _Round:
         self.failed: dict[tuple[object, ...], str] = {}
         self.type_memo: dict[str | None, list[str | None]] = {}
         # Per workload class (see :meth:`_admit`; the key starts with its group: project and
-        # type asked for): valid until the project's next placement on a type the class may
-        # use, which is when its usage, all they depend on beyond the class, changes. Each
-        # group's keys are listed so that such a placement drops exactly those.
+        # type asked for), one cell: [types within the guarantee, verdict key, reason to wait
+        # if already known, borrow cell], the first None while not worked out; and for a
+        # class that borrows, a borrow cell: [verdict key, reason to wait], both None while
+        # not worked out. A cell is valid until the project's next placement on a type the
+        # class may use, which is when its usage, all it depends on beyond the class,
+        # changes: each group's valid cells are listed so that such a placement clears
+        # exactly those. A borrower is queued with its class's borrow cell, so the borrowing
+        # pass finds what its class knows without a look-up.
         self.class_memo: dict[Shape, list[Any]] = {}
-        self.borrow_memo: dict[Shape, list[Any]] = {}
-        self.class_keys: dict[Group, list[Shape]] = {}
-        self.borrow_keys: dict[Group, list[Shape]] = {}
-        self.borrower_class: dict[str, Shape] = {}
+        self.class_cells: dict[Group, list[list[Any]]] = {}
+        self.borrow_cells: dict[Group, list[list[Any]]] = {}
+        self.borrowers: list[tuple[Workload, list[Any]]] = []
+        self.borrow_queues: dict[str, deque[tuple[Workload, list[Any]]]] = {}
         self.held_for: list[str] = []
         self.constraints = Constraints(self.state, snapshot.nodes, snapshot.running)
         self.reservations_left = cfg.reservations
@@ -183,22 +188,21 @@ class _Round:
                 self._recheck_at(held[1])
                 continue
             candidates.append(w)
-        borrowers: list[Workload] = []
         fair = self.fair
         if fair is None:
             for w in in_order(self.cfg, candidates, fair):
-                self._admit(w, borrowers)
+                self._admit(w)
         else:
             admit = self._admit
             for queue in fair_runs(self.cfg, candidates, fair):
                 charges = fair.charges
                 while queue:
-                    admit(queue.popleft(), borrowers)
+                    admit(queue.popleft())
                     if fair.charges != charges:
                         break
         # The borrowers came out of the first pass in queue order: no need to sort them again.
-        if borrowers:
-            self._borrow_pass(borrowers)
+        if self.borrowers or self.borrow_queues:
+            self._borrow_pass()
         if self.preemptor.blocked_until is not None:
             self._recheck_at(self.preemptor.blocked_until)
         return Decisions(
@@ -322,7 +326,7 @@ class _Round:
             self.type_memo[key] = types
         return types
 
-    def _admit(self, w: Workload, borrowers: list[Workload]) -> None:
+    def _admit(self, w: Workload) -> None:
         if self.head is not None:
             self.waits.append(Wait(w.id, self.head))
             return
@@ -348,30 +352,39 @@ class _Round:
         )
         if w.node_selector or w.max_per_node is not None:
             key = (*key, *_rules(w))
-        entry = self.class_memo.get(key)
-        if entry is None:
-            entry = self.class_memo[key] = self._admit_class(w)
+        cell = self.class_memo.get(key)
+        if cell is None:
+            cell = self.class_memo[key] = [None, None, None, None]
+        if cell[0] is None:
+            self._admit_class(w, cell)
             # A project's usage only grows during a round, so a class that borrows on every
-            # type it may use keeps borrowing: it outlives its project's placements (its key
-            # is not listed for them to drop).
-            if entry[0] or entry[2] is not None:
+            # type it may use keeps borrowing: it outlives its project's placements (its cell
+            # is not listed for them to clear).
+            if cell[0] or cell[2] is not None:
                 group = (w.project, w.request.gpu_type)
-                keys = self.class_keys.get(group)
-                if keys is None:
-                    self.class_keys[group] = [key]
+                cells = self.class_cells.get(group)
+                if cells is None:
+                    self.class_cells[group] = [cell]
                 else:
-                    keys.append(key)
-        inside, verdict, known = entry
+                    cells.append(cell)
+        inside, verdict, known, borrow = cell
         if known is None:
             if not inside:
-                borrowers.append(w)
-                self.borrower_class[w.id] = key
+                if borrow is None:
+                    borrow = cell[3] = [None, None]
+                if self.fair is None:
+                    self.borrowers.append((w, borrow))
+                else:
+                    queue = self.borrow_queues.get(w.project)
+                    if queue is None:
+                        queue = self.borrow_queues[w.project] = deque()
+                    queue.append((w, borrow))
                 return
             # Capacity, victims and quota headroom only shrink during a round: a workload
             # just like one that already failed fails the same way, for the same reason.
             known = self.failed.get(verdict)
             if known is not None:
-                entry[2] = known
+                cell[2] = known
         if known is not None:
             self.waits.append(Wait(w.id, known))
             return
@@ -381,21 +394,26 @@ class _Round:
             return
         self._blocked(w, inside, verdict)
 
-    def _admit_class(self, w: Workload) -> list[Any]:
-        """[types within the guarantee, verdict key, reason to wait if already known]."""
+    def _admit_class(self, w: Workload, cell: list[Any]) -> None:
+        """Fill ``cell`` with the types within the guarantee, the verdict key and the reason
+        to wait if already known."""
         types = self._types(w)
         inside = types
         if self.ledger is not None and types[0] is not None:
             inside = self._guaranteed_types(w, types)
             if not inside:
+                cell[0], cell[1] = inside, None
                 if w.preemptible:
-                    return [inside, None, None]
-                quota = self.ledger.describe(w.project, str(types[0]))
-                return [inside, None, f"{quota}; not preemptible, so it may not borrow"]
+                    cell[2] = None
+                else:
+                    quota = self.ledger.describe(w.project, str(types[0]))
+                    cell[2] = f"{quota}; not preemptible, so it may not borrow"
+                return
         levels = self.cfg.service_levels
         level = bisect_right(levels, w.attained_service) if levels else 0
-        verdict = (_shape(w, inside[0]), len(inside), w.project, w.priority, level, w.displaced)
-        return [inside, verdict, None]
+        cell[0] = inside
+        cell[1] = (_shape(w, inside[0]), len(inside), w.project, w.priority, level, w.displaced)
+        cell[2] = None
 
     def _guaranteed_types(self, w: Workload, types: list[str | None]) -> list[str | None]:
         """The types on which ``w`` starts on its project's guarantee: it fits within it or,
@@ -423,54 +441,51 @@ class _Round:
                 inside.append(t)
         return inside
 
-    def _borrow_pass(self, borrowers: list[Workload]) -> None:
+    def _borrow_pass(self) -> None:
         fair = self.fair
         if fair is None:
-            for w in in_order(self.cfg, borrowers, fair, presorted=True):
-                self._borrow(w)
+            for w, cell in self.borrowers:
+                self._borrow(w, cell)
             return
         # Most borrowers wait for a reason their class already found: that case is inlined.
-        classes, memos, waits = self.borrower_class, self.borrow_memo, self.waits
-        for queue in fair_runs(self.cfg, borrowers, fair, presorted=True):
+        waits = self.waits
+        for queue in serve_projects(self.borrow_queues, fair):
             charges = fair.charges
             while queue:
-                w = queue.popleft()
-                entry = memos.get(classes[w.id])
-                if entry is not None and entry[1] is not None:
-                    waits.append(Wait(w.id, entry[1]))
+                w, cell = queue.popleft()
+                if cell[1] is not None:
+                    waits.append(Wait(w.id, cell[1]))
                     continue
-                self._borrow(w)
+                self._borrow(w, cell)
                 if fair.charges != charges:
                     break
 
-    def _borrow(self, w: Workload) -> None:
+    def _borrow(self, w: Workload, cell: list[Any]) -> None:
         ledger = self.ledger
         assert ledger is not None  # only the quota pass produces borrowers
         # As in the guaranteed pass, a workload just like one that failed to borrow fails too;
         # the project's usage is part of the key so the reason quotes the current figures.
         # The key changes only with the project's own placements: worked out once per class.
-        key = self.borrower_class[w.id]
-        entry = self.borrow_memo.get(key)
-        if entry is None:
+        if cell[0] is None:
             # only work asking for accelerators borrows: its types hold no None
             t0 = self._types(w)[0]
             assert t0 is not None
             levels = self.cfg.service_levels
             level = bisect_right(levels, w.attained_service) if levels else 0
             used = ledger.used.get((w.project, t0), 0)
-            verdict = ("borrow", _shape(w, t0), w.project, w.priority, level, used, w.displaced)
-            entry = self.borrow_memo[key] = [verdict, None]
+            cell[0] = ("borrow", _shape(w, t0), w.project, w.priority, level, used, w.displaced)
+            cell[1] = None
             group = (w.project, w.request.gpu_type)
-            keys = self.borrow_keys.get(group)
-            if keys is None:
-                self.borrow_keys[group] = [key]
+            cells = self.borrow_cells.get(group)
+            if cells is None:
+                self.borrow_cells[group] = [cell]
             else:
-                keys.append(key)
-        verdict, known = entry
+                cells.append(cell)
+        verdict, known = cell
         if known is None:
             known = self.failed.get(verdict)
             if known is not None:
-                entry[1] = known
+                cell[1] = known
         if known is not None:
             self.waits.append(Wait(w.id, known))
             return
@@ -549,14 +564,16 @@ class _Round:
                 borrowed = True
             ledger.used[key] = used + share  # ledger.add
             # Only the classes that may use type t (asking for it, or for any type) change.
-            for memo, listed in (
-                (self.class_memo, self.class_keys),
-                (self.borrow_memo, self.borrow_keys),
-            ):
-                if listed:
-                    for group in ((project, t), (project, None)):
-                        for dropped in listed.pop(group, ()):
-                            del memo[dropped]
+            listed = self.class_cells
+            if listed:
+                for group in ((project, t), (project, None)):
+                    for cell in listed.pop(group, ()):
+                        cell[0] = cell[1] = cell[2] = None  # its borrow cell is its own
+            listed = self.borrow_cells
+            if listed:
+                for group in ((project, t), (project, None)):
+                    for cell in listed.pop(group, ()):
+                        cell[0] = cell[1] = None
         self.places.append(Place(w.id, workers, t, borrowed))
         if self.fair is not None:
             self.fair.charge(w, t)
