@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from operator import attrgetter
 from typing import Any
 
@@ -188,18 +188,7 @@ class _Round:
                 self._recheck_at(held[1])
                 continue
             candidates.append(w)
-        fair = self.fair
-        if fair is None:
-            for w in in_order(self.cfg, candidates, fair):
-                self._admit(w)
-        else:
-            admit = self._admit
-            for queue in fair_runs(self.cfg, candidates, fair):
-                charges = fair.charges
-                while queue:
-                    admit(queue.popleft())
-                    if fair.charges != charges:
-                        break
+        self._first_pass(candidates)
         # The borrowers came out of the first pass in queue order: no need to sort them again.
         if self.borrowers or self.borrow_queues:
             self._borrow_pass()
@@ -326,33 +315,71 @@ class _Round:
             self.type_memo[key] = types
         return types
 
-    def _admit(self, w: Workload) -> None:
-        if self.head is not None:
-            self.waits.append(Wait(w.id, self.head))
-            return
-        # What decides a workload's fate here (the types within its project's guarantee and
-        # its verdict key) depends on its class and on its project's usage, which only the
-        # project's own placements change: worked out once per class until then.
-        # Its class: everything its admission depends on besides its project's usage, with
-        # its project and the type it asks for first (the group whose placements change it).
-        r = w.request
+    def _first_pass(self, candidates: list[Workload]) -> None:
+        """Admit ``candidates`` in policy order (see :meth:`_admit`)."""
+        fair = self.fair
+        runs: Iterable[deque[Workload]]
+        if fair is None:
+            runs = (deque(in_order(self.cfg, candidates, fair)),)
+        else:
+            runs = fair_runs(self.cfg, candidates, fair)
+        memo, waits, admit = self.class_memo, self.waits, self._admit
         levels = self.cfg.service_levels
-        key: Shape = (
-            w.project,
-            r.gpu_type,
-            r.gpus,
-            r.gpu_milli,
-            r.cpu_milli,
-            r.memory_mib,
-            w.gang,
-            w.preemptible,
-            w.priority,
-            bisect_right(levels, w.attained_service) if levels else 0,
-            w.displaced,
-        )
-        if w.node_selector or w.max_per_node is not None:
-            key = (*key, *_rules(w))
-        cell = self.class_memo.get(key)
+        for queue in runs:
+            charges = fair.charges if fair is not None else 0
+            while queue:
+                w = queue.popleft()
+                if self.head is not None:
+                    waits.append(Wait(w.id, self.head))
+                    continue
+                # What decides a workload's fate here (the types within its project's
+                # guarantee and its verdict key) depends on its class and on its project's
+                # usage, which only the project's own placements change: worked out once per
+                # class until then. Its class: everything its admission depends on besides
+                # its project's usage, with its project and the type it asks for first (the
+                # group whose placements change it).
+                r = w.request
+                key: Shape = (
+                    w.project,
+                    r.gpu_type,
+                    r.gpus,
+                    r.gpu_milli,
+                    r.cpu_milli,
+                    r.memory_mib,
+                    w.gang,
+                    w.preemptible,
+                    w.priority,
+                    bisect_right(levels, w.attained_service) if levels else 0,
+                    w.displaced,
+                )
+                if w.node_selector or w.max_per_node is not None:
+                    key = (*key, *_rules(w))
+                cell = memo.get(key)
+                # Most of a deep queue waits for a reason its class already found, or
+                # borrows on every type it may use: both inlined, the rest in _admit.
+                if cell is not None:
+                    if cell[2] is not None:
+                        waits.append(Wait(w.id, cell[2]))
+                        continue
+                    if cell[3] is not None and cell[0] is not None and not cell[0]:
+                        self._queue_borrower(w, cell[3])
+                        continue
+                admit(w, key, cell)
+                if fair is not None and fair.charges != charges:
+                    break
+
+    def _queue_borrower(self, w: Workload, borrow: list[Any]) -> None:
+        if self.fair is None:
+            self.borrowers.append((w, borrow))
+        else:
+            queue = self.borrow_queues.get(w.project)
+            if queue is None:
+                queue = self.borrow_queues[w.project] = deque()
+            queue.append((w, borrow))
+
+    def _admit(self, w: Workload, key: Shape, cell: list[Any] | None) -> None:
+        """Place ``w`` within its project's guarantee, make room by preemption, queue it to
+        borrow, or say why it waits; ``cell`` is its class's (None if not made yet)."""
         if cell is None:
             cell = self.class_memo[key] = [None, None, None, None]
         if cell[0] is None:
@@ -372,13 +399,7 @@ class _Round:
             if not inside:
                 if borrow is None:
                     borrow = cell[3] = [None, None]
-                if self.fair is None:
-                    self.borrowers.append((w, borrow))
-                else:
-                    queue = self.borrow_queues.get(w.project)
-                    if queue is None:
-                        queue = self.borrow_queues[w.project] = deque()
-                    queue.append((w, borrow))
+                self._queue_borrower(w, borrow)
                 return
             # Capacity, victims and quota headroom only shrink during a round: a workload
             # just like one that already failed fails the same way, for the same reason.
