@@ -163,8 +163,10 @@ class _Round:
         self.class_memo: dict[Shape, list[Any]] = {}
         self.class_cells: dict[Group, list[list[Any]]] = {}
         self.borrow_cells: dict[Group, list[list[Any]]] = {}
-        self.borrowers: list[tuple[Workload, list[Any]]] = []
-        self.borrow_queues: dict[str, deque[tuple[Workload, list[Any]]]] = {}
+        # Each borrower and its borrow cell, one after the other (no pair to allocate for
+        # thousands of borrowers): in one list, or per project for fair share.
+        self.borrowers: list[Any] = []
+        self.borrow_queues: dict[str, deque[Any]] = {}
         self.held_for: list[str] = []
         self.constraints = Constraints(self.state, snapshot.nodes, snapshot.running)
         self.reservations_left = cfg.reservations
@@ -370,12 +372,12 @@ class _Round:
 
     def _queue_borrower(self, w: Workload, borrow: list[Any]) -> None:
         if self.fair is None:
-            self.borrowers.append((w, borrow))
+            self.borrowers += (w, borrow)
         else:
             queue = self.borrow_queues.get(w.project)
             if queue is None:
                 queue = self.borrow_queues[w.project] = deque()
-            queue.append((w, borrow))
+            queue += (w, borrow)
 
     def _admit(self, w: Workload, key: Shape, cell: list[Any] | None) -> None:
         """Place ``w`` within its project's guarantee, make room by preemption, queue it to
@@ -465,15 +467,17 @@ class _Round:
     def _borrow_pass(self) -> None:
         fair = self.fair
         if fair is None:
-            for w, cell in self.borrowers:
-                self._borrow(w, cell)
+            borrowers = self.borrowers
+            for i in range(0, len(borrowers), 2):
+                self._borrow(borrowers[i], borrowers[i + 1])
             return
         # Most borrowers wait for a reason their class already found: that case is inlined.
         waits = self.waits
         for queue in serve_projects(self.borrow_queues, fair):
             charges = fair.charges
             while queue:
-                w, cell = queue.popleft()
+                w = queue.popleft()
+                cell = queue.popleft()
                 if cell[1] is not None:
                     waits.append(Wait(w.id, cell[1]))
                     continue

@@ -174,18 +174,32 @@ class FairShare:
         """Count a placement of ``workload`` (on ``gpu_type``) toward its project's share."""
         project = workload.project
         usage = self._usage.get(project)
-        if usage is None:
+        req = workload.request
+        if (
+            usage is None
+            or min(req.cpu_milli, req.memory_mib, req.gpus, req.gpu_milli, workload.gang) < 0
+        ):
             self._add(workload, gpu_type)
-        else:  # _add, without its look-ups
-            req = workload.request
+            self._update(project)
+        else:  # _add and _update, for what this placement changed only
+            # Usage only grows here, so the dominant share is the larger of the old one and
+            # the shares this placement raised: the same float as _update works out.
             gang = workload.gang
-            usage[0] += req.cpu_milli * gang
-            usage[1] += req.memory_mib * gang
+            cpu = usage[0] = usage[0] + req.cpu_milli * gang
+            mem = usage[1] = usage[1] + req.memory_mib * gang
+            dominant = self._dominant[project]
+            if self._cpu and cpu / self._cpu > dominant:
+                dominant = cpu / self._cpu
+            if self._mem and mem / self._mem > dominant:
+                dominant = mem / self._mem
             if gpu_type is not None:
                 gpus = self._gpus[project]
                 share = req.gpus * WHOLE if req.gpus else req.gpu_milli
-                gpus[gpu_type] = gpus.get(gpu_type, 0.0) + share * gang
-        self._update(project)
+                amount = gpus[gpu_type] = gpus.get(gpu_type, 0.0) + share * gang
+                c = self._cap.get(gpu_type)
+                if c and amount / c > dominant:
+                    dominant = amount / c
+            self._dominant[project] = dominant
         self.charges += 1
 
     def share(self, project: str) -> float:
