@@ -36,7 +36,7 @@ def ordered(config: PolicyConfig, workloads: list[Workload]) -> list[Workload]:
     """
     out = sorted(workloads, key=attrgetter("submit_time", "id"))
     levels = config.service_levels
-    if config.order != "fifo" and any(w.attained_service for w in out):
+    if config.order != "fifo" and any(map(attrgetter("attained_service"), out)):
         if levels:
             out.sort(key=lambda w: bisect_right(levels, w.attained_service))
         elif config.order == "las":

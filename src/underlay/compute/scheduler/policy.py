@@ -113,7 +113,7 @@ class _Round:
         fair = cfg.order == "fair" and len(set(map(attrgetter("project"), snapshot.pending))) > 1
         mix = not self.first_fit and not snapshot.demand
         # The running work, counted once for all that reads it (ledger, fair share, mix).
-        counts = running_counts(snapshot.running) if quotas or fair or mix else Counter()
+        counts = running_counts(snapshot.running) if quotas or fair or mix else {}
         self.ledger = QuotaLedger(snapshot.quotas, counts) if quotas else None
         self.fair: FairShare | None = None
         if fair:
@@ -327,6 +327,7 @@ class _Round:
             runs = fair_runs(self.cfg, candidates, fair)
         memo, waits, admit = self.class_memo, self.waits, self._admit
         levels = self.cfg.service_levels
+        level0 = bisect_right(levels, 0.0)  # the level of work that has not run yet
         for queue in runs:
             charges = fair.charges if fair is not None else 0
             while queue:
@@ -341,6 +342,7 @@ class _Round:
                 # its project's usage, with its project and the type it asks for first (the
                 # group whose placements change it).
                 r = w.request
+                attained = w.attained_service
                 key: Shape = (
                     w.project,
                     r.gpu_type,
@@ -351,7 +353,7 @@ class _Round:
                     w.gang,
                     w.preemptible,
                     w.priority,
-                    bisect_right(levels, w.attained_service) if levels else 0,
+                    bisect_right(levels, attained) if attained else level0,
                     w.displaced,
                 )
                 if w.node_selector or w.max_per_node is not None:
@@ -533,14 +535,18 @@ class _Round:
         self.waits.append(Wait(w.id, reason))
 
     def _try_place(self, w: Workload, types: list[str | None], borrowed: bool) -> bool:
-        key = (*_shape(w, None), *types)
+        r = w.request
+        if w.node_selector or w.max_per_node is not None:  # constrained(w)
+            key = (*_shape(w, None), *types)
+            if key in self.nofit:
+                return False
+            return self._place_constrained(w, types, borrowed, key)
+        key = (None, r.gpus, r.gpu_milli, r.cpu_milli, r.memory_mib, w.gang, *types)  # _shape
         if key in self.nofit:
             return False
-        if constrained(w):
-            return self._place_constrained(w, types, borrowed, key)
         placed = place_workers(
             self.state,
-            w.request,
+            r,
             w.gang,
             types,
             self.model,

@@ -14,9 +14,7 @@ next. Resources are each accelerator type, CPUs and memory.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Mapping
-from operator import attrgetter
 
 from underlay.compute.scheduler.snapshot import WHOLE, Quota, Running, Workload
 
@@ -25,24 +23,29 @@ RunKey = tuple[str, str | None, int, int, int, int, int, float | None]
 accelerator type, whole GPUs, thousandths, CPU thousandths, memory MiB, gang,
 ``draining_until``)."""
 
-_RUN_KEY = attrgetter(
-    "workload.project",
-    "gpu_type",
-    "workload.request.gpus",
-    "workload.request.gpu_milli",
-    "workload.request.cpu_milli",
-    "workload.request.memory_mib",
-    "workload.gang",
-    "draining_until",
-)
 
-
-def running_counts(running: Iterable[Running]) -> Counter[RunKey]:
-    """Running work counted by :data:`RunKey`, in one pass in C (``collections.Counter``):
-    a round's set-up then loops over a few hundred distinct keys instead of thousands of
-    running workloads, once for each of the ledger, fair share and the workload mix. Every
-    sum taken over the counts is a sum of integers, so it is exactly the per-workload sum."""
-    return Counter(map(_RUN_KEY, running))
+def running_counts(running: Iterable[Running]) -> dict[RunKey, int]:
+    """Running work counted by :data:`RunKey`, in one pass: a round's set-up then loops over
+    a few hundred distinct keys instead of thousands of running workloads, once for each of
+    the ledger, fair share and the workload mix. Every sum taken over the counts is a sum of
+    integers, so it is exactly the per-workload sum; keys come in the order of their first
+    workload. (A plain loop: ``Counter(map(attrgetter(...)))`` with dotted names is slower.)"""
+    counts: dict[RunKey, int] = {}
+    for r in running:
+        w = r.workload
+        q = w.request
+        key = (
+            w.project,
+            r.gpu_type,
+            q.gpus,
+            q.gpu_milli,
+            q.cpu_milli,
+            q.memory_mib,
+            w.gang,
+            r.draining_until,
+        )
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def gpus_text(milli: int) -> str:
