@@ -326,6 +326,7 @@ class _Round:
         else:
             runs = fair_runs(self.cfg, candidates, fair)
         memo, waits, admit = self.class_memo, self.waits, self._admit
+        borrowers, queues = self.borrowers, self.borrow_queues
         levels = self.cfg.service_levels
         level0 = bisect_right(levels, 0.0)  # the level of work that has not run yet
         for queue in runs:
@@ -366,7 +367,13 @@ class _Round:
                         waits.append(Wait(w.id, cell[2]))
                         continue
                     if cell[3] is not None and cell[0] is not None and not cell[0]:
-                        self._queue_borrower(w, cell[3])
+                        if fair is None:  # _queue_borrower, inlined
+                            borrowers += (w, cell[3])
+                        else:
+                            borrowing = queues.get(w.project)
+                            if borrowing is None:
+                                borrowing = queues[w.project] = deque()
+                            borrowing += (w, cell[3])
                         continue
                 admit(w, key, cell)
                 if fair is not None and fair.charges != charges:
