@@ -163,6 +163,7 @@ class _Round:
         self.class_memo: dict[Shape, list[Any]] = {}
         self.class_cells: dict[Group, list[list[Any]]] = {}
         self.borrow_cells: dict[Group, list[list[Any]]] = {}
+        self.quota_texts: dict[tuple[str, str, int], str] = {}
         # Each borrower and its borrow cell, one after the other (no pair to allocate for
         # thousands of borrowers): in one list, or per project for fair share.
         self.borrowers: list[Any] = []
@@ -533,7 +534,11 @@ class _Round:
             return
         if self._try_preempt(w, allowed, guaranteed=False):
             return
-        quota = ledger.describe(w.project, first)
+        # Written once per project, type and usage: thousands of borrowers quote a few.
+        text_key = (w.project, first, ledger.used.get((w.project, first), 0))
+        quota = self.quota_texts.get(text_key)
+        if quota is None:
+            quota = self.quota_texts[text_key] = ledger.describe(w.project, first)
         if not allowed:
             reason = f"{quota}; its borrow limit is reached"
         else:
