@@ -120,14 +120,18 @@ class _Round:
             s = self.state
             self.fair = FairShare(s.type_total, sum(s.cap_cpu), sum(s.cap_mem), counts)
         self.model: FragModel | None = None
+        # The workload mix of pending and running work, for fragmentation-aware packing.
+        # Without claims to honour, nothing is placed before every pending workload went
+        # through the reject check, whose memo counts their shapes: the mix is taken from
+        # those counts then (see :meth:`_mix_from_rejects`), not from one more pass.
+        self.running_counts = counts
+        self.mix_later = mix and not snapshot.claims
         if snapshot.demand and not self.first_fit:
             self.model = FragModel.of((d.request, d.count) for d in snapshot.demand)
-        elif mix:
+        elif mix and snapshot.claims:
             shape = attrgetter("gpus", "gpu_milli", "cpu_milli", "memory_mib")
             shapes = Counter(map(shape, map(attrgetter("request"), snapshot.pending)))
-            for (_, _, gpus, milli, cpu, mem, _, _), n in counts.items():
-                shapes[(gpus, milli, cpu, mem)] += n
-            self.model = FragModel.of_shapes(shapes)
+            self.model = self._mix_model(shapes)
         self.claims: list[Claim] = []
         self.abandoned: list[Abandon] = []
         self.no_preempt: set[str] = set()
@@ -147,7 +151,9 @@ class _Round:
         self.nofit: set[tuple[object, ...]] = set()
         self.reasons: dict[tuple[object, ...], str] = {}
         self.noplan: set[tuple[object, ...]] = set()
-        self.reject_memo: dict[Shape, str | None] = {}
+        # [reason or None, workloads seen] per (type, gpus, thousandths, cpu, memory, gang)
+        self.reject_memo: dict[tuple[str | None, int, int, int, int, int], list[Any]] = {}
+        self.reject_unmemoised: list[Workload] = []
         self.head: str | None = None
         self.failed: dict[tuple[object, ...], str] = {}
         self.type_memo: dict[str | None, list[str | None]] = {}
@@ -191,6 +197,8 @@ class _Round:
                 self._recheck_at(held[1])
                 continue
             candidates.append(w)
+        if self.mix_later:
+            self._mix_from_rejects()
         self._first_pass(candidates)
         # The borrowers came out of the first pass in queue order: no need to sort them again.
         if self.borrowers or self.borrow_queues:
@@ -297,13 +305,35 @@ class _Round:
 
     def _reject(self, w: Workload) -> str | None:
         if w.max_per_node is not None and w.max_per_node < 1:
+            self.reject_unmemoised.append(w)
             return f"max_per_node must be at least 1 (got {w.max_per_node})"
         r = w.request
         key = (r.gpu_type, r.gpus, r.gpu_milli, r.cpu_milli, r.memory_mib, w.gang)
-        if key in self.reject_memo:
-            return self.reject_memo[key]
-        reason = self.reject_memo[key] = never_fits(self.state, w)
+        entry = self.reject_memo.get(key)
+        if entry is None:
+            entry = self.reject_memo[key] = [never_fits(self.state, w), 0]
+        entry[1] += 1
+        reason: str | None = entry[0]
         return reason
+
+    def _mix_from_rejects(self) -> None:
+        """The workload mix, once every pending workload went through :meth:`_reject`: its
+        memo counted them by shape (one count per workload, whatever its gang)."""
+        shapes: dict[tuple[int, int, int, int], int] = {}
+        for (_, gpus, milli, cpu, mem, _), (_, n) in self.reject_memo.items():
+            shapes[(gpus, milli, cpu, mem)] = shapes.get((gpus, milli, cpu, mem), 0) + n
+        for w in self.reject_unmemoised:
+            r = w.request
+            key = (r.gpus, r.gpu_milli, r.cpu_milli, r.memory_mib)
+            shapes[key] = shapes.get(key, 0) + 1
+        self.model = self._mix_model(shapes)
+
+    def _mix_model(self, shapes: dict[tuple[int, int, int, int], int]) -> FragModel | None:
+        """The model for pending work counted in ``shapes``, with the running work added.
+        (The model sorts its shapes by count: the order they are counted in does not matter.)"""
+        for (_, _, gpus, milli, cpu, mem, _, _), n in self.running_counts.items():
+            shapes[(gpus, milli, cpu, mem)] = shapes.get((gpus, milli, cpu, mem), 0) + n
+        return FragModel.of_shapes(shapes)
 
     def _types(self, w: Workload) -> list[str | None]:
         req = w.request
