@@ -948,3 +948,26 @@ def test_fair_runs_serve_projects_in_the_order_in_order_does(
             if share.charges != charges:
                 break
     assert got == expected
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workloads("r"), workloads())
+def test_fair_share_charged_in_place_is_the_share_worked_out_afresh(
+    already: tuple[Workload, ...], placed: tuple[Workload, ...]
+) -> None:
+    """``FairShare.charge`` updates a project's dominant share from what the placement
+    raised only: after every charge, each project's share is exactly (the same float) the
+    one a fair share built afresh over all that work gives, malformed requests included."""
+    capacity = {"A100": 8, "T4": 8, "H100": 0}
+
+    def as_running(ws: list[Workload]) -> list[Running]:
+        return [Running(w, (), 0.0, w.request.gpu_type or "A100") for w in ws]
+
+    share = FairShare(capacity, 64_000, 512_000, running_counts(as_running(list(already))))
+    charged: list[Workload] = list(already)
+    for w in placed:
+        share.charge(w, w.request.gpu_type or "A100")
+        charged.append(w)
+        afresh = FairShare(capacity, 64_000, 512_000, running_counts(as_running(charged)))
+        for project in ("p0", "p1", "p2"):
+            assert share.share(project) == afresh.share(project), (project, w)
