@@ -49,7 +49,7 @@ from underlay.compute.scheduler.preemption import Plan
 from underlay.compute.scheduler.reasons import names_text
 from underlay.compute.scheduler.reservation import hold_for
 from underlay.compute.scheduler.round_state import RoundState, Shape, rules, shape
-from underlay.compute.scheduler.snapshot import Claim, Snapshot, Workload
+from underlay.compute.scheduler.snapshot import WHOLE, Claim, Snapshot, Workload
 from underlay.errors import InvalidInput
 
 
@@ -346,9 +346,10 @@ class _Round(RoundState):
         project's usage grows a type can only leave this list."""
         ledger = self.ledger
         assert ledger is not None
-        used_of, guaranteed_of = ledger.used, ledger.guaranteed
+        used_of, guaranteed_of, limit_of = ledger.used, ledger.guaranteed, ledger.limit
         project = w.project
-        share = w.gpu_share
+        r = w.request
+        share = (r.gpus * WHOLE if r.gpus else r.gpu_milli) * w.gang  # w.gpu_share
         start = self.cfg.guarantee_start and w.preemptible
         inside: list[str | None] = []
         for t in types:
@@ -357,12 +358,12 @@ class _Round(RoundState):
             key = (project, t)
             used = used_of.get(key, 0)
             guaranteed = guaranteed_of.get(key, 0)
-            if used + share <= guaranteed or (  # ledger.within
-                start
-                and used < guaranteed  # ledger.below
-                and ledger.may_borrow(project, t, share)
-            ):
+            if used + share <= guaranteed:  # ledger.within
                 inside.append(t)
+            elif start and used < guaranteed:  # ledger.below
+                limit = limit_of.get(key)
+                if limit is None or used + share <= guaranteed + limit:  # ledger.may_borrow
+                    inside.append(t)
         return inside
 
     def _borrow_pass(self) -> None:
