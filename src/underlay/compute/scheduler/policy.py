@@ -223,6 +223,8 @@ class _Round(RoundState):
         level0 = bisect_right(levels, 0.0)  # the level of work that has not run yet
         for queue in runs:
             charges = fair.charges if fair is not None else 0
+            # With fair share a run is one project's queue: its borrowers go to one queue.
+            borrowing: deque[Any] | None = None
             while queue:
                 w = queue.popleft()
                 if self.head is not None:
@@ -262,9 +264,10 @@ class _Round(RoundState):
                         if fair is None:  # _queue_borrower, inlined
                             borrowers += (w, cell[3])
                         else:
-                            borrowing = queues.get(w.project)
                             if borrowing is None:
-                                borrowing = queues[w.project] = deque()
+                                borrowing = queues.get(w.project)
+                                if borrowing is None:
+                                    borrowing = queues[w.project] = deque()
                             borrowing += (w, cell[3])
                         continue
                 admit(w, key, cell)

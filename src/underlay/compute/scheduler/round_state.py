@@ -230,14 +230,15 @@ class RoundState:
                 borrowed = True
             ledger.used[key] = used + share  # ledger.add
             # Only the classes that may use type t (asking for it, or for any type) change.
+            groups = ((project, t), (project, None))
             listed = self.class_cells
             if listed:
-                for group in ((project, t), (project, None)):
+                for group in groups:
                     for cell in listed.pop(group, ()):
                         cell[0] = cell[1] = cell[2] = None  # its borrow cell is its own
             listed = self.borrow_cells
             if listed:
-                for group in ((project, t), (project, None)):
+                for group in groups:
                     for cell in listed.pop(group, ()):
                         cell[0] = cell[1] = None
         self.places.append(Place(w.id, workers, t, borrowed))
