@@ -53,8 +53,11 @@ class RoundState:
         self.first_fit = cfg.packing == "first-fit"
         self.cursors: Cursors | None = {} if self.first_fit else None
         quotas = cfg.quotas and bool(snapshot.quotas)
-        # With one project asking, fair share orders nothing: skip its set-up.
-        fair = cfg.order == "fair" and len(set(map(attrgetter("project"), snapshot.pending))) > 1
+        # With one project asking, fair share orders nothing: skip its set-up. (Asking
+        # whether any project differs from the first stops at the first that does.)
+        projects = map(attrgetter("project"), snapshot.pending)
+        first = next(projects, None)
+        fair = cfg.order == "fair" and any(p != first for p in projects)
         mix = not self.first_fit and not snapshot.demand
         # The running work, counted once for all that reads it (ledger, fair share, mix).
         counts = running_counts(snapshot.running) if quotas or fair or mix else {}
