@@ -179,7 +179,7 @@ def _choose_scored(
     versions, memo = state.versions, state.best
     for rank, t in enumerate(types):
         assert t is not None  # the caller leaves out None
-        # _best_of_type, inlined: a type's answer holds until a node with that type changes
+        # A type's answer (see _scan_type) holds until a node with that type changes.
         shape = (t, req.gpus, req.gpu_milli, req.cpu_milli, req.memory_mib, model is None)
         version = versions.get(t, 0)
         known = memo.get(shape)
