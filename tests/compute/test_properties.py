@@ -25,8 +25,10 @@ from underlay.compute.scheduler import (
     decide,
 )
 from underlay.compute.scheduler.codec import decisions_from_json, snapshot_from_json, to_json
+from underlay.compute.scheduler.fragmentation import FragModel
 from underlay.compute.scheduler.ordering import fair_runs, in_order, service_level
 from underlay.compute.scheduler.quota import FairShare, running_counts
+from underlay.compute.scheduler.round_state import RoundState
 from underlay.compute.simulator import Simulation, Trace, TraceJob
 from underlay.compute.simulator.cluster import parse_spec, quotas_from_weights
 
@@ -948,3 +950,50 @@ def test_fair_runs_serve_projects_in_the_order_in_order_does(
             if share.charges != charges:
                 break
     assert got == expected
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workloads("r"), workloads())
+def test_fair_share_charged_in_place_is_the_share_worked_out_afresh(
+    already: tuple[Workload, ...], placed: tuple[Workload, ...]
+) -> None:
+    """``FairShare.charge`` updates a project's dominant share from what the placement
+    raised only: after every charge, each project's share is exactly (the same float) the
+    one a fair share built afresh over all that work gives, malformed requests included."""
+    capacity = {"A100": 8, "T4": 8, "H100": 0}
+
+    def as_running(ws: list[Workload]) -> list[Running]:
+        return [Running(w, (), 0.0, w.request.gpu_type or "A100") for w in ws]
+
+    share = FairShare(capacity, 64_000, 512_000, running_counts(as_running(list(already))))
+    charged: list[Workload] = list(already)
+    for w in placed:
+        share.charge(w, w.request.gpu_type or "A100")
+        charged.append(w)
+        afresh = FairShare(capacity, 64_000, 512_000, running_counts(as_running(charged)))
+        for project in ("p0", "p1", "p2"):
+            assert share.share(project) == afresh.share(project), (project, w)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(snapshots(), st.lists(st.booleans(), min_size=1, max_size=12))
+def test_the_mix_counted_by_the_reject_check_is_the_mix_of_all_work(
+    snap: Snapshot, bad_limit: list[bool]
+) -> None:
+    """A round without claims takes its workload mix from the reject check's counts (see
+    ``round_state``): the same model as counting every pending and running request, whatever
+    the check answers (a malformed request or a per-node limit below 1 included)."""
+    pending = tuple(
+        replace(w, max_per_node=0) if bad_limit[i % len(bad_limit)] else w
+        for i, w in enumerate(snap.pending)
+    )
+    snap = replace(snap, pending=pending, config=POLICIES["default"])
+    round_state = RoundState(snap)
+    assert round_state.mix_later and round_state.model is None
+    for w in snap.pending:
+        round_state._reject(w)
+    round_state._mix_from_rejects()
+    every = [(w.request, 1) for w in snap.pending] + [(r.workload.request, 1) for r in snap.running]
+    expected = FragModel.of(every)
+    got = round_state.model
+    assert (got and got.shapes) == (expected and expected.shapes)

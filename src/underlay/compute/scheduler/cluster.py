@@ -288,7 +288,9 @@ class ClusterState:
         """Add ``delta`` to the free share of each of ``gpus`` on ``node``: what
         :meth:`_set_gpu` does GPU by GPU, with the node moved between whole-free buckets once
         per type (to the same place: the end of its final bucket) instead of once per GPU."""
-        frees = self._writable(node)
+        frees = self.gpu_free[node]
+        if not isinstance(frees, list):  # _writable, inlined
+            frees = self.gpu_free[node] = list(frees)
         types = self.gpu_type[node]
         indexed = self.usable[node] and not self.reserved[node]
         partial = self.partial
@@ -360,6 +362,21 @@ class ClusterState:
         if best < 0:
             return None
         return Alloc(node, (best,), req.gpu_milli, req.cpu_milli, req.memory_mib)
+
+    def whole_on(self, node: int, req: Request, t: str) -> Alloc | None:
+        """:meth:`alloc_on` for ``req.gpus`` whole ``t`` accelerators on a node that the
+        whole-free index lists as available with that many, and whose CPUs and memory were
+        checked since it last changed (packing's pick): the same allocation, without
+        checking those again."""
+        frees = self.gpu_free[node]
+        if len(self.per_type[node]) == 1:
+            picked = [i for i, f in enumerate(frees) if f == WHOLE]
+        else:
+            types = self.gpu_type[node]
+            picked = [i for i, f in enumerate(frees) if f == WHOLE and types[i] == t]
+        if len(picked) < req.gpus:
+            return self.alloc_on(node, req, t)
+        return Alloc(node, tuple(picked[: req.gpus]), WHOLE, req.cpu_milli, req.memory_mib)
 
     def most_free(self, t: str) -> int:
         """The most whole free ``t`` accelerators on one available node."""

@@ -15,9 +15,12 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Iterator
 from operator import attrgetter
+from typing import TypeVar
 
 from underlay.compute.scheduler.quota import FairShare
 from underlay.compute.scheduler.snapshot import PolicyConfig, Workload
+
+T = TypeVar("T")
 
 
 def service_level(attained: float, levels: tuple[float, ...]) -> int:
@@ -33,7 +36,7 @@ def ordered(config: PolicyConfig, workloads: list[Workload]) -> list[Workload]:
     """
     out = sorted(workloads, key=attrgetter("submit_time", "id"))
     levels = config.service_levels
-    if config.order != "fifo" and any(w.attained_service for w in out):
+    if config.order != "fifo" and any(map(attrgetter("attained_service"), out)):
         if levels:
             out.sort(key=lambda w: bisect_right(levels, w.attained_service))
         elif config.order == "las":
@@ -60,7 +63,9 @@ def in_order(
     if config.order != "fair" or fair is None:
         yield from queue_order
         return
-    queues, heap = _project_queues(queue_order, fair)
+    queues = _project_queues(queue_order)
+    heap = [(fair.share(p), p) for p in queues]
+    heapq.heapify(heap)
     while heap:
         _, project = heapq.heappop(heap)
         queue = queues[project]
@@ -89,7 +94,16 @@ def fair_runs(
     ``fair`` (or the queue is empty) before asking for the next. The same order as
     :func:`in_order`, without resuming a generator for every workload."""
     queue_order = workloads if presorted else ordered(config, workloads)
-    queues, heap = _project_queues(queue_order, fair)
+    yield from serve_projects(_project_queues(queue_order), fair)
+
+
+def serve_projects(queues: dict[str, deque[T]], fair: FairShare) -> Iterator[deque[T]]:
+    """:func:`fair_runs` over queues already split by project (each in queue order), which
+    a caller that builds them as it goes (the round's borrowers) hands in directly. Which
+    project comes next depends only on the shares (project names break ties), not on the
+    order of ``queues``."""
+    heap = [(fair.share(p), p) for p in queues]
+    heapq.heapify(heap)
     while heap:
         _, project = heapq.heappop(heap)
         queue = queues[project]
@@ -103,16 +117,12 @@ def fair_runs(
                 break
 
 
-def _project_queues(
-    queue_order: Iterable[Workload], fair: FairShare
-) -> tuple[dict[str, deque[Workload]], list[tuple[float, str]]]:
-    """Each project's workloads in queue order, and a heap of the projects by share."""
+def _project_queues(queue_order: Iterable[Workload]) -> dict[str, deque[Workload]]:
+    """Each project's workloads in queue order."""
     queues: dict[str, deque[Workload]] = {}
     for w in queue_order:
         queue = queues.get(w.project)
         if queue is None:
             queue = queues[w.project] = deque()
         queue.append(w)
-    heap = [(fair.share(p), p) for p in queues]
-    heapq.heapify(heap)
-    return queues, heap
+    return queues

@@ -52,7 +52,8 @@ def place_workers(
     """
     if workers == 1:
         if cursors is None and (req.gpus or req.gpu_milli):  # choose(), one call less
-            alloc = _choose_scored(state, req, [t for t in types if t is not None], model, ranked)
+            typed = types if None not in types else [t for t in types if t is not None]
+            alloc = _choose_scored(state, req, typed, model, ranked)
         else:
             alloc = choose(state, req, types, model, cursors, ranked)
         if alloc is None:
@@ -168,15 +169,25 @@ def _host_delta(state: ClusterState, node: int, req: Request, model: FragModel) 
 def _choose_scored(
     state: ClusterState,
     req: Request,
-    types: list[str],
+    types: Sequence[str | None],
     model: FragModel | None,
     ranked: bool,
 ) -> Alloc | None:
     best: tuple[int, int, str] | None = None
     best_key: tuple[int, int, float] | None = None
     limit = WHOLE_CANDIDATES_PER_TYPE if req.gpus else CANDIDATES_PER_TYPE
+    versions, memo = state.versions, state.best
     for rank, t in enumerate(types):
-        found = _best_of_type(state, req, t, model, limit)
+        assert t is not None  # the caller leaves out None
+        # A type's answer (see _scan_type) holds until a node with that type changes.
+        shape = (t, req.gpus, req.gpu_milli, req.cpu_milli, req.memory_mib, model is None)
+        version = versions.get(t, 0)
+        known = memo.get(shape)
+        if known is not None and known[0] == version:
+            found = known[1]
+        else:
+            found = _scan_type(state, req, t, model, limit)
+            memo[shape] = (version, found)
         if found is not None:
             kind, delta, node, gpu = found
             # Types are tried in order, so on a tie the earlier type keeps its place.
@@ -189,7 +200,7 @@ def _choose_scored(
         return None
     node, gpu, t = best
     if req.gpus:
-        return state.alloc_on(node, req, t)
+        return state.whole_on(node, req, t)
     if gpu < 0:
         gpu = next(
             g
@@ -200,10 +211,10 @@ def _choose_scored(
 
 
 Best = tuple[int, float, int, int] | None
-"""(kind, score, node, gpu) of a type's best candidate, or None; see :func:`_best_of_type`."""
+"""(kind, score, node, gpu) of a type's best candidate, or None; see :func:`_scan_type`."""
 
 
-def _best_of_type(
+def _scan_type(
     state: ClusterState, req: Request, t: str, model: FragModel | None, limit: int
 ) -> Best:
     """(kind, score, node, gpu) of the best of the first ``limit`` candidates of type ``t``
@@ -212,22 +223,10 @@ def _best_of_type(
 
     What it reads (the type's index buckets, and the free share, CPUs, memory and scores of
     nodes with that type) changes only when a node with that type does, which bumps the
-    type's version: until then the answer found for a worker shape is the answer. A worker
-    that takes any type looks at every type, and a placement changes only one of them.
+    type's version: until then the answer found for a worker shape is the answer
+    (:func:`_choose_scored` keeps it). A worker that takes any type looks at every type, and
+    a placement changes only one of them.
     """
-    key = (t, req.gpus, req.gpu_milli, req.cpu_milli, req.memory_mib, model is None)
-    version = state.versions.get(t, 0)
-    known = state.best.get(key)
-    if known is not None and known[0] == version:
-        return known[1]
-    found = _scan_type(state, req, t, model, limit)
-    state.best[key] = (version, found)
-    return found
-
-
-def _scan_type(
-    state: ClusterState, req: Request, t: str, model: FragModel | None, limit: int
-) -> Best:
     # The hot loop of a round: each candidate's score is looked up in its node's cache
     # (keyed by type and worker shape, and the share used for a shared GPU) in place.
     free_cpu, free_mem = state.free_cpu, state.free_mem

@@ -19,6 +19,9 @@ the planned nodes, until the claimant starts there (first, before any other work
 claim is abandoned with a recorded reason. So a preemption never frees room for someone
 else, and its claimant never plans a second one while it waits.
 
+The round's working state and the steps these passes share (the reject check, placing and
+recording a placement) are in :mod:`.round_state`.
+
 No I/O, no globals, no clock but ``snapshot.clock``: the same input gives the same decisions,
 which is what lets the simulator measure exactly what the live loop runs. Within a round,
 "nothing of shape X fits" is remembered, because capacity only shrinks during a round, and
@@ -30,42 +33,24 @@ memos are what keep a round over 10,000 pending workloads cheap.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections import Counter
-from collections.abc import Sequence
-from operator import attrgetter
+from collections import deque
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from underlay.compute.scheduler.cluster import Alloc, ClusterState
 from underlay.compute.scheduler.constraints import (
-    Constraints,
-    app_of,
     constrained,
     keep_off_spot,
 )
-from underlay.compute.scheduler.decisions import Abandon, Decisions, Place, Preempt, Reject, Wait
-from underlay.compute.scheduler.energy import hold_reason, type_order
-from underlay.compute.scheduler.feasibility import never_fits
-from underlay.compute.scheduler.fragmentation import FragModel
-from underlay.compute.scheduler.ordering import fair_runs, in_order, service_level
-from underlay.compute.scheduler.packing import Cursors, place_workers
-from underlay.compute.scheduler.preemption import Plan, Preemptor
-from underlay.compute.scheduler.quota import FairShare, QuotaLedger, running_counts
-from underlay.compute.scheduler.reasons import names_text, no_fit_reason
+from underlay.compute.scheduler.decisions import Abandon, Decisions, Preempt, Reject, Wait
+from underlay.compute.scheduler.energy import hold_reason
+from underlay.compute.scheduler.ordering import fair_runs, in_order, serve_projects, service_level
+from underlay.compute.scheduler.preemption import Plan
+from underlay.compute.scheduler.reasons import names_text
 from underlay.compute.scheduler.reservation import hold_for
-from underlay.compute.scheduler.snapshot import WHOLE, Claim, Snapshot, WorkerPlacement, Workload
+from underlay.compute.scheduler.round_state import RoundState, Shape, rules, shape
+from underlay.compute.scheduler.snapshot import WHOLE, Claim, Snapshot, Workload
 from underlay.errors import InvalidInput
-
-MAX_PREEMPTORS = 16
-"""Workloads that may start a preemption plan in one round."""
-
-MAX_PLAN_ATTEMPTS = 8
-"""Preemption plans tried (found or not) in one round: with the victim cap of
-:mod:`.preemption`, this bounds what preemption can add to the cost of a round."""
-
-Shape = tuple[object, ...]
-
-Group = tuple[str, str | None]
-"""A project and the accelerator type its workloads ask for (None: any)."""
 
 
 def decide(snapshot: Snapshot) -> Decisions:
@@ -100,71 +85,8 @@ def _check(snapshot: Snapshot) -> None:
             known.add(wid)
 
 
-class _Round:
-    def __init__(self, snapshot: Snapshot) -> None:
-        cfg = snapshot.config
-        self.snap = snapshot
-        self.cfg = cfg
-        self.state = ClusterState(snapshot.nodes)
-        self.first_fit = cfg.packing == "first-fit"
-        self.cursors: Cursors | None = {} if self.first_fit else None
-        quotas = cfg.quotas and bool(snapshot.quotas)
-        # With one project asking, fair share orders nothing: skip its set-up.
-        fair = cfg.order == "fair" and len(set(map(attrgetter("project"), snapshot.pending))) > 1
-        mix = not self.first_fit and not snapshot.demand
-        # The running work, counted once for all that reads it (ledger, fair share, mix).
-        counts = running_counts(snapshot.running) if quotas or fair or mix else Counter()
-        self.ledger = QuotaLedger(snapshot.quotas, counts) if quotas else None
-        self.fair: FairShare | None = None
-        if fair:
-            s = self.state
-            self.fair = FairShare(s.type_total, sum(s.cap_cpu), sum(s.cap_mem), counts)
-        self.model: FragModel | None = None
-        if snapshot.demand and not self.first_fit:
-            self.model = FragModel.of((d.request, d.count) for d in snapshot.demand)
-        elif mix:
-            shape = attrgetter("gpus", "gpu_milli", "cpu_milli", "memory_mib")
-            shapes = Counter(map(shape, map(attrgetter("request"), snapshot.pending)))
-            for (_, _, gpus, milli, cpu, mem, _, _), n in counts.items():
-                shapes[(gpus, milli, cpu, mem)] += n
-            self.model = FragModel.of_shapes(shapes)
-        self.claims: list[Claim] = []
-        self.abandoned: list[Abandon] = []
-        self.no_preempt: set[str] = set()
-        # Workloads still leaving for a claim made earlier: their room is promised.
-        promised: frozenset[str] = frozenset()
-        if snapshot.claims:
-            leaving = {r.workload.id for r in snapshot.running if r.draining_until is not None}
-            promised = frozenset(v for c in snapshot.claims for v in c.victims if v in leaving)
-        self.preemptor = Preemptor(
-            cfg, snapshot.clock, self.state, snapshot.running, self.ledger, promised
-        )
-        self.places: list[Place] = []
-        self.preempts: list[Preempt] = []
-        self.waits: list[Wait] = []
-        self.rejects: list[Reject] = []
-        self.recheck: float | None = None
-        self.nofit: set[tuple[object, ...]] = set()
-        self.reasons: dict[tuple[object, ...], str] = {}
-        self.noplan: set[tuple[object, ...]] = set()
-        self.reject_memo: dict[Shape, str | None] = {}
-        self.head: str | None = None
-        self.failed: dict[tuple[object, ...], str] = {}
-        self.type_memo: dict[str | None, list[str | None]] = {}
-        # Per workload class (see :meth:`_admit`; the key starts with its group: project and
-        # type asked for): valid until the project's next placement on a type the class may
-        # use, which is when its usage, all they depend on beyond the class, changes. Each
-        # group's keys are listed so that such a placement drops exactly those.
-        self.class_memo: dict[Shape, list[Any]] = {}
-        self.borrow_memo: dict[Shape, list[Any]] = {}
-        self.class_keys: dict[Group, list[Shape]] = {}
-        self.borrow_keys: dict[Group, list[Shape]] = {}
-        self.borrower_class: dict[str, Shape] = {}
-        self.held_for: list[str] = []
-        self.constraints = Constraints(self.state, snapshot.nodes, snapshot.running)
-        self.reservations_left = cfg.reservations
-        self.plans_left = MAX_PREEMPTORS
-        self.attempts_left = MAX_PLAN_ATTEMPTS
+class _Round(RoundState):
+    """The passes of one round over its :class:`.RoundState`."""
 
     def run(self) -> Decisions:
         candidates: list[Workload] = []
@@ -183,22 +105,12 @@ class _Round:
                 self._recheck_at(held[1])
                 continue
             candidates.append(w)
-        borrowers: list[Workload] = []
-        fair = self.fair
-        if fair is None:
-            for w in in_order(self.cfg, candidates, fair):
-                self._admit(w, borrowers)
-        else:
-            admit = self._admit
-            for queue in fair_runs(self.cfg, candidates, fair):
-                charges = fair.charges
-                while queue:
-                    admit(queue.popleft(), borrowers)
-                    if fair.charges != charges:
-                        break
+        if self.mix_later:
+            self._mix_from_rejects()
+        self._first_pass(candidates)
         # The borrowers came out of the first pass in queue order: no need to sort them again.
-        if borrowers:
-            self._borrow_pass(borrowers)
+        if self.borrowers or self.borrow_queues:
+            self._borrow_pass()
         if self.preemptor.blocked_until is not None:
             self._recheck_at(self.preemptor.blocked_until)
         return Decisions(
@@ -297,81 +209,109 @@ class _Round:
             return None
         return f"the room freed for it is gone: {self._no_fit_reason(w, [t])}"
 
-    # -- rules -------------------------------------------------------------------------
-
-    def _reject(self, w: Workload) -> str | None:
-        if w.max_per_node is not None and w.max_per_node < 1:
-            return f"max_per_node must be at least 1 (got {w.max_per_node})"
-        r = w.request
-        key = (r.gpu_type, r.gpus, r.gpu_milli, r.cpu_milli, r.memory_mib, w.gang)
-        if key in self.reject_memo:
-            return self.reject_memo[key]
-        reason = self.reject_memo[key] = never_fits(self.state, w)
-        return reason
-
-    def _types(self, w: Workload) -> list[str | None]:
-        req = w.request
-        if not req.gpus and not req.gpu_milli:
-            return [None]
-        key = req.gpu_type
-        types = self.type_memo.get(key)
-        if types is None:
-            s = self.state
-            power = s.power if self.cfg.energy_aware else {}
-            types = list(type_order(w.request, s.types, power, self.cfg.energy_aware))
-            self.type_memo[key] = types
-        return types
-
-    def _admit(self, w: Workload, borrowers: list[Workload]) -> None:
-        if self.head is not None:
-            self.waits.append(Wait(w.id, self.head))
-            return
-        # What decides a workload's fate here (the types within its project's guarantee and
-        # its verdict key) depends on its class and on its project's usage, which only the
-        # project's own placements change: worked out once per class until then.
-        # Its class: everything its admission depends on besides its project's usage, with
-        # its project and the type it asks for first (the group whose placements change it).
-        r = w.request
+    def _first_pass(self, candidates: list[Workload]) -> None:
+        """Admit ``candidates`` in policy order (see :meth:`_admit`)."""
+        fair = self.fair
+        runs: Iterable[deque[Workload]]
+        if fair is None:
+            runs = (deque(in_order(self.cfg, candidates, fair)),)
+        else:
+            runs = fair_runs(self.cfg, candidates, fair)
+        memo, waits, admit = self.class_memo, self.waits, self._admit
+        borrowers, queues = self.borrowers, self.borrow_queues
         levels = self.cfg.service_levels
-        key: Shape = (
-            w.project,
-            r.gpu_type,
-            r.gpus,
-            r.gpu_milli,
-            r.cpu_milli,
-            r.memory_mib,
-            w.gang,
-            w.preemptible,
-            w.priority,
-            bisect_right(levels, w.attained_service) if levels else 0,
-            w.displaced,
-        )
-        if w.node_selector or w.max_per_node is not None:
-            key = (*key, *_rules(w))
-        entry = self.class_memo.get(key)
-        if entry is None:
-            entry = self.class_memo[key] = self._admit_class(w)
+        level0 = bisect_right(levels, 0.0)  # the level of work that has not run yet
+        for queue in runs:
+            charges = fair.charges if fair is not None else 0
+            # With fair share a run is one project's queue: its borrowers go to one queue.
+            borrowing: deque[Any] | None = None
+            while queue:
+                w = queue.popleft()
+                if self.head is not None:
+                    waits.append(Wait(w.id, self.head))
+                    continue
+                # What decides a workload's fate here (the types within its project's
+                # guarantee and its verdict key) depends on its class and on its project's
+                # usage, which only the project's own placements change: worked out once per
+                # class until then. Its class: everything its admission depends on besides
+                # its project's usage, with its project and the type it asks for first (the
+                # group whose placements change it).
+                r = w.request
+                attained = w.attained_service
+                key: Shape = (
+                    w.project,
+                    r.gpu_type,
+                    r.gpus,
+                    r.gpu_milli,
+                    r.cpu_milli,
+                    r.memory_mib,
+                    w.gang,
+                    w.preemptible,
+                    w.priority,
+                    bisect_right(levels, attained) if attained else level0,
+                    w.displaced,
+                )
+                if w.node_selector or w.max_per_node is not None:
+                    key = (*key, *rules(w))
+                cell = memo.get(key)
+                # Most of a deep queue waits for a reason its class already found, or
+                # borrows on every type it may use: both inlined, the rest in _admit.
+                if cell is not None:
+                    if cell[2] is not None:
+                        waits.append(Wait(w.id, cell[2]))
+                        continue
+                    if cell[3] is not None and cell[0] is not None and not cell[0]:
+                        if fair is None:  # _queue_borrower, inlined
+                            borrowers += (w, cell[3])
+                        else:
+                            if borrowing is None:
+                                borrowing = queues.get(w.project)
+                                if borrowing is None:
+                                    borrowing = queues[w.project] = deque()
+                            borrowing += (w, cell[3])
+                        continue
+                admit(w, key, cell)
+                if fair is not None and fair.charges != charges:
+                    break
+
+    def _queue_borrower(self, w: Workload, borrow: list[Any]) -> None:
+        if self.fair is None:
+            self.borrowers += (w, borrow)
+        else:
+            queue = self.borrow_queues.get(w.project)
+            if queue is None:
+                queue = self.borrow_queues[w.project] = deque()
+            queue += (w, borrow)
+
+    def _admit(self, w: Workload, key: Shape, cell: list[Any] | None) -> None:
+        """Place ``w`` within its project's guarantee, make room by preemption, queue it to
+        borrow, or say why it waits; ``cell`` is its class's (None if not made yet)."""
+        if cell is None:
+            cell = self.class_memo[key] = [None, None, None, None]
+        if cell[0] is None:
+            self._admit_class(w, cell)
             # A project's usage only grows during a round, so a class that borrows on every
-            # type it may use keeps borrowing: it outlives its project's placements (its key
-            # is not listed for them to drop).
-            if entry[0] or entry[2] is not None:
+            # type it may use keeps borrowing: it outlives its project's placements (its cell
+            # is not listed for them to clear).
+            if cell[0] or cell[2] is not None:
                 group = (w.project, w.request.gpu_type)
-                keys = self.class_keys.get(group)
-                if keys is None:
-                    self.class_keys[group] = [key]
+                cells = self.class_cells.get(group)
+                if cells is None:
+                    self.class_cells[group] = [cell]
                 else:
-                    keys.append(key)
-        inside, verdict, known = entry
+                    cells.append(cell)
+        inside, verdict, known, borrow = cell
         if known is None:
             if not inside:
-                borrowers.append(w)
-                self.borrower_class[w.id] = key
+                if borrow is None:
+                    borrow = cell[3] = [None, None]
+                self._queue_borrower(w, borrow)
                 return
             # Capacity, victims and quota headroom only shrink during a round: a workload
             # just like one that already failed fails the same way, for the same reason.
             known = self.failed.get(verdict)
             if known is not None:
-                entry[2] = known
+                cell[2] = known
         if known is not None:
             self.waits.append(Wait(w.id, known))
             return
@@ -381,21 +321,26 @@ class _Round:
             return
         self._blocked(w, inside, verdict)
 
-    def _admit_class(self, w: Workload) -> list[Any]:
-        """[types within the guarantee, verdict key, reason to wait if already known]."""
+    def _admit_class(self, w: Workload, cell: list[Any]) -> None:
+        """Fill ``cell`` with the types within the guarantee, the verdict key and the reason
+        to wait if already known."""
         types = self._types(w)
         inside = types
         if self.ledger is not None and types[0] is not None:
             inside = self._guaranteed_types(w, types)
             if not inside:
+                cell[0], cell[1] = inside, None
                 if w.preemptible:
-                    return [inside, None, None]
-                quota = self.ledger.describe(w.project, str(types[0]))
-                return [inside, None, f"{quota}; not preemptible, so it may not borrow"]
+                    cell[2] = None
+                else:
+                    quota = self.ledger.describe(w.project, str(types[0]))
+                    cell[2] = f"{quota}; not preemptible, so it may not borrow"
+                return
         levels = self.cfg.service_levels
         level = bisect_right(levels, w.attained_service) if levels else 0
-        verdict = (_shape(w, inside[0]), len(inside), w.project, w.priority, level, w.displaced)
-        return [inside, verdict, None]
+        cell[0] = inside
+        cell[1] = (shape(w, inside[0]), len(inside), w.project, w.priority, level, w.displaced)
+        cell[2] = None
 
     def _guaranteed_types(self, w: Workload, types: list[str | None]) -> list[str | None]:
         """The types on which ``w`` starts on its project's guarantee: it fits within it or,
@@ -404,9 +349,10 @@ class _Round:
         project's usage grows a type can only leave this list."""
         ledger = self.ledger
         assert ledger is not None
-        used_of, guaranteed_of = ledger.used, ledger.guaranteed
+        used_of, guaranteed_of, limit_of = ledger.used, ledger.guaranteed, ledger.limit
         project = w.project
-        share = w.gpu_share
+        r = w.request
+        share = (r.gpus * WHOLE if r.gpus else r.gpu_milli) * w.gang  # w.gpu_share
         start = self.cfg.guarantee_start and w.preemptible
         inside: list[str | None] = []
         for t in types:
@@ -415,62 +361,61 @@ class _Round:
             key = (project, t)
             used = used_of.get(key, 0)
             guaranteed = guaranteed_of.get(key, 0)
-            if used + share <= guaranteed or (  # ledger.within
-                start
-                and used < guaranteed  # ledger.below
-                and ledger.may_borrow(project, t, share)
-            ):
+            if used + share <= guaranteed:  # ledger.within
                 inside.append(t)
+            elif start and used < guaranteed:  # ledger.below
+                limit = limit_of.get(key)
+                if limit is None or used + share <= guaranteed + limit:  # ledger.may_borrow
+                    inside.append(t)
         return inside
 
-    def _borrow_pass(self, borrowers: list[Workload]) -> None:
+    def _borrow_pass(self) -> None:
         fair = self.fair
         if fair is None:
-            for w in in_order(self.cfg, borrowers, fair, presorted=True):
-                self._borrow(w)
+            borrowers = self.borrowers
+            for i in range(0, len(borrowers), 2):
+                self._borrow(borrowers[i], borrowers[i + 1])
             return
         # Most borrowers wait for a reason their class already found: that case is inlined.
-        classes, memos, waits = self.borrower_class, self.borrow_memo, self.waits
-        for queue in fair_runs(self.cfg, borrowers, fair, presorted=True):
+        waits = self.waits
+        for queue in serve_projects(self.borrow_queues, fair):
             charges = fair.charges
             while queue:
                 w = queue.popleft()
-                entry = memos.get(classes[w.id])
-                if entry is not None and entry[1] is not None:
-                    waits.append(Wait(w.id, entry[1]))
+                cell = queue.popleft()
+                if cell[1] is not None:
+                    waits.append(Wait(w.id, cell[1]))
                     continue
-                self._borrow(w)
+                self._borrow(w, cell)
                 if fair.charges != charges:
                     break
 
-    def _borrow(self, w: Workload) -> None:
+    def _borrow(self, w: Workload, cell: list[Any]) -> None:
         ledger = self.ledger
         assert ledger is not None  # only the quota pass produces borrowers
         # As in the guaranteed pass, a workload just like one that failed to borrow fails too;
         # the project's usage is part of the key so the reason quotes the current figures.
         # The key changes only with the project's own placements: worked out once per class.
-        key = self.borrower_class[w.id]
-        entry = self.borrow_memo.get(key)
-        if entry is None:
+        if cell[0] is None:
             # only work asking for accelerators borrows: its types hold no None
             t0 = self._types(w)[0]
             assert t0 is not None
             levels = self.cfg.service_levels
             level = bisect_right(levels, w.attained_service) if levels else 0
             used = ledger.used.get((w.project, t0), 0)
-            verdict = ("borrow", _shape(w, t0), w.project, w.priority, level, used, w.displaced)
-            entry = self.borrow_memo[key] = [verdict, None]
+            cell[0] = ("borrow", shape(w, t0), w.project, w.priority, level, used, w.displaced)
+            cell[1] = None
             group = (w.project, w.request.gpu_type)
-            keys = self.borrow_keys.get(group)
-            if keys is None:
-                self.borrow_keys[group] = [key]
+            cells = self.borrow_cells.get(group)
+            if cells is None:
+                self.borrow_cells[group] = [cell]
             else:
-                keys.append(key)
-        verdict, known = entry
+                cells.append(cell)
+        verdict, known = cell
         if known is None:
             known = self.failed.get(verdict)
             if known is not None:
-                entry[1] = known
+                cell[1] = known
         if known is not None:
             self.waits.append(Wait(w.id, known))
             return
@@ -484,82 +429,17 @@ class _Round:
             return
         if self._try_preempt(w, allowed, guaranteed=False):
             return
-        quota = ledger.describe(w.project, first)
+        # Written once per project, type and usage: thousands of borrowers quote a few.
+        text_key = (w.project, first, ledger.used.get((w.project, first), 0))
+        quota = self.quota_texts.get(text_key)
+        if quota is None:
+            quota = self.quota_texts[text_key] = ledger.describe(w.project, first)
         if not allowed:
             reason = f"{quota}; its borrow limit is reached"
         else:
             reason = f"{quota}; no idle {first} to borrow ({self._no_fit_reason(w, allowed)})"
         self.failed[verdict] = reason
         self.waits.append(Wait(w.id, reason))
-
-    def _try_place(self, w: Workload, types: list[str | None], borrowed: bool) -> bool:
-        key = (*_shape(w, None), *types)
-        if key in self.nofit:
-            return False
-        if constrained(w):
-            return self._place_constrained(w, types, borrowed, key)
-        placed = place_workers(
-            self.state,
-            w.request,
-            w.gang,
-            types,
-            self.model,
-            self.cursors,
-            self.cfg.energy_aware,
-        )
-        if placed is None:
-            self.nofit.add(key)
-            return False
-        t, allocs = placed
-        self._record_place(w, t, allocs, borrowed)
-        return True
-
-    def _place_constrained(
-        self, w: Workload, types: list[str | None], borrowed: bool, key: tuple[object, ...]
-    ) -> bool:
-        placed = self.constraints.place(w, types)
-        if placed is None:
-            self.nofit.add(key)
-            return False
-        self._record_place(w, placed[0], placed[1], borrowed)
-        return True
-
-    def _record_place(
-        self, w: Workload, t: str | None, allocs: list[Alloc], borrowed: bool
-    ) -> None:
-        if w.max_per_node is not None or w.app is not None or self.constraints.counts is not None:
-            self.constraints.placed(w, allocs)  # else nothing counts its workers
-        names = self.state.names
-        if len(allocs) == 1:
-            a = allocs[0]
-            workers: tuple[WorkerPlacement, ...] = (
-                WorkerPlacement(names[a.node], a.gpus, a.milli),
-            )
-        else:
-            workers = tuple(WorkerPlacement(names[a.node], a.gpus, a.milli) for a in allocs)
-        ledger = self.ledger
-        if ledger is not None and t is not None:
-            # a workload that starts on what is left of a guarantee may go above it
-            project = w.project
-            r = w.request
-            share = (r.gpus * WHOLE if r.gpus else r.gpu_milli) * w.gang  # w.gpu_share
-            key = (project, t)
-            used = ledger.used.get(key, 0)
-            if used + share > ledger.guaranteed.get(key, 0):  # not ledger.within
-                borrowed = True
-            ledger.used[key] = used + share  # ledger.add
-            # Only the classes that may use type t (asking for it, or for any type) change.
-            for memo, listed in (
-                (self.class_memo, self.class_keys),
-                (self.borrow_memo, self.borrow_keys),
-            ):
-                if listed:
-                    for group in ((project, t), (project, None)):
-                        for dropped in listed.pop(group, ()):
-                            del memo[dropped]
-        self.places.append(Place(w.id, workers, t, borrowed))
-        if self.fair is not None:
-            self.fair.charge(w, t)
 
     def _try_preempt(self, w: Workload, types: Sequence[str | None], guaranteed: bool) -> bool:
         if not self.preemptor.enabled or self.plans_left <= 0 or self.attempts_left <= 0:
@@ -571,7 +451,7 @@ class _Round:
             return False  # no node it may run on: nothing to free
         level = service_level(w.attained_service, self.cfg.service_levels)
         for t in types:
-            memo = (_shape(w, t), w.project, w.priority, level, guaranteed, w.displaced)
+            memo = (shape(w, t), w.project, w.priority, level, guaranteed, w.displaced)
             if memo in self.noplan or self.attempts_left <= 0:
                 continue
             if t is not None and not _hostable(self.state, w, t):
@@ -633,28 +513,6 @@ class _Round:
                 reason += f" besides what is held for {', '.join(self.held_for)}"
             self.failed[verdict] = reason
         self.waits.append(Wait(w.id, reason))
-
-    def _no_fit_reason(self, w: Workload, types: Sequence[str | None]) -> str:
-        key = (*_shape(w, None), *types)
-        cached = self.reasons.get(key)
-        if cached is None:
-            cached = self.reasons[key] = no_fit_reason(self.state, w, types)
-        return cached
-
-    def _recheck_at(self, when: float) -> None:
-        if self.recheck is None or when < self.recheck:
-            self.recheck = when
-
-
-def _shape(w: Workload, t: str | None) -> Shape:
-    r = w.request
-    if w.node_selector or w.max_per_node is not None:  # constrained(w), inlined: a hot path
-        return (t, r.gpus, r.gpu_milli, r.cpu_milli, r.memory_mib, w.gang, *_rules(w))
-    return (t, r.gpus, r.gpu_milli, r.cpu_milli, r.memory_mib, w.gang)
-
-
-def _rules(w: Workload) -> tuple[object, ...]:
-    return (app_of(w), w.max_per_node, w.node_selector)
 
 
 def _hostable(state: ClusterState, w: Workload, t: str) -> bool:

@@ -94,8 +94,14 @@ class Preemptor:
         if self._by_type is None:
             groups: dict[tuple[str | None, str], list[Running]] = {}
             for r in self._running:
-                if r.workload.preemptible:
-                    groups.setdefault((r.gpu_type, r.workload.project), []).append(r)
+                w = r.workload
+                if w.preemptible:
+                    key = (r.gpu_type, w.project)
+                    group = groups.get(key)
+                    if group is None:
+                        groups[key] = [r]
+                    else:
+                        group.append(r)
             self._by_type = groups
         return self._by_type
 
