@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from underlay.compute.scheduler import (
     Accelerator,
+    Decisions,
     Node,
     PolicyConfig,
     PowerModel,
@@ -116,3 +117,15 @@ def snapshot(
 ) -> Snapshot:
     cfg = policy_config(config) if isinstance(config, str) else config
     return Snapshot(clock, tuple(nodes), tuple(running), tuple(pending), tuple(quotas), cfg)
+
+
+def placed(d: Decisions) -> dict[str, list[tuple[str, tuple[int, ...], int]]]:
+    return {p.workload_id: [(w.node, w.gpus, w.gpu_milli) for w in p.workers] for p in d.places}
+
+
+def waiting(d: Decisions) -> dict[str, str]:
+    return {w.workload_id: w.reason for w in d.waits}
+
+
+def rejected(d: Decisions) -> dict[str, str]:
+    return {r.workload_id: r.reason for r in d.rejects}

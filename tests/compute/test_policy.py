@@ -19,20 +19,7 @@ from underlay.compute.scheduler import (
 )
 from underlay.errors import InvalidInput
 
-from .builders import job, node, occupy, running_on, snapshot
-
-
-def placed(d: Decisions) -> dict[str, list[tuple[str, tuple[int, ...], int]]]:
-    return {p.workload_id: [(w.node, w.gpus, w.gpu_milli) for w in p.workers] for p in d.places}
-
-
-def waiting(d: Decisions) -> dict[str, str]:
-    return {w.workload_id: w.reason for w in d.waits}
-
-
-def rejected(d: Decisions) -> dict[str, str]:
-    return {r.workload_id: r.reason for r in d.rejects}
-
+from .builders import job, node, occupy, placed, rejected, running_on, snapshot, waiting
 
 # -- reject -------------------------------------------------------------------------------
 
@@ -342,19 +329,6 @@ def test_strict_fifo_lets_nothing_pass_a_blocked_head():
     assert waiting(d)["small"] == "behind head, the blocked head of the queue (strict FIFO)"
 
 
-def test_backfill_uses_other_nodes_but_never_the_nodes_held_for_the_head():
-    nodes = [node("n0", free=[1000] * 6 + [0] * 2), node("n1", free=[1000] * 2 + [0] * 6)]
-    pending = [
-        job("head", gpus=8, submit=0),
-        job("s1", gpus=2, submit=1),
-        job("s2", gpus=2, submit=2),
-    ]
-    d = decide(snapshot(nodes, pending, config="fifo-backfill"))
-    assert placed(d) == {"s1": [("n1", (0, 1), 1000)]}
-    assert "holding what it needs on node n0 so later work cannot delay it" in waiting(d)["head"]
-    assert waiting(d)["s2"].endswith("besides what is held for head")
-
-
 @pytest.mark.parametrize("config", ["first-fit", "las", "default"])
 def test_skip_places_any_later_work_that_fits(config: str):
     # default holds nothing for a blocked head either (issue 9: holds without duration
@@ -620,14 +594,3 @@ def test_a_constrained_head_holds_only_where_it_may_run() -> None:
     assert "holding what it needs on node n1" in waiting(d)["head"]
     # n1's two free GPUs are held for the head; n0's two go to later work.
     assert sorted(w[0] for p in placed(d).values() for w in p) == ["n0", "n0"]
-
-
-def test_backfill_keeps_off_a_shared_gpu_the_blocked_head_will_need() -> None:
-    # Found by test_backfill_never_delays_the_head: the head held only idle GPUs, so a 0.1-GPU
-    # job took the shared GPU 0 that the head needs once r0 ends.
-    runs = [running_on(job("r0", milli=100), [("n0", (0,))])]
-    nodes = occupy([node("n0", gpus=2)], runs)
-    pending = [job("head", gpus=2, submit=0.0), job("small", milli=100, submit=1.0)]
-    d = decide(snapshot(nodes, pending, running=runs, config="fifo-backfill"))
-    assert not d.places
-    assert "first in line: holding what it needs on node n0" in waiting(d)["head"]

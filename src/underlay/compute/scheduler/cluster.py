@@ -202,6 +202,11 @@ class ClusterState:
                 return count
         return 0
 
+    def healthy_count(self, node: int, t: str) -> int:
+        """How many healthy ``t`` accelerators ``node`` has (free or not)."""
+        types = self.gpu_type[node]
+        return sum(1 for g, f in enumerate(self.gpu_free[node]) if f >= 0 and types[g] == t)
+
     def host_classes(self) -> list[HostClass]:
         """Nodes grouped by identical total hardware, for capacity questions about an empty
         cluster (a thousand nodes are usually a handful of classes)."""

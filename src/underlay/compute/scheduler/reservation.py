@@ -109,11 +109,13 @@ def _rank(
 
 
 def room_on(state: ClusterState, node: int, w: Workload, t: str | None) -> int:
-    """Workers of ``w`` that ``node`` could host when empty."""
+    """Workers of ``w`` that ``node`` could host when empty: on its healthy accelerators only
+    (counting the unhealthy ones held too few nodes for a gang, and backfill took a node the
+    head needed)."""
     req = w.request
     room = w.gang
     if t is not None:
-        count = state.type_count(node, t)
+        count = state.healthy_count(node, t)
         room = count // req.gpus if req.gpus else count
     if req.cpu_milli:
         room = min(room, state.cap_cpu[node] // req.cpu_milli)
