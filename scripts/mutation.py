@@ -45,6 +45,7 @@ MODULES: dict[str, Target] = {
         ("src/underlay/identity.py",),
         (
             "tests/test_identity.py",
+            "tests/test_identity_accounts.py",
             "tests/api/test_login.py::test_the_back_off_doubles_with_each_failure_up_to_a_cap",
             "tests/api/test_login.py::test_one_address_failing_for_many_users_is_refused",
             "tests/api/test_login.py::"

@@ -1,0 +1,185 @@
+"""Identity services on the store, continued: who may stop what, passwords and their tokens,
+the first admin's recovery token, project deletion (``make mutation MODULE=identity``).
+
+``tests/test_identity.py`` holds the other rules; this file keeps both under 600 lines.
+"""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from underlay import identity
+from underlay.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unauthenticated
+from underlay.identity import Actor
+from underlay.store import Database, Scope
+from underlay.store.models import Membership, Project, Role
+
+PASSWORD = "correct horse battery"
+WRONG = r"^the current password is wrong; nothing was changed$"
+
+
+# -- authorize_owner --------------------------------------------------------------------------
+
+
+def test_only_the_owner_a_project_admin_or_a_global_admin_may_stop_a_thing() -> None:
+    project = Project(id=7, name="vision")
+    identity.authorize_owner(Actor(1, "root", True), project, 2, "job 5")  # a global admin
+    identity.authorize_owner(Actor(2, "ann", False, {7: Role.viewer}), project, 2, "job 5")
+    identity.authorize_owner(Actor(3, "bob", False, {7: Role.admin}), project, 2, "job 5")
+    identity.authorize_owner(Actor(3, "bob", False, {7: Role.admin}), project, None, "job 5")
+    refused = (
+        Actor(3, "bob", False, {7: Role.member}),  # a member who does not own it
+        Actor(3, "bob", False, {7: Role.member, 8: Role.admin}),  # another project's admin
+    )
+    for actor in refused:
+        for owner in (2, None):  # an owner-less thing belongs to no plain member
+            with pytest.raises(PermissionDenied) as exc:
+                identity.authorize_owner(actor, project, owner, "job 5")
+            assert str(exc.value) == (
+                "bob does not own job 5; only its owner or an admin of project 'vision' may do this"
+            )
+
+
+# -- passwords --------------------------------------------------------------------------------
+
+
+def test_changing_ones_password_checks_the_old_one_and_revokes_the_other_tokens(
+    db: Database,
+) -> None:
+    with db.session(Scope.everything()) as s:
+        ann = identity.create_user(s, "ann", password=PASSWORD)
+        bob = identity.create_user(s, "bob", password=PASSWORD)
+        calling, _ = identity.create_token(s, ann, "calling", expires_in_days=None)
+        other, _ = identity.create_token(s, ann, "other", expires_in_days=None)
+        old, _ = identity.create_token(s, ann, "old", expires_in_days=None)
+        bobs, _ = identity.create_token(s, bob, "bobs", expires_in_days=None)
+        identity.revoke_token(s, Actor(ann.id, "ann", False), old.id)
+        revoked_before = old.revoked_at
+        actor = Actor(ann.id, "ann", False, token_id=calling.id)
+        for wrong in (PASSWORD + "x", "", PASSWORD[:-1]):
+            with pytest.raises(PermissionDenied, match=WRONG):
+                identity.change_password(s, actor, wrong, "a new password")
+        with pytest.raises(InvalidInput, match=r"^password must be 8 to 1024 characters long$"):
+            identity.change_password(s, actor, PASSWORD, "short")
+        assert other.revoked_at is None  # nothing changed
+        assert identity.verify_login(s, "ann", PASSWORD).id == ann.id
+
+        assert identity.change_password(s, actor, PASSWORD, "a new password") is ann
+        assert identity.verify_login(s, "ann", "a new password").id == ann.id
+        with pytest.raises(Unauthenticated):
+            identity.verify_login(s, "ann", PASSWORD)
+        assert calling.revoked_at is None  # the calling token is kept
+        assert other.revoked_at is not None
+        assert old.revoked_at == revoked_before  # an earlier revocation keeps its time
+        assert bobs.revoked_at is None  # another user's tokens are not touched
+
+
+def test_a_password_is_checked_on_its_first_1024_characters_as_at_login(db: Database) -> None:
+    long = "p" * 1024
+    with db.session(Scope.everything()) as s:
+        ann = identity.create_user(s, "ann", password=long)
+        actor = Actor(ann.id, "ann", False)
+        identity.change_password(s, actor, long + "ignored", "second password")
+        assert identity.verify_login(s, "ann", "second password").id == ann.id
+
+
+def test_a_password_cannot_be_changed_without_one_or_without_a_user(db: Database) -> None:
+    with db.session(Scope.everything()) as s:
+        bob = identity.create_user(s, "bob")  # no password: log in by token only
+        with pytest.raises(PermissionDenied, match=WRONG):
+            identity.change_password(s, Actor(bob.id, "bob", False), "", "a new password")
+        with pytest.raises(PermissionDenied, match=WRONG):
+            identity.change_password(s, Actor(99999, "gone", False), PASSWORD, "a new password")
+        bob.password_hash = "not an argon2 hash"  # a damaged row refuses, it does not crash
+        with pytest.raises(PermissionDenied, match=WRONG):
+            identity.change_password(s, Actor(bob.id, "bob", False), PASSWORD, "a new password")
+
+
+def test_an_admin_resetting_a_password_revokes_every_token_of_that_user(db: Database) -> None:
+    with db.session(Scope.everything()) as s:
+        ann = identity.create_user(s, "ann", password=PASSWORD)
+        bob = identity.create_user(s, "bob")
+        for name in ("t1", "t2"):
+            identity.create_token(s, ann, name, expires_in_days=None)
+        bobs, _ = identity.create_token(s, bob, "bobs", expires_in_days=None)
+        assert identity.reset_password(s, "ann", "a new password") is ann
+        assert identity.verify_login(s, "ann", "a new password").id == ann.id
+        assert all(t.revoked_at is not None for t in identity.list_tokens(s, ann.id))
+        assert bobs.revoked_at is None
+        with pytest.raises(InvalidInput, match=r"^password must be 8 to 1024 characters long$"):
+            identity.reset_password(s, "ann", "short")
+        with pytest.raises(NotFound, match=r"^user 'nobody' not found$"):
+            identity.reset_password(s, "nobody", "a new password")
+
+
+def test_deactivating_a_user_revokes_its_tokens_and_reactivating_keeps_them_revoked(
+    db: Database,
+) -> None:
+    with db.session(Scope.everything()) as s:
+        ann = identity.create_user(s, "ann")
+        token, secret = identity.create_token(s, ann, "t", expires_in_days=None)
+        identity.update_user(s, "ann", is_active=True)
+        assert token.revoked_at is None
+        identity.update_user(s, "ann", is_admin=True)
+        assert token.revoked_at is None and ann.is_admin
+        identity.update_user(s, "ann", is_active=False)
+        assert token.revoked_at is not None and not ann.is_active
+        identity.update_user(s, "ann", is_active=True)
+        with pytest.raises(Unauthenticated, match=r"^the token was revoked$"):
+            identity.authenticate(s, secret)
+
+
+# -- the first admin's recovery token ---------------------------------------------------------
+
+
+def test_resetting_the_bootstrap_token_revokes_only_the_old_bootstrap_tokens(
+    db: Database,
+) -> None:
+    with db.session(Scope.everything()) as s:
+        first = identity.bootstrap_admin(s, None)
+        assert first is not None
+        admin = identity.read_user(s, "admin")
+        kept, kept_secret = identity.create_token(s, admin, "laptop", expires_in_days=None)
+        token, secret = identity.reset_bootstrap_token(s)
+        assert (token.name, token.expires_at, token.user_id) == ("bootstrap", None, admin.id)
+        assert identity.authenticate(s, secret).name == "admin"
+        with pytest.raises(Unauthenticated, match=r"^the token was revoked$"):
+            identity.authenticate(s, first)
+        assert identity.authenticate(s, kept_secret).token_id == kept.id
+        old = [t for t in identity.list_tokens(s, admin.id) if t.revoked_at is not None]
+        assert len(old) == 1
+        revoked_at = old[0].revoked_at
+        identity.reset_bootstrap_token(s, "admin")  # again: the first one keeps its time
+        assert old[0].revoked_at == revoked_at
+        assert token.revoked_at is not None
+
+
+def test_the_bootstrap_token_of_a_deactivated_or_unknown_user_is_not_reset(db: Database) -> None:
+    with db.session(Scope.everything()) as s:
+        ann = identity.create_user(s, "ann")
+        identity.update_user(s, "ann", is_active=False)
+        with pytest.raises(Conflict) as exc:
+            identity.reset_bootstrap_token(s, "ann")
+        assert str(exc.value) == "user 'ann' is deactivated; reactivate it before a new token"
+        assert identity.list_tokens(s, ann.id) == []
+        with pytest.raises(NotFound, match=r"^user 'admin' not found$"):
+            identity.reset_bootstrap_token(s)
+
+
+# -- projects ---------------------------------------------------------------------------------
+
+
+def test_deleting_a_project_removes_its_row_and_memberships(db: Database) -> None:
+    with db.session(Scope.everything()) as s:
+        identity.create_user(s, "ann")
+        project = identity.create_project(s, "vision", identity.SYSTEM)
+        kept = identity.create_project(s, "kept", identity.SYSTEM)
+        identity.add_member(s, project, "ann", Role.admin)
+        identity.add_member(s, kept, "ann", Role.admin)
+        identity.delete_project(s, project)
+        s.flush()
+        assert [p.name for p in identity.list_projects(s, identity.SYSTEM)] == ["kept"]
+    with db.session(Scope.everything()) as s:
+        rows = s.scalar(select(func.count()).select_from(Membership))
+        assert rows == 1
