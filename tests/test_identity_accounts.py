@@ -13,7 +13,7 @@ from underlay import identity
 from underlay.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unauthenticated
 from underlay.identity import Actor
 from underlay.store import Database, Scope
-from underlay.store.models import Membership, Project, Role
+from underlay.store.models import Membership, Project, Role, UserGrant
 
 PASSWORD = "correct horse battery"
 WRONG = r"^the current password is wrong; nothing was changed$"
@@ -183,3 +183,58 @@ def test_deleting_a_project_removes_its_row_and_memberships(db: Database) -> Non
     with db.session(Scope.everything()) as s:
         rows = s.scalar(select(func.count()).select_from(Membership))
         assert rows == 1
+
+
+# -- grants, long names, exact messages -------------------------------------------------------
+
+
+def test_taking_a_grant_back_takes_only_that_grant_of_that_user(db: Database) -> None:
+    with db.session(Scope.everything()) as s:
+        ann = identity.create_user(s, "ann")
+        bob = identity.create_user(s, "bob")
+        for name in ("ann", "bob"):
+            identity.add_grant(s, name, identity.PROJECT_CREATOR)
+        s.add(UserGrant(user_id=ann.id, name="later-grant"))  # one a newer version gives
+        s.flush()
+        assert identity.remove_grant(s, "ann", identity.PROJECT_CREATOR) is ann
+        assert ann.grants == ["later-grant"]
+        assert identity.grants_of(s, ann.id) == {"later-grant"}
+        assert identity.grants_of(s, bob.id) == {identity.PROJECT_CREATOR}
+        with pytest.raises(NotFound, match=r"^user 'nobody' not found$"):
+            identity.remove_grant(s, "nobody", identity.PROJECT_CREATOR)
+        with pytest.raises(InvalidInput) as exc:
+            identity.remove_grant(s, "ann", "r" * 100)
+        assert str(exc.value) == f"unknown grant {'r' * 40!r}; grants are: project-creator"
+
+
+def test_a_missing_project_is_not_found_by_its_name_cut_at_80(db: Database) -> None:
+    with db.session(Scope.everything()) as s:
+        for name, shown in (("missing", "missing"), ("X" * 100, "X" * 80)):
+            with pytest.raises(NotFound) as exc:
+                identity.read_project(s, name, identity.SYSTEM)
+            assert str(exc.value) == f"project {shown!r} not found"
+        with pytest.raises(NotFound) as exc:
+            identity.read_user(s, "X" * 100)
+        assert str(exc.value) == f"user {'X' * 80!r} not found"
+
+
+def test_another_nodes_agent_is_refused_with_the_node_name_cut_at_128() -> None:
+    agent = Actor(1, "agent", False, {}, 6, kind=identity.TokenKind.agent, node="n1")
+    with pytest.raises(PermissionDenied) as exc:
+        identity.authorize_agent(agent, "n" * 200)
+    assert str(exc.value) == f"only node {'n' * 128!r}'s agent may do this: use its agent token"
+
+
+def test_an_agent_token_for_a_long_node_name_gets_a_63_character_name(db: Database) -> None:
+    with db.session(Scope.everything()) as s:
+        token, secret = identity.create_agent_token(s, "N" * 100)
+        assert token.name == ("agent-" + "n" * 100)[:63] and token.node == "N" * 100
+        assert identity.authenticate(s, secret).node == "N" * 100
+
+
+def test_an_imported_admin_token_too_short_is_refused_with_the_rule(db: Database) -> None:
+    with db.session(Scope.everything()) as s:
+        ann = identity.create_user(s, "ann")
+        with pytest.raises(InvalidInput) as exc:
+            identity.import_token(s, ann, "boot", "x" * 31)
+        assert str(exc.value) == "an admin token must be at least 32 characters long"
