@@ -6,8 +6,11 @@ the first admin's recovery token, project deletion (``make mutation MODULE=ident
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session
 
 from underlay import identity
 from underlay.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unauthenticated
@@ -238,3 +241,86 @@ def test_an_imported_admin_token_too_short_is_refused_with_the_rule(db: Database
         with pytest.raises(InvalidInput) as exc:
             identity.import_token(s, ann, "boot", "x" * 31)
         assert str(exc.value) == "an admin token must be at least 32 characters long"
+
+
+def test_projects_and_members_are_listed_by_name_not_by_creation(db: Database) -> None:
+    with db.session(Scope.everything()) as s:
+        for name in ("cy", "ann", "bob"):
+            identity.create_user(s, name)
+        for name in ("zeta", "alpha", "mid"):
+            identity.create_project(s, name, identity.SYSTEM)
+        project = identity.read_project(s, "mid", identity.SYSTEM)
+        for name, role in (("cy", Role.admin), ("ann", Role.viewer), ("bob", Role.member)):
+            identity.add_member(s, project, name, role)
+        assert [p.name for p in identity.list_projects(s, identity.SYSTEM)] == [
+            "alpha",
+            "mid",
+            "zeta",
+        ]
+        assert [(u.name, m.role) for m, u in identity.list_members(s, project)] == [
+            ("ann", Role.viewer),
+            ("bob", Role.member),
+            ("cy", Role.admin),
+        ]
+        assert [u.name for u in identity.list_users(s)] == ["ann", "bob", "cy"]
+
+
+def test_adding_a_member_twice_says_to_change_the_role_instead(db: Database) -> None:
+    with db.session(Scope.everything()) as s:
+        identity.create_user(s, "ann")
+        project = identity.create_project(s, "vision", identity.SYSTEM)
+        identity.add_member(s, project, "ann", Role.member)
+        with pytest.raises(Conflict) as exc:
+            identity.add_member(s, project, "ann", Role.admin)
+        assert str(exc.value) == (
+            "user 'ann' is already member in project 'vision'; change the role with update"
+        )
+
+
+# -- two writers at once (PostgreSQL: SQLite serialises writers with BEGIN IMMEDIATE) --------
+
+
+def _race(db: Database, s: Session, rival: Callable[[Session], object]) -> None:
+    """Let ``rival`` commit in its own session just before ``s`` first flushes: both passed
+    their "exists already?" check, and ``s`` loses at the unique constraint."""
+
+    def before_flush(*_: object) -> None:
+        with db.session(Scope.everything()) as other:
+            rival(other)
+
+    event.listen(s, "before_flush", before_flush, once=True)
+
+
+RACES = [
+    (
+        lambda s, p: identity.add_grant(s, "ann", identity.PROJECT_CREATOR),
+        "user 'ann' holds 'project-creator' already",
+    ),
+    (
+        lambda s, p: identity.add_member(s, p, "ann", Role.viewer),
+        "user 'ann' is already a member of 'vision'",
+    ),
+    (lambda s, p: identity.create_user(s, "bob"), "user 'bob' exists already"),
+    (
+        lambda s, p: identity.create_project(s, "other", identity.SYSTEM),
+        "project 'other' exists already",
+    ),
+]
+
+
+@pytest.mark.parametrize(("write", "message"), RACES)
+def test_the_loser_of_two_simultaneous_writes_gets_a_conflict(
+    db: Database, write: Callable[[Session, Project | None], object], message: str
+) -> None:
+    if db.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite serialises writers (BEGIN IMMEDIATE): this race cannot happen")
+    with db.session(Scope.everything()) as s:
+        identity.create_user(s, "ann")
+        identity.create_project(s, "vision", identity.SYSTEM)
+    with db.session(Scope.everything()) as s:
+        project = identity.read_project(s, "vision", identity.SYSTEM)
+        _race(db, s, lambda other: write(other, other.get(Project, project.id)))
+        with pytest.raises(Conflict) as exc:
+            write(s, project)
+        assert str(exc.value) == message
+        s.rollback()
