@@ -6,6 +6,7 @@ the first admin's recovery token, project deletion (``make mutation MODULE=ident
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -324,3 +325,13 @@ def test_the_loser_of_two_simultaneous_writes_gets_a_conflict(
             write(s, project)
         assert str(exc.value) == message
         s.rollback()
+
+
+def test_a_token_secret_is_the_prefix_and_256_random_bits_in_43_url_safe_characters(
+    db: Database,
+) -> None:
+    with db.session(Scope.everything()) as s:
+        ann = identity.create_user(s, "ann")
+        for _ in range(3):
+            _, secret = identity.create_token(s, ann, "t", expires_in_days=None)
+            assert re.fullmatch(r"ul_[A-Za-z0-9_-]{43}", secret), secret
