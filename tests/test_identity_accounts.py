@@ -335,3 +335,22 @@ def test_a_token_secret_is_the_prefix_and_256_random_bits_in_43_url_safe_charact
         for _ in range(3):
             _, secret = identity.create_token(s, ann, "t", expires_in_days=None)
             assert re.fullmatch(r"ul_[A-Za-z0-9_-]{43}", secret), secret
+
+
+def test_creating_a_project_follows_the_policy_and_names_the_project_in_errors(
+    db: Database,
+) -> None:
+    with db.session(Scope.everything()) as s:
+        ann = identity.create_user(s, "ann")
+        plain = Actor(ann.id, "ann", False)
+        creator = Actor(ann.id, "ann", False, grants=frozenset({identity.PROJECT_CREATOR}))
+        project = identity.create_project(s, "open", plain, policy="anyone")
+        assert project.description == ""
+        with pytest.raises(PermissionDenied, match=r"needs a global admin or the 'project-cr"):
+            identity.create_project(s, "closed", plain)  # "creators" unless told
+        with pytest.raises(PermissionDenied, match=r"needs a global admin \(ask"):
+            identity.create_project(s, "closed", creator, policy="admins")
+        with pytest.raises(InvalidInput) as exc:
+            identity.create_project(s, "Bad Name", creator)
+        assert str(exc.value).startswith("project name 'Bad Name' is not valid: use 1-63")
+        assert [p.name for p in identity.list_projects(s, identity.SYSTEM)] == ["open"]
