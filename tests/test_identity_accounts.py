@@ -6,6 +6,7 @@ the first admin's recovery token, project deletion (``make mutation MODULE=ident
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Callable
 
@@ -14,10 +15,17 @@ from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from underlay import identity
-from underlay.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unauthenticated
+from underlay.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    Unauthenticated,
+)
 from underlay.identity import Actor
 from underlay.store import Database, Scope
-from underlay.store.models import Membership, Project, Role, UserGrant
+from underlay.store.models import LoginFailure, Membership, Project, Role, UserGrant
 
 PASSWORD = "correct horse battery"
 WRONG = r"^the current password is wrong; nothing was changed$"
@@ -354,3 +362,134 @@ def test_creating_a_project_follows_the_policy_and_names_the_project_in_errors(
             identity.create_project(s, "Bad Name", creator)
         assert str(exc.value).startswith("project name 'Bad Name' is not valid: use 1-63")
         assert [p.name for p in identity.list_projects(s, identity.SYSTEM)] == ["open"]
+
+
+def test_the_default_policy_lets_only_admins_and_granted_creators_make_projects() -> None:
+    identity.may_create_projects(Actor(3, "cy", False, grants=frozenset({"project-creator"})))
+    identity.may_create_projects(Actor(1, "root", True))
+    with pytest.raises(PermissionDenied) as exc:
+        identity.may_create_projects(Actor(2, "ann", False))
+    assert str(exc.value) == (
+        "user 'ann' may not create projects: it needs a global admin or the 'project-creator' "
+        "grant (ask a global admin: underlay users grant ann project-creator)"
+    )
+
+
+def test_a_projects_description_is_stored(db: Database) -> None:
+    with db.session(Scope.everything()) as s:
+        identity.create_project(s, "vision", identity.SYSTEM, "images and such")
+    with db.session(Scope.everything()) as s:
+        assert identity.read_project(s, "vision", identity.SYSTEM).description == (
+            "images and such"
+        )
+
+
+def test_a_users_roles_are_read_whatever_the_sessions_scope(db: Database) -> None:
+    with db.session(Scope.everything()) as s:
+        ann = identity.create_user(s, "ann")
+        a = identity.create_project(s, "a", identity.SYSTEM)
+        b = identity.create_project(s, "b", identity.SYSTEM)
+        identity.add_member(s, a, "ann", Role.viewer)
+        identity.add_member(s, b, "ann", Role.admin)
+        _, secret = identity.create_token(s, ann, "t", expires_in_days=None)
+    for scope in (Scope.projects(), Scope.projects(a.id)):  # e.g. before the caller is known
+        with db.session(scope) as s:
+            assert identity.roles_of(s, ann.id) == {a.id: Role.viewer, b.id: Role.admin}
+            assert identity.authenticate(s, secret).roles == {a.id: Role.viewer, b.id: Role.admin}
+
+
+# -- login limits -----------------------------------------------------------------------------
+
+NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def _failures(s: Session, *at: dt.datetime, user: str = "ann", address: str = "10.0.0.9") -> None:
+    for when in at:
+        s.add(LoginFailure(user_name=user, address=address, at=when))
+    s.flush()
+
+
+def _wait(
+    s: Session, limits: identity.LoginLimits, user: str = "ann", address: str = "10.0.0.9"
+) -> RateLimited | None:
+    """The RateLimited refusal, or None if the login may go ahead."""
+    try:
+        identity.check_login_allowed(s, user, address, limits, now=NOW)
+    except RateLimited as exc:
+        return exc
+    return None
+
+
+def test_only_failures_inside_the_window_count_its_first_instant_included(db: Database) -> None:
+    limits = identity.LoginLimits(max_failures=2, window_s=100, backoff_s=60, backoff_max_s=10**6)
+    since = NOW - dt.timedelta(seconds=100)
+    with db.session(Scope.everything()) as s:
+        old = since - dt.timedelta(seconds=1)
+        _failures(s, old, old, old, NOW - dt.timedelta(seconds=10))
+        assert _wait(s, limits) is None  # one failure inside the window
+        _failures(s, NOW - dt.timedelta(seconds=10))
+        refused = _wait(s, limits)  # two inside: 60 s after the last, not 8 min (5 failures)
+        assert refused is not None and str(refused).endswith("try again in 50 s")
+    with db.session(Scope.everything()) as s:
+        _failures(s, since, NOW - dt.timedelta(seconds=10), user="bob")
+        refused = _wait(s, limits, user="bob")  # the failure at the window's first instant
+        assert refused is not None and refused.retry_after == 50
+
+
+def test_a_wait_under_a_second_still_refuses_and_rounds_up(db: Database) -> None:
+    limits = identity.LoginLimits(max_failures=1, backoff_s=60)
+    with db.session(Scope.everything()) as s:
+        _failures(s, NOW - dt.timedelta(seconds=59, milliseconds=500))
+        refused = _wait(s, limits)
+        assert refused is not None and refused.retry_after == 1
+        assert str(refused) == (
+            "too many failed logins for user 'ann' from address 10.0.0.9; try again in 1 s"
+        )
+
+
+def test_the_back_off_stops_doubling_after_30_doublings(db: Database) -> None:
+    limits = identity.LoginLimits(max_failures=1, window_s=10**6, backoff_s=1, backoff_max_s=2**40)
+    with db.session(Scope.everything()) as s:
+        _failures(s, *[NOW] * 32)  # 31 beyond the limit
+        refused = _wait(s, limits)
+        assert refused is not None and refused.retry_after == 2**30
+
+
+def test_long_user_names_and_addresses_are_counted_by_their_first_64_characters(
+    db: Database,
+) -> None:
+    limits = identity.LoginLimits(max_failures=2, backoff_s=60)
+    user, address = "u" * 100, "a" * 100
+    with db.session(Scope.everything()) as s:
+        for _ in range(2):
+            identity.record_login_failure(s, user, address)
+        s.flush()
+        stored = s.execute(select(LoginFailure.user_name, LoginFailure.address)).all()
+        assert {tuple(row) for row in stored} == {("u" * 64, "a" * 64)}
+        refused = _wait(s, limits, user=user, address=address)
+        assert refused is not None and f"for user {'u' * 64!r} from address {'a' * 64};" in str(
+            refused
+        )
+
+
+def test_an_address_is_refused_at_its_limit_inside_the_window_only(db: Database) -> None:
+    limits = identity.LoginLimits(max_failures=100, window_s=100, max_failures_per_address=3)
+    since = NOW - dt.timedelta(seconds=100)
+    with db.session(Scope.everything()) as s:
+        old = since - dt.timedelta(seconds=1)
+        for user in ("u1", "u2", "u3"):
+            _failures(s, old, user=user)
+        _failures(s, NOW, NOW, user="u4")
+        assert _wait(s, limits, user="ann") is None  # two inside the window
+        _failures(s, since, user="u5")  # the window's first instant counts
+        refused = _wait(s, limits, user="ann")
+        assert refused is not None and refused.retry_after == 100
+        assert str(refused) == "too many failed logins from address 10.0.0.9; try again in 100 s"
+
+
+def test_a_limit_of_one_failure_per_address_allows_the_first_attempt(db: Database) -> None:
+    limits = identity.LoginLimits(max_failures_per_address=1)
+    with db.session(Scope.everything()) as s:
+        assert _wait(s, limits) is None
+        _failures(s, NOW)
+        assert _wait(s, limits) is not None
