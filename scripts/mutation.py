@@ -134,8 +134,8 @@ EQUIVALENT: dict[str, str] = {
         )
     },
     "underlay.identity.x_list_tokens__mutmut_3": (
-        "no ORDER BY: on SQLite the id is the rowid, and the user_id index keeps equal keys in "
-        "rowid order, so the tokens come oldest first anyway"
+        "no ORDER BY: on SQLite the id is the rowid and the user_id index keeps equal keys in "
+        "rowid order; PostgreSQL returned them in id order too, even after an update"
     ),
     "underlay.identity.x_verify_login__mutmut_7": (
         "the name cut at 65 characters, not 64: user names have at most 63, so neither matches"
