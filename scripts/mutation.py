@@ -45,6 +45,8 @@ MODULES: dict[str, Target] = {
         ("src/underlay/identity.py",),
         (
             "tests/test_identity.py",
+            "tests/test_identity_accounts.py",
+            "tests/test_identity_login.py",
             "tests/api/test_login.py::test_the_back_off_doubles_with_each_failure_up_to_a_cap",
             "tests/api/test_login.py::test_one_address_failing_for_many_users_is_refused",
             "tests/api/test_login.py::"
@@ -87,6 +89,60 @@ EQUIVALENT: dict[str, str] = {
     ),
     "underlay.identity.x_authenticate__mutmut_84": (
         "capping a member's role at member: both branches give Role.member"
+    ),
+    **{
+        f"underlay.identity.x_authorize__mutmut_{n}": (
+            "the article before 'admin': a project admin is never refused a project action"
+        )
+        for n in (24, 26, 27)
+    },
+    "underlay.identity.x__check_grant__mutmut_5": (
+        "the separator between grants: GRANTS holds one grant, so it never shows"
+    ),
+    **{
+        f"underlay.identity.x_{fn}_grant__mutmut_{n}": (
+            "expiring all of the user's attributes, not only grant_rows: the query before it "
+            "autoflushed the user, so they reload the same"
+        )
+        for fn, n in (("add", 22), ("add", 24), ("remove", 16), ("remove", 18))
+    },
+    **{
+        f"underlay.identity.x_list_members__mutmut_{n}": (
+            "join(User) without ON: SQLAlchemy infers the same condition from the only foreign "
+            "key from memberships to users"
+        )
+        for n in (6, 8)
+    },
+    "underlay.identity.x__keep_one_admin__mutmut_12": (
+        "(admins or 1) <= 1: a count is never None, and 0 or 1 admin both refuse"
+    ),
+    "underlay.identity.x_create_token__mutmut_29": (
+        "secrets.token_urlsafe(None) draws 32 bytes, the default"
+    ),
+    **{
+        f"underlay.identity.x_{fn}__mutmut_{n}": (
+            "the message of a lost race at the unique constraint: SQLite serialises writers "
+            "(BEGIN IMMEDIATE); killed with --postgres by "
+            "test_the_loser_of_two_simultaneous_writes_gets_a_conflict"
+        )
+        for fn, n in (
+            ("add_grant", 18),
+            ("add_member", 28),
+            ("create_project", 32),
+            ("create_user", 28),
+            ("_flush_unique", 1),
+        )
+    },
+    "underlay.identity.x_list_tokens__mutmut_3": (
+        "no ORDER BY: on SQLite the id is the rowid and the user_id index keeps equal keys in "
+        "rowid order; PostgreSQL returned them in id order too, even after an update"
+    ),
+    "underlay.identity.x_verify_login__mutmut_7": (
+        "the name cut at 65 characters, not 64: user names have at most 63, so neither matches"
+    ),
+    "underlay.identity.x_verify_login__mutmut_14": (
+        "the length of the password hashed for a missing user: that hash is thrown away, it "
+        "only spends the same time as a check"
     ),
     "underlay.crypto.xǁ_MasterKeyǁgenerate__mutmut_2": (
         "secrets.token_bytes(None) draws 32 bytes, the default, which is KEY_BYTES"
