@@ -315,12 +315,14 @@ RACES = [
 ]
 
 
+# PostgreSQL only: SQLite serialises writers (BEGIN IMMEDIATE), so this race cannot happen there
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 @pytest.mark.parametrize(("write", "message"), RACES)
 def test_the_loser_of_two_simultaneous_writes_gets_a_conflict(
     db: Database, write: Callable[[Session, Project | None], object], message: str
 ) -> None:
-    if db.engine.dialect.name == "sqlite":
-        pytest.skip("SQLite serialises writers (BEGIN IMMEDIATE): this race cannot happen")
+    assert db.engine.dialect.name == "postgresql"
     with db.session(Scope.everything()) as s:
         identity.create_user(s, "ann")
         identity.create_project(s, "vision", identity.SYSTEM)
