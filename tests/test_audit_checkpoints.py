@@ -21,7 +21,7 @@ import fsspec
 import pytest
 from sqlalchemy import select
 
-from tests.test_audit import _failed, _fill, _rewind, _rewrite_from, _sql
+from tests.audit.support import failed, fill, rewind, rewrite_from, sql
 from tests.test_blobs_s3 import BUCKET, CREDENTIALS, s3_endpoint  # noqa: F401 (a fixture)
 from underlay.audit import AuditLog
 from underlay.audit_checkpoints import (
@@ -79,7 +79,7 @@ def test_intact_log_passes_and_its_checkpoints_are_written_outside(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="underlay.audit"):
-        _fill(log, 10)
+        fill(log, 10)
     assert _seqs(outside) == [3, 6, 9]
     assert stat.S_IMODE(outside.path.stat().st_mode) == 0o600
     first = json.loads(outside.path.read_text().splitlines()[0])
@@ -106,7 +106,7 @@ def test_a_failed_external_write_loses_no_entry_and_is_retried(
     outside = FileLocation(folder / "audit-checkpoints.jsonl")
     log = AuditLog(db, signer, checkpoint_every=3, external=[outside])
     with caplog.at_level(logging.WARNING, logger="underlay.audit"):
-        _fill(log, 4)
+        fill(log, 4)
     warnings = [r.getMessage() for r in caplog.records if r.name == "underlay.audit"]
     assert len(warnings) == 1  # one checkpoint, one failed export
     assert warnings[0].startswith(
@@ -116,7 +116,7 @@ def test_a_failed_external_write_loses_no_entry_and_is_retried(
     with db.session(Scope.everything()) as s:
         assert s.scalars(select(AuditEntry.seq)).all() == [1, 2, 3, 4]
     folder.mkdir()
-    _fill(log, 3)  # the next checkpoint (6) brings the missed one (3) along
+    fill(log, 3)  # the next checkpoint (6) brings the missed one (3) along
     assert _seqs(outside) == [3, 6]
     assert log.verify(signer).ok
 
@@ -229,9 +229,9 @@ def test_exports_follow_seq_order_whatever_order_rows_are_stored_in(
     folder = tmp_path / "later"
     outside = FileLocation(folder / "audit-checkpoints.jsonl")
     log = AuditLog(db, signer, checkpoint_every=3, external=[outside])
-    _fill(log, 10)  # every export fails: the folder does not exist yet
+    fill(log, 10)  # every export fails: the folder does not exist yet
     # An update writes a new row version: PostgreSQL then stores checkpoint 3 after 9.
-    _sql(db, "UPDATE audit_checkpoints SET key_id = key_id WHERE seq = 3")
+    sql(db, "UPDATE audit_checkpoints SET key_id = key_id WHERE seq = 3")
     folder.mkdir()
     log.export_checkpoints()
     assert [(r.seq, r.prev_seq) for r in outside.read().records] == [(3, 0), (6, 3), (9, 6)]
@@ -244,11 +244,11 @@ def test_exports_follow_seq_order_whatever_order_rows_are_stored_in(
 def test_deleted_tail_after_the_last_checkpoint_is_named(
     db: Database, log: AuditLog, db_only: AuditLog, signer: SigningKey
 ) -> None:
-    _fill(log, 10)  # checkpoints 3, 6, 9
+    fill(log, 10)  # checkpoints 3, 6, 9
     log.checkpoint_head()  # the timer signs entry 10
-    _rewind(db, 9)
+    rewind(db, 9)
     assert db_only.verify(signer).ok
-    _failed(
+    failed(
         log.verify(signer),
         10,
         "the audit log ends at entry 9 but the external checkpoint of ",
@@ -259,34 +259,34 @@ def test_deleted_tail_after_the_last_checkpoint_is_named(
 def test_deleted_checkpoints_and_truncation_are_named(
     db: Database, log: AuditLog, db_only: AuditLog, signer: SigningKey
 ) -> None:
-    _fill(log, 10)
-    _rewind(db, 4)
+    fill(log, 10)
+    rewind(db, 4)
     assert db_only.verify(signer).ok
     report = log.verify(signer)
-    _failed(report, 5, "the audit log ends at entry 4 but the external checkpoint of 20")
+    failed(report, 5, "the audit log ends at entry 4 but the external checkpoint of 20")
     assert str(report.problem).endswith("covers entry 9: entries after 4 were deleted")
 
 
 def test_wiped_log_is_named(
     db: Database, log: AuditLog, db_only: AuditLog, signer: SigningKey
 ) -> None:
-    _fill(log, 10)
-    _rewind(db, 0)
+    fill(log, 10)
+    rewind(db, 0)
     assert db_only.verify(signer).ok  # "OK: 0 entries"
     report = log.verify(signer)
-    _failed(report, 1, "the audit log is empty but the external checkpoint of ")
+    failed(report, 1, "the audit log is empty but the external checkpoint of ")
     assert str(report.problem).endswith("covers entry 9: the whole log was wiped")
 
 
 def test_rewrite_after_the_last_database_checkpoint_is_named(
     db: Database, log: AuditLog, db_only: AuditLog, signer: SigningKey
 ) -> None:
-    _fill(log, 11)  # checkpoints 3, 6, 9
+    fill(log, 11)  # checkpoints 3, 6, 9
     log.checkpoint_head()  # and 11, outside too
-    _sql(db, "DELETE FROM audit_checkpoints WHERE seq = 11")
-    _rewrite_from(db, 10, "mallory")
+    sql(db, "DELETE FROM audit_checkpoints WHERE seq = 11")
+    rewrite_from(db, 10, "mallory")
     assert db_only.verify(signer).ok
-    _failed(
+    failed(
         log.verify(signer),
         10,
         "entries 10 to 11 were rewritten after being signed: entry 11 does not match the "
@@ -297,13 +297,13 @@ def test_rewrite_after_the_last_database_checkpoint_is_named(
 def test_rewrite_from_the_first_entry_is_named_from_entry_1(
     db: Database, log: AuditLog, signer: SigningKey, outside: FileLocation
 ) -> None:
-    _fill(log, 3)  # checkpoint 3, outside too
-    _sql(db, "DELETE FROM audit_checkpoints")
-    _rewrite_from(db, 1, "mallory")
+    fill(log, 3)  # checkpoint 3, outside too
+    sql(db, "DELETE FROM audit_checkpoints")
+    rewrite_from(db, 1, "mallory")
     # A log configured with a long interval does not miss the deleted checkpoint itself.
     lenient = AuditLog(db, signer, checkpoint_every=100, external=[outside])
     assert AuditLog(db, signer, checkpoint_every=100).verify(signer).ok
-    _failed(
+    failed(
         lenient.verify(signer),
         1,
         "entries 1 to 3 were rewritten after being signed: entry 3 does not match the "
@@ -314,18 +314,18 @@ def test_rewrite_from_the_first_entry_is_named_from_entry_1(
 def test_checkpoint_deleted_from_the_database_is_named(
     db: Database, log: AuditLog, db_only: AuditLog, signer: SigningKey
 ) -> None:
-    _fill(log, 10)
+    fill(log, 10)
     log.checkpoint_head()
-    _sql(db, "DELETE FROM audit_checkpoints WHERE seq = 10")
+    sql(db, "DELETE FROM audit_checkpoints WHERE seq = 10")
     assert db_only.verify(signer).ok
-    _failed(log.verify(signer), 10, "the checkpoint for entry 10 of ")
+    failed(log.verify(signer), 10, "the checkpoint for entry 10 of ")
     assert str(log.verify(signer).problem).endswith("but was deleted from the database")
 
 
 def test_missing_external_log_is_named(
     db: Database, log: AuditLog, signer: SigningKey, outside: FileLocation
 ) -> None:
-    _fill(log, 7)
+    fill(log, 7)
     outside.path.unlink()
     report = log.verify(signer)
     assert not report.ok
@@ -339,7 +339,7 @@ def test_missing_external_log_is_named(
 def test_forged_or_garbled_external_records_are_named(
     db: Database, log: AuditLog, signer: SigningKey, outside: FileLocation, tmp_path: Path
 ) -> None:
-    _fill(log, 7)
+    fill(log, 7)
     forger = SigningKey(Settings(home=tmp_path / "forger"))
     genuine = outside.read().records[-1]
     forged = ExternalCheckpoint(
@@ -352,7 +352,7 @@ def test_forged_or_garbled_external_records_are_named(
     )
     with outside.path.open("a") as handle:
         handle.write(forged.to_json() + "\n")
-    _failed(
+    failed(
         log.verify(signer),
         50,
         f"the external checkpoint for entry 50 in {outside.path} has an invalid signature "
@@ -384,17 +384,17 @@ def test_checkpoints_in_s3_catch_a_wipe_of_the_database_and_the_home_file(
     options = {"endpoint_url": s3_endpoint, **CREDENTIALS}
     bucket = ObjectLocation(url, options)
     log = AuditLog(db, signer, checkpoint_every=3, external=[outside, bucket])
-    _fill(log, 10)
+    fill(log, 10)
     assert _seqs(bucket) == [3, 6, 9]
     assert _seqs(ObjectLocation(url, options)) == [3, 6, 9]  # as a fresh process sees it
     assert log.verify(signer).ok
 
     # Someone with the database and this machine, but not the bucket.
-    _rewind(db, 0)
+    rewind(db, 0)
     outside.path.unlink()
     assert db_only.verify(signer).ok
     report = log.verify(signer)
-    _failed(report, 1, "the audit log is empty but the external checkpoint of ")
+    failed(report, 1, "the audit log is empty but the external checkpoint of ")
     assert str(report.problem).endswith(f"in {url} covers entry 9: the whole log was wiped")
 
 
@@ -404,7 +404,7 @@ def test_server_start_writes_checkpoints_the_home_file_lacks(
     from underlay.platform import Platform
 
     # A store whose checkpoints predate the external log (or whose writes all failed).
-    _fill(AuditLog(db, signer, checkpoint_every=3), 7)
+    fill(AuditLog(db, signer, checkpoint_every=3), 7)
     assert not settings.audit_checkpoint_path.exists()
     platform = Platform(
         Settings(
@@ -444,7 +444,7 @@ def test_an_object_location_holds_one_object_per_checkpoint(
     assert location.name == url
     assert location.read().records == []  # nothing written yet: no folder either
     log = AuditLog(db, signer, checkpoint_every=3, external=[outside, location])
-    _fill(log, 10)
+    fill(log, 10)
     assert _seqs(location) == [3, 6, 9]
     memory = fsspec.filesystem("memory")
     root = "/" + url.removeprefix("memory://").rstrip("/")
@@ -472,11 +472,11 @@ def test_an_object_location_holds_one_object_per_checkpoint(
     assert log.verify(signer).ok
 
     # Someone with the database and this machine, but not the bucket.
-    _rewind(db, 0)
+    rewind(db, 0)
     outside.path.unlink()
     assert db_only.verify(signer).ok
     report = log.verify(signer)
-    _failed(report, 1, "the audit log is empty but the external checkpoint of ")
+    failed(report, 1, "the audit log is empty but the external checkpoint of ")
     assert str(report.problem).endswith(f"in {url} covers entry 10: the whole log was wiped")
 
 
@@ -485,7 +485,7 @@ def test_an_object_location_reports_misnamed_and_garbled_objects(
 ) -> None:
     location, url = bucket
     log = AuditLog(db, signer, checkpoint_every=3, external=[location])
-    _fill(log, 4)
+    fill(log, 4)
     memory = fsspec.filesystem("memory")
     root = "/" + url.removeprefix("memory://").rstrip("/")
     third = memory.cat_file(f"{root}/{3:020d}.json")
@@ -501,7 +501,7 @@ def test_an_object_location_reports_misnamed_and_garbled_objects(
         "invalid start byte",
     ]
     report = log.verify(signer)
-    _failed(report, None, "an external checkpoint is unreadable: object ")
+    failed(report, None, "an external checkpoint is unreadable: object ")
     assert report.problem is not None and report.problem.endswith("it names entry 3")
 
 
@@ -522,12 +522,12 @@ def test_the_checkpoint_loop_signs_the_tail_and_keeps_ticking_after_a_failure(
     outside: FileLocation,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    _fill(log, 4)
+    fill(log, 4)
     with db.session(Scope.everything()) as s:
         head = s.get(AuditHead, 1)
         assert head is not None
         seq, hash_ = head.seq, head.hash
-    _sql(db, "DELETE FROM audit_head")  # every tick fails until the head is back
+    sql(db, "DELETE FROM audit_head")  # every tick fails until the head is back
     loop = CheckpointLoop(log, 0.02)
     assert (loop.audit, loop.interval_s) == (log, 0.02)
     assert loop._thread.daemon and loop._thread.name == "underlay-audit"
@@ -535,7 +535,7 @@ def test_the_checkpoint_loop_signs_the_tail_and_keeps_ticking_after_a_failure(
         loop.start()
         try:
             _wait_for(lambda: "audit checkpoint tick failed" in caplog.text, "a failed tick")
-            _sql(db, "INSERT INTO audit_head (id, seq, hash) VALUES (1, :s, :h)", s=seq, h=hash_)
+            sql(db, "INSERT INTO audit_head (id, seq, hash) VALUES (1, :s, :h)", s=seq, h=hash_)
             _wait_for(lambda: _seqs(outside) == [3, 4], "the tail's checkpoint outside")
         finally:
             loop.stop()

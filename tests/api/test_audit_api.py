@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from tests.audit.support import rewind
 from tests.conftest import ADMIN_TOKEN, LiveServer
-from tests.test_audit import _rewind
 from underlay.config import Settings
 from underlay.store import Database, Scope
 from underlay.store.models import AuditCheckpoint
@@ -77,7 +77,7 @@ def test_api_verify_answers_not_ok_on_a_wiped_log(
         signed = _outside(settings)
         assert signed and signed == sorted(signed)
 
-        _rewind(db, 0)
+        rewind(db, 0)
         report = admin.verify_audit()
     assert not report.ok
     assert report.problem is not None
@@ -100,7 +100,7 @@ def test_timer_signs_the_tail_of_a_live_server(
         assert newest is not None and newest >= created
         assert admin.verify_audit().ok
 
-        _rewind(db, created - 1)  # cut the project's creation out of the log
+        rewind(db, created - 1)  # cut the project's creation out of the log
         report = admin.verify_audit()
     assert not report.ok
     assert report.problem is not None

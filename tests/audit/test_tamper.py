@@ -7,7 +7,7 @@ import re
 import pytest
 from sqlalchemy import select
 
-from tests.audit.support import failed, fill, sql
+from tests.audit.support import failed, fill, rewrite_from, sql
 from underlay.audit import (
     GENESIS_HASH,
     AuditLog,
@@ -16,7 +16,7 @@ from underlay.audit import (
 from underlay.crypto import SigningKey
 from underlay.errors import IntegrityFailure, Unavailable
 from underlay.store import Database, Scope
-from underlay.store.models import AuditEntry, AuditHead
+from underlay.store.models import AuditEntry
 
 # -- tamper detection ---------------------------------------------------------------------
 
@@ -51,26 +51,11 @@ def test_swapped_entries_are_named(db: Database, log: AuditLog, signer: SigningK
     failed(log.verify(signer), 4, "entry 4 is out of order: it was written as entry 5")
 
 
-def _rewrite_from(db: Database, seq: int, actor: str) -> None:
-    """What an attacker with database access does: edit, then recompute every later hash."""
-    with db.session(Scope.everything()) as s:
-        entries = s.scalars(select(AuditEntry).order_by(AuditEntry.seq)).all()
-        prev = entries[seq - 2].hash if seq > 1 else GENESIS_HASH
-        for entry in entries[seq - 1 :]:
-            if entry.seq == seq:
-                entry.actor = actor
-            entry.prev_hash = prev
-            entry.hash = prev = entry_hash(entry)
-        head = s.get(AuditHead, 1)
-        assert head is not None
-        head.hash = prev
-
-
 def test_rewritten_chain_is_caught_by_the_signed_checkpoint(
     db: Database, log: AuditLog, signer: SigningKey
 ) -> None:
     fill(log, 8)
-    _rewrite_from(db, 5, "mallory")
+    rewrite_from(db, 5, "mallory")
     failed(
         log.verify(signer),
         4,

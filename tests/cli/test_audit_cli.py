@@ -8,9 +8,9 @@ from pathlib import Path
 from subprocess import CompletedProcess
 from typing import Any
 
+from tests.audit.support import fill, rewind
 from tests.cli.conftest import clean_env, run_cli
 from tests.conftest import LiveServer
-from tests.test_audit import _fill, _rewind
 from underlay.config import Settings
 from underlay.platform import Platform
 from underlay.store import Database
@@ -30,14 +30,14 @@ def test_verify_local_exits_non_zero_on_a_truncated_log(db: Database, settings: 
         )
     )
     try:
-        _fill(platform.audit, 10)
+        fill(platform.audit, 10)
     finally:
         platform.close()
     verified = run_cli("audit", "verify", "--local", env=env)
     assert verified.returncode == 0, verified.stderr
     assert verified.stdout.startswith("audit log OK: 10 entries")
 
-    _rewind(db, 4)  # entries and checkpoints after 4 deleted, the head rewound
+    rewind(db, 4)  # entries and checkpoints after 4 deleted, the head rewound
     failed = run_cli("audit", "verify", "--local", env=env)
     assert failed.returncode == 1, failed.stdout
     assert "Traceback" not in failed.stderr
