@@ -30,6 +30,7 @@ import argparse
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -89,6 +90,8 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the Ray node")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    # a SIGTERM (timeout, Ctrl-C of a parent) runs the clean-up below: no Ray cluster left
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     import duckdb
     import ray
     from deltalake import DeltaTable
