@@ -73,14 +73,18 @@ def serve(tmp: Path, database_url: str, **compute: Any) -> Iterator[LiveServer]:
             c.register_model(PROJECT, "churn", run=run.id, path="model")
         yield server
     finally:
-        with server.client() as c:
-            for project in (PROJECT, "other"):
-                for deployment in c.list_deployments(project):
-                    c.delete_deployment(project, deployment.name)
-            for project in (PROJECT, "other"):
-                for job in c.list_jobs(project, state=["queued", "admitted", "running"]):
-                    c.wait_job(project, job.id, timeout_s=30)
-        server.stop()
+        try:
+            with server.client() as c:
+                for project in (PROJECT, "other"):
+                    for deployment in c.list_deployments(project):
+                        c.delete_deployment(project, deployment.name)
+                for project in (PROJECT, "other"):
+                    for job in c.list_jobs(project, state=["queued", "admitted", "running"]):
+                        c.wait_job(project, job.id, timeout_s=30)
+        finally:
+            # always: a server left running (its loop, agent and workers) in this pytest
+            # worker would act on the database the next tests reset and reuse
+            server.stop()
 
 
 @pytest.fixture(scope="module")
