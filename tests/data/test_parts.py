@@ -164,3 +164,26 @@ def test_a_reader_names_its_pieces_and_the_server_checks_them(
         ids(pieces="0-1")
     with pytest.raises(InvalidInput, match="not both"):
         ids(pieces="0:0", shard="0/2")
+
+
+def test_a_viewer_can_neither_start_nor_add_to_nor_commit_a_write(
+    server: Any, admin: Any, project: str
+) -> None:
+    from underlay.errors import PermissionDenied
+
+    base = f"/projects/{PROJECT}/tables/t/parts"
+    write = _start(admin, "t")
+    admin.create_user("vic", password="correct horse battery")
+    admin.add_member(PROJECT, "vic", "viewer")
+    token = admin.create_token("vic", user="vic").token
+    one = _ipc(pa.table({"x": [1]}))
+    with server.client(token) as vic:
+        for method, path, body in (
+            ("POST", base, {}),
+            ("PUT", f"{base}/{write}/0", {"content": one}),
+            ("POST", f"{base}/{write}/commit", {"json": {"parts": [0]}}),
+            ("DELETE", f"{base}/{write}", {}),
+        ):
+            with pytest.raises(PermissionDenied):
+                vic._request(method, path, **body)
+    assert _staged(server) and admin.list_tables(PROJECT) == []
