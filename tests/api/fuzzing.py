@@ -21,6 +21,8 @@ authenticated surface after that.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,26 @@ STATEFUL_EXAMPLES = 40
 # uvicorn answers a request it cannot parse (e.g. a control character in a negative-mode
 # header) itself, before the app sees it; that 400 is plain text by design of the server.
 UVICORN_REFUSAL = "Invalid HTTP request received."
+
+
+def import_schemathesis_whole() -> None:
+    """Import every schemathesis module now, while the test session has one thread.
+
+    schemathesis is a pytest plugin, so pytest rewrites (compiles) each of its modules when it
+    is first imported, and it imports most of them lazily, in the middle of a run, while a live
+    server's threads run beside it. CPython 3.11 keeps the AST builder's recursion counter per
+    interpreter, not per thread: two threads compiling at once can trip
+    ``SystemError: AST constructor recursion depth mismatch`` (a race later CPython releases
+    fixed), which failed two schemathesis tests in a CI run here.
+    """
+    for module in pkgutil.walk_packages(schemathesis.__path__, "schemathesis."):
+        try:
+            importlib.import_module(module.name)
+        except ImportError:  # an optional integration whose library is not installed
+            continue
+
+
+import_schemathesis_whole()
 
 
 def fuzz_settings(operations: int) -> settings:
