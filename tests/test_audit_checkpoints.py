@@ -433,6 +433,25 @@ def bucket() -> Iterator[tuple[ObjectLocation, str]]:
     memory.rm("/" + url.removeprefix("memory://").rstrip("/"), recursive=True)
 
 
+def test_an_object_location_passes_its_storage_options_to_the_file_system(
+    tmp_path: Path,
+) -> None:
+    """``storage_options`` (an S3 endpoint and credentials, in production) reach fsspec: here
+    the local file system's ``auto_mkdir``, without which the first object has no folder."""
+    url = f"file://{tmp_path}/not/yet/made/"
+    assert (
+        ObjectLocation(url, {"auto_mkdir": True}).append_after(
+            lambda after: [_record(1)] if after == 0 else []
+        )
+        == 1
+    )
+    assert _seqs(ObjectLocation(url, {})) == [1]
+    with pytest.raises(FileNotFoundError):  # the default: no folders made
+        ObjectLocation(f"file://{tmp_path}/other/", {"auto_mkdir": False}).append_after(
+            lambda after: [_record(1)]
+        )
+
+
 def test_an_object_location_holds_one_object_per_checkpoint(
     db: Database,
     signer: SigningKey,
