@@ -72,11 +72,17 @@ MODULES: dict[str, Target] = {
     "scheduler": Target(
         (
             "src/underlay/compute/scheduler/policy.py",
+            "src/underlay/compute/scheduler/round_state.py",
+            "src/underlay/compute/scheduler/reservation.py",
             "src/underlay/compute/scheduler/preemption.py",
             "src/underlay/compute/scheduler/quota.py",
             "src/underlay/compute/scheduler/energy.py",
         ),
-        ("tests/compute/test_policy.py", "tests/compute/test_properties.py"),
+        (
+            "tests/compute/test_policy.py",
+            "tests/compute/test_properties.py",
+            "tests/compute/test_backfill.py",
+        ),
     ),
 }
 
