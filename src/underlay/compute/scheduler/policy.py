@@ -363,7 +363,7 @@ class _Round(RoundState):
             guaranteed = guaranteed_of.get(key, 0)
             if used + share <= guaranteed:  # ledger.within
                 inside.append(t)
-            elif start and used < guaranteed:  # ledger.below
+            elif start and used < guaranteed:  # the project has some of its guarantee left
                 limit = limit_of.get(key)
                 if limit is None or used + share <= guaranteed + limit:  # ledger.may_borrow
                     inside.append(t)

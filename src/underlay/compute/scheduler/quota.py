@@ -80,11 +80,6 @@ class QuotaLedger:
         key = (project, gpu_type)
         return self.used.get(key, 0) + amount <= self.guaranteed.get(key, 0)
 
-    def below(self, project: str, gpu_type: str) -> bool:
-        """Whether the project uses less than its guarantee (it has some of it left)."""
-        key = (project, gpu_type)
-        return self.used.get(key, 0) < self.guaranteed.get(key, 0)
-
     def may_borrow(self, project: str, gpu_type: str, amount: int) -> bool:
         key = (project, gpu_type)
         limit = self.limit.get(key)
@@ -97,10 +92,6 @@ class QuotaLedger:
         key = (project, gpu_type)
         held = self.used.get(key, 0) - self.draining.get(key, 0)
         return max(0, held - self.guaranteed.get(key, 0))
-
-    def add(self, project: str, gpu_type: str, amount: int) -> None:
-        key = (project, gpu_type)
-        self.used[key] = self.used.get(key, 0) + amount
 
     def describe(self, project: str, gpu_type: str) -> str:
         """ "project vision uses 8 of its 8 guaranteed A100" and the borrow limit if any."""
