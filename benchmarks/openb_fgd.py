@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-seed", type=int, default=42)
     parser.add_argument("--policies", default="default,first-fit")
     parser.add_argument("--traces-dir", type=Path, default=None)
+    parser.add_argument(
+        "--pods", type=int, default=None, help="only the first N pods of each shuffle (a quick run)"
+    )
     args = parser.parse_args(argv)
     folder = traces_dir(args.traces_dir)
     base = load_openb(folder)
@@ -90,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     found: dict[str, list[float]] = {p: [] for p in policies}
     for seed in seeds:
         trace = shuffled(base, seed)
+        if args.pods is not None:
+            trace = Trace.of(trace.name, trace.jobs[: args.pods])
         for policy in policies:
             unallocated, preemptions, took = replay(trace, policy, args.traces_dir)
             found[policy].append(unallocated)

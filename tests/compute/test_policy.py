@@ -315,7 +315,30 @@ def test_a_gang_is_placed_whole_on_as_few_nodes_as_possible_or_not_at_all():
     assert {n for n, _, _ in workers} == {"b"}
     d = decide(snapshot(nodes, [job("g", gpus=4, gang=5)]))
     assert not d.places
-    assert waiting(d)["g"].startswith("gang of 5 workers cannot be placed at once")
+    assert waiting(d)["g"] == (
+        "gang of 5 workers cannot be placed at once: the free room holds only 4 of its "
+        "workers now"  # a takes 1, b 2, c 1
+    )
+    d = decide(snapshot(nodes, [job("g", gpus=8, gang=2)]))
+    assert waiting(d)["g"] == (
+        "gang of 2 workers cannot be placed at once: the free room holds only 1 of its "
+        "workers now"  # b
+    )
+    d = decide(snapshot([nodes[0], nodes[2]], [job("g", gpus=8, gang=2)]))
+    assert waiting(d)["g"] == (
+        "gang of 2 workers cannot be placed at once: no healthy node has 8 free A100 GPUs "
+        "(most free A100 on one node: 6)"
+    )
+
+
+def test_a_spread_gang_that_the_per_node_limit_keeps_out_says_how_many_workers_fit():
+    nodes = [node("n0"), node("n1", free=[0] * 8)]
+    spread = replace(job("s", gpus=4, gang=2), max_per_node=1)
+    d = decide(snapshot(nodes, [spread]))
+    assert waiting(d)["s"] == (
+        "app s may run at most 1 per node, and the nodes with room take only 1 of its 2 workers so"
+    )
+    assert "s" in placed(decide(snapshot([node("n0"), node("n1")], [spread])))
 
 
 # -- head of line -------------------------------------------------------------------------

@@ -136,10 +136,31 @@ class Constraints:
             key = (app_of(w), a.node)
             self.counts[key] = self.counts.get(key, 0) + 1
 
+    def _workers_within_limit(self, w: Workload, types: Sequence[str | None]) -> int:
+        """How many of ``w``'s workers its allowed nodes take now within its spread limit
+        (on its best type); the state is left as it was."""
+        best = 0
+        for t in types:
+            allocs = self._take(w, t, self.allowed(w))
+            self._release(allocs)
+            best = max(best, len(allocs))
+        return best
+
+    def place_on(self, w: Workload, t: str | None, nodes: Sequence[int]) -> list[Alloc] | None:
+        """``w``'s workers on ``nodes`` only (those its selector allows), within its spread
+        limit, all of them or none (None)."""
+        allowed = set(self.allowed(w))
+        return self._all_or_none(w, self._take(w, t, [n for n in nodes if n in allowed]))
+
     def _allocs(self, w: Workload, t: str | None) -> list[Alloc] | None:
+        return self._all_or_none(w, self._take(w, t, self.allowed(w)))
+
+    def _take(self, w: Workload, t: str | None, nodes: Sequence[int]) -> list[Alloc]:
+        """As many of ``w``'s workers as ``nodes`` take, in order, within its spread limit
+        (allocated in the state)."""
         state = self.state
         allocs: list[Alloc] = []
-        for n in self.allowed(w):
+        for n in nodes:
             for _ in range(min(self.room(w, n), w.gang - len(allocs))):
                 a = state.alloc_on(n, w.request, t)
                 if a is None:
@@ -147,10 +168,18 @@ class Constraints:
                 state.allocate(a)
                 allocs.append(a)
             if len(allocs) == w.gang:
-                return allocs
-        for a in reversed(allocs):
-            state.release(a)
+                break
+        return allocs
+
+    def _all_or_none(self, w: Workload, allocs: list[Alloc]) -> list[Alloc] | None:
+        if len(allocs) == w.gang:
+            return allocs
+        self._release(allocs)
         return None
+
+    def _release(self, allocs: list[Alloc]) -> None:
+        for a in reversed(allocs):
+            self.state.release(a)
 
     def reason(self, w: Workload, types: Sequence[str | None], no_fit: str) -> str:
         """Why constrained ``w`` could not be placed; ``no_fit`` is the plain capacity reason."""
@@ -166,9 +195,10 @@ class Constraints:
                     f"app {app_of(w)} already has {limit} of {limit} workers on every fitting node"
                 )
             if fitting:
+                held = self._workers_within_limit(w, types)
                 return (
-                    f"app {app_of(w)} may run at most {limit} workers per node and the "
-                    f"nodes with room cannot host all {w.gang} workers: {no_fit}"
+                    f"app {app_of(w)} may run at most {limit} per node, and the nodes with "
+                    f"room take only {held} of its {w.gang} workers so"
                 )
         if labels:
             return f"no node with labels {labels} has room: {no_fit}"

@@ -183,15 +183,20 @@ class _Round(RoundState):
                 quota = ledger.describe(w.project, t)
                 return f"{quota}; it may no longer take the room held for it"
             borrowed = True
+        state = self.state
+        nodes = [n for name in claim.nodes if (n := state.index.get(name)) is not None]
         if constrained(w):
-            # Its nodes were chosen within its selector and spread limit; placing it through
-            # the constrained path checks both again against this round's state.
+            # Its nodes were chosen within its selector and spread limit; both are checked
+            # again against this round's state, on its nodes first, then anywhere.
+            held = self.constraints.place_on(w, t, nodes)
+            if held is not None:
+                self._record_place(w, t, held, borrowed)
+                return None
             if self._try_place(w, [t], borrowed):
                 return None
-            return f"the room freed for it is gone: {self._no_fit_reason(w, [t])}"
-        state = self.state
+            no_fit = self.constraints.reason(w, [t], self._no_fit_reason(w, [t]))
+            return f"the room freed for it is gone: {no_fit}"
         allocs: list[Alloc] = []
-        nodes = [n for name in claim.nodes if (n := state.index.get(name)) is not None]
         for _ in range(w.gang):
             alloc = next(
                 (a for n in nodes if (a := state.alloc_on(n, w.request, t)) is not None), None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from underlay.compute.scheduler.cluster import ClusterState
+from underlay.compute.scheduler.cluster import Alloc, ClusterState
 from underlay.compute.scheduler.quota import gpus_text
 from underlay.compute.scheduler.snapshot import Workload
 
@@ -39,8 +39,29 @@ def no_fit_reason(state: ClusterState, w: Workload, types: Sequence[str | None])
         text += f" with {host} on its node" if host else ""
         text += f" (largest free share: {largest})"
     if w.gang > 1:
+        fit = workers_that_fit(s, w, named or [None], w.gang)
+        if fit:  # one worker fits somewhere: the gang as a whole is what does not
+            text = f"the free room holds only {fit} of its workers now"
         text = f"gang of {w.gang} workers cannot be placed at once: " + text
     return text
+
+
+def workers_that_fit(
+    state: ClusterState, w: Workload, types: Sequence[str | None], most: int
+) -> int:
+    """How many of ``w``'s workers the free room could take now, on one type (the best),
+    counting at most ``most``; the state is left as it was."""
+    best = 0
+    for t in types:
+        allocs: list[Alloc] = []
+        for n in range(len(state.names)):
+            while len(allocs) < most and (a := state.alloc_on(n, w.request, t)) is not None:
+                state.allocate(a)
+                allocs.append(a)
+        for a in reversed(allocs):
+            state.release(a)
+        best = max(best, len(allocs))
+    return best
 
 
 def host_text(cpu_milli: int, memory_mib: int) -> str:

@@ -27,9 +27,10 @@ A job of more than 8 GPUs is a gang of ``w`` workers with ``n / w`` GPUs each, `
 smallest divisor of ``n`` that keeps a worker within one 8-GPU node. The quota weights are
 the VC sizes in ``philly_vc_nodes.csv`` (the 4 VCs it lacks get no guarantee and only borrow).
 
-**openb** (Alibaba PAI 2023, FGD paper): 8,152 pods replayed the way the FGD paper did:
-pods arrive in creation order and hold their resources until the end (lifetimes are not
-used), on the 1,523 openb nodes, so the replay measures how many GPUs each policy leaves
+**openb** (Alibaba PAI 2023, FGD paper): 8,152 pods that arrive in creation order and hold
+their resources until the end (lifetimes are not used; the FGD paper's simulator shuffles the
+order and uses the GPU nodes only: ``benchmarks/openb_fgd.py`` replays them that way), on the
+1,523 openb nodes, so the replay measures how many GPUs each policy leaves
 unallocatable as the cluster fills. ``gpu_milli`` below 1000 is a fraction of one GPU; the
 QoS class is the priority (Guaranteed 3, LS 2, Burstable 1, BE 0), and only Burstable and BE
 pods are preemptible (latency-sensitive services are not); ``gpu_spec`` is empty in this
