@@ -87,6 +87,10 @@ MODULES: dict[str, Target] = {
 }
 
 EQUIVALENT: dict[str, str] = {
+    "underlay.compute.scheduler.reservation.x__shares_for__mutmut_4": (
+        "holding from GPUs with nothing free too: one is picked only once none has a share "
+        "left, and its hold is a share of 0"
+    ),
     "underlay.identity.x_authenticate__mutmut_23": (
         "expiry at exactly the current microsecond: utcnow() inside cannot be pinned by a test"
     ),
