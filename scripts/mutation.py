@@ -87,6 +87,13 @@ MODULES: dict[str, Target] = {
 }
 
 EQUIVALENT: dict[str, str] = {
+    **{
+        f"underlay.compute.scheduler.quota.xǁQuotaLedgerǁmay_borrow__mutmut_{n}": (
+            "the guarantee's default: a borrow limit and its guarantee come from one Quota, so "
+            "a key with a limit always has a guarantee"
+        )
+        for n in (15, 17, 18)
+    },
     "underlay.compute.scheduler.reservation.x__shares_for__mutmut_4": (
         "holding from GPUs with nothing free too: one is picked only once none has a share "
         "left, and its hold is a share of 0"
