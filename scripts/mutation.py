@@ -88,6 +88,13 @@ MODULES: dict[str, Target] = {
 
 EQUIVALENT: dict[str, str] = {
     **{
+        f"underlay.compute.scheduler.energy.x_hold_reason__mutmut_{n}": (
+            "true division instead of floor division inside int(): the same for the "
+            "non-negative seconds of a window's start"
+        )
+        for n in (30, 34)
+    },
+    **{
         f"underlay.compute.scheduler.quota.xǁQuotaLedgerǁmay_borrow__mutmut_{n}": (
             "the guarantee's default: a borrow limit and its guarantee come from one Quota, so "
             "a key with a limit always has a guarantee"

@@ -433,6 +433,58 @@ def test_deferrable_work_waits_for_the_low_carbon_window_but_not_forever():
     assert set(placed(late)) == {"d", "n"}
 
 
+@pytest.mark.parametrize(
+    ("clock", "opens", "anyway"),
+    [
+        (0.0, "2h 00m", "12h 00m"),
+        (3600.0, "1h 00m", "11h 00m"),  # exactly an hour
+        (3601.0, "59m 59s", "10h 59m"),
+        (7140.0, "1m 00s", "10h 01m"),  # exactly a minute
+        (7141.0, "59s", "10h 00m"),
+        (7199.5, "0s", "10h 00m"),  # part of a second counts as none
+    ],
+)
+def test_a_held_deferrable_workload_says_when_the_window_opens_and_when_it_runs_anyway(
+    clock, opens, anyway
+):
+    cfg = replace(
+        policy_config("default"),
+        low_carbon_windows=(Window(6 * 3600.0, 7 * 3600.0), Window(2 * 3600.0, 5 * 3600.0)),
+        max_defer_s=12 * 3600.0,
+    )
+    d = decide(snapshot([node("n0")], [job("d", gpus=1, deferrable=True)], config=cfg, clock=clock))
+    assert waiting(d)["d"] == (
+        f"deferrable: held for the low-carbon window at 02:00 (opens in {opens}; runs anyway "
+        f"{anyway} from now)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("window", "clock", "shown"),
+    [
+        (Window(2.5 * 3600.0, 5 * 3600.0), 0.0, "02:30 (opens in 2h 30m;"),
+        (Window(23 * 3600.0 + 59 * 60.0, 3600.0), 0.0 + 3 * 3600.0, "23:59 (opens in 20h 59m;"),
+        (Window(24 * 3600.0, 5 * 3600.0), 20 * 3600.0, "00:00 (opens in 4h 00m;"),  # 24:00
+    ],
+)
+def test_a_held_deferrable_workload_names_the_window_by_hour_and_minute(window, clock, shown):
+    cfg = replace(policy_config("default"), low_carbon_windows=(window,), max_defer_s=86400.0)
+    d = decide(snapshot([node("n0")], [job("d", gpus=1, deferrable=True)], config=cfg, clock=clock))
+    assert waiting(d)["d"].startswith(f"deferrable: held for the low-carbon window at {shown}")
+
+
+def test_deferrable_work_runs_at_its_deadline_exactly():
+    cfg = replace(
+        policy_config("default"),
+        low_carbon_windows=(Window(2 * 3600.0, 5 * 3600.0),),
+        max_defer_s=3600.0,
+    )
+    pending = [job("d", gpus=1, deferrable=True, submit=100.0)]
+    before = decide(snapshot([node("n0")], pending, config=cfg, clock=3699.0))
+    assert waiting(before)["d"].endswith("(opens in 58m 21s; runs anyway 1s from now)")
+    assert "d" in placed(decide(snapshot([node("n0")], pending, config=cfg, clock=3700.0)))
+
+
 # -- least attained service ---------------------------------------------------------------
 
 
