@@ -88,6 +88,29 @@ MODULES: dict[str, Target] = {
 
 EQUIVALENT: dict[str, str] = {
     **{
+        f"underlay.compute.scheduler.policy.xǁ_Roundǁ_borrow__mutmut_{n}": (
+            "the borrow pass's memo of failed verdicts and quota texts (what it stores, whether "
+            "it is read, a default or tag inside its keys): without it the same verdict and "
+            "text are worked out again"
+        )
+        for n in (3, 20, 22, 23, 26, 27, 29, 41, 42, 43, 44, 45, 85, 87, 88, 89, 90, 104)
+    },
+    **{
+        f"underlay.compute.scheduler.policy.xǁ_Roundǁ_borrow__mutmut_{n}": (
+            "the service level in a borrower's verdict key: borrowers of one project, shape and "
+            "class go lowest level first, and one that failed at a lower level would fail at a "
+            "higher one too (it may preempt less); the reason does not name the level"
+        )
+        for n in (9, 10, 11, 12, 17)
+    },
+    **{
+        f"underlay.compute.scheduler.policy.xǁ_Roundǁ_borrow__mutmut_{n}": (
+            "the borrowed flag and guaranteed=False passed on: placing works the flag out "
+            "again from the ledger (a borrower is above its guarantee), and None is as false"
+        )
+        for n in (70, 75, 78)
+    },
+    **{
         f"underlay.compute.scheduler.energy.x_hold_reason__mutmut_{n}": (
             "true division instead of floor division inside int(): the same for the "
             "non-negative seconds of a window's start"

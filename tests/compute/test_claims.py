@@ -123,3 +123,33 @@ def test_a_spread_claimant_with_too_few_nodes_left_abandons_its_claim_with_the_r
         "s": "the room freed for it is gone: app s may run at most 1 per node, and the nodes "
         "with room take only 1 of its 2 workers so"
     }
+
+
+def test_borrowers_like_one_that_failed_fail_alike_until_their_project_places_more():
+    """The borrow pass remembers a failed borrower's verdict for work of the same shape,
+    project, class and usage; a placement of the project changes its usage and so the
+    verdict's key (the reason then quotes the new figures)."""
+    mine = running_on(job("mine", gpus=8), [("n0", tuple(range(8)))])
+    theirs = running_on(job("theirs", "nlp", gpus=6), [("n1", tuple(range(6)))], started=0.0)
+    nodes = [node("n0"), node("n1")]
+    pending = [
+        job("b1", gpus=4, submit=1.0),
+        job("b2", gpus=2, submit=2.0),  # fits the 2 idle GPUs of n1
+        job("b3", gpus=4, submit=3.0),
+        job("b4", gpus=4, submit=4.0),
+    ]
+    d = _decide(
+        nodes, pending, [], running=[mine, theirs], quotas=[*QUOTAS[:1], Quota("nlp", "A100", 8)]
+    )
+    assert placed(d) == {"b2": [("n1", (6, 7), 1000)]}
+    assert d.places[0].borrowed is True
+    # (a capacity reason is written once per shape in a round: it quotes the cluster then)
+    no_idle = (
+        "; no idle A100 to borrow (no healthy node has 4 free A100 GPUs (most free A100 on "
+        "one node: 2))"
+    )
+    assert waiting(d) == {
+        "b1": "project vision uses 8 of its 8 guaranteed A100" + no_idle,
+        "b3": "project vision uses 10 of its 8 guaranteed A100" + no_idle,
+        "b4": "project vision uses 10 of its 8 guaranteed A100" + no_idle,
+    }
