@@ -88,6 +88,13 @@ MODULES: dict[str, Target] = {
 
 EQUIVALENT: dict[str, str] = {
     **{
+        f"underlay.compute.scheduler.preemption.xǁPreemptorǁ_could_fit__mutmut_{n}": (
+            "a looser upper bound in the pruning check: the releases tried after it decide "
+            "exactly whether the claimant fits, so only time is lost"
+        )
+        for n in (12, 15, 16, 22, 24)
+    },
+    **{
         f"underlay.compute.scheduler.policy.xǁ_Roundǁ_borrow__mutmut_{n}": (
             "the borrow pass's memo of failed verdicts and quota texts (what it stores, whether "
             "it is read, a default or tag inside its keys): without it the same verdict and "

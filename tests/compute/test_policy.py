@@ -506,6 +506,52 @@ def test_las_preempts_work_that_has_received_more_service():
     )
 
 
+def test_las_reports_attained_service_in_accelerator_hours_of_3600_seconds():
+    long_run = running_on(job("long", "a", gpus=8), [("n0", tuple(range(8)))], started=0.0)
+    snap = snapshot(
+        occupy([node("n0")], [long_run]),
+        [job("new", "b", gpus=8, submit=900)],
+        running=[long_run],
+        config="las",
+        clock=922.75,  # 7,382 accelerator-seconds: 2.0506 hours (2.0499 if an hour were 3,601 s)
+    )
+    assert decide(snap).preempts[0].reason == (
+        "long has received 2.1 accelerator-hours (service level 1); new is at level 0"
+    )
+
+
+def test_a_claimant_may_preempt_for_exactly_the_cpus_and_memory_its_victims_free():
+    victims = [
+        running_on(job(f"low{i}", gpus=4, cpu=32_000, mem=256 * 1024), [("n0", gpus)])
+        for i, gpus in enumerate([(0, 1, 2, 3), (4, 5, 6, 7)])
+    ]
+    nodes = occupy([node("n0")], victims)
+    high = job("high", gpus=8, cpu=64_000, mem=512 * 1024, priority=5)
+    d = decide(snapshot(nodes, [high], running=victims, clock=500.0))
+    assert sorted(p.workload_id for p in d.preempts) == ["low0", "low1"]
+
+
+def test_work_without_accelerators_preempts_by_priority_too():
+    low = running_on(job("low", cpu=64_000), [("n0", ())], gpu_type=None)
+    nodes = occupy([node("n0", gpus=0)], [low])
+    d = decide(snapshot(nodes, [job("high", cpu=64_000, priority=5)], running=[low], clock=500.0))
+    assert [p.workload_id for p in d.preempts] == ["low"]
+
+
+def test_service_levels_never_preempt_another_projects_work_within_its_guarantee():
+    """``default`` ranks by service level inside a project and, across projects, only work
+    that borrows: another project's long job inside its guarantee is no victim."""
+    quotas = [Quota("a", "A100", 8), Quota("b", "A100", 8)]
+    own = running_on(job("own", "a", gpus=8), [("n0", tuple(range(8)))], started=3000.0)
+    theirs = running_on(job("theirs", "b", gpus=8), [("n1", tuple(range(8)))], started=0.0)
+    runs = [own, theirs]
+    nodes = occupy([node("n0"), node("n1")], runs)
+    claimant = job("new", "a", gpus=8, submit=3000.0)
+    d = decide(snapshot(nodes, [claimant], running=runs, quotas=quotas, clock=40_000.0))
+    assert not d.preempts
+    assert "new" in waiting(d)
+
+
 def test_las_says_when_a_running_workload_becomes_preemptible():
     run = running_on(job("r", "a", gpus=1), [("n0", (0,))], started=0.0)
     nodes = occupy([node("n0", gpus=1)], [run])
