@@ -88,6 +88,14 @@ MODULES: dict[str, Target] = {
 
 EQUIVALENT: dict[str, str] = {
     **{
+        f"underlay.compute.scheduler.quota.xǁFairShareǁcharge__mutmut_{n}": (
+            "the in-place path of charge versus the full one, or > versus >= on equal shares: "
+            "the same figures either way (test_fair_share_charged_in_place_is_the_share_worked_"
+            "out_afresh), and the charge counter is only compared for a change"
+        )
+        for n in (2, 3, 13, 15, 16, 17, 18, 38, 43, 64, 69, 70)
+    },
+    **{
         f"underlay.compute.scheduler.preemption.xǁPreemptorǁ_could_fit__mutmut_{n}": (
             "a looser upper bound in the pruning check: the releases tried after it decide "
             "exactly whether the claimant fits, so only time is lost"

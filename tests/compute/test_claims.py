@@ -153,3 +153,18 @@ def test_borrowers_like_one_that_failed_fail_alike_until_their_project_places_mo
         "b3": "project vision uses 10 of its 8 guaranteed A100" + no_idle,
         "b4": "project vision uses 10 of its 8 guaranteed A100" + no_idle,
     }
+
+
+def test_non_preemptible_work_starts_up_to_its_projects_guarantee_exactly():
+    """A gang counts all its workers against the guarantee; work that may not be preempted
+    never borrows."""
+    quotas = [Quota("vision", "A100", 8), Quota("nlp", "A100", 8)]
+    nodes = [node("n0"), node("n1")]
+    exact = replace(job("exact", gpus=4, gang=2), preemptible=False)
+    d = _decide(nodes, [exact], [], quotas=quotas)
+    assert len(placed(d)["exact"]) == 2  # 2 x 4 = its 8 guaranteed GPUs
+    assert d.places[0].borrowed is False
+    over = replace(job("over", gpus=4, gang=2), preemptible=False)
+    small = [Quota("vision", "A100", 6), Quota("nlp", "A100", 10)]
+    d = _decide(nodes, [over], [], quotas=small)
+    assert "over" not in placed(d) and "over" in waiting(d)

@@ -294,6 +294,12 @@ def test_a_victim_must_have_run_the_minimum_run_time(config):
     assert [(p.workload_id, p.for_workload) for p in late.preempts] == [("low", "high")]
 
 
+def test_fair_share_switches_project_after_every_placement_not_only_the_first():
+    pending = [job(f"{p}{i}", p, gpus=1, submit=float(i)) for p in ("a", "b") for i in range(4)]
+    d = decide(snapshot([node("n0", gpus=5)], pending))
+    assert set(placed(d)) == {"a0", "b0", "a1", "b1", "a2"}
+
+
 def test_fair_share_serves_the_project_with_the_smallest_dominant_share_first():
     runs = [running_on(job("big", "vision", gpus=4), [("n0", (0, 1, 2, 3))])]
     nodes = occupy([node("n0", gpus=8)], runs)
