@@ -137,6 +137,7 @@ def test_borrowers_like_one_that_failed_fail_alike_until_their_project_places_mo
         job("b2", gpus=2, submit=2.0),  # fits the 2 idle GPUs of n1
         job("b3", gpus=4, submit=3.0),
         job("b4", gpus=4, submit=4.0),
+        job("b5", gpus=4, submit=5.0),
     ]
     d = _decide(
         nodes, pending, [], running=[mine, theirs], quotas=[*QUOTAS[:1], Quota("nlp", "A100", 8)]
@@ -152,6 +153,7 @@ def test_borrowers_like_one_that_failed_fail_alike_until_their_project_places_mo
         "b1": "project vision uses 8 of its 8 guaranteed A100" + no_idle,
         "b3": "project vision uses 10 of its 8 guaranteed A100" + no_idle,
         "b4": "project vision uses 10 of its 8 guaranteed A100" + no_idle,
+        "b5": "project vision uses 10 of its 8 guaranteed A100" + no_idle,
     }
 
 
@@ -168,3 +170,39 @@ def test_non_preemptible_work_starts_up_to_its_projects_guarantee_exactly():
     small = [Quota("vision", "A100", 6), Quota("nlp", "A100", 10)]
     d = _decide(nodes, [over], [], quotas=small)
     assert "over" not in placed(d) and "over" in waiting(d)
+
+
+def test_borrowers_of_one_project_borrow_in_turn():
+    """One project: no fair share between projects; its borrowers still go one by one."""
+    mine = running_on(job("mine", gpus=8), [("n0", tuple(range(8)))])
+    nodes = [node("n0"), node("n1", gpus=4)]
+    pending = [
+        job("b1", gpus=8, submit=1.0),  # no idle 8
+        job("b2", gpus=4, submit=2.0),
+        job("b3", gpus=8, submit=3.0),
+        job("b4", gpus=4, submit=4.0),
+    ]
+    d = _decide(nodes, pending, [], running=[mine], quotas=[Quota("vision", "A100", 8)])
+    assert placed(d) == {"b2": [("n1", (0, 1, 2, 3), 1000)]}
+    assert d.places[0].borrowed is True
+    assert waiting(d)["b1"].startswith("project vision uses 8 of its 8 guaranteed A100; ")
+    assert waiting(d)["b4"].startswith("project vision uses 12 of its 8 guaranteed A100; ")
+
+
+def test_borrowers_of_every_project_get_their_turn():
+    runs = [
+        running_on(job("v", "vision", gpus=8), [("n0", tuple(range(8)))]),
+        running_on(job("n", "nlp", gpus=8), [("n1", tuple(range(8)))]),
+    ]
+    nodes = [node("n0"), node("n1"), node("n2")]
+    pending = [
+        job("vb1", "vision", gpus=2, submit=1.0),
+        job("vb2", "vision", gpus=2, submit=2.0),
+        job("nb1", "nlp", gpus=2, submit=3.0),
+        job("nb2", "nlp", gpus=2, submit=4.0),
+        job("vb3", "vision", gpus=4, submit=5.0),
+    ]
+    d = _decide(nodes, pending, [], running=runs)
+    assert set(placed(d)) == {"vb1", "vb2", "nb1", "nb2"}
+    assert all(p.borrowed for p in d.places)
+    assert set(waiting(d)) == {"vb3"}
