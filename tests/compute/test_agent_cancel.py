@@ -53,3 +53,54 @@ def test_a_job_cancelled_before_its_launch_is_cancelled_not_lost(live: LiveServe
         agent.tick()  # the attempt comes as one to stop, never launched here
         _wait_state(admin, job.id, "cancelled")
         assert admin.read_job("vision", job.id).attempts <= 1
+
+
+class _CancelledOnStart(Client):
+    """A real agent client; the job is cancelled (by the admin) just before its start is
+    reported: the race between a cancel and a launch already under way."""
+
+    def __init__(self, url: str, token: str, admin: Client, job_ids: set[int]) -> None:
+        super().__init__(url, token)
+        self.admin, self.job_ids = admin, job_ids
+
+    def attempt_started(self, node: str, attempt_id: int, pid: int, started: float) -> None:
+        for job_id in list(self.job_ids):
+            self.admin.cancel_job("vision", job_id)
+            self.job_ids.discard(job_id)
+        super().attempt_started(node, attempt_id, pid, started)
+
+
+def test_a_job_cancelled_while_its_launch_is_under_way_stops_and_the_agent_goes_on(
+    live: LiveServer,
+) -> None:
+    """Its start is refused (the job is cancelled): the agent stops the process it launched,
+    and the other attempts' stops and ends are still handled (they were not, and a stopped
+    replica stayed 'running' for good)."""
+    settings = live.settings
+    with live.platform.db.session(Scope.everything()) as s:
+        _, token = identity.create_agent_token(s, "hand")
+    run_dir = settings.home / "agent" / "hand"
+    run_dir.mkdir(parents=True)
+    with live.client() as admin:
+        raced: set[int] = set()
+        with _CancelledOnStart(live.url, token, admin, raced) as client:
+            agent = NodeAgent(client, settings, local_executor(settings, run_dir), "hand", run_dir)
+            agent.tick()  # the node registers
+            admin.create_project("vision")
+            first = admin.submit_job("vision", ["sleep", "60"])
+            _wait_state(admin, first.id, "admitted")
+            agent.tick()
+            _wait_state(admin, first.id, "running")
+            second = admin.submit_job("vision", ["sleep", "60"])
+            _wait_state(admin, second.id, "admitted")
+            raced.add(second.id)
+            agent.tick()  # launches the second; its start is refused: it must not raise
+            admin.cancel_job("vision", first.id)
+            deadline = time.monotonic() + 30
+            while {admin.read_job("vision", j).state for j in (first.id, second.id)} != {
+                "cancelled"
+            }:
+                assert time.monotonic() < deadline, "an attempt was never stopped"
+                agent.tick()
+                time.sleep(0.1)
+            assert not agent.tracked

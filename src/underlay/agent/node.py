@@ -36,7 +36,7 @@ from underlay.compute.executors.base import (
 from underlay.compute.inventory import NodeInventory, probe_node
 from underlay.compute.schemas import AttemptEnded, AttemptRef, LaunchInfo
 from underlay.config import Settings
-from underlay.errors import NotFound, Unavailable, UnderlayError
+from underlay.errors import Conflict, NotFound, Unavailable, UnderlayError
 
 if TYPE_CHECKING:
     from underlay.client import Client
@@ -158,7 +158,14 @@ class NodeAgent:
                     grace_s=ref.grace_s,
                 )
         for info in work.launch:
-            self._launch(info)
+            try:
+                self._launch(info)
+            except Unavailable:
+                raise
+            except UnderlayError as exc:
+                # one attempt the server refuses must not stop this tick from watching and
+                # reporting the others (a stopped replica's end went unreported for good)
+                log.warning("attempt %s: %s", info.attempt_id, exc)
         self._sample_power(inventory)
         self._poll()
         self._ship_logs()
@@ -279,6 +286,12 @@ class NodeAgent:
             self.client.attempt_started(self.name, attempt_id, pid, started)
         except NotFound:
             self._forget(attempt_id)
+        except Conflict as exc:  # its job was cancelled after it was handed to this node
+            log.info("attempt %s may not run (%s); stopping it", attempt_id, exc)
+            ref = self.tracked.get(attempt_id)
+            if ref is not None and attempt_id not in self.stopping:
+                self.stopping.add(attempt_id)
+                self.executor.stop(ref, state="cancelled", reason=str(exc)[:1000], grace_s=0.0)
 
     def _forget(self, attempt_id: int) -> None:
         """The server has no such attempt any more (its project was deleted): stop its
@@ -348,6 +361,8 @@ class NodeAgent:
             self.client.attempt_ended(self.name, attempt_id, report)
         except NotFound:
             log.info("attempt %s ended after the server gave it up; not reported", attempt_id)
+        except Conflict as exc:  # the server will never take this end: do not retry it
+            log.warning("attempt %s ended; the server refused the report: %s", attempt_id, exc)
 
     def _ship_logs(self, only: int | None = None) -> None:
         for attempt_id in [only] if only is not None else list(self.tracked):
