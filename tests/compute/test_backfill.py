@@ -53,11 +53,16 @@ def _shared(*frees: int) -> list[object]:
     ]
 
 
+def _backfill_on_shared(frees: tuple[int, ...], pending: list, **n0: int):
+    """``pending`` under ``fifo-backfill`` on node n0 whose GPUs have ``frees`` left."""
+    runs = _shared(*frees)
+    nodes = occupy([node("n0", gpus=len(frees), **n0)], runs)
+    return decide(snapshot(nodes, pending, running=runs, config="fifo-backfill"))
+
+
 def test_a_blocked_fractional_head_holds_the_share_of_the_gpu_with_most_left_free() -> None:
-    runs = _shared(400, 500, 300)
-    nodes = occupy([node("n0", gpus=3)], runs)
     pending = [job("head", milli=600, submit=0.0), job("small", milli=300, submit=1.0)]
-    d = decide(snapshot(nodes, pending, running=runs, config="fifo-backfill"))
+    d = _backfill_on_shared((400, 500, 300), pending)
     # GPU 1 (0.5 free) is held for the head; the small job takes the tightest fit left,
     # GPU 2 (holding GPU 2 instead would send it to GPU 0)
     assert placed(d) == {"small": [("n0", (2,), 300)]}
@@ -65,14 +70,12 @@ def test_a_blocked_fractional_head_holds_the_share_of_the_gpu_with_most_left_fre
 
 
 def test_a_blocked_fractional_gang_holds_one_share_per_worker_on_different_gpus() -> None:
-    runs = _shared(400, 500, 300, 200)
-    nodes = occupy([node("n0", gpus=4)], runs)
     pending = [
         job("head", milli=600, gang=2, submit=0.0),
         job("a", milli=300, submit=1.0),
         job("b", milli=200, submit=2.0),
     ]
-    d = decide(snapshot(nodes, pending, running=runs, config="fifo-backfill"))
+    d = _backfill_on_shared((400, 500, 300, 200), pending)
     # GPUs 1 and 0 are held (0.5 and 0.4 free): a takes GPU 2 (0.3), b GPU 3 (0.2)
     assert placed(d) == {"a": [("n0", (2,), 300)], "b": [("n0", (3,), 200)]}
 
@@ -96,25 +99,21 @@ def test_a_fractional_gang_head_holds_what_is_free_when_fewer_gpus_have_room_tha
 
 
 def test_a_held_share_takes_no_cpu_or_memory_the_head_did_not_ask_for():
-    runs = _shared(400, 500, 300)
-    nodes = occupy([node("n0", gpus=3, cpu=8, mem_gib=16)], runs)
     pending = [
         job("head", milli=600, submit=0.0),
         job("all", milli=300, cpu=8000, mem=16 * 1024, submit=1.0),  # every CPU and MiB
     ]
-    d = decide(snapshot(nodes, pending, running=runs, config="fifo-backfill"))
+    d = _backfill_on_shared((400, 500, 300), pending, cpu=8, mem_gib=16)
     assert placed(d) == {"all": [("n0", (2,), 300)]}
 
 
 def test_a_fractional_gang_head_counts_down_each_gpu_it_holds_shares_on():
-    runs = _shared(900, 500, 200)
-    nodes = occupy([node("n0", gpus=3)], runs)
     pending = [
         job("head", milli=600, gang=3, submit=0.0),
         job("small", milli=200, submit=1.0),
         job("half", milli=500, submit=2.0),
     ]
-    d = decide(snapshot(nodes, pending, running=runs, config="fifo-backfill"))
+    d = _backfill_on_shared((900, 500, 200), pending)
     # held: 0.6 then 0.3 of GPU 0 and 0.5 of GPU 1; GPU 2 is left to the small job
     assert placed(d) == {"small": [("n0", (2,), 200)]}
     assert "half" in waiting(d)
@@ -132,8 +131,6 @@ def test_a_fractional_head_holds_shares_of_its_own_accelerator_type_only():
 
 
 def test_a_fractional_head_holds_even_the_last_thousandth_of_a_gpu():
-    runs = _shared(1)
-    nodes = occupy([node("n0", gpus=1)], runs)
     pending = [job("head", milli=600, submit=0.0), job("speck", milli=1, submit=1.0)]
-    d = decide(snapshot(nodes, pending, running=runs, config="fifo-backfill"))
+    d = _backfill_on_shared((1,), pending)
     assert not d.places and "speck" in waiting(d)

@@ -10,10 +10,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import pytest
-
+from tests.compute.test_cli_simulate import needs_traces
 from underlay.compute.scheduler.snapshot import Request, Workload
-from underlay.compute.simulator.builtin import default_traces_dir
 from underlay.compute.simulator.trace import Trace, TraceJob
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,9 +60,7 @@ def test_a_shuffle_keeps_every_pod_once_one_per_round_equal_and_not_preemptible(
     assert all(j.workload.request == by_id[j.workload.id] for j in a.jobs)
 
 
-@pytest.mark.skipif(
-    not default_traces_dir().is_dir(), reason="the real traces are not checked out beside the repo"
-)
+@needs_traces
 def test_the_quick_run_replays_on_the_gpu_nodes_and_prints_the_published_figures() -> None:
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "--seeds", "1", "--pods", "200"],
