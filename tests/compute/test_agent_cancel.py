@@ -8,11 +8,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import select
 
 from tests.conftest import ADMIN_TOKEN, LiveServer
 from underlay import identity
 from underlay.agent import NodeAgent, local_executor
 from underlay.client import Client
+from underlay.compute.models import Job, JobAttempt
 from underlay.config import ComputeSettings, Settings
 from underlay.store import Scope
 
@@ -55,52 +57,45 @@ def test_a_job_cancelled_before_its_launch_is_cancelled_not_lost(live: LiveServe
         assert admin.read_job("vision", job.id).attempts <= 1
 
 
-class _CancelledOnStart(Client):
-    """A real agent client; the job is cancelled (by the admin) just before its start is
-    reported: the race between a cancel and a launch already under way."""
-
-    def __init__(self, url: str, token: str, admin: Client, job_ids: set[int]) -> None:
-        super().__init__(url, token)
-        self.admin, self.job_ids = admin, job_ids
-
-    def attempt_started(self, node: str, attempt_id: int, pid: int, started: float) -> None:
-        for job_id in list(self.job_ids):
-            self.admin.cancel_job("vision", job_id)
-            self.job_ids.discard(job_id)
-        super().attempt_started(node, attempt_id, pid, started)
+def _attempt_state(live: LiveServer, job_id: int) -> str:
+    with live.platform.db.session(Scope.everything()) as s:
+        attempt = s.scalar(select(JobAttempt).where(JobAttempt.job_id == job_id))
+        assert attempt is not None
+        return attempt.state
 
 
-def test_a_job_cancelled_while_its_launch_is_under_way_stops_and_the_agent_goes_on(
-    live: LiveServer,
+@pytest.mark.parametrize("started", [False, True], ids=["admitted", "running"])
+def test_an_attempt_of_a_job_that_ended_without_it_is_stopped_and_closed(
+    live: LiveServer, started: bool
 ) -> None:
-    """Its start is refused (the job is cancelled): the agent stops the process it launched,
-    and the other attempts' stops and ends are still handled (they were not, and a stopped
-    replica stayed 'running' for good)."""
+    """A job marked cancelled while its attempt was admitted or running (the record a cancel
+    racing a placement left, before the cancel locked the job's row): its node never launches
+    the attempt, stops it at once if it runs, and the attempt closes without touching the
+    job. Its start or end used to be refused on every tick, and the attempt never closed."""
     settings = live.settings
     with live.platform.db.session(Scope.everything()) as s:
         _, token = identity.create_agent_token(s, "hand")
     run_dir = settings.home / "agent" / "hand"
     run_dir.mkdir(parents=True)
-    with live.client() as admin:
-        raced: set[int] = set()
-        with _CancelledOnStart(live.url, token, admin, raced) as client:
-            agent = NodeAgent(client, settings, local_executor(settings, run_dir), "hand", run_dir)
-            agent.tick()  # the node registers
-            admin.create_project("vision")
-            first = admin.submit_job("vision", ["sleep", "60"])
-            _wait_state(admin, first.id, "admitted")
+    with Client(live.url, token) as client, live.client() as admin:
+        agent = NodeAgent(client, settings, local_executor(settings, run_dir), "hand", run_dir)
+        agent.tick()  # the node registers
+        admin.create_project("vision")
+        job = admin.submit_job("vision", ["sleep", "60"])
+        _wait_state(admin, job.id, "admitted")
+        if started:
             agent.tick()
-            _wait_state(admin, first.id, "running")
-            second = admin.submit_job("vision", ["sleep", "60"])
-            _wait_state(admin, second.id, "admitted")
-            raced.add(second.id)
-            agent.tick()  # launches the second; its start is refused: it must not raise
-            admin.cancel_job("vision", first.id)
-            deadline = time.monotonic() + 30
-            while {admin.read_job("vision", j).state for j in (first.id, second.id)} != {
-                "cancelled"
-            }:
-                assert time.monotonic() < deadline, "an attempt was never stopped"
-                agent.tick()
-                time.sleep(0.1)
-            assert not agent.tracked
+            _wait_state(admin, job.id, "running")
+        with live.platform.db.session(Scope.everything()) as s:
+            row = s.get(Job, job.id)
+            assert row is not None
+            row.state, row.reason = "cancelled", "cancelled by a racing cancel"
+        deadline = time.monotonic() + 30
+        while _attempt_state(live, job.id) != "cancelled":
+            assert time.monotonic() < deadline, "the attempt never closed"
+            agent.tick()
+            time.sleep(0.1)
+        assert not agent.tracked
+        read = admin.read_job("vision", job.id)
+        assert (read.state, read.reason) == ("cancelled", "cancelled by a racing cancel")
+        assert read.attempts == 1

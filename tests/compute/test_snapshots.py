@@ -92,6 +92,29 @@ def test_a_cancel_between_snapshot_and_write_is_not_overridden(w: World) -> None
     assert_audit_ok(w)
 
 
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_cancel_that_read_the_job_before_a_round_placed_it_stops_the_placed_job(
+    w: World,
+) -> None:
+    """The cancel read the job queued; a round placed it and committed before the cancel
+    wrote. The cancel must see the placement (a stop request for the admitted job), not write
+    "cancelled" over it: that left an admitted attempt of a cancelled job, which its node's
+    agent tried to start on every tick. PostgreSQL only: on SQLite a write transaction holds
+    the database from its first statement, so the round cannot commit in between."""
+    beat(w, inventory(gpu(0)))
+    job_id, _ = submit(w, gpus=1)
+    with w.db.session(Scope.everything()) as s:
+        job = jobs.read_job(s, job_id)
+        assert job.state == JobState.queued
+        assert round_(w) == 1  # another connection places it and commits
+        jobs.cancel_job(s, w.audit, job, SYSTEM, grace_s=1.0)
+    job = read(w, job_id)
+    assert (job.state, job.stop_requested) == (JobState.admitted, "cancel")
+    (attempt,) = attempts_of(w, job_id)
+    assert attempt.state == JobState.admitted
+    assert_audit_ok(w)
+
+
 def _lose_the_node(w: World) -> None:
     with w.db.session(Scope.everything()) as s:
         assert nodes.mark_lost_nodes(s, w.audit, 0.0, w.settings) == [NODE]

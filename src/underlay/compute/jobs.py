@@ -300,7 +300,12 @@ def ended_reason(state: str, reason: str) -> str:
 
 def cancel_job(session: Session, audit: AuditLog, job: Job, actor: Actor, grace_s: float) -> Job:
     """Cancel at once if it holds nothing; otherwise ask its node to stop it within the grace.
-    Only the job's owner or an admin (of its project or global) may cancel it."""
+    Only the job's owner or an admin (of its project or global) may cancel it.
+
+    The job is read again under a row lock first: a round that placed it since it was read
+    (queued then, admitted now) would otherwise be written over, leaving a "cancelled" job
+    whose attempt its node goes on launching."""
+    session.refresh(job, with_for_update=True)
     project = session.get(Project, job.project_id)
     if project is not None:
         authorize_owner(actor, project, job.user_id, f"job {job.id}")

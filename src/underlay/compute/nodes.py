@@ -171,6 +171,10 @@ def work_for(
     for attempt, job in _attempts_on(session, node.name, [JobState.admitted, JobState.running]):
         stop = job.stop_requested
         grace = max(0.0, (job.stop_deadline - now).total_seconds()) if job.stop_deadline else 0.0
+        if job.state not in ACTIVE:
+            # its job ended without it (a record left by a cancel that raced a placement):
+            # never launched, and stopped at once if it runs
+            stop, grace = stop or "cancel", 0.0
         if attempt.state == JobState.admitted and stop is None:
             launch.append(_launch_info(session, attempt, job, keyring, server_url))
         else:
@@ -337,6 +341,8 @@ def attempt_ended(
     usage = ledger.attempt_usage_for(attempt, report, settings, now)
     ledger.bill_attempt(session, attempt, usage)
     job.attained_service += attempt.gpu_share_milli / 1000 * usage.wall_s
+    if job.state not in ACTIVE:
+        return  # the job ended without this attempt (see work_for): only the attempt closes
     job.exit_code = report.exit_code
     if job.state == JobState.admitted and report.state == "preempted":
         # its node went away before it started (a spot reclaim): back to the queue
