@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ import fsspec
 import psutil
 import pytest
 
-from underlay.blobs import BlobStore
+from underlay.blobs import BlobStore, is_short_ref
 from underlay.config import Settings, ensure_home, write_secret_file
 from underlay.crypto import BLOB_HEADER_BYTES, BLOB_TAG_BYTES, Keyring
 from underlay.errors import (
+    Conflict,
     IntegrityFailure,
     InvalidInput,
     NotFound,
@@ -31,10 +33,14 @@ from underlay.errors import (
     Unavailable,
 )
 from underlay.store import Database, Scope
-from underlay.store.models import Blob, Project
+from underlay.store.models import Blob, Project, User
 
 CHUNK = 64 * 1024  # the smallest chunk size settings allow: many chunks from little data
 SEALED = CHUNK + BLOB_TAG_BYTES
+
+
+# Two contents whose SHA-256 digests share their first 8 hex digits (5de24eb3).
+TWINS = (b"blob-25881", b"blob-140871")
 
 
 def _data(size: int, seed: int = 0) -> bytes:
@@ -150,6 +156,123 @@ class BlobStoreContract:
         assert ops.raw(other, first.digest) != ops.raw(project, first.digest)
         assert ops.read(other, first.digest) == data
 
+    def test_a_second_upload_of_stored_content_leaves_its_file_untouched(
+        self, ops: Ops, project: int
+    ) -> None:
+        data = _data(CHUNK + 5)
+        digest = ops.put(project, data).digest
+        stored = ops.raw(project, digest)
+        ops.put(project, data)  # sealed again (a fresh nonce), the file would differ
+        assert ops.raw(project, digest) == stored
+
+    def test_an_unrestricted_session_keeps_each_projects_blob_its_own(
+        self, ops: Ops, project: int
+    ) -> None:
+        """A platform task sees every project (no scope hides other projects' rows from it):
+        the same content put into a second project is still that project's own row and file,
+        and a prefix names only blobs of the project asked about."""
+        other = _make_project(ops.db, "other")
+        data = _data(CHUNK + 5)
+        with ops.db.session(Scope.everything()) as s:
+            mine = ops.store.put(s, project, data)
+            theirs = ops.store.put(s, other, data)
+            assert theirs.id != mine.id and theirs.project_id == other
+            assert ops.store.read_blob(s, other, mine.digest).id == theirs.id
+            lone = ops.store.put(s, other, _data(40, seed=1)).digest
+            with pytest.raises(NotFound, match=f"project {project} has no blob whose digest"):
+                ops.store.resolve(s, project, lone[:12])
+            assert ops.store.resolve(s, other, lone[:12]) == lone
+        assert ops.raw(other, mine.digest) != ops.raw(project, mine.digest)
+        with ops.db.session(Scope.everything()) as s:
+            ops.store.delete_blob(s, other, mine.digest)
+        assert ops.read(project, mine.digest) == data
+
+    def test_blobs_are_named_in_full_after_sha256_or_by_a_unique_prefix(
+        self, ops: Ops, project: int
+    ) -> None:
+        twins = [ops.put(project, data).digest for data in TWINS]
+        assert twins[0][:8] == twins[1][:8] != twins[0][:9]
+        one = twins[1]
+        with ops.db.session(Scope.projects(project)) as s:
+            for ref in (one, f"sha256:{one}", one[:9], f"sha256:{one[:9]}", one[:63]):
+                assert ops.store.resolve(s, project, ref) == one
+                assert ops.store.read_blob(s, project, ref).digest == one
+            with pytest.raises(Conflict, match=f"prefix {one[:8]} is ambiguous: 2 blobs match"):
+                ops.store.resolve(s, project, one[:8])
+            for bad in (one[:7], f"sha256:{one[:7]}", one.upper()[:10]):
+                with pytest.raises(InvalidInput, match="nor a prefix of at least 8 of them"):
+                    ops.store.resolve(s, project, bad)
+        assert [is_short_ref(r) for r in (one, f"sha256:{one}", one[:8], one[:63])] == [
+            False,
+            True,
+            True,
+            True,
+        ]
+        assert not any(is_short_ref(r) for r in (one[:7], "latest", "../" + one[:8]))
+
+    def test_a_blob_records_its_uploader_and_an_empty_name_by_default(
+        self, ops: Ops, project: int
+    ) -> None:
+        with ops.db.session(Scope.everything()) as s:
+            user = User(name="uploader")
+            s.add(user)
+            s.flush()
+            user_id = user.id
+        blob = ops.put(project, _data(10), created_by=user_id)
+        assert (blob.created_by, blob.name, blob.media_type) == (
+            user_id,
+            "",
+            "application/octet-stream",
+        )
+        with ops.db.session(Scope.projects(project)) as s:
+            key = ops.store._keyring.data_key(s, project)
+        with (
+            ops.store.stage(key, _data(11)) as staged,
+            ops.db.session(Scope.projects(project)) as s,
+        ):
+            committed = ops.store.commit(s, project, staged, created_by=user_id)
+            assert (committed.created_by, committed.name) == (user_id, "")
+
+    def test_names_and_media_types_are_bounded(self, ops: Ops, project: int) -> None:
+        assert ops.put(project, _data(1), name="n" * 255).name == "n" * 255
+        typed = ops.put(project, _data(2), media_type="a/" + "b" * 125)
+        assert typed.media_type == "a/" + "b" * 125
+        with pytest.raises(
+            InvalidInput, match="blob name is 256 characters long; the limit is 255"
+        ):
+            ops.put(project, _data(3), name="n" * 256)
+        for media_type in ("", "a/" + "b" * 126, "binary"):
+            with pytest.raises(
+                InvalidInput,
+                match=r"is not a type/subtype of at most 127 characters \(for example "
+                "application/octet-stream\\)",
+            ):
+                ops.put(project, _data(3), media_type=media_type)
+        assert len(ops.rows(project)) == 2
+
+    def test_two_deletes_in_one_transaction_remove_both_files(self, ops: Ops, project: int) -> None:
+        digests = [ops.put(project, _data(40, seed=i)).digest for i in range(3)]
+        with ops.db.session(Scope.projects(project)) as s:
+            ops.store.delete_blob(s, project, digests[0])
+            ops.store.delete_blob(s, project, digests[1])
+        assert ops.files() == [ops.store.location(project, digests[2])]
+
+    def test_a_deleted_projects_files_go_once_its_deletion_commits(
+        self, ops: Ops, project: int
+    ) -> None:
+        other = _make_project(ops.db, "other")
+        mine, theirs = ops.put(project, _data(10)).digest, ops.put(other, _data(10)).digest
+        with (
+            pytest.raises(RuntimeError, match="changed my mind"),
+            ops.db.session(Scope.everything()) as s,
+        ):
+            ops.store.delete_project_files(s, project)
+            raise RuntimeError("changed my mind")
+        assert ops.read(project, mine) == _data(10)
+        with ops.db.session(Scope.everything()) as s:
+            ops.store.delete_project_files(s, project)
+        assert ops.files() == [ops.store.location(other, theirs)]
+
     @pytest.mark.parametrize("where", ["header", "first chunk", "middle chunk", "last byte"])
     def test_a_flipped_byte_is_an_integrity_failure(
         self, ops: Ops, project: int, where: str
@@ -235,7 +358,11 @@ class BlobStoreContract:
         )
         store = BlobStore(small, Keyring(small))
         with (
-            pytest.raises(PayloadTooLarge, match=f"larger than the limit of {CHUNK + 10} bytes"),
+            pytest.raises(
+                PayloadTooLarge,
+                match=rf"larger than the limit of {CHUNK + 10} bytes \(setting blobs.max_size\): "
+                "split it or raise the limit$",
+            ),
             ops.db.session(Scope.projects(project)) as s,
         ):
             store.put(s, project, iter([_data(CHUNK), _data(11)]))
@@ -268,10 +395,10 @@ class BlobStoreContract:
         kept = _data(10)
         digest = ops.put(project, kept).digest
         location = ops.store.location(project, digest)
-        leftover = location.rsplit("/", 3)[0] + "/.partial/crashed.part"
-        ops.fs.pipe_file(leftover, b"half a blob")
+        for name in ("crashed.part", "killed.part"):
+            ops.fs.pipe_file(location.rsplit("/", 3)[0] + f"/.partial/{name}", b"half a blob")
         assert ops.store.sweep_partials(older_than_s=3600) == 0  # might be a write in flight
-        assert ops.store.sweep_partials() == 1
+        assert ops.store.sweep_partials() == 2
         assert ops.files() == [location]
         assert ops.read(project, digest) == kept
 
@@ -287,9 +414,17 @@ class BlobStoreContract:
                 ops.store.put(s, project, b"x", expected_digest="../x")
             with pytest.raises(InvalidInput, match="media type"):
                 ops.store.put(s, project, b"x", media_type="binary")
-            with pytest.raises(NotFound, match=f"project {project} has no blob sha256:a{{64}}"):
+            with pytest.raises(
+                NotFound,
+                match=f"project {project} has no blob sha256:a{{64}}: check the digest, or list "
+                "the project's blobs$",
+            ):
                 ops.store.open(s, project, "a" * 64)
-            with pytest.raises(NotFound, match=r"no blob whose digest starts with a{63}"):
+            with pytest.raises(
+                NotFound,
+                match=r"no blob whose digest starts with a{63}: check the digest, or list the "
+                "project's blobs$",
+            ):
                 ops.store.open(s, project, "a" * 63)  # a short prefix (git-style) of no blob
 
     def test_other_projects_blobs_are_invisible(self, ops: Ops, project: int) -> None:
@@ -415,6 +550,62 @@ class TestLocalBlobStore(BlobStoreContract):
         assert ops.read(project, blob.digest) == data
         assert list((Path(settings.blob_url) / ".partial").iterdir()) == []
 
+    def test_a_sweep_with_an_age_removes_only_older_partials_and_counts_each(
+        self, ops: Ops, settings: Settings
+    ) -> None:
+        partials = Path(settings.blob_url) / ".partial"
+        now = time.time()
+        for name, mtime in (("old-1.part", now - 3600), ("old-2.part", now - 3600)):
+            (partials / name).write_bytes(b"half a blob")
+            os.utime(partials / name, (mtime, mtime))
+        (partials / "new.part").write_bytes(b"half a blob")
+        os.utime(partials / "new.part", (now + 3600, now + 3600))  # fresh, whatever the clock
+        assert ops.store.sweep_partials(older_than_s=1800) == 2
+        assert ops.store.sweep_partials(older_than_s=0.5) == 0
+        assert [p.name for p in partials.iterdir()] == ["new.part"]
+        assert ops.store.sweep_partials() == 1
+        partials.rmdir()  # a folder someone removed: nothing to sweep
+        assert ops.store.sweep_partials() == 0
+
+    def test_a_storage_failure_while_reading_is_unavailable_naming_the_store(
+        self, ops: Ops, project: int
+    ) -> None:
+        digest = ops.put(project, _data(10)).digest
+        path = Path(ops.store.location(project, digest))
+        path.unlink()
+        path.mkdir()  # an unreadable file: the local folder's own I/O error
+        with pytest.raises(
+            Unavailable,
+            match=rf"the blob store \(a local folder\) failed while reading blob sha256:{digest}"
+            rf" of project {project}: IsADirectoryError: .*; try again once it is reachable",
+        ):
+            ops.read(project, digest)
+
+    def test_listing_pages_are_bounded(self, ops: Ops, project: int) -> None:
+        digests = [ops.put(project, _data(40, seed=i)).digest for i in range(101)]
+        with ops.db.session(Scope.projects(project)) as s:
+            assert len(ops.store.list_blobs(s, project)) == 100  # the default page
+            assert [b.digest for b in ops.store.list_blobs(s, project, limit=1)] == digests[-1:]
+            with pytest.raises(InvalidInput, match="offset must be 0 or more, got -1"):
+                ops.store.list_blobs(s, project, offset=-1)
+
+    def test_restoring_a_lost_file_records_the_size_it_is_stored_at_now(
+        self, ops: Ops, project: int, settings: Settings
+    ) -> None:
+        """The chunk size may have changed since the blob was first stored: the restored
+        file's size is the row's."""
+        data = _data(3 * CHUNK)
+        digest = ops.put(project, data).digest
+        ops.fs.rm(ops.store.location(project, digest))
+        wider = settings.model_copy(
+            update={"blobs": settings.blobs.model_copy(update={"chunk_size": 2 * CHUNK})}
+        )
+        with ops.db.session(Scope.projects(project)) as s:
+            restored = BlobStore(wider, Keyring(wider)).put(s, project, data)
+            assert restored.stored_size == len(ops.raw(project, digest))
+            assert restored.stored_size != BLOB_HEADER_BYTES + 4 * BLOB_TAG_BYTES + len(data)
+        assert ops.read(project, digest) == data
+
     def test_platform_start_sweeps_abandoned_partials(self, settings: Settings) -> None:
         """Start-up itself (not a caller of ``sweep_partials``) clears a crashed write."""
         from underlay.platform import Platform
@@ -493,3 +684,16 @@ def test_large_streams_use_bounded_memory(tmp_path: Path) -> None:
     # a handful of 4 MiB chunks in flight, against 256 MiB streamed
     assert writing.growth_mib < 48, f"writing grew RSS by {writing.growth_mib:.0f} MiB"
     assert reading.growth_mib < 48, f"reading grew RSS by {reading.growth_mib:.0f} MiB"
+
+
+def test_the_storage_backends_own_errors_are_told_from_others() -> None:
+    """A failure of the object store's client libraries (not only an OSError) is the store
+    being unavailable; any other error is a fault of ours and passes through."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from underlay.blobs import _is_storage_error
+
+    assert _is_storage_error(EndpointConnectionError(endpoint_url="http://127.0.0.1:9"))
+    assert _is_storage_error(IsADirectoryError("a folder"))
+    assert not _is_storage_error(ValueError("a bug of ours"))
+    assert not _is_storage_error(IntegrityFailure("tampered"))
