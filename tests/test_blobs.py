@@ -257,6 +257,44 @@ class BlobStoreContract:
             ops.store.delete_blob(s, project, digests[1])
         assert ops.files() == [ops.store.location(project, digests[2])]
 
+    def test_a_blob_a_dataset_version_holds_is_refused_deletion_and_kept(
+        self, ops: Ops, project: int
+    ) -> None:
+        from underlay.data.models import Dataset, DatasetFile, DatasetVersion
+
+        data = _data(40)
+        digest = ops.put(project, data).digest
+        with ops.db.session(Scope.projects(project)) as s:
+            dataset = Dataset(project_id=project, name="images")
+            s.add(dataset)
+            s.flush()
+            version = DatasetVersion(
+                project_id=project,
+                dataset_id=dataset.id,
+                version=1,
+                file_count=1,
+                total_size=len(data),
+                manifest_digest="0" * 64,
+            )
+            s.add(version)
+            s.flush()
+            s.add(
+                DatasetFile(
+                    project_id=project, version_id=version.id, path="a", digest=digest, size=40
+                )
+            )
+        with (
+            pytest.raises(
+                Conflict,
+                match=f"^blob sha256:{digest} is still held by other objects of this project "
+                r"\(a dataset version\): remove those first$",
+            ),
+            ops.db.session(Scope.projects(project)) as s,
+        ):
+            ops.store.delete_blob(s, project, digest)
+        assert ops.read(project, digest) == data
+        assert [b.digest for b in ops.rows(project)] == [digest]
+
     def test_a_deleted_projects_files_go_once_its_deletion_commits(
         self, ops: Ops, project: int
     ) -> None:
