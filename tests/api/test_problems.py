@@ -61,6 +61,7 @@ def assert_problem(response: httpx.Response, status: int | None = None) -> dict[
     assert body["type"].startswith("urn:underlay:problem:")
     assert body["status"] == response.status_code
     assert body["request_id"] == response.headers["x-request-id"]
+    assert body["instance"].startswith("/")  # the path refused, for the logs
     assert "Traceback" not in response.text
     return body
 
@@ -106,6 +107,8 @@ def test_wrong_types_are_a_problem(
     r = api.post(f"{API}{path}", json=payload)
     body = assert_problem(r, 422)
     assert any(field in e["loc"] for e in body["errors"]), body["errors"]
+    # each error names pydantic's error type (a client tells "missing" from "int_parsing")
+    assert all(e["type"] and e["type"] == e["type"].lower() for e in body["errors"])
 
 
 @pytest.mark.parametrize(
@@ -553,7 +556,8 @@ def test_a_valid_client_request_id_is_echoed(api: httpx.Client) -> None:
     rid = "client-chosen.id_0042"
     r = api.get(f"{API}/no-such-thing", headers={"X-Request-ID": rid})
     assert r.headers["x-request-id"] == rid
-    assert assert_problem(r, 404)["request_id"] == rid
+    refused = assert_problem(r, 404)
+    assert (refused["request_id"], refused["instance"]) == (rid, f"{API}/no-such-thing")
     ok = api.get(f"{API}/users/me", headers={"X-Request-ID": rid})
     assert ok.status_code == 200
     assert ok.headers["x-request-id"] == rid
@@ -657,3 +661,25 @@ def test_nul_in_a_blob_name_is_refused(api: httpx.Client, project: str) -> None:
     r = api.put(f"{API}/projects/vision/blobs", params={"name": "a\x00b"}, content=b"data")
     assert_problem(r, 422)
     assert api.get(f"{API}/projects/vision/blobs").json() == []
+
+
+def test_the_openapi_document_describes_every_refusal_as_a_problem(api: httpx.Client) -> None:
+    schema = api.get(f"{API}/openapi.json").json()
+    assert set(schema["components"]["schemas"]["Problem"]["properties"]) >= {
+        "type",
+        "title",
+        "status",
+        "detail",
+        "instance",
+        "request_id",
+    }
+    assert "HTTPValidationError" not in schema["components"]["schemas"]  # ours replaces it
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    refusals = [
+        response
+        for operations in schema["paths"].values()
+        for operation in operations.values()
+        for status, response in operation.get("responses", {}).items()
+        if status in ("401", "404", "422")
+    ]
+    assert refusals and all(r.get("content") == problem for r in refusals)
