@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import select
@@ -15,6 +16,7 @@ from underlay import identity
 from underlay.agent import NodeAgent, local_executor
 from underlay.client import Client
 from underlay.compute.models import Job, JobAttempt
+from underlay.compute.schemas import JobRead
 from underlay.config import ComputeSettings, Settings
 from underlay.store import Scope
 
@@ -39,7 +41,10 @@ def _wait_state(admin: Client, job_id: int, state: str) -> None:
         time.sleep(0.05)
 
 
-def test_a_job_cancelled_before_its_launch_is_cancelled_not_lost(live: LiveServer) -> None:
+@contextmanager
+def _agent_and_job(live: LiveServer) -> Iterator[tuple[NodeAgent, Client, JobRead]]:
+    """A node agent driven tick by tick (registered), an admin client, and a job of 60 s
+    submitted to project "vision" (not yet placed)."""
     settings = live.settings
     with live.platform.db.session(Scope.everything()) as s:
         _, token = identity.create_agent_token(s, "hand")
@@ -49,7 +54,11 @@ def test_a_job_cancelled_before_its_launch_is_cancelled_not_lost(live: LiveServe
         agent = NodeAgent(client, settings, local_executor(settings, run_dir), "hand", run_dir)
         agent.tick()  # the node registers
         admin.create_project("vision")
-        job = admin.submit_job("vision", ["sleep", "60"])
+        yield agent, admin, admin.submit_job("vision", ["sleep", "60"])
+
+
+def test_a_job_cancelled_before_its_launch_is_cancelled_not_lost(live: LiveServer) -> None:
+    with _agent_and_job(live) as (agent, admin, job):
         _wait_state(admin, job.id, "admitted")  # placed on the node; the agent has not ticked
         admin.cancel_job("vision", job.id)
         agent.tick()  # the attempt comes as one to stop, never launched here
@@ -72,16 +81,7 @@ def test_an_attempt_of_a_job_that_ended_without_it_is_stopped_and_closed(
     racing a placement left, before the cancel locked the job's row): its node never launches
     the attempt, stops it at once if it runs, and the attempt closes without touching the
     job. Its start or end used to be refused on every tick, and the attempt never closed."""
-    settings = live.settings
-    with live.platform.db.session(Scope.everything()) as s:
-        _, token = identity.create_agent_token(s, "hand")
-    run_dir = settings.home / "agent" / "hand"
-    run_dir.mkdir(parents=True)
-    with Client(live.url, token) as client, live.client() as admin:
-        agent = NodeAgent(client, settings, local_executor(settings, run_dir), "hand", run_dir)
-        agent.tick()  # the node registers
-        admin.create_project("vision")
-        job = admin.submit_job("vision", ["sleep", "60"])
+    with _agent_and_job(live) as (agent, admin, job):
         _wait_state(admin, job.id, "admitted")
         if started:
             agent.tick()
