@@ -160,7 +160,9 @@ def browser() -> Iterator[Any]:
         if fail:
             pytest.fail(reason)
         pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=15_000)  # as long as the pages' own default below
 
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(

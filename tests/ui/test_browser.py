@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.ui.conftest import PROJECT, Site, python, screenshot
 
@@ -15,9 +16,9 @@ pytestmark = pytest.mark.browser
 
 def test_sign_in_and_see_the_overview(page_for: Any, site: Site) -> None:
     page = page_for("max")
-    assert page.get_by_role("heading", name="Overview").is_visible()
-    assert page.get_by_role("link", name="vision").is_visible()
-    assert page.get_by_text("secret").count() == 0  # not max's project
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    expect(page.get_by_role("link", name="vision")).to_be_visible()
+    expect(page.get_by_text("secret")).to_have_count(0)  # not max's project
     screenshot(page, "overview")
 
 
@@ -54,7 +55,7 @@ def test_every_page_renders_with_a_screenshot(page_for: Any, site: Site) -> None
     for path, heading in PAGES.items():
         response = page.goto(f"{site.url}{path}")
         assert response.status == 200, path
-        assert page.get_by_role("heading", name=heading, exact=True).is_visible(), path
+        expect(page.get_by_role("heading", name=heading, exact=True), path).to_be_visible()
         assert page.locator("nav[aria-label=Main] a[aria-current=page]").count() <= 1
         screenshot(
             page, "project" if path.startswith("/projects/") else path.strip("/") or "overview"
@@ -70,7 +71,7 @@ def test_keyboard_users_can_skip_to_the_content(page_for: Any, site: Site) -> No
     page.keyboard.press("Tab")
     skip = page.get_by_role("link", name="Skip to content")
     assert skip.evaluate("el => el === document.activeElement")
-    assert skip.is_visible()
+    expect(skip).to_be_visible()
     page.keyboard.press("Enter")
     assert page.evaluate("location.hash") == "#main"
 
@@ -78,7 +79,7 @@ def test_keyboard_users_can_skip_to_the_content(page_for: Any, site: Site) -> No
 def test_a_viewer_sees_no_submit_form(page_for: Any, site: Site) -> None:
     page = page_for("vera")
     page.goto(f"{site.url}/jobs")
-    assert page.get_by_role("heading", name="Submit a job").count() == 0
+    expect(page.get_by_role("heading", name="Submit a job")).to_have_count(0)
 
 
 def test_submit_and_cancel_a_job_from_the_page(page_for: Any, site: Site) -> None:
@@ -88,7 +89,7 @@ def test_submit_and_cancel_a_job_from_the_page(page_for: Any, site: Site) -> Non
     page.get_by_label("Command").fill(python("import time; time.sleep(300)"))
     page.get_by_role("button", name="Submit job").click()
     page.wait_for_url(re.compile(r".*/jobs/\d+$"))
-    assert page.get_by_role("heading", name=re.compile("from-the-browser")).is_visible()
+    expect(page.get_by_role("heading", name=re.compile("from-the-browser"))).to_be_visible()
     screenshot(page, "job")
     page.get_by_role("button", name="Cancel job").click()
     page.wait_for_url(re.compile(r".*/jobs/\d+$"))
@@ -97,7 +98,7 @@ def test_submit_and_cancel_a_job_from_the_page(page_for: Any, site: Site) -> Non
         assert time.monotonic() < deadline, page.locator("h1").inner_text()
         time.sleep(0.5)
         page.reload()
-    assert page.get_by_role("button", name="Cancel job").count() == 0
+    expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)
 
 
 def test_watch_a_log_stream(page_for: Any, site: Site) -> None:
@@ -113,7 +114,7 @@ def test_watch_a_log_stream(page_for: Any, site: Site) -> None:
     log = page.locator("pre.log")
     # the lines arrive while the page stays open, as text (no <b> element is made)
     log.get_by_text("<b>step 5</b>").wait_for(timeout=60_000)
-    assert log.locator("b").count() == 0
+    expect(log.locator("b")).to_have_count(0)
     page.get_by_text("The job has finished; the log is complete.").wait_for(timeout=30_000)
     screenshot(page, "job-log")
 
