@@ -158,6 +158,40 @@ def create_app(
     )
     app.include_router(health.router, include_in_schema=False)  # root probes too
     app.include_router(metrics.router, include_in_schema=False)  # where Prometheus looks
+    app.include_router(_api_router())
+    docs.install(app, API_PREFIX)
+    ui.install(app)  # the dashboard at /, after the API so its routes win
+    return app
+
+
+def alert_worker(app: FastAPI, platform: Platform) -> AlertWorker:
+    """The alert worker of this app, reading its API counters and serving's guards."""
+    guards = app.state.dataplane.guards
+    histogram = app.state.api_latency
+    return AlertWorker(
+        platform.db,
+        platform.keyring,
+        platform.settings,
+        probes=Probes(
+            api_counts=lambda: api_counts(histogram), token_rows=lambda: guards.token_rows
+        ),
+        serving=ServingProbes(figures=guards.figures, rate_limited=lambda: guards.rate_limited),
+    )
+
+
+def app_from_environment() -> FastAPI:
+    """Factory for ``uvicorn --factory`` with several workers; settings from the environment."""
+    settings = Settings()
+    server.configure(settings)  # this worker's protocol instances read it
+    return create_app(Platform(settings), tune_process=True)
+
+
+@functools.cache
+def _api_router() -> APIRouter:
+    """The API's routes under :data:`API_PREFIX`, built once per process. FastAPI works out
+    every route's parameters and models when a router is included (about half a second for
+    ours) and keeps that on the included router, so every app of a process (the test suite
+    builds hundreds) shares this one instead of working it all out again."""
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health.router)
     routers = (
@@ -194,29 +228,4 @@ def create_app(
     api.include_router(jobs.by_id, responses=problems.PROBLEM_RESPONSES)  # global job ids
     api.include_router(alerting.hooks, responses=problems.PROBLEM_RESPONSES)
     api.include_router(runs.experiments_router, responses=problems.PROBLEM_RESPONSES)
-    app.include_router(api)
-    docs.install(app, API_PREFIX)
-    ui.install(app)  # the dashboard at /, after the API so its routes win
-    return app
-
-
-def alert_worker(app: FastAPI, platform: Platform) -> AlertWorker:
-    """The alert worker of this app, reading its API counters and serving's guards."""
-    guards = app.state.dataplane.guards
-    histogram = app.state.api_latency
-    return AlertWorker(
-        platform.db,
-        platform.keyring,
-        platform.settings,
-        probes=Probes(
-            api_counts=lambda: api_counts(histogram), token_rows=lambda: guards.token_rows
-        ),
-        serving=ServingProbes(figures=guards.figures, rate_limited=lambda: guards.rate_limited),
-    )
-
-
-def app_from_environment() -> FastAPI:
-    """Factory for ``uvicorn --factory`` with several workers; settings from the environment."""
-    settings = Settings()
-    server.configure(settings)  # this worker's protocol instances read it
-    return create_app(Platform(settings), tune_process=True)
+    return api
