@@ -9,8 +9,11 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -54,12 +57,82 @@ def pg_url() -> Iterator[str]:
         admin.dispose()
 
 
+@dataclass(frozen=True)
+class _Migrated:
+    """A PostgreSQL test database right after migrating an empty schema to head: its tables,
+    its revision, and the rows the migrations themselves wrote (the audit chain's head)."""
+
+    tables: frozenset[str]
+    revision: str
+    seeded: dict[str, tuple[list[str], list[tuple[Any, ...]]]]
+
+
+_migrated: dict[str, _Migrated] = {}
+
+
 def _reset_pg(url: str) -> None:
+    """Leave the database at ``url`` with the schema at head and no rows of its own (as the
+    SQLite template gives). Cheap when the database holds exactly the migrated tables at head:
+    their rows are deleted, their sequences restarted and the migrations' own rows put back,
+    in one round trip (~30 ms, against ~1.2 s for dropping the schema and migrating again,
+    and ~0.5 s for a TRUNCATE of every table). Anything else (a test that downgraded, or made
+    a table of its own) gets the schema dropped and migrated afresh."""
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
+    try:
+        with engine.connect() as conn:
+            known = _migrated.get(url)
+            if known is not None and _pg_state(conn) == (known.tables, known.revision):
+                _empty_pg(conn, known)
+                return
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+        database = Database(url)
+        try:
+            with tempfile.TemporaryDirectory() as lock_dir:
+                database.migrate(lock_dir=Path(lock_dir))
+        finally:
+            database.dispose()
+        with engine.connect() as conn:
+            tables, revision = _pg_state(conn)
+            seeded = {}
+            for table in sorted(tables - {"alembic_version"}):
+                result = conn.execute(text(f'SELECT * FROM "{table}"'))
+                rows = [tuple(row) for row in result]
+                if rows:
+                    seeded[table] = (list(result.keys()), rows)
+            _migrated[url] = _Migrated(tables, revision, seeded)
+    finally:
+        engine.dispose()
+
+
+def _pg_state(conn: Any) -> tuple[frozenset[str], str]:
+    tables = frozenset(
+        conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars()
+    )
+    if "alembic_version" not in tables:
+        return tables, ""
+    return tables, conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+
+
+def _empty_pg(conn: Any, known: _Migrated) -> None:
+    """Delete every row (foreign-key triggers off for this session, so in any order),
+    restart every sequence, and put back what the migrations wrote."""
+    tables = sorted(known.tables - {"alembic_version"})
+    statements = ["SET session_replication_role = replica"]
+    statements += [f'DELETE FROM "{table}"' for table in tables]
+    statements.append(
+        "SELECT setval(c.oid::regclass, 1, false) FROM pg_class c "
+        "WHERE c.relkind = 'S' AND c.relnamespace = 'public'::regnamespace"
+    )
+    statements.append("RESET session_replication_role")
+    conn.exec_driver_sql(";\n".join(statements))  # one round trip, one implicit transaction
+    for table, (columns, rows) in known.seeded.items():
+        names = ", ".join(f'"{c}"' for c in columns)
+        marks = ", ".join(f":{c}" for c in columns)
+        conn.execute(
+            text(f'INSERT INTO "{table}" ({names}) VALUES ({marks})'),
+            [dict(zip(columns, row, strict=True)) for row in rows],
+        )
 
 
 @pytest.fixture(scope="session")
