@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli.demo_output import assert_the_demo_ran
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +68,8 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
                 path.unlink(missing_ok=True)
     assert proc.returncode == 0, f"{out[-3000:]}\n---\n{err[-3000:]}"
     assert "Traceback" not in out + err
-    assert "demo complete" in out
+    assert_the_demo_ran(out)  # the tour's first line, `make demo`: the suite's one demo run
+    assert not list(tmp_path.glob("underlay-demo-*"))  # the demo removed its temporary home
     assert "audit log OK" in out
     assert "hello" in out  # the job's log
     assert '{"total": 4}' in out  # the SQL over the ingested table: a number, not "4"
