@@ -34,8 +34,26 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     otherwise be traversed in every full collection for the rest of the session."""
     import gc
 
+    _import_anyio_whole()
     gc.collect()
     gc.freeze()
+
+
+def _import_anyio_whole() -> None:
+    """Import every lazily imported name of anyio now, while the session has one thread.
+
+    anyio's packages parse their own source into an AST when first imported (to build their
+    lazy-import maps), and a server thread could do that in the middle of a test while the
+    test's thread parses source too (hypothesis reading a lambda, pytest rewriting a module):
+    CPython 3.11 keeps the AST builder's recursion counter per interpreter, and the two can
+    trip ``SystemError: AST constructor recursion depth mismatch`` (see tests/api/fuzzing.py).
+    """
+    import anyio
+    import anyio.abc
+
+    for module in (anyio, anyio.abc):
+        for name in dir(module):
+            getattr(module, name)
 
 
 @pytest.fixture(scope="session")
