@@ -20,7 +20,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from underlay.config import Settings, ensure_home
-from underlay.store import Database
+from underlay.store import Database, Scope
+from underlay.store.models import Project
 
 PG_ADMIN_URL = os.environ.get(
     "UNDERLAY_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -209,6 +210,15 @@ def db(settings: Settings) -> Iterator[Database]:
         yield database
     finally:
         database.dispose()
+
+
+def add_project(db: Database, name: str) -> int:
+    """A bare project row (no members, no keys) for store-level tests; returns its id."""
+    with db.session(Scope.everything()) as s:
+        project = Project(name=name)
+        s.add(project)
+        s.flush()
+        return project.id
 
 
 ADMIN_TOKEN = "ul_test-admin-token-" + "x" * 32

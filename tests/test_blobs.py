@@ -20,6 +20,7 @@ import fsspec
 import psutil
 import pytest
 
+from tests.conftest import add_project
 from underlay.blobs import BlobStore, is_short_ref
 from underlay.config import Settings, ensure_home, write_secret_file
 from underlay.crypto import BLOB_HEADER_BYTES, BLOB_TAG_BYTES, Keyring
@@ -33,7 +34,7 @@ from underlay.errors import (
     Unavailable,
 )
 from underlay.store import Database, Scope
-from underlay.store.models import Blob, Project, User
+from underlay.store.models import Blob, User
 
 CHUNK = 64 * 1024  # the smallest chunk size settings allow: many chunks from little data
 SEALED = CHUNK + BLOB_TAG_BYTES
@@ -103,7 +104,7 @@ class BlobStoreContract:
 
     @pytest.fixture
     def project(self, db: Database) -> int:
-        return _make_project(db, "p")
+        return add_project(db, "p")
 
     @pytest.mark.parametrize(
         "size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17], ids=lambda n: f"{n}B"
@@ -151,7 +152,7 @@ class BlobStoreContract:
         assert again.id == first.id and again.name == "a.bin"
         assert len(ops.rows(project)) == 1
         assert len(ops.files()) == 1
-        other = _make_project(ops.db, "other")
+        other = add_project(ops.db, "other")
         assert ops.put(other, data).id != first.id  # projects never share blobs or keys
         assert ops.raw(other, first.digest) != ops.raw(project, first.digest)
         assert ops.read(other, first.digest) == data
@@ -171,7 +172,7 @@ class BlobStoreContract:
         """A platform task sees every project (no scope hides other projects' rows from it):
         the same content put into a second project is still that project's own row and file,
         and a prefix names only blobs of the project asked about."""
-        other = _make_project(ops.db, "other")
+        other = add_project(ops.db, "other")
         data = _data(CHUNK + 5)
         with ops.db.session(Scope.everything()) as s:
             mine = ops.store.put(s, project, data)
@@ -298,7 +299,7 @@ class BlobStoreContract:
     def test_a_deleted_projects_files_go_once_its_deletion_commits(
         self, ops: Ops, project: int
     ) -> None:
-        other = _make_project(ops.db, "other")
+        other = add_project(ops.db, "other")
         mine, theirs = ops.put(project, _data(10)).digest, ops.put(other, _data(10)).digest
         with (
             pytest.raises(RuntimeError, match="changed my mind"),
@@ -466,7 +467,7 @@ class BlobStoreContract:
                 ops.store.open(s, project, "a" * 63)  # a short prefix (git-style) of no blob
 
     def test_other_projects_blobs_are_invisible(self, ops: Ops, project: int) -> None:
-        other = _make_project(ops.db, "other")
+        other = add_project(ops.db, "other")
         digest = ops.put(project, _data(10)).digest
         with ops.db.session(Scope.projects(other)) as s:
             with pytest.raises(NotFound, match="has no blob"):
@@ -524,14 +525,6 @@ class BlobStoreContract:
             Unavailable, match=f"project {project} is wrapped by master key {new_id}"
         ):
             stale.read(project, digest)
-
-
-def _make_project(db: Database, name: str) -> int:
-    with db.session(Scope.everything()) as s:
-        project = Project(name=name)
-        s.add(project)
-        s.flush()
-        return project.id
 
 
 class TestLocalBlobStore(BlobStoreContract):
@@ -696,7 +689,7 @@ def test_large_streams_use_bounded_memory(tmp_path: Path) -> None:
     db = Database(settings.database_url)
     db.migrate(lock_dir=settings.home)
     ops = Ops(BlobStore(settings, Keyring(settings)), db, fsspec.filesystem("file"))
-    project = _make_project(db, "big")
+    project = add_project(db, "big")
     block = os.urandom(2**20)
     expected = hashlib.sha256()
 

@@ -20,8 +20,9 @@ import fsspec
 import pytest
 from moto.server import ThreadedMotoServer
 
+from tests.conftest import add_project
 from tests.moto_server import MotoProcess
-from tests.test_blobs import CHUNK, BlobStoreContract, Ops, _data, _make_project, _sha
+from tests.test_blobs import CHUNK, BlobStoreContract, Ops, _data, _sha
 from underlay.blobs import BlobStore
 from underlay.config import Settings, ensure_home
 from underlay.crypto import Keyring
@@ -99,7 +100,7 @@ def big_ops(tmp_path: Path, s3_endpoint: str) -> Iterator[Ops]:
 def test_a_blob_of_several_parts_round_trips_and_is_stored_encrypted(
     big_ops: Ops, caplog: pytest.LogCaptureFixture
 ) -> None:
-    project = _make_project(big_ops.db, "p")
+    project = add_project(big_ops.db, "p")
     data = _data(2 * PART + 17 * CHUNK + 3, seed=7)
     with caplog.at_level(logging.INFO, logger="werkzeug"):  # moto's request log
         blob = big_ops.put(project, data, name="model.bin")
@@ -117,7 +118,7 @@ def test_a_blob_of_several_parts_round_trips_and_is_stored_encrypted(
 def test_a_write_cut_off_after_parts_were_uploaded_leaves_nothing(
     big_ops: Ops, s3_endpoint: str
 ) -> None:
-    project = _make_project(big_ops.db, "p")
+    project = add_project(big_ops.db, "p")
 
     def source() -> Iterator[bytes]:
         for i in range(2 * PART // CHUNK + 1):  # two parts sent, the third under way
@@ -202,7 +203,7 @@ def test_an_s3_server_killed_mid_upload_fails_it_cleanly_and_a_retry_succeeds(
             yield data[at : at + CHUNK]
 
     with _store_on(tmp_path, moto.endpoint) as ops:
-        project = _make_project(ops.db, "p")
+        project = add_project(ops.db, "p")
         before = _local_files(tmp_path)
         with pytest.raises(Unavailable, match=r"blob store \(s3://underlay-test/.*\) failed"):
             ops.put(project, source())
@@ -241,7 +242,7 @@ def test_a_multipart_upload_holds_a_few_parts_in_memory(tmp_path: Path, moto: Mo
             tracemalloc.stop()
 
     with _store_on(tmp_path, moto.endpoint) as ops:
-        project = _make_project(ops.db, "p")
+        project = add_project(ops.db, "p")
         ops.put(project, source(2))  # the first upload's one-off costs (imports, sessions)
         few, many = peak_of(ops, project, 3), peak_of(ops, project, 12)
     # the part being filled, the one being sent and its copies: not more for a longer blob

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
+from tests.conftest import add_project
 from underlay.config import Settings, ensure_home, write_secret_file
 from underlay.crypto import (
     BlobDecryptor,
@@ -27,15 +28,7 @@ from underlay.crypto import (
 )
 from underlay.errors import IntegrityFailure, InvalidInput, NotFound, PermissionDenied, Unavailable
 from underlay.store import Database, Scope
-from underlay.store.models import DataKey, Project
-
-
-def _project(db: Database, name: str) -> int:
-    with db.session(Scope.everything()) as s:
-        project = Project(name=name)
-        s.add(project)
-        s.flush()
-        return project.id
+from underlay.store.models import DataKey
 
 
 def _key(keyring: Keyring, db: Database, project_id: int) -> bytes:
@@ -68,7 +61,7 @@ def test_master_key_id_is_short_and_reveals_nothing(settings: Settings) -> None:
 
 
 def test_data_key_is_created_once_and_stored_wrapped(settings: Settings, db: Database) -> None:
-    a, b = _project(db, "a"), _project(db, "b")
+    a, b = add_project(db, "a"), add_project(db, "b")
     keyring = Keyring(settings)
     key_a = _key(keyring, db, a)
     assert len(key_a) == 32
@@ -83,7 +76,7 @@ def test_data_key_is_created_once_and_stored_wrapped(settings: Settings, db: Dat
 
 
 def test_data_key_refused_outside_the_session_scope(settings: Settings, db: Database) -> None:
-    a, b = _project(db, "a"), _project(db, "b")
+    a, b = add_project(db, "a"), add_project(db, "b")
     keyring = Keyring(settings)
     with (
         pytest.raises(PermissionDenied, match=f"does not include project {b}"),
@@ -99,7 +92,7 @@ def test_data_key_of_unknown_project_is_not_found(settings: Settings, db: Databa
 
 
 def test_missing_data_key_is_not_created_when_reading(settings: Settings, db: Database) -> None:
-    a = _project(db, "a")
+    a = add_project(db, "a")
     with (
         pytest.raises(IntegrityFailure, match=f"project {a} has no data key"),
         db.session(Scope.projects(a)) as s,
@@ -109,7 +102,7 @@ def test_missing_data_key_is_not_created_when_reading(settings: Settings, db: Da
 
 
 def test_wrapped_key_is_bound_to_its_project(settings: Settings, db: Database) -> None:
-    a, b = _project(db, "a"), _project(db, "b")
+    a, b = add_project(db, "a"), add_project(db, "b")
     keyring = Keyring(settings)
     _key(keyring, db, a)
     _key(keyring, db, b)
@@ -133,7 +126,7 @@ def test_missing_or_short_master_key_file_is_a_clear_error(settings: Settings) -
 def test_rotation_rewraps_keys_and_refuses_the_old_key_file(
     settings: Settings, db: Database
 ) -> None:
-    a, b = _project(db, "a"), _project(db, "b")
+    a, b = add_project(db, "a"), add_project(db, "b")
     keyring = Keyring(settings)
     keys = {a: _key(keyring, db, a), b: _key(keyring, db, b)}
     old_file, old_id = settings.master_key_path.read_bytes(), keyring.master_key_id
@@ -169,13 +162,13 @@ def test_rotation_rewraps_keys_and_refuses_the_old_key_file(
 
 
 def test_rotation_by_another_process_is_picked_up(settings: Settings, db: Database) -> None:
-    a = _project(db, "a")
+    a = add_project(db, "a")
     mine, theirs = Keyring(settings), Keyring(settings)
     key = _key(mine, db, a)
     new_id = theirs.rotate(db)
     assert _key(mine, db, a) == key
     assert mine.master_key_id == new_id
-    b = _project(db, "b")
+    b = add_project(db, "b")
     _key(mine, db, b)
     assert _rows(db)[b].master_key_id == new_id
 
@@ -183,7 +176,7 @@ def test_rotation_by_another_process_is_picked_up(settings: Settings, db: Databa
 def test_rotation_interrupted_after_commit_is_finished_on_load(
     settings: Settings, db: Database
 ) -> None:
-    a = _project(db, "a")
+    a = add_project(db, "a")
     keyring = Keyring(settings)
     key = _key(keyring, db, a)
     old_file = settings.master_key_path.read_bytes()
@@ -204,7 +197,7 @@ def test_rotation_interrupted_after_commit_is_finished_on_load(
 def test_rotation_interrupted_before_commit_leaves_the_old_key_in_force(
     settings: Settings, db: Database
 ) -> None:
-    a = _project(db, "a")
+    a = add_project(db, "a")
     keyring = Keyring(settings)
     key = _key(keyring, db, a)
     old_id = keyring.master_key_id
@@ -214,7 +207,7 @@ def test_rotation_interrupted_before_commit_leaves_the_old_key_in_force(
 
     fresh = Keyring(settings)
     assert _key(fresh, db, a) == key
-    b = _project(db, "b")
+    b = add_project(db, "b")
     _key(fresh, db, b)
     assert {row.master_key_id for row in _rows(db).values()} == {old_id}
     assert master_key_id(settings.master_key_path.read_bytes()) == old_id
@@ -365,7 +358,7 @@ def test_a_wrapped_data_key_is_aes_gcm_bound_to_project_and_master_key(
 ) -> None:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    a = _project(db, "a")
+    a = add_project(db, "a")
     keyring = Keyring(settings)
     key = _key(keyring, db, a)
     row = _rows(db)[a]
@@ -392,7 +385,7 @@ def test_a_derived_key_is_hkdf_of_the_data_key_per_project_and_purpose(
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-    a = _project(db, "a")
+    a = add_project(db, "a")
     keyring = Keyring(settings)
     data_key = _key(keyring, db, a)
     with db.session(Scope.projects(a)) as s:
@@ -554,7 +547,7 @@ def test_processes_creating_the_signing_key_at_once_all_get_the_same_key(tmp_pat
 
 def _crash_after_rotation_commit(settings: Settings, db: Database) -> tuple[int, bytes, str]:
     """The state a crash between the rotation's commit and its rename leaves behind."""
-    a = _project(db, "a")
+    a = add_project(db, "a")
     keyring = Keyring(settings)
     key = _key(keyring, db, a)
     old_file = settings.master_key_path.read_bytes()
@@ -568,7 +561,7 @@ def test_a_new_data_key_after_an_unfinished_rotation_uses_the_committed_key(
     settings: Settings, db: Database
 ) -> None:
     a, key, new_id = _crash_after_rotation_commit(settings, db)
-    b = _project(db, "b")
+    b = add_project(db, "b")
     recovered = Keyring(settings)
     key_b = _key(recovered, db, b)  # the first thing this process does: create a data key
     assert _rows(db)[b].master_key_id == new_id
@@ -605,7 +598,7 @@ def test_a_data_key_created_while_another_creator_held_the_lock_is_read_not_made
     db = Database(pg_url)
     db.migrate(lock_dir=settings.home)
     try:
-        a = _project(db, "a")
+        a = add_project(db, "a")
         first, second = Keyring(settings), Keyring(settings)
         got: list[bytes] = []
         with db.session(Scope.projects(a)) as holder:
